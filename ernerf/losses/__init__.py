@@ -1,0 +1,1 @@
+"""ernerf.losses."""

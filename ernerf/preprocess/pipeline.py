@@ -1,0 +1,65 @@
+"""Build the preprocessing steps from config and run them over one subject."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from ernerf.errors import ErnerfError
+from ernerf.io.layout import SubjectLayout
+from ernerf.preprocess.base import PreprocessStep, StepContext, StepReport, run_steps
+
+log = logging.getLogger(__name__)
+
+
+def build_steps(steps_cfg: DictConfig) -> list[PreprocessStep]:
+    """Instantiate every step in config order; the config key must equal the step's `name`."""
+    steps = []
+    for key, sub in steps_cfg.items():
+        step = instantiate(sub)
+        if step.name != key:
+            raise ValueError(f"config key {key!r} holds step {step.name!r}")
+        steps.append(step)
+    return steps
+
+
+def preprocess_subject(cfg: DictConfig, layout: SubjectLayout, video: Path | None,
+                       audio: Path | None = None) -> list[StepReport]:
+    """Run the pipeline of `cfg` (the `preprocess` group) for one subject; returns per-step reports."""
+    steps = build_steps(cfg.steps)
+    if video is None and not steps[0].is_complete(layout):
+        raise ErnerfError(
+            f"no dataset at {layout.root} yet and no video given: run "
+            f"`python preprocess.py video=<path/to/video.mp4> subject={layout.name}`."
+        )
+    layout.root.mkdir(parents=True, exist_ok=True)
+    ctx = StepContext(layout=layout, video=Path(video) if video else None, audio=Path(audio) if audio else None)
+    reports = run_steps(steps, ctx, force=list(cfg.get("force") or []))
+    print_summary(layout, reports, ctx.warnings)
+    return reports
+
+
+def print_summary(layout: SubjectLayout, reports: list[StepReport], warnings: list[str]) -> None:
+    """A timing table per step, the warnings, and where the dataset and contact sheet are."""
+    console = Console()
+    table = Table(title=f"preprocess {layout.name}")
+    for col in ("step", "status", "seconds", "facts"):
+        table.add_column(col)
+    for r in reports:
+        facts = ", ".join(f"{k}={_fmt(v)}" for k, v in r.facts.items())
+        table.add_row(r.name, r.status, f"{r.seconds:.1f}", facts)
+    console.print(table)
+    for w in warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    console.print(f"dataset: {layout.root}")
+    if layout.contact_sheet.exists():
+        console.print(f"contact sheet: {layout.contact_sheet}")
+
+
+def _fmt(v: object) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)

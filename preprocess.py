@@ -1,0 +1,28 @@
+"""python preprocess.py video=<path> subject=<name>: raw talking video -> subject dataset."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from ernerf.errors import ErnerfError
+
+
+@hydra.main(config_path="conf", config_name="preprocess", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from ernerf.io.layout import SubjectLayout
+    from ernerf.preprocess.pipeline import preprocess_subject
+
+    layout = SubjectLayout(Path(cfg.paths.data_root) / cfg.subject)
+    try:
+        preprocess_subject(cfg.preprocess, layout, video=cfg.video, audio=cfg.audio)
+    except ErnerfError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Package, config and step-runner basics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ernerf.errors import ErnerfError
+from ernerf.io.atomic import atomic_dir, atomic_path
+from ernerf.io.layout import SubjectLayout
+from ernerf.preprocess.base import PreprocessStep, StepContext, run_steps
+from tests.conftest import compose
+
+
+class _CountingStep(PreprocessStep):
+    def __init__(self, name: str, fail: bool = False) -> None:
+        self.name = name
+        self.fail = fail
+        self.calls = 0
+
+    def outputs(self, layout: SubjectLayout) -> list[Path]:
+        return [layout.root / f"{self.name}.txt"]
+
+    def run(self, ctx: StepContext) -> dict:
+        self.calls += 1
+        with atomic_path(ctx.layout.root / f"{self.name}.txt") as tmp:
+            tmp.write_text("partial")
+            if self.fail:
+                raise RuntimeError("killed")
+        return {"calls": self.calls}
+
+
+def test_runner_skips_complete_steps_and_force_reruns_later_ones(tmp_path: Path) -> None:
+    steps = [_CountingStep("a"), _CountingStep("b"), _CountingStep("c")]
+    ctx = StepContext(layout=SubjectLayout(tmp_path))
+    run_steps(steps, ctx)
+    assert [s.calls for s in steps] == [1, 1, 1]
+    reports = run_steps(steps, ctx)
+    assert [r.status for r in reports] == ["skipped"] * 3
+    assert [s.calls for s in steps] == [1, 1, 1]
+    run_steps(steps, ctx, force=["b"])
+    assert [s.calls for s in steps] == [1, 2, 2]
+
+
+def test_killed_step_leaves_no_partial_output_and_keeps_earlier_work(tmp_path: Path) -> None:
+    ctx = StepContext(layout=SubjectLayout(tmp_path))
+    run_steps([_CountingStep("a")], ctx)
+    with pytest.raises(RuntimeError):
+        run_steps([_CountingStep("a"), _CountingStep("b", fail=True)], ctx)
+    assert (tmp_path / "a.txt").read_text() == "partial"  # earlier output intact
+    assert not (tmp_path / "b.txt").exists()
+    assert not list(tmp_path.glob(".tmp.*"))
+
+
+def test_force_rejects_unknown_step(tmp_path: Path) -> None:
+    with pytest.raises(ErnerfError, match="unknown steps"):
+        run_steps([_CountingStep("a")], StepContext(layout=SubjectLayout(tmp_path)), force=["nope"])
+
+
+def test_atomic_dir_replaces_whole_folder(tmp_path: Path) -> None:
+    target = tmp_path / "imgs"
+    with atomic_dir(target) as tmp:
+        (tmp / "0.jpg").write_text("x")
+    with pytest.raises(ValueError):
+        with atomic_dir(target) as tmp:
+            (tmp / "1.jpg").write_text("y")
+            raise ValueError
+    assert sorted(p.name for p in target.iterdir()) == ["0.jpg"]
+
+
+def test_preprocess_config_composes_with_every_step() -> None:
+    cfg = compose("preprocess", ["subject=x"])
+    assert list(cfg.preprocess.steps) == [
+        "ingest", "headbox", "landmarks", "parsing", "background", "composite",
+        "matting", "audio_features", "blink", "tracking", "report",
+    ]
+    assert cfg.paths.data_root == "data"
+    json.dumps(dict(cfg.paths))
