@@ -1,0 +1,130 @@
+"""Step 1: validate the raw video and normalise it to 25 fps CFR H.264 plus a 16 kHz mono wav."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ernerf.errors import ErnerfError
+from ernerf.io.atomic import atomic_path, write_text
+from ernerf.io.audio import fit_length, load_audio, loudness_db, write_wav
+from ernerf.io.layout import SubjectLayout
+from ernerf.io.video import VideoInfo, iter_frames, probe, run_ffmpeg
+from ernerf.preprocess.base import PreprocessStep, StepContext
+
+SILENCE_DB = -60.0  # speech sits around -30..-15 dBFS; a track below -60 carries no usable speech
+TRUNCATION_TOLERANCE = 0.05  # fraction of the expected frames that may be missing before we call it truncated
+
+
+class IngestStep(PreprocessStep):
+    """Normalise the user's video: constant 25 fps, even size, rotation applied, aligned 16 kHz audio."""
+
+    name = "ingest"
+
+    def __init__(self, fps: int = 25, sample_rate: int = 16000, max_duration: float | None = None,
+                 min_duration: float = 3.0, crf: int = 18) -> None:
+        self.fps = fps
+        self.sample_rate = sample_rate
+        self.max_duration = max_duration
+        self.min_duration = min_duration
+        self.crf = crf
+
+    def outputs(self, layout: SubjectLayout) -> list[Path]:
+        return [layout.video, layout.audio, layout.preview, layout.meta]
+
+    def run(self, ctx: StepContext) -> dict[str, Any]:
+        if ctx.video is None:
+            raise ErnerfError("no input video: run `python preprocess.py video=<path/to/video.mp4> subject=<name>`.")
+        info = probe(ctx.video)
+        wav, audio_source = self._source_audio(ctx, info)
+        duration = self._target_duration(ctx, info, wav)
+        num_frames = self._normalise_video(info, ctx.layout.video, duration)
+        wav = fit_length(wav, int(round(num_frames * self.sample_rate / self.fps)))
+        level = loudness_db(wav)
+        if level < SILENCE_DB:
+            ctx.warn(f"the audio of {audio_source} is silent ({level:.0f} dBFS): the avatar learns lip sync from "
+                     "speech, so give a track with speech via audio=<file>.")
+        write_wav(ctx.layout.audio, wav, self.sample_rate)
+        out = probe(ctx.layout.video)
+        self._write_preview(ctx.layout)
+        meta = {
+            "fps": self.fps, "num_frames": num_frames, "width": out.width, "height": out.height,
+            "source": str(ctx.video), "source_fps": round(info.fps, 4), "duration": num_frames / self.fps,
+            "audio_source": str(audio_source), "sample_rate": self.sample_rate, "audio_db": round(level, 1),
+            "warnings": list(ctx.warnings),
+        }
+        write_text(ctx.layout.meta, json.dumps(meta, indent=2))
+        return {"frames": num_frames, "size": f"{out.width}x{out.height}", "source_fps": round(info.fps, 2)}
+
+    def _source_audio(self, ctx: StepContext, info: VideoInfo) -> tuple[np.ndarray, Path]:
+        """The replacement track if given, else the video's own; mono float32 at the target rate."""
+        if ctx.audio is not None:
+            return load_audio(ctx.audio, self.sample_rate), Path(ctx.audio)
+        if not info.has_audio:
+            raise ErnerfError(f"{info.path} has no audio track: give one with audio=<file> "
+                              "(speech recorded with this video, wav/mp3/m4a).")
+        return load_audio(info.path, self.sample_rate), info.path
+
+    def _target_duration(self, ctx: StepContext, info: VideoInfo, wav: np.ndarray) -> float:
+        """Seconds of video to keep: the video, capped by max_duration and by a shorter replacement track."""
+        duration = info.duration
+        if self.max_duration is not None and duration > self.max_duration:
+            ctx.warn(f"the video is {duration:.1f} s long: keeping the first {self.max_duration:.1f} s "
+                     "(preprocess.steps.ingest.max_duration).")
+            duration = self.max_duration
+        audio_seconds = len(wav) / self.sample_rate
+        if ctx.audio is not None and abs(audio_seconds - duration) > 1.0:
+            if audio_seconds < duration:
+                ctx.warn(f"audio {ctx.audio} ({audio_seconds:.1f} s) is shorter than the video ({duration:.1f} s): "
+                         "keeping only the video's first part, which has sound.")
+                duration = audio_seconds
+            else:
+                ctx.warn(f"audio {ctx.audio} ({audio_seconds:.1f} s) is longer than the video ({duration:.1f} s): "
+                         "its end is cut.")
+        if duration < self.min_duration:
+            raise ErnerfError(f"{info.path} gives only {duration:.1f} s of usable video (with sound); at least "
+                              f"{self.min_duration:.1f} s are needed (3-10 minutes train well): give a longer clip.")
+        return duration
+
+    def _normalise_video(self, info: VideoInfo, dst: Path, duration: float) -> int:
+        """Re-encode to H.264 yuv420p at constant fps (ffmpeg applies display rotation); return frames written.
+
+        A previous good `dst` is only replaced once the new one passed the checks.
+        """
+        src = info.path
+        # fps's start_time=0 pads or drops at the start so frame i shows time i/fps, the same clock
+        # as the audio, which load_audio also aligns to t=0 (odd or variable-rate inputs stay in sync).
+        vf = f"fps={self.fps}:start_time=0,scale=trunc(iw/2)*2:trunc(ih/2)*2,setsar=1"
+        with atomic_path(dst) as tmp:
+            run_ffmpeg(["-i", str(src), "-map", "0:v:0", "-vf", vf, "-t", f"{duration:.6f}", "-an",
+                        "-c:v", "libx264", "-preset", "veryfast", "-crf", str(self.crf), "-pix_fmt", "yuv420p",
+                        "-movflags", "+faststart", str(tmp)], what=f"normalising {src}")
+            num_frames = probe(tmp).num_frames
+            self._check_complete(info, duration, num_frames)
+        return num_frames
+
+    def _check_complete(self, info: VideoInfo, duration: float, num_frames: int) -> None:
+        """A truncated download decodes fewer frames than its header promises: refuse a half dataset."""
+        if num_frames == 0:
+            raise ErnerfError(f"no frame of {info.path} could be decoded: the file is corrupt; re-export it.")
+        expected = int(round(duration * self.fps))
+        if num_frames < expected * (1.0 - TRUNCATION_TOLERANCE) - 2:
+            raise ErnerfError(
+                f"{info.path} is truncated or damaged: its header promises {duration:.1f} s but only "
+                f"{num_frames / self.fps:.1f} s could be decoded. Re-download or re-export the video."
+            )
+        if num_frames / self.fps < self.min_duration:
+            raise ErnerfError(f"{info.path} decodes to only {num_frames / self.fps:.1f} s; at least "
+                              f"{self.min_duration:.1f} s are needed: give a longer clip.")
+
+    def _write_preview(self, layout: SubjectLayout) -> None:
+        import cv2
+
+        first = next(iter_frames(layout.video, stop=1), None)
+        if first is None:
+            raise ErnerfError(f"{layout.video} has no readable frame after normalising: re-export the input video.")
+        with atomic_path(layout.preview) as tmp:
+            cv2.imwrite(str(tmp), cv2.cvtColor(first, cv2.COLOR_RGB2BGR))
