@@ -1,0 +1,207 @@
+"""Step 2: one fixed square head box for the whole clip, and the 512x512 crop video and frames."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ernerf.errors import ErnerfError
+from ernerf.io.atomic import atomic_dir, write_text
+from ernerf.io.layout import SubjectLayout
+from ernerf.io.video import VideoWriter, iter_frames
+from ernerf.preprocess.base import PreprocessStep, StepContext
+from ernerf.preprocess.mediapipe_face import FaceBox, FaceDetector
+
+SAME_FACE_DISTANCE = 0.6  # detections whose centres are closer than this many face sizes are one person
+MULTI_FACE_WARN_RATIO = 0.1  # warn about other people when they are visible in this share of frames
+
+
+@dataclass(frozen=True)
+class Track:
+    """The detections of one person: sampled frame index -> box."""
+
+    boxes: dict[int, FaceBox]
+
+    @property
+    def center(self) -> np.ndarray:  # [2] median centre
+        return np.median([b.center for b in self.boxes.values()], axis=0)
+
+    @property
+    def size(self) -> float:  # median face size in pixels
+        return float(np.median([b.size for b in self.boxes.values()]))
+
+
+class HeadboxStep(PreprocessStep):
+    """Detect the face over the clip, fix one square box around head, hair, neck and shoulder tops, crop."""
+
+    name = "headbox"
+
+    def __init__(self, crop_size: int = 512, scale: float = 2.2, shift_down: float = 0.15, stride: int = 3,
+                 max_samples: int = 600, min_box_size: int = 256, min_face_ratio: float = 0.5,
+                 min_confidence: float = 0.5, jpeg_quality: int = 95) -> None:
+        self.crop_size = crop_size
+        self.scale = scale  # box side / face size: room for hair, ears, neck and shoulder tops
+        self.shift_down = shift_down  # box centre below the face centre, in face sizes (neck and shoulders)
+        self.stride = stride
+        self.max_samples = max_samples  # caps detection work on long videos
+        self.min_box_size = min_box_size
+        self.min_face_ratio = min_face_ratio
+        self.min_confidence = min_confidence
+        self.jpeg_quality = jpeg_quality
+
+    def outputs(self, layout: SubjectLayout) -> list[Path]:
+        return [layout.head_bbox, layout.face_video, layout.ori_imgs]
+
+    def run(self, ctx: StepContext) -> dict[str, Any]:
+        meta = ctx.meta()
+        n, width, height = int(meta["num_frames"]), int(meta["width"]), int(meta["height"])
+        stride = max(self.stride, -(-n // self.max_samples))
+        detections = detect_faces(ctx.layout.video, stride, self.min_confidence)
+        track = self._main_track(ctx, detections)
+        box = self._box(track, width, height)
+        side = box[2] - box[0]
+        if side < self.min_box_size:
+            raise ErnerfError(
+                f"the face is too small: its head box is {side} px but at least {self.min_box_size} px are needed "
+                f"for a {self.crop_size}x{self.crop_size} crop (face about {track.size:.0f} px in a {width}x{height} "
+                "frame). Film closer so the face fills about a third of the frame height, or use a higher resolution."
+            )
+        if side < self.crop_size:
+            ctx.warn(f"the head box is {side} px, upscaled to {self.crop_size} px: the avatar will look soft. "
+                     "Film closer or at a higher resolution for sharper results.")
+        written = self._write_crops(ctx.layout, box, fps=float(meta["fps"]))
+        if written != n:
+            raise ErnerfError(f"{ctx.layout.video} gave {written} frames but meta.json says {n}: "
+                              "rerun the ingest step (preprocess.force=[ingest]).")
+        x1, y1, x2, y2 = box
+        bbox = {"x1": x1, "y1": y1, "x2": x2, "y2": y2, "face_size": round(track.size, 1)}
+        write_text(ctx.layout.head_bbox, json.dumps(bbox, indent=2))
+        padded = x1 < 0 or y1 < 0 or x2 > width or y2 > height
+        return {"box": [x1, y1, x2, y2], "side": side, "padded": padded,
+                "face_ratio": round(len(track.boxes) / len(detections), 2)}
+
+    def _main_track(self, ctx: StepContext, detections: list[list[FaceBox]]) -> Track:
+        """The person to keep: among tracks seen in most frames, the largest face; warn about others."""
+        tracks = group_tracks(detections)
+        sampled = len(detections)
+        if not tracks:
+            raise ErnerfError(f"no face was found in {ctx.layout.video}: the subject must face the camera, "
+                              "well lit, for the whole clip.")
+        longest = max(len(t.boxes) for t in tracks)
+        track = max((t for t in tracks if len(t.boxes) >= 0.5 * longest), key=lambda t: t.size)
+        ratio = len(track.boxes) / sampled
+        if ratio < self.min_face_ratio:
+            raise ErnerfError(
+                f"a face was found in only {ratio:.0%} of the frames of {ctx.layout.video} (at least "
+                f"{self.min_face_ratio:.0%} needed): use a clip where the subject faces the camera throughout, "
+                "or lower preprocess.steps.headbox.min_face_ratio."
+            )
+        multi = sum(1 for faces in detections if len(faces) > 1) / sampled
+        if multi > MULTI_FACE_WARN_RATIO:
+            cx, cy = track.center
+            ctx.warn(f"{multi:.0%} of the frames show more than one face: keeping the largest steady one "
+                     f"(around x={cx:.0f}, y={cy:.0f}). Other people in the crop disturb training: trim them out.")
+        return track
+
+    def _box(self, track: Track, width: int, height: int) -> tuple[int, int, int, int]:
+        """One square box holding every frame's head box (robust to outliers), even side, pixel ints."""
+        per_frame = np.array([_head_box(b, self.scale, self.shift_down) for b in track.boxes.values()])
+        lo = np.percentile(per_frame[:, :2], 5, axis=0)  # [2] x1, y1
+        hi = np.percentile(per_frame[:, 2:], 95, axis=0)  # [2] x2, y2
+        side = int(np.ceil(max(hi - lo) / 2.0)) * 2
+        center = (lo + hi) / 2
+        x1, y1 = (_fit_axis(center[k], side, size) for k, size in ((0, width), (1, height)))
+        return x1, y1, x1 + side, y1 + side
+
+    def _write_crops(self, layout: SubjectLayout, box: tuple[int, int, int, int], fps: float) -> int:
+        """Crop every frame to the box, write face_data.mp4 and ori_imgs/<i>.jpg; return the frame count."""
+        import cv2
+
+        params = [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality]
+        count = 0
+        with atomic_dir(layout.ori_imgs) as tmp_dir, VideoWriter(layout.face_video, fps=fps) as writer, \
+                ThreadPoolExecutor(2) as pool:
+            pending = []
+            for i, crop in enumerate(crop_frames(layout.video, box, self.crop_size)):
+                writer.write(crop)
+                bgr = cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)
+                pending.append(pool.submit(cv2.imwrite, str(tmp_dir / f"{i}.jpg"), bgr, params))
+                if len(pending) > 16:  # bound memory: never queue more than a few frames
+                    _check_written(pending.pop(0))
+                count = i + 1
+            for fut in pending:
+                _check_written(fut)
+        return count
+
+
+def detect_faces(video: Path, stride: int, min_confidence: float = 0.5) -> list[list[FaceBox]]:
+    """Faces in every `stride`-th frame of `video` (full-range model, so small faces are seen too)."""
+    with FaceDetector(model_selection=1, min_confidence=min_confidence) as det:
+        return [det.detect(frame) for frame in iter_frames(video, step=stride)]
+
+
+def group_tracks(detections: list[list[FaceBox]]) -> list[Track]:
+    """Link detections of the same person over frames by position (faces in a talking clip barely move)."""
+    tracks: list[dict[int, FaceBox]] = []
+    anchors: list[tuple[np.ndarray, float]] = []  # first (largest) box of each track: centre, size
+    ordered = sorted(((b, i) for i, faces in enumerate(detections) for b in faces), key=lambda bi: -bi[0].size)
+    for box, i in ordered:
+        c = np.array(box.center)
+        for boxes, (ac, asize) in zip(tracks, anchors):
+            if i not in boxes and np.linalg.norm(c - ac) < SAME_FACE_DISTANCE * asize:
+                boxes[i] = box
+                break
+        else:
+            tracks.append({i: box})
+            anchors.append((c, box.size))
+    return [Track(t) for t in tracks]
+
+
+def crop_frames(video: Path, box: tuple[int, int, int, int], size: int) -> Iterator[np.ndarray]:
+    """Stream `size`x`size` RGB crops of `box`; parts outside the frame repeat the edge pixels."""
+    for frame in iter_frames(video):
+        yield crop_square(frame, box, size)
+
+
+def crop_square(frame: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """Crop [y1:y2, x1:x2] with edge replication beyond the frame, resized to size x size. # [H,W,3] -> [s,s,3]"""
+    import cv2
+
+    h, w = frame.shape[:2]
+    x1, y1, x2, y2 = box
+    inside = frame[max(y1, 0):min(y2, h), max(x1, 0):min(x2, w)]
+    pads = (max(-y1, 0), max(y2 - h, 0), max(-x1, 0), max(x2 - w, 0))
+    if any(pads):
+        inside = cv2.copyMakeBorder(inside, *pads, borderType=cv2.BORDER_REPLICATE)
+    side = x2 - x1
+    if side == size:
+        return np.ascontiguousarray(inside)
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
+    return cv2.resize(inside, (size, size), interpolation=interp)
+
+
+def _head_box(face: FaceBox, scale: float, shift_down: float) -> tuple[float, float, float, float]:
+    """Square head box of one detection: `scale` face sizes wide, centred `shift_down` face sizes lower."""
+    cx, cy = face.center
+    cy += shift_down * face.size
+    half = scale * face.size / 2
+    return cx - half, cy - half, cx + half, cy + half
+
+
+def _fit_axis(center: float, side: int, frame: int) -> int:
+    """Start of a `side` span around `center`, slid inside [0, frame) when it fits (padding only when it can't)."""
+    start = int(round(center - side / 2))
+    if side <= frame:
+        return min(max(start, 0), frame - side)
+    return start
+
+
+def _check_written(fut: Any) -> None:
+    if not fut.result():
+        raise ErnerfError("writing a crop frame failed: check free disk space in the dataset folder.")
