@@ -1,0 +1,193 @@
+"""Audio feature extractors (50 Hz feature rows) and ER-NeRF's per-frame 16-row windows.
+
+Every extractor maps a 16 kHz mono waveform to `[T50, C]` rows where row j describes the sound
+around time `j * 0.02` s, so features from different extractors line up with the video the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ernerf.errors import ErnerfError
+
+SAMPLE_RATE = 16000
+FEATURE_RATE = 50  # rows per second
+HOP = SAMPLE_RATE // FEATURE_RATE  # 320 samples
+WINDOW = 16  # rows per video frame (ER-NeRF's audio window)
+
+
+class AudioFeatureExtractor(Protocol):
+    """Maps a 16 kHz mono waveform to 50 Hz feature rows."""
+
+    feature_dim: int
+
+    def __call__(self, wav: np.ndarray) -> np.ndarray:  # [T] -> [T50, C]
+        ...
+
+
+def num_rows(num_samples: int) -> int:
+    """Number of 50 Hz rows for `num_samples` samples: one per hop, row 0 at t=0 (librosa's centred frames)."""
+    return 1 + num_samples // HOP
+
+
+class LogMelExtractor:
+    """Log-mel spectrogram (librosa): 25 ms windows every 20 ms, `n_mels` bands, natural-log power."""
+
+    def __init__(self, n_mels: int = 80, sample_rate: int = SAMPLE_RATE, n_fft: int = 512,
+                 fmin: float = 55.0, fmax: float = 7600.0) -> None:
+        if sample_rate != SAMPLE_RATE:
+            raise ErnerfError(f"LogMelExtractor works at {SAMPLE_RATE} Hz (got sample_rate={sample_rate}): "
+                              "remove the override, audio is resampled to 16 kHz on load.")
+        self.n_mels, self.sample_rate, self.n_fft = n_mels, sample_rate, n_fft
+        self.fmin, self.fmax = fmin, fmax
+        self.feature_dim = n_mels
+
+    def __call__(self, wav: np.ndarray) -> np.ndarray:
+        """Log-mel rows of `wav`. # [T] -> [1 + T // 320, n_mels]"""
+        import librosa
+
+        wav = _check_wav(wav)
+        mel = librosa.feature.melspectrogram(
+            y=wav, sr=self.sample_rate, n_fft=self.n_fft, hop_length=HOP, win_length=400,
+            n_mels=self.n_mels, fmin=self.fmin, fmax=self.fmax, center=True, power=2.0)
+        # floor at -80 dB below full scale so silence is a finite, constant row
+        return np.log(np.maximum(mel, 1e-8)).T.astype(np.float32)
+
+
+class HFSpeechExtractor:
+    """Hidden states of a HuBERT / wav2vec 2.0 model (transformers) loaded from a local folder."""
+
+    RECEPTIVE = 400  # samples seen by one output row of the conv front end (25 ms)
+
+    def __init__(self, model_path: str | None, config_key: str = "audio_features.extractor.model_path",
+                 layer: int = -1, chunk_seconds: float = 20.0, context_seconds: float = 2.0,
+                 device: str = "auto") -> None:
+        self.model_path, self.config_key = model_path, config_key
+        self.layer, self.chunk_seconds, self.context_seconds = layer, chunk_seconds, context_seconds
+        self.device = device
+        self._model = None
+        self._normalize = True
+        self.feature_dim = self._config_dim()
+        _require_transformers()
+
+    def _config_dim(self) -> int:
+        folder = self._folder()
+        import json
+
+        cfg_path = folder / "config.json"
+        if not cfg_path.is_file():
+            raise ErnerfError(f"{folder} has no config.json: {self.config_key} must point at a saved "
+                              "transformers model folder (save_pretrained / a downloaded hub snapshot).")
+        return int(json.loads(cfg_path.read_text())["hidden_size"])
+
+    def _folder(self) -> Path:
+        if not self.model_path:
+            raise ErnerfError(f"no speech model folder given: set {self.config_key}=/path/to/local/model "
+                              "(e.g. a downloaded facebook/hubert-large-ls960-ft), or use audio_features=mel.")
+        folder = Path(self.model_path).expanduser()
+        if not folder.is_dir():
+            raise ErnerfError(f"speech model folder {folder} does not exist: fix {self.config_key} "
+                              "(models are never downloaded at run time).")
+        return folder
+
+    def _load(self):
+        if self._model is not None:
+            return self._model
+        transformers = _require_transformers()
+        import torch
+
+        folder = self._folder()
+        model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True)
+        fe_cfg = folder / "preprocessor_config.json"
+        if fe_cfg.is_file():
+            import json
+
+            self._normalize = bool(json.loads(fe_cfg.read_text()).get("do_normalize", True))
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
+        self._model = model.to(device).eval()
+        return self._model
+
+    def __call__(self, wav: np.ndarray) -> np.ndarray:
+        """Hidden states of the chosen layer, one row per 20 ms. # [T] -> [1 + T // 320, hidden]"""
+        wav = _check_wav(wav)
+        model = self._load()
+        if self._normalize:  # what Wav2Vec2FeatureExtractor does for these models
+            wav = (wav - wav.mean()) / np.sqrt(wav.var() + 1e-7)
+        n_out = num_rows(len(wav))
+        # Pad so output row j is centred on sample j * HOP, like librosa's centred frames.
+        half = self.RECEPTIVE // 2
+        tail = max(0, self.RECEPTIVE + HOP * (n_out - 1) - len(wav) - half)
+        padded = np.pad(wav, (half, tail)).astype(np.float32)
+        return self._run_chunks(model, padded, n_out)
+
+    def _run_chunks(self, model, padded: np.ndarray, n_out: int) -> np.ndarray:
+        """Run the model on overlapping chunks (attention cost is quadratic in length) and stitch."""
+        chunk = max(1, int(self.chunk_seconds * FEATURE_RATE))
+        ctx = int(self.context_seconds * FEATURE_RATE)
+        parts = []
+        for start in range(0, n_out, chunk):
+            stop = min(n_out, start + chunk)
+            lo, hi = max(0, start - ctx), min(n_out, stop + ctx)
+            rows = self._forward(model, padded[lo * HOP: (hi - 1) * HOP + self.RECEPTIVE])
+            parts.append(rows[start - lo: stop - lo])
+        return np.concatenate(parts, 0).astype(np.float32)
+
+    def _forward(self, model, samples: np.ndarray) -> np.ndarray:
+        import torch
+
+        device = next(model.parameters()).device
+        with torch.inference_mode():
+            x = torch.from_numpy(samples)[None].to(device)
+            out = model(x, output_hidden_states=self.layer != -1)
+            hidden = out.last_hidden_state if self.layer == -1 else out.hidden_states[self.layer]
+        return hidden[0].float().cpu().numpy()
+
+
+def _require_transformers():
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ErnerfError("HuBERT/wav2vec2 features need the transformers package: "
+                          "run `pip install -e .[hub]`, or use audio_features=mel.") from exc
+    return transformers
+
+
+def _check_wav(wav: np.ndarray) -> np.ndarray:
+    wav = np.asarray(wav, dtype=np.float32)
+    if wav.ndim != 1:
+        raise ErnerfError(f"audio features expect mono audio [T], got shape {wav.shape}: mix down to one channel.")
+    if len(wav) == 0:
+        raise ErnerfError("the audio is empty: give an audio track with sound.")
+    return wav
+
+
+def window_starts(num_frames: int, fps: float = 25.0) -> np.ndarray:
+    """First 50 Hz row of each frame's window: 16 rows as symmetric as possible about the frame's mid time."""
+    centre = np.rint((np.arange(num_frames) + 0.5) / fps * FEATURE_RATE).astype(np.int64)
+    return centre - WINDOW // 2
+
+
+def frame_windows(feats: np.ndarray, num_frames: int, fps: float = 25.0) -> np.ndarray:
+    """ER-NeRF's per-frame windows: frame i gets 16 rows centred on its time, edges repeat. # [T50, C] -> [N, 16, C]"""
+    feats = np.asarray(feats, dtype=np.float32)
+    if feats.ndim != 2 or len(feats) == 0:
+        raise ErnerfError(f"audio features must be [T, C] with T > 0, got shape {feats.shape}.")
+    idx = window_starts(num_frames, fps)[:, None] + np.arange(WINDOW)[None, :]
+    return feats[np.clip(idx, 0, len(feats) - 1)]
+
+
+def extract_features(wav_path: Path | str, extractor: AudioFeatureExtractor, num_frames: int | None = None,
+                     fps: float = 25.0) -> np.ndarray:
+    """Windows for every video frame of an audio file (any format; resampled to 16 kHz). # -> [N, 16, C]
+
+    `num_frames` None means as many 25 fps frames as the audio lasts (inference on new audio).
+    """
+    from ernerf.io.audio import load_audio
+
+    wav = load_audio(wav_path, sr=SAMPLE_RATE)
+    if num_frames is None:
+        num_frames = max(1, int(round(len(wav) / SAMPLE_RATE * fps)))
+    return frame_windows(extractor(wav), num_frames, fps)

@@ -1,0 +1,87 @@
+"""Audio features: row rate, ER-NeRF window alignment, and the errors a user can hit."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from ernerf.audio.features import (HOP, SAMPLE_RATE, HFSpeechExtractor, LogMelExtractor, extract_features,
+                                   frame_windows)
+from ernerf.errors import ErnerfError
+from ernerf.io.audio import write_wav
+
+
+def tone_burst(seconds: float, at: float, length: float = 0.02, freq: float = 1000.0) -> np.ndarray:
+    """Quiet noise with a loud tone burst starting at `at` seconds."""
+    rng = np.random.default_rng(0)
+    wav = 1e-3 * rng.standard_normal(int(seconds * SAMPLE_RATE)).astype(np.float32)
+    t = np.arange(int(length * SAMPLE_RATE)) / SAMPLE_RATE
+    start = int(at * SAMPLE_RATE)
+    wav[start: start + len(t)] += 0.8 * np.sin(2 * np.pi * freq * t).astype(np.float32)
+    return wav
+
+
+def test_logmel_rows_at_50hz() -> None:
+    feats = LogMelExtractor(n_mels=80)(np.zeros(SAMPLE_RATE * 3 + 100, np.float32))
+    assert feats.shape == (1 + (SAMPLE_RATE * 3 + 100) // HOP, 80)
+    assert np.isfinite(feats).all()
+
+
+def test_frame_windows_index_arithmetic() -> None:
+    rows = np.arange(20, dtype=np.float32)[:, None]  # row j holds the value j
+    win = frame_windows(rows, num_frames=10, fps=25)[..., 0]
+    assert win.shape == (10, 16)
+    # frame i's mid time (i + 0.5) / 25 s is row 2i + 1: rows 2i-7 .. 2i+8
+    assert win[4].tolist() == list(range(1, 17))
+    assert win[0].tolist() == [0] * 8 + list(range(1, 9))  # before the start: repeat row 0
+    assert win[9].tolist() == list(range(11, 20)) + [19] * 7  # past the end: repeat the last row
+
+
+def test_burst_lands_in_the_centre_of_its_frame_window(tmp_path) -> None:
+    frame, fps = 40, 25
+    at = (frame + 0.5) / fps - 0.01  # 20 ms burst centred on the frame's mid time
+    path = write_wav(tmp_path / "burst.wav", tone_burst(3.0, at))
+    win = extract_features(path, LogMelExtractor(), num_frames=75)
+    assert win.shape == (75, 16, 80)
+    energy = win.max(axis=2)  # loudest band of each row: [N, 16]
+    assert int(np.argmax(energy[:, 7:9].max(axis=1))) == frame  # no other frame has it at its centre
+    assert int(np.argmax(energy[frame])) in (7, 8)  # the burst sits in the middle of the frame's window
+    quiet = np.median(energy)
+    assert energy[frame - 6].max() < quiet + 1.0  # 6 frames (240 ms) away the burst is out of the window
+    assert energy[frame - 3].max() > quiet + 5.0  # 3 frames before, it is near the window's end
+
+
+def test_extract_features_defaults_to_audio_length(tmp_path) -> None:
+    path = write_wav(tmp_path / "a.wav", tone_burst(2.0, 1.0))
+    assert extract_features(path, LogMelExtractor(n_mels=40)).shape == (50, 16, 40)
+
+
+@pytest.mark.parametrize("model_path", [None, "/nonexistent/hubert"])
+def test_hf_extractor_names_the_config_key(model_path) -> None:
+    with pytest.raises(ErnerfError, match=r"audio_features\.extractor\.model_path"):
+        HFSpeechExtractor(model_path)
+
+
+def test_hf_extractor_without_transformers_names_the_extra(tmp_path, monkeypatch) -> None:
+    (tmp_path / "config.json").write_text('{"hidden_size": 8}')
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import now raises ImportError
+    with pytest.raises(ErnerfError, match=r"pip install -e \.\[hub\]"):
+        HFSpeechExtractor(str(tmp_path))
+
+
+def test_hf_extractor_rows_match_logmel(tmp_path) -> None:
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                    intermediate_size=64, conv_dim=(16,) * 7, num_conv_pos_embeddings=16,
+                                    num_conv_pos_embedding_groups=2)
+    transformers.HubertModel(cfg).save_pretrained(tmp_path)
+    wav = tone_burst(2.3, 1.0)
+    ext = HFSpeechExtractor(str(tmp_path), chunk_seconds=0.5, context_seconds=0.2)
+    feats = ext(wav)
+    assert ext.feature_dim == 32
+    assert feats.shape == (len(LogMelExtractor()(wav)), 32)
+    whole = HFSpeechExtractor(str(tmp_path), chunk_seconds=100.0)(wav)
+    # chunking only changes how much context attention sees, not which rows come out
+    assert np.corrcoef(feats.ravel(), whole.ravel())[0, 1] > 0.5
