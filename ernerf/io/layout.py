@@ -60,6 +60,10 @@ class SubjectLayout:
     def mesh(self) -> Path:  # float32 [N, 478, 3]: x, y in crop pixels, z in the same scale
         return self.root / "mesh.npy"
 
+    @property
+    def mesh_valid(self) -> Path:  # bool [N]: mesh detected in that frame (not interpolated)
+        return self.root / "mesh_valid.npy"
+
     # 4. parsing
     @property
     def parsing_dir(self) -> Path:
