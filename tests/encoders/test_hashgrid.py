@@ -1,0 +1,144 @@
+"""Hash-grid layout (resolutions, offsets, dense/hashed rows), interpolation and gradients."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from ernerf.encoders.hashgrid import (
+    HashGridEncoder,
+    corner_index,
+    hashgrid_torch,
+    level_offsets,
+    level_resolutions,
+)
+from ernerf.errors import ErnerfError
+
+
+def _point_at(corner: list[int], resolution: int, bound: float = 1.0) -> torch.Tensor:
+    """x in [-bound, bound] that lands exactly on grid vertex `corner` of a level of this resolution."""
+    u = torch.tensor(corner, dtype=torch.float64) / (resolution - 1)
+    return (u * 2 * bound - bound).float()[None]
+
+
+def test_ernerf_levels_and_offsets() -> None:
+    resolutions = level_resolutions(12, 64, 512)
+    assert resolutions[0] == 64 and resolutions[-1] == 512
+    assert resolutions == sorted(resolutions)
+    offsets = level_offsets(resolutions, input_dim=2, log2_hashmap_size=14)
+    sizes = [b - a for a, b in zip(offsets, offsets[1:])]
+    # Levels up to 112 store R^2 rows densely (112^2 = 12544 <= 2^14); from 136 on they hash into 2^14.
+    assert sizes == [64**2, 77**2, 93**2, 112**2] + [2**14] * 8
+    assert HashGridEncoder(2).embeddings.shape == (offsets[-1], 1)
+
+
+def test_dense_rows_are_row_major_in_dimension_order() -> None:
+    corners = torch.tensor([[3, 5], [0, 7], [7, 7]])
+    assert corner_index(corners, resolution=8, log2_hashmap_size=6).tolist() == [3 + 5 * 8, 7 * 8, 63]
+
+
+def test_hashed_rows_follow_the_uint32_xor_hash() -> None:
+    corners = torch.tensor([[1, 1, 1], [3, 5, 7]])
+    rows = corner_index(corners, resolution=200, log2_hashmap_size=19).tolist()
+    # (1 ^ 2654435761 ^ 805459861) = 2922720805, mod 2^19; (3, 5, 7) with 32-bit wrap of each product.
+    assert rows == [2922720805 % 2**19, 329061]
+
+
+def test_vertices_return_their_own_embedding() -> None:
+    enc = HashGridEncoder(3, num_levels=2, base_resolution=4, desired_resolution=40, log2_hashmap_size=8)
+    assert enc.resolutions == [4, 40]
+    with torch.no_grad():
+        enc.embeddings.copy_(torch.arange(enc.offsets[-1], dtype=torch.float32)[:, None])
+    out = enc(_point_at([3, 1, 2], 4))  # a vertex of level 0; of level 1 only if 39 * u is integral
+    assert out[0, 0].item() == 3 + 1 * 4 + 2 * 16  # dense level 0
+    x = _point_at([13, 26, 39], 40)  # u = (1/3, 2/3, 1): a vertex of both levels
+    hashed = ((13 ^ (26 * 2654435761 % 2**32) ^ (39 * 805459861 % 2**32)) % 2**8) + enc.offsets[1]
+    out = enc(x)
+    assert out[0, 0].item() == pytest.approx(1 + 2 * 4 + 3 * 16)
+    assert out[0, 1].item() == pytest.approx(hashed)
+
+
+def test_dense_level_reproduces_linear_functions_exactly() -> None:
+    enc = HashGridEncoder(2, num_levels=1, base_resolution=9, desired_resolution=9, log2_hashmap_size=10)
+    grid = torch.stack(torch.meshgrid(torch.arange(9.0), torch.arange(9.0), indexing="xy"), -1).reshape(-1, 2)
+    with torch.no_grad():  # row c0 + 9 c1 holds 2 c0 - 3 c1 + 1
+        enc.embeddings.copy_((2 * grid[:, 0] - 3 * grid[:, 1] + 1)[:, None])
+    x = torch.rand(256, 2) * 2 - 1
+    p = (x + 1) / 2 * 8
+    torch.testing.assert_close(enc(x)[:, 0], 2 * p[:, 0] - 3 * p[:, 1] + 1, atol=1e-4, rtol=0)
+
+
+def test_shapes_and_gradients_reach_the_embeddings() -> None:
+    enc = HashGridEncoder(3, num_levels=4, level_dim=2, base_resolution=8, desired_resolution=64, log2_hashmap_size=10)
+    x = torch.rand(100, 3) * 2 - 1
+    out = enc(x)
+    assert out.shape == (100, 8) and enc.output_dim == 8
+    out[:, 0::2].sum().backward()  # feature 0 of every level
+    grad = enc.embeddings.grad
+    # Interpolation weights sum to one: each point sends 1 to each level's feature 0, nothing to feature 1.
+    assert grad[:, 0].sum().item() == pytest.approx(100 * 4, rel=1e-5)
+    assert grad[:, 1].abs().sum().item() == 0.0
+
+
+def test_points_outside_the_bound_are_clamped_to_the_border() -> None:
+    enc = HashGridEncoder(2, num_levels=2, base_resolution=4, desired_resolution=8, bound=2.0)
+    torch.testing.assert_close(enc(torch.tensor([[5.0, -9.0]])), enc(torch.tensor([[2.0, -2.0]])))
+
+
+def test_reference_function_matches_the_module() -> None:
+    enc = HashGridEncoder(2, num_levels=3, base_resolution=4, desired_resolution=32, log2_hashmap_size=6, bound=0.5)
+    x = torch.rand(50, 2) - 0.5
+    ref = hashgrid_torch(x, enc.embeddings, enc.offsets, enc.resolutions, 6, 0.5)
+    torch.testing.assert_close(enc(x), ref)
+
+
+def test_unknown_backend_and_wrong_width_are_user_errors() -> None:
+    with pytest.raises(ErnerfError, match="unknown hash-grid backend"):
+        HashGridEncoder(2, backend="cuda")
+    with pytest.raises(ErnerfError, match="expects 2-d points"):
+        HashGridEncoder(2)(torch.zeros(4, 3))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tinycudann") is not None, reason="tinycudann is installed")
+def test_tcnn_backend_without_tinycudann_explains_the_fix() -> None:
+    with pytest.raises(ErnerfError, match="optional.*backend=torch"):
+        HashGridEncoder(2, backend="tcnn")
+
+
+def _fit_final_loss(enc: torch.nn.Module, steps: int = 300) -> tuple[float, float]:
+    """Fit a smooth 3D target through a linear head; return (first, last) loss."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(enc.output_dim, 1).cuda()
+    opt = torch.optim.Adam([*enc.parameters(), *head.parameters()], lr=1e-2)
+    losses = []
+    for _ in range(steps):
+        x = torch.rand(8192, 3, device="cuda") * 2 - 1
+        target = torch.sin(3 * x[:, 0]) * torch.cos(2 * x[:, 1]) + x[:, 2] ** 2
+        loss = ((head(enc(x))[:, 0] - target) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses[0], sum(losses[-20:]) / 20
+
+
+@pytest.mark.gpu
+def test_tcnn_and_torch_backends_fit_the_same_target_equally_well() -> None:
+    pytest.importorskip("tinycudann")
+    kwargs = dict(input_dim=3, num_levels=8, level_dim=2, base_resolution=16, desired_resolution=256)
+    first_t, last_t = _fit_final_loss(HashGridEncoder(**kwargs, backend="torch").cuda())
+    first_c, last_c = _fit_final_loss(HashGridEncoder(**kwargs, backend="tcnn").cuda())
+    assert last_t < 0.05 * first_t and last_c < 0.05 * first_c
+    assert last_c < 3 * last_t and last_t < 3 * last_c
+
+
+@pytest.mark.gpu
+def test_triton_backend_matches_the_reference_bit_layout() -> None:
+    kwargs = dict(input_dim=3, num_levels=6, level_dim=2, base_resolution=16, desired_resolution=300)
+    ref = HashGridEncoder(**kwargs).cuda()
+    fast = HashGridEncoder(**kwargs, backend="triton").cuda()
+    fast.load_state_dict(ref.state_dict())
+    x = torch.rand(4096, 3, device="cuda") * 2 - 1
+    torch.testing.assert_close(fast(x), ref(x), atol=1e-5, rtol=1e-4)
