@@ -51,7 +51,7 @@ def prepare_subject(tmp_path_factory: pytest.TempPathFactory):
     """prepare_subject(clip, upto=step) -> subject folder with the pipeline run up to `step` (cached)."""
     from ernerf.io.layout import SubjectLayout
     from ernerf.preprocess.base import StepContext, run_steps
-    from ernerf.preprocess.pipeline import build_steps
+    from hydra.utils import instantiate
 
     root = tmp_path_factory.mktemp("subjects")
 
@@ -60,10 +60,10 @@ def prepare_subject(tmp_path_factory: pytest.TempPathFactory):
         if key in _PREPARED:
             return _PREPARED[key]
         cfg = compose("preprocess", ["subject=test"])
-        steps = build_steps(cfg.preprocess.steps)
-        names = [s.name for s in steps]
-        if upto is not None:
-            steps = steps[: names.index(upto) + 1]
+        names = list(cfg.preprocess.steps.keys())
+        # Instantiate only the steps that run, so later (heavier) steps are not even built.
+        keep = names[: names.index(upto) + 1] if upto is not None else names
+        steps = [instantiate(cfg.preprocess.steps[k]) for k in keep]
         # One folder per clip: later calls extend what earlier calls built (steps are idempotent).
         layout = SubjectLayout(root / Path(clip).stem)
         layout.root.mkdir(parents=True, exist_ok=True)
