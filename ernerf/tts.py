@@ -1,0 +1,124 @@
+"""Offline speech synthesis through the libespeak-ng that the espeakng-loader wheel ships (ctypes, no network)."""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ernerf.errors import ErnerfError
+
+# Values of the enums in espeak-ng's speak_lib.h (stable public API since espeak 1.x).
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_POS_CHARACTER = 1
+_ESPEAK_CHARS_UTF8 = 1
+_ESPEAK_RATE, _ESPEAK_VOLUME, _ESPEAK_PITCH = 1, 2, 3
+_EE_OK = 0
+
+# int callback(short *wav, int numsamples, espeak_EVENT *events); a non-zero return aborts synthesis.
+_SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+
+class _Espeak:
+    """The process-wide espeak-ng engine: the C library keeps global state, so it is set up once and locked."""
+
+    def __init__(self) -> None:
+        import espeakng_loader
+
+        try:
+            self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
+            data = espeakng_loader.get_data_path()
+        except (OSError, RuntimeError) as exc:
+            raise ErnerfError(
+                f"cannot load libespeak-ng from espeakng-loader ({exc}); reinstall it: pip install espeakng-loader==0.2.4"
+            ) from exc
+        self._declare()
+        # espeak-ng accepts either the espeak-ng-data folder or its parent.
+        rate = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data.encode(), 0)
+        if rate <= 0:
+            raise ErnerfError(f"espeak_Initialize failed with data at {data}; reinstall espeakng-loader.")
+        self.sample_rate = int(rate)
+        self.lock = threading.Lock()
+        self._chunks: list[np.ndarray] = []
+        self._callback = _SynthCallback(self._collect)  # kept on self: ctypes must not free it
+        self.lib.espeak_SetSynthCallback(self._callback)
+
+    def _declare(self) -> None:
+        lib = self.lib
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.espeak_Initialize.restype = ctypes.c_int
+        lib.espeak_SetSynthCallback.argtypes = [_SynthCallback]
+        lib.espeak_SetSynthCallback.restype = None
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
+                                     ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        for fn in (lib.espeak_SetVoiceByName, lib.espeak_SetParameter, lib.espeak_Synth, lib.espeak_Synchronize):
+            fn.restype = ctypes.c_int
+
+    def _collect(self, wav, numsamples: int, events) -> int:
+        if wav and numsamples > 0:
+            self._chunks.append(np.ctypeslib.as_array(wav, shape=(numsamples,)).copy())
+        return 0
+
+    def speak(self, text: str, voice: str, rate: int, pitch: int) -> np.ndarray:
+        """Synthesize `text` and return the int16 samples."""
+        with self.lock:
+            if self.lib.espeak_SetVoiceByName(voice.encode()) != _EE_OK:
+                raise ErnerfError(f"espeak-ng has no voice {voice!r}; use a language code such as 'en', 'en-us', 'de'.")
+            self.lib.espeak_SetParameter(_ESPEAK_RATE, int(rate), 0)
+            self.lib.espeak_SetParameter(_ESPEAK_PITCH, int(pitch), 0)
+            self.lib.espeak_SetParameter(_ESPEAK_VOLUME, 100, 0)
+            self._chunks = []
+            buf = ctypes.create_string_buffer(text.encode("utf-8"))
+            err = self.lib.espeak_Synth(buf, len(buf), 0, _POS_CHARACTER, 0, _ESPEAK_CHARS_UTF8, None, None)
+            self.lib.espeak_Synchronize()
+            chunks, self._chunks = self._chunks, []
+        if err != _EE_OK:
+            raise ErnerfError(f"espeak-ng failed to synthesize {text[:40]!r} (error {err}).")
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+
+
+_ENGINE: _Espeak | None = None
+
+
+def _engine() -> _Espeak:
+    global _ENGINE
+    if _ENGINE is None:
+        _ENGINE = _Espeak()
+    return _ENGINE
+
+
+def synthesize(text: str, voice: str = "en", rate: int = 150, pitch: int = 45) -> tuple[np.ndarray, int]:
+    """Speak `text` offline; returns (float32 mono waveform in [-1, 1], sample rate in Hz).
+
+    `rate` is words per minute (80-450), `pitch` 0-99 (50 is the voice's default).
+    """
+    if not text.strip():
+        raise ErnerfError("synthesize got empty text: give a sentence to speak.")
+    if not 80 <= rate <= 450 or not 0 <= pitch <= 99:
+        raise ErnerfError(f"rate={rate} / pitch={pitch} out of range: rate 80-450 words per minute, pitch 0-99.")
+    engine = _engine()
+    pcm = engine.speak(text, voice, rate, pitch)
+    if pcm.size == 0:
+        raise ErnerfError(f"espeak-ng produced no audio for {text[:40]!r}; check the text and voice={voice!r}.")
+    return pcm.astype(np.float32) / 32768.0, engine.sample_rate
+
+
+def write_wav(path: Path | str, wav: np.ndarray, sample_rate: int, target_rate: int | None = None) -> Path:
+    """Write mono float audio as PCM16 WAV atomically, resampled to `target_rate` if given."""
+    import soundfile as sf
+
+    from ernerf.io.atomic import atomic_path
+
+    if target_rate is not None and target_rate != sample_rate:
+        import librosa
+
+        wav = librosa.resample(wav, orig_sr=sample_rate, target_sr=target_rate)
+        sample_rate = target_rate
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), np.clip(wav, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+    return path
