@@ -1,0 +1,116 @@
+"""ER-NeRF's face field: tri-plane features gate the audio and eye codes (region attention)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ernerf.encoders.frequency import SphericalHarmonicsEncoder
+from ernerf.errors import ErnerfError
+from ernerf.fields.base import MLP, FieldOutputs, trunc_exp
+
+INFERENCE_CODES = ("mean", "zero")
+
+
+@dataclass
+class FaceCondition:
+    """What drives one frame: its audio code, eye (AU45) value and training-frame index."""
+
+    audio: Tensor  # [audio_dim] code of the frame (AudioEncoder output)
+    eye: Tensor | None = None  # [1] AU45, scaled; None = eyes open (0)
+    frame_index: int | None = None  # None at inference: the individual code is the mean (or zero) code
+
+
+class FaceField(nn.Module):
+    """Dynamic head field: density and colour of points given audio, eye and per-frame codes."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_frames: int,
+        audio_dim: int = 32,
+        eye_dim: int = 1,
+        individual_dim: int = 4,
+        geo_feat_dim: int = 64,
+        hidden_dim: int = 64,
+        num_layers: int = 3,
+        color_layers: int = 2,
+        color_hidden_dim: int = 64,
+        audio_att_hidden_dim: int = 64,
+        eye_att_hidden_dim: int = 16,
+        uncertainty_hidden_dim: int = 32,
+        sh_degree: int = 4,
+        inference_code: str = "mean",
+    ) -> None:
+        super().__init__()
+        if inference_code not in INFERENCE_CODES:
+            raise ErnerfError(f"inference_code must be one of {INFERENCE_CODES}, got {inference_code!r}")
+        self.encoder = encoder
+        self.audio_dim, self.eye_dim, self.inference_code = audio_dim, eye_dim, inference_code
+        in_dim = encoder.output_dim
+        # Region attention: where a point is decides how much each audio channel (and the eye) moves it.
+        self.audio_att_net = MLP(in_dim, audio_dim, audio_att_hidden_dim, 2)
+        self.eye_att_net = MLP(in_dim, 1, eye_att_hidden_dim, 2) if eye_dim > 0 else None
+        self.sigma_net = MLP(in_dim + audio_dim + eye_dim, 1 + geo_feat_dim, hidden_dim, num_layers)
+        self.dir_encoder = SphericalHarmonicsEncoder(sh_degree)
+        color_in = self.dir_encoder.output_dim + geo_feat_dim + individual_dim
+        self.color_net = MLP(color_in, 3, color_hidden_dim, color_layers)
+        self.uncertainty_net = MLP(in_dim, 1, uncertainty_hidden_dim, 2)
+        self.individual_codes = nn.Parameter(torch.randn(num_frames, individual_dim) * 0.1)
+
+    def forward(self, x: Tensor, d: Tensor, cond: FaceCondition) -> FieldOutputs:  # x, d: [M, 3]
+        """Density, colour, uncertainty and attention magnitudes at points x seen from directions d."""
+        enc_x = self.encoder(x)  # [M, in_dim]
+        sigma, geo_feat, extras = self._density(enc_x, cond)
+        code = self._individual_code(cond.frame_index).expand(x.shape[0], -1)  # [M, individual_dim]
+        h = torch.cat([self.dir_encoder(d), geo_feat, code], dim=-1)
+        rgb = torch.sigmoid(self.color_net(h))
+        extras["uncertainty"] = F.softplus(self.uncertainty_net(enc_x))  # [M, 1], log(1 + e^u) as ER-NeRF
+        return FieldOutputs(sigma=sigma, rgb=rgb, extras=extras)
+
+    def density(self, x: Tensor, cond: FaceCondition) -> Tensor:  # [M, 3] -> [M]
+        """Density only (for the occupancy grid)."""
+        return self._density(self.encoder(x), cond)[0]
+
+    def _density(self, enc_x: Tensor, cond: FaceCondition) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """sigma [M], geometric features [M, G] and attention magnitudes from encoded points."""
+        audio_att = self.audio_att_net(enc_x)  # [M, audio_dim]
+        parts = [enc_x, self._audio(cond) * audio_att]
+        extras = {"audio_att": audio_att.norm(dim=-1, keepdim=True)}
+        if self.eye_att_net is not None:
+            eye_att = torch.sigmoid(self.eye_att_net(enc_x))  # [M, 1]
+            parts.append(self._eye(cond, enc_x) * eye_att)
+            extras["eye_att"] = eye_att
+        h = self.sigma_net(torch.cat(parts, dim=-1))
+        return trunc_exp(h[:, 0]), h[:, 1:], extras
+
+    def _audio(self, cond: FaceCondition) -> Tensor:  # -> [1, audio_dim]
+        """The frame's audio code as a row to broadcast over points."""
+        audio = cond.audio.reshape(1, -1)
+        if audio.shape[1] != self.audio_dim:
+            raise ErnerfError(
+                f"audio code has {audio.shape[1]} channels but FaceField was built with audio_dim={self.audio_dim}; "
+                "set the field's audio_dim to the AudioEncoder's out_dim"
+            )
+        return audio
+
+    def _eye(self, cond: FaceCondition, like: Tensor) -> Tensor:  # -> [1, eye_dim]
+        """The frame's eye value; eyes open (zero) when none is given."""
+        if cond.eye is None:
+            return like.new_zeros(1, self.eye_dim)
+        return cond.eye.reshape(1, -1).to(like)
+
+    def _individual_code(self, frame_index: int | None) -> Tensor:  # -> [1, individual_dim]
+        """Learned code of a training frame; the mean (or zero) code for unseen frames."""
+        codes = self.individual_codes
+        if frame_index is None:
+            return codes.mean(0, keepdim=True) if self.inference_code == "mean" else codes.new_zeros(1, codes.shape[1])
+        if not 0 <= frame_index < codes.shape[0]:
+            raise ErnerfError(
+                f"frame_index {frame_index} is outside the {codes.shape[0]} training frames the field was built for; "
+                "pass frame_index=None for new audio"
+            )
+        return codes[frame_index : frame_index + 1]
