@@ -1,0 +1,192 @@
+"""Paste rendered 512x512 head crops back into the original full-resolution frames, with soft edges.
+
+Schemes (`postprocess.scheme=`):
+- `box`: the whole head box, feathered towards the box edges.
+- `face`: the face only. The face is the convex hull of the face mesh (mesh.npy, forehead to chin,
+  no hair, no ears; the 68 landmarks when no mesh), grown by `dilate_px` so an opened jaw stays
+  inside, and cut to the head + neck parsing classes so no background is pasted. Hair is left
+  original: a NeRF renders hair worst (it is thin and moves), and the face carries the lip sync.
+- `face_neck`: the head and neck parsing classes (hair included), grown by `dilate_px`.
+
+Soft edges: `blend=feather` ramps alpha from 0 at the mask border to 1 at `feather_px` inside
+(smoothstep of a distance transform); `blend=seamless` uses Poisson blending (cv2.seamlessClone)
+inside the same mask, which also evens out colour shifts between render and frame.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ernerf.errors import ErnerfError
+
+SCHEMES = ("box", "face", "face_neck")
+BLENDS = ("feather", "seamless")
+HEAD_BGR = (255, 0, 0)  # parsing colours as cv2.imread returns them (docs/dataset.md)
+NECK_BGR = (0, 255, 0)
+
+
+@dataclass(frozen=True)
+class HeadBox:
+    """Square head box in original-frame pixels; may extend past the frame."""
+
+    x1: int
+    y1: int
+    x2: int
+    y2: int
+
+    @classmethod
+    def load(cls, path: Path | str) -> "HeadBox":
+        """Read head_bbox.json."""
+        path = Path(path)
+        if not path.is_file():
+            raise ErnerfError(f"{path} is missing: run `python preprocess.py subject=<name>` (headbox step).")
+        d = json.loads(path.read_text())
+        return cls(int(d["x1"]), int(d["y1"]), int(d["x2"]), int(d["y2"]))
+
+    @property
+    def width(self) -> int:
+        return self.x2 - self.x1
+
+    @property
+    def height(self) -> int:
+        return self.y2 - self.y1
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where the box overlaps the frame: slices into the frame and into the box-sized patch."""
+
+    frame: tuple[slice, slice]
+    patch: tuple[slice, slice]
+
+
+def _placement(box: HeadBox, frame_hw: tuple[int, int]) -> _Placement:
+    h, w = frame_hw
+    fx1, fy1, fx2, fy2 = max(box.x1, 0), max(box.y1, 0), min(box.x2, w), min(box.y2, h)
+    if fx1 >= fx2 or fy1 >= fy2:
+        raise ErnerfError(f"head box {box} lies outside the {w}x{h} frame: re-run the headbox preprocessing step.")
+    frame = (slice(fy1, fy2), slice(fx1, fx2))
+    patch = (slice(fy1 - box.y1, fy2 - box.y1), slice(fx1 - box.x1, fx2 - box.x1))
+    return _Placement(frame, patch)
+
+
+def _resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize to (w, h): area filter when shrinking, cubic when enlarging."""
+    shrink = size[0] < img.shape[1]
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+
+
+def crop_frame(frame: np.ndarray, box: HeadBox, size: int = 512) -> np.ndarray:
+    """Crop the head box out of a frame (edge-replicated past the border) and scale to size x size."""
+    h, w = frame.shape[:2]
+    pad = max(0, -box.x1, -box.y1, box.x2 - w, box.y2 - h)
+    padded = cv2.copyMakeBorder(frame, pad, pad, pad, pad, cv2.BORDER_REPLICATE) if pad else frame
+    patch = padded[box.y1 + pad:box.y2 + pad, box.x1 + pad:box.x2 + pad]
+    return _resize(patch, (size, size))
+
+
+def parsing_mask(parsing_bgr: np.ndarray, classes: tuple[tuple[int, int, int], ...]) -> np.ndarray:
+    """Boolean mask of the given parsing colours (BGR, as cv2.imread reads parsing/<i>.png). # [H,W]"""
+    mask = np.zeros(parsing_bgr.shape[:2], dtype=bool)
+    for colour in classes:
+        mask |= np.all(np.abs(parsing_bgr.astype(np.int16) - colour) < 64, axis=-1)
+    return mask
+
+
+def hull_mask(points: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Filled convex hull of 2D points (crop pixels). # [K,2] -> bool [H,W]"""
+    hull = cv2.convexHull(np.round(points[:, :2]).astype(np.int32))
+    mask = np.zeros(hw, dtype=np.uint8)
+    cv2.fillConvexPoly(mask, hull, 1)
+    return mask.astype(bool)
+
+
+def dilate(mask: np.ndarray, px: int) -> np.ndarray:
+    """Grow a boolean mask by `px` pixels (elliptic element)."""
+    if px <= 0:
+        return mask
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
+    return cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
+
+
+def feather_alpha(mask: np.ndarray, feather_px: float) -> np.ndarray:
+    """Alpha 0 on and outside the mask border, rising smoothly to 1 at `feather_px` inside. # [H,W] float32"""
+    inside = np.pad(mask.astype(np.uint8), 1)  # the image edge counts as mask border
+    dist = cv2.distanceTransform(inside, cv2.DIST_L2, 5)[1:-1, 1:-1]
+    t = np.clip(dist / max(feather_px, 1e-6), 0.0, 1.0)
+    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
+
+
+class PasteBack:
+    """Blend rendered crops into original frames at the subject's head box."""
+
+    def __init__(self, scheme: str = "face_neck", blend: str = "feather", feather_px: float = 16.0,
+                 dilate_px: int = 8) -> None:
+        if scheme not in SCHEMES:
+            raise ErnerfError(f"unknown paste-back scheme {scheme!r}: use postprocess.scheme= one of {', '.join(SCHEMES)}.")
+        if blend not in BLENDS:
+            raise ErnerfError(f"unknown blend {blend!r}: use postprocess.blend= one of {', '.join(BLENDS)}.")
+        self.scheme, self.blend = scheme, blend
+        self.feather_px, self.dilate_px = feather_px, dilate_px
+
+    def region(self, parsing_bgr: np.ndarray | None, face_points: np.ndarray | None,
+               size: int = 512) -> np.ndarray:
+        """Boolean mask [size,size] of crop pixels to take from the render, for this scheme."""
+        if self.scheme == "box":
+            return np.ones((size, size), dtype=bool)
+        if parsing_bgr is None:
+            raise ErnerfError(f"postprocess.scheme={self.scheme} needs the parsing maps (parsing/<i>.png): run "
+                              "`python preprocess.py subject=<name>` or use postprocess.scheme=box.")
+        person = dilate(parsing_mask(parsing_bgr, (HEAD_BGR, NECK_BGR)), self.dilate_px)
+        if self.scheme == "face_neck":
+            return person
+        if face_points is None:
+            raise ErnerfError("postprocess.scheme=face needs the face mesh (mesh.npy) or landmarks (ori_imgs/<i>.lms): "
+                              "run `python preprocess.py subject=<name>` or use postprocess.scheme=face_neck.")
+        return dilate(hull_mask(face_points, (size, size)), self.dilate_px) & person
+
+    def alpha(self, parsing_bgr: np.ndarray | None, face_points: np.ndarray | None,
+              size: int = 512) -> np.ndarray:
+        """Soft alpha [size,size] in [0,1]: the scheme's region feathered towards its border."""
+        return feather_alpha(self.region(parsing_bgr, face_points, size), self.feather_px)
+
+    def paste(self, frame: np.ndarray, crop: np.ndarray, alpha: np.ndarray, box: HeadBox) -> np.ndarray:
+        """Return a copy of `frame` [H,W,3] uint8 with `crop` [S,S,3] uint8 blended in at `box` by `alpha` [S,S]."""
+        place = _placement(box, frame.shape[:2])
+        patch = _resize(crop, (box.width, box.height))[place.patch]
+        a = _resize(alpha, (box.width, box.height))[place.patch].clip(0.0, 1.0)
+        out = frame.copy()
+        if self.blend == "seamless":
+            return self._seamless(out, patch, a, place)
+        region = out[place.frame].astype(np.float32)
+        blended = region + a[..., None] * (patch.astype(np.float32) - region)
+        out[place.frame] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+        return out
+
+    def _seamless(self, out: np.ndarray, patch: np.ndarray, a: np.ndarray, place: _Placement) -> np.ndarray:
+        mask = np.zeros(out.shape[:2], dtype=np.uint8)
+        mask[place.frame] = (a > 0.5).astype(np.uint8) * 255
+        mask[[0, -1], :] = 0  # seamlessClone needs the mask strictly inside the frame
+        mask[:, [0, -1]] = 0
+        if not mask.any():
+            return out
+        src = out.copy()
+        src[place.frame] = patch
+        x, y, w, h = cv2.boundingRect(mask)
+        return cv2.seamlessClone(src, out, mask, (x + w // 2, y + h // 2), cv2.NORMAL_CLONE)
+
+    def paste_depth(self, frame_hw: tuple[int, int], depth: np.ndarray, alpha: np.ndarray,
+                    box: HeadBox) -> np.ndarray:
+        """Full-frame depth [H,W] float32: the rendered depth where alpha > 0.5, 0 elsewhere."""
+        place = _placement(box, frame_hw)
+        size = (box.width, box.height)
+        d = cv2.resize(depth.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)[place.patch]
+        a = cv2.resize(alpha.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)[place.patch]
+        out = np.zeros(frame_hw, dtype=np.float32)
+        out[place.frame] = np.where(a > 0.5, d, 0.0)
+        return out

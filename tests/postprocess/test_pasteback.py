@@ -1,0 +1,113 @@
+"""Paste-back on real frames: ground truth returns the original, changes stay inside the mask, edges are soft."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from ernerf.errors import ErnerfError
+from ernerf.io.video import iter_frames
+from ernerf.postprocess.pasteback import SCHEMES, HeadBox, PasteBack, crop_frame, feather_alpha
+from tests.postprocess.mini_subject import BOX, face_points, parsing_bgr
+
+SHIFT = 60  # grey levels added by the "recoloured" render
+
+
+@pytest.fixture(scope="module")
+def frame_and_crop(mini_subject):
+    frame = next(iter_frames(mini_subject.video))
+    crop = cv2.cvtColor(cv2.imread(str(mini_subject.ori_img(0))), cv2.COLOR_BGR2RGB)
+    return frame, crop
+
+
+def paste(scheme: str, frame: np.ndarray, crop: np.ndarray, blend: str = "feather") -> tuple[np.ndarray, np.ndarray]:
+    pb = PasteBack(scheme, blend=blend, feather_px=16, dilate_px=8)
+    alpha = pb.alpha(parsing_bgr(), face_points()[:, :2])
+    return pb.paste(frame, crop, alpha, BOX), alpha
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 10 * np.log10(255.0**2 / max(mse, 1e-12))
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_ground_truth_crop_gives_original_frame(scheme, frame_and_crop):
+    frame, crop = frame_and_crop
+    out, _ = paste(scheme, frame, crop)
+    assert out.shape == frame.shape
+    assert psnr(out, frame) > 38  # jpeg q95 + 440->512->440 resampling only
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_recoloured_crop_changes_only_masked_pixels(scheme, frame_and_crop):
+    frame, crop = frame_and_crop
+    out, alpha = paste(scheme, frame, np.clip(crop.astype(int) + SHIFT, 0, 255).astype(np.uint8))
+    changed = np.abs(out.astype(int) - frame.astype(int)).max(-1) > 12
+    full_alpha = np.zeros(frame.shape[:2], np.float32)
+    size = (BOX.width, BOX.height)
+    full_alpha[0:BOX.y2, BOX.x1:BOX.x2] = cv2.resize(alpha, size)[-BOX.y1:, :]
+    assert changed.any()
+    assert not (changed & (full_alpha <= 0.0)).any()  # nothing changes where alpha is 0
+    assert changed[full_alpha > 0.99].mean() > 0.9  # and the inside really takes the render
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_edges_are_smooth(scheme, frame_and_crop):
+    frame = (frame_and_crop[0] * 0.7).astype(np.uint8)  # darkened so +SHIFT never clips at 255
+    crop = crop_frame(frame, BOX, 512)
+    shifted = crop + np.uint8(SHIFT)
+    # the change the render brings is alpha * SHIFT: compare against pasting the unshifted crop
+    diff = paste(scheme, frame, shifted)[0].astype(np.float32) - paste(scheme, frame, crop)[0].astype(np.float32)
+    steps = max(np.abs(np.diff(diff, axis=0)).max(), np.abs(np.diff(diff, axis=1)).max())
+    # smoothstep over 16 crop px (= 13.75 frame px) rises at most 1.5 / 13.75 of SHIFT per pixel
+    assert steps <= 1.5 / 13.75 * SHIFT + 2
+    pb = PasteBack(scheme, feather_px=0.01)
+    hard = pb.alpha(parsing_bgr(), face_points()[:, :2])
+    hard_diff = pb.paste(frame, shifted, hard, BOX).astype(np.float32) - pb.paste(frame, crop, hard, BOX)
+    assert np.abs(np.diff(hard_diff, axis=1)).max() > 0.8 * SHIFT  # a hard paste does show the step
+
+
+def test_schemes_cover_nested_regions(frame_and_crop):
+    box, face, face_neck = (PasteBack(s).region(parsing_bgr(), face_points()[:, :2]) for s in SCHEMES)
+    assert face.sum() < face_neck.sum() < box.sum()
+    assert not (face & ~face_neck).any()
+
+
+def test_seamless_blend_stays_in_mask_and_matches_ground_truth(frame_and_crop):
+    frame, crop = frame_and_crop
+    out, alpha = paste("face_neck", frame, crop, blend="seamless")
+    assert psnr(out, frame) > 35
+    shifted, _ = paste("face_neck", frame, np.clip(crop.astype(int) + SHIFT, 0, 255).astype(np.uint8), "seamless")
+    # Poisson blending keeps the frame's own colours at the mask border, so a uniform shift all but vanishes
+    assert np.abs(shifted.astype(int) - frame.astype(int)).mean() < 5
+
+
+def test_crop_past_frame_edge_is_padded(frame_and_crop):
+    frame, _ = frame_and_crop
+    crop = crop_frame(frame, BOX, 512)
+    rows_outside = round(-BOX.y1 * 512 / BOX.height)  # the box starts 30 px above the frame
+    assert np.abs(crop[: rows_outside - 2].astype(int) - crop[rows_outside + 2].astype(int)).max() < 40
+
+
+def test_feather_alpha_is_zero_outside_and_one_deep_inside():
+    mask = np.zeros((64, 64), bool)
+    mask[16:48, 16:48] = True
+    alpha = feather_alpha(mask, 8)
+    assert alpha[~mask].max() == 0 and alpha[32, 32] == 1.0
+    assert np.all(np.diff(alpha[32, 16:33]) >= 0)  # rises monotonically from the border inwards
+
+
+def test_bad_inputs_raise_clear_errors(tmp_path):
+    with pytest.raises(ErnerfError, match="scheme"):
+        PasteBack("hair")
+    with pytest.raises(ErnerfError, match="parsing"):
+        PasteBack("face_neck").alpha(None, None)
+    with pytest.raises(ErnerfError, match="mesh"):
+        PasteBack("face").alpha(parsing_bgr(), None)
+    with pytest.raises(ErnerfError, match="headbox"):
+        HeadBox.load(tmp_path / "head_bbox.json")
+    with pytest.raises(ErnerfError, match="outside"):
+        PasteBack("box").paste(np.zeros((64, 64, 3), np.uint8), np.zeros((512, 512, 3), np.uint8),
+                               np.ones((512, 512), np.float32), HeadBox(100, 100, 200, 200))
