@@ -1,0 +1,292 @@
+"""The subject dataset: a frozen parse of the folder (SubjectData), frame storage, and ray batches for training."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.samplers import RandomRaySampler, RaySampler, Rect
+from ernerf.errors import ErnerfError
+from ernerf.io.layout import SubjectLayout
+from ernerf.rendering.rays import get_rays, nerf_matrix_to_ngp
+
+log = logging.getLogger(__name__)
+
+AUDIO_WINDOW = 8  # neighbouring frames smoothed by the audio attention net (ER-NeRF att=2: [i-4, i+4))
+RECT_NAMES = ("face", "lips", "eyes", "lower_half")
+
+
+@dataclass(frozen=True)
+class SubjectData:
+    """Everything parsed from one subject folder; frames `0 .. num_train-1` train, the rest validate."""
+
+    layout: SubjectLayout
+    height: int
+    width: int
+    downscale: int
+    intrinsics: tuple[float, float, float, float]  # fx, fy, cx, cy at this image size
+    poses: Tensor  # [F, 4, 4] camera-to-world in the model's (ngp) space
+    img_ids: Tensor  # [F] long: file index of each frame
+    aud_ids: Tensor  # [F] long: row of the audio features
+    num_train: int
+    audio: Tensor  # [A, 16, C] float32
+    eye: Tensor  # [F] AU45 blink scaled to [0, 1] as ER-NeRF (clip(AU45, 0, 2) / 2)
+    rects: dict[str, Tensor]  # name -> [F, 4] (top, bottom, left, right) at this image size
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.poses.shape[0])
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.audio.shape[-1])
+
+    def audio_window(self, frame: int) -> Tensor:
+        """Features of the 8 frames around `frame` [8, 16, C], zero beyond the clip's ends (ER-NeRF)."""
+        centre = int(self.aud_ids[frame])
+        rows = torch.arange(centre - AUDIO_WINDOW // 2, centre + AUDIO_WINDOW // 2)
+        valid = (rows >= 0) & (rows < self.audio.shape[0])
+        window = self.audio[rows.clamp(0, self.audio.shape[0] - 1)]
+        return window * valid[:, None, None].to(window.dtype)
+
+    def rects_of(self, frame: int) -> dict[str, Rect]:
+        """The named regions of one frame."""
+        return {name: Rect(*(int(v) for v in r[frame])) for name, r in self.rects.items()}
+
+
+def parse_subject(root: Path, audio_file: str, downscale: int = 1, scale: float = 4.0,
+                  offset: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> SubjectData:
+    """Read transforms, intrinsics, audio features, AU45 and landmark rectangles of a subject folder."""
+    layout = SubjectLayout(Path(root))
+    check_subject(layout, audio_file)
+    train, val = (json.loads(layout.transforms(s).read_text()) for s in ("train", "val"))
+    frames = train["frames"] + val["frames"]
+    height, width = int(train["h"]) // downscale, int(train["w"]) // downscale
+    focal = float(train["focal_len"]) / downscale
+    poses = np.stack([nerf_matrix_to_ngp(np.asarray(f["transform_matrix"], np.float32), scale=scale, offset=offset) for f in frames])
+    img_ids = torch.tensor([f["img_id"] for f in frames], dtype=torch.long)
+    au45 = read_au45(layout.au)
+    eye = np.clip(au45[np.minimum(img_ids.numpy(), len(au45) - 1)], 0, 2) / 2
+    return SubjectData(
+        layout=layout, height=height, width=width, downscale=downscale,
+        intrinsics=(focal, focal, float(train["cx"]) / downscale, float(train["cy"]) / downscale),
+        poses=torch.as_tensor(poses, dtype=torch.float32), img_ids=img_ids,
+        aud_ids=torch.tensor([f["aud_id"] for f in frames], dtype=torch.long), num_train=len(train["frames"]),
+        audio=torch.from_numpy(np.load(layout.root / audio_file).astype(np.float32)),
+        eye=torch.as_tensor(eye, dtype=torch.float32),
+        rects=read_rects(layout, img_ids.tolist(), downscale, height, width),
+    )
+
+
+def check_subject(layout: SubjectLayout, audio_file: str) -> None:
+    """Fail early, naming the preprocessing command, when the folder or a file the training reads is missing."""
+    if not layout.root.is_dir():
+        raise ErnerfError(f"subject folder {layout.root} does not exist: run "
+                          f"`python preprocess.py video=<your video> subject={layout.name}` first (or set paths.data_root).")
+    if not (layout.root / audio_file).exists():
+        kind = audio_file.removeprefix("aud_").removesuffix(".npy")
+        raise ErnerfError(f"{layout.root / audio_file} is missing: the training is configured for audio features '{kind}'. "
+                          f"Run `python preprocess.py subject={layout.name} audio_features=<kind> preprocess.force=[audio_features]` "
+                          f"or train with the audio_features=<kind> the subject was preprocessed with.")
+    needed = {"tracking": [layout.transforms("train"), layout.transforms("val")], "blink": [layout.au],
+              "composite": [layout.gt_dir], "background": [layout.background]}
+    for step, paths in needed.items():
+        missing = [p for p in paths if not p.exists()]
+        if missing:
+            raise ErnerfError(f"{missing[0]} is missing: run `python preprocess.py subject={layout.name}` "
+                              f"(the {step} step writes it).")
+
+
+def read_au45(path: Path) -> np.ndarray:
+    """AU45 intensities [N] from an OpenFace-style au.csv (column ' AU45_r')."""
+    lines = path.read_text().strip().splitlines()
+    header = [h.strip() for h in lines[0].split(",")]
+    if "AU45_r" not in header:
+        raise ErnerfError(f"{path} has no AU45_r column: rerun `preprocess.force=[blink]`.")
+    column = header.index("AU45_r")
+    return np.array([float(line.split(",")[column]) for line in lines[1:]], dtype=np.float32)
+
+
+def read_rects(layout: SubjectLayout, img_ids: list[int], downscale: int, height: int, width: int) -> dict[str, Tensor]:
+    """Face, lips (square, as ER-NeRF), eyes and lower-half rectangles [F, 4] from the 68 landmarks."""
+    rects = np.zeros((len(RECT_NAMES), len(img_ids), 4), np.int64)
+    for k, i in enumerate(img_ids):
+        lms = np.loadtxt(layout.lms(i)) / downscale  # [68, 2] (x, y)
+        rects[0, k] = box(lms)
+        rects[1, k] = square(box(lms[48:60]), height, width)
+        rects[2, k] = box(lms[36:48])
+        rects[3, k] = (int(lms[31:36, 1].min()), *box(lms)[1:])
+    return {name: torch.from_numpy(r) for name, r in zip(RECT_NAMES, rects)}
+
+
+def box(points: np.ndarray) -> tuple[int, int, int, int]:
+    """Bounding rectangle (top, bottom, left, right) of points [K, 2] (x, y)."""
+    return int(points[:, 1].min()), int(points[:, 1].max()), int(points[:, 0].min()), int(points[:, 0].max())
+
+
+def square(rect: tuple[int, int, int, int], height: int, width: int) -> tuple[int, int, int, int]:
+    """Grow a rectangle to a square around its centre, clipped to the image."""
+    top, bottom, left, right = rect
+    cy, cx, half = (top + bottom) // 2, (left + right) // 2, max(bottom - top, right - left) // 2
+    return max(0, cy - half), min(height, cy + half), max(0, cx - half), min(width, cx + half)
+
+
+class FrameStore:
+    """Ground-truth images and per-frame backgrounds as uint8 [H, W, 3]; read lazily or preloaded on a device."""
+
+    def __init__(self, data: SubjectData, background: str = "torso", preload: bool = False,
+                 device: torch.device | str = "cpu") -> None:
+        if background not in ("torso", "plate"):
+            raise ErnerfError(f"background must be 'torso' (head stage) or 'plate' (torso stage), got '{background}'.")
+        if background == "torso" and not data.layout.torso_dir.exists():
+            raise ErnerfError(f"{data.layout.torso_dir} is missing: run `python preprocess.py subject={data.layout.name}` "
+                              "(composite step), or train with datamodule.background=plate.")
+        self.data, self.background_kind, self.device = data, background, torch.device(device)
+        self.plate = torch.from_numpy(self._read(data.layout.background)).to(self.device)
+        self.images: Tensor | None = None
+        self.backgrounds: Tensor | None = None
+        if preload:
+            frames = range(data.num_frames)
+            self.images = torch.stack([self._load_image(f) for f in frames]).to(self.device)  # [F, H, W, 3] uint8
+            if background == "torso":
+                self.backgrounds = torch.stack([self._load_background(f) for f in frames]).to(self.device)
+
+    def image(self, frame: int) -> Tensor:
+        """Ground truth of one frame, uint8 [H, W, 3]."""
+        return self.images[frame] if self.images is not None else self._load_image(frame).to(self.device)
+
+    def background(self, frame: int) -> Tensor:
+        """What lies behind the head in one frame, uint8 [H, W, 3]: torso over the plate, or the plate."""
+        if self.background_kind == "plate":
+            return self.plate
+        return self.backgrounds[frame] if self.backgrounds is not None else self._load_background(frame).to(self.device)
+
+    def _read(self, path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+        image = cv2.imread(str(path), flags)
+        if image is None:
+            raise ErnerfError(f"cannot read {path}: rerun `python preprocess.py subject={self.data.layout.name}`.")
+        if image.shape[:2] != (self.data.height, self.data.width):
+            image = cv2.resize(image, (self.data.width, self.data.height), interpolation=cv2.INTER_AREA)
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[-1] == 4 else cv2.COLOR_BGR2RGB)
+
+    def _load_image(self, frame: int) -> Tensor:
+        return torch.from_numpy(self._read(self.data.layout.gt(int(self.data.img_ids[frame]))))
+
+    def _load_background(self, frame: int) -> Tensor:
+        rgba = torch.from_numpy(self._read(self.data.layout.torso(int(self.data.img_ids[frame])), cv2.IMREAD_UNCHANGED))
+        alpha = rgba[..., 3:].float() / 255
+        mixed = rgba[..., :3].float() * alpha + self.plate.cpu().float() * (1 - alpha)
+        return mixed.round().to(torch.uint8)
+
+
+def to_unit(pixels: Tensor) -> Tensor:
+    """uint8 colours -> float in [0, 1]."""
+    return pixels.float() / 255
+
+
+class TrainRays(Dataset):
+    """One training frame per item: `sampler` picks its pixels; rays, targets, background and conditioning."""
+
+    def __init__(self, data: SubjectData, store: FrameStore, sampler: RaySampler, eye_jitter: float = 0.05) -> None:
+        self.data, self.store, self.sampler, self.eye_jitter = data, store, sampler, eye_jitter
+
+    def __len__(self) -> int:
+        return self.data.num_train
+
+    def __getitem__(self, frame: int) -> dict:
+        data, device = self.data, self.store.device
+        rects = data.rects_of(frame)
+        sample = self.sampler(data.height, data.width, rects)
+        index = sample.index.to(device)  # [N]
+        rays_o, rays_d = get_rays(data.poses[frame : frame + 1].to(device), data.intrinsics, data.height, data.width, index[None])
+        jitter = (torch.rand(1) - 0.5) * 2 * self.eye_jitter  # ER-NeRF: +-0.05 so blinks interpolate
+        return {
+            "rays_o": rays_o[0], "rays_d": rays_d[0],  # [N, 3]
+            "rgb": to_unit(self.store.image(frame).reshape(-1, 3)[index]),  # [N, 3]
+            "bg": to_unit(self.store.background(frame).reshape(-1, 3)[index]),  # [N, 3]
+            "face_mask": rects["face"].contains(index, data.width),  # [N]
+            "pixel_index": index, "patch_shape": sample.patch_shape,
+            "audio": data.audio_window(frame).to(device),  # [8, 16, C]
+            "eye": (data.eye[frame : frame + 1] + jitter).to(device),  # [1]
+            "frame_index": frame,
+        }
+
+
+class FullFrames(Dataset):
+    """Whole frames (validation): all rays, the image and its background; the individual code left to the model."""
+
+    def __init__(self, data: SubjectData, store: FrameStore, frames: list[int]) -> None:
+        self.data, self.store, self.frames = data, store, frames
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, item: int) -> dict:
+        data, frame, device = self.data, self.frames[item], self.store.device
+        rays_o, rays_d = get_rays(data.poses[frame : frame + 1].to(device), data.intrinsics, data.height, data.width, None)
+        return {
+            "rays_o": rays_o[0], "rays_d": rays_d[0],  # [H * W, 3]
+            "rgb": to_unit(self.store.image(frame)), "bg": to_unit(self.store.background(frame)),  # [H, W, 3]
+            "audio": data.audio_window(frame).to(device), "eye": data.eye[frame : frame + 1].to(device),
+            "frame": frame, "frame_index": None, "height": data.height, "width": data.width,
+        }
+
+
+class SubjectDataModule(L.LightningDataModule):
+    """Training rays and validation frames of one preprocessed subject."""
+
+    def __init__(self, subject_dir: str, audio_file: str, sampler: RaySampler | None = None, num_rays: int = 65536,
+                 preload: bool = False, downscale: int = 1, scale: float = 4.0,
+                 offset: tuple[float, float, float] = (0.0, 0.0, 0.0), background: str = "torso",
+                 eye_jitter: float = 0.05, num_val_frames: int | None = 8, num_workers: int = 0) -> None:
+        super().__init__()
+        self.subject_dir, self.audio_file = Path(subject_dir), audio_file
+        self.sampler = sampler or RandomRaySampler(num_rays)
+        self.preload, self.downscale, self.scale, self.offset = preload, downscale, scale, tuple(offset)
+        self.background, self.eye_jitter = background, eye_jitter
+        self.num_val_frames, self.num_workers = num_val_frames, num_workers
+        self._data: SubjectData | None = None
+        self.store: FrameStore | None = None
+
+    @property
+    def data(self) -> SubjectData:
+        """The parsed subject (parsed on first use)."""
+        if self._data is None:
+            self._data = parse_subject(self.subject_dir, self.audio_file, self.downscale, self.scale, self.offset)
+        return self._data
+
+    @property
+    def num_train_frames(self) -> int:
+        return self.data.num_train
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.store is not None:
+            return
+        device = self.trainer.strategy.root_device if self.preload and self.trainer is not None else torch.device("cpu")
+        self.store = FrameStore(self.data, self.background, self.preload, device)
+
+    def val_frames(self) -> list[int]:
+        """Held-out frames to render, evenly spaced over the validation split."""
+        frames = list(range(self.data.num_train, self.data.num_frames)) or [self.data.num_train - 1]
+        if self.num_val_frames is None or self.num_val_frames >= len(frames):
+            return frames
+        return [frames[int(k)] for k in np.linspace(0, len(frames) - 1, self.num_val_frames).round()]
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        workers = 0 if self.store.device.type != "cpu" else self.num_workers  # device tensors stay in this process
+        return DataLoader(dataset, batch_size=None, shuffle=shuffle, num_workers=workers, persistent_workers=workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(TrainRays(self.data, self.store, self.sampler, self.eye_jitter), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(FullFrames(self.data, self.store, self.val_frames()), shuffle=False)

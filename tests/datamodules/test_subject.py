@@ -1,0 +1,140 @@
+"""SubjectDataModule on the synthetic sphere subject (fast) and on a real preprocessed clip (slow)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules.samplers import RectRaySampler
+from datamodules.subject import SubjectDataModule, parse_subject
+from ernerf.errors import ErnerfError
+from tests.synthetic import CAMERA_DISTANCE, SPHERE_RADIUS, background_plate, write_synthetic_subject
+
+NGP_SCALE = 4.0
+
+
+@pytest.fixture(scope="module")
+def subject(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic_subject(tmp_path_factory.mktemp("synthetic") / "sphere", num_frames=12, size=32)
+
+
+def make_datamodule(root: Path, **kwargs) -> SubjectDataModule:
+    dm = SubjectDataModule(str(root), "aud_mel.npy", **{"num_rays": 256, "num_workers": 0, **kwargs})
+    dm.setup("fit")
+    return dm
+
+
+def ray_distance_to_origin(rays_o: torch.Tensor, rays_d: torch.Tensor) -> torch.Tensor:
+    """Closest approach of each ray [N] to the model-space origin."""
+    d = rays_d / rays_d.norm(dim=-1, keepdim=True)
+    return torch.linalg.cross(rays_o, d).norm(dim=-1)
+
+
+def test_parse_reads_split_intrinsics_eye_audio_and_rects(subject: Path) -> None:
+    data = parse_subject(subject, "aud_mel.npy")
+    assert (data.num_frames, data.num_train, data.height, data.width) == (12, 10, 32, 32)
+    assert data.intrinsics == pytest.approx((35.2, 35.2, 16.0, 16.0))
+    au = 2.5 + 2.5 * np.sin(np.arange(12))
+    assert data.eye.numpy() == pytest.approx(np.clip(au, 0, 2) / 2, abs=1e-3)
+    window = data.audio_window(0)  # frames -4..3: the four before the clip are zero
+    assert window.shape == (8, 16, 80)
+    assert window[:4].abs().sum() == 0 and torch.equal(window[4], data.audio[0])
+    lips, face = data.rects_of(3)["lips"], data.rects_of(3)["face"]
+    assert lips.height == lips.width > 0
+    assert face.top <= lips.top and lips.bottom <= face.bottom + 1
+
+
+def test_training_rays_hit_the_sphere_exactly_where_the_image_shows_it(subject: Path) -> None:
+    dm = make_datamodule(subject, num_rays=32 * 32)
+    batch = dm.train_dataloader().dataset[4]
+    dist = ray_distance_to_origin(batch["rays_o"], batch["rays_d"])  # [N]
+    plate = torch.from_numpy(background_plate(32)).float().reshape(-1, 3)[batch["pixel_index"]]
+    on_sphere = (batch["rgb"] - plate).abs().max(-1).values > 0.1
+    radius = NGP_SCALE * SPHERE_RADIUS
+    pixel = NGP_SCALE * CAMERA_DISTANCE / 35.2  # one pixel at the sphere (JPEG blurs the silhouette by about that)
+    assert (dist[on_sphere] < radius + pixel).all()
+    assert (dist[dist < radius * 0.9] < radius).all() and on_sphere[dist < radius * 0.9].all()
+
+
+def test_training_batch_is_one_frame_of_rays_with_targets_and_conditioning(subject: Path) -> None:
+    dm = make_datamodule(subject)
+    loader = dm.train_dataloader()
+    assert loader.batch_size is None and len(loader) == 10
+    batch = next(iter(loader))
+    n = 256
+    assert batch["rays_o"].shape == batch["rays_d"].shape == batch["rgb"].shape == batch["bg"].shape == (n, 3)
+    assert batch["rgb"].dtype == torch.float32 and 0 <= batch["rgb"].min() and batch["rgb"].max() <= 1
+    frame = batch["frame_index"]
+    assert 0 <= frame < 10 and batch["audio"].shape == (8, 16, 80)
+    assert abs(float(batch["eye"]) - float(dm.data.eye[frame])) <= 0.05 + 1e-6
+    plate = dm.store.plate.reshape(-1, 3)[batch["pixel_index"]].float() / 255  # synthetic torso is empty
+    assert torch.allclose(batch["bg"], plate)
+    face = dm.data.rects_of(frame)["face"]
+    assert torch.equal(batch["face_mask"], face.contains(batch["pixel_index"], 32))
+
+
+def test_validation_batches_are_whole_held_out_frames(subject: Path) -> None:
+    dm = make_datamodule(subject, num_val_frames=None)
+    batches = list(dm.val_dataloader())
+    assert [b["frame"] for b in batches] == [10, 11]
+    b = batches[0]
+    assert b["rgb"].shape == b["bg"].shape == (32, 32, 3) and b["rays_o"].shape == (32 * 32, 3)
+    assert b["frame_index"] is None  # unseen frame: the model uses its mean individual code
+
+
+def test_preload_and_lazy_loading_give_the_same_batches(subject: Path) -> None:
+    lazy, eager = make_datamodule(subject), make_datamodule(subject, preload=True)
+    assert eager.store.images.dtype == torch.uint8 and eager.store.images.shape == (12, 32, 32, 3)
+    assert lazy.store.images is None
+    assert torch.equal(lazy.store.image(7), eager.store.image(7))
+    assert torch.equal(lazy.store.background(7), eager.store.background(7))
+
+
+def test_downscale_halves_images_intrinsics_and_rects(subject: Path) -> None:
+    full, half = parse_subject(subject, "aud_mel.npy"), parse_subject(subject, "aud_mel.npy", downscale=2)
+    assert (half.height, half.width) == (16, 16)
+    assert half.intrinsics == pytest.approx(tuple(v / 2 for v in full.intrinsics))
+    assert abs(half.rects_of(0)["face"].bottom - full.rects_of(0)["face"].bottom / 2) <= 1
+
+
+def test_lips_sampler_returns_the_lips_square_of_the_frame(subject: Path) -> None:
+    dm = make_datamodule(subject, sampler=RectRaySampler("lips"))
+    batch = dm.train_dataloader().dataset[2]
+    lips = dm.data.rects_of(2)["lips"]
+    assert batch["patch_shape"] == (lips.height, lips.width)
+    assert lips.contains(batch["pixel_index"], 32).all()
+
+
+def test_missing_subject_or_audio_kind_raise_with_the_command_to_run(subject: Path, tmp_path: Path) -> None:
+    with pytest.raises(ErnerfError, match="python preprocess.py video=<your video> subject=nobody"):
+        parse_subject(tmp_path / "nobody", "aud_mel.npy")
+    with pytest.raises(ErnerfError, match="audio features 'hu'.*preprocess.force=\\[audio_features\\]"):
+        parse_subject(subject, "aud_hu.npy")
+    partial = tmp_path / "partial"
+    shutil.copytree(subject, partial)
+    (partial / "au.csv").unlink()
+    with pytest.raises(ErnerfError, match="blink step"):
+        parse_subject(partial, "aud_mel.npy")
+
+
+@pytest.mark.slow
+def test_real_clip_rays_of_head_pixels_pass_through_the_head_box(prepare_subject) -> None:
+    root = prepare_subject("train/trump_10s.mp4")
+    meta = json.loads((root / "meta.json").read_text())
+    dm = make_datamodule(root, downscale=4, num_val_frames=2)
+    data = dm.data
+    assert data.num_frames == meta["num_frames"] and data.num_train == int(meta["num_frames"] * 10 / 11)
+    assert data.audio.shape[1:] == (16, 80) and 0 <= float(data.eye.min()) and float(data.eye.max()) <= 1
+    batch = dm.val_dataloader().dataset[0]
+    lms_centre = data.rects_of(batch["frame"])["face"]
+    cy, cx = (lms_centre.top + lms_centre.bottom) // 2, (lms_centre.left + lms_centre.right) // 2
+    centre_ray = cy * data.width + cx
+    dist = ray_distance_to_origin(batch["rays_o"][centre_ray : centre_ray + 1], batch["rays_d"][centre_ray : centre_ray + 1])
+    assert float(dist) < 0.5  # the face centre's ray passes close to the head's centre (inside the unit box)
+    corner = ray_distance_to_origin(batch["rays_o"][:1], batch["rays_d"][:1])
+    assert float(corner) > float(dist)
