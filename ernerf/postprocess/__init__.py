@@ -1,1 +1,1 @@
-"""ernerf.postprocess."""
+"""After rendering: head motion for new audio, paste-back into the original frames, encoding with audio."""
