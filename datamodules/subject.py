@@ -222,7 +222,7 @@ class TrainRays(Dataset):
 
 
 class FullFrames(Dataset):
-    """Whole frames (validation): all rays, the image and its background; the individual code left to the model."""
+    """Whole frames (validation): camera, image and background; the individual code is left to the model."""
 
     def __init__(self, data: SubjectData, store: FrameStore, frames: list[int]) -> None:
         self.data, self.store, self.frames = data, store, frames
@@ -232,9 +232,8 @@ class FullFrames(Dataset):
 
     def __getitem__(self, item: int) -> dict:
         data, frame, device = self.data, self.frames[item], self.store.device
-        rays_o, rays_d = get_rays(data.poses[frame : frame + 1].to(device), data.intrinsics, data.height, data.width, None)
         return {
-            "rays_o": rays_o[0], "rays_d": rays_d[0],  # [H * W, 3]
+            "c2w": data.poses[frame].to(device), "intrinsics": torch.tensor(data.intrinsics),  # [4, 4], [4]
             "rgb": to_unit(self.store.image(frame)), "bg": to_unit(self.store.background(frame)),  # [H, W, 3]
             "audio": data.audio_window(frame).to(device), "eye": data.eye[frame : frame + 1].to(device),
             "frame": frame, "frame_index": None, "height": data.height, "width": data.width,

@@ -13,6 +13,7 @@ import torch
 from datamodules.samplers import RectRaySampler
 from datamodules.subject import SubjectDataModule, parse_subject
 from ernerf.errors import ErnerfError
+from ernerf.rendering.rays import get_rays
 from tests.synthetic import CAMERA_DISTANCE, SPHERE_RADIUS, background_plate, write_synthetic_subject
 
 NGP_SCALE = 4.0
@@ -83,7 +84,8 @@ def test_validation_batches_are_whole_held_out_frames(subject: Path) -> None:
     batches = list(dm.val_dataloader())
     assert [b["frame"] for b in batches] == [10, 11]
     b = batches[0]
-    assert b["rgb"].shape == b["bg"].shape == (32, 32, 3) and b["rays_o"].shape == (32 * 32, 3)
+    assert b["rgb"].shape == b["bg"].shape == (32, 32, 3) and b["c2w"].shape == (4, 4)
+    assert torch.equal(b["c2w"], dm.data.poses[10]) and b["intrinsics"].tolist() == pytest.approx(dm.data.intrinsics)
     assert b["frame_index"] is None  # unseen frame: the model uses its mean individual code
 
 
@@ -130,11 +132,10 @@ def test_real_clip_rays_of_head_pixels_pass_through_the_head_box(prepare_subject
     data = dm.data
     assert data.num_frames == meta["num_frames"] and data.num_train == int(meta["num_frames"] * 10 / 11)
     assert data.audio.shape[1:] == (16, 80) and 0 <= float(data.eye.min()) and float(data.eye.max()) <= 1
-    batch = dm.val_dataloader().dataset[0]
-    lms_centre = data.rects_of(batch["frame"])["face"]
-    cy, cx = (lms_centre.top + lms_centre.bottom) // 2, (lms_centre.left + lms_centre.right) // 2
-    centre_ray = cy * data.width + cx
-    dist = ray_distance_to_origin(batch["rays_o"][centre_ray : centre_ray + 1], batch["rays_d"][centre_ray : centre_ray + 1])
-    assert float(dist) < 0.5  # the face centre's ray passes close to the head's centre (inside the unit box)
-    corner = ray_distance_to_origin(batch["rays_o"][:1], batch["rays_d"][:1])
-    assert float(corner) > float(dist)
+    frame = dm.val_frames()[0]
+    face = data.rects_of(frame)["face"]
+    centre = ((face.top + face.bottom) // 2) * data.width + (face.left + face.right) // 2
+    rays_o, rays_d = get_rays(data.poses[frame][None], data.intrinsics, data.height, data.width, torch.tensor([[centre, 0]]))
+    dist = ray_distance_to_origin(rays_o[0], rays_d[0])
+    assert float(dist[0]) < 0.5  # the face centre's ray passes close to the head's centre (inside the unit box)
+    assert float(dist[1]) > float(dist[0])  # the image corner's ray passes farther away
