@@ -1,0 +1,322 @@
+"""Step: rigid head tracking (per-frame rotation, translation; one focal) from the face mesh.
+
+A subject-specific rigid template is built from the mesh points that do not move with speech or
+expression (forehead, nose, cheekbones, temples, eye corners), in metres. Bundle adjustment then fits
+template and per-frame poses to the 2D landmarks with a temporal smoothness prior.
+
+Focal length: mediapipe predicts its mesh near-orthographically, so the landmarks barely constrain
+the focal: with the template held at mediapipe's depth the PnP error keeps falling as the focal
+grows, and once the template may deform the bundle-adjusted error changes by only a few percent
+between 600 and 3000 px. The focal is therefore optimised jointly under a log-normal prior
+(`focal_prior`, 1200 px for a 512 px crop: a camera about 0.8 m from the face, as in ER-NeRF's
+own fits); the data move it only where they disagree clearly.
+
+Conventions follow docs/dataset.md: `x_cam = R X + t` (OpenCV camera), head frame x right, y up,
+z towards the camera, origin 5 cm behind the mesh centroid. `euler` holds XYZ Euler angles of the
+head rotation seen from an OpenGL camera (`diag(1,-1,-1) @ R`): zeros mean facing the camera.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ernerf.errors import ErnerfError
+from ernerf.io.atomic import atomic_path, write_text
+from ernerf.io.layout import SubjectLayout
+from ernerf.preprocess.base import PreprocessStep, StepContext
+
+# Mediapipe face-mesh indices of rigid regions (no lips, jaw, eyelids or eyebrows).
+STABLE_IDS = (
+    10, 151, 9, 8, 109, 338, 67, 297, 108, 337, 69, 299, 104, 333,  # forehead
+    168, 6, 197, 195, 5, 4, 1, 48, 278, 49, 279,  # nose bridge, tip and sides
+    33, 133, 362, 263, 130, 359, 243, 463,  # eye corners
+    116, 345, 117, 346, 118, 347, 123, 352, 50, 280, 101, 330, 100, 329,  # cheekbones
+    127, 356, 162, 389, 21, 251, 139, 368, 34, 264, 143, 372,  # temples
+)
+OUTER_EYE = (33, 263)  # subject's right / left outer eye corners
+FOREHEAD, CHIN = 10, 152
+EYE_SPAN_M = 0.09  # adult outer-eye-corner distance
+ORIGIN_BEHIND_M = 0.05  # canonical origin behind the mesh centroid, near the head's centre
+FLIP = np.diag([1.0, -1.0, -1.0])  # head frame (y up, z to camera) <-> OpenCV camera (y down, z forward)
+
+
+@dataclass
+class Track:
+    """Result of tracking one clip."""
+
+    rot: np.ndarray  # [N, 3, 3] head -> OpenCV camera
+    trans: np.ndarray  # [N, 3] metres
+    focal: float  # pixels
+    template: np.ndarray  # [K, 3] metres, head frame
+    reproj_err: np.ndarray  # [N] mean pixel distance per frame
+
+
+# ---------------------------------------------------------------- template
+
+
+def similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares similarity (Umeyama) with `scale * rot @ src + shift ~ dst`. # [K,3], [K,3]"""
+    ms, md = src.mean(0), dst.mean(0)
+    a, b = src - ms, dst - md
+    u, s, vt = np.linalg.svd(b.T @ a)
+    d = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+    rot = u @ d @ vt
+    scale = float((s * np.diag(d)).sum() / (a**2).sum())
+    return scale, rot, md - scale * rot @ ms
+
+
+def mean_shape(mesh: np.ndarray, ids: tuple[int, ...] = STABLE_IDS, iters: int = 3) -> np.ndarray:
+    """Average face over frames, each aligned on the rigid points; y up, z to camera, pixel scale. # [M,478,3] -> [478,3]"""
+    pts = mesh.astype(np.float64) * np.array([1.0, -1.0, -1.0])  # image (y down, z away) -> y up, z to camera
+    idx = list(ids)
+    ref = pts[0]
+    for _ in range(iters):
+        aligned = []
+        for p in pts:
+            scale, rot, shift = similarity(p[idx], ref[idx])
+            aligned.append(scale * p @ rot.T + shift)
+        ref = np.mean(aligned, axis=0)
+    return ref
+
+
+def canonical_template(shape: np.ndarray) -> np.ndarray:
+    """Put an average face in the head frame: eyes level on x, forehead up, metres, origin behind the centroid. # [478,3] -> [478,3]"""
+    x = shape[OUTER_EYE[1]] - shape[OUTER_EYE[0]]
+    x /= np.linalg.norm(x)
+    up = shape[FOREHEAD] - shape[CHIN]
+    y = up - (up @ x) * x
+    y /= np.linalg.norm(y)
+    basis = np.stack([x, y, np.cross(x, y)], axis=1)
+    head = (shape - shape.mean(0)) @ basis
+    head *= EYE_SPAN_M / np.linalg.norm(head[OUTER_EYE[1]] - head[OUTER_EYE[0]])
+    head[:, 2] += ORIGIN_BEHIND_M
+    return head
+
+
+# ---------------------------------------------------------------- poses
+
+
+def intrinsics(focal: float, size: int) -> np.ndarray:
+    """Pinhole matrix with the principal point at the crop centre. # -> [3,3]"""
+    c = size / 2.0
+    return np.array([[focal, 0.0, c], [0.0, focal, c], [0.0, 0.0, 1.0]])
+
+
+def solve_poses(template: np.ndarray, uv: np.ndarray, focal: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame PnP of the rigid template. # [K,3], [N,K,2] -> rot [N,3,3], trans [N,3]"""
+    import cv2
+
+    k = intrinsics(focal, size)
+    rots, trans = [], []
+    for pts in uv:
+        ok, rvec, tvec = cv2.solvePnP(template, np.ascontiguousarray(pts, dtype=np.float64), k, None,
+                                      flags=cv2.SOLVEPNP_SQPNP)
+        if not ok:
+            raise ErnerfError("head pose estimation failed on a frame: check mesh.npy (landmarks step).")
+        rots.append(cv2.Rodrigues(rvec)[0])
+        trans.append(tvec[:, 0])
+    return np.stack(rots), np.stack(trans)
+
+
+def project(template: np.ndarray, rot: np.ndarray, trans: np.ndarray, focal: float, size: int) -> np.ndarray:
+    """Pinhole projection of the template in every frame. # [K,3], [N,3,3], [N,3] -> [N,K,2]"""
+    cam = np.einsum("nij,kj->nki", rot, template) + trans[:, None]
+    return focal * cam[..., :2] / cam[..., 2:3] + size / 2.0
+
+
+def mean_error(template: np.ndarray, rot: np.ndarray, trans: np.ndarray, focal: float, size: int,
+               uv: np.ndarray) -> np.ndarray:
+    """Mean pixel distance between projected template and landmarks, per frame. # -> [N]"""
+    return np.linalg.norm(project(template, rot, trans, focal, size) - uv, axis=-1).mean(axis=1)
+
+
+# ---------------------------------------------------------------- bundle adjustment
+
+
+def bundle_adjust(template: np.ndarray, rot: np.ndarray, trans: np.ndarray, focal: float, size: int,
+                  uv: np.ndarray, weights: np.ndarray, smooth_weight: float, template_weight: float,
+                  focal_sigma: float = 0.4, iters: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Jointly refine template, poses and focal: robust reprojection loss plus smoothness, shape and focal priors.
+
+    `focal` is also the prior's centre; `focal_sigma` its log-space width (0.4: about x/÷1.5).
+    """
+    import roma
+
+    flip = torch.tensor(FLIP)
+    rel = roma.rotmat_to_rotvec(flip @ torch.from_numpy(rot))  # small angles: rotation relative to facing the camera
+    rv = rel.clone().requires_grad_(True)
+    t_dm = (torch.from_numpy(trans) * 10.0).requires_grad_(True)  # decimetres keep variables O(1) for L-BFGS
+    d_cm = torch.zeros(template.shape, dtype=torch.float64, requires_grad=True)
+    log_f = torch.zeros((), dtype=torch.float64, requires_grad=True)  # log(focal / prior focal)
+    base = torch.from_numpy(template)
+    target = torch.from_numpy(uv)
+    w = torch.from_numpy(weights)[:, None]
+    opt = torch.optim.LBFGS([rv, t_dm, d_cm, log_f], lr=1.0, max_iter=iters, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        r = flip @ roma.rotvec_to_rotmat(rv)
+        cam = torch.einsum("nij,kj->nki", r, base + d_cm / 100.0) + t_dm[:, None] / 10.0
+        proj = focal * torch.exp(log_f) * cam[..., :2] / cam[..., 2:3] + size / 2.0
+        dist2 = ((proj - target) ** 2).sum(-1)
+        data = ((torch.sqrt(1.0 + dist2 / 4.0) - 1.0) * 4.0 * w).sum() / (w.sum() * uv.shape[1])  # Charbonnier, 2 px
+        smooth = _second_diff(rv).pow(2).sum() / np.radians(0.5) ** 2 + _second_diff(t_dm / 10.0).pow(2).sum() / 1e-3**2
+        prior = template_weight * d_cm.pow(2).mean() / 0.5**2 + (log_f / focal_sigma) ** 2
+        loss = data + smooth_weight * smooth / len(uv) + prior
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        r = (flip @ roma.rotvec_to_rotmat(rv)).numpy()
+        f = focal * float(torch.exp(log_f))
+        return template + d_cm.detach().numpy() / 100.0, r, t_dm.detach().numpy() / 10.0, f
+
+
+def _second_diff(x: torch.Tensor) -> torch.Tensor:
+    return x[2:] - 2.0 * x[1:-1] + x[:-2] if len(x) > 2 else x[:0]
+
+
+def fit_poses(template: np.ndarray, uv: np.ndarray, weights: np.ndarray, focal: float, size: int,
+              smooth_weight: float, template_weight: float, focal_sigma: float = 0.4, iters: int = 100) -> Track:
+    """PnP initialisation at the prior focal, then joint bundle adjustment of template, poses and focal."""
+    rot, trans = solve_poses(template, uv, focal, size)
+    tpl, rot, trans, focal = bundle_adjust(template, rot, trans, focal, size, uv, weights, smooth_weight,
+                                           template_weight, focal_sigma, iters)
+    return Track(rot=rot, trans=trans, focal=focal, template=tpl,
+                 reproj_err=mean_error(tpl, rot, trans, focal, size, uv))
+
+
+def track(mesh: np.ndarray, valid: np.ndarray, size: int, focal_prior: float = 1200.0, focal_sigma: float = 0.4,
+          smooth_weight: float = 1.0, template_weight: float = 1.0) -> Track:
+    """Fit a rigid template, one focal and per-frame poses to the mesh landmarks. # mesh [N,478,3] in crop px"""
+    if not np.any(valid):
+        raise ErnerfError("no frame has a detected face mesh: tracking needs a visible face (check the video).")
+    head = canonical_template(mean_shape(mesh[valid]))
+    template = head[list(STABLE_IDS)]
+    uv = mesh[:, list(STABLE_IDS), :2].astype(np.float64)
+    weights = np.where(valid, 1.0, 0.05)  # interpolated frames mostly follow the smoothness prior
+    with _torch_threads(1):  # a tiny problem: thread hand-offs cost more than they bring
+        return fit_poses(template, uv, weights, focal_prior * size / 512.0, size, smooth_weight,
+                         template_weight, focal_sigma)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def c2w_matrices(rot: np.ndarray, trans: np.ndarray) -> np.ndarray:
+    """Camera-to-world in the OpenGL/NeRF convention with world = head frame. # [N,3,3], [N,3] -> [N,4,4]"""
+    c2w = np.tile(np.eye(4), (len(rot), 1, 1))
+    rt = np.transpose(rot, (0, 2, 1))
+    c2w[:, :3, :3] = rt
+    c2w[:, :3, 3] = -np.einsum("nij,nj->ni", rt, trans)
+    return c2w @ np.diag([1.0, -1.0, -1.0, 1.0])
+
+
+def euler_angles(rot: np.ndarray) -> np.ndarray:
+    """XYZ Euler angles (rad) of the head rotation seen from an OpenGL camera. # [N,3,3] -> [N,3]"""
+    import roma
+
+    return roma.rotmat_to_euler("XYZ", torch.from_numpy(FLIP @ rot)).numpy()
+
+
+def transforms_json(c2w: np.ndarray, ids: range, focal: float, size: int) -> str:
+    """ER-NeRF's transforms_<split>.json text for the frames `ids`."""
+    doc = {
+        "focal_len": float(focal), "cx": size / 2.0, "cy": size / 2.0, "h": size, "w": size,
+        "frames": [{"img_id": i, "aud_id": i, "transform_matrix": c2w[i].tolist()} for i in ids],
+    }
+    return json.dumps(doc, indent=1)
+
+
+def angular_steps_deg(rot: np.ndarray) -> np.ndarray:
+    """Rotation angle between consecutive frames, degrees. # [N,3,3] -> [N-1]"""
+    rel = np.einsum("nij,nkj->nik", rot[1:], rot[:-1])
+    cos = np.clip((np.trace(rel, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0)
+    return np.degrees(np.arccos(cos))
+
+
+class TrackingStep(PreprocessStep):
+    """Write track_params.pt and transforms_{train,val}.json: rigid head poses and one focal length."""
+
+    name = "tracking"
+
+    def __init__(self, focal_prior: float = 1200.0, focal_sigma: float = 0.4, smooth_weight: float = 1.0,
+                 template_weight: float = 1.0, val_fraction: float = 1.0 / 11.0) -> None:
+        self.focal_prior, self.focal_sigma = focal_prior, focal_sigma
+        self.smooth_weight, self.template_weight = smooth_weight, template_weight
+        self.val_fraction = val_fraction
+
+    def outputs(self, layout: SubjectLayout) -> list[Path]:
+        return [layout.track_params, layout.transforms("train"), layout.transforms("val")]
+
+    def run(self, ctx: StepContext) -> dict[str, Any]:
+        layout = ctx.layout
+        mesh, valid = _load_mesh(layout)
+        size = _crop_size(layout)
+        result = track(mesh, valid, size, self.focal_prior, self.focal_sigma, self.smooth_weight,
+                       self.template_weight)
+        self._write(layout, result, size)
+        steps = angular_steps_deg(result.rot)
+        if result.reproj_err.mean() > 5.0:
+            ctx.warn(f"head tracking fits the landmarks poorly (mean {result.reproj_err.mean():.1f} px): "
+                     "check the contact sheet; fast motion or occlusions may need a cleaner clip.")
+        return {"reproj_err_px": round(float(result.reproj_err[valid].mean()), 3), "focal": round(result.focal, 1),
+                "max_step_deg": round(float(steps.max()), 2) if len(steps) else 0.0}
+
+    def _write(self, layout: SubjectLayout, result: Track, size: int) -> None:
+        n = len(result.rot)
+        params = {
+            "euler": torch.from_numpy(euler_angles(result.rot)).float(),
+            "trans": torch.from_numpy(result.trans).float(),
+            "rot": torch.from_numpy(result.rot).float(),
+            "focal": torch.tensor([result.focal], dtype=torch.float32),
+            "template": torch.from_numpy(result.template).float(),
+            "template_ids": torch.tensor(STABLE_IDS, dtype=torch.long),
+            "reproj_err": torch.from_numpy(result.reproj_err).float(),
+        }
+        with atomic_path(layout.track_params) as tmp:
+            torch.save(params, tmp)
+        c2w = c2w_matrices(result.rot, result.trans)
+        split = int(n * (1.0 - self.val_fraction) + 1e-6) if n > 1 else n  # ER-NeRF: int(N * 10 / 11)
+        write_text(layout.transforms("train"), transforms_json(c2w, range(0, split), result.focal, size))
+        write_text(layout.transforms("val"), transforms_json(c2w, range(split, n), result.focal, size))
+
+
+def _load_mesh(layout: SubjectLayout) -> tuple[np.ndarray, np.ndarray]:
+    if not layout.mesh.exists():
+        raise ErnerfError(f"{layout.mesh} is missing: run the landmarks step first (preprocess.force=[landmarks]).")
+    mesh = np.load(layout.mesh)
+    valid_path = layout.root / "mesh_valid.npy"
+    valid = np.load(valid_path).astype(bool) if valid_path.exists() else np.ones(len(mesh), bool)
+    return mesh, valid
+
+
+def _crop_size(layout: SubjectLayout) -> int:
+    import cv2
+
+    first = cv2.imread(str(layout.ori_img(0)))
+    if first is None:
+        raise ErnerfError(f"{layout.ori_img(0)} is missing: run the headbox step first (preprocess.force=[headbox]).")
+    if first.shape[0] != first.shape[1]:
+        raise ErnerfError(f"crops must be square, {layout.ori_img(0)} is {first.shape[1]}x{first.shape[0]}: "
+                          "rerun the headbox step (preprocess.force=[headbox]).")
+    return int(first.shape[0])
