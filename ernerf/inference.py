@@ -1,0 +1,414 @@
+"""Inference: new audio + a trained subject -> result.mp4 (render crops, paste back into the original frames, mux).
+
+The renderer is anything with `render_image(...)` (docs/design/model_api.md); tests inject a fake one.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from ernerf.errors import ErnerfError
+from ernerf.io.layout import SubjectLayout
+from ernerf.postprocess.motion import MotionPlan, plan_motion
+from ernerf.postprocess.mux import ResultWriter, colorize_depth, depth_range
+from ernerf.postprocess.pasteback import HeadBox, PasteBack
+
+
+STAGES = ("head", "lips", "torso")  # training order: a later stage starts from the earlier one
+FPS = 25.0
+SAMPLE_RATE = 16000
+MIN_AUDIO_SECONDS = 0.5  # below this the audio net sees less than its 8-frame (0.32 s) window of real sound
+SILENCE_DB = -60.0  # speech is -30..-15 dBFS; below -60 dBFS the mouth stays closed
+SMOOTH_WINDOW = 8  # frames smoothed by the audio attention net ([i-4, i+4), as ER-NeRF)
+
+
+class Renderer(Protocol):
+    """What inference needs of a trained system (TalkingHeadSystem implements it)."""
+
+    device: Any  # torch.device the inputs go to
+    hparams: Mapping[str, Any]  # carries the audio feature kind and width
+
+    def render_image(self, c2w: Any, intrinsics: Any, H: int, W: int, audio_window: Any, eye: Any,
+                     frame_index: int | None, bg: Any) -> Mapping[str, Any]:
+        ...
+
+
+# ---------------------------------------------------------------- checkpoint and audio
+
+
+def find_checkpoint(runs_root: Path | str, subject: str, stage: str | None = None) -> tuple[str, Path]:
+    """(stage, path) of `<runs_root>/<subject>/<stage>/checkpoints/last.ckpt`; stage None = latest trained."""
+    if stage is not None and stage not in STAGES:
+        raise ErnerfError(f"unknown stage {stage!r}: use stage= one of {', '.join(STAGES)} (or leave it out).")
+    candidates = [stage] if stage is not None else list(reversed(STAGES))
+    for name in candidates:
+        path = Path(runs_root) / subject / name / "checkpoints" / "last.ckpt"
+        if path.is_file():
+            return name, path
+    wanted = stage or "head"
+    raise ErnerfError(f"no trained {stage or 'model'} checkpoint for subject {subject!r} under "
+                      f"{Path(runs_root) / subject}: train it first with `python train.py stage={wanted} "
+                      f"subject={subject}` (or set paths.runs_root).")
+
+
+def audio_kind(hparams: Mapping[str, Any]) -> tuple[str, int]:
+    """(kind, feature_dim) of the audio features a checkpoint was trained with, from its hparams."""
+    try:
+        return str(hparams["audio_kind"]), int(hparams["feature_dim"])
+    except (KeyError, TypeError) as exc:
+        raise ErnerfError("the checkpoint does not record its audio features (hparams audio_kind, feature_dim): "
+                          "retrain it with this version of train.py.") from exc
+
+
+def load_driving_audio(path: Path | str, min_seconds: float = MIN_AUDIO_SECONDS) -> tuple[np.ndarray, list[str]]:
+    """Decode any audio file to 16 kHz mono; reject too-short audio, warn on silence. -> (wav [T], warnings)"""
+    from ernerf.io.audio import load_audio, loudness_db
+
+    wav = load_audio(path, sr=SAMPLE_RATE)
+    seconds = len(wav) / SAMPLE_RATE
+    if seconds < min_seconds:
+        raise ErnerfError(f"the audio {path} lasts {seconds:.2f} s; inference needs at least {min_seconds:.1f} s "
+                          "of speech. Give a longer audio file.")
+    level = loudness_db(wav)
+    warnings = []
+    if level < SILENCE_DB:
+        warnings.append(f"the audio {path} is silent ({level:.0f} dBFS): the avatar will keep its mouth closed.")
+    return wav, warnings
+
+
+def check_kind(requested: str | None, trained: str) -> None:
+    """Raise if the user asked for a feature kind other than the one the checkpoint was trained with."""
+    if requested is not None and requested != trained:
+        raise ErnerfError(f"audio_kind={requested} was requested but the checkpoint was trained on '{trained}' "
+                          f"features: drop the override (or use audio_kind={trained}), or retrain with "
+                          f"audio_features=<the kind you want>.")
+
+
+def load_feature_file(path: Path, kind: str, feature_dim: int) -> np.ndarray:
+    """Precomputed features `aud_<kind>.npy` [N, 16, C]; their width must match the checkpoint's."""
+    feats = np.load(path)
+    if feats.ndim != 3 or feats.shape[1] != 16:
+        raise ErnerfError(f"{path} has shape {feats.shape}, expected [frames, 16, C] audio windows: "
+                          "leave features= out and they are computed from the audio.")
+    if feats.shape[2] != feature_dim:
+        raise ErnerfError(f"{path} holds {feats.shape[2]}-wide features but the checkpoint was trained on "
+                          f"'{kind}' features of width {feature_dim}: leave features= out, or give aud_{kind}.npy.")
+    return feats.astype(np.float32)
+
+
+def driving_features(audio: Path | str, kind: str, feature_dim: int, extractor: Any,
+                     features_file: Path | str | None = None) -> tuple[np.ndarray, list[str]]:
+    """Per-frame audio windows [N, 16, C] for the driving audio, of the kind the checkpoint expects.
+
+    `features_file` (precomputed `aud_<kind>.npy` of this audio) skips the extractor.
+    """
+    from ernerf.audio.features import extract_features
+
+    path = Path(audio)
+    wav, warnings = load_driving_audio(path)
+    num_frames = int(round(len(wav) / SAMPLE_RATE * FPS))
+    if features_file is not None:
+        return load_feature_file(Path(features_file), kind, feature_dim)[:num_frames], warnings
+    feats = extract_features(path, extractor, num_frames=num_frames, fps=FPS)
+    if feats.shape[-1] != feature_dim:
+        raise ErnerfError(f"the {kind} extractor gives {feats.shape[-1]}-wide features but the checkpoint expects "
+                          f"{feature_dim}: point the extractor at the model the subject was trained with.")
+    return feats, warnings
+
+
+def audio_window(feats: np.ndarray, frame: int, size: int = SMOOTH_WINDOW) -> np.ndarray:
+    """Windows of the `size` frames around `frame` [size, 16, C], zero beyond the ends (as in training)."""
+    rows = np.arange(frame - size // 2, frame + size - size // 2)
+    valid = (rows >= 0) & (rows < len(feats))
+    return feats[np.clip(rows, 0, len(feats) - 1)] * valid[:, None, None]
+
+
+# ---------------------------------------------------------------- original frames
+
+
+class FrameSource:
+    """Random access to the original frames of input_temp.mp4, decoding blocks (ping-pong walks back too)."""
+
+    def __init__(self, video: Path, block: int = 16, keep: int = 3) -> None:
+        if not Path(video).is_file():
+            raise ErnerfError(f"{video} is missing: run `python preprocess.py subject=<name>` (ingest step).")
+        self.video, self.block, self.keep = Path(video), block, keep
+        self._cap = cv2.VideoCapture(str(video))
+        self._next = 0  # frame the capture decodes next
+        self._cache: OrderedDict[int, list[np.ndarray]] = OrderedDict()
+
+    def get(self, index: int) -> np.ndarray:
+        """RGB uint8 frame [H, W, 3] number `index`."""
+        b = index // self.block
+        if b not in self._cache:
+            self._cache[b] = self._decode(b)
+            while len(self._cache) > self.keep:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(b)
+        frames = self._cache[b]
+        if index - b * self.block >= len(frames):
+            raise ErnerfError(f"{self.video} has fewer frames than its subject ({index + 1} needed): "
+                              "re-run `python preprocess.py subject=<name> preprocess.force=[ingest]`.")
+        return frames[index - b * self.block]
+
+    def _decode(self, b: int) -> list[np.ndarray]:
+        start = b * self.block
+        if start != self._next:
+            self._cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+        frames = []
+        for _ in range(self.block):
+            ok, bgr = self._cap.read()
+            if not ok:
+                break
+            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        self._next = start + len(frames)
+        return frames
+
+    def close(self) -> None:
+        """Release the decoder."""
+        self._cap.release()
+
+
+# ---------------------------------------------------------------- the subject as inference sees it
+
+
+@dataclass(frozen=True)
+class SubjectView:
+    """Per-training-frame inputs of a subject: poses (model space), intrinsics, blink, backgrounds, masks."""
+
+    layout: SubjectLayout
+    poses: np.ndarray  # [N, 4, 4] camera-to-world in the model's space
+    intrinsics: tuple[float, float, float, float]  # fx, fy, cx, cy at height x width
+    height: int
+    width: int
+    eye: np.ndarray | None  # [N] blink in [0, 1]
+    img_ids: np.ndarray  # [N] file index of each training frame (= frame of input_temp.mp4)
+    background: Callable[[int], np.ndarray]  # training frame -> bg uint8 [H, W, 3]
+
+    def face_points(self, img_id: int) -> np.ndarray | None:
+        """Face-mesh points [478, 2] (68 landmarks if no mesh) of a frame in crop pixels, or None."""
+        if self.layout.mesh.is_file():
+            return np.load(self.layout.mesh, mmap_mode="r")[img_id, :, :2].astype(np.float32)
+        if self.layout.lms(img_id).is_file():
+            return np.loadtxt(self.layout.lms(img_id)).astype(np.float32)
+        return None
+
+    def parsing(self, img_id: int) -> np.ndarray | None:
+        """Parsing map of a frame as cv2 reads it (BGR), or None."""
+        path = self.layout.parsing(img_id)
+        return cv2.imread(str(path)) if path.is_file() else None
+
+
+def load_subject(root: Path | str, audio_file: str, stage: str, scale: float = 4.0,
+                 offset: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> SubjectView:
+    """Parse a subject folder with the training datamodule's parser (one place reads the layout)."""
+    from datamodules.subject import FrameStore, parse_subject
+
+    data = parse_subject(Path(root), audio_file, downscale=1, scale=scale, offset=tuple(offset))
+    background = "plate" if stage == "torso" or not data.layout.torso_dir.exists() else "torso"
+    store = FrameStore(data, background=background)
+
+    @functools.lru_cache(maxsize=64)  # ping-pong revisits frames; compositing torso over the plate is not free
+    def frame_background(i: int) -> np.ndarray:
+        return store.background(i).cpu().numpy()
+
+    return SubjectView(
+        layout=data.layout, poses=data.poses.numpy(), intrinsics=data.intrinsics, height=data.height,
+        width=data.width, eye=data.eye.numpy(), img_ids=data.img_ids.numpy(), background=frame_background,
+    )
+
+
+# ---------------------------------------------------------------- render loop
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What to write besides result.mp4, and how to paste."""
+
+    paste: PasteBack
+    alpha: str | None = None  # "webm" | "png" | None
+    depth: bool = False
+    crf: int = 18
+    chunk: int = 25  # frames rendered before their paste-back and encoding (progress updates per chunk)
+
+
+@dataclass
+class InferenceResult:
+    """Where the outputs went and how long each part took."""
+
+    outputs: dict[str, Path]
+    num_frames: int
+    seconds_total: float
+    seconds_render: float
+    warnings: list[str] = field(default_factory=list)
+    stage: str | None = None
+    checkpoint: Path | None = None
+
+    @property
+    def render_fps(self) -> float:
+        return self.num_frames / max(self.seconds_render, 1e-9)
+
+    @property
+    def seconds_per_output_second(self) -> float:
+        return self.seconds_total / (self.num_frames / FPS)
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    return x.detach().float().cpu().numpy() if hasattr(x, "detach") else np.asarray(x, dtype=np.float32)
+
+
+def render_frame(renderer: Renderer, subject: SubjectView, plan: MotionPlan, feats: np.ndarray,
+                 t: int) -> dict[str, np.ndarray]:
+    """Render output frame t: rgb uint8 [H,W,3], depth and opacity float [H,W]."""
+    import torch
+
+    i, dev = int(plan.indices[t]), renderer.device
+    bg = torch.from_numpy(subject.background(i).astype(np.float32) / 255.0).to(dev)
+    eye = None if plan.eye is None else torch.tensor([float(plan.eye[t])], device=dev)
+    with torch.no_grad():
+        out = renderer.render_image(  # positional: the order of docs/design/model_api.md
+            torch.from_numpy(plan.poses[t]).to(dev), torch.tensor(subject.intrinsics, dtype=torch.float32, device=dev),
+            subject.height, subject.width, torch.from_numpy(audio_window(feats, t)).to(dev), eye, None, bg)
+    rgb = (np.clip(_to_numpy(out["rgb"]), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+    return {"rgb": rgb, "depth": _to_numpy(out["depth"]), "opacity": _to_numpy(out["opacity"])}
+
+
+class _Compositor:
+    """Pastes rendered crops into original frames and feeds the writer (alpha masks cached per frame)."""
+
+    def __init__(self, subject: SubjectView, frames: FrameSource, box: HeadBox, options: OutputOptions,
+                 writer: ResultWriter) -> None:
+        self.subject, self.frames, self.box, self.options, self.writer = subject, frames, box, options, writer
+        self._alpha: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._depth_range: tuple[float, float] | None = None
+
+    def alpha(self, img_id: int) -> np.ndarray:
+        if img_id not in self._alpha:
+            paste = self.options.paste
+            self._alpha[img_id] = paste.alpha(self.subject.parsing(img_id), self.subject.face_points(img_id))
+            if len(self._alpha) > 64:
+                self._alpha.popitem(last=False)
+        return self._alpha[img_id]
+
+    def add(self, rendered: dict[str, np.ndarray], i: int) -> None:
+        img_id = int(self.subject.img_ids[i])
+        frame, alpha = self.frames.get(img_id), self.alpha(img_id)
+        out = self.options.paste.paste(frame, rendered["rgb"], alpha, self.box)
+        depth_rgb = head = None
+        if self.options.depth:
+            depth = self.options.paste.paste_depth(frame.shape[:2], rendered["depth"], alpha, self.box)
+            self._depth_range = self._depth_range or depth_range(depth)
+            depth_rgb = colorize_depth(depth, *self._depth_range)
+        if self.options.alpha is not None:
+            a = (np.clip(rendered["opacity"], 0, 1) * 255 + 0.5).astype(np.uint8)
+            head = np.dstack([rendered["rgb"], a])
+        self.writer.write(out, head, depth_rgb)
+
+
+def run_inference(renderer: Renderer, subject: SubjectView, feats: np.ndarray, audio: Path | str, out_dir: Path,
+                  options: OutputOptions, name: str = "result", start: int = 0, smooth_window: int = 1,
+                  progress: bool = True) -> InferenceResult:
+    """Render one frame per 40 ms of audio, paste back, and encode result.mp4 with the audio."""
+    t0 = time.perf_counter()
+    n = len(feats)
+    plan = plan_motion(subject.poses, subject.eye, n, start=start, smooth_window=smooth_window)
+    box = HeadBox.load(subject.layout.head_bbox)
+    frames = FrameSource(subject.layout.video)
+    render_s = 0.0
+    with ResultWriter(out_dir, audio, n, FPS, options.crf, options.alpha, options.depth, name) as writer:
+        comp = _Compositor(subject, frames, box, options, writer)
+        with _progress(n, progress) as bar:
+            for lo in range(0, n, options.chunk):
+                r0 = time.perf_counter()
+                batch = [render_frame(renderer, subject, plan, feats, t) for t in range(lo, min(n, lo + options.chunk))]
+                render_s += time.perf_counter() - r0
+                for k, rendered in enumerate(batch):
+                    comp.add(rendered, int(plan.indices[lo + k]))
+                bar.update(len(batch))
+        outputs = writer.close()
+    frames.close()
+    return InferenceResult(outputs, n, time.perf_counter() - t0, render_s)
+
+
+def _progress(total: int, enabled: bool):
+    """A tqdm bar counting frames (its rate reads frames/s)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="frame", desc="rendering", disable=not enabled, dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------- from the Hydra config (infer.py)
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def extractor_for(kind: str, overrides: Mapping[str, Any] | None = None) -> Any:
+    """Instantiate the extractor of `conf/audio_features/<x>.yaml` whose `kind` is `kind`."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    for path in sorted((CONF_DIR / "audio_features").glob("*.yaml")):
+        node = OmegaConf.load(path)
+        if node.get("kind") == kind:
+            node.extractor = OmegaConf.merge(node.extractor, OmegaConf.create(dict(overrides or {})))
+            return instantiate(node.extractor)
+    raise ErnerfError(f"no conf/audio_features/*.yaml has kind '{kind}' (the checkpoint's audio features): "
+                      "add that config, or give precomputed features as audio=<aud_{kind}.npy>.")
+
+
+def load_system(path: Path, device: str = "auto") -> Renderer:
+    """Restore the trained TalkingHeadSystem from a checkpoint, in eval mode on `device`."""
+    import torch
+
+    try:
+        from ernerf.systems.talking_head import TalkingHeadSystem
+    except ImportError as exc:
+        raise ErnerfError(f"cannot import the training system ({exc}): reinstall with `pip install -e .`.") from exc
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    system = TalkingHeadSystem.load_from_checkpoint(str(path), map_location=dev)
+    return system.to(dev).eval()
+
+
+def output_paths(output: str | None, subject: str, audio: Path, stage: str) -> tuple[Path, str]:
+    """(folder, base name) of the outputs: `output=x.mp4` names the video, `output=dir` a folder."""
+    if output is None:
+        return Path("outputs") / subject / f"{audio.stem}_{stage}", "result"
+    out = Path(output)
+    if out.suffix == ".mp4":
+        return out.parent, out.stem
+    if out.suffix:
+        raise ErnerfError(f"output={output} must be a folder or an .mp4 file name.")
+    return out, "result"
+
+
+def infer_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer] = load_system) -> InferenceResult:
+    """Everything `python infer.py subject=<name> audio=<file>` does; returns where the outputs went."""
+    audio = Path(cfg.audio)
+    if not audio.is_file():
+        raise ErnerfError(f"audio file not found: {audio}. Give audio=<path to a wav/mp3/m4a file>.")
+    stage, ckpt = find_checkpoint(cfg.paths.runs_root, cfg.subject, cfg.stage)
+    system = system_loader(ckpt, cfg.device)
+    kind, dim = audio_kind(system.hparams)
+    check_kind(cfg.audio_kind, kind)
+    extractor = None if cfg.features else extractor_for(kind, cfg.audio_extractor)
+    feats, warnings = driving_features(audio, kind, dim, extractor, cfg.features)
+    subject = load_subject(Path(cfg.paths.data_root) / cfg.subject, f"aud_{kind}.npy", stage,
+                           cfg.pose.scale, tuple(cfg.pose.offset))
+    pp = cfg.postprocess
+    options = OutputOptions(PasteBack(pp.scheme, pp.blend, pp.feather_px, pp.dilate_px),
+                            alpha=pp.alpha, depth=pp.depth, crf=pp.crf, chunk=pp.chunk)
+    folder, name = output_paths(cfg.output, cfg.subject, audio, stage)
+    result = run_inference(system, subject, feats, audio, folder, options, name=name,
+                           start=cfg.motion.start, smooth_window=cfg.motion.smooth_window, progress=cfg.progress)
+    result.warnings = warnings + result.warnings
+    result.stage, result.checkpoint = stage, ckpt
+    return result

@@ -1,0 +1,137 @@
+"""infer.py end to end with a fake renderer (real frames, real audio), and every user error it reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ernerf.errors import ErnerfError
+from ernerf.inference import (FrameSource, audio_window, check_kind, find_checkpoint, infer_from_config,
+                              load_driving_audio, load_feature_file, load_subject)
+from ernerf.io.audio import write_wav
+from ernerf.io.video import iter_frames, probe, run_ffmpeg
+from tests.conftest import compose, shared_clip
+from tests.postprocess.conftest import mini_subject  # noqa: F401 - session fixture
+from tests.postprocess.mini_subject import FEATURE_DIM, CropRenderer
+
+
+@pytest.fixture(scope="module")
+def m4a_speech(tmp_path_factory) -> Path:
+    """2.3 s of radio31_8s.wav as 44.1 kHz stereo AAC in .m4a."""
+    out = tmp_path_factory.mktemp("audio") / "speech.m4a"
+    run_ffmpeg(["-i", str(shared_clip("audio/radio31_8s.wav")), "-ac", "2", "-ar", "44100", "-t", "2.3",
+                "-c:a", "aac", str(out)], "making a test m4a")
+    return out
+
+
+def touch_checkpoint(runs: Path, subject: str, stage: str) -> Path:
+    path = runs / subject / stage / "checkpoints" / "last.ckpt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return 10 * np.log10(255.0**2 / max(np.mean((a.astype(float) - b.astype(float)) ** 2), 1e-12))
+
+
+def test_checkpoint_lookup(tmp_path):
+    with pytest.raises(ErnerfError, match=r"python train.py stage=head subject=anna"):
+        find_checkpoint(tmp_path, "anna")
+    head = touch_checkpoint(tmp_path, "anna", "head")
+    assert find_checkpoint(tmp_path, "anna") == ("head", head)
+    lips = touch_checkpoint(tmp_path, "anna", "lips")
+    assert find_checkpoint(tmp_path, "anna") == ("lips", lips)  # the latest trained stage
+    assert find_checkpoint(tmp_path, "anna", "head") == ("head", head)
+    with pytest.raises(ErnerfError, match=r"python train.py stage=torso subject=anna"):
+        find_checkpoint(tmp_path, "anna", "torso")
+    with pytest.raises(ErnerfError, match="unknown stage"):
+        find_checkpoint(tmp_path, "anna", "neck")
+
+
+def test_audio_errors_and_silence_warning(tmp_path, m4a_speech):
+    with pytest.raises(ErnerfError, match="not found"):
+        load_driving_audio(tmp_path / "nope.wav")
+    broken = tmp_path / "broken.mp3"
+    broken.write_bytes(b"this is not audio" * 100)
+    with pytest.raises(ErnerfError, match="re-export"):
+        load_driving_audio(broken)
+    short = write_wav(tmp_path / "short.wav", np.random.default_rng(0).normal(0, 0.1, 3200).astype(np.float32))
+    with pytest.raises(ErnerfError, match=r"0\.20 s.*at least 0\.5 s"):
+        load_driving_audio(short)
+    silent = write_wav(tmp_path / "silent.wav", np.zeros(16000, np.float32))
+    wav, warnings = load_driving_audio(silent)
+    assert len(wav) == 16000 and "silent" in warnings[0] and "mouth" in warnings[0]
+    wav, warnings = load_driving_audio(m4a_speech)  # 44.1 kHz stereo AAC -> 16 kHz mono
+    assert abs(len(wav) - 2.3 * 16000) < 1600 and warnings == []
+
+
+def test_feature_kind_mismatch(tmp_path):
+    with pytest.raises(ErnerfError, match="trained on 'mel'"):
+        check_kind("hu", "mel")
+    check_kind(None, "mel")
+    np.save(tmp_path / "aud_hu.npy", np.zeros((10, 16, 1024), np.float32))
+    with pytest.raises(ErnerfError, match="'mel' features of width 80"):
+        load_feature_file(tmp_path / "aud_hu.npy", "mel", 80)
+    np.save(tmp_path / "flat.npy", np.zeros((10, 80), np.float32))
+    with pytest.raises(ErnerfError, match=r"\[frames, 16, C\]"):
+        load_feature_file(tmp_path / "flat.npy", "mel", 80)
+
+
+def test_audio_window_is_zero_past_the_ends():
+    feats = np.arange(5, dtype=np.float32)[:, None, None] * np.ones((5, 16, 2), np.float32) + 1
+    win = audio_window(feats, 0)
+    assert win.shape == (8, 16, 2)
+    assert win[:4].max() == 0 and win[4:, 0, 0].tolist() == [1, 2, 3, 4]
+
+
+def test_frame_source_random_access_matches_sequential(mini_subject):
+    seq = list(iter_frames(mini_subject.video))
+    src = FrameSource(mini_subject.video, block=4, keep=2)
+    for i in [0, 1, 5, 11, 10, 3, 2, 7]:  # backwards and jumping across blocks
+        assert np.array_equal(src.get(i), seq[i])
+    src.close()
+
+
+def test_infer_end_to_end(tmp_path, mini_subject, m4a_speech):
+    runs = tmp_path / "runs"
+    touch_checkpoint(runs, "mini", "head")
+    cfg = compose("infer", [f"paths.data_root={mini_subject.root.parent}", f"paths.runs_root={runs}",
+                            "subject=mini", f"audio={m4a_speech}", f"output={tmp_path / 'out' / 'talk.mp4'}",
+                            "postprocess.scheme=face_neck", "postprocess.depth=true", "progress=false"])
+    view = load_subject(mini_subject.root, "aud_mel.npy", "head")
+    fake = CropRenderer(mini_subject, view.poses, view.img_ids)
+    result = infer_from_config(cfg, system_loader=lambda path, device: fake)
+
+    video = result.outputs["video"]
+    assert video == tmp_path / "out" / "talk.mp4" and result.outputs["depth"].exists()
+    info = probe(video)
+    n = round(2.3 * 25)
+    assert result.num_frames == n and info.num_frames == n and info.has_audio
+    assert abs(info.duration - n / 25) < 0.05
+    assert result.stage == "head" and result.render_fps > 0
+    calls = np.array(fake.calls)
+    assert calls[0] == 0 and np.abs(np.diff(calls)).max() == 1  # ping-pong through the poses, no jump
+    originals = list(iter_frames(mini_subject.video))
+    for t, out in enumerate(iter_frames(video)):
+        assert psnr(out, originals[view.img_ids[calls[t]]]) > 33  # the right frame, pasted back in place
+
+
+def test_infer_errors(tmp_path, mini_subject, m4a_speech):
+    runs = tmp_path / "runs"
+    base = [f"paths.data_root={mini_subject.root.parent}", f"paths.runs_root={runs}", "subject=mini",
+            "progress=false"]
+    fake = CropRenderer(mini_subject, np.zeros((1, 4, 4)), np.zeros(1, int))
+    with pytest.raises(ErnerfError, match="audio file not found"):
+        infer_from_config(compose("infer", base + [f"audio={tmp_path / 'x.wav'}"]), lambda p, d: fake)
+    with pytest.raises(ErnerfError, match="python train.py stage=head subject=mini"):
+        infer_from_config(compose("infer", base + [f"audio={m4a_speech}"]), lambda p, d: fake)
+    touch_checkpoint(runs, "mini", "head")
+    with pytest.raises(ErnerfError, match="trained on 'mel'"):
+        infer_from_config(compose("infer", base + [f"audio={m4a_speech}", "audio_kind=hu"]), lambda p, d: fake)
+    with pytest.raises(ErnerfError, match="scheme"):
+        infer_from_config(compose("infer", base + [f"audio={m4a_speech}", "postprocess.scheme=hair"]),
+                          lambda p, d: fake)
+    assert FEATURE_DIM == fake.hparams["feature_dim"]
