@@ -1,0 +1,57 @@
+"""Report: model_data.json lists what exists; the contact sheet shows landmarks, parsing and pose axes."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+
+from ernerf.io.layout import SubjectLayout
+from ernerf.preprocess.base import StepContext, run_steps
+from ernerf.preprocess.report import AXIS_BGR, frame_tile, load_track, overlay_parsing
+from tests.conftest import compose
+
+
+@pytest.fixture(scope="module")
+def reported(prepare_subject) -> SubjectLayout:
+    """trump_10s through landmarks from the real pipeline, then tracking, blink and report."""
+    layout = SubjectLayout(prepare_subject("train/trump_10s.mp4", upto="landmarks"))
+    steps_cfg = compose("preprocess", ["subject=test"]).preprocess.steps
+    run_steps([instantiate(steps_cfg[name]) for name in ("blink", "tracking", "report")], StepContext(layout=layout))
+    return layout
+
+
+def test_model_data_lists_existing_files_and_facts(reported: SubjectLayout) -> None:
+    data = json.loads(reported.model_data.read_text())
+    assert data["meta"]["num_frames"] == StepContext(layout=reported).num_frames
+    for key in ("mesh", "ori_imgs", "au", "track_params", "transforms_train", "contact_sheet"):
+        assert (reported.root / data["files"][key]).exists(), key
+    assert "parsing" not in data["files"]  # not produced in this run, so not listed
+    assert data["steps"]["tracking"]["facts"]["reproj_err_px"] == pytest.approx(data["camera"]["reproj_err_px"], 1e-3)
+
+
+def test_contact_sheet_is_a_grid_of_annotated_frames(reported: SubjectLayout) -> None:
+    sheet = cv2.imread(str(reported.contact_sheet))
+    assert sheet.shape == (2 * 320, 3 * 320, 3)
+    tile = frame_tile(reported, 0, load_track(reported))
+    raw = cv2.imread(str(reported.ori_img(0)))
+    # landmarks: yellow dots on every 68 point
+    lms = np.loadtxt(reported.lms(0)).round().astype(int)
+    on_dots = tile[lms[:, 1], lms[:, 0]]
+    assert np.all((on_dots[:, 1] > 200) & (on_dots[:, 2] > 200) & (on_dots[:, 0] < 80))
+    # pose axes: pure red (x) and green (y) strokes appear that the raw frame does not have
+    for colour in AXIS_BGR[:2]:
+        drawn = np.all(np.abs(tile.astype(int) - colour) < 30, axis=-1) & ~np.all(np.abs(raw.astype(int) - colour) < 30, axis=-1)
+        assert drawn.sum() > 100
+
+
+def test_parsing_overlay_tints_only_labelled_pixels() -> None:
+    img = np.full((4, 4, 3), 100, np.uint8)
+    parsing = np.full((4, 4, 3), 255, np.uint8)
+    parsing[:2] = (255, 0, 0)  # head, as cv2 reads it (BGR)
+    out = overlay_parsing(img, parsing)
+    assert np.array_equal(out[2:], img[2:])
+    assert out[0, 0, 0] > 100 and out[0, 0, 1] < 100
