@@ -116,10 +116,12 @@ def iter_frames(path: Path | str, start: int = 0, stop: int | None = None, step:
             cap.set(cv2.CAP_PROP_POS_FRAMES, start)
         i = start
         while stop is None or i < stop:
-            ok, bgr = cap.read()
-            if not ok:
+            if not cap.grab():  # decode only; skipped frames are never converted
                 break
             if (i - start) % step == 0:
+                ok, bgr = cap.retrieve()
+                if not ok:
+                    break
                 yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             i += 1
     finally:

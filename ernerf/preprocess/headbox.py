@@ -42,7 +42,7 @@ class HeadboxStep(PreprocessStep):
 
     name = "headbox"
 
-    def __init__(self, crop_size: int = 512, scale: float = 2.2, shift_down: float = 0.15, stride: int = 3,
+    def __init__(self, crop_size: int = 512, scale: float = 2.2, shift_down: float = 0.15, stride: int = 5,
                  max_samples: int = 600, min_box_size: int = 256, min_face_ratio: float = 0.5,
                  min_confidence: float = 0.5, jpeg_quality: int = 95) -> None:
         self.crop_size = crop_size
@@ -182,7 +182,8 @@ def crop_square(frame: np.ndarray, box: tuple[int, int, int, int], size: int) ->
     side = x2 - x1
     if side == size:
         return np.ascontiguousarray(inside)
-    interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
+    # INTER_AREA only where bilinear would alias (it costs ~7x more); mild shrinks look the same either way
+    interp = cv2.INTER_AREA if side > 1.5 * size else cv2.INTER_LINEAR if side > size else cv2.INTER_CUBIC
     return cv2.resize(inside, (size, size), interpolation=interp)
 
 

@@ -33,7 +33,8 @@ IBUG68_FROM_MESH = np.array([
     78, 81, 13, 311, 308, 402, 14, 178,
 ])
 MIN_VALID_RATIO = 0.5  # below this share of detected frames the interpolated mesh is mostly guesswork
-MIN_PARALLEL_FRAMES = 60  # below this, starting worker processes costs more than it saves
+MIN_PARALLEL_FRAMES = 500  # a worker needs ~2 s to import mediapipe: worth it only for longer clips
+BATCH = 40  # consecutive frames per work item: tracking runs within a batch, detection once per batch
 
 
 class LandmarksStep(PreprocessStep):
@@ -93,32 +94,79 @@ def interpolate_missing(mesh: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 def mesh_frames(frames: list[Path], workers: int = 2, min_confidence: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """Face mesh of each image file: (float32 [N, 478, 3] zeros where missed, bool [N])."""
-    chunks = [c for c in np.array_split(np.arange(len(frames)), max(workers, 1)) if len(c)]
-    jobs = [([frames[i] for i in c], min_confidence) for c in chunks]
+    mesh = np.zeros((len(frames), NUM_MESH_POINTS, 3), dtype=np.float32)
+    valid = np.zeros(len(frames), dtype=bool)
     if workers <= 1 or len(frames) < MIN_PARALLEL_FRAMES:
-        results = [_mesh_chunk(job) for job in jobs]
+        results = _mesh_batches(frames, min_confidence, _LocalCounter())
     else:
-        import multiprocessing as mp
-
-        # spawn: each worker builds its own mediapipe graph; forking a process that holds one is unsafe.
-        with mp.get_context("spawn").Pool(len(jobs)) as pool:
-            results = pool.map(_mesh_chunk, jobs)
-    return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
+        results = _mesh_parallel(frames, workers, min_confidence)
+    for start, m, v in results:
+        mesh[start:start + len(m)], valid[start:start + len(v)] = m, v
+    return mesh, valid
 
 
-def _mesh_chunk(job: tuple[list[Path], float]) -> tuple[np.ndarray, np.ndarray]:
-    """Worker: track the mesh through consecutive frames (video mode is faster than per-image detection)."""
+def _mesh_parallel(frames: list[Path], workers: int, min_confidence: float) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Main process and `workers - 1` spawned ones pull batches from one shared counter.
+
+    The main process starts at once while the others import mediapipe, and whoever is faster takes
+    more batches, so the split stays balanced on a busy machine.
+    """
+    import multiprocessing as mp
+
+    # spawn: each worker builds its own mediapipe graph; forking a process that holds one is unsafe.
+    ctx = mp.get_context("spawn")
+    counter = ctx.Value("i", 0)
+    with ctx.Pool(workers - 1, initializer=_set_worker_counter, initargs=(counter,)) as pool:
+        pending = [pool.apply_async(_mesh_batches, (frames, min_confidence)) for _ in range(workers - 1)]
+        results = _mesh_batches(frames, min_confidence, counter)
+        for job in pending:
+            results += job.get()
+    return results
+
+
+class _LocalCounter:
+    """Single-process stand-in for the shared batch counter."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def get_lock(self) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+_WORKER_COUNTER: Any = None
+
+
+def _set_worker_counter(counter: Any) -> None:
+    global _WORKER_COUNTER
+    _WORKER_COUNTER = counter
+
+
+def _mesh_batches(frames: list[Path], min_confidence: float,
+                  counter: Any = None) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Take BATCH consecutive frames at a time until none are left; track the mesh within each batch."""
     import cv2
 
     from ernerf.preprocess.mediapipe_face import FaceMesher
 
-    paths, min_confidence = job
-    mesh = np.zeros((len(paths), NUM_MESH_POINTS, 3), dtype=np.float32)
-    valid = np.zeros(len(paths), dtype=bool)
+    counter = counter if counter is not None else _WORKER_COUNTER
+    out = []
     with FaceMesher(static=False, min_confidence=min_confidence) as mesher:
-        for k, path in enumerate(paths):
-            bgr = cv2.imread(str(path))
-            pts = mesher.mesh(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)) if bgr is not None else None
-            if pts is not None:
-                mesh[k], valid[k] = pts, True
-    return mesh, valid
+        while True:
+            with counter.get_lock():
+                start = counter.value
+                counter.value = start + BATCH
+            if start >= len(frames):
+                return out
+            paths = frames[start:start + BATCH]
+            mesh = np.zeros((len(paths), NUM_MESH_POINTS, 3), dtype=np.float32)
+            valid = np.zeros(len(paths), dtype=bool)
+            mesher.reset()  # frames of the next batch are not adjacent to the last one
+            for k, path in enumerate(paths):
+                bgr = cv2.imread(str(path))
+                pts = mesher.mesh(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)) if bgr is not None else None
+                if pts is not None:
+                    mesh[k], valid[k] = pts, True
+            out.append((start, mesh, valid))

@@ -86,6 +86,10 @@ class FaceMesher:
         # mediapipe's z is relative depth on the same normalised scale as x, hence * width.
         return pts * np.array([w, h, w], dtype=np.float32)
 
+    def reset(self) -> None:
+        """Forget the tracked face: the next frame is not adjacent to the previous one."""
+        self._mesh.reset()
+
     def close(self) -> None:
         """Release the mediapipe graph."""
         self._mesh.close()
