@@ -92,11 +92,12 @@ def interpolate_missing(mesh: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return filled.reshape(mesh.shape).astype(np.float32)
 
 
-def mesh_frames(frames: list[Path], workers: int = 2, min_confidence: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def mesh_frames(frames: list[Path], workers: int = 2, min_confidence: float = 0.5,
+                min_parallel: int = MIN_PARALLEL_FRAMES) -> tuple[np.ndarray, np.ndarray]:
     """Face mesh of each image file: (float32 [N, 478, 3] zeros where missed, bool [N])."""
     mesh = np.zeros((len(frames), NUM_MESH_POINTS, 3), dtype=np.float32)
     valid = np.zeros(len(frames), dtype=bool)
-    if workers <= 1 or len(frames) < MIN_PARALLEL_FRAMES:
+    if workers <= 1 or len(frames) < min_parallel:
         results = _mesh_batches(frames, min_confidence, _LocalCounter())
     else:
         results = _mesh_parallel(frames, workers, min_confidence)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ernerf.io.layout import SubjectLayout
-from ernerf.preprocess.landmarks import IBUG68_FROM_MESH, interpolate_missing, mesh_to_ibug68
+from ernerf.preprocess.landmarks import IBUG68_FROM_MESH, interpolate_missing, mesh_frames, mesh_to_ibug68
 from ernerf.preprocess.mediapipe_face import FaceDetector
 
 TRAIN_CLIPS = ["train/trump_10s.mp4", "train/hdtf_aoc_8s.mp4"]
@@ -88,3 +88,12 @@ def test_lms_files_are_readable_the_way_ernerf_reads_them(subject: SubjectLayout
     assert lms.shape == (68, 2) and (lms > 0).all() and (lms < 512).all()
 
 
+
+
+def test_parallel_workers_give_the_serial_result(prepare_subject) -> None:
+    layout = SubjectLayout(prepare_subject("train/trump_10s.mp4", upto="landmarks"))
+    frames = [layout.ori_img(i) for i in range(90)]  # three batches, shared by two processes
+    serial = mesh_frames(frames, workers=1)
+    parallel = mesh_frames(frames, workers=2, min_parallel=0)
+    assert np.array_equal(serial[1], parallel[1]) and np.allclose(serial[0], parallel[0], atol=1e-3)
+    assert np.allclose(serial[0], np.load(layout.mesh)[:90], atol=1e-3)
