@@ -53,12 +53,16 @@ class LogMelExtractor:
         mel = librosa.feature.melspectrogram(
             y=wav, sr=self.sample_rate, n_fft=self.n_fft, hop_length=HOP, win_length=400,
             n_mels=self.n_mels, fmin=self.fmin, fmax=self.fmax, center=True, power=2.0)
-        # floor at -80 dB below full scale so silence is a finite, constant row
+        # floor the power so digital silence gives a finite, constant row
         return np.log(np.maximum(mel, 1e-8)).T.astype(np.float32)
 
 
 class HFSpeechExtractor:
-    """Hidden states of a HuBERT / wav2vec 2.0 model (transformers) loaded from a local folder."""
+    """Hidden states of a HuBERT / wav2vec 2.0 model (transformers) loaded from a local folder.
+
+    The folder and the package are checked on first use, so a bad path surfaces as ErnerfError
+    from the step that needs it rather than as a config-instantiation error.
+    """
 
     RECEPTIVE = 400  # samples seen by one output row of the conv front end (25 ms)
 
@@ -70,18 +74,13 @@ class HFSpeechExtractor:
         self.device = device
         self._model = None
         self._normalize = True
-        self.feature_dim = self._config_dim()
-        _require_transformers()
 
-    def _config_dim(self) -> int:
-        folder = self._folder()
+    @property
+    def feature_dim(self) -> int:
+        """Hidden size from the model folder's config.json."""
         import json
 
-        cfg_path = folder / "config.json"
-        if not cfg_path.is_file():
-            raise ErnerfError(f"{folder} has no config.json: {self.config_key} must point at a saved "
-                              "transformers model folder (save_pretrained / a downloaded hub snapshot).")
-        return int(json.loads(cfg_path.read_text())["hidden_size"])
+        return int(json.loads((self._folder() / "config.json").read_text())["hidden_size"])
 
     def _folder(self) -> Path:
         if not self.model_path:
@@ -91,15 +90,18 @@ class HFSpeechExtractor:
         if not folder.is_dir():
             raise ErnerfError(f"speech model folder {folder} does not exist: fix {self.config_key} "
                               "(models are never downloaded at run time).")
+        if not (folder / "config.json").is_file():
+            raise ErnerfError(f"{folder} has no config.json: {self.config_key} must point at a saved "
+                              "transformers model folder (save_pretrained / a downloaded hub snapshot).")
         return folder
 
     def _load(self):
         if self._model is not None:
             return self._model
+        folder = self._folder()
         transformers = _require_transformers()
         import torch
 
-        folder = self._folder()
         model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True)
         fe_cfg = folder / "preprocessor_config.json"
         if fe_cfg.is_file():

@@ -60,15 +60,16 @@ def test_extract_features_defaults_to_audio_length(tmp_path) -> None:
 
 @pytest.mark.parametrize("model_path", [None, "/nonexistent/hubert"])
 def test_hf_extractor_names_the_config_key(model_path) -> None:
+    extractor = HFSpeechExtractor(model_path)  # building it from config must not fail
     with pytest.raises(ErnerfError, match=r"audio_features\.extractor\.model_path"):
-        HFSpeechExtractor(model_path)
+        extractor(np.zeros(SAMPLE_RATE, np.float32))
 
 
 def test_hf_extractor_without_transformers_names_the_extra(tmp_path, monkeypatch) -> None:
     (tmp_path / "config.json").write_text('{"hidden_size": 8}')
     monkeypatch.setitem(sys.modules, "transformers", None)  # import now raises ImportError
     with pytest.raises(ErnerfError, match=r"pip install -e \.\[hub\]"):
-        HFSpeechExtractor(str(tmp_path))
+        HFSpeechExtractor(str(tmp_path))(np.zeros(SAMPLE_RATE, np.float32))
 
 
 def test_hf_extractor_rows_match_logmel(tmp_path) -> None:
