@@ -209,11 +209,11 @@ class SubjectView:
 
 
 def load_subject(root: Path | str, audio_file: str, stage: str, scale: float = 4.0,
-                 offset: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> SubjectView:
-    """Parse a subject folder with the training datamodule's parser (one place reads the layout)."""
+                 offset: tuple[float, float, float] = (0.0, 0.0, 0.0), downscale: int = 1) -> SubjectView:
+    """Parse a subject folder with the training datamodule's parser; `downscale` renders smaller crops."""
     from datamodules.subject import FrameStore, parse_subject
 
-    data = parse_subject(Path(root), audio_file, downscale=1, scale=scale, offset=tuple(offset))
+    data = parse_subject(Path(root), audio_file, downscale=downscale, scale=scale, offset=tuple(offset))
     background = "plate" if stage == "torso" or not data.layout.torso_dir.exists() else "torso"
     store = FrameStore(data, background=background)
 
@@ -402,7 +402,7 @@ def infer_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer] =
     extractor = None if cfg.features else extractor_for(kind, cfg.audio_extractor)
     feats, warnings = driving_features(audio, kind, dim, extractor, cfg.features)
     subject = load_subject(Path(cfg.paths.data_root) / cfg.subject, f"aud_{kind}.npy", stage,
-                           cfg.pose.scale, tuple(cfg.pose.offset))
+                           cfg.pose.scale, tuple(cfg.pose.offset), cfg.downscale)
     pp = cfg.postprocess
     options = OutputOptions(PasteBack(pp.scheme, pp.blend, pp.feather_px, pp.dilate_px),
                             alpha=pp.alpha, depth=pp.depth, crf=pp.crf, chunk=pp.chunk)

@@ -1,0 +1,149 @@
+"""Inference speed: rendered frames/s of the head (and head+torso) and end-to-end seconds per output second.
+
+Trained subject (GPU):  python bench/render_speed.py --subject <name> [--audio speech.wav] [--seconds 4]
+CPU smoke run (untrained model on a 12-frame subject cut from a real clip, tiny crops):
+    python bench/render_speed.py --untrained --downscale 16 --frames 3 --seconds 0.6
+End to end = audio features + rendering + paste-back + H.264/AAC encoding, divided by the output duration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ernerf.inference import (FPS, STAGES, OutputOptions, extractor_for, find_checkpoint,  # noqa: E402
+                              load_subject, load_system, run_inference)
+from ernerf.errors import ErnerfError  # noqa: E402
+from ernerf.postprocess.pasteback import PasteBack  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data"
+
+
+def time_renders(system, subject, frames: int, warmup: int = 1) -> float:
+    """Frames/s of system.render_image on the subject's first poses (after `warmup` untimed frames)."""
+    dev = system.device
+    window = torch.zeros(8, 16, int(system.hparams["feature_dim"]), device=dev)
+    intr = torch.tensor(subject.intrinsics, dtype=torch.float32, device=dev)
+    bg = torch.from_numpy(subject.background(0).astype(np.float32) / 255).to(dev)
+    for k in range(warmup + frames):
+        if k == warmup:
+            _sync(dev)
+            t0 = time.perf_counter()
+        pose = torch.from_numpy(subject.poses[k % len(subject.poses)]).to(dev)
+        system.render_image(pose, intr, subject.height, subject.width, window, None, None, bg)
+    _sync(dev)
+    return frames / (time.perf_counter() - t0)
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def untrained_system(num_frames: int, device: str):
+    """A freshly initialised system from the training config (its grid marks everything occupied: worst case)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["subject=bench"])
+    system = instantiate(cfg.model, num_frames=num_frames)
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    return system.to(dev).eval()
+
+
+def end_to_end(system, subject, audio: Path, seconds: float, out_dir: Path, model_path: str | None = None) -> dict[str, float]:
+    """Seconds per output second for `seconds` of `audio`, features to result.mp4."""
+    from ernerf.inference import driving_features
+    from ernerf.io.audio import load_audio, write_wav
+
+    clip = write_wav(out_dir / "clip.wav", load_audio(audio)[: int(seconds * 16000)])
+    t0 = time.perf_counter()
+    kind, dim = system.hparams["audio_kind"], int(system.hparams["feature_dim"])
+    extractor = extractor_for(kind, {"model_path": model_path} if model_path else None)
+    feats, _ = driving_features(clip, kind, dim, extractor)
+    t_feat = time.perf_counter() - t0
+    result = run_inference(system, subject, feats, clip, out_dir, OutputOptions(PasteBack("face_neck")),
+                           progress=False)
+    total = t_feat + result.seconds_total
+    return {"output_seconds": result.num_frames / FPS, "features_s": round(t_feat, 3),
+            "render_fps_in_pipeline": round(result.render_fps, 3),
+            "seconds_per_output_second": round(total / (result.num_frames / FPS), 3)}
+
+
+def trained_stages(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """(stage, checkpoint) of the head-only stage used and of the torso stage when trained."""
+    found = []
+    for stage in STAGES:
+        try:
+            found.append(find_checkpoint(args.runs_root, args.subject, stage))
+        except ErnerfError:  # a stage that was not trained is simply not benchmarked
+            continue
+    head = [s for s in found if s[0] != "torso"][-1:]
+    return head + [s for s in found if s[0] == "torso"]
+
+
+def bench_trained(args: argparse.Namespace) -> dict:
+    """Benchmark each trained stage of a real subject."""
+    report = {}
+    audio = Path(args.audio) if args.audio else Path(args.data_root) / args.subject / "audio.wav"
+    for stage, ckpt in trained_stages(args):
+        system = load_system(ckpt, args.device)
+        subject = load_subject(Path(args.data_root) / args.subject, f"aud_{system.hparams['audio_kind']}.npy",
+                               stage, downscale=args.downscale)
+        label = "head+torso" if stage == "torso" else "head"
+        report[label] = {"stage": stage, "size": subject.height, "render_fps": round(time_renders(system, subject, args.frames), 3)}
+        with tempfile.TemporaryDirectory() as tmp:
+            report[label] |= end_to_end(system, subject, audio, args.seconds, Path(tmp), args.model_path)
+    if not report:
+        raise SystemExit(f"no checkpoint for subject {args.subject} under {args.runs_root}: train one first.")
+    return report
+
+
+def bench_untrained(args: argparse.Namespace) -> dict:
+    """CPU smoke benchmark: untrained head on a mini subject of real frames."""
+    from tests.postprocess.mini_subject import write_mini_subject
+
+    with tempfile.TemporaryDirectory() as tmp:
+        layout = write_mini_subject(Path(tmp) / "mini", SHARED / "train" / "trump_10s.mp4")
+        subject = load_subject(layout.root, "aud_mel.npy", "head", downscale=args.downscale)
+        system = untrained_system(len(subject.poses), args.device)
+        report = {"head (untrained)": {"size": subject.height, "render_fps": round(time_renders(system, subject, args.frames), 3)}}
+        audio = Path(args.audio) if args.audio else SHARED / "audio" / "obama_5s.wav"
+        report["head (untrained)"] |= end_to_end(system, subject, audio, args.seconds, Path(tmp))
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--subject", help="a trained subject (checkpoints under --runs-root)")
+    parser.add_argument("--untrained", action="store_true", help="no checkpoint: fresh model on a mini subject")
+    parser.add_argument("--data-root", default="data")
+    parser.add_argument("--runs-root", default="runs")
+    parser.add_argument("--audio", help="driving audio (default: the subject's own audio.wav)")
+    parser.add_argument("--frames", type=int, default=25, help="frames timed for render speed")
+    parser.add_argument("--seconds", type=float, default=4.0, help="output seconds for the end-to-end run")
+    parser.add_argument("--downscale", type=int, default=1, help="render 512/downscale crops (1 = 512x512)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--model-path", help="local HuBERT/wav2vec2 folder for hu/w2v subjects")
+    args = parser.parse_args()
+    if not args.subject and not args.untrained:
+        parser.error("give --subject <name> (trained) or --untrained (smoke run)")
+    torch.set_grad_enabled(False)
+    report = bench_trained(args) if args.subject else bench_untrained(args)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "cpu"
+    print(json.dumps({"device": device, **report}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
