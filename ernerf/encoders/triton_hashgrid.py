@@ -25,9 +25,11 @@ from ernerf.errors import ErnerfError
 TRIPLANE_DIMS = ((0, 1), (1, 2), (0, 2))
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _MAX_PLANES = 3
-# Tile height: 128 points x 16 columns per program kept the H100 busy at 2^18 and 2^20 points.
-_BLOCK = 128
-_NUM_WARPS = 4
+# A program's tile holds BLOCK points x next_pow2(L * F) columns x 2^D corners ~ _TILE_ELEMENTS lanes.
+# Tuned on an H100 for ER-NeRF's tri-plane (BLOCK 32 x 16 columns x 4 corners, 8 warps); 16..64 and
+# 4 warps were within noise or up to 20% slower.
+_TILE_ELEMENTS = 2048
+_NUM_WARPS = 8
 
 
 @triton.jit
@@ -43,45 +45,59 @@ def _plane_pointer(plane, ptr0, ptr1, ptr2):
 
 
 @triton.jit
+def _program_plane_and_tile(P: tl.constexpr):
+    """(plane, point tile) of this program: planes vary fastest so the three tables' atomics interleave."""
+    pid = tl.program_id(0)
+    return pid % P, pid // P
+
+
+@triton.jit
 def _grid_coord(x_ptr, dims_ptr, plane, d: tl.constexpr, D: tl.constexpr, rows, row_ok, stride_x, bound, scale):
     """Integer cell corner [B, C] and fractional position [B, C] along input dim d at every level."""
     column = tl.load(dims_ptr + plane * D + d)
     xd = tl.load(x_ptr + rows * stride_x + column, mask=row_ok, other=0.0).to(tl.float32)
-    u = tl.minimum(tl.maximum((xd + bound) / (2.0 * bound), 0.0), 1.0)
+    # IEEE division (Triton's `/` is approximate): one ulp of u moves p by R ulps, i.e. ~3e-5 at R = 512.
+    u = tl.minimum(tl.maximum(tl.math.div_rn(xd + bound, 2.0 * bound), 0.0), 1.0)
     p = u[:, None] * scale[None, :]
     p0 = tl.floor(p)
     return p0.to(tl.int32), p - p0
 
 
 @triton.jit
-def _axis(c, f, bit: tl.constexpr, res):
-    """Corner coordinate (clamped to the grid) and its 1-D interpolation weight for one bit."""
-    if bit:
-        return tl.minimum(c + 1, res - 1), f
-    else:
-        return c, 1.0 - f
+def _axis(c, f, d: tl.constexpr, corner, res):
+    """Coordinate [B, C, K] (clamped to the grid) and 1-D weight [B, C, K] along dim d of every corner."""
+    bit = (corner >> d) & 1  # [K]: corner k takes the upper neighbour along d when bit d of k is set
+    coord = tl.minimum(c[:, :, None] + bit[None, None, :], res[None, :, None] - 1)
+    weight = tl.where(bit[None, None, :] != 0, f[:, :, None], 1.0 - f[:, :, None])
+    return coord, weight
 
 
 @triton.jit
-def _corner_row(c0, c1, c2, res, hashed, mask_t, D: tl.constexpr):
-    """Row within a level: dense c0 + c1 R + c2 R^2, or the uint32 XOR-prime hash mod 2^log2."""
-    dense = c0 + c1 * res
-    # uint32 products wrap exactly like the spec's (c * prime) & 0xFFFFFFFF; the final mask < 2^32.
-    h = c0.to(tl.uint32) ^ (c1.to(tl.uint32) * 2654435761)
+def _corner_row(a0, a1, a2, res, hashed, LOG2_T: tl.constexpr, D: tl.constexpr):
+    """Row within a level: dense a0 + a1 R + a2 R^2, or the uint32 XOR-prime hash mod 2^log2."""
+    res = res[None, :, None]
+    dense = a0 + a1 * res
+    # uint32 products wrap exactly like the spec's (c * prime) & 0xFFFFFFFF; the final mask is < 2^32.
+    h = a0.to(tl.uint32) ^ (a1.to(tl.uint32) * 2654435761)
     if D == 3:
-        dense += c2 * res * res
-        h = h ^ (c2.to(tl.uint32) * 805459861)
-    return tl.where(hashed, (h & mask_t).to(tl.int32), dense)
+        dense += a2 * res * res
+        h = h ^ (a2.to(tl.uint32) * 805459861)
+    return tl.where(hashed[None, :, None], (h & ((1 << LOG2_T) - 1)).to(tl.int32), dense)
 
 
 @triton.jit
-def _tile_setup(
-    x_ptr, dims_ptr, offsets_ptr, res_ptr, plane, n_points, stride_x, bound,
+def _tile(
+    x_ptr, dims_ptr, offsets_ptr, res_ptr, plane, tile, n_points, stride_x, bound,
     D: tl.constexpr, F: tl.constexpr, L: tl.constexpr, LOG2_T: tl.constexpr, BLOCK: tl.constexpr,
     COLS: tl.constexpr,
 ):
-    """Per-tile constants: rows, column masks, level tables and grid coordinates along each dim."""
-    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    """Rows [B], column mask [B, C], and element offsets + weights [B, C, K] of all 2^D corners.
+
+    The corner axis is innermost, so neighbouring lanes of a warp touch the two corners along x,
+    which share a 32-byte sector (dense rows r, r + 1; hashed rows differing in low bits): one
+    gather or atomic instruction then needs about half as many L2 sector requests.
+    """
+    rows = tile * BLOCK + tl.arange(0, BLOCK)
     row_ok = rows < n_points
     rows = rows.to(tl.int64)  # N * L * F may pass 2^31 at large batches
     cols = tl.arange(0, COLS)
@@ -89,34 +105,26 @@ def _tile_setup(
     level = cols // F
     offset = tl.load(offsets_ptr + level, mask=col_ok, other=0)
     res = tl.load(res_ptr + level, mask=col_ok, other=2)
-    res64 = res.to(tl.int64)
-    volume = res64 * res64
+    volume = res.to(tl.int64) * res
     if D == 3:
-        volume = volume * res64
-    hashed = volume > (1 << LOG2_T)  # dense only while R^D rows fit the table
+        volume = volume * res
+    hashed = volume > (1 << LOG2_T)  # dense only while the R^D rows fit the table
     scale = (res - 1).to(tl.float32)
-    c0, f0 = _grid_coord(x_ptr, dims_ptr, plane, 0, D, rows, row_ok, stride_x, bound, scale)
-    c1, f1 = _grid_coord(x_ptr, dims_ptr, plane, 1, D, rows, row_ok, stride_x, bound, scale)
+    corner = tl.arange(0, 2**D)
+    c, f = _grid_coord(x_ptr, dims_ptr, plane, 0, D, rows, row_ok, stride_x, bound, scale)
+    a0, w = _axis(c, f, 0, corner, res)
+    c, f = _grid_coord(x_ptr, dims_ptr, plane, 1, D, rows, row_ok, stride_x, bound, scale)
+    a1, w1 = _axis(c, f, 1, corner, res)
+    w = w * w1
+    a2 = a0  # unused for D == 2
     if D == 3:
-        c2, f2 = _grid_coord(x_ptr, dims_ptr, plane, 2, D, rows, row_ok, stride_x, bound, scale)
-    else:
-        c2, f2 = c0, f0  # unused for D == 2
-    ok = row_ok[:, None] & col_ok[None, :]
-    base = offset * F + cols % F  # element of row 0 of this level, feature column
-    return rows, ok, base, res, hashed, c0, f0, c1, f1, c2, f2
-
-
-@triton.jit
-def _corner(k: tl.constexpr, c0, f0, c1, f1, c2, f2, res, hashed, D: tl.constexpr, LOG2_T: tl.constexpr):
-    """Row (within the level) and D-linear weight of corner k (bit d of k = upper corner along d)."""
-    a0, w0 = _axis(c0, f0, k & 1, res)
-    a1, w1 = _axis(c1, f1, (k >> 1) & 1, res)
-    w = w0 * w1
-    a2 = a0
-    if D == 3:
-        a2, w2 = _axis(c2, f2, (k >> 2) & 1, res)
+        c, f = _grid_coord(x_ptr, dims_ptr, plane, 2, D, rows, row_ok, stride_x, bound, scale)
+        a2, w2 = _axis(c, f, 2, corner, res)
         w = w * w2
-    return _corner_row(a0, a1, a2, res, hashed, (1 << LOG2_T) - 1, D), w
+    row = _corner_row(a0, a1, a2, res, hashed, LOG2_T, D)
+    element = (offset * F + cols % F)[None, :, None] + row * F
+    ok = row_ok[:, None] & col_ok[None, :]
+    return rows, cols, ok, element, w
 
 
 @triton.jit
@@ -127,40 +135,46 @@ def _hashgrid_fwd_kernel(
     BLOCK: tl.constexpr, COLS: tl.constexpr,
 ):
     """out[n, p*L*F + l*F + f] = sum_k w_k(x_n) emb_p[offset_l + row_k, f], fp32 accumulation."""
-    plane = tl.program_id(1)
+    plane, tile = _program_plane_and_tile(P)
     emb_ptr = _plane_pointer(plane, emb0_ptr, emb1_ptr, emb2_ptr)
-    rows, ok, base, res, hashed, c0, f0, c1, f1, c2, f2 = _tile_setup(
-        x_ptr, dims_ptr, offsets_ptr, res_ptr, plane, n_points, stride_x, bound, D, F, L, LOG2_T, BLOCK, COLS
+    rows, cols, ok, element, w = _tile(
+        x_ptr, dims_ptr, offsets_ptr, res_ptr, plane, tile, n_points, stride_x, bound, D, F, L, LOG2_T, BLOCK, COLS
     )
-    acc = tl.zeros((BLOCK, COLS), dtype=tl.float32)
-    for k in tl.static_range(2**D):
-        row, w = _corner(k, c0, f0, c1, f1, c2, f2, res, hashed, D, LOG2_T)
-        value = tl.load(emb_ptr + (base[None, :] + row * F), mask=ok, other=0.0)
-        acc += w * value.to(tl.float32)
-    cols = tl.arange(0, COLS)
-    tl.store(out_ptr + rows[:, None] * (P * L * F) + plane * (L * F) + cols[None, :], acc, mask=ok)
+    value = tl.load(emb_ptr + element, mask=ok[:, :, None], other=0.0)
+    out = tl.sum(w * value.to(tl.float32), axis=2)
+    tl.store(out_ptr + rows[:, None] * (P * L * F) + plane * (L * F) + cols[None, :], out, mask=ok)
+
+
+@triton.jit
+def _scatter_add(ptr, value, mask, USE_RED: tl.constexpr):
+    """ptr[i] += value[i] where mask: PTX `red` (no value returned) on GPUs, tl.atomic_add in the interpreter."""
+    if USE_RED:
+        # tl.atomic_add lowers to `atom`, which returns the old value we never read; `red` does not.
+        tl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p red.global.add.f32 [$1], $2; mov.b32 $0, 0; }",
+            "=r,l,r,r", [ptr.to(tl.int64), value, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1,
+        )
+    else:
+        # Ordering is irrelevant to a sum, so "relaxed" skips the fences the default acq_rel adds.
+        tl.atomic_add(ptr, value, mask=mask, sem="relaxed")
 
 
 @triton.jit
 def _hashgrid_bwd_kernel(
     x_ptr, dims_ptr, offsets_ptr, res_ptr, grad_out_ptr, stride_g, grad0_ptr, grad1_ptr, grad2_ptr,
     n_points, stride_x, bound,
-    D: tl.constexpr, F: tl.constexpr, L: tl.constexpr, LOG2_T: tl.constexpr,
-    BLOCK: tl.constexpr, COLS: tl.constexpr,
+    D: tl.constexpr, F: tl.constexpr, L: tl.constexpr, P: tl.constexpr, LOG2_T: tl.constexpr,
+    BLOCK: tl.constexpr, COLS: tl.constexpr, USE_RED: tl.constexpr,
 ):
     """grad_emb_p[offset_l + row_k, f] += w_k(x_n) * grad_out[n, p*L*F + l*F + f] (relaxed fp32 atomics)."""
-    plane = tl.program_id(1)
+    plane, tile = _program_plane_and_tile(P)
     grad_ptr = _plane_pointer(plane, grad0_ptr, grad1_ptr, grad2_ptr)
-    rows, ok, base, res, hashed, c0, f0, c1, f1, c2, f2 = _tile_setup(
-        x_ptr, dims_ptr, offsets_ptr, res_ptr, plane, n_points, stride_x, bound, D, F, L, LOG2_T, BLOCK, COLS
+    rows, cols, ok, element, w = _tile(
+        x_ptr, dims_ptr, offsets_ptr, res_ptr, plane, tile, n_points, stride_x, bound, D, F, L, LOG2_T, BLOCK, COLS
     )
-    cols = tl.arange(0, COLS)
     g = tl.load(grad_out_ptr + rows[:, None] * stride_g + plane * (L * F) + cols[None, :], mask=ok, other=0.0)
-    g = g.to(tl.float32)
-    for k in tl.static_range(2**D):
-        row, w = _corner(k, c0, f0, c1, f1, c2, f2, res, hashed, D, LOG2_T)
-        # Ordering is irrelevant to a sum, so "relaxed" skips the fences the default acq_rel adds.
-        tl.atomic_add(grad_ptr + (base[None, :] + row * F), w * g, mask=ok, sem="relaxed")
+    value = w * g.to(tl.float32)[:, :, None]
+    _scatter_add(grad_ptr + element, value, ok[:, :, None], USE_RED)
 
 
 _TABLES: dict[tuple, tuple[Tensor, Tensor]] = {}
@@ -207,10 +221,15 @@ def _check_inputs(x: Tensor, embeddings: Sequence[Tensor], offsets, resolutions,
         raise ErnerfError("triton hash grid needs CUDA tensors; on CPU use backend 'torch' (or TRITON_INTERPRET=1)")
 
 
-def _launch_args(x: Tensor, num_levels: int, level_dim: int) -> tuple[tuple[int, int], dict]:
-    """Grid and shared compile-time arguments of both kernels."""
+def _launch_args(num_points: int, dims: Tensor, num_levels: int, level_dim: int) -> tuple[tuple[int], dict]:
+    """1-D grid (planes x point tiles) and the compile-time arguments shared by both kernels."""
+    num_planes, input_dim = dims.shape
     cols = triton.next_power_of_2(num_levels * level_dim)
-    return (triton.cdiv(x.shape[0], _BLOCK),), {"F": level_dim, "L": num_levels, "BLOCK": _BLOCK, "COLS": cols}
+    block = min(128, max(4, _TILE_ELEMENTS // (cols * 2**input_dim)))
+    # No FMA contraction: fma(u, R - 1, -floor(p)) would differ from the reference's rounded p - floor(p).
+    meta = {"D": input_dim, "F": level_dim, "L": num_levels, "P": num_planes, "BLOCK": block, "COLS": cols,
+            "num_warps": _NUM_WARPS, "enable_fp_fusion": False}
+    return (triton.cdiv(num_points, block) * num_planes,), meta
 
 
 def _pad_planes(tensors: Sequence[Tensor]) -> list[Tensor]:
@@ -226,20 +245,18 @@ class _HashGridFunction(torch.autograd.Function):
         ctx: FunctionCtx, x: Tensor, dims: Tensor, offsets_t: Tensor, res_t: Tensor, log2_hashmap_size: int,
         bound: float, *embeddings: Tensor,
     ) -> Tensor:
-        """Launch the forward kernel over (point tiles, planes)."""
-        num_planes, input_dim = dims.shape
+        """One launch over (point tiles x planes) writing [N, P * L * F] fp32 features."""
         num_levels, level_dim = res_t.shape[0], embeddings[0].shape[1]
         x = x if x.stride(-1) == 1 else x.contiguous()
-        out = torch.empty(x.shape[0], num_planes * num_levels * level_dim, device=x.device, dtype=torch.float32)
-        grid, meta = _launch_args(x, num_levels, level_dim)
+        out = x.new_empty(x.shape[0], dims.shape[0] * num_levels * level_dim, dtype=torch.float32)
+        grid, meta = _launch_args(x.shape[0], dims, num_levels, level_dim)
         if x.shape[0] > 0:
-            _hashgrid_fwd_kernel[grid + (num_planes,)](
-                x, dims, offsets_t, res_t, *_pad_planes([e.contiguous() for e in embeddings]), out,
-                x.shape[0], x.stride(0), float(bound),
-                D=input_dim, P=num_planes, LOG2_T=log2_hashmap_size, num_warps=_NUM_WARPS, **meta,
+            tables = _pad_planes([e.contiguous() for e in embeddings])
+            _hashgrid_fwd_kernel[grid](
+                x, dims, offsets_t, res_t, *tables, out, x.shape[0], x.stride(0), bound, LOG2_T=log2_hashmap_size, **meta
             )
         ctx.save_for_backward(x, dims, offsets_t, res_t)
-        ctx.config = (log2_hashmap_size, float(bound), [(e.shape, e.dtype) for e in embeddings])
+        ctx.config = (log2_hashmap_size, bound, [(e.shape, e.dtype) for e in embeddings])
         return out
 
     @staticmethod
@@ -247,18 +264,15 @@ class _HashGridFunction(torch.autograd.Function):
         """Scatter grad_out into fp32 buffers with atomics, then cast to each embedding's dtype."""
         x, dims, offsets_t, res_t = ctx.saved_tensors
         log2_hashmap_size, bound, specs = ctx.config
-        num_planes, input_dim = dims.shape
-        grads = [torch.zeros(shape, device=x.device, dtype=torch.float32) for shape, _ in specs]
+        grads = [x.new_zeros(shape, dtype=torch.float32) for shape, _ in specs]
         grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
-        grid, meta = _launch_args(x, res_t.shape[0], specs[0][0][1])
+        grid, meta = _launch_args(x.shape[0], dims, res_t.shape[0], specs[0][0][1])
         if x.shape[0] > 0:
-            _hashgrid_bwd_kernel[grid + (num_planes,)](
-                x, dims, offsets_t, res_t, grad_out, grad_out.stride(0), *_pad_planes(grads),
-                x.shape[0], x.stride(0), bound,
-                D=input_dim, LOG2_T=log2_hashmap_size, num_warps=_NUM_WARPS, **meta,
+            _hashgrid_bwd_kernel[grid](
+                x, dims, offsets_t, res_t, grad_out, grad_out.stride(0), *_pad_planes(grads), x.shape[0], x.stride(0),
+                bound, LOG2_T=log2_hashmap_size, USE_RED=x.is_cuda, **meta,
             )
-        emb_grads = [g.to(dtype) for g, (_, dtype) in zip(grads, specs)]
-        return (None, None, None, None, None, None, *emb_grads)
+        return (None,) * 6 + tuple(g.to(dtype) for g, (_, dtype) in zip(grads, specs))
 
 
 def encode_planes(
