@@ -3,28 +3,27 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig
 
 from ernerf.errors import ErnerfError
 
+if TYPE_CHECKING:
+    from ernerf.inference import InferenceResult
 
-def print_summary(result) -> None:
+
+def print_summary(result: InferenceResult) -> None:
     """Tell the user where every output went and how fast it ran."""
     from rich.console import Console
-    from rich.table import Table
 
-    console = Console()
+    console = Console(soft_wrap=True)  # paths are printed whole, never cut, so they can be copied
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
-    table = Table(title=f"{result.num_frames} frames ({result.num_frames / 25:.1f} s), stage {result.stage}")
-    table.add_column("output")
-    table.add_column("path")
-    for kind, path in result.outputs.items():
-        table.add_row(kind, str(path))
-    table.add_row("checkpoint", str(result.checkpoint))
-    console.print(table)
+    console.print(f"[bold]{result.num_frames} frames ({result.num_frames / 25:.1f} s), stage {result.stage}[/bold]")
+    for kind, path in [*result.outputs.items(), ("checkpoint", result.checkpoint)]:
+        console.print(f"  {kind:<10} {path}", markup=False, highlight=False)
     console.print(f"render {result.render_fps:.1f} frames/s; end to end "
                   f"{result.seconds_per_output_second:.2f} s per output second ({result.seconds_total:.1f} s)")
 

@@ -135,3 +135,20 @@ def test_infer_errors(tmp_path, mini_subject, m4a_speech):
         infer_from_config(compose("infer", base + [f"audio={m4a_speech}", "postprocess.scheme=hair"]),
                           lambda p, d: fake)
     assert FEATURE_DIM == fake.hparams["feature_dim"]
+
+
+def test_output_paths_and_summary(tmp_path, capsys):
+    from ernerf.inference import InferenceResult, output_paths
+    from infer import print_summary
+
+    assert output_paths(None, "anna", Path("a/hello.m4a"), "lips") == (Path("outputs/anna/hello_lips"), "result")
+    assert output_paths(str(tmp_path / "x" / "talk.mp4"), "anna", Path("a.wav"), "head") == (tmp_path / "x", "talk")
+    assert output_paths(str(tmp_path / "dir"), "anna", Path("a.wav"), "head") == (tmp_path / "dir", "result")
+    with pytest.raises(ErnerfError, match="folder or an .mp4"):
+        output_paths("talk.avi", "anna", Path("a.wav"), "head")
+    result = InferenceResult({"video": tmp_path / "result.mp4", "alpha": tmp_path / "result_head.webm"}, 50,
+                             seconds_total=4.0, seconds_render=2.0, warnings=["the audio is silent"], stage="head",
+                             checkpoint=tmp_path / "last.ckpt")
+    print_summary(result)
+    out = capsys.readouterr().out
+    assert "result_head.webm" in out and "silent" in out and "25.0 frames/s" in out and "2.00 s per output" in out
