@@ -35,14 +35,8 @@ def level_offsets(resolutions: list[int], input_dim: int, log2_hashmap_size: int
     return offsets
 
 
-def corner_bits(input_dim: int, device: torch.device) -> Tensor:
-    """The 2^D corners of a unit cell as 0/1 offsets: [2^D, D] (corner c has bit d = (c >> d) & 1)."""
-    corners = torch.arange(2**input_dim, device=device)
-    return torch.stack([(corners >> d) & 1 for d in range(input_dim)], dim=-1)
-
-
-def corner_index(corners: Tensor, resolution: int, log2_hashmap_size: int) -> Tensor:
-    """Row within a level of integer grid corners [..., D]: dense when R^D <= 2^log2, else hashed."""
+def corner_index(corners: Tensor, resolution: int, log2_hashmap_size: int) -> Tensor:  # [..., D] -> [...]
+    """Row within a level of integer grid corners, literally as specified: dense when R^D <= 2^log2, else hashed."""
     input_dim = corners.shape[-1]
     if resolution**input_dim <= 2**log2_hashmap_size:
         strides = torch.tensor([resolution**d for d in range(input_dim)], device=corners.device)
@@ -52,6 +46,40 @@ def corner_index(corners: Tensor, resolution: int, log2_hashmap_size: int) -> Te
         # int64 products are exact (c < 2^24, prime < 2^32); masking emulates uint32 wrap-around.
         index ^= (corners[..., d] * HASH_PRIMES[d]) & _UINT32_MASK
     return index & (2**log2_hashmap_size - 1)
+
+
+def _axis_terms(c: Tensor, d: int, resolution: int, hashed: bool) -> Tensor:  # [N, 2] -> [N, 2]
+    """Dimension d's contribution to the row of the low/high corner: c * R^d (dense) or c * prime (hashed)."""
+    if hashed:
+        return (c * HASH_PRIMES[d]) & _UINT32_MASK
+    return c * resolution**d
+
+
+def level_rows_and_weights(
+    u: Tensor, resolution: int, log2_hashmap_size: int
+) -> tuple[Tensor, Tensor]:  # [N, D] in [0, 1] -> rows [N, 2^D], weights [N, 2^D]
+    """Rows (within the level) of the 2^D corners around each point, and their D-linear weights.
+
+    Built one dimension at a time from [N, 2] low/high terms, so no [N, 2^D, D] tensor is formed;
+    it computes exactly `corner_index` of each corner.
+    """
+    input_dim = u.shape[-1]
+    hashed = resolution**input_dim > 2**log2_hashmap_size
+    p = u * (resolution - 1)
+    low = p.floor()
+    frac = p - low
+    low = low.long()
+    rows = torch.zeros_like(low[:, :1])  # [N, 1]
+    weights = torch.ones_like(frac[:, :1])  # [N, 1]
+    for d in range(input_dim):
+        c = torch.stack([low[:, d], (low[:, d] + 1).clamp(max=resolution - 1)], -1)  # [N, 2]
+        terms = _axis_terms(c, d, resolution, hashed)
+        combined = rows[:, :, None] ^ terms[:, None] if hashed else rows[:, :, None] + terms[:, None]
+        rows = combined.flatten(1)
+        weights = (weights[:, :, None] * torch.stack([1 - frac[:, d], frac[:, d]], -1)[:, None]).flatten(1)
+    if hashed:
+        rows = rows & (2**log2_hashmap_size - 1)
+    return rows, weights
 
 
 def hashgrid_torch(
@@ -64,17 +92,11 @@ def hashgrid_torch(
 ) -> Tensor:  # [N, L * F]
     """Pure-PyTorch reference: all 2^D corners of all points gathered at once, one level at a time."""
     u = ((x.float() + bound) / (2 * bound)).clamp(0.0, 1.0)  # [N, D]
-    bits = corner_bits(x.shape[-1], x.device)  # [C, D]
     features = []
     for level, resolution in enumerate(resolutions):
-        p = u * (resolution - 1)
-        p0 = p.floor()
-        frac = p - p0  # [N, D]
-        corners = (p0.long()[:, None, :] + bits[None]).clamp(max=resolution - 1)  # [N, C, D]
-        weights = torch.where(bits[None].bool(), frac[:, None, :], 1.0 - frac[:, None, :]).prod(-1)  # [N, C]
-        rows = offsets[level] + corner_index(corners, resolution, log2_hashmap_size)  # [N, C]
-        values = embeddings[rows]  # [N, C, F]
-        features.append((weights[..., None] * values).sum(1))  # [N, F]
+        rows, weights = level_rows_and_weights(u, resolution, log2_hashmap_size)  # [N, C] each
+        values = embeddings[rows + offsets[level]]  # [N, C, F]
+        features.append((weights[..., None] * values).sum(1))
     return torch.cat(features, dim=-1)
 
 

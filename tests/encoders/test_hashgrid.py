@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from ernerf.encoders.hashgrid import (
     hashgrid_torch,
     level_offsets,
     level_resolutions,
+    level_rows_and_weights,
 )
 from ernerf.errors import ErnerfError
 
@@ -44,6 +46,21 @@ def test_hashed_rows_follow_the_uint32_xor_hash() -> None:
     rows = corner_index(corners, resolution=200, log2_hashmap_size=19).tolist()
     # (1 ^ 2654435761 ^ 805459861) = 2922720805, mod 2^19; (3, 5, 7) with 32-bit wrap of each product.
     assert rows == [2922720805 % 2**19, 329061]
+
+
+@pytest.mark.parametrize(("dim", "resolution"), [(2, 16), (2, 200), (3, 8), (3, 40)])
+def test_vectorised_rows_and_weights_match_the_spec_corner_by_corner(dim: int, resolution: int) -> None:
+    torch.manual_seed(0)
+    u = torch.rand(50, dim)
+    u[0] = 1.0  # the far border: the high corner is clamped
+    rows, weights = level_rows_and_weights(u, resolution, log2_hashmap_size=9)
+    p = u * (resolution - 1)
+    for k, bits in enumerate(itertools.product((0, 1), repeat=dim)):  # dimension 0 varies slowest
+        b = torch.tensor(bits)
+        corner = (p.floor().long() + b).clamp(max=resolution - 1)
+        frac = p - p.floor()
+        assert torch.equal(rows[:, k], corner_index(corner, resolution, 9))
+        torch.testing.assert_close(weights[:, k], torch.where(b.bool(), frac, 1 - frac).prod(-1))
 
 
 def test_vertices_return_their_own_embedding() -> None:
