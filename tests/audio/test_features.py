@@ -74,6 +74,9 @@ def test_hf_extractor_without_transformers_names_the_extra(tmp_path, monkeypatch
 
 def test_hf_extractor_rows_match_logmel(tmp_path) -> None:
     transformers = pytest.importorskip("transformers")
+    import torch
+
+    torch.manual_seed(0)
     cfg = transformers.HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                     intermediate_size=64, conv_dim=(16,) * 7, num_conv_pos_embeddings=16,
                                     num_conv_pos_embedding_groups=2)
@@ -82,7 +85,8 @@ def test_hf_extractor_rows_match_logmel(tmp_path) -> None:
     ext = HFSpeechExtractor(str(tmp_path), chunk_seconds=0.5, context_seconds=0.2)
     feats = ext(wav)
     assert ext.feature_dim == 32
-    assert feats.shape == (len(LogMelExtractor()(wav)), 32)
+    assert feats.shape == (len(LogMelExtractor()(wav)), 32) and np.isfinite(feats).all()
     whole = HFSpeechExtractor(str(tmp_path), chunk_seconds=100.0)(wav)
-    # chunking only changes how much context attention sees, not which rows come out
-    assert np.corrcoef(feats.ravel(), whole.ravel())[0, 1] > 0.5
+    # with context covering the whole clip every chunk sees all of it: stitching must give the same rows
+    stitched = HFSpeechExtractor(str(tmp_path), chunk_seconds=0.5, context_seconds=10.0)(wav)
+    assert np.allclose(stitched, whole, atol=1e-4)
