@@ -1,0 +1,274 @@
+"""Parsing step: per-frame head / neck / torso / background maps in ER-NeRF's colour code.
+
+The mediapipe backend combines three embedded models: selfie segmentation (person vs background),
+the face mesh of the landmarks step (face oval -> head, grown upwards and sideways for hair and
+ears) and pose shoulders (where the neck ends). Neck pixels are the skin-coloured person pixels in a
+band from the jaw down to the shoulder line; the rest of the person below the head is torso.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ernerf.errors import ErnerfError
+from ernerf.io.atomic import atomic_dir
+from ernerf.io.layout import SubjectLayout
+from ernerf.preprocess import segmentation as seg
+from ernerf.preprocess.base import PreprocessStep, StepContext
+
+BACKGROUND, HEAD, NECK, TORSO = 0, 1, 2, 3
+# on-disk RGB colour of each label (ER-NeRF's code; read back with cv2 it is BGR head [255, 0, 0] ...)
+PALETTE_RGB = np.array([(255, 255, 255), (0, 0, 255), (0, 255, 0), (255, 0, 0)], np.uint8)
+BACKENDS = ("mediapipe",)
+
+
+@dataclass(frozen=True)
+class ParsingParams:
+    """Geometry and thresholds of the mediapipe parsing (lengths relative to the face size)."""
+
+    person_threshold: float = 0.5  # selfie-segmentation probability that counts as person
+    hair_scale: float = 2.2  # the face oval grown by this factor above cheek level bounds hair and ears
+    chin_margin: float = 0.03  # face heights added below the mesh's chin line (the mesh sits inside the edge)
+    neck_width: float = 0.85  # neck band width at the shoulders, in face widths
+    neck_length: float = 0.7  # neck length in face heights when the shoulders are not visible
+    skin_distance: float = 4.5  # Mahalanobis distance in CrCb under which a pixel counts as skin
+    clean_radius: int = 3  # morphology radius (px) that removes specks and closes cracks
+
+
+def labels_to_rgb(labels: np.ndarray) -> np.ndarray:
+    """[H, W] label map -> [H, W, 3] RGB image in ER-NeRF's colour code."""
+    return PALETTE_RGB[labels]
+
+
+def read_parsing(path: Path | str) -> np.ndarray:
+    """Read a parsing PNG back into a [H, W] uint8 label map."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ErnerfError(f"cannot read parsing map {path}: re-run the parsing step (preprocess.force=[parsing]).")
+    rgb = bgr[..., ::-1]
+    labels = np.zeros(rgb.shape[:2], np.uint8)  # anything unexpected counts as background
+    for label in (HEAD, NECK, TORSO):
+        labels[np.all(rgb == PALETTE_RGB[label], axis=-1)] = label
+    return labels
+
+
+@dataclass(frozen=True)
+class FaceFrame:
+    """Face-aligned frame from the mesh: centre, unit up/right vectors and face size in pixels."""
+
+    centre: np.ndarray  # [2]
+    up: np.ndarray  # [2], towards the forehead
+    right: np.ndarray  # [2], towards the image right for a frontal face
+    width: float
+    height: float
+
+    @staticmethod
+    def from_mesh(xy: np.ndarray) -> "FaceFrame":
+        """Build from [478, 2] mesh pixels."""
+        up = xy[seg.FOREHEAD] - xy[seg.CHIN]
+        height = float(np.linalg.norm(up)) + 1e-6
+        up = up / height
+        right = np.array([-up[1], up[0]], np.float32)
+        centre = 0.5 * (xy[seg.CHEEK_LEFT] + xy[seg.CHEEK_RIGHT])
+        width = float(np.linalg.norm(xy[seg.CHEEK_RIGHT] - xy[seg.CHEEK_LEFT])) + 1e-6
+        return FaceFrame(centre.astype(np.float32), up.astype(np.float32), right, width, height)
+
+    def v(self, pts: np.ndarray) -> np.ndarray:
+        """Height of points [..., 2] above the centre along `up` (px)."""
+        return (pts - self.centre) @ self.up
+
+
+def _poly_mask(shape: tuple[int, int], poly: np.ndarray) -> np.ndarray:
+    mask = np.zeros(shape, np.uint8)
+    cv2.fillPoly(mask, [np.round(poly).astype(np.int32)], 1)
+    return mask.astype(bool)
+
+
+def head_region(shape: tuple[int, int], xy: np.ndarray, face: FaceFrame, p: ParsingParams) -> np.ndarray:
+    """Where head pixels may be: the face oval, grown above the jaw angles to take in hair and ears."""
+    oval = xy[list(seg.FACE_OVAL)]
+    v_jaw = float(np.mean(face.v(xy[[seg.JAW_LEFT, seg.JAW_RIGHT]])))
+    # growth blends from 1 at the jaw angles to hair_scale at cheek level and above, so the chin
+    # and jaw keep the mesh's outline while the top of the head may carry hair
+    t = np.clip((face.v(oval) - v_jaw) / max(-v_jaw, 1.0), 0.0, 1.0)[:, None]
+    scale = 1.0 + (p.hair_scale - 1.0) * t
+    grown = face.centre + scale * (oval - face.centre)
+    grown -= (1.0 - t) * p.chin_margin * face.height * face.up
+    return _poly_mask(shape, grown)
+
+
+def face_hull(shape: tuple[int, int], xy: np.ndarray) -> np.ndarray:
+    """Convex hull of all mesh points: always head, even where the person mask misses it."""
+    return _poly_mask(shape, cv2.convexHull(xy.astype(np.float32))[:, 0])
+
+
+def neck_region(shape: tuple[int, int], xy: np.ndarray, face: FaceFrame, shoulders: np.ndarray | None,
+                p: ParsingParams) -> np.ndarray:
+    """A band from the jaw angles down to the shoulder line (or a face-relative length), neck wide."""
+    jaw = xy[[seg.JAW_LEFT, seg.JAW_RIGHT]]
+    chin = xy[seg.CHIN]
+    if shoulders is not None and face.v(shoulders.mean(0)) < face.v(chin):
+        base = shoulders.mean(0)
+    else:
+        base = chin - p.neck_length * face.height * face.up
+    half = 0.5 * p.neck_width * face.width * face.right
+    poly = np.array([jaw[0], jaw[1], base + half, base - half])
+    return _poly_mask(shape, poly)
+
+
+def skin_model(rgb: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Mean and inverse covariance of CrCb skin colour sampled on the cheeks and forehead."""
+    ycc = cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)
+    h, w = rgb.shape[:2]
+    samples = []
+    for x, y in np.round(xy[list(seg.SKIN_POINTS)]).astype(int):
+        if 3 <= x < w - 3 and 3 <= y < h - 3:
+            samples.append(ycc[y - 3:y + 4, x - 3:x + 4, 1:].reshape(-1, 2))
+    if not samples:
+        return None
+    crcb = np.concatenate(samples).astype(np.float32)
+    # the floor on the covariance keeps a very uniform face from rejecting its own neck's shading
+    (a, b), (_, d) = np.cov(crcb.T) + np.eye(2) * 4.0
+    icov = np.array([[d, -b], [-b, a]], np.float32) / (a * d - b * b)  # 2x2 inverse without LAPACK threads
+    return crcb.mean(0), icov
+
+
+def skin_mask(rgb: np.ndarray, model: tuple[np.ndarray, np.ndarray], region: np.ndarray, max_dist: float) -> np.ndarray:
+    """Pixels of `region` whose CrCb colour lies within `max_dist` Mahalanobis units of the skin model."""
+    mean, icov = model
+    ys, xs = np.nonzero(region)
+    out = np.zeros(region.shape, bool)
+    if len(ys) == 0:
+        return out
+    crcb = cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)[ys, xs, 1:].astype(np.float32) - mean
+    d2 = np.einsum("ni,ij,nj->n", crcb, icov, crcb)
+    out[ys[d2 < max_dist ** 2], xs[d2 < max_dist ** 2]] = True
+    return out
+
+
+def person_mask(prob: np.ndarray, seed: np.ndarray, p: ParsingParams) -> np.ndarray:
+    """Clean binary person mask: thresholded, de-speckled, holes filled, attached to the face or the bottom edge."""
+    person = seg.open_close(prob > p.person_threshold, p.clean_radius)
+    anchor = seed.copy()
+    anchor[-2:] = True  # the body leaves the crop at the bottom
+    return seg.fill_holes(seg.components_touching(person | seed, anchor))
+
+
+def parse_frame(rgb: np.ndarray, prob: np.ndarray, mesh: np.ndarray, shoulders: np.ndarray | None,
+                p: ParsingParams = ParsingParams()) -> np.ndarray:
+    """One frame [H, W, 3] RGB + person probability + mesh [478, >=2] -> [H, W] uint8 labels."""
+    shape = rgb.shape[:2]
+    xy = mesh[:, :2].astype(np.float32)
+    face = FaceFrame.from_mesh(xy)
+    hull = face_hull(shape, xy)
+    person = person_mask(prob, hull, p)
+    head = (person & head_region(shape, xy, face, p)) | hull
+    head = seg.components_touching(seg.open_close(head, p.clean_radius), hull) | hull
+    rest = person & ~head
+    neck = _neck(rgb, xy, face, shoulders, rest, head, p)
+    torso = seg.drop_small_components(rest & ~neck, min_area=int(0.002 * rest.size))
+    # slivers left between the head and the neck band belong to their neighbour, not to the background
+    islands = rest & ~neck & ~torso
+    near_neck = cv2.dilate(neck.astype(np.uint8), seg.disk(2)).astype(bool)
+    grow_neck = seg.components_touching(islands, near_neck)
+    neck |= grow_neck
+    head |= islands & ~grow_neck
+    labels = np.zeros(shape, np.uint8)
+    labels[torso] = TORSO
+    labels[neck] = NECK
+    labels[head] = HEAD
+    return labels
+
+
+def _neck(rgb: np.ndarray, xy: np.ndarray, face: FaceFrame, shoulders: np.ndarray | None, rest: np.ndarray,
+          head: np.ndarray, p: ParsingParams) -> np.ndarray:
+    band = rest & neck_region(rest.shape, xy, face, shoulders, p)
+    model = skin_model(rgb, xy)
+    if model is None:
+        return band
+    neck = seg.open_close(skin_mask(rgb, model, band, p.skin_distance), p.clean_radius) & band
+    # the neck hangs from the head: keep skin blobs that touch the head's lower edge
+    touching = cv2.dilate(head.astype(np.uint8), seg.disk(p.clean_radius + 2)).astype(bool)
+    return seg.fill_holes(seg.components_touching(neck, touching)) & band
+
+
+# ---------------------------------------------------------------- per-process worker
+
+_MODELS: dict[str, Any] = {}
+
+
+def _models() -> tuple[seg.PersonSegmenter, seg.ShoulderDetector]:
+    # one set of mediapipe graphs per process, reused over every chunk it is given
+    if not _MODELS:
+        _MODELS["person"] = seg.PersonSegmenter()
+        _MODELS["pose"] = seg.ShoulderDetector()
+    return _MODELS["person"], _MODELS["pose"]
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    frames: range
+    ori_dir: Path
+    out_dir: Path
+    mesh: np.ndarray  # [len(frames), 478, 3]
+    params: ParsingParams
+    pose_every: int
+
+
+def _parse_chunk(job: _Chunk) -> dict[str, float]:
+    person_model, pose_model = _models()
+    shoulders, seen, head_area = None, 0, 0.0
+    for k, i in enumerate(job.frames):
+        rgb = seg.read_rgb(job.ori_dir / f"{i}.jpg")
+        if k % job.pose_every == 0:  # shoulders move slowly; pose is the costliest model here
+            shoulders = pose_model(rgb)
+        seen += shoulders is not None
+        labels = parse_frame(rgb, person_model(rgb), job.mesh[k], shoulders, job.params)
+        head_area += float(np.mean(labels == HEAD))
+        out = cv2.cvtColor(labels_to_rgb(labels), cv2.COLOR_RGB2BGR)
+        cv2.imwrite(str(job.out_dir / f"{i}.png"), out, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    return {"frames": len(job.frames), "shoulders_seen": seen, "head_area": head_area}
+
+
+class ParsingStep(PreprocessStep):
+    """parsing/<i>.png: head / neck / torso / background per crop frame (ER-NeRF colour code)."""
+
+    name = "parsing"
+
+    def __init__(self, backend: str = "mediapipe", workers: int = 2,
+                 chunk_size: int = 25, pose_every: int = 5, params: ParsingParams | dict | None = None) -> None:
+        if backend not in BACKENDS:
+            raise ErnerfError(f"preprocess.steps.parsing.backend={backend!r} is not one of {list(BACKENDS)}.")
+        self.backend = backend
+        self.workers, self.chunk_size, self.pose_every = workers, chunk_size, max(1, pose_every)
+        self.params = params if isinstance(params, ParsingParams) else ParsingParams(**dict(params or {}))
+
+    def outputs(self, layout: SubjectLayout) -> list[Path]:
+        return [layout.parsing_dir]
+
+    def run(self, ctx: StepContext) -> dict[str, Any]:
+        layout, n = ctx.layout, ctx.num_frames
+        mesh = _load_mesh(layout, n)
+        with atomic_dir(layout.parsing_dir) as out_dir:
+            jobs = [_Chunk(r, layout.ori_imgs, out_dir, mesh[r.start:r.stop], self.params, self.pose_every)
+                    for r in seg.frame_chunks(n, self.chunk_size)]
+            stats = list(seg.map_ordered(_parse_chunk, jobs, self.workers))
+        seen = sum(s["shoulders_seen"] for s in stats)
+        if seen == 0:
+            ctx.warn("parsing: no shoulders found in any frame; the neck ends at a face-relative length.")
+        return {"shoulders_seen": seen / n, "head_area": sum(s["head_area"] for s in stats) / n}
+
+
+def _load_mesh(layout: SubjectLayout, n: int) -> np.ndarray:
+    if not layout.mesh.exists():
+        raise ErnerfError(f"{layout.mesh} is missing: run the landmarks step first (preprocess.force=[landmarks]).")
+    mesh = np.load(layout.mesh)
+    if mesh.ndim != 3 or mesh.shape[0] != n or mesh.shape[1] < max(seg.FACE_OVAL) + 1:
+        raise ErnerfError(f"{layout.mesh} has shape {mesh.shape}, expected [{n}, 478, 3]: "
+                          "re-run the landmarks step (preprocess.force=[landmarks]).")
+    return mesh

@@ -1,0 +1,168 @@
+"""Person segmentation and shoulder detection (mediapipe's embedded models), mask helpers, and a
+streaming process pool for per-frame work."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
+from typing import TypeVar
+
+import cv2
+import numpy as np
+
+# mediapipe's C++ side logs through glog; keep its start-up chatter out of the user's console.
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# mediapipe face-mesh indices of the face oval, in contour order (clockwise in the image, starting at
+# the top of the forehead; 152 is the chin, 234/454 the sides at cheekbone level).
+FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
+             152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
+CHIN, FOREHEAD, CHEEK_RIGHT, CHEEK_LEFT = 152, 10, 454, 234  # image right / left
+JAW_RIGHT, JAW_LEFT = 397, 172  # jaw angles
+# mesh points on the cheeks and forehead: skin without eyes, brows, lips or nostrils
+SKIN_POINTS = (50, 280, 101, 330, 36, 266, 205, 425, 187, 411, 151, 9, 108, 337, 117, 346)
+
+
+class PersonSegmenter:
+    """Soft person mask of an RGB frame from mediapipe's selfie-segmentation model."""
+
+    def __init__(self, model_selection: int = 0) -> None:
+        import mediapipe as mp
+
+        self._model = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=model_selection)
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """[H, W, 3] uint8 RGB -> [H, W] float32 person probability in [0, 1]."""
+        mask = self._model.process(rgb).segmentation_mask
+        if mask is None:
+            return np.zeros(rgb.shape[:2], np.float32)
+        return np.clip(mask, 0.0, 1.0).astype(np.float32)
+
+
+class ShoulderDetector:
+    """Shoulder points from mediapipe pose (tracking mode: call on frames in time order)."""
+
+    def __init__(self, min_visibility: float = 0.5) -> None:
+        import mediapipe as mp
+
+        self._model = mp.solutions.pose.Pose(static_image_mode=False, model_complexity=1)
+        self.min_visibility = min_visibility
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
+        """[H, W, 3] RGB -> [2, 2] pixel xy of the (image-left, image-right) shoulders, or None if not seen."""
+        res = self._model.process(rgb)
+        if res.pose_landmarks is None:
+            return None
+        h, w = rgb.shape[:2]
+        lm = res.pose_landmarks.landmark
+        pts = [lm[12], lm[11]]  # the subject's right shoulder appears on the image left
+        if min(p.visibility for p in pts) < self.min_visibility:
+            return None
+        return np.array([[p.x * w, p.y * h] for p in pts], np.float32)
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep the largest 8-connected component of a boolean mask."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 2:
+        return mask.astype(bool)
+    biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return labels == biggest
+
+
+def components_touching(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """Keep the components of `mask` that overlap `seed` (both boolean [H, W])."""
+    n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    keep = np.zeros(n, bool)
+    keep[labels[seed & mask.astype(bool)]] = True
+    keep[0] = False
+    return keep[labels]
+
+
+def drop_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """Remove 8-connected components smaller than `min_area` pixels."""
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_area
+    keep[0] = False
+    return keep[labels]
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill background regions enclosed by the mask (not connected to the image border)."""
+    inv = (~mask.astype(bool)).astype(np.uint8)
+    n, labels = cv2.connectedComponents(inv, connectivity=4)
+    hole = np.ones(n, bool)
+    hole[0] = False
+    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        hole[edge] = False
+    return hole[labels] | mask.astype(bool)
+
+
+def disk(radius: int) -> np.ndarray:
+    """Elliptic structuring element of the given radius."""
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+def open_close(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Morphological opening then closing: drops specks and closes cracks up to `radius` pixels."""
+    if radius <= 0:
+        return mask.astype(bool)
+    m = mask.astype(np.uint8)
+    m = cv2.morphologyEx(m, cv2.MORPH_OPEN, disk(radius))
+    m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, disk(radius))
+    return m.astype(bool)
+
+
+def read_rgb(path: os.PathLike | str) -> np.ndarray:
+    """Read an image file as RGB uint8 [H, W, 3]."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        from ernerf.errors import ErnerfError
+
+        raise ErnerfError(f"cannot read image {path}: re-run the step that writes it (preprocess.force=[headbox]).")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def frame_chunks(num_frames: int, size: int) -> list[range]:
+    """Split frame indices 0..num_frames-1 into consecutive ranges of at most `size`."""
+    return [range(s, min(s + size, num_frames)) for s in range(0, num_frames, size)]
+
+
+def _init_worker() -> None:
+    # each worker owns one core: stop OpenCV from spawning its own thread pool on top
+    cv2.setNumThreads(1)
+
+
+def map_ordered(fn: Callable[[T], R], items: Sequence[T], workers: int, window: int | None = None) -> Iterator[R]:
+    """Yield fn(item) in order, computed by `workers` processes with at most `window` in flight.
+
+    `fn` must be a module-level function; it may keep per-process state (e.g. mediapipe graphs) in
+    module globals. With workers <= 1 everything runs in this process.
+    """
+    if workers <= 1 or len(items) <= 1:
+        yield from map(fn, items)
+        return
+    window = window or 2 * workers
+    # fork starts in milliseconds and needs no `if __name__ == "__main__"` guard in the caller's
+    # script; workers build their own mediapipe graphs after the fork, never sharing the parent's
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    ctx = multiprocessing.get_context(method)
+    with ctx.Pool(workers, initializer=_init_worker) as pool:
+        it: Iterator[T] = iter(items)
+        pending = deque(pool.apply_async(fn, (x,)) for x in islice(it, window))
+        while pending:
+            result = pending.popleft().get()
+            for x in islice(it, 1):
+                pending.append(pool.apply_async(fn, (x,)))
+            yield result
+
+
+def consume(results: Iterable[object]) -> int:
+    """Drain an iterator of results; returns how many there were."""
+    return sum(1 for _ in results)
