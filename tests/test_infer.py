@@ -152,3 +152,27 @@ def test_output_paths_and_summary(tmp_path, capsys):
     print_summary(result)
     out = capsys.readouterr().out
     assert "result_head.webm" in out and "silent" in out and "25.0 frames/s" in out and "2.00 s per output" in out
+
+
+@pytest.mark.slow
+def test_infer_with_the_real_system(tmp_path, mini_subject, m4a_speech):
+    """A freshly initialised TalkingHeadSystem saved as last.ckpt goes through load_system and render_image."""
+    import lightning as L
+    import torch
+    from hydra.utils import instantiate
+
+    system = instantiate(compose("train", ["subject=mini", "debug=fast"]).model, num_frames=10)
+    ckpt = touch_checkpoint(tmp_path / "runs", "mini", "lips")
+    torch.save({"state_dict": system.state_dict(), "hyper_parameters": dict(system.hparams),
+                "pytorch-lightning_version": L.__version__}, ckpt)
+    out = tmp_path / "out"
+    cfg = compose("infer", [f"paths.data_root={mini_subject.root.parent}", f"paths.runs_root={tmp_path / 'runs'}",
+                            "subject=mini", f"audio={m4a_speech}", f"output={out}", "downscale=32",
+                            "device=cpu", "progress=false", "postprocess.alpha=png"])
+    result = infer_from_config(cfg)
+    assert result.stage == "lips" and result.checkpoint == ckpt
+    info = probe(result.outputs["video"])
+    assert info.num_frames == result.num_frames == round(2.3 * 25) and info.has_audio
+    assert (info.width, info.height) == (512, 512)  # pasted into the original frames, not the 16 px render
+    heads = sorted(result.outputs["alpha"].glob("*.png"))
+    assert len(heads) == result.num_frames
