@@ -1,0 +1,187 @@
+"""TalkingHeadSystem: the one LightningModule of every stage (head, lips, torso differ only in config)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from ernerf.errors import ErnerfError
+from ernerf.fields import FaceCondition
+from ernerf.losses import (
+    LossComposer,
+    attention_outside_mask,
+    eye_audio_overlap,
+    opacity_entropy,
+    photometric_mse,
+    uncertainty_weighted_mse,
+)
+from ernerf.rendering import RenderOutputs
+from ernerf.rendering import render_image as render_frame
+
+log = logging.getLogger(__name__)
+
+LOSS_TERMS = ("rgb", "rgb_uncertainty", "opacity_entropy", "ambient_audio", "ambient_eye")
+
+
+def exponential_decay(optimizer: torch.optim.Optimizer, total_steps: int, final_ratio: float = 0.5) -> LambdaLR:
+    """Every group's lr decays as `final_ratio ** (step / total_steps)` (ER-NeRF head: 0.5 at the last step)."""
+    total = max(total_steps, 1)
+    return LambdaLR(optimizer, lambda step: final_ratio ** min(step / total, 1.0))
+
+
+def psnr_from_mse(mse: Tensor) -> Tensor:
+    """PSNR in dB of colours in [0, 1]."""
+    return -10.0 * torch.log10(mse.clamp_min(1e-10))
+
+
+class TalkingHeadSystem(L.LightningModule):
+    """Builds the audio encoder, face field, occupancy grid and marcher from config; trains, validates, renders."""
+
+    def __init__(
+        self,
+        field: Mapping,
+        audio_encoder: Mapping,
+        marcher: Mapping,
+        optimizer: Mapping,
+        scheduler: Mapping,
+        param_groups: Mapping[str, Mapping],
+        loss: Mapping,
+        audio_kind: str,
+        feature_dim: int,
+        num_frames: int,
+        aabb: Sequence[float],
+        grid: Mapping | None = None,
+        frozen: Sequence[str] = (),
+        init_from: str | None = None,
+        eval_chunk: int = 4096,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()  # plain configs: load_from_checkpoint(path) rebuilds everything
+        self.audio_encoder: nn.Module = instantiate(audio_encoder, feature_dim=feature_dim)
+        self.field: nn.Module = instantiate(field, num_frames=num_frames)
+        self.grid: nn.Module | None = instantiate(grid) if grid else None
+        self.marcher: nn.Module = instantiate(marcher)
+        self.loss: LossComposer = instantiate(loss)
+        unknown = {name for name, w in self.loss.weights.items() if w} - set(LOSS_TERMS)
+        if unknown:
+            raise ErnerfError(f"loss terms {sorted(unknown)} are not computed by TalkingHeadSystem (it knows {LOSS_TERMS}): fix conf/loss/.")
+        self.register_buffer("aabb", torch.tensor(list(aabb), dtype=torch.float32), persistent=False)
+        self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
+        self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+        self.freeze_matching(frozen)
+
+    # ---------------------------------------------------------------- conditioning and rendering
+    def condition(self, audio_window: Tensor, eye: Tensor | None, frame_index: int | None) -> FaceCondition:
+        """Audio window [8, 16, C] -> code; the field's per-frame conditioning."""
+        code = self.audio_encoder(audio_window[None].float())[0]  # [audio_dim]
+        return FaceCondition(audio=code, eye=eye, frame_index=frame_index)
+
+    def render_rays(self, rays_o: Tensor, rays_d: Tensor, cond: FaceCondition, bg: Tensor) -> Any:
+        """March rays [N, 3] through the face field; `bg` [N, 3] or [3] fills what the head leaves uncovered."""
+        return self.marcher(rays_o, rays_d, lambda x, d: self.field(x, d, cond), self.aabb, self.grid, bg)
+
+    @torch.no_grad()
+    def render_image(self, c2w: Tensor, intrinsics: Sequence[float] | Tensor, height: int, width: int, audio_window: Tensor,
+                     eye: Tensor | None, frame_index: int | None, bg: Tensor) -> dict[str, Tensor]:
+        """Render one frame: c2w [4, 4] in the model's space, bg [H, W, 3] -> rgb [H, W, 3], depth/opacity [H, W]."""
+        device = self.device
+        cond = self.condition(audio_window.to(device), None if eye is None else eye.to(device), frame_index)
+        out = render_frame(self.marcher, lambda x, d: self.field(x, d, cond), c2w.to(device), [float(v) for v in intrinsics],
+                           height, width, self.aabb, self.grid, bg.to(device), chunk=self.hparams.eval_chunk)
+        return {"rgb": out["rgb"].float().clamp(0, 1), "depth": out["depth"].float(), "opacity": out["opacity"].float()}
+
+    @torch.no_grad()
+    def refresh_occupancy(self, audio_window: Tensor, eye: Tensor | None) -> None:
+        """Update the occupancy grid with the density under one frame's conditioning."""
+        cond = self.condition(audio_window, eye, None)
+        self.grid.update(lambda x: self.field.density(x, cond))
+
+    # ---------------------------------------------------------------- training
+    def step_fraction(self) -> float:
+        """Progress through training in [0, 1] (ER-NeRF ramps uncertainty and ambient losses with it)."""
+        total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        return min(self.global_step / max(total, 1), 1.0)
+
+    def loss_terms(self, out: RenderOutputs, batch: dict) -> dict[str, Tensor]:
+        """The active loss terms of one ray batch (names as in conf/loss/)."""
+        pred, target, face = out.rgb.float(), batch["rgb"], batch["face_mask"]
+        extras = {name: value.float() for name, value in out.extras.items()}
+        makers = {
+            "rgb": lambda: photometric_mse(pred, target),
+            "rgb_uncertainty": lambda: uncertainty_weighted_mse(pred, target, extras["uncertainty"], self.step_fraction(), face),
+            "opacity_entropy": lambda: opacity_entropy(out.opacity.float()),
+            "ambient_audio": lambda: attention_outside_mask(extras["audio_att"], face),
+            "ambient_eye": lambda: eye_audio_overlap(extras["eye_att"], extras["audio_att"], face),
+        }
+        return {name: make() for name, make in makers.items() if self.loss.active(name)}
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        cond = self.condition(batch["audio"], batch["eye"], batch["frame_index"])
+        out = self.render_rays(batch["rays_o"], batch["rays_d"], cond, batch["bg"])
+        total, values = self.loss(self.loss_terms(out, batch), self.global_step)
+        for name, value in values.items():
+            self.log(f"train/loss_{name}", value)
+        self.log("train/loss", total, prog_bar=True)
+        self.log("train/psnr", psnr_from_mse(torch.mean((out.rgb.float() - batch["rgb"]) ** 2)), prog_bar=True)
+        return total
+
+    def validation_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
+        out = self.render_image(batch["c2w"], batch["intrinsics"], batch["height"], batch["width"], batch["audio"],
+                                batch["eye"], batch["frame_index"], batch["bg"])
+        pred, target = out["rgb"].permute(2, 0, 1)[None], batch["rgb"].permute(2, 0, 1)[None]  # [1, 3, H, W]
+        self.val_psnr(pred, target)
+        self.val_ssim(pred, target)
+        self.log("val/psnr", self.val_psnr, prog_bar=True)
+        self.log("val/ssim", self.val_ssim)
+        return out
+
+    # ---------------------------------------------------------------- optimisation
+    def freeze_matching(self, patterns: Sequence[str]) -> None:
+        """Freeze parameters whose names match any regex in `patterns` (e.g. the head while the torso trains)."""
+        for name, param in self.named_parameters():
+            if any(re.match(p, name) for p in patterns):
+                param.requires_grad_(False)
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters split into the configured named groups (first matching regex wins)."""
+        specs = {name: dict(spec) for name, spec in self.hparams.param_groups.items()}
+        members: dict[str, list[nn.Parameter]] = {name: [] for name in specs}
+        for pname, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            group = next((g for g, spec in specs.items() if re.match(spec["match"], pname)), None)
+            if group is None:
+                raise ErnerfError(f"parameter '{pname}' matches no entry of model.param_groups: add a group "
+                                  "(a catch-all `match: .*` last) so every trainable parameter has a learning rate.")
+            members[group].append(param)
+        return [{"name": g, "params": members[g], **{k: v for k, v in spec.items() if k != "match"}}
+                for g, spec in specs.items() if members[g]]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = instantiate(self.hparams.optimizer)(self.parameter_groups())
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        scheduler = instantiate(self.hparams.scheduler)(optimizer, total_steps=int(total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.init_from:
+            self.load_initial_weights(self.hparams.init_from)
+
+    def load_initial_weights(self, path: str) -> None:
+        """Start from a previous stage's checkpoint (weights only; new modules keep their init)."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        except FileNotFoundError as err:
+            raise ErnerfError(f"init_from checkpoint {path} does not exist: train the previous stage first.") from err
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        log.info("initialised from %s (%d new, %d unused tensors)", path, len(missing), len(unexpected))
+

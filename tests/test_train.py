@@ -1,0 +1,135 @@
+"""train.py and its configs: every group composes; a tiny run learns; resuming continues the step count."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests.conftest import CONF_DIR, compose
+
+GROUPS = ["stage", "datamodule", "model", "loss", "trainer", "logger", "callbacks", "debug", "experiment"]
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_option_of_every_group_composes_and_resolves(group: str) -> None:
+    options = group_options(group)
+    assert options, f"conf/{group}/ is empty"
+    for option in options:
+        cfg = compose("train", ["subject=someone", f"{group}={option}"])
+        OmegaConf.resolve(cfg)
+        assert cfg.run_dir == f"runs/someone/{cfg.stage.name}"
+        assert cfg.model.feature_dim == cfg.audio_features.feature_dim
+
+
+def test_default_config_follows_the_er_nerf_head_recipe() -> None:
+    cfg = compose("train", ["subject=someone"])
+    assert cfg.datamodule.num_rays == 65536 and cfg.datamodule.subject_dir == "data/someone"
+    assert list(cfg.model.optimizer.betas) == [0.0, 0.99] and cfg.model.optimizer.eps == 1e-8
+    groups = cfg.model.param_groups
+    assert groups.grids.lr == 1e-2 and groups.networks.lr == 1e-3
+    assert cfg.model.scheduler.final_ratio == 0.5 and cfg.callbacks.occupancy_grid.every_n_steps == 16
+    assert cfg.model.audio_kind == "mel" and cfg.datamodule.audio_file == "aud_mel.npy"
+    hubert = compose("train", ["subject=someone", "audio_features=hubert"])
+    assert hubert.model.audio_encoder.feature_dim == 1024 and hubert.datamodule.audio_file == "aud_hu.npy"
+
+
+def test_stage_steps_scale_with_the_subject_length() -> None:
+    from train import stage_steps
+
+    cfg = compose("train", ["subject=someone"])
+    assert stage_steps(cfg, 250) == cfg.stage.min_steps  # a 10 s clip: the floor
+    assert stage_steps(cfg, 3000) == 3000 * cfg.stage.steps_per_frame
+    assert stage_steps(cfg, 15000) == cfg.stage.max_steps  # ER-NeRF's 100k cap
+    assert stage_steps(compose("train", ["subject=someone", "trainer.max_steps=7"]), 3000) == 7
+
+
+# ---------------------------------------------------------------- end to end on the synthetic sphere
+TINY = [  # a 16 x 16 subject, a small grid and few samples: ~1 s a step on a busy 2-core CPU
+    "debug=fast", "datamodule.downscale=1", "datamodule.num_rays=256", "model.marcher.num_samples=8",
+    "encoder.num_levels=4", "encoder.log2_hashmap_size=10", "encoder.desired_resolution=64", "model.grid.resolution=16",
+]
+STEPS = 40
+
+
+def tiny_config(tmp: Path, steps: int, *extra: str):
+    overrides = ["subject=sphere", f"paths.data_root={tmp / 'data'}", f"paths.runs_root={tmp / 'runs'}", *TINY,
+                 f"trainer.max_steps={steps}", f"trainer.val_check_interval={STEPS}", *extra]
+    return compose("train", overrides)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny head-stage run; returns its run directory."""
+    from tests.synthetic import write_synthetic_subject
+    from train import train
+
+    tmp = tmp_path_factory.mktemp("train")
+    write_synthetic_subject(tmp / "data" / "sphere", num_frames=12, size=16)
+    train(tiny_config(tmp, STEPS))
+    return tmp / "runs" / "sphere" / "head"
+
+
+def logged(run_dir: Path, key: str) -> list[tuple[int, float]]:
+    """(step, value) of one metric from the CSV logger."""
+    import csv
+
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return [(int(r["step"]), float(r[key])) for r in csv.DictReader(f) if r.get(key)]
+
+
+def test_tiny_run_learns_the_subject(trained: Path) -> None:
+    psnr = [v for _, v in logged(trained, "train/psnr")]
+    assert len(psnr) >= 6
+    gain = sum(psnr[-2:]) / 2 - sum(psnr[:2]) / 2
+    assert gain > 2.5, f"training PSNR rose only {gain:.2f} dB: {psnr}"
+    assert logged(trained, "val/psnr")[-1][1] > 20.0
+    assert {"train/loss_rgb_uncertainty", "train/loss_opacity_entropy"} <= set(open(trained / "csv" / "metrics.csv").readline().strip().split(","))
+
+
+def test_run_writes_checkpoint_val_images_and_refreshes_the_grid(trained: Path) -> None:
+    import torch
+
+    ckpt = torch.load(trained / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == STEPS
+    assert int(ckpt["state_dict"]["grid.num_updates"]) == 3  # steps 0, 16, 32
+    assert ckpt["hyper_parameters"]["audio_kind"] == "mel" and ckpt["hyper_parameters"]["feature_dim"] == 80
+    pngs = sorted((trained / "val_images").glob("*.png"))
+    assert pngs and all(p.stat().st_size > 0 for p in pngs)
+
+
+def test_checkpoint_restores_a_system_that_renders(trained: Path) -> None:
+    import torch
+
+    from ernerf.systems.talking_head import TalkingHeadSystem
+
+    system = TalkingHeadSystem.load_from_checkpoint(trained / "checkpoints" / "last.ckpt", map_location="cpu").eval()
+    assert system.hparams.audio_kind == "mel" and system.hparams.feature_dim == 80
+    c2w = torch.eye(4)
+    c2w[2, 3] = -2.4  # 0.6 m in front of the head, looking down +z
+    out = system.render_image(c2w, (17.6, 17.6, 8.0, 8.0), 16, 16, torch.zeros(8, 16, 80), torch.zeros(1), None,
+                              torch.full((16, 16, 3), 0.5))
+    assert out["rgb"].shape == (16, 16, 3) and out["depth"].shape == out["opacity"].shape == (16, 16)
+    assert torch.isfinite(out["rgb"]).all()
+
+
+def test_ckpt_path_last_resumes_and_continues_the_step_count(trained: Path) -> None:
+    import shutil
+
+    import torch
+
+    from train import train
+
+    tmp = trained.parents[2] / "resume"
+    shutil.copytree(trained.parents[2] / "data", tmp / "data")
+    shutil.copytree(trained, tmp / "runs" / "sphere" / "head")
+    train(tiny_config(tmp, STEPS + 10, "ckpt_path=last"))
+    ckpt = torch.load(tmp / "runs" / "sphere" / "head" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == STEPS + 10
+    assert ckpt["lr_schedulers"][0]["last_epoch"] == STEPS + 10  # the decay continued, not restarted
+    assert int(ckpt["state_dict"]["grid.num_updates"]) == 4  # one more refresh, before step 48
