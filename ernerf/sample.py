@@ -42,6 +42,16 @@ class SamplePaths:
     mouth: Path  # sample_mouth.npy: float32 [N] animated mouth opening in [0, 1]
     blink: Path  # sample_blink.npy: float32 [N] animated lid closure in [0, 1]
 
+    @classmethod
+    def in_dir(cls, out_dir: Path | str) -> SamplePaths:
+        """The file names `make_sample` uses inside `out_dir`."""
+        out = Path(out_dir)
+        return cls(out / "sample.mp4", out / "sample.wav", out / "sample_mouth.npy", out / "sample_blink.npy")
+
+    def files(self) -> list[Path]:
+        """Every file of the sample."""
+        return [self.video, self.audio, self.mouth, self.blink]
+
 
 @dataclass(frozen=True)
 class _Face:
@@ -74,7 +84,7 @@ def make_sample(out_dir: Path | str, text: str = DEFAULT_TEXT, seconds: float = 
     blink = blink_track(n, rng)
     pose = head_motion(n, rng, size)
     face = _prepare_face(size)
-    paths = SamplePaths(out / "sample.mp4", out / "sample.wav", out / "sample_mouth.npy", out / "sample_blink.npy")
+    paths = SamplePaths.in_dir(out)
     write_wav(paths.audio, wav, SAMPLE_RATE)
     with VideoWriter(paths.video, fps=FPS, crf=16, audio=paths.audio) as writer:
         for i in range(n):
@@ -90,7 +100,12 @@ def make_new_sentence(out_dir: Path | str, text: str = NEW_SENTENCE) -> Path:
     from ernerf.tts import synthesize, write_wav
 
     wav, sr = synthesize(text, rate=155, pitch=45)
-    return write_wav(Path(out_dir) / "new_sentence.wav", wav, sr, target_rate=SAMPLE_RATE)
+    return write_wav(new_sentence_path(out_dir), wav, sr, target_rate=SAMPLE_RATE)
+
+
+def new_sentence_path(out_dir: Path | str) -> Path:
+    """Where `make_new_sentence` writes inside `out_dir`."""
+    return Path(out_dir) / "new_sentence.wav"
 
 
 def speech_track(text: str, seconds: float) -> np.ndarray:
