@@ -107,7 +107,9 @@ class TalkingHeadSystem(L.LightningModule):
 
     # ---------------------------------------------------------------- training
     def step_fraction(self) -> float:
-        """Progress through training in [0, 1] (ER-NeRF ramps uncertainty and ambient losses with it)."""
+        """Progress through training in [0, 1] (ER-NeRF ramps uncertainty and ambient losses with it); 0 outside fit."""
+        if self._trainer is None:
+            return 0.0
         total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
         return min(self.global_step / max(total, 1), 1.0)
 

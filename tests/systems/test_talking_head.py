@@ -1,0 +1,75 @@
+"""TalkingHeadSystem built from the real config: parameter groups, freezing, rendering, loss wiring."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from ernerf.errors import ErnerfError
+from ernerf.systems.talking_head import TalkingHeadSystem, exponential_decay
+from tests.conftest import compose
+
+SMALL = ["encoder.num_levels=4", "encoder.log2_hashmap_size=10", "encoder.desired_resolution=64", "model.grid.resolution=16",
+         "model.marcher.num_samples=8", "trainer.max_steps=100"]
+
+
+def build(*overrides: str, num_frames: int = 10) -> TalkingHeadSystem:
+    cfg = compose("train", ["subject=x", *SMALL, *overrides])
+    OmegaConf.resolve(cfg)
+    return instantiate(cfg.model, num_frames=num_frames)
+
+
+def test_parameter_groups_follow_er_nerf_learning_rates() -> None:
+    system = build()
+    groups = {g["name"]: g for g in system.parameter_groups()}
+    assert groups["grids"]["lr"] == 1e-2 and groups["networks"]["lr"] == 1e-3
+    assert groups["audio_attention"]["lr"] == 5e-3 and groups["audio_attention"]["weight_decay"] == 1e-4
+    ids = {name: {id(p) for p in g["params"]} for name, g in groups.items()}
+    encoder = {id(p) for p in system.field.encoder.parameters()}
+    assert ids["grids"] == encoder
+    assert id(system.field.individual_codes) in ids["networks"]
+    assert {id(p) for p in system.audio_encoder.att.parameters()} == ids["audio_attention"]
+    assert sum(len(v) for v in ids.values()) == len(list(system.parameters()))  # every parameter exactly once
+
+
+def test_frozen_patterns_leave_parameters_out_of_the_optimizer() -> None:
+    system = build("model.frozen=[field\\.,audio_encoder\\.]")
+    assert not any(p.requires_grad for p in system.field.parameters())
+    assert system.parameter_groups() == []
+
+
+def test_empty_occupancy_grid_renders_the_background_exactly() -> None:
+    system = build().eval()
+    system.grid.occupancy.zero_()
+    bg = torch.rand(8, 8, 3)
+    c2w = torch.eye(4)
+    c2w[2, 3] = -2.4
+    out = system.render_image(c2w, (9.0, 9.0, 4.0, 4.0), 8, 8, torch.randn(8, 16, 80), torch.zeros(1), None, bg)
+    assert torch.allclose(out["rgb"], bg) and out["opacity"].abs().max() == 0
+
+
+def test_loss_terms_are_the_active_ones_and_unknown_terms_are_rejected() -> None:
+    system = build()
+    n = 32
+    rays_o = torch.zeros(n, 3)
+    rays_o[:, 2] = -2.4
+    rays_d = torch.nn.functional.normalize(torch.randn(n, 3) * 0.05 + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
+    batch = {"rgb": torch.rand(n, 3), "face_mask": torch.rand(n) > 0.5}
+    out = system.render_rays(rays_o, rays_d, system.condition(torch.randn(8, 16, 80), torch.ones(1), 3), torch.zeros(n, 3))
+    terms = system.loss_terms(out, batch)
+    assert set(terms) == {"rgb_uncertainty", "opacity_entropy", "ambient_audio", "ambient_eye"}
+    assert all(t.ndim == 0 and torch.isfinite(t) for t in terms.values())
+    with pytest.raises((ErnerfError, InstantiationException), match="lpips.*not computed"):
+        build("+loss.weights.lpips=0.1")
+
+
+def test_exponential_decay_halves_the_learning_rate_over_the_run() -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = exponential_decay(opt, total_steps=10, final_ratio=0.5)
+    for _ in range(10):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
