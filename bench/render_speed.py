@@ -21,15 +21,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ernerf.inference import (FPS, STAGES, OutputOptions, extractor_for, find_checkpoint,  # noqa: E402
-                              load_subject, load_system, run_inference)
+from ernerf.inference import (FPS, STAGES, OutputOptions, Renderer, SubjectView, extractor_for,  # noqa: E402
+                              find_checkpoint, load_subject, load_system, run_inference)
 from ernerf.errors import ErnerfError  # noqa: E402
 from ernerf.postprocess.pasteback import PasteBack  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 
 
-def time_renders(system, subject, frames: int, warmup: int = 1) -> float:
+def time_renders(system: Renderer, subject: SubjectView, frames: int, warmup: int = 1) -> float:
     """Frames/s of system.render_image on the subject's first poses (after `warmup` untimed frames)."""
     dev = system.device
     window = torch.zeros(8, 16, int(system.hparams["feature_dim"]), device=dev)
@@ -50,8 +50,8 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def untrained_system(num_frames: int, device: str):
-    """A freshly initialised system from the training config (its grid marks everything occupied: worst case)."""
+def untrained_system(num_frames: int, device: str) -> Renderer:
+    """A freshly initialised system from the training config (untrained: timings only show the pipeline works)."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
@@ -62,7 +62,8 @@ def untrained_system(num_frames: int, device: str):
     return system.to(dev).eval()
 
 
-def end_to_end(system, subject, audio: Path, seconds: float, out_dir: Path, model_path: str | None = None) -> dict[str, float]:
+def end_to_end(system: Renderer, subject: SubjectView, audio: Path, seconds: float, out_dir: Path,
+               model_path: str | None = None) -> dict[str, float]:
     """Seconds per output second for `seconds` of `audio`, features to result.mp4."""
     from ernerf.inference import driving_features
     from ernerf.io.audio import load_audio, write_wav
@@ -102,7 +103,8 @@ def bench_trained(args: argparse.Namespace) -> dict:
         subject = load_subject(Path(args.data_root) / args.subject, f"aud_{system.hparams['audio_kind']}.npy",
                                stage, downscale=args.downscale)
         label = "head+torso" if stage == "torso" else "head"
-        report[label] = {"stage": stage, "size": subject.height, "render_fps": round(time_renders(system, subject, args.frames), 3)}
+        fps = time_renders(system, subject, args.frames)
+        report[label] = {"stage": stage, "size": subject.height, "render_fps": round(fps, 3)}
         with tempfile.TemporaryDirectory() as tmp:
             report[label] |= end_to_end(system, subject, audio, args.seconds, Path(tmp), args.model_path)
     if not report:
@@ -118,7 +120,8 @@ def bench_untrained(args: argparse.Namespace) -> dict:
         layout = write_mini_subject(Path(tmp) / "mini", SHARED / "train" / "trump_10s.mp4")
         subject = load_subject(layout.root, "aud_mel.npy", "head", downscale=args.downscale)
         system = untrained_system(len(subject.poses), args.device)
-        report = {"head (untrained)": {"size": subject.height, "render_fps": round(time_renders(system, subject, args.frames), 3)}}
+        fps = time_renders(system, subject, args.frames)
+        report = {"head (untrained)": {"size": subject.height, "render_fps": round(fps, 3)}}
         audio = Path(args.audio) if args.audio else SHARED / "audio" / "obama_5s.wav"
         report["head (untrained)"] |= end_to_end(system, subject, audio, args.seconds, Path(tmp))
     return report

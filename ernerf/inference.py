@@ -324,19 +324,31 @@ def run_inference(renderer: Renderer, subject: SubjectView, feats: np.ndarray, a
     box = HeadBox.load(subject.layout.head_bbox)
     frames = FrameSource(subject.layout.video)
     render_s = 0.0
-    with ResultWriter(out_dir, audio, n, FPS, options.crf, options.alpha, options.depth, name) as writer:
-        comp = _Compositor(subject, frames, box, options, writer)
-        with _progress(n, progress) as bar:
-            for lo in range(0, n, options.chunk):
-                r0 = time.perf_counter()
-                batch = [render_frame(renderer, subject, plan, feats, t) for t in range(lo, min(n, lo + options.chunk))]
-                render_s += time.perf_counter() - r0
-                for k, rendered in enumerate(batch):
-                    comp.add(rendered, int(plan.indices[lo + k]))
-                bar.update(len(batch))
-        outputs = writer.close()
-    frames.close()
+    try:
+        with ResultWriter(out_dir, audio, n, FPS, options.crf, options.alpha, options.depth, name) as writer:
+            comp = _Compositor(subject, frames, box, options, writer)
+            comp.alpha(int(subject.img_ids[plan.indices[0]]))  # a missing parsing/mesh fails now, not after a chunk
+            with _progress(n, progress) as bar:
+                for lo in range(0, n, options.chunk):
+                    steps = range(lo, min(n, lo + options.chunk))
+                    batch, seconds = _render_chunk(renderer, subject, plan, feats, steps, bar)
+                    render_s += seconds
+                    for k, rendered in enumerate(batch):
+                        comp.add(rendered, int(plan.indices[lo + k]))
+            outputs = writer.close()
+    finally:
+        frames.close()
     return InferenceResult(outputs, n, time.perf_counter() - t0, render_s)
+
+
+def _render_chunk(renderer: Renderer, subject: SubjectView, plan: MotionPlan, feats: np.ndarray, steps: range,
+                  bar: Any) -> tuple[list[dict[str, np.ndarray]], float]:
+    """Render output frames `steps`, ticking the progress bar per frame; also return the seconds spent."""
+    t0, batch = time.perf_counter(), []
+    for t in steps:
+        batch.append(render_frame(renderer, subject, plan, feats, t))
+        bar.update(1)
+    return batch, time.perf_counter() - t0
 
 
 def _progress(total: int, enabled: bool):

@@ -128,7 +128,8 @@ class PasteBack:
     def __init__(self, scheme: str = "face_neck", blend: str = "feather", feather_px: float = 16.0,
                  dilate_px: int = 8) -> None:
         if scheme not in SCHEMES:
-            raise ErnerfError(f"unknown paste-back scheme {scheme!r}: use postprocess.scheme= one of {', '.join(SCHEMES)}.")
+            raise ErnerfError(f"unknown paste-back scheme {scheme!r}: "
+                              f"use postprocess.scheme= one of {', '.join(SCHEMES)}.")
         if blend not in BLENDS:
             raise ErnerfError(f"unknown blend {blend!r}: use postprocess.blend= one of {', '.join(BLENDS)}.")
         self.scheme, self.blend = scheme, blend

@@ -79,7 +79,8 @@ def write_frame_files(layout: SubjectLayout, i: int, crop: np.ndarray) -> None:
     torso = np.all(parsing == (0, 0, 255), -1) | np.all(parsing == (0, 255, 0), -1)
     cv2.imwrite(str(layout.torso(i)), np.dstack([bgr, torso.astype(np.uint8) * 255]))
     (cx, cy), (ax, ay) = FACE
-    lms = np.stack([cx + 0.9 * ax * np.cos(np.linspace(0, 6.2, 68)), cy + 0.9 * ay * np.sin(np.linspace(0, 6.2, 68))], 1)
+    angles = np.linspace(0, 2 * np.pi, 68, endpoint=False)
+    lms = np.stack([cx + 0.9 * ax * np.cos(angles), cy + 0.9 * ay * np.sin(angles)], 1)
     np.savetxt(layout.lms(i), lms, "%f")
 
 
