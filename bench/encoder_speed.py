@@ -60,6 +60,17 @@ def triton_triplane(embs: list[Tensor], offsets: list[int], resolutions: list[in
     return lambda x: triplane_triton(x, embs, offsets, resolutions, LOG2_T, BOUND)
 
 
+def triton_per_plane(embs: list[Tensor], offsets: list[int], resolutions: list[int]) -> Encode:
+    """The Triton kernel called once per plane and concatenated (three launches each way)."""
+    from ernerf.encoders.triton_hashgrid import hashgrid_triton
+
+    def encode(x: Tensor) -> Tensor:
+        feats = [hashgrid_triton(x[:, list(d)], e, offsets, resolutions, LOG2_T, BOUND) for d, e in zip(PLANES, embs)]
+        return torch.cat(feats, dim=-1)
+
+    return encode
+
+
 def tcnn_triplane(embs: list[Tensor], offsets: list[int], resolutions: list[int]) -> Encode:
     """tiny-cuda-nn's HashGrid with the same levels (its own parameters, registered as embs' stand-ins)."""
     import tinycudann
@@ -77,7 +88,8 @@ def tcnn_triplane(embs: list[Tensor], offsets: list[int], resolutions: list[int]
     return encode
 
 
-BACKENDS = {"torch": torch_triplane, "compile": compiled_triplane, "triton": triton_triplane, "tcnn": tcnn_triplane}
+BACKENDS = {"torch": torch_triplane, "compile": compiled_triplane, "triton": triton_triplane, "triton-3x": triton_per_plane,
+            "tcnn": tcnn_triplane}
 
 
 def timer(device: str) -> Callable[[Callable[[], None]], float]:

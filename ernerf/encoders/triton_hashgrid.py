@@ -1,16 +1,17 @@
 """Fused Triton hash-grid encoder (forward + backward) following docs/design/model_api.md's layout.
 
-One launch encodes every level (and, for the tri-plane, every plane): program (i, p) owns a tile of
-BLOCK points x all L*F output columns of plane p, so reads of x and writes of the output are whole
-rows, and the per-level tables (offsets, resolutions) are loaded once per program. The backward
-scatters into an fp32 buffer with relaxed atomic adds (exact fp32 accumulation even for half
-embeddings). There is no gradient w.r.t. the points: ER-NeRF never back-propagates into positions.
+One launch encodes every level and, for the tri-plane, every plane: each program owns a tile of
+BLOCK points x all L*F output columns x 2^D corners of one plane, so x is read and the output
+written as whole rows and the level tables are loaded once per tile. The backward scatters into
+fp32 buffers (exact accumulation even for half embeddings) with PTX `red` adds. There is no
+gradient w.r.t. the points: ER-NeRF never back-propagates into sample positions.
 Without CUDA the kernels run only under Triton's interpreter (`TRITON_INTERPRET=1`), for tests.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -286,6 +287,8 @@ def encode_planes(
 ) -> Tensor:  # [N, P * L * F] float32
     """Encode P hash grids (each reading its own columns of x) in one forward and one backward launch."""
     _check_inputs(x, embeddings, offsets, resolutions, planes)
+    if x.requires_grad:
+        warnings.warn("triton hash grid: no gradient flows back to the points x (embeddings only)", stacklevel=2)
     offsets_t, res_t = _level_tables(offsets, resolutions, x.device)
     dims = _plane_dims(planes, x.device)
     return _HashGridFunction.apply(x, dims, offsets_t, res_t, int(log2_hashmap_size), float(bound), *embeddings)

@@ -122,6 +122,16 @@ def test_interpreter_strided_points_and_empty_batch() -> None:
     assert hashgrid_triton(torch.empty(0, 2), emb, offsets, resolutions, 6, 1.0).shape == (0, 2)
 
 
+@cpu_interpreter
+def test_interpreter_warns_that_points_get_no_gradient() -> None:
+    emb, offsets, resolutions = _grid(2, 2, 4, 8, 6, 1)
+    x = (torch.rand(8, 2) * 2 - 1).requires_grad_()
+    with pytest.warns(UserWarning, match="no gradient"):
+        out = hashgrid_triton(x, emb, offsets, resolutions, 6, 1.0)
+    grad_x, grad_emb = torch.autograd.grad(out.sum(), [x, emb], allow_unused=True)
+    assert grad_x is None and grad_emb.abs().sum() > 0
+
+
 def test_rejects_bad_inputs() -> None:
     emb = torch.zeros(10, 1, device=DEVICE)
     with pytest.raises(ErnerfError):
