@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -15,14 +16,33 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 log = logging.getLogger("train")
 
 
+def swept_keys(argv: list[str]) -> set[str]:
+    """Keys the command line gives several values (a top-level comma, or range/choice/glob/interval)."""
+    keys = set()
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        depth = 0
+        for ch in value:
+            if ch in "[{(":
+                depth += 1
+            elif ch in "]})":
+                depth -= 1
+            elif ch == "," and depth == 0:
+                keys.add(key.lstrip("+~"))
+        if value.startswith(("range(", "choice(", "glob(", "interval(")):
+            keys.add(key.lstrip("+~"))
+    return keys
+
+
 def name_run(cfg: DictConfig) -> None:
-    """In a multirun, append the job's overrides to the run name so each job gets its own folder and W&B run."""
+    """In a multirun, append the swept overrides to the run name: each job gets its own folder and W&B run."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return
-    swept = HydraConfig.get().job.override_dirname
-    if swept:
-        with open_dict(cfg):
-            cfg.run_name = f"{cfg.stage.name}-{swept}"
+    swept = swept_keys(sys.argv[1:])
+    overrides = [o for o in HydraConfig.get().overrides.task if o.partition("=")[0].lstrip("+~") in swept]
+    suffix = ",".join(overrides) or HydraConfig.get().job.override_dirname or str(HydraConfig.get().job.num)
+    with open_dict(cfg):
+        cfg.run_name = f"{cfg.stage.name}-{suffix}"
 
 
 def stage_steps(cfg: DictConfig, num_train_frames: int) -> int:

@@ -133,3 +133,36 @@ def test_ckpt_path_last_resumes_and_continues_the_step_count(trained: Path) -> N
     assert ckpt["global_step"] == STEPS + 10
     assert ckpt["lr_schedulers"][0]["last_epoch"] == STEPS + 10  # the decay continued, not restarted
     assert int(ckpt["state_dict"]["grid.num_updates"]) == 4  # one more refresh, before step 48
+
+
+def test_swept_keys_are_the_ones_with_several_values() -> None:
+    from train import swept_keys
+
+    argv = ["stage=head", "encoder.log2_hashmap_size=14,16", "model.frozen=[a,b]", "+x=range(1,3)", "seed=1"]
+    assert swept_keys(argv) == {"encoder.log2_hashmap_size", "x"}
+
+
+def test_multirun_makes_one_run_folder_and_wandb_run_per_job(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tests.synthetic import write_synthetic_subject
+
+    write_synthetic_subject(tmp_path / "data" / "sphere", num_frames=12, size=16)
+    cmd = [sys.executable, "train.py", "-m", "subject=sphere", f"paths.data_root={tmp_path / 'data'}",
+           f"paths.runs_root={tmp_path / 'runs'}", *TINY, "datamodule.num_rays=32", "model.marcher.num_samples=4",
+           "trainer.max_steps=1", "trainer.val_check_interval=1", "datamodule.num_val_frames=1", "logger=wandb",
+           "encoder.log2_hashmap_size=9,10"]
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = sorted(p.name for p in (tmp_path / "runs" / "sphere").iterdir() if not p.name.startswith("."))
+    assert runs == ["head-encoder.log2_hashmap_size=10", "head-encoder.log2_hashmap_size=9"]
+    for run in runs:
+        folder = tmp_path / "runs" / "sphere" / run
+        assert (folder / "checkpoints" / "last.ckpt").exists()
+        (record,) = folder.glob("wandb/offline-run-*/run-*.wandb")  # one W&B run per job: finish() closed the last
+        content = record.read_bytes()
+        assert f"sphere-{run}".encode() in content and b'"group":"sphere"' in content
