@@ -4,12 +4,13 @@ A subject-specific rigid template is built from the mesh points that do not move
 expression (forehead, nose, cheekbones, temples, eye corners), in metres. Bundle adjustment then fits
 template and per-frame poses to the 2D landmarks with a temporal smoothness prior.
 
-Focal length: mediapipe predicts its mesh near-orthographically, so the landmarks barely constrain
-the focal: with the template held at mediapipe's depth the PnP error keeps falling as the focal
-grows, and once the template may deform the bundle-adjusted error changes by only a few percent
-between 600 and 3000 px. The focal is therefore optimised jointly under a log-normal prior
-(`focal_prior`, 1200 px for a 512 px crop: a camera about 0.8 m from the face, as in ER-NeRF's
-own fits); the data move it only where they disagree clearly.
+Focal length: a joint gradient step on the focal barely moves it (it trades off against depth and
+template shape), so the focal is searched: bundle adjustment on ~60 probe frames at each focal of a
+log grid, scored by reprojection error plus a log-normal prior (`focal_prior`, 1200 px for a 512 px
+crop, a camera about 0.8 m away). On exact perspective data the error has a clear minimum at the
+true focal and wins over the prior. Mediapipe's mesh, though, is predicted near-orthographically:
+on real clips the error changes by only a few hundredths of a pixel over 500-3000 px, so there the
+prior decides and the focal is an assumption, not a measurement.
 
 Conventions follow docs/dataset.md: `x_cam = R X + t` (OpenCV camera), head frame x right, y up,
 z towards the camera, origin 5 cm behind the mesh centroid. `euler` holds XYZ Euler angles of the
@@ -143,42 +144,52 @@ def mean_error(template: np.ndarray, rot: np.ndarray, trans: np.ndarray, focal: 
 
 def bundle_adjust(template: np.ndarray, rot: np.ndarray, trans: np.ndarray, focal: float, size: int,
                   uv: np.ndarray, weights: np.ndarray, smooth_weight: float, template_weight: float,
-                  focal_sigma: float = 0.4, iters: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Jointly refine template, poses and focal: robust reprojection loss plus smoothness, shape and focal priors.
+                  iters: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Refine template and poses at a fixed focal: robust reprojection loss, smoothness and shape priors.
 
-    `focal` is also the prior's centre; `focal_sigma` its log-space width (0.4: about x/÷1.5).
+    Smoothing is part of the fit (a pose-acceleration prior), not a filter afterwards, so the
+    smoothed poses still explain the landmarks. Returns (template [K,3], rot [N,3,3], trans [N,3]).
     """
     import roma
 
     flip = torch.tensor(FLIP)
-    rel = roma.rotmat_to_rotvec(flip @ torch.from_numpy(rot))  # small angles: rotation relative to facing the camera
-    rv = rel.clone().requires_grad_(True)
+    rv = roma.rotmat_to_rotvec(flip @ torch.from_numpy(rot)).requires_grad_(True)  # small: relative to frontal
     t_dm = (torch.from_numpy(trans) * 10.0).requires_grad_(True)  # decimetres keep variables O(1) for L-BFGS
-    d_cm = torch.zeros(template.shape, dtype=torch.float64, requires_grad=True)
-    log_f = torch.zeros((), dtype=torch.float64, requires_grad=True)  # log(focal / prior focal)
-    base = torch.from_numpy(template)
-    target = torch.from_numpy(uv)
-    w = torch.from_numpy(weights)[:, None]
-    opt = torch.optim.LBFGS([rv, t_dm, d_cm, log_f], lr=1.0, max_iter=iters, line_search_fn="strong_wolfe")
+    d_cm = torch.zeros(template.shape, dtype=torch.float64, requires_grad=True)  # template change, cm
+    data = _ReprojectionData(torch.from_numpy(template), torch.from_numpy(uv), torch.from_numpy(weights), focal, size)
+    opt = torch.optim.LBFGS([rv, t_dm, d_cm], lr=1.0, max_iter=iters, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        r = flip @ roma.rotvec_to_rotmat(rv)
-        cam = torch.einsum("nij,kj->nki", r, base + d_cm / 100.0) + t_dm[:, None] / 10.0
-        proj = focal * torch.exp(log_f) * cam[..., :2] / cam[..., 2:3] + size / 2.0
-        dist2 = ((proj - target) ** 2).sum(-1)
-        data = ((torch.sqrt(1.0 + dist2 / 4.0) - 1.0) * 4.0 * w).sum() / (w.sum() * uv.shape[1])  # Charbonnier, 2 px
-        smooth = _second_diff(rv).pow(2).sum() / np.radians(0.5) ** 2 + _second_diff(t_dm / 10.0).pow(2).sum() / 1e-3**2
-        prior = template_weight * d_cm.pow(2).mean() / 0.5**2 + (log_f / focal_sigma) ** 2
-        loss = data + smooth_weight * smooth / len(uv) + prior
+        smooth = (_second_diff(rv).pow(2).sum() / np.radians(0.5) ** 2
+                  + _second_diff(t_dm / 10.0).pow(2).sum() / 1e-3**2) / len(uv)
+        loss = data.loss(flip @ roma.rotvec_to_rotmat(rv), t_dm / 10.0, d_cm / 100.0)
+        loss = loss + smooth_weight * smooth + template_weight * d_cm.pow(2).mean() / 0.5**2
         loss.backward()
         return loss
 
     opt.step(closure)
     with torch.no_grad():
-        r = (flip @ roma.rotvec_to_rotmat(rv)).numpy()
-        f = focal * float(torch.exp(log_f))
-        return template + d_cm.detach().numpy() / 100.0, r, t_dm.detach().numpy() / 10.0, f
+        rot_out = (flip @ roma.rotvec_to_rotmat(rv)).numpy()
+    return template + d_cm.detach().numpy() / 100.0, rot_out, t_dm.detach().numpy() / 10.0
+
+
+@dataclass
+class _ReprojectionData:
+    """Landmarks and camera of a fit; `loss` is the weighted Charbonnier reprojection error (2 px scale)."""
+
+    template: torch.Tensor  # [K, 3]
+    uv: torch.Tensor  # [N, K, 2]
+    weights: torch.Tensor  # [N]
+    focal: float
+    size: int
+
+    def loss(self, rot: torch.Tensor, trans: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        cam = torch.einsum("nij,kj->nki", rot, self.template + delta) + trans[:, None]
+        proj = self.focal * cam[..., :2] / cam[..., 2:3] + self.size / 2.0
+        dist2 = ((proj - self.uv) ** 2).sum(-1)
+        robust = (torch.sqrt(1.0 + dist2 / 4.0) - 1.0) * 4.0  # ~ squared px near 0, ~ 2|px| far out
+        return (robust * self.weights[:, None]).sum() / (self.weights.sum() * self.uv.shape[1])
 
 
 def _second_diff(x: torch.Tensor) -> torch.Tensor:
@@ -186,27 +197,58 @@ def _second_diff(x: torch.Tensor) -> torch.Tensor:
 
 
 def fit_poses(template: np.ndarray, uv: np.ndarray, weights: np.ndarray, focal: float, size: int,
-              smooth_weight: float, template_weight: float, focal_sigma: float = 0.4, iters: int = 100) -> Track:
-    """PnP initialisation at the prior focal, then joint bundle adjustment of template, poses and focal."""
+              smooth_weight: float, template_weight: float, iters: int = 100) -> Track:
+    """PnP initialisation, then bundle adjustment of template and poses at the given focal."""
     rot, trans = solve_poses(template, uv, focal, size)
-    tpl, rot, trans, focal = bundle_adjust(template, rot, trans, focal, size, uv, weights, smooth_weight,
-                                           template_weight, focal_sigma, iters)
+    tpl, rot, trans = bundle_adjust(template, rot, trans, focal, size, uv, weights, smooth_weight,
+                                    template_weight, iters)
     return Track(rot=rot, trans=trans, focal=focal, template=tpl,
                  reproj_err=mean_error(tpl, rot, trans, focal, size, uv))
 
 
+def search_focal(template: np.ndarray, uv: np.ndarray, size: int, focal_prior: float, focal_sigma: float,
+                 focal_range: tuple[float, float], prior_px: float = 0.05, steps: int = 9,
+                 template_weight: float = 1.0) -> tuple[float, dict[float, float]]:
+    """Focal minimising bundle-adjusted error (px) + `prior_px` * ((log f - log prior) / sigma)^2.
+
+    Returns the focal (parabola-refined in log focal around the best grid value) and the grid's scores.
+    """
+    grid = np.geomspace(focal_range[0], focal_range[1], steps)
+    ones = np.ones(len(uv))
+    scores = []
+    for f in grid:
+        # no smoothness prior here: the probe frames are far apart in time
+        err = fit_poses(template, uv, ones, float(f), size, 0.0, template_weight).reproj_err.mean()
+        scores.append(float(err + prior_px * (np.log(f / focal_prior) / focal_sigma) ** 2))
+    k = int(np.argmin(scores))
+    focal = float(grid[k])
+    if 0 < k < steps - 1:
+        x, y = np.log(grid[k - 1: k + 2]), np.asarray(scores[k - 1: k + 2])
+        a, b, _ = np.polyfit(x, y, 2)
+        if a > 0:
+            focal = float(np.exp(np.clip(-b / (2 * a), x[0], x[2])))
+    return focal, dict(zip(grid.tolist(), scores))
+
+
 def track(mesh: np.ndarray, valid: np.ndarray, size: int, focal_prior: float = 1200.0, focal_sigma: float = 0.4,
-          smooth_weight: float = 1.0, template_weight: float = 1.0) -> Track:
-    """Fit a rigid template, one focal and per-frame poses to the mesh landmarks. # mesh [N,478,3] in crop px"""
+          focal_range: tuple[float, float] = (500.0, 3000.0), smooth_weight: float = 1.0,
+          template_weight: float = 1.0, probe_frames: int = 60) -> Track:
+    """Fit a rigid template, one focal and per-frame poses to the mesh landmarks. # mesh [N,478,3] in crop px
+
+    `focal_prior` and `focal_range` are for a 512 px crop and scale with `size`.
+    """
     if not np.any(valid):
         raise ErnerfError("no frame has a detected face mesh: tracking needs a visible face (check the video).")
     head = canonical_template(mean_shape(mesh[valid]))
     template = head[list(STABLE_IDS)]
     uv = mesh[:, list(STABLE_IDS), :2].astype(np.float64)
     weights = np.where(valid, 1.0, 0.05)  # interpolated frames mostly follow the smoothness prior
+    probe = np.flatnonzero(valid)[np.unique(np.linspace(0, valid.sum() - 1, probe_frames).astype(int))]
+    scale = size / 512.0
     with _torch_threads(1):  # a tiny problem: thread hand-offs cost more than they bring
-        return fit_poses(template, uv, weights, focal_prior * size / 512.0, size, smooth_weight,
-                         template_weight, focal_sigma)
+        focal, _ = search_focal(template, uv[probe], size, focal_prior * scale, focal_sigma,
+                                (focal_range[0] * scale, focal_range[1] * scale), template_weight=template_weight)
+        return fit_poses(template, uv, weights, focal, size, smooth_weight, template_weight)
 
 
 @contextlib.contextmanager
@@ -259,9 +301,11 @@ class TrackingStep(PreprocessStep):
 
     name = "tracking"
 
-    def __init__(self, focal_prior: float = 1200.0, focal_sigma: float = 0.4, smooth_weight: float = 1.0,
+    def __init__(self, focal_prior: float = 1200.0, focal_sigma: float = 0.4,
+                 focal_range: tuple[float, float] = (500.0, 3000.0), smooth_weight: float = 1.0,
                  template_weight: float = 1.0, val_fraction: float = 1.0 / 11.0) -> None:
         self.focal_prior, self.focal_sigma = focal_prior, focal_sigma
+        self.focal_range = (float(focal_range[0]), float(focal_range[1]))
         self.smooth_weight, self.template_weight = smooth_weight, template_weight
         self.val_fraction = val_fraction
 
@@ -272,8 +316,8 @@ class TrackingStep(PreprocessStep):
         layout = ctx.layout
         mesh, valid = _load_mesh(layout)
         size = _crop_size(layout)
-        result = track(mesh, valid, size, self.focal_prior, self.focal_sigma, self.smooth_weight,
-                       self.template_weight)
+        result = track(mesh, valid, size, self.focal_prior, self.focal_sigma, self.focal_range,
+                       self.smooth_weight, self.template_weight)
         self._write(layout, result, size)
         steps = angular_steps_deg(result.rot)
         if result.reproj_err.mean() > 5.0:

@@ -50,14 +50,15 @@ def test_known_poses_are_recovered() -> None:
     rot = FLIP @ euler_xyz(angles)
     trans = np.column_stack([0.02 * s, -0.01 * s, 0.8 + 0.05 * s])
     mesh = render_mesh(synthetic_head(rng), rot, trans, focal=1100.0, noise=0.5, rng=rng)
-    fit = track(mesh, np.ones(n, bool), 512, focal_prior=1200.0)
+    fit = track(mesh, np.ones(n, bool), 512, focal_prior=1600.0)  # a prior 45% off the truth
     # Relative rotations do not depend on how the head frame is chosen: R_i R_0^T
     rel_true = np.einsum("nij,kj->nik", rot, rot[0])
     rel_fit = np.einsum("nij,kj->nik", fit.rot, fit.rot[0])
     err = angular_steps_deg(np.stack([rel_true, rel_fit], 1).reshape(-1, 3, 3))[::2]
     assert err.max() < 1.0, f"rotation error up to {err.max():.2f} deg"
     assert fit.reproj_err.mean() < 1.0
-    assert 700 < fit.focal < 1800
+    # exact perspective data pull the focal from the prior towards the truth
+    assert 1000 < fit.focal < 1320, f"focal {fit.focal:.0f} px, true 1100"
 
 
 def tracking_subject(prepare_subject, clip: str) -> SubjectLayout:
