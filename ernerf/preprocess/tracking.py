@@ -13,8 +13,8 @@ on real clips the error changes by only a few hundredths of a pixel over 500-300
 prior decides and the focal is an assumption, not a measurement.
 
 Conventions follow docs/dataset.md: `x_cam = R X + t` (OpenCV camera), head frame x right, y up,
-z towards the camera, origin 5 cm behind the mesh centroid. `euler` holds XYZ Euler angles of the
-head rotation seen from an OpenGL camera (`diag(1,-1,-1) @ R`): zeros mean facing the camera.
+z towards the camera, origin 5 cm behind the mesh centroid. `euler` holds intrinsic XYZ Euler angles
+of the head rotation seen from an OpenGL camera (`diag(1,-1,-1) @ R`): zeros mean facing the camera.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.
 
 
 def mean_shape(mesh: np.ndarray, ids: tuple[int, ...] = STABLE_IDS, iters: int = 3) -> np.ndarray:
-    """Average face over frames, each aligned on the rigid points; y up, z to camera, pixel scale. # [M,478,3] -> [478,3]"""
+    """Average face over frames aligned on the rigid points; y up, z to camera, px. # [M,478,3] -> [478,3]"""
     pts = mesh.astype(np.float64) * np.array([1.0, -1.0, -1.0])  # image (y down, z away) -> y up, z to camera
     idx = list(ids)
     ref = pts[0]
@@ -89,7 +89,7 @@ def mean_shape(mesh: np.ndarray, ids: tuple[int, ...] = STABLE_IDS, iters: int =
 
 
 def canonical_template(shape: np.ndarray) -> np.ndarray:
-    """Put an average face in the head frame: eyes level on x, forehead up, metres, origin behind the centroid. # [478,3] -> [478,3]"""
+    """Average face -> head frame: eyes level on x, forehead up, metres, origin behind the centroid. # [478,3]"""
     x = shape[OUTER_EYE[1]] - shape[OUTER_EYE[0]]
     x /= np.linalg.norm(x)
     up = shape[FOREHEAD] - shape[CHIN]
@@ -274,7 +274,7 @@ def c2w_matrices(rot: np.ndarray, trans: np.ndarray) -> np.ndarray:
 
 
 def euler_angles(rot: np.ndarray) -> np.ndarray:
-    """XYZ Euler angles (rad) of the head rotation seen from an OpenGL camera. # [N,3,3] -> [N,3]"""
+    """Intrinsic XYZ Euler angles (pitch, yaw, roll; rad) of the head seen from an OpenGL camera. # [N,3,3] -> [N,3]"""
     import roma
 
     return roma.rotmat_to_euler("XYZ", torch.from_numpy(FLIP @ rot)).numpy()
