@@ -94,9 +94,9 @@ def _tile(
 ):
     """Rows [B], column mask [B, C], and element offsets + weights [B, C, K] of all 2^D corners.
 
-    The corner axis is innermost, so neighbouring lanes of a warp touch the two corners along x,
-    which share a 32-byte sector (dense rows r, r + 1; hashed rows differing in low bits): one
-    gather or atomic instruction then needs about half as many L2 sector requests.
+    The corner axis is innermost, so one gather/scatter instruction covers all corners and the two
+    corners along x (rows r, r + 1 when dense; rows differing in low bits when hashed), which
+    usually share a 32-byte sector, sit in neighbouring lanes.
     """
     rows = tile * BLOCK + tl.arange(0, BLOCK)
     row_ok = rows < n_points
@@ -216,6 +216,8 @@ def _check_inputs(x: Tensor, embeddings: Sequence[Tensor], offsets, resolutions,
             raise ErnerfError("triton hash grid: embeddings must be [rows, level_dim] on the points' device")
     if int(offsets[-1]) != first.shape[0] or len(offsets) != len(resolutions) + 1:
         raise ErnerfError(f"triton hash grid: offsets {list(offsets)} do not match embeddings {tuple(first.shape)}")
+    if first.numel() >= 2**31:
+        raise ErnerfError(f"triton hash grid indexes tables with int32; {tuple(first.shape)} is too large")
     if len(planes[0]) not in (2, 3):
         raise ErnerfError(f"triton hash grid supports 2D and 3D grids, got {len(planes[0])} dims")
     if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
