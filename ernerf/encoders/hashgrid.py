@@ -95,7 +95,8 @@ def hashgrid_torch(
     features = []
     for level, resolution in enumerate(resolutions):
         rows, weights = level_rows_and_weights(u, resolution, log2_hashmap_size)  # [N, C] each
-        values = embeddings[rows + offsets[level]]  # [N, C, F]
+        # index_select's backward is index_add_ (atomic adds on CUDA), faster than indexing's sort-based one.
+        values = embeddings.index_select(0, (rows + offsets[level]).reshape(-1)).view(*rows.shape, -1)  # [N, C, F]
         features.append((weights[..., None] * values).sum(1))
     return torch.cat(features, dim=-1)
 
