@@ -253,7 +253,7 @@ class ParsingStep(PreprocessStep):
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
         layout, n = ctx.layout, ctx.num_frames
-        mesh = _load_mesh(layout, n)
+        mesh = load_mesh(layout, n)
         with atomic_dir(layout.parsing_dir) as out_dir:
             jobs = [_Chunk(r, layout.ori_imgs, out_dir, mesh[r.start:r.stop], self.params, self.pose_every)
                     for r in seg.frame_chunks(n, self.chunk_size)]
@@ -264,7 +264,8 @@ class ParsingStep(PreprocessStep):
         return {"shoulders_seen": seen / n, "head_area": sum(s["head_area"] for s in stats) / n}
 
 
-def _load_mesh(layout: SubjectLayout, n: int) -> np.ndarray:
+def load_mesh(layout: SubjectLayout, n: int) -> np.ndarray:
+    """The landmarks step's mesh [N, 478, 3], checked against the frame count."""
     if not layout.mesh.exists():
         raise ErnerfError(f"{layout.mesh} is missing: run the landmarks step first (preprocess.force=[landmarks]).")
     mesh = np.load(layout.mesh)

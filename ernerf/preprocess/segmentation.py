@@ -149,10 +149,9 @@ def map_ordered(fn: Callable[[T], R], items: Sequence[T], workers: int, window: 
         yield from map(fn, items)
         return
     window = window or 2 * workers
-    # fork starts in milliseconds and needs no `if __name__ == "__main__"` guard in the caller's
-    # script; workers build their own mediapipe graphs after the fork, never sharing the parent's
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    ctx = multiprocessing.get_context(method)
+    # spawn, not fork: OpenCV's and mediapipe's thread pools, once used by this process, can
+    # deadlock a forked child. Scripts calling this need the usual `if __name__ == "__main__"` guard.
+    ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(workers, initializer=_init_worker) as pool:
         it: Iterator[T] = iter(items)
         pending = deque(pool.apply_async(fn, (x,)) for x in islice(it, window))

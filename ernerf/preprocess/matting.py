@@ -1,0 +1,188 @@
+"""Matting step: alpha.mp4 (person matte of the crop) and input.mp4 (the person over a chosen background).
+
+The per-frame selfie-segmentation mask flickers at the silhouette. It is stabilised over time by
+an exponential moving average whose rate rises where the image itself changes (so a moving head
+is followed at once while a still silhouette stops shimmering), then snapped to the current
+frame's edges with a guided filter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ernerf.errors import ErnerfError
+from ernerf.io.layout import SubjectLayout
+from ernerf.io.video import VideoWriter
+from ernerf.preprocess import segmentation as seg
+from ernerf.preprocess.base import PreprocessStep, StepContext
+from ernerf.preprocess.parsing import ParsingParams, face_hull, load_mesh, person_mask
+
+
+class TemporalMatte:
+    """Motion-guarded temporal smoothing of soft masks plus guided-filter edge refinement."""
+
+    def __init__(self, ema_min: float = 0.3, motion_scale: float = 12.0, guided_radius: int = 6,
+                 guided_eps: float = 1e-3) -> None:
+        self.ema_min, self.motion_scale = ema_min, motion_scale
+        self.guided_radius, self.guided_eps = guided_radius, guided_eps
+        self._state: np.ndarray | None = None  # smoothed mask, [H, W] float32 in [0, 1]
+        self._grey: np.ndarray | None = None
+
+    def __call__(self, rgb: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        """One frame [H, W, 3] uint8 and its raw mask [H, W] float in [0, 1] -> alpha [H, W] float32."""
+        grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        raw = raw.astype(np.float32)
+        if self._state is None or self._state.shape != raw.shape:
+            self._state = raw
+        else:
+            self._state = self._blend(raw, grey)
+        self._grey = grey
+        return self._refine(rgb, self._state)
+
+    def _blend(self, raw: np.ndarray, grey: np.ndarray) -> np.ndarray:
+        # image change, spread a little so the whole moving edge counts as moving
+        motion = cv2.blur(np.abs(grey - self._grey), (9, 9))
+        rate = np.clip(self.ema_min + motion / self.motion_scale, self.ema_min, 1.0)
+        return rate * raw + (1.0 - rate) * self._state
+
+    def _refine(self, rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        if self.guided_radius <= 0:
+            return mask
+        guide = rgb.astype(np.float32) / 255.0
+        out = cv2.ximgproc.guidedFilter(guide, mask, self.guided_radius, self.guided_eps)
+        return np.clip(out, 0.0, 1.0)
+
+
+class FlickerMeter:
+    """Mean absolute frame-to-frame change of a matte in a band around a reference silhouette."""
+
+    def __init__(self, band_px: int = 6) -> None:
+        self.band_px = band_px
+        self._prev: dict[str, np.ndarray] = {}
+        self._sum: dict[str, float] = {}
+        self._count = 0
+        self._prev_ref: np.ndarray | None = None
+
+    def update(self, reference: np.ndarray, **mattes: np.ndarray) -> None:
+        """Add one frame: the reference mask [H, W] in [0, 1] that defines the band, and named mattes."""
+        ref = reference > 0.5
+        if self._prev_ref is not None:
+            band = self._band(ref) | self._band(self._prev_ref)
+            for name, m in mattes.items():
+                change = np.abs(m.astype(np.float32) - self._prev[name])[band]
+                self._sum[name] = self._sum.get(name, 0.0) + (float(change.mean()) if change.size else 0.0)
+            self._count += 1
+        self._prev_ref = ref
+        self._prev = {name: m.astype(np.float32) for name, m in mattes.items()}
+
+    def _band(self, mask: np.ndarray) -> np.ndarray:
+        m = mask.astype(np.uint8)
+        k = seg.disk(self.band_px)
+        return cv2.dilate(m, k).astype(bool) & ~cv2.erode(m, k).astype(bool)
+
+    def result(self) -> dict[str, float]:
+        """Mean change per matte over all frame pairs (same units as the mattes)."""
+        return {name: total / max(self._count, 1) for name, total in self._sum.items()}
+
+
+def target_background(spec: Sequence[int] | str | Path, shape: tuple[int, int]) -> np.ndarray:
+    """The configured backdrop as RGB uint8 [H, W, 3]: an [R, G, B] colour or an image file (resized)."""
+    h, w = shape
+    if isinstance(spec, (str, Path)):
+        path = Path(spec).expanduser()
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ErnerfError(f"preprocess.steps.matting.background={spec!r}: no readable image there. "
+                              "Give an image path or a colour like [255, 255, 255].")
+        return cv2.cvtColor(cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+    colour = [int(c) for c in spec]
+    if len(colour) != 3 or not all(0 <= c <= 255 for c in colour):
+        raise ErnerfError(f"preprocess.steps.matting.background={list(spec)!r} is not a colour: "
+                          "give [R, G, B] with values 0-255, or an image path.")
+    return np.broadcast_to(np.array(colour, np.uint8), (h, w, 3)).copy()
+
+
+def over(rgb: np.ndarray, alpha: np.ndarray, backdrop: np.ndarray) -> np.ndarray:
+    """Composite RGB [H, W, 3] with alpha [H, W] in [0, 1] over a backdrop; uint8 out."""
+    a = alpha[..., None]
+    return np.clip(a * rgb + (1.0 - a) * backdrop + 0.5, 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- per-process worker
+
+_MODELS: dict[str, seg.PersonSegmenter] = {}
+
+
+def gate_to_person(prob: np.ndarray, mesh: np.ndarray, feather_px: int = 4) -> np.ndarray:
+    """Zero the soft mask [H, W] outside the person attached to the face (mesh [478, >=2]): drops
+    detached false positives (flags, posters) while keeping the soft edge of the silhouette."""
+    xy = mesh[:, :2].astype(np.float32)
+    person = person_mask(prob, face_hull(prob.shape, xy), ParsingParams())
+    gate = cv2.dilate(person.astype(np.uint8), seg.disk(feather_px)).astype(np.float32)
+    gate = cv2.blur(gate, (2 * feather_px + 1, 2 * feather_px + 1))
+    return prob * gate
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    frames: range
+    ori_dir: Path
+    mesh: np.ndarray  # [len(frames), 478, 3]
+
+
+def _segment_chunk(job: _Chunk) -> tuple[np.ndarray, np.ndarray]:
+    if "person" not in _MODELS:  # one graph per process, reused over its chunks
+        _MODELS["person"] = seg.PersonSegmenter()
+    raw, gated = [], []
+    for k, i in enumerate(job.frames):
+        prob = _MODELS["person"](seg.read_rgb(job.ori_dir / f"{i}.jpg"))
+        raw.append(prob)
+        gated.append(gate_to_person(prob, job.mesh[k]))
+    # uint8 quarters what crosses the process pipe
+    return tuple((np.stack(m) * 255.0 + 0.5).astype(np.uint8) for m in (raw, gated))
+
+
+class MattingStep(PreprocessStep):
+    """alpha.mp4 (temporally stable person matte) and input.mp4 (person over the configured background)."""
+
+    name = "matting"
+
+    def __init__(self, background: Sequence[int] | str = (255, 255, 255), workers: int = 2, chunk_size: int = 25,
+                 ema_min: float = 0.3, motion_scale: float = 12.0, guided_radius: int = 6,
+                 guided_eps: float = 1e-3, crf: int = 18) -> None:
+        self.background = background if isinstance(background, str) else list(background)
+        target_background(self.background, (2, 2))  # a bad colour or path fails now, not after segmentation
+        self.workers, self.chunk_size, self.crf = workers, chunk_size, crf
+        self.matte_kwargs = dict(ema_min=ema_min, motion_scale=motion_scale, guided_radius=guided_radius,
+                                 guided_eps=guided_eps)
+
+    def outputs(self, layout: SubjectLayout) -> list[Path]:
+        return [layout.alpha_video, layout.matted_video]
+
+    def run(self, ctx: StepContext) -> dict[str, Any]:
+        layout, n = ctx.layout, ctx.num_frames
+        fps = float(ctx.meta().get("fps", 25))
+        backdrop: np.ndarray | None = None
+        matte, meter = TemporalMatte(**self.matte_kwargs), FlickerMeter()
+        mesh = load_mesh(layout, n)
+        jobs = [_Chunk(r, layout.ori_imgs, mesh[r.start:r.stop]) for r in seg.frame_chunks(n, self.chunk_size)]
+        with VideoWriter(layout.alpha_video, fps=fps, crf=self.crf) as alpha_out, \
+                VideoWriter(layout.matted_video, fps=fps, crf=self.crf) as matted_out:
+            for job, (raws, gateds) in zip(jobs, seg.map_ordered(_segment_chunk, jobs, self.workers)):
+                for i, raw8, gated8 in zip(job.frames, raws, gateds):
+                    rgb = seg.read_rgb(layout.ori_img(i))
+                    if backdrop is None:
+                        backdrop = target_background(self.background, rgb.shape[:2])
+                    raw = raw8.astype(np.float32) / 255.0
+                    alpha = matte(rgb, gated8.astype(np.float32) / 255.0)
+                    meter.update(raw, raw=raw, alpha=alpha)
+                    alpha_out.write((alpha * 255.0 + 0.5).astype(np.uint8))
+                    matted_out.write(over(rgb, alpha, backdrop))
+        flicker = meter.result()
+        return {"flicker_raw": flicker.get("raw", 0.0), "flicker_alpha": flicker.get("alpha", 0.0)}
