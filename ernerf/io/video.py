@@ -60,7 +60,7 @@ def probe(path: Path | str) -> VideoInfo:
             fps = float(rate)
             duration = _duration_seconds(container, vs)
             n = vs.frames or int(round(duration * fps))
-            rotation = _rotation(vs)
+            rotation = _rotation(vs) or _frame_rotation(container, vs)
             audio = container.streams.audio[0] if container.streams.audio else None
             r_rate = float(vs.guessed_rate) if vs.guessed_rate else fps
             vfr = abs(r_rate - fps) > 0.01 * fps
@@ -102,6 +102,13 @@ def _rotation(vs: av.video.stream.VideoStream) -> int:
         pass
     rot = vs.metadata.get("rotate") if vs.metadata else None
     return int(rot) % 360 if rot else 0
+
+
+def _frame_rotation(container: av.container.InputContainer, vs: av.video.stream.VideoStream) -> int:
+    """Display rotation as FFmpeg reports it on decoded frames (newer files keep it in a display matrix)."""
+    for frame in container.decode(vs):
+        return int(round(getattr(frame, "rotation", 0) or 0)) % 360
+    return 0
 
 
 def iter_frames(path: Path | str, start: int = 0, stop: int | None = None, step: int = 1) -> Iterator[np.ndarray]:

@@ -53,6 +53,7 @@ class IngestStep(PreprocessStep):
         meta = {
             "fps": self.fps, "num_frames": num_frames, "width": out.width, "height": out.height,
             "source": str(ctx.video), "source_fps": round(info.fps, 4), "duration": num_frames / self.fps,
+            "source_rotation": info.rotation,
             "audio_source": str(audio_source), "sample_rate": self.sample_rate, "audio_db": round(level, 1),
             "warnings": list(ctx.warnings),
         }

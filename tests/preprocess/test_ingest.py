@@ -105,3 +105,18 @@ def test_max_duration_trims_with_warning(tmp_path: Path) -> None:
     assert ctx.num_frames == 100 and probe(ctx.layout.video).num_frames == 100
     assert len(sf.read(ctx.layout.audio)[0]) == 4 * 16000
     assert any("first 4.0 s" in w for w in ctx.warnings)
+
+
+def test_display_rotation_is_applied(tmp_path: Path) -> None:
+    from ernerf.io.video import run_ffmpeg
+
+    rotated = tmp_path / "rotated.mp4"  # a phone clip: pixels stored sideways plus a 90 degree display matrix
+    run_ffmpeg(["-display_rotation", "90", "-i", str(shared_clip("edge/tiny_face_full_body.mp4")), "-t", "3.5",
+                "-c", "copy", str(rotated)], "tagging a rotation")
+    assert probe(rotated).rotation == 90
+    ctx = _ingest(tmp_path, rotated)
+    assert (ctx.meta()["width"], ctx.meta()["height"]) == (1080, 720)
+    stored = next(iter_frames(shared_clip("edge/tiny_face_full_body.mp4"), stop=1)).astype(float)  # [1080, 720]
+    shown = next(iter_frames(ctx.layout.video, stop=1)).astype(float)  # [720, 1080]
+    err = {k: np.abs(np.rot90(stored, k) - shown).mean() for k in (1, 3)}
+    assert err[1] < 4 < err[3]  # rotated counter-clockwise, as players show it
