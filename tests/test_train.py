@@ -166,3 +166,16 @@ def test_multirun_makes_one_run_folder_and_wandb_run_per_job(tmp_path: Path) -> 
         (record,) = folder.glob("wandb/offline-run-*/run-*.wandb")  # one W&B run per job: finish() closed the last
         content = record.read_bytes()
         assert f"sphere-{run}".encode() in content and b'"group":"sphere"' in content
+
+
+@pytest.mark.slow
+def test_debug_fast_preset_learns_a_real_clip(prepare_subject, tmp_path: Path) -> None:
+    from train import train
+
+    root = prepare_subject("train/trump_10s.mp4")
+    cfg = compose("train", [f"subject={root.name}", f"paths.data_root={root.parent}", f"paths.runs_root={tmp_path}", "debug=fast"])
+    train(cfg)
+    run_dir = tmp_path / root.name / "head"
+    psnr = [v for _, v in logged(run_dir, "train/psnr")]
+    assert sum(psnr[-3:]) / 3 > sum(psnr[:3]) / 3 + 1.0, psnr
+    assert (run_dir / "checkpoints" / "last.ckpt").exists() and list((run_dir / "val_images").glob("*.png"))
