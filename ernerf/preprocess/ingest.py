@@ -71,13 +71,15 @@ class IngestStep(PreprocessStep):
 
     def _target_duration(self, ctx: StepContext, info: VideoInfo, wav: np.ndarray) -> float:
         """Seconds of video to keep: the video, capped by max_duration and by a shorter replacement track."""
+        audio_seconds = len(wav) / self.sample_rate
         duration = info.duration
+        if duration <= 0:  # raw streams carry no duration: the sound track's length stands in for it
+            duration = audio_seconds
         if self.max_duration is not None and duration > self.max_duration:
             ctx.warn(f"the video is {duration:.1f} s long: keeping the first {self.max_duration:.1f} s "
                      "(preprocess.steps.ingest.max_duration).")
             duration = self.max_duration
-        audio_seconds = len(wav) / self.sample_rate
-        if ctx.audio is not None and abs(audio_seconds - duration) > 1.0:
+        if ctx.audio is not None and info.duration > 0 and abs(audio_seconds - duration) > 1.0:
             if audio_seconds < duration:
                 ctx.warn(f"audio {ctx.audio} ({audio_seconds:.1f} s) is shorter than the video ({duration:.1f} s): "
                          "keeping only the video's first part, which has sound.")
@@ -111,7 +113,7 @@ class IngestStep(PreprocessStep):
         """A truncated download decodes fewer frames than its header promises: refuse a half dataset."""
         if num_frames == 0:
             raise ErnerfError(f"no frame of {info.path} could be decoded: the file is corrupt; re-export it.")
-        expected = int(round(duration * self.fps))
+        expected = int(round(duration * self.fps)) if info.duration > 0 else 0  # nothing promised, nothing missing
         if num_frames < expected * (1.0 - TRUNCATION_TOLERANCE) - 2:
             raise ErnerfError(
                 f"{info.path} is truncated or damaged: its header promises {duration:.1f} s but only "
