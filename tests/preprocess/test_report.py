@@ -17,8 +17,8 @@ from tests.conftest import compose
 
 @pytest.fixture(scope="module")
 def reported(prepare_subject) -> SubjectLayout:
-    """trump_10s through landmarks from the real pipeline, then tracking, blink and report."""
-    layout = SubjectLayout(prepare_subject("train/trump_10s.mp4", upto="landmarks"))
+    """trump_10s through parsing from the real pipeline, then blink, tracking and report."""
+    layout = SubjectLayout(prepare_subject("train/trump_10s.mp4", upto="parsing"))
     steps_cfg = compose("preprocess", ["subject=test"]).preprocess.steps
     run_steps([instantiate(steps_cfg[name]) for name in ("blink", "tracking", "report")], StepContext(layout=layout))
     return layout
@@ -27,9 +27,9 @@ def reported(prepare_subject) -> SubjectLayout:
 def test_model_data_lists_existing_files_and_facts(reported: SubjectLayout) -> None:
     data = json.loads(reported.model_data.read_text())
     assert data["meta"]["num_frames"] == StepContext(layout=reported).num_frames
-    for key in ("mesh", "ori_imgs", "au", "track_params", "transforms_train", "contact_sheet"):
+    for key in ("mesh", "ori_imgs", "parsing", "au", "track_params", "transforms_train", "contact_sheet"):
         assert (reported.root / data["files"][key]).exists(), key
-    assert "parsing" not in data["files"]  # not produced in this run, so not listed
+    assert "gt_imgs" not in data["files"]  # not produced in this run, so not listed
     assert data["steps"]["tracking"]["facts"]["reproj_err_px"] == pytest.approx(data["camera"]["reproj_err_px"], 1e-3)
 
 
@@ -47,6 +47,11 @@ def test_contact_sheet_is_a_grid_of_annotated_frames(reported: SubjectLayout) ->
         near = [np.all(np.abs(img.astype(int) - colour) < 30, axis=-1) for img in (tile, raw)]
         drawn = near[0] & ~near[1]
         assert drawn.sum() > 100
+    # parsing overlay: head pixels are tinted towards blue (BGR [255, 0, 0] as cv2 reads the parsing)
+    head = np.all(cv2.imread(str(reported.parsing(0))) == (255, 0, 0), axis=-1)
+    assert head.mean() > 0.05
+    shift = tile[head].astype(float).mean(0) - raw[head].astype(float).mean(0)
+    assert shift[0] > 20 and shift[2] < -20
 
 
 def test_parsing_overlay_tints_only_labelled_pixels() -> None:
