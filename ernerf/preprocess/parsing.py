@@ -35,7 +35,9 @@ class ParsingParams:
     hair_scale: float = 2.2  # the face oval grown by this factor above cheek level bounds hair and ears
     chin_margin: float = 0.03  # face heights added below the mesh's chin line (the mesh sits inside the edge)
     neck_width: float = 0.85  # neck band width at the shoulders, in face widths
-    neck_length: float = 0.7  # neck length in face heights when the shoulders are not visible
+    neck_length: float = 0.6  # chin-to-neck-base length in face heights when the shoulders are not visible
+    neck_min_length: float = 0.35  # bounds on that length when it comes from the shoulders
+    neck_max_length: float = 1.0
     skin_distance: float = 4.5  # Mahalanobis distance in CrCb under which a pixel counts as skin
     clean_radius: int = 3  # morphology radius (px) that removes specks and closes cracks
 
@@ -112,10 +114,12 @@ def neck_region(shape: tuple[int, int], xy: np.ndarray, face: FaceFrame, shoulde
     """A band from the jaw angles down to the shoulder line (or a face-relative length), neck wide."""
     jaw = xy[[seg.JAW_LEFT, seg.JAW_RIGHT]]
     chin = xy[seg.CHIN]
-    if shoulders is not None and face.v(shoulders.mean(0)) < face.v(chin):
-        base = shoulders.mean(0)
-    else:
-        base = chin - p.neck_length * face.height * face.up
+    length = p.neck_length * face.height
+    if shoulders is not None:
+        # pose shoulders are noisy where the crop is padded; keep the neck anatomically plausible
+        drop = float(face.v(chin) - face.v(shoulders.mean(0)))
+        length = float(np.clip(drop, p.neck_min_length * face.height, p.neck_max_length * face.height))
+    base = chin - length * face.up
     half = 0.5 * p.neck_width * face.width * face.right
     poly = np.array([jaw[0], jaw[1], base + half, base - half])
     return _poly_mask(shape, poly)

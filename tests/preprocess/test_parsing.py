@@ -1,0 +1,121 @@
+"""Parsing: head / neck / torso / background in the right places, in ER-NeRF's colour code."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+
+from ernerf.errors import ErnerfError
+from ernerf.io.layout import SubjectLayout
+from ernerf.preprocess import segmentation as seg
+from ernerf.preprocess.base import StepContext
+from ernerf.preprocess.parsing import (BACKGROUND, HEAD, NECK, PALETTE_RGB, TORSO, ParsingStep, labels_to_rgb,
+                                       read_parsing)
+from tests.conftest import compose
+
+TRAIN_CLIPS = ["train/trump_10s.mp4", "train/hdtf_aoc_8s.mp4"]
+
+
+@pytest.fixture(scope="module", params=TRAIN_CLIPS)
+def subject(request, prepare_subject) -> SubjectLayout:
+    return SubjectLayout(prepare_subject(request.param, upto="parsing"))
+
+
+def _frames(layout: SubjectLayout, every: int = 10) -> list[int]:
+    return list(range(0, json.loads(layout.meta.read_text())["num_frames"], every))
+
+
+def test_maps_use_only_the_four_colours(subject: SubjectLayout) -> None:
+    n = json.loads(subject.meta.read_text())["num_frames"]
+    assert len(list(subject.parsing_dir.glob("*.png"))) == n
+    for i in _frames(subject, 25):
+        rgb = cv2.imread(str(subject.parsing(i)))[..., ::-1]
+        assert rgb.shape == (512, 512, 3)
+        colours = np.unique(rgb.reshape(-1, 3), axis=0)
+        assert {tuple(c) for c in colours} <= {tuple(c) for c in PALETTE_RGB}
+        # read with cv2 (BGR), head is [255, 0, 0]: what ER-NeRF's loader tests
+        bgr = cv2.imread(str(subject.parsing(i)))
+        assert (read_parsing(subject.parsing(i)) == HEAD).sum() == np.all(bgr == [255, 0, 0], axis=-1).sum() > 0
+
+
+def test_head_covers_the_face_mesh(subject: SubjectLayout) -> None:
+    mesh = np.load(subject.mesh)
+    for i in _frames(subject):
+        labels = read_parsing(subject.parsing(i))
+        xy = np.round(mesh[i, :, :2]).astype(int)
+        inside = (xy[:, 0] >= 0) & (xy[:, 0] < 512) & (xy[:, 1] >= 0) & (xy[:, 1] < 512)
+        on_head = labels[xy[inside, 1], xy[inside, 0]] == HEAD
+        assert on_head.mean() > 0.99, f"frame {i}: {on_head.mean():.3f} of the mesh on head pixels"
+
+
+def test_background_at_top_corners_torso_low_neck_between(subject: SubjectLayout) -> None:
+    mesh = np.load(subject.mesh)
+    rows = np.arange(512)[:, None].repeat(512, 1)
+    for i in _frames(subject):
+        labels = read_parsing(subject.parsing(i))
+        for corner in (labels[:24, :24], labels[:24, -24:]):
+            assert (corner == BACKGROUND).mean() > 0.9, f"frame {i}: top corner not background"
+        head_y, torso_y = rows[labels == HEAD], rows[labels == TORSO]
+        assert torso_y.size > 0.02 * labels.size, f"frame {i}: almost no torso"
+        assert np.mean(torso_y > 256) > 0.85 and np.median(torso_y) > head_y.max() - 40
+        jaw_y = mesh[i, [seg.JAW_LEFT, seg.JAW_RIGHT], 1].mean()
+        face_h = mesh[i, seg.CHIN, 1] - mesh[i, seg.FOREHEAD, 1]
+        neck_y = rows[labels == NECK]
+        if neck_y.size:  # a collar may hide the neck; where seen, it hangs below the jaw, above the torso's bottom
+            assert np.mean(neck_y > jaw_y - 0.05 * face_h) > 0.95
+            assert np.median(neck_y) < torso_y.max() and np.median(neck_y) > np.median(head_y)
+
+
+def test_visible_neck_is_found(prepare_subject) -> None:
+    # the HDTF speaker's neck is bare from chin to shoulders: it must come out as neck, not torso
+    layout = SubjectLayout(prepare_subject("train/hdtf_aoc_8s.mp4", upto="parsing"))
+    areas = [np.mean(read_parsing(layout.parsing(i)) == NECK) for i in _frames(layout)]
+    assert np.median(areas) > 0.03
+
+
+def test_colour_code_round_trips() -> None:
+    labels = np.random.default_rng(0).integers(0, 4, size=(16, 24)).astype(np.uint8)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = f"{d}/x.png"
+        cv2.imwrite(path, labels_to_rgb(labels)[..., ::-1])
+        assert np.array_equal(read_parsing(path), labels)
+    assert tuple(PALETTE_RGB[HEAD]) == (0, 0, 255) and tuple(PALETTE_RGB[TORSO]) == (255, 0, 0)
+
+
+def test_mask_helpers_on_analytic_shapes() -> None:
+    ring = np.zeros((50, 50), bool)
+    cv2.circle(ring.view(np.uint8), (25, 25), 15, 1, thickness=3)
+    filled = seg.fill_holes(ring)
+    assert filled[25, 25] and not filled[2, 2] and filled.sum() > ring.sum() + 400
+    two = np.zeros((50, 50), bool)
+    two[5:10, 5:10] = True
+    two[30:45, 30:45] = True
+    assert seg.largest_component(two).sum() == 225
+    seed = np.zeros_like(two)
+    seed[7, 7] = True
+    assert seg.components_touching(two, seed).sum() == 25
+    assert seg.drop_small_components(two, 100).sum() == 225
+    # a notch open to the border is not a hole
+    cup = np.zeros((50, 50), bool)
+    cup[10:50, 10:40] = True
+    cup[20:50, 20:30] = False
+    assert seg.fill_holes(cup).sum() == cup.sum()
+
+
+def test_config_builds_the_step_and_bad_inputs_name_the_fix(tmp_path) -> None:
+    cfg = compose("preprocess", ["subject=test", "preprocess.workers=1"])
+    step = instantiate(cfg.preprocess.steps.parsing)
+    assert isinstance(step, ParsingStep) and step.workers == 1 and step.params.neck_width > 0
+    with pytest.raises(ErnerfError, match="backend"):
+        ParsingStep(backend="nope")
+    layout = SubjectLayout(tmp_path / "s")
+    layout.root.mkdir()
+    layout.meta.write_text(json.dumps({"fps": 25, "num_frames": 3}))
+    with pytest.raises(ErnerfError, match="landmarks"):
+        step.run(StepContext(layout=layout))
