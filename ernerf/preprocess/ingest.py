@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 
 from ernerf.errors import ErnerfError
@@ -93,21 +94,54 @@ class IngestStep(PreprocessStep):
         return duration
 
     def _normalise_video(self, info: VideoInfo, dst: Path, duration: float) -> int:
-        """Re-encode to H.264 yuv420p at constant fps (ffmpeg applies display rotation); return frames written.
+        """Write the normalised video (ffmpeg applies display rotation); return the frames written.
 
         A previous good `dst` is only replaced once the new one passed the checks.
         """
-        src = info.path
+        with atomic_path(dst) as tmp:
+            num_frames = None
+            if duration >= info.duration and self._already_normal(info):
+                num_frames = self._remux(info, tmp)
+            if num_frames is None:
+                num_frames = self._encode(info, tmp, duration)
+            self._check_complete(info, duration, num_frames)
+        return num_frames
+
+    def _remux(self, info: VideoInfo, out: Path) -> int | None:
+        """Copy the video stream as is; None if the copy lost frames (then the decoding path decides)."""
+        run_ffmpeg(["-i", str(info.path), "-map", "0:v:0", "-c:v", "copy", "-an", "-movflags", "+faststart",
+                    str(out)], what=f"copying the video of {info.path}")
+        num_frames = probe(out).num_frames
+        return num_frames if num_frames == info.num_frames else None
+
+    def _encode(self, info: VideoInfo, out: Path, duration: float) -> int:
+        """Re-encode to H.264 yuv420p at constant fps, even size, square pixels."""
         # fps's start_time=0 pads or drops at the start so frame i shows time i/fps, the same clock
         # as the audio, which load_audio also aligns to t=0 (odd or variable-rate inputs stay in sync).
         vf = f"fps={self.fps}:start_time=0,scale=trunc(iw/2)*2:trunc(ih/2)*2,setsar=1"
-        with atomic_path(dst) as tmp:
-            run_ffmpeg(["-i", str(src), "-map", "0:v:0", "-vf", vf, "-t", f"{duration:.6f}", "-an",
-                        "-c:v", "libx264", "-preset", "veryfast", "-crf", str(self.crf), "-pix_fmt", "yuv420p",
-                        "-movflags", "+faststart", str(tmp)], what=f"normalising {src}")
-            num_frames = probe(tmp).num_frames
-            self._check_complete(info, duration, num_frames)
-        return num_frames
+        run_ffmpeg(["-i", str(info.path), "-map", "0:v:0", "-vf", vf, "-t", f"{duration:.6f}", "-an",
+                    "-c:v", "libx264", "-preset", "veryfast", "-crf", str(self.crf), "-pix_fmt", "yuv420p",
+                    "-movflags", "+faststart", str(out)], what=f"normalising {info.path}")
+        return probe(out).num_frames
+
+    def _already_normal(self, info: VideoInfo) -> bool:
+        """H.264 yuv420p, even size, upright, and every frame exactly 1/fps after the last from t=0:
+        then a lossless remux meets the contract and saves the whole re-encode."""
+        if info.rotation or info.width % 2 or info.height % 2:
+            return False
+        try:
+            with av.open(str(info.path)) as container:
+                vs = container.streams.video[0]
+                sar = vs.codec_context.sample_aspect_ratio
+                if vs.codec_context.name != "h264" or vs.codec_context.pix_fmt != "yuv420p" or (sar and sar != 1):
+                    return False
+                if any(s.start_time for s in container.streams) or not vs.time_base:
+                    return False  # streams starting late or early need the re-timing of the slow path
+                pts = np.sort([p.pts for p in container.demux(vs) if p.pts is not None])
+                steps = np.diff(pts) * float(vs.time_base)
+        except (av.error.FFmpegError, OSError, ValueError):
+            return False  # damaged: the decoding path reports it
+        return len(pts) > 1 and pts[0] == 0 and bool(np.allclose(steps, 1 / self.fps, atol=1e-4))
 
     def _check_complete(self, info: VideoInfo, duration: float, num_frames: int) -> None:
         """A truncated download decodes fewer frames than its header promises: refuse a half dataset."""

@@ -120,3 +120,10 @@ def test_display_rotation_is_applied(tmp_path: Path) -> None:
     shown = next(iter_frames(ctx.layout.video, stop=1)).astype(float)  # [720, 1080]
     err = {k: np.abs(np.rot90(stored, k) - shown).mean() for k in (1, 3)}
     assert err[1] < 4 < err[3]  # rotated counter-clockwise, as players show it
+
+
+def test_conforming_h264_is_copied_losslessly(prepare_subject) -> None:
+    """trump_10s is already H.264 yuv420p at 25 fps CFR: ingest remuxes it, so the pixels are untouched."""
+    layout = SubjectLayout(prepare_subject("train/trump_10s.mp4", upto="ingest"))
+    for ours, theirs in zip(iter_frames(layout.video, stop=3), iter_frames(shared_clip("train/trump_10s.mp4"), stop=3)):
+        assert np.array_equal(ours, theirs)
