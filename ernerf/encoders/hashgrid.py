@@ -6,6 +6,7 @@ docs/design/model_api.md; `hashgrid_torch` is the reference every fast backend i
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -48,38 +49,54 @@ def corner_index(corners: Tensor, resolution: int, log2_hashmap_size: int) -> Te
     return index & (2**log2_hashmap_size - 1)
 
 
-def _axis_terms(c: Tensor, d: int, resolution: int, hashed: bool) -> Tensor:  # [N, 2] -> [N, 2]
-    """Dimension d's contribution to the row of the low/high corner: c * R^d (dense) or c * prime (hashed)."""
-    if hashed:
-        return (c * HASH_PRIMES[d]) & _UINT32_MASK
-    return c * resolution**d
+@functools.lru_cache(maxsize=64)
+def _level_tables(
+    resolutions: tuple[int, ...], input_dim: int, log2_hashmap_size: int, device: torch.device
+) -> list[tuple[bool, Tensor, Tensor]]:  # per group: hashed, resolutions [G], per-axis multiplier [G, D]
+    """Levels split into the dense prefix and the hashed rest, with each group's row multipliers."""
+    if list(resolutions) != sorted(resolutions):
+        raise ErnerfError(f"hash-grid resolutions must grow level by level, got {list(resolutions)}")
+    groups = []
+    for hashed in (False, True):
+        group = [r for r in resolutions if (r**input_dim > 2**log2_hashmap_size) == hashed]
+        if group:
+            mult = [[HASH_PRIMES[d] if hashed else r**d for d in range(input_dim)] for r in group]
+            groups.append((hashed, torch.tensor(group, device=device), torch.tensor(mult, device=device)))
+    return groups
 
 
-def level_rows_and_weights(
-    u: Tensor, resolution: int, log2_hashmap_size: int
-) -> tuple[Tensor, Tensor]:  # [N, D] in [0, 1] -> rows [N, 2^D], weights [N, 2^D]
-    """Rows (within the level) of the 2^D corners around each point, and their D-linear weights.
-
-    Built one dimension at a time from [N, 2] low/high terms, so no [N, 2^D, D] tensor is formed;
-    it computes exactly `corner_index` of each corner.
-    """
-    input_dim = u.shape[-1]
-    hashed = resolution**input_dim > 2**log2_hashmap_size
-    p = u * (resolution - 1)
+def _group_rows_and_weights(
+    u: Tensor, res: Tensor, mult: Tensor, hashed: bool, log2_hashmap_size: int
+) -> tuple[Tensor, Tensor]:  # [N, D] -> rows [N, G, 2^D], weights [N, G, 2^D]
+    """Corner rows and weights on a group of levels that are all dense or all hashed."""
+    p = u[:, None, :] * (res[:, None] - 1)  # [N, G, D]
     low = p.floor()
     frac = p - low
     low = low.long()
-    rows = torch.zeros_like(low[:, :1])  # [N, 1]
-    weights = torch.ones_like(frac[:, :1])  # [N, 1]
-    for d in range(input_dim):
-        c = torch.stack([low[:, d], (low[:, d] + 1).clamp(max=resolution - 1)], -1)  # [N, 2]
-        terms = _axis_terms(c, d, resolution, hashed)
-        combined = rows[:, :, None] ^ terms[:, None] if hashed else rows[:, :, None] + terms[:, None]
-        rows = combined.flatten(1)
-        weights = (weights[:, :, None] * torch.stack([1 - frac[:, d], frac[:, d]], -1)[:, None]).flatten(1)
-    if hashed:
-        rows = rows & (2**log2_hashmap_size - 1)
-    return rows, weights
+    terms = torch.stack([low, torch.minimum(low + 1, res[:, None] - 1)], -1) * mult[..., None]  # [N, G, D, 2]
+    if hashed:  # int64 products are exact (c < 2^24, prime < 2^32); masking emulates uint32 wrap-around
+        terms = terms & _UINT32_MASK
+    rows = torch.zeros_like(low[..., :1])  # [N, G, 1]
+    weights = torch.ones_like(frac[..., :1])
+    for d in range(u.shape[-1]):
+        t = terms[:, :, d, None, :]  # [N, G, 1, 2]
+        rows = (rows[..., None] ^ t if hashed else rows[..., None] + t).flatten(2)
+        axis_w = torch.stack([1 - frac[..., d], frac[..., d]], -1)  # [N, G, 2]
+        weights = (weights[..., None] * axis_w[:, :, None, :]).flatten(2)
+    return (rows & (2**log2_hashmap_size - 1) if hashed else rows), weights
+
+
+def grid_rows_and_weights(
+    u: Tensor, resolutions: list[int], log2_hashmap_size: int
+) -> tuple[Tensor, Tensor]:  # [N, D] in [0, 1] -> rows [N, L, 2^D] (within each level), weights [N, L, 2^D]
+    """Rows of the 2^D corners around each point on every level, and their D-linear weights.
+
+    Levels are processed in two vectorised groups (dense, hashed) and corners are built one axis at a
+    time from low/high terms (dimension 0 varies slowest); each row equals `corner_index` of its corner.
+    """
+    groups = _level_tables(tuple(resolutions), u.shape[-1], log2_hashmap_size, u.device)
+    parts = [_group_rows_and_weights(u, res, mult, hashed, log2_hashmap_size) for hashed, res, mult in groups]
+    return torch.cat([rows for rows, _ in parts], 1), torch.cat([w for _, w in parts], 1)
 
 
 def hashgrid_torch(
@@ -90,15 +107,13 @@ def hashgrid_torch(
     log2_hashmap_size: int,
     bound: float = 1.0,
 ) -> Tensor:  # [N, L * F]
-    """Pure-PyTorch reference: all 2^D corners of all points gathered at once, one level at a time."""
+    """Pure-PyTorch reference: the 2^D corners of every point on every level gathered in one go."""
     u = ((x.float() + bound) / (2 * bound)).clamp(0.0, 1.0)  # [N, D]
-    features = []
-    for level, resolution in enumerate(resolutions):
-        rows, weights = level_rows_and_weights(u, resolution, log2_hashmap_size)  # [N, C] each
-        # index_select's backward is index_add_ (atomic adds on CUDA), faster than indexing's sort-based one.
-        values = embeddings.index_select(0, (rows + offsets[level]).reshape(-1)).view(*rows.shape, -1)  # [N, C, F]
-        features.append((weights[..., None] * values).sum(1))
-    return torch.cat(features, dim=-1)
+    rows, weights = grid_rows_and_weights(u, resolutions, log2_hashmap_size)  # [N, L, C] each
+    rows = rows + torch.tensor(offsets[:-1], device=x.device)[:, None]
+    # index_select's backward is index_add_ (atomic adds on CUDA), faster than indexing's sort-based one.
+    values = embeddings.index_select(0, rows.reshape(-1)).view(*rows.shape, -1)  # [N, L, C, F]
+    return (weights[..., None] * values).sum(2).flatten(1)  # level-major
 
 
 def _tcnn_module():
@@ -143,6 +158,10 @@ class HashGridEncoder(nn.Module):
         super().__init__()
         if backend not in BACKENDS:
             raise ErnerfError(f"unknown hash-grid backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if desired_resolution < base_resolution:
+            raise ErnerfError(
+                f"desired_resolution ({desired_resolution}) must be at least base_resolution ({base_resolution})"
+            )
         if input_dim > len(HASH_PRIMES):
             raise ErnerfError(f"hash grids support up to {len(HASH_PRIMES)} input dims, got input_dim={input_dim}")
         self.input_dim = input_dim

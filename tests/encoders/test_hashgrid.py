@@ -14,7 +14,7 @@ from ernerf.encoders.hashgrid import (
     hashgrid_torch,
     level_offsets,
     level_resolutions,
-    level_rows_and_weights,
+    grid_rows_and_weights,
 )
 from ernerf.errors import ErnerfError
 
@@ -48,19 +48,20 @@ def test_hashed_rows_follow_the_uint32_xor_hash() -> None:
     assert rows == [2922720805 % 2**19, 329061]
 
 
-@pytest.mark.parametrize(("dim", "resolution"), [(2, 16), (2, 200), (3, 8), (3, 40)])
-def test_vectorised_rows_and_weights_match_the_spec_corner_by_corner(dim: int, resolution: int) -> None:
+@pytest.mark.parametrize(("dim", "resolutions"), [(2, [16, 200]), (3, [8, 40])])
+def test_vectorised_rows_and_weights_match_the_spec_corner_by_corner(dim: int, resolutions: list[int]) -> None:
     torch.manual_seed(0)
     u = torch.rand(50, dim)
     u[0] = 1.0  # the far border: the high corner is clamped
-    rows, weights = level_rows_and_weights(u, resolution, log2_hashmap_size=9)
-    p = u * (resolution - 1)
-    for k, bits in enumerate(itertools.product((0, 1), repeat=dim)):  # dimension 0 varies slowest
-        b = torch.tensor(bits)
-        corner = (p.floor().long() + b).clamp(max=resolution - 1)
+    rows, weights = grid_rows_and_weights(u, resolutions, log2_hashmap_size=9)  # a dense then a hashed level
+    for level, resolution in enumerate(resolutions):
+        p = u * (resolution - 1)
         frac = p - p.floor()
-        assert torch.equal(rows[:, k], corner_index(corner, resolution, 9))
-        torch.testing.assert_close(weights[:, k], torch.where(b.bool(), frac, 1 - frac).prod(-1))
+        for k, bits in enumerate(itertools.product((0, 1), repeat=dim)):  # dimension 0 varies slowest
+            b = torch.tensor(bits)
+            corner = (p.floor().long() + b).clamp(max=resolution - 1)
+            assert torch.equal(rows[:, level, k], corner_index(corner, resolution, 9))
+            torch.testing.assert_close(weights[:, level, k], torch.where(b.bool(), frac, 1 - frac).prod(-1))
 
 
 def test_vertices_return_their_own_embedding() -> None:
@@ -114,6 +115,8 @@ def test_reference_function_matches_the_module() -> None:
 def test_unknown_backend_and_wrong_width_are_user_errors() -> None:
     with pytest.raises(ErnerfError, match="unknown hash-grid backend"):
         HashGridEncoder(2, backend="cuda")
+    with pytest.raises(ErnerfError, match="at least base_resolution"):
+        HashGridEncoder(2, base_resolution=64, desired_resolution=32)
     with pytest.raises(ErnerfError, match="expects 2-d points"):
         HashGridEncoder(2)(torch.zeros(4, 3))
 
