@@ -211,10 +211,12 @@ def _close_lids(src_y: np.ndarray, cols: np.ndarray, upper: np.ndarray, lower: n
     """Pull the upper lid skin down over the eye (in place on the backward map, columns `cols`)."""
     if closure <= 0:
         return
+    lower = lower + 0.15 * (lower - upper)  # the landmarks sit on the lid margin, a little inside the white
     height = np.maximum(lower - upper, 1.0)
     across = np.linspace(0, 1, len(cols))
-    c = closure * np.sqrt(np.sin(np.pi * across))  # the lid closes most in the middle of the eye
-    top = upper - 1.5 * height  # lid skin that slides down
+    # A shut lid meets the lower one from corner to corner; 0.97 leaves a lash-line's width of the eye.
+    c = 0.97 * closure * np.sqrt(np.minimum(1.0, 1.6 * np.sin(np.pi * across)))
+    top = upper - 1.2 * height.max()  # lid skin that slides down; a flat top keeps the brow still
     edge = upper + c * height  # where the lash line is now
     rows = np.arange(src_y.shape[0], dtype=np.float32)[:, None]
     lid = top + (rows - top) * (upper - top) / np.maximum(edge - top, 1e-3)
