@@ -19,6 +19,7 @@ from ernerf.preprocess.base import PreprocessStep, StepContext
 from ernerf.preprocess.mediapipe_face import FaceBox, FaceDetector
 
 SAME_FACE_DISTANCE = 0.6  # detections whose centres are closer than this many face sizes are one person
+DETECT_SIDE = 640  # frames are shrunk to this before detection: ample for a 192 px detector input
 MULTI_FACE_WARN_RATIO = 0.1  # warn about other people when they are visible in this share of frames
 
 
@@ -64,14 +65,9 @@ class HeadboxStep(PreprocessStep):
         stride = max(self.stride, -(-n // self.max_samples))
         detections = detect_faces(ctx.layout.video, stride, self.min_confidence)
         track = self._main_track(ctx, detections)
+        self._check_resolution(track, width, height)
         box = self._box(track, width, height)
         side = box[2] - box[0]
-        if side < self.min_box_size:
-            raise ErnerfError(
-                f"the face is too small: its head box is {side} px but at least {self.min_box_size} px are needed "
-                f"for a {self.crop_size}x{self.crop_size} crop (face about {track.size:.0f} px in a {width}x{height} "
-                "frame). Film closer so the face fills about a third of the frame height, or use a higher resolution."
-            )
         if side < self.crop_size:
             ctx.warn(f"the head box is {side} px, upscaled to {self.crop_size} px: the avatar will look soft. "
                      "Film closer or at a higher resolution for sharper results.")
@@ -109,6 +105,17 @@ class HeadboxStep(PreprocessStep):
                      f"(around x={cx:.0f}, y={cy:.0f}). Other people in the crop disturb training: trim them out.")
         return track
 
+    def _check_resolution(self, track: Track, width: int, height: int) -> None:
+        """The head (one frame's box, without the motion margin) must have enough pixels for the crop."""
+        head = round(self.scale * track.size)
+        if head < self.min_box_size:
+            raise ErnerfError(
+                f"the face is too small: the head box measures {head} px (face about {track.size:.0f} px in a "
+                f"{width}x{height} frame) but at least {self.min_box_size} px are needed for a "
+                f"{self.crop_size}x{self.crop_size} crop. Film closer so the face fills about a third of the frame "
+                "height, or use a higher resolution (or lower preprocess.steps.headbox.min_box_size)."
+            )
+
     def _box(self, track: Track, width: int, height: int) -> tuple[int, int, int, int]:
         """One square box holding every frame's head box (robust to outliers), even side, pixel ints."""
         per_frame = np.array([_head_box(b, self.scale, self.shift_down) for b in track.boxes.values()])
@@ -143,7 +150,18 @@ class HeadboxStep(PreprocessStep):
 def detect_faces(video: Path, stride: int, min_confidence: float = 0.5) -> list[list[FaceBox]]:
     """Faces in every `stride`-th frame of `video` (full-range model, so small faces are seen too)."""
     with FaceDetector(model_selection=1, min_confidence=min_confidence) as det:
-        return [det.detect(frame) for frame in iter_frames(video, step=stride)]
+        return [_detect_small(det, frame) for frame in iter_frames(video, step=stride)]
+
+
+def _detect_small(det: FaceDetector, frame: np.ndarray, max_side: int = DETECT_SIDE) -> list[FaceBox]:
+    """Detect on a downscaled copy (the model sees 192 px anyway), boxes back in full-frame pixels."""
+    import cv2
+
+    s = max_side / max(frame.shape[:2])
+    if s >= 1:
+        return det.detect(frame)
+    small = cv2.resize(frame, None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR)
+    return [FaceBox(b.x1 / s, b.y1 / s, b.x2 / s, b.y2 / s, b.score) for b in det.detect(small)]
 
 
 def group_tracks(detections: list[list[FaceBox]]) -> list[Track]:
@@ -175,16 +193,29 @@ def crop_square(frame: np.ndarray, box: tuple[int, int, int, int], size: int) ->
 
     h, w = frame.shape[:2]
     x1, y1, x2, y2 = box
+    scale = size / (x2 - x1)
     inside = frame[max(y1, 0):min(y2, h), max(x1, 0):min(x2, w)]
-    pads = (max(-y1, 0), max(y2 - h, 0), max(-x1, 0), max(x2 - w, 0))
-    if any(pads):
-        inside = cv2.copyMakeBorder(inside, *pads, borderType=cv2.BORDER_REPLICATE)
-    side = x2 - x1
-    if side == size:
-        return np.ascontiguousarray(inside)
-    # INTER_AREA only where bilinear would alias (it costs ~7x more); mild shrinks look the same either way
-    interp = cv2.INTER_AREA if side > 1.5 * size else cv2.INTER_LINEAR if side > size else cv2.INTER_CUBIC
-    return cv2.resize(inside, (size, size), interpolation=interp)
+    # where the frame's pixels land in the output; the rest is padding, added after scaling (cheaper)
+    ox1, oy1 = round((max(x1, 0) - x1) * scale), round((max(y1, 0) - y1) * scale)
+    ox2, oy2 = round((min(x2, w) - x1) * scale), round((min(y2, h) - y1) * scale)
+    out = _resize(inside, ox2 - ox1, oy2 - oy1)
+    if (ox1, oy1, ox2, oy2) != (0, 0, size, size):
+        out = cv2.copyMakeBorder(out, oy1, size - oy2, ox1, size - ox2, borderType=cv2.BORDER_REPLICATE)
+    return np.ascontiguousarray(out)
+
+
+def _resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize without aliasing: halve with a Gaussian pyramid while >2x too big, then bilinear or area."""
+    import cv2
+
+    while img.shape[1] >= 2 * width and img.shape[0] >= 2 * height:
+        img = cv2.pyrDown(img)
+    if img.shape[1] == width and img.shape[0] == height:
+        return img
+    # INTER_AREA only where bilinear would alias (it costs several times more)
+    interp = cv2.INTER_AREA if img.shape[1] > 1.5 * width else cv2.INTER_LINEAR if img.shape[1] > width \
+        else cv2.INTER_CUBIC
+    return cv2.resize(img, (width, height), interpolation=interp)
 
 
 def _head_box(face: FaceBox, scale: float, shift_down: float) -> tuple[float, float, float, float]:

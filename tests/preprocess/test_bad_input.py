@@ -94,7 +94,7 @@ def test_tiny_face_reports_size_and_fix(tmp_path: Path) -> None:
         HeadboxStep(min_box_size=256).run(ctx)
     msg = str(info.value)
     assert "too small" in msg and "at least 256 px" in msg and "Film closer" in msg
-    measured = int(msg.split("head box is ")[1].split(" px")[0])
+    measured = int(msg.split("head box measures ")[1].split(" px")[0])
     assert 100 < measured < 256
     assert not ctx.layout.ori_imgs.exists() and not ctx.layout.face_video.exists()
 
