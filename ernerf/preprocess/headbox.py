@@ -71,10 +71,7 @@ class HeadboxStep(PreprocessStep):
         if side < self.crop_size:
             ctx.warn(f"the head box is {side} px, upscaled to {self.crop_size} px: the avatar will look soft. "
                      "Film closer or at a higher resolution for sharper results.")
-        written = self._write_crops(ctx.layout, box, fps=float(meta["fps"]))
-        if written != n:
-            raise ErnerfError(f"{ctx.layout.video} gave {written} frames but meta.json says {n}: "
-                              "rerun the ingest step (preprocess.force=[ingest]).")
+        self._write_crops(ctx.layout, box, fps=float(meta["fps"]), expected=n)
         x1, y1, x2, y2 = box
         bbox = {"x1": x1, "y1": y1, "x2": x2, "y2": y2, "face_size": round(track.size, 1)}
         write_text(ctx.layout.head_bbox, json.dumps(bbox, indent=2))
@@ -126,8 +123,8 @@ class HeadboxStep(PreprocessStep):
         x1, y1 = (_fit_axis(center[k], side, size) for k, size in ((0, width), (1, height)))
         return x1, y1, x1 + side, y1 + side
 
-    def _write_crops(self, layout: SubjectLayout, box: tuple[int, int, int, int], fps: float) -> int:
-        """Crop every frame to the box, write face_data.mp4 and ori_imgs/<i>.jpg; return the frame count."""
+    def _write_crops(self, layout: SubjectLayout, box: tuple[int, int, int, int], fps: float, expected: int) -> None:
+        """Crop every frame to the box, write face_data.mp4 and ori_imgs/<i>.jpg (all or nothing)."""
         import cv2
 
         params = [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality]
@@ -144,7 +141,9 @@ class HeadboxStep(PreprocessStep):
                 count = i + 1
             for fut in pending:
                 _check_written(fut)
-        return count
+            if count != expected:  # raised inside the block, so neither output replaces a good one
+                raise ErnerfError(f"{layout.video} gave {count} frames but meta.json says {expected}: "
+                                  "rerun the ingest step (preprocess.force=[ingest]).")
 
 
 def detect_faces(video: Path, stride: int, min_confidence: float = 0.5) -> list[list[FaceBox]]:

@@ -131,3 +131,19 @@ def test_cli_prints_the_error_and_exits_2(tmp_path: Path) -> None:
                            f"paths.data_root={tmp_path}", *later], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2
     assert "error:" in proc.stderr and "not a video" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_failing_headbox_rerun_keeps_the_earlier_crops(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path, _cut(tmp_path, 4))
+    IngestStep().run(ctx)
+    HeadboxStep().run(ctx)
+    layout = ctx.layout
+    crops = sorted(p.name for p in layout.ori_imgs.iterdir())
+    video, bbox = layout.face_video.read_bytes(), layout.head_bbox.read_text()
+    meta = json.loads(layout.meta.read_text())
+    layout.meta.write_text(json.dumps({**meta, "num_frames": meta["num_frames"] + 50}))  # stale ingest facts
+    with pytest.raises(ErnerfError, match="rerun the ingest step"):
+        HeadboxStep().run(ctx)
+    assert sorted(p.name for p in layout.ori_imgs.iterdir()) == crops
+    assert layout.face_video.read_bytes() == video and layout.head_bbox.read_text() == bbox
+    assert not list(layout.root.glob(".tmp.*"))
