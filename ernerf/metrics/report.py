@@ -1,0 +1,123 @@
+"""The evaluation report: PNG figures (frames, per-frame PSNR, mouth curves) and an index.html embedding them."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ERROR_SCALE = 64  # the error map saturates at a mean absolute difference of 64/255
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a training server
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def error_map(render: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Mean absolute colour difference per pixel scaled to [0, 1] (1 at ERROR_SCALE levels). # [H,W,3] x2 -> [H,W]"""
+    diff = np.abs(render.astype(np.float32) - truth.astype(np.float32)).mean(axis=-1)
+    return np.clip(diff / ERROR_SCALE, 0.0, 1.0)
+
+
+def frame_grid(path: Path, truths: np.ndarray, renders: np.ndarray, frames: Sequence[int]) -> Path:
+    """One row per sampled frame: ground truth | render | error map."""
+    plt = _pyplot()
+    rows = len(frames)
+    fig, axes = plt.subplots(rows, 3, figsize=(9, 3 * rows), squeeze=False)
+    for k, frame in enumerate(frames):
+        panels = [(truths[k], f"ground truth {frame}"), (renders[k], "render"),
+                  (error_map(renders[k], truths[k]), f"|error| (white = {ERROR_SCALE}/255)")]
+        for ax, (image, title) in zip(axes[k], panels):
+            ax.imshow(image, cmap="inferno" if image.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def psnr_curve(path: Path, frames: Sequence[int], psnr: Sequence[float]) -> Path:
+    """Per-frame PSNR over the validation frames, with its mean."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.plot(frames, psnr, marker=".", label="PSNR")
+    ax.axhline(float(np.mean(psnr)), color="grey", linestyle="--", label=f"mean {np.mean(psnr):.2f} dB")
+    ax.set_xlabel("frame")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel("dB")
+    ax.set_title("PSNR per validation frame")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _standard(values: Sequence[float]) -> np.ndarray:
+    """Zero mean, unit spread (curves of different units on one axis)."""
+    v = np.asarray(values, np.float64)
+    return (v - v.mean()) / (v.std() + 1e-9)
+
+
+def mouth_curves(path: Path, frames: Sequence[int], curves: Mapping[str, Sequence[float]]) -> Path:
+    """Mouth opening of renders and ground truth with audio energy (validation), and the cross-driven clip."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 1, figsize=(8, 5.5))
+    panels = [
+        (axes[0], frames, [("mouth_gt", "mouth, ground truth"), ("mouth_render", "mouth, render"), ("energy", "audio energy")],
+         "validation frames (standardised)"),
+        (axes[1], None, [("cross_mouth_render", "mouth, render"), ("cross_energy", "audio energy")],
+         "cross-driven by unrelated audio (standardised)"),
+    ]
+    for ax, x, series, title in panels:
+        drawn = 0
+        for key, label in series:
+            if curves.get(key):
+                xs = x if x is not None else np.arange(len(curves[key]))
+                ax.plot(xs, _standard(curves[key]), label=label)
+                drawn += 1
+        if not drawn:
+            ax.text(0.5, 0.5, "no face meshed / no audio: see metrics.json", ha="center", va="center",
+                    transform=ax.transAxes)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("frame")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if drawn:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _format(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
+
+
+def write_index(path: Path, report: Mapping[str, Any], images: Sequence[Path]) -> Path:
+    """A self-contained page: the metrics table (with reasons for unavailable ones) and the figures."""
+    reasons = report.get("unavailable", {})
+    rows = "\n".join(
+        f"<tr><td>{html.escape(name)}</td><td>{_format(value)}</td><td>{html.escape(reasons.get(name, ''))}</td></tr>"
+        for name, value in report["metrics"].items())
+    figures = "\n".join(f'<p><img src="{html.escape(p.name)}" alt="{html.escape(p.stem)}"></p>' for p in images)
+    title = f"Evaluation of {report['subject']} ({report['stage']}, step {report['step']})"
+    page = (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 10px;text-align:left}"
+            "img{max-width:100%}</style></head><body>\n"
+            f"<h1>{html.escape(title)}</h1>\n<p>checkpoint: <code>{html.escape(report['checkpoint'])}</code><br>"
+            f"{len(report['frames']['validation'])} held-back validation frames at "
+            f"{report['frames']['width']}x{report['frames']['height']}</p>\n"
+            f"<table><tr><th>metric</th><th>value</th><th>why unavailable</th></tr>\n{rows}\n</table>\n"
+            f"<p><em>{html.escape(report['note'])}</em></p>\n{figures}\n</body></html>\n")
+    path.write_text(page)
+    return path

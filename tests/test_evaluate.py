@@ -1,0 +1,230 @@
+"""evaluate.py: known answers for the new metric functions, lip-sync on real audio, and end to end on real frames."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ernerf.errors import ErnerfError
+from ernerf.evaluation import (Findings, Rendered, audio_sync_findings, image_findings, lip_findings,
+                               resolve_cross_audio, resolve_target)
+from ernerf.metrics.face import au45_at_open_level, jitter_valid, mouth_points
+from tests.conftest import compose, shared_clip
+
+INNER_LIPS = ((13, 14), (82, 87), (312, 317))  # mediapipe upper/lower inner-lip pairs (mouth_opening reads them)
+
+
+def touch_checkpoint(runs: Path, subject: str, stage: str) -> Path:
+    path = runs / subject / stage / "checkpoints" / "last.ckpt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+# ---------------------------------------------------------------- metric functions, known answers
+
+
+def test_au45_at_a_given_open_level() -> None:
+    au = au45_at_open_level(np.array([0.30, 0.40, 0.15, 0.045, 0.0]), open_level=0.30, closed_ratio=0.15)
+    assert au == pytest.approx([0.0, 0.0, 5 * 0.5 / 0.85, 5.0, 5.0])  # open (or wider) -> 0, closed_ratio -> 5
+
+
+def test_jitter_is_zero_for_steady_motion_and_skips_gaps() -> None:
+    t = np.arange(10, dtype=float)
+    steady = np.stack([t * 2, t * 0.5], -1)[:, None, :]  # [T, 1, 2] constant velocity
+    assert jitter_valid(steady, np.ones(10, bool)) == pytest.approx(0.0)
+    shaky = steady.copy()
+    shaky[::2, 0, 0] += 1.0  # +-1 px zigzag: second difference 2 px every frame
+    assert jitter_valid(shaky, np.ones(10, bool)) == pytest.approx(2.0)
+    holes = shaky.copy()
+    holes[4] = 1e6  # a missed frame's junk must not count
+    valid = np.ones(10, bool)
+    valid[4] = False
+    assert jitter_valid(holes, valid) == pytest.approx(2.0)
+    assert np.isnan(jitter_valid(steady, np.zeros(10, bool)))
+
+
+def random_mesh(rng: np.random.Generator, frames: int) -> np.ndarray:
+    return rng.uniform(100, 400, (frames, 478, 3)).astype(np.float32)
+
+
+def test_lmd_is_mean_centred_per_frame_and_in_pixels() -> None:
+    rng = np.random.default_rng(0)
+    gt = random_mesh(rng, 5)
+    shifted = gt + np.array([6.0, 8.0, 0.0], np.float32)  # the whole face moved 10 px
+    ok = np.ones(5, bool)
+    found = lip_findings(shifted, ok, gt, ok)
+    assert found.values["lmd"] == pytest.approx(0.0, abs=1e-4)
+    assert found.values["lmd_uncentred"] == pytest.approx(10.0, abs=1e-4)
+    bent = gt.copy()
+    mouth = mouth_points(gt)
+    assert mouth.shape == (5, 20, 2)
+    from ernerf.preprocess.landmarks import IBUG68_FROM_MESH
+
+    corner = IBUG68_FROM_MESH[48]
+    bent[:, corner, 0] += 20.0  # one of 20 mouth points off by 20 px: 1 px of mean distance (+ centring shift)
+    value = lip_findings(bent, ok, gt, ok).values["lmd"]
+    assert 0.9 < value < 2.0
+
+
+def mesh_with_mouth(opening: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A mesh whose inner lips part by `opening` (relative to the eye-corner distance of 100 px). # [T] -> [T,478,3]"""
+    mesh = np.tile(rng.uniform(150, 350, (1, 478, 3)), (len(opening), 1, 1))
+    mesh[:, 33, :2], mesh[:, 263, :2] = (200, 200), (300, 200)
+    for upper, lower in INNER_LIPS:
+        mesh[:, upper, :2] = np.stack([np.full(len(opening), 250.0), 320 - 50 * opening], -1)
+        mesh[:, lower, :2] = np.stack([np.full(len(opening), 250.0), 320 + 50 * opening], -1)
+    return mesh
+
+
+def test_lip_sync_figure_is_high_when_the_mouth_follows_the_audio_and_near_zero_shuffled() -> None:
+    from ernerf.io.audio import load_audio
+    from ernerf.metrics.lipsync import audio_energy, mouth_opening
+
+    wav = load_audio(shared_clip("audio/radio31_8s.wav"), sr=16000)
+    energy = audio_energy(wav, 16000, 200)
+    rng = np.random.default_rng(1)
+    follows = np.roll(energy / energy.max(), 1) * 0.4 + rng.normal(0, 0.01, 200)  # lags the sound by one frame
+    mouth = mouth_opening(mesh_with_mouth(follows, rng))
+    synced = audio_sync_findings(mouth, energy, "sync").values["sync"]
+    shuffled = audio_sync_findings(mouth[rng.permutation(200)], energy, "sync").values["sync"]
+    assert synced > 0.9, synced
+    assert abs(shuffled) < 0.25, shuffled
+    silent = audio_sync_findings(mouth, np.zeros(200), "sync")
+    assert "silent" in silent.unavailable["sync"]
+
+
+def test_image_figures_known_offset_and_small_face_box() -> None:
+    truth = np.full((2, 32, 32, 3), 100, np.uint8)
+    render = truth + 10  # every pixel 10 levels off: PSNR = 20 log10(255 / 10)
+    rects = np.array([[4, 12, 4, 12]] * 2)  # a 9 px face box: too small for SSIM's 11 px window
+    found = image_findings(Rendered(np.array([5, 6]), render, truth, rects, 0.0), None, "no torchvision")
+    assert found.values["psnr"] == pytest.approx(20 * np.log10(25.5), abs=1e-3)
+    assert found.values["psnr_face"] == pytest.approx(found.values["psnr"], abs=1e-3)
+    assert "ssim_face" in found.unavailable and found.unavailable["lpips"] == "no torchvision"
+    assert len(found.curves["psnr"]) == 2
+
+
+def test_lpips_reports_why_it_is_unavailable(tmp_path: Path) -> None:
+    import importlib.util
+
+    import torch
+
+    from ernerf.metrics.perceptual import alexnet_to_lpips_slices, lpips_scorer
+
+    score, reason = lpips_scorer("alex", tmp_path / "missing.pth")
+    assert score is None
+    if importlib.util.find_spec("torchvision") is None:
+        assert "torchvision" in reason
+    else:
+        assert "missing.pth" in reason
+    assert "unknown LPIPS net" in lpips_scorer("resnet")[1]
+    state = {"features.0.weight": torch.zeros(1), "features.3.bias": torch.ones(1), "features.10.weight": torch.zeros(2),
+             "classifier.1.weight": torch.zeros(3)}
+    assert sorted(alexnet_to_lpips_slices(state)) == ["slice1.0.weight", "slice2.3.bias", "slice5.10.weight"]
+
+
+def test_targets_and_cross_audio_resolution(tmp_path: Path) -> None:
+    with pytest.raises(ErnerfError, match="python train.py stage=head subject=anna"):
+        resolve_target(tmp_path, "anna", None)
+    head = touch_checkpoint(tmp_path, "anna", "head")
+    default = resolve_target(tmp_path, "anna", None)
+    assert (default.checkpoint, default.out_dir, default.run_dir) == (head, tmp_path / "anna" / "eval", head.parents[1])
+    by_dir = resolve_target(tmp_path, "anna", str(head.parents[1]))
+    assert by_dir.out_dir == head.parents[1] / "eval" and by_dir.stage == "head"
+    loose = tmp_path / "elsewhere" / "best.ckpt"
+    loose.parent.mkdir()
+    loose.write_bytes(b"")
+    by_file = resolve_target(tmp_path, "anna", str(loose))
+    assert by_file.out_dir == loose.parent / "eval" and by_file.run_dir is None
+    with pytest.raises(ErnerfError, match="neither a run folder"):
+        resolve_target(tmp_path, "anna", str(tmp_path / "nope"))
+    assert resolve_cross_audio(None) == (None, "cross_audio=null")
+    assert resolve_cross_audio("../shared/data/audio/obama_5s.wav")[0] == shared_clip("audio/obama_5s.wav")
+    with pytest.raises(ErnerfError, match="not found"):
+        resolve_cross_audio(str(tmp_path / "x.wav"))
+
+
+def test_findings_merge_keeps_reasons() -> None:
+    a = Findings(values={"psnr": 30.0})
+    a.skip(["lpips", "syncnet_conf"], "no weights")
+    merged = a.merge(Findings(values={"lmd": 2.0}))
+    assert merged.values == {"psnr": 30.0, "lmd": 2.0} and merged.unavailable["syncnet_conf"] == "no weights"
+
+
+# ---------------------------------------------------------------- end to end on real frames
+
+
+@pytest.fixture(scope="module")
+def subject34(tmp_path_factory: pytest.TempPathFactory):
+    """34 real frames of trump_10s.mp4 (validation = the last 4) in the mini-subject layout of test_infer."""
+    from tests.postprocess.mini_subject import write_mini_subject
+
+    root = Path(tmp_path_factory.mktemp("data")) / "mini"
+    return write_mini_subject(root, shared_clip("train/trump_10s.mp4"), num_frames=34)
+
+
+def test_evaluate_real_frames_with_a_perfect_renderer(tmp_path: Path, subject34) -> None:
+    """A renderer returning the true crops: capped PSNR, LMD 0, mouth curves identical; every output written."""
+    from ernerf.evaluation import evaluate_from_config
+    from ernerf.inference import load_subject
+    from tests.postprocess.mini_subject import CropRenderer
+
+    runs = tmp_path / "runs"
+    touch_checkpoint(runs, "mini", "head")
+    (runs / "mini" / "head" / "csv").mkdir()  # the run logged to CSV
+    view = load_subject(subject34.root, "aud_mel.npy", "head", downscale=4)
+    perfect = CropRenderer(subject34, view.poses, view.img_ids)
+    cfg = compose("evaluate", [f"paths.data_root={subject34.root.parent}", f"paths.runs_root={runs}", "subject=mini",
+                               "downscale=4", "cross_max_seconds=1.0"])
+    result = evaluate_from_config(cfg, system_loader=lambda path, device: perfect)
+
+    report = json.loads((runs / "mini" / "eval" / "metrics.json").read_text())
+    metrics = report["metrics"]
+    assert report["frames"]["validation"] == [30, 31, 32, 33] and report["frames"]["height"] == 128
+    assert metrics["psnr"] == 100.0 and metrics["ssim"] == pytest.approx(1.0)
+    assert metrics["lmd"] == pytest.approx(0.0, abs=1e-3) and metrics["sync_corr"] == pytest.approx(1.0)
+    assert metrics["pose_jitter_ratio"] == pytest.approx(1.0)
+    assert metrics["lpips"] == "unavailable" and report["unavailable"]["lpips"]
+    assert "audio.wav is missing" in report["unavailable"]["sync_audio_corr"]  # the mini subject has no audio.wav
+    assert isinstance(metrics["cross_sync_audio_corr"], float)
+    assert len(report["per_frame"]["cross_energy"]) == 25
+    for name in ("frames.png", "psnr.png", "mouth.png"):
+        assert (result.out_dir / name).stat().st_size > 5000
+        assert f'src="{name}"' in (result.out_dir / "index.html").read_text()
+    with open(runs / "mini" / "head" / "csv" / "test" / "metrics.csv") as f:
+        row = next(csv.DictReader(f))
+    assert float(row["test/psnr"]) == 100.0 and float(row["test/lmd"]) == pytest.approx(0.0, abs=1e-3)
+
+
+def test_evaluate_py_on_a_trained_system(tmp_path: Path, subject34, capsys) -> None:
+    """evaluate.py end to end: a TalkingHeadSystem checkpoint (fresh weights) renders the validation frames."""
+    import lightning as L
+    import torch
+    from hydra.utils import instantiate
+
+    import evaluate
+
+    system = instantiate(compose("train", ["subject=mini", "debug=fast"]).model, num_frames=30)
+    ckpt = touch_checkpoint(tmp_path / "runs", "mini", "head")
+    torch.save({"state_dict": system.state_dict(), "hyper_parameters": dict(system.hparams), "global_step": 7,
+                "pytorch-lightning_version": L.__version__}, ckpt)
+    cfg = compose("evaluate", ["subject=mini", f"paths.data_root={subject34.root.parent}",
+                               f"paths.runs_root={tmp_path / 'runs'}", f"run={ckpt}", "downscale=16", "device=cpu",
+                               "cross_audio=null"])
+    evaluate.main.__wrapped__(cfg)  # the entry point's body (Hydra's own parsing is what compose() does)
+    stdout = capsys.readouterr().out
+    out = ckpt.parent / "eval"
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["step"] == 7 and report["frames"]["height"] == 32
+    assert 0 < report["metrics"]["psnr"] < 100 and report["metrics"]["cross_sync_audio_corr"] == "unavailable"
+    # a fresh network is see-through: the face in the mini subject's plate (a real frame) is meshed, but it does not
+    # move with the ground truth
+    assert report["metrics"]["lmd_uncentred"] > 2.0
+    assert all((out / n).is_file() for n in ("frames.png", "psnr.png", "mouth.png", "index.html"))
+    assert "lpips" in stdout and "torchvision" in stdout and str(out / "metrics.json") in stdout
+    assert (out / "csv" / "metrics.csv").is_file()  # no logger folder in the run: a CSV beside the report
