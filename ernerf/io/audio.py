@@ -21,7 +21,11 @@ def load_audio(path: Path | str, sr: int = 16000, max_seconds: float | None = No
     if max_seconds is not None:
         cmd += ["-t", f"{max_seconds:.6f}"]
     # first_pts=0 pads a late-starting track with silence so sample 0 is time 0, as for the video frames.
-    cmd += ["-af", "aresample=async=1:first_pts=0", "-ac", "1", "-ar", str(sr), "-f", "f32le", "-acodec", "pcm_f32le", "-"]
+    filters = ["aresample=async=1:first_pts=0"]
+    channels = _channels(path)
+    if channels > 1:  # plain average: ffmpeg's own downmix adds +3 dB and can clip loud stereo speech
+        filters.append("pan=mono|c0<" + "+".join(f"c{k}" for k in range(channels)))
+    cmd += ["-af", ",".join(filters), "-ac", "1", "-ar", str(sr), "-f", "f32le", "-acodec", "pcm_f32le", "-"]
     proc = subprocess.run(cmd, capture_output=True)
     if proc.returncode != 0:
         err = proc.stderr.decode(errors="replace").strip()
@@ -30,6 +34,18 @@ def load_audio(path: Path | str, sr: int = 16000, max_seconds: float | None = No
         tail = "\n".join(err.splitlines()[-3:])
         raise ErnerfError(f"cannot decode audio from {path}: {tail}\nThe file is corrupt or not audio: re-export it.")
     return np.frombuffer(proc.stdout, dtype=np.float32).copy()
+
+
+def _channels(path: Path) -> int:
+    """Channel count of the first audio stream (1 when it cannot be read; ffmpeg then reports why)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.audio[0] if container.streams.audio else None
+            return int(stream.codec_context.channels) if stream is not None else 1
+    except (av.error.FFmpegError, OSError, ValueError):
+        return 1
 
 
 def write_wav(path: Path | str, wav: np.ndarray, sr: int = 16000) -> Path:
