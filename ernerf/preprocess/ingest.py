@@ -40,6 +40,7 @@ class IngestStep(PreprocessStep):
         if ctx.video is None:
             raise ErnerfError("no input video: run `python preprocess.py video=<path/to/video.mp4> subject=<name>`.")
         info = probe(ctx.video)
+        _reject_still_image(info)
         wav, audio_source = self._source_audio(ctx, info)
         duration = self._target_duration(ctx, info, wav)
         num_frames = self._normalise_video(info, ctx.layout.video, duration)
@@ -165,3 +166,16 @@ class IngestStep(PreprocessStep):
             raise ErnerfError(f"{layout.video} has no readable frame after normalising: re-export the input video.")
         with atomic_path(layout.preview) as tmp:
             cv2.imwrite(str(tmp), cv2.cvtColor(first, cv2.COLOR_RGB2BGR))
+
+
+def _reject_still_image(info: VideoInfo) -> None:
+    """A photo opens as a one-frame video: say so rather than fail later on its length."""
+    try:
+        with av.open(str(info.path)) as container:
+            frames = sum(1 for _, _ in zip(range(2), container.decode(video=0)))
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise ErnerfError(f"cannot decode {info.path} ({exc}): the file is corrupt; re-export or re-download it.") \
+            from exc
+    if frames < 2:
+        raise ErnerfError(f"{info.path} is a still image (or holds a single frame): give a video of the subject "
+                          "talking, 3-10 minutes long.")

@@ -49,6 +49,11 @@ def test_not_a_video(tmp_path: Path) -> None:
     assert "no video stream" in _ingest_error(tmp_path, shared_clip("audio/obama_5s.wav"))
 
 
+def test_still_image(tmp_path: Path, prepare_subject) -> None:
+    photo = SubjectLayout(prepare_subject(TRUMP, upto="ingest")).preview
+    assert "still image" in _ingest_error(tmp_path, photo, audio=shared_clip("audio/obama_5s.wav"))
+
+
 def test_corrupt_header(tmp_path: Path) -> None:
     data = bytearray(shared_clip(TRUMP).read_bytes())
     data[:4096] = bytes(4096)  # the container header is gone
