@@ -75,6 +75,8 @@ def make_sample(out_dir: Path | str, text: str = DEFAULT_TEXT, seconds: float = 
     from ernerf.io.atomic import atomic_path
     from ernerf.tts import write_wav
 
+    if size < 256 or size % 2:
+        raise ErnerfError(f"size={size}: give an even frame size of at least 256 (the default 640 suits preprocessing).")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

@@ -99,9 +99,11 @@ def test_head_moves_a_little_and_smoothly(mesh_tracks: dict) -> None:
     assert np.abs(np.diff(centre, axis=0)).max() < 3
 
 
-def test_too_long_text_for_the_duration_is_a_user_error() -> None:
+def test_bad_arguments_are_user_errors(tmp_path: Path) -> None:
     with pytest.raises(ErnerfError, match="seconds"):
         speech_track("This sentence certainly takes longer than one second to say.", seconds=1.0)
+    with pytest.raises(ErnerfError, match="even frame size"):
+        make_sample(tmp_path, size=301)
 
 
 def test_cli_writes_sample_and_new_sentence(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
