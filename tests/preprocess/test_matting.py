@@ -1,0 +1,103 @@
+"""Matting: alpha.mp4 steadier than the raw per-frame mask at the silhouette, without lag; input.mp4 over the backdrop."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+
+from ernerf.errors import ErnerfError
+from ernerf.io.layout import SubjectLayout
+from ernerf.io.video import iter_frames, probe
+from ernerf.preprocess import segmentation as seg
+from ernerf.preprocess.matting import FlickerMeter, MattingStep, TemporalMatte, target_background
+from tests.conftest import compose
+
+TRAIN_CLIPS = ["train/trump_10s.mp4", "train/hdtf_aoc_8s.mp4"]
+
+
+@pytest.fixture(scope="module", params=TRAIN_CLIPS)
+def subject(request, prepare_subject) -> SubjectLayout:
+    return SubjectLayout(prepare_subject(request.param, upto="matting"))
+
+
+def test_videos_are_512_25fps_one_frame_per_crop(subject: SubjectLayout) -> None:
+    n = json.loads(subject.meta.read_text())["num_frames"]
+    for path in (subject.alpha_video, subject.matted_video):
+        info = probe(path)
+        assert (info.width, info.height, round(info.fps), info.num_frames) == (512, 512, 25, n)
+
+
+def test_alpha_is_steadier_than_the_raw_mask_at_the_silhouette(subject: SubjectLayout) -> None:
+    segmenter, meter = seg.PersonSegmenter(), FlickerMeter()
+    mesh = np.load(subject.mesh)
+    for i, alpha in enumerate(iter_frames(subject.alpha_video)):
+        raw = segmenter(seg.read_rgb(subject.ori_img(i)))
+        alpha = alpha[..., 0].astype(np.float32) / 255.0
+        meter.update(raw, raw=raw, alpha=alpha)
+        if i % 25 == 0:  # and it is still a person matte: face opaque, top corners clear
+            x, y = np.round(mesh[i, :, :2].mean(0)).astype(int)
+            assert alpha[y - 20:y + 20, x - 20:x + 20].min() > 0.9
+            assert alpha[:16, :16].max() < 0.1 and alpha[:16, -16:].max() < 0.1
+    flicker = meter.result()
+    assert flicker["alpha"] < 0.75 * flicker["raw"], flicker
+
+
+def test_matted_video_shows_the_backdrop_where_alpha_is_zero(subject: SubjectLayout) -> None:
+    alpha = next(iter_frames(subject.alpha_video))[..., 0]
+    matted = next(iter_frames(subject.matted_video)).astype(int)
+    frame = seg.read_rgb(subject.ori_img(0)).astype(int)
+    clear, solid = alpha < 3, alpha > 252
+    assert clear.mean() > 0.1 and solid.mean() > 0.2
+    assert np.abs(matted[clear] - 255).mean() < 4  # default backdrop: white
+    assert np.abs(matted[solid] - frame[solid]).mean() < 4
+
+
+def _square_frames(xs: list[int], size: int = 64) -> list[np.ndarray]:
+    frames = []
+    for x in xs:
+        f = np.full((size, size, 3), 30, np.uint8)
+        f[16:48, x:x + 20] = 220
+        frames.append(f)
+    return frames
+
+
+def test_temporal_matte_follows_motion_without_lag() -> None:
+    matte = TemporalMatte(guided_radius=0)
+    xs = [4, 4, 4, 12, 20, 28, 36, 40]
+    for f in _square_frames(xs):
+        truth = (f[..., 0] > 100).astype(np.float32)
+        alpha = matte(f, truth)
+    assert np.abs(alpha - truth).mean() < 0.01  # where it moved, the image changed: the new mask wins at once
+
+
+def test_temporal_matte_damps_flicker_on_a_still_image() -> None:
+    rng = np.random.default_rng(0)
+    (frame,) = _square_frames([20])
+    truth = (frame[..., 0] > 100).astype(np.float32)
+    matte, meter = TemporalMatte(guided_radius=0), FlickerMeter(band_px=3)
+    for _ in range(30):
+        edge_noise = rng.uniform(-0.5, 0.5, truth.shape).astype(np.float32)
+        raw = np.clip(truth + edge_noise * (np.abs(np.gradient(truth)[1]) + np.abs(np.gradient(truth)[0]) > 0), 0, 1)
+        meter.update(truth, raw=raw, alpha=matte(frame, raw))
+    flicker = meter.result()
+    assert flicker["alpha"] < 0.5 * flicker["raw"], flicker
+
+
+def test_backdrop_from_colour_or_image_and_errors_name_the_key(tmp_path) -> None:
+    assert (target_background([0, 255, 0], (4, 6)) == (0, 255, 0)).all()
+    import cv2
+
+    img = np.zeros((10, 20, 3), np.uint8)
+    img[:, 10:] = (0, 0, 255)  # BGR red on the right half
+    cv2.imwrite(str(tmp_path / "bg.png"), img)
+    back = target_background(str(tmp_path / "bg.png"), (8, 8))
+    assert back.shape == (8, 8, 3) and tuple(back[0, -1]) == (255, 0, 0) and tuple(back[0, 0]) == (0, 0, 0)
+    with pytest.raises(ErnerfError, match="preprocess.steps.matting.background"):
+        target_background(str(tmp_path / "missing.png"), (8, 8))
+    with pytest.raises(ErnerfError, match="preprocess.steps.matting.background"):
+        MattingStep(background=[300, 0, 0])
+    cfg = compose("preprocess", ["subject=test", "preprocess.steps.matting.background=[0,0,255]"])
+    assert instantiate(cfg.preprocess.steps.matting).background == [0, 0, 255]
