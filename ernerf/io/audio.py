@@ -30,7 +30,8 @@ def load_audio(path: Path | str, sr: int = 16000, max_seconds: float | None = No
     if proc.returncode != 0:
         err = proc.stderr.decode(errors="replace").strip()
         if "matches no streams" in err:
-            raise ErnerfError(f"{path} has no audio stream: give a file with sound (wav, mp3, m4a, or a video with audio).")
+            raise ErnerfError(f"{path} has no audio stream: give a file with sound "
+                              "(wav, mp3, m4a, or a video with audio).")
         tail = "\n".join(err.splitlines()[-3:])
         raise ErnerfError(f"cannot decode audio from {path}: {tail}\nThe file is corrupt or not audio: re-export it.")
     return np.frombuffer(proc.stdout, dtype=np.float32).copy()
