@@ -92,6 +92,20 @@ def test_no_face(tmp_path: Path) -> None:
         HeadboxStep().run(ctx)
 
 
+def test_face_missing_in_most_frames(tmp_path: Path) -> None:
+    clip = tmp_path / "mostly_pattern.mp4"  # 1.5 s of Trump, then 3 s of a test pattern
+    run_ffmpeg(["-t", "1.5", "-i", str(shared_clip(TRUMP)), "-f", "lavfi", "-t", "3", "-i",
+                "testsrc2=size=512x512:rate=25", "-f", "lavfi", "-t", "4.5", "-i", "sine=frequency=300",
+                "-filter_complex", "[0:v]setsar=1[a];[1:v]setsar=1,format=yuv420p[b];[a][b]concat=n=2:v=1:a=0[v]",
+                "-map", "[v]", "-map", "2:a", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+                str(clip)], "making a clip that mostly lacks a face")
+    ctx = _ctx(tmp_path, clip)
+    IngestStep().run(ctx)
+    with pytest.raises(ErnerfError, match=r"found in only 3\d% of the frames.*min_face_ratio"):
+        HeadboxStep(min_face_ratio=0.5).run(ctx)
+    assert HeadboxStep(min_face_ratio=0.25).run(ctx)["face_ratio"] < 0.4  # the ratio is the user's call
+
+
 def test_tiny_face_reports_size_and_fix(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path, shared_clip("edge/tiny_face_full_body.mp4"))
     IngestStep().run(ctx)
