@@ -1,0 +1,118 @@
+"""Training speed of a stage: iterations/s and rays/s at ER-NeRF's batch, and val PSNR after a wall-clock budget.
+
+GPU (preprocessed subject):
+    python bench/train_speed.py --data-root data --subject trump --steps 300 --budget 300
+    python bench/train_speed.py ... --override encoder=triplane_triton --override datamodule.preload=true
+CPU smoke run:
+    python bench/train_speed.py --data-root data --subject trump --rays 1024 --steps 10 --budget 0 \
+        --override datamodule.downscale=8 --override trainer=cpu
+Each --override is a Hydra override of conf/train.yaml, so any stage, encoder or precision can be timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+class StepTimer(L.Callback):
+    """Wall time of every training step (synchronised with the GPU so the figure is real)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter())
+
+    def rate(self, warmup: int) -> float:
+        """Steps/s after the first `warmup` steps."""
+        t = self.times[warmup:]
+        return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 else float("nan")
+
+
+def build(overrides: list[str]) -> tuple:
+    """Compose conf/train.yaml with overrides; instantiate datamodule, system and the occupancy callback."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    datamodule = instantiate(cfg.datamodule)
+    OmegaConf.resolve(cfg)
+    system = instantiate(cfg.model, num_frames=datamodule.num_train_frames)
+    occupancy = instantiate(cfg.callbacks.occupancy_grid)
+    return cfg, datamodule, system, occupancy
+
+
+def trainer_for(cfg, callbacks: list, **kwargs: object) -> L.Trainer:
+    """A bare trainer of the config's accelerator/precision: no logger, no checkpoints, no validation loop."""
+    return L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
+                     logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                     max_epochs=-1, callbacks=callbacks, default_root_dir=tempfile.mkdtemp(), **kwargs)
+
+
+def measure_speed(overrides: list[str], steps: int, warmup: int) -> dict[str, float]:
+    """Iterations/s and rays/s over `steps` training steps (the first `warmup` excluded)."""
+    cfg, datamodule, system, occupancy = build(overrides)
+    timer = StepTimer()
+    trainer = trainer_for(cfg, [occupancy, timer], max_steps=steps)
+    trainer.fit(system, datamodule=datamodule)
+    its = timer.rate(warmup)
+    return {"it_per_s": its, "rays_per_s": its * cfg.datamodule.num_rays, "num_rays": cfg.datamodule.num_rays}
+
+
+def psnr_at_budget(overrides: list[str], seconds: float) -> dict[str, float]:
+    """Train for a wall-clock budget, then the mean PSNR/SSIM over every held-out frame."""
+    cfg, datamodule, system, occupancy = build(overrides + ["datamodule.num_val_frames=null"])
+    timer = StepTimer()
+    trainer = trainer_for(cfg, [occupancy, timer], max_time={"seconds": seconds}, max_steps=10**7)
+    trainer.fit(system, datamodule=datamodule)
+    val = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision, logger=False,
+                    enable_progress_bar=False, enable_model_summary=False)
+    metrics = val.validate(system, datamodule=datamodule, verbose=False)[0]
+    return {"budget_s": seconds, "steps": len(timer.times), "val_psnr": metrics["val/psnr"], "val_ssim": metrics["val/ssim"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", default="data")
+    parser.add_argument("--subject", default="trump")
+    parser.add_argument("--stage", default="head")
+    parser.add_argument("--rays", type=int, default=65536, help="rays per step (ER-NeRF: 65,536)")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--budget", type=float, default=300.0, help="seconds of training before the val PSNR (0: skip)")
+    parser.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    overrides = [f"subject={args.subject}", f"paths.data_root={args.data_root}", f"stage={args.stage}",
+                 f"datamodule.num_rays={args.rays}", *args.override]
+    if torch.cuda.is_available() and not any(o.startswith("trainer=") for o in args.override):
+        overrides.append("trainer=gpu")
+    result = {"overrides": overrides, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+    result.update(measure_speed(overrides, args.steps, min(args.warmup, args.steps // 2)))
+    print(f"{args.stage}: {result['it_per_s']:.1f} it/s, {result['rays_per_s'] / 1e6:.2f} M rays/s "
+          f"({args.rays} rays/step) on {result['device']}", flush=True)
+    if args.budget > 0:
+        result.update(psnr_at_budget(overrides, args.budget))
+        print(f"after {args.budget:.0f} s ({result['steps']} steps): val PSNR {result['val_psnr']:.2f} dB, "
+              f"SSIM {result['val_ssim']:.4f}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
