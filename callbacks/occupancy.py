@@ -24,6 +24,7 @@ class OccupancyGridCallback(L.Callback):
         device = pl_module.device
         pl_module.refresh_occupancy(data.audio_window(frame).to(device), data.eye[frame : frame + 1].to(device))
         self.updates += 1
+        pl_module.log("train/occupancy", pl_module.grid.occupancy_ratio)  # 0 means nothing renders any more
 
     def state_dict(self) -> dict[str, Any]:
         return {"updates": self.updates, "rng": self.rng.getstate()}
