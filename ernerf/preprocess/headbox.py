@@ -20,7 +20,8 @@ from ernerf.preprocess.mediapipe_face import FaceBox, FaceDetector
 
 SAME_FACE_DISTANCE = 0.6  # detections whose centres are closer than this many face sizes are one person
 DETECT_SIDE = 640  # frames are shrunk to this before detection: ample for a 192 px detector input
-MULTI_FACE_WARN_RATIO = 0.1  # warn about other people when they are visible in this share of frames
+MULTI_FACE_WARN_RATIO = 0.1
+PAD_WARN_FRACTION = 0.25  # above this share of invented (edge-repeated) pixels in the crop, tell the user  # warn about other people when they are visible in this share of frames
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,11 @@ class HeadboxStep(PreprocessStep):
         x1, y1, x2, y2 = box
         bbox = {"x1": x1, "y1": y1, "x2": x2, "y2": y2, "face_size": round(track.size, 1)}
         write_text(ctx.layout.head_bbox, json.dumps(bbox, indent=2))
-        padded = x1 < 0 or y1 < 0 or x2 > width or y2 > height
+        outside = 1.0 - _inside_fraction(box, width, height)
+        if outside > PAD_WARN_FRACTION:
+            ctx.warn(f"{outside:.0%} of the head box lies outside the frame and is filled by repeating the edge "
+                     "pixels: film with more room around the head and shoulders for a cleaner background.")
+        padded = outside > 0
         return {"box": [x1, y1, x2, y2], "side": side, "padded": padded,
                 "face_ratio": round(len(track.boxes) / len(detections), 2)}
 
@@ -223,6 +228,13 @@ def _head_box(face: FaceBox, scale: float, shift_down: float) -> tuple[float, fl
     cy += shift_down * face.size
     half = scale * face.size / 2
     return cx - half, cy - half, cx + half, cy + half
+
+
+def _inside_fraction(box: tuple[int, int, int, int], width: int, height: int) -> float:
+    """Share of the box's area that real frame pixels cover."""
+    x1, y1, x2, y2 = box
+    inside = max(min(x2, width) - max(x1, 0), 0) * max(min(y2, height) - max(y1, 0), 0)
+    return inside / ((x2 - x1) * (y2 - y1))
 
 
 def _fit_axis(center: float, side: int, frame: int) -> int:

@@ -11,7 +11,7 @@ import pytest
 from ernerf.io.layout import SubjectLayout
 from ernerf.io.video import probe
 from ernerf.preprocess.base import StepContext
-from ernerf.preprocess.headbox import HeadboxStep, _fit_axis, crop_square, group_tracks
+from ernerf.preprocess.headbox import HeadboxStep, _fit_axis, _inside_fraction, crop_square, group_tracks
 from ernerf.preprocess.ingest import IngestStep
 from ernerf.preprocess.mediapipe_face import FaceBox, FaceDetector
 from tests.conftest import shared_clip
@@ -52,6 +52,7 @@ def test_portrait_video_with_separate_audio(tmp_path: Path) -> None:
     assert box["x2"] - box["x1"] == box["y2"] - box["y1"] == facts["side"] >= 256
     # a portrait frame is narrower than the head box: padded sideways, never shrunk below the face's need
     assert box["x1"] < 0 and box["x2"] > 720 and facts["padded"]
+    assert any("outside the frame" in w for w in ctx.warnings)
     assert probe(ctx.layout.face_video).num_frames == ctx.num_frames
 
 
@@ -68,6 +69,12 @@ def test_crop_outside_frame_replicates_edges() -> None:
     assert np.array_equal(out[:, 20:], ramp[:100, :80])  # rows above the frame repeat row 0, same values
     big = crop_square(ramp, (-50, -50, 150, 150), 100)  # box twice the frame, scaled down to 100
     assert big.shape == (100, 100, 3) and big[:, :20].max() <= 1 and big[:, -20:].min() >= 98
+
+
+def test_inside_fraction_is_the_covered_area() -> None:
+    assert _inside_fraction((0, 0, 100, 100), 200, 200) == 1.0
+    assert _inside_fraction((-50, 0, 50, 100), 200, 200) == 0.5
+    assert _inside_fraction((-50, -50, 150, 150), 100, 100) == 0.25
 
 
 def test_fit_axis_slides_inside_but_pads_when_too_big() -> None:
