@@ -33,6 +33,7 @@ IBUG68_FROM_MESH = np.array([
     78, 81, 13, 311, 308, 402, 14, 178,
 ])
 MIN_VALID_RATIO = 0.5  # below this share of detected frames the interpolated mesh is mostly guesswork
+MISS_WARN_RATIO = 0.95  # below this share of detected frames, interpolation is worth a warning
 MIN_PARALLEL_FRAMES = 500  # a worker needs ~2 s to import mediapipe: worth it only for longer clips
 BATCH = 40  # consecutive frames per work item: tracking runs within a batch, detection once per batch
 
@@ -61,7 +62,7 @@ class LandmarksStep(PreprocessStep):
         if ratio < MIN_VALID_RATIO:
             raise ErnerfError(f"the face mesh was found in only {ratio:.0%} of the crops of {ctx.layout.root}: "
                               "the face must be visible, frontal and well lit in most frames; check ori_imgs/.")
-        if ratio < 0.95:
+        if ratio < MISS_WARN_RATIO:
             ctx.warn(f"the face mesh was missed in {1 - ratio:.0%} of the frames; those were interpolated.")
         mesh = interpolate_missing(mesh, valid)
         self._save(ctx.layout, mesh, valid)

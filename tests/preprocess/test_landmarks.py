@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 
 from ernerf.io.layout import SubjectLayout
-from ernerf.preprocess.landmarks import IBUG68_FROM_MESH, interpolate_missing, mesh_frames, mesh_to_ibug68
+from ernerf.io.video import run_ffmpeg
+from ernerf.preprocess.base import StepContext
+from ernerf.preprocess.headbox import HeadboxStep
+from ernerf.preprocess.ingest import IngestStep
+from ernerf.preprocess.landmarks import (IBUG68_FROM_MESH, LandmarksStep, interpolate_missing, mesh_frames,
+                                        mesh_to_ibug68)
 from ernerf.preprocess.mediapipe_face import FaceDetector
+from tests.conftest import shared_clip
 
 TRAIN_CLIPS = ["train/trump_10s.mp4", "train/hdtf_aoc_8s.mp4"]
 
@@ -97,3 +103,21 @@ def test_parallel_workers_give_the_serial_result(prepare_subject) -> None:
     parallel = mesh_frames(frames, workers=2, min_parallel=0)
     assert np.array_equal(serial[1], parallel[1]) and np.allclose(serial[0], parallel[0], atol=1e-3)
     assert np.allclose(serial[0], np.load(layout.mesh)[:90], atol=1e-3)
+
+
+def test_blacked_out_frames_are_flagged_and_bridged(tmp_path) -> None:
+    clip = tmp_path / "gap.mp4"  # frames 50-59 (2.0-2.4 s) painted black: no face there
+    run_ffmpeg(["-i", str(shared_clip("train/trump_10s.mp4")), "-t", "4", "-vf",
+                "drawbox=x=0:y=0:w=iw:h=ih:color=black:t=fill:enable='between(n,50,59)'",
+                "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "copy", str(clip)], "blacking")
+    ctx = StepContext(layout=SubjectLayout(tmp_path / "s"), video=clip)
+    for step in (IngestStep(), HeadboxStep(), LandmarksStep(workers=1)):
+        step.run(ctx)
+    valid, mesh = np.load(ctx.layout.mesh_valid), np.load(ctx.layout.mesh)
+    assert not valid[50:60].any() and valid[:48].all() and valid[62:].all()
+    assert any("interpolated" in w for w in ctx.warnings)
+    # bridged linearly between the last frame before and the first after the gap
+    before, after = np.flatnonzero(valid[:50])[-1], 60 + np.flatnonzero(valid[60:])[0]
+    w = (55 - before) / (after - before)
+    assert np.allclose(mesh[55], (1 - w) * mesh[before] + w * mesh[after], atol=1e-3)
+    assert np.allclose(np.loadtxt(ctx.layout.lms(55)), mesh_to_ibug68(mesh[55]), atol=1e-3)
