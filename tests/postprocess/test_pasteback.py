@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from ernerf.errors import ErnerfError
+from ernerf.io.layout import SubjectLayout
 from ernerf.io.video import iter_frames
-from ernerf.postprocess.pasteback import SCHEMES, HeadBox, PasteBack, crop_frame, feather_alpha
+from ernerf.postprocess.pasteback import (HEAD_BGR, SCHEMES, HeadBox, PasteBack, crop_frame, feather_alpha,
+                                          parsing_mask)
 from tests.postprocess.mini_subject import BOX, face_points, parsing_bgr
 
 SHIFT = 60  # grey levels added by the "recoloured" render
@@ -111,3 +113,22 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     with pytest.raises(ErnerfError, match="outside"):
         PasteBack("box").paste(np.zeros((64, 64, 3), np.uint8), np.zeros((512, 512, 3), np.uint8),
                                np.ones((512, 512), np.float32), HeadBox(100, 100, 200, 200))
+
+
+@pytest.mark.slow
+def test_schemes_on_the_preprocessed_subject(prepare_subject):
+    """Real head box, parsing and face mesh from the pipeline: the face scheme holds the mouth, not the hair."""
+    layout = SubjectLayout(prepare_subject("train/trump_10s.mp4", upto="parsing"))
+    i = 60
+    frame = next(iter_frames(layout.video, start=i))
+    crop = cv2.cvtColor(cv2.imread(str(layout.ori_img(i))), cv2.COLOR_BGR2RGB)
+    parsing, mesh = cv2.imread(str(layout.parsing(i))), np.load(layout.mesh)[i, :, :2]
+    box = HeadBox.load(layout.head_bbox)
+    alphas = {s: PasteBack(s).alpha(parsing, mesh) for s in SCHEMES}
+    for scheme, alpha in alphas.items():
+        assert psnr(PasteBack(scheme).paste(frame, crop, alpha, box), frame) > 38
+    lips = np.round(mesh[[13, 14, 61, 291]]).astype(int)  # mediapipe inner-lip and mouth-corner points
+    assert (alphas["face"][lips[:, 1], lips[:, 0]] == 1.0).all()
+    hair = parsing_mask(parsing, (HEAD_BGR,)) & (np.arange(512)[:, None] < mesh[:, 1].min() - 20)
+    assert hair.sum() > 1000 and alphas["face"][hair].max() == 0.0  # hair above the face is left original
+    assert alphas["face_neck"][hair].mean() > 0.5
