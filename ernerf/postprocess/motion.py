@@ -24,7 +24,7 @@ def pingpong_indices(num_frames: int, length: int, start: int = 0) -> np.ndarray
         raise ErnerfError("the subject has no frames: re-run `python preprocess.py subject=<name>`.")
     if not 0 <= start < num_frames:
         raise ErnerfError(f"motion start frame {start} is outside the subject's 0..{num_frames - 1} frames: "
-                          f"give postprocess.motion.start between 0 and {num_frames - 1}.")
+                          f"give motion.start= between 0 and {num_frames - 1}.")
     if num_frames == 1:
         return np.zeros(length, dtype=np.int64)
     period = 2 * (num_frames - 1)
