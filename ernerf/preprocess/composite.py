@@ -12,6 +12,7 @@ import numpy as np
 from ernerf.errors import ErnerfError
 from ernerf.io.atomic import atomic_dir
 from ernerf.io.layout import SubjectLayout
+from ernerf.io.png import write_png
 from ernerf.preprocess import segmentation as seg
 from ernerf.preprocess.base import PreprocessStep, StepContext
 from ernerf.preprocess.parsing import BACKGROUND, NECK, TORSO, read_parsing
@@ -22,12 +23,15 @@ def ground_truth(rgb: np.ndarray, labels: np.ndarray, plate: np.ndarray) -> np.n
     return np.where((labels == BACKGROUND)[..., None], plate, rgb)
 
 
-def torso_rgba(rgb: np.ndarray, labels: np.ndarray, plate: np.ndarray) -> np.ndarray:
-    """[H, W, 4] RGBA: torso and neck pixels opaque; head and background transparent over the plate's colour."""
+def torso_rgba(rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """[H, W, 4] RGBA: torso and neck pixels opaque; head and background transparent (and black).
+
+    Readers blend with the alpha (ER-NeRF's loader does), so hidden colour is free: zero makes the
+    PNG small and fast to write.
+    """
     body = (labels == TORSO) | (labels == NECK)
-    # transparent pixels carry the plate (as ER-NeRF does) so colour bleeding at the edge stays plausible
-    colour = np.where(body[..., None], rgb, plate)
-    return np.dstack([colour, np.where(body, 255, 0).astype(np.uint8)])
+    alpha = np.where(body, 255, 0).astype(np.uint8)
+    return np.dstack([rgb * body[..., None].astype(np.uint8), alpha])
 
 
 @dataclass(frozen=True)
@@ -47,9 +51,7 @@ def _composite_chunk(job: _Chunk) -> int:
         gt = ground_truth(rgb, labels, job.plate)
         cv2.imwrite(str(job.gt_dir / f"{i}.jpg"), cv2.cvtColor(gt, cv2.COLOR_RGB2BGR),
                     [cv2.IMWRITE_JPEG_QUALITY, job.jpeg_quality])
-        rgba = torso_rgba(rgb, labels, job.plate)
-        cv2.imwrite(str(job.torso_dir / f"{i}.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA),
-                    [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        write_png(job.torso_dir / f"{i}.png", torso_rgba(rgb, labels))
     return len(job.frames)
 
 

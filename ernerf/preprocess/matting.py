@@ -1,9 +1,10 @@
 """Matting step: alpha.mp4 (person matte of the crop) and input.mp4 (the person over a chosen background).
 
-The per-frame selfie-segmentation mask flickers at the silhouette. It is stabilised over time by
-an exponential moving average whose rate rises where the image itself changes (so a moving head
-is followed at once while a still silhouette stops shimmering), then snapped to the current
-frame's edges with a guided filter.
+Each frame's selfie-segmentation mask is cut to the person attached to the face and snapped to
+the frame's edges with a guided filter (in worker processes). It still flickers at the
+silhouette, so it is then stabilised over time by an exponential moving average whose rate rises
+where the image itself changes: a moving head is followed at once, a still silhouette stops
+shimmering.
 """
 
 from __future__ import annotations
@@ -24,39 +25,36 @@ from ernerf.preprocess.base import PreprocessStep, StepContext
 from ernerf.preprocess.parsing import ParsingParams, face_hull, load_mesh, person_mask
 
 
-class TemporalMatte:
-    """Motion-guarded temporal smoothing of soft masks plus guided-filter edge refinement."""
+def refine_edges(rgb: np.ndarray, mask: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """Snap a soft mask [H, W] in [0, 1] to the frame's edges with a guided filter (grey guide)."""
+    if radius <= 0:
+        return mask.astype(np.float32)
+    # a grey guide is ~3x cheaper than a colour one and the silhouette edges are luminance edges
+    guide = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    return np.clip(cv2.ximgproc.guidedFilter(guide, mask.astype(np.float32), radius, eps), 0.0, 1.0)
 
-    def __init__(self, ema_min: float = 0.3, motion_scale: float = 12.0, guided_radius: int = 6,
-                 guided_eps: float = 1e-3) -> None:
+
+class TemporalMatte:
+    """Motion-guarded temporal smoothing of soft masks: an EMA whose rate rises where the image changes."""
+
+    def __init__(self, ema_min: float = 0.3, motion_scale: float = 12.0) -> None:
         self.ema_min, self.motion_scale = ema_min, motion_scale
-        self.guided_radius, self.guided_eps = guided_radius, guided_eps
         self._state: np.ndarray | None = None  # smoothed mask, [H, W] float32 in [0, 1]
         self._grey: np.ndarray | None = None
 
-    def __call__(self, rgb: np.ndarray, raw: np.ndarray) -> np.ndarray:
-        """One frame [H, W, 3] uint8 and its raw mask [H, W] float in [0, 1] -> alpha [H, W] float32."""
+    def __call__(self, rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """One frame [H, W, 3] uint8 and its mask [H, W] float in [0, 1] -> smoothed alpha [H, W] float32."""
         grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
-        raw = raw.astype(np.float32)
-        if self._state is None or self._state.shape != raw.shape:
-            self._state = raw
+        mask = mask.astype(np.float32)
+        if self._state is None or self._state.shape != mask.shape:
+            self._state = mask
         else:
-            self._state = self._blend(raw, grey)
+            # image change, spread a little so the whole moving edge counts as moving
+            motion = cv2.blur(cv2.absdiff(grey, self._grey), (9, 9))
+            rate = np.clip(self.ema_min + motion * (1.0 / self.motion_scale), self.ema_min, 1.0)
+            self._state = self._state + rate * (mask - self._state)
         self._grey = grey
-        return self._refine(rgb, self._state)
-
-    def _blend(self, raw: np.ndarray, grey: np.ndarray) -> np.ndarray:
-        # image change, spread a little so the whole moving edge counts as moving
-        motion = cv2.blur(np.abs(grey - self._grey), (9, 9))
-        rate = np.clip(self.ema_min + motion / self.motion_scale, self.ema_min, 1.0)
-        return rate * raw + (1.0 - rate) * self._state
-
-    def _refine(self, rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        if self.guided_radius <= 0:
-            return mask
-        guide = rgb.astype(np.float32) / 255.0
-        out = cv2.ximgproc.guidedFilter(guide, mask, self.guided_radius, self.guided_eps)
-        return np.clip(out, 0.0, 1.0)
+        return self._state
 
 
 class FlickerMeter:
@@ -67,24 +65,24 @@ class FlickerMeter:
         self._prev: dict[str, np.ndarray] = {}
         self._sum: dict[str, float] = {}
         self._count = 0
-        self._prev_ref: np.ndarray | None = None
+        self._prev_band: np.ndarray | None = None
 
     def update(self, reference: np.ndarray, **mattes: np.ndarray) -> None:
         """Add one frame: the reference mask [H, W] in [0, 1] that defines the band, and named mattes."""
-        ref = reference > 0.5
-        if self._prev_ref is not None:
-            band = self._band(ref) | self._band(self._prev_ref)
+        band = self._band(reference > 0.5)
+        if self._prev_band is not None:
+            both = band | self._prev_band
             for name, m in mattes.items():
-                change = np.abs(m.astype(np.float32) - self._prev[name])[band]
+                change = cv2.absdiff(m.astype(np.float32), self._prev[name])[both]
                 self._sum[name] = self._sum.get(name, 0.0) + (float(change.mean()) if change.size else 0.0)
             self._count += 1
-        self._prev_ref = ref
+        self._prev_band = band
         self._prev = {name: m.astype(np.float32) for name, m in mattes.items()}
 
     def _band(self, mask: np.ndarray) -> np.ndarray:
         m = mask.astype(np.uint8)
-        k = seg.disk(self.band_px)
-        return cv2.dilate(m, k).astype(bool) & ~cv2.erode(m, k).astype(bool)
+        k = np.ones((2 * self.band_px + 1, 2 * self.band_px + 1), np.uint8)  # square: separable, fast
+        return (cv2.dilate(m, k) - cv2.erode(m, k)).astype(bool)
 
     def result(self) -> dict[str, float]:
         """Mean change per matte over all frame pairs (same units as the mattes)."""
@@ -109,9 +107,9 @@ def target_background(spec: Sequence[int] | str | Path, shape: tuple[int, int]) 
 
 
 def over(rgb: np.ndarray, alpha: np.ndarray, backdrop: np.ndarray) -> np.ndarray:
-    """Composite RGB [H, W, 3] with alpha [H, W] in [0, 1] over a backdrop; uint8 out."""
-    a = alpha[..., None]
-    return np.clip(a * rgb + (1.0 - a) * backdrop + 0.5, 0, 255).astype(np.uint8)
+    """Composite RGB uint8 [H, W, 3] with alpha [H, W] in [0, 1] over a uint8 backdrop; uint8 out."""
+    a = np.ascontiguousarray(alpha, dtype=np.float32)
+    return cv2.blendLinear(rgb, backdrop, a, 1.0 - a)
 
 
 # ---------------------------------------------------------------- per-process worker
@@ -134,18 +132,22 @@ class _Chunk:
     frames: range
     ori_dir: Path
     mesh: np.ndarray  # [len(frames), 478, 3]
+    guided_radius: int
+    guided_eps: float
 
 
 def _segment_chunk(job: _Chunk) -> tuple[np.ndarray, np.ndarray]:
+    """Raw selfie masks and their gated, edge-refined versions of a run of frames, as uint8 [k, H, W]."""
     if "person" not in _MODELS:  # one graph per process, reused over its chunks
         _MODELS["person"] = seg.PersonSegmenter()
-    raw, gated = [], []
+    raw, refined = [], []
     for k, i in enumerate(job.frames):
-        prob = _MODELS["person"](seg.read_rgb(job.ori_dir / f"{i}.jpg"))
+        rgb = seg.read_rgb(job.ori_dir / f"{i}.jpg")
+        prob = _MODELS["person"](rgb)
         raw.append(prob)
-        gated.append(gate_to_person(prob, job.mesh[k]))
+        refined.append(refine_edges(rgb, gate_to_person(prob, job.mesh[k]), job.guided_radius, job.guided_eps))
     # uint8 quarters what crosses the process pipe
-    return tuple((np.stack(m) * 255.0 + 0.5).astype(np.uint8) for m in (raw, gated))
+    return tuple((np.stack(m) * 255.0 + 0.5).astype(np.uint8) for m in (raw, refined))
 
 
 class MattingStep(PreprocessStep):
@@ -159,8 +161,8 @@ class MattingStep(PreprocessStep):
         self.background = background if isinstance(background, str) else list(background)
         target_background(self.background, (2, 2))  # a bad colour or path fails now, not after segmentation
         self.workers, self.chunk_size, self.crf = workers, chunk_size, crf
-        self.matte_kwargs = dict(ema_min=ema_min, motion_scale=motion_scale, guided_radius=guided_radius,
-                                 guided_eps=guided_eps)
+        self.ema_min, self.motion_scale = ema_min, motion_scale
+        self.guided_radius, self.guided_eps = guided_radius, guided_eps
 
     def outputs(self, layout: SubjectLayout) -> list[Path]:
         return [layout.alpha_video, layout.matted_video]
@@ -169,18 +171,19 @@ class MattingStep(PreprocessStep):
         layout, n = ctx.layout, ctx.num_frames
         fps = float(ctx.meta().get("fps", 25))
         backdrop: np.ndarray | None = None
-        matte, meter = TemporalMatte(**self.matte_kwargs), FlickerMeter()
+        matte, meter = TemporalMatte(self.ema_min, self.motion_scale), FlickerMeter()
         mesh = load_mesh(layout, n)
-        jobs = [_Chunk(r, layout.ori_imgs, mesh[r.start:r.stop]) for r in seg.frame_chunks(n, self.chunk_size)]
+        jobs = [_Chunk(r, layout.ori_imgs, mesh[r.start:r.stop], self.guided_radius, self.guided_eps)
+                for r in seg.frame_chunks(n, self.chunk_size)]
         with VideoWriter(layout.alpha_video, fps=fps, crf=self.crf) as alpha_out, \
                 VideoWriter(layout.matted_video, fps=fps, crf=self.crf) as matted_out:
-            for job, (raws, gateds) in zip(jobs, seg.map_ordered(_segment_chunk, jobs, self.workers)):
-                for i, raw8, gated8 in zip(job.frames, raws, gateds):
+            for job, (raws, refined) in zip(jobs, seg.map_ordered(_segment_chunk, jobs, self.workers)):
+                for i, raw8, refined8 in zip(job.frames, raws, refined):
                     rgb = seg.read_rgb(layout.ori_img(i))
                     if backdrop is None:
                         backdrop = target_background(self.background, rgb.shape[:2])
                     raw = raw8.astype(np.float32) / 255.0
-                    alpha = matte(rgb, gated8.astype(np.float32) / 255.0)
+                    alpha = matte(rgb, refined8.astype(np.float32) / 255.0)
                     meter.update(raw, raw=raw, alpha=alpha)
                     alpha_out.write((alpha * 255.0 + 0.5).astype(np.uint8))
                     matted_out.write(over(rgb, alpha, backdrop))

@@ -18,6 +18,7 @@ import numpy as np
 from ernerf.errors import ErnerfError
 from ernerf.io.atomic import atomic_dir
 from ernerf.io.layout import SubjectLayout
+from ernerf.io.png import write_png
 from ernerf.preprocess import segmentation as seg
 from ernerf.preprocess.base import PreprocessStep, StepContext
 
@@ -48,15 +49,17 @@ def labels_to_rgb(labels: np.ndarray) -> np.ndarray:
 
 
 def read_parsing(path: Path | str) -> np.ndarray:
-    """Read a parsing PNG back into a [H, W] uint8 label map."""
+    """Read a parsing PNG back into a [H, W] uint8 label map (unknown colours count as background)."""
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ErnerfError(f"cannot read parsing map {path}: re-run the parsing step (preprocess.force=[parsing]).")
-    rgb = bgr[..., ::-1]
-    labels = np.zeros(rgb.shape[:2], np.uint8)  # anything unexpected counts as background
-    for label in (HEAD, NECK, TORSO):
-        labels[np.all(rgb == PALETTE_RGB[label], axis=-1)] = label
-    return labels
+    # one bit per channel (B=1, G=2, R=4) indexes a table: head is pure blue, neck green, torso red
+    code = (bgr[..., 0] >> 7) | ((bgr[..., 1] >> 7) << 1) | ((bgr[..., 2] >> 7) << 2)
+    return _CODE_TO_LABEL[code]
+
+
+_CODE_TO_LABEL = np.full(8, BACKGROUND, np.uint8)
+_CODE_TO_LABEL[[1, 2, 4]] = HEAD, NECK, TORSO
 
 
 @dataclass(frozen=True)
@@ -234,8 +237,7 @@ def _parse_chunk(job: _Chunk) -> dict[str, float]:
         seen += shoulders is not None
         labels = parse_frame(rgb, person_model(rgb), job.mesh[k], shoulders, job.params)
         head_area += float(np.mean(labels == HEAD))
-        out = cv2.cvtColor(labels_to_rgb(labels), cv2.COLOR_RGB2BGR)
-        cv2.imwrite(str(job.out_dir / f"{i}.png"), out, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        write_png(job.out_dir / f"{i}.png", labels_to_rgb(labels))
     return {"frames": len(job.frames), "shoulders_seen": seen, "head_area": head_area}
 
 

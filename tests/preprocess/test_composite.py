@@ -59,6 +59,20 @@ def test_composites_on_an_analytic_frame() -> None:
     labels = np.array([[0, 0, 1, 1], [0, 1, 1, 2], [3, 3, 2, 2], [3, 3, 3, 0]], np.uint8)
     gt = ground_truth(frame, labels, plate)
     assert (gt[labels == BACKGROUND] == 7).all() and (gt[labels != BACKGROUND] == 100).all()
-    rgba = torso_rgba(frame, labels, plate)
+    rgba = torso_rgba(frame, labels)
     assert (rgba[..., 3] == np.isin(labels, [NECK, TORSO]) * 255).all()
-    assert (rgba[labels == HEAD, :3] == 7).all()  # hidden pixels carry the plate, not the face
+    assert (rgba[labels == HEAD, :3] == 0).all() and (rgba[labels == TORSO, :3] == 100).all()
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_fast_png_round_trips_through_opencv(tmp_path, channels: int) -> None:
+    from ernerf.io.png import write_png
+
+    rng = np.random.default_rng(channels)
+    shape = (37, 53) if channels == 1 else (37, 53, channels)
+    image = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    image[10:20] = 200  # flat runs as well as noise
+    write_png(tmp_path / "x.png", image)
+    back = cv2.imread(str(tmp_path / "x.png"), cv2.IMREAD_UNCHANGED)
+    expected = image if channels == 1 else image[..., [2, 1, 0, 3][:channels]]
+    assert np.array_equal(back, expected)

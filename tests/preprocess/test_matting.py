@@ -65,7 +65,7 @@ def _square_frames(xs: list[int], size: int = 64) -> list[np.ndarray]:
 
 
 def test_temporal_matte_follows_motion_without_lag() -> None:
-    matte = TemporalMatte(guided_radius=0)
+    matte = TemporalMatte()
     xs = [4, 4, 4, 12, 20, 28, 36, 40]
     for f in _square_frames(xs):
         truth = (f[..., 0] > 100).astype(np.float32)
@@ -77,7 +77,7 @@ def test_temporal_matte_damps_flicker_on_a_still_image() -> None:
     rng = np.random.default_rng(0)
     (frame,) = _square_frames([20])
     truth = (frame[..., 0] > 100).astype(np.float32)
-    matte, meter = TemporalMatte(guided_radius=0), FlickerMeter(band_px=3)
+    matte, meter = TemporalMatte(), FlickerMeter(band_px=3)
     for _ in range(30):
         edge_noise = rng.uniform(-0.5, 0.5, truth.shape).astype(np.float32)
         raw = np.clip(truth + edge_noise * (np.abs(np.gradient(truth)[1]) + np.abs(np.gradient(truth)[0]) > 0), 0, 1)
