@@ -7,10 +7,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import lightning as L
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -170,19 +170,22 @@ class FrameStore:
             return self.plate
         return self.backgrounds[frame] if self.backgrounds is not None else self._load_background(frame).to(self.device)
 
-    def _read(self, path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
-        image = cv2.imread(str(path), flags)
-        if image is None:
-            raise ErnerfError(f"cannot read {path}: rerun `python preprocess.py subject={self.data.layout.name}`.")
-        if image.shape[:2] != (self.data.height, self.data.width):
-            image = cv2.resize(image, (self.data.width, self.data.height), interpolation=cv2.INTER_AREA)
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[-1] == 4 else cv2.COLOR_BGR2RGB)
+    def _read(self, path: Path, mode: str = "RGB") -> np.ndarray:
+        """uint8 [H, W, 3|4] at the training size. PIL rather than OpenCV: training machines need no opencv."""
+        try:
+            with Image.open(path) as img:
+                image = img.convert(mode)
+                if image.size != (self.data.width, self.data.height):
+                    image = image.resize((self.data.width, self.data.height), Image.Resampling.BOX)
+                return np.asarray(image)
+        except (OSError, ValueError) as err:
+            raise ErnerfError(f"cannot read {path}: rerun `python preprocess.py subject={self.data.layout.name}`.") from err
 
     def _load_image(self, frame: int) -> Tensor:
         return torch.from_numpy(self._read(self.data.layout.gt(int(self.data.img_ids[frame]))))
 
     def _load_background(self, frame: int) -> Tensor:
-        rgba = torch.from_numpy(self._read(self.data.layout.torso(int(self.data.img_ids[frame])), cv2.IMREAD_UNCHANGED))
+        rgba = torch.from_numpy(self._read(self.data.layout.torso(int(self.data.img_ids[frame])), "RGBA"))
         alpha = rgba[..., 3:].float() / 255
         mixed = rgba[..., :3].float() * alpha + self.plate.cpu().float() * (1 - alpha)
         return mixed.round().to(torch.uint8)
