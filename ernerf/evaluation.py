@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from ernerf.errors import ErnerfError
@@ -180,6 +179,8 @@ def mesh_sequence(images: Iterable[np.ndarray], size: int = MESH_SIZE) -> tuple[
 
     Returns float32 [T, 478, 3] (NaN where no face) in pixels at that size, and bool [T].
     """
+    import cv2
+
     from ernerf.preprocess.mediapipe_face import NUM_MESH_POINTS, FaceMesher
 
     meshes, valid = [], []
@@ -381,13 +382,20 @@ def run_loggers(run_dir: Path | None, out_dir: Path, wandb_project: str = "erner
 
 
 def log_metrics(loggers: list[Any], values: dict[str, float], step: int) -> list[str]:
-    """Log `test/<name>` to every logger; return where they went."""
+    """Log `test/<name>` to every logger; return where they went (or why a logger failed)."""
     metrics = {f"test/{k}": float(v) for k, v in values.items() if math.isfinite(v)}
     places = []
     for logger in loggers:
-        logger.log_metrics(metrics, step=step)
-        logger.finalize("success")
-        places.append(f"{type(logger).__name__}: {logger.log_dir if hasattr(logger, 'log_dir') else logger.save_dir}")
+        where = f"{type(logger).__name__}: {getattr(logger, 'log_dir', None) or logger.save_dir}"
+        try:
+            logger.log_metrics(metrics, step=step)
+            logger.finalize("success")
+            if type(logger).__name__ == "WandbLogger":
+                logger.experiment.finish()  # flush the offline run now, not at interpreter exit
+        except Exception as exc:  # noqa: BLE001 - a logger is a side channel: metrics.json is already written
+            log.warning("could not log to %s: %s", where, exc)
+            where += f" (failed: {exc})"
+        places.append(where)
     return places
 
 
@@ -423,6 +431,7 @@ def evaluate_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer
     out_dir = Path(cfg.output) if cfg.output else target.out_dir
     cross_audio, cross_reason = resolve_cross_audio(cfg.cross_audio)
     renderer = system_loader(target.checkpoint, cfg.device)
+    step = checkpoint_step(target.checkpoint)  # now: training may still be rotating its checkpoints
     kind, _ = audio_kind(renderer.hparams)
     root, pose = Path(cfg.paths.data_root) / cfg.subject, dict(scale=cfg.pose.scale, offset=tuple(cfg.pose.offset))
     data = parse_subject(root, f"aud_{kind}.npy", downscale=cfg.downscale, **pose)
@@ -435,20 +444,38 @@ def evaluate_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer
     found = image_findings(rendered, lpips, lpips_reason)
     found.merge(face_and_sync(rendered, data, read_au45(data.layout.au)))
     found.skip(["syncnet_conf"], syncnet_reason(cfg.syncnet_weights))
-    if cross_audio is not None:
+    if cross_audio is not None and mesher_missing():
+        found.skip(["cross_sync_audio_corr"], mesher_missing())
+    elif cross_audio is not None:
         view = load_subject(root, f"aud_{kind}.npy", target.stage, downscale=cfg.downscale, **pose)
         found.merge(cross_drive(renderer, view, cross_audio, cfg.cross_max_seconds, cfg.audio_extractor))
     else:
         found.skip(["cross_sync_audio_corr"], cross_reason)
-    step = checkpoint_step(target.checkpoint)
-    logged = log_metrics(run_loggers(target.run_dir, out_dir, cfg.wandb_project), found.values, step)
-    report = build_report(cfg.subject, target, step, rendered, found, logged, cross_audio)
+    report = build_report(cfg.subject, target, step, rendered, found, cross_audio)
     files = write_outputs(out_dir, report, rendered, found, cfg.report_frames)
+    report["logged_to"] = log_metrics(run_loggers(target.run_dir, out_dir, cfg.wandb_project), found.values, step)
+    files["metrics"].write_text(json.dumps(report, indent=2))
     return EvalResult(out_dir, report, files)
+
+
+def mesher_missing() -> str | None:
+    """Why the face mesh cannot run here (mediapipe or OpenCV not installed), or None."""
+    import importlib.util
+
+    missing = [m for m in ("mediapipe", "cv2") if importlib.util.find_spec(m) is None]
+    return f"{' and '.join(missing)} not installed: `pip install -e .` (mediapipe==0.10.21)" if missing else None
+
+
+FACE_NAMES = (*LIP_NAMES, "sync_audio_corr", "sync_audio_corr_gt", *BLINK_NAMES, *JITTER_NAMES)
 
 
 def face_and_sync(rendered: Rendered, data: Any, au45: np.ndarray) -> Findings:
     """Mesh renders and ground truth the same way; lip, audio-sync, blink and jitter figures."""
+    reason = mesher_missing()
+    if reason:
+        found = Findings()
+        found.skip(FACE_NAMES, reason)
+        return found
     render_mesh, render_ok = mesh_sequence(rendered.renders)
     gt_mesh, gt_ok = mesh_sequence(rendered.truths)
     found = lip_findings(render_mesh, render_ok, gt_mesh, gt_ok)
@@ -484,7 +511,7 @@ def syncnet_reason(weights: str | None) -> str:
 
 
 def build_report(subject: str, target: EvalTarget, step: int, rendered: Rendered, found: Findings,
-                 logged: list[str], cross_audio: Path | None) -> dict[str, Any]:
+                 cross_audio: Path | None) -> dict[str, Any]:
     """The content of metrics.json."""
     names = list(found.values) + [n for n in found.unavailable if n not in found.values]
     return {
@@ -495,7 +522,7 @@ def build_report(subject: str, target: EvalTarget, step: int, rendered: Rendered
         "unavailable": found.unavailable,
         "per_frame": found.curves,
         "cross_audio": None if cross_audio is None else str(cross_audio),
-        "logged_to": logged, "logger_keys": "test/<metric>", "note": NOT_COMPARABLE,
+        "logged_to": [], "logger_keys": "test/<metric>", "note": NOT_COMPARABLE,
     }
 
 
