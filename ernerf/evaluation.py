@@ -423,39 +423,65 @@ class EvalResult:
 
 def evaluate_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer] = load_system) -> EvalResult:
     """Everything `python evaluate.py subject=<name> [run=...]` does."""
-    from datamodules.subject import FrameStore, parse_subject, read_au45
-    from ernerf.inference import audio_kind, load_subject
-    from ernerf.metrics.perceptual import lpips_scorer
+    from ernerf.inference import audio_kind
 
     target = resolve_target(cfg.paths.runs_root, cfg.subject, cfg.run, cfg.stage)
     out_dir = Path(cfg.output) if cfg.output else target.out_dir
     cross_audio, cross_reason = resolve_cross_audio(cfg.cross_audio)
     renderer = system_loader(target.checkpoint, cfg.device)
     step = checkpoint_step(target.checkpoint)  # now: training may still be rotating its checkpoints
-    kind, _ = audio_kind(renderer.hparams)
-    root, pose = Path(cfg.paths.data_root) / cfg.subject, dict(scale=cfg.pose.scale, offset=tuple(cfg.pose.offset))
-    data = parse_subject(root, f"aud_{kind}.npy", downscale=cfg.downscale, **pose)
-    torso = target.stage.startswith("torso") or not data.layout.torso_dir.exists()
-    store = FrameStore(data, background="plate" if torso else "torso")
-    frames = validation_frames(data.num_train, data.num_frames, cfg.max_frames)
-    log.info("rendering %d validation frames of %s", len(frames), cfg.subject)
-    rendered = render_validation(renderer, data, store, frames)
-    lpips, lpips_reason = lpips_scorer(cfg.lpips.net, cfg.lpips.weights)
-    found = image_findings(rendered, lpips, lpips_reason)
-    found.merge(face_and_sync(rendered, data, read_au45(data.layout.au)))
-    found.skip(["syncnet_conf"], syncnet_reason(cfg.syncnet_weights))
-    if cross_audio is not None and mesher_missing():
-        found.skip(["cross_sync_audio_corr"], mesher_missing())
-    elif cross_audio is not None:
-        view = load_subject(root, f"aud_{kind}.npy", target.stage, downscale=cfg.downscale, **pose)
-        found.merge(cross_drive(renderer, view, cross_audio, cfg.cross_max_seconds, cfg.audio_extractor))
-    else:
-        found.skip(["cross_sync_audio_corr"], cross_reason)
+    audio_file = f"aud_{audio_kind(renderer.hparams)[0]}.npy"
+    rendered, data = render_subject(cfg, renderer, target.stage, audio_file)
+    found = held_out_findings(cfg, rendered, data)
+    found.merge(cross_findings(cfg, renderer, target.stage, audio_file, cross_audio, cross_reason))
     report = build_report(cfg.subject, target, step, rendered, found, cross_audio)
     files = write_outputs(out_dir, report, rendered, found, cfg.report_frames)
     report["logged_to"] = log_metrics(run_loggers(target.run_dir, out_dir, cfg.wandb_project), found.values, step)
     files["metrics"].write_text(json.dumps(report, indent=2))
     return EvalResult(out_dir, report, files)
+
+
+def _pose(cfg: Any) -> dict[str, Any]:
+    return {"scale": cfg.pose.scale, "offset": tuple(cfg.pose.offset)}
+
+
+def render_subject(cfg: Any, renderer: Renderer, stage: str, audio_file: str) -> tuple[Rendered, Any]:
+    """Parse the subject as training does and render its validation frames; -> (rendered, SubjectData)."""
+    from datamodules.subject import FrameStore, parse_subject
+
+    data = parse_subject(Path(cfg.paths.data_root) / cfg.subject, audio_file, downscale=cfg.downscale, **_pose(cfg))
+    plate = stage.startswith("torso") or not data.layout.torso_dir.exists()
+    store = FrameStore(data, background="plate" if plate else "torso")
+    frames = validation_frames(data.num_train, data.num_frames, cfg.max_frames)
+    log.info("rendering %d validation frames of %s", len(frames), cfg.subject)
+    return render_validation(renderer, data, store, frames), data
+
+
+def held_out_findings(cfg: Any, rendered: Rendered, data: Any) -> Findings:
+    """Image, face, sync, blink and jitter figures of the validation frames; SyncNet's reason."""
+    from datamodules.subject import read_au45
+    from ernerf.metrics.perceptual import lpips_scorer
+
+    lpips, lpips_reason = lpips_scorer(cfg.lpips.net, cfg.lpips.weights)
+    found = image_findings(rendered, lpips, lpips_reason)
+    found.merge(face_and_sync(rendered, data, read_au45(data.layout.au)))
+    found.skip(["syncnet_conf"], syncnet_reason(cfg.syncnet_weights))
+    return found
+
+
+def cross_findings(cfg: Any, renderer: Renderer, stage: str, audio_file: str, audio: Path | None,
+                   reason: str) -> Findings:
+    """The cross-driving figure, or why it is unavailable."""
+    from ernerf.inference import load_subject
+
+    reason = reason if audio is None else (mesher_missing() or "")
+    if reason:
+        found = Findings()
+        found.skip(["cross_sync_audio_corr"], reason)
+        return found
+    view = load_subject(Path(cfg.paths.data_root) / cfg.subject, audio_file, stage, downscale=cfg.downscale,
+                        **_pose(cfg))
+    return cross_drive(renderer, view, audio, cfg.cross_max_seconds, cfg.audio_extractor)
 
 
 def mesher_missing() -> str | None:
