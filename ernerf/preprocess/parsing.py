@@ -25,7 +25,7 @@ from ernerf.preprocess.base import PreprocessStep, StepContext
 BACKGROUND, HEAD, NECK, TORSO = 0, 1, 2, 3
 # on-disk RGB colour of each label (ER-NeRF's code; read back with cv2 it is BGR head [255, 0, 0] ...)
 PALETTE_RGB = np.array([(255, 255, 255), (0, 0, 255), (0, 255, 0), (255, 0, 0)], np.uint8)
-BACKENDS = ("mediapipe",)
+BACKENDS = ("mediapipe", "bisenet")
 
 
 @dataclass(frozen=True)
@@ -253,11 +253,15 @@ class ParsingStep(PreprocessStep):
 
     name = "parsing"
 
-    def __init__(self, backend: str = "mediapipe", workers: int = 2,
+    def __init__(self, backend: str = "mediapipe", bisenet_weights: str | None = None, workers: int = 2,
                  chunk_size: int = 25, pose_every: int = 5, params: ParsingParams | dict | None = None) -> None:
         if backend not in BACKENDS:
             raise ErnerfError(f"preprocess.steps.parsing.backend={backend!r} is not one of {list(BACKENDS)}.")
-        self.backend = backend
+        if backend == "bisenet":
+            from ernerf.preprocess.bisenet import check_weights_path
+
+            check_weights_path(bisenet_weights)  # fail when the pipeline is built, not after earlier steps ran
+        self.backend, self.bisenet_weights = backend, bisenet_weights
         self.workers, self.chunk_size, self.pose_every = workers, chunk_size, max(1, pose_every)
         self.params = params if isinstance(params, ParsingParams) else ParsingParams(**dict(params or {}))
 
@@ -266,8 +270,10 @@ class ParsingStep(PreprocessStep):
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
         layout, n = ctx.layout, ctx.num_frames
-        mesh = load_mesh(layout, n)
         with atomic_dir(layout.parsing_dir) as out_dir:
+            if self.backend == "bisenet":
+                return self._run_bisenet(layout, n, out_dir)
+            mesh = load_mesh(layout, n)
             jobs = [_Chunk(r, layout.ori_imgs, out_dir, mesh[r.start:r.stop], self.params, self.pose_every)
                     for r in seg.frame_chunks(n, self.chunk_size)]
             stats = list(seg.map_ordered(_parse_chunk, jobs, self.workers))
@@ -275,6 +281,18 @@ class ParsingStep(PreprocessStep):
         if seen == 0:
             ctx.warn("parsing: no shoulders found in any frame; the neck ends at a face-relative length.")
         return {"shoulders_seen": seen / n, "head_area": sum(s["head_area"] for s in stats) / n}
+
+    def _run_bisenet(self, layout: SubjectLayout, n: int, out_dir: Path) -> dict[str, Any]:
+        from ernerf.preprocess.bisenet import BiSeNetParser
+
+        parser = BiSeNetParser(self.bisenet_weights, threads=self.workers)  # torch threads use both cores
+        head_area = 0.0
+        for frames in seg.frame_chunks(n, 4):
+            batch = np.stack([seg.read_rgb(layout.ori_img(i)) for i in frames])
+            for i, labels in zip(frames, parser(batch)):
+                head_area += float(np.mean(labels == HEAD))
+                write_png(out_dir / f"{i}.png", labels_to_rgb(labels))
+        return {"backend": "bisenet", "head_area": head_area / n}
 
 
 def load_mesh(layout: SubjectLayout, n: int) -> np.ndarray:

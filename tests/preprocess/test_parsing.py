@@ -119,3 +119,52 @@ def test_config_builds_the_step_and_bad_inputs_name_the_fix(tmp_path) -> None:
     layout.meta.write_text(json.dumps({"fps": 25, "num_frames": 3}))
     with pytest.raises(ErnerfError, match="landmarks"):
         step.run(StepContext(layout=layout))
+
+
+def test_bisenet_backend_without_weights_names_the_config_key(tmp_path) -> None:
+    with pytest.raises(ErnerfError, match="preprocess.steps.parsing.bisenet_weights"):
+        ParsingStep(backend="bisenet")
+    with pytest.raises(ErnerfError, match="preprocess.steps.parsing.bisenet_weights"):
+        ParsingStep(backend="bisenet", bisenet_weights=str(tmp_path / "missing.pth"))
+    cfg = compose("preprocess", ["subject=test", "preprocess.steps.parsing.backend=bisenet"])
+    with pytest.raises(Exception, match="bisenet_weights") as info:  # Hydra wraps constructor errors
+        instantiate(cfg.preprocess.steps.parsing)
+    assert isinstance(info.value, ErnerfError) or isinstance(info.value.__cause__, ErnerfError)
+
+
+def test_bisenet_backend_loads_a_checkpoint_and_writes_maps(tmp_path) -> None:
+    import torch
+
+    from ernerf.preprocess.bisenet import CELEBA_TO_ERNERF, BiSeNet, load_bisenet
+
+    torch.manual_seed(0)
+    net = BiSeNet()
+    # parameter names of the public face-parsing checkpoint, saved from DataParallel ("module." prefix)
+    names = set(net.state_dict())
+    assert {"cp.resnet.layer4.1.bn2.running_var", "cp.arm32.conv_atten.weight", "cp.conv_avg.conv.weight",
+            "ffm.convblk.conv.weight", "conv_out.conv_out.weight", "conv_out16.conv.bn.bias"} <= names
+    weights = tmp_path / "bisenet.pth"
+    torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, weights)
+    loaded = load_bisenet(weights)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.inference_mode():
+        assert torch.allclose(loaded(x), net.eval()(x)) and loaded(x).shape == (1, 19, 64, 96)
+    bad = tmp_path / "bad.pth"
+    torch.save({"conv.weight": torch.zeros(3)}, bad)
+    with pytest.raises(ErnerfError, match="BiSeNet"):
+        load_bisenet(bad)
+    # CelebAMask-HQ classes: skin and hair are head, neck is neck, cloth is torso
+    assert CELEBA_TO_ERNERF[1] == HEAD and CELEBA_TO_ERNERF[17] == HEAD
+    assert CELEBA_TO_ERNERF[14] == NECK and CELEBA_TO_ERNERF[16] == TORSO and CELEBA_TO_ERNERF[0] == BACKGROUND
+
+    layout = SubjectLayout(tmp_path / "s")
+    layout.ori_imgs.mkdir(parents=True)
+    layout.meta.write_text(json.dumps({"fps": 25, "num_frames": 2}))
+    for i in range(2):
+        cv2.imwrite(str(layout.ori_img(i)), np.full((64, 64, 3), 40 * i, np.uint8))
+    step = ParsingStep(backend="bisenet", bisenet_weights=str(weights), workers=1)
+    facts = step.run(StepContext(layout=layout))
+    assert facts["backend"] == "bisenet"
+    for i in range(2):
+        labels = read_parsing(layout.parsing(i))
+        assert labels.shape == (64, 64) and labels.max() <= TORSO
