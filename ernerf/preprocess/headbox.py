@@ -44,11 +44,12 @@ class HeadboxStep(PreprocessStep):
 
     name = "headbox"
 
-    def __init__(self, crop_size: int = 512, scale: float = 2.2, shift_down: float = 0.15, stride: int = 5,
+    def __init__(self, crop_size: int = 512, scale: float = 2.2, min_scale: float = 1.2, shift_down: float = 0.15, stride: int = 5,
                  max_samples: int = 600, min_box_size: int = 256, min_face_ratio: float = 0.5,
                  min_confidence: float = 0.5, jpeg_quality: int = 95) -> None:
         self.crop_size = crop_size
         self.scale = scale  # box side / face size: room for hair, ears, neck and shoulder tops
+        self.min_scale = min_scale  # the tightest box accepted before padding past the frame
         self.shift_down = shift_down  # box centre below the face centre, in face sizes (neck and shoulders)
         self.stride = stride
         self.max_samples = max_samples  # caps detection work on long videos
@@ -124,6 +125,13 @@ class HeadboxStep(PreprocessStep):
         lo = np.percentile(per_frame[:, :2], 5, axis=0)  # [2] x1, y1
         hi = np.percentile(per_frame[:, 2:], 95, axis=0)  # [2] x2, y2
         side = int(np.ceil(max(hi - lo) / 2.0)) * 2
+        # A frame already framed tightly (e.g. a 512x512 talking-head clip) holds less than `scale` face sizes:
+        # keep the frame's own pixels (cap the box at its short side) rather than inventing padding, as long as
+        # the head core (`min_scale` face sizes plus the motion range) still fits.
+        core = int(np.ceil((max(hi - lo) - (self.scale - self.min_scale) * track.size) / 2.0)) * 2
+        short = min(width, height) // 2 * 2
+        if core <= short < side:
+            side = short
         center = (lo + hi) / 2
         x1, y1 = (_fit_axis(center[k], side, size) for k, size in ((0, width), (1, height)))
         return x1, y1, x1 + side, y1 + side

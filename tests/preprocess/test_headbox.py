@@ -37,10 +37,14 @@ def test_box_is_square_and_crops_hold_a_centred_steady_face(prepare_subject, cli
             centres.append(faces[0].center)
             sizes.append(faces[0].size)
     centres, sizes = np.array(centres), np.array(sizes)
-    # the face sits in the upper middle (neck and shoulders below it) and never leaves the crop
-    assert np.all(np.abs(centres[:, 0] - 256) < 80) and np.all((centres[:, 1] > 120) & (centres[:, 1] < 300))
-    # face about 1/scale of the crop (scale 2.2 plus the motion margin), constant: one box, no zoom jitter
-    assert np.all((sizes > 512 / 3.2) & (sizes < 512 / 1.8)) and sizes.std() / sizes.mean() < 0.08
+    # the face sits in the middle, above the crop's lower third (neck and shoulders below it), and never leaves
+    # the crop (tightly framed clips keep their own framing, so the face may sit a little below the centre)
+    assert np.all(np.abs(centres[:, 0] - 256) < 80) and np.all((centres[:, 1] > 120) & (centres[:, 1] < 320))
+    # face between 1/scale of the crop (scale 2.2 plus the motion margin) and 1/min_scale (these clips are framed
+    # tightly, so the box is capped at the frame), constant: one box, no zoom jitter
+    assert np.all((sizes > 512 / 3.2) & (sizes < 512 / 1.55)) and sizes.std() / sizes.mean() < 0.08
+    # no invented pixels: the box stays inside the frame when the head core fits
+    assert box["x1"] >= 0 and box["y1"] >= 0 and box["x2"] <= 512 and box["y2"] <= 512
 
 
 def test_portrait_video_with_separate_audio(tmp_path: Path) -> None:
@@ -50,9 +54,9 @@ def test_portrait_video_with_separate_audio(tmp_path: Path) -> None:
     facts = HeadboxStep().run(ctx)
     box = json.loads(ctx.layout.head_bbox.read_text())
     assert box["x2"] - box["x1"] == box["y2"] - box["y1"] == facts["side"] >= 256
-    # a portrait frame is narrower than the head box: padded sideways, never shrunk below the face's need
-    assert box["x1"] < 0 and box["x2"] > 720 and facts["padded"]
-    assert any("outside the frame" in w for w in ctx.warnings)
+    # a portrait frame is narrower than the full head box: the box is capped at the frame's width (the head
+    # core still fits), so no pixels are invented at the sides
+    assert box["x1"] == 0 and box["x2"] == 720 and not facts["padded"]
     assert probe(ctx.layout.face_video).num_frames == ctx.num_frames
 
 
