@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig, open_dict  # noqa: E402
 
 from ernerf.io.layout import SubjectLayout  # noqa: E402
 from ernerf.io.video import probe, run_ffmpeg  # noqa: E402
@@ -49,7 +49,10 @@ def steps_config(cfg: DictConfig, upto: str | None) -> DictConfig:
     if upto is not None and upto not in names:
         sys.exit(f"--upto {upto!r} is not a step; steps: {names}")
     keep = names[: names.index(upto) + 1] if upto else names
-    return OmegaConf.masked_copy(cfg.preprocess.steps, keep)
+    with open_dict(cfg):  # delete in place: the steps interpolate ${preprocess.workers} from the root
+        for name in names[len(keep):]:
+            del cfg.preprocess.steps[name]
+    return cfg.preprocess.steps
 
 
 def make_input(clip: Path, out: Path, loop: int, scale: int | None, seconds: float | None = None) -> Path:
