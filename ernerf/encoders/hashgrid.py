@@ -112,7 +112,7 @@ def hashgrid_torch(
     rows, weights = grid_rows_and_weights(u, resolutions, log2_hashmap_size)  # [N, L, C] each
     rows = rows + torch.tensor(offsets[:-1], device=x.device)[:, None]
     # index_select's backward is index_add_ (atomic adds on CUDA), faster than indexing's sort-based one.
-    values = embeddings.index_select(0, rows.reshape(-1)).view(*rows.shape, -1)  # [N, L, C, F]
+    values = embeddings.index_select(0, rows.reshape(-1)).view(*rows.shape, embeddings.shape[-1])  # [N, L, C, F]
     return (weights[..., None] * values).sum(2).flatten(1)  # level-major
 
 

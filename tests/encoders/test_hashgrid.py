@@ -162,3 +162,14 @@ def test_triton_backend_matches_the_reference_bit_layout() -> None:
     fast.load_state_dict(ref.state_dict())
     x = torch.rand(4096, 3, device="cuda") * 2 - 1
     torch.testing.assert_close(fast(x), ref(x), atol=1e-5, rtol=1e-4)
+
+
+def test_empty_batch_gives_empty_features_and_gradients() -> None:
+    """A ray chunk with no occupied samples evaluates the field on zero points: no crash, no gradient."""
+    from ernerf.encoders import TriPlaneEncoder
+
+    encoder = TriPlaneEncoder(num_levels=4, base_resolution=4, desired_resolution=32, log2_hashmap_size=8)
+    out = encoder(torch.zeros(0, 3))
+    assert out.shape == (0, encoder.output_dim)
+    out.sum().backward()
+    assert all(p.grad is None or not p.grad.any() for p in encoder.parameters())
