@@ -37,7 +37,7 @@ def refine_edges(rgb: np.ndarray, mask: np.ndarray, radius: int, eps: float) -> 
 class TemporalMatte:
     """Motion-guarded temporal smoothing of soft masks: an EMA whose rate rises where the image changes."""
 
-    def __init__(self, ema_min: float = 0.3, motion_scale: float = 12.0) -> None:
+    def __init__(self, ema_min: float = 0.15, motion_scale: float = 20.0) -> None:
         self.ema_min, self.motion_scale = ema_min, motion_scale
         self._state: np.ndarray | None = None  # smoothed mask, [H, W] float32 in [0, 1]
         self._grey: np.ndarray | None = None
@@ -156,7 +156,7 @@ class MattingStep(PreprocessStep):
     name = "matting"
 
     def __init__(self, background: Sequence[int] | str = (255, 255, 255), workers: int = 2, chunk_size: int = 25,
-                 ema_min: float = 0.3, motion_scale: float = 12.0, guided_radius: int = 6,
+                 ema_min: float = 0.15, motion_scale: float = 20.0, guided_radius: int = 6,
                  guided_eps: float = 1e-3, crf: int = 18) -> None:
         self.background = background if isinstance(background, str) else list(background)
         target_background(self.background, (2, 2))  # a bad colour or path fails now, not after segmentation

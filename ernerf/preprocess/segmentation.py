@@ -3,10 +3,12 @@ streaming process pool for per-frame work."""
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
+import multiprocessing.pool
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from typing import TypeVar
 
@@ -139,6 +141,34 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)
 
 
+_POOLS: dict[int, multiprocessing.pool.Pool] = {}
+
+
+def worker_pool(workers: int) -> multiprocessing.pool.Pool:
+    """A pool of `workers` processes shared by every step of this run, started on first use.
+
+    Starting workers costs seconds (a fresh interpreter importing mediapipe and OpenCV); sharing
+    them keeps that a once-per-run cost, and their per-process model caches stay warm across steps.
+    """
+    pool = _POOLS.get(workers)
+    if pool is None:
+        # spawn, not fork: OpenCV's and mediapipe's thread pools, once used by this process, can
+        # deadlock a forked child. Scripts calling this need the usual `if __name__ == "__main__"` guard.
+        pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker)
+        if not _POOLS:
+            atexit.register(close_pools)
+        _POOLS[workers] = pool
+    return pool
+
+
+def close_pools() -> None:
+    """Stop the shared worker pools (at exit, or to free their memory)."""
+    for pool in _POOLS.values():
+        pool.terminate()
+        pool.join()
+    _POOLS.clear()
+
+
 def map_ordered(fn: Callable[[T], R], items: Sequence[T], workers: int, window: int | None = None) -> Iterator[R]:
     """Yield fn(item) in order, computed by `workers` processes with at most `window` in flight.
 
@@ -148,20 +178,11 @@ def map_ordered(fn: Callable[[T], R], items: Sequence[T], workers: int, window: 
     if workers <= 1 or len(items) <= 1:
         yield from map(fn, items)
         return
-    window = window or 2 * workers
-    # spawn, not fork: OpenCV's and mediapipe's thread pools, once used by this process, can
-    # deadlock a forked child. Scripts calling this need the usual `if __name__ == "__main__"` guard.
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers, initializer=_init_worker) as pool:
-        it: Iterator[T] = iter(items)
-        pending = deque(pool.apply_async(fn, (x,)) for x in islice(it, window))
-        while pending:
-            result = pending.popleft().get()
-            for x in islice(it, 1):
-                pending.append(pool.apply_async(fn, (x,)))
-            yield result
-
-
-def consume(results: Iterable[object]) -> int:
-    """Drain an iterator of results; returns how many there were."""
-    return sum(1 for _ in results)
+    pool = worker_pool(workers)
+    it: Iterator[T] = iter(items)
+    pending = deque(pool.apply_async(fn, (x,)) for x in islice(it, window or 2 * workers))
+    while pending:
+        result = pending.popleft().get()
+        for x in islice(it, 1):
+            pending.append(pool.apply_async(fn, (x,)))
+        yield result
