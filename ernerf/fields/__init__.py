@@ -2,5 +2,7 @@
 
 from ernerf.fields.base import MLP, FieldOutputs, trunc_exp
 from ernerf.fields.face import FaceCondition, FaceField
+from ernerf.fields.torso import TorsoField, TorsoOutputs, pixel_coords, pose_keypoints
 
-__all__ = ["MLP", "FaceCondition", "FaceField", "FieldOutputs", "trunc_exp"]
+__all__ = ["MLP", "FaceCondition", "FaceField", "FieldOutputs", "TorsoField", "TorsoOutputs", "pixel_coords",
+           "pose_keypoints", "trunc_exp"]

@@ -1,0 +1,95 @@
+"""ER-NeRF's torso field: a 2D image-plane field driven by the head pose (adaptive pose encoding)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ernerf.encoders.frequency import FrequencyEncoder
+from ernerf.encoders.hashgrid import HashGridEncoder
+from ernerf.errors import ErnerfError
+from ernerf.fields.base import MLP
+
+# ER-NeRF's three anchors in the head's (model) space: below and in front of the head, where the neck meets it.
+DEFAULT_ANCHORS = ((0.01, 0.01, 0.1), (-0.1, -0.1, 0.1), (0.1, -0.1, 0.1))
+
+
+@dataclass
+class TorsoOutputs:
+    """Per-pixel torso outputs."""
+
+    rgb: Tensor  # [N, 3] in [0, 1]
+    alpha: Tensor  # [N, 1] in [0, 1]
+    deform: Tensor  # [N, 2] image-plane offset the deformation net applied
+
+
+def pose_keypoints(anchors: Tensor, c2w: Tensor) -> Tensor:  # [K, 3], [4, 4] -> [K, 2]
+    """Anchors seen by the camera: head space -> camera space by the inverse c2w, then divided by depth."""
+    w2c = torch.linalg.inv(c2w.float())
+    cam = anchors @ w2c[:3, :3].T + w2c[:3, 3]  # [K, 3]
+    return cam[:, :2] / cam[:, 2:].clamp_min(1e-6)
+
+
+def pixel_coords(index: Tensor, height: int, width: int) -> Tensor:  # [N] flat ids -> [N, 2] in [-1, 1]
+    """Pixel centres of flat row-major ids as (x, y) in [-1, 1] over the image."""
+    rows = torch.div(index, width, rounding_mode="floor").float()
+    cols = (index % width).float()
+    return torch.stack([(cols + 0.5) / width * 2 - 1, (rows + 0.5) / height * 2 - 1], dim=-1)
+
+
+class TorsoField(nn.Module):
+    """Torso colour and alpha on the image plane, deformed by the frame's head pose and a per-frame code."""
+
+    def __init__(
+        self,
+        num_frames: int,
+        individual_dim: int = 8,
+        anchors: Sequence[Sequence[float]] = DEFAULT_ANCHORS,
+        coord_freqs: int = 8,
+        pose_freqs: int = 3,
+        hidden_dim: int = 32,
+        num_layers: int = 3,
+        num_levels: int = 16,
+        level_dim: int = 2,
+        base_resolution: int = 16,
+        desired_resolution: int = 2048,
+        log2_hashmap_size: int = 16,
+        shrink: float = 0.8,
+        backend: str = "torch",
+    ) -> None:
+        super().__init__()
+        # Learnable, as in ER-NeRF: the anchors settle where the pose best explains the torso.
+        self.anchors = nn.Parameter(torch.tensor([list(a) for a in anchors], dtype=torch.float32))  # [K, 3]
+        self.shrink = shrink  # ER-NeRF shrinks image coordinates so the grid has margin for the deformation
+        self.coord_encoder = FrequencyEncoder(2, coord_freqs)
+        self.pose_encoder = FrequencyEncoder(2 * self.anchors.shape[0], pose_freqs)
+        cond_dim = self.coord_encoder.output_dim + self.pose_encoder.output_dim + individual_dim
+        self.deform_net = MLP(cond_dim, 2, hidden_dim, num_layers)
+        self.grid = HashGridEncoder(2, num_levels, level_dim, base_resolution, desired_resolution, log2_hashmap_size,
+                                    bound=1.0, backend=backend)
+        self.color_net = MLP(self.grid.output_dim + cond_dim, 4, hidden_dim, num_layers)
+        self.individual_codes = nn.Parameter(torch.randn(num_frames, individual_dim) * 0.1)
+
+    def forward(self, coords: Tensor, c2w: Tensor, frame_index: int | None) -> TorsoOutputs:  # [N, 2] in [-1, 1]
+        """Colour, alpha and deformation of image points `coords` for a frame seen by camera `c2w` [4, 4]."""
+        x = coords.float() * self.shrink
+        keypoints = pose_keypoints(self.anchors, c2w.to(x)).reshape(1, -1)  # [1, 2K]
+        code = self.code(frame_index)
+        cond = torch.cat([self.coord_encoder(x), (torch.cat([self.pose_encoder(keypoints), code], -1)).expand(x.shape[0], -1)], -1)
+        deform = self.deform_net(cond)  # [N, 2]
+        h = self.color_net(torch.cat([self.grid((x + deform).clamp(-1, 1)), cond], -1))
+        squash = torch.sigmoid(h) * 1.002 - 0.001  # ER-NeRF: lets alpha reach exactly 0 and 1
+        return TorsoOutputs(rgb=squash[:, 1:].clamp(0, 1), alpha=squash[:, :1].clamp(0, 1), deform=deform)
+
+    def code(self, frame_index: int | None) -> Tensor:  # -> [1, individual_dim]
+        """A training frame's torso code; the mean code for new frames."""
+        codes = self.individual_codes
+        if frame_index is None:
+            return codes.mean(0, keepdim=True)
+        if not 0 <= frame_index < codes.shape[0]:
+            raise ErnerfError(f"frame_index {frame_index} is outside the {codes.shape[0]} training frames of the torso field; "
+                              "pass frame_index=None for new audio")
+        return codes[frame_index : frame_index + 1]
