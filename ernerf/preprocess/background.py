@@ -97,7 +97,8 @@ class BackgroundStep(PreprocessStep):
             acc.add(seg.read_rgb(layout.ori_img(i)), read_parsing(layout.parsing(i)) == BACKGROUND)
         known = float(acc.known.mean())
         if known < 0.05:
-            ctx.warn(f"background: only {known:.0%} of the crop is ever seen as background; bc.jpg is mostly inpainted.")
+            ctx.warn(f"background: only {known:.0%} of the crop is ever seen as background; "
+                     "bc.jpg is mostly inpainted.")
         plate = acc.plate(self.inpaint_radius)
         with atomic_path(layout.background) as tmp:
             cv2.imwrite(str(tmp), cv2.cvtColor(plate, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])

@@ -69,7 +69,8 @@ class CompositeStep(PreprocessStep):
     def run(self, ctx: StepContext) -> dict[str, Any]:
         layout, n = ctx.layout, ctx.num_frames
         if not layout.background.exists():
-            raise ErnerfError(f"{layout.background} is missing: run the background step (preprocess.force=[background]).")
+            raise ErnerfError(f"{layout.background} is missing: "
+                              "run the background step (preprocess.force=[background]).")
         if not layout.parsing_dir.is_dir():
             raise ErnerfError(f"{layout.parsing_dir} is missing: run the parsing step (preprocess.force=[parsing]).")
         plate = seg.read_rgb(layout.background)

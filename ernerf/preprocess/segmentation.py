@@ -69,15 +69,6 @@ class ShoulderDetector:
         return np.array([[p.x * w, p.y * h] for p in pts], np.float32)
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Keep the largest 8-connected component of a boolean mask."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if n <= 2:
-        return mask.astype(bool)
-    biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return labels == biggest
-
-
 def components_touching(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
     """Keep the components of `mask` that overlap `seed` (both boolean [H, W])."""
     n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)

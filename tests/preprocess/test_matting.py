@@ -1,4 +1,4 @@
-"""Matting: alpha.mp4 steadier than the raw per-frame mask at the silhouette, without lag; input.mp4 over the backdrop."""
+"""Matting: alpha.mp4 steadier than the raw mask at the silhouette, without lag; input.mp4 over the backdrop."""
 
 from __future__ import annotations
 
