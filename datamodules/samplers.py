@@ -103,6 +103,14 @@ class AlternatingRaySampler(RaySampler):
         return sampler(height, width, rects, generator)
 
 
+class LipsRaySampler(AlternatingRaySampler):
+    """ER-NeRF's lips fine-tuning: the whole lips square of the frame, then `num_rays` random rays, in turn."""
+
+    def __init__(self, num_rays: int, region: str = "lips") -> None:
+        super().__init__([RectRaySampler(region), RandomRaySampler(num_rays)])
+        self.num_rays, self.region = num_rays, region
+
+
 def rect_pixels(rect: Rect, width: int) -> Tensor:
     """Flat ids [h * w] of a rectangle, row-major."""
     rows = torch.arange(rect.top, rect.bottom)

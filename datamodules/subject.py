@@ -181,6 +181,26 @@ class FrameStore:
         except (OSError, ValueError) as err:
             raise ErnerfError(f"cannot read {path}: rerun `python preprocess.py subject={self.data.layout.name}`.") from err
 
+    def parsing_masks(self, frame: int) -> Tensor:
+        """uint8 [H, W, 2]: torso+neck and head coverage (0..255) from the frame's parsing map (torso stage)."""
+        path = self.data.layout.parsing(int(self.data.img_ids[frame]))
+        try:
+            with Image.open(path) as img:
+                rgb = np.asarray(img.convert("RGB")).astype(np.int16)
+        except (OSError, ValueError) as err:
+            raise ErnerfError(f"cannot read {path}: rerun `python preprocess.py subject={self.data.layout.name}` "
+                              "(parsing step); the torso stage needs the parsing maps.") from err
+        red, green, blue = (rgb[..., c] > 127 for c in range(3))
+        masks = [((red | green) & ~blue), (blue & ~red & ~green)]  # on disk: torso red, neck green, head blue
+        return torch.from_numpy(np.stack([self._resized(m) for m in masks], -1))
+
+    def _resized(self, mask: np.ndarray) -> np.ndarray:
+        """A full-size bool mask as uint8 coverage at the training size."""
+        image = Image.fromarray(mask.astype(np.uint8) * 255)
+        if image.size != (self.data.width, self.data.height):
+            image = image.resize((self.data.width, self.data.height), Image.Resampling.BOX)
+        return np.asarray(image)
+
     def _load_image(self, frame: int) -> Tensor:
         return torch.from_numpy(self._read(self.data.layout.gt(int(self.data.img_ids[frame]))))
 
@@ -199,8 +219,10 @@ def to_unit(pixels: Tensor) -> Tensor:
 class TrainRays(Dataset):
     """One training frame per item: `sampler` picks its pixels; rays, targets, background and conditioning."""
 
-    def __init__(self, data: SubjectData, store: FrameStore, sampler: RaySampler, eye_jitter: float = 0.05) -> None:
+    def __init__(self, data: SubjectData, store: FrameStore, sampler: RaySampler, eye_jitter: float = 0.05,
+                 parsing_masks: bool = False) -> None:
         self.data, self.store, self.sampler, self.eye_jitter = data, store, sampler, eye_jitter
+        self.parsing_masks = parsing_masks
 
     def __len__(self) -> int:
         return self.data.num_train
@@ -212,16 +234,25 @@ class TrainRays(Dataset):
         index = sample.index.to(device)  # [N]
         rays_o, rays_d = get_rays(data.poses[frame : frame + 1].to(device), data.intrinsics, data.height, data.width, index[None])
         jitter = (torch.rand(1) - 0.5) * 2 * self.eye_jitter  # ER-NeRF: +-0.05 so blinks interpolate
-        return {
+        return self.masks(frame, index) | {
             "rays_o": rays_o[0], "rays_d": rays_d[0],  # [N, 3]
             "rgb": to_unit(self.store.image(frame).reshape(-1, 3)[index]),  # [N, 3]
             "bg": to_unit(self.store.background(frame).reshape(-1, 3)[index]),  # [N, 3]
             "face_mask": rects["face"].contains(index, data.width),  # [N]
-            "pixel_index": index, "patch_shape": sample.patch_shape,
+            "pixel_index": index, "patch_shape": sample.patch_shape, "height": data.height, "width": data.width,
+            "c2w": data.poses[frame].to(device),  # [4, 4]
             "audio": data.audio_window(frame).to(device),  # [8, 16, C]
             "eye": (data.eye[frame : frame + 1] + jitter).to(device),  # [1]
             "frame_index": frame,
         }
+
+
+    def masks(self, frame: int, index: Tensor) -> dict[str, Tensor]:
+        """Torso+neck coverage [N] in [0, 1] and head mask [N] of the sampled pixels (when parsing masks are on)."""
+        if not self.parsing_masks:
+            return {}
+        masks = self.store.parsing_masks(frame).reshape(-1, 2)[index.cpu()].to(index.device)
+        return {"torso_mask": to_unit(masks[:, 0]), "head_mask": masks[:, 1] > 127}
 
 
 class FullFrames(Dataset):
@@ -249,13 +280,15 @@ class SubjectDataModule(L.LightningDataModule):
     def __init__(self, subject_dir: str, audio_file: str, sampler: RaySampler | None = None, num_rays: int = 65536,
                  preload: bool = False, downscale: int = 1, scale: float = 4.0,
                  offset: tuple[float, float, float] = (0.0, 0.0, 0.0), background: str = "torso",
-                 eye_jitter: float = 0.05, num_val_frames: int | None = 8, num_workers: int = 0) -> None:
+                 eye_jitter: float = 0.05, num_val_frames: int | None = 8, num_workers: int = 0,
+                 parsing_masks: bool = False) -> None:
         super().__init__()
         self.subject_dir, self.audio_file = Path(subject_dir), audio_file
         self.sampler = sampler or RandomRaySampler(num_rays)
         self.preload, self.downscale, self.scale, self.offset = preload, downscale, scale, tuple(offset)
         self.background, self.eye_jitter = background, eye_jitter
         self.num_val_frames, self.num_workers = num_val_frames, num_workers
+        self.parsing_masks = parsing_masks  # the torso stage's alpha targets
         self._data: SubjectData | None = None
         self.store: FrameStore | None = None
 
@@ -288,7 +321,7 @@ class SubjectDataModule(L.LightningDataModule):
         return DataLoader(dataset, batch_size=None, shuffle=shuffle, num_workers=workers, persistent_workers=workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(TrainRays(self.data, self.store, self.sampler, self.eye_jitter), shuffle=True)
+        return self._loader(TrainRays(self.data, self.store, self.sampler, self.eye_jitter, self.parsing_masks), shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(FullFrames(self.data, self.store, self.val_frames()), shuffle=False)
