@@ -15,13 +15,15 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from ernerf.errors import ErnerfError
-from ernerf.fields import FaceCondition
+from ernerf.fields import FaceCondition, TorsoOutputs, pixel_coords
 from ernerf.losses import (
     LossComposer,
     attention_outside_mask,
     eye_audio_overlap,
+    lip_perceptual,
     opacity_entropy,
     photometric_mse,
+    torso_alpha_loss,
     uncertainty_weighted_mse,
 )
 from ernerf.rendering import RenderOutputs
@@ -29,7 +31,8 @@ from ernerf.rendering import render_image as render_frame
 
 log = logging.getLogger(__name__)
 
-LOSS_TERMS = ("rgb", "rgb_uncertainty", "opacity_entropy", "ambient_audio", "ambient_eye")
+LOSS_TERMS = ("rgb", "rgb_uncertainty", "opacity_entropy", "ambient_audio", "ambient_eye", "lip_perceptual", "torso_alpha",
+              "torso_deform")
 
 
 def exponential_decay(optimizer: torch.optim.Optimizer, total_steps: int, final_ratio: float = 0.5) -> LambdaLR:
@@ -38,13 +41,19 @@ def exponential_decay(optimizer: torch.optim.Optimizer, total_steps: int, final_
     return LambdaLR(optimizer, lambda step: final_ratio ** min(step / total, 1.0))
 
 
+def patches(pred: Tensor, target: Tensor, shape: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Row-major patch rays [h * w, 3] x2 -> images [1, 3, h, w] x2."""
+    h, w = (int(v) for v in shape)
+    return tuple(x.reshape(1, h, w, 3).permute(0, 3, 1, 2) for x in (pred, target))
+
+
 def psnr_from_mse(mse: Tensor) -> Tensor:
     """PSNR in dB of colours in [0, 1]."""
     return -10.0 * torch.log10(mse.clamp_min(1e-10))
 
 
 class TalkingHeadSystem(L.LightningModule):
-    """Builds the audio encoder, face field, occupancy grid and marcher from config; trains, validates, renders."""
+    """Builds the audio encoder, face field (+ torso field), occupancy grid and marcher from config; trains, validates, renders."""
 
     def __init__(
         self,
@@ -63,13 +72,18 @@ class TalkingHeadSystem(L.LightningModule):
         frozen: Sequence[str] = (),
         init_from: str | None = None,
         eval_chunk: int = 4096,
+        torso: Mapping | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # plain configs: load_from_checkpoint(path) rebuilds everything
         self.audio_encoder: nn.Module = instantiate(audio_encoder, feature_dim=feature_dim)
         self.field: nn.Module = instantiate(field, num_frames=num_frames)
         self.grid: nn.Module | None = instantiate(grid) if grid else None
+        self.torso: nn.Module | None = instantiate(torso, num_frames=num_frames) if torso else None
         self.marcher: nn.Module = instantiate(marcher)
+        loss = dict(loss)
+        self.perceptual_cfg = loss.pop("perceptual", None)  # built on the first patch batch, kept out of checkpoints
+        self._perceptual: list[nn.Module] = []
         self.loss: LossComposer = instantiate(loss)
         unknown = {name for name, w in self.loss.weights.items() if w} - set(LOSS_TERMS)
         if unknown:
@@ -89,15 +103,31 @@ class TalkingHeadSystem(L.LightningModule):
         """March rays [N, 3] through the face field; `bg` [N, 3] or [3] fills what the head leaves uncovered."""
         return self.marcher(rays_o, rays_d, lambda x, d: self.field(x, d, cond), self.aabb, self.grid, bg)
 
+    def behind_head(self, bg: Tensor, index: Tensor, height: int, width: int, c2w: Tensor,
+                    frame_index: int | None) -> tuple[Tensor, TorsoOutputs | None]:
+        """What the head is composited over at pixels `index` [N]: the torso over `bg` [N, 3] when a torso field exists."""
+        if self.torso is None:
+            return bg, None
+        torso = self.torso(pixel_coords(index, height, width).to(bg.device), c2w, frame_index)
+        return torso.rgb * torso.alpha + bg * (1 - torso.alpha), torso
+
     @torch.no_grad()
     def render_image(self, c2w: Tensor, intrinsics: Sequence[float] | Tensor, height: int, width: int, audio_window: Tensor,
                      eye: Tensor | None, frame_index: int | None, bg: Tensor) -> dict[str, Tensor]:
-        """Render one frame: c2w [4, 4] in the model's space, bg [H, W, 3] -> rgb [H, W, 3], depth/opacity [H, W]."""
+        """Render one frame: c2w [4, 4] in the model's space, bg [H, W, 3] -> rgb [H, W, 3], depth/opacity [H, W].
+
+        With a torso field, `bg` is the plate and the torso is composited between it and the head (+ torso_alpha [H, W])."""
         device = self.device
         cond = self.condition(audio_window.to(device), None if eye is None else eye.to(device), frame_index)
+        pixels = torch.arange(height * width, device=device)
+        bg, torso = self.behind_head(bg.to(device).expand(height, width, 3).reshape(-1, 3), pixels, height, width,
+                                     c2w.to(device), frame_index)
         out = render_frame(self.marcher, lambda x, d: self.field(x, d, cond), c2w.to(device), [float(v) for v in intrinsics],
-                           height, width, self.aabb, self.grid, bg.to(device), chunk=self.hparams.eval_chunk)
-        return {"rgb": out["rgb"].float().clamp(0, 1), "depth": out["depth"].float(), "opacity": out["opacity"].float()}
+                           height, width, self.aabb, self.grid, bg.reshape(height, width, 3), chunk=self.hparams.eval_chunk)
+        result = {"rgb": out["rgb"].float().clamp(0, 1), "depth": out["depth"].float(), "opacity": out["opacity"].float()}
+        if torso is not None:
+            result["torso_alpha"] = torso.alpha.float().reshape(height, width)
+        return result
 
     @torch.no_grad()
     def refresh_occupancy(self, audio_window: Tensor, eye: Tensor | None) -> None:
@@ -113,8 +143,8 @@ class TalkingHeadSystem(L.LightningModule):
         total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
         return min(self.global_step / max(total, 1), 1.0)
 
-    def loss_terms(self, out: RenderOutputs, batch: dict) -> dict[str, Tensor]:
-        """The active loss terms of one ray batch (names as in conf/loss/)."""
+    def loss_terms(self, out: RenderOutputs, batch: dict, torso: TorsoOutputs | None = None) -> dict[str, Tensor]:
+        """The active loss terms of one ray batch (names as in conf/loss/); patch and torso terms where they apply."""
         pred, target, face = out.rgb.float(), batch["rgb"], batch["face_mask"]
         extras = {name: value.float() for name, value in out.extras.items()}
         makers = {
@@ -124,17 +154,33 @@ class TalkingHeadSystem(L.LightningModule):
             "ambient_audio": lambda: attention_outside_mask(extras["audio_att"], face),
             "ambient_eye": lambda: eye_audio_overlap(extras["eye_att"], extras["audio_att"], face),
         }
+        if batch.get("patch_shape") is not None:
+            makers["lip_perceptual"] = lambda: self.perceptual()(*patches(pred, target, batch["patch_shape"]))
+        if torso is not None:
+            makers["torso_alpha"] = lambda: torso_alpha_loss(torso.alpha, batch["torso_mask"], ~batch["head_mask"])
+            makers["torso_deform"] = lambda: torso.deform.abs().mean()
         return {name: make() for name, make in makers.items() if self.loss.active(name)}
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+    def perceptual(self) -> nn.Module:
+        """The patch loss of `loss.perceptual` (LPIPS or its offline fallback), built once on this device."""
+        if not self._perceptual:
+            if not self.perceptual_cfg:
+                raise ErnerfError("loss.weights.lip_perceptual is set but the loss has no `perceptual` entry: "
+                                  "use loss=lips_lpips or loss=lips_dssim.")
+            self._perceptual.append(instantiate(self.perceptual_cfg))
+        return self._perceptual[0].to(self.device)
+
+    def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         cond = self.condition(batch["audio"], batch["eye"], batch["frame_index"])
-        out = self.render_rays(batch["rays_o"], batch["rays_d"], cond, batch["bg"])
-        total, values = self.loss(self.loss_terms(out, batch), self.global_step)
+        bg, torso = self.behind_head(batch["bg"], batch["pixel_index"], batch["height"], batch["width"], batch["c2w"],
+                                     batch["frame_index"])
+        out = self.render_rays(batch["rays_o"], batch["rays_d"], cond, bg)
+        total, values = self.loss(self.loss_terms(out, batch, torso), self.global_step)
         for name, value in values.items():
             self.log(f"train/loss_{name}", value)
         self.log("train/loss", total, prog_bar=True)
         self.log("train/psnr", psnr_from_mse(torch.mean((out.rgb.float() - batch["rgb"]) ** 2)), prog_bar=True)
-        return total
+        return {"loss": total, "rgb": out.rgb.detach()}  # callbacks log the rendered lip patches
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         out = self.render_image(batch["c2w"], batch["intrinsics"], batch["height"], batch["width"], batch["audio"],
