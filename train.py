@@ -1,4 +1,4 @@
-"""Train one stage of a talking head: python train.py stage=head subject=<name> [ckpt_path=last] [debug=fast]."""
+"""Train a talking head: python train.py stage=head|lips|torso|all subject=<name> [ckpt_path=last] [debug=fast]."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from ernerf.chain import initial_checkpoint, mark_finished, preprocess_overrides, resume_path, run_chain, stage_overrides
+from ernerf.chain import stage_steps  # noqa: F401 - part of train.py's interface (tests, benches)
+from ernerf.errors import ErnerfError
 
 log = logging.getLogger("train")
 
@@ -45,31 +49,13 @@ def name_run(cfg: DictConfig) -> None:
         cfg.run_name = f"{cfg.stage.name}-{suffix}"
 
 
-def stage_steps(cfg: DictConfig, num_train_frames: int) -> int:
-    """The stage's step budget: ER-NeRF's recipe scaled to the subject's training frames, unless set explicitly."""
-    if cfg.trainer.max_steps and cfg.trainer.max_steps > 0:
-        return int(cfg.trainer.max_steps)
-    steps = cfg.stage.steps_per_frame * num_train_frames
-    return int(min(max(steps, cfg.stage.min_steps), cfg.stage.max_steps))
-
-
-def resume_path(cfg: DictConfig) -> str | None:
-    """`ckpt_path=last` -> <run_dir>/checkpoints/last.ckpt when it exists (else a fresh start)."""
-    if cfg.ckpt_path != "last":
-        return cfg.ckpt_path
-    last = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
-    if not last.exists():
-        log.info("no %s yet: starting from scratch", last)
-        return None
-    return str(last)
-
-
 def train(cfg: DictConfig) -> dict[str, float]:
     """Build datamodule, system, callbacks, loggers and trainer from config; fit; return the final metrics."""
     name_run(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.datamodule)
     cfg.trainer.max_steps = max_steps = stage_steps(cfg, datamodule.num_train_frames)  # loss ramps read it
+    cfg.model.init_from = initial_checkpoint(cfg)  # lips and torso start from the previous stage
     OmegaConf.resolve(cfg)
     system = instantiate(cfg.model, num_frames=datamodule.num_train_frames)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
@@ -80,13 +66,24 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("training %s/%s for %d steps in %s", cfg.subject, cfg.run_name, max_steps, cfg.run_dir)
     trainer.fit(system, datamodule=datamodule, ckpt_path=resume_path(cfg))
     trainer.save_checkpoint(Path(cfg.run_dir) / "checkpoints" / "last.ckpt")  # the final state, whatever the interval
-    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    mark_finished(cfg.run_dir, metrics)
+    return metrics
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns val/psnr for sweepers."""
-    return train(cfg).get("val/psnr")
+    """Hydra entry point; returns val/psnr for sweepers (of the last stage trained, for stage=all)."""
+    try:
+        if not cfg.stage.get("chain"):
+            return train(cfg).get("val/psnr")
+        task = list(HydraConfig.get().overrides.task)
+        results = run_chain(cfg, lambda name: hydra.compose("train", [*stage_overrides(task), f"stage={name}"]), train,
+                            lambda: hydra.compose("preprocess", preprocess_overrides(task)))
+    except ErnerfError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    return next((r.get("val/psnr") for r in reversed(list(results.values())) if r), None)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,112 @@
+"""Stages as a chain: step budgets, where a stage starts from, finished markers, and `stage=all` (head -> lips -> torso)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from ernerf.errors import ErnerfError
+
+log = logging.getLogger(__name__)
+
+FINISHED = "finished.json"  # written in a stage's run folder once its last checkpoint is saved
+
+
+
+def stage_steps(cfg: DictConfig, num_train_frames: int) -> int:
+    """The stage's step budget: ER-NeRF's recipe scaled to the subject's training frames, unless set explicitly."""
+    if cfg.trainer.max_steps and cfg.trainer.max_steps > 0:
+        return int(cfg.trainer.max_steps)
+    steps = cfg.stage.steps_per_frame * num_train_frames
+    return int(min(max(steps, cfg.stage.min_steps), cfg.stage.max_steps))
+
+
+def resume_path(cfg: DictConfig) -> str | None:
+    """`ckpt_path=last` -> <run_dir>/checkpoints/last.ckpt when it exists (else a fresh start)."""
+    if cfg.ckpt_path != "last":
+        return cfg.ckpt_path
+    last = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
+    if not last.exists():
+        log.info("no %s yet: starting from scratch", last)
+        return None
+    return str(last)
+
+
+def stage_checkpoint(runs_root: str | Path, subject: str, stage: str) -> Path:
+    """Where a stage's final checkpoint lives."""
+    return Path(runs_root) / subject / stage / "checkpoints" / "last.ckpt"
+
+
+def initial_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint a stage starts from: `init_from=`, else the first of `stage.previous` trained for this subject."""
+    previous = list(cfg.stage.get("previous") or [])
+    explicit = cfg.get("init_from") or cfg.model.get("init_from")
+    if explicit:
+        if not Path(explicit).is_file():
+            raise ErnerfError(f"init_from={explicit} does not exist: give the last.ckpt of a trained stage.")
+        return str(explicit)
+    if not previous:
+        return None
+    for stage in previous:
+        path = stage_checkpoint(cfg.paths.runs_root, cfg.subject, stage)
+        if path.is_file():
+            return str(path)
+    raise ErnerfError(f"stage {cfg.stage.name} starts from a trained {' or '.join(previous)} of subject {cfg.subject!r}, "
+                      f"and none is under {Path(cfg.paths.runs_root) / cfg.subject}: run `python train.py stage={previous[-1]} "
+                      f"subject={cfg.subject}` first (or give init_from=<checkpoint>, or use stage=all).")
+
+
+def mark_finished(run_dir: str | Path, metrics: dict[str, float]) -> None:
+    """Record that a stage ran to its end (what `stage=all` checks before rerunning it)."""
+    (Path(run_dir) / FINISHED).write_text(json.dumps(metrics, indent=1))
+
+
+def is_finished(cfg: DictConfig) -> bool:
+    """Whether a stage's run folder holds the finished marker and its final checkpoint."""
+    run_dir = Path(cfg.run_dir)
+    return (run_dir / FINISHED).is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def ensure_dataset(cfg: DictConfig, compose_preprocess: Callable[[], DictConfig]) -> None:
+    """With `video=` and no dataset yet, run the preprocessing pipeline (conf/preprocess.yaml) for the subject."""
+    from ernerf.io.layout import SubjectLayout
+
+    layout = SubjectLayout(Path(cfg.paths.data_root) / cfg.subject)
+    if not cfg.get("video") or layout.transforms("train").exists():
+        return
+    from ernerf.preprocess.pipeline import preprocess_subject
+
+    log.info("no dataset at %s: preprocessing %s first", layout.root, cfg.video)
+    preprocess_subject(compose_preprocess().preprocess, layout, video=Path(cfg.video))
+
+
+def run_chain(cfg: DictConfig, compose_stage: Callable[[str], DictConfig], train_fn: Callable[[DictConfig], dict],
+              compose_preprocess: Callable[[], DictConfig] | None = None) -> dict[str, dict | None]:
+    """Train every stage of `cfg.stage.chain` in order; stages already finished are skipped (None in the result)."""
+    if compose_preprocess is not None:
+        ensure_dataset(cfg, compose_preprocess)
+    results: dict[str, dict | None] = {}
+    for name in cfg.stage.chain:
+        stage_cfg = compose_stage(name)
+        if is_finished(stage_cfg):
+            log.info("stage %s already finished in %s: skipped", name, stage_cfg.run_dir)
+            results[name] = None
+            continue
+        results[name] = train_fn(stage_cfg)
+    return results
+
+
+def stage_overrides(task_overrides: Sequence[str]) -> list[str]:
+    """Command-line overrides a chained stage inherits: all but the stage itself and the chain's own keys."""
+    own = ("stage", "video", "init_from")
+    return [o for o in task_overrides if o.partition("=")[0].lstrip("+~") not in own]
+
+
+def preprocess_overrides(task_overrides: Sequence[str]) -> list[str]:
+    """Command-line overrides the preprocessing of `stage=all video=...` shares with training."""
+    keep = ("subject", "video", "audio_features", "audio")
+    return [o for o in task_overrides if (key := o.partition("=")[0].lstrip("+~")) in keep or key.startswith(("paths.", "preprocess."))]
