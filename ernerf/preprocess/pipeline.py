@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.console import Console
@@ -21,11 +22,24 @@ def build_steps(steps_cfg: DictConfig) -> list[PreprocessStep]:
     """Instantiate every step in config order; the config key must equal the step's `name`."""
     steps = []
     for key, sub in steps_cfg.items():
-        step = instantiate(sub)
+        step = _instantiate_step(sub)
         if step.name != key:
             raise ValueError(f"config key {key!r} holds step {step.name!r}")
         steps.append(step)
     return steps
+
+
+def _instantiate_step(sub: DictConfig) -> PreprocessStep:
+    """instantiate() with the user's ErnerfError re-raised as is (Hydra wraps constructor errors)."""
+    try:
+        return instantiate(sub)
+    except InstantiationException as exc:
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, ErnerfError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def preprocess_subject(cfg: DictConfig, layout: SubjectLayout, video: Path | None,
