@@ -29,7 +29,10 @@ def test_model_data_lists_existing_files_and_facts(reported: SubjectLayout) -> N
     assert data["meta"]["num_frames"] == StepContext(layout=reported).num_frames
     for key in ("mesh", "ori_imgs", "parsing", "au", "track_params", "transforms_train", "contact_sheet"):
         assert (reported.root / data["files"][key]).exists(), key
-    assert "gt_imgs" not in data["files"]  # not produced in this run, so not listed
+    # only what exists is listed (the session-shared subject folder may or may not hold later steps' outputs)
+    assert all((reported.root / rel).exists() for rel in data["files"].values())
+    assert ("gt_imgs" in data["files"]) == reported.gt_dir.exists()
+    assert not any("aud_hu" in str(rel) for rel in data["files"].values())  # HuBERT features were never made
     assert data["steps"]["tracking"]["facts"]["reproj_err_px"] == pytest.approx(data["camera"]["reproj_err_px"], 1e-3)
 
 
