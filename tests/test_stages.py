@@ -1,0 +1,181 @@
+"""Stages lips, torso and all: config of the one system, started from the previous stage, chained and skipped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from ernerf.errors import ErnerfError
+from ernerf.io.layout import SubjectLayout
+from tests.conftest import compose
+
+SIZE, TORSO_TOP = 32, 24  # the sphere "head" covers rows ~10-22; a flat torso fills the rows below
+TORSO_BGR = np.array([40, 60, 220], np.uint8)
+TINY = ["debug=fast", "datamodule.downscale=1", "datamodule.num_rays=128", "model.marcher.num_samples=8",
+        "encoder.num_levels=4", "encoder.log2_hashmap_size=10", "encoder.desired_resolution=64", "model.grid.resolution=16",
+        "datamodule.num_val_frames=1", "trainer.log_every_n_steps=1"]
+TINY_TORSO = ["model.torso.num_levels=4", "model.torso.log2_hashmap_size=10", "model.torso.desired_resolution=64",
+              "model.param_groups.networks.lr=1e-2"]  # a few steps must move the torso nets visibly
+STEPS = {"head": 6, "lips": 4, "torso": 16}
+
+
+def add_torso(root: Path) -> None:
+    """Paint a torso under the synthetic head: in gt_imgs, parsing (red on disk) and torso_imgs (RGBA)."""
+    layout = SubjectLayout(root)
+    for path in sorted(layout.gt_dir.glob("*.jpg")):
+        i = int(path.stem)
+        head = (cv2.imread(str(layout.parsing(i))) == [255, 0, 0]).all(-1)
+        torso = np.zeros((SIZE, SIZE), bool)
+        torso[TORSO_TOP:] = True
+        torso &= ~head
+        gt = cv2.imread(str(path))
+        gt[torso] = TORSO_BGR
+        cv2.imwrite(str(path), gt, [cv2.IMWRITE_JPEG_QUALITY, 100])
+        parsing = cv2.imread(str(layout.parsing(i)))
+        parsing[torso] = [0, 0, 255]  # cv2 order: torso is red on disk
+        cv2.imwrite(str(layout.parsing(i)), parsing)
+        rgba = np.zeros((SIZE, SIZE, 4), np.uint8)
+        rgba[torso] = [*TORSO_BGR, 255]
+        cv2.imwrite(str(layout.torso(i)), rgba)
+
+
+def overrides(tmp: Path, *extra: str) -> list[str]:
+    return ["subject=sphere", f"paths.data_root={tmp / 'data'}", f"paths.runs_root={tmp / 'runs'}", *TINY, *extra]
+
+
+def stage_config(tmp: Path, name: str, *extra: str):
+    tiny = TINY_TORSO if name == "torso" else []
+    steps = STEPS.get(name, 4)
+    return compose("train", overrides(tmp, f"stage={name}", f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}",
+                                      *tiny, *extra))
+
+
+@pytest.fixture(scope="module")
+def subject(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.synthetic import write_synthetic_subject
+
+    tmp = tmp_path_factory.mktemp("stages")
+    add_torso(write_synthetic_subject(tmp / "data" / "sphere", num_frames=12, size=SIZE))
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def chained(subject: Path) -> dict:
+    """`stage=all` on the tiny subject: head -> lips -> torso."""
+    from ernerf.chain import run_chain
+    from train import train
+
+    results = run_chain(compose("train", overrides(subject, "stage=all")), lambda name: stage_config(subject, name), train)
+    return results
+
+
+def checkpoint(tmp: Path, stage: str) -> dict:
+    return torch.load(tmp / "runs" / "sphere" / stage / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+
+
+@pytest.mark.parametrize("stage", ["lips", "torso", "all"])
+def test_stage_configs_compose_and_resolve(stage: str) -> None:
+    cfg = compose("train", ["subject=someone", f"stage={stage}"])
+    OmegaConf.resolve(cfg)
+    assert cfg.stage.name == stage and cfg.run_dir == f"runs/someone/{stage}"
+    if stage == "lips":
+        assert cfg.datamodule.sampler._target_.endswith("LipsRaySampler") and cfg.model.scheduler.final_ratio == 0.05
+        assert cfg.loss.weights.lip_perceptual == 0.01 and cfg.loss.perceptual.lpips_backbone is None
+        assert cfg.loss.weights.rgb_uncertainty == 1.0  # the head losses go on
+    if stage == "torso":
+        assert cfg.datamodule.background == "plate" and cfg.datamodule.parsing_masks
+        assert list(cfg.model.frozen) == ["field\\.", "audio_encoder\\."] and cfg.model.torso.individual_dim == 8
+        assert set(cfg.loss.weights) == {"rgb", "torso_alpha", "torso_deform"}
+    if stage == "all":
+        assert list(cfg.stage.chain) == ["head", "lips", "torso"]
+    assert compose("train", ["subject=x", "stage=lips", "loss=lips_dssim"]).loss.perceptual._target_.endswith("DssimPatchLoss")
+
+
+def test_lips_without_a_head_checkpoint_names_the_command(tmp_path: Path) -> None:
+    from ernerf.chain import initial_checkpoint
+
+    with pytest.raises(ErnerfError, match="python train.py stage=head subject=sphere"):
+        initial_checkpoint(stage_config(tmp_path, "lips"))
+    with pytest.raises(ErnerfError, match="does not exist"):
+        initial_checkpoint(stage_config(tmp_path, "lips", f"init_from={tmp_path / 'nope.ckpt'}"))
+
+
+def test_lips_sampler_alternates_the_lips_square_and_random_rays(subject: Path) -> None:
+    from hydra.utils import instantiate
+
+    from datamodules.subject import TrainRays
+
+    dm = instantiate(stage_config(subject, "lips").datamodule)
+    dm.setup("fit")
+    rays = TrainRays(dm.data, dm.store, dm.sampler)
+    for frame in (0, 3, 7):
+        patch, random = rays[frame], rays[frame]
+        lips = dm.data.rects_of(frame)["lips"]
+        assert patch["patch_shape"] == (lips.height, lips.width) and lips.height * lips.width > 0
+        assert lips.contains(patch["pixel_index"], SIZE).all() and len(patch["pixel_index"]) == lips.height * lips.width
+        assert random["patch_shape"] is None and len(random["pixel_index"]) == 128
+
+
+def test_all_makes_three_checkpoints_and_a_rerun_skips_them(subject: Path, chained: dict) -> None:
+    from ernerf.chain import run_chain
+
+    assert set(chained) == {"head", "lips", "torso"} and all(chained.values())
+    for stage in ("head", "lips", "torso"):
+        assert checkpoint(subject, stage)["global_step"] == STEPS[stage]
+        assert (subject / "runs" / "sphere" / stage / "finished.json").is_file()
+    calls = []
+    again = run_chain(compose("train", overrides(subject, "stage=all")), lambda name: stage_config(subject, name), calls.append)
+    assert calls == [] and again == {"head": None, "lips": None, "torso": None}
+
+
+def test_lips_starts_from_the_head_and_logs_lip_crops(subject: Path, chained: dict) -> None:
+    from ernerf.chain import initial_checkpoint
+
+    assert initial_checkpoint(stage_config(subject, "lips")) == str(subject / "runs" / "sphere" / "head" / "checkpoints" / "last.ckpt")
+    head, lips = checkpoint(subject, "head")["state_dict"], checkpoint(subject, "lips")["state_dict"]
+    assert set(head) == set(lips)  # the same model, fine-tuned: no perceptual network inside the checkpoint
+    assert not torch.equal(head["field.individual_codes"], lips["field.individual_codes"])
+    assert "train/loss_lip_perceptual" in (subject / "runs" / "sphere" / "lips" / "csv" / "metrics.csv").read_text()
+    assert list((subject / "runs" / "sphere" / "lips" / "lip_crops").glob("*.png"))
+
+
+def test_torso_freezes_the_head_and_learns_the_parsing_torso(subject: Path, chained: dict) -> None:
+    from hydra.utils import instantiate
+
+    from ernerf.systems.talking_head import TalkingHeadSystem
+
+    lips, torso = checkpoint(subject, "lips")["state_dict"], checkpoint(subject, "torso")["state_dict"]
+    head_keys = [k for k in lips if k.startswith(("field.", "audio_encoder."))]
+    assert head_keys and all(torch.equal(lips[k], torso[k]) for k in head_keys)
+    assert any(k.startswith("torso.") for k in torso)
+
+    trained = TalkingHeadSystem.load_from_checkpoint(subject / "runs" / "sphere" / "torso" / "checkpoints" / "last.ckpt",
+                                                     map_location="cpu").eval()
+    torch.manual_seed(0)
+    fresh = TalkingHeadSystem.load_from_checkpoint(subject / "runs" / "sphere" / "torso" / "checkpoints" / "last.ckpt",
+                                                   map_location="cpu").eval()
+    fresh.torso = instantiate(fresh.hparams.torso, num_frames=fresh.hparams.num_frames)  # the torso at step 0
+    assert alpha_error(trained, subject) < alpha_error(fresh, subject) - 0.05
+    assert list((subject / "runs" / "sphere" / "torso" / "val_images").glob("val_torso_alpha_*.png"))
+
+
+def alpha_error(system, subject: Path) -> float:
+    """Mean |torso alpha - parsing torso mask| over the pixels the head leaves visible, in a few training frames."""
+    from datamodules.subject import FrameStore, parse_subject
+
+    data = parse_subject(subject / "data" / "sphere", "aud_mel.npy")
+    store = FrameStore(data, background="plate")
+    errors = []
+    for frame in (0, 4, 8):
+        out = system.render_image(data.poses[frame], data.intrinsics, SIZE, SIZE, data.audio_window(frame), None, frame,
+                                  store.background(frame).float() / 255)
+        assert out["rgb"].shape == (SIZE, SIZE, 3)  # head + torso + plate
+        masks = store.parsing_masks(frame).float() / 255
+        visible = masks[..., 1] < 0.5
+        errors.append((out["torso_alpha"] - masks[..., 0]).abs()[visible].mean().item())
+    return sum(errors) / len(errors)
