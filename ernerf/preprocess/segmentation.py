@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
-import multiprocessing.pool
 import os
+import re
+import shutil
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from itertools import islice
+from pathlib import Path
 from typing import TypeVar
 
 import cv2
@@ -122,6 +127,61 @@ def read_rgb(path: os.PathLike | str) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+class MaskCache:
+    """Soft person masks kept between steps as zlib-compressed uint8 chunks, one file per frame range.
+
+    Parsing runs the selfie-segmentation model once per frame and leaves its masks here; matting
+    reads them instead of running the model again. A mostly flat mask compresses ~20x, so even a
+    long clip stays small. Files are written whole under a temporary name and renamed, so a reader
+    only ever sees complete chunks; a frame range not covered reads as None (compute it then).
+    """
+
+    _NAME = re.compile(r"(\d+)-(\d+)\.u8z")
+
+    def __init__(self, folder: Path | str) -> None:
+        self.folder = Path(folder)
+
+    def write(self, frames: range, masks: np.ndarray) -> None:
+        """Store float masks [k, H, W] in [0, 1] (or uint8 0-255) of the consecutive `frames`."""
+        if len(masks) != len(frames):
+            raise ValueError(f"{len(masks)} masks for {len(frames)} frames")
+        m8 = masks if masks.dtype == np.uint8 else (np.clip(masks, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        k, h, w = m8.shape
+        path = self.folder / f"{frames.start}-{frames.stop}.u8z"
+        tmp = path.with_name(f".tmp.{os.getpid()}.{path.name}")
+        tmp.write_bytes(np.array([k, h, w], np.int64).tobytes() + zlib.compress(np.ascontiguousarray(m8), 1))
+        os.replace(tmp, path)
+
+    def read(self, frames: range) -> np.ndarray | None:
+        """uint8 masks [len(frames), H, W] of `frames`, or None if some frame is not cached."""
+        if not self.folder.is_dir() or len(frames) == 0:
+            return None
+        spans = sorted((int(m[1]), int(m[2]), f) for f in os.listdir(self.folder) if (m := self._NAME.fullmatch(f)))
+        parts, at = [], frames.start
+        for start, stop, name in spans:
+            if start <= at < stop:
+                parts.append(self._load(self.folder / name)[at - start:min(stop, frames.stop) - start])
+                at = min(stop, frames.stop)
+                if at >= frames.stop:
+                    return np.concatenate(parts)
+        return None
+
+    @staticmethod
+    def _load(path: Path) -> np.ndarray:
+        raw = path.read_bytes()
+        k, h, w = np.frombuffer(raw[:24], np.int64)
+        return np.frombuffer(zlib.decompress(raw[24:]), np.uint8).reshape(int(k), int(h), int(w))
+
+    def clear(self) -> None:
+        """Remove every cached mask (they belong to crops that are about to change, or are used up)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def person_mask_cache(root: Path | str) -> MaskCache:
+    """The person-mask cache of the subject folder `root` (a hidden working folder, not a dataset file)."""
+    return MaskCache(Path(root) / ".cache" / "person_masks")
+
+
 def frame_chunks(num_frames: int, size: int) -> list[range]:
     """Split frame indices 0..num_frames-1 into consecutive ranges of at most `size`."""
     return [range(s, min(s + size, num_frames)) for s in range(0, num_frames, size)]
@@ -132,31 +192,48 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)
 
 
-_POOLS: dict[int, multiprocessing.pool.Pool] = {}
+def _warm_worker() -> int:
+    # import the heavy modules while the parent is still busy with earlier steps
+    import mediapipe  # noqa: F401
+
+    return os.getpid()
 
 
-def worker_pool(workers: int) -> multiprocessing.pool.Pool:
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
     """A pool of `workers` processes shared by every step of this run, started on first use.
 
     Starting workers costs seconds (a fresh interpreter importing mediapipe and OpenCV); sharing
     them keeps that a once-per-run cost, and their per-process model caches stay warm across steps.
+    A worker that dies (killed for memory, a crash in native code) breaks the pool, which then
+    fails every pending task instead of waiting forever for a result that will not come.
     """
     pool = _POOLS.get(workers)
     if pool is None:
         # spawn, not fork: OpenCV's and mediapipe's thread pools, once used by this process, can
         # deadlock a forked child. Scripts calling this need the usual `if __name__ == "__main__"` guard.
-        pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker)
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker)
         if not _POOLS:
             atexit.register(close_pools)
         _POOLS[workers] = pool
     return pool
 
 
+def warm_pool(workers: int) -> None:
+    """Start the shared pool's workers now (they load mediapipe in the background); no-op for one worker."""
+    if workers > 1:
+        pool = worker_pool(workers)
+        for _ in range(workers):
+            pool.submit(_warm_worker)
+
+
 def close_pools() -> None:
     """Stop the shared worker pools (at exit, or to free their memory)."""
     for pool in _POOLS.values():
-        pool.terminate()
-        pool.join()
+        pool.shutdown(wait=True, cancel_futures=True)
     _POOLS.clear()
 
 
@@ -171,9 +248,19 @@ def map_ordered(fn: Callable[[T], R], items: Sequence[T], workers: int, window: 
         return
     pool = worker_pool(workers)
     it: Iterator[T] = iter(items)
-    pending = deque(pool.apply_async(fn, (x,)) for x in islice(it, window or 2 * workers))
-    while pending:
-        result = pending.popleft().get()
-        for x in islice(it, 1):
-            pending.append(pool.apply_async(fn, (x,)))
-        yield result
+    try:
+        pending = deque(pool.submit(fn, x) for x in islice(it, window or 2 * workers))
+        while pending:
+            result = pending.popleft().result()
+            for x in islice(it, 1):
+                pending.append(pool.submit(fn, x))
+            yield result
+    except BrokenProcessPool as exc:
+        _POOLS.pop(workers, None)
+        pool.shutdown(wait=False, cancel_futures=True)
+        from ernerf.errors import ErnerfError
+
+        raise ErnerfError(
+            f"a preprocessing worker process died while running {getattr(fn, '__name__', fn)} (killed for "
+            "memory, or a crash in native code): rerun to resume from this step, with preprocess.workers=1 "
+            "if it happens again.") from exc
