@@ -134,16 +134,22 @@ class _Chunk:
     mesh: np.ndarray  # [len(frames), 478, 3]
     guided_radius: int
     guided_eps: float
+    mask_cache: Path  # the parsing step's selfie masks, when it left them
+
+
+def _person_model() -> seg.PersonSegmenter:
+    if "person" not in _MODELS:  # one graph per process, reused over its chunks
+        _MODELS["person"] = seg.PersonSegmenter()
+    return _MODELS["person"]
 
 
 def _segment_chunk(job: _Chunk) -> tuple[np.ndarray, np.ndarray]:
     """Raw selfie masks and their gated, edge-refined versions of a run of frames, as uint8 [k, H, W]."""
-    if "person" not in _MODELS:  # one graph per process, reused over its chunks
-        _MODELS["person"] = seg.PersonSegmenter()
+    cached = seg.MaskCache(job.mask_cache).read(job.frames)  # parsing ran the same model on the same crops
     raw, refined = [], []
     for k, i in enumerate(job.frames):
         rgb = seg.read_rgb(job.ori_dir / f"{i}.jpg")
-        prob = _MODELS["person"](rgb)
+        prob = _person_model()(rgb) if cached is None else cached[k].astype(np.float32) * (1.0 / 255.0)
         raw.append(prob)
         refined.append(refine_edges(rgb, gate_to_person(prob, job.mesh[k]), job.guided_radius, job.guided_eps))
     # uint8 quarters what crosses the process pipe
@@ -173,7 +179,8 @@ class MattingStep(PreprocessStep):
         backdrop: np.ndarray | None = None
         matte, meter = TemporalMatte(self.ema_min, self.motion_scale), FlickerMeter()
         mesh = load_mesh(layout, n)
-        jobs = [_Chunk(r, layout.ori_imgs, mesh[r.start:r.stop], self.guided_radius, self.guided_eps)
+        cache = seg.person_mask_cache(layout.root)
+        jobs = [_Chunk(r, layout.ori_imgs, mesh[r.start:r.stop], self.guided_radius, self.guided_eps, cache.folder)
                 for r in seg.frame_chunks(n, self.chunk_size)]
         with VideoWriter(layout.alpha_video, fps=fps, crf=self.crf) as alpha_out, \
                 VideoWriter(layout.matted_video, fps=fps, crf=self.crf) as matted_out:
@@ -187,5 +194,6 @@ class MattingStep(PreprocessStep):
                     meter.update(raw, raw=raw, alpha=alpha)
                     alpha_out.write((alpha * 255.0 + 0.5).astype(np.uint8))
                     matted_out.write(over(rgb, alpha, backdrop))
+        cache.clear()  # used up: a forced re-run of matting alone segments again
         flicker = meter.result()
         return {"flicker_raw": flicker.get("raw", 0.0), "flicker_alpha": flicker.get("alpha", 0.0)}

@@ -232,19 +232,24 @@ class _Chunk:
     mesh: np.ndarray  # [len(frames), 478, 3]
     params: ParsingParams
     pose_every: int
+    mask_cache: Path  # where the selfie masks are left for the matting step
 
 
 def _parse_chunk(job: _Chunk) -> dict[str, float]:
     person_model, pose_model = _models()
     shoulders, seen, head_area = None, 0, 0.0
+    masks = []
     for k, i in enumerate(job.frames):
         rgb = seg.read_rgb(job.ori_dir / f"{i}.jpg")
         if k % job.pose_every == 0:  # shoulders move slowly; pose is the costliest model here
             shoulders = pose_model(rgb)
         seen += shoulders is not None
-        labels = parse_frame(rgb, person_model(rgb), job.mesh[k], shoulders, job.params)
+        prob = person_model(rgb)
+        masks.append(prob)
+        labels = parse_frame(rgb, prob, job.mesh[k], shoulders, job.params)
         head_area += float(np.mean(labels == HEAD))
         write_png(job.out_dir / f"{i}.png", labels_to_rgb(labels))
+    seg.MaskCache(job.mask_cache).write(job.frames, np.stack(masks))
     return {"frames": len(job.frames), "shoulders_seen": seen, "head_area": head_area}
 
 
@@ -270,12 +275,15 @@ class ParsingStep(PreprocessStep):
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
         layout, n = ctx.layout, ctx.num_frames
+        cache = seg.person_mask_cache(layout.root)
+        cache.clear()  # masks of earlier crops must never reach the matting step
         with atomic_dir(layout.parsing_dir) as out_dir:
             if self.backend == "bisenet":
                 return self._run_bisenet(layout, n, out_dir)
             mesh = load_mesh(layout, n)
-            jobs = [_Chunk(r, layout.ori_imgs, out_dir, mesh[r.start:r.stop], self.params, self.pose_every)
-                    for r in seg.frame_chunks(n, self.chunk_size)]
+            cache.folder.mkdir(parents=True, exist_ok=True)
+            jobs = [_Chunk(r, layout.ori_imgs, out_dir, mesh[r.start:r.stop], self.params, self.pose_every,
+                           cache.folder) for r in seg.frame_chunks(n, self.chunk_size)]
             stats = list(seg.map_ordered(_parse_chunk, jobs, self.workers))
         seen = sum(s["shoulders_seen"] for s in stats)
         if seen == 0:
