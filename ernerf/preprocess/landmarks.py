@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ IBUG68_FROM_MESH = np.array([
 ])
 MIN_VALID_RATIO = 0.5  # below this share of detected frames the interpolated mesh is mostly guesswork
 MISS_WARN_RATIO = 0.95  # below this share of detected frames, interpolation is worth a warning
-MIN_PARALLEL_FRAMES = 500  # a worker needs ~2 s to import mediapipe: worth it only for longer clips
+MIN_PARALLEL_FRAMES = 80  # below two batches one process is as fast (workers are started ahead, see warm_pool)
 BATCH = 40  # consecutive frames per work item: tracking runs within a batch, detection once per batch
 
 
@@ -95,80 +96,48 @@ def interpolate_missing(mesh: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 def mesh_frames(frames: list[Path], workers: int = 2, min_confidence: float = 0.5,
                 min_parallel: int = MIN_PARALLEL_FRAMES) -> tuple[np.ndarray, np.ndarray]:
-    """Face mesh of each image file: (float32 [N, 478, 3] zeros where missed, bool [N])."""
+    """Face mesh of each image file: (float32 [N, 478, 3] zeros where missed, bool [N]).
+
+    Batches of BATCH consecutive frames go to the shared worker pool (the one parsing, composite
+    and matting use, so its start-up is paid once per run); each batch is tracked on its own, so
+    the result does not depend on how many processes share the work.
+    """
+    from ernerf.preprocess import segmentation as seg
+
     mesh = np.zeros((len(frames), NUM_MESH_POINTS, 3), dtype=np.float32)
     valid = np.zeros(len(frames), dtype=bool)
-    if workers <= 1 or len(frames) < min_parallel:
-        results = _mesh_batches(frames, min_confidence, _LocalCounter())
-    else:
-        results = _mesh_parallel(frames, workers, min_confidence)
-    for start, m, v in results:
-        mesh[start:start + len(m)], valid[start:start + len(v)] = m, v
+    jobs = [_Batch(start, tuple(frames[start:start + BATCH]), min_confidence)
+            for start in range(0, len(frames), BATCH)]
+    for job, (m, v) in zip(jobs, seg.map_ordered(_mesh_batch, jobs, workers if len(frames) >= min_parallel else 1)):
+        mesh[job.start:job.start + len(m)], valid[job.start:job.start + len(v)] = m, v
     return mesh, valid
 
 
-def _mesh_parallel(frames: list[Path], workers: int, min_confidence: float) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """Main process and `workers - 1` spawned ones pull batches from one shared counter.
-
-    The main process starts at once while the others import mediapipe, and whoever is faster takes
-    more batches, so the split stays balanced on a busy machine.
-    """
-    import multiprocessing as mp
-
-    # spawn: each worker builds its own mediapipe graph; forking a process that holds one is unsafe.
-    ctx = mp.get_context("spawn")
-    counter = ctx.Value("i", 0)
-    with ctx.Pool(workers - 1, initializer=_set_worker_counter, initargs=(counter,)) as pool:
-        pending = [pool.apply_async(_mesh_batches, (frames, min_confidence)) for _ in range(workers - 1)]
-        results = _mesh_batches(frames, min_confidence, counter)
-        for job in pending:
-            results += job.get()
-    return results
+@dataclass(frozen=True)
+class _Batch:
+    start: int
+    paths: tuple[Path, ...]
+    min_confidence: float
 
 
-class _LocalCounter:
-    """Single-process stand-in for the shared batch counter."""
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def get_lock(self) -> Any:
-        import contextlib
-
-        return contextlib.nullcontext()
+_MESHERS: dict[float, Any] = {}
 
 
-_WORKER_COUNTER: Any = None
-
-
-def _set_worker_counter(counter: Any) -> None:
-    global _WORKER_COUNTER
-    _WORKER_COUNTER = counter
-
-
-def _mesh_batches(frames: list[Path], min_confidence: float,
-                  counter: Any = None) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """Take BATCH consecutive frames at a time until none are left; track the mesh within each batch."""
+def _mesh_batch(job: _Batch) -> tuple[np.ndarray, np.ndarray]:
+    """Mesh a run of consecutive frames, tracking from one to the next: ([k, 478, 3], bool [k])."""
     import cv2
 
     from ernerf.preprocess.mediapipe_face import FaceMesher
 
-    counter = counter if counter is not None else _WORKER_COUNTER
-    out = []
-    with FaceMesher(static=False, min_confidence=min_confidence) as mesher:
-        while True:
-            with counter.get_lock():
-                start = counter.value
-                counter.value = start + BATCH
-            if start >= len(frames):
-                return out
-            paths = frames[start:start + BATCH]
-            mesh = np.zeros((len(paths), NUM_MESH_POINTS, 3), dtype=np.float32)
-            valid = np.zeros(len(paths), dtype=bool)
-            mesher.reset()  # frames of the next batch are not adjacent to the last one
-            for k, path in enumerate(paths):
-                bgr = cv2.imread(str(path))
-                pts = mesher.mesh(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)) if bgr is not None else None
-                if pts is not None:
-                    mesh[k], valid[k] = pts, True
-            out.append((start, mesh, valid))
+    mesher = _MESHERS.get(job.min_confidence)
+    if mesher is None:  # one graph per process, reused over its batches
+        mesher = _MESHERS[job.min_confidence] = FaceMesher(static=False, min_confidence=job.min_confidence)
+    mesher.reset()  # this batch's frames are not adjacent to the last one this process saw
+    mesh = np.zeros((len(job.paths), NUM_MESH_POINTS, 3), dtype=np.float32)
+    valid = np.zeros(len(job.paths), dtype=bool)
+    for k, path in enumerate(job.paths):
+        bgr = cv2.imread(str(path))
+        pts = mesher.mesh(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)) if bgr is not None else None
+        if pts is not None:
+            mesh[k], valid[k] = pts, True
+    return mesh, valid
