@@ -9,12 +9,16 @@ Each step's frames/s is reported twice: raw (frames / seconds of the step on the
 which excludes fixed costs such as loading a model: the same steps first run on a 3.2 s warm-up cut
 of the input, and marginal = (frames_input - frames_warmup) / (seconds_input - seconds_warmup).
 Peak RSS is resource.getrusage of this process and of its largest child (worker processes, ffmpeg).
+CPU seconds per step count this process and all its descendants (live ones through /proc), so a
+step that keeps both cores busy shows about twice its wall time; the load average tells how much
+other work shared the machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import sys
@@ -30,6 +34,7 @@ from ernerf.io.layout import SubjectLayout  # noqa: E402
 from ernerf.io.video import probe, run_ffmpeg  # noqa: E402
 from ernerf.preprocess.base import StepContext, StepReport, run_steps  # noqa: E402
 from ernerf.preprocess.pipeline import build_steps  # noqa: E402
+from ernerf.preprocess.segmentation import warm_pool  # noqa: E402
 
 DEFAULT_CLIP = REPO.parent / "shared" / "data" / "train" / "trump_10s.mp4"
 WARMUP_SECONDS = 3.2  # just above the ingest step's 3 s minimum
@@ -76,9 +81,46 @@ def run_pipeline(steps_cfg: DictConfig, video: Path, root: Path) -> tuple[list[S
     root.mkdir(parents=True)
     reports = []
     for step in build_steps(steps_cfg):
+        cpu0 = cpu_seconds()
         reports += run_steps([step], StepContext(layout=layout, video=video))
-        print(f"  {step.name:<15} {reports[-1].seconds:7.1f} s   peak RSS {peak_rss_mib():.0f} MiB", flush=True)
+        reports[-1].facts["cpu_seconds"] = cpu_seconds() - cpu0
+        print(f"  {step.name:<15} {reports[-1].seconds:7.1f} s  cpu {reports[-1].facts['cpu_seconds']:6.1f} s"
+              f"   peak RSS {peak_rss_mib():.0f} MiB   load {os.getloadavg()[0]:.1f}", flush=True)
     return reports, int(json.loads(layout.meta.read_text())["num_frames"])
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process, its finished children and its live descendants."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        r = resource.getrusage(who)
+        total += r.ru_utime + r.ru_stime
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in _descendants(os.getpid()):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended meanwhile (and its time moved into RUSAGE_CHILDREN of its parent)
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def _descendants(root: int) -> list[int]:
+    """Live descendant process ids of `root` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
 
 
 def peak_rss_mib() -> float:
@@ -92,17 +134,19 @@ def table(full: list[StepReport], n_full: int, warm: list[StepReport], n_warm: i
     """Per step and overall: seconds, raw and marginal frames/s."""
     rows = []
     for f, w in zip(full, warm):
-        rows.append(_row(f.name, f.seconds, w.seconds, n_full, n_warm))
+        rows.append(_row(f.name, f.seconds, w.seconds, n_full, n_warm, f.facts.get("cpu_seconds", 0.0)))
     total, total_warm = sum(r.seconds for r in full), sum(r.seconds for r in warm)
-    rows.append(_row("overall", total, total_warm, n_full, n_warm))
+    cpu = sum(r.facts.get("cpu_seconds", 0.0) for r in full)
+    rows.append(_row("overall", total, total_warm, n_full, n_warm, cpu))
     return rows
 
 
-def _row(name: str, seconds: float, warm_seconds: float, n: int, n_warm: int) -> dict:
+def _row(name: str, seconds: float, warm_seconds: float, n: int, n_warm: int, cpu: float) -> dict:
     extra = seconds - warm_seconds
     marginal = (n - n_warm) / extra if extra > 1e-3 and n > n_warm else float("nan")
     return {"step": name, "seconds": round(seconds, 2), "warmup_seconds": round(warm_seconds, 2),
-            "fps": round(n / max(seconds, 1e-9), 2), "marginal_fps": round(marginal, 2)}
+            "fps": round(n / max(seconds, 1e-9), 2), "marginal_fps": round(marginal, 2),
+            "cpu_seconds": round(cpu, 2)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -129,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         video = make_input(args.clip, args.workdir / "input.mp4", args.loop, args.scale)
     info = probe(video)
     print(f"input {video}: {info.width}x{info.height}, {info.duration:.1f} s, {info.num_frames} frames")
+    warm_pool(int(compose_preprocess(args.overrides).preprocess.workers))  # as preprocess_subject does
     warm, n_warm = [], 0
     if not args.no_warmup:
         cut = make_input(args.clip, args.workdir / "warmup.mp4", 1, args.scale, seconds=WARMUP_SECONDS)
@@ -140,18 +185,20 @@ def main(argv: list[str] | None = None) -> None:
     wall = time.perf_counter() - t0
     rows = table(full, n_full, warm or [StepReport(r.name, "", 0.0, {}) for r in full], n_warm)
     report = {"input": str(video), "size": f"{info.width}x{info.height}", "frames": n_full, "wall_seconds": round(wall, 1),
-              "peak_rss_mib": round(peak_rss_mib(), 0), "steps": rows}
+              "peak_rss_mib": round(peak_rss_mib(), 0), "load_average": os.getloadavg(), "steps": rows}
     print_rows(rows, n_full, wall)
-    print(f"peak RSS (self + largest child): {report['peak_rss_mib']:.0f} MiB")
+    print(f"peak RSS (self + largest child): {report['peak_rss_mib']:.0f} MiB; load average "
+          + " ".join(f"{x:.1f}" for x in report["load_average"]))
     (args.workdir / "results.json").write_text(json.dumps(report, indent=2))
 
 
 def print_rows(rows: list[dict], n: int, wall: float) -> None:
     """A plain-text table of the figures."""
     print(f"\n{n} frames, wall {wall:.1f} s")
-    print(f"{'step':<15}{'seconds':>9}{'warm-up s':>11}{'fps':>9}{'marginal fps':>14}")
+    print(f"{'step':<15}{'seconds':>9}{'warm-up s':>11}{'fps':>9}{'marginal fps':>14}{'cpu s':>9}")
     for r in rows:
-        print(f"{r['step']:<15}{r['seconds']:>9.1f}{r['warmup_seconds']:>11.1f}{r['fps']:>9.1f}{r['marginal_fps']:>14.1f}")
+        print(f"{r['step']:<15}{r['seconds']:>9.1f}{r['warmup_seconds']:>11.1f}{r['fps']:>9.1f}{r['marginal_fps']:>14.1f}"
+              f"{r['cpu_seconds']:>9.1f}")
 
 
 if __name__ == "__main__":

@@ -52,8 +52,15 @@ def preprocess_subject(cfg: DictConfig, layout: SubjectLayout, video: Path | Non
             f"`python preprocess.py video=<path/to/video.mp4> subject={layout.name}`."
         )
     layout.root.mkdir(parents=True, exist_ok=True)
+    force = list(cfg.get("force") or [])
+    if force or not all(step.is_complete(layout) for step in steps):
+        # per-frame steps share one process pool: start it now, so its workers load their models
+        # while ingest and headbox run here
+        from ernerf.preprocess.segmentation import warm_pool
+
+        warm_pool(int(cfg.get("workers", 1)))
     ctx = StepContext(layout=layout, video=Path(video) if video else None, audio=Path(audio) if audio else None)
-    reports = run_steps(steps, ctx, force=list(cfg.get("force") or []))
+    reports = run_steps(steps, ctx, force=force)
     print_summary(layout, reports, ctx.warnings)
     return reports
 
