@@ -47,7 +47,8 @@ class ValImageLogger(L.Callback):
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
-        if trainer.sanity_checking or batch_idx >= self.max_images or not self._due(trainer):
+        # Under DDP each rank renders its share of the frames: rank 0's images stand for all (one set of files).
+        if trainer.sanity_checking or not trainer.is_global_zero or batch_idx >= self.max_images or not self._due(trainer):
             return
         self.last_logged_step = trainer.global_step
         image = side_by_side(outputs["rgb"], batch["rgb"], outputs["depth"], outputs.get("opacity"))

@@ -1,4 +1,4 @@
-"""Refresh the occupancy grid every N steps from conditioning seen in training."""
+"""Refresh the occupancy grid every N steps from conditioning seen in training; identical on every rank."""
 
 from __future__ import annotations
 
@@ -6,10 +6,25 @@ import random
 from typing import Any
 
 import lightning as L
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
+    """Overwrite every buffer of `module` with rank `src`'s copy (in place; a no-op outside torch.distributed)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.view(torch.uint8) if buffer.dtype == torch.bool else buffer, src=src)
 
 
 class OccupancyGridCallback(L.Callback):
-    """Every `every_n_steps` optimizer steps, update the grid with the audio code and eye of a random training frame."""
+    """Every `every_n_steps` optimizer steps, update the grid with the audio code and eye of a random training frame.
+
+    Under DDP every rank refreshes (ranks draw different jitter points), then rank 0's grid is broadcast, so all
+    ranks march through the same cells; the system's DDP strategy therefore need not broadcast buffers each step.
+    """
 
     def __init__(self, every_n_steps: int = 16, seed: int = 0) -> None:
         self.every_n_steps = every_n_steps
@@ -23,6 +38,7 @@ class OccupancyGridCallback(L.Callback):
         frame = self.rng.randrange(data.num_train)  # ER-NeRF: one random frame's audio per refresh
         device = pl_module.device
         pl_module.refresh_occupancy(data.audio_window(frame).to(device), data.eye[frame : frame + 1].to(device))
+        broadcast_buffers(pl_module.grid)
         self.updates += 1
         pl_module.log("train/occupancy", pl_module.grid.occupancy_ratio)  # 0 means nothing renders any more
 

@@ -29,7 +29,7 @@ def test_empty_pixels_of_the_depth_map_are_black() -> None:
 
 
 def fake_trainer(step: int, loggers: list) -> SimpleNamespace:
-    return SimpleNamespace(global_step=step, sanity_checking=False, loggers=loggers)
+    return SimpleNamespace(global_step=step, sanity_checking=False, loggers=loggers, is_global_zero=True)
 
 
 def test_logger_writes_pngs_and_tensorboard_every_n_steps(tmp_path: Path) -> None:

@@ -1,0 +1,57 @@
+"""Data-parallel recipe (docs/multigpu.md): per-rank ray seeds, the step budget and learning rates scaled to the world size."""
+
+from __future__ import annotations
+
+import math
+import lightning as L
+import torch
+
+from ernerf.errors import ErnerfError
+
+LR_RULES = ("none", "sqrt", "linear")
+
+
+def lr_factor(rule: str, world_size: int) -> float:
+    """Learning-rate multiplier for a batch `world_size` times larger: 1, sqrt(W) (Adam's rule) or W."""
+    if rule not in LR_RULES:
+        raise ErnerfError(f"callbacks.data_parallel.lr_scaling must be one of {LR_RULES}, got '{rule}'.")
+    return {"none": 1.0, "sqrt": math.sqrt(world_size), "linear": float(world_size)}[rule]
+
+
+def per_rank_steps(single_device_steps: int, world_size: int) -> int:
+    """Optimizer steps that see as many rays on `world_size` ranks as `single_device_steps` on one device."""
+    return single_device_steps if single_device_steps <= 0 else math.ceil(single_device_steps / world_size)
+
+
+class DataParallelCallback(L.Callback):
+    """On W > 1 ranks: reseed each rank's rays, run max_steps / W steps at lr x factor(W); a no-op on one device."""
+
+    def __init__(self, seed: int = 0, lr_scaling: str = "sqrt", divide_steps: bool = True) -> None:
+        lr_factor(lr_scaling, 1)  # fail at construction on an unknown rule
+        self.seed, self.lr_scaling, self.divide_steps = seed, lr_scaling, divide_steps
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Before configure_optimizers: the scheduler and loss ramps then read the divided budget."""
+        if stage != "fit" or trainer.world_size == 1:
+            return
+        # seed_everything gave every rank the same torch stream: without this all ranks draw the same pixels,
+        # eye jitter and marcher offsets. Rank 0 keeps the configured seed.
+        torch.manual_seed(self.seed + trainer.global_rank)
+        if self.divide_steps:
+            loop = trainer.fit_loop.epoch_loop
+            loop.max_steps = per_rank_steps(loop.max_steps, trainer.world_size)
+            if isinstance(trainer.val_check_interval, int):  # validate at the same fractions of the run
+                trainer.val_check_interval = per_rank_steps(trainer.val_check_interval, trainer.world_size)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """After configure_optimizers, before a resumed optimizer state (already scaled) replaces it."""
+        factor = lr_factor(self.lr_scaling, trainer.world_size)
+        if factor == 1.0:
+            return
+        for config in trainer.lr_scheduler_configs:
+            config.scheduler.base_lrs = [lr * factor for lr in config.scheduler.base_lrs]
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] *= factor
+                if "initial_lr" in group:
+                    group["initial_lr"] *= factor
