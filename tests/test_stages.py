@@ -160,7 +160,7 @@ def test_torso_freezes_the_head_and_learns_the_parsing_torso(subject: Path, chai
     fresh = TalkingHeadSystem.load_from_checkpoint(subject / "runs" / "sphere" / "torso" / "checkpoints" / "last.ckpt",
                                                    map_location="cpu").eval()
     fresh.torso = instantiate(fresh.hparams.torso, num_frames=fresh.hparams.num_frames)  # the torso at step 0
-    assert alpha_error(trained, subject) < alpha_error(fresh, subject) - 0.05
+    assert alpha_error(trained, subject) < 0.5 * alpha_error(fresh, subject)  # about 0.09 vs 0.49
     assert list((subject / "runs" / "sphere" / "torso" / "val_images").glob("val_torso_alpha_*.png"))
 
 
@@ -179,3 +179,21 @@ def alpha_error(system, subject: Path) -> float:
         visible = masks[..., 1] < 0.5
         errors.append((out["torso_alpha"] - masks[..., 0]).abs()[visible].mean().item())
     return sum(errors) / len(errors)
+
+
+def test_all_with_a_video_preprocesses_a_missing_subject_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ernerf.preprocess.pipeline as pipeline
+    from ernerf.chain import preprocess_overrides, run_chain, stage_overrides
+
+    task = ["stage=all", "subject=sphere", "video=/clips/me.mp4", f"paths.data_root={tmp_path / 'data'}", "seed=3"]
+    assert preprocess_overrides(task) == ["subject=sphere", "video=/clips/me.mp4", f"paths.data_root={tmp_path / 'data'}"]
+    assert stage_overrides(task) == task[1:2] + task[3:]
+    seen = []
+    monkeypatch.setattr(pipeline, "preprocess_subject", lambda cfg, layout, video: seen.append((list(cfg.steps), layout.root, video)))
+    cfg = compose("train", overrides(tmp_path, "stage=all", "video=/clips/me.mp4"))
+    trained = []
+    run_chain(cfg, lambda name: stage_config(tmp_path, name), trained.append,
+              lambda: compose("preprocess", preprocess_overrides(task)))
+    (steps, root, video), = seen
+    assert "ingest" in steps and root == tmp_path / "data" / "sphere" and video == Path("/clips/me.mp4")
+    assert [c.stage.name for c in trained] == ["head", "lips", "torso"]
