@@ -109,4 +109,5 @@ def stage_overrides(task_overrides: Sequence[str]) -> list[str]:
 def preprocess_overrides(task_overrides: Sequence[str]) -> list[str]:
     """Command-line overrides the preprocessing of `stage=all video=...` shares with training."""
     keep = ("subject", "video", "audio_features", "audio")
-    return [o for o in task_overrides if (key := o.partition("=")[0].lstrip("+~")) in keep or key.startswith(("paths.", "preprocess."))]
+    keys = [o.partition("=")[0].lstrip("+~") for o in task_overrides]
+    return [o for o, key in zip(task_overrides, keys) if key in keep or key.startswith(("paths.", "preprocess."))]

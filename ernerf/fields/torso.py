@@ -77,8 +77,8 @@ class TorsoField(nn.Module):
         """Colour, alpha and deformation of image points `coords` for a frame seen by camera `c2w` [4, 4]."""
         x = coords.float() * self.shrink
         keypoints = pose_keypoints(self.anchors, c2w.to(x)).reshape(1, -1)  # [1, 2K]
-        code = self.code(frame_index)
-        cond = torch.cat([self.coord_encoder(x), (torch.cat([self.pose_encoder(keypoints), code], -1)).expand(x.shape[0], -1)], -1)
+        frame_cond = torch.cat([self.pose_encoder(keypoints), self.code(frame_index)], -1)  # [1, P + I]
+        cond = torch.cat([self.coord_encoder(x), frame_cond.expand(x.shape[0], -1)], -1)
         deform = self.deform_net(cond)  # [N, 2]
         h = self.color_net(torch.cat([self.grid((x + deform).clamp(-1, 1)), cond], -1))
         squash = torch.sigmoid(h) * 1.002 - 0.001  # ER-NeRF: lets alpha reach exactly 0 and 1

@@ -53,7 +53,7 @@ def psnr_from_mse(mse: Tensor) -> Tensor:
 
 
 class TalkingHeadSystem(L.LightningModule):
-    """Builds the audio encoder, face field (+ torso field), occupancy grid and marcher from config; trains, validates, renders."""
+    """Builds audio encoder, face field (+ torso field), occupancy grid and marcher from config; trains, validates, renders."""
 
     def __init__(
         self,
