@@ -135,37 +135,41 @@ def iter_frames(path: Path | str, start: int = 0, stop: int | None = None, step:
         cap.release()
 
 
+RAW_PIX_FMT = {1: "gray", 3: "rgb24", 4: "rgba"}  # channels of the frames piped in -> ffmpeg's raw format
+
+
 class VideoWriter:
-    """Write RGB (or grey) uint8 frames to an H.264 mp4 through an ffmpeg pipe.
+    """Write grey, RGB or RGBA uint8 frames through an ffmpeg pipe (H.264 mp4 unless `codec_args` say otherwise).
 
     Writes to a temporary name and renames on `close()`, so a killed run leaves no half file.
     """
 
     def __init__(self, path: Path | str, fps: float = 25.0, crf: int = 18, audio: Path | str | None = None,
-                 pix_fmt: str = "yuv420p") -> None:
+                 pix_fmt: str = "yuv420p", codec_args: list[str] | None = None) -> None:
         from ernerf.io.atomic import tmp_path_for
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = tmp_path_for(self.path)
         self.fps, self.crf, self.audio, self.pix_fmt = fps, crf, audio, pix_fmt
+        self.codec_args = codec_args or ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf),
+                                         "-pix_fmt", pix_fmt, "-movflags", "+faststart"]
         self._proc: subprocess.Popen | None = None
         self._shape: tuple[int, ...] | None = None
 
     def _start(self, frame: np.ndarray) -> None:
         h, w = frame.shape[:2]
-        in_fmt = "gray" if frame.ndim == 2 else "rgb24"
+        in_fmt = RAW_PIX_FMT[1 if frame.ndim == 2 else frame.shape[2]]
         cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
                "-f", "rawvideo", "-pix_fmt", in_fmt, "-s", f"{w}x{h}", "-r", f"{self.fps}", "-i", "-"]
         if self.audio is not None:
             cmd += ["-i", str(self.audio), "-c:a", "aac", "-b:a", "128k", "-shortest"]
-        cmd += ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(self.crf), "-pix_fmt", self.pix_fmt,
-                "-movflags", "+faststart", str(self._tmp)]
+        cmd += [*self.codec_args, str(self._tmp)]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         self._shape = frame.shape
 
     def write(self, frame: np.ndarray) -> None:
-        """Append one frame (uint8, [H, W, 3] RGB or [H, W] grey; H and W even for yuv420p)."""
+        """Append one frame (uint8, [H, W] grey, [H, W, 3] RGB or [H, W, 4] RGBA; H and W even for yuv420p)."""
         if self._proc is None:
             self._start(frame)
         if frame.shape != self._shape:
@@ -181,7 +185,7 @@ class VideoWriter:
             raise ErnerfError(f"no frames were written to {self.path}")
         assert self._proc.stdin is not None
         self._proc.stdin.close()
-        err = self._proc.stderr.read().decode() if self._proc.stderr else ""
+        err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
         if self._proc.wait() != 0:
             raise ErnerfError(f"ffmpeg failed writing {self.path}: {err.strip()[-500:]}")
         os.replace(self._tmp, self.path)

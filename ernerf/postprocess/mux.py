@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import cv2
@@ -50,48 +48,11 @@ def depth_range(depth: np.ndarray) -> tuple[float, float]:
     return float(lo), float(max(hi, lo + 1e-3))
 
 
-class AlphaWebmWriter:
-    """Write RGBA frames to a VP9 webm with an alpha channel (yuva420p) through an ffmpeg pipe."""
-
-    def __init__(self, path: Path | str, fps: float = 25.0, crf: int = 30) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = tmp_path_for(self.path)
-        self.fps, self.crf = fps, crf
-        self._proc: subprocess.Popen | None = None
-
-    def _start(self, h: int, w: int) -> None:
-        cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgba",
-               "-s", f"{w}x{h}", "-r", f"{self.fps}", "-i", "-", "-c:v", "libvpx-vp9", "-pix_fmt", "yuva420p",
-               "-crf", str(self.crf), "-b:v", "0", "-deadline", "realtime", "-cpu-used", "8",
-               "-auto-alt-ref", "0", str(self._tmp)]
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-
-    def write(self, rgba: np.ndarray) -> None:
-        """Append one [H,W,4] uint8 RGBA frame."""
-        if self._proc is None:
-            self._start(*rgba.shape[:2])
-        assert self._proc is not None and self._proc.stdin is not None
-        self._proc.stdin.write(np.ascontiguousarray(rgba, dtype=np.uint8).tobytes())
-
-    def close(self) -> Path:
-        """Finish encoding and move the file into place."""
-        if self._proc is None:
-            raise ErnerfError(f"no frames were written to {self.path}")
-        assert self._proc.stdin is not None and self._proc.stderr is not None
-        self._proc.stdin.close()
-        err = self._proc.stderr.read().decode(errors="replace")
-        if self._proc.wait() != 0:
-            raise ErnerfError(f"ffmpeg failed writing {self.path}: {err.strip()[-500:]}")
-        os.replace(self._tmp, self.path)
-        return self.path
-
-    def abort(self) -> None:
-        """Stop encoding and delete the partial file."""
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
-        self._tmp.unlink(missing_ok=True)
+def alpha_webm_writer(path: Path | str, fps: float = 25.0, crf: int = 30) -> VideoWriter:
+    """A writer of RGBA frames to a VP9 webm that keeps the alpha channel (yuva420p)."""
+    return VideoWriter(path, fps=fps, codec_args=["-c:v", "libvpx-vp9", "-pix_fmt", "yuva420p", "-crf", str(crf),
+                                                  "-b:v", "0", "-deadline", "realtime", "-cpu-used", "8",
+                                                  "-auto-alt-ref", "0"])
 
 
 class PngSequenceWriter:
@@ -132,9 +93,9 @@ class ResultWriter:
         self.alpha = self._alpha_writer(alpha, name)
         self._written = 0
 
-    def _alpha_writer(self, alpha: str | None, name: str) -> AlphaWebmWriter | PngSequenceWriter | None:
+    def _alpha_writer(self, alpha: str | None, name: str) -> VideoWriter | PngSequenceWriter | None:
         if alpha == "webm":
-            return AlphaWebmWriter(self.out_dir / f"{name}_head.webm", fps=self.fps)
+            return alpha_webm_writer(self.out_dir / f"{name}_head.webm", fps=self.fps)
         if alpha == "png":
             return PngSequenceWriter(self.out_dir / f"{name}_head")
         return None
