@@ -128,9 +128,9 @@ def neck_region(shape: tuple[int, int], xy: np.ndarray, face: FaceFrame, shoulde
     return _poly_mask(shape, poly)
 
 
-def skin_model(rgb: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Mean and inverse covariance of CrCb skin colour sampled on the cheeks and forehead."""
-    ycc = cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)
+def skin_model(rgb: np.ndarray, xy: np.ndarray, ycc: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Mean and inverse covariance of CrCb skin colour sampled on the cheeks and forehead (`ycc`: the frame in YCrCb)."""
+    ycc = cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb) if ycc is None else ycc
     h, w = rgb.shape[:2]
     samples = []
     for x, y in np.round(xy[list(seg.SKIN_POINTS)]).astype(int):
@@ -145,16 +145,19 @@ def skin_model(rgb: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return crcb.mean(0), icov
 
 
-def skin_mask(rgb: np.ndarray, model: tuple[np.ndarray, np.ndarray], region: np.ndarray, max_dist: float) -> np.ndarray:
+def skin_mask(rgb: np.ndarray, model: tuple[np.ndarray, np.ndarray], region: np.ndarray, max_dist: float,
+              ycc: np.ndarray | None = None) -> np.ndarray:
     """Pixels of `region` whose CrCb colour lies within `max_dist` Mahalanobis units of the skin model."""
     mean, icov = model
-    ys, xs = np.nonzero(region)
     out = np.zeros(region.shape, bool)
-    if len(ys) == 0:
+    x, y, w, h = cv2.boundingRect(region.astype(np.uint8))  # the neck band is a small part of the frame
+    if w == 0 or h == 0:
         return out
-    crcb = cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)[ys, xs, 1:].astype(np.float32) - mean
-    d2 = np.einsum("ni,ij,nj->n", crcb, icov, crcb)
-    out[ys[d2 < max_dist ** 2], xs[d2 < max_dist ** 2]] = True
+    window = (slice(y, y + h), slice(x, x + w))
+    ycc = cv2.cvtColor(rgb[window], cv2.COLOR_RGB2YCrCb) if ycc is None else ycc[window]
+    crcb = ycc[..., 1:].astype(np.float32) - mean
+    d2 = np.einsum("...i,ij,...j->...", crcb, icov, crcb)
+    out[window] = region[window] & (d2 < max_dist ** 2)
     return out
 
 
@@ -202,10 +205,11 @@ def parse_frame(rgb: np.ndarray, prob: np.ndarray, mesh: np.ndarray, shoulders: 
 def _neck(rgb: np.ndarray, xy: np.ndarray, face: FaceFrame, shoulders: np.ndarray | None, rest: np.ndarray,
           head: np.ndarray, p: ParsingParams) -> np.ndarray:
     band = rest & neck_region(rest.shape, xy, face, shoulders, p)
-    model = skin_model(rgb, xy)
+    ycc = cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)
+    model = skin_model(rgb, xy, ycc)
     if model is None:
         return band
-    neck = seg.open_close(skin_mask(rgb, model, band, p.skin_distance), p.clean_radius) & band
+    neck = seg.open_close(skin_mask(rgb, model, band, p.skin_distance, ycc), p.clean_radius) & band
     # the neck hangs from the head: keep skin blobs that touch the head's lower edge
     touching = cv2.dilate(head.astype(np.uint8), seg.disk(p.clean_radius + 2)).astype(bool)
     return seg.fill_holes(seg.components_touching(neck, touching)) & band
