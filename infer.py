@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig
 
-from ernerf.errors import ErnerfError
+from ernerf.cli import exit_on_user_error
 
 if TYPE_CHECKING:
     from ernerf.inference import InferenceResult
@@ -32,12 +31,7 @@ def print_summary(result: InferenceResult) -> None:
 def main(cfg: DictConfig) -> None:
     from ernerf.inference import infer_from_config
 
-    try:
-        result = infer_from_config(cfg)
-    except ErnerfError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    print_summary(result)
+    print_summary(exit_on_user_error(infer_from_config)(cfg))
 
 
 if __name__ == "__main__":

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from ernerf.errors import ErnerfError
+from ernerf.cli import exit_on_user_error
 
 
 @hydra.main(config_path="conf", config_name="preprocess", version_base="1.3")
@@ -17,11 +16,7 @@ def main(cfg: DictConfig) -> None:
     from ernerf.preprocess.pipeline import preprocess_subject
 
     layout = SubjectLayout(Path(cfg.paths.data_root) / cfg.subject)
-    try:
-        preprocess_subject(cfg.preprocess, layout, video=cfg.video, audio=cfg.audio)
-    except ErnerfError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_user_error(preprocess_subject)(cfg.preprocess, layout, video=cfg.video, audio=cfg.audio)
 
 
 if __name__ == "__main__":

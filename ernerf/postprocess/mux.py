@@ -10,7 +10,7 @@ import numpy as np
 from ernerf.errors import ErnerfError
 from ernerf.io.atomic import tmp_path_for
 from ernerf.io.audio import fit_length, load_audio, write_wav
-from ernerf.io.video import VideoWriter, ffmpeg_exe
+from ernerf.io.video import VideoWriter
 
 MUX_SAMPLE_RATE = 48000  # the muxed track keeps speech quality (features use 16 kHz separately)
 ALPHA_FORMATS = ("webm", "png")
