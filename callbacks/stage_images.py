@@ -29,7 +29,7 @@ class LipCropLogger(L.Callback):
                            batch_idx: int) -> None:
         shape = batch.get("patch_shape")
         due = self.last_logged_step is None or trainer.global_step - self.last_logged_step >= self.every_n_steps
-        if shape is None or not due or not isinstance(outputs, dict) or "rgb" not in outputs:
+        if shape is None or not due or not trainer.is_global_zero or not isinstance(outputs, dict) or "rgb" not in outputs:
             return
         self.last_logged_step = trainer.global_step
         h, w = (int(v) for v in shape)
@@ -47,7 +47,7 @@ class TorsoAlphaLogger(L.Callback):
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
-        if trainer.sanity_checking or batch_idx >= self.max_images or "torso_alpha" not in outputs:
+        if trainer.sanity_checking or not trainer.is_global_zero or batch_idx >= self.max_images or "torso_alpha" not in outputs:
             return
         step = trainer.global_step
         if self.last_logged_step not in (None, step) and step - self.last_logged_step < self.every_n_steps:
