@@ -20,7 +20,9 @@ from ernerf.preprocess.parsing import BACKGROUND, NECK, TORSO, read_parsing
 
 def ground_truth(rgb: np.ndarray, labels: np.ndarray, plate: np.ndarray) -> np.ndarray:
     """The frame [H, W, 3] with its background pixels replaced by the plate's."""
-    return np.where((labels == BACKGROUND)[..., None], plate, rgb)
+    out = rgb.copy()
+    cv2.copyTo(plate, (labels == BACKGROUND).view(np.uint8), out)  # several times faster than np.where
+    return out
 
 
 def torso_rgba(rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -29,9 +31,8 @@ def torso_rgba(rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
     Readers blend with the alpha (ER-NeRF's loader does), so hidden colour is free: zero makes the
     PNG small and fast to write.
     """
-    body = (labels == TORSO) | (labels == NECK)
-    alpha = np.where(body, 255, 0).astype(np.uint8)
-    return np.dstack([rgb * body[..., None].astype(np.uint8), alpha])
+    alpha = ((labels == TORSO) | (labels == NECK)).view(np.uint8) * np.uint8(255)
+    return cv2.merge([*cv2.split(cv2.bitwise_and(rgb, rgb, mask=alpha)), alpha])
 
 
 @dataclass(frozen=True)
