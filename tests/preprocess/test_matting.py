@@ -101,3 +101,18 @@ def test_backdrop_from_colour_or_image_and_errors_name_the_key(tmp_path) -> None
         MattingStep(background=[300, 0, 0])
     cfg = compose("preprocess", ["subject=test", "preprocess.steps.matting.background=[0,0,255]"])
     assert instantiate(cfg.preprocess.steps.matting).background == [0, 0, 255]
+
+
+def test_masks_cached_by_parsing_give_the_matte_of_a_fresh_segmentation(prepare_subject, tmp_path) -> None:
+    from ernerf.preprocess.matting import _Chunk, _segment_chunk
+
+    layout = SubjectLayout(prepare_subject("train/trump_10s.mp4", upto="landmarks"))
+    frames, mesh = range(10, 16), np.load(layout.mesh)[10:16]
+    segmenter = seg.PersonSegmenter()
+    cache = seg.MaskCache(tmp_path / "cache")
+    cache.folder.mkdir()
+    cache.write(frames, np.stack([segmenter(seg.read_rgb(layout.ori_img(i))) for i in frames]))
+    cached = _segment_chunk(_Chunk(frames, layout.ori_imgs, mesh, 6, 1e-3, cache.folder))
+    fresh = _segment_chunk(_Chunk(frames, layout.ori_imgs, mesh, 6, 1e-3, tmp_path / "empty"))
+    for a, b in zip(cached, fresh):  # raw masks, refined mattes: the same up to the uint8 rounding
+        assert a.shape == (6, 512, 512) and np.abs(a.astype(int) - b.astype(int)).max() <= 1
