@@ -4,6 +4,7 @@ streaming process pool for per-frame work."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import multiprocessing
 import os
 import re
@@ -186,6 +187,8 @@ class MaskCache:
     def clear(self) -> None:
         """Remove every cached mask (they belong to crops that are about to change, or are used up)."""
         shutil.rmtree(self.folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # and the hidden parent folder, once nothing else is in it
+            self.folder.parent.rmdir()
 
 
 def person_mask_cache(root: Path | str) -> MaskCache:

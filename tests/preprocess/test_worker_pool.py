@@ -38,8 +38,8 @@ def test_a_killed_worker_raises_instead_of_hanging() -> None:
 
 
 def test_mask_cache_round_trips_and_covers_ranges(tmp_path) -> None:
-    cache = seg.MaskCache(tmp_path / "masks")
-    cache.folder.mkdir()
+    cache = seg.MaskCache(tmp_path / "cache" / "masks")
+    cache.folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     masks = rng.random((10, 8, 6)).astype(np.float32)
     cache.write(range(0, 4), masks[:4])
@@ -49,4 +49,4 @@ def test_mask_cache_round_trips_and_covers_ranges(tmp_path) -> None:
     assert np.abs(got / 255.0 - masks[2:7]).max() <= 0.5 / 255 + 1e-6
     assert cache.read(range(8, 12)) is None  # frames 10, 11 were never written
     cache.clear()
-    assert cache.read(range(0, 4)) is None
+    assert cache.read(range(0, 4)) is None and not (tmp_path / "cache").exists()
