@@ -66,7 +66,7 @@ def test_main_prints_user_errors_and_exits_2(tmp_path: Path, monkeypatch: pytest
 #   - the sample video itself (its mouth animated from the loudness, what a perfect avatar gives): r = 0.83
 #   - the same mouth track with its frames shuffled (no sync at all), 500 shuffles: mean 0.06, p99 0.17, max 0.28
 # (the lag search and the autocorrelated loudness lift the no-sync figures above 0). 0.4 sits well above
-# every shuffle and leaves room below the ground truth for a few minutes of CPU training.
+# every shuffle and leaves room below the ground truth for a few minutes of CPU training (the demo gives 0.52).
 SYNC_THRESHOLD = 0.4
 
 
@@ -115,7 +115,7 @@ def test_make_demo_result_speaks_the_new_sentence(tmp_path: Path, request: pytes
     from ernerf.io.video import probe
 
     if not _slow_selected(request.config):
-        pytest.skip("the full demo takes ~10 minutes of CPU: run it with `pytest -m slow tests/test_demo.py`")
+        pytest.skip("the full demo takes ~3 minutes on 2 idle cores: run it with `pytest -m slow tests/test_demo.py`")
     overrides = [f"paths.data_root={tmp_path / 'data'}", f"paths.runs_root={tmp_path / 'runs'}"]
     assert demo.main(overrides) == 0
     ctx = demo.run_demo(overrides, [])
