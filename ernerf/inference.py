@@ -407,7 +407,8 @@ def infer_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer] =
     audio = Path(cfg.audio)
     if not audio.is_file():
         raise ErnerfError(f"audio file not found: {audio}. Give audio=<path to a wav/mp3/m4a file>.")
-    stage, ckpt = find_checkpoint(cfg.paths.runs_root, cfg.subject, cfg.stage)
+    chosen = cfg.get("stage")  # the stage group of train.py (stage=lips), or a plain name in tests; None = latest
+    stage, ckpt = find_checkpoint(cfg.paths.runs_root, cfg.subject, chosen.name if hasattr(chosen, "name") else chosen)
     system = system_loader(ckpt, cfg.device)
     kind, dim = audio_kind(system.hparams)
     check_kind(cfg.audio_kind, kind)

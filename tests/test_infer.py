@@ -176,3 +176,13 @@ def test_infer_with_the_real_system(tmp_path, mini_subject, m4a_speech):
     assert (info.width, info.height) == (512, 512)  # pasted into the original frames, not the 16 px render
     heads = sorted(result.outputs["alpha"].glob("*.png"))
     assert len(heads) == result.num_frames
+
+
+@pytest.mark.parametrize("stage", ["head", "lips", "torso"])
+def test_stage_override_composes_and_names_the_checkpoint_stage(stage: str) -> None:
+    """`python infer.py stage=lips` selects train.py's stage group; inference reads only its name."""
+    from tests.conftest import compose
+
+    cfg = compose("infer", ["subject=x", "audio=y.wav", f"stage={stage}"])
+    assert cfg.stage.name == stage
+    assert compose("infer", ["subject=x", "audio=y.wav"]).get("stage") is None
