@@ -37,7 +37,8 @@ class OccupancyGridCallback(L.Callback):
         data = trainer.datamodule.data
         frame = self.rng.randrange(data.num_train)  # ER-NeRF: one random frame's audio per refresh
         device = pl_module.device
-        pl_module.refresh_occupancy(data.audio_window(frame).to(device), data.eye[frame : frame + 1].to(device))
+        pl_module.refresh_occupancy(data.audio_window(frame).to(device, non_blocking=True),
+                                    data.eye[frame : frame + 1].to(device, non_blocking=True))
         broadcast_buffers(pl_module.grid)
         self.updates += 1
         pl_module.log("train/occupancy", pl_module.grid.occupancy_ratio)  # 0 means nothing renders any more

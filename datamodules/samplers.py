@@ -45,7 +45,9 @@ class PixelSample:
 class RaySampler:
     """Base: picks flat pixel ids of an H x W frame; `rects` are the frame's named regions (face, lips...)."""
 
-    def __call__(self, height: int, width: int, rects: Mapping[str, Rect], generator: torch.Generator | None = None) -> PixelSample:
+    def __call__(self, height: int, width: int, rects: Mapping[str, Rect], generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None) -> PixelSample:
+        """Pixel ids on `device` (where the frames are: drawing them there spares a host-to-device copy per step)."""
         raise NotImplementedError
 
 
@@ -55,11 +57,12 @@ class RandomRaySampler(RaySampler):
     def __init__(self, num_rays: int) -> None:
         self.num_rays = num_rays
 
-    def __call__(self, height: int, width: int, rects: Mapping[str, Rect], generator: torch.Generator | None = None) -> PixelSample:
+    def __call__(self, height: int, width: int, rects: Mapping[str, Rect], generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None) -> PixelSample:
         count = height * width
         if self.num_rays >= count:
-            return PixelSample(torch.randperm(count, generator=generator))
-        return PixelSample(torch.randint(0, count, (self.num_rays,), generator=generator))
+            return PixelSample(torch.randperm(count, generator=generator, device=device))
+        return PixelSample(torch.randint(0, count, (self.num_rays,), generator=generator, device=device))
 
 
 class PatchRaySampler(RaySampler):
@@ -68,11 +71,12 @@ class PatchRaySampler(RaySampler):
     def __init__(self, patch_size: int) -> None:
         self.patch_size = patch_size
 
-    def __call__(self, height: int, width: int, rects: Mapping[str, Rect], generator: torch.Generator | None = None) -> PixelSample:
+    def __call__(self, height: int, width: int, rects: Mapping[str, Rect], generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None) -> PixelSample:
         size = min(self.patch_size, height, width)
-        top = int(torch.randint(0, height - size + 1, (1,), generator=generator))
+        top = int(torch.randint(0, height - size + 1, (1,), generator=generator))  # host draws: no device sync
         left = int(torch.randint(0, width - size + 1, (1,), generator=generator))
-        return PixelSample(rect_pixels(Rect(top, top + size, left, left + size), width), (size, size))
+        return PixelSample(rect_pixels(Rect(top, top + size, left, left + size), width, device), (size, size))
 
 
 class RectRaySampler(RaySampler):
@@ -81,11 +85,12 @@ class RectRaySampler(RaySampler):
     def __init__(self, region: str = "lips") -> None:
         self.region = region
 
-    def __call__(self, height: int, width: int, rects: Mapping[str, Rect], generator: torch.Generator | None = None) -> PixelSample:
+    def __call__(self, height: int, width: int, rects: Mapping[str, Rect], generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None) -> PixelSample:
         if self.region not in rects:
             raise ErnerfError(f"ray sampler asks for region '{self.region}', the subject has {sorted(rects)}: set region to one of them.")
         rect = rects[self.region]
-        return PixelSample(rect_pixels(rect, width), (rect.height, rect.width))
+        return PixelSample(rect_pixels(rect, width, device), (rect.height, rect.width))
 
 
 class AlternatingRaySampler(RaySampler):
@@ -97,10 +102,11 @@ class AlternatingRaySampler(RaySampler):
         self.samplers = list(samplers)
         self.calls = 0
 
-    def __call__(self, height: int, width: int, rects: Mapping[str, Rect], generator: torch.Generator | None = None) -> PixelSample:
+    def __call__(self, height: int, width: int, rects: Mapping[str, Rect], generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None) -> PixelSample:
         sampler = self.samplers[self.calls % len(self.samplers)]
         self.calls += 1
-        return sampler(height, width, rects, generator)
+        return sampler(height, width, rects, generator, device)
 
 
 class LipsRaySampler(AlternatingRaySampler):
@@ -111,8 +117,8 @@ class LipsRaySampler(AlternatingRaySampler):
         self.num_rays, self.region = num_rays, region
 
 
-def rect_pixels(rect: Rect, width: int) -> Tensor:
+def rect_pixels(rect: Rect, width: int, device: torch.device | str | None = None) -> Tensor:
     """Flat ids [h * w] of a rectangle, row-major."""
-    rows = torch.arange(rect.top, rect.bottom)
-    cols = torch.arange(rect.left, rect.right)
+    rows = torch.arange(rect.top, rect.bottom, device=device)
+    cols = torch.arange(rect.left, rect.right, device=device)
     return (rows[:, None] * width + cols[None, :]).reshape(-1)

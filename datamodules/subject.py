@@ -144,7 +144,7 @@ class FrameStore:
     """Ground-truth images and per-frame backgrounds as uint8 [H, W, 3]; read lazily or preloaded on a device."""
 
     def __init__(self, data: SubjectData, background: str = "torso", preload: bool = False,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", parsing_masks: bool = False) -> None:
         if background not in ("torso", "plate"):
             raise ErnerfError(f"background must be 'torso' (head stage) or 'plate' (torso stage), got '{background}'.")
         if background == "torso" and not data.layout.torso_dir.exists():
@@ -152,13 +152,27 @@ class FrameStore:
                               "(composite step), or train with datamodule.background=plate.")
         self.data, self.background_kind, self.device = data, background, torch.device(device)
         self.plate = torch.from_numpy(self._read(data.layout.background)).to(self.device)
+        # Per-frame conditioning lives where the rays are made: a host-to-device copy per step would stall the GPU.
+        self.poses, self.eye = data.poses.to(self.device), data.eye.to(self.device)  # [F, 4, 4], [F]
+        half = AUDIO_WINDOW // 2  # zero rows on both ends: every frame's window is one slice
+        self.padded_audio = torch.nn.functional.pad(data.audio, (0, 0, 0, 0, half, half)).to(self.device)
         self.images: Tensor | None = None
         self.backgrounds: Tensor | None = None
+        self.masks: Tensor | None = None
         if preload:
             frames = range(data.num_frames)
             self.images = torch.stack([self._load_image(f) for f in frames]).to(self.device)  # [F, H, W, 3] uint8
             if background == "torso":
                 self.backgrounds = torch.stack([self._load_background(f) for f in frames]).to(self.device)
+            if parsing_masks:
+                self.masks = torch.stack([self._load_parsing_masks(f) for f in frames]).to(self.device)  # [F, H, W, 2]
+
+    def audio_window(self, frame: int) -> Tensor:
+        """`SubjectData.audio_window` of one frame, on this store's device: [8, 16, C]."""
+        centre = int(self.data.aud_ids[frame])
+        if 0 <= centre < self.data.audio.shape[0]:
+            return self.padded_audio[centre : centre + AUDIO_WINDOW]
+        return self.data.audio_window(frame).to(self.device)
 
     def image(self, frame: int) -> Tensor:
         """Ground truth of one frame, uint8 [H, W, 3]."""
@@ -183,6 +197,9 @@ class FrameStore:
 
     def parsing_masks(self, frame: int) -> Tensor:
         """uint8 [H, W, 2]: torso+neck and head coverage (0..255) from the frame's parsing map (torso stage)."""
+        return self.masks[frame] if self.masks is not None else self._load_parsing_masks(frame).to(self.device)
+
+    def _load_parsing_masks(self, frame: int) -> Tensor:
         path = self.data.layout.parsing(int(self.data.img_ids[frame]))
         try:
             with Image.open(path) as img:
@@ -228,30 +245,29 @@ class TrainRays(Dataset):
         return self.data.num_train
 
     def __getitem__(self, frame: int) -> dict:
-        data, device = self.data, self.store.device
+        data, store, device = self.data, self.store, self.store.device
         rects = data.rects_of(frame)
-        sample = self.sampler(data.height, data.width, rects)
-        index = sample.index.to(device)  # [N]
-        rays_o, rays_d = get_rays(data.poses[frame : frame + 1].to(device), data.intrinsics, data.height, data.width, index[None])
-        jitter = (torch.rand(1) - 0.5) * 2 * self.eye_jitter  # ER-NeRF: +-0.05 so blinks interpolate
+        sample = self.sampler(data.height, data.width, rects, device=device)
+        index = sample.index  # [N]
+        rays_o, rays_d = get_rays(store.poses[frame : frame + 1], data.intrinsics, data.height, data.width, index[None])
+        jitter = (torch.rand(1, device=device) - 0.5) * (2 * self.eye_jitter)  # ER-NeRF: +-0.05 so blinks interpolate
         return self.masks(frame, index) | {
             "rays_o": rays_o[0], "rays_d": rays_d[0],  # [N, 3]
-            "rgb": to_unit(self.store.image(frame).reshape(-1, 3)[index]),  # [N, 3]
-            "bg": to_unit(self.store.background(frame).reshape(-1, 3)[index]),  # [N, 3]
+            "rgb": to_unit(store.image(frame).reshape(-1, 3)[index]),  # [N, 3]
+            "bg": to_unit(store.background(frame).reshape(-1, 3)[index]),  # [N, 3]
             "face_mask": rects["face"].contains(index, data.width),  # [N]
             "pixel_index": index, "patch_shape": sample.patch_shape, "height": data.height, "width": data.width,
-            "c2w": data.poses[frame].to(device),  # [4, 4]
-            "audio": data.audio_window(frame).to(device),  # [8, 16, C]
-            "eye": (data.eye[frame : frame + 1] + jitter).to(device),  # [1]
+            "c2w": store.poses[frame],  # [4, 4]
+            "audio": store.audio_window(frame),  # [8, 16, C]
+            "eye": store.eye[frame : frame + 1] + jitter,  # [1]
             "frame_index": frame,
         }
-
 
     def masks(self, frame: int, index: Tensor) -> dict[str, Tensor]:
         """Torso+neck coverage [N] in [0, 1] and head mask [N] of the sampled pixels (when parsing masks are on)."""
         if not self.parsing_masks:
             return {}
-        masks = self.store.parsing_masks(frame).reshape(-1, 2)[index.cpu()].to(index.device)
+        masks = self.store.parsing_masks(frame).reshape(-1, 2)[index]
         return {"torso_mask": to_unit(masks[:, 0]), "head_mask": masks[:, 1] > 127}
 
 
@@ -265,11 +281,11 @@ class FullFrames(Dataset):
         return len(self.frames)
 
     def __getitem__(self, item: int) -> dict:
-        data, frame, device = self.data, self.frames[item], self.store.device
+        data, frame = self.data, self.frames[item]
         return {
-            "c2w": data.poses[frame].to(device), "intrinsics": torch.tensor(data.intrinsics),  # [4, 4], [4]
+            "c2w": self.store.poses[frame], "intrinsics": torch.tensor(data.intrinsics),  # [4, 4], [4]
             "rgb": to_unit(self.store.image(frame)), "bg": to_unit(self.store.background(frame)),  # [H, W, 3]
-            "audio": data.audio_window(frame).to(device), "eye": data.eye[frame : frame + 1].to(device),
+            "audio": self.store.audio_window(frame), "eye": self.store.eye[frame : frame + 1],
             "frame": frame, "frame_index": None, "height": data.height, "width": data.width,
         }
 
@@ -307,7 +323,7 @@ class SubjectDataModule(L.LightningDataModule):
         if self.store is not None:
             return
         device = self.trainer.strategy.root_device if self.preload and self.trainer is not None else torch.device("cpu")
-        self.store = FrameStore(self.data, self.background, self.preload, device)
+        self.store = FrameStore(self.data, self.background, self.preload, device, self.parsing_masks)
 
     def val_frames(self) -> list[int]:
         """Held-out frames to render, evenly spaced over the validation split."""
