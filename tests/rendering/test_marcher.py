@@ -8,6 +8,7 @@ import torch
 
 from ernerf.fields import FieldOutputs
 from ernerf.rendering import OccupancyGrid, RayMarcher, intersect_aabb, render_image
+from ernerf.rendering.marcher import compact_static
 
 BOX = (-1.0, -1.0, -1.0, 1.0, 1.0, 1.0)
 
@@ -136,3 +137,31 @@ def test_grid_skips_samples_without_changing_the_image() -> None:
     torch.testing.assert_close(sparse["rgb"], dense["rgb"], atol=2e-3, rtol=0)
     assert sparse["rgb"].shape == (24, 24, 3) and sparse["depth"].shape == (24, 24)
     assert dense["opacity"][12, 12] > 0.99 and dense["opacity"][0, 0] == 0  # sphere centre / corner
+
+
+def test_compact_static_pads_with_the_sample_count_and_keeps_the_first_when_full() -> None:
+    keep = torch.rand(1000, generator=torch.Generator().manual_seed(1)) < 0.3
+    ids, count = compact_static(keep, 400)
+    exact = keep.nonzero().squeeze(1)
+    assert int(count) == len(exact) and ids.shape == (400,)
+    assert torch.equal(ids[: len(exact)], exact) and (ids[len(exact):] == keep.numel()).all()
+    ids, count = compact_static(keep, 100)
+    assert torch.equal(ids, exact[:100]) and int(count) == len(exact)
+
+
+def test_fixed_capacity_renders_like_exact_compaction_and_drops_only_overflow() -> None:
+    grid = OccupancyGrid(BOX, resolution=32)
+    for _ in range(4):
+        grid.update(sphere_density)
+    marcher = RayMarcher(num_samples=32).eval()
+    rays_o = torch.tensor([[0.0, 0.0, -3.0]]).expand(64, 3)
+    rays_d = torch.nn.functional.normalize(torch.randn(64, 3, generator=torch.Generator().manual_seed(2)) * 0.1
+                                           + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
+    exact = marcher(rays_o, rays_d, sphere_field(), BOX, grid, (0.0, 0.0, 1.0))
+    padded = marcher(rays_o, rays_d, sphere_field(), BOX, grid, (0.0, 0.0, 1.0), capacity=exact.samples_evaluated + 50)
+    assert int(padded.samples_occupied) == exact.samples_evaluated
+    torch.testing.assert_close(padded.rgb, exact.rgb)
+    torch.testing.assert_close(padded.depth, exact.depth)
+    full = marcher(rays_o, rays_d, sphere_field(), BOX, grid, (0.0, 0.0, 1.0), capacity=exact.samples_evaluated // 2)
+    covered = (full.opacity - exact.opacity).abs() > 1e-6
+    assert covered.any() and (full.opacity <= exact.opacity + 1e-6).all()  # dropped samples only remove density
