@@ -16,7 +16,7 @@ from ernerf.errors import ErnerfError
 
 # Per-dimension hash primes (dimension 0 uses 1, as in Instant-NGP), applied in uint32 arithmetic.
 HASH_PRIMES = (1, 2654435761, 805459861)
-BACKENDS = ("torch", "tcnn", "triton")
+BACKENDS = ("auto", "torch", "tcnn", "triton")  # auto: triton on CUDA tensors when it imports, else torch
 _UINT32_MASK = 0xFFFFFFFF
 
 
@@ -129,6 +129,16 @@ def _tcnn_module():
     return tinycudann
 
 
+@functools.cache
+def triton_available() -> bool:
+    """Whether the Triton kernels import (a CUDA build of PyTorch with triton)."""
+    try:
+        import ernerf.encoders.triton_hashgrid  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
 def _triton_function():
     """Import the Triton kernel lazily (it needs a GPU build of Triton)."""
     try:
@@ -201,9 +211,13 @@ class HashGridEncoder(nn.Module):
             u = ((x + self.bound) / (2 * self.bound)).clamp(0.0, 1.0)
             return self.tcnn(u).float()
         args = (x, self.embeddings, self.offsets, self.resolutions, self.log2_hashmap_size, self.bound)
-        if self._triton is not None:
-            return self._triton(*args)
+        if self.uses_triton(x):
+            return (self._triton or _triton_function())(*args)
         return hashgrid_torch(*args)
+
+    def uses_triton(self, x: Tensor) -> bool:
+        """Whether points `x` are encoded by the Triton kernels (backend triton, or auto on CUDA tensors)."""
+        return self.backend == "triton" or (self.backend == "auto" and x.is_cuda and triton_available())
 
     def extra_repr(self) -> str:
         """Summary shown by print(module)."""

@@ -28,7 +28,7 @@ class TriPlaneEncoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # [N, 3] -> [N, 3 * L * F]
         """Encode points by projecting them onto the three axis-aligned planes."""
         _check_points(x)
-        if self.xy.backend == "triton":
+        if self.xy.uses_triton(x):
             return self._triton_fused(x)
         return torch.cat([self.xy(x[:, :2]), self.yz(x[:, 1:]), self.xz(x[:, 0::2])], dim=-1)
 

@@ -240,42 +240,64 @@ def _pad_planes(tensors: Sequence[Tensor]) -> list[Tensor]:
     return list(tensors) + [tensors[0]] * (_MAX_PLANES - len(tensors))
 
 
-class _HashGridFunction(torch.autograd.Function):
-    """Autograd wrapper: differentiable w.r.t. the embeddings only."""
+# The kernels are registered as custom operators (forward, backward and the autograd link between them), so
+# torch.compile treats the encoding as one opaque op and can compile the MLPs around it.
+@torch.library.custom_op("ernerf::hashgrid_encode", mutates_args=())
+def _encode_op(x: Tensor, dims: Tensor, offsets_t: Tensor, res_t: Tensor, log2_hashmap_size: int, bound: float,
+               embeddings: list[Tensor]) -> Tensor:
+    """One launch over (point tiles x planes) writing [N, P * L * F] fp32 features."""
+    num_levels, level_dim = res_t.shape[0], embeddings[0].shape[1]
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    out = x.new_empty(x.shape[0], dims.shape[0] * num_levels * level_dim, dtype=torch.float32)
+    grid, meta = _launch_args(x.shape[0], dims, num_levels, level_dim)
+    if x.shape[0] > 0:
+        tables = _pad_planes([e.contiguous() for e in embeddings])
+        _hashgrid_fwd_kernel[grid](
+            x, dims, offsets_t, res_t, *tables, out, x.shape[0], x.stride(0), bound, LOG2_T=log2_hashmap_size, **meta
+        )
+    return out
 
-    @staticmethod
-    def forward(
-        ctx: FunctionCtx, x: Tensor, dims: Tensor, offsets_t: Tensor, res_t: Tensor, log2_hashmap_size: int,
-        bound: float, *embeddings: Tensor,
-    ) -> Tensor:
-        """One launch over (point tiles x planes) writing [N, P * L * F] fp32 features."""
-        num_levels, level_dim = res_t.shape[0], embeddings[0].shape[1]
-        x = x if x.stride(-1) == 1 else x.contiguous()
-        out = x.new_empty(x.shape[0], dims.shape[0] * num_levels * level_dim, dtype=torch.float32)
-        grid, meta = _launch_args(x.shape[0], dims, num_levels, level_dim)
-        if x.shape[0] > 0:
-            tables = _pad_planes([e.contiguous() for e in embeddings])
-            _hashgrid_fwd_kernel[grid](
-                x, dims, offsets_t, res_t, *tables, out, x.shape[0], x.stride(0), bound, LOG2_T=log2_hashmap_size, **meta
-            )
-        ctx.save_for_backward(x, dims, offsets_t, res_t)
-        ctx.config = (log2_hashmap_size, bound, [(e.shape, e.dtype) for e in embeddings])
-        return out
 
-    @staticmethod
-    def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        """Scatter grad_out into fp32 buffers with atomics, then cast to each embedding's dtype."""
-        x, dims, offsets_t, res_t = ctx.saved_tensors
-        log2_hashmap_size, bound, specs = ctx.config
-        grads = [x.new_zeros(shape, dtype=torch.float32) for shape, _ in specs]
-        grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
-        grid, meta = _launch_args(x.shape[0], dims, res_t.shape[0], specs[0][0][1])
-        if x.shape[0] > 0:
-            _hashgrid_bwd_kernel[grid](
-                x, dims, offsets_t, res_t, grad_out, grad_out.stride(0), *_pad_planes(grads), x.shape[0], x.stride(0),
-                bound, LOG2_T=log2_hashmap_size, USE_RED=x.is_cuda, **meta,
-            )
-        return (None,) * 6 + tuple(g.to(dtype) for g, (_, dtype) in zip(grads, specs))
+@_encode_op.register_fake
+def _(x, dims, offsets_t, res_t, log2_hashmap_size, bound, embeddings):
+    return x.new_empty(x.shape[0], dims.shape[0] * res_t.shape[0] * embeddings[0].shape[1], dtype=torch.float32)
+
+
+@torch.library.custom_op("ernerf::hashgrid_encode_backward", mutates_args=())
+def _encode_backward_op(grad_out: Tensor, x: Tensor, dims: Tensor, offsets_t: Tensor, res_t: Tensor,
+                        log2_hashmap_size: int, bound: float, embeddings: list[Tensor]) -> list[Tensor]:
+    """Scatter grad_out into fp32 buffers with atomics, then cast to each embedding's dtype."""
+    grads = [x.new_zeros(e.shape, dtype=torch.float32) for e in embeddings]
+    grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    grid, meta = _launch_args(x.shape[0], dims, res_t.shape[0], embeddings[0].shape[1])
+    if x.shape[0] > 0:
+        _hashgrid_bwd_kernel[grid](
+            x, dims, offsets_t, res_t, grad_out, grad_out.stride(0), *_pad_planes(grads), x.shape[0], x.stride(0),
+            bound, LOG2_T=log2_hashmap_size, USE_RED=x.is_cuda, **meta,
+        )
+    return [g.to(e.dtype) for g, e in zip(grads, embeddings)]
+
+
+@_encode_backward_op.register_fake
+def _(grad_out, x, dims, offsets_t, res_t, log2_hashmap_size, bound, embeddings):
+    return [torch.empty_like(e) for e in embeddings]
+
+
+def _setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:
+    x, dims, offsets_t, res_t, log2_hashmap_size, bound, embeddings = inputs
+    ctx.save_for_backward(x, dims, offsets_t, res_t, *embeddings)  # embeddings: shapes and dtypes of the grads
+    ctx.config = (log2_hashmap_size, bound)
+
+
+def _backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple:
+    """Gradients w.r.t. the embeddings only: ER-NeRF never back-propagates into sample positions."""
+    x, dims, offsets_t, res_t, *embeddings = ctx.saved_tensors
+    grads = _encode_backward_op(grad_out, x, dims, offsets_t, res_t, *ctx.config, embeddings)
+    return None, None, None, None, None, None, grads
+
+
+_encode_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def encode_planes(
@@ -293,7 +315,7 @@ def encode_planes(
         warnings.warn("triton hash grid: no gradient flows back to the points x (embeddings only)", stacklevel=2)
     offsets_t, res_t = _level_tables(offsets, resolutions, x.device)
     dims = _plane_dims(planes, x.device)
-    return _HashGridFunction.apply(x, dims, offsets_t, res_t, int(log2_hashmap_size), float(bound), *embeddings)
+    return _encode_op(x, dims, offsets_t, res_t, int(log2_hashmap_size), float(bound), list(embeddings))
 
 
 def hashgrid_triton(
