@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from ernerf.errors import ErnerfError
+
 
 @dataclass
 class FieldOutputs:
@@ -34,6 +36,17 @@ class _TruncExp(torch.autograd.Function):
 def trunc_exp(x: Tensor) -> Tensor:
     """Density activation: exp in the forward pass, gradient clamped at |x| = 15."""
     return _TruncExp.apply(x)
+
+
+def frame_code(codes: Tensor, frame_index: int | Tensor, owner: str) -> Tensor:  # [F, C] -> [1, C]
+    """Row `frame_index` of per-frame codes. A tensor index (a CUDA graph's input) is not range-checked here:
+    the data module only produces training frames."""
+    if isinstance(frame_index, Tensor):
+        return codes.index_select(0, frame_index.reshape(1))
+    if not 0 <= frame_index < codes.shape[0]:
+        raise ErnerfError(f"frame_index {frame_index} is outside the {codes.shape[0]} training frames of the {owner}; "
+                          "pass frame_index=None for new audio")
+    return codes[frame_index : frame_index + 1]
 
 
 class MLP(nn.Sequential):

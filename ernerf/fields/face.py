@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ernerf.encoders.frequency import SphericalHarmonicsEncoder
 from ernerf.errors import ErnerfError
-from ernerf.fields.base import MLP, FieldOutputs, trunc_exp
+from ernerf.fields.base import MLP, FieldOutputs, frame_code, trunc_exp
 
 INFERENCE_CODES = ("mean", "zero")
 
@@ -21,7 +21,7 @@ class FaceCondition:
 
     audio: Tensor  # [audio_dim] code of the frame (AudioEncoder output)
     eye: Tensor | None = None  # [1] AU45, scaled; None = eyes open (0)
-    frame_index: int | None = None  # None at inference: the individual code is the mean (or zero) code
+    frame_index: int | Tensor | None = None  # None at inference: the mean (or zero) code; a [] tensor in CUDA graphs
 
 
 class FaceField(nn.Module):
@@ -103,14 +103,9 @@ class FaceField(nn.Module):
             return like.new_zeros(1, self.eye_dim)
         return cond.eye.reshape(1, -1).to(like)
 
-    def _individual_code(self, frame_index: int | None) -> Tensor:  # -> [1, individual_dim]
+    def _individual_code(self, frame_index: int | Tensor | None) -> Tensor:  # -> [1, individual_dim]
         """Learned code of a training frame; the mean (or zero) code for unseen frames."""
         codes = self.individual_codes
         if frame_index is None:
             return codes.mean(0, keepdim=True) if self.inference_code == "mean" else codes.new_zeros(1, codes.shape[1])
-        if not 0 <= frame_index < codes.shape[0]:
-            raise ErnerfError(
-                f"frame_index {frame_index} is outside the {codes.shape[0]} training frames the field was built for; "
-                "pass frame_index=None for new audio"
-            )
-        return codes[frame_index : frame_index + 1]
+        return frame_code(codes, frame_index, "face field")

@@ -10,8 +10,7 @@ from torch import Tensor, nn
 
 from ernerf.encoders.frequency import FrequencyEncoder
 from ernerf.encoders.hashgrid import HashGridEncoder
-from ernerf.errors import ErnerfError
-from ernerf.fields.base import MLP
+from ernerf.fields.base import MLP, frame_code
 
 # ER-NeRF's three anchors in the head's (model) space: below and in front of the head, where the neck meets it.
 DEFAULT_ANCHORS = ((0.01, 0.01, 0.1), (-0.1, -0.1, 0.1), (0.1, -0.1, 0.1))
@@ -27,9 +26,12 @@ class TorsoOutputs:
 
 
 def pose_keypoints(anchors: Tensor, c2w: Tensor) -> Tensor:  # [K, 3], [4, 4] -> [K, 2]
-    """Anchors seen by the camera: head space -> camera space by the inverse c2w, then divided by depth."""
-    w2c = torch.linalg.inv(c2w.float())
-    cam = anchors @ w2c[:3, :3].T + w2c[:3, 3]  # [K, 3]
+    """Anchors seen by the camera: head space -> camera space by the inverse c2w, then divided by depth.
+
+    c2w is rigid (tracking's rotation, axes permuted and flipped by nerf_matrix_to_ngp), so its inverse is
+    [R^T | -R^T t]: no torch.linalg.inv, whose CUDA version syncs with the host (and so cannot sit in a CUDA graph)."""
+    c2w = c2w.float()
+    cam = (anchors - c2w[:3, 3]) @ c2w[:3, :3]  # [K, 3] rows: R^T (a - t)
     return cam[:, :2] / cam[:, 2:].clamp_min(1e-6)
 
 
@@ -73,7 +75,7 @@ class TorsoField(nn.Module):
         self.color_net = MLP(self.grid.output_dim + cond_dim, 4, hidden_dim, num_layers)
         self.individual_codes = nn.Parameter(torch.randn(num_frames, individual_dim) * 0.1)
 
-    def forward(self, coords: Tensor, c2w: Tensor, frame_index: int | None) -> TorsoOutputs:  # [N, 2] in [-1, 1]
+    def forward(self, coords: Tensor, c2w: Tensor, frame_index: int | Tensor | None) -> TorsoOutputs:  # [N, 2] in [-1, 1]
         """Colour, alpha and deformation of image points `coords` for a frame seen by camera `c2w` [4, 4]."""
         x = coords.float() * self.shrink
         keypoints = pose_keypoints(self.anchors, c2w.to(x)).reshape(1, -1)  # [1, 2K]
@@ -84,12 +86,8 @@ class TorsoField(nn.Module):
         squash = torch.sigmoid(h) * 1.002 - 0.001  # ER-NeRF: lets alpha reach exactly 0 and 1
         return TorsoOutputs(rgb=squash[:, 1:].clamp(0, 1), alpha=squash[:, :1].clamp(0, 1), deform=deform)
 
-    def code(self, frame_index: int | None) -> Tensor:  # -> [1, individual_dim]
+    def code(self, frame_index: int | Tensor | None) -> Tensor:  # -> [1, individual_dim]
         """A training frame's torso code; the mean code for new frames."""
-        codes = self.individual_codes
         if frame_index is None:
-            return codes.mean(0, keepdim=True)
-        if not 0 <= frame_index < codes.shape[0]:
-            raise ErnerfError(f"frame_index {frame_index} is outside the {codes.shape[0]} training frames of the torso field; "
-                              "pass frame_index=None for new audio")
-        return codes[frame_index : frame_index + 1]
+            return self.individual_codes.mean(0, keepdim=True)
+        return frame_code(self.individual_codes, frame_index, "torso field")

@@ -24,14 +24,18 @@ class LossComposer:
         """Whether a term has a non-zero weight (so the caller can skip computing it)."""
         return self.weights.get(name, 0.0) != 0.0
 
-    def weight(self, name: str, step: int | None = None) -> float:
-        """Weight of a term at a training step (ramped linearly from 0 over `ramps[name]` steps)."""
+    def weight(self, name: str, step: int | Tensor | None = None) -> float | Tensor:
+        """Weight of a term at a training step (ramped linearly from 0 over `ramps[name]` steps).
+
+        `step` may be a device tensor (a CUDA graph's input): the weight is then a tensor too."""
         ramp = self.ramps.get(name, 0)
         if step is None or ramp <= 0:
             return self.weights[name]
+        if isinstance(step, Tensor):
+            return self.weights[name] * (step / ramp).clamp(max=1.0)
         return self.weights[name] * min(step / ramp, 1.0)
 
-    def __call__(self, terms: Mapping[str, Tensor], step: int | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def __call__(self, terms: Mapping[str, Tensor], step: int | Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """(total loss, {name: detached unweighted value}) for the given terms."""
         unknown = set(terms) - set(self.weights)
         if unknown:

@@ -27,6 +27,7 @@ from ernerf.losses import (
     uncertainty_weighted_mse,
 )
 from ernerf.rendering import RenderOutputs
+from ernerf.systems.cuda_graph import GraphedStep
 from ernerf.rendering import render_image as render_frame
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,10 @@ class TalkingHeadSystem(L.LightningModule):
         frozen: Sequence[str] = (),
         init_from: str | None = None,
         eval_chunk: int = 4096,
+        eval_chunk_gpu: int = 262144,
         torso: Mapping | None = None,
+        compile_field: bool = False,
+        cuda_graph: bool | str = "auto",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # plain configs: load_from_checkpoint(path) rebuilds everything
@@ -81,6 +85,10 @@ class TalkingHeadSystem(L.LightningModule):
         self.grid: nn.Module | None = instantiate(grid) if grid else None
         self.torso: nn.Module | None = instantiate(torso, num_frames=num_frames) if torso else None
         self.marcher: nn.Module = instantiate(marcher)
+        # torch.compile fuses the field's small ops (on a GPU the step is bound by launching them); dynamic shapes
+        # because every step keeps a different number of samples. The module itself stays as it is (checkpoints).
+        self.field_forward = torch.compile(self.field.forward, dynamic=True) if compile_field else self.field.forward
+        self.graphed: GraphedStep | None = None  # set up in on_fit_start when cuda_graph applies
         loss = dict(loss)
         self.perceptual_cfg = loss.pop("perceptual", None)  # built on the first patch batch, kept out of checkpoints
         self._perceptual: list[nn.Module] = []
@@ -99,9 +107,11 @@ class TalkingHeadSystem(L.LightningModule):
         code = self.audio_encoder(audio_window[None].float())[0]  # [audio_dim]
         return FaceCondition(audio=code, eye=eye, frame_index=frame_index)
 
-    def render_rays(self, rays_o: Tensor, rays_d: Tensor, cond: FaceCondition, bg: Tensor) -> Any:
+    def render_rays(self, rays_o: Tensor, rays_d: Tensor, cond: FaceCondition, bg: Tensor,
+                    capacity: int | None = None) -> Any:
         """March rays [N, 3] through the face field; `bg` [N, 3] or [3] fills what the head leaves uncovered."""
-        return self.marcher(rays_o, rays_d, lambda x, d: self.field(x, d, cond), self.aabb, self.grid, bg)
+        return self.marcher(rays_o, rays_d, lambda x, d: self.field_forward(x, d, cond), self.aabb, self.grid, bg,
+                            capacity=capacity)
 
     def behind_head(self, bg: Tensor, index: Tensor, height: int, width: int, c2w: Tensor,
                     frame_index: int | None) -> tuple[Tensor, TorsoOutputs | None]:
@@ -122,12 +132,18 @@ class TalkingHeadSystem(L.LightningModule):
         pixels = torch.arange(height * width, device=device)
         bg, torso = self.behind_head(bg.to(device).expand(height, width, 3).reshape(-1, 3), pixels, height, width,
                                      c2w.to(device), frame_index)
-        out = render_frame(self.marcher, lambda x, d: self.field(x, d, cond), c2w.to(device), [float(v) for v in intrinsics],
-                           height, width, self.aabb, self.grid, bg.reshape(height, width, 3), chunk=self.hparams.eval_chunk)
+        out = render_frame(self.marcher, lambda x, d: self.field_forward(x, d, cond), c2w.to(device), [float(v) for v in intrinsics],
+                           height, width, self.aabb, self.grid, bg.reshape(height, width, 3), chunk=self.render_chunk())
         result = {"rgb": out["rgb"].float().clamp(0, 1), "depth": out["depth"].float(), "opacity": out["opacity"].float()}
         if torso is not None:
             result["torso_alpha"] = torso.alpha.float().reshape(height, width)
         return result
+
+    def render_chunk(self) -> int:
+        """Rays rendered at once: a whole 512x512 frame on a GPU (each chunk costs a host sync), less on a CPU."""
+        if self.device.type == "cpu":
+            return int(self.hparams.eval_chunk)
+        return int(self.hparams.get("eval_chunk_gpu", 262144))  # checkpoints from before this setting
 
     @torch.no_grad()
     def refresh_occupancy(self, audio_window: Tensor, eye: Tensor | None) -> None:
@@ -143,13 +159,15 @@ class TalkingHeadSystem(L.LightningModule):
         total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
         return min(self.global_step / max(total, 1), 1.0)
 
-    def loss_terms(self, out: RenderOutputs, batch: dict, torso: TorsoOutputs | None = None) -> dict[str, Tensor]:
+    def loss_terms(self, out: RenderOutputs, batch: dict, torso: TorsoOutputs | None = None,
+                   progress: float | Tensor | None = None) -> dict[str, Tensor]:
         """The active loss terms of one ray batch (names as in conf/loss/); patch and torso terms where they apply."""
+        progress = self.step_fraction() if progress is None else progress
         pred, target, face = out.rgb.float(), batch["rgb"], batch["face_mask"]
         extras = {name: value.float() for name, value in out.extras.items()}
         makers = {
             "rgb": lambda: photometric_mse(pred, target),
-            "rgb_uncertainty": lambda: uncertainty_weighted_mse(pred, target, extras["uncertainty"], self.step_fraction(), face),
+            "rgb_uncertainty": lambda: uncertainty_weighted_mse(pred, target, extras["uncertainty"], progress, face),
             "opacity_entropy": lambda: opacity_entropy(out.opacity.float()),
             "ambient_audio": lambda: attention_outside_mask(extras["audio_att"], face),
             "ambient_eye": lambda: eye_audio_overlap(extras["eye_att"], extras["audio_att"], face),
@@ -170,17 +188,60 @@ class TalkingHeadSystem(L.LightningModule):
             self._perceptual.append(instantiate(self.perceptual_cfg))
         return self._perceptual[0].to(self.device)
 
-    def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
+    def step_outputs(self, batch: dict, capacity: int | None = None) -> dict[str, Tensor]:
+        """Loss and what is logged of one ray batch; `batch["step"]` and `["progress"]` drive the loss ramps."""
         cond = self.condition(batch["audio"], batch["eye"], batch["frame_index"])
         bg, torso = self.behind_head(batch["bg"], batch["pixel_index"], batch["height"], batch["width"], batch["c2w"],
                                      batch["frame_index"])
-        out = self.render_rays(batch["rays_o"], batch["rays_d"], cond, bg)
-        total, values = self.loss(self.loss_terms(out, batch, torso), self.global_step)
-        for name, value in values.items():
-            self.log(f"train/loss_{name}", value)
-        self.log("train/loss", total, prog_bar=True)
-        self.log("train/psnr", psnr_from_mse(torch.mean((out.rgb.float() - batch["rgb"]) ** 2)), prog_bar=True)
-        return {"loss": total, "rgb": out.rgb.detach()}  # callbacks log the rendered lip patches
+        out = self.render_rays(batch["rays_o"], batch["rays_d"], cond, bg, capacity)
+        total, values = self.loss(self.loss_terms(out, batch, torso, batch["progress"]), batch["step"])
+        occupied = out.samples_occupied if out.samples_occupied is not None else torch.tensor(out.samples_evaluated)
+        psnr = psnr_from_mse(torch.mean((out.rgb.detach().float() - batch["rgb"]) ** 2))
+        return {"loss": total, "psnr": psnr, "rgb": out.rgb, "occupied": occupied,
+                **{f"loss_{name}": value for name, value in values.items()}}
+
+    def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
+        batch = {**batch, "step": self.global_step, "progress": self.step_fraction()}
+        if self.graphed is not None:
+            outputs = self.graphed_step(batch)
+        else:
+            outputs = self.step_outputs(batch)
+        for name in self.loss.weights:
+            if f"loss_{name}" in outputs:
+                self.log(f"train/loss_{name}", outputs[f"loss_{name}"])
+        self.log("train/loss", outputs["loss"], prog_bar=True)
+        self.log("train/psnr", outputs["psnr"], prog_bar=True)
+        return {"loss": outputs["loss"], "rgb": outputs["rgb"].detach()}  # callbacks log the rendered lip patches
+
+    # ---------------------------------------------------------------- CUDA graph (trainer on one GPU)
+    def on_fit_start(self) -> None:
+        """Replay the step as a CUDA graph when asked for and possible (one CUDA device, no patch losses)."""
+        mode = self.hparams.cuda_graph
+        if mode not in (True, False, "auto"):
+            raise ErnerfError(f"model.cuda_graph must be true, false or auto, got {mode!r}.")
+        if mode is False:
+            return
+        reasons = [why for why, bad in (("not on a CUDA device", self.device.type != "cuda"),
+                                        ("several processes (DDP reduces gradients during backward)",
+                                         self.trainer.world_size > 1),
+                                        ("gradient accumulation", self.trainer.accumulate_grad_batches != 1),
+                                        ("gradient clipping", bool(self.trainer.gradient_clip_val)),
+                                        ("a patch loss (lips stage)", self.loss.active("lip_perceptual"))) if bad]
+        if reasons:
+            if mode is True or self.device.type == "cuda":
+                log.warning("model.cuda_graph=%s but the step runs eagerly: %s", mode, "; ".join(reasons))
+            return
+        self.automatic_optimization = False
+        self.graphed = GraphedStep(self.step_outputs, self, scalars=("frame_index", "step", "progress"))
+
+    def graphed_step(self, batch: dict) -> dict[str, Tensor]:
+        """Manual optimisation: replay forward + backward, then the optimizer (outside the graph) and the scheduler."""
+        outputs = self.graphed(batch)
+        self.optimizers().step()  # through Lightning: counts the step, runs the precision plugin
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        return outputs
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         out = self.render_image(batch["c2w"], batch["intrinsics"], batch["height"], batch["width"], batch["audio"],

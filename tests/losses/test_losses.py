@@ -86,3 +86,13 @@ def test_composer_rejects_unweighted_terms() -> None:
         LossComposer({"mse": 1.0})({"mse": torch.tensor(1.0), "lips": torch.tensor(2.0)})
     with pytest.raises(ErnerfError, match="without a weight"):
         LossComposer({"mse": 1.0}, ramps={"lips": 10})
+
+
+def test_ramped_weights_take_a_tensor_step_as_a_cuda_graph_feeds_them() -> None:
+    composer = LossComposer({"rgb": 1.0, "rgb_uncertainty": 2.0}, ramps={"rgb_uncertainty": 100})
+    terms = {"rgb": torch.tensor(0.5), "rgb_uncertainty": torch.tensor(0.25)}
+    for step in (0, 30, 100, 400):
+        host, _ = composer(terms, step)
+        device, _ = composer(terms, torch.tensor(float(step)))
+        torch.testing.assert_close(device, host)
+    assert float(composer.weight("rgb_uncertainty", torch.tensor(50.0))) == pytest.approx(1.0)
