@@ -103,8 +103,13 @@ def bench_trained(args: argparse.Namespace) -> dict:
         subject = load_subject(Path(args.data_root) / args.subject, f"aud_{system.hparams['audio_kind']}.npy",
                                stage, downscale=args.downscale)
         label = "head+torso" if stage == "torso" else "head"
+        if args.chunk:
+            system.hparams.eval_chunk = system.hparams.eval_chunk_gpu = args.chunk
         fps = time_renders(system, subject, args.frames)
-        report[label] = {"stage": stage, "size": subject.height, "render_fps": round(fps, 3)}
+        report[label] = {"stage": stage, "size": subject.height, "render_fps": round(fps, 3),
+                         "rays_per_chunk": system.render_chunk()}
+        if args.render_only:
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             report[label] |= end_to_end(system, subject, audio, args.seconds, Path(tmp), args.model_path)
     if not report:
@@ -139,6 +144,8 @@ def main() -> None:
     parser.add_argument("--downscale", type=int, default=1, help="render 512/downscale crops (1 = 512x512)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--model-path", help="local HuBERT/wav2vec2 folder for hu/w2v subjects")
+    parser.add_argument("--chunk", type=int, help="rays rendered at once (default: the checkpoint's eval_chunk)")
+    parser.add_argument("--render-only", action="store_true", help="time rendering only (no features, paste-back, mp4)")
     args = parser.parse_args()
     if not args.subject and not args.untrained:
         parser.error("give --subject <name> (trained) or --untrained (smoke run)")

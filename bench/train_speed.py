@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -27,17 +28,23 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from callbacks.data_parallel import DataParallelCallback  # noqa: E402
+
 
 class StepTimer(L.Callback):
-    """Wall time of every training step (synchronised with the GPU so the figure is real)."""
+    """Wall time of every training step. No per-step GPU sync (it would serialise host and GPU, which training
+    does not); the GPU is synchronised once at the end, so the last time is the real end of the work."""
 
     def __init__(self) -> None:
         self.times: list[float] = []
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
         self.times.append(time.perf_counter())
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if torch.cuda.is_available() and self.times:
+            torch.cuda.synchronize()
+            self.times[-1] = time.perf_counter()
 
     def rate(self, warmup: int) -> float:
         """Steps/s after the first `warmup` steps."""
@@ -56,34 +63,59 @@ def build(overrides: list[str]) -> tuple:
     return cfg, datamodule, system, occupancy
 
 
-def trainer_for(cfg, callbacks: list, **kwargs: object) -> L.Trainer:
-    """A bare trainer of the config's accelerator/precision: no logger, no checkpoints, no validation loop."""
-    return L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
+def trainer_for(cfg, callbacks: list, devices: int = 1, **kwargs: object) -> L.Trainer:
+    """A bare trainer of the config's accelerator/precision: no logger, no checkpoints, no validation loop.
+
+    With several devices: Lightning's DDP, each rank drawing its own rays (callbacks.data_parallel's seeds)."""
+    extra = {"strategy": "ddp"} if devices > 1 else {}
+    if devices > 1:
+        callbacks = [*callbacks, DataParallelCallback(lr_scaling="sqrt", divide_steps=False)]
+    return L.Trainer(accelerator=cfg.trainer.accelerator, devices=devices, precision=cfg.trainer.precision,
                      logger=False, enable_checkpointing=False, enable_progress_bar=False,
                      enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-                     max_epochs=-1, callbacks=callbacks, default_root_dir=tempfile.mkdtemp(), **kwargs)
+                     max_epochs=-1, callbacks=callbacks, default_root_dir=tempfile.mkdtemp(), **extra, **kwargs)
 
 
-def measure_speed(overrides: list[str], steps: int, warmup: int) -> dict[str, float]:
-    """Iterations/s and rays/s over `steps` training steps (the first `warmup` excluded)."""
+def measure_speed(overrides: list[str], steps: int, warmup: int, devices: int = 1) -> dict[str, float]:
+    """Iterations/s and rays/s (all devices) over `steps` training steps (the first `warmup` excluded)."""
     cfg, datamodule, system, occupancy = build(overrides)
     timer = StepTimer()
-    trainer = trainer_for(cfg, [occupancy, timer], max_steps=steps)
+    trainer = trainer_for(cfg, [occupancy, timer], devices, max_steps=steps)
     trainer.fit(system, datamodule=datamodule)
     its = timer.rate(warmup)
-    return {"it_per_s": its, "rays_per_s": its * cfg.datamodule.num_rays, "num_rays": cfg.datamodule.num_rays}
+    graph = system.graphed
+    return {"it_per_s": its, "rays_per_s": its * cfg.datamodule.num_rays * devices, "num_rays": cfg.datamodule.num_rays,
+            "devices": devices, "cuda_graph_captures": graph.captures if graph else 0,
+            "graph_capacity": graph.capacity if graph else None}
 
 
-def psnr_at_budget(overrides: list[str], seconds: float) -> dict[str, float]:
-    """Train for a wall-clock budget, then the mean PSNR/SSIM over every held-out frame."""
+def psnr_at_budget(overrides: list[str], seconds: float, devices: int = 1) -> dict[str, float] | None:
+    """Train for a wall-clock budget, then the mean PSNR/SSIM over every held-out frame (on rank 0)."""
     cfg, datamodule, system, occupancy = build(overrides + ["datamodule.num_val_frames=null"])
     timer = StepTimer()
-    trainer = trainer_for(cfg, [occupancy, timer], max_time={"seconds": seconds}, max_steps=10**7)
+    trainer = trainer_for(cfg, [occupancy, timer], devices, max_time={"seconds": seconds}, max_steps=10**7)
     trainer.fit(system, datamodule=datamodule)
-    val = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision, logger=False,
-                    enable_progress_bar=False, enable_model_summary=False)
-    metrics = val.validate(system, datamodule=datamodule, verbose=False)[0]
-    return {"budget_s": seconds, "steps": len(timer.times), "val_psnr": metrics["val/psnr"], "val_ssim": metrics["val/ssim"]}
+    if trainer.global_rank != 0:
+        return None
+    psnr, ssim = validation_metrics(system, datamodule)
+    return {"budget_s": seconds, "steps": len(timer.times), "val_psnr": psnr, "val_ssim": ssim}
+
+
+@torch.no_grad()
+def validation_metrics(system: L.LightningModule, datamodule: L.LightningDataModule) -> tuple[float, float]:
+    """Mean PSNR and SSIM over the datamodule's validation frames, rendered by the system (no Trainer needed)."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    system.eval()
+    psnrs, ssims = [], []
+    for item in datamodule.val_dataloader().dataset:
+        out = system.render_image(item["c2w"], item["intrinsics"], item["height"], item["width"], item["audio"],
+                                  item["eye"], None, item["bg"])
+        pred = out["rgb"].permute(2, 0, 1)[None]
+        target = item["rgb"].to(pred.device).permute(2, 0, 1)[None]
+        psnrs.append(float(peak_signal_noise_ratio(pred, target, data_range=1.0)))
+        ssims.append(float(structural_similarity_index_measure(pred, target, data_range=1.0)))
+    return sum(psnrs) / len(psnrs), sum(ssims) / len(ssims)
 
 
 def main() -> None:
@@ -96,6 +128,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--budget", type=float, default=300.0, help="seconds of training before the val PSNR (0: skip)")
     parser.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
+    parser.add_argument("--devices", type=int, default=1, help="GPUs (more than one: Lightning's DDP)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     overrides = [f"subject={args.subject}", f"paths.data_root={args.data_root}", f"stage={args.stage}",
@@ -103,13 +136,21 @@ def main() -> None:
     if torch.cuda.is_available() and not any(o.startswith("trainer=") for o in args.override):
         overrides.append("trainer=gpu")
     result = {"overrides": overrides, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
-    result.update(measure_speed(overrides, args.steps, min(args.warmup, args.steps // 2)))
-    print(f"{args.stage}: {result['it_per_s']:.1f} it/s, {result['rays_per_s'] / 1e6:.2f} M rays/s "
-          f"({args.rays} rays/step) on {result['device']}", flush=True)
+    result.update(measure_speed(overrides, args.steps, min(args.warmup, args.steps // 2), args.devices))
+    rank = int(os.environ.get("LOCAL_RANK", 0))
+    if rank == 0:
+        print(f"{args.stage}: {result['it_per_s']:.1f} it/s, {result['rays_per_s'] / 1e6:.2f} M rays/s "
+              f"({args.rays} rays/step x {args.devices} device(s)) on {result['device']}; "
+              f"CUDA graph captures {result['cuda_graph_captures']} (capacity {result['graph_capacity']})", flush=True)
     if args.budget > 0:
-        result.update(psnr_at_budget(overrides, args.budget))
+        budget = psnr_at_budget(overrides, args.budget, args.devices)
+        if budget is None:
+            return
+        result.update(budget)
         print(f"after {args.budget:.0f} s ({result['steps']} steps): val PSNR {result['val_psnr']:.2f} dB, "
               f"SSIM {result['val_ssim']:.4f}", flush=True)
+    if rank != 0:
+        return
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

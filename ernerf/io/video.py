@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 
 from ernerf.errors import ErnerfError
@@ -48,6 +47,8 @@ class VideoInfo:
 
 def probe(path: Path | str) -> VideoInfo:
     """Read stream properties; raise ErnerfError if `path` is not a readable video."""
+    import av  # imported where used: rendering and training machines need no PyAV
+
     path = Path(path)
     if not path.is_file():
         raise ErnerfError(f"video not found: {path}. Check the path given as video=...")
@@ -89,7 +90,7 @@ def _duration_seconds(container: av.container.InputContainer, vs: av.video.strea
     if vs.duration is not None and vs.time_base is not None:
         return float(vs.duration * vs.time_base)
     if container.duration is not None:
-        return container.duration / av.time_base
+        return container.duration / 1_000_000  # av.time_base: container durations are in microseconds
     return 0.0
 
 

@@ -1,0 +1,45 @@
+"""The speed benchmarks run end to end on CPU (tiny sizes) and report the figures they promise."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--rays", "256", "--override", "datamodule.downscale=8", "--override", "model.grid.resolution=16"]
+
+
+def run_bench(script: str, args: list[str]) -> str:
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_profile_step_reports_phases_and_variants(prepare_subject, tmp_path) -> None:
+    root = prepare_subject("train/trump_10s.mp4")
+    out = tmp_path / "profile.json"
+    run_bench("profile_step.py", ["--data-root", str(root.parent), "--subject", root.name, "--steps", "3",
+                                  "--warmup", "1", "--profile-steps", "2", "--variant", "base",
+                                  "--variant", "fused,model.marcher.num_samples=8", "--json", str(out), *TINY])
+    figures = json.loads(out.read_text())
+    for variant in ("base", "fused,model.marcher.num_samples=8"):
+        assert figures[variant]["it_per_s"] > 0
+        assert 0 < figures[variant]["samples_per_ray"] <= 16
+        assert {"data", "forward", "backward", "optimizer"} <= set(figures[variant]["host_ms_per_phase"])
+    assert figures["fused,model.marcher.num_samples=8"]["samples_per_ray"] <= 8  # the override reached the model
+
+
+def test_train_speed_reports_rate_and_budget_psnr(prepare_subject, tmp_path) -> None:
+    root = prepare_subject("train/trump_10s.mp4")
+    out = tmp_path / "speed.json"
+    run_bench("train_speed.py", ["--data-root", str(root.parent), "--subject", root.name, "--steps", "4",
+                                 "--warmup", "1", "--budget", "3", "--override", "trainer=cpu",
+                                 "--override", "datamodule.num_workers=0", "--override", "datamodule.num_val_frames=2",
+                                 "--json", str(out), *TINY])
+    figures = json.loads(out.read_text())
+    assert figures["it_per_s"] > 0 and figures["rays_per_s"] == figures["it_per_s"] * 256
+    assert figures["cuda_graph_captures"] == 0  # a CPU run is eager
+    assert 5 < figures["val_psnr"] < 60 and 0 < figures["val_ssim"] <= 1
