@@ -48,6 +48,10 @@ def composite(sigma: Tensor, dt: Tensor, values: Tensor) -> tuple[Tensor, Tensor
     tau = sigma * dt[:, None]  # [N, S] optical depth of each sample
     # Exclusive prefix sum as a product with a strictly upper-triangular matrix: one small GEMM forward and
     # backward, where cumsum's scan over a 16-wide innermost dim was the step's slowest kernel on an H100.
+    # Clamped first: a density that overflowed to inf (trunc_exp is exp in the forward pass) times the matrix's
+    # zeros is NaN, which poisoned whole rays and, on the CPU demo, emptied the occupancy grid. exp(-50) ~ 2e-22:
+    # the clamp changes no weight.
+    tau = tau.clamp(max=50.0)
     steps = sigma.shape[1]
     before = torch.ones(steps, steps, dtype=tau.dtype, device=tau.device).triu(1)  # [S, S]: j < i
     weights = torch.exp(-(tau @ before)) * -torch.expm1(-tau)  # [N, S]

@@ -8,7 +8,7 @@ import torch
 
 from ernerf.fields import FieldOutputs
 from ernerf.rendering import OccupancyGrid, RayMarcher, intersect_aabb, render_image
-from ernerf.rendering.marcher import compact_static
+from ernerf.rendering.marcher import compact_static, composite
 
 BOX = (-1.0, -1.0, -1.0, 1.0, 1.0, 1.0)
 
@@ -165,3 +165,12 @@ def test_fixed_capacity_renders_like_exact_compaction_and_drops_only_overflow() 
     full = marcher(rays_o, rays_d, sphere_field(), BOX, grid, (0.0, 0.0, 1.0), capacity=exact.samples_evaluated // 2)
     covered = (full.opacity - exact.opacity).abs() > 1e-6
     assert covered.any() and (full.opacity <= exact.opacity + 1e-6).all()  # dropped samples only remove density
+
+
+def test_composite_stays_finite_when_a_density_overflows() -> None:
+    sigma = torch.tensor([[0.0, 1.0, float("inf"), 2.0], [1e30, 0.0, 0.0, 0.0]], requires_grad=True)
+    opacity, values = composite(sigma, torch.full((2,), 0.1), torch.ones(2, 4, 3))
+    assert torch.isfinite(opacity).all() and torch.isfinite(values).all()
+    torch.testing.assert_close(opacity, torch.ones(2))  # both rays end in an opaque sample
+    opacity.sum().backward()
+    assert torch.isfinite(sigma.grad).all()
