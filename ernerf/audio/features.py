@@ -34,27 +34,87 @@ def num_rows(num_samples: int) -> int:
 
 
 class LogMelExtractor:
-    """Log-mel spectrogram (librosa): 25 ms windows every 20 ms, `n_mels` bands, natural-log power."""
+    """Log-mel spectrogram: 25 ms Hann windows every 20 ms, `n_mels` Slaney bands, natural-log power.
+
+    Pure numpy (no librosa at run time, so inference machines need only numpy); it reproduces
+    `librosa.feature.melspectrogram` with librosa 0.11's defaults, which the subjects were trained on:
+    zero-padded centred frames, periodic Hann window centred in `n_fft`, power 2, Slaney mel scale and
+    area normalisation (tests/audio/test_logmel_parity.py pins the two together).
+    """
 
     def __init__(self, n_mels: int = 80, sample_rate: int = SAMPLE_RATE, n_fft: int = 512,
-                 fmin: float = 55.0, fmax: float = 7600.0) -> None:
+                 fmin: float = 55.0, fmax: float = 7600.0, win_length: int = 400) -> None:
         if sample_rate != SAMPLE_RATE:
             raise ErnerfError(f"LogMelExtractor works at {SAMPLE_RATE} Hz (got sample_rate={sample_rate}): "
                               "remove the override, audio is resampled to 16 kHz on load.")
-        self.n_mels, self.sample_rate, self.n_fft = n_mels, sample_rate, n_fft
+        self.n_mels, self.sample_rate, self.n_fft, self.win_length = n_mels, sample_rate, n_fft, win_length
         self.fmin, self.fmax = fmin, fmax
         self.feature_dim = n_mels
+        self._basis = slaney_mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)
 
     def __call__(self, wav: np.ndarray) -> np.ndarray:
         """Log-mel rows of `wav`. # [T] -> [1 + T // 320, n_mels]"""
-        import librosa
-
-        wav = _check_wav(wav)
-        mel = librosa.feature.melspectrogram(
-            y=wav, sr=self.sample_rate, n_fft=self.n_fft, hop_length=HOP, win_length=400,
-            n_mels=self.n_mels, fmin=self.fmin, fmax=self.fmax, center=True, power=2.0)
+        power = power_spectrogram(_check_wav(wav), self.n_fft, HOP, self.win_length)
+        mel = power @ self._basis.T  # [T50, n_mels]
         # floor the power so digital silence gives a finite, constant row
-        return np.log(np.maximum(mel, 1e-8)).T.astype(np.float32)
+        return np.log(np.maximum(mel, 1e-8)).astype(np.float32)
+
+
+def hann_window(win_length: int, n_fft: int) -> np.ndarray:
+    """Periodic Hann window of `win_length` centred in `n_fft` zeros (librosa/scipy `fftbins=True`). # [n_fft]"""
+    window = np.zeros(n_fft)
+    left = (n_fft - win_length) // 2
+    window[left: left + win_length] = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(win_length) / win_length)
+    return window
+
+
+def power_spectrogram(wav: np.ndarray, n_fft: int, hop: int, win_length: int,
+                      block: int = 4096) -> np.ndarray:
+    """|STFT|^2 of centred, zero-padded frames, one row per hop. # [T] -> [1 + T // hop, 1 + n_fft // 2]
+
+    The FFT runs in float64 and is rounded to complex64 as librosa stores it, whatever numpy version
+    (numpy 2 would otherwise keep float32 input in single precision); `block` frames at a time bound memory.
+    """
+    padded = np.pad(np.asarray(wav, dtype=np.float32), n_fft // 2)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]  # [1 + T // hop, n_fft], a view
+    window = hann_window(win_length, n_fft)
+    out = np.empty((len(frames), n_fft // 2 + 1), np.float32)
+    for lo in range(0, len(frames), block):
+        spec = np.fft.rfft(frames[lo: lo + block] * window, axis=-1).astype(np.complex64)
+        out[lo: lo + block] = np.abs(spec) ** 2
+    return out
+
+
+_MEL_HZ = 200.0 / 3  # Slaney: Hz per mel below 1 kHz
+_LOG_HZ = 1000.0  # where the scale turns logarithmic
+_LOG_MEL = _LOG_HZ / _MEL_HZ
+_LOG_STEP = np.log(6.4) / 27.0  # mels per log-Hz step above 1 kHz
+
+
+def hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
+    """Slaney's mel scale (librosa `htk=False`): linear below 1 kHz, logarithmic above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    log_part = _LOG_MEL + np.log(np.maximum(hz, _LOG_HZ) / _LOG_HZ) / _LOG_STEP
+    return np.where(hz >= _LOG_HZ, log_part, hz / _MEL_HZ)
+
+
+def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
+    """Inverse of `hz_to_mel`."""
+    mel = np.asarray(mel, dtype=np.float64)
+    log_part = _LOG_HZ * np.exp(_LOG_STEP * (np.maximum(mel, _LOG_MEL) - _LOG_MEL))
+    return np.where(mel >= _LOG_MEL, log_part, _MEL_HZ * mel)
+
+
+def slaney_mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """Triangular mel filters with Slaney area normalisation (librosa.filters.mel defaults). # [n_mels, 1 + n_fft // 2]"""
+    fft_hz = np.fft.rfftfreq(n_fft, 1.0 / sr)
+    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))  # [n_mels + 2]
+    widths = np.diff(edges)
+    ramps = edges[:, None] - fft_hz[None, :]
+    rising, falling = -ramps[:-2] / widths[:-1, None], ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)  # rounded before scaling, as librosa
+    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return weights
 
 
 class HFSpeechExtractor:
