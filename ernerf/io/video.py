@@ -1,7 +1,9 @@
-"""Video read/write on top of the ffmpeg binary that imageio-ffmpeg ships (no system ffmpeg needed)."""
+"""Video read/write on top of an ffmpeg binary: imageio-ffmpeg's (no system ffmpeg needed), or one named by $ERNERF_FFMPEG."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,11 +15,35 @@ import numpy as np
 from ernerf.errors import ErnerfError
 
 
-def ffmpeg_exe() -> str:
-    """Path of the ffmpeg binary bundled with imageio-ffmpeg."""
-    import imageio_ffmpeg
+FFMPEG_ENV = ("ERNERF_FFMPEG", "IMAGEIO_FFMPEG_EXE")  # the second is imageio-ffmpeg's own variable
 
-    return imageio_ffmpeg.get_ffmpeg_exe()
+
+def ffmpeg_exe() -> str:
+    """Path of the ffmpeg binary: $ERNERF_FFMPEG or $IMAGEIO_FFMPEG_EXE, else imageio-ffmpeg's, else ffmpeg on PATH."""
+    for var in FFMPEG_ENV:
+        if value := os.environ.get(var):
+            found = shutil.which(value)
+            if found is None:
+                raise ErnerfError(f"{var}={value} is not an executable ffmpeg: point it at the ffmpeg binary, "
+                                  "or unset it to use imageio-ffmpeg's.")
+            return found
+    found = _imageio_ffmpeg_exe() or shutil.which("ffmpeg")
+    if found is None:
+        raise ErnerfError("no ffmpeg found: `pip install imageio-ffmpeg` (it ships one), put ffmpeg on PATH, "
+                          "or set ERNERF_FFMPEG=/path/to/ffmpeg.")
+    return found
+
+
+def _imageio_ffmpeg_exe() -> str | None:
+    """The binary bundled with imageio-ffmpeg, or None when the package (or its binary) is missing."""
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        return None
+    try:
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError:  # a wheel without a binary for this platform, and none on the system
+        return None
 
 
 def run_ffmpeg(args: list[str], what: str) -> None:
