@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -38,27 +40,56 @@ def load_audio(path: Path | str, sr: int = 16000, max_seconds: float | None = No
 
 
 def _channels(path: Path) -> int:
-    """Channel count of the first audio stream (1 when it cannot be read; ffmpeg then reports why)."""
-    import av
+    """Channel count of the first audio stream, as `ffmpeg -i` reports it (1 when it cannot tell; ffmpeg then reports why).
 
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.audio[0] if container.streams.audio else None
-            return int(stream.codec_context.channels) if stream is not None else 1
-    except (av.error.FFmpegError, OSError, ValueError):
+    Read from ffmpeg rather than PyAV so that inference machines need no PyAV (load_audio needs ffmpeg anyway).
+    """
+    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True)
+    return channels_from_ffmpeg_info(proc.stderr.decode(errors="replace"))
+
+
+# FFmpeg's named channel layouts (libavutil/channel_layout.c) that are not written "<front>.<lfe>[.<top>]"
+_NAMED_LAYOUTS = {"mono": 1, "stereo": 2, "downmix": 2, "binaural": 2, "quad": 4, "hexagonal": 6,
+                  "octagonal": 8, "cube": 8, "hexadecagonal": 16}
+
+
+def channels_from_ffmpeg_info(info: str) -> int:
+    """Channel count of the first `Audio:` stream line of `ffmpeg -i` output; 1 when there is none.
+
+    The layout is the field after the sample rate: "mono", "stereo", "5.1(side)" (5 + 1), "22.2",
+    "7.1.4" (7 + 1 + 4), "quad"..., or "N channels" when the stream has no named layout.
+    """
+    match = re.search(r"Stream #\d+:\d+.*?: Audio: (.*)", info)
+    fields = [f.strip() for f in match.group(1).split(",")] if match else []
+    rate = next((k for k, f in enumerate(fields) if re.fullmatch(r"\d+ Hz", f)), None)
+    if rate is None or rate + 1 >= len(fields):
         return 1
+    layout = re.sub(r"\(.*\)$", "", fields[rate + 1]).strip()  # 5.1(side) -> 5.1
+    if layout in _NAMED_LAYOUTS:
+        return _NAMED_LAYOUTS[layout]
+    if m := re.fullmatch(r"(\d+) channels?", layout):
+        return int(m.group(1))
+    if re.fullmatch(r"\d+(\.\d+)+", layout):
+        return sum(int(part) for part in layout.split("."))
+    return 1
 
 
 def write_wav(path: Path | str, wav: np.ndarray, sr: int = 16000) -> Path:
-    """Write mono float audio as 16-bit PCM wav, atomically."""
-    import soundfile as sf
+    """Write mono float audio as 16-bit PCM wav, atomically (stdlib `wave`: no soundfile needed).
 
+    Samples are clipped to [-1, 1] and quantised as libsndfile 1.2 does (what soundfile wrote before):
+    floor(x * 32768), clipped to the int16 range, so 1.0 -> 32767 and -1.0 -> -32768.
+    """
     wav = np.asarray(wav, dtype=np.float32)
     if wav.ndim != 1:
         raise ValueError(f"write_wav expects mono audio [T], got shape {wav.shape}")
+    pcm = np.clip(np.floor(np.clip(wav, -1.0, 1.0) * np.float32(32768)), -32768, 32767).astype("<i2")
     path = Path(path)
-    with atomic_path(path) as tmp:
-        sf.write(str(tmp), np.clip(wav, -1.0, 1.0), sr, subtype="PCM_16", format="WAV")
+    with atomic_path(path) as tmp, wave.open(str(tmp), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(int(sr))
+        out.writeframes(pcm.tobytes())
     return path
 
 

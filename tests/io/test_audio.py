@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import wave
+
 import numpy as np
 import pytest
 import soundfile as sf
 
 from ernerf.errors import ErnerfError
-from ernerf.io.audio import fit_length, load_audio, loudness_db, write_wav
+from ernerf.io.audio import _channels, channels_from_ffmpeg_info, fit_length, load_audio, loudness_db, write_wav
+from ernerf.io.video import run_ffmpeg
 from tests.conftest import shared_clip
 
 
@@ -30,6 +33,52 @@ def test_wav_round_trip_is_pcm16_exact(tmp_path: Path) -> None:
     back = load_audio(tmp_path / "a.wav")
     assert len(back) == len(wav) and np.abs(back - wav).max() < 1 / 2**14
     assert not list(tmp_path.glob(".tmp.*"))
+
+
+def test_wav_samples_equal_what_soundfile_wrote(tmp_path: Path) -> None:
+    """write_wav (stdlib wave) quantises exactly as soundfile/libsndfile did: clipping, extremes, rounding."""
+    rng = np.random.default_rng(0)
+    steps = np.arange(-70000, 70000, dtype=np.float64) / 4 / 32768  # every quarter step: halves, integers
+    wav = np.concatenate([[-1.5, -1.0, -0.99999, 0.0, 0.99999, 1.0, 1.5, 2**-16, -(2**-16)], rng.uniform(-1.2, 1.2, 50000),
+                          rng.normal(0, 1e-4, 20000), steps]).astype(np.float32)
+    write_wav(tmp_path / "ours.wav", wav, 22050)
+    sf.write(tmp_path / "sf.wav", np.clip(wav, -1.0, 1.0), 22050, subtype="PCM_16", format="WAV")  # the old writer
+    ours, sr = sf.read(tmp_path / "ours.wav", dtype="int16")
+    ref, _ = sf.read(tmp_path / "sf.wav", dtype="int16")
+    assert sr == 22050 and sf.info(tmp_path / "ours.wav").subtype == "PCM_16"
+    assert np.array_equal(ours, ref)
+    assert ours[:7].tolist() == [-32768, -32768, -32768, 0, 32767, 32767, 32767]
+    with wave.open(str(tmp_path / "ours.wav")) as f:  # and the standard library reads it back too
+        assert (f.getnchannels(), f.getsampwidth(), f.getnframes()) == (1, 2, len(wav))
+
+
+def test_channel_count_from_ffmpeg_equals_pyav(tmp_path: Path) -> None:
+    """The channel count parsed from `ffmpeg -i` (no PyAV at run time) is what PyAV reports, for many layouts."""
+    av = pytest.importorskip("av")
+    layouts = ["mono", "stereo", "2.1", "quad", "5.1", "5.1(side)", "hexagonal", "7.1", "7.1.4", "22.2"]
+    files = []
+    for k, layout in enumerate(layouts):
+        files.append(tmp_path / f"{k}.wav")
+        run_ffmpeg(["-f", "lavfi", "-i", f"anullsrc=r=16000:cl={layout}", "-t", "0.1", "-c:a", "pcm_s16le",
+                    str(files[-1])], "making a test layout")
+    with wave.open(str(tmp_path / "nine.wav"), "wb") as f:  # no named layout: ffmpeg says "9 channels"
+        f.setparams((9, 2, 16000, 0, "NONE", "not compressed"))
+        f.writeframes(bytes(9 * 2 * 160))
+    files += [tmp_path / "nine.wav", shared_clip("train/trump_10s.mp4"), shared_clip("audio/obama_5s.wav")]
+    for path in files:
+        with av.open(str(path)) as container:
+            assert _channels(path) == container.streams.audio[0].codec_context.channels, path
+    assert [_channels(f) for f in files[:3]] == [1, 2, 3]
+    assert _channels(shared_clip("edge/no_audio_track_portrait.mp4")) == 1  # no audio: load_audio then says so
+
+
+def test_channel_count_parser_on_ffmpeg_lines() -> None:
+    line = "  Stream #0:1[0x2](eng): Audio: aac (LC) (mp4a / 0x6134706D), 48000 Hz, {}, fltp, 128 kb/s (default)"
+    for layout, count in [("stereo", 2), ("5.1(side)", 6), ("7.1(wide-side)", 8), ("octagonal", 8), ("3 channels", 3),
+                          ("downmix", 2), ("9.1.4", 14)]:
+        assert channels_from_ffmpeg_info("Input #0, mov,mp4\n" + line.format(layout)) == count, layout
+    assert channels_from_ffmpeg_info("  Stream #0:0: Video: h264, yuv420p, 512x512, 25 fps") == 1
+    assert channels_from_ffmpeg_info("") == 1
 
 
 def test_stereo_48k_is_resampled_to_mono_16k(tmp_path: Path) -> None:
