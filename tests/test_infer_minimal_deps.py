@@ -87,10 +87,10 @@ def test_infer_runs_without_librosa_av_soundfile_imageio_ffmpeg(tmp_path: Path, 
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert "s per output second" in done.stdout
 
+    sent = load_audio(speech)
+    n = round(len(sent) / 16000 * 25)  # 50, or 51 with an ffmpeg < 7.1 (it keeps the AAC encoder's end padding)
     frames = list(iter_frames(out))
-    n = round(SECONDS * 25)
     assert len(frames) == n and frames[0].shape == (512, 512, 3)  # pasted into the original 512x512 frames
     wav = load_audio(out)  # raises if the result has no audio stream
     assert abs(len(wav) / 16000 - n / 25) < 0.05
-    sent = load_audio(speech)
     assert np.corrcoef(np.abs(wav[: len(sent)]), np.abs(sent[: len(wav)]))[0, 1] > 0.9  # the driving speech, in sync
