@@ -109,17 +109,22 @@ def profiled(loop: BareLoop, steps: int) -> dict:
         for _ in range(steps):
             loop.step()
         synchronize(loop.device)
+    return kernel_summary(prof, steps, PHASES)
+
+
+def kernel_summary(prof: profile, steps: int, phases: tuple[str, ...] = ()) -> dict:
+    """Per step: host time of the labelled `phases`, GPU kernel time and launches, host syncs, top kernels."""
     events = prof.key_averages()
     by_name = {e.key: e for e in events if e.device_type == torch.autograd.DeviceType.CPU}
-    phases = {p: round(by_name[p].cpu_time_total / steps / 1e3, 3) for p in PHASES if p in by_name}
+    host = {p: round(by_name[p].cpu_time_total / steps / 1e3, 3) for p in phases if p in by_name}
     # Kernels only: user annotations (the phases' record_function ranges) also appear on the GPU timeline.
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and e.name not in PHASES
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and e.name not in phases
                and not e.name.startswith("Optimizer.")]
     top = collections.Counter()
     for k in kernels:
         top[k.name[:90]] += k.device_time_total if hasattr(k, "device_time_total") else k.cuda_time_total
     return {
-        "host_ms_per_phase": phases,
+        "host_ms_per_phase": host,
         "gpu_kernel_ms_per_step": round(sum(top.values()) / steps / 1e3, 3),
         "kernels_per_step": round(len(kernels) / steps, 1),
         "host_syncs_per_step": round(sum(by_name[s].count for s in SYNC_CALLS if s in by_name) / steps, 2),

@@ -20,6 +20,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 from ernerf.inference import (FPS, STAGES, OutputOptions, Renderer, SubjectView, extractor_for,  # noqa: E402
                               find_checkpoint, load_subject, load_system, run_inference)
@@ -43,6 +44,19 @@ def time_renders(system: Renderer, subject: SubjectView, frames: int, warmup: in
         system.render_image(pose, intr, subject.height, subject.width, window, None, None, bg)
     _sync(dev)
     return frames / (time.perf_counter() - t0)
+
+
+def profile_renders(system: Renderer, subject: SubjectView, frames: int) -> dict:
+    """GPU kernel time, launches and host syncs per rendered frame (PyTorch profiler), after one warm-up frame."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from profile_step import kernel_summary
+
+    time_renders(system, subject, 1)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if system.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        time_renders(system, subject, frames, warmup=0)
+    return kernel_summary(prof, frames)
 
 
 def _sync(dev: torch.device) -> None:
@@ -105,9 +119,13 @@ def bench_trained(args: argparse.Namespace) -> dict:
         label = "head+torso" if stage == "torso" else "head"
         if args.chunk:
             system.hparams.eval_chunk = system.hparams.eval_chunk_gpu = args.chunk
+        if args.eager:
+            system.hparams.cuda_graph = False
         fps = time_renders(system, subject, args.frames)
         report[label] = {"stage": stage, "size": subject.height, "render_fps": round(fps, 3),
-                         "rays_per_chunk": system.render_chunk()}
+                         "rays_per_chunk": system.render_chunk(), "cuda_graph": system.hparams.cuda_graph is not False}
+        if args.profile:
+            report[label]["profile"] = profile_renders(system, subject, min(args.frames, 10))
         if args.render_only:
             continue
         with tempfile.TemporaryDirectory() as tmp:
@@ -146,6 +164,8 @@ def main() -> None:
     parser.add_argument("--model-path", help="local HuBERT/wav2vec2 folder for hu/w2v subjects")
     parser.add_argument("--chunk", type=int, help="rays rendered at once (default: the checkpoint's eval_chunk)")
     parser.add_argument("--render-only", action="store_true", help="time rendering only (no features, paste-back, mp4)")
+    parser.add_argument("--eager", action="store_true", help="no CUDA graphs (model.cuda_graph=false)")
+    parser.add_argument("--profile", action="store_true", help="also profile kernels, launches and syncs per frame")
     args = parser.parse_args()
     if not args.subject and not args.untrained:
         parser.error("give --subject <name> (trained) or --untrained (smoke run)")

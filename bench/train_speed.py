@@ -35,8 +35,10 @@ class StepTimer(L.Callback):
     """Wall time of every training step. No per-step GPU sync (it would serialise host and GPU, which training
     does not); the GPU is synchronised once at the end, so the last time is the real end of the work."""
 
-    def __init__(self) -> None:
+    def __init__(self, time_graphs: bool = False) -> None:
         self.times: list[float] = []
+        self.graph_ms: dict[str, float] = {}
+        self.time_graphs = time_graphs  # replays train on (the optimizer's graph steps again): speed runs only
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
         self.times.append(time.perf_counter())
@@ -45,11 +47,31 @@ class StepTimer(L.Callback):
         if torch.cuda.is_available() and self.times:
             torch.cuda.synchronize()
             self.times[-1] = time.perf_counter()
+            if self.time_graphs:
+                self.graph_ms = replay_times(getattr(pl_module, "graphed", None))
 
     def rate(self, warmup: int) -> float:
         """Steps/s after the first `warmup` steps."""
         t = self.times[warmup:]
         return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 else float("nan")
+
+
+def replay_times(graphed: object, replays: int = 50) -> dict[str, float]:
+    """GPU time of one replay of each captured graph (ms), timed back to back: what the step costs when the host
+    keeps up. (Replays train on: call after the figures that matter.)"""
+    graphs = {"step": getattr(graphed, "graph", None), "optimizer": getattr(graphed, "optimizer_graph", None)}
+    times = {}
+    for name, graph in graphs.items():
+        if graph is None:
+            continue
+        graph.replay()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(replays):
+            graph.replay()
+        torch.cuda.synchronize()
+        times[name] = round((time.perf_counter() - t0) / replays * 1e3, 3)
+    return times
 
 
 def build(overrides: list[str]) -> tuple:
@@ -67,7 +89,8 @@ def trainer_for(cfg, callbacks: list, devices: int = 1, **kwargs: object) -> L.T
     """A bare trainer of the config's accelerator/precision: no logger, no checkpoints, no validation loop.
 
     With several devices: Lightning's DDP, each rank drawing its own rays (callbacks.data_parallel's seeds)."""
-    extra = {"strategy": "ddp"} if devices > 1 else {}
+    # the project's DDP strategy (conf/trainer/ddp.yaml: no per-step buffer broadcast)
+    extra = {"strategy": instantiate(OmegaConf.load(REPO / "conf" / "trainer" / "ddp.yaml").strategy)} if devices > 1 else {}
     if devices > 1:
         callbacks = [*callbacks, DataParallelCallback(lr_scaling="sqrt", divide_steps=False)]
     return L.Trainer(accelerator=cfg.trainer.accelerator, devices=devices, precision=cfg.trainer.precision,
@@ -79,14 +102,15 @@ def trainer_for(cfg, callbacks: list, devices: int = 1, **kwargs: object) -> L.T
 def measure_speed(overrides: list[str], steps: int, warmup: int, devices: int = 1) -> dict[str, float]:
     """Iterations/s and rays/s (all devices) over `steps` training steps (the first `warmup` excluded)."""
     cfg, datamodule, system, occupancy = build(overrides)
-    timer = StepTimer()
+    timer = StepTimer(time_graphs=True)
     trainer = trainer_for(cfg, [occupancy, timer], devices, max_steps=steps)
     trainer.fit(system, datamodule=datamodule)
     its = timer.rate(warmup)
     graph = system.graphed
     return {"it_per_s": its, "rays_per_s": its * cfg.datamodule.num_rays * devices, "num_rays": cfg.datamodule.num_rays,
             "devices": devices, "cuda_graph_captures": graph.captures if graph else 0,
-            "graph_capacity": graph.capacity if graph else None}
+            "graph_capacity": graph.capacity if graph else None, "graph_replay_ms": timer.graph_ms,
+            "rays_built_in_graph": bool(graph and graph.build)}
 
 
 def psnr_at_budget(overrides: list[str], seconds: float, devices: int = 1) -> dict[str, float] | None:
@@ -141,7 +165,9 @@ def main() -> None:
     if rank == 0:
         print(f"{args.stage}: {result['it_per_s']:.1f} it/s, {result['rays_per_s'] / 1e6:.2f} M rays/s "
               f"({args.rays} rays/step x {args.devices} device(s)) on {result['device']}; "
-              f"CUDA graph captures {result['cuda_graph_captures']} (capacity {result['graph_capacity']})", flush=True)
+              f"CUDA graph captures {result['cuda_graph_captures']} (capacity {result['graph_capacity']}, "
+              f"rays drawn in the graph: {result['rays_built_in_graph']}); GPU ms per replay {result['graph_replay_ms']}",
+              flush=True)
     if args.budget > 0:
         budget = psnr_at_budget(overrides, args.budget, args.devices)
         if budget is None:

@@ -34,11 +34,10 @@ class OccupancyGridCallback(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         if pl_module.grid is None or trainer.global_step % self.every_n_steps != 0:
             return
-        data = trainer.datamodule.data
-        frame = self.rng.randrange(data.num_train)  # ER-NeRF: one random frame's audio per refresh
-        device = pl_module.device
-        pl_module.refresh_occupancy(data.audio_window(frame).to(device, non_blocking=True),
-                                    data.eye[frame : frame + 1].to(device, non_blocking=True))
+        datamodule = trainer.datamodule
+        frame = self.rng.randrange(datamodule.data.num_train)  # ER-NeRF: one random frame's audio per refresh
+        store, device = datamodule.store, pl_module.device  # preloaded frames: already on the device, no copy
+        pl_module.refresh_occupancy(store.audio_window(frame).to(device), store.eye[frame : frame + 1].to(device))
         broadcast_buffers(pl_module.grid)
         self.updates += 1
         pl_module.log("train/occupancy", pl_module.grid.occupancy_ratio)  # 0 means nothing renders any more

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,6 +155,8 @@ class FrameStore:
         self.plate = torch.from_numpy(self._read(data.layout.background)).to(self.device)
         # Per-frame conditioning lives where the rays are made: a host-to-device copy per step would stall the GPU.
         self.poses, self.eye = data.poses.to(self.device), data.eye.to(self.device)  # [F, 4, 4], [F]
+        self.aud_ids = data.aud_ids.to(self.device)  # [F]
+        self.rects = {name: r.to(self.device) for name, r in data.rects.items()}  # name -> [F, 4]
         half = AUDIO_WINDOW // 2  # zero rows on both ends: every frame's window is one slice
         self.padded_audio = torch.nn.functional.pad(data.audio, (0, 0, 0, 0, half, half)).to(self.device)
         self.images: Tensor | None = None
@@ -167,22 +170,39 @@ class FrameStore:
             if parsing_masks:
                 self.masks = torch.stack([self._load_parsing_masks(f) for f in frames]).to(self.device)  # [F, H, W, 2]
 
-    def audio_window(self, frame: int) -> Tensor:
-        """`SubjectData.audio_window` of one frame, on this store's device: [8, 16, C]."""
+    def audio_window(self, frame: int | Tensor) -> Tensor:
+        """`SubjectData.audio_window` of one frame, on this store's device: [8, 16, C].
+
+        `frame` may be a one-element tensor on the device (a CUDA graph's input): then nothing syncs."""
+        if isinstance(frame, Tensor):
+            rows = self.aud_ids[frame.reshape(1)] + torch.arange(AUDIO_WINDOW, device=self.device)  # padded rows
+            valid = rows < self.padded_audio.shape[0]  # frames past the features' end see zeros, as SubjectData
+            window = self.padded_audio[rows.clamp(max=self.padded_audio.shape[0] - 1)]
+            return window * valid[:, None, None].to(window.dtype)
         centre = int(self.data.aud_ids[frame])
         if 0 <= centre < self.data.audio.shape[0]:
             return self.padded_audio[centre : centre + AUDIO_WINDOW]
         return self.data.audio_window(frame).to(self.device)
 
-    def image(self, frame: int) -> Tensor:
-        """Ground truth of one frame, uint8 [H, W, 3]."""
+    def image(self, frame: int | Tensor) -> Tensor:
+        """Ground truth of one frame, uint8 [H, W, 3] (a tensor `frame` needs the frames preloaded)."""
+        if isinstance(frame, Tensor):
+            return self._preloaded(self.images, "images")[frame.reshape(1)][0]
         return self.images[frame] if self.images is not None else self._load_image(frame).to(self.device)
 
-    def background(self, frame: int) -> Tensor:
+    def background(self, frame: int | Tensor) -> Tensor:
         """What lies behind the head in one frame, uint8 [H, W, 3]: torso over the plate, or the plate."""
         if self.background_kind == "plate":
             return self.plate
+        if isinstance(frame, Tensor):
+            return self._preloaded(self.backgrounds, "backgrounds")[frame.reshape(1)][0]
         return self.backgrounds[frame] if self.backgrounds is not None else self._load_background(frame).to(self.device)
+
+    @staticmethod
+    def _preloaded(frames: Tensor | None, what: str) -> Tensor:
+        if frames is None:
+            raise ErnerfError(f"the {what} of a frame given as a device tensor need datamodule.preload=true.")
+        return frames
 
     def _read(self, path: Path, mode: str = "RGB") -> np.ndarray:
         """uint8 [H, W, 3|4] at the training size. PIL rather than OpenCV: training machines need no opencv."""
@@ -195,8 +215,10 @@ class FrameStore:
         except (OSError, ValueError) as err:
             raise ErnerfError(f"cannot read {path}: rerun `python preprocess.py subject={self.data.layout.name}`.") from err
 
-    def parsing_masks(self, frame: int) -> Tensor:
+    def parsing_masks(self, frame: int | Tensor) -> Tensor:
         """uint8 [H, W, 2]: torso+neck and head coverage (0..255) from the frame's parsing map (torso stage)."""
+        if isinstance(frame, Tensor):
+            return self._preloaded(self.masks, "parsing masks")[frame.reshape(1)][0]
         return self.masks[frame] if self.masks is not None else self._load_parsing_masks(frame).to(self.device)
 
     def _load_parsing_masks(self, frame: int) -> Tensor:
@@ -234,41 +256,57 @@ def to_unit(pixels: Tensor) -> Tensor:
 
 
 class TrainRays(Dataset):
-    """One training frame per item: `sampler` picks its pixels; rays, targets, background and conditioning."""
+    """One training frame per item: `sampler` picks its pixels; rays, targets, background and conditioning.
+
+    With `frames_only`, an item is just `{"frame_index": frame}` and the step builds the batch itself with
+    `build` from a device tensor: a CUDA-graphed step draws its rays inside the graph (see `device_batches`)."""
 
     def __init__(self, data: SubjectData, store: FrameStore, sampler: RaySampler, eye_jitter: float = 0.05,
                  parsing_masks: bool = False) -> None:
         self.data, self.store, self.sampler, self.eye_jitter = data, store, sampler, eye_jitter
         self.parsing_masks = parsing_masks
+        self.frames_only = False
 
     def __len__(self) -> int:
         return self.data.num_train
 
     def __getitem__(self, frame: int) -> dict:
+        return {"frame_index": frame} if self.frames_only else self.build(frame)
+
+    def build(self, frame: int | Tensor) -> dict:
+        """The ray batch of one frame; a one-element long tensor `frame` on the store's device syncs nothing
+        (it needs preloaded frames and a sampler of fixed shape, e.g. random rays)."""
         data, store, device = self.data, self.store, self.store.device
-        rects = data.rects_of(frame)
+        rects = data.rects_of(frame) if not isinstance(frame, Tensor) else {}  # only rect samplers read them
         sample = self.sampler(data.height, data.width, rects, device=device)
         index = sample.index  # [N]
-        rays_o, rays_d = get_rays(store.poses[frame : frame + 1], data.intrinsics, data.height, data.width, index[None])
+        at = frame.reshape(1) if isinstance(frame, Tensor) else slice(frame, frame + 1)
+        rays_o, rays_d = get_rays(store.poses[at], data.intrinsics, data.height, data.width, index[None])
         jitter = (torch.rand(1, device=device) - 0.5) * (2 * self.eye_jitter)  # ER-NeRF: +-0.05 so blinks interpolate
         return self.masks(frame, index) | {
             "rays_o": rays_o[0], "rays_d": rays_d[0],  # [N, 3]
             "rgb": to_unit(store.image(frame).reshape(-1, 3)[index]),  # [N, 3]
             "bg": to_unit(store.background(frame).reshape(-1, 3)[index]),  # [N, 3]
-            "face_mask": rects["face"].contains(index, data.width),  # [N]
+            "face_mask": rect_contains(store.rects["face"][at][0], index, data.width),  # [N]
             "pixel_index": index, "patch_shape": sample.patch_shape, "height": data.height, "width": data.width,
-            "c2w": store.poses[frame],  # [4, 4]
+            "c2w": store.poses[at][0],  # [4, 4]
             "audio": store.audio_window(frame),  # [8, 16, C]
-            "eye": store.eye[frame : frame + 1] + jitter,  # [1]
+            "eye": store.eye[at] + jitter,  # [1]
             "frame_index": frame,
         }
 
-    def masks(self, frame: int, index: Tensor) -> dict[str, Tensor]:
+    def masks(self, frame: int | Tensor, index: Tensor) -> dict[str, Tensor]:
         """Torso+neck coverage [N] in [0, 1] and head mask [N] of the sampled pixels (when parsing masks are on)."""
         if not self.parsing_masks:
             return {}
         masks = self.store.parsing_masks(frame).reshape(-1, 2)[index]
         return {"torso_mask": to_unit(masks[:, 0]), "head_mask": masks[:, 1] > 127}
+
+
+def rect_contains(rect: Tensor, index: Tensor, width: int) -> Tensor:
+    """Which flat pixel ids [N] fall inside `rect` [4] (top, bottom, left, right; half-open): bool [N]."""
+    rows, cols = index // width, index % width
+    return (rows >= rect[0]) & (rows < rect[1]) & (cols >= rect[2]) & (cols < rect[3])
 
 
 class FullFrames(Dataset):
@@ -307,6 +345,7 @@ class SubjectDataModule(L.LightningDataModule):
         self.parsing_masks = parsing_masks  # the torso stage's alpha targets
         self._data: SubjectData | None = None
         self.store: FrameStore | None = None
+        self._train_rays: TrainRays | None = None
 
     @property
     def data(self) -> SubjectData:
@@ -337,7 +376,24 @@ class SubjectDataModule(L.LightningDataModule):
         return DataLoader(dataset, batch_size=None, shuffle=shuffle, num_workers=workers, persistent_workers=workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(TrainRays(self.data, self.store, self.sampler, self.eye_jitter, self.parsing_masks), shuffle=True)
+        return self._loader(self.train_rays, shuffle=True)
+
+    @property
+    def train_rays(self) -> TrainRays:
+        """The training dataset (one per data module, so the step and the loader share it)."""
+        if self._train_rays is None:
+            self._train_rays = TrainRays(self.data, self.store, self.sampler, self.eye_jitter, self.parsing_masks)
+        return self._train_rays
+
+    def device_batches(self) -> Callable[[Tensor], dict] | None:
+        """`frame [1] -> ray batch`, built on the GPU without a host sync, when the data allows it (frames
+        preloaded on a CUDA device, rays of a fixed count); the loader then yields frame numbers only.
+        None otherwise: the loader keeps yielding whole batches."""
+        fixed = type(self.sampler) is RandomRaySampler
+        if self.store is None or self.store.device.type != "cuda" or self.store.images is None or not fixed:
+            return None
+        self.train_rays.frames_only = True
+        return self.train_rays.build
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(FullFrames(self.data, self.store, self.val_frames()), shuffle=False)

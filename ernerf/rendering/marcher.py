@@ -40,10 +40,10 @@ def intersect_aabb(
     return near, torch.where(hit, far, near), hit
 
 
-def composite(sigma: Tensor, dt: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+def composite(sigma: Tensor, dt: Tensor, values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Alpha compositing: weight_i = T_i (1 - exp(-sigma_i dt)), T_i = exp(-sum_{j<i} sigma_j dt).
 
-    sigma [N, S], dt [N], values [N, S, K] -> opacity [N], composited values [N, K].
+    sigma [N, S], dt [N], values [N, S, K] -> opacity [N], composited values [N, K], weights [N, S].
     """
     tau = sigma * dt[:, None]  # [N, S] optical depth of each sample
     # Exclusive prefix sum as a product with a strictly upper-triangular matrix: one small GEMM forward and
@@ -55,7 +55,7 @@ def composite(sigma: Tensor, dt: Tensor, values: Tensor) -> tuple[Tensor, Tensor
     steps = sigma.shape[1]
     before = torch.ones(steps, steps, dtype=tau.dtype, device=tau.device).triu(1)  # [S, S]: j < i
     weights = torch.exp(-(tau @ before)) * -torch.expm1(-tau)  # [N, S]
-    return weights.sum(-1), torch.bmm(weights[:, None, :], values.to(weights.dtype))[:, 0]
+    return weights.sum(-1), torch.bmm(weights[:, None, :], values.to(weights.dtype))[:, 0], weights
 
 
 def _scatter(values: Tensor, keep: Tensor, shape: tuple[int, int]) -> Tensor:  # [M, ...] -> [N, S, ...]
@@ -96,11 +96,13 @@ class RayMarcher(nn.Module):
         grid: OccupancyGrid | None = None,
         bg_color: Tensor | Sequence[float] = (1.0, 1.0, 1.0),  # [N, 3] or [3]
         capacity: int | None = None,
+        extras: bool = True,
     ) -> RenderOutputs:
         """Render rays: sample, skip empty cells, evaluate the field on kept samples, composite.
 
         With `capacity`, the field sees exactly that many samples (padding included) and nothing syncs with the
-        host: the shapes a CUDA graph needs. Without it, exactly the occupied samples."""
+        host: the shapes a CUDA graph needs. Without it, exactly the occupied samples. `extras=False` composites
+        colour, depth and opacity only (rendering frames: the per-ray dense tensors are then half as wide)."""
         aabb = torch.as_tensor(aabb, dtype=rays_o.dtype, device=rays_o.device)
         near, far, hit = intersect_aabb(rays_o, rays_d, aabb, self.min_near)
         t, dt = self._sample_distances(near, far)  # [N, S], [N]
@@ -118,17 +120,16 @@ class RayMarcher(nn.Module):
         d = rays_d[:, None].expand_as(x).reshape(-1, 3)
         out = field_fn(x.reshape(-1, 3)[gather], d[gather])
         # Every per-sample output in one [M, 1 + K] tensor: one scatter and one weighted sum instead of one each.
-        names = list(out.extras)
+        names = list(out.extras) if extras else []
         stacked = torch.cat([out.sigma[:, None].float(), out.rgb.float(), *(out.extras[n].float() for n in names)], -1)
         dense = _scatter(stacked, kept, tuple(t.shape))  # [N, S, 1 + K]
-        values = torch.cat([dense[..., 1:], t[..., None]], -1)  # depth composited like the rest
-        opacity, composited = composite(dense[..., 0], dt, values)  # [N], [N, K + 1]
+        opacity, composited, weights = composite(dense[..., 0], dt, dense[..., 1:])  # [N], [N, K], [N, S]
         bg = torch.as_tensor(bg_color, dtype=rays_o.dtype, device=rays_o.device).expand_as(rays_o)
         widths = [out.extras[n].shape[-1] for n in names]
-        parts = composited[:, 3:-1].split(widths, -1) if names else ()
+        parts = composited[:, 3:].split(widths, -1) if names else ()
         return RenderOutputs(
             rgb=composited[:, :3] + (1.0 - opacity)[:, None] * bg,
-            depth=composited[:, -1],
+            depth=(weights * t).sum(-1),
             opacity=opacity,
             extras=dict(zip(names, parts)),
             samples_evaluated=int(kept.numel()),
@@ -156,15 +157,24 @@ def render_image(
     grid: OccupancyGrid | None = None,
     bg_color: Tensor | Sequence[float] = (1.0, 1.0, 1.0),  # [H, W, 3] or [3]
     chunk: int = 4096,
-) -> dict[str, Tensor]:  # rgb [H, W, 3], depth [H, W], opacity [H, W], extras [H, W, k]
-    """Render a whole image in chunks of rays, without gradients (validation and inference)."""
+    capacity: int | None = None,
+    extras: bool = True,
+) -> dict[str, Tensor]:  # rgb [H, W, 3], depth [H, W], opacity [H, W], extras [H, W, k], occupied []
+    """Render a whole image in chunks of rays, without gradients (validation and inference).
+
+    `capacity` (samples, one chunk only) fixes every shape, as a CUDA graph needs; `occupied` counts the samples
+    in occupied cells, so a caller can tell when the capacity dropped some."""
     rays_o, rays_d = get_rays(c2w[None], intrinsics, H, W)
     rays_o, rays_d = rays_o[0], rays_d[0]  # [H * W, 3]
     bg = torch.as_tensor(bg_color, dtype=rays_o.dtype, device=rays_o.device).expand(H, W, 3).reshape(-1, 3)
+    if capacity is not None and chunk < H * W:
+        raise ValueError(f"a fixed sample capacity renders the frame in one chunk (chunk={chunk} < {H * W} rays)")
     parts: dict[str, list[Tensor]] = {}
+    occupied = torch.zeros((), dtype=torch.long, device=rays_o.device)
     for start in range(0, H * W, chunk):
         sl = slice(start, start + chunk)
-        out = marcher(rays_o[sl], rays_d[sl], field_fn, aabb, grid, bg[sl])
+        out = marcher(rays_o[sl], rays_d[sl], field_fn, aabb, grid, bg[sl], capacity=capacity, extras=extras)
+        occupied = occupied + (out.samples_occupied if out.samples_occupied is not None else out.samples_evaluated)
         for name, value in {"rgb": out.rgb, "depth": out.depth, "opacity": out.opacity, **out.extras}.items():
             parts.setdefault(name, []).append(value)
-    return {name: torch.cat(v).reshape(H, W, *v[0].shape[1:]) for name, v in parts.items()}
+    return {"occupied": occupied} | {name: torch.cat(v).reshape(H, W, *v[0].shape[1:]) for name, v in parts.items()}

@@ -1,12 +1,16 @@
-"""One training step's forward and backward replayed as a CUDA graph.
+"""The training step replayed as CUDA graphs: one for data + forward + backward, one for the optimizer.
 
 On a GPU the eager step is bound by the host: ~560 small kernels whose launches (Python, dispatcher, autograd)
 take ~3x longer than the kernels run (bench/profile_step.py). A CUDA graph launches them all at once. Graphs
 need fixed shapes, so the marcher keeps a fixed `capacity` of samples (padding the rest); the capacity follows
 the occupancy grid: it is re-measured every `check_every` steps and the graph re-captured when the occupied
 samples outgrow it (those steps drop the samples past the capacity) or shrink well below it.
-The optimizer step stays outside the graph (fused AdamW is a handful of launches), so learning-rate schedules,
-checkpoints and Lightning's step counting work unchanged.
+
+Where the data module can build a batch on the GPU from a frame number (`build`), the graph draws the rays
+itself and its only inputs are three device scalars (frame, step, progress): nothing is copied per step.
+Gradients live in one flat buffer, so several processes (DDP) reduce them with one all-reduce between the two
+graphs. The optimizer step is a second graph (`capturable` optimizer, learning rates as device tensors that the
+scheduler fills), installed as the optimizer's `step`: Lightning still calls it, and so still counts steps.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # (batch with tensors on the GPU, capacity) -> {"loss": scalar to back-propagate, "occupied": [] count, ...}
 StepFn = Callable[[dict[str, Any], int], dict[str, Tensor]]
+BuildFn = Callable[[Tensor], dict[str, Any]]  # frame [1] on the GPU -> ray batch
+ReduceFn = Callable[[Tensor], None]  # flat gradients [P], reduced in place across processes
 
 
 def round_up(value: float, multiple: int) -> int:
@@ -30,12 +36,35 @@ def round_up(value: float, multiple: int) -> int:
     return max(multiple, math.ceil(value / multiple) * multiple)
 
 
+def make_capturable(optimizer: torch.optim.Optimizer) -> None:
+    """Let `optimizer.step()` be captured: step counts on the device, learning rates as device tensors (a
+    scheduler fills them in place, so replays see the schedule)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    device = params[0].device
+    for group in optimizer.param_groups:
+        if "capturable" not in group:
+            raise ValueError(f"{type(optimizer).__name__} cannot be captured in a CUDA graph (no `capturable` option): "
+                             "use Adam or AdamW, or model.cuda_graph=false.")
+        group["capturable"] = True
+        if not isinstance(group["lr"], Tensor):
+            group["lr"] = torch.tensor(float(group["lr"]), device=device)
+    for state in optimizer.state.values():
+        if "step" in state:
+            state["step"] = state["step"].to(device=device, dtype=torch.float32)
+
+
 class GraphedStep:
-    """Captures `step_fn` (forward + backward) on the first batch, then replays it on every batch of the same layout."""
+    """Captures `step_fn` (forward + backward) on the first batch, then replays it on every batch of the same layout.
+
+    scalars: batch entries that change every step (ints or floats), fed to the graph as device scalars.
+    build: when given, the batch holds only the scalars and `build(frame_index)` makes the rays inside the graph.
+    reduce: called on the flat gradients after each replay (DDP's all-reduce); None on one process.
+    """
 
     def __init__(self, step_fn: StepFn, module: nn.Module, scalars: tuple[str, ...] = (), headroom: float = 1.2,
-                 granularity: int = 16384, check_every: int = 50, warmup: int = 3) -> None:
-        self.step_fn, self.module, self.scalars = step_fn, module, scalars  # scalars: numbers that change per step
+                 granularity: int = 16384, check_every: int = 50, warmup: int = 3, build: BuildFn | None = None,
+                 reduce: ReduceFn | None = None) -> None:
+        self.step_fn, self.module, self.scalars, self.build, self.reduce = step_fn, module, scalars, build, reduce
         self.headroom, self.granularity, self.check_every, self.warmup = headroom, granularity, check_every, warmup
         self.graph: torch.cuda.CUDAGraph | None = None
         self.capacity = 0
@@ -44,6 +73,9 @@ class GraphedStep:
         self.outputs: dict[str, Tensor] = {}
         self.peak: Tensor | None = None  # most occupied samples in one step since the last check
         self.replays_since_check = 0
+        self.flat_grads: Tensor | None = None  # [P] every trained parameter's .grad is a view into it
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.optimizer_graph: torch.cuda.CUDAGraph | None = None
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """Load `batch` into the graph's inputs and replay it; the returned tensors are overwritten next call."""
@@ -51,41 +83,65 @@ class GraphedStep:
             self.capture(batch)
         self._load(batch)
         self.graph.replay()
+        if self.reduce is not None:
+            self.reduce(self.flat_grads)
         self.replays_since_check += 1
         return self.outputs
 
+    # ---------------------------------------------------------------- forward + backward
     def capture(self, batch: Mapping[str, Any], capacity: int | None = None) -> None:
         """(Re-)capture at `capacity` samples (default: the batch's occupied samples plus headroom)."""
         self.graph = None  # frees the previous graph's memory pool before the new capture takes one
-        device = batch["rays_o"].device
+        device = self.module.device if hasattr(self.module, "device") else batch["rays_o"].device
         self.inputs = {k: v.clone() if isinstance(v, Tensor) else v for k, v in batch.items()}
         for key in self.scalars:  # per-step numbers become device scalars the graph reads
             dtype = torch.long if isinstance(batch[key], int) else torch.float32
             self.inputs[key] = torch.tensor(batch[key], dtype=dtype, device=device)
         if capacity is None:
             with torch.no_grad():
-                occupied = int(self.step_fn(self.inputs, None)["occupied"])  # exact compaction: the real count
+                occupied = int(self._forward(None)["occupied"])  # exact compaction: the real count
             capacity = round_up(occupied * self.headroom, self.granularity)
         self.capacity = capacity
-        params = [p for p in self.module.parameters() if p.requires_grad]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graph's documentation asks
             for _ in range(self.warmup):
-                self.step_fn(self.inputs, capacity)["loss"].backward()
+                self._forward_backward(capacity)
         torch.cuda.current_stream().wait_stream(side)
-        for p in params:  # the captured backward allocates the gradients; replays overwrite them in place
-            p.grad = None
+        self._flatten_grads()
         self.graph = torch.cuda.CUDAGraph()
         self.peak = torch.zeros((), dtype=torch.long, device=device)
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            outputs = self.step_fn(self.inputs, capacity)
-            outputs["loss"].backward()
+            outputs = self._forward_backward(capacity)
             torch.maximum(self.peak, outputs["occupied"], out=self.peak)
         self.outputs = {k: v.detach() for k, v in outputs.items()}
         self.captures += 1
         self.replays_since_check = 0
         log.info("captured the training step as a CUDA graph at %d samples (capture %d)", capacity, self.captures)
+
+    def _forward(self, capacity: int | None) -> dict[str, Tensor]:
+        batch = self.inputs
+        if self.build is not None:
+            batch = {**self.build(batch["frame_index"]), **{k: batch[k] for k in self.scalars}}
+        return self.step_fn(batch, capacity)
+
+    def _forward_backward(self, capacity: int) -> dict[str, Tensor]:
+        if self.flat_grads is not None:
+            self.flat_grads.zero_()  # backward adds into the views
+        outputs = self._forward(capacity)
+        outputs["loss"].backward()
+        return outputs
+
+    def _flatten_grads(self) -> None:
+        """Point the gradient of every parameter the step trains (those the warm-up gave one) into one buffer."""
+        if self.flat_grads is not None:
+            return  # kept across re-captures: the optimizer graph reads these addresses
+        params = [p for p in self.module.parameters() if p.requires_grad and p.grad is not None]
+        self.flat_grads = torch.zeros(sum(p.numel() for p in params), device=params[0].device)
+        offset = 0
+        for p in params:
+            p.grad = self.flat_grads[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
 
     def _capacity_changed(self) -> bool:
         """Every `check_every` replays (one host sync): whether the occupied samples left the capacity's band."""
@@ -113,3 +169,122 @@ class GraphedStep:
                 target.copy_(value, non_blocking=True)
             elif value != target:
                 raise ValueError(f"CUDA graph input '{key}' changed from {target!r} to {value!r}")
+
+    # ---------------------------------------------------------------- optimizer
+    def install_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Replace `optimizer.step` with a replay of its captured step (captured on the first call, which runs
+        eagerly). `remove_optimizer` puts the original back."""
+        make_capturable(optimizer)
+        self.optimizer = optimizer
+
+        def step(closure: Callable[[], Any] | None = None) -> None:
+            if closure is not None:  # Lightning's manual-optimization closure: nothing to compute
+                closure()
+            self.optimizer_step()
+
+        optimizer.step = step
+
+    def remove_optimizer(self) -> None:
+        if self.optimizer is not None and "step" in vars(self.optimizer):
+            del self.optimizer.step
+        self.optimizer, self.optimizer_graph = None, None
+
+    def optimizer_step(self) -> None:
+        """Replay the captured optimizer step; the first call steps eagerly (creating the optimizer's state), then
+        captures."""
+        if self.optimizer_graph is not None:
+            self.optimizer_graph.replay()
+            return
+        optimizer = self.optimizer
+        eager = type(optimizer).step.__get__(optimizer)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            eager()  # this step's real update
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            eager()  # recorded, not run
+        self.optimizer_graph = graph
+        log.info("captured the optimizer step as a CUDA graph")
+
+
+# (inputs on the GPU, sample capacity or None for exact compaction) -> per-pixel outputs + "occupied" [] count
+RenderFn = Callable[[dict[str, Any], int | None], dict[str, Tensor]]
+
+
+class GraphedRender:
+    """Whole-frame renders replayed as CUDA graphs, one per input layout (frame size, which inputs are given).
+
+    The graph marches a fixed capacity of samples. A frame whose occupied samples outgrow it is captured again at
+    a larger capacity and rendered again, so every returned frame equals the eager render; that check costs one
+    host sync per frame, which inference pays anyway to read the frame back.
+    """
+
+    def __init__(self, render_fn: RenderFn, scalars: tuple[str, ...] = ("frame_index",), headroom: float = 1.25,
+                 granularity: int = 65536) -> None:
+        self.render_fn, self.scalars, self.headroom, self.granularity = render_fn, scalars, headroom, granularity
+        self.entries: dict[tuple, _Captured] = {}
+        self.captures = 0
+
+    def __call__(self, inputs: dict[str, Any]) -> dict[str, Tensor]:
+        """Render `inputs`: tensors on the GPU; `scalars` (ints, or None) become device scalars; any other value
+        (frame size, intrinsics) is baked into the graph, so a new value captures a new graph."""
+        key = tuple(self._layout(k, v) for k, v in sorted(inputs.items()))
+        entry = self.entries.get(key)
+        if entry is None:
+            with torch.no_grad():
+                occupied = int(self.render_fn(self._static(inputs), None)["occupied"])
+            entry = self.entries[key] = self._capture(inputs, occupied)
+        entry.load(inputs)
+        entry.graph.replay()
+        occupied = int(entry.outputs["occupied"])
+        if occupied > entry.capacity:  # samples were dropped: re-capture larger and render this frame again
+            entry = self.entries[key] = self._capture(inputs, occupied)
+            entry.load(inputs)
+            entry.graph.replay()
+        return {k: v.clone() for k, v in entry.outputs.items()}
+
+    def _capture(self, inputs: dict[str, Any], occupied: int) -> _Captured:
+        capacity = round_up(occupied * self.headroom, self.granularity)
+        static = self._static(inputs)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.no_grad():
+            self.render_fn(static, capacity)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"), torch.no_grad():
+            outputs = self.render_fn(static, capacity)
+        self.captures += 1
+        log.info("captured whole-frame rendering as a CUDA graph at %d samples", capacity)
+        return _Captured(graph, static, outputs, capacity)
+
+
+    def _layout(self, key: str, value: Any) -> tuple:
+        if isinstance(value, Tensor):
+            return key, tuple(value.shape), value.dtype
+        return (key, value is None) if key in self.scalars else (key, value)
+
+    def _static(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Graph-owned copies of the tensors, scalars as device tensors, other values as they are."""
+        device = next(v.device for v in inputs.values() if isinstance(v, Tensor))
+        return {k: v.clone() if isinstance(v, Tensor) else
+                torch.tensor(v, device=device) if k in self.scalars and v is not None else v
+                for k, v in inputs.items()}
+
+
+class _Captured:
+    """One captured render: its graph, the static inputs it reads, the outputs it writes, its sample capacity."""
+
+    def __init__(self, graph: torch.cuda.CUDAGraph, inputs: dict[str, Any], outputs: dict[str, Tensor],
+                 capacity: int) -> None:
+        self.graph, self.inputs, self.outputs, self.capacity = graph, inputs, outputs, capacity
+
+    def load(self, inputs: dict[str, Any]) -> None:
+        for key, value in inputs.items():
+            target = self.inputs[key]
+            if isinstance(value, Tensor):
+                target.copy_(value, non_blocking=True)
+            elif isinstance(target, Tensor):
+                target.fill_(value)

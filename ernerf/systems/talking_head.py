@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -27,7 +28,7 @@ from ernerf.losses import (
     uncertainty_weighted_mse,
 )
 from ernerf.rendering import RenderOutputs
-from ernerf.systems.cuda_graph import GraphedStep
+from ernerf.systems.cuda_graph import GraphedRender, GraphedStep
 from ernerf.rendering import render_image as render_frame
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,17 @@ def patches(pred: Tensor, target: Tensor, shape: Sequence[int]) -> tuple[Tensor,
     """Row-major patch rays [h * w, 3] x2 -> images [1, 3, h, w] x2."""
     h, w = (int(v) for v in shape)
     return tuple(x.reshape(1, h, w, 3).permute(0, 3, 1, 2) for x in (pred, target))
+
+
+@contextlib.contextmanager
+def tf32_matmuls(enabled: bool) -> Iterator[None]:
+    """FP32 matrix products on the GPU's tensor cores (TF32: 10-bit mantissa inputs, fp32 accumulation) inside."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def psnr_from_mse(mse: Tensor) -> Tensor:
@@ -77,6 +89,7 @@ class TalkingHeadSystem(L.LightningModule):
         torso: Mapping | None = None,
         compile_field: bool = False,
         cuda_graph: bool | str = "auto",
+        tf32: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # plain configs: load_from_checkpoint(path) rebuilds everything
@@ -89,6 +102,7 @@ class TalkingHeadSystem(L.LightningModule):
         # because every step keeps a different number of samples. The module itself stays as it is (checkpoints).
         self.field_forward = torch.compile(self.field.forward, dynamic=True) if compile_field else self.field.forward
         self.graphed: GraphedStep | None = None  # set up in on_fit_start when cuda_graph applies
+        self.graphed_render: GraphedRender | None = None  # made on the first whole-frame render on a GPU
         loss = dict(loss)
         self.perceptual_cfg = loss.pop("perceptual", None)  # built on the first patch batch, kept out of checkpoints
         self._perceptual: list[nn.Module] = []
@@ -126,15 +140,38 @@ class TalkingHeadSystem(L.LightningModule):
                      eye: Tensor | None, frame_index: int | None, bg: Tensor) -> dict[str, Tensor]:
         """Render one frame: c2w [4, 4] in the model's space, bg [H, W, 3] -> rgb [H, W, 3], depth/opacity [H, W].
 
-        With a torso field, `bg` is the plate and the torso is composited between it and the head (+ torso_alpha [H, W])."""
+        With a torso field, `bg` is the plate and the torso is composited between it and the head (+ torso_alpha [H, W]).
+        On a GPU, whole frames replay a CUDA graph (model.cuda_graph) with the same results."""
         device = self.device
-        cond = self.condition(audio_window.to(device), None if eye is None else eye.to(device), frame_index)
-        pixels = torch.arange(height * width, device=device)
-        bg, torso = self.behind_head(bg.to(device).expand(height, width, 3).reshape(-1, 3), pixels, height, width,
-                                     c2w.to(device), frame_index)
-        out = render_frame(self.marcher, lambda x, d: self.field_forward(x, d, cond), c2w.to(device), [float(v) for v in intrinsics],
-                           height, width, self.aabb, self.grid, bg.reshape(height, width, 3), chunk=self.render_chunk())
-        result = {"rgb": out["rgb"].float().clamp(0, 1), "depth": out["depth"].float(), "opacity": out["opacity"].float()}
+        inputs = {"c2w": c2w.to(device).float(), "audio": audio_window.to(device),
+                  "eye": None if eye is None else eye.to(device), "frame_index": frame_index,
+                  "bg": bg.to(device).expand(height, width, 3), "height": height, "width": width,
+                  "intrinsics": tuple(float(v) for v in intrinsics)}
+        with tf32_matmuls(bool(self.hparams.get("tf32"))):
+            if self._graph_renders(height * width):
+                if self.graphed_render is None:
+                    self.graphed_render = GraphedRender(self._render_frame)
+                out = self.graphed_render(inputs)
+            else:
+                out = self._render_frame(inputs, None)
+        out.pop("occupied")
+        return out
+
+    def _graph_renders(self, rays: int) -> bool:
+        """Whether frames replay a CUDA graph: on CUDA, the frame in one chunk, model.cuda_graph not false."""
+        return self.device.type == "cuda" and self.hparams.cuda_graph is not False and self.render_chunk() >= rays
+
+    def _render_frame(self, inputs: dict[str, Any], capacity: int | None) -> dict[str, Tensor]:
+        """`render_image` on prepared inputs (on the device); a fixed sample `capacity` for CUDA graphs."""
+        height, width, frame_index = inputs["height"], inputs["width"], inputs["frame_index"]
+        cond = self.condition(inputs["audio"], inputs["eye"], frame_index)
+        pixels = torch.arange(height * width, device=self.device)
+        bg, torso = self.behind_head(inputs["bg"].reshape(-1, 3), pixels, height, width, inputs["c2w"], frame_index)
+        out = render_frame(self.marcher, lambda x, d: self.field_forward(x, d, cond), inputs["c2w"],
+                           inputs["intrinsics"], height, width, self.aabb, self.grid, bg.reshape(height, width, 3),
+                           chunk=self.render_chunk(), capacity=capacity, extras=False)
+        result = {"rgb": out["rgb"].float().clamp(0, 1), "depth": out["depth"].float(),
+                  "opacity": out["opacity"].float(), "occupied": out["occupied"]}
         if torso is not None:
             result["torso_alpha"] = torso.alpha.float().reshape(height, width)
         return result
@@ -201,47 +238,83 @@ class TalkingHeadSystem(L.LightningModule):
                 **{f"loss_{name}": value for name, value in values.items()}}
 
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
+        log_now = self.logs_this_step()
         batch = {**batch, "step": self.global_step, "progress": self.step_fraction()}
-        if self.graphed is not None:
-            outputs = self.graphed_step(batch)
-        else:
-            outputs = self.step_outputs(batch)
-        for name in self.loss.weights:
-            if f"loss_{name}" in outputs:
-                self.log(f"train/loss_{name}", outputs[f"loss_{name}"])
-        self.log("train/loss", outputs["loss"], prog_bar=True)
-        self.log("train/psnr", outputs["psnr"], prog_bar=True)
+        with tf32_matmuls(bool(self.hparams.get("tf32"))):
+            outputs = self.graphed_step(batch) if self.graphed is not None else self.step_outputs(batch)
+        if log_now:
+            for name in self.loss.weights:
+                if f"loss_{name}" in outputs:
+                    self.log(f"train/loss_{name}", outputs[f"loss_{name}"])
+            self.log("train/loss", outputs["loss"], prog_bar=True)
+            self.log("train/psnr", outputs["psnr"], prog_bar=True)
         return {"loss": outputs["loss"], "rgb": outputs["rgb"].detach()}  # callbacks log the rendered lip patches
 
-    # ---------------------------------------------------------------- CUDA graph (trainer on one GPU)
+    def logs_this_step(self) -> bool:
+        """Log step values only on the steps the loggers write (trainer.log_every_n_steps): Lightning reads every
+        progress-bar value back to the host after each batch it was logged in, and that sync per step stalled the
+        GPU (9 ms steps for 7 ms of kernels). Outside a Trainer, always."""
+        if self._trainer is None:
+            return True
+        every = max(int(self.trainer.log_every_n_steps), 1)
+        return (self.global_step + 1) % every == 0 or self.global_step == 0
+
+    # ---------------------------------------------------------------- CUDA graphs (one GPU, or DDP over GPUs)
     def on_fit_start(self) -> None:
-        """Replay the step as a CUDA graph when asked for and possible (one CUDA device, no patch losses)."""
+        """Replay the step as CUDA graphs when asked for and possible (CUDA, no patch losses, no loss scaling)."""
         mode = self.hparams.cuda_graph
         if mode not in (True, False, "auto"):
             raise ErnerfError(f"model.cuda_graph must be true, false or auto, got {mode!r}.")
         if mode is False:
             return
+        trainer = self.trainer
         reasons = [why for why, bad in (("not on a CUDA device", self.device.type != "cuda"),
-                                        ("several processes (DDP reduces gradients during backward)",
-                                         self.trainer.world_size > 1),
-                                        ("gradient accumulation", self.trainer.accumulate_grad_batches != 1),
-                                        ("gradient clipping", bool(self.trainer.gradient_clip_val)),
+                                        ("gradient accumulation", trainer.accumulate_grad_batches != 1),
+                                        ("gradient clipping", bool(trainer.gradient_clip_val)),
+                                        ("fp16 loss scaling", str(trainer.precision).startswith("16")),
                                         ("a patch loss (lips stage)", self.loss.active("lip_perceptual"))) if bad]
         if reasons:
             if mode is True or self.device.type == "cuda":
                 log.warning("model.cuda_graph=%s but the step runs eagerly: %s", mode, "; ".join(reasons))
             return
         self.automatic_optimization = False
-        self.graphed = GraphedStep(self.step_outputs, self, scalars=("frame_index", "step", "progress"))
+        datamodule = getattr(trainer, "datamodule", None)
+        build = datamodule.device_batches() if hasattr(datamodule, "device_batches") else None
+        self.graphed = GraphedStep(self.step_outputs, self, scalars=("frame_index", "step", "progress"), build=build,
+                                   reduce=self._all_reduce_gradients if trainer.world_size > 1 else None)
+        log.info("training step as CUDA graphs (%s)", "rays drawn in the graph" if build else "batches copied in")
+
+    def _all_reduce_gradients(self, flat_grads: Tensor) -> None:
+        """Average the gradients over processes: one all-reduce of the flat buffer (DDP's reducer is not armed in
+        manual optimisation, and its per-bucket hooks could not run inside a captured backward)."""
+        flat_grads.div_(self.trainer.world_size)
+        torch.distributed.all_reduce(flat_grads)
 
     def graphed_step(self, batch: dict) -> dict[str, Tensor]:
-        """Manual optimisation: replay forward + backward, then the optimizer (outside the graph) and the scheduler."""
+        """Manual optimisation: replay data + forward + backward, then the optimizer's graph and the scheduler."""
         outputs = self.graphed(batch)
-        self.optimizers().step()  # through Lightning: counts the step, runs the precision plugin
+        optimizer = self.optimizers()
+        if self.graphed.optimizer is None:  # after Lightning restored a checkpoint's optimizer state
+            self.graphed.install_optimizer(optimizer.optimizer)
+        optimizer.step()  # through Lightning, which counts the step; replays the optimizer's graph
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
         return outputs
+
+    def on_fit_end(self) -> None:
+        if self.graphed is not None:
+            self.graphed.remove_optimizer()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Plain-number learning rates in saved optimizer states (a captured optimizer holds device tensors), so a
+        checkpoint resumes anywhere, with or without CUDA graphs."""
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state.get("param_groups", []):
+                if isinstance(group.get("lr"), Tensor):
+                    group["lr"] = float(group["lr"])
+                if group.get("capturable"):
+                    group["capturable"] = False
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         out = self.render_image(batch["c2w"], batch["intrinsics"], batch["height"], batch["width"], batch["audio"],

@@ -97,6 +97,35 @@ def test_preload_and_lazy_loading_give_the_same_batches(subject: Path) -> None:
     assert torch.equal(lazy.store.background(7), eager.store.background(7))
 
 
+def test_a_frame_given_as_a_tensor_builds_the_same_batch_as_the_int(subject: Path) -> None:
+    """The CUDA-graphed step builds batches from a device tensor frame; it must be the loader's batch."""
+    dm = make_datamodule(subject, preload=True, parsing_masks=False)
+    rays = dm.train_rays
+    for frame in (0, 5, dm.data.num_train - 1):
+        torch.manual_seed(3)
+        ref = rays.build(frame)
+        torch.manual_seed(3)
+        got = rays.build(torch.tensor([frame]))
+        assert int(got.pop("frame_index")) == ref.pop("frame_index") == frame
+        assert got.keys() == ref.keys()
+        for key, value in ref.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(got[key], value), key
+            else:
+                assert got[key] == value, key
+    # audio windows at the clip's ends (zero rows beyond them) agree too
+    for frame in range(dm.data.num_frames):
+        assert torch.equal(dm.store.audio_window(torch.tensor([frame])), dm.data.audio_window(frame))
+
+
+def test_device_batches_only_where_frames_are_preloaded_on_a_gpu(subject: Path) -> None:
+    dm = make_datamodule(subject, preload=True)
+    assert dm.device_batches() is None  # on the CPU the loader keeps building batches
+    assert not dm.train_rays.frames_only and isinstance(dm.train_rays[2]["rays_o"], torch.Tensor)
+    dm.train_rays.frames_only = True
+    assert dm.train_rays[2] == {"frame_index": 2}
+
+
 def test_downscale_halves_images_intrinsics_and_rects(subject: Path) -> None:
     full, half = parse_subject(subject, "aud_mel.npy"), parse_subject(subject, "aud_mel.npy", downscale=2)
     assert (half.height, half.width) == (16, 16)

@@ -169,7 +169,7 @@ def test_fixed_capacity_renders_like_exact_compaction_and_drops_only_overflow() 
 
 def test_composite_stays_finite_when_a_density_overflows() -> None:
     sigma = torch.tensor([[0.0, 1.0, float("inf"), 2.0], [1e30, 0.0, 0.0, 0.0]], requires_grad=True)
-    opacity, values = composite(sigma, torch.full((2,), 0.1), torch.ones(2, 4, 3))
+    opacity, values, _ = composite(sigma, torch.full((2,), 0.1), torch.ones(2, 4, 3))
     assert torch.isfinite(opacity).all() and torch.isfinite(values).all()
     torch.testing.assert_close(opacity, torch.ones(2))  # both rays end in an opaque sample
     opacity.sum().backward()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ernerf.systems.cuda_graph import GraphedStep, round_up
+from ernerf.systems.cuda_graph import GraphedRender, GraphedStep, round_up
 from tests.systems.test_talking_head import build
 
 gpu = pytest.mark.gpu
@@ -39,10 +39,13 @@ def eager_loss_and_grads(system, batch: dict) -> tuple[torch.Tensor, list[torch.
 @gpu
 @needs_cuda
 def test_graph_replays_match_the_eager_step_on_new_batches() -> None:
+    import copy
+
     torch.manual_seed(0)
     system = build().cuda()
     system.marcher.eval()  # no jitter: both paths see the same samples
     system.grid.occupancy.fill_(True)
+    twin = copy.deepcopy(system)  # the eager reference, so its gradients never touch the graph's
     graphed = GraphedStep(system.step_outputs, system, scalars=("frame_index", "step", "progress"), granularity=1024)
     graphed(ray_batch(0))
     assert graphed.captures == 1 and graphed.capacity >= int(graphed.outputs["occupied"])
@@ -50,14 +53,12 @@ def test_graph_replays_match_the_eager_step_on_new_batches() -> None:
         batch = ray_batch(seed, frame=frame, step=40)
         loss = graphed(batch)["loss"].clone()
         grads = [p.grad.clone() for p in system.parameters() if p.grad is not None]
-        ref_loss, ref_grads = eager_loss_and_grads(system, batch)
+        ref_loss, ref_grads = eager_loss_and_grads(twin, batch)
         torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-6)
         assert len(grads) == len(ref_grads)
         for g, r in zip(grads, ref_grads):
             torch.testing.assert_close(g, r, rtol=1e-3, atol=1e-6)
-        for p in system.parameters():  # the eager reference replaced the graph's gradient tensors: re-capture
-            p.grad = None
-        graphed.graph = None
+    assert graphed.captures == 1  # new batches replay the one graph
 
 
 @gpu
@@ -75,3 +76,104 @@ def test_graph_recaptures_when_the_occupied_samples_outgrow_the_capacity() -> No
     for seed in range(1, 5):
         graphed(ray_batch(seed))
     assert graphed.captures == 2 and graphed.capacity > small
+
+
+def frame_builder(base: dict):
+    """A batch builder with no random draws (so the graphed and eager steps see the same rays): the frame shifts
+    the target colours."""
+    def build_batch(frame: torch.Tensor) -> dict:
+        shift = frame.float().reshape(()) * 0.07
+        return {**{k: v for k, v in base.items() if k not in ("step", "progress")},
+                "rgb": (base["rgb"] + shift) % 1.0, "frame_index": frame.reshape(())}
+    return build_batch
+
+
+@gpu
+@needs_cuda
+def test_rays_built_in_the_graph_and_a_captured_optimizer_train_like_the_eager_step() -> None:
+    import copy
+
+    torch.manual_seed(0)
+    system = build().cuda()
+    system.marcher.eval()
+    system.grid.occupancy.fill_(True)
+    twin = copy.deepcopy(system)
+    builder = frame_builder(ray_batch(0))
+    optimizer = torch.optim.AdamW(system.parameter_groups(), betas=(0.0, 0.99))
+    twin_optimizer = torch.optim.AdamW(twin.parameter_groups(), betas=(0.0, 0.99))
+    graphed = GraphedStep(system.step_outputs, system, scalars=("frame_index", "step", "progress"), granularity=1024,
+                          build=builder)
+    graphed.install_optimizer(optimizer)
+    losses, twin_losses = [], []
+    for step, frame in enumerate((1, 4, 2, 6, 3)):
+        losses.append(float(graphed({"frame_index": frame, "step": step, "progress": 0.3})["loss"]))
+        optimizer.step()
+        batch = builder(torch.tensor([frame], device="cuda")) | {"step": step, "progress": 0.3}
+        twin_optimizer.zero_grad(set_to_none=True)
+        loss = twin.step_outputs(batch)["loss"]
+        loss.backward()
+        twin_optimizer.step()
+        twin_losses.append(float(loss.detach()))
+    assert graphed.captures == 1 and graphed.optimizer_graph is not None
+    assert losses == pytest.approx(twin_losses, rel=1e-4)  # steps 2..5 start from the optimizer graph's updates
+    for p, q in zip(system.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
+    graphed.remove_optimizer()
+    assert "step" not in vars(optimizer)
+
+
+def test_saved_optimizer_states_hold_plain_learning_rates() -> None:
+    """A captured optimizer keeps learning rates as device tensors; checkpoints must resume without CUDA graphs."""
+    system = build()
+    checkpoint = {"optimizer_states": [{"param_groups": [{"lr": torch.tensor(0.01), "capturable": True},
+                                                         {"lr": 0.001, "capturable": False}]}]}
+    system.on_save_checkpoint(checkpoint)
+    groups = checkpoint["optimizer_states"][0]["param_groups"]
+    assert groups == [{"lr": pytest.approx(0.01), "capturable": False}, {"lr": 0.001, "capturable": False}]
+    assert all(isinstance(g["lr"], float) for g in groups)
+
+
+def test_make_capturable_moves_step_counts_and_learning_rates_to_tensors() -> None:
+    from ernerf.systems.cuda_graph import make_capturable
+
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([param], lr=0.1)
+    param.grad = torch.ones(3)
+    optimizer.step()
+    make_capturable(optimizer)
+    group = optimizer.param_groups[0]
+    assert group["capturable"] and isinstance(group["lr"], torch.Tensor) and float(group["lr"]) == pytest.approx(0.1)
+    assert optimizer.state[param]["step"].dtype == torch.float32
+    with pytest.raises(ValueError, match="capturable"):
+        make_capturable(torch.optim.SGD([param], lr=0.1))
+
+
+@gpu
+@needs_cuda
+def test_graphed_frames_equal_eager_frames_and_grow_the_capacity_when_needed() -> None:
+    torch.manual_seed(0)
+    system = build().cuda().eval()
+    system.grid.occupancy.zero_()
+    system.grid.occupancy[: system.grid.occupancy.numel() // 16] = True
+    bg = torch.rand(48, 48, 3, device="cuda")
+    system.graphed_render = GraphedRender(system._render_frame, granularity=1024)
+
+    def frame(seed: int, graphs: bool) -> dict:
+        g = torch.Generator().manual_seed(seed)
+        c2w = torch.eye(4)
+        c2w[:3, 3] = torch.tensor([0.0, 0.0, -2.4]) + 0.05 * torch.randn(3, generator=g)
+        system.hparams.cuda_graph = "auto" if graphs else False
+        return system.render_image(c2w, (50.0, 50.0, 24.0, 24.0), 48, 48, torch.randn(8, 16, 80, generator=g),
+                                   torch.rand(1, generator=g), None, bg)
+
+    first = frame(0, graphs=True)
+    assert system.graphed_render.captures == 1
+    small = next(iter(system.graphed_render.entries.values())).capacity
+    system.grid.occupancy.fill_(True)  # many more samples: the graph must re-capture, not drop them
+    for seed in (1, 2):
+        got, ref = frame(seed, graphs=True), frame(seed, graphs=False)
+        assert got.keys() == ref.keys() == first.keys()
+        for key in ref:
+            torch.testing.assert_close(got[key], ref[key], rtol=1e-4, atol=1e-5)
+    assert system.graphed_render.captures == 2
+    assert next(iter(system.graphed_render.entries.values())).capacity > small
