@@ -106,7 +106,7 @@ def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
 
 
 def slaney_mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
-    """Triangular mel filters with Slaney area normalisation (librosa.filters.mel defaults). # [n_mels, 1 + n_fft // 2]"""
+    """Triangular mel filters, Slaney area-normalised (librosa.filters.mel defaults). # [n_mels, 1 + n_fft // 2]"""
     fft_hz = np.fft.rfftfreq(n_fft, 1.0 / sr)
     edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))  # [n_mels + 2]
     widths = np.diff(edges)

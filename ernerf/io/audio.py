@@ -40,7 +40,7 @@ def load_audio(path: Path | str, sr: int = 16000, max_seconds: float | None = No
 
 
 def _channels(path: Path) -> int:
-    """Channel count of the first audio stream, as `ffmpeg -i` reports it (1 when it cannot tell; ffmpeg then reports why).
+    """Channel count of the first audio stream as `ffmpeg -i` reports it (1 when it cannot tell; decoding says why).
 
     Read from ffmpeg rather than PyAV so that inference machines need no PyAV (load_audio needs ffmpeg anyway).
     """

@@ -1,4 +1,4 @@
-"""Video read/write on top of an ffmpeg binary: imageio-ffmpeg's (no system ffmpeg needed), or one named by $ERNERF_FFMPEG."""
+"""Video read/write on top of an ffmpeg binary: imageio-ffmpeg's (no system ffmpeg needed) or $ERNERF_FFMPEG."""
 
 from __future__ import annotations
 

@@ -39,8 +39,8 @@ def test_wav_samples_equal_what_soundfile_wrote(tmp_path: Path) -> None:
     """write_wav (stdlib wave) quantises exactly as soundfile/libsndfile did: clipping, extremes, rounding."""
     rng = np.random.default_rng(0)
     steps = np.arange(-70000, 70000, dtype=np.float64) / 4 / 32768  # every quarter step: halves, integers
-    wav = np.concatenate([[-1.5, -1.0, -0.99999, 0.0, 0.99999, 1.0, 1.5, 2**-16, -(2**-16)], rng.uniform(-1.2, 1.2, 50000),
-                          rng.normal(0, 1e-4, 20000), steps]).astype(np.float32)
+    edges = [-1.5, -1.0, -0.99999, 0.0, 0.99999, 1.0, 1.5, 2**-16, -(2**-16)]
+    wav = np.concatenate([edges, rng.uniform(-1.2, 1.2, 50000), rng.normal(0, 1e-4, 20000), steps]).astype(np.float32)
     write_wav(tmp_path / "ours.wav", wav, 22050)
     sf.write(tmp_path / "sf.wav", np.clip(wav, -1.0, 1.0), 22050, subtype="PCM_16", format="WAV")  # the old writer
     ours, sr = sf.read(tmp_path / "ours.wav", dtype="int16")
