@@ -130,6 +130,8 @@ def kernel_summary(prof: profile, steps: int, phases: tuple[str, ...] = ()) -> d
         "host_syncs_per_step": round(sum(by_name[s].count for s in SYNC_CALLS if s in by_name) / steps, 2),
         "dtoh_copies_per_step": round(sum(e.count for e in events if "DtoH" in e.key) / steps, 2),
         "top_kernels_ms_per_step": {name: round(us / steps / 1e3, 3) for name, us in top.most_common(15)},
+        "top_host_ops_ms_per_step": {e.key[:60]: round(e.self_cpu_time_total / steps / 1e3, 3) for e in sorted(
+            by_name.values(), key=lambda e: -e.self_cpu_time_total)[:10]},
     }
 
 

@@ -34,7 +34,7 @@ def time_renders(system: Renderer, subject: SubjectView, frames: int, warmup: in
     """Frames/s of system.render_image on the subject's first poses (after `warmup` untimed frames)."""
     dev = system.device
     window = torch.zeros(8, 16, int(system.hparams["feature_dim"]), device=dev)
-    intr = torch.tensor(subject.intrinsics, dtype=torch.float32, device=dev)
+    intr = tuple(float(v) for v in subject.intrinsics)  # numbers, as inference passes them (a tensor costs 4 reads)
     bg = torch.from_numpy(subject.background(0).astype(np.float32) / 255).to(dev)
     for k in range(warmup + frames):
         if k == warmup:
@@ -121,9 +121,12 @@ def bench_trained(args: argparse.Namespace) -> dict:
             system.hparams.eval_chunk = system.hparams.eval_chunk_gpu = args.chunk
         if args.eager:
             system.hparams.cuda_graph = False
+        if args.tf32:
+            system.hparams.tf32 = True
         fps = time_renders(system, subject, args.frames)
         report[label] = {"stage": stage, "size": subject.height, "render_fps": round(fps, 3),
-                         "rays_per_chunk": system.render_chunk(), "cuda_graph": system.hparams.cuda_graph is not False}
+                         "rays_per_chunk": system.render_chunk(), "cuda_graph": system.hparams.cuda_graph is not False,
+                         "tf32": bool(system.hparams.get("tf32"))}
         if args.profile:
             report[label]["profile"] = profile_renders(system, subject, min(args.frames, 10))
         if args.render_only:
@@ -165,6 +168,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, help="rays rendered at once (default: the checkpoint's eval_chunk)")
     parser.add_argument("--render-only", action="store_true", help="time rendering only (no features, paste-back, mp4)")
     parser.add_argument("--eager", action="store_true", help="no CUDA graphs (model.cuda_graph=false)")
+    parser.add_argument("--tf32", action="store_true", help="TF32 matrix products (model.tf32=true)")
     parser.add_argument("--profile", action="store_true", help="also profile kernels, launches and syncs per frame")
     args = parser.parse_args()
     if not args.subject and not args.untrained:

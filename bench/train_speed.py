@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 from callbacks.data_parallel import DataParallelCallback  # noqa: E402
 
@@ -38,6 +39,7 @@ class StepTimer(L.Callback):
     def __init__(self, time_graphs: bool = False) -> None:
         self.times: list[float] = []
         self.graph_ms: dict[str, float] = {}
+        self.ranks_identical: bool | None = None
         self.time_graphs = time_graphs  # replays train on (the optimizer's graph steps again): speed runs only
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
@@ -47,6 +49,10 @@ class StepTimer(L.Callback):
         if torch.cuda.is_available() and self.times:
             torch.cuda.synchronize()
             self.times[-1] = time.perf_counter()
+            if trainer.world_size > 1:  # DDP: every rank must hold the same weights and grid
+                state = [t.detach().double().sum() for t in (*pl_module.parameters(), *pl_module.buffers())]
+                gathered = pl_module.all_gather(torch.stack(state))  # [W, P]
+                self.ranks_identical = bool((gathered == gathered[0]).all())
             if self.time_graphs:
                 self.graph_ms = replay_times(getattr(pl_module, "graphed", None))
 
@@ -54,6 +60,34 @@ class StepTimer(L.Callback):
         """Steps/s after the first `warmup` steps."""
         t = self.times[warmup:]
         return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 else float("nan")
+
+
+class ProfileWindow(L.Callback):
+    """PyTorch profiler over `steps` training steps from step `start`: wall and GPU kernel time per step, host syncs,
+    the top kernels and host ops (bench/profile_step.py's summary), under the real Trainer loop."""
+
+    def __init__(self, start: int, steps: int, timer: StepTimer) -> None:
+        self.start, self.steps, self.timer = start, steps, timer
+        self.prof: torch.profiler.profile | None = None
+        self.summary: dict = {}
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.start and self.prof is None:
+            torch.cuda.synchronize()  # the timed steps end here, all their work done
+            self.timer.times[-1] = time.perf_counter()
+            activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+            self.prof = torch.profiler.profile(activities=activities)
+            self.prof.__enter__()
+            self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if self.prof is not None and not self.summary and trainer.global_step >= self.start + self.steps:
+            torch.cuda.synchronize()
+            wall = (time.perf_counter() - self.t0) / self.steps
+            self.prof.__exit__(None, None, None)
+            from profile_step import kernel_summary
+
+            self.summary = {"wall_ms_per_step": round(wall * 1e3, 3), **kernel_summary(self.prof, self.steps)}
 
 
 def replay_times(graphed: object, replays: int = 50) -> dict[str, float]:
@@ -99,15 +133,20 @@ def trainer_for(cfg, callbacks: list, devices: int = 1, **kwargs: object) -> L.T
                      max_epochs=-1, callbacks=callbacks, default_root_dir=tempfile.mkdtemp(), **extra, **kwargs)
 
 
-def measure_speed(overrides: list[str], steps: int, warmup: int, devices: int = 1) -> dict[str, float]:
-    """Iterations/s and rays/s (all devices) over `steps` training steps (the first `warmup` excluded)."""
+def measure_speed(overrides: list[str], steps: int, warmup: int, devices: int = 1,
+                  profile_steps: int = 0) -> dict[str, float]:
+    """Iterations/s and rays/s (all devices) over `steps` training steps (the first `warmup` excluded); with
+    `profile_steps`, a profile of that many steps after the timed ones."""
     cfg, datamodule, system, occupancy = build(overrides)
     timer = StepTimer(time_graphs=True)
-    trainer = trainer_for(cfg, [occupancy, timer], devices, max_steps=steps)
+    window = ProfileWindow(steps, profile_steps, timer) if profile_steps else None
+    trainer = trainer_for(cfg, [occupancy, timer, *([window] if window else [])], devices,
+                          max_steps=steps + profile_steps + (1 if profile_steps else 0))
     trainer.fit(system, datamodule=datamodule)
+    timer.times = timer.times[:steps]
     its = timer.rate(warmup)
     graph = system.graphed
-    return {"it_per_s": its, "rays_per_s": its * cfg.datamodule.num_rays * devices, "num_rays": cfg.datamodule.num_rays,
+    return {"profile": window.summary if window else {}, "ranks_identical": timer.ranks_identical, "it_per_s": its, "rays_per_s": its * cfg.datamodule.num_rays * devices, "num_rays": cfg.datamodule.num_rays,
             "devices": devices, "cuda_graph_captures": graph.captures if graph else 0,
             "graph_capacity": graph.capacity if graph else None, "graph_replay_ms": timer.graph_ms,
             "rays_built_in_graph": bool(graph and graph.build)}
@@ -153,6 +192,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=300.0, help="seconds of training before the val PSNR (0: skip)")
     parser.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
     parser.add_argument("--devices", type=int, default=1, help="GPUs (more than one: Lightning's DDP)")
+    parser.add_argument("--profile", type=int, default=0, help="then profile this many steps (GPU)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     overrides = [f"subject={args.subject}", f"paths.data_root={args.data_root}", f"stage={args.stage}",
@@ -160,14 +200,17 @@ def main() -> None:
     if torch.cuda.is_available() and not any(o.startswith("trainer=") for o in args.override):
         overrides.append("trainer=gpu")
     result = {"overrides": overrides, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
-    result.update(measure_speed(overrides, args.steps, min(args.warmup, args.steps // 2), args.devices))
+    result.update(measure_speed(overrides, args.steps, min(args.warmup, args.steps // 2), args.devices, args.profile))
     rank = int(os.environ.get("LOCAL_RANK", 0))
     if rank == 0:
         print(f"{args.stage}: {result['it_per_s']:.1f} it/s, {result['rays_per_s'] / 1e6:.2f} M rays/s "
               f"({args.rays} rays/step x {args.devices} device(s)) on {result['device']}; "
               f"CUDA graph captures {result['cuda_graph_captures']} (capacity {result['graph_capacity']}, "
-              f"rays drawn in the graph: {result['rays_built_in_graph']}); GPU ms per replay {result['graph_replay_ms']}",
+              f"rays drawn in the graph: {result['rays_built_in_graph']}); GPU ms per replay {result['graph_replay_ms']}"
+              + (f"; ranks hold identical weights and grid: {result['ranks_identical']}" if args.devices > 1 else ""),
               flush=True)
+    if rank == 0 and result["profile"]:
+        print("profile per step:", json.dumps(result["profile"], indent=1), flush=True)
     if args.budget > 0:
         budget = psnr_at_budget(overrides, args.budget, args.devices)
         if budget is None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ernerf.errors import ErnerfError
@@ -60,3 +62,30 @@ class MLP(nn.Sequential):
             if i < num_layers - 1:
                 layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
+
+    def forward_parts(self, parts: Sequence[Tensor], scales: Sequence[Tensor | None] = ()) -> Tensor:
+        """`self(torch.cat([p * s for p, s in zip(parts, scales)], -1))` without building the concatenation.
+
+        parts: [M, k_i], or [1, k_i] rows shared by all M points; scales: optional [1, k_i] rows (a frame's audio
+        code times per-point attention). The first layer becomes a sum of products with column blocks of its
+        weight, a scale folds into its block, and a shared row adds one [1, H] product: the [M, sum k_i] input
+        (and each [M, k_i] product) is never written, which on a GPU was the slowest copy of the step."""
+        weight = self[0].weight  # [H, sum k_i]
+        scales = list(scales) + [None] * (len(parts) - len(scales))
+        out, shared, start = None, None, 0
+        for part, scale in zip(parts, scales):
+            block = weight[:, start : start + part.shape[-1]]  # [H, k_i]
+            start += part.shape[-1]
+            if scale is not None:
+                block = block * scale.reshape(1, -1).to(block)
+            if part.shape[0] == 1:
+                row = F.linear(part, block)
+                shared = row if shared is None else shared + row
+            else:
+                out = F.linear(part, block) if out is None else torch.addmm(out, part, block.t())
+        if start != weight.shape[1]:
+            raise ValueError(f"parts give {start} input features, the MLP takes {weight.shape[1]}")
+        out = shared if out is None else out if shared is None else out + shared
+        for layer in list(self)[1:]:
+            out = layer(out)
+        return out

@@ -65,9 +65,8 @@ class FaceField(nn.Module):
         """Density, colour, uncertainty and attention magnitudes at points x seen from directions d."""
         enc_x = self.encoder(x)  # [M, in_dim]
         sigma, geo_feat, extras = self._density(enc_x, cond)
-        code = self._individual_code(cond.frame_index).expand(x.shape[0], -1)  # [M, individual_dim]
-        h = torch.cat([self.dir_encoder(d), geo_feat, code], dim=-1)
-        rgb = torch.sigmoid(self.color_net(h))
+        code = self._individual_code(cond.frame_index)  # [1, individual_dim], shared by every point
+        rgb = torch.sigmoid(self.color_net.forward_parts([self.dir_encoder(d), geo_feat, code]))
         extras["uncertainty"] = F.softplus(self.uncertainty_net(enc_x))  # [M, 1], log(1 + e^u) as ER-NeRF
         return FieldOutputs(sigma=sigma, rgb=rgb, extras=extras)
 
@@ -78,13 +77,15 @@ class FaceField(nn.Module):
     def _density(self, enc_x: Tensor, cond: FaceCondition) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """sigma [M], geometric features [M, G] and attention magnitudes from encoded points."""
         audio_att = self.audio_att_net(enc_x)  # [M, audio_dim]
-        parts = [enc_x, self._audio(cond) * audio_att]
+        # sigma_net sees [enc_x, audio code * audio_att, eye * eye_att]; the codes scale weight columns instead
+        parts, scales = [enc_x, audio_att], [None, self._audio(cond)]
         extras = {"audio_att": audio_att.norm(dim=-1, keepdim=True)}
         if self.eye_att_net is not None:
             eye_att = torch.sigmoid(self.eye_att_net(enc_x))  # [M, 1]
-            parts.append(self._eye(cond, enc_x) * eye_att)
+            parts.append(eye_att)
+            scales.append(self._eye(cond, enc_x))
             extras["eye_att"] = eye_att
-        h = self.sigma_net(torch.cat(parts, dim=-1))
+        h = self.sigma_net.forward_parts(parts, scales)
         return trunc_exp(h[:, 0]), h[:, 1:], extras
 
     def _audio(self, cond: FaceCondition) -> Tensor:  # -> [1, audio_dim]

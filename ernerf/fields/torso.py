@@ -80,9 +80,9 @@ class TorsoField(nn.Module):
         x = coords.float() * self.shrink
         keypoints = pose_keypoints(self.anchors, c2w.to(x)).reshape(1, -1)  # [1, 2K]
         frame_cond = torch.cat([self.pose_encoder(keypoints), self.code(frame_index)], -1)  # [1, P + I]
-        cond = torch.cat([self.coord_encoder(x), frame_cond.expand(x.shape[0], -1)], -1)
-        deform = self.deform_net(cond)  # [N, 2]
-        h = self.color_net(torch.cat([self.grid((x + deform).clamp(-1, 1)), cond], -1))
+        coord = self.coord_encoder(x)  # [N, C]; the MLPs see [coord, frame_cond] without it being copied N times
+        deform = self.deform_net.forward_parts([coord, frame_cond])  # [N, 2]
+        h = self.color_net.forward_parts([self.grid((x + deform).clamp(-1, 1)), coord, frame_cond])
         squash = torch.sigmoid(h) * 1.002 - 0.001  # ER-NeRF: lets alpha reach exactly 0 and 1
         return TorsoOutputs(rgb=squash[:, 1:].clamp(0, 1), alpha=squash[:, :1].clamp(0, 1), deform=deform)
 

@@ -116,8 +116,12 @@ def test_rays_built_in_the_graph_and_a_captured_optimizer_train_like_the_eager_s
         twin_losses.append(float(loss.detach()))
     assert graphed.captures == 1 and graphed.optimizer_graph is not None
     assert losses == pytest.approx(twin_losses, rel=1e-4)  # steps 2..5 start from the optimizer graph's updates
+    # Adam divides by the gradient's running RMS, so where a hash entry saw only a few samples a last-digit
+    # difference of the gradient moves the update visibly: parameters agree to 5% of one step of their group
+    # (the losses above agree to 1e-4 on every step).
+    lr = {id(q): g["lr"] for g in twin_optimizer.param_groups for q in g["params"]}
     for p, q in zip(system.parameters(), twin.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(p, q, rtol=0, atol=0.05 * lr.get(id(q), 0.0) + 1e-7)
     graphed.remove_optimizer()
     assert "step" not in vars(optimizer)
 
