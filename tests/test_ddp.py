@@ -157,3 +157,17 @@ def test_one_checkpoint_one_metrics_file_and_images_from_rank_zero_only(ddp_run:
     rank0, rank1 = ranks(ddp_run)
     assert rank0["logged_images_at"] == 8 and rank1["logged_images_at"] is None
     assert len(list((run_dir / "val_images").glob("*.png"))) == 1  # rank 0's one of the two validation frames
+
+
+def test_the_gpu_ddp_strategy_takes_only_arguments_every_supported_torch_accepts() -> None:
+    """trainer=ddp's DistributedDataParallel options: torch 2.11 (the GPU image) rejected forward_sync_buffers."""
+    import inspect
+
+    from omegaconf import OmegaConf
+    from torch.nn.parallel import DistributedDataParallel
+
+    strategy = OmegaConf.load(Path(__file__).parents[1] / "conf" / "trainer" / "ddp.yaml").strategy
+    lightning_args = {"_target_", "process_group_backend"}  # the rest go to DistributedDataParallel
+    ddp_args = set(strategy) - lightning_args
+    assert ddp_args <= set(inspect.signature(DistributedDataParallel.__init__).parameters)
+    assert "forward_sync_buffers" not in ddp_args  # added in torch 2.13; the requirement allows 2.11
