@@ -40,7 +40,7 @@ class OccupancyGridCallback(L.Callback):
         pl_module.refresh_occupancy(store.audio_window(frame).to(device), store.eye[frame : frame + 1].to(device))
         broadcast_buffers(pl_module.grid)
         self.updates += 1
-        pl_module.log("train/occupancy", pl_module.grid.occupancy_ratio)  # 0 means nothing renders any more
+        pl_module.log("train/occupancy", pl_module.grid.occupied_fraction())  # 0: nothing renders any more
 
     def state_dict(self) -> dict[str, Any]:
         return {"updates": self.updates, "rng": self.rng.getstate()}

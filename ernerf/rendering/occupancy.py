@@ -28,7 +28,11 @@ class OccupancyGrid(nn.Module):
     @property
     def occupancy_ratio(self) -> float:
         """Fraction of occupied cells."""
-        return self.occupancy.float().mean().item()
+        return float(self.occupied_fraction())
+
+    def occupied_fraction(self) -> Tensor:
+        """Fraction of occupied cells as a [] tensor on the grid's device (read without a host sync)."""
+        return self.occupancy.float().mean()
 
     def cell_index(self, x: Tensor) -> tuple[Tensor, Tensor]:  # [M, 3] -> flat id [M], inside [M]
         """Flat cell id of each point (clamped) and whether the point lies inside the box."""
@@ -48,7 +52,8 @@ class OccupancyGrid(nn.Module):
         fresh = torch.cat([density_fn(self._jittered_points(ids)).float() for ids in self._cell_chunks(chunk)])
         self.density.copy_(torch.maximum(self.density * self.decay, fresh.reshape(-1)))
         # torch-ngp's rule: the threshold never exceeds the mean density, so sparse scenes keep their cells.
-        threshold = min(self.density.clamp_min(0).mean().item(), self.threshold)
+        # (A device tensor: a training step on the GPU must not wait for this.)
+        threshold = self.density.clamp_min(0).mean().clamp(max=self.threshold)
         self.occupancy.copy_(self.density > threshold)
         self.num_updates += 1
 
