@@ -119,13 +119,12 @@ def bench_trained(args: argparse.Namespace) -> dict:
         label = "head+torso" if stage == "torso" else "head"
         if args.chunk:
             system.hparams.eval_chunk = system.hparams.eval_chunk_gpu = args.chunk
-        if args.eager:
-            system.hparams.cuda_graph = False
+        system.hparams.render_cuda_graph = args.graph
         if args.tf32:
             system.hparams.tf32 = True
         fps = time_renders(system, subject, args.frames)
         report[label] = {"stage": stage, "size": subject.height, "render_fps": round(fps, 3),
-                         "rays_per_chunk": system.render_chunk(), "cuda_graph": system.hparams.cuda_graph is not False,
+                         "rays_per_chunk": system.render_chunk(), "cuda_graph": bool(system.hparams.get("render_cuda_graph")),
                          "tf32": bool(system.hparams.get("tf32"))}
         if args.profile:
             report[label]["profile"] = profile_renders(system, subject, min(args.frames, 10))
@@ -167,7 +166,7 @@ def main() -> None:
     parser.add_argument("--model-path", help="local HuBERT/wav2vec2 folder for hu/w2v subjects")
     parser.add_argument("--chunk", type=int, help="rays rendered at once (default: the checkpoint's eval_chunk)")
     parser.add_argument("--render-only", action="store_true", help="time rendering only (no features, paste-back, mp4)")
-    parser.add_argument("--eager", action="store_true", help="no CUDA graphs (model.cuda_graph=false)")
+    parser.add_argument("--graph", action="store_true", help="replay frames as CUDA graphs (model.render_cuda_graph)")
     parser.add_argument("--tf32", action="store_true", help="TF32 matrix products (model.tf32=true)")
     parser.add_argument("--profile", action="store_true", help="also profile kernels, launches and syncs per frame")
     args = parser.parse_args()

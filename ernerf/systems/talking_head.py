@@ -90,6 +90,7 @@ class TalkingHeadSystem(L.LightningModule):
         compile_field: bool = False,
         cuda_graph: bool | str = "auto",
         tf32: bool = False,
+        render_cuda_graph: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # plain configs: load_from_checkpoint(path) rebuilds everything
@@ -141,7 +142,7 @@ class TalkingHeadSystem(L.LightningModule):
         """Render one frame: c2w [4, 4] in the model's space, bg [H, W, 3] -> rgb [H, W, 3], depth/opacity [H, W].
 
         With a torso field, `bg` is the plate and the torso is composited between it and the head (+ torso_alpha [H, W]).
-        On a GPU, whole frames replay a CUDA graph (model.cuda_graph) with the same results."""
+        With model.render_cuda_graph on a GPU, whole frames replay a CUDA graph, with the same results."""
         device = self.device
         inputs = {"c2w": c2w.to(device).float(), "audio": audio_window.to(device),
                   "eye": None if eye is None else eye.to(device), "frame_index": frame_index,
@@ -158,8 +159,9 @@ class TalkingHeadSystem(L.LightningModule):
         return out
 
     def _graph_renders(self, rays: int) -> bool:
-        """Whether frames replay a CUDA graph: on CUDA, the frame in one chunk, model.cuda_graph not false."""
-        return self.device.type == "cuda" and self.hparams.cuda_graph is not False and self.render_chunk() >= rays
+        """Whether frames replay a CUDA graph: model.render_cuda_graph, on CUDA, the frame in one chunk."""
+        return (bool(self.hparams.get("render_cuda_graph")) and self.device.type == "cuda"
+                and self.render_chunk() >= rays)
 
     def _render_frame(self, inputs: dict[str, Any], capacity: int | None) -> dict[str, Tensor]:
         """`render_image` on prepared inputs (on the device); a fixed sample `capacity` for CUDA graphs."""

@@ -166,7 +166,7 @@ def test_graphed_frames_equal_eager_frames_and_grow_the_capacity_when_needed() -
         g = torch.Generator().manual_seed(seed)
         c2w = torch.eye(4)
         c2w[:3, 3] = torch.tensor([0.0, 0.0, -2.4]) + 0.05 * torch.randn(3, generator=g)
-        system.hparams.cuda_graph = "auto" if graphs else False
+        system.hparams.render_cuda_graph = graphs
         return system.render_image(c2w, (50.0, 50.0, 24.0, 24.0), 48, 48, torch.randn(8, 16, 80, generator=g),
                                    torch.rand(1, generator=g), None, bg)
 
