@@ -92,10 +92,10 @@ def crop_frame(frame: np.ndarray, box: HeadBox, size: int = 512) -> np.ndarray:
 
 def parsing_mask(parsing_bgr: np.ndarray, classes: tuple[tuple[int, int, int], ...]) -> np.ndarray:
     """Boolean mask of the given parsing colours (BGR, as cv2.imread reads parsing/<i>.png). # [H,W]"""
-    mask = np.zeros(parsing_bgr.shape[:2], dtype=bool)
-    for colour in classes:
-        mask |= np.all(np.abs(parsing_bgr.astype(np.int16) - colour) < 64, axis=-1)
-    return mask
+    mask = np.zeros(parsing_bgr.shape[:2], dtype=np.uint8)
+    for colour in classes:  # every channel within 63 levels (cv2.inRange: 0.4 ms a 512 map; numpy int16 16 ms)
+        mask |= cv2.inRange(parsing_bgr, tuple(c - 63.0 for c in colour), tuple(c + 63.0 for c in colour))
+    return mask > 0
 
 
 def hull_mask(points: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -120,6 +120,29 @@ def feather_alpha(mask: np.ndarray, feather_px: float) -> np.ndarray:
     dist = cv2.distanceTransform(inside, cv2.DIST_L2, 5)[1:-1, 1:-1]
     t = np.clip(dist / max(feather_px, 1e-6), 0.0, 1.0)
     return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
+
+
+def _blend_into(region: np.ndarray, patch: np.ndarray, alpha: np.ndarray) -> None:
+    """region <- region + alpha * (patch - region), rounded half up, in place. # uint8 [h,w,3], [h,w,3], [h,w] in [0,1]
+
+    Only the bounding box of alpha > 0 is computed: where alpha is 0 the sum is the region itself. The float
+    steps are single IEEE operations in alpha's dtype, as numpy's expression was (cv2 runs them without the
+    stride-0 broadcast that made numpy's product 8 ms, and without fresh temporaries); with alpha in [0, 1]
+    the sum lies between region and patch, so no clip is needed before truncating (sum + 0.5) to uint8.
+    """
+    rows, cols = np.flatnonzero(alpha.any(axis=1)), np.flatnonzero(alpha.any(axis=0))
+    if rows.size == 0:
+        return
+    ys, xs = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+    dtype = np.result_type(alpha.dtype, np.float32)  # float32, or float64 for a float64 alpha, as numpy promoted
+    region, a = region[ys, xs], alpha[ys, xs].astype(dtype, copy=False)
+    base = region.astype(dtype)
+    mixed = patch[ys, xs].astype(dtype)
+    cv2.subtract(mixed, base, dst=mixed)
+    cv2.multiply(mixed, cv2.merge([a, a, a]), dst=mixed)
+    cv2.add(mixed, base, dst=mixed)
+    mixed += 0.5
+    region[...] = mixed
 
 
 class PasteBack:
@@ -164,9 +187,7 @@ class PasteBack:
         out = frame.copy()
         if self.blend == "seamless":
             return self._seamless(out, patch, a, place)
-        region = out[place.frame].astype(np.float32)
-        blended = region + a[..., None] * (patch.astype(np.float32) - region)
-        out[place.frame] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+        _blend_into(out[place.frame], patch, a)
         return out
 
     def _seamless(self, out: np.ndarray, patch: np.ndarray, a: np.ndarray, place: _Placement) -> np.ndarray:

@@ -132,3 +132,44 @@ def test_schemes_on_the_preprocessed_subject(prepare_subject):
     hair = parsing_mask(parsing, (HEAD_BGR,)) & (np.arange(512)[:, None] < mesh[:, 1].min() - 20)
     assert hair.sum() > 1000 and alphas["face"][hair].max() == 0.0  # hair above the face is left original
     assert alphas["face_neck"][hair].mean() > 0.5
+
+
+def reference_paste(frame: np.ndarray, crop: np.ndarray, alpha: np.ndarray, box: HeadBox) -> np.ndarray:
+    """The plain numpy blend over the whole box (what PasteBack.paste computed before it was optimised)."""
+    h, w = frame.shape[:2]
+    fx1, fy1, fx2, fy2 = max(box.x1, 0), max(box.y1, 0), min(box.x2, w), min(box.y2, h)
+    size = (box.width, box.height)
+    patch = cv2.resize(crop, size, interpolation=cv2.INTER_AREA if size[0] < 512 else cv2.INTER_CUBIC)
+    a = cv2.resize(alpha, size, interpolation=cv2.INTER_AREA if size[0] < 512 else cv2.INTER_CUBIC)
+    inside = (slice(fy1 - box.y1, fy2 - box.y1), slice(fx1 - box.x1, fx2 - box.x1))
+    patch, a = patch[inside], a[inside].clip(0.0, 1.0)
+    out = frame.copy()
+    region = out[fy1:fy2, fx1:fx2].astype(np.float32)
+    out[fy1:fy2, fx1:fx2] = np.clip(region + a[..., None] * (patch.astype(np.float32) - region) + 0.5, 0, 255)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_paste_equals_the_plain_numpy_blend_bit_for_bit(seed, frame_and_crop):
+    """Soft, hard, out-of-range, mostly-empty and float64 alphas; boxes inside, across and over the frame edges."""
+    rng = np.random.default_rng(seed)
+    frame, crop = frame_and_crop
+    alphas = [PasteBack(s).alpha(parsing_bgr(), face_points()[:, :2]) for s in SCHEMES]
+    alphas += [rng.uniform(-0.3, 1.3, (512, 512)).astype(np.float32), np.zeros((512, 512), np.float32),
+               (rng.uniform(0, 1, (512, 512)) > 0.5).astype(np.float64)]
+    alphas[-2][300:310, 100:120] = 0.5
+    boxes = [BOX, HeadBox(-100, 200, 500, 800), HeadBox(40, 40, 240, 240), HeadBox(-50, -50, 600, 600)]
+    for alpha in alphas:
+        for box in boxes:
+            expected = reference_paste(frame, crop, alpha, box)
+            assert np.array_equal(PasteBack("box").paste(frame, crop, alpha, box), expected)
+
+
+def test_parsing_mask_equals_the_per_channel_distance_rule():
+    rng = np.random.default_rng(0)
+    parsing = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)  # every distance from the colours, 63 and 64 too
+    for classes in [(HEAD_BGR,), ((255, 0, 0), (0, 255, 0)), ((12, 200, 99),)]:
+        expected = np.zeros((128, 128), bool)
+        for colour in classes:
+            expected |= np.all(np.abs(parsing.astype(np.int16) - colour) < 64, axis=-1)
+        assert np.array_equal(parsing_mask(parsing, classes), expected)
