@@ -6,9 +6,11 @@ The renderer is anything with `render_image(...)` (docs/design/model_api.md); te
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,6 +23,7 @@ from ernerf.io.layout import SubjectLayout
 from ernerf.postprocess.motion import MotionPlan, plan_motion
 from ernerf.postprocess.mux import ResultWriter, colorize_depth, depth_range
 from ernerf.postprocess.pasteback import HeadBox, PasteBack
+from ernerf.postprocess.pipeline import Lookahead, OrderedSink, paste_workers, thread_pool
 
 
 STAGES = ("head", "lips", "torso")  # training order: a later stage starts from the earlier one
@@ -238,7 +241,7 @@ class OutputOptions:
     alpha: str | None = None  # "webm" | "png" | None
     depth: bool = False
     crf: int = 18
-    chunk: int = 25  # frames rendered before their paste-back and encoding (progress updates per chunk)
+    workers: int | str = "auto"  # paste-back threads (ernerf.postprocess.pipeline.paste_workers)
 
 
 @dataclass
@@ -266,89 +269,118 @@ def _to_numpy(x: Any) -> np.ndarray:
     return x.detach().float().cpu().numpy() if hasattr(x, "detach") else np.asarray(x, dtype=np.float32)
 
 
+def render_background(subject: SubjectView, i: int) -> np.ndarray:
+    """Background of training frame i as the renderer takes it: float32 [H, W, 3] in [0, 1]."""
+    return subject.background(i).astype(np.float32) / 255.0
+
+
 def render_frame(renderer: Renderer, subject: SubjectView, plan: MotionPlan, feats: np.ndarray,
                  t: int) -> dict[str, np.ndarray]:
     """Render output frame t: rgb uint8 [H,W,3], depth and opacity float [H,W]."""
+    bg = render_background(subject, int(plan.indices[t]))
+    return _to_pixels(_render(renderer, subject, plan, feats, t, bg))
+
+
+def _render(renderer: Renderer, subject: SubjectView, plan: MotionPlan, feats: np.ndarray, t: int,
+            bg: np.ndarray) -> dict[str, np.ndarray]:
+    """The renderer's part of frame t (on the calling thread): rgb, depth, opacity as float arrays."""
     import torch
 
-    i, dev = int(plan.indices[t]), renderer.device
-    bg = torch.from_numpy(subject.background(i).astype(np.float32) / 255.0).to(dev)
+    dev = renderer.device
     eye = None if plan.eye is None else torch.tensor([float(plan.eye[t])], device=dev)
+    # intrinsics as numbers (a device tensor costs the renderer 4 reads back), rounded to float32 as a tensor was
+    intrinsics = tuple(float(v) for v in np.asarray(subject.intrinsics, dtype=np.float32))
     with torch.no_grad():
         out = renderer.render_image(  # positional: the order of docs/design/model_api.md
-            torch.from_numpy(plan.poses[t]).to(dev), torch.tensor(subject.intrinsics, dtype=torch.float32, device=dev),
-            subject.height, subject.width, torch.from_numpy(audio_window(feats, t)).to(dev), eye, None, bg)
-    rgb = (np.clip(_to_numpy(out["rgb"]), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
-    return {"rgb": rgb, "depth": _to_numpy(out["depth"]), "opacity": _to_numpy(out["opacity"])}
+            torch.from_numpy(plan.poses[t]).to(dev), intrinsics, subject.height, subject.width,
+            torch.from_numpy(audio_window(feats, t)).to(dev), eye, None, torch.from_numpy(bg).to(dev))
+    return {"rgb": _to_numpy(out["rgb"]), "depth": _to_numpy(out["depth"]), "opacity": _to_numpy(out["opacity"])}
+
+
+def _to_pixels(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A rendered frame with its colours as uint8 [H,W,3]."""
+    return {**raw, "rgb": (np.clip(raw["rgb"], 0.0, 1.0) * 255 + 0.5).astype(np.uint8)}
 
 
 class _Compositor:
-    """Pastes rendered crops into original frames and feeds the writer (alpha masks cached per frame)."""
+    """Pastes rendered crops into original frames (alpha masks cached per frame); called from several threads."""
 
-    def __init__(self, subject: SubjectView, frames: FrameSource, box: HeadBox, options: OutputOptions,
-                 writer: ResultWriter) -> None:
-        self.subject, self.frames, self.box, self.options, self.writer = subject, frames, box, options, writer
+    def __init__(self, subject: SubjectView, box: HeadBox, options: OutputOptions) -> None:
+        self.subject, self.box, self.options = subject, box, options
         self._alpha: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
         self._depth_range: tuple[float, float] | None = None
 
     def alpha(self, img_id: int) -> np.ndarray:
-        if img_id not in self._alpha:
-            paste = self.options.paste
-            self._alpha[img_id] = paste.alpha(self.subject.parsing(img_id), self.subject.face_points(img_id))
+        with self._lock:
+            if img_id in self._alpha:
+                return self._alpha[img_id]
+        alpha = self.options.paste.alpha(self.subject.parsing(img_id), self.subject.face_points(img_id))
+        with self._lock:  # two threads may compute the same mask: both give the same array
+            self._alpha[img_id] = alpha
             if len(self._alpha) > 64:
                 self._alpha.popitem(last=False)
-        return self._alpha[img_id]
+        return alpha
 
-    def add(self, rendered: dict[str, np.ndarray], i: int) -> None:
-        img_id = int(self.subject.img_ids[i])
-        frame, alpha = self.frames.get(img_id), self.alpha(img_id)
+    def fix_depth_range(self, depth: np.ndarray, frame_hw: tuple[int, int], img_id: int) -> None:
+        """Depth colours span the first frame's depths, for every frame (so they do not flicker)."""
+        self._depth_range = depth_range(self.options.paste.paste_depth(frame_hw, depth, self.alpha(img_id), self.box))
+
+    def compose(self, raw: dict[str, np.ndarray], source: Future, img_id: int) -> tuple[Any, Any, Any]:
+        """(frame, head RGBA or None, depth colours or None) of one output frame, from its render and source frame."""
+        rendered, frame, alpha = _to_pixels(raw), source.result(), self.alpha(img_id)
         out = self.options.paste.paste(frame, rendered["rgb"], alpha, self.box)
         depth_rgb = head = None
         if self.options.depth:
             depth = self.options.paste.paste_depth(frame.shape[:2], rendered["depth"], alpha, self.box)
-            self._depth_range = self._depth_range or depth_range(depth)
             depth_rgb = colorize_depth(depth, *self._depth_range)
         if self.options.alpha is not None:
             a = (np.clip(rendered["opacity"], 0, 1) * 255 + 0.5).astype(np.uint8)
             head = np.dstack([rendered["rgb"], a])
-        self.writer.write(out, head, depth_rgb)
+        return out, head, depth_rgb
 
 
 def run_inference(renderer: Renderer, subject: SubjectView, feats: np.ndarray, audio: Path | str, out_dir: Path,
                   options: OutputOptions, name: str = "result", start: int = 0, smooth_window: int = 1,
                   progress: bool = True) -> InferenceResult:
-    """Render one frame per 40 ms of audio, paste back, and encode result.mp4 with the audio."""
+    """Render one frame per 40 ms of audio, paste back, and encode result.mp4 with the audio.
+
+    Rendering stays on this thread; backgrounds are made and source frames decoded ahead, frames are pasted
+    back on `options.workers` threads and encoded in order by another (ernerf/postprocess/pipeline.py).
+    """
     t0 = time.perf_counter()
     n = len(feats)
     plan = plan_motion(subject.poses, subject.eye, n, start=start, smooth_window=smooth_window)
+    img_ids = [int(subject.img_ids[i]) for i in plan.indices]
+    workers = paste_workers(options.workers)
     box = HeadBox.load(subject.layout.head_bbox)
     frames = FrameSource(subject.layout.video)
+    ahead = 2 * workers + 2  # frames decoded, backgrounds made and pastes queued ahead (memory stays flat)
     render_s = 0.0
     try:
-        with ResultWriter(out_dir, audio, n, FPS, options.crf, options.alpha, options.depth, name) as writer:
-            comp = _Compositor(subject, frames, box, options, writer)
-            comp.alpha(int(subject.img_ids[plan.indices[0]]))  # a missing parsing/mesh fails now, not after a chunk
+        with ResultWriter(out_dir, audio, n, FPS, options.crf, options.alpha, options.depth, name) as writer, \
+                OrderedSink(writer.write, ahead) as sink, thread_pool(workers, "ernerf-paste") as pool, \
+                thread_pool(1, "ernerf-decode") as decoder:
+            comp = _Compositor(subject, box, options)
+            comp.alpha(img_ids[0])  # a missing parsing/mesh fails now, not after the first frames
+            sources = Lookahead(decoder, frames.get, img_ids, ahead)
+            backgrounds = Lookahead(pool, functools.partial(render_background, subject), plan.indices, ahead)
             with _progress(n, progress) as bar:
-                for lo in range(0, n, options.chunk):
-                    steps = range(lo, min(n, lo + options.chunk))
-                    batch, seconds = _render_chunk(renderer, subject, plan, feats, steps, bar)
-                    render_s += seconds
-                    for k, rendered in enumerate(batch):
-                        comp.add(rendered, int(plan.indices[lo + k]))
+                for t in range(n):
+                    bg = backgrounds.next().result()
+                    t1 = time.perf_counter()
+                    raw = _render(renderer, subject, plan, feats, t, bg)
+                    render_s += time.perf_counter() - t1
+                    bar.update(1)
+                    source = sources.next()
+                    if t == 0 and options.depth:
+                        comp.fix_depth_range(raw["depth"], source.result().shape[:2], img_ids[0])
+                    sink.put(pool.submit(comp.compose, raw, source, img_ids[t]))
+            sink.finish()
             outputs = writer.close()
     finally:
         frames.close()
     return InferenceResult(outputs, n, time.perf_counter() - t0, render_s)
-
-
-def _render_chunk(renderer: Renderer, subject: SubjectView, plan: MotionPlan, feats: np.ndarray, steps: range,
-                  bar: Any) -> tuple[list[dict[str, np.ndarray]], float]:
-    """Render output frames `steps`, ticking the progress bar per frame; also return the seconds spent."""
-    t0, batch = time.perf_counter(), []
-    for t in steps:
-        batch.append(render_frame(renderer, subject, plan, feats, t))
-        bar.update(1)
-    return batch, time.perf_counter() - t0
 
 
 def _progress(total: int, enabled: bool):
@@ -418,7 +450,7 @@ def infer_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer] =
                            cfg.pose.scale, tuple(cfg.pose.offset), cfg.downscale)
     pp = cfg.postprocess
     options = OutputOptions(PasteBack(pp.scheme, pp.blend, pp.feather_px, pp.dilate_px),
-                            alpha=pp.alpha, depth=pp.depth, crf=pp.crf, chunk=pp.chunk)
+                            alpha=pp.alpha, depth=pp.depth, crf=pp.crf, workers=pp.workers)
     folder, name = output_paths(cfg.output, cfg.subject, audio, stage)
     result = run_inference(system, subject, feats, audio, folder, options, name=name,
                            start=cfg.motion.start, smooth_window=cfg.motion.smooth_window, progress=cfg.progress)

@@ -1,0 +1,128 @@
+"""The pipelined render loop (decode ahead, paste on threads, encode in order) against a plain sequential loop."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ernerf.errors import ErnerfError
+from ernerf.inference import OutputOptions, load_subject, render_frame, run_inference
+from ernerf.io.layout import SubjectLayout
+from ernerf.io.video import iter_frames
+from ernerf.postprocess.motion import plan_motion
+from ernerf.postprocess.mux import ResultWriter, colorize_depth, depth_range
+from ernerf.postprocess.pasteback import HeadBox, PasteBack
+from tests.conftest import shared_clip
+from tests.postprocess.conftest import mini_subject  # noqa: F401 - session fixture
+from tests.postprocess.mini_subject import FEATURE_DIM, CropRenderer
+
+NUM_FRAMES = 30  # the 12 training frames ping-pong: forward, back, forward again
+AUDIO = shared_clip("audio/radio31_8s.wav")
+
+
+class JitteryPaste(PasteBack):
+    """Paste-back that takes a random 0-15 ms first, so later frames often finish before earlier ones."""
+
+    def paste(self, frame, crop, alpha, box):
+        time.sleep(random.uniform(0, 0.015))
+        return super().paste(frame, crop, alpha, box)
+
+
+def features(n: int = NUM_FRAMES) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((n, 16, FEATURE_DIM)).astype(np.float32)
+
+
+def sequential_reference(view, feats: np.ndarray, out_dir: Path, paste: PasteBack) -> dict[str, Path]:
+    """Render, paste and write one frame after the other, on this thread (what inference did before threads)."""
+    renderer = CropRenderer(view.layout, view.poses, view.img_ids)
+    plan = plan_motion(view.poses, view.eye, len(feats))
+    box, originals, near_far = HeadBox.load(view.layout.head_bbox), list(iter_frames(view.layout.video)), None
+    with ResultWriter(out_dir, AUDIO, len(feats), alpha="png", depth=True) as writer:
+        for t in range(len(feats)):
+            rendered = render_frame(renderer, view, plan, feats, t)
+            img_id = int(view.img_ids[plan.indices[t]])
+            alpha = paste.alpha(view.parsing(img_id), view.face_points(img_id))
+            frame = originals[img_id]
+            depth = paste.paste_depth(frame.shape[:2], rendered["depth"], alpha, box)
+            near_far = near_far or depth_range(depth)
+            head = np.dstack([rendered["rgb"], (np.clip(rendered["opacity"], 0, 1) * 255 + 0.5).astype(np.uint8)])
+            writer.write(paste.paste(frame, rendered["rgb"], alpha, box), head, colorize_depth(depth, *near_far))
+        return writer.close()
+
+
+def pipeline_threads() -> list[str]:
+    names = ("ernerf-paste", "ernerf-decode", "ernerf-writer")
+    return [t.name for t in threading.enumerate() if t.name.startswith(names) and t.is_alive()]
+
+
+@pytest.mark.parametrize("scheme", ["face", "face_neck"])
+def test_pipelined_output_equals_the_sequential_loop(tmp_path, mini_subject, scheme):
+    view = load_subject(mini_subject.root, "aud_mel.npy", "head")
+    feats = features()
+    expected = sequential_reference(view, feats, tmp_path / "sequential", PasteBack(scheme))
+    renderer = CropRenderer(view.layout, view.poses, view.img_ids)
+    options = OutputOptions(JitteryPaste(scheme), alpha="png", depth=True, workers=3)
+    result = run_inference(renderer, view, feats, AUDIO, tmp_path / "pipelined", options, progress=False)
+
+    assert result.num_frames == NUM_FRAMES and result.render_fps > 0 and result.seconds_total >= result.seconds_render
+    for kind in ("video", "depth"):
+        got, want = list(iter_frames(result.outputs[kind])), list(iter_frames(expected[kind]))
+        assert len(got) == len(want) == NUM_FRAMES
+        for t, (a, b) in enumerate(zip(got, want)):
+            assert np.array_equal(a, b), f"{kind} frame {t} differs"
+        assert result.outputs[kind].read_bytes() == expected[kind].read_bytes()  # same frames, same encoder: same file
+    heads = sorted(result.outputs["alpha"].glob("*.png"))
+    assert [p.read_bytes() for p in heads] == [p.read_bytes() for p in sorted(expected["alpha"].glob("*.png"))]
+    assert pipeline_threads() == []
+
+
+def subject_missing_parsing(src: SubjectLayout, dst: Path, img_id: int) -> SubjectLayout:
+    shutil.copytree(src.root, dst)
+    layout = SubjectLayout(dst)
+    layout.parsing(img_id).unlink()
+    return layout
+
+
+def test_an_error_in_a_paste_thread_is_raised_and_the_partial_output_removed(tmp_path, mini_subject):
+    layout = subject_missing_parsing(mini_subject, tmp_path / "mini", img_id=6)  # frame 0 has its map: it passes
+    view = load_subject(layout.root, "aud_mel.npy", "head")
+    renderer = CropRenderer(view.layout, view.poses, view.img_ids)
+    out = tmp_path / "out"
+    with pytest.raises(ErnerfError, match=r"postprocess.scheme=face_neck needs the parsing maps"):
+        run_inference(renderer, view, features(), AUDIO, out, OutputOptions(PasteBack("face_neck"), workers=2),
+                      progress=False)
+    assert len(renderer.calls) < NUM_FRAMES  # stopped early, not after rendering everything
+    assert list(out.iterdir()) == []  # no result.mp4, no temporary video or audio left
+    assert pipeline_threads() == []
+
+
+class FailingRenderer(CropRenderer):
+    """Raises `exc` on its `at`-th call."""
+
+    def __init__(self, view, exc: BaseException, at: int) -> None:
+        super().__init__(view.layout, view.poses, view.img_ids)
+        self.exc, self.at = exc, at
+
+    def render_image(self, *args):
+        if len(self.calls) == self.at:
+            raise self.exc
+        return super().render_image(*args)
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("CUDA out of memory"), KeyboardInterrupt()])
+def test_render_error_or_ctrl_c_stops_every_thread(tmp_path, mini_subject, exc):
+    view = load_subject(mini_subject.root, "aud_mel.npy", "head")
+    out = tmp_path / "out"
+    t0 = time.perf_counter()
+    with pytest.raises(type(exc), match=str(exc) or None):
+        run_inference(FailingRenderer(view, exc, at=9), view, features(), AUDIO, out,
+                      OutputOptions(JitteryPaste("box"), workers=2), progress=False)
+    assert time.perf_counter() - t0 < 20  # no hang waiting on work that will never come
+    assert list(out.iterdir()) == []
+    assert pipeline_threads() == []
