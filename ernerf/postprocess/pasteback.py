@@ -16,6 +16,7 @@ inside the same mask, which also evens out colour shifts between render and fram
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,25 +123,37 @@ def feather_alpha(mask: np.ndarray, feather_px: float) -> np.ndarray:
     return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
 
 
+_SCRATCH = threading.local()  # per-thread float buffers of _blend_into (paste-back runs on several threads)
+
+
+def _scratch(slot: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A buffer of `shape` reused by this thread: fresh 14 MB temporaries cost more in page faults than the maths."""
+    size, buffers = int(np.prod(shape)), _SCRATCH.__dict__.setdefault("buffers", {})
+    buf = buffers.get((slot, dtype))
+    if buf is None or buf.size < size:
+        buf = buffers[(slot, dtype)] = np.empty(size, dtype)
+    return buf[:size].reshape(shape)
+
+
 def _blend_into(region: np.ndarray, patch: np.ndarray, alpha: np.ndarray) -> None:
     """region <- region + alpha * (patch - region), rounded half up, in place. # uint8 [h,w,3], [h,w,3], [h,w] in [0,1]
 
     Only the bounding box of alpha > 0 is computed: where alpha is 0 the sum is the region itself. The float
     steps are single IEEE operations in alpha's dtype, as numpy's expression was (cv2 runs them without the
-    stride-0 broadcast that made numpy's product 8 ms, and without fresh temporaries); with alpha in [0, 1]
-    the sum lies between region and patch, so no clip is needed before truncating (sum + 0.5) to uint8.
+    stride-0 broadcast that made numpy's product 8 ms, and into reused buffers); with alpha in [0, 1] the sum
+    lies between region and patch, so no clip is needed before truncating (sum + 0.5) to uint8.
     """
     rows, cols = np.flatnonzero(alpha.any(axis=1)), np.flatnonzero(alpha.any(axis=0))
     if rows.size == 0:
         return
     ys, xs = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
     dtype = np.result_type(alpha.dtype, np.float32)  # float32, or float64 for a float64 alpha, as numpy promoted
+    depth = cv2.CV_64F if dtype == np.float64 else cv2.CV_32F
     region, a = region[ys, xs], alpha[ys, xs].astype(dtype, copy=False)
-    base = region.astype(dtype)
-    mixed = patch[ys, xs].astype(dtype)
-    cv2.subtract(mixed, base, dst=mixed)
-    cv2.multiply(mixed, cv2.merge([a, a, a]), dst=mixed)
-    cv2.add(mixed, base, dst=mixed)
+    mixed, a3 = _scratch(0, region.shape, dtype), _scratch(1, region.shape, dtype)
+    cv2.subtract(patch[ys, xs], region, dst=mixed, dtype=depth)  # uint8 operands, exact float difference
+    cv2.multiply(mixed, cv2.merge([a, a, a], dst=a3), dst=mixed)
+    cv2.add(mixed, region, dst=mixed, dtype=depth)
     mixed += 0.5
     region[...] = mixed
 
