@@ -153,7 +153,12 @@ class FrameSource:
         """RGB uint8 frame [H, W, 3] number `index`."""
         b = index // self.block
         if b not in self._cache:
-            self._cache[b] = self._decode(b)
+            # walking back, the blocks before b come next: decode them after the same seek (a seek decodes from the
+            # keyframe before it, up to 250 frames with x264's defaults, so a seek per block cost up to 9x a block)
+            first = b if b * self.block >= self._next else max(0, b - self.keep + 1)
+            for k in range(first, b + 1):
+                self._cache[k] = self._decode(k)
+                self._cache.move_to_end(k)
             while len(self._cache) > self.keep:
                 self._cache.popitem(last=False)
         self._cache.move_to_end(b)

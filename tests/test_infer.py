@@ -102,6 +102,31 @@ def test_frame_source_random_access_matches_sequential(mini_subject):
     src.close()
 
 
+class CountingCapture:
+    """A cv2.VideoCapture that counts its seeks."""
+
+    def __init__(self, cap) -> None:
+        self.cap, self.seeks = cap, 0
+
+    def set(self, prop, value):
+        self.seeks += 1
+        return self.cap.set(prop, value)
+
+    def __getattr__(self, name):
+        return getattr(self.cap, name)
+
+
+def test_frame_source_walking_back_seeks_once_per_cached_run_of_blocks(mini_subject):
+    seq = list(iter_frames(mini_subject.video))
+    src = FrameSource(mini_subject.video, block=2, keep=3)
+    src._cap = CountingCapture(src._cap)
+    assert all(np.array_equal(src.get(i), seq[i]) for i in range(12))
+    assert src._cap.seeks == 0
+    assert all(np.array_equal(src.get(i), seq[i]) for i in range(11, -1, -1))  # blocks 5..0, 3 kept: 4..3 cached
+    assert src._cap.seeks == 1  # blocks 0, 1, 2 decoded after one seek, not one seek per block
+    src.close()
+
+
 def test_infer_end_to_end(tmp_path, mini_subject, m4a_speech):
     runs = tmp_path / "runs"
     touch_checkpoint(runs, "mini", "head")
