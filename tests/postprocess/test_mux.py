@@ -96,6 +96,17 @@ def test_depth_colours_and_even_size():
     assert even_size(np.zeros((5, 7, 3), np.uint8)).shape == (6, 8, 3)
 
 
+def test_depth_colours_are_black_exactly_where_depth_is_not_positive():
+    depth = np.random.default_rng(0).uniform(-0.5, 2.0, (90, 121)).astype(np.float32)
+    depth[:5], depth[5:8] = 0.0, 1e-30  # exactly 0: black; the smallest depths: coloured
+    t = np.clip((depth - 0.3) / 1.4, 0.0, 1.0)
+    rgb = cv2.applyColorMap((255 * (1.0 - t)).astype(np.uint8), cv2.COLORMAP_TURBO)
+    expected = cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB)
+    expected[depth <= 0] = 0
+    assert np.array_equal(colorize_depth(depth, 0.3, 1.7), expected)
+    assert (expected[depth <= 0] == 0).all() and (expected[depth > 0].max(-1) > 0).mean() > 0.9
+
+
 def test_mux_errors(tmp_path, mini_subject, mp3_stereo):
     with pytest.raises(ErnerfError, match="not found"):
         ResultWriter(tmp_path, tmp_path / "missing.wav", 10)
