@@ -369,7 +369,7 @@ def run_inference(renderer: Renderer, subject: SubjectView, feats: np.ndarray, a
             comp = _Compositor(subject, box, options)
             comp.alpha(img_ids[0])  # a missing parsing/mesh fails now, not after the first frames
             sources = Lookahead(decoder, frames.get, img_ids, ahead)
-            backgrounds = Lookahead(pool, functools.partial(render_background, subject), plan.indices, ahead)
+            backgrounds = Lookahead(pool, functools.partial(render_background, subject), map(int, plan.indices), ahead)
             with _progress(n, progress) as bar:
                 for t in range(n):
                     bg = backgrounds.next().result()
