@@ -53,6 +53,25 @@ def make_capturable(optimizer: torch.optim.Optimizer) -> None:
             state["step"] = state["step"].to(device=device, dtype=torch.float32)
 
 
+def warm_and_capture(fn: Callable[[], Any], warmup: int = 1,
+                     before_capture: Callable[[], None] | None = None) -> tuple[torch.cuda.CUDAGraph, Any]:
+    """Run `fn` `warmup` times on a side stream (as torch.cuda.graph's documentation asks), then capture it once.
+
+    Returns the graph and what the captured call returned (tensors the replays overwrite)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    if before_capture is not None:
+        before_capture()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        outputs = fn()
+    return graph, outputs
+
+
 class GraphedStep:
     """Captures `step_fn` (forward + backward) on the first batch, then replays it on every batch of the same layout.
 
@@ -102,18 +121,15 @@ class GraphedStep:
                 occupied = int(self._forward(None)["occupied"])  # exact compaction: the real count
             capacity = round_up(occupied * self.headroom, self.granularity)
         self.capacity = capacity
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graph's documentation asks
-            for _ in range(self.warmup):
-                self._forward_backward(capacity)
-        torch.cuda.current_stream().wait_stream(side)
-        self._flatten_grads()
-        self.graph = torch.cuda.CUDAGraph()
         self.peak = torch.zeros((), dtype=torch.long, device=device)
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+
+        def step() -> dict[str, Tensor]:
             outputs = self._forward_backward(capacity)
             torch.maximum(self.peak, outputs["occupied"], out=self.peak)
+            return outputs
+
+        # the warm-up's counts are dropped: the peak starts with the captured graph's replays
+        self.graph, outputs = warm_and_capture(step, self.warmup, lambda: (self._flatten_grads(), self.peak.zero_()))
         self.outputs = {k: v.detach() for k, v in outputs.items()}
         self.captures += 1
         self.replays_since_check = 0
@@ -197,15 +213,8 @@ class GraphedStep:
             return
         optimizer = self.optimizer
         eager = type(optimizer).step.__get__(optimizer)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            eager()  # this step's real update
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            eager()  # recorded, not run
-        self.optimizer_graph = graph
+        # the warm-up is this step's real update; the capture records the step without running it
+        self.optimizer_graph, _ = warm_and_capture(eager)
         log.info("captured the optimizer step as a CUDA graph")
 
 
@@ -248,18 +257,10 @@ class GraphedRender:
     def _capture(self, inputs: dict[str, Any], occupied: int) -> _Captured:
         capacity = round_up(occupied * self.headroom, self.granularity)
         static = self._static(inputs)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), torch.no_grad():
-            self.render_fn(static, capacity)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"), torch.no_grad():
-            outputs = self.render_fn(static, capacity)
+        graph, outputs = warm_and_capture(torch.no_grad()(lambda: self.render_fn(static, capacity)))
         self.captures += 1
         log.info("captured whole-frame rendering as a CUDA graph at %d samples", capacity)
         return _Captured(graph, static, outputs, capacity)
-
 
     def _layout(self, key: str, value: Any) -> tuple:
         if isinstance(value, Tensor):
