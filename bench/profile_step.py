@@ -105,11 +105,11 @@ def timed_rate(loop: BareLoop, steps: int) -> float:
 def profiled(loop: BareLoop, steps: int) -> dict:
     """Per-step host time of each phase, GPU kernel time and launches, host syncs, and the top kernels."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if loop.device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=True) as prof:
         for _ in range(steps):
             loop.step()
         synchronize(loop.device)
-    return kernel_summary(prof, steps, PHASES)
+    return {**kernel_summary(prof, steps, PHASES), "top_kernel_sources_ms_per_step": kernel_sources(prof, steps)}
 
 
 def kernel_summary(prof: profile, steps: int, phases: tuple[str, ...] = ()) -> dict:
@@ -133,6 +133,35 @@ def kernel_summary(prof: profile, steps: int, phases: tuple[str, ...] = ()) -> d
         "top_host_ops_ms_per_step": {e.key[:60]: round(e.self_cpu_time_total / steps / 1e3, 3) for e in sorted(
             by_name.values(), key=lambda e: -e.self_cpu_time_total)[:10]},
     }
+
+
+def kernel_sources(prof: profile, steps: int, top: int = 25) -> dict[str, list]:
+    """GPU time per step by who launched it: kernel <- innermost op in the autograd node or label above it, with
+    the input shapes of its longest launch: {source: [ms per step, launches per step, shapes]}.
+
+    Needs a profile with `record_shapes=True` for the shapes. Kernels replayed from a CUDA graph have no launching op.
+    """
+    totals: collections.Counter = collections.Counter()
+    counts: collections.Counter = collections.Counter()
+    longest: dict[str, tuple[float, str]] = {}
+    for event in prof.events():
+        if event.device_type != torch.autograd.DeviceType.CPU or not event.kernels:
+            continue
+        context, parent = "", event.cpu_parent
+        while parent is not None and not context:  # the nearest autograd node or user label
+            if parent.name.startswith("autograd::engine::evaluate_function: ") or not parent.name.startswith(
+                    ("aten::", "cuda", "ernerf::")):
+                context = parent.name.removeprefix("autograd::engine::evaluate_function: ")
+            parent = parent.cpu_parent
+        shapes = ",".join("x".join(map(str, s)) for s in (event.input_shapes or []) if s)
+        for kernel in event.kernels:
+            key = f"{kernel.name[:48]} <- {event.name} in {context[:40]}"
+            totals[key] += kernel.duration
+            counts[key] += 1
+            if kernel.duration > longest.get(key, (-1.0, ""))[0]:
+                longest[key] = (kernel.duration, shapes[:60])
+    return {key: [round(us / steps / 1e3, 3), round(counts[key] / steps, 1), longest[key][1]]
+            for key, us in totals.most_common(top)}
 
 
 def main() -> None:
@@ -172,6 +201,8 @@ def main() -> None:
               f"{figures['gpu_kernel_ms_per_step']} ms/step, {figures['kernels_per_step']} launches, "
               f"{figures['host_syncs_per_step']} syncs; host ms {figures['host_ms_per_phase']}", flush=True)
         print(json.dumps(figures["top_kernels_ms_per_step"], indent=1), flush=True)
+        for source, (ms, launches, shapes) in figures["top_kernel_sources_ms_per_step"].items():
+            print(f"  {ms:6.3f} ms {launches:5.1f}x  {source}  [{shapes}]", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

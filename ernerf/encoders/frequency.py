@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ernerf.encoders.hashgrid import triton_available
 from ernerf.errors import ErnerfError
 
 # Real spherical-harmonic normalisation constants, bands l = 1..3 (band 0 is 1 / (2 sqrt(pi))).
@@ -69,7 +70,12 @@ class SphericalHarmonicsEncoder(nn.Module):
         self.output_dim = degree**2
 
     def forward(self, d: Tensor) -> Tensor:  # [N, 3] -> [N, degree**2]
-        """Encode directions; they are normalised first, so any non-zero length works."""
+        """Encode directions; they are normalised first, so any non-zero length works. On CUDA (directions that
+        take no gradient, as the marcher's) one Triton kernel (ernerf/encoders/triton_sh.py)."""
+        if d.is_cuda and d.ndim == 2 and not (d.requires_grad and torch.is_grad_enabled()) and triton_available():
+            from ernerf.encoders.triton_sh import spherical_harmonics_triton
+
+            return spherical_harmonics_triton(d, self.degree)
         d = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         bands = _sh_bands(d[..., 0], d[..., 1], d[..., 2])[: self.degree]
         return torch.stack([basis for band in bands for basis in band], dim=-1)

@@ -175,7 +175,9 @@ def _hashgrid_bwd_kernel(
     )
     g = tl.load(grad_out_ptr + rows[:, None] * stride_g + plane * (L * F) + cols[None, :], mask=ok, other=0.0)
     value = w * g.to(tl.float32)[:, :, None]
-    _scatter_add(grad_ptr + element, value, ok[:, :, None], USE_RED)
+    # Zero gradients add nothing: skipping them matters when a CUDA graph pads its fixed sample capacity with
+    # copies of one point, whose (zero) gradients would otherwise all hit the same rows, serialising the atomics.
+    _scatter_add(grad_ptr + element, value, ok[:, :, None] & (value != 0.0), USE_RED)
 
 
 _TABLES: dict[tuple, tuple[Tensor, Tensor]] = {}

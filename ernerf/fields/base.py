@@ -72,20 +72,27 @@ class MLP(nn.Sequential):
         (and each [M, k_i] product) is never written, which on a GPU was the slowest copy of the step."""
         weight = self[0].weight  # [H, sum k_i]
         scales = list(scales) + [None] * (len(parts) - len(scales))
-        out, shared, start = None, None, 0
+        blocks, start = [], 0
         for part, scale in zip(parts, scales):
             block = weight[:, start : start + part.shape[-1]]  # [H, k_i]
             start += part.shape[-1]
-            if scale is not None:
-                block = block * scale.reshape(1, -1).to(block)
-            if part.shape[0] == 1:
-                row = F.linear(part, block)
-                shared = row if shared is None else shared + row
-            else:
-                out = F.linear(part, block) if out is None else torch.addmm(out, part, block.t())
+            blocks.append(block if scale is None else block * scale.reshape(1, -1).to(block))
         if start != weight.shape[1]:
             raise ValueError(f"parts give {start} input features, the MLP takes {weight.shape[1]}")
-        out = shared if out is None else out if shared is None else out + shared
+        shared = None  # rows shared by every point: one [H] vector, added as the GEMM's bias (no [M, H] pass)
+        for part, block in zip(parts, blocks):
+            if part.shape[0] == 1:
+                row = F.linear(part, block)[0]
+                shared = row if shared is None else shared + row
+        out = None
+        for part, block in zip(parts, blocks):
+            if part.shape[0] == 1:
+                continue
+            if out is None:
+                out = F.linear(part, block) if shared is None else torch.addmm(shared, part, block.t())
+            else:
+                out = out.addmm_(part, block.t())  # accumulate in place: no copy of `out` first
+        out = shared[None] if out is None else out
         for layer in list(self)[1:]:
             out = layer(out)
         return out

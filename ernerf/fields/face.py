@@ -61,32 +61,36 @@ class FaceField(nn.Module):
         self.uncertainty_net = MLP(in_dim, 1, uncertainty_hidden_dim, 2)
         self.individual_codes = nn.Parameter(torch.randn(num_frames, individual_dim) * 0.1)
 
-    def forward(self, x: Tensor, d: Tensor, cond: FaceCondition) -> FieldOutputs:  # x, d: [M, 3]
-        """Density, colour, uncertainty and attention magnitudes at points x seen from directions d."""
+    def forward(self, x: Tensor, d: Tensor, cond: FaceCondition, extras: bool = True) -> FieldOutputs:  # x, d: [M, 3]
+        """Density, colour, and (with `extras`, for the training losses) uncertainty and attention magnitudes at
+        points x seen from directions d."""
         enc_x = self.encoder(x)  # [M, in_dim]
-        sigma, geo_feat, extras = self._density(enc_x, cond)
+        sigma, geo_feat, terms = self._density(enc_x, cond, extras)
         code = self._individual_code(cond.frame_index)  # [1, individual_dim], shared by every point
         rgb = torch.sigmoid(self.color_net.forward_parts([self.dir_encoder(d), geo_feat, code]))
-        extras["uncertainty"] = F.softplus(self.uncertainty_net(enc_x))  # [M, 1], log(1 + e^u) as ER-NeRF
-        return FieldOutputs(sigma=sigma, rgb=rgb, extras=extras)
+        if extras:
+            terms["uncertainty"] = F.softplus(self.uncertainty_net(enc_x))  # [M, 1], log(1 + e^u) as ER-NeRF
+        return FieldOutputs(sigma=sigma, rgb=rgb, extras=terms)
 
     def density(self, x: Tensor, cond: FaceCondition) -> Tensor:  # [M, 3] -> [M]
         """Density only (for the occupancy grid)."""
-        return self._density(self.encoder(x), cond)[0]
+        return self._density(self.encoder(x), cond, extras=False)[0]
 
-    def _density(self, enc_x: Tensor, cond: FaceCondition) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """sigma [M], geometric features [M, G] and attention magnitudes from encoded points."""
+    def _density(self, enc_x: Tensor, cond: FaceCondition,
+                 extras: bool = True) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """sigma [M], geometric features [M, G] and (with `extras`) attention magnitudes from encoded points."""
         audio_att = self.audio_att_net(enc_x)  # [M, audio_dim]
         # sigma_net sees [enc_x, audio code * audio_att, eye * eye_att]; the codes scale weight columns instead
         parts, scales = [enc_x, audio_att], [None, self._audio(cond)]
-        extras = {"audio_att": audio_att.norm(dim=-1, keepdim=True)}
+        terms = {"audio_att": audio_att.norm(dim=-1, keepdim=True)} if extras else {}
         if self.eye_att_net is not None:
             eye_att = torch.sigmoid(self.eye_att_net(enc_x))  # [M, 1]
             parts.append(eye_att)
             scales.append(self._eye(cond, enc_x))
-            extras["eye_att"] = eye_att
+            if extras:
+                terms["eye_att"] = eye_att
         h = self.sigma_net.forward_parts(parts, scales)
-        return trunc_exp(h[:, 0]), h[:, 1:], extras
+        return trunc_exp(h[:, 0]), h[:, 1:], terms
 
     def _audio(self, cond: FaceCondition) -> Tensor:  # -> [1, audio_dim]
         """The frame's audio code as a row to broadcast over points."""

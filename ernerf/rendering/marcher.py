@@ -55,7 +55,9 @@ def composite(sigma: Tensor, dt: Tensor, values: Tensor) -> tuple[Tensor, Tensor
     steps = sigma.shape[1]
     before = torch.ones(steps, steps, dtype=tau.dtype, device=tau.device).triu(1)  # [S, S]: j < i
     weights = torch.exp(-(tau @ before)) * -torch.expm1(-tau)  # [N, S]
-    return weights.sum(-1), torch.bmm(weights[:, None, :], values.to(weights.dtype))[:, 0], weights
+    # A product and a sum over S, not a bmm: [N] batched 1x16 @ 16xK products ran as GEMV kernels at a few
+    # percent of the memory bandwidth (0.4 ms of a 512x512 frame on an H100, forward and backward alike).
+    return weights.sum(-1), (weights[..., None] * values.to(weights.dtype)).sum(1), weights
 
 
 def _scatter(values: Tensor, keep: Tensor, shape: tuple[int, int]) -> Tensor:  # [M, ...] -> [N, S, ...]
@@ -106,10 +108,7 @@ class RayMarcher(nn.Module):
         aabb = torch.as_tensor(aabb, dtype=rays_o.dtype, device=rays_o.device)
         near, far, hit = intersect_aabb(rays_o, rays_d, aabb, self.min_near)
         t, dt = self._sample_distances(near, far)  # [N, S], [N]
-        x = rays_o[:, None] + t[..., None] * rays_d[:, None]  # [N, S, 3]
-        keep = hit[:, None].expand_as(t)
-        if grid is not None:
-            keep = keep & grid.occupied(x.reshape(-1, 3)).view_as(t)
+        keep = hit[:, None].expand_as(t) if grid is None else grid.occupied_samples(rays_o, rays_d, t, hit)
         occupied = None
         if capacity is None:
             kept = keep.reshape(-1).nonzero().squeeze(1)  # [M] flat sample ids
@@ -117,13 +116,16 @@ class RayMarcher(nn.Module):
         else:
             kept, occupied = compact_static(keep, capacity)
             gather = kept.clamp(max=keep.numel() - 1)  # padding evaluates a real sample; its outputs are dropped
-        d = rays_d[:, None].expand_as(x).reshape(-1, 3)
-        out = field_fn(x.reshape(-1, 3)[gather], d[gather])
-        # Every per-sample output in one [M, 1 + K] tensor: one scatter and one weighted sum instead of one each.
+        # Positions of the kept samples only (the same arithmetic as for the occupancy test: t * d, then + o).
+        ray = gather // t.shape[1]
+        d = rays_d[ray]
+        out = field_fn(rays_o[ray] + t.reshape(-1)[gather, None] * d, d)
+        # sigma and colour (+ extras) scattered to dense [N, S] tensors, composited with one weighted sum.
         names = list(out.extras) if extras else []
-        stacked = torch.cat([out.sigma[:, None].float(), out.rgb.float(), *(out.extras[n].float() for n in names)], -1)
-        dense = _scatter(stacked, kept, tuple(t.shape))  # [N, S, 1 + K]
-        opacity, composited, weights = composite(dense[..., 0], dt, dense[..., 1:])  # [N], [N, K], [N, S]
+        values = torch.cat([out.rgb.float(), *(out.extras[n].float() for n in names)], -1) if names else out.rgb.float()
+        sigma = _scatter(out.sigma.float(), kept, tuple(t.shape))  # [N, S]
+        dense = _scatter(values, kept, tuple(t.shape))  # [N, S, K]
+        opacity, composited, weights = composite(sigma, dt, dense)  # [N], [N, K], [N, S]
         bg = torch.as_tensor(bg_color, dtype=rays_o.dtype, device=rays_o.device).expand_as(rays_o)
         widths = [out.extras[n].shape[-1] for n in names]
         parts = composited[:, 3:].split(widths, -1) if names else ()

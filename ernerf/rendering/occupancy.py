@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ernerf.encoders.hashgrid import triton_available
+
 
 class OccupancyGrid(nn.Module):
     """Density EMA per cell of a resolution^3 grid over `aabb`; cells above the threshold are occupied."""
@@ -45,6 +47,17 @@ class OccupancyGrid(nn.Module):
         """Whether points fall in occupied cells (points outside the box never are)."""
         cells, inside = self.cell_index(x)
         return inside & self.occupancy[cells]
+
+    def occupied_samples(self, rays_o: Tensor, rays_d: Tensor, t: Tensor, hit: Tensor) -> Tensor:
+        """bool [N, S]: samples rays_o + t * rays_d of rays that `hit` the box that fall in occupied cells.
+
+        On CUDA one Triton kernel (ernerf/rendering/triton_march.py) instead of [N, S, 3] temporaries."""
+        if rays_o.is_cuda and triton_available():
+            from ernerf.rendering.triton_march import occupied_samples_triton
+
+            return occupied_samples_triton(rays_o, rays_d, t, hit, self.aabb, self.occupancy, self.resolution)
+        x = rays_o[:, None] + t[..., None] * rays_d[:, None]  # [N, S, 3]
+        return hit[:, None] & self.occupied(x.reshape(-1, 3)).view_as(t)
 
     @torch.no_grad()
     def update(self, density_fn: Callable[[Tensor], Tensor], chunk: int = 2**18) -> None:
