@@ -50,13 +50,13 @@ def profile_renders(system: Renderer, subject: SubjectView, frames: int) -> dict
     """GPU kernel time, launches and host syncs per rendered frame (PyTorch profiler), after one warm-up frame."""
     from torch.profiler import ProfilerActivity, profile
 
-    from profile_step import kernel_summary
+    from profile_step import kernel_sources, kernel_summary
 
     time_renders(system, subject, 1)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if system.device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=True) as prof:
         time_renders(system, subject, frames, warmup=0)
-    return kernel_summary(prof, frames)
+    return {**kernel_summary(prof, frames), "top_kernel_sources_ms_per_frame": kernel_sources(prof, frames)}
 
 
 def _sync(dev: torch.device) -> None:
@@ -166,7 +166,8 @@ def main() -> None:
     parser.add_argument("--model-path", help="local HuBERT/wav2vec2 folder for hu/w2v subjects")
     parser.add_argument("--chunk", type=int, help="rays rendered at once (default: the checkpoint's eval_chunk)")
     parser.add_argument("--render-only", action="store_true", help="time rendering only (no features, paste-back, mp4)")
-    parser.add_argument("--graph", action="store_true", help="replay frames as CUDA graphs (model.render_cuda_graph)")
+    parser.add_argument("--graph", action=argparse.BooleanOptionalAction, default=True,
+                        help="replay frames as CUDA graphs (model.render_cuda_graph; the default)")
     parser.add_argument("--tf32", action="store_true", help="TF32 matrix products (model.tf32=true)")
     parser.add_argument("--profile", action="store_true", help="also profile kernels, launches and syncs per frame")
     args = parser.parse_args()

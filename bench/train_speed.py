@@ -42,8 +42,15 @@ class StepTimer(L.Callback):
         self.ranks_identical: bool | None = None
         self.time_graphs = time_graphs  # replays train on (the optimizer's graph steps again): speed runs only
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start = time.perf_counter()
+
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
         self.times.append(time.perf_counter())
+
+    def first_steps_s(self, count: int) -> float:
+        """Seconds from the start of training to the end of step `count` (compiling and graph captures included)."""
+        return self.times[min(count, len(self.times)) - 1] - self.start if self.times else float("nan")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if torch.cuda.is_available() and self.times:
@@ -149,7 +156,7 @@ def measure_speed(overrides: list[str], steps: int, warmup: int, devices: int = 
     return {"profile": window.summary if window else {}, "ranks_identical": timer.ranks_identical, "it_per_s": its, "rays_per_s": its * cfg.datamodule.num_rays * devices, "num_rays": cfg.datamodule.num_rays,
             "devices": devices, "cuda_graph_captures": graph.captures if graph else 0,
             "graph_capacity": graph.capacity if graph else None, "graph_replay_ms": timer.graph_ms,
-            "rays_built_in_graph": bool(graph and graph.build)}
+            "rays_built_in_graph": bool(graph and graph.build), "first_10_steps_s": timer.first_steps_s(10)}
 
 
 def psnr_at_budget(overrides: list[str], seconds: float, devices: int = 1) -> dict[str, float] | None:
@@ -206,7 +213,8 @@ def main() -> None:
         print(f"{args.stage}: {result['it_per_s']:.1f} it/s, {result['rays_per_s'] / 1e6:.2f} M rays/s "
               f"({args.rays} rays/step x {args.devices} device(s)) on {result['device']}; "
               f"CUDA graph captures {result['cuda_graph_captures']} (capacity {result['graph_capacity']}, "
-              f"rays drawn in the graph: {result['rays_built_in_graph']}); GPU ms per replay {result['graph_replay_ms']}"
+              f"rays drawn in the graph: {result['rays_built_in_graph']}); GPU ms per replay {result['graph_replay_ms']}; "
+              f"first 10 steps {result['first_10_steps_s']:.1f} s (compiling, captures)"
               + (f"; ranks hold identical weights and grid: {result['ranks_identical']}" if args.devices > 1 else ""),
               flush=True)
     if rank == 0 and result["profile"]:

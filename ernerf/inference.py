@@ -9,7 +9,7 @@ import functools
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -447,6 +447,8 @@ def infer_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer] =
     chosen = cfg.get("stage")  # the stage group of train.py (stage=lips), or a plain name in tests; None = latest
     stage, ckpt = find_checkpoint(cfg.paths.runs_root, cfg.subject, chosen.name if hasattr(chosen, "name") else chosen)
     system = system_loader(ckpt, cfg.device)
+    if cfg.get("render_cuda_graph") is not None and isinstance(system.hparams, MutableMapping):
+        system.hparams["render_cuda_graph"] = bool(cfg.render_cuda_graph)
     kind, dim = audio_kind(system.hparams)
     check_kind(cfg.audio_kind, kind)
     extractor = None if cfg.features else extractor_for(kind, cfg.audio_extractor)

@@ -28,6 +28,7 @@ from ernerf.losses import (
     uncertainty_weighted_mse,
 )
 from ernerf.rendering import RenderOutputs
+from ernerf.systems.compile import CompiledOrEager
 from ernerf.systems.cuda_graph import GraphedRender, GraphedStep
 from ernerf.rendering import render_image as render_frame
 
@@ -87,10 +88,10 @@ class TalkingHeadSystem(L.LightningModule):
         eval_chunk: int = 4096,
         eval_chunk_gpu: int = 262144,
         torso: Mapping | None = None,
-        compile_field: bool = False,
+        compile_field: bool | str = "auto",
         cuda_graph: bool | str = "auto",
         tf32: bool = False,
-        render_cuda_graph: bool = False,
+        render_cuda_graph: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # plain configs: load_from_checkpoint(path) rebuilds everything
@@ -99,9 +100,12 @@ class TalkingHeadSystem(L.LightningModule):
         self.grid: nn.Module | None = instantiate(grid) if grid else None
         self.torso: nn.Module | None = instantiate(torso, num_frames=num_frames) if torso else None
         self.marcher: nn.Module = instantiate(marcher)
-        # torch.compile fuses the field's small ops (on a GPU the step is bound by launching them); dynamic shapes
-        # because every step keeps a different number of samples. The module itself stays as it is (checkpoints).
-        self.field_forward = torch.compile(self.field.forward, dynamic=True) if compile_field else self.field.forward
+        # torch.compile fuses the field's small ops; the module itself stays as it is (checkpoints). `auto` compiles
+        # for training on a GPU only (on_fit_start); true compiles rendering too, false never.
+        if compile_field not in (True, False, "auto"):
+            raise ErnerfError(f"model.compile_field must be true, false or auto, got {compile_field!r}.")
+        self.field_forward = CompiledOrEager(self.field.forward) if compile_field is True else self.field.forward
+        self.render_field_forward = self.field_forward  # whole-frame renders (validation, inference)
         self.graphed: GraphedStep | None = None  # set up in on_fit_start when cuda_graph applies
         self.graphed_render: GraphedRender | None = None  # made on the first whole-frame render on a GPU
         loss = dict(loss)
@@ -169,7 +173,7 @@ class TalkingHeadSystem(L.LightningModule):
         cond = self.condition(inputs["audio"], inputs["eye"], frame_index)
         pixels = torch.arange(height * width, device=self.device)
         bg, torso = self.behind_head(inputs["bg"].reshape(-1, 3), pixels, height, width, inputs["c2w"], frame_index)
-        out = render_frame(self.marcher, lambda x, d: self.field_forward(x, d, cond), inputs["c2w"],
+        out = render_frame(self.marcher, lambda x, d: self.render_field_forward(x, d, cond, extras=False), inputs["c2w"],
                            inputs["intrinsics"], height, width, self.aabb, self.grid, bg.reshape(height, width, 3),
                            chunk=self.render_chunk(), capacity=capacity, extras=False)
         result = {"rgb": out["rgb"].float().clamp(0, 1), "depth": out["depth"].float(),
@@ -268,7 +272,10 @@ class TalkingHeadSystem(L.LightningModule):
 
     # ---------------------------------------------------------------- CUDA graphs (one GPU, or DDP over GPUs)
     def on_fit_start(self) -> None:
-        """Replay the step as CUDA graphs when asked for and possible (CUDA, no patch losses, no loss scaling)."""
+        """On a GPU: compile the field for training (model.compile_field=auto) and replay the step as CUDA graphs
+        when asked for and possible (no patch losses, no loss scaling)."""
+        if self.hparams.get("compile_field") == "auto" and self.device.type == "cuda":
+            self.field_forward = CompiledOrEager(self.field.forward)
         mode = self.hparams.cuda_graph
         if mode not in (True, False, "auto"):
             raise ErnerfError(f"model.cuda_graph must be true, false or auto, got {mode!r}.")
