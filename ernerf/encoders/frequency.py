@@ -71,8 +71,10 @@ class SphericalHarmonicsEncoder(nn.Module):
 
     def forward(self, d: Tensor) -> Tensor:  # [N, 3] -> [N, degree**2]
         """Encode directions; they are normalised first, so any non-zero length works. On CUDA (directions that
-        take no gradient, as the marcher's) one Triton kernel (ernerf/encoders/triton_sh.py)."""
-        if d.is_cuda and d.ndim == 2 and not (d.requires_grad and torch.is_grad_enabled()) and triton_available():
+        take no gradient, as the marcher's) one Triton kernel (ernerf/encoders/triton_sh.py), except under
+        torch.compile, which fuses the formulas into its own kernels (and would break its graph at the launch)."""
+        if (d.is_cuda and d.ndim == 2 and not (d.requires_grad and torch.is_grad_enabled())
+                and not torch.compiler.is_compiling() and triton_available()):
             from ernerf.encoders.triton_sh import spherical_harmonics_triton
 
             return spherical_harmonics_triton(d, self.degree)
