@@ -116,12 +116,23 @@ def test_rays_built_in_the_graph_and_a_captured_optimizer_train_like_the_eager_s
         twin_losses.append(float(loss.detach()))
     assert graphed.captures == 1 and graphed.optimizer_graph is not None
     assert losses == pytest.approx(twin_losses, rel=1e-4)  # steps 2..5 start from the optimizer graph's updates
-    # Adam divides by the gradient's running RMS, so where a hash entry saw only a few samples a last-digit
-    # difference of the gradient moves the update visibly: parameters agree to 5% of one step of their group
-    # (the losses above agree to 1e-4 on every step).
+    # With betas (0, 0.99) Adam moves every entry by ~lr * sign(gradient) at first. A hash entry whose gradient is
+    # a near-cancelling sum of a few samples can flip sign with the atomics' summation order (not deterministic),
+    # and then differs by up to 2 * sum_t sqrt((1 - 0.99^t) / 0.01) = 16.7 steps after 5 steps. Networks (dense
+    # gradients) agree to 5% of one step everywhere; grid entries all but 1 in 10^3 (a wrong optimizer graph moves
+    # most of them), none beyond that bound. (This check, all entries to 5%, failed once in a full GPU run.)
     lr = {id(q): g["lr"] for g in twin_optimizer.param_groups for q in g["params"]}
+    grid_params = {id(q) for q in twin.field.encoder.parameters()}
+    off = total = 0
     for p, q in zip(system.parameters(), twin.parameters()):
-        torch.testing.assert_close(p, q, rtol=0, atol=0.05 * lr.get(id(q), 0.0) + 1e-7)
+        step = lr.get(id(q), 0.0)
+        if id(q) not in grid_params:
+            torch.testing.assert_close(p, q, rtol=0, atol=0.05 * step + 1e-7)
+            continue
+        off += int(((p - q).abs() > 0.05 * step + 1e-7).sum())
+        total += p.numel()
+        assert float((p - q).abs().max()) <= 16.7 * step + 1e-7
+    assert off <= total * 1e-3, f"{off} of {total} grid entries differ by more than 5% of a step"
     graphed.remove_optimizer()
     assert "step" not in vars(optimizer)
 
@@ -181,3 +192,30 @@ def test_graphed_frames_equal_eager_frames_and_grow_the_capacity_when_needed() -
             torch.testing.assert_close(got[key], ref[key], rtol=1e-4, atol=1e-5)
     assert system.graphed_render.captures == 2
     assert next(iter(system.graphed_render.entries.values())).capacity > small
+
+
+@gpu
+@needs_cuda
+def test_graph_of_the_compiled_field_matches_the_eager_step() -> None:
+    """model.compile_field=auto's training path: torch.compile (inductor) inside the captured step."""
+    import copy
+
+    from ernerf.systems.compile import CompiledOrEager
+
+    torch.manual_seed(0)
+    system = build().cuda()
+    system.marcher.eval()
+    system.grid.occupancy.fill_(True)
+    twin = copy.deepcopy(system)
+    system.field_forward = CompiledOrEager(system.field.forward)
+    graphed = GraphedStep(system.step_outputs, system, scalars=("frame_index", "step", "progress"), granularity=1024)
+    graphed(ray_batch(0))
+    assert system.field_forward.active and system.field_forward.compiled_modes == {True, False}
+    for seed, frame in ((1, 5), (2, 7)):
+        batch = ray_batch(seed, frame=frame, step=40)
+        loss = graphed(batch)["loss"].clone()
+        grads = [p.grad.clone() for p in system.parameters() if p.grad is not None]
+        ref_loss, ref_grads = eager_loss_and_grads(twin, batch)
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-6)
+        for g, r in zip(grads, ref_grads):  # fused kernels sum in another order
+            torch.testing.assert_close(g, r, rtol=1e-3, atol=1e-5 * max(r.abs().max().item(), 1.0))
