@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -16,19 +14,9 @@ from ernerf.encoders import triton_hashgrid  # noqa: E402
 from ernerf.encoders.hashgrid import hashgrid_torch, level_offsets, level_resolutions  # noqa: E402
 from ernerf.encoders.triton_hashgrid import TRIPLANE_DIMS, hashgrid_triton, triplane_triton  # noqa: E402
 from ernerf.errors import ErnerfError  # noqa: E402
+from tests.triton_interpreter import interpreter_only  # noqa: E402
 
-
-def _interpreted() -> bool:
-    """True when the kernels were built for Triton's CPU interpreter."""
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return isinstance(triton_hashgrid._hashgrid_fwd_kernel, InterpretedFunction)
-
-
-cpu_interpreter = pytest.mark.skipif(
-    torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") != "1" or not _interpreted(),
-    reason="CPU test of the kernels: run this module alone with TRITON_INTERPRET=1 (see the top of the file)",
-)
+cpu_interpreter = interpreter_only(triton_hashgrid._hashgrid_fwd_kernel)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 

@@ -6,8 +6,6 @@ this module so):  TRITON_INTERPRET=1 python -m pytest tests/encoders/test_triton
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -15,18 +13,9 @@ pytest.importorskip("triton")
 
 from ernerf.encoders import SphericalHarmonicsEncoder  # noqa: E402
 from ernerf.encoders import triton_sh  # noqa: E402
+from tests.triton_interpreter import interpreter_only  # noqa: E402
 
-
-def _interpreted() -> bool:
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return isinstance(triton_sh._sh_kernel, InterpretedFunction)
-
-
-cpu_interpreter = pytest.mark.skipif(
-    torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") != "1" or not _interpreted(),
-    reason="CPU test of the kernel: run this module alone with TRITON_INTERPRET=1 (see the top of the file)",
-)
+cpu_interpreter = interpreter_only(triton_sh._sh_kernel)
 
 
 def _directions(n: int, device: str) -> torch.Tensor:

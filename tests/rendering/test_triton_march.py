@@ -7,8 +7,6 @@ Like the hash-grid kernels, the interpreter tests need TRITON_INTERPRET=1 before
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -17,18 +15,9 @@ pytest.importorskip("triton")
 from ernerf.rendering import OccupancyGrid, intersect_aabb  # noqa: E402
 from ernerf.rendering import triton_march  # noqa: E402
 from ernerf.rendering.marcher import RayMarcher  # noqa: E402
+from tests.triton_interpreter import interpreter_only  # noqa: E402
 
-
-def _interpreted() -> bool:
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return isinstance(triton_march._occupied_samples_kernel, InterpretedFunction)
-
-
-cpu_interpreter = pytest.mark.skipif(
-    torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") != "1" or not _interpreted(),
-    reason="CPU test of the kernel: run this module alone with TRITON_INTERPRET=1 (see the top of the file)",
-)
+cpu_interpreter = interpreter_only(triton_march._occupied_samples_kernel)
 
 
 def _scene(device: str, rays: int, samples: int, resolution: int, seed: int):
