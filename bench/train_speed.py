@@ -3,6 +3,8 @@
 GPU (preprocessed subject):
     python bench/train_speed.py --data-root data --subject trump --steps 300 --budget 300
     python bench/train_speed.py ... --override encoder=triplane_triton --override datamodule.preload=true
+Time to a quality (the val PSNR scored every 5 s of training; e.g. 2 GPUs against one GPU's 60-s figure):
+    python bench/train_speed.py ... --budget 60 --val-every 5 --devices 2 --target-psnr 35.6
 CPU smoke run:
     python bench/train_speed.py --data-root data --subject trump --rays 1024 --steps 10 --budget 0 \
         --override datamodule.downscale=8 --override trainer=cpu
@@ -159,16 +161,62 @@ def measure_speed(overrides: list[str], steps: int, warmup: int, devices: int = 
             "rays_built_in_graph": bool(graph and graph.build), "first_10_steps_s": timer.first_steps_s(10)}
 
 
-def psnr_at_budget(overrides: list[str], seconds: float, devices: int = 1) -> dict[str, float] | None:
-    """Train for a wall-clock budget, then the mean PSNR/SSIM over every held-out frame (on rank 0)."""
+class PsnrCurve(L.Callback):
+    """Train for `budget` seconds, scoring the val PSNR every `every` seconds of training on the way.
+
+    The clock runs from the start of training (compiling and graph captures count) and stops while rank 0 renders
+    the held-out frames (the other ranks wait at a barrier). Every `check_steps` steps on a GPU (every step on a
+    CPU) all ranks synchronise and take rank 0's clock (a broadcast), so they score and stop at the same step."""
+
+    def __init__(self, datamodule: L.LightningDataModule, budget: float, every: float | None = None,
+                 check_steps: int = 25) -> None:
+        self.datamodule, self.budget, self.gpu_check_steps = datamodule, budget, check_steps
+        self.every = every if every and every < budget else budget
+        self.points: list[dict[str, float]] = []  # one per score: train_s, steps (per rank), val_psnr, val_ssim
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check_steps = self.gpu_check_steps if pl_module.device.type == "cuda" else 1
+        self.t0, self.paused, self.next = time.perf_counter(), 0.0, self.every
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        if trainer.global_step % self.check_steps:
+            return
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = torch.tensor([time.perf_counter() - self.t0 - self.paused], dtype=torch.float64, device=pl_module.device)
+        if trainer.world_size > 1:
+            torch.distributed.broadcast(elapsed, src=0)
+        elapsed = float(elapsed)
+        if elapsed < self.next and elapsed < self.budget:
+            return
+        pause = time.perf_counter()
+        if trainer.global_rank == 0:
+            psnr, ssim = validation_metrics(pl_module, self.datamodule)
+            pl_module.train()
+            self.points.append({"train_s": round(elapsed, 2), "steps": trainer.global_step, "val_psnr": psnr,
+                                "val_ssim": ssim})
+        if trainer.world_size > 1:
+            torch.distributed.barrier()
+        self.paused += time.perf_counter() - pause
+        while self.next <= elapsed:
+            self.next += self.every
+        if elapsed >= self.budget:
+            trainer.should_stop = True
+
+
+def psnr_at_budget(overrides: list[str], seconds: float, devices: int = 1,
+                   every: float | None = None) -> dict | None:
+    """Train for a wall-clock budget, then the mean PSNR/SSIM over every held-out frame (on rank 0); with `every`,
+    also at every `every` seconds of training on the way (the curve)."""
     cfg, datamodule, system, occupancy = build(overrides + ["datamodule.num_val_frames=null"])
-    timer = StepTimer()
-    trainer = trainer_for(cfg, [occupancy, timer], devices, max_time={"seconds": seconds}, max_steps=10**7)
+    curve = PsnrCurve(datamodule, seconds, every)
+    trainer = trainer_for(cfg, [occupancy, curve], devices, max_steps=10**7)
     trainer.fit(system, datamodule=datamodule)
     if trainer.global_rank != 0:
         return None
-    psnr, ssim = validation_metrics(system, datamodule)
-    return {"budget_s": seconds, "steps": len(timer.times), "val_psnr": psnr, "val_ssim": ssim}
+    last = curve.points[-1]
+    return {"budget_s": seconds, "steps": last["steps"], "val_psnr": last["val_psnr"], "val_ssim": last["val_ssim"],
+            "curve": curve.points}
 
 
 @torch.no_grad()
@@ -197,6 +245,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--budget", type=float, default=300.0, help="seconds of training before the val PSNR (0: skip)")
+    parser.add_argument("--val-every", type=float, help="also score the val PSNR every this many seconds of training")
+    parser.add_argument("--target-psnr", type=float, help="report the training time at which the val PSNR first "
+                        "reached this (e.g. another run's final figure)")
     parser.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
     parser.add_argument("--devices", type=int, default=1, help="GPUs (more than one: Lightning's DDP)")
     parser.add_argument("--profile", type=int, default=0, help="then profile this many steps (GPU)")
@@ -220,12 +271,19 @@ def main() -> None:
     if rank == 0 and result["profile"]:
         print("profile per step:", json.dumps(result["profile"], indent=1), flush=True)
     if args.budget > 0:
-        budget = psnr_at_budget(overrides, args.budget, args.devices)
+        budget = psnr_at_budget(overrides, args.budget, args.devices, args.val_every)
         if budget is None:
             return
         result.update(budget)
-        print(f"after {args.budget:.0f} s ({result['steps']} steps): val PSNR {result['val_psnr']:.2f} dB, "
+        for point in result["curve"][:-1]:
+            print(f"  at {point['train_s']:.1f} s ({point['steps']} steps): val PSNR {point['val_psnr']:.2f} dB", flush=True)
+        print(f"after {args.budget:.0f} s ({result['steps']} steps per device): val PSNR {result['val_psnr']:.2f} dB, "
               f"SSIM {result['val_ssim']:.4f}", flush=True)
+        if args.target_psnr is not None:
+            reached = [p for p in result["curve"] if p["val_psnr"] >= args.target_psnr]
+            result["target_reached_s"] = reached[0]["train_s"] if reached else None
+            print(f"val PSNR {args.target_psnr:.2f} dB first reached at "
+                  + (f"{reached[0]['train_s']:.1f} s" if reached else "no score (not within the budget)"), flush=True)
     if rank != 0:
         return
     if args.json:

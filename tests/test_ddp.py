@@ -100,19 +100,25 @@ def test_slurm_launcher_runs_one_task_per_gpu_on_every_node() -> None:
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny two-rank run: 16 single-device steps -> 8 per rank, grid refreshed every 3 steps, validation at the end."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    train_two_ranks(tmp, "trainer=ddp_cpu", "trainer.max_steps=16", "trainer.val_check_interval=16",
+                    "callbacks.occupancy_grid.every_n_steps=3")
+    return tmp
+
+
+def train_two_ranks(tmp: Path, *overrides: str) -> str:
+    """train.py on a tiny synthetic subject with two ranks and the RankProbe; returns its output (the log)."""
     from tests.synthetic import write_synthetic_subject
     from tests.test_train import TINY
 
-    tmp = tmp_path_factory.mktemp("ddp")
     write_synthetic_subject(tmp / "data" / "sphere", num_frames=12, size=16)
     cmd = [sys.executable, "train.py", "subject=sphere", f"paths.data_root={tmp / 'data'}", f"paths.runs_root={tmp / 'runs'}",
-           *TINY, "trainer=ddp_cpu", "trainer.max_steps=16", "trainer.val_check_interval=16", "trainer.log_every_n_steps=1",
-           "callbacks.occupancy_grid.every_n_steps=3",
+           *TINY, "trainer.log_every_n_steps=1", *overrides,
            "+callbacks.probe._target_=tests.test_ddp.RankProbe", f"+callbacks.probe.out_dir={tmp / 'probe'}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]
-    return tmp
+    return done.stdout + done.stderr
 
 
 def ranks(tmp: Path) -> list[dict]:
@@ -171,3 +177,20 @@ def test_the_gpu_ddp_strategy_takes_only_arguments_every_supported_torch_accepts
     ddp_args = set(strategy) - lightning_args
     assert ddp_args <= set(inspect.signature(DistributedDataParallel.__init__).parameters)
     assert "forward_sync_buffers" not in ddp_args  # added in torch 2.13; the requirement allows 2.11
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize("in_graph", [False, True], ids=["reduce-after-replay", "reduce-in-graph"])
+def test_two_gpus_replaying_graphs_end_identical(tmp_path: Path, in_graph: bool) -> None:
+    """trainer=ddp on two GPUs with the step as CUDA graphs: the gradients' all-reduce (after each replay, or
+    captured in the graph) is the only thing keeping the ranks together, so identical weights prove it ran."""
+    log = train_two_ranks(tmp_path, "trainer=ddp", "trainer.devices=2", "trainer.max_steps=64",
+                          "trainer.val_check_interval=64", "callbacks.occupancy_grid.every_n_steps=8",
+                          "model.compile_field=false", f"model.cuda_graph_allreduce_in_graph={in_graph}")
+    assert "training step as CUDA graphs" in log
+    rank0, rank1 = ranks(tmp_path)
+    assert rank0["world_size"] == rank1["world_size"] == 2 and rank0["step"] == rank1["step"] == 32
+    assert rank0["first_pixels"] != rank1["first_pixels"]  # different rays, so different local gradients
+    assert rank0["weights"] == rank1["weights"]
+    assert rank0["grid"] == rank1["grid"]

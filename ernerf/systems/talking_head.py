@@ -320,6 +320,15 @@ class TalkingHeadSystem(L.LightningModule):
             scheduler.step()
         return outputs
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Under DDP with graphs: keep the step out of DDP's reducer. Its forward would otherwise do the reducer's
+        per-step bookkeeping (runtime stats, `prepare_for_forward`) for a backward that never reaches it: the
+        graph's gradients are all-reduced by `_all_reduce_gradients`. Lightning sets the flag back after each
+        forward, so it is cleared before every step."""
+        wrapper = self.trainer.strategy.model if self.graphed is not None else None
+        if isinstance(wrapper, torch.nn.parallel.DistributedDataParallel):
+            wrapper.require_backward_grad_sync = False
+
     def on_fit_end(self) -> None:
         if self.graphed is not None:
             self.graphed.remove_optimizer()
