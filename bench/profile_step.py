@@ -135,6 +135,23 @@ def kernel_summary(prof: profile, steps: int, phases: tuple[str, ...] = ()) -> d
     }
 
 
+def sync_sources(prof: profile, steps: int, depth: int = 6) -> dict[str, float]:
+    """Host syncs and device-to-host copies per step by where they were called: the call, then up to `depth` ops
+    and labels around it, innermost first (CUDA runtime calls skipped), e.g.
+    `cudaStreamSynchronize < aten::_local_scalar_dense < aten::item < DistributedDataParallel.forward`."""
+    found: collections.Counter = collections.Counter()
+    for event in prof.events():
+        if event.device_type != torch.autograd.DeviceType.CPU or not (event.name in SYNC_CALLS or "DtoH" in event.name):
+            continue
+        chain, parent = [event.name], event.cpu_parent
+        while parent is not None and len(chain) <= depth:
+            if not parent.name.startswith("cuda"):
+                chain.append(parent.name[:60])
+            parent = parent.cpu_parent
+        found[" < ".join(chain)] += 1
+    return {where: round(n / steps, 2) for where, n in found.most_common(12)}
+
+
 def kernel_sources(prof: profile, steps: int, top: int = 25) -> dict[str, list]:
     """GPU time per step by who launched it: kernel <- innermost op in the autograd node or label above it, with
     the input shapes of its longest launch: {source: [ms per step, launches per step, shapes]}.

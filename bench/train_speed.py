@@ -94,9 +94,10 @@ class ProfileWindow(L.Callback):
             torch.cuda.synchronize()
             wall = (time.perf_counter() - self.t0) / self.steps
             self.prof.__exit__(None, None, None)
-            from profile_step import kernel_summary
+            from profile_step import kernel_summary, sync_sources
 
-            self.summary = {"wall_ms_per_step": round(wall * 1e3, 3), **kernel_summary(self.prof, self.steps)}
+            self.summary = {"wall_ms_per_step": round(wall * 1e3, 3), **kernel_summary(self.prof, self.steps),
+                            "sync_sources_per_step": sync_sources(self.prof, self.steps)}
 
 
 def replay_times(graphed: object, replays: int = 50) -> dict[str, float]:

@@ -47,3 +47,21 @@ def test_train_speed_reports_rate_and_budget_psnr(prepare_subject, tmp_path) -> 
     assert len(curve) >= 3 and curve[-1]["val_psnr"] == figures["val_psnr"]
     assert [p["train_s"] for p in curve] == sorted(p["train_s"] for p in curve) and 3 <= curve[-1]["train_s"] < 6
     assert all(a["steps"] < b["steps"] for a, b in zip(curve, curve[1:]))
+
+
+def test_sync_sources_name_the_ops_around_each_sync() -> None:
+    """The walk up from a sync call to the ops and labels that made it (labels stand in for CUDA calls on a CPU)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from profile_step import sync_sources
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(2):
+            with record_function("step"), record_function("logging"), record_function("cudaStreamSynchronize"):
+                torch.ones(3).sum()
+            with record_function("step"), record_function("Memcpy DtoH (Device -> Pageable)"):
+                pass
+    sources = sync_sources(prof, steps=2)
+    assert sources == {"cudaStreamSynchronize < logging < step": 1.0, "Memcpy DtoH (Device -> Pageable) < step": 1.0}

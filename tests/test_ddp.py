@@ -115,7 +115,8 @@ def train_two_ranks(tmp: Path, *overrides: str) -> str:
     cmd = [sys.executable, "train.py", "subject=sphere", f"paths.data_root={tmp / 'data'}", f"paths.runs_root={tmp / 'runs'}",
            *TINY, "trainer.log_every_n_steps=1", *overrides,
            "+callbacks.probe._target_=tests.test_ddp.RankProbe", f"+callbacks.probe.out_dir={tmp / 'probe'}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)  # keep what the caller adds
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]
     return done.stdout + done.stderr

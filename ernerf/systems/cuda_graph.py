@@ -80,12 +80,16 @@ class GraphedStep:
     reduce: called on the flat gradients after each replay (DDP's all-reduce); None on one process.
     reduce_in_graph: capture `reduce` (an NCCL all-reduce) at the end of the step's graph instead of calling it
         after each replay: no host work per step for it.
+    fixed_capacity: samples to capture at, kept for the whole run (steady memory and step time, e.g. to compare
+        runs); the periodic check then only warns when steps drop samples. None: follow the occupied samples.
     """
 
     def __init__(self, step_fn: StepFn, module: nn.Module, scalars: tuple[str, ...] = (), headroom: float = 1.2,
                  granularity: int = 16384, check_every: int = 50, warmup: int = 3, build: BuildFn | None = None,
-                 reduce: ReduceFn | None = None, reduce_in_graph: bool = False) -> None:
+                 reduce: ReduceFn | None = None, reduce_in_graph: bool = False,
+                 fixed_capacity: int | None = None) -> None:
         self.step_fn, self.module, self.scalars, self.build, self.reduce = step_fn, module, scalars, build, reduce
+        self.fixed_capacity = fixed_capacity
         self.reduce_in_graph = reduce_in_graph and reduce is not None
         self.headroom, self.granularity, self.check_every, self.warmup = headroom, granularity, check_every, warmup
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -102,7 +106,7 @@ class GraphedStep:
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """Load `batch` into the graph's inputs and replay it; the returned tensors are overwritten next call."""
         if self.graph is None or self._capacity_changed():
-            self.capture(batch)
+            self.capture(batch, self.fixed_capacity)
         self._load(batch)
         self.graph.replay()
         if self.reduce is not None and not self.reduce_in_graph:
@@ -177,6 +181,11 @@ class GraphedStep:
         self.peak.zero_()
         self.replays_since_check = 0
         wanted = round_up(peak * self.headroom, self.granularity)
+        if self.fixed_capacity is not None:
+            if peak > self.capacity:
+                log.warning("a step kept %d samples; the fixed capacity of %d dropped the rest (model.cuda_graph_capacity)",
+                            peak, self.capacity)
+            return False
         if peak > self.capacity or wanted < self.capacity / self.headroom:
             log.info("occupied samples peaked at %d for a capacity of %d: re-capturing", peak, self.capacity)
             return True

@@ -93,6 +93,7 @@ class TalkingHeadSystem(L.LightningModule):
         tf32: bool = False,
         render_cuda_graph: bool = True,
         cuda_graph_headroom: float = 1.2,
+        cuda_graph_capacity: int | None = None,
         cuda_graph_allreduce_in_graph: bool = False,
     ) -> None:
         super().__init__()
@@ -298,6 +299,7 @@ class TalkingHeadSystem(L.LightningModule):
         build = datamodule.device_batches() if hasattr(datamodule, "device_batches") else None
         self.graphed = GraphedStep(self.step_outputs, self, scalars=("frame_index", "step", "progress"), build=build,
                                    headroom=float(self.hparams.get("cuda_graph_headroom", 1.2)),
+                                   fixed_capacity=self.hparams.get("cuda_graph_capacity"),
                                    reduce=self._all_reduce_gradients if trainer.world_size > 1 else None,
                                    reduce_in_graph=bool(self.hparams.get("cuda_graph_allreduce_in_graph", False)))
         log.info("training step as CUDA graphs (%s)", "rays drawn in the graph" if build else "batches copied in")

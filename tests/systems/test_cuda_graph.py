@@ -142,6 +142,28 @@ def test_rays_built_in_the_graph_and_a_captured_optimizer_train_like_the_eager_s
     assert "step" not in vars(optimizer)
 
 
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("fixed", [None, 2048], ids=["adaptive", "fixed"])
+def test_capacity_follows_the_occupied_samples_unless_fixed(fixed: int | None, caplog: pytest.LogCaptureFixture) -> None:
+    torch.manual_seed(0)
+    system = build().cuda()
+    system.marcher.eval()
+    system.grid.occupancy.copy_(torch.rand(system.grid.occupancy.shape, device="cuda") < 0.03)
+    graphed = GraphedStep(system.step_outputs, system, scalars=("frame_index", "step", "progress"), granularity=1024,
+                          check_every=2, fixed_capacity=fixed)
+    graphed(ray_batch(0))
+    first = graphed.capacity
+    system.grid.occupancy.fill_(True)  # far more samples than the first capture saw
+    for seed in range(1, 5):
+        graphed(ray_batch(seed))
+    if fixed is None:
+        assert graphed.captures == 2 and graphed.capacity > first
+    else:
+        assert graphed.captures == 1 and graphed.capacity == first == fixed
+        assert "dropped the rest" in caplog.text
+
+
 def test_saved_optimizer_states_hold_plain_learning_rates() -> None:
     """A captured optimizer keeps learning rates as device tensors; checkpoints must resume without CUDA graphs."""
     system = build()
