@@ -36,17 +36,17 @@ def test_train_speed_reports_rate_and_budget_psnr(prepare_subject, tmp_path) -> 
     root = prepare_subject("train/trump_10s.mp4")
     out = tmp_path / "speed.json"
     run_bench("train_speed.py", ["--data-root", str(root.parent), "--subject", root.name, "--steps", "4",
-                                 "--warmup", "1", "--budget", "3", "--val-every", "1", "--override", "trainer=cpu",
+                                 "--warmup", "1", "--budget", "6", "--val-every", "1.5", "--override", "trainer=cpu",
                                  "--override", "datamodule.num_workers=0", "--override", "datamodule.num_val_frames=2",
                                  "--json", str(out), *TINY])
     figures = json.loads(out.read_text())
     assert figures["it_per_s"] > 0 and figures["rays_per_s"] == figures["it_per_s"] * 256
     assert figures["cuda_graph_captures"] == 0  # a CPU run is eager
     assert 5 < figures["val_psnr"] < 60 and 0 < figures["val_ssim"] <= 1
-    curve = figures["curve"]  # scored every second of training, the clock stopped while scoring
-    assert len(curve) >= 3 and curve[-1]["val_psnr"] == figures["val_psnr"]
-    assert [p["train_s"] for p in curve] == sorted(p["train_s"] for p in curve) and 3 <= curve[-1]["train_s"] < 6
-    assert all(a["steps"] < b["steps"] for a, b in zip(curve, curve[1:]))
+    curve = figures["curve"]  # scored every 1.5 s of training (the clock stopped while scoring), last at the budget
+    assert len(curve) >= 2 and curve[-1]["val_psnr"] == figures["val_psnr"]
+    assert curve[-1]["train_s"] >= 6 and all(p["train_s"] < 6 for p in curve[:-1])
+    assert all(a["steps"] < b["steps"] and a["train_s"] < b["train_s"] for a, b in zip(curve, curve[1:]))
 
 
 def test_sync_sources_name_the_ops_around_each_sync() -> None:
