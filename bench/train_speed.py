@@ -243,7 +243,7 @@ def main() -> None:
     parser.add_argument("--subject", default="trump")
     parser.add_argument("--stage", default="head")
     parser.add_argument("--rays", type=int, default=65536, help="rays per step (ER-NeRF: 65,536)")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=300, help="timed steps (0: only the budget run)")
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--budget", type=float, default=300.0, help="seconds of training before the val PSNR (0: skip)")
     parser.add_argument("--val-every", type=float, help="also score the val PSNR every this many seconds of training")
@@ -259,9 +259,11 @@ def main() -> None:
     if torch.cuda.is_available() and not any(o.startswith("trainer=") for o in args.override):
         overrides.append("trainer=gpu")
     result = {"overrides": overrides, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
-    result.update(measure_speed(overrides, args.steps, min(args.warmup, args.steps // 2), args.devices, args.profile))
     rank = int(os.environ.get("LOCAL_RANK", 0))
-    if rank == 0:
+    if args.steps > 0:
+        result.update(measure_speed(overrides, args.steps, min(args.warmup, args.steps // 2), args.devices,
+                                    args.profile))
+    if rank == 0 and args.steps > 0:
         print(f"{args.stage}: {result['it_per_s']:.1f} it/s, {result['rays_per_s'] / 1e6:.2f} M rays/s "
               f"({args.rays} rays/step x {args.devices} device(s)) on {result['device']}; "
               f"CUDA graph captures {result['cuda_graph_captures']} (capacity {result['graph_capacity']}, "
@@ -269,7 +271,7 @@ def main() -> None:
               f"first 10 steps {result['first_10_steps_s']:.1f} s (compiling, captures)"
               + (f"; ranks hold identical weights and grid: {result['ranks_identical']}" if args.devices > 1 else ""),
               flush=True)
-    if rank == 0 and result["profile"]:
+    if rank == 0 and result.get("profile"):
         print("profile per step:", json.dumps(result["profile"], indent=1), flush=True)
     if args.budget > 0:
         budget = psnr_at_budget(overrides, args.budget, args.devices, args.val_every)
