@@ -1,4 +1,5 @@
-"""Data-parallel recipe (docs/multigpu.md): per-rank ray seeds, the step budget and learning rates scaled to the world size."""
+"""Data-parallel recipe (docs/multigpu.md): per-rank ray seeds, the step budget and learning rates scaled to the world
+size, and Lightning's per-step SIGTERM broadcast thinned out."""
 
 from __future__ import annotations
 
@@ -23,12 +24,38 @@ def per_rank_steps(single_device_steps: int, world_size: int) -> int:
     return single_device_steps if single_device_steps <= 0 else math.ceil(single_device_steps / world_size)
 
 
-class DataParallelCallback(L.Callback):
-    """On W > 1 ranks: reseed each rank's rays, run max_steps / W steps at lr x factor(W); a no-op on one device."""
+def thin_sigterm_broadcast(trainer: L.Trainer, every_n_steps: int) -> bool:
+    """Let Lightning's SIGTERM broadcast run on one training step in `every_n_steps`; True if it was thinned.
 
-    def __init__(self, seed: int = 0, lr_scaling: str = "sqrt", divide_steps: bool = True) -> None:
+    Lightning (>= 2.5, PR #20825) broadcasts a SIGTERM flag from rank 0 before *every* training step under DDP: a
+    tensor copied from the host, a broadcast and an `.item()`, i.e. two host syncs per step that stall the host
+    until the GPU has drained its queue (Lightning issue #21487; H200, graphed head step: 2.0 syncs per step).
+    Every rank still calls it at the same steps, so all ranks stop together, at most `every_n_steps` later."""
+    loop = trainer.fit_loop.epoch_loop
+    broadcast = getattr(loop, "_broadcast_sigterm_tensor", None)  # absent in other Lightning versions: left alone
+    if broadcast is None or every_n_steps <= 1:
+        return False
+    calls = 0
+
+    def thinned() -> None:
+        nonlocal calls
+        if calls % every_n_steps == 0:
+            broadcast()
+        calls += 1
+
+    loop._broadcast_sigterm_tensor = thinned
+    return True
+
+
+class DataParallelCallback(L.Callback):
+    """On W > 1 ranks: reseed each rank's rays, run max_steps / W steps at lr x factor(W), check for SIGTERM every
+    `sigterm_every_n_steps` steps; a no-op on one device."""
+
+    def __init__(self, seed: int = 0, lr_scaling: str = "sqrt", divide_steps: bool = True,
+                 sigterm_every_n_steps: int = 50) -> None:
         lr_factor(lr_scaling, 1)  # fail at construction on an unknown rule
         self.seed, self.lr_scaling, self.divide_steps = seed, lr_scaling, divide_steps
+        self.sigterm_every_n_steps = sigterm_every_n_steps
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Before configure_optimizers: the scheduler and loss ramps then read the divided budget."""
@@ -37,6 +64,7 @@ class DataParallelCallback(L.Callback):
         # seed_everything gave every rank the same torch stream: without this all ranks draw the same pixels,
         # eye jitter and marcher offsets. Rank 0 keeps the configured seed.
         torch.manual_seed(self.seed + trainer.global_rank)
+        thin_sigterm_broadcast(trainer, self.sigterm_every_n_steps)
         if self.divide_steps:
             loop = trainer.fit_loop.epoch_loop
             loop.max_steps = per_rank_steps(loop.max_steps, trainer.world_size)

@@ -16,7 +16,7 @@ import lightning as L
 import pytest
 import torch
 
-from callbacks.data_parallel import DataParallelCallback, lr_factor, per_rank_steps
+from callbacks.data_parallel import DataParallelCallback, lr_factor, per_rank_steps, thin_sigterm_broadcast
 from ernerf.errors import ErnerfError
 from tests.conftest import CONF_DIR, REPO
 
@@ -80,6 +80,21 @@ def test_lr_scaling_survives_the_scheduler() -> None:
         optimizer.step()
         scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-2)  # 2e-2 decayed to half, not reset to 1e-2 * 0.5
+
+
+def test_sigterm_broadcast_runs_once_every_n_steps() -> None:
+    """Lightning's per-step SIGTERM broadcast (two host syncs) is thinned to one step in n, the same steps on every
+    rank. The hook is private: if a Lightning upgrade renames it, this test says so (the thinning would be lost)."""
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    loop = trainer.fit_loop.epoch_loop
+    assert callable(getattr(loop, "_broadcast_sigterm_tensor", None))
+    calls = []
+    loop._broadcast_sigterm_tensor = lambda: calls.append(1)
+    assert thin_sigterm_broadcast(trainer, every_n_steps=5)
+    for _ in range(12):
+        loop._broadcast_sigterm_tensor()
+    assert len(calls) == 3  # steps 0, 5 and 10
+    assert not thin_sigterm_broadcast(trainer, every_n_steps=1)  # 1: Lightning's own behaviour, untouched
 
 
 def test_slurm_launcher_runs_one_task_per_gpu_on_every_node() -> None:
