@@ -47,7 +47,7 @@ class RankProbe(L.Callback):
             "first_pixels": self.first_pixels, "logged_images_at": images.last_logged_step,
             "weights": digest(dict(pl_module.named_parameters())), "grid": digest(dict(pl_module.grid.named_buffers())),
             "grid_updates": int(pl_module.grid.num_updates),
-            "lrs": {g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups},
+            "lrs": {g["name"]: float(g["lr"]) for g in trainer.optimizers[0].param_groups},  # tensors when captured
         }
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
