@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from ernerf.errors import ErnerfError
 from ernerf.io.atomic import atomic_dir, atomic_path
@@ -78,3 +79,13 @@ def test_preprocess_config_composes_with_every_step() -> None:
     ]
     assert cfg.paths.data_root == "data"
     json.dumps(dict(cfg.paths))
+
+
+def test_triton_kernels_refuse_cpu_tensors_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ernerf.triton_device import require_kernel_device
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ErnerfError, match="hash grid needs CUDA tensors, got cpu ones; on a CPU use the encoder"):
+        require_kernel_device(torch.zeros(2), "hash grid", "use the encoder's backend 'torch'")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    require_kernel_device(torch.zeros(2), "hash grid", "use the encoder's backend 'torch'")  # the tests' interpreter

@@ -10,7 +10,6 @@ Without CUDA the kernels run only under Triton's interpreter (`TRITON_INTERPRET=
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
 
@@ -21,6 +20,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
 from ernerf.errors import ErnerfError
+from ernerf.triton_device import require_kernel_device
 
 # The three ER-NeRF planes, in output order: xy, yz, xz.
 TRIPLANE_DIMS = ((0, 1), (1, 2), (0, 2))
@@ -222,8 +222,7 @@ def _check_inputs(x: Tensor, embeddings: Sequence[Tensor], offsets, resolutions,
         raise ErnerfError(f"triton hash grid indexes tables with int32; {tuple(first.shape)} is too large")
     if len(planes[0]) not in (2, 3):
         raise ErnerfError(f"triton hash grid supports 2D and 3D grids, got {len(planes[0])} dims")
-    if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ErnerfError("triton hash grid needs CUDA tensors; on CPU use backend 'torch' (or TRITON_INTERPRET=1)")
+    require_kernel_device(x, "hash grid", "use the encoder's backend 'torch'")
 
 
 def _launch_args(num_points: int, dims: Tensor, num_levels: int, level_dim: int) -> tuple[tuple[int], dict]:

@@ -8,7 +8,6 @@ fp32, without FMA contraction. Without CUDA the kernel runs only under Triton's 
 
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
@@ -16,6 +15,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ernerf.encoders.frequency import _C0, _C1, _C2, _C3
+from ernerf.triton_device import require_kernel_device
 
 _BLOCK = 256
 
@@ -59,8 +59,7 @@ def _sh_kernel(d_ptr, out_ptr, n, stride_d, DEGREE: tl.constexpr, BLOCK: tl.cons
 
 def spherical_harmonics_triton(d: Tensor, degree: int) -> Tensor:  # [M, 3] -> [M, degree**2] float32
     """`SphericalHarmonicsEncoder(degree)(d)` in one launch (no gradient to d)."""
-    if d.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError("the Triton SH kernel needs CUDA tensors (or TRITON_INTERPRET=1)")
+    require_kernel_device(d, "SH kernel", "use SphericalHarmonicsEncoder (what the encoder does there)")
     if d.ndim != 2 or d.shape[1] != 3 or not 1 <= degree <= 4:
         raise ValueError(f"SH of directions [M, 3] at degree 1..4, got {tuple(d.shape)} and degree {degree}")
     d = d if d.stride(-1) == 1 else d.contiguous()

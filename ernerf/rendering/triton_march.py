@@ -9,12 +9,13 @@ Without CUDA the kernel runs only under Triton's interpreter (`TRITON_INTERPRET=
 
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from ernerf.triton_device import require_kernel_device
 
 _BLOCK = 1024
 
@@ -53,8 +54,7 @@ def occupied_samples_triton(
     resolution: int,
 ) -> Tensor:  # bool [N, S]
     """Samples inside the box, in occupied cells, of rays that hit it: `OccupancyGrid.occupied` fused."""
-    if rays_o.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError("the Triton marching kernel needs CUDA tensors (or TRITON_INTERPRET=1)")
+    require_kernel_device(rays_o, "marching kernel", "use OccupancyGrid.occupied (what the grid does there)")
     rays_o, rays_d, t = (v.float().contiguous() for v in (rays_o, rays_d, t))
     keep = torch.empty(t.shape, dtype=torch.int8, device=t.device)
     n = t.numel()
