@@ -14,6 +14,7 @@ Each --override is a Hydra override of conf/train.yaml, so any stage, encoder or
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -32,6 +33,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from callbacks.data_parallel import DataParallelCallback  # noqa: E402
+from callbacks.ema import EMAWeights  # noqa: E402
 
 
 class StepTimer(L.Callback):
@@ -192,7 +194,9 @@ class PsnrCurve(L.Callback):
             return
         pause = time.perf_counter()
         if trainer.global_rank == 0:
-            psnr, ssim = validation_metrics(pl_module, self.datamodule)
+            ema = next((c for c in trainer.callbacks if isinstance(c, EMAWeights)), None)
+            with ema.averaged(pl_module) if ema is not None else contextlib.nullcontext():
+                psnr, ssim = validation_metrics(pl_module, self.datamodule)
             pl_module.train()
             self.points.append({"train_s": round(elapsed, 2), "steps": trainer.global_step, "val_psnr": psnr,
                                 "val_ssim": ssim})
@@ -211,7 +215,8 @@ def psnr_at_budget(overrides: list[str], seconds: float, devices: int = 1,
     also at every `every` seconds of training on the way (the curve)."""
     cfg, datamodule, system, occupancy = build(overrides + ["datamodule.num_val_frames=null"])
     curve = PsnrCurve(datamodule, seconds, every)
-    trainer = trainer_for(cfg, [occupancy, curve], devices, max_steps=10**7)
+    ema = [instantiate(cfg.callbacks.ema)] if cfg.callbacks.get("ema") else []  # scores the averaged weights
+    trainer = trainer_for(cfg, [occupancy, *ema, curve], devices, max_steps=10**7)
     trainer.fit(system, datamodule=datamodule)
     if trainer.global_rank != 0:
         return None

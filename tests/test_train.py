@@ -179,3 +179,25 @@ def test_debug_fast_preset_learns_a_real_clip(prepare_subject, tmp_path: Path) -
     psnr = [v for _, v in logged(run_dir, "train/psnr")]
     assert sum(psnr[-3:]) / 3 > sum(psnr[:3]) / 3 + 1.0, psnr
     assert (run_dir / "checkpoints" / "last.ckpt").exists() and list((run_dir / "val_images").glob("*.png"))
+
+
+def test_ema_run_checkpoints_the_average_and_resumes_from_the_weights(tmp_path: Path) -> None:
+    """callbacks.ema through train.py: last.ckpt renders with the average, keeps the weights to resume from, and
+    the occupancy grid is the trained one in both."""
+    import torch
+
+    from tests.synthetic import write_synthetic_subject
+    from train import train
+
+    write_synthetic_subject(tmp_path / "data" / "sphere", num_frames=12, size=16)
+    ema = "callbacks.ema={_target_: callbacks.ema.EMAWeights, decay: 0.8, every_n_steps: 2}"
+    train(tiny_config(tmp_path, 12, ema, "trainer.val_check_interval=12"))
+    last = tmp_path / "runs" / "sphere" / "head" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    average, current = ckpt["state_dict"], ckpt["ema_current_state"]
+    assert average.keys() == current.keys()
+    weights = [k for k in average if k.startswith("field.") and average[k].is_floating_point()]
+    assert any(not torch.equal(average[k], current[k]) for k in weights)
+    assert torch.equal(average["grid.occupancy"], current["grid.occupancy"]) and int(average["grid.num_updates"]) == 1
+    train(tiny_config(tmp_path, 16, ema, "trainer.val_check_interval=12", "ckpt_path=last"))
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 16
