@@ -8,7 +8,6 @@ fp32, without FMA contraction. Without CUDA the kernel runs only under Triton's 
 
 from __future__ import annotations
 
-
 import torch
 import triton
 import triton.language as tl

@@ -9,7 +9,6 @@ Without CUDA the kernel runs only under Triton's interpreter (`TRITON_INTERPRET=
 
 from __future__ import annotations
 
-
 import torch
 import triton
 import triton.language as tl
