@@ -23,18 +23,21 @@ from ernerf.errors import ErnerfError
 
 
 class EMAWeights(L.Callback):
-    """Every `every_n_steps` optimizer steps: average <- decay * average + (1 - decay) * weights.
+    """Every `every_n_steps` optimizer steps: average <- d * average + (1 - d) * weights.
 
-    The average horizon is about every_n_steps / (1 - decay) steps (10 / 0.05 = 200 by default). Validation runs with
+    d = decay, or with `warmup` min(decay, (1 + n) / (10 + n)) after n updates (torch_ema's warm-up, which ER-NeRF
+    uses): the first updates follow the weights, so the average does not lag far behind early in training. The
+    horizon is then about every_n_steps / (1 - decay) steps (10 / 0.05 = 200 by default). Validation runs with
     the averaged weights swapped in; a checkpoint's `state_dict` holds the average (so `infer.py`,
     `load_from_checkpoint` and the next stage's `init_from` use it) and `ema_current_state` the weights a resumed run
     continues from. Swaps copy in place, so CUDA graphs and compiled code keep their addresses.
     """
 
-    def __init__(self, decay: float = 0.95, every_n_steps: int = 10) -> None:
+    def __init__(self, decay: float = 0.95, every_n_steps: int = 10, warmup: bool = True) -> None:
         if not 0.0 <= decay < 1.0 or every_n_steps < 1:
             raise ErnerfError(f"callbacks.ema needs 0 <= decay < 1 and every_n_steps >= 1, got {decay}, {every_n_steps}.")
-        self.decay, self.every_n_steps = decay, every_n_steps
+        self.decay, self.every_n_steps, self.warmup = decay, every_n_steps, warmup
+        self.updates = 0
         self.names: list[str] = []
         self.average: list[Tensor] | None = None
         self._restored: dict[str, Tensor] | None = None  # averaged weights from a checkpoint, before fit starts
@@ -54,7 +57,9 @@ class EMAWeights(L.Callback):
     @torch.no_grad()
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self.average is not None and trainer.global_step % self.every_n_steps == 0:
-            torch._foreach_lerp_(self.average, self._weights(pl_module), 1.0 - self.decay)
+            decay = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
+            torch._foreach_lerp_(self.average, self._weights(pl_module), 1.0 - decay)
+            self.updates += 1
 
     @torch.no_grad()
     def swap(self, pl_module: L.LightningModule) -> None:
@@ -91,6 +96,7 @@ class EMAWeights(L.Callback):
             return
         current = checkpoint["state_dict"]
         checkpoint["ema_current_state"] = current
+        checkpoint["ema_updates"] = self.updates
         checkpoint["state_dict"] = {**current, **{n: a.detach().clone() for n, a in zip(self.names, self.average)}}
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -99,4 +105,5 @@ class EMAWeights(L.Callback):
         if current is None:
             return  # a checkpoint saved without the average: it starts from the weights
         self._restored = {name: value for name, value in checkpoint["state_dict"].items()}
+        self.updates = int(checkpoint.get("ema_updates", 0))
         pl_module.load_state_dict(current)

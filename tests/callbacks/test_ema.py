@@ -28,7 +28,7 @@ def test_average_swaps_in_for_validation_and_checkpoints_and_survives_a_resume()
     torch.manual_seed(0)
     model = Tiny()
     w0 = model.layer.weight.detach().clone()
-    ema = EMAWeights(decay=0.75, every_n_steps=2)
+    ema = EMAWeights(decay=0.75, every_n_steps=2, warmup=False)
     ema.on_fit_start(fit_trainer(0), model)
     w1 = torch.randn(2, 2)
     model.layer.weight.data.copy_(w1)
@@ -50,7 +50,7 @@ def test_average_swaps_in_for_validation_and_checkpoints_and_survives_a_resume()
     assert checkpoint["state_dict"]["grid"].tolist() == [True, True, True]
     torch.testing.assert_close(model.layer.weight.detach(), w1)  # saving changed nothing in the model
 
-    resumed, ema2 = Tiny(), EMAWeights(decay=0.75, every_n_steps=2)
+    resumed, ema2 = Tiny(), EMAWeights(decay=0.75, every_n_steps=2, warmup=False)
     resumed.load_state_dict(checkpoint["state_dict"])  # what Lightning does first
     ema2.on_load_checkpoint(fit_trainer(2), resumed, checkpoint)
     ema2.on_fit_start(fit_trainer(2), resumed)
@@ -58,6 +58,7 @@ def test_average_swaps_in_for_validation_and_checkpoints_and_survives_a_resume()
     with ema2.averaged(resumed):
         torch.testing.assert_close(resumed.layer.weight.detach(), expected)
     torch.testing.assert_close(resumed.layer.weight.detach(), w1)
+    assert ema2.updates == 1  # the warm-up goes on where it was
     assert ema2.names == ["layer.weight", "layer.bias"]  # frozen parameters are not averaged
 
 
@@ -66,3 +67,17 @@ def test_settings_are_checked() -> None:
         EMAWeights(decay=1.0)
     with pytest.raises(ErnerfError, match="every_n_steps"):
         EMAWeights(every_n_steps=0)
+
+
+def test_warmup_lets_the_first_updates_follow_the_weights() -> None:
+    model = Tiny()
+    ema = EMAWeights(decay=0.95, every_n_steps=1)
+    ema.on_fit_start(fit_trainer(0), model)
+    w1 = model.layer.weight.detach() + 1.0
+    model.layer.weight.data.copy_(w1)
+    ema.on_train_batch_end(fit_trainer(1), model)  # first update: d = min(0.95, 1 / 10) = 0.1
+    with ema.averaged(model):
+        torch.testing.assert_close(model.layer.weight.detach(), w1 - 0.1)
+    for step in range(2, 400):
+        ema.on_train_batch_end(fit_trainer(step), model)
+    assert min(ema.decay, (1 + ema.updates) / (10 + ema.updates)) == 0.95  # warmed up
