@@ -180,12 +180,12 @@ class GraphedStep:
         peak = int(self.peak)
         self.peak.zero_()
         self.replays_since_check = 0
-        wanted = round_up(peak * self.headroom, self.granularity)
         if self.fixed_capacity is not None:
             if peak > self.capacity:
                 log.warning("a step kept %d samples; the fixed capacity of %d dropped the rest (model.cuda_graph_capacity)",
                             peak, self.capacity)
             return False
+        wanted = round_up(peak * self.headroom, self.granularity)
         if peak > self.capacity or wanted < self.capacity / self.headroom:
             log.info("occupied samples peaked at %d for a capacity of %d: re-capturing", peak, self.capacity)
             return True

@@ -29,6 +29,12 @@ def ray_batch(seed: int, n: int = 4096, frame: int = 3, step: int = 10) -> dict:
     return batch | {"patch_shape": None, "height": 64, "width": 64, "frame_index": frame, "step": step, "progress": 0.3}
 
 
+def graphed_step(system, **kwargs) -> GraphedStep:
+    """The system's training step as GraphedStep captures it in training, at a test-sized granularity."""
+    return GraphedStep(system.step_outputs, system, scalars=("frame_index", "step", "progress"), granularity=1024,
+                       **kwargs)
+
+
 def eager_loss_and_grads(system, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
     system.zero_grad(set_to_none=True)
     loss = system.step_outputs(batch)["loss"]
@@ -46,7 +52,7 @@ def test_graph_replays_match_the_eager_step_on_new_batches() -> None:
     system.marcher.eval()  # no jitter: both paths see the same samples
     system.grid.occupancy.fill_(True)
     twin = copy.deepcopy(system)  # the eager reference, so its gradients never touch the graph's
-    graphed = GraphedStep(system.step_outputs, system, scalars=("frame_index", "step", "progress"), granularity=1024)
+    graphed = graphed_step(system)
     graphed(ray_batch(0))
     assert graphed.captures == 1 and graphed.capacity >= int(graphed.outputs["occupied"])
     assert_replays_match_eager(system, twin, graphed, grad_atol=lambda r: 1e-6)
@@ -73,8 +79,7 @@ def test_graph_recaptures_when_the_occupied_samples_outgrow_the_capacity() -> No
     system = build().cuda()
     system.grid.occupancy.zero_()
     system.grid.occupancy[: system.grid.occupancy.numel() // 8] = True
-    graphed = GraphedStep(system.step_outputs, system, scalars=("frame_index", "step", "progress"), granularity=1024,
-                          check_every=2)
+    graphed = graphed_step(system, check_every=2)
     graphed(ray_batch(0))
     small = graphed.capacity
     system.grid.occupancy.fill_(True)  # the grid opens up: many more samples per ray
@@ -106,8 +111,7 @@ def test_rays_built_in_the_graph_and_a_captured_optimizer_train_like_the_eager_s
     builder = frame_builder(ray_batch(0))
     optimizer = torch.optim.AdamW(system.parameter_groups(), betas=(0.0, 0.99))
     twin_optimizer = torch.optim.AdamW(twin.parameter_groups(), betas=(0.0, 0.99))
-    graphed = GraphedStep(system.step_outputs, system, scalars=("frame_index", "step", "progress"), granularity=1024,
-                          build=builder)
+    graphed = graphed_step(system, build=builder)
     graphed.install_optimizer(optimizer)
     losses, twin_losses = [], []
     for step, frame in enumerate((1, 4, 2, 6, 3)):
@@ -150,8 +154,7 @@ def test_capacity_follows_the_occupied_samples_unless_fixed(fixed: int | None, c
     system = build().cuda()
     system.marcher.eval()
     system.grid.occupancy.copy_(torch.rand(system.grid.occupancy.shape, device="cuda") < 0.03)
-    graphed = GraphedStep(system.step_outputs, system, scalars=("frame_index", "step", "progress"), granularity=1024,
-                          check_every=2, fixed_capacity=fixed)
+    graphed = graphed_step(system, check_every=2, fixed_capacity=fixed)
     graphed(ray_batch(0))
     first = graphed.capacity
     system.grid.occupancy.fill_(True)  # far more samples than the first capture saw
@@ -235,7 +238,7 @@ def test_graph_of_the_compiled_field_matches_the_eager_step() -> None:
     system.grid.occupancy.fill_(True)
     twin = copy.deepcopy(system)
     system.field_forward = CompiledOrEager(system.field.forward)
-    graphed = GraphedStep(system.step_outputs, system, scalars=("frame_index", "step", "progress"), granularity=1024)
+    graphed = graphed_step(system)
     graphed(ray_batch(0))
     assert system.field_forward.active and system.field_forward.compiled_modes == {True, False}
     # fused kernels sum in another order: gradients to 1e-5 of their largest entry
