@@ -33,8 +33,8 @@ def thin_sigterm_broadcast(trainer: L.Trainer, every_n_steps: int) -> bool:
     Every rank still calls it at the same steps, so all ranks stop together, at most `every_n_steps` later."""
     loop = trainer.fit_loop.epoch_loop
     broadcast = getattr(loop, "_broadcast_sigterm_tensor", None)  # absent in other Lightning versions: left alone
-    if broadcast is None or every_n_steps <= 1:
-        return False
+    if broadcast is None or every_n_steps <= 1 or getattr(broadcast, "thinned", False):
+        return False  # (a second fit on the same trainer must not thin the thinned one again)
     calls = 0
 
     def thinned() -> None:
@@ -43,6 +43,7 @@ def thin_sigterm_broadcast(trainer: L.Trainer, every_n_steps: int) -> bool:
             broadcast()
         calls += 1
 
+    thinned.thinned = True
     loop._broadcast_sigterm_tensor = thinned
     return True
 

@@ -91,6 +91,7 @@ def test_sigterm_broadcast_runs_once_every_n_steps() -> None:
     calls = []
     loop._broadcast_sigterm_tensor = lambda: calls.append(1)
     assert thin_sigterm_broadcast(trainer, every_n_steps=5)
+    assert not thin_sigterm_broadcast(trainer, every_n_steps=5)  # a second fit: already thinned, once
     for _ in range(12):
         loop._broadcast_sigterm_tensor()
     assert len(calls) == 3  # steps 0, 5 and 10
