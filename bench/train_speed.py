@@ -5,6 +5,10 @@ GPU (preprocessed subject):
     python bench/train_speed.py ... --override encoder=triplane_triton --override datamodule.preload=true
 Time to a quality (the val PSNR scored every 5 s of training; e.g. 2 GPUs against one GPU's 60-s figure):
     python bench/train_speed.py ... --budget 60 --val-every 5 --devices 2 --target-psnr 35.6
+The stage as train.py runs it (its step budget from the subject's length, divided over the GPUs, the lr schedule
+over it), scored every 5 s and at the end; then 2 GPUs' time to the 1-GPU run's final PSNR:
+    python bench/train_speed.py ... --steps 0 --full-stage --val-every 5 --json one.json
+    python bench/train_speed.py ... --steps 0 --full-stage --val-every 5 --devices 2 --target-psnr <one's val_psnr>
 CPU smoke run:
     python bench/train_speed.py --data-root data --subject trump --rays 1024 --steps 10 --budget 0 \
         --override datamodule.downscale=8 --override trainer=cpu
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -34,6 +39,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from callbacks.data_parallel import DataParallelCallback  # noqa: E402
 from callbacks.ema import EMAWeights  # noqa: E402
+from ernerf.chain import stage_steps  # noqa: E402
 
 
 class StepTimer(L.Callback):
@@ -120,25 +126,30 @@ def replay_times(graphed: object, replays: int = 50) -> dict[str, float]:
     return times
 
 
-def build(overrides: list[str]) -> tuple:
-    """Compose conf/train.yaml with overrides; instantiate datamodule, system and the occupancy callback."""
+def build(overrides: list[str], stage_budget: bool = False) -> tuple:
+    """Compose conf/train.yaml with overrides; instantiate datamodule, system and the occupancy callback. With
+    `stage_budget`, trainer.max_steps is the stage's budget for the subject, as train.py sets it."""
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     datamodule = instantiate(cfg.datamodule)
+    if stage_budget:
+        cfg.trainer.max_steps = stage_steps(cfg, datamodule.num_train_frames)  # the loss ramps read it
     OmegaConf.resolve(cfg)
     system = instantiate(cfg.model, num_frames=datamodule.num_train_frames)
     occupancy = instantiate(cfg.callbacks.occupancy_grid)
     return cfg, datamodule, system, occupancy
 
 
-def trainer_for(cfg, callbacks: list, devices: int = 1, **kwargs: object) -> L.Trainer:
+def trainer_for(cfg, callbacks: list, devices: int = 1, data_parallel: DataParallelCallback | None = None,
+                **kwargs: object) -> L.Trainer:
     """A bare trainer of the config's accelerator/precision: no logger, no checkpoints, no validation loop.
 
-    With several devices: Lightning's DDP, each rank drawing its own rays (callbacks.data_parallel's seeds)."""
+    With several devices: Lightning's DDP, each rank drawing its own rays, with `data_parallel`'s recipe (default:
+    per-rank seeds and lr x sqrt(W), every rank running the steps asked for)."""
     # the project's DDP strategy (conf/trainer/ddp.yaml: no per-step buffer broadcast)
     extra = {"strategy": instantiate(OmegaConf.load(REPO / "conf" / "trainer" / "ddp.yaml").strategy)} if devices > 1 else {}
     if devices > 1:
-        callbacks = [*callbacks, DataParallelCallback(lr_scaling="sqrt", divide_steps=False)]
+        callbacks = [*callbacks, data_parallel or DataParallelCallback(lr_scaling="sqrt", divide_steps=False)]
     return L.Trainer(accelerator=cfg.trainer.accelerator, devices=devices, precision=cfg.trainer.precision,
                      logger=False, enable_checkpointing=False, enable_progress_bar=False,
                      enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
@@ -165,11 +176,13 @@ def measure_speed(overrides: list[str], steps: int, warmup: int, devices: int = 
 
 
 class PsnrCurve(L.Callback):
-    """Train for `budget` seconds, scoring the val PSNR every `every` seconds of training on the way.
+    """Train for `budget` seconds (or until max_steps), scoring the val PSNR every `every` seconds of training on the
+    way and once more when training ends before the budget.
 
     The clock runs from the start of training (compiling and graph captures count) and stops while rank 0 renders
     the held-out frames (the other ranks wait at a barrier). Every `check_steps` steps on a GPU (every step on a
-    CPU) all ranks synchronise and take rank 0's clock (a broadcast), so they score and stop at the same step."""
+    CPU) all ranks synchronise and take rank 0's clock (a broadcast), so they score and stop at the same step.
+    `startup_s` is the clock at the first check: the first `check_steps` steps, compiling and captures included."""
 
     def __init__(self, datamodule: L.LightningDataModule, budget: float, every: float | None = None,
                  check_steps: int = 25) -> None:
@@ -180,19 +193,40 @@ class PsnrCurve(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.check_steps = self.gpu_check_steps if pl_module.device.type == "cuda" else 1
         self.t0, self.paused, self.next = time.perf_counter(), 0.0, self.every
+        self.startup_s: float | None = None
+        self.scored_step = -1
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
-        if trainer.global_step % self.check_steps:
-            return
+    def clock(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
+        """Seconds of training so far, rank 0's (the GPU's queue drained first)."""
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = torch.tensor([time.perf_counter() - self.t0 - self.paused], dtype=torch.float64, device=pl_module.device)
         if trainer.world_size > 1:
             torch.distributed.broadcast(elapsed, src=0)
-        elapsed = float(elapsed)
+        return float(elapsed)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        if trainer.global_step % self.check_steps:
+            return
+        elapsed = self.clock(trainer, pl_module)
+        if self.startup_s is None:
+            self.startup_s = elapsed
         if elapsed < self.next and elapsed < self.budget:
             return
-        pause = time.perf_counter()
+        self.score(trainer, pl_module, elapsed)
+        while self.next <= elapsed:
+            self.next += self.every
+        if elapsed >= self.budget:
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Training ended on its own (max_steps) after the last score: score the final weights."""
+        if self.scored_step != trainer.global_step:  # the same on every rank: they score at the same steps
+            self.score(trainer, pl_module, self.clock(trainer, pl_module))
+
+    def score(self, trainer: L.Trainer, pl_module: L.LightningModule, elapsed: float) -> None:
+        """Rank 0 scores the held-out frames (the EMA's weights when averaging) while the others wait."""
+        pause, self.scored_step = time.perf_counter(), trainer.global_step
         if trainer.global_rank == 0:
             ema = next((c for c in trainer.callbacks if isinstance(c, EMAWeights)), None)
             with ema.averaged(pl_module) if ema is not None else contextlib.nullcontext():
@@ -203,25 +237,28 @@ class PsnrCurve(L.Callback):
         if trainer.world_size > 1:
             torch.distributed.barrier()
         self.paused += time.perf_counter() - pause
-        while self.next <= elapsed:
-            self.next += self.every
-        if elapsed >= self.budget:
-            trainer.should_stop = True
 
 
-def psnr_at_budget(overrides: list[str], seconds: float, devices: int = 1,
-                   every: float | None = None) -> dict | None:
+def psnr_at_budget(overrides: list[str], seconds: float, devices: int = 1, every: float | None = None,
+                   full_stage: bool = False) -> dict | None:
     """Train for a wall-clock budget, then the mean PSNR/SSIM over every held-out frame (on rank 0); with `every`,
-    also at every `every` seconds of training on the way (the curve)."""
-    cfg, datamodule, system, occupancy = build(overrides + ["datamodule.num_val_frames=null"])
+    also at every `every` seconds of training on the way (the curve). With `full_stage`: train the stage's own step
+    budget as train.py does (callbacks.data_parallel's recipe on several devices: max_steps / W, lr x sqrt(W)),
+    stopping at `seconds` only if that comes first."""
+    cfg, datamodule, system, occupancy = build(overrides + ["datamodule.num_val_frames=null"], stage_budget=full_stage)
     curve = PsnrCurve(datamodule, seconds, every)
     ema = [instantiate(cfg.callbacks.ema)] if cfg.callbacks.get("ema") else []  # scores the averaged weights
-    trainer = trainer_for(cfg, [occupancy, *ema, curve], devices, max_steps=10**7)
+    if full_stage:
+        trainer = trainer_for(cfg, [occupancy, *ema, curve], devices, instantiate(cfg.callbacks.data_parallel),
+                              max_steps=cfg.trainer.max_steps)
+    else:
+        trainer = trainer_for(cfg, [occupancy, *ema, curve], devices, max_steps=10**7)
     trainer.fit(system, datamodule=datamodule)
     if trainer.global_rank != 0:
         return None
     last = curve.points[-1]
-    return {"budget_s": seconds, "steps": last["steps"], "val_psnr": last["val_psnr"], "val_ssim": last["val_ssim"],
+    return {"budget_s": seconds, "steps": last["steps"], "train_s": last["train_s"], "startup_s": curve.startup_s,
+            "check_steps": curve.check_steps, "val_psnr": last["val_psnr"], "val_ssim": last["val_ssim"],
             "curve": curve.points}
 
 
@@ -250,7 +287,10 @@ def main() -> None:
     parser.add_argument("--rays", type=int, default=65536, help="rays per step (ER-NeRF: 65,536)")
     parser.add_argument("--steps", type=int, default=300, help="timed steps (0: only the budget run)")
     parser.add_argument("--warmup", type=int, default=30)
-    parser.add_argument("--budget", type=float, default=300.0, help="seconds of training before the val PSNR (0: skip)")
+    parser.add_argument("--budget", type=float, default=300.0, help="seconds of training before the val PSNR (0: skip; "
+                        "with --full-stage: no time limit)")
+    parser.add_argument("--full-stage", action="store_true", help="train the stage's own step budget, as train.py "
+                        "does (divided over --devices), then score the val PSNR")
     parser.add_argument("--val-every", type=float, help="also score the val PSNR every this many seconds of training")
     parser.add_argument("--target-psnr", type=float, help="report the training time at which the val PSNR first "
                         "reached this (e.g. another run's final figure)")
@@ -278,20 +318,22 @@ def main() -> None:
               flush=True)
     if rank == 0 and result.get("profile"):
         print("profile per step:", json.dumps(result["profile"], indent=1), flush=True)
-    if args.budget > 0:
-        budget = psnr_at_budget(overrides, args.budget, args.devices, args.val_every)
+    if args.budget > 0 or args.full_stage:
+        budget = psnr_at_budget(overrides, args.budget if args.budget > 0 else math.inf, args.devices, args.val_every,
+                                args.full_stage)
         if budget is None:
             return
         result.update(budget)
         for point in result["curve"][:-1]:
             print(f"  at {point['train_s']:.1f} s ({point['steps']} steps): val PSNR {point['val_psnr']:.2f} dB", flush=True)
-        print(f"after {args.budget:.0f} s ({result['steps']} steps per device): val PSNR {result['val_psnr']:.2f} dB, "
-              f"SSIM {result['val_ssim']:.4f}", flush=True)
+        print(f"after {result['train_s']:.1f} s of training ({result['steps']} steps per device; the first "
+              f"{result['check_steps']}, compiling and captures, took {result['startup_s']:.1f} s): val PSNR "
+              f"{result['val_psnr']:.2f} dB, SSIM {result['val_ssim']:.4f}", flush=True)
         if args.target_psnr is not None:
             reached = [p for p in result["curve"] if p["val_psnr"] >= args.target_psnr]
             result["target_reached_s"] = reached[0]["train_s"] if reached else None
             print(f"val PSNR {args.target_psnr:.2f} dB first reached at "
-                  + (f"{reached[0]['train_s']:.1f} s" if reached else "no score (not within the budget)"), flush=True)
+                  + (f"{reached[0]['train_s']:.1f} s" if reached else "no score (not within the run)"), flush=True)
     if rank != 0:
         return
     if args.json:

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 
 from ernerf.errors import ErnerfError
+from ernerf.losses.composer import LossComposer
 
 LR_RULES = ("none", "sqrt", "linear")
 
@@ -49,8 +50,8 @@ def thin_sigterm_broadcast(trainer: L.Trainer, every_n_steps: int) -> bool:
 
 
 class DataParallelCallback(L.Callback):
-    """On W > 1 ranks: reseed each rank's rays, run max_steps / W steps at lr x factor(W), check for SIGTERM every
-    `sigterm_every_n_steps` steps; a no-op on one device."""
+    """On W > 1 ranks: reseed each rank's rays, run max_steps / W steps (validation intervals and loss ramps in steps
+    likewise) at lr x factor(W), check for SIGTERM every `sigterm_every_n_steps` steps; a no-op on one device."""
 
     def __init__(self, seed: int = 0, lr_scaling: str = "sqrt", divide_steps: bool = True,
                  sigterm_every_n_steps: int = 50) -> None:
@@ -71,6 +72,9 @@ class DataParallelCallback(L.Callback):
             loop.max_steps = per_rank_steps(loop.max_steps, trainer.world_size)
             if isinstance(trainer.val_check_interval, int):  # validate at the same fractions of the run
                 trainer.val_check_interval = per_rank_steps(trainer.val_check_interval, trainer.world_size)
+            loss = getattr(pl_module, "loss", None)  # loss ramps (steps, resolved from the single-device budget)
+            if isinstance(loss, LossComposer):  # end at the same fraction of the run too
+                loss.ramps = {name: per_rank_steps(steps, trainer.world_size) for name, steps in loss.ramps.items()}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """After configure_optimizers, before a resumed optimizer state (already scaled) replaces it."""

@@ -46,7 +46,7 @@ class RankProbe(L.Callback):
             "world_size": trainer.world_size, "step": trainer.global_step, "frames": self.frames,
             "first_pixels": self.first_pixels, "logged_images_at": images.last_logged_step,
             "weights": digest(dict(pl_module.named_parameters())), "grid": digest(dict(pl_module.grid.named_buffers())),
-            "grid_updates": int(pl_module.grid.num_updates),
+            "grid_updates": int(pl_module.grid.num_updates), "loss_ramps": pl_module.loss.ramps,
             "lrs": {g["name"]: float(g["lr"]) for g in trainer.optimizers[0].param_groups},  # tensors when captured
         }
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -162,6 +162,12 @@ def test_learning_rates_grow_by_the_square_root_of_the_world_size(ddp_run: Path)
     decay = 0.5 ** (8 / 8)  # the head stage's lr halves over the (divided) run
     assert rank0["lrs"]["grids"] == pytest.approx(1e-2 * math.sqrt(2) * decay)
     assert rank0["lrs"] == rank1["lrs"]
+
+
+def test_loss_ramps_end_at_the_same_fraction_of_the_divided_run(ddp_run: Path) -> None:
+    """The head stage's ambient losses ramp in over the whole stage: 16 single-device steps, so 8 per rank."""
+    rank0, rank1 = ranks(ddp_run)
+    assert rank0["loss_ramps"] == rank1["loss_ramps"] == {"ambient_audio": 8, "ambient_eye": 8}
 
 
 def test_one_checkpoint_one_metrics_file_and_images_from_rank_zero_only(ddp_run: Path) -> None:
