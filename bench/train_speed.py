@@ -225,15 +225,18 @@ class PsnrCurve(L.Callback):
             self.score(trainer, pl_module, self.clock(trainer, pl_module))
 
     def score(self, trainer: L.Trainer, pl_module: L.LightningModule, elapsed: float) -> None:
-        """Rank 0 scores the held-out frames (the EMA's weights when averaging) while the others wait."""
+        """Rank 0 scores the held-out frames while the others wait: when averaging, the EMA's weights (`val_psnr`) and
+        the trained weights themselves (`val_psnr_weights`)."""
         pause, self.scored_step = time.perf_counter(), trainer.global_step
         if trainer.global_rank == 0:
             ema = next((c for c in trainer.callbacks if isinstance(c, EMAWeights)), None)
             with ema.averaged(pl_module) if ema is not None else contextlib.nullcontext():
                 psnr, ssim = validation_metrics(pl_module, self.datamodule)
+            point = {"train_s": round(elapsed, 2), "steps": trainer.global_step, "val_psnr": psnr, "val_ssim": ssim}
+            if ema is not None:
+                point["val_psnr_weights"], _ = validation_metrics(pl_module, self.datamodule)
             pl_module.train()
-            self.points.append({"train_s": round(elapsed, 2), "steps": trainer.global_step, "val_psnr": psnr,
-                                "val_ssim": ssim})
+            self.points.append(point)
         if trainer.world_size > 1:
             torch.distributed.barrier()
         self.paused += time.perf_counter() - pause
@@ -324,11 +327,15 @@ def main() -> None:
         if budget is None:
             return
         result.update(budget)
+        def weights(point: dict) -> str:
+            return f" (EMA; the weights themselves: {point['val_psnr_weights']:.2f} dB)" if "val_psnr_weights" in point else ""
+
         for point in result["curve"][:-1]:
-            print(f"  at {point['train_s']:.1f} s ({point['steps']} steps): val PSNR {point['val_psnr']:.2f} dB", flush=True)
+            print(f"  at {point['train_s']:.1f} s ({point['steps']} steps): val PSNR {point['val_psnr']:.2f} dB"
+                  + weights(point), flush=True)
         print(f"after {result['train_s']:.1f} s of training ({result['steps']} steps per device; the first "
               f"{result['check_steps']}, compiling and captures, took {result['startup_s']:.1f} s): val PSNR "
-              f"{result['val_psnr']:.2f} dB, SSIM {result['val_ssim']:.4f}", flush=True)
+              f"{result['val_psnr']:.2f} dB{weights(result['curve'][-1])}, SSIM {result['val_ssim']:.4f}", flush=True)
         if args.target_psnr is not None:
             reached = [p for p in result["curve"] if p["val_psnr"] >= args.target_psnr]
             result["target_reached_s"] = reached[0]["train_s"] if reached else None

@@ -50,18 +50,22 @@ def test_train_speed_reports_rate_and_budget_psnr(prepare_subject, tmp_path) -> 
 
 
 def test_train_speed_full_stage_trains_the_stage_budget_and_scores_its_end(prepare_subject, tmp_path) -> None:
-    """--full-stage: train.py's step budget for the subject (here capped by stage.max_steps), scored at the end."""
+    """--full-stage: train.py's step budget for the subject (here capped by stage.max_steps), scored at the end, with
+    an EMA of the weights scored next to the weights themselves."""
     root = prepare_subject("train/trump_10s.mp4")
     out = tmp_path / "stage.json"
     printed = run_bench("train_speed.py", ["--data-root", str(root.parent), "--subject", root.name, "--steps", "0",
                                            "--full-stage", "--override", "stage.max_steps=7", "--override", "trainer=cpu",
                                            "--override", "datamodule.num_workers=0", "--override",
-                                           "datamodule.num_val_frames=2", "--target-psnr", "5", "--json", str(out), *TINY])
+                                           "datamodule.num_val_frames=2", "--target-psnr", "5", "--override",
+                                           "callbacks.ema={_target_: callbacks.ema.EMAWeights, every_n_steps: 2}",
+                                           "--json", str(out), *TINY])
     figures = json.loads(out.read_text())
     assert figures["steps"] == 7 and [p["steps"] for p in figures["curve"]] == [7]  # one score, at the stage's end
     assert 5 < figures["val_psnr"] < 60 and figures["target_reached_s"] == figures["train_s"]
     assert 0 < figures["startup_s"] <= figures["train_s"]  # the clock at the first check (step 1 on a CPU)
     assert "7 steps per device" in printed
+    assert 5 < figures["curve"][-1]["val_psnr_weights"] < 60 and figures["curve"][-1]["val_psnr_weights"] != figures["val_psnr"]
 
 
 def test_sync_sources_name_the_ops_around_each_sync() -> None:

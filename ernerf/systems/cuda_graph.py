@@ -78,19 +78,15 @@ class GraphedStep:
     scalars: batch entries that change every step (ints or floats), fed to the graph as device scalars.
     build: when given, the batch holds only the scalars and `build(frame_index)` makes the rays inside the graph.
     reduce: called on the flat gradients after each replay (DDP's all-reduce); None on one process.
-    reduce_in_graph: capture `reduce` (an NCCL all-reduce) at the end of the step's graph instead of calling it
-        after each replay: no host work per step for it.
     fixed_capacity: samples to capture at, kept for the whole run (steady memory and step time, e.g. to compare
         runs); the periodic check then only warns when steps drop samples. None: follow the occupied samples.
     """
 
     def __init__(self, step_fn: StepFn, module: nn.Module, scalars: tuple[str, ...] = (), headroom: float = 1.2,
                  granularity: int = 16384, check_every: int = 50, warmup: int = 3, build: BuildFn | None = None,
-                 reduce: ReduceFn | None = None, reduce_in_graph: bool = False,
-                 fixed_capacity: int | None = None) -> None:
+                 reduce: ReduceFn | None = None, fixed_capacity: int | None = None) -> None:
         self.step_fn, self.module, self.scalars, self.build, self.reduce = step_fn, module, scalars, build, reduce
         self.fixed_capacity = fixed_capacity
-        self.reduce_in_graph = reduce_in_graph and reduce is not None
         self.headroom, self.granularity, self.check_every, self.warmup = headroom, granularity, check_every, warmup
         self.graph: torch.cuda.CUDAGraph | None = None
         self.capacity = 0
@@ -109,7 +105,7 @@ class GraphedStep:
             self.capture(batch, self.fixed_capacity)
         self._load(batch)
         self.graph.replay()
-        if self.reduce is not None and not self.reduce_in_graph:
+        if self.reduce is not None:
             self.reduce(self.flat_grads)
         self.replays_since_check += 1
         return self.outputs
@@ -133,10 +129,6 @@ class GraphedStep:
         def step() -> dict[str, Tensor]:
             outputs = self._forward_backward(capacity)
             torch.maximum(self.peak, outputs["occupied"], out=self.peak)
-            # Recorded, not run, while capturing; never in the warm-up: each replay is then exactly one collective
-            # on every rank, even when one rank re-captures (its peak outgrew its capacity) and the others do not.
-            if self.reduce_in_graph and torch.cuda.is_current_stream_capturing():
-                self.reduce(self.flat_grads)
             return outputs
 
         def before_capture() -> None:

@@ -94,10 +94,14 @@ class TalkingHeadSystem(L.LightningModule):
         render_cuda_graph: bool = True,
         cuda_graph_headroom: float = 1.2,
         cuda_graph_capacity: int | None = None,
-        cuda_graph_allreduce_in_graph: bool = False,
+        cuda_graph_allreduce_in_graph: bool = False,  # removed; kept so that checkpoints which name it still load
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()  # plain configs: load_from_checkpoint(path) rebuilds everything
+        if cuda_graph_allreduce_in_graph:
+            raise ErnerfError("cuda_graph_allreduce_in_graph=true was removed: the all-reduce captured in the step's "
+                              "graph hung two GPUs under train.py and was slower than reducing after each replay "
+                              "(docs/multigpu.md). Drop the setting.")
+        self.save_hyperparameters(ignore=["cuda_graph_allreduce_in_graph"])  # load_from_checkpoint rebuilds the rest
         self.audio_encoder: nn.Module = instantiate(audio_encoder, feature_dim=feature_dim)
         self.field: nn.Module = instantiate(field, num_frames=num_frames)
         self.grid: nn.Module | None = instantiate(grid) if grid else None
@@ -300,8 +304,7 @@ class TalkingHeadSystem(L.LightningModule):
         self.graphed = GraphedStep(self.step_outputs, self, scalars=("frame_index", "step", "progress"), build=build,
                                    headroom=float(self.hparams.get("cuda_graph_headroom", 1.2)),
                                    fixed_capacity=self.hparams.get("cuda_graph_capacity"),
-                                   reduce=self._all_reduce_gradients if trainer.world_size > 1 else None,
-                                   reduce_in_graph=bool(self.hparams.get("cuda_graph_allreduce_in_graph", False)))
+                                   reduce=self._all_reduce_gradients if trainer.world_size > 1 else None)
         log.info("training step as CUDA graphs (%s)", "rays drawn in the graph" if build else "batches copied in")
 
     def _all_reduce_gradients(self, flat_grads: Tensor) -> None:
