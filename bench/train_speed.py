@@ -163,7 +163,8 @@ def measure_speed(overrides: list[str], steps: int, warmup: int, devices: int = 
     cfg, datamodule, system, occupancy = build(overrides)
     timer = StepTimer(time_graphs=True)
     window = ProfileWindow(steps, profile_steps, timer) if profile_steps else None
-    trainer = trainer_for(cfg, [occupancy, timer, *([window] if window else [])], devices,
+    ema = [instantiate(cfg.callbacks.ema)] if cfg.callbacks.get("ema") else []  # its updates are part of the step
+    trainer = trainer_for(cfg, [occupancy, *ema, timer, *([window] if window else [])], devices,
                           max_steps=steps + profile_steps + (1 if profile_steps else 0))
     trainer.fit(system, datamodule=datamodule)
     timer.times = timer.times[:steps]

@@ -23,7 +23,7 @@ from ernerf.errors import ErnerfError
 
 
 class EMAWeights(L.Callback):
-    """Every `every_n_steps` optimizer steps: average <- d * average + (1 - d) * weights.
+    """Every `every_n_steps` optimizer steps, and once when training ends: average <- d * average + (1 - d) * weights.
 
     d = decay, or with `warmup` min(decay, (1 + n) / (10 + n)) after n updates (torch_ema's warm-up, which ER-NeRF
     uses): the first updates follow the weights, so the average does not lag far behind early in training. The
@@ -38,6 +38,7 @@ class EMAWeights(L.Callback):
             raise ErnerfError(f"callbacks.ema needs 0 <= decay < 1 and every_n_steps >= 1, got {decay}, {every_n_steps}.")
         self.decay, self.every_n_steps, self.warmup = decay, every_n_steps, warmup
         self.updates = 0
+        self.updated_at = -1  # the global step of the last update
         self.names: list[str] = []
         self.average: list[Tensor] | None = None
         self._restored: dict[str, Tensor] | None = None  # averaged weights from a checkpoint, before fit starts
@@ -54,12 +55,21 @@ class EMAWeights(L.Callback):
         self.average = [restored[n].to(w) if n in restored else w.clone() for n, w in zip(self.names, weights)]
         self._restored = None
 
-    @torch.no_grad()
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self.average is not None and trainer.global_step % self.every_n_steps == 0:
-            decay = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
-            torch._foreach_lerp_(self.average, self._weights(pl_module), 1.0 - decay)
-            self.updates += 1
+            self.update(pl_module, trainer.global_step)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The last steps since the last update count too: a run shorter than `every_n_steps` (or one ending between
+        updates) would otherwise save an average that has not seen its final weights, or even its start."""
+        if self.average is not None and self.updated_at != trainer.global_step:
+            self.update(pl_module, trainer.global_step)
+
+    @torch.no_grad()
+    def update(self, pl_module: L.LightningModule, step: int) -> None:
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
+        torch._foreach_lerp_(self.average, self._weights(pl_module), 1.0 - decay)
+        self.updates, self.updated_at = self.updates + 1, step
 
     @torch.no_grad()
     def swap(self, pl_module: L.LightningModule) -> None:

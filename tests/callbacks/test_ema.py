@@ -81,3 +81,22 @@ def test_warmup_lets_the_first_updates_follow_the_weights() -> None:
     for step in range(2, 400):
         ema.on_train_batch_end(fit_trainer(step), model)
     assert min(ema.decay, (1 + ema.updates) / (10 + ema.updates)) == 0.95  # warmed up
+
+
+def test_the_end_of_training_brings_the_average_up_to_date() -> None:
+    """A run ending between updates (or shorter than every_n_steps) still saves an average that saw its last weights;
+    one ending on an update step is not updated twice."""
+    model = Tiny()
+    w0 = model.layer.weight.detach().clone()
+    ema = EMAWeights(decay=0.5, every_n_steps=10, warmup=False)
+    ema.on_fit_start(fit_trainer(0), model)
+    w4 = w0 + 1.0
+    model.layer.weight.data.copy_(w4)
+    for step in range(1, 5):
+        ema.on_train_batch_end(fit_trainer(step), model)
+    assert ema.updates == 0
+    ema.on_train_end(fit_trainer(4), model)
+    with ema.averaged(model):
+        torch.testing.assert_close(model.layer.weight.detach(), 0.5 * w0 + 0.5 * w4)
+    ema.on_train_end(fit_trainer(4), model)
+    assert ema.updates == 1
