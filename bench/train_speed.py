@@ -291,8 +291,8 @@ def main() -> None:
     parser.add_argument("--rays", type=int, default=65536, help="rays per step (ER-NeRF: 65,536)")
     parser.add_argument("--steps", type=int, default=300, help="timed steps (0: only the budget run)")
     parser.add_argument("--warmup", type=int, default=30)
-    parser.add_argument("--budget", type=float, default=300.0, help="seconds of training before the val PSNR (0: skip; "
-                        "with --full-stage: no time limit)")
+    parser.add_argument("--budget", type=float, help="seconds of training before the val PSNR (default 300; 0: skip). "
+                        "With --full-stage: a time limit on the stage (default none)")
     parser.add_argument("--full-stage", action="store_true", help="train the stage's own step budget, as train.py "
                         "does (divided over --devices), then score the val PSNR")
     parser.add_argument("--val-every", type=float, help="also score the val PSNR every this many seconds of training")
@@ -322,12 +322,13 @@ def main() -> None:
               flush=True)
     if rank == 0 and result.get("profile"):
         print("profile per step:", json.dumps(result["profile"], indent=1), flush=True)
-    if args.budget > 0 or args.full_stage:
-        budget = psnr_at_budget(overrides, args.budget if args.budget > 0 else math.inf, args.devices, args.val_every,
-                                args.full_stage)
+    seconds = args.budget if args.budget is not None else math.inf if args.full_stage else 300.0
+    if seconds > 0:
+        budget = psnr_at_budget(overrides, seconds, args.devices, args.val_every, args.full_stage)
         if budget is None:
             return
         result.update(budget)
+
         def weights(point: dict) -> str:
             return f" (EMA; the weights themselves: {point['val_psnr_weights']:.2f} dB)" if "val_psnr_weights" in point else ""
 

@@ -67,6 +67,7 @@ class EMAWeights(L.Callback):
 
     @torch.no_grad()
     def update(self, pl_module: L.LightningModule, step: int) -> None:
+        """average <- d * average + (1 - d) * weights (d warming up to `decay`), at global step `step`."""
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
         torch._foreach_lerp_(self.average, self._weights(pl_module), 1.0 - decay)
         self.updates, self.updated_at = self.updates + 1, step
