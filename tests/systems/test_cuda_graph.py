@@ -42,16 +42,22 @@ def eager_loss_and_grads(system, batch: dict) -> tuple[torch.Tensor, list[torch.
     return loss.detach(), [p.grad.clone() for p in system.parameters() if p.grad is not None]
 
 
-@gpu
-@needs_cuda
-def test_graph_replays_match_the_eager_step_on_new_batches() -> None:
+def open_system_and_twin() -> tuple:
+    """A seeded GPU system that samples every cell without jitter (both paths see the same samples), and its eager
+    twin: a copy, so the twin's gradients never touch the graph's."""
     import copy
 
     torch.manual_seed(0)
     system = build().cuda()
-    system.marcher.eval()  # no jitter: both paths see the same samples
+    system.marcher.eval()
     system.grid.occupancy.fill_(True)
-    twin = copy.deepcopy(system)  # the eager reference, so its gradients never touch the graph's
+    return system, copy.deepcopy(system)
+
+
+@gpu
+@needs_cuda
+def test_graph_replays_match_the_eager_step_on_new_batches() -> None:
+    system, twin = open_system_and_twin()
     graphed = graphed_step(system)
     graphed(ray_batch(0))
     assert graphed.captures == 1 and graphed.capacity >= int(graphed.outputs["occupied"])
@@ -101,13 +107,7 @@ def frame_builder(base: dict):
 @gpu
 @needs_cuda
 def test_rays_built_in_the_graph_and_a_captured_optimizer_train_like_the_eager_step() -> None:
-    import copy
-
-    torch.manual_seed(0)
-    system = build().cuda()
-    system.marcher.eval()
-    system.grid.occupancy.fill_(True)
-    twin = copy.deepcopy(system)
+    system, twin = open_system_and_twin()
     builder = frame_builder(ray_batch(0))
     optimizer = torch.optim.AdamW(system.parameter_groups(), betas=(0.0, 0.99))
     twin_optimizer = torch.optim.AdamW(twin.parameter_groups(), betas=(0.0, 0.99))
@@ -228,15 +228,9 @@ def test_graphed_frames_equal_eager_frames_and_grow_the_capacity_when_needed() -
 @needs_cuda
 def test_graph_of_the_compiled_field_matches_the_eager_step() -> None:
     """model.compile_field=auto's training path: torch.compile (inductor) inside the captured step."""
-    import copy
-
     from ernerf.systems.compile import CompiledOrEager
 
-    torch.manual_seed(0)
-    system = build().cuda()
-    system.marcher.eval()
-    system.grid.occupancy.fill_(True)
-    twin = copy.deepcopy(system)
+    system, twin = open_system_and_twin()
     system.field_forward = CompiledOrEager(system.field.forward)
     graphed = graphed_step(system)
     graphed(ray_batch(0))
