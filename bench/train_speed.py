@@ -127,7 +127,8 @@ def replay_times(graphed: object, replays: int = 50) -> dict[str, float]:
 
 
 def build(overrides: list[str], stage_budget: bool = False) -> tuple:
-    """Compose conf/train.yaml with overrides; instantiate datamodule, system and the occupancy callback. With
+    """Compose conf/train.yaml with overrides; instantiate datamodule, system and the callbacks that take part in the
+    step (the occupancy grid's refresh, and the EMA of the weights when configured: validation scores it). With
     `stage_budget`, trainer.max_steps is the stage's budget for the subject, as train.py sets it."""
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
@@ -136,8 +137,10 @@ def build(overrides: list[str], stage_budget: bool = False) -> tuple:
         cfg.trainer.max_steps = stage_steps(cfg, datamodule.num_train_frames)  # the loss ramps read it
     OmegaConf.resolve(cfg)
     system = instantiate(cfg.model, num_frames=datamodule.num_train_frames)
-    occupancy = instantiate(cfg.callbacks.occupancy_grid)
-    return cfg, datamodule, system, occupancy
+    step_callbacks = [instantiate(cfg.callbacks.occupancy_grid)]
+    if cfg.callbacks.get("ema"):
+        step_callbacks.append(instantiate(cfg.callbacks.ema))
+    return cfg, datamodule, system, step_callbacks
 
 
 def trainer_for(cfg, callbacks: list, devices: int = 1, data_parallel: DataParallelCallback | None = None,
@@ -160,11 +163,10 @@ def measure_speed(overrides: list[str], steps: int, warmup: int, devices: int = 
                   profile_steps: int = 0) -> dict[str, float]:
     """Iterations/s and rays/s (all devices) over `steps` training steps (the first `warmup` excluded); with
     `profile_steps`, a profile of that many steps after the timed ones."""
-    cfg, datamodule, system, occupancy = build(overrides)
+    cfg, datamodule, system, step_callbacks = build(overrides)
     timer = StepTimer(time_graphs=True)
     window = ProfileWindow(steps, profile_steps, timer) if profile_steps else None
-    ema = [instantiate(cfg.callbacks.ema)] if cfg.callbacks.get("ema") else []  # its updates are part of the step
-    trainer = trainer_for(cfg, [occupancy, *ema, timer, *([window] if window else [])], devices,
+    trainer = trainer_for(cfg, [*step_callbacks, timer, *([window] if window else [])], devices,
                           max_steps=steps + profile_steps + (1 if profile_steps else 0))
     trainer.fit(system, datamodule=datamodule)
     timer.times = timer.times[:steps]
@@ -249,14 +251,11 @@ def psnr_at_budget(overrides: list[str], seconds: float, devices: int = 1, every
     also at every `every` seconds of training on the way (the curve). With `full_stage`: train the stage's own step
     budget as train.py does (callbacks.data_parallel's recipe on several devices: max_steps / W, lr x sqrt(W)),
     stopping at `seconds` only if that comes first."""
-    cfg, datamodule, system, occupancy = build(overrides + ["datamodule.num_val_frames=null"], stage_budget=full_stage)
+    cfg, datamodule, system, step_callbacks = build(overrides + ["datamodule.num_val_frames=null"], stage_budget=full_stage)
     curve = PsnrCurve(datamodule, seconds, every)
-    ema = [instantiate(cfg.callbacks.ema)] if cfg.callbacks.get("ema") else []  # scores the averaged weights
-    if full_stage:
-        trainer = trainer_for(cfg, [occupancy, *ema, curve], devices, instantiate(cfg.callbacks.data_parallel),
-                              max_steps=cfg.trainer.max_steps)
-    else:
-        trainer = trainer_for(cfg, [occupancy, *ema, curve], devices, max_steps=10**7)
+    trainer = trainer_for(cfg, [*step_callbacks, curve], devices,
+                          instantiate(cfg.callbacks.data_parallel) if full_stage else None,
+                          max_steps=cfg.trainer.max_steps if full_stage else 10**7)
     trainer.fit(system, datamodule=datamodule)
     if trainer.global_rank != 0:
         return None
