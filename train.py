@@ -13,9 +13,13 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ernerf.chain import initial_checkpoint, mark_finished, preprocess_overrides, resume_path, run_chain, stage_overrides
+from ernerf.chain import initial_checkpoint, preprocess_overrides, run_chain, stage_overrides
 from ernerf.chain import stage_steps  # noqa: F401 - part of train.py's interface (tests, benches)
+from ernerf.cli import run_entry_point
 from ernerf.errors import ErnerfError
+from ernerf.io.layout import check_subject_name
+from ernerf.io.lock import exclusive_lock
+from ernerf.runs import mark_finished, prepare_run_folder, validate_max_steps
 
 log = logging.getLogger("train")
 
@@ -50,12 +54,22 @@ def name_run(cfg: DictConfig) -> None:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Build datamodule, system, callbacks, loggers and trainer from config; fit; return the final metrics."""
+    """Train one stage in its run folder, which no other run may use meanwhile; return the final metrics."""
     name_run(cfg)
+    with exclusive_lock(cfg.run_dir, f"run folder {cfg.run_dir}"):
+        return fit_stage(cfg)
+
+
+def fit_stage(cfg: DictConfig) -> dict[str, float]:
+    """Build datamodule, system, callbacks, loggers and trainer from config; fit; return the final metrics."""
+    check_subject_name(cfg.subject)
+    validate_max_steps(cfg.trainer.max_steps)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.datamodule)
     cfg.trainer.max_steps = max_steps = stage_steps(cfg, datamodule.num_train_frames)  # loss ramps read it
     cfg.model.init_from = initial_checkpoint(cfg)  # lips and torso start from the previous stage
+    resume = prepare_run_folder(cfg.run_dir, cfg.subject, cfg.stage.name, cfg.ckpt_path, max_steps,
+                                cfg.get("overwrite", False))
     OmegaConf.resolve(cfg)
     system = instantiate(cfg.model, num_frames=datamodule.num_train_frames)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
@@ -64,10 +78,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg))
     log.info("training %s/%s for %d steps in %s", cfg.subject, cfg.run_name, max_steps, cfg.run_dir)
-    trainer.fit(system, datamodule=datamodule, ckpt_path=resume_path(cfg))
+    trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
     trainer.save_checkpoint(Path(cfg.run_dir) / "checkpoints" / "last.ckpt")  # the final state, whatever the interval
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    mark_finished(cfg.run_dir, metrics)
+    mark_finished(cfg.run_dir, trainer.global_step, metrics, cfg.model.init_from)
     return metrics
 
 
@@ -87,4 +101,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main, "train.py")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -10,12 +9,9 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ernerf.errors import ErnerfError
+from ernerf.runs import last_checkpoint, read_record
 
 log = logging.getLogger(__name__)
-
-FINISHED = "finished.json"  # written in a stage's run folder once its last checkpoint is saved
-
-
 
 def stage_steps(cfg: DictConfig, num_train_frames: int) -> int:
     """The stage's step budget: ER-NeRF's recipe scaled to the subject's training frames, unless set explicitly."""
@@ -25,20 +21,9 @@ def stage_steps(cfg: DictConfig, num_train_frames: int) -> int:
     return int(min(max(steps, cfg.stage.min_steps), cfg.stage.max_steps))
 
 
-def resume_path(cfg: DictConfig) -> str | None:
-    """`ckpt_path=last` -> <run_dir>/checkpoints/last.ckpt when it exists (else a fresh start)."""
-    if cfg.ckpt_path != "last":
-        return cfg.ckpt_path
-    last = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
-    if not last.exists():
-        log.info("no %s yet: starting from scratch", last)
-        return None
-    return str(last)
-
-
 def stage_checkpoint(runs_root: str | Path, subject: str, stage: str) -> Path:
     """Where a stage's final checkpoint lives."""
-    return Path(runs_root) / subject / stage / "checkpoints" / "last.ckpt"
+    return last_checkpoint(Path(runs_root) / subject / stage)
 
 
 def initial_checkpoint(cfg: DictConfig) -> str | None:
@@ -60,22 +45,11 @@ def initial_checkpoint(cfg: DictConfig) -> str | None:
                       f"subject={cfg.subject}` first (or give init_from=<checkpoint>, or use stage=all).")
 
 
-def mark_finished(run_dir: str | Path, metrics: dict[str, float]) -> None:
-    """Record that a stage ran to its end (what `stage=all` checks before rerunning it)."""
-    (Path(run_dir) / FINISHED).write_text(json.dumps(metrics, indent=1))
-
-
-def is_finished(cfg: DictConfig) -> bool:
-    """Whether a stage's run folder holds the finished marker and its final checkpoint."""
-    run_dir = Path(cfg.run_dir)
-    return (run_dir / FINISHED).is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
-
-
 def ensure_dataset(cfg: DictConfig, compose_preprocess: Callable[[], DictConfig]) -> None:
     """With `video=` and no dataset yet, run the preprocessing pipeline (conf/preprocess.yaml) for the subject."""
     from ernerf.io.layout import SubjectLayout
 
-    layout = SubjectLayout(Path(cfg.paths.data_root) / cfg.subject)
+    layout = SubjectLayout.of(cfg.paths.data_root, cfg.subject)
     if not cfg.get("video") or layout.transforms("train").exists():
         return
     from ernerf.preprocess.pipeline import preprocess_subject
@@ -92,17 +66,22 @@ def run_chain(cfg: DictConfig, compose_stage: Callable[[str], DictConfig], train
     results: dict[str, dict | None] = {}
     for name in cfg.stage.chain:
         stage_cfg = compose_stage(name)
-        if is_finished(stage_cfg):
-            log.info("stage %s already finished in %s: skipped", name, stage_cfg.run_dir)
+        record = None if stage_cfg.get("overwrite") else read_record(stage_cfg.run_dir)
+        stale = record.stale_init() if record is not None else None
+        if record is not None and stale is None:
+            log.info("stage %s already finished in %s (%s): skipped", name, stage_cfg.run_dir, record.summary())
             results[name] = None
             continue
+        if stale is not None:  # trained from an earlier stage that has been retrained since: train it again
+            print(f"stage {name} is retrained: {stale}", flush=True)
+            stage_cfg.overwrite = True
         results[name] = train_fn(stage_cfg)
     return results
 
 
 def stage_overrides(task_overrides: Sequence[str]) -> list[str]:
     """Command-line overrides a chained stage inherits: all but the stage itself and the chain's own keys."""
-    own = ("stage", "video", "init_from")
+    own = ("stage", "stage.chain", "video", "init_from")
     return [o for o in task_overrides if o.partition("=")[0].lstrip("+~") not in own]
 
 

@@ -1,0 +1,204 @@
+"""A stage's run folder: what a new training run may do with it, its finished record, and what it started from.
+
+A finished or interrupted run is never written over silently: continuing it takes `ckpt_path=last`, replacing it
+takes `overwrite=true`, which moves the old run aside (`<runs_root>/<subject>/.replaced/`) rather than deleting it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ernerf.errors import ErnerfError
+from ernerf.io.atomic import write_text
+
+FINISHED = "finished.json"  # written in a stage's run folder once its last checkpoint is saved
+REPLACED = ".replaced"  # beside the stage folders: runs moved aside by overwrite=true
+KEEP = {".hydra", ".lock"}  # what overwrite=true leaves in place: this run's own Hydra folder and its lock
+
+
+def last_checkpoint(run_dir: Path | str) -> Path:
+    """Where a run's final (or latest) checkpoint lives."""
+    return Path(run_dir) / "checkpoints" / "last.ckpt"
+
+
+def file_digest(path: Path | str) -> str:
+    """SHA-1 of a file's bytes: what a later stage records of the checkpoint it started from."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha1").hexdigest()
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What `finished.json` says of a finished stage: its final step and figures, and the checkpoint it started from."""
+
+    step: int | None
+    metrics: dict[str, float]
+    init_from: dict[str, str] | None  # {"path", "sha1"} of the previous stage's checkpoint, when it started from one
+
+    def summary(self) -> str:
+        """`step N, val/psnr X dB` (what is known of it)."""
+        parts = [f"step {self.step}"] if self.step is not None else []
+        if "val/psnr" in self.metrics:
+            parts.append(f"val/psnr {self.metrics['val/psnr']:.2f} dB")
+        return ", ".join(parts) or "no figures recorded"
+
+    def stale_init(self) -> str | None:
+        """Why the checkpoint this stage started from is not the one there now (None: unchanged, or none)."""
+        if not self.init_from:
+            return None
+        path = Path(self.init_from["path"])
+        if not path.is_file():
+            return f"the checkpoint it started from, {path}, is gone"
+        if file_digest(path) != self.init_from["sha1"]:
+            return f"the checkpoint it started from, {path}, has changed since (retrained?)"
+        return None
+
+
+def read_record(run_dir: Path | str) -> RunRecord | None:
+    """The finished record of a run folder; None when the run did not finish (or never ran)."""
+    path = Path(run_dir) / FINISHED
+    if not path.is_file() or not last_checkpoint(run_dir).is_file():
+        return None
+    data = json.loads(path.read_text())
+    if "metrics" not in data:  # the first layout held the metrics alone
+        return RunRecord(None, data, None)
+    return RunRecord(data.get("step"), data["metrics"], data.get("init_from"))
+
+
+def mark_finished(run_dir: Path | str, step: int, metrics: dict[str, float], init_from: str | None) -> None:
+    """Record that a stage ran to its end (what `stage=all` and later reruns check)."""
+    start = {"path": str(init_from), "sha1": file_digest(init_from)} if init_from else None
+    record = {"step": step, "metrics": metrics, "init_from": start, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    write_text(Path(run_dir) / FINISHED, json.dumps(record, indent=1))
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The global step a Lightning checkpoint was saved at."""
+    import torch
+
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+    except (OSError, RuntimeError, EOFError, AttributeError, KeyError, TypeError, ValueError, pickle.UnpicklingError):
+        return None  # a file cut short or not a checkpoint: the caller says so
+
+
+def trained_files(run_dir: Path) -> list[Path]:
+    """What earlier training left in a run folder (checkpoints, logs, images): all but this run's Hydra folder."""
+    if not run_dir.is_dir():
+        return []
+    return sorted(p for p in run_dir.iterdir() if p.name not in KEEP)
+
+
+def saved_checkpoints(run_dir: Path) -> list[Path]:
+    """The checkpoints an earlier run saved in the folder."""
+    return sorted((run_dir / "checkpoints").glob("*.ckpt"))
+
+
+def move_aside(run_dir: Path) -> Path:
+    """Move an earlier run's files to `<runs_root>/<subject>/.replaced/<stage>-<time>/`; returns that folder."""
+    target = run_dir.parent / REPLACED / f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    while target.exists():
+        target = target.with_name(target.name + "+")
+    target.mkdir(parents=True)
+    for path in trained_files(run_dir):
+        shutil.move(str(path), str(target / path.name))
+    return target
+
+
+def command(subject: str, stage: str, *extra: str) -> str:
+    """The train.py command line a message suggests."""
+    return " ".join(["python train.py", f"subject={subject}", f"stage={stage}", *extra])
+
+
+def prepare_run_folder(run_dir: Path | str, subject: str, stage: str, ckpt_path: str | None, max_steps: int,
+                       overwrite: bool) -> str | None:
+    """Check what this run would do to its folder; returns the checkpoint to resume from (None: a fresh start).
+
+    Raises an ErnerfError instead of starting over a finished or interrupted run, unless `overwrite`, which moves
+    it aside first."""
+    run_dir = Path(run_dir)
+    if ckpt_path == "last":
+        if overwrite:
+            raise ErnerfError("overwrite=true starts the stage again from scratch and ckpt_path=last continues it: "
+                              "give one of them.")
+        return resume_last(run_dir, subject, stage, max_steps)
+    if ckpt_path and not Path(ckpt_path).is_file():
+        raise ErnerfError(f"ckpt_path={ckpt_path} does not exist: give a .ckpt file, or ckpt_path=last to resume "
+                          f"{last_checkpoint(run_dir)}.")
+    resuming_here = bool(ckpt_path) and run_dir.resolve() in Path(ckpt_path).resolve().parents
+    if resuming_here and overwrite:
+        raise ErnerfError(f"ckpt_path={ckpt_path} lies in the run folder that overwrite=true would move aside: "
+                          "give one of them.")
+    earlier = trained_files(run_dir)
+    if earlier and not resuming_here:
+        if saved_checkpoints(run_dir) and not overwrite:
+            raise ErnerfError(refusal(run_dir, subject, stage))
+        moved = move_aside(run_dir)  # overwrite=true, or logs of a run that saved no checkpoint
+        print(f"the previous {stage} run's files were moved to {moved}", flush=True)
+    return ckpt_path
+
+
+def resume_last(run_dir: Path, subject: str, stage: str, max_steps: int) -> str | None:
+    """`ckpt_path=last`: the run's last.ckpt, unless it already reached `max_steps` (then there is nothing to do)."""
+    last = last_checkpoint(run_dir)
+    if not last.is_file():
+        saved = saved_checkpoints(run_dir)
+        if saved:
+            raise ErnerfError(f"{run_dir} has no checkpoints/last.ckpt; resume from its newest checkpoint with "
+                              f"`{command(subject, stage, f'ckpt_path={saved[-1]}')}`.")
+        if trained_files(run_dir):
+            print(f"no {last} yet: starting from scratch; the earlier files were moved to {move_aside(run_dir)}")
+        return None
+    step = checkpoint_step(last)
+    if step is None:
+        raise ErnerfError(f"{last} is not a readable checkpoint (a copy cut short?): start the stage again with "
+                          f"`{command(subject, stage, 'overwrite=true')}` (the old files are kept aside).")
+    record = read_record(run_dir)
+    if record is not None and max_steps <= step:
+        raise ErnerfError(f"{run_dir} already finished ({record.summary()}): to train it further give "
+                          f"more steps, e.g. `{command(subject, stage, 'ckpt_path=last', f'trainer.max_steps={2 * step}')}`.")
+    return str(last)
+
+
+def refusal(run_dir: Path, subject: str, stage: str) -> str:
+    """The message that stops a fresh run from writing over an earlier one, with the two ways on."""
+    record = read_record(run_dir)
+    step = checkpoint_step(last_checkpoint(run_dir)) if last_checkpoint(run_dir).is_file() else None
+    if record is not None:
+        what = f"{run_dir} holds a finished {stage} stage ({record.summary()})"
+        more = f"to train it further: `{command(subject, stage, 'ckpt_path=last', f'trainer.max_steps={2 * (step or 1)}')}`"
+    elif step is not None:
+        what = f"{run_dir} holds an interrupted {stage} run (last checkpoint at step {step})"
+        more = f"to resume it: `{command(subject, stage, 'ckpt_path=last')}`"
+    else:
+        what = f"{run_dir} holds checkpoints of an earlier {stage} run but no last.ckpt"
+        more = "to resume from one: ckpt_path=<its path>"
+    return (f"{what}; {more}; to train it again from scratch: add overwrite=true "
+            f"(the old run is moved to {run_dir.parent / REPLACED}/).")
+
+
+def validate_max_steps(max_steps: Any) -> None:
+    """trainer.max_steps: -1 (the stage's budget for this subject) or a positive number of steps."""
+    if max_steps is None or max_steps == -1:
+        return
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps <= 0:
+        raise ErnerfError(f"trainer.max_steps={max_steps} is not a number of steps: give a positive number "
+                          "(e.g. trainer.max_steps=20000), or leave it out for the stage's budget.")
+
+
+
+def stale_warning(run_dir: Path | str, subject: str) -> str | None:
+    """A warning when a finished stage was trained from an earlier stage's checkpoint that has changed since."""
+    run_dir = Path(run_dir)
+    record = read_record(run_dir)
+    stale = record.stale_init() if record is not None else None
+    if stale is None:
+        return None
+    return (f"stage {run_dir.name} is out of date: {stale}; train it again with "
+            f"`{command(subject, run_dir.name, 'overwrite=true')}`.")
