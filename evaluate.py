@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig
 
-from ernerf.cli import exit_on_user_error
+from ernerf.cli import exit_on_user_error, run_entry_point
 
 if TYPE_CHECKING:
     from ernerf.evaluation import EvalResult
@@ -19,6 +19,8 @@ def print_summary(result: EvalResult) -> None:
 
     console = Console(soft_wrap=True)
     report = result.report
+    for warning in report.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
     console.print(f"[bold]{report['subject']} ({report['stage']}, step {report['step']}): "
                   f"{len(report['frames']['validation'])} validation frames[/bold]")
     for name, value in report["metrics"].items():
@@ -38,4 +40,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main, "evaluate.py")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig
 
-from ernerf.cli import exit_on_user_error
+from ernerf.cli import exit_on_user_error, run_entry_point
 
 if TYPE_CHECKING:
     from ernerf.inference import InferenceResult
@@ -35,4 +35,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main, "infer.py")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from ernerf.cli import exit_on_user_error
+from ernerf.cli import exit_on_user_error, run_entry_point
 
 
 @hydra.main(config_path="conf", config_name="preprocess", version_base="1.3")
@@ -15,9 +14,9 @@ def main(cfg: DictConfig) -> None:
     from ernerf.io.layout import SubjectLayout
     from ernerf.preprocess.pipeline import preprocess_subject
 
-    layout = SubjectLayout(Path(cfg.paths.data_root) / cfg.subject)
+    layout = exit_on_user_error(SubjectLayout.of)(cfg.paths.data_root, cfg.subject)
     exit_on_user_error(preprocess_subject)(cfg.preprocess, layout, video=cfg.video, audio=cfg.audio)
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main, "preprocess.py")

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from ernerf.errors import ErnerfError
 
 T = TypeVar("T")
+
+# Hydra's own flags: they print or configure without running the job, so they need no subject.
+HYDRA_FLAGS = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion",
+               "--version", "-p", "--package")
 
 
 def exit_on_user_error(fn: Callable[..., T]) -> Callable[..., T]:
@@ -24,3 +28,41 @@ def exit_on_user_error(fn: Callable[..., T]) -> Callable[..., T]:
             sys.exit(2)
 
     return wrapper
+
+
+def override_value(arg: str) -> tuple[str, str] | None:
+    """(key, value) of a `key=value` override (`+key`, `++key`, `~key` read as `key`); None for flags."""
+    if arg.startswith("-") or "=" not in arg:
+        return None
+    key, _, value = arg.partition("=")
+    return key.lstrip("+~"), value
+
+
+def quote_non_ascii(arg: str) -> str:
+    """`subject=Zoë` -> `subject='Zoë'`: Hydra's override grammar takes unquoted values in ASCII only."""
+    parsed = override_value(arg)
+    if parsed is None or parsed[1].isascii() or any(c in parsed[1] for c in "'\"[]{}(),\\"):
+        return arg
+    key = arg.partition("=")[0]
+    return f"{key}='{parsed[1]}'"
+
+
+def check_command_line(argv: Sequence[str], script: str) -> list[str]:
+    """The command line as Hydra should see it: a missing or unsafe `subject=` is refused before Hydra makes its
+    run folder (which is named after the subject), and non-ASCII values are quoted."""
+    from ernerf.io.layout import check_subject_name
+
+    argv = [quote_non_ascii(a) for a in argv]
+    values = [v for key, v in filter(None, map(override_value, argv)) if key == "subject"]
+    if not values and not any(a.split("=")[0] in HYDRA_FLAGS for a in argv):
+        raise ErnerfError(f"subject= is missing: name the subject, e.g. `python {script} subject=anna ...`.")
+    for value in values:
+        for name in value.split(",") if "(" not in value else [value]:  # a sweep over subjects: each one
+            check_subject_name(name.strip().strip("'\""))
+    return argv
+
+
+def run_entry_point(main: Callable[[], object], script: str) -> None:
+    """Check the command line, then run a Hydra `main`."""
+    sys.argv[1:] = exit_on_user_error(check_command_line)(sys.argv[1:], script)
+    main()

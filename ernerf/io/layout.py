@@ -5,12 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ernerf.errors import ErnerfError
+
 
 @dataclass(frozen=True)
 class SubjectLayout:
     """Every path of one subject folder `<paths.data_root>/<name>/`."""
 
     root: Path
+
+    @classmethod
+    def of(cls, data_root: Path | str, subject: object) -> SubjectLayout:
+        """The layout of `<data_root>/<subject>`, the name checked first."""
+        return cls(Path(data_root) / check_subject_name(subject))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
@@ -127,3 +134,15 @@ class SubjectLayout:
     @property
     def steps_dir(self) -> Path:  # completion markers of preprocessing steps
         return self.root / ".steps"
+
+
+def check_subject_name(name: object) -> str:
+    """A subject name is one plain folder name under its root: no separators, no `..`, not empty, not hidden."""
+    text = "" if name is None else str(name)
+    if not text.strip():
+        raise ErnerfError("subject= is empty: give the subject's folder name, e.g. subject=anna.")
+    if "/" in text or "\\" in text or text.startswith(".") or "\0" in text:
+        raise ErnerfError(f"subject={text} is not a plain folder name (no '/', no '..', not starting with '.'): "
+                          "name the subject, e.g. subject=anna, and set paths.data_root / paths.runs_root to keep "
+                          "its files elsewhere.")
+    return text
