@@ -68,6 +68,8 @@ def parse_subject(root: Path, audio_file: str, downscale: int = 1, scale: float 
                   offset: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> SubjectData:
     """Read transforms, intrinsics, audio features, AU45 and landmark rectangles of a subject folder."""
     layout = SubjectLayout(Path(root))
+    if isinstance(downscale, bool) or not isinstance(downscale, int) or downscale < 1:
+        raise ErnerfError(f"downscale={downscale} must be a whole number >= 1 (1: full size, 2: half, ...).")
     check_subject(layout, audio_file)
     train, val = (json.loads(layout.transforms(s).read_text()) for s in ("train", "val"))
     frames = train["frames"] + val["frames"]

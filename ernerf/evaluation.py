@@ -20,6 +20,8 @@ import numpy as np
 
 from ernerf.errors import ErnerfError
 from ernerf.inference import Renderer, find_checkpoint, load_system
+from ernerf.io.atomic import writable_folder
+from ernerf.runs import checkpoint_step, stale_warning
 
 log = logging.getLogger(__name__)
 
@@ -367,11 +369,13 @@ def run_loggers(run_dir: Path | None, out_dir: Path, wandb_project: str = "erner
     """Lightning loggers writing into the run's own TensorBoard / CSV / W&B (offline) records; else a CSV in out_dir."""
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+    from ernerf.loggers import AppendingCSVLogger
+
     loggers: list[Any] = []
     if run_dir is not None and (run_dir / "tensorboard").is_dir():
         loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False))
-    if run_dir is not None and (run_dir / "csv").is_dir():  # its own version: CSVLogger rewrites metrics.csv it opens
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version="test"))
+    if run_dir is not None and (run_dir / "csv").is_dir():  # its own version, kept apart from the training's rows
+        loggers.append(AppendingCSVLogger(save_dir=str(run_dir), name="csv", version="test"))
     runs = sorted((run_dir / "wandb").glob("*run-*-*")) if run_dir is not None and (run_dir / "wandb").is_dir() else []
     if runs:
         from lightning.pytorch.loggers import WandbLogger
@@ -399,16 +403,6 @@ def log_metrics(loggers: list[Any], values: dict[str, float], step: int) -> list
     return places
 
 
-def checkpoint_step(path: Path) -> int:
-    """The global step stored in a Lightning checkpoint (0 if it records none)."""
-    import torch
-
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("global_step", 0))
-    except (OSError, RuntimeError, EOFError, AttributeError):
-        return 0
-
-
 # ---------------------------------------------------------------- from the Hydra config (evaluate.py)
 
 
@@ -424,17 +418,20 @@ class EvalResult:
 def evaluate_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer] = load_system) -> EvalResult:
     """Everything `python evaluate.py subject=<name> [run=...]` does."""
     from ernerf.inference import audio_kind
+    from ernerf.io.layout import check_subject_name
 
+    check_subject_name(cfg.subject)
     target = resolve_target(cfg.paths.runs_root, cfg.subject, cfg.run, cfg.stage)
-    out_dir = Path(cfg.output) if cfg.output else target.out_dir
+    out_dir = writable_folder(Path(cfg.output) if cfg.output else target.out_dir, "output")
     cross_audio, cross_reason = resolve_cross_audio(cfg.cross_audio)
     renderer = system_loader(target.checkpoint, cfg.device)
-    step = checkpoint_step(target.checkpoint)  # now: training may still be rotating its checkpoints
+    step = checkpoint_step(target.checkpoint) or 0  # now: training may still be rotating its checkpoints
     audio_file = f"aud_{audio_kind(renderer.hparams)[0]}.npy"
     rendered, data = render_subject(cfg, renderer, target.stage, audio_file)
     found = held_out_findings(cfg, rendered, data)
     found.merge(cross_findings(cfg, renderer, target.stage, audio_file, cross_audio, cross_reason))
     report = build_report(cfg.subject, target, step, rendered, found, cross_audio)
+    report["warnings"] = [w for w in [stale_warning(target.checkpoint.parents[1], cfg.subject)] if w]
     files = write_outputs(out_dir, report, rendered, found, cfg.report_frames)
     report["logged_to"] = log_metrics(run_loggers(target.run_dir, out_dir, cfg.wandb_project), found.values, step)
     files["metrics"].write_text(json.dumps(report, indent=2))

@@ -19,11 +19,13 @@ import cv2
 import numpy as np
 
 from ernerf.errors import ErnerfError
-from ernerf.io.layout import SubjectLayout
+from ernerf.io.atomic import writable_folder
+from ernerf.io.layout import SubjectLayout, check_subject_name
 from ernerf.postprocess.motion import MotionPlan, plan_motion
 from ernerf.postprocess.mux import ResultWriter, colorize_depth, depth_range
 from ernerf.postprocess.pasteback import HeadBox, PasteBack
 from ernerf.postprocess.pipeline import Lookahead, OrderedSink, paste_workers, thread_pool
+from ernerf.runs import stale_warning
 
 
 STAGES = ("head", "lips", "torso")  # training order: a later stage starts from the earlier one
@@ -441,6 +443,7 @@ def output_paths(output: str | None, subject: str, audio: Path, stage: str) -> t
 
 def infer_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer] = load_system) -> InferenceResult:
     """Everything `python infer.py subject=<name> audio=<file>` does; returns where the outputs went."""
+    check_subject_name(cfg.subject)
     audio = Path(cfg.audio)
     if not audio.is_file():
         raise ErnerfError(f"audio file not found: {audio}. Give audio=<path to a wav/mp3/m4a file>.")
@@ -459,8 +462,10 @@ def infer_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer] =
     options = OutputOptions(PasteBack(pp.scheme, pp.blend, pp.feather_px, pp.dilate_px),
                             alpha=pp.alpha, depth=pp.depth, crf=pp.crf, workers=pp.workers)
     folder, name = output_paths(cfg.output, cfg.subject, audio, stage)
+    writable_folder(folder, "output")
     result = run_inference(system, subject, feats, audio, folder, options, name=name,
                            start=cfg.motion.start, smooth_window=cfg.motion.smooth_window, progress=cfg.progress)
-    result.warnings = warnings + result.warnings
+    stale = stale_warning(ckpt.parents[1], cfg.subject)
+    result.warnings = [*([stale] if stale else []), *warnings, *result.warnings]
     result.stage, result.checkpoint = stage, ckpt
     return result

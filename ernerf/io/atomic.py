@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from ernerf.errors import ErnerfError
 
 
 def tmp_path_for(path: Path) -> Path:
@@ -53,3 +56,45 @@ def write_text(path: Path | str, text: str) -> None:
     """Write a text file atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def remove_stale_temporaries(folder: Path | str) -> list[Path]:
+    """Delete the `.tmp.<pid>.*` files and folders that killed processes left in `folder`; returns them.
+
+    A temporary whose process still runs is another run's work in progress and stays."""
+    stale = []
+    for path in Path(folder).glob(".tmp.*"):
+        pid = path.name.split(".")[2]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+            stale.append(path)
+    return stale
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def writable_folder(folder: Path | str, option: str) -> Path:
+    """Create `folder` if needed and check that files can be written in it; removes what killed runs left there.
+
+    `option` names the setting that chooses the folder, for the error message."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test."):
+            pass
+    except OSError as exc:
+        raise ErnerfError(f"cannot write to {folder} ({exc.strerror or exc}): choose another folder with "
+                          f"{option}=<path>.") from None
+    remove_stale_temporaries(folder)
+    return folder
