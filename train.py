@@ -19,7 +19,7 @@ from ernerf.cli import run_entry_point
 from ernerf.errors import ErnerfError
 from ernerf.io.layout import check_subject_name
 from ernerf.io.lock import exclusive_lock
-from ernerf.runs import mark_finished, prepare_run_folder, validate_max_steps
+from ernerf.runs import follower_resume, is_first_process, mark_finished, prepare_run_folder, validate_max_steps
 
 log = logging.getLogger("train")
 
@@ -56,6 +56,8 @@ def name_run(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train one stage in its run folder, which no other run may use meanwhile; return the final metrics."""
     name_run(cfg)
+    if not is_first_process():
+        return fit_stage(cfg)
     with exclusive_lock(cfg.run_dir, f"run folder {cfg.run_dir}"):
         return fit_stage(cfg)
 
@@ -68,8 +70,11 @@ def fit_stage(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.datamodule)
     cfg.trainer.max_steps = max_steps = stage_steps(cfg, datamodule.num_train_frames)  # loss ramps read it
     cfg.model.init_from = initial_checkpoint(cfg)  # lips and torso start from the previous stage
-    resume = prepare_run_folder(cfg.run_dir, cfg.subject, cfg.stage.name, cfg.ckpt_path, max_steps,
-                                cfg.get("overwrite", False))
+    if is_first_process():
+        resume = prepare_run_folder(cfg.run_dir, cfg.subject, cfg.stage.name, cfg.ckpt_path, max_steps,
+                                    cfg.get("overwrite", False))
+    else:
+        resume = follower_resume(cfg.run_dir, cfg.ckpt_path)
     OmegaConf.resolve(cfg)
     system = instantiate(cfg.model, num_frames=datamodule.num_train_frames)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
@@ -81,7 +86,8 @@ def fit_stage(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
     trainer.save_checkpoint(Path(cfg.run_dir) / "checkpoints" / "last.ckpt")  # the final state, whatever the interval
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    mark_finished(cfg.run_dir, trainer.global_step, metrics, cfg.model.init_from)
+    if is_first_process():
+        mark_finished(cfg.run_dir, trainer.global_step, metrics, cfg.model.init_from)
     return metrics
 
 

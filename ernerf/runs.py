@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import shutil
 import time
@@ -202,3 +203,22 @@ def stale_warning(run_dir: Path | str, subject: str) -> str | None:
         return None
     return (f"stage {run_dir.name} is out of date: {stale}; train it again with "
             f"`{command(subject, run_dir.name, 'overwrite=true')}`.")
+
+
+def is_first_process() -> bool:
+    """Whether this is rank 0 of a data-parallel run (or a run of one): the process that owns the run folder.
+
+    Lightning starts ranks > 0 by running train.py again, with their rank in the environment (LOCAL_RANK, or
+    RANK / SLURM_PROCID / NODE_RANK on clusters); those read the folder that rank 0 has checked and locked."""
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"):
+        if os.environ.get(name, "0") not in ("0", ""):
+            return False
+    return True
+
+
+def follower_resume(run_dir: Path | str, ckpt_path: str | None) -> str | None:
+    """The checkpoint a rank > 0 resumes from: the one rank 0 chose (last.ckpt is there when rank 0 resumes it)."""
+    if ckpt_path != "last":
+        return ckpt_path
+    last = last_checkpoint(run_dir)
+    return str(last) if last.is_file() else None
