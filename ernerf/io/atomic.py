@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+TMP_NAME = re.compile(r"\.tmp\.(\d+)\.")  # tmp_path_for's prefix; the number is the writer's pid
 
 
 def tmp_path_for(path: Path) -> Path:
@@ -53,3 +56,40 @@ def write_text(path: Path | str, text: str) -> None:
     """Write a text file atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def remove_stale_temporaries(folder: Path | str, skip: tuple[str, ...] = (".logs",)) -> list[Path]:
+    """Delete the temporaries under `folder` whose writing process is gone (a killed run's); return them."""
+    removed = []
+    for top, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if d not in skip]
+        for name in [*dirs, *files]:
+            match = TMP_NAME.match(name)
+            if match and not pid_alive(int(match[1])):
+                removed.append(remove(Path(top) / name))
+        dirs[:] = [d for d in dirs if not TMP_NAME.match(d)]  # a live writer's folder is its own business
+    return removed
+
+
+def remove(path: Path) -> Path:
+    """Delete a file, link or whole folder; return its path."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+    return path
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (not Linux): kill's answer stands
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
