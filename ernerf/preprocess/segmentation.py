@@ -134,8 +134,9 @@ def read_rgb(path: os.PathLike | str) -> np.ndarray:
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         from ernerf.errors import ErnerfError
+        from ernerf.preprocess.check import redo_hint
 
-        raise ErnerfError(f"cannot read image {path}: re-run the step that writes it (preprocess.force=[headbox]).")
+        raise ErnerfError(f"cannot read image {path}: {redo_hint(path)}.")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
