@@ -17,7 +17,7 @@ from ernerf.io.layout import SubjectLayout
 from ernerf.io.video import VideoWriter, iter_frames
 from ernerf.preprocess.base import PreprocessStep, StepContext
 from ernerf.preprocess.check import redo_hint
-from ernerf.preprocess.mediapipe_face import FaceBox, FaceDetector
+from ernerf.preprocess.mediapipe_face import FaceBox, FaceDetector, native_stderr_silenced
 
 SAME_FACE_DISTANCE = 0.6  # detections whose centres are closer than this many face sizes are one person
 DETECT_SIDE = 640  # frames are shrunk to this before detection: ample for a 192 px detector input
@@ -163,7 +163,7 @@ class HeadboxStep(PreprocessStep):
 
 def detect_faces(video: Path, stride: int, min_confidence: float = 0.5) -> list[list[FaceBox]]:
     """Faces in every `stride`-th frame of `video` (full-range model, so small faces are seen too)."""
-    with FaceDetector(model_selection=1, min_confidence=min_confidence) as det:
+    with native_stderr_silenced(), FaceDetector(model_selection=1, min_confidence=min_confidence) as det:
         return [_detect_small(det, frame) for frame in iter_frames(video, step=stride)]
 
 
