@@ -3,18 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from ernerf.io.atomic import pid_alive, remove_stale_temporaries, tmp_path_for
-
-
-def dead_pid() -> int:
-    """The pid of a process that has ended (and been reaped)."""
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
+from tests.reliability import dead_pid
 
 
 def test_pid_alive_tells_running_from_ended_processes() -> None:
