@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.samplers import RandomRaySampler, RaySampler, Rect
 from ernerf.errors import ErnerfError
 from ernerf.io.layout import SubjectLayout
+from ernerf.preprocess.check import check_dataset, redo_hint
 from ernerf.rendering.rays import get_rays, nerf_matrix_to_ngp
 
 log = logging.getLogger(__name__)
@@ -100,13 +101,11 @@ def check_subject(layout: SubjectLayout, audio_file: str) -> None:
         raise ErnerfError(f"{layout.root / audio_file} is missing: the training is configured for audio features '{kind}'. "
                           f"Run `python preprocess.py subject={layout.name} audio_features=<kind> preprocess.force=[audio_features]` "
                           f"or train with the audio_features=<kind> the subject was preprocessed with.")
-    needed = {"tracking": [layout.transforms("train"), layout.transforms("val")], "blink": [layout.au],
-              "composite": [layout.gt_dir], "background": [layout.background]}
-    for step, paths in needed.items():
-        missing = [p for p in paths if not p.exists()]
-        if missing:
-            raise ErnerfError(f"{missing[0]} is missing: run `python preprocess.py subject={layout.name}` "
-                              f"(the {step} step writes it).")
+    check_dataset(layout)
+    needed = [layout.transforms("train"), layout.transforms("val"), layout.au, layout.gt_dir, layout.background]
+    missing = [p for p in needed if not p.exists()]  # datasets made by other tools have no step markers to check
+    if missing:
+        raise ErnerfError(f"{missing[0]} is missing: {redo_hint(missing[0])}.")
 
 
 def read_au45(path: Path) -> np.ndarray:
@@ -114,7 +113,7 @@ def read_au45(path: Path) -> np.ndarray:
     lines = path.read_text().strip().splitlines()
     header = [h.strip() for h in lines[0].split(",")]
     if "AU45_r" not in header:
-        raise ErnerfError(f"{path} has no AU45_r column: rerun `preprocess.force=[blink]`.")
+        raise ErnerfError(f"{path} has no AU45_r column: {redo_hint(path)}.")
     column = header.index("AU45_r")
     return np.array([float(line.split(",")[column]) for line in lines[1:]], dtype=np.float32)
 
@@ -151,8 +150,8 @@ class FrameStore:
         if background not in ("torso", "plate"):
             raise ErnerfError(f"background must be 'torso' (head stage) or 'plate' (torso stage), got '{background}'.")
         if background == "torso" and not data.layout.torso_dir.exists():
-            raise ErnerfError(f"{data.layout.torso_dir} is missing: run `python preprocess.py subject={data.layout.name}` "
-                              "(composite step), or train with datamodule.background=plate.")
+            raise ErnerfError(f"{data.layout.torso_dir} is missing: {redo_hint(data.layout.torso_dir)}, "
+                              "or train with datamodule.background=plate.")
         self.data, self.background_kind, self.device = data, background, torch.device(device)
         self.plate = torch.from_numpy(self._read(data.layout.background)).to(self.device)
         # Per-frame conditioning lives where the rays are made: a host-to-device copy per step would stall the GPU.
@@ -215,7 +214,7 @@ class FrameStore:
                     image = image.resize((self.data.width, self.data.height), Image.Resampling.BOX)
                 return np.asarray(image)
         except (OSError, ValueError) as err:
-            raise ErnerfError(f"cannot read {path}: rerun `python preprocess.py subject={self.data.layout.name}`.") from err
+            raise ErnerfError(f"cannot read {path}: {redo_hint(path)}.") from err
 
     def parsing_masks(self, frame: int | Tensor) -> Tensor:
         """uint8 [H, W, 2]: torso+neck and head coverage (0..255) from the frame's parsing map (torso stage)."""
@@ -229,8 +228,7 @@ class FrameStore:
             with Image.open(path) as img:
                 rgb = np.asarray(img.convert("RGB")).astype(np.int16)
         except (OSError, ValueError) as err:
-            raise ErnerfError(f"cannot read {path}: rerun `python preprocess.py subject={self.data.layout.name}` "
-                              "(parsing step); the torso stage needs the parsing maps.") from err
+            raise ErnerfError(f"cannot read {path}: {redo_hint(path)}; the torso stage needs the parsing maps.") from err
         red, green, blue = (rgb[..., c] > 127 for c in range(3))
         masks = [((red | green) & ~blue), (blue & ~red & ~green)]  # on disk: torso red, neck green, head blue
         return torch.from_numpy(np.stack([self._resized(m) for m in masks], -1))

@@ -25,6 +25,7 @@ from ernerf.postprocess.motion import MotionPlan, plan_motion
 from ernerf.postprocess.mux import ResultWriter, colorize_depth, depth_range
 from ernerf.postprocess.pasteback import HeadBox, PasteBack
 from ernerf.postprocess.pipeline import Lookahead, OrderedSink, paste_workers, thread_pool
+from ernerf.preprocess.check import redo_hint
 from ernerf.runs import stale_warning
 
 
@@ -145,7 +146,7 @@ class FrameSource:
 
     def __init__(self, video: Path, block: int = 16, keep: int = 3) -> None:
         if not Path(video).is_file():
-            raise ErnerfError(f"{video} is missing: run `python preprocess.py subject=<name>` (ingest step).")
+            raise ErnerfError(f"{video} is missing: {redo_hint(video)}.")
         self.video, self.block, self.keep = Path(video), block, keep
         self._cap = cv2.VideoCapture(str(video))
         self._next = 0  # frame the capture decodes next
@@ -167,7 +168,7 @@ class FrameSource:
         frames = self._cache[b]
         if index - b * self.block >= len(frames):
             raise ErnerfError(f"{self.video} has fewer frames than its subject ({index + 1} needed): "
-                              "re-run `python preprocess.py subject=<name> preprocess.force=[ingest]`.")
+                              f"{redo_hint(self.video)}.")
         return frames[index - b * self.block]
 
     def _decode(self, b: int) -> list[np.ndarray]:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -17,6 +16,7 @@ import pytest
 from ernerf.errors import ErnerfError
 from ernerf.io.lock import exclusive_lock
 from tests.conftest import REPO, compose, shared_clip
+from tests.reliability import assert_user_error, tree_digest
 
 CLIP = "train/trump_10s.mp4"
 AUDIO = "audio/obama_5s.wav"
@@ -25,28 +25,11 @@ TINY = ["debug=fast", "datamodule.num_rays=256", "model.marcher.num_samples=8", 
         "trainer.val_check_interval=4", "datamodule.num_val_frames=1"]
 
 
-def tree_digest(folder: Path) -> dict[str, str]:
-    """{relative path: sha1} of every file under `folder`, but Hydra's per-invocation logs and lock files."""
-    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*"))
-            if p.is_file() and ".hydra" not in p.parts and ".logs" not in p.parts and p.name != ".lock"}
-
-
 def run_script(script: str, *args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
     """Run an entry point as a user would, from `cwd`."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
     return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
-
-
-def assert_user_error(done: subprocess.CompletedProcess, *words: str) -> str:
-    """Exit 2, one short `error:` message with `words` in it, no traceback."""
-    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
-    assert "Traceback" not in done.stderr and "Traceback" not in done.stdout, done.stderr[-2000:]
-    message = done.stderr[done.stderr.index("error:"):]
-    assert len(message.strip().splitlines()) <= 3, message
-    for word in words:
-        assert word in message, (word, message)
-    return message
 
 
 def config(root: Path, *extra: str):

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from ernerf.errors import ErnerfError
+
+TMP_NAME = re.compile(r"\.tmp\.(\d+)\.")  # tmp_path_for's prefix; the number is the writer's pid
 
 
 def tmp_path_for(path: Path) -> Path:
@@ -58,30 +61,43 @@ def write_text(path: Path | str, text: str) -> None:
         tmp.write_text(text)
 
 
-def remove_stale_temporaries(folder: Path | str) -> list[Path]:
-    """Delete the `.tmp.<pid>.*` files and folders that killed processes left in `folder`; returns them.
+def remove_stale_temporaries(folder: Path | str, skip: tuple[str, ...] = (".logs",),
+                             recursive: bool = True) -> list[Path]:
+    """Delete the temporaries under `folder` (or only in it) whose writing process is gone (a killed run's)."""
+    removed = []
+    for top, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if d not in skip]
+        for name in [*dirs, *files]:
+            match = TMP_NAME.match(name)
+            if match and not pid_alive(int(match[1])):
+                removed.append(remove(Path(top) / name))
+        # a live writer's folder is its own business; a user's output folder is walked no deeper than itself
+        dirs[:] = [d for d in dirs if not TMP_NAME.match(d)] if recursive else []
+    return removed
 
-    A temporary whose process still runs is another run's work in progress and stays."""
-    stale = []
-    for path in Path(folder).glob(".tmp.*"):
-        pid = path.name.split(".")[2]
-        if pid.isdigit() and not _process_alive(int(pid)):
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-            stale.append(path)
-    return stale
+
+def remove(path: Path) -> Path:
+    """Delete a file, link or whole folder; return its path."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+    return path
 
 
-def _process_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, dead but not yet reaped, counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
+    except PermissionError:
+        return True  # another user's process
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (not Linux): kill's answer stands
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def writable_folder(folder: Path | str, option: str) -> Path:
@@ -96,5 +112,5 @@ def writable_folder(folder: Path | str, option: str) -> Path:
     except OSError as exc:
         raise ErnerfError(f"cannot write to {folder} ({exc.strerror or exc}): choose another folder with "
                           f"{option}=<path>.") from None
-    remove_stale_temporaries(folder)
+    remove_stale_temporaries(folder, recursive=False)
     return folder

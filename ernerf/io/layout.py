@@ -131,10 +131,25 @@ class SubjectLayout:
     def contact_sheet(self) -> Path:
         return self.root / "contact_sheet.png"
 
+    # the preprocessing runner's own files
     @property
     def steps_dir(self) -> Path:  # completion markers of preprocessing steps
         return self.root / ".steps"
 
+    def step_marker(self, name: str) -> Path:  # written when step `name` finished, removed when it is redone
+        return self.steps_dir / f"{name}.json"
+
+    @property
+    def step_order(self) -> Path:  # the dataset's steps in order, so a check needs no config
+        return self.steps_dir / "order.json"
+
+    @property
+    def staging_dir(self) -> Path:  # a redo of finished steps works in here until all of it succeeded
+        return self.root / ".staging"
+
+    @property
+    def commit_dir(self) -> Path:  # the staging folder once its results are being moved in
+        return self.root / ".commit"
 
 def check_subject_name(name: object) -> str:
     """A subject name is one plain folder name under its root: no separators, no `..`, not empty, not hidden."""

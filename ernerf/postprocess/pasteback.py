@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from ernerf.errors import ErnerfError
+from ernerf.preprocess.check import redo_hint
 
 SCHEMES = ("box", "face", "face_neck")
 BLENDS = ("feather", "seamless")
@@ -45,7 +46,7 @@ class HeadBox:
         """Read head_bbox.json."""
         path = Path(path)
         if not path.is_file():
-            raise ErnerfError(f"{path} is missing: run `python preprocess.py subject=<name>` (headbox step).")
+            raise ErnerfError(f"{path} is missing: {redo_hint(path)}.")
         d = json.loads(path.read_text())
         return cls(int(d["x1"]), int(d["y1"]), int(d["x2"]), int(d["y2"]))
 

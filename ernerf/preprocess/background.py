@@ -19,6 +19,7 @@ from ernerf.io.atomic import atomic_path
 from ernerf.io.layout import SubjectLayout
 from ernerf.preprocess import segmentation as seg
 from ernerf.preprocess.base import PreprocessStep, StepContext
+from ernerf.preprocess.check import redo_hint
 from ernerf.preprocess.parsing import BACKGROUND, read_parsing
 
 
@@ -79,6 +80,7 @@ class BackgroundStep(PreprocessStep):
     """bc.jpg: background plate of the crop from the parsing's background pixels."""
 
     name = "background"
+    requires = ("headbox", "parsing")
 
     def __init__(self, max_samples: int = 100, margin_px: float = 6.0, inpaint_radius: int = 5,
                  jpeg_quality: int = 95) -> None:
@@ -93,7 +95,7 @@ class BackgroundStep(PreprocessStep):
         acc = PlateAccumulator(self.margin_px)
         for i in sample_frames(ctx.num_frames, self.max_samples):
             if not layout.parsing(i).exists():
-                raise ErnerfError(f"{layout.parsing(i)} is missing: run the parsing step (preprocess.force=[parsing]).")
+                raise ErnerfError(f"{layout.parsing(i)} is missing: {redo_hint(layout.parsing(i))}.")
             acc.add(seg.read_rgb(layout.ori_img(i)), read_parsing(layout.parsing(i)) == BACKGROUND)
         known = float(acc.known.mean())
         if known < 0.05:

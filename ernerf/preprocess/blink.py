@@ -16,6 +16,7 @@ from ernerf.errors import ErnerfError
 from ernerf.io.atomic import write_text
 from ernerf.io.layout import SubjectLayout
 from ernerf.preprocess.base import PreprocessStep, StepContext
+from ernerf.preprocess.check import redo_hint
 
 # Mediapipe face-mesh indices: eye corners and three upper/lower lid pairs (same order, facing each other).
 EYES = {
@@ -66,6 +67,7 @@ class BlinkStep(PreprocessStep):
     """Write `au.csv`: per-frame AU45 (blink intensity) from the face mesh's eye landmarks."""
 
     name = "blink"
+    requires = ("ingest", "landmarks")
 
     def __init__(self, open_percentile: float = 90.0, closed_ratio: float = 0.15) -> None:
         self.open_percentile = open_percentile
@@ -77,7 +79,7 @@ class BlinkStep(PreprocessStep):
     def run(self, ctx: StepContext) -> dict[str, Any]:
         layout = ctx.layout
         if not layout.mesh.exists():
-            raise ErnerfError(f"{layout.mesh} is missing: run the landmarks step first (preprocess.force=[landmarks]).")
+            raise ErnerfError(f"{layout.mesh} is missing: {redo_hint(layout.mesh)}.")
         mesh = np.load(layout.mesh)
         valid_path = layout.root / "mesh_valid.npy"
         valid = np.load(valid_path) if valid_path.exists() else np.ones(len(mesh), bool)

@@ -15,6 +15,7 @@ from ernerf.io.layout import SubjectLayout
 from ernerf.io.png import write_png
 from ernerf.preprocess import segmentation as seg
 from ernerf.preprocess.base import PreprocessStep, StepContext
+from ernerf.preprocess.check import redo_hint
 from ernerf.preprocess.parsing import BACKGROUND, NECK, TORSO, read_parsing
 
 
@@ -60,6 +61,7 @@ class CompositeStep(PreprocessStep):
     """gt_imgs/<i>.jpg and torso_imgs/<i>.png from the crop frames, the parsing and bc.jpg."""
 
     name = "composite"
+    requires = ("headbox", "parsing", "background")
 
     def __init__(self, workers: int = 2, chunk_size: int = 25, jpeg_quality: int = 95) -> None:
         self.workers, self.chunk_size, self.jpeg_quality = workers, chunk_size, jpeg_quality
@@ -71,9 +73,9 @@ class CompositeStep(PreprocessStep):
         layout, n = ctx.layout, ctx.num_frames
         if not layout.background.exists():
             raise ErnerfError(f"{layout.background} is missing: "
-                              "run the background step (preprocess.force=[background]).")
+                              f"{redo_hint(layout.background)}.")
         if not layout.parsing_dir.is_dir():
-            raise ErnerfError(f"{layout.parsing_dir} is missing: run the parsing step (preprocess.force=[parsing]).")
+            raise ErnerfError(f"{layout.parsing_dir} is missing: {redo_hint(layout.parsing_dir)}.")
         plate = seg.read_rgb(layout.background)
         with atomic_dir(layout.gt_dir) as gt_dir, atomic_dir(layout.torso_dir) as torso_dir:
             jobs = [_Chunk(r, layout, gt_dir, torso_dir, plate, self.jpeg_quality)

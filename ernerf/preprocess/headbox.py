@@ -16,7 +16,8 @@ from ernerf.io.atomic import atomic_dir, write_text
 from ernerf.io.layout import SubjectLayout
 from ernerf.io.video import VideoWriter, iter_frames
 from ernerf.preprocess.base import PreprocessStep, StepContext
-from ernerf.preprocess.mediapipe_face import FaceBox, FaceDetector
+from ernerf.preprocess.check import redo_hint
+from ernerf.preprocess.mediapipe_face import FaceBox, FaceDetector, native_stderr_silenced
 
 SAME_FACE_DISTANCE = 0.6  # detections whose centres are closer than this many face sizes are one person
 DETECT_SIDE = 640  # frames are shrunk to this before detection: ample for a 192 px detector input
@@ -43,6 +44,7 @@ class HeadboxStep(PreprocessStep):
     """Detect the face over the clip, fix one square box around head, hair, neck and shoulder tops, crop."""
 
     name = "headbox"
+    requires = ("ingest",)
 
     def __init__(self, crop_size: int = 512, scale: float = 2.2, min_scale: float = 1.2, shift_down: float = 0.15, stride: int = 5,
                  max_samples: int = 600, min_box_size: int = 256, min_face_ratio: float = 0.5,
@@ -156,12 +158,12 @@ class HeadboxStep(PreprocessStep):
                 _check_written(fut)
             if count != expected:  # raised inside the block, so neither output replaces a good one
                 raise ErnerfError(f"{layout.video} gave {count} frames but meta.json says {expected}: "
-                                  "rerun the ingest step (preprocess.force=[ingest]).")
+                                  f"{redo_hint(layout.video)}.")
 
 
 def detect_faces(video: Path, stride: int, min_confidence: float = 0.5) -> list[list[FaceBox]]:
     """Faces in every `stride`-th frame of `video` (full-range model, so small faces are seen too)."""
-    with FaceDetector(model_selection=1, min_confidence=min_confidence) as det:
+    with native_stderr_silenced(), FaceDetector(model_selection=1, min_confidence=min_confidence) as det:
         return [_detect_small(det, frame) for frame in iter_frames(video, step=stride)]
 
 

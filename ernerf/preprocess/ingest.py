@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -15,15 +16,18 @@ from ernerf.io.audio import fit_length, load_audio, loudness_db, write_wav
 from ernerf.io.layout import SubjectLayout
 from ernerf.io.video import VideoInfo, iter_frames, probe, run_ffmpeg
 from ernerf.preprocess.base import PreprocessStep, StepContext
+from ernerf.preprocess.check import preprocess_command
 
 SILENCE_DB = -60.0  # speech sits around -30..-15 dBFS; a track below -60 carries no usable speech
 TRUNCATION_TOLERANCE = 0.05  # fraction of the expected frames that may be missing before we call it truncated
+IDENTITY_BYTES = 1 << 20  # hashed at each end of an input file: tells videos apart without reading hours of them
 
 
 class IngestStep(PreprocessStep):
     """Normalise the user's video: constant 25 fps, even size, rotation applied, aligned 16 kHz audio."""
 
     name = "ingest"
+    requires = ()
 
     def __init__(self, fps: int = 25, sample_rate: int = 16000, max_duration: float | None = None,
                  min_duration: float = 3.0, crf: int = 18, preset: str = "veryfast") -> None:
@@ -55,9 +59,10 @@ class IngestStep(PreprocessStep):
         self._write_preview(ctx.layout)
         meta = {
             "fps": self.fps, "num_frames": num_frames, "width": out.width, "height": out.height,
-            "source": str(ctx.video), "source_fps": round(info.fps, 4), "duration": num_frames / self.fps,
-            "source_rotation": info.rotation,
-            "audio_source": str(audio_source), "sample_rate": self.sample_rate, "audio_db": round(level, 1),
+            "source": str(ctx.video), "source_id": file_identity(ctx.video), "source_fps": round(info.fps, 4),
+            "duration": num_frames / self.fps, "source_rotation": info.rotation,
+            "audio_source": str(audio_source), "audio_source_id": file_identity(audio_source),
+            "sample_rate": self.sample_rate, "audio_db": round(level, 1),
             "warnings": list(ctx.warnings),
         }
         write_text(ctx.layout.meta, json.dumps(meta, indent=2))
@@ -180,3 +185,56 @@ def _reject_still_image(info: VideoInfo) -> None:
     if frames < 2:
         raise ErnerfError(f"{info.path} is a still image (or holds a single frame): give a video of the subject "
                           "talking, 3-10 minutes long.")
+
+
+def file_identity(path: Path | str) -> dict[str, Any]:
+    """Size and a hash of the first and last MiB: equal for a moved or renamed copy, quick for any length."""
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        digest.update(f.read(IDENTITY_BYTES))
+        f.seek(max(size - IDENTITY_BYTES, IDENTITY_BYTES))
+        digest.update(f.read())
+    return {"size": size, "sha1_ends": digest.hexdigest()}
+
+
+def check_same_source(layout: SubjectLayout, video: Path | str, audio: Path | str | None = None) -> None:
+    """Refuse a video= (or audio=) other than the one the subject was ingested from: it would be ignored."""
+    meta = json.loads(layout.meta.read_text())
+    for arg, key, given in (("video", "source", video), ("audio", "audio_source", audio)):
+        if given is None or key not in meta:
+            continue
+        if not Path(given).is_file():
+            raise ErnerfError(f"{arg}={given} does not exist: check the path, or leave {arg}= out to keep "
+                              f"{layout.root} as made from {meta[key]}.")
+        if not _same_input(meta, key, Path(given)):
+            redo = preprocess_command(layout, force="ingest", sources=_given(video, audio))
+            raise ErnerfError(f"{layout.root} was made with {arg} {meta[key]}, not {arg}={given}: give the new "
+                              f"{arg} another subject=<name>, or redo this subject from it with `{redo}` "
+                              "(its current dataset stays until that run succeeds).")
+
+
+def _same_input(meta: dict[str, Any], key: str, given: Path) -> bool:
+    """Whether `given` is the file recorded under `key`, by identity (its path may have changed)."""
+    recorded = meta.get(f"{key}_id")
+    if recorded is not None:
+        return file_identity(given) == recorded
+    old = Path(meta[key])  # a dataset made before identities were recorded: compare what there is
+    if old.is_file():
+        return file_identity(old) == file_identity(given)
+    return key != "source" or _same_video_facts(meta, given)
+
+
+def _same_video_facts(meta: dict[str, Any], video: Path) -> bool:
+    """Whether `video` could be the recorded source: same frame rate and size, at least as long as the dataset."""
+    info = probe(video)
+    width, height = (info.height, info.width) if info.rotation in (90, 270) else (info.width, info.height)
+    size = (width // 2 * 2, height // 2 * 2)  # ingest evens the size
+    return (abs(info.fps - float(meta.get("source_fps", info.fps))) < 0.01
+            and size == (meta.get("width", size[0]), meta.get("height", size[1]))
+            and info.duration + 0.5 >= float(meta.get("duration", 0.0)))
+
+
+def _given(video: Path | str, audio: Path | str | None) -> list[str]:
+    return [f"video={video}", *([f"audio={audio}"] if audio is not None else [])]

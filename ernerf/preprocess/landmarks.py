@@ -12,6 +12,7 @@ from ernerf.errors import ErnerfError
 from ernerf.io.atomic import atomic_path
 from ernerf.io.layout import SubjectLayout
 from ernerf.preprocess.base import PreprocessStep, StepContext
+from ernerf.preprocess.check import redo_hint
 from ernerf.preprocess.mediapipe_face import NUM_MESH_POINTS
 
 # Mesh vertex for each of the 68 iBUG points. "Left" is the image left (the subject's right side).
@@ -43,6 +44,7 @@ class LandmarksStep(PreprocessStep):
     """Run face mesh on the 512 crops: mesh.npy, mesh_valid.npy and ori_imgs/<i>.lms (68 points)."""
 
     name = "landmarks"
+    requires = ("headbox",)
 
     def __init__(self, workers: int = 2, min_confidence: float = 0.5) -> None:
         self.workers = workers
@@ -56,8 +58,7 @@ class LandmarksStep(PreprocessStep):
         frames = [ctx.layout.ori_img(i) for i in range(n)]
         missing = [str(p) for p in frames if not p.exists()]
         if missing:
-            raise ErnerfError(f"{len(missing)} crop frames are missing (first {missing[0]}): rerun the headbox "
-                              "step (preprocess.force=[headbox]).")
+            raise ErnerfError(f"{len(missing)} crop frames are missing (first {missing[0]}): {redo_hint(missing[0])}.")
         mesh, valid = mesh_frames(frames, self.workers, self.min_confidence)
         ratio = float(valid.mean())
         if ratio < MIN_VALID_RATIO:

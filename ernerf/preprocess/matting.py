@@ -160,6 +160,7 @@ class MattingStep(PreprocessStep):
     """alpha.mp4 (temporally stable person matte) and input.mp4 (person over the configured background)."""
 
     name = "matting"
+    requires = ("headbox", "landmarks", "parsing")  # parsing: the person masks it leaves in .cache/
 
     def __init__(self, background: Sequence[int] | str = (255, 255, 255), workers: int = 2, chunk_size: int = 25,
                  ema_min: float = 0.15, motion_scale: float = 20.0, guided_radius: int = 6,

@@ -5,11 +5,34 @@ Results come back in pixels of the image given, so callers never see mediapipe's
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 NUM_MESH_POINTS = 478  # 468 face mesh vertices + 10 iris points (refine_landmarks=True)
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Send what is written to file descriptor 2 meanwhile to /dev/null.
+
+    mediapipe's C++ side logs every graph's start-up there (TFLite delegate, absl warnings, from the
+    graph's own threads) and no setting turns that off; in a terminal it buries a failed run's one-line
+    error. Wrap whole uses of a graph: the logging comes and goes with its start and its reset.
+    """
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 @dataclass(frozen=True)

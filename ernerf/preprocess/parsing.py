@@ -21,6 +21,7 @@ from ernerf.io.layout import SubjectLayout
 from ernerf.io.png import write_png
 from ernerf.preprocess import segmentation as seg
 from ernerf.preprocess.base import PreprocessStep, StepContext
+from ernerf.preprocess.check import redo_hint
 
 BACKGROUND, HEAD, NECK, TORSO = 0, 1, 2, 3
 # on-disk RGB colour of each label (ER-NeRF's code; read back with cv2 it is BGR head [255, 0, 0] ...)
@@ -52,7 +53,7 @@ def read_parsing(path: Path | str) -> np.ndarray:
     """Read a parsing PNG back into a [H, W] uint8 label map (unknown colours count as background)."""
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise ErnerfError(f"cannot read parsing map {path}: re-run the parsing step (preprocess.force=[parsing]).")
+        raise ErnerfError(f"cannot read parsing map {path}: {redo_hint(path)}.")
     # one bit per channel (B=1, G=2, R=4) indexes a table: head is pure blue, neck green, torso red
     code = (bgr[..., 0] >> 7) | ((bgr[..., 1] >> 7) << 1) | ((bgr[..., 2] >> 7) << 2)
     return _CODE_TO_LABEL[code]
@@ -261,6 +262,7 @@ class ParsingStep(PreprocessStep):
     """parsing/<i>.png: head / neck / torso / background per crop frame (ER-NeRF colour code)."""
 
     name = "parsing"
+    requires = ("headbox", "landmarks")
 
     def __init__(self, backend: str = "mediapipe", bisenet_weights: str | None = None, workers: int = 2,
                  chunk_size: int = 25, pose_every: int = 5, params: ParsingParams | dict | None = None) -> None:
@@ -310,9 +312,8 @@ class ParsingStep(PreprocessStep):
 def load_mesh(layout: SubjectLayout, n: int) -> np.ndarray:
     """The landmarks step's mesh [N, 478, 3], checked against the frame count."""
     if not layout.mesh.exists():
-        raise ErnerfError(f"{layout.mesh} is missing: run the landmarks step first (preprocess.force=[landmarks]).")
+        raise ErnerfError(f"{layout.mesh} is missing: {redo_hint(layout.mesh)}.")
     mesh = np.load(layout.mesh)
     if mesh.ndim != 3 or mesh.shape[0] != n or mesh.shape[1] < max(seg.FACE_OVAL) + 1:
-        raise ErnerfError(f"{layout.mesh} has shape {mesh.shape}, expected [{n}, 478, 3]: "
-                          "re-run the landmarks step (preprocess.force=[landmarks]).")
+        raise ErnerfError(f"{layout.mesh} has shape {mesh.shape}, expected [{n}, 478, 3]: {redo_hint(layout.mesh)}.")
     return mesh

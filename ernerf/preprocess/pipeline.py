@@ -12,8 +12,12 @@ from rich.console import Console
 from rich.table import Table
 
 from ernerf.errors import ErnerfError
+from ernerf.io.atomic import remove_stale_temporaries
 from ernerf.io.layout import SubjectLayout
+from ernerf.io.lock import exclusive_lock
+from ernerf.preprocess import staging
 from ernerf.preprocess.base import PreprocessStep, StepContext, StepReport, run_steps
+from ernerf.preprocess.ingest import check_same_source
 
 log = logging.getLogger(__name__)
 
@@ -44,25 +48,38 @@ def _instantiate_step(sub: DictConfig) -> PreprocessStep:
 
 def preprocess_subject(cfg: DictConfig, layout: SubjectLayout, video: Path | None,
                        audio: Path | None = None) -> list[StepReport]:
-    """Run the pipeline of `cfg` (the `preprocess` group) for one subject; returns per-step reports."""
+    """Run the pipeline of `cfg` (the `preprocess` group) for one subject; returns per-step reports.
+
+    Holds the subject's lock throughout: a second run of the same subject is refused and touches nothing."""
     steps = build_steps(cfg.steps)
     if video is None and not steps[0].is_complete(layout):
         raise ErnerfError(
             f"no dataset at {layout.root} yet and no video given: run "
             f"`python preprocess.py video=<path/to/video.mp4> subject={layout.name}`."
         )
-    layout.root.mkdir(parents=True, exist_ok=True)
     force = list(cfg.get("force") or [])
-    if force or not all(step.is_complete(layout) for step in steps):
-        # per-frame steps share one process pool: start it now, so its workers load their models
-        # while ingest and headbox run here
-        from ernerf.preprocess.segmentation import warm_pool
+    with exclusive_lock(layout.root, f"subject folder {layout.root}"):
+        staging.recover(layout)  # what a killed run left: finish its commit, drop its staging copy
+        remove_stale_temporaries(layout.root)
+        _check_inputs(steps[0], layout, video, audio, force)
+        if force or not all(step.is_complete(layout) for step in steps):
+            # per-frame steps share one process pool: start it now, so its workers load their models
+            # while ingest and headbox run here
+            from ernerf.preprocess.segmentation import warm_pool
 
-        warm_pool(int(cfg.get("workers", 1)))
-    ctx = StepContext(layout=layout, video=Path(video) if video else None, audio=Path(audio) if audio else None)
-    reports = run_steps(steps, ctx, force=force)
+            warm_pool(int(cfg.get("workers", 1)))
+        ctx = StepContext(layout=layout, video=Path(video) if video else None, audio=Path(audio) if audio else None)
+        reports = run_steps(steps, ctx, force=force)
     print_summary(layout, reports, ctx.warnings)
     return reports
+
+
+def _check_inputs(ingest: PreprocessStep, layout: SubjectLayout, video: Path | None, audio: Path | None,
+                  force: list[str]) -> None:
+    """A video= or audio= that this run does not ingest must be the subject's own: another would be ignored."""
+    if (video is None and audio is None) or not ingest.is_complete(layout) or {"all", ingest.name} & set(force):
+        return
+    check_same_source(layout, video, audio)
 
 
 def print_summary(layout: SubjectLayout, reports: list[StepReport], warnings: list[str]) -> None:

@@ -13,6 +13,7 @@ from ernerf.errors import ErnerfError
 from ernerf.io.atomic import atomic_path, write_text
 from ernerf.io.layout import SubjectLayout
 from ernerf.preprocess.base import PreprocessStep, StepContext
+from ernerf.preprocess.check import redo_hint
 
 AXIS_M = 0.06  # length of the drawn head axes
 AXIS_BGR = ((0, 0, 255), (0, 200, 0), (255, 80, 0))  # x red, y green, z blue
@@ -39,7 +40,8 @@ def step_records(layout: SubjectLayout) -> dict[str, Any]:
     """Timing and facts of every completed step, from the runner's markers."""
     records = {}
     for marker in sorted(layout.steps_dir.glob("*.json")):
-        records[marker.stem] = json.loads(marker.read_text())
+        if marker != layout.step_order:
+            records[marker.stem] = json.loads(marker.read_text())
     return records
 
 
@@ -90,7 +92,7 @@ def frame_tile(layout: SubjectLayout, i: int, track: dict[str, Any] | None) -> n
     """One annotated crop: parsing overlay, 68 landmarks, pose axes, frame label."""
     img = cv2.imread(str(layout.ori_img(i)))
     if img is None:
-        raise ErnerfError(f"{layout.ori_img(i)} is missing: run the headbox step first (preprocess.force=[headbox]).")
+        raise ErnerfError(f"{layout.ori_img(i)} is missing: {redo_hint(layout.ori_img(i))}.")
     parsing = cv2.imread(str(layout.parsing(i))) if layout.parsing(i).exists() else None
     if parsing is not None and parsing.shape == img.shape:
         img = overlay_parsing(img, parsing)

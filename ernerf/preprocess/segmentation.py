@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import re
 import shutil
+import signal
+import sys
+import threading
+import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -20,6 +25,8 @@ from typing import TypeVar
 
 import cv2
 import numpy as np
+
+from ernerf.preprocess.mediapipe_face import native_stderr_silenced
 
 # mediapipe's C++ side logs through glog; keep its start-up chatter out of the user's console.
 os.environ.setdefault("GLOG_minloglevel", "2")
@@ -134,8 +141,9 @@ def read_rgb(path: os.PathLike | str) -> np.ndarray:
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         from ernerf.errors import ErnerfError
+        from ernerf.preprocess.check import redo_hint
 
-        raise ErnerfError(f"cannot read image {path}: re-run the step that writes it (preprocess.force=[headbox]).")
+        raise ErnerfError(f"cannot read image {path}: {redo_hint(path)}.")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -201,9 +209,48 @@ def frame_chunks(num_frames: int, size: int) -> list[range]:
     return [range(s, min(s + size, num_frames)) for s in range(0, num_frames, size)]
 
 
-def _init_worker() -> None:
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _init_worker(parent: int) -> None:
+    die_with_parent(parent)
     # each worker owns one core: stop OpenCV from spawning its own thread pool on top
     cv2.setNumThreads(1)
+    # a worker's errors travel back with its task's result: all it would print is mediapipe's native
+    # logging (see native_stderr_silenced), into the user's terminal
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
+def die_with_parent(parent: int) -> None:
+    """End this process as soon as process `parent` dies, even by SIGKILL.
+
+    A pool worker waits for its next task on a pipe that its siblings also hold open, so after its
+    parent's death it would wait forever, models loaded. Linux kills it then (PR_SET_PDEATHSIG, sent when
+    the thread that started it ends: the pools here are started from the main thread); elsewhere a
+    thread watches the parent.
+    """
+    if not _parent_death_signal():
+        threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+def _parent_death_signal() -> bool:
+    """Ask the Linux kernel to SIGKILL this process when its parent dies; False where that is not possible."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _exit_when_orphaned(parent: int, every: float = 1.0) -> None:
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
 
 
 def _warm_worker() -> int:
@@ -229,7 +276,7 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
         # spawn, not fork: OpenCV's and mediapipe's thread pools, once used by this process, can
         # deadlock a forked child. Scripts calling this need the usual `if __name__ == "__main__"` guard.
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker)
+                                   initializer=_init_worker, initargs=(os.getpid(),))
         if not _POOLS:
             atexit.register(close_pools)
         _POOLS[workers] = pool
@@ -258,7 +305,10 @@ def map_ordered(fn: Callable[[T], R], items: Sequence[T], workers: int, window: 
     module globals. With workers <= 1 everything runs in this process.
     """
     if workers <= 1 or len(items) <= 1:
-        yield from map(fn, items)
+        for item in items:
+            with native_stderr_silenced():  # as in a worker (see _init_worker)
+                result = fn(item)
+            yield result
         return
     pool = worker_pool(workers)
     it: Iterator[T] = iter(items)

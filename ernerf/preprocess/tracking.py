@@ -33,6 +33,7 @@ from ernerf.errors import ErnerfError
 from ernerf.io.atomic import atomic_path, write_text
 from ernerf.io.layout import SubjectLayout
 from ernerf.preprocess.base import PreprocessStep, StepContext
+from ernerf.preprocess.check import redo_hint
 
 # Mediapipe face-mesh indices of rigid regions (no lips, jaw, eyelids or eyebrows).
 STABLE_IDS = (
@@ -314,6 +315,7 @@ class TrackingStep(PreprocessStep):
     """Write track_params.pt and transforms_{train,val}.json: rigid head poses and one focal length."""
 
     name = "tracking"
+    requires = ("headbox", "landmarks")
 
     def __init__(self, focal_prior: float = 1200.0, focal_sigma: float = 0.4,
                  focal_range: tuple[float, float] = (500.0, 3000.0), smooth_weight: float = 1.0,
@@ -361,7 +363,7 @@ class TrackingStep(PreprocessStep):
 
 def _load_mesh(layout: SubjectLayout) -> tuple[np.ndarray, np.ndarray]:
     if not layout.mesh.exists():
-        raise ErnerfError(f"{layout.mesh} is missing: run the landmarks step first (preprocess.force=[landmarks]).")
+        raise ErnerfError(f"{layout.mesh} is missing: {redo_hint(layout.mesh)}.")
     mesh = np.load(layout.mesh)
     valid_path = layout.root / "mesh_valid.npy"
     valid = np.load(valid_path).astype(bool) if valid_path.exists() else np.ones(len(mesh), bool)
@@ -373,8 +375,8 @@ def _crop_size(layout: SubjectLayout) -> int:
 
     first = cv2.imread(str(layout.ori_img(0)))
     if first is None:
-        raise ErnerfError(f"{layout.ori_img(0)} is missing: run the headbox step first (preprocess.force=[headbox]).")
+        raise ErnerfError(f"{layout.ori_img(0)} is missing or unreadable: {redo_hint(layout.ori_img(0))}.")
     if first.shape[0] != first.shape[1]:
         raise ErnerfError(f"crops must be square, {layout.ori_img(0)} is {first.shape[1]}x{first.shape[0]}: "
-                          "rerun the headbox step (preprocess.force=[headbox]).")
+                          f"{redo_hint(layout.ori_img(0))}.")
     return int(first.shape[0])

@@ -161,7 +161,8 @@ def test_failing_headbox_rerun_keeps_the_earlier_crops(tmp_path: Path) -> None:
     video, bbox = layout.face_video.read_bytes(), layout.head_bbox.read_text()
     meta = json.loads(layout.meta.read_text())
     layout.meta.write_text(json.dumps({**meta, "num_frames": meta["num_frames"] + 50}))  # stale ingest facts
-    with pytest.raises(ErnerfError, match="rerun the ingest step"):
+    redo = r"the ingest step writes it: run `python preprocess.py video=.* preprocess.force=\[ingest\]`"
+    with pytest.raises(ErnerfError, match=redo):
         HeadboxStep().run(ctx)
     assert sorted(p.name for p in layout.ori_imgs.iterdir()) == crops
     assert layout.face_video.read_bytes() == video and layout.head_bbox.read_text() == bbox

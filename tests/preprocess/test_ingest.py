@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import av
@@ -10,11 +11,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from ernerf.errors import ErnerfError
 from ernerf.io.audio import load_audio, write_wav
 from ernerf.io.layout import SubjectLayout
 from ernerf.io.video import VideoWriter, iter_frames, probe
 from ernerf.preprocess.base import StepContext
-from ernerf.preprocess.ingest import IngestStep
+from ernerf.preprocess.ingest import IngestStep, check_same_source, file_identity
 from tests.conftest import shared_clip
 
 TRAIN_CLIPS = ["train/trump_10s.mp4", "train/hdtf_aoc_8s.mp4"]
@@ -127,3 +129,62 @@ def test_conforming_h264_is_copied_losslessly(prepare_subject) -> None:
     layout = SubjectLayout(prepare_subject("train/trump_10s.mp4", upto="ingest"))
     for ours, theirs in zip(iter_frames(layout.video, stop=3), iter_frames(shared_clip("train/trump_10s.mp4"), stop=3)):
         assert np.array_equal(ours, theirs)
+
+
+def test_the_source_identity_survives_a_move_and_tells_files_apart(tmp_path: Path, prepare_subject) -> None:
+    clip = shared_clip(TRAIN_CLIPS[0])
+    moved = tmp_path / "renamed.mp4"
+    shutil.copyfile(clip, moved)
+    assert file_identity(moved) == file_identity(clip)
+    data = bytearray(clip.read_bytes())
+    data[-10] ^= 0xFF  # same size, one byte changed near the end
+    edited = tmp_path / "edited.mp4"
+    edited.write_bytes(bytes(data))
+    assert file_identity(edited) != file_identity(clip)
+    meta = json.loads(SubjectLayout(prepare_subject(TRAIN_CLIPS[0], upto="ingest")).meta.read_text())
+    assert meta["source_id"] == meta["audio_source_id"] == file_identity(clip)
+
+
+def _made_from(tmp_path: Path, **meta: object) -> SubjectLayout:
+    layout = SubjectLayout(tmp_path / "data" / "s")
+    layout.root.mkdir(parents=True)
+    layout.meta.write_text(json.dumps(meta))
+    return layout
+
+
+def test_another_video_is_refused_naming_both_and_the_fixes(tmp_path: Path) -> None:
+    trump, aoc = (shared_clip(c) for c in TRAIN_CLIPS)
+    layout = _made_from(tmp_path, source="/old/place/trump.mp4", source_id=file_identity(trump))
+    check_same_source(layout, trump)  # the same file, wherever it lives now
+    with pytest.raises(ErnerfError) as info:
+        check_same_source(layout, aoc)
+    message = str(info.value)
+    assert "/old/place/trump.mp4" in message and f"video={aoc}" in message and "subject=<name>" in message
+    assert f"python preprocess.py video={aoc} subject=s paths.data_root={layout.root.parent} " \
+           "preprocess.force=[ingest]" in message
+    with pytest.raises(ErnerfError, match="does not exist"):
+        check_same_source(layout, tmp_path / "typo.mp4")
+
+
+def test_another_audio_track_is_refused(tmp_path: Path) -> None:
+    trump = shared_clip(TRAIN_CLIPS[0])
+    wav = shared_clip("audio/obama_5s.wav")
+    layout = _made_from(tmp_path, source=str(trump), source_id=file_identity(trump),
+                        audio_source=str(trump), audio_source_id=file_identity(trump))
+    check_same_source(layout, trump, None)
+    with pytest.raises(ErnerfError, match=f"made with audio {trump}, not audio={wav}"):
+        check_same_source(layout, trump, wav)
+
+
+def test_datasets_without_identities_compare_what_they_recorded(tmp_path: Path) -> None:
+    trump, aoc = (shared_clip(c) for c in TRAIN_CLIPS)
+    old = _made_from(tmp_path / "a", source=str(trump))  # the recorded file is still there: compare the files
+    check_same_source(old, trump)
+    with pytest.raises(ErnerfError, match="not video="):
+        check_same_source(old, aoc)
+    gone = _made_from(tmp_path / "b", source="/gone/trump.mp4", source_fps=25.0, width=512, height=512, duration=10.0)
+    check_same_source(gone, trump)  # the file is gone: its frame rate, size and length must fit
+    with pytest.raises(ErnerfError, match="not video="):
+        check_same_source(gone, aoc)  # 8 s: shorter than the 10 s the dataset holds
+    with pytest.raises(ErnerfError, match="not video="):
+        check_same_source(gone, shared_clip("edge/tiny_face_full_body.mp4"))  # 720x1080
