@@ -34,6 +34,8 @@ from ernerf.rendering import render_image as render_frame
 
 log = logging.getLogger(__name__)
 
+# The per-step numbers of a batch as a CUDA graph reads them: device scalars of these dtypes.
+STEP_SCALARS = {"step": torch.long, "progress": torch.float32}
 LOSS_TERMS = ("rgb", "rgb_uncertainty", "opacity_entropy", "ambient_audio", "ambient_eye", "lip_perceptual", "torso_alpha",
               "torso_deform")
 
@@ -59,6 +61,13 @@ def tf32_matmuls(enabled: bool) -> Iterator[None]:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def step_scalar(value: float) -> Tensor:
+    """A per-step number (step, progress) as the step's batch carries it: a 0-dim float64 on the host. In kernels with
+    device tensors it is a kernel argument, as the Python number would be (same kernels, same rounding); a CUDA
+    graph's step loads it into its device scalar (`STEP_SCALARS`)."""
+    return torch.tensor(float(value), dtype=torch.float64)
 
 
 def psnr_from_mse(mse: Tensor) -> Tensor:
@@ -128,8 +137,8 @@ class TalkingHeadSystem(L.LightningModule):
         self.freeze_matching(frozen)
 
     # ---------------------------------------------------------------- conditioning and rendering
-    def condition(self, audio_window: Tensor, eye: Tensor | None, frame_index: int | None) -> FaceCondition:
-        """Audio window [8, 16, C] -> code; the field's per-frame conditioning."""
+    def condition(self, audio_window: Tensor, eye: Tensor | None, frame_index: Tensor | None) -> FaceCondition:
+        """Audio window [8, 16, C] -> code; the field's per-frame conditioning (frame index [1] long, or None)."""
         code = self.audio_encoder(audio_window[None].float())[0]  # [audio_dim]
         return FaceCondition(audio=code, eye=eye, frame_index=frame_index)
 
@@ -140,7 +149,7 @@ class TalkingHeadSystem(L.LightningModule):
                             capacity=capacity)
 
     def behind_head(self, bg: Tensor, index: Tensor, height: int, width: int, c2w: Tensor,
-                    frame_index: int | None) -> tuple[Tensor, TorsoOutputs | None]:
+                    frame_index: Tensor | None) -> tuple[Tensor, TorsoOutputs | None]:
         """What the head is composited over at pixels `index` [N]: the torso over `bg` [N, 3] when a torso field exists."""
         if self.torso is None:
             return bg, None
@@ -152,11 +161,12 @@ class TalkingHeadSystem(L.LightningModule):
                      eye: Tensor | None, frame_index: int | None, bg: Tensor) -> dict[str, Tensor]:
         """Render one frame: c2w [4, 4] in the model's space, bg [H, W, 3] -> rgb [H, W, 3], depth/opacity [H, W].
 
+        `frame_index`: the number of a training frame (its per-frame codes), or None (new audio: the mean codes).
         With a torso field, `bg` is the plate and the torso is composited between it and the head (+ torso_alpha [H, W]).
         With model.render_cuda_graph on a GPU, whole frames replay a CUDA graph, with the same results."""
         device = self.device
         inputs = {"c2w": c2w.to(device).float(), "audio": audio_window.to(device),
-                  "eye": None if eye is None else eye.to(device), "frame_index": frame_index,
+                  "eye": None if eye is None else eye.to(device), "frame_index": self.frame_index(frame_index),
                   "bg": bg.to(device).expand(height, width, 3), "height": height, "width": width,
                   "intrinsics": tuple(float(v) for v in intrinsics)}
         with tf32_matmuls(bool(self.hparams.get("tf32"))):
@@ -168,6 +178,16 @@ class TalkingHeadSystem(L.LightningModule):
                 out = self._render_frame(inputs, None)
         out.pop("occupied")
         return out
+
+    def frame_index(self, frame: int | None) -> Tensor | None:
+        """A training frame's number as the frame index the model takes ([1] long on its device), checked against the
+        training frames; None stays None."""
+        if frame is None:
+            return None
+        if not 0 <= frame < int(self.hparams.num_frames):
+            raise ErnerfError(f"frame_index {frame} is outside the {self.hparams.num_frames} training frames of the "
+                              "model; pass frame_index=None for new audio")
+        return torch.tensor([frame], device=self.device)
 
     def _graph_renders(self, rays: int) -> bool:
         """Whether frames replay a CUDA graph: model.render_cuda_graph, on CUDA, the frame in one chunk."""
@@ -210,9 +230,10 @@ class TalkingHeadSystem(L.LightningModule):
         return min(self.global_step / max(total, 1), 1.0)
 
     def loss_terms(self, out: RenderOutputs, batch: dict, torso: TorsoOutputs | None = None,
-                   progress: float | Tensor | None = None) -> dict[str, Tensor]:
-        """The active loss terms of one ray batch (names as in conf/loss/); patch and torso terms where they apply."""
-        progress = self.step_fraction() if progress is None else progress
+                   progress: Tensor | None = None) -> dict[str, Tensor]:
+        """The active loss terms of one ray batch (names as in conf/loss/); patch and torso terms where they apply.
+        `progress`: [] training progress (`step_scalar`), by default this step's."""
+        progress = step_scalar(self.step_fraction()) if progress is None else progress
         pred, target, face = out.rgb.float(), batch["rgb"], batch["face_mask"]
         extras = {name: value.float() for name, value in out.extras.items()}
         makers = {
@@ -239,7 +260,8 @@ class TalkingHeadSystem(L.LightningModule):
         return self._perceptual[0].to(self.device)
 
     def step_outputs(self, batch: dict, capacity: int | None = None) -> dict[str, Tensor]:
-        """Loss and what is logged of one ray batch; `batch["step"]` and `["progress"]` drive the loss ramps."""
+        """Loss and what is logged of one ray batch; `batch["step"]` and `["progress"]` ([] tensors) drive the loss
+        ramps."""
         cond = self.condition(batch["audio"], batch["eye"], batch["frame_index"])
         bg, torso = self.behind_head(batch["bg"], batch["pixel_index"], batch["height"], batch["width"], batch["c2w"],
                                      batch["frame_index"])
@@ -252,7 +274,7 @@ class TalkingHeadSystem(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         log_now = self.logs_this_step()
-        batch = {**batch, "step": self.global_step, "progress": self.step_fraction()}
+        batch = {**batch, "step": step_scalar(self.global_step), "progress": step_scalar(self.step_fraction())}
         with tf32_matmuls(bool(self.hparams.get("tf32"))):
             outputs = self.graphed_step(batch) if self.graphed is not None else self.step_outputs(batch)
         if log_now:
@@ -301,7 +323,7 @@ class TalkingHeadSystem(L.LightningModule):
         self.automatic_optimization = False
         datamodule = getattr(trainer, "datamodule", None)
         build = datamodule.device_batches() if hasattr(datamodule, "device_batches") else None
-        self.graphed = GraphedStep(self.step_outputs, self, scalars=("frame_index", "step", "progress"), build=build,
+        self.graphed = GraphedStep(self.step_outputs, self, scalars=STEP_SCALARS, build=build,
                                    headroom=float(self.hparams.get("cuda_graph_headroom", 1.2)),
                                    fixed_capacity=self.hparams.get("cuda_graph_capacity"),
                                    reduce=self._all_reduce_gradients if trainer.world_size > 1 else None)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ernerf.systems.cuda_graph import GraphedRender, GraphedStep, round_up
+from ernerf.systems.talking_head import STEP_SCALARS, step_scalar
 from tests.systems.test_talking_head import build
 
 gpu = pytest.mark.gpu
@@ -26,13 +27,13 @@ def ray_batch(seed: int, n: int = 4096, frame: int = 3, step: int = 10) -> dict:
              "face_mask": torch.rand(n, generator=g) > 0.5, "pixel_index": torch.randint(0, 64 * 64, (n,), generator=g),
              "c2w": torch.eye(4), "audio": torch.randn(8, 16, 80, generator=g), "eye": torch.rand(1, generator=g)}
     batch = {k: v.cuda() for k, v in batch.items()}
-    return batch | {"patch_shape": None, "height": 64, "width": 64, "frame_index": frame, "step": step, "progress": 0.3}
+    return batch | {"patch_shape": None, "height": 64, "width": 64, "frame_index": torch.tensor([frame], device="cuda"),
+                    "step": step_scalar(step), "progress": step_scalar(0.3)}
 
 
 def graphed_step(system, **kwargs) -> GraphedStep:
     """The system's training step as GraphedStep captures it in training, at a test-sized granularity."""
-    return GraphedStep(system.step_outputs, system, scalars=("frame_index", "step", "progress"), granularity=1024,
-                       **kwargs)
+    return GraphedStep(system.step_outputs, system, scalars=STEP_SCALARS, granularity=1024, **kwargs)
 
 
 def eager_loss_and_grads(system, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -97,10 +98,10 @@ def test_graph_recaptures_when_the_occupied_samples_outgrow_the_capacity() -> No
 def frame_builder(base: dict):
     """A batch builder with no random draws (so the graphed and eager steps see the same rays): the frame shifts
     the target colours."""
-    def build_batch(frame: torch.Tensor) -> dict:
-        shift = frame.float().reshape(()) * 0.07
+    def build_batch(frame: torch.Tensor) -> dict:  # frame index [1]
+        shift = frame.float() * 0.07
         return {**{k: v for k, v in base.items() if k not in ("step", "progress")},
-                "rgb": (base["rgb"] + shift) % 1.0, "frame_index": frame.reshape(())}
+                "rgb": (base["rgb"] + shift) % 1.0, "frame_index": frame}
     return build_batch
 
 
@@ -115,9 +116,10 @@ def test_rays_built_in_the_graph_and_a_captured_optimizer_train_like_the_eager_s
     graphed.install_optimizer(optimizer)
     losses, twin_losses = [], []
     for step, frame in enumerate((1, 4, 2, 6, 3)):
-        losses.append(float(graphed({"frame_index": frame, "step": step, "progress": 0.3})["loss"]))
+        index, scalars = torch.tensor([frame], device="cuda"), {"step": step_scalar(step), "progress": step_scalar(0.3)}
+        losses.append(float(graphed({"frame_index": index, **scalars})["loss"]))
         optimizer.step()
-        batch = builder(torch.tensor([frame], device="cuda")) | {"step": step, "progress": 0.3}
+        batch = builder(index) | scalars
         twin_optimizer.zero_grad(set_to_none=True)
         loss = twin.step_outputs(batch)["loss"]
         loss.backward()
