@@ -59,8 +59,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     OmegaConf.resolve(cfg)
     system = instantiate(cfg.model, num_frames=datamodule.num_train_frames)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    engine = instantiate(cfg.engine)  # how the steps execute: beside the system, not in its checkpoint
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None] if cfg.get("logger") else False
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer = instantiate(cfg.trainer, callbacks=[*callbacks, engine], logger=loggers)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg))
     log.info("training %s/%s for %d steps in %s", cfg.subject, cfg.run_name, max_steps, cfg.run_dir)

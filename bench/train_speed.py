@@ -40,17 +40,18 @@ sys.path.insert(0, str(REPO / "bench"))
 from callbacks.data_parallel import DataParallelCallback  # noqa: E402
 from callbacks.ema import EMAWeights  # noqa: E402
 from ernerf.chain import stage_steps  # noqa: E402
+from ernerf.engine import ExecutionEngine  # noqa: E402
 
 
 class StepTimer(L.Callback):
     """Wall time of every training step. No per-step GPU sync (it would serialise host and GPU, which training
     does not); the GPU is synchronised once at the end, so the last time is the real end of the work."""
 
-    def __init__(self, time_graphs: bool = False) -> None:
+    def __init__(self, engine: ExecutionEngine | None = None) -> None:
         self.times: list[float] = []
         self.graph_ms: dict[str, float] = {}
         self.ranks_identical: bool | None = None
-        self.time_graphs = time_graphs  # replays train on (the optimizer's graph steps again): speed runs only
+        self.engine = engine  # whose graphs to time: replays train on (the optimizer's graph steps again), speed runs only
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.start = time.perf_counter()
@@ -70,8 +71,8 @@ class StepTimer(L.Callback):
                 state = [t.detach().double().sum() for t in (*pl_module.parameters(), *pl_module.buffers())]
                 gathered = pl_module.all_gather(torch.stack(state))  # [W, P]
                 self.ranks_identical = bool((gathered == gathered[0]).all())
-            if self.time_graphs:
-                self.graph_ms = replay_times(getattr(pl_module, "graphed", None))
+            if self.engine is not None:
+                self.graph_ms = replay_times(self.engine.graphed)
 
     def rate(self, warmup: int) -> float:
         """Steps/s after the first `warmup` steps."""
@@ -127,9 +128,10 @@ def replay_times(graphed: object, replays: int = 50) -> dict[str, float]:
 
 
 def build(overrides: list[str], stage_budget: bool = False) -> tuple:
-    """Compose conf/train.yaml with overrides; instantiate datamodule, system and the callbacks that take part in the
-    step (the occupancy grid's refresh, and the EMA of the weights when configured: validation scores it). With
-    `stage_budget`, trainer.max_steps is the stage's budget for the subject, as train.py sets it."""
+    """Compose conf/train.yaml with overrides; instantiate datamodule, system, the execution engine (conf/engine/) and
+    the callbacks that take part in the step (the engine, the occupancy grid's refresh, and the EMA of the weights
+    when configured: validation scores it). With `stage_budget`, trainer.max_steps is the stage's budget for the
+    subject, as train.py sets it. -> (cfg, datamodule, system, engine, step callbacks)"""
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     datamodule = instantiate(cfg.datamodule)
@@ -137,10 +139,11 @@ def build(overrides: list[str], stage_budget: bool = False) -> tuple:
         cfg.trainer.max_steps = stage_steps(cfg, datamodule.num_train_frames)  # the loss ramps read it
     OmegaConf.resolve(cfg)
     system = instantiate(cfg.model, num_frames=datamodule.num_train_frames)
+    engine = instantiate(cfg.engine)
     step_callbacks = [instantiate(cfg.callbacks.occupancy_grid)]
     if cfg.callbacks.get("ema"):
         step_callbacks.append(instantiate(cfg.callbacks.ema))
-    return cfg, datamodule, system, step_callbacks
+    return cfg, datamodule, system, engine, [*step_callbacks, engine]
 
 
 def trainer_for(cfg, callbacks: list, devices: int = 1, data_parallel: DataParallelCallback | None = None,
@@ -163,15 +166,15 @@ def measure_speed(overrides: list[str], steps: int, warmup: int, devices: int = 
                   profile_steps: int = 0) -> dict[str, float]:
     """Iterations/s and rays/s (all devices) over `steps` training steps (the first `warmup` excluded); with
     `profile_steps`, a profile of that many steps after the timed ones."""
-    cfg, datamodule, system, step_callbacks = build(overrides)
-    timer = StepTimer(time_graphs=True)
+    cfg, datamodule, system, engine, step_callbacks = build(overrides)
+    timer = StepTimer(engine)
     window = ProfileWindow(steps, profile_steps, timer) if profile_steps else None
     trainer = trainer_for(cfg, [*step_callbacks, timer, *([window] if window else [])], devices,
                           max_steps=steps + profile_steps + (1 if profile_steps else 0))
     trainer.fit(system, datamodule=datamodule)
     timer.times = timer.times[:steps]
     its = timer.rate(warmup)
-    graph = system.graphed
+    graph = engine.graphed
     return {"profile": window.summary if window else {}, "ranks_identical": timer.ranks_identical, "it_per_s": its, "rays_per_s": its * cfg.datamodule.num_rays * devices, "num_rays": cfg.datamodule.num_rays,
             "devices": devices, "cuda_graph_captures": graph.captures if graph else 0,
             "graph_capacity": graph.capacity if graph else None, "graph_replay_ms": timer.graph_ms,
@@ -251,7 +254,7 @@ def psnr_at_budget(overrides: list[str], seconds: float, devices: int = 1, every
     also at every `every` seconds of training on the way (the curve). With `full_stage`: train the stage's own step
     budget as train.py does (callbacks.data_parallel's recipe on several devices: max_steps / W, lr x sqrt(W)),
     stopping at `seconds` only if that comes first."""
-    cfg, datamodule, system, step_callbacks = build(overrides + ["datamodule.num_val_frames=null"], stage_budget=full_stage)
+    cfg, datamodule, system, _, step_callbacks = build(overrides + ["datamodule.num_val_frames=null"], stage_budget=full_stage)
     curve = PsnrCurve(datamodule, seconds, every)
     trainer = trainer_for(cfg, [*step_callbacks, curve], devices,
                           instantiate(cfg.callbacks.data_parallel) if full_stage else None,

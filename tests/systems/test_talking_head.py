@@ -87,15 +87,3 @@ def test_exponential_decay_halves_the_learning_rate_over_the_run() -> None:
         opt.step()
         sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
-
-
-def test_the_removed_in_graph_all_reduce_is_refused_but_old_checkpoints_naming_it_load(tmp_path) -> None:
-    with pytest.raises(InstantiationException, match="was removed"):
-        build("+model.cuda_graph_allreduce_in_graph=true")
-    system = build("+model.cuda_graph_allreduce_in_graph=false")  # what a checkpoint of sessions 4-5 holds
-    assert "cuda_graph_allreduce_in_graph" not in system.hparams
-    path = tmp_path / "old.ckpt"
-    hparams = {**system.hparams, "cuda_graph_allreduce_in_graph": False}
-    torch.save({"state_dict": system.state_dict(), "hyper_parameters": hparams, "pytorch-lightning_version": "2.6.6"}, path)
-    loaded = TalkingHeadSystem.load_from_checkpoint(path, map_location="cpu")
-    assert loaded.field.encoder.xy.embeddings.equal(system.field.encoder.xy.embeddings)

@@ -1,7 +1,8 @@
 """The training step replayed as CUDA graphs: one for data + forward + backward, one for the optimizer.
 
-On a GPU the eager step is bound by the host: ~560 small kernels whose launches (Python, dispatcher, autograd)
-take ~3x longer than the kernels run (bench/profile_step.py). A CUDA graph launches them all at once. Graphs
+On a GPU the eager step is bound by the host: hundreds of small kernels whose launches (Python, dispatcher,
+autograd) take longer than the kernels run (bench/profile_step.py, docs/performance.md). A CUDA graph launches them
+all at once. Graphs
 need fixed shapes, so the marcher keeps a fixed `capacity` of samples (padding the rest); the capacity follows
 the occupancy grid: it is re-measured every `check_every` steps and the graph re-captured when the occupied
 samples outgrow it (those steps drop the samples past the capacity) or shrink well below it.
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 log = logging.getLogger(__name__)
 
 # (batch with tensors on the GPU, capacity) -> {"loss": scalar to back-propagate, "occupied": [] count, ...}
-StepFn = Callable[[dict[str, Any], int], dict[str, Tensor]]
+StepFn = Callable[[dict[str, Any], int | None], dict[str, Tensor]]
 BuildFn = Callable[[Tensor], dict[str, Any]]  # frame index [1] long on the GPU -> ray batch
 ReduceFn = Callable[[Tensor], None]  # flat gradients [P], reduced in place across processes
 
@@ -45,7 +46,7 @@ def make_capturable(optimizer: torch.optim.Optimizer) -> None:
     for group in optimizer.param_groups:
         if "capturable" not in group:
             raise ValueError(f"{type(optimizer).__name__} cannot be captured in a CUDA graph (no `capturable` option): "
-                             "use Adam or AdamW, or model.cuda_graph=false.")
+                             "use Adam or AdamW, or engine.cuda_graph=false.")
         group["capturable"] = True
         if not isinstance(group["lr"], Tensor):
             group["lr"] = torch.tensor(float(group["lr"]), device=device)
@@ -177,7 +178,7 @@ class GraphedStep:
         self.replays_since_check = 0
         if self.fixed_capacity is not None:
             if peak > self.capacity:
-                log.warning("a step kept %d samples; the fixed capacity of %d dropped the rest (model.cuda_graph_capacity)",
+                log.warning("a step kept %d samples; the fixed capacity of %d dropped the rest (engine.cuda_graph_capacity)",
                             peak, self.capacity)
             return False
         wanted = round_up(peak * self.headroom, self.granularity)
