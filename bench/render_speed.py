@@ -23,9 +23,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from ernerf.inference import (FPS, STAGES, OutputOptions, Renderer, SubjectView, extractor_for,  # noqa: E402
-                              find_checkpoint, load_subject, load_system, run_inference)
+                              find_checkpoint, load_subject, run_inference)
 from ernerf.engine import ExecutionEngine  # noqa: E402
 from ernerf.errors import ErnerfError  # noqa: E402
+from ernerf.systems.loading import load_system  # noqa: E402
 from ernerf.postprocess.pasteback import PasteBack  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
@@ -124,8 +125,7 @@ def bench_trained(args: argparse.Namespace) -> dict:
     audio = Path(args.audio) if args.audio else Path(args.data_root) / args.subject / "audio.wav"
     for stage, ckpt in trained_stages(args):
         engine = bench_engine(args)
-        system = load_system(ckpt, args.device)
-        engine.attach(system)
+        system = load_system(ckpt, args.device, engine)
         subject = load_subject(Path(args.data_root) / args.subject, f"aud_{system.hparams['audio_kind']}.npy",
                                stage, downscale=args.downscale)
         label = "head+torso" if stage == "torso" else "head"

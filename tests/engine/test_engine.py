@@ -32,6 +32,9 @@ def test_the_default_engine_config_is_the_engines_own_defaults_and_eager_runs_pl
     plain = EagerExecution()
     assert (eager.compile_field, eager.cuda_graph, eager.tf32, eager.render_cuda_graph) == (False, False, False, False)
     assert (eager.eval_chunk, eager.eval_chunk_gpu) == (plain.eval_chunk, plain.eval_chunk_gpu)
+    for app in ("infer", "evaluate"):  # applications choose the engine too, where they load a checkpoint
+        assert compose(app, ["subject=x", "audio=y.wav"] if app == "infer" else ["subject=x"]).engine == compose(
+            "train", ["subject=x"]).engine
 
 
 def test_attaching_runs_the_systems_steps_and_renders_and_a_cpu_fit_stays_eager(caplog) -> None:
