@@ -52,6 +52,32 @@ def tf32_matmuls(enabled: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = before
 
 
+def thin_sigterm_broadcast(trainer: L.Trainer, every_n_steps: int) -> bool:
+    """Let Lightning's SIGTERM broadcast run on one training step in `every_n_steps`; True if it was thinned.
+
+    Lightning (>= 2.5, PR #20825) broadcasts a SIGTERM flag from rank 0 before *every* training step under DDP: a
+    tensor copied from the host, a broadcast and an `.item()`, i.e. two host syncs per step that stall the host
+    until the GPU has drained its queue (Lightning issue #21487; docs/multigpu.md). It offers no setting for it, so
+    this wraps the epoch loop's private hook, the one place the project touches Lightning's internals (a test pins
+    the hook's name). Every rank still calls it at the same steps, so all ranks stop together, at most
+    `every_n_steps` later."""
+    loop = trainer.fit_loop.epoch_loop
+    broadcast = getattr(loop, "_broadcast_sigterm_tensor", None)  # absent in other Lightning versions: left alone
+    if broadcast is None or every_n_steps <= 1 or getattr(broadcast, "thinned", False):
+        return False  # (a second fit on the same trainer must not thin the thinned one again)
+    calls = 0
+
+    def thinned() -> None:
+        nonlocal calls
+        if calls % every_n_steps == 0:
+            broadcast()
+        calls += 1
+
+    thinned.thinned = True
+    loop._broadcast_sigterm_tensor = thinned
+    return True
+
+
 def average_gradients(flat_grads: Tensor, world_size: int) -> None:
     """Average the gradients over processes: one all-reduce of the flat buffer (DDP's reducer is not armed in manual
     optimisation, and its per-bucket hooks could not run inside a captured backward)."""
@@ -69,18 +95,20 @@ class ExecutionEngine(EagerExecution, L.Callback):
         fixed_capacity).
     tf32: TF32 matrix products in training steps and renders. render_cuda_graph: replay whole-frame renders on a GPU.
     eval_chunk, eval_chunk_gpu: rays rendered at once on a CPU, on a GPU.
+    sigterm_every_n_steps: under DDP, Lightning's per-step SIGTERM check only every n steps (1: every step).
     """
 
     def __init__(self, compile_field: bool | str = "auto", cuda_graph: bool | str = "auto",
                  cuda_graph_headroom: float = 1.2, cuda_graph_capacity: int | None = None, tf32: bool = True,
-                 render_cuda_graph: bool = True, eval_chunk: int = 4096, eval_chunk_gpu: int = 262144) -> None:
+                 render_cuda_graph: bool = True, eval_chunk: int = 4096, eval_chunk_gpu: int = 262144,
+                 sigterm_every_n_steps: int = 50) -> None:
         super().__init__(eval_chunk, eval_chunk_gpu)
         for name, mode in (("compile_field", compile_field), ("cuda_graph", cuda_graph)):
             if mode not in MODES:
                 raise ErnerfError(f"engine.{name} must be true, false or auto, got {mode!r}.")
         self.compile_field, self.cuda_graph, self.tf32 = compile_field, cuda_graph, bool(tf32)
         self.cuda_graph_headroom, self.cuda_graph_capacity = float(cuda_graph_headroom), cuda_graph_capacity
-        self.render_cuda_graph = bool(render_cuda_graph)
+        self.render_cuda_graph, self.sigterm_every_n_steps = bool(render_cuda_graph), int(sigterm_every_n_steps)
         self.system: Any = None  # the TalkingHeadSystem attached
         self.train_field: FieldFn | None = None  # the field's forward in training steps
         self.render_field: FieldFn | None = None  # and in whole-frame renders
@@ -135,6 +163,8 @@ class ExecutionEngine(EagerExecution, L.Callback):
     # ---------------------------------------------------------------- Lightning
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.attach(pl_module)
+        if stage == "fit" and trainer.world_size > 1:
+            thin_sigterm_broadcast(trainer, self.sigterm_every_n_steps)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """On a GPU: compile the field for training (compile_field=auto) and replay the step as CUDA graphs when asked
