@@ -232,7 +232,7 @@ def test_two_gpus_replaying_graphs_end_identical(tmp_path: Path) -> None:
     thing keeping the ranks together, so identical weights prove it ran."""
     log = train_two_ranks(tmp_path, "trainer=ddp", "trainer.devices=2", "trainer.max_steps=64",
                           "trainer.val_check_interval=64", "callbacks.occupancy_grid.every_n_steps=8",
-                          "model.compile_field=false")
+                          "engine.compile_field=false")
     assert "training step as CUDA graphs" in log
     rank0, rank1 = ranks(tmp_path)
     assert rank0["world_size"] == rank1["world_size"] == 2 and rank0["step"] == rank1["step"] == 32
