@@ -13,7 +13,8 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ernerf.chain import initial_checkpoint, preprocess_overrides, run_chain, stage_overrides
+from ernerf.chain import (initial_checkpoint, planned_world_size, preprocess_overrides, run_budget, run_chain,
+                          stage_overrides)
 from ernerf.chain import stage_steps  # noqa: F401 - part of train.py's interface (tests, benches)
 from ernerf.cli import run_entry_point
 from ernerf.errors import ErnerfError
@@ -68,7 +69,8 @@ def fit_stage(cfg: DictConfig) -> dict[str, float]:
     validate_max_steps(cfg.trainer.max_steps)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.datamodule)
-    cfg.trainer.max_steps = max_steps = stage_steps(cfg, datamodule.num_train_frames)  # loss ramps read it
+    world_size = planned_world_size(cfg.trainer)
+    max_steps = run_budget(cfg, datamodule.num_train_frames, world_size)  # per rank; loss ramps and validation follow
     cfg.model.init_from = initial_checkpoint(cfg)  # lips and torso start from the previous stage
     if is_first_process():
         resume = prepare_run_folder(cfg.run_dir, cfg.subject, cfg.stage.name, cfg.ckpt_path, max_steps,
@@ -78,11 +80,16 @@ def fit_stage(cfg: DictConfig) -> dict[str, float]:
     OmegaConf.resolve(cfg)
     system = instantiate(cfg.model, num_frames=datamodule.num_train_frames)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    engine = instantiate(cfg.engine)  # how the steps execute: beside the system, not in its checkpoint
     loggers = [instantiate(c) for c in cfg.logger.values() if c is not None] if cfg.get("logger") else False
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer = instantiate(cfg.trainer, callbacks=[*callbacks, engine], logger=loggers)
+    if trainer.world_size != world_size:
+        raise ErnerfError(f"the run was planned for {world_size} process(es) but the trainer runs {trainer.world_size}: "
+                          "give trainer.devices and trainer.num_nodes explicitly.")
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg))
-    log.info("training %s/%s for %d steps in %s", cfg.subject, cfg.run_name, max_steps, cfg.run_dir)
+    log.info("training %s/%s for %d steps (per rank, %d rank(s)) in %s", cfg.subject, cfg.run_name, max_steps,
+             world_size, cfg.run_dir)
     trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
     trainer.save_checkpoint(Path(cfg.run_dir) / "checkpoints" / "last.ckpt")  # the final state, whatever the interval
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

@@ -1,16 +1,17 @@
 """Where the time of one training step goes: data, forward, backward, optimizer; GPU kernels; host syncs.
 
-Runs the system's own `training_step` eagerly in a bare loop (no Lightning Trainer, no CUDA graph), so the figures
-show what each launch costs; `bench/train_speed.py` gives the step under the Trainer (graphed on one GPU).
+Runs the system's own `training_step` eagerly in a bare loop (no Lightning Trainer, no CUDA graph; the configured
+engine's TF32 and compile_field=true apply), so the figures show what each launch costs; `bench/train_speed.py`
+gives the step under the Trainer (graphed on one GPU).
 
 GPU (preprocessed subject, frames preloaded on the GPU):
     python bench/profile_step.py --data-root data --subject trump --variant base --variant tf32 \
-        --variant fused --variant model.compile_field=true
+        --variant fused --variant engine.compile_field=true
 CPU smoke run:
     python bench/profile_step.py --data-root data --subject trump --rays 512 --steps 6 --override datamodule.downscale=8
 
 A variant is a comma list of switches: tf32 (TF32 matmuls), fused (fused AdamW), bf16 (bf16 autocast), and Hydra
-overrides (`key=value`, e.g. model.compile_field=true); `base` is the configuration as it is.
+overrides (`key=value`, e.g. engine.compile_field=true); `base` is the configuration as it is.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ class BareLoop:
     """The head stage's step (data, training_step, backward, optimizer, periodic grid refresh) without a Trainer."""
 
     def __init__(self, overrides: list[str], switches: set[str], device: torch.device) -> None:
-        cfg, datamodule, system, _ = build(overrides)
+        cfg, datamodule, system, engine, _ = build(overrides)
         self.system = system.to(device).train()
+        engine.attach(self.system)  # outside a Trainer the engine runs steps eagerly (its TF32, compile_field=true)
         data = datamodule.data
         store = FrameStore(data, datamodule.background, preload=device.type == "cuda", device=device,
                            parsing_masks=datamodule.parsing_masks)

@@ -23,8 +23,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from ernerf.inference import (FPS, STAGES, OutputOptions, Renderer, SubjectView, extractor_for,  # noqa: E402
-                              find_checkpoint, load_subject, load_system, run_inference)
+                              find_checkpoint, load_subject, run_inference)
+from ernerf.engine import ExecutionEngine  # noqa: E402
 from ernerf.errors import ErnerfError  # noqa: E402
+from ernerf.systems.loading import load_system  # noqa: E402
 from ernerf.postprocess.pasteback import PasteBack  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
@@ -65,7 +67,8 @@ def _sync(dev: torch.device) -> None:
 
 
 def untrained_system(num_frames: int, device: str) -> Renderer:
-    """A freshly initialised system from the training config (untrained: timings only show the pipeline works)."""
+    """A freshly initialised system from the training config, run by its engine (untrained: timings only show the
+    pipeline works)."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
@@ -73,7 +76,15 @@ def untrained_system(num_frames: int, device: str) -> Renderer:
         cfg = compose(config_name="train", overrides=["subject=bench"])
     system = instantiate(cfg.model, num_frames=num_frames)
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    return system.to(dev).eval()
+    system = system.to(dev).eval()
+    instantiate(cfg.engine).attach(system)
+    return system
+
+
+def bench_engine(args: argparse.Namespace) -> ExecutionEngine:
+    """The default engine (TF32 on: --tf32 only says so) with the command line's --graph and --chunk."""
+    chunks = {"eval_chunk": args.chunk, "eval_chunk_gpu": args.chunk} if args.chunk else {}
+    return ExecutionEngine(render_cuda_graph=args.graph, tf32=True, **chunks)
 
 
 def end_to_end(system: Renderer, subject: SubjectView, audio: Path, seconds: float, out_dir: Path,
@@ -113,19 +124,15 @@ def bench_trained(args: argparse.Namespace) -> dict:
     report = {}
     audio = Path(args.audio) if args.audio else Path(args.data_root) / args.subject / "audio.wav"
     for stage, ckpt in trained_stages(args):
-        system = load_system(ckpt, args.device)
+        engine = bench_engine(args)
+        system = load_system(ckpt, args.device, engine)
         subject = load_subject(Path(args.data_root) / args.subject, f"aud_{system.hparams['audio_kind']}.npy",
                                stage, downscale=args.downscale)
         label = "head+torso" if stage == "torso" else "head"
-        if args.chunk:
-            system.hparams.eval_chunk = system.hparams.eval_chunk_gpu = args.chunk
-        system.hparams.render_cuda_graph = args.graph
-        if args.tf32:
-            system.hparams.tf32 = True
         fps = time_renders(system, subject, args.frames)
         report[label] = {"stage": stage, "size": subject.height, "render_fps": round(fps, 3),
-                         "rays_per_chunk": system.render_chunk(), "cuda_graph": bool(system.hparams.get("render_cuda_graph")),
-                         "tf32": bool(system.hparams.get("tf32"))}
+                         "rays_per_chunk": engine.render_chunk(system.device), "cuda_graph": engine.render_cuda_graph,
+                         "tf32": engine.tf32}
         if args.profile:
             report[label]["profile"] = profile_renders(system, subject, min(args.frames, 10))
         if args.render_only:
@@ -164,11 +171,11 @@ def main() -> None:
     parser.add_argument("--downscale", type=int, default=1, help="render 512/downscale crops (1 = 512x512)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--model-path", help="local HuBERT/wav2vec2 folder for hu/w2v subjects")
-    parser.add_argument("--chunk", type=int, help="rays rendered at once (default: the checkpoint's eval_chunk)")
+    parser.add_argument("--chunk", type=int, help="rays rendered at once (default: the engine's eval_chunk[_gpu])")
     parser.add_argument("--render-only", action="store_true", help="time rendering only (no features, paste-back, mp4)")
     parser.add_argument("--graph", action=argparse.BooleanOptionalAction, default=True,
-                        help="replay frames as CUDA graphs (model.render_cuda_graph; the default)")
-    parser.add_argument("--tf32", action="store_true", help="TF32 matrix products (model.tf32=true)")
+                        help="replay frames as CUDA graphs (engine.render_cuda_graph; the default)")
+    parser.add_argument("--tf32", action="store_true", help="TF32 matrix products (engine.tf32=true, the default)")
     parser.add_argument("--profile", action="store_true", help="also profile kernels, launches and syncs per frame")
     args = parser.parse_args()
     if not args.subject and not args.untrained:

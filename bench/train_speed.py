@@ -39,18 +39,19 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from callbacks.data_parallel import DataParallelCallback  # noqa: E402
 from callbacks.ema import EMAWeights  # noqa: E402
-from ernerf.chain import stage_steps  # noqa: E402
+from ernerf.chain import run_budget  # noqa: E402
+from ernerf.engine import ExecutionEngine  # noqa: E402
 
 
 class StepTimer(L.Callback):
     """Wall time of every training step. No per-step GPU sync (it would serialise host and GPU, which training
     does not); the GPU is synchronised once at the end, so the last time is the real end of the work."""
 
-    def __init__(self, time_graphs: bool = False) -> None:
+    def __init__(self, engine: ExecutionEngine | None = None) -> None:
         self.times: list[float] = []
         self.graph_ms: dict[str, float] = {}
         self.ranks_identical: bool | None = None
-        self.time_graphs = time_graphs  # replays train on (the optimizer's graph steps again): speed runs only
+        self.engine = engine  # whose graphs to time: replays train on (the optimizer's graph steps again), speed runs only
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.start = time.perf_counter()
@@ -70,8 +71,8 @@ class StepTimer(L.Callback):
                 state = [t.detach().double().sum() for t in (*pl_module.parameters(), *pl_module.buffers())]
                 gathered = pl_module.all_gather(torch.stack(state))  # [W, P]
                 self.ranks_identical = bool((gathered == gathered[0]).all())
-            if self.time_graphs:
-                self.graph_ms = replay_times(getattr(pl_module, "graphed", None))
+            if self.engine is not None:
+                self.graph_ms = replay_times(self.engine.graphed)
 
     def rate(self, warmup: int) -> float:
         """Steps/s after the first `warmup` steps."""
@@ -126,21 +127,24 @@ def replay_times(graphed: object, replays: int = 50) -> dict[str, float]:
     return times
 
 
-def build(overrides: list[str], stage_budget: bool = False) -> tuple:
-    """Compose conf/train.yaml with overrides; instantiate datamodule, system and the callbacks that take part in the
-    step (the occupancy grid's refresh, and the EMA of the weights when configured: validation scores it). With
-    `stage_budget`, trainer.max_steps is the stage's budget for the subject, as train.py sets it."""
+def build(overrides: list[str], budget_ranks: int | None = None) -> tuple:
+    """Compose conf/train.yaml with overrides; instantiate datamodule, system, the execution engine (conf/engine/) and
+    the callbacks that take part in the step (the engine, the occupancy grid's refresh, and the EMA of the weights
+    when configured: validation scores it). With `budget_ranks`, trainer.max_steps (and what follows it) is the
+    stage's budget for the subject on that many ranks, as train.py plans it.
+    -> (cfg, datamodule, system, engine, step callbacks)"""
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     datamodule = instantiate(cfg.datamodule)
-    if stage_budget:
-        cfg.trainer.max_steps = stage_steps(cfg, datamodule.num_train_frames)  # the loss ramps read it
+    if budget_ranks:
+        run_budget(cfg, datamodule.num_train_frames, budget_ranks)
     OmegaConf.resolve(cfg)
     system = instantiate(cfg.model, num_frames=datamodule.num_train_frames)
+    engine = instantiate(cfg.engine)
     step_callbacks = [instantiate(cfg.callbacks.occupancy_grid)]
     if cfg.callbacks.get("ema"):
         step_callbacks.append(instantiate(cfg.callbacks.ema))
-    return cfg, datamodule, system, step_callbacks
+    return cfg, datamodule, system, engine, [*step_callbacks, engine]
 
 
 def trainer_for(cfg, callbacks: list, devices: int = 1, data_parallel: DataParallelCallback | None = None,
@@ -148,11 +152,11 @@ def trainer_for(cfg, callbacks: list, devices: int = 1, data_parallel: DataParal
     """A bare trainer of the config's accelerator/precision: no logger, no checkpoints, no validation loop.
 
     With several devices: Lightning's DDP, each rank drawing its own rays, with `data_parallel`'s recipe (default:
-    per-rank seeds and lr x sqrt(W), every rank running the steps asked for)."""
+    per-rank seeds and lr x sqrt(W)); every rank runs the max_steps given."""
     # the project's DDP strategy (conf/trainer/ddp.yaml: no per-step buffer broadcast)
     extra = {"strategy": instantiate(OmegaConf.load(REPO / "conf" / "trainer" / "ddp.yaml").strategy)} if devices > 1 else {}
     if devices > 1:
-        callbacks = [*callbacks, data_parallel or DataParallelCallback(lr_scaling="sqrt", divide_steps=False)]
+        callbacks = [*callbacks, data_parallel or DataParallelCallback(lr_scaling="sqrt")]
     return L.Trainer(accelerator=cfg.trainer.accelerator, devices=devices, precision=cfg.trainer.precision,
                      logger=False, enable_checkpointing=False, enable_progress_bar=False,
                      enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
@@ -163,15 +167,15 @@ def measure_speed(overrides: list[str], steps: int, warmup: int, devices: int = 
                   profile_steps: int = 0) -> dict[str, float]:
     """Iterations/s and rays/s (all devices) over `steps` training steps (the first `warmup` excluded); with
     `profile_steps`, a profile of that many steps after the timed ones."""
-    cfg, datamodule, system, step_callbacks = build(overrides)
-    timer = StepTimer(time_graphs=True)
+    cfg, datamodule, system, engine, step_callbacks = build(overrides)
+    timer = StepTimer(engine)
     window = ProfileWindow(steps, profile_steps, timer) if profile_steps else None
     trainer = trainer_for(cfg, [*step_callbacks, timer, *([window] if window else [])], devices,
                           max_steps=steps + profile_steps + (1 if profile_steps else 0))
     trainer.fit(system, datamodule=datamodule)
     timer.times = timer.times[:steps]
     its = timer.rate(warmup)
-    graph = system.graphed
+    graph = engine.graphed
     return {"profile": window.summary if window else {}, "ranks_identical": timer.ranks_identical, "it_per_s": its, "rays_per_s": its * cfg.datamodule.num_rays * devices, "num_rays": cfg.datamodule.num_rays,
             "devices": devices, "cuda_graph_captures": graph.captures if graph else 0,
             "graph_capacity": graph.capacity if graph else None, "graph_replay_ms": timer.graph_ms,
@@ -249,9 +253,10 @@ def psnr_at_budget(overrides: list[str], seconds: float, devices: int = 1, every
                    full_stage: bool = False) -> dict | None:
     """Train for a wall-clock budget, then the mean PSNR/SSIM over every held-out frame (on rank 0); with `every`,
     also at every `every` seconds of training on the way (the curve). With `full_stage`: train the stage's own step
-    budget as train.py does (callbacks.data_parallel's recipe on several devices: max_steps / W, lr x sqrt(W)),
+    budget as train.py plans it on `devices` ranks (max_steps / W, and callbacks.data_parallel's lr x sqrt(W)),
     stopping at `seconds` only if that comes first."""
-    cfg, datamodule, system, step_callbacks = build(overrides + ["datamodule.num_val_frames=null"], stage_budget=full_stage)
+    cfg, datamodule, system, _, step_callbacks = build(overrides + ["datamodule.num_val_frames=null"],
+                                                       budget_ranks=devices if full_stage else None)
     curve = PsnrCurve(datamodule, seconds, every)
     trainer = trainer_for(cfg, [*step_callbacks, curve], devices,
                           instantiate(cfg.callbacks.data_parallel) if full_stage else None,

@@ -20,7 +20,8 @@ def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
 
 
 class OccupancyGridCallback(L.Callback):
-    """Every `every_n_steps` optimizer steps, update the grid with the audio code and eye of a random training frame.
+    """Every `every_n_steps` optimizer steps, update the grid with the audio code and eye of a random training frame
+    (the data module's `conditioning`).
 
     Under DDP every rank refreshes (ranks draw different jitter points), then rank 0's grid is broadcast, so all
     ranks march through the same cells; the system's DDP strategy therefore need not broadcast buffers each step.
@@ -35,9 +36,9 @@ class OccupancyGridCallback(L.Callback):
         if pl_module.grid is None or trainer.global_step % self.every_n_steps != 0:
             return
         datamodule = trainer.datamodule
-        frame = self.rng.randrange(datamodule.data.num_train)  # ER-NeRF: one random frame's audio per refresh
-        store, device = datamodule.store, pl_module.device  # preloaded frames: already on the device, no copy
-        pl_module.refresh_occupancy(store.audio_window(frame).to(device), store.eye[frame : frame + 1].to(device))
+        frame = self.rng.randrange(datamodule.num_train_frames)  # ER-NeRF: one random frame's audio per refresh
+        audio, eye = datamodule.conditioning(frame)  # preloaded frames: already on the device, no copy
+        pl_module.refresh_occupancy(audio.to(pl_module.device), eye.to(pl_module.device))
         broadcast_buffers(pl_module.grid)
         self.updates += 1
         pl_module.log("train/occupancy", pl_module.grid.occupied_fraction())  # 0: nothing renders any more

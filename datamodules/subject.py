@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,6 +160,7 @@ class FrameStore:
         self.rects = {name: r.to(self.device) for name, r in data.rects.items()}  # name -> [F, 4]
         half = AUDIO_WINDOW // 2  # zero rows on both ends: every frame's window is one slice
         self.padded_audio = torch.nn.functional.pad(data.audio, (0, 0, 0, 0, half, half)).to(self.device)
+        self.frame_ids = torch.arange(data.num_frames, device=self.device)  # frame indices are views of it
         self.images: Tensor | None = None
         self.backgrounds: Tensor | None = None
         self.masks: Tensor | None = None
@@ -171,39 +172,57 @@ class FrameStore:
             if parsing_masks:
                 self.masks = torch.stack([self._load_parsing_masks(f) for f in frames]).to(self.device)  # [F, H, W, 2]
 
-    def audio_window(self, frame: int | Tensor) -> Tensor:
-        """`SubjectData.audio_window` of one frame, on this store's device: [8, 16, C].
+    # ------------------------------------------------------------ by frame number (whole frames: validation, apps)
+    def index(self, frame: int) -> Tensor:
+        """Frame number -> the frame index the model and the ray builder take: [1] long on this store's device (a
+        view of a stored range: no copy, no kernel)."""
+        return self.frame_ids[frame : frame + 1]
 
-        `frame` may be a one-element tensor on the device (a CUDA graph's input): then nothing syncs."""
-        if isinstance(frame, Tensor):
-            rows = self.aud_ids[frame.reshape(1)] + torch.arange(AUDIO_WINDOW, device=self.device)  # padded rows
-            valid = rows < self.padded_audio.shape[0]  # frames past the features' end see zeros, as SubjectData
-            window = self.padded_audio[rows.clamp(max=self.padded_audio.shape[0] - 1)]
-            return window * valid[:, None, None].to(window.dtype)
-        centre = int(self.data.aud_ids[frame])
-        if 0 <= centre < self.data.audio.shape[0]:
-            return self.padded_audio[centre : centre + AUDIO_WINDOW]
-        return self.data.audio_window(frame).to(self.device)
+    def audio_window(self, frame: int) -> Tensor:
+        """`audio_window_at` of a frame number: [8, 16, C]."""
+        return self.audio_window_at(self.index(frame))
 
-    def image(self, frame: int | Tensor) -> Tensor:
-        """Ground truth of one frame, uint8 [H, W, 3] (a tensor `frame` needs the frames preloaded)."""
-        if isinstance(frame, Tensor):
-            return self._preloaded(self.images, "images")[frame.reshape(1)][0]
-        return self.images[frame] if self.images is not None else self._load_image(frame).to(self.device)
+    def image(self, frame: int) -> Tensor:
+        """Ground truth of a frame number, uint8 [H, W, 3]."""
+        return self.image_at(self.index(frame))
 
-    def background(self, frame: int | Tensor) -> Tensor:
+    def background(self, frame: int) -> Tensor:
+        """What lies behind the head in a frame number, uint8 [H, W, 3]."""
+        return self.background_at(self.index(frame))
+
+    def parsing_masks(self, frame: int) -> Tensor:
+        """`parsing_masks_at` of a frame number: uint8 [H, W, 2]."""
+        return self.parsing_masks_at(self.index(frame))
+
+    # ------------------------------------------------------------ by frame index ([1] long on this store's device)
+    # Preloaded frames are gathered on the device without a host sync, so a CUDA graph can build its batch; frames
+    # read from disk take the index's number on the host (such a store lives on the CPU).
+    def audio_window_at(self, frame: Tensor) -> Tensor:
+        """`SubjectData.audio_window` of one frame, on this store's device: [8, 16, C]."""
+        rows = self.aud_ids[frame] + torch.arange(AUDIO_WINDOW, device=self.device)  # rows of the padded features
+        valid = rows < self.padded_audio.shape[0]  # frames past the features' end see zeros, as SubjectData
+        window = self.padded_audio[rows.clamp(max=self.padded_audio.shape[0] - 1)]
+        return window * valid[:, None, None].to(window.dtype)
+
+    def image_at(self, frame: Tensor) -> Tensor:
+        """Ground truth of one frame, uint8 [H, W, 3]."""
+        if self.images is None:
+            return self._load_image(int(frame)).to(self.device)
+        return self.images[frame][0]
+
+    def background_at(self, frame: Tensor) -> Tensor:
         """What lies behind the head in one frame, uint8 [H, W, 3]: torso over the plate, or the plate."""
         if self.background_kind == "plate":
             return self.plate
-        if isinstance(frame, Tensor):
-            return self._preloaded(self.backgrounds, "backgrounds")[frame.reshape(1)][0]
-        return self.backgrounds[frame] if self.backgrounds is not None else self._load_background(frame).to(self.device)
+        if self.backgrounds is None:
+            return self._load_background(int(frame)).to(self.device)
+        return self.backgrounds[frame][0]
 
-    @staticmethod
-    def _preloaded(frames: Tensor | None, what: str) -> Tensor:
-        if frames is None:
-            raise ErnerfError(f"the {what} of a frame given as a device tensor need datamodule.preload=true.")
-        return frames
+    def parsing_masks_at(self, frame: Tensor) -> Tensor:
+        """uint8 [H, W, 2]: torso+neck and head coverage (0..255) from the frame's parsing map (torso stage)."""
+        if self.masks is None:
+            return self._load_parsing_masks(int(frame)).to(self.device)
+        return self.masks[frame][0]
 
     def _read(self, path: Path, mode: str = "RGB") -> np.ndarray:
         """uint8 [H, W, 3|4] at the training size. PIL rather than OpenCV: training machines need no opencv."""
@@ -215,12 +234,6 @@ class FrameStore:
                 return np.asarray(image)
         except (OSError, ValueError) as err:
             raise ErnerfError(f"cannot read {path}: {redo_hint(path)}.") from err
-
-    def parsing_masks(self, frame: int | Tensor) -> Tensor:
-        """uint8 [H, W, 2]: torso+neck and head coverage (0..255) from the frame's parsing map (torso stage)."""
-        if isinstance(frame, Tensor):
-            return self._preloaded(self.masks, "parsing masks")[frame.reshape(1)][0]
-        return self.masks[frame] if self.masks is not None else self._load_parsing_masks(frame).to(self.device)
 
     def _load_parsing_masks(self, frame: int) -> Tensor:
         path = self.data.layout.parsing(int(self.data.img_ids[frame]))
@@ -258,8 +271,9 @@ def to_unit(pixels: Tensor) -> Tensor:
 class TrainRays(Dataset):
     """One training frame per item: `sampler` picks its pixels; rays, targets, background and conditioning.
 
-    With `frames_only`, an item is just `{"frame_index": frame}` and the step builds the batch itself with
-    `build` from a device tensor: a CUDA-graphed step draws its rays inside the graph (see `device_batches`)."""
+    An item's frame number becomes the frame index (`FrameStore.index`) that the batch carries. With `frames_only`,
+    an item is just `{"frame_index": index}` and the step builds the batch itself with `build`: a CUDA-graphed step
+    draws its rays inside the graph (see `SubjectDataModule.device_batches`)."""
 
     def __init__(self, data: SubjectData, store: FrameStore, sampler: RaySampler, eye_jitter: float = 0.05,
                  parsing_masks: bool = False) -> None:
@@ -271,35 +285,35 @@ class TrainRays(Dataset):
         return self.data.num_train
 
     def __getitem__(self, frame: int) -> dict:
-        return {"frame_index": frame} if self.frames_only else self.build(frame)
+        index = self.store.index(frame)
+        return {"frame_index": index} if self.frames_only else self.build(index, self.data.rects_of(frame))
 
-    def build(self, frame: int | Tensor) -> dict:
-        """The ray batch of one frame; a one-element long tensor `frame` on the store's device syncs nothing
-        (it needs preloaded frames and a sampler of fixed shape, e.g. random rays)."""
+    def build(self, frame: Tensor, rects: Mapping[str, Rect] | None = None) -> dict:
+        """The ray batch of frame index `frame` ([1] long on the store's device). On preloaded frames it syncs
+        nothing, so a CUDA graph can run it (with a sampler of fixed shape: `rects`, the frame's regions, are read
+        by rect samplers only)."""
         data, store, device = self.data, self.store, self.store.device
-        rects = data.rects_of(frame) if not isinstance(frame, Tensor) else {}  # only rect samplers read them
-        sample = self.sampler(data.height, data.width, rects, device=device)
+        sample = self.sampler(data.height, data.width, rects or {}, device=device)
         index = sample.index  # [N]
-        at = frame.reshape(1) if isinstance(frame, Tensor) else slice(frame, frame + 1)
-        rays_o, rays_d = get_rays(store.poses[at], data.intrinsics, data.height, data.width, index[None])
+        rays_o, rays_d = get_rays(store.poses[frame], data.intrinsics, data.height, data.width, index[None])
         jitter = (torch.rand(1, device=device) - 0.5) * (2 * self.eye_jitter)  # ER-NeRF: +-0.05 so blinks interpolate
         return self.masks(frame, index) | {
             "rays_o": rays_o[0], "rays_d": rays_d[0],  # [N, 3]
-            "rgb": to_unit(store.image(frame).reshape(-1, 3)[index]),  # [N, 3]
-            "bg": to_unit(store.background(frame).reshape(-1, 3)[index]),  # [N, 3]
-            "face_mask": rect_contains(store.rects["face"][at][0], index, data.width),  # [N]
+            "rgb": to_unit(store.image_at(frame).reshape(-1, 3)[index]),  # [N, 3]
+            "bg": to_unit(store.background_at(frame).reshape(-1, 3)[index]),  # [N, 3]
+            "face_mask": rect_contains(store.rects["face"][frame][0], index, data.width),  # [N]
             "pixel_index": index, "patch_shape": sample.patch_shape, "height": data.height, "width": data.width,
-            "c2w": store.poses[at][0],  # [4, 4]
-            "audio": store.audio_window(frame),  # [8, 16, C]
-            "eye": store.eye[at] + jitter,  # [1]
-            "frame_index": frame,
+            "c2w": store.poses[frame][0],  # [4, 4]
+            "audio": store.audio_window_at(frame),  # [8, 16, C]
+            "eye": store.eye[frame] + jitter,  # [1]
+            "frame_index": frame,  # [1]
         }
 
-    def masks(self, frame: int | Tensor, index: Tensor) -> dict[str, Tensor]:
+    def masks(self, frame: Tensor, index: Tensor) -> dict[str, Tensor]:
         """Torso+neck coverage [N] in [0, 1] and head mask [N] of the sampled pixels (when parsing masks are on)."""
         if not self.parsing_masks:
             return {}
-        masks = self.store.parsing_masks(frame).reshape(-1, 2)[index]
+        masks = self.store.parsing_masks_at(frame).reshape(-1, 2)[index]
         return {"torso_mask": to_unit(masks[:, 0]), "head_mask": masks[:, 1] > 127}
 
 
@@ -358,6 +372,12 @@ class SubjectDataModule(L.LightningDataModule):
     def num_train_frames(self) -> int:
         return self.data.num_train
 
+    def conditioning(self, frame: int) -> tuple[Tensor, Tensor]:
+        """Audio window [8, 16, C] and eye [1] (without the training jitter) of training frame number `frame`, on
+        the frames' device: what an occupancy-grid refresh conditions the density on."""
+        index = self.store.index(frame)
+        return self.store.audio_window_at(index), self.store.eye[index]
+
     def setup(self, stage: str | None = None) -> None:
         if self.store is not None:
             return
@@ -386,8 +406,8 @@ class SubjectDataModule(L.LightningDataModule):
         return self._train_rays
 
     def device_batches(self) -> Callable[[Tensor], dict] | None:
-        """`frame [1] -> ray batch`, built on the GPU without a host sync, when the data allows it (frames
-        preloaded on a CUDA device, rays of a fixed count); the loader then yields frame numbers only.
+        """`frame index [1] -> ray batch`, built on the GPU without a host sync, when the data allows it (frames
+        preloaded on a CUDA device, rays of a fixed count); the loader then yields frame indices only.
         None otherwise: the loader keeps yielding whole batches."""
         fixed = type(self.sampler) is RandomRaySampler
         if self.store is None or self.store.device.type != "cuda" or self.store.images is None or not fixed:

@@ -1,12 +1,14 @@
-"""Stages as a chain: step budgets, where a stage starts from, finished markers, and `stage=all` (head -> lips -> torso)."""
+"""Stages as a chain: step budgets (per rank), where a stage starts from, finished markers, and `stage=all` (head ->
+lips -> torso)."""
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ernerf.errors import ErnerfError
 from ernerf.runs import last_checkpoint, read_record
@@ -19,6 +21,40 @@ def stage_steps(cfg: DictConfig, num_train_frames: int) -> int:
         return int(cfg.trainer.max_steps)
     steps = cfg.stage.steps_per_frame * num_train_frames
     return int(min(max(steps, cfg.stage.min_steps), cfg.stage.max_steps))
+
+
+def per_rank_steps(single_device_steps: int, world_size: int) -> int:
+    """Optimizer steps that see as many rays on `world_size` ranks as `single_device_steps` on one device."""
+    return single_device_steps if single_device_steps <= 0 else math.ceil(single_device_steps / world_size)
+
+
+def run_budget(cfg: DictConfig, num_train_frames: int, world_size: int) -> int:
+    """Plan the run's steps per rank in `cfg`, once, before anything is built from it; returns them.
+
+    trainer.max_steps becomes the stage's budget for the subject (`stage_steps`). On W > 1 ranks with `divide_steps`,
+    that budget, the validation interval and the loss ramps given in steps are each divided by W (rounded up): the
+    ranks together see the rays one device would, validate at the same fractions of the run and end the ramps there.
+    Values given as interpolations (the head stage's ramps, `${trainer.max_steps}`) follow what they name."""
+    cfg.trainer.max_steps = stage_steps(cfg, num_train_frames)
+    if world_size > 1 and cfg.divide_steps:
+        for node, key in [(cfg.trainer, "max_steps"), (cfg.trainer, "val_check_interval"),
+                          *((cfg.loss.ramps, name) for name in (cfg.loss.get("ramps") or {}))]:
+            if not OmegaConf.is_interpolation(node, key) and isinstance(node[key], int):
+                node[key] = per_rank_steps(node[key], world_size)
+    return int(cfg.trainer.max_steps)
+
+
+def planned_world_size(trainer_cfg: DictConfig) -> int:
+    """The processes a Trainer built from `trainer_cfg` runs (devices per node x nodes), counted as Lightning does."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry, CUDAAccelerator
+
+    name = str(trainer_cfg.get("accelerator", "auto"))
+    if name == "auto":
+        name = "cuda" if CUDAAccelerator.is_available() else "cpu"
+    accelerator = AcceleratorRegistry.get("cuda" if name == "gpu" else name)
+    devices = trainer_cfg.get("devices", "auto")
+    parsed = accelerator.parse_devices(accelerator.auto_device_count() if devices == "auto" else devices)
+    return (len(parsed) if isinstance(parsed, list) else int(parsed)) * int(trainer_cfg.get("num_nodes", 1))
 
 
 def stage_checkpoint(runs_root: str | Path, subject: str, stage: str) -> Path:

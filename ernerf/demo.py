@@ -138,10 +138,12 @@ def _train(ctx: DemoContext) -> None:
 
 
 def infer_config(ctx: DemoContext, overrides: Sequence[str] = ()) -> DictConfig:
-    """The real `infer` config: the trained head speaks the new sentence, crops rendered at the training size."""
-    downscale = train_config(ctx).datamodule.downscale
-    return _compose("infer", [f"subject={ctx.cfg.subject}", f"audio={ctx.new_sentence}",
-                              f"output={ctx.result}", f"downscale={downscale}", *ctx.path_overrides(), *overrides])
+    """The real `infer` config: the trained head speaks the new sentence, crops rendered at the training size, in
+    chunks of the demo experiment's size."""
+    trained = train_config(ctx)
+    return _compose("infer", [f"subject={ctx.cfg.subject}", f"audio={ctx.new_sentence}", f"output={ctx.result}",
+                              f"downscale={trained.datamodule.downscale}", f"engine.eval_chunk={trained.engine.eval_chunk}",
+                              *ctx.path_overrides(), *overrides])
 
 
 def _infer_done(ctx: DemoContext) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ernerf.errors import ErnerfError
-from ernerf.inference import Renderer, find_checkpoint, load_system
+from ernerf.inference import Renderer, find_checkpoint
 from ernerf.io.atomic import writable_folder
 from ernerf.runs import checkpoint_step, stale_warning
 
@@ -415,7 +415,7 @@ class EvalResult:
     files: dict[str, Path]
 
 
-def evaluate_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer] = load_system) -> EvalResult:
+def evaluate_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer] | None = None) -> EvalResult:
     """Everything `python evaluate.py subject=<name> [run=...]` does."""
     from ernerf.inference import audio_kind
     from ernerf.io.layout import check_subject_name
@@ -424,6 +424,10 @@ def evaluate_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer
     target = resolve_target(cfg.paths.runs_root, cfg.subject, cfg.run, cfg.stage)
     out_dir = writable_folder(Path(cfg.output) if cfg.output else target.out_dir, "output")
     cross_audio, cross_reason = resolve_cross_audio(cfg.cross_audio)
+    if system_loader is None:
+        from ernerf.systems.loading import loader_for  # conf/evaluate.yaml's engine and encoder backend
+
+        system_loader = loader_for(cfg)
     renderer = system_loader(target.checkpoint, cfg.device)
     step = checkpoint_step(target.checkpoint) or 0  # now: training may still be rotating its checkpoints
     audio_file = f"aud_{audio_kind(renderer.hparams)[0]}.npy"

@@ -9,7 +9,7 @@ import functools
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -417,19 +417,6 @@ def extractor_for(kind: str, overrides: Mapping[str, Any] | None = None) -> Any:
                       "add that config, or give precomputed features as audio=<aud_{kind}.npy>.")
 
 
-def load_system(path: Path, device: str = "auto") -> Renderer:
-    """Restore the trained TalkingHeadSystem from a checkpoint, in eval mode on `device`."""
-    import torch
-
-    try:
-        from ernerf.systems.talking_head import TalkingHeadSystem
-    except ImportError as exc:
-        raise ErnerfError(f"cannot import the training system ({exc}): reinstall with `pip install -e .`.") from exc
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    system = TalkingHeadSystem.load_from_checkpoint(str(path), map_location=dev)
-    return system.to(dev).eval()
-
-
 def output_paths(output: str | None, subject: str, audio: Path, stage: str) -> tuple[Path, str]:
     """(folder, base name) of the outputs: `output=x.mp4` names the video, `output=dir` a folder."""
     if output is None:
@@ -442,7 +429,7 @@ def output_paths(output: str | None, subject: str, audio: Path, stage: str) -> t
     return out, "result"
 
 
-def infer_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer] = load_system) -> InferenceResult:
+def infer_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer] | None = None) -> InferenceResult:
     """Everything `python infer.py subject=<name> audio=<file>` does; returns where the outputs went."""
     check_subject_name(cfg.subject)
     audio = Path(cfg.audio)
@@ -450,9 +437,11 @@ def infer_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer] =
         raise ErnerfError(f"audio file not found: {audio}. Give audio=<path to a wav/mp3/m4a file>.")
     chosen = cfg.get("stage")  # the stage group of train.py (stage=lips), or a plain name in tests; None = latest
     stage, ckpt = find_checkpoint(cfg.paths.runs_root, cfg.subject, chosen.name if hasattr(chosen, "name") else chosen)
+    if system_loader is None:
+        from ernerf.systems.loading import loader_for  # conf/infer.yaml's engine and encoder backend
+
+        system_loader = loader_for(cfg)
     system = system_loader(ckpt, cfg.device)
-    if cfg.get("render_cuda_graph") is not None and isinstance(system.hparams, MutableMapping):
-        system.hparams["render_cuda_graph"] = bool(cfg.render_cuda_graph)
     kind, dim = audio_kind(system.hparams)
     check_kind(cfg.audio_kind, kind)
     extractor = None if cfg.features else extractor_for(kind, cfg.audio_extractor)

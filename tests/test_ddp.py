@@ -16,9 +16,11 @@ import lightning as L
 import pytest
 import torch
 
-from callbacks.data_parallel import DataParallelCallback, lr_factor, per_rank_steps, thin_sigterm_broadcast
+from callbacks.data_parallel import DataParallelCallback, lr_factor
+from ernerf.chain import per_rank_steps, planned_world_size, run_budget
+from ernerf.engine.engine import thin_sigterm_broadcast
 from ernerf.errors import ErnerfError
-from tests.conftest import CONF_DIR, REPO
+from tests.conftest import CONF_DIR, REPO, compose
 
 
 def digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -65,6 +67,27 @@ def test_per_rank_steps_keep_the_ray_budget() -> None:
     assert per_rank_steps(100_000, 1) == 100_000 and per_rank_steps(100_000, 8) == 12_500
     assert per_rank_steps(15, 2) == 8  # rounds up: never fewer rays than one device would see
     assert per_rank_steps(-1, 4) == -1  # unlimited stays unlimited
+
+
+def test_the_budget_per_rank_is_planned_once_before_the_run_is_built() -> None:
+    """train.py plans trainer.max_steps, the validation interval and the loss ramps per rank in the config, before
+    the system, the callbacks and the trainer are built from it: nothing rewrites them afterwards."""
+    from omegaconf import OmegaConf
+
+    cfg = compose("train", ["subject=x", "trainer=ddp_cpu", "trainer.max_steps=16", "trainer.val_check_interval=16",
+                            "+loss.ramps.opacity_entropy=10"])
+    world = planned_world_size(cfg.trainer)
+    assert world == 2 and run_budget(cfg, num_train_frames=300, world_size=world) == 8
+    OmegaConf.resolve(cfg)
+    assert cfg.trainer.max_steps == 8 and cfg.trainer.val_check_interval == 8
+    assert dict(cfg.model.loss.ramps) == {"ambient_audio": 8, "ambient_eye": 8, "opacity_entropy": 5}  # literal: / W
+    demo = compose("train", ["subject=x", "experiment=demo", "trainer=ddp_cpu"])  # val_check_interval: max_steps
+    run_budget(demo, num_train_frames=300, world_size=2)
+    OmegaConf.resolve(demo)
+    assert demo.trainer.max_steps == demo.trainer.val_check_interval == 1500
+    whole = compose("train", ["subject=x", "trainer=ddp_cpu", "divide_steps=false"])
+    assert run_budget(whole, num_train_frames=300, world_size=2) == whole.stage.min_steps  # every rank runs it all
+    assert planned_world_size(compose("train", ["subject=x", "trainer=cpu"]).trainer) == 1
 
 
 def test_lr_scaling_survives_the_scheduler() -> None:
@@ -209,7 +232,7 @@ def test_two_gpus_replaying_graphs_end_identical(tmp_path: Path) -> None:
     thing keeping the ranks together, so identical weights prove it ran."""
     log = train_two_ranks(tmp_path, "trainer=ddp", "trainer.devices=2", "trainer.max_steps=64",
                           "trainer.val_check_interval=64", "callbacks.occupancy_grid.every_n_steps=8",
-                          "model.compile_field=false")
+                          "engine.compile_field=false")
     assert "training step as CUDA graphs" in log
     rank0, rank1 = ranks(tmp_path)
     assert rank0["world_size"] == rank1["world_size"] == 2 and rank0["step"] == rank1["step"] == 32

@@ -103,13 +103,32 @@ def test_run_writes_checkpoint_val_images_and_refreshes_the_grid(trained: Path) 
     assert pngs and all(p.stat().st_size > 0 for p in pngs)
 
 
+def test_the_checkpoint_records_the_model_and_not_how_it_ran(trained: Path) -> None:
+    """conf/engine/ chooses how steps and renders execute, where a run is built or a checkpoint loaded: none of it is
+    saved, neither among the model's hyper-parameters nor as the engine's state."""
+    import inspect
+
+    import torch
+
+    from ernerf.engine import ExecutionEngine
+    from ernerf.systems.loading import EXECUTION_HPARAMS
+
+    ckpt = torch.load(trained / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    engine_settings = set(inspect.signature(ExecutionEngine).parameters) | set(EXECUTION_HPARAMS)
+    assert not engine_settings & set(ckpt["hyper_parameters"]) and "engine" not in ckpt["hyper_parameters"]
+    assert not [key for key in ckpt.get("callbacks", {}) if "Engine" in key]
+    assert set(ckpt["hyper_parameters"]) >= {"field", "audio_encoder", "marcher", "loss", "num_frames", "aabb"}
+
+
 def test_checkpoint_restores_a_system_that_renders(trained: Path) -> None:
     import torch
 
-    from ernerf.systems.talking_head import TalkingHeadSystem
+    from ernerf.engine import ExecutionEngine
+    from ernerf.systems.loading import load_system
 
-    system = TalkingHeadSystem.load_from_checkpoint(trained / "checkpoints" / "last.ckpt", map_location="cpu").eval()
+    system = load_system(trained / "checkpoints" / "last.ckpt", "cpu")
     assert system.hparams.audio_kind == "mel" and system.hparams.feature_dim == 80
+    assert isinstance(system.execution, ExecutionEngine) and not system.training
     c2w = torch.eye(4)
     c2w[2, 3] = -2.4  # 0.6 m in front of the head, looking down +z
     out = system.render_image(c2w, (17.6, 17.6, 8.0, 8.0), 16, 16, torch.zeros(8, 16, 80), torch.zeros(1), None,

@@ -9,8 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ernerf.errors import ErnerfError
-
 
 @dataclass
 class FieldOutputs:
@@ -40,15 +38,10 @@ def trunc_exp(x: Tensor) -> Tensor:
     return _TruncExp.apply(x)
 
 
-def frame_code(codes: Tensor, frame_index: int | Tensor, owner: str) -> Tensor:  # [F, C] -> [1, C]
-    """Row `frame_index` of per-frame codes. A tensor index (a CUDA graph's input) is not range-checked here:
-    the data module only produces training frames."""
-    if isinstance(frame_index, Tensor):
-        return codes.index_select(0, frame_index.reshape(1))
-    if not 0 <= frame_index < codes.shape[0]:
-        raise ErnerfError(f"frame_index {frame_index} is outside the {codes.shape[0]} training frames of the {owner}; "
-                          "pass frame_index=None for new audio")
-    return codes[frame_index : frame_index + 1]
+def frame_code(codes: Tensor, frame_index: Tensor) -> Tensor:  # [F, C], [1] long -> [1, C]
+    """Row `frame_index` of per-frame codes. The index is not range-checked here (on a GPU that would sync): it comes
+    from the data module's training frames, or through `TalkingHeadSystem.frame_index`, which checks it."""
+    return codes.index_select(0, frame_index)
 
 
 class MLP(nn.Sequential):

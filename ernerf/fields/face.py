@@ -21,7 +21,7 @@ class FaceCondition:
 
     audio: Tensor  # [audio_dim] code of the frame (AudioEncoder output)
     eye: Tensor | None = None  # [1] AU45, scaled; None = eyes open (0)
-    frame_index: int | Tensor | None = None  # None at inference: the mean (or zero) code; a [] tensor in CUDA graphs
+    frame_index: Tensor | None = None  # [1] long; None for frames not trained on (new audio): the mean (or zero) code
 
 
 class FaceField(nn.Module):
@@ -108,9 +108,9 @@ class FaceField(nn.Module):
             return like.new_zeros(1, self.eye_dim)
         return cond.eye.reshape(1, -1).to(like)
 
-    def _individual_code(self, frame_index: int | Tensor | None) -> Tensor:  # -> [1, individual_dim]
+    def _individual_code(self, frame_index: Tensor | None) -> Tensor:  # [1] long -> [1, individual_dim]
         """Learned code of a training frame; the mean (or zero) code for unseen frames."""
         codes = self.individual_codes
         if frame_index is None:
             return codes.mean(0, keepdim=True) if self.inference_code == "mean" else codes.new_zeros(1, codes.shape[1])
-        return frame_code(codes, frame_index, "face field")
+        return frame_code(codes, frame_index)

@@ -75,7 +75,7 @@ class TorsoField(nn.Module):
         self.color_net = MLP(self.grid.output_dim + cond_dim, 4, hidden_dim, num_layers)
         self.individual_codes = nn.Parameter(torch.randn(num_frames, individual_dim) * 0.1)
 
-    def forward(self, coords: Tensor, c2w: Tensor, frame_index: int | Tensor | None) -> TorsoOutputs:  # [N, 2] in [-1, 1]
+    def forward(self, coords: Tensor, c2w: Tensor, frame_index: Tensor | None) -> TorsoOutputs:  # [N, 2] in [-1, 1]
         """Colour, alpha and deformation of image points `coords` for a frame seen by camera `c2w` [4, 4]."""
         x = coords.float() * self.shrink
         keypoints = pose_keypoints(self.anchors, c2w.to(x)).reshape(1, -1)  # [1, 2K]
@@ -86,8 +86,8 @@ class TorsoField(nn.Module):
         squash = torch.sigmoid(h) * 1.002 - 0.001  # ER-NeRF: lets alpha reach exactly 0 and 1
         return TorsoOutputs(rgb=squash[:, 1:].clamp(0, 1), alpha=squash[:, :1].clamp(0, 1), deform=deform)
 
-    def code(self, frame_index: int | Tensor | None) -> Tensor:  # -> [1, individual_dim]
+    def code(self, frame_index: Tensor | None) -> Tensor:  # [1] long -> [1, individual_dim]
         """A training frame's torso code; the mean code for new frames."""
         if frame_index is None:
             return self.individual_codes.mean(0, keepdim=True)
-        return frame_code(self.individual_codes, frame_index, "torso field")
+        return frame_code(self.individual_codes, frame_index)

@@ -24,19 +24,19 @@ class LossComposer:
         """Whether a term has a non-zero weight (so the caller can skip computing it)."""
         return self.weights.get(name, 0.0) != 0.0
 
-    def weight(self, name: str, step: int | Tensor | None = None) -> float | Tensor:
-        """Weight of a term at a training step (ramped linearly from 0 over `ramps[name]` steps).
+    def weight(self, name: str, step: Tensor | None = None, dtype: torch.dtype = torch.float32) -> float | Tensor:
+        """Weight of a term at training step `step`, ramped linearly from 0 over `ramps[name]` steps.
 
-        `step` may be a device tensor (a CUDA graph's input): the weight is then a tensor too."""
+        `step` is a 0-dim tensor: a float64 on the host in an eager step, a device scalar in a CUDA graph. A ramped
+        weight comes back in `dtype` (the term's): a 0-dim float64 weight would make the product float64, where the
+        number it stands for keeps the term's dtype."""
         ramp = self.ramps.get(name, 0)
         if step is None or ramp <= 0:
             return self.weights[name]
-        if isinstance(step, Tensor):
-            return self.weights[name] * (step / ramp).clamp(max=1.0)
-        return self.weights[name] * min(step / ramp, 1.0)
+        return (self.weights[name] * (step / ramp).clamp(max=1.0)).to(dtype)
 
-    def __call__(self, terms: Mapping[str, Tensor], step: int | Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """(total loss, {name: detached unweighted value}) for the given terms."""
+    def __call__(self, terms: Mapping[str, Tensor], step: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """(total loss, {name: detached unweighted value}) for the given terms at training step `step`."""
         unknown = set(terms) - set(self.weights)
         if unknown:
             raise ErnerfError(
@@ -44,5 +44,5 @@ class LossComposer:
             )
         if not terms:
             raise ErnerfError("no loss terms were computed: give at least one term a non-zero weight")
-        total = sum(self.weight(name, step) * value for name, value in terms.items())
+        total = sum(self.weight(name, step, value.dtype) * value for name, value in terms.items())
         return torch.as_tensor(total), {name: value.detach() for name, value in terms.items()}

@@ -27,7 +27,7 @@ def uncertainty_weighted_mse(
     pred: Tensor,  # [N, 3]
     target: Tensor,  # [N, 3]
     uncertainty: Tensor,  # [N] or [N, 1], composited along rays, >= 0
-    step_factor: float,  # training progress in [0, 1]: ramps the uncertainty terms in
+    step_factor: Tensor,  # [] training progress in [0, 1] (as LossComposer's step): ramps the uncertainty terms in
     face_mask: Tensor | None = None,  # [N] bool; None = every ray is face
     alpha: float = 0.2,
     max_weight: float = 10.0,

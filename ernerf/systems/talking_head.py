@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -28,9 +27,8 @@ from ernerf.losses import (
     uncertainty_weighted_mse,
 )
 from ernerf.rendering import RenderOutputs
-from ernerf.systems.compile import CompiledOrEager
-from ernerf.systems.cuda_graph import GraphedRender, GraphedStep
-from ernerf.rendering import render_image as render_frame
+from ernerf.rendering import render_image as march_frame
+from ernerf.systems.execution import EagerExecution, Execution
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +48,11 @@ def patches(pred: Tensor, target: Tensor, shape: Sequence[int]) -> tuple[Tensor,
     return tuple(x.reshape(1, h, w, 3).permute(0, 3, 1, 2) for x in (pred, target))
 
 
-@contextlib.contextmanager
-def tf32_matmuls(enabled: bool) -> Iterator[None]:
-    """FP32 matrix products on the GPU's tensor cores (TF32: 10-bit mantissa inputs, fp32 accumulation) inside."""
-    before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
+def step_scalar(value: float) -> Tensor:
+    """A per-step number (step, progress) as the step's batch carries it: a 0-dim float64 on the host. In kernels with
+    device tensors it is a kernel argument, as the Python number would be (same kernels, same rounding); a CUDA
+    graph's step fills its device scalar from it (ernerf.engine)."""
+    return torch.tensor(float(value), dtype=torch.float64)
 
 
 def psnr_from_mse(mse: Tensor) -> Tensor:
@@ -67,7 +61,10 @@ def psnr_from_mse(mse: Tensor) -> Tensor:
 
 
 class TalkingHeadSystem(L.LightningModule):
-    """Builds audio encoder, face field (+ torso field), occupancy grid and marcher from config; trains, validates, renders."""
+    """Builds audio encoder, face field (+ torso field), occupancy grid and marcher from config; trains, validates, renders.
+
+    It holds the model and what training it means (losses, optimiser groups); how its steps and renders execute is
+    its `execution` (ernerf/systems/execution.py): plain PyTorch until an engine attaches (ernerf/engine)."""
 
     def __init__(
         self,
@@ -85,36 +82,16 @@ class TalkingHeadSystem(L.LightningModule):
         grid: Mapping | None = None,
         frozen: Sequence[str] = (),
         init_from: str | None = None,
-        eval_chunk: int = 4096,
-        eval_chunk_gpu: int = 262144,
         torso: Mapping | None = None,
-        compile_field: bool | str = "auto",
-        cuda_graph: bool | str = "auto",
-        tf32: bool = False,
-        render_cuda_graph: bool = True,
-        cuda_graph_headroom: float = 1.2,
-        cuda_graph_capacity: int | None = None,
-        cuda_graph_allreduce_in_graph: bool = False,  # removed; kept so that checkpoints which name it still load
     ) -> None:
         super().__init__()
-        if cuda_graph_allreduce_in_graph:
-            raise ErnerfError("cuda_graph_allreduce_in_graph=true was removed: the all-reduce captured in the step's "
-                              "graph hung two GPUs under train.py and was slower than reducing after each replay "
-                              "(docs/multigpu.md). Drop the setting.")
-        self.save_hyperparameters(ignore=["cuda_graph_allreduce_in_graph"])  # load_from_checkpoint rebuilds the rest
+        self.save_hyperparameters()  # what the model is: ernerf.systems.loading.load_system rebuilds it from them
         self.audio_encoder: nn.Module = instantiate(audio_encoder, feature_dim=feature_dim)
         self.field: nn.Module = instantiate(field, num_frames=num_frames)
         self.grid: nn.Module | None = instantiate(grid) if grid else None
         self.torso: nn.Module | None = instantiate(torso, num_frames=num_frames) if torso else None
         self.marcher: nn.Module = instantiate(marcher)
-        # torch.compile fuses the field's small ops; the module itself stays as it is (checkpoints). `auto` compiles
-        # for training on a GPU only (on_fit_start); true compiles rendering too, false never.
-        if compile_field not in (True, False, "auto"):
-            raise ErnerfError(f"model.compile_field must be true, false or auto, got {compile_field!r}.")
-        self.field_forward = CompiledOrEager(self.field.forward) if compile_field is True else self.field.forward
-        self.render_field_forward = self.field_forward  # whole-frame renders (validation, inference)
-        self.graphed: GraphedStep | None = None  # set up in on_fit_start when cuda_graph applies
-        self.graphed_render: GraphedRender | None = None  # made on the first whole-frame render on a GPU
+        self.execution: Execution = EagerExecution()
         loss = dict(loss)
         self.perceptual_cfg = loss.pop("perceptual", None)  # built on the first patch batch, kept out of checkpoints
         self._perceptual: list[nn.Module] = []
@@ -127,20 +104,36 @@ class TalkingHeadSystem(L.LightningModule):
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
         self.freeze_matching(frozen)
 
+    # ---------------------------------------------------------------- how it runs
+    def use_execution(self, execution: Execution) -> None:
+        """Run steps and renders through `execution` (an engine attaching itself); nothing of it is saved."""
+        self.execution = execution
+
+    @property
+    def automatic_optimization(self) -> bool:
+        """Whether Lightning steps the optimizer after `training_step`; under CUDA graphs the execution does."""
+        return self.execution.automatic_optimization
+
+    @property
+    def fixed_batch_layout(self) -> bool:
+        """Whether every training batch has the same layout (shapes), as a replayed CUDA graph needs: not with a
+        patch loss, whose lips patches alternate with random rays and vary in size."""
+        return not self.loss.active("lip_perceptual")
+
     # ---------------------------------------------------------------- conditioning and rendering
-    def condition(self, audio_window: Tensor, eye: Tensor | None, frame_index: int | None) -> FaceCondition:
-        """Audio window [8, 16, C] -> code; the field's per-frame conditioning."""
+    def condition(self, audio_window: Tensor, eye: Tensor | None, frame_index: Tensor | None) -> FaceCondition:
+        """Audio window [8, 16, C] -> code; the field's per-frame conditioning (frame index [1] long, or None)."""
         code = self.audio_encoder(audio_window[None].float())[0]  # [audio_dim]
         return FaceCondition(audio=code, eye=eye, frame_index=frame_index)
 
     def render_rays(self, rays_o: Tensor, rays_d: Tensor, cond: FaceCondition, bg: Tensor,
                     capacity: int | None = None) -> Any:
         """March rays [N, 3] through the face field; `bg` [N, 3] or [3] fills what the head leaves uncovered."""
-        return self.marcher(rays_o, rays_d, lambda x, d: self.field_forward(x, d, cond), self.aabb, self.grid, bg,
-                            capacity=capacity)
+        field = self.execution.field_forward(self.field, training=True)
+        return self.marcher(rays_o, rays_d, lambda x, d: field(x, d, cond), self.aabb, self.grid, bg, capacity=capacity)
 
     def behind_head(self, bg: Tensor, index: Tensor, height: int, width: int, c2w: Tensor,
-                    frame_index: int | None) -> tuple[Tensor, TorsoOutputs | None]:
+                    frame_index: Tensor | None) -> tuple[Tensor, TorsoOutputs | None]:
         """What the head is composited over at pixels `index` [N]: the torso over `bg` [N, 3] when a torso field exists."""
         if self.torso is None:
             return bg, None
@@ -152,48 +145,44 @@ class TalkingHeadSystem(L.LightningModule):
                      eye: Tensor | None, frame_index: int | None, bg: Tensor) -> dict[str, Tensor]:
         """Render one frame: c2w [4, 4] in the model's space, bg [H, W, 3] -> rgb [H, W, 3], depth/opacity [H, W].
 
+        `frame_index`: the number of a training frame (its per-frame codes), or None (new audio: the mean codes).
         With a torso field, `bg` is the plate and the torso is composited between it and the head (+ torso_alpha [H, W]).
-        With model.render_cuda_graph on a GPU, whole frames replay a CUDA graph, with the same results."""
+        The execution may replay whole frames as a CUDA graph (engine.render_cuda_graph), with the same results."""
         device = self.device
         inputs = {"c2w": c2w.to(device).float(), "audio": audio_window.to(device),
-                  "eye": None if eye is None else eye.to(device), "frame_index": frame_index,
+                  "eye": None if eye is None else eye.to(device), "frame_index": self.frame_index(frame_index),
                   "bg": bg.to(device).expand(height, width, 3), "height": height, "width": width,
                   "intrinsics": tuple(float(v) for v in intrinsics)}
-        with tf32_matmuls(bool(self.hparams.get("tf32"))):
-            if self._graph_renders(height * width):
-                if self.graphed_render is None:
-                    self.graphed_render = GraphedRender(self._render_frame)
-                out = self.graphed_render(inputs)
-            else:
-                out = self._render_frame(inputs, None)
+        out = self.execution.render(self.render_frame, inputs, height * width, device)
         out.pop("occupied")
         return out
 
-    def _graph_renders(self, rays: int) -> bool:
-        """Whether frames replay a CUDA graph: model.render_cuda_graph, on CUDA, the frame in one chunk."""
-        return (bool(self.hparams.get("render_cuda_graph")) and self.device.type == "cuda"
-                and self.render_chunk() >= rays)
+    def frame_index(self, frame: int | None) -> Tensor | None:
+        """A training frame's number as the frame index the model takes ([1] long on its device), checked against the
+        training frames; None stays None."""
+        if frame is None:
+            return None
+        if not 0 <= frame < int(self.hparams.num_frames):
+            raise ErnerfError(f"frame_index {frame} is outside the {self.hparams.num_frames} training frames of the "
+                              "model; pass frame_index=None for new audio")
+        return torch.tensor([frame], device=self.device)
 
-    def _render_frame(self, inputs: dict[str, Any], capacity: int | None) -> dict[str, Tensor]:
-        """`render_image` on prepared inputs (on the device); a fixed sample `capacity` for CUDA graphs."""
+    def render_frame(self, inputs: dict[str, Any], capacity: int | None, chunk: int) -> dict[str, Tensor]:
+        """`render_image` on prepared inputs (on the device), `chunk` rays at a time; a fixed sample `capacity` for
+        CUDA graphs (None: exact compaction). Outputs as render_image's, plus the occupied samples []."""
         height, width, frame_index = inputs["height"], inputs["width"], inputs["frame_index"]
         cond = self.condition(inputs["audio"], inputs["eye"], frame_index)
         pixels = torch.arange(height * width, device=self.device)
         bg, torso = self.behind_head(inputs["bg"].reshape(-1, 3), pixels, height, width, inputs["c2w"], frame_index)
-        out = render_frame(self.marcher, lambda x, d: self.render_field_forward(x, d, cond, extras=False), inputs["c2w"],
+        field = self.execution.field_forward(self.field, training=False)
+        out = march_frame(self.marcher, lambda x, d: field(x, d, cond, extras=False), inputs["c2w"],
                            inputs["intrinsics"], height, width, self.aabb, self.grid, bg.reshape(height, width, 3),
-                           chunk=self.render_chunk(), capacity=capacity, extras=False)
+                           chunk=chunk, capacity=capacity, extras=False)
         result = {"rgb": out["rgb"].float().clamp(0, 1), "depth": out["depth"].float(),
                   "opacity": out["opacity"].float(), "occupied": out["occupied"]}
         if torso is not None:
             result["torso_alpha"] = torso.alpha.float().reshape(height, width)
         return result
-
-    def render_chunk(self) -> int:
-        """Rays rendered at once: a whole 512x512 frame on a GPU (each chunk costs a host sync), less on a CPU."""
-        if self.device.type == "cpu":
-            return int(self.hparams.eval_chunk)
-        return int(self.hparams.get("eval_chunk_gpu", 262144))  # checkpoints from before this setting
 
     @torch.no_grad()
     def refresh_occupancy(self, audio_window: Tensor, eye: Tensor | None) -> None:
@@ -210,9 +199,10 @@ class TalkingHeadSystem(L.LightningModule):
         return min(self.global_step / max(total, 1), 1.0)
 
     def loss_terms(self, out: RenderOutputs, batch: dict, torso: TorsoOutputs | None = None,
-                   progress: float | Tensor | None = None) -> dict[str, Tensor]:
-        """The active loss terms of one ray batch (names as in conf/loss/); patch and torso terms where they apply."""
-        progress = self.step_fraction() if progress is None else progress
+                   progress: Tensor | None = None) -> dict[str, Tensor]:
+        """The active loss terms of one ray batch (names as in conf/loss/); patch and torso terms where they apply.
+        `progress`: [] training progress (`step_scalar`), by default this step's."""
+        progress = step_scalar(self.step_fraction()) if progress is None else progress
         pred, target, face = out.rgb.float(), batch["rgb"], batch["face_mask"]
         extras = {name: value.float() for name, value in out.extras.items()}
         makers = {
@@ -239,7 +229,8 @@ class TalkingHeadSystem(L.LightningModule):
         return self._perceptual[0].to(self.device)
 
     def step_outputs(self, batch: dict, capacity: int | None = None) -> dict[str, Tensor]:
-        """Loss and what is logged of one ray batch; `batch["step"]` and `["progress"]` drive the loss ramps."""
+        """Loss and what is logged of one ray batch; `batch["step"]` and `["progress"]` ([] tensors) drive the loss
+        ramps."""
         cond = self.condition(batch["audio"], batch["eye"], batch["frame_index"])
         bg, torso = self.behind_head(batch["bg"], batch["pixel_index"], batch["height"], batch["width"], batch["c2w"],
                                      batch["frame_index"])
@@ -252,9 +243,8 @@ class TalkingHeadSystem(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         log_now = self.logs_this_step()
-        batch = {**batch, "step": self.global_step, "progress": self.step_fraction()}
-        with tf32_matmuls(bool(self.hparams.get("tf32"))):
-            outputs = self.graphed_step(batch) if self.graphed is not None else self.step_outputs(batch)
+        batch = {**batch, "step": step_scalar(self.global_step), "progress": step_scalar(self.step_fraction())}
+        outputs = self.execution.train_step(self.step_outputs, batch)
         if log_now:
             self.log_step_values(outputs)
         return {"loss": outputs["loss"], "rgb": outputs["rgb"].detach()}  # callbacks log the rendered lip patches
@@ -269,84 +259,13 @@ class TalkingHeadSystem(L.LightningModule):
     def logs_this_step(self) -> bool:
         """Log step values only on the steps the loggers write (trainer.log_every_n_steps), as CPU tensors.
 
-        Lightning reads every progress-bar value with .item() after *every* batch until the next value is logged
-        (H100 profile of the graphed head step: 2.2 syncs per step, 9.0 ms steps for 7.4 ms of kernels). Values
-        on the CPU cost one copy on the logging step and nothing after. Outside a Trainer, always."""
+        Lightning reads every progress-bar value with .item() after *every* batch until the next value is logged: a
+        host sync per step, which stalls a graphed step (docs/performance.md). Values on the CPU cost one copy on
+        the logging step and nothing after. Outside a Trainer, always."""
         if self._trainer is None:
             return True
         every = max(int(self.trainer.log_every_n_steps), 1)
         return (self.global_step + 1) % every == 0 or self.global_step == 0
-
-    # ---------------------------------------------------------------- CUDA graphs (one GPU, or DDP over GPUs)
-    def on_fit_start(self) -> None:
-        """On a GPU: compile the field for training (model.compile_field=auto) and replay the step as CUDA graphs
-        when asked for and possible (no patch losses, no loss scaling)."""
-        if self.hparams.get("compile_field") == "auto" and self.device.type == "cuda":
-            self.field_forward = CompiledOrEager(self.field.forward)
-        mode = self.hparams.cuda_graph
-        if mode not in (True, False, "auto"):
-            raise ErnerfError(f"model.cuda_graph must be true, false or auto, got {mode!r}.")
-        if mode is False:
-            return
-        trainer = self.trainer
-        reasons = [why for why, bad in (("not on a CUDA device", self.device.type != "cuda"),
-                                        ("gradient accumulation", trainer.accumulate_grad_batches != 1),
-                                        ("gradient clipping", bool(trainer.gradient_clip_val)),
-                                        ("fp16 loss scaling", str(trainer.precision).startswith("16")),
-                                        ("a patch loss (lips stage)", self.loss.active("lip_perceptual"))) if bad]
-        if reasons:
-            if mode is True or self.device.type == "cuda":
-                log.warning("model.cuda_graph=%s but the step runs eagerly: %s", mode, "; ".join(reasons))
-            return
-        self.automatic_optimization = False
-        datamodule = getattr(trainer, "datamodule", None)
-        build = datamodule.device_batches() if hasattr(datamodule, "device_batches") else None
-        self.graphed = GraphedStep(self.step_outputs, self, scalars=("frame_index", "step", "progress"), build=build,
-                                   headroom=float(self.hparams.get("cuda_graph_headroom", 1.2)),
-                                   fixed_capacity=self.hparams.get("cuda_graph_capacity"),
-                                   reduce=self._all_reduce_gradients if trainer.world_size > 1 else None)
-        log.info("training step as CUDA graphs (%s)", "rays drawn in the graph" if build else "batches copied in")
-
-    def _all_reduce_gradients(self, flat_grads: Tensor) -> None:
-        """Average the gradients over processes: one all-reduce of the flat buffer (DDP's reducer is not armed in
-        manual optimisation, and its per-bucket hooks could not run inside a captured backward)."""
-        flat_grads.div_(self.trainer.world_size)
-        torch.distributed.all_reduce(flat_grads)
-
-    def graphed_step(self, batch: dict) -> dict[str, Tensor]:
-        """Manual optimisation: replay data + forward + backward, then the optimizer's graph and the scheduler."""
-        outputs = self.graphed(batch)
-        optimizer = self.optimizers()
-        if self.graphed.optimizer is None:  # after Lightning restored a checkpoint's optimizer state
-            self.graphed.install_optimizer(optimizer.optimizer)
-        optimizer.step()  # through Lightning, which counts the step; replays the optimizer's graph
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()
-        return outputs
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        """Under DDP with graphs: keep the step out of DDP's reducer. Its forward would otherwise do the reducer's
-        per-step bookkeeping (runtime stats, `prepare_for_forward`) for a backward that never reaches it: the
-        graph's gradients are all-reduced by `_all_reduce_gradients`. Lightning sets the flag back after each
-        forward, so it is cleared before every step."""
-        wrapper = self.trainer.strategy.model if self.graphed is not None else None
-        if isinstance(wrapper, torch.nn.parallel.DistributedDataParallel):
-            wrapper.require_backward_grad_sync = False
-
-    def on_fit_end(self) -> None:
-        if self.graphed is not None:
-            self.graphed.remove_optimizer()
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Plain-number learning rates in saved optimizer states (a captured optimizer holds device tensors), so a
-        checkpoint resumes anywhere, with or without CUDA graphs."""
-        for state in checkpoint.get("optimizer_states", []):
-            for group in state.get("param_groups", []):
-                if isinstance(group.get("lr"), Tensor):
-                    group["lr"] = float(group["lr"])
-                if group.get("capturable"):
-                    group["capturable"] = False
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         out = self.render_image(batch["c2w"], batch["intrinsics"], batch["height"], batch["width"], batch["audio"],

@@ -70,7 +70,8 @@ def test_training_batch_is_one_frame_of_rays_with_targets_and_conditioning(subje
     n = 256
     assert batch["rays_o"].shape == batch["rays_d"].shape == batch["rgb"].shape == batch["bg"].shape == (n, 3)
     assert batch["rgb"].dtype == torch.float32 and 0 <= batch["rgb"].min() and batch["rgb"].max() <= 1
-    frame = batch["frame_index"]
+    assert batch["frame_index"].shape == (1,) and batch["frame_index"].dtype == torch.long
+    frame = int(batch["frame_index"])
     assert 0 <= frame < 10 and batch["audio"].shape == (8, 16, 80)
     assert abs(float(batch["eye"]) - float(dm.data.eye[frame])) <= 0.05 + 1e-6
     plate = dm.store.plate.reshape(-1, 3)[batch["pixel_index"]].float() / 255  # synthetic torso is empty
@@ -97,25 +98,32 @@ def test_preload_and_lazy_loading_give_the_same_batches(subject: Path) -> None:
     assert torch.equal(lazy.store.background(7), eager.store.background(7))
 
 
-def test_a_frame_given_as_a_tensor_builds_the_same_batch_as_the_int(subject: Path) -> None:
-    """The CUDA-graphed step builds batches from a device tensor frame; it must be the loader's batch."""
+def test_a_batch_built_from_a_frame_index_is_the_loaders_batch(subject: Path) -> None:
+    """The CUDA-graphed step builds batches from the frame index alone (rays drawn in the graph); with the same
+    random draws it must be the batch the loader gives for that frame."""
     dm = make_datamodule(subject, preload=True, parsing_masks=False)
     rays = dm.train_rays
     for frame in (0, 5, dm.data.num_train - 1):
         torch.manual_seed(3)
-        ref = rays.build(frame)
+        ref = rays[frame]
         torch.manual_seed(3)
         got = rays.build(torch.tensor([frame]))
-        assert int(got.pop("frame_index")) == ref.pop("frame_index") == frame
-        assert got.keys() == ref.keys()
+        assert got.keys() == ref.keys() and ref["frame_index"].dtype == torch.long
         for key, value in ref.items():
             if isinstance(value, torch.Tensor):
                 assert torch.equal(got[key], value), key
             else:
                 assert got[key] == value, key
-    # audio windows at the clip's ends (zero rows beyond them) agree too
+    # audio windows at the clip's ends (zero rows beyond them) agree with the parsed subject's
     for frame in range(dm.data.num_frames):
-        assert torch.equal(dm.store.audio_window(torch.tensor([frame])), dm.data.audio_window(frame))
+        assert torch.equal(dm.store.audio_window_at(torch.tensor([frame])), dm.data.audio_window(frame))
+        assert torch.equal(dm.store.audio_window(frame), dm.data.audio_window(frame))
+
+
+def test_the_occupancy_refresh_conditioning_is_the_frames_audio_and_eye(subject: Path) -> None:
+    dm = make_datamodule(subject, preload=True)
+    audio, eye = dm.conditioning(4)
+    assert torch.equal(audio, dm.data.audio_window(4)) and torch.equal(eye, dm.data.eye[4:5])
 
 
 def test_device_batches_only_where_frames_are_preloaded_on_a_gpu(subject: Path) -> None:
@@ -123,7 +131,8 @@ def test_device_batches_only_where_frames_are_preloaded_on_a_gpu(subject: Path) 
     assert dm.device_batches() is None  # on the CPU the loader keeps building batches
     assert not dm.train_rays.frames_only and isinstance(dm.train_rays[2]["rays_o"], torch.Tensor)
     dm.train_rays.frames_only = True
-    assert dm.train_rays[2] == {"frame_index": 2}
+    item = dm.train_rays[2]
+    assert item.keys() == {"frame_index"} and torch.equal(item["frame_index"], torch.tensor([2]))
 
 
 def test_downscale_halves_images_intrinsics_and_rects(subject: Path) -> None:

@@ -51,6 +51,20 @@ def test_empty_occupancy_grid_renders_the_background_exactly() -> None:
     assert torch.allclose(out["rgb"], bg) and out["opacity"].abs().max() == 0
 
 
+def test_a_training_frame_renders_with_its_own_codes_and_others_are_refused() -> None:
+    system = build().eval()
+    c2w = torch.eye(4)
+    c2w[2, 3] = -2.4
+    args = (c2w, (9.0, 9.0, 4.0, 4.0), 8, 8, torch.randn(8, 16, 80), torch.zeros(1))
+    with torch.no_grad():
+        system.field.individual_codes[3].fill_(5.0)  # frame 3's colour code differs from the mean
+    own, mean = system.render_image(*args, 3, torch.zeros(8, 8, 3)), system.render_image(*args, None, torch.zeros(8, 8, 3))
+    assert not torch.equal(own["rgb"], mean["rgb"])
+    assert system.frame_index(3).dtype == torch.long and system.frame_index(3).tolist() == [3]
+    with pytest.raises(ErnerfError, match="frame_index=None"):
+        system.render_image(*args, 10, torch.zeros(8, 8, 3))
+
+
 def test_loss_terms_are_the_active_ones_and_unknown_terms_are_rejected() -> None:
     system = build()
     n = 32
@@ -58,7 +72,7 @@ def test_loss_terms_are_the_active_ones_and_unknown_terms_are_rejected() -> None
     rays_o[:, 2] = -2.4
     rays_d = torch.nn.functional.normalize(torch.randn(n, 3) * 0.05 + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
     batch = {"rgb": torch.rand(n, 3), "face_mask": torch.rand(n) > 0.5}
-    out = system.render_rays(rays_o, rays_d, system.condition(torch.randn(8, 16, 80), torch.ones(1), 3), torch.zeros(n, 3))
+    out = system.render_rays(rays_o, rays_d, system.condition(torch.randn(8, 16, 80), torch.ones(1), torch.tensor([3])), torch.zeros(n, 3))
     terms = system.loss_terms(out, batch)
     assert set(terms) == {"rgb_uncertainty", "opacity_entropy", "ambient_audio", "ambient_eye"}
     assert all(t.ndim == 0 and torch.isfinite(t) for t in terms.values())
@@ -73,15 +87,3 @@ def test_exponential_decay_halves_the_learning_rate_over_the_run() -> None:
         opt.step()
         sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
-
-
-def test_the_removed_in_graph_all_reduce_is_refused_but_old_checkpoints_naming_it_load(tmp_path) -> None:
-    with pytest.raises(InstantiationException, match="was removed"):
-        build("+model.cuda_graph_allreduce_in_graph=true")
-    system = build("+model.cuda_graph_allreduce_in_graph=false")  # what a checkpoint of sessions 4-5 holds
-    assert "cuda_graph_allreduce_in_graph" not in system.hparams
-    path = tmp_path / "old.ckpt"
-    hparams = {**system.hparams, "cuda_graph_allreduce_in_graph": False}
-    torch.save({"state_dict": system.state_dict(), "hyper_parameters": hparams, "pytorch-lightning_version": "2.6.6"}, path)
-    loaded = TalkingHeadSystem.load_from_checkpoint(path, map_location="cpu")
-    assert loaded.field.encoder.xy.embeddings.equal(system.field.encoder.xy.embeddings)

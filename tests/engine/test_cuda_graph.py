@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
-from ernerf.systems.cuda_graph import GraphedRender, GraphedStep, round_up
+from ernerf.engine import ExecutionEngine
+from ernerf.engine.cuda_graph import GraphedStep, round_up
+from ernerf.engine.engine import STEP_SCALARS
+from ernerf.systems.talking_head import step_scalar
 from tests.systems.test_talking_head import build
 
 gpu = pytest.mark.gpu
@@ -26,13 +31,13 @@ def ray_batch(seed: int, n: int = 4096, frame: int = 3, step: int = 10) -> dict:
              "face_mask": torch.rand(n, generator=g) > 0.5, "pixel_index": torch.randint(0, 64 * 64, (n,), generator=g),
              "c2w": torch.eye(4), "audio": torch.randn(8, 16, 80, generator=g), "eye": torch.rand(1, generator=g)}
     batch = {k: v.cuda() for k, v in batch.items()}
-    return batch | {"patch_shape": None, "height": 64, "width": 64, "frame_index": frame, "step": step, "progress": 0.3}
+    return batch | {"patch_shape": None, "height": 64, "width": 64, "frame_index": torch.tensor([frame], device="cuda"),
+                    "step": step_scalar(step), "progress": step_scalar(0.3)}
 
 
 def graphed_step(system, **kwargs) -> GraphedStep:
     """The system's training step as GraphedStep captures it in training, at a test-sized granularity."""
-    return GraphedStep(system.step_outputs, system, scalars=("frame_index", "step", "progress"), granularity=1024,
-                       **kwargs)
+    return GraphedStep(system.step_outputs, system, scalars=STEP_SCALARS, granularity=1024, **kwargs)
 
 
 def eager_loss_and_grads(system, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -97,10 +102,10 @@ def test_graph_recaptures_when_the_occupied_samples_outgrow_the_capacity() -> No
 def frame_builder(base: dict):
     """A batch builder with no random draws (so the graphed and eager steps see the same rays): the frame shifts
     the target colours."""
-    def build_batch(frame: torch.Tensor) -> dict:
-        shift = frame.float().reshape(()) * 0.07
+    def build_batch(frame: torch.Tensor) -> dict:  # frame index [1]
+        shift = frame.float() * 0.07
         return {**{k: v for k, v in base.items() if k not in ("step", "progress")},
-                "rgb": (base["rgb"] + shift) % 1.0, "frame_index": frame.reshape(())}
+                "rgb": (base["rgb"] + shift) % 1.0, "frame_index": frame}
     return build_batch
 
 
@@ -115,9 +120,10 @@ def test_rays_built_in_the_graph_and_a_captured_optimizer_train_like_the_eager_s
     graphed.install_optimizer(optimizer)
     losses, twin_losses = [], []
     for step, frame in enumerate((1, 4, 2, 6, 3)):
-        losses.append(float(graphed({"frame_index": frame, "step": step, "progress": 0.3})["loss"]))
+        index, scalars = torch.tensor([frame], device="cuda"), {"step": step_scalar(step), "progress": step_scalar(0.3)}
+        losses.append(float(graphed({"frame_index": index, **scalars})["loss"]))
         optimizer.step()
-        batch = builder(torch.tensor([frame], device="cuda")) | {"step": step, "progress": 0.3}
+        batch = builder(index) | scalars
         twin_optimizer.zero_grad(set_to_none=True)
         loss = twin.step_outputs(batch)["loss"]
         loss.backward()
@@ -169,17 +175,16 @@ def test_capacity_follows_the_occupied_samples_unless_fixed(fixed: int | None, c
 
 def test_saved_optimizer_states_hold_plain_learning_rates() -> None:
     """A captured optimizer keeps learning rates as device tensors; checkpoints must resume without CUDA graphs."""
-    system = build()
     checkpoint = {"optimizer_states": [{"param_groups": [{"lr": torch.tensor(0.01), "capturable": True},
                                                          {"lr": 0.001, "capturable": False}]}]}
-    system.on_save_checkpoint(checkpoint)
+    ExecutionEngine().on_save_checkpoint(None, None, checkpoint)
     groups = checkpoint["optimizer_states"][0]["param_groups"]
     assert groups == [{"lr": pytest.approx(0.01), "capturable": False}, {"lr": 0.001, "capturable": False}]
     assert all(isinstance(g["lr"], float) for g in groups)
 
 
 def test_make_capturable_moves_step_counts_and_learning_rates_to_tensors() -> None:
-    from ernerf.systems.cuda_graph import make_capturable
+    from ernerf.engine.cuda_graph import make_capturable
 
     param = torch.nn.Parameter(torch.ones(3))
     optimizer = torch.optim.AdamW([param], lr=0.1)
@@ -196,44 +201,50 @@ def test_make_capturable_moves_step_counts_and_learning_rates_to_tensors() -> No
 @gpu
 @needs_cuda
 def test_graphed_frames_equal_eager_frames_and_grow_the_capacity_when_needed() -> None:
+    from ernerf.engine.cuda_graph import GraphedRender
+
     torch.manual_seed(0)
     system = build().cuda().eval()
     system.grid.occupancy.zero_()
     system.grid.occupancy[: system.grid.occupancy.numel() // 16] = True
     bg = torch.rand(48, 48, 3, device="cuda")
-    system.graphed_render = GraphedRender(system._render_frame, granularity=1024)
+    eager = ExecutionEngine(render_cuda_graph=False).attach(system)
+    graphs = ExecutionEngine().attach(system)  # the default: whole frames replayed as graphs
 
-    def frame(seed: int, graphs: bool) -> dict:
+    def frame(seed: int, engine: ExecutionEngine) -> dict:
         g = torch.Generator().manual_seed(seed)
         c2w = torch.eye(4)
         c2w[:3, 3] = torch.tensor([0.0, 0.0, -2.4]) + 0.05 * torch.randn(3, generator=g)
-        system.hparams.render_cuda_graph = graphs
+        system.use_execution(engine)
         return system.render_image(c2w, (50.0, 50.0, 24.0, 24.0), 48, 48, torch.randn(8, 16, 80, generator=g),
                                    torch.rand(1, generator=g), None, bg)
 
-    first = frame(0, graphs=True)
-    assert system.graphed_render.captures == 1
-    small = next(iter(system.graphed_render.entries.values())).capacity
+    graphs.graphed_render = GraphedRender(functools.partial(system.render_frame, chunk=graphs.eval_chunk_gpu),
+                                          granularity=1024)
+    first = frame(0, graphs)
+    assert graphs.graphed_render.captures == 1
+    small = next(iter(graphs.graphed_render.entries.values())).capacity
     system.grid.occupancy.fill_(True)  # many more samples: the graph must re-capture, not drop them
     for seed in (1, 2):
-        got, ref = frame(seed, graphs=True), frame(seed, graphs=False)
+        got, ref = frame(seed, graphs), frame(seed, eager)
         assert got.keys() == ref.keys() == first.keys()
         for key in ref:
             torch.testing.assert_close(got[key], ref[key], rtol=1e-4, atol=1e-5)
-    assert system.graphed_render.captures == 2
-    assert next(iter(system.graphed_render.entries.values())).capacity > small
+    assert graphs.graphed_render.captures == 2 and eager.graphed_render is None
+    assert next(iter(graphs.graphed_render.entries.values())).capacity > small
 
 
 @gpu
 @needs_cuda
 def test_graph_of_the_compiled_field_matches_the_eager_step() -> None:
-    """model.compile_field=auto's training path: torch.compile (inductor) inside the captured step."""
-    from ernerf.systems.compile import CompiledOrEager
+    """engine.compile_field=auto's training path: torch.compile (inductor) inside the captured step."""
+    from ernerf.engine.compile import CompiledOrEager
 
     system, twin = open_system_and_twin()
-    system.field_forward = CompiledOrEager(system.field.forward)
+    engine = ExecutionEngine().attach(system)
+    engine.train_field = CompiledOrEager(system.field.forward)  # what on_fit_start does on a GPU
     graphed = graphed_step(system)
     graphed(ray_batch(0))
-    assert system.field_forward.active and system.field_forward.compiled_modes == {True, False}
+    assert engine.train_field.active and engine.train_field.compiled_modes == {True, False}
     # fused kernels sum in another order: gradients to 1e-5 of their largest entry
     assert_replays_match_eager(system, twin, graphed, grad_atol=lambda r: 1e-5 * max(r.abs().max().item(), 1.0))

@@ -39,7 +39,7 @@ class CompiledOrEager:
         try:
             out = self.compiled(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back, say why
-            log.warning("torch.compile of %s failed, running it eagerly (model.compile_field=false silences "
+            log.warning("torch.compile of %s failed, running it eagerly (engine.compile_field=false silences "
                         "this): %s: %s", getattr(self.fn, "__qualname__", self.fn), type(exc).__name__,
                         str(exc).splitlines()[0] if str(exc) else "")
             self.compiled = None

@@ -1,13 +1,15 @@
 """The training step replayed as CUDA graphs: one for data + forward + backward, one for the optimizer.
 
-On a GPU the eager step is bound by the host: ~560 small kernels whose launches (Python, dispatcher, autograd)
-take ~3x longer than the kernels run (bench/profile_step.py). A CUDA graph launches them all at once. Graphs
+On a GPU the eager step is bound by the host: hundreds of small kernels whose launches (Python, dispatcher,
+autograd) take longer than the kernels run (bench/profile_step.py, docs/performance.md). A CUDA graph launches them
+all at once. Graphs
 need fixed shapes, so the marcher keeps a fixed `capacity` of samples (padding the rest); the capacity follows
 the occupancy grid: it is re-measured every `check_every` steps and the graph re-captured when the occupied
 samples outgrow it (those steps drop the samples past the capacity) or shrink well below it.
 
-Where the data module can build a batch on the GPU from a frame number (`build`), the graph draws the rays
-itself and its only inputs are three device scalars (frame, step, progress): nothing is copied per step.
+Where the data module can build a batch on the GPU from a frame index (`build`), the graph draws the rays
+itself and its only inputs are the frame index and two device scalars (step, progress): nothing is copied from
+the host per step.
 Gradients live in one flat buffer, so several processes (DDP) reduce them with one all-reduce between the two
 graphs. The optimizer step is a second graph (`capturable` optimizer, learning rates as device tensors that the
 scheduler fills), installed as the optimizer's `step`: Lightning still calls it, and so still counts steps.
@@ -26,8 +28,8 @@ from torch import Tensor, nn
 log = logging.getLogger(__name__)
 
 # (batch with tensors on the GPU, capacity) -> {"loss": scalar to back-propagate, "occupied": [] count, ...}
-StepFn = Callable[[dict[str, Any], int], dict[str, Tensor]]
-BuildFn = Callable[[Tensor], dict[str, Any]]  # frame [1] on the GPU -> ray batch
+StepFn = Callable[[dict[str, Any], int | None], dict[str, Tensor]]
+BuildFn = Callable[[Tensor], dict[str, Any]]  # frame index [1] long on the GPU -> ray batch
 ReduceFn = Callable[[Tensor], None]  # flat gradients [P], reduced in place across processes
 
 
@@ -44,7 +46,7 @@ def make_capturable(optimizer: torch.optim.Optimizer) -> None:
     for group in optimizer.param_groups:
         if "capturable" not in group:
             raise ValueError(f"{type(optimizer).__name__} cannot be captured in a CUDA graph (no `capturable` option): "
-                             "use Adam or AdamW, or model.cuda_graph=false.")
+                             "use Adam or AdamW, or engine.cuda_graph=false.")
         group["capturable"] = True
         if not isinstance(group["lr"], Tensor):
             group["lr"] = torch.tensor(float(group["lr"]), device=device)
@@ -75,17 +77,20 @@ def warm_and_capture(fn: Callable[[], Any], warmup: int = 1,
 class GraphedStep:
     """Captures `step_fn` (forward + backward) on the first batch, then replays it on every batch of the same layout.
 
-    scalars: batch entries that change every step (ints or floats), fed to the graph as device scalars.
-    build: when given, the batch holds only the scalars and `build(frame_index)` makes the rays inside the graph.
+    scalars: batch entries that change every step ([] host tensors or numbers) -> the dtype of the device scalar the
+        graph reads them from (filled in place: no host-to-device copy).
+    build: when given, the batch holds only the frame index and the scalars, and `build(frame_index)` makes the
+        rays inside the graph.
     reduce: called on the flat gradients after each replay (DDP's all-reduce); None on one process.
     fixed_capacity: samples to capture at, kept for the whole run (steady memory and step time, e.g. to compare
         runs); the periodic check then only warns when steps drop samples. None: follow the occupied samples.
     """
 
-    def __init__(self, step_fn: StepFn, module: nn.Module, scalars: tuple[str, ...] = (), headroom: float = 1.2,
-                 granularity: int = 16384, check_every: int = 50, warmup: int = 3, build: BuildFn | None = None,
-                 reduce: ReduceFn | None = None, fixed_capacity: int | None = None) -> None:
-        self.step_fn, self.module, self.scalars, self.build, self.reduce = step_fn, module, scalars, build, reduce
+    def __init__(self, step_fn: StepFn, module: nn.Module, scalars: Mapping[str, torch.dtype] | None = None,
+                 headroom: float = 1.2, granularity: int = 16384, check_every: int = 50, warmup: int = 3,
+                 build: BuildFn | None = None, reduce: ReduceFn | None = None, fixed_capacity: int | None = None) -> None:
+        self.step_fn, self.module, self.build, self.reduce = step_fn, module, build, reduce
+        self.scalars = dict(scalars or {})
         self.fixed_capacity = fixed_capacity
         self.headroom, self.granularity, self.check_every, self.warmup = headroom, granularity, check_every, warmup
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -116,9 +121,8 @@ class GraphedStep:
         self.graph = None  # frees the previous graph's memory pool before the new capture takes one
         device = self.module.device if hasattr(self.module, "device") else batch["rays_o"].device
         self.inputs = {k: v.clone() if isinstance(v, Tensor) else v for k, v in batch.items()}
-        for key in self.scalars:  # per-step numbers become device scalars the graph reads
-            dtype = torch.long if isinstance(batch[key], int) else torch.float32
-            self.inputs[key] = torch.tensor(batch[key], dtype=dtype, device=device)
+        for key, dtype in self.scalars.items():  # per-step numbers become device scalars the graph reads
+            self.inputs[key] = torch.tensor(float(batch[key]), dtype=dtype, device=device)
         if capacity is None:
             with torch.no_grad():
                 occupied = int(self._forward(None)["occupied"])  # exact compaction: the real count
@@ -174,7 +178,7 @@ class GraphedStep:
         self.replays_since_check = 0
         if self.fixed_capacity is not None:
             if peak > self.capacity:
-                log.warning("a step kept %d samples; the fixed capacity of %d dropped the rest (model.cuda_graph_capacity)",
+                log.warning("a step kept %d samples; the fixed capacity of %d dropped the rest (engine.cuda_graph_capacity)",
                             peak, self.capacity)
             return False
         wanted = round_up(peak * self.headroom, self.granularity)
@@ -188,7 +192,7 @@ class GraphedStep:
         for key, value in batch.items():
             target = self.inputs.get(key)
             if key in self.scalars:
-                target.fill_(value)  # a kernel argument: no host-to-device copy, no sync
+                target.fill_(value)  # a host value is a kernel argument: no host-to-device copy, no sync
             elif isinstance(value, Tensor):
                 if target is None or target.shape != value.shape:
                     raise ValueError(f"CUDA graph input '{key}' changed shape to {tuple(value.shape)}; "
@@ -241,15 +245,14 @@ class GraphedRender:
     host sync per frame, which inference pays anyway to read the frame back.
     """
 
-    def __init__(self, render_fn: RenderFn, scalars: tuple[str, ...] = ("frame_index",), headroom: float = 1.25,
-                 granularity: int = 65536) -> None:
-        self.render_fn, self.scalars, self.headroom, self.granularity = render_fn, scalars, headroom, granularity
+    def __init__(self, render_fn: RenderFn, headroom: float = 1.25, granularity: int = 65536) -> None:
+        self.render_fn, self.headroom, self.granularity = render_fn, headroom, granularity
         self.entries: dict[tuple, _Captured] = {}
         self.captures = 0
 
     def __call__(self, inputs: dict[str, Any]) -> dict[str, Tensor]:
-        """Render `inputs`: tensors on the GPU; `scalars` (ints, or None) become device scalars; any other value
-        (frame size, intrinsics) is baked into the graph, so a new value captures a new graph."""
+        """Render `inputs`: tensors on the GPU, copied into the graph's inputs; any other value (frame size,
+        intrinsics, an absent frame index) is baked into the graph, so a new value captures a new graph."""
         key = tuple(self._layout(k, v) for k, v in sorted(inputs.items()))
         entry = self.entries.get(key)
         if entry is None:
@@ -273,17 +276,14 @@ class GraphedRender:
         log.info("captured whole-frame rendering as a CUDA graph at %d samples", capacity)
         return _Captured(graph, static, outputs, capacity)
 
-    def _layout(self, key: str, value: Any) -> tuple:
-        if isinstance(value, Tensor):
-            return key, tuple(value.shape), value.dtype
-        return (key, value is None) if key in self.scalars else (key, value)
+    @staticmethod
+    def _layout(key: str, value: Any) -> tuple:
+        return (key, tuple(value.shape), value.dtype) if isinstance(value, Tensor) else (key, value)
 
-    def _static(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        """Graph-owned copies of the tensors, scalars as device tensors, other values as they are."""
-        device = next(v.device for v in inputs.values() if isinstance(v, Tensor))
-        return {k: v.clone() if isinstance(v, Tensor) else
-                torch.tensor(v, device=device) if k in self.scalars and v is not None else v
-                for k, v in inputs.items()}
+    @staticmethod
+    def _static(inputs: dict[str, Any]) -> dict[str, Any]:
+        """Graph-owned copies of the tensors, other values as they are."""
+        return {k: v.clone() if isinstance(v, Tensor) else v for k, v in inputs.items()}
 
 
 class _Captured:
@@ -295,8 +295,5 @@ class _Captured:
 
     def load(self, inputs: dict[str, Any]) -> None:
         for key, value in inputs.items():
-            target = self.inputs[key]
-            if isinstance(value, Tensor):
-                target.copy_(value, non_blocking=True)
-            elif isinstance(target, Tensor):
-                target.fill_(value)
+            if isinstance(value, Tensor):  # the rest is the same by the layout's key
+                self.inputs[key].copy_(value, non_blocking=True)

@@ -1,0 +1,78 @@
+"""The execution engine: its config group is its defaults, it runs beside the system (never inside its checkpoint),
+and on a CPU the eager engine and the default one train and render the same model bit for bit."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from omegaconf import OmegaConf
+
+from ernerf.engine import ExecutionEngine
+from ernerf.systems.execution import EagerExecution
+from tests.conftest import CONF_DIR, compose
+
+
+def settings(engine: ExecutionEngine) -> dict:
+    return {name: getattr(engine, name) for name in inspect.signature(ExecutionEngine).parameters}
+
+
+def test_the_default_engine_config_is_the_engines_own_defaults_and_eager_runs_plain_pytorch() -> None:
+    from hydra.utils import instantiate
+
+    defaults = {name: p.default for name, p in inspect.signature(ExecutionEngine).parameters.items()}
+    assert OmegaConf.to_container(OmegaConf.load(CONF_DIR / "engine" / "default.yaml")) == {
+        "_target_": "ernerf.engine.ExecutionEngine", **defaults}
+    assert settings(instantiate(compose("train", ["subject=x"]).engine)) == settings(ExecutionEngine())
+    eager = instantiate(compose("train", ["subject=x", "engine=eager"]).engine)
+    plain = EagerExecution()
+    assert (eager.compile_field, eager.cuda_graph, eager.tf32, eager.render_cuda_graph) == (False, False, False, False)
+    assert (eager.eval_chunk, eager.eval_chunk_gpu) == (plain.eval_chunk, plain.eval_chunk_gpu)
+    for app in ("infer", "evaluate"):  # applications choose the engine too, where they load a checkpoint
+        assert compose(app, ["subject=x", "audio=y.wav"] if app == "infer" else ["subject=x"]).engine == compose(
+            "train", ["subject=x"]).engine
+
+
+def test_attaching_runs_the_systems_steps_and_renders_and_a_cpu_fit_stays_eager(caplog) -> None:
+    from tests.systems.test_talking_head import build
+
+    system = build()
+    assert isinstance(system.execution, EagerExecution) and system.automatic_optimization
+    engine = ExecutionEngine(cuda_graph=True).attach(system)
+    assert system.execution is engine and engine.system is system
+    trainer = SimpleNamespace(accumulate_grad_batches=1, gradient_clip_val=None, precision="32-true", world_size=1,
+                              datamodule=None)
+    with caplog.at_level(logging.WARNING, logger="ernerf.engine.engine"):
+        engine.on_fit_start(trainer, system)
+    assert engine.graphed is None and system.automatic_optimization  # Lightning keeps stepping the optimizer
+    assert "engine.cuda_graph=True but the step runs eagerly: not on a CUDA device" in caplog.text
+
+
+def digest(tensors: dict) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_the_eager_engine_trains_and_renders_as_the_default_one_on_a_cpu(tmp_path: Path) -> None:
+    """On a CPU the default engine compiles nothing and captures no graph: both engines run the same kernels, so a
+    short head run ends with the same weights, optimizer state and validation PSNR, bit for bit."""
+    from tests.synthetic import write_synthetic_subject
+    from tests.test_train import tiny_config
+    from train import train
+
+    results = {}
+    for engine in ("default", "eager"):
+        write_synthetic_subject(tmp_path / engine / "data" / "sphere", num_frames=12, size=16)
+        metrics = train(tiny_config(tmp_path / engine, 6, f"engine={engine}", "trainer.val_check_interval=6"))
+        ckpt = torch.load(tmp_path / engine / "runs" / "sphere" / "head" / "checkpoints" / "last.ckpt",
+                          map_location="cpu", weights_only=False)
+        moments = {f"{i}.{k}": v for i, state in ckpt["optimizer_states"][0]["state"].items() for k, v in state.items()}
+        results[engine] = (digest(ckpt["state_dict"]), digest(moments), metrics["val/psnr"])
+    assert results["eager"] == results["default"] and results["default"][2] > 5  # val/psnr of a learning run
