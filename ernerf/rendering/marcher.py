@@ -4,15 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
-from ernerf.fields.base import FieldOutputs
 from ernerf.rendering.occupancy import OccupancyGrid
 from ernerf.rendering.rays import get_rays
 
-FieldFn = Callable[[Tensor, Tensor], FieldOutputs]  # (x [M, 3], d [M, 3]) -> outputs of M samples
+
+class SampleValues(Protocol):
+    """What the marcher composites of M samples, whatever field made them (a field's outputs have these)."""
+
+    sigma: Tensor  # [M] density >= 0
+    rgb: Tensor  # [M, 3] in [0, 1]
+    extras: dict[str, Tensor]  # name -> [M, k], composited with the same weights as colour
+
+
+FieldFn = Callable[[Tensor, Tensor], SampleValues]  # (x [M, 3], d [M, 3]) -> values of M samples
 
 
 @dataclass
