@@ -4,27 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ernerf.preprocess.blink import AU_MAX
-from ernerf.preprocess.landmarks import IBUG68_FROM_MESH
+from ernerf.face_topology import IBUG68_FROM_MESH, MOUTH_IBUG, au45_at_open_level, open_eye_level  # noqa: F401
 
-MOUTH_IBUG = range(48, 68)  # iBUG-68 outer (48-59) and inner (60-67) lips
 STABLE_MESH_POINTS = (33, 133, 263, 362, 168, 6, 4)  # eye corners and nose bridge: move with the head, not the mouth
 
 
 def mouth_points(mesh: np.ndarray) -> np.ndarray:
     """iBUG 48-67 mouth landmarks from face meshes, x, y. # [T, 478, 3] -> [T, 20, 2]"""
     return np.asarray(mesh)[:, IBUG68_FROM_MESH[list(MOUTH_IBUG)], :2]
-
-
-def open_eye_level(ear: np.ndarray, percentile: float = 90.0) -> float:
-    """The subject's open-eye aspect ratio: a high percentile over frames (as the blink step uses)."""
-    return float(np.percentile(np.asarray(ear, np.float64), percentile))
-
-
-def au45_at_open_level(ear: np.ndarray, open_level: float, closed_ratio: float = 0.15) -> np.ndarray:
-    """AU45 0..5 from eye aspect ratios against a GIVEN open level (the blink step's mapping). # [T] -> [T]"""
-    closure = (1.0 - np.asarray(ear, np.float64) / max(open_level, 1e-9)) / (1.0 - closed_ratio)
-    return AU_MAX * np.clip(closure, 0.0, 1.0)
 
 
 def jitter_valid(points: np.ndarray, valid: np.ndarray) -> float:

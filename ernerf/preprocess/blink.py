@@ -13,29 +13,13 @@ from typing import Any
 import numpy as np
 
 from ernerf.errors import ErnerfError
+from ernerf.face_topology import EYES, au45_at_open_level, eye_aspect_ratio, open_eye_level  # noqa: F401 - EYES: the step's landmarks
 from ernerf.io.atomic import write_text
 from ernerf.io.layout import SubjectLayout
 from ernerf.preprocess.base import PreprocessStep, StepContext
 from ernerf.preprocess.check import redo_hint
 
-# Mediapipe face-mesh indices: eye corners and three upper/lower lid pairs (same order, facing each other).
-EYES = {
-    "right": {"corners": (33, 133), "upper": (160, 159, 158), "lower": (144, 145, 153)},
-    "left": {"corners": (263, 362), "upper": (387, 386, 385), "lower": (373, 374, 380)},
-}
-AU_MAX = 5.0  # OpenFace intensity scale is 0..5
 HEADER = "frame, timestamp, confidence, success, AU45_r"
-
-
-def eye_aspect_ratio(mesh: np.ndarray) -> np.ndarray:
-    """Mean lid gap over eye width, averaged over both eyes (scale and in-plane rotation free). # [N,478,3] -> [N]"""
-    xy = np.asarray(mesh, dtype=np.float64)[..., :2]
-    ratios = []
-    for eye in EYES.values():
-        gap = np.linalg.norm(xy[:, list(eye["upper"])] - xy[:, list(eye["lower"])], axis=-1).mean(axis=1)
-        width = np.linalg.norm(xy[:, eye["corners"][0]] - xy[:, eye["corners"][1]], axis=-1)
-        ratios.append(gap / np.maximum(width, 1e-6))
-    return np.mean(ratios, axis=0)
 
 
 def au45_from_ear(ear: np.ndarray, valid: np.ndarray | None = None, open_percentile: float = 90.0,
@@ -47,11 +31,10 @@ def au45_from_ear(ear: np.ndarray, valid: np.ndarray | None = None, open_percent
     """
     ear = np.asarray(ear, dtype=np.float64)
     ref = ear if valid is None or not np.any(valid) else ear[np.asarray(valid, bool)]
-    open_level = np.percentile(ref, open_percentile)
+    open_level = open_eye_level(ref, open_percentile)
     if not open_level > 0:
         raise ErnerfError("the eyes measure closed in every frame: check mesh.npy (landmarks step) or the video.")
-    closure = (1.0 - ear / open_level) / (1.0 - closed_ratio)
-    return AU_MAX * np.clip(closure, 0.0, 1.0)
+    return au45_at_open_level(ear, open_level, closed_ratio)
 
 
 def write_au_csv(path: Path, au45: np.ndarray, valid: np.ndarray, fps: float) -> None:

@@ -9,31 +9,13 @@ from typing import Any
 import numpy as np
 
 from ernerf.errors import ErnerfError
+from ernerf.face_topology import IBUG68_FROM_MESH
 from ernerf.io.atomic import atomic_path
 from ernerf.io.layout import SubjectLayout
 from ernerf.preprocess.base import PreprocessStep, StepContext
 from ernerf.preprocess.check import redo_hint
 from ernerf.preprocess.mediapipe_face import NUM_MESH_POINTS
 
-# Mesh vertex for each of the 68 iBUG points. "Left" is the image left (the subject's right side).
-# Chosen on mediapipe's canonical topology and checked by drawing them on real crops.
-IBUG68_FROM_MESH = np.array([
-    # 0-16 jaw, image left at eye level -> chin (8) -> image right; mirror pairs along the face oval,
-    # picked so they sit about evenly by arc length as iBUG's do (measured on three real clips)
-    127, 234, 93, 132, 58, 136, 150, 176, 152, 400, 379, 365, 288, 361, 323, 454, 356,
-    # 17-21 left brow outer -> inner, 22-26 right brow inner -> outer (upper brow edge)
-    70, 63, 105, 66, 107, 336, 296, 334, 293, 300,
-    # 27-30 nose bridge top -> tip, 31-35 nostril base left -> right (33 = below the tip)
-    168, 197, 5, 4, 98, 97, 2, 326, 327,
-    # 36-41 left eye: outer corner, upper outer, upper inner, inner corner, lower inner, lower outer
-    33, 160, 158, 133, 153, 144,
-    # 42-47 right eye: inner corner, upper inner, upper outer, outer corner, lower outer, lower inner
-    362, 385, 387, 263, 373, 380,
-    # 48-59 outer lips: left corner, upper lip -> right corner (54), lower lip back to the left
-    61, 40, 37, 0, 267, 270, 291, 321, 314, 17, 84, 91,
-    # 60-67 inner lips: left corner, upper -> right corner (64), lower back
-    78, 81, 13, 311, 308, 402, 14, 178,
-])
 MIN_VALID_RATIO = 0.5  # below this share of detected frames the interpolated mesh is mostly guesswork
 MISS_WARN_RATIO = 0.95  # below this share of detected frames, interpolation is worth a warning
 MIN_PARALLEL_FRAMES = 80  # below two batches one process is as fast (workers are started ahead, see warm_pool)
