@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from ernerf.cli import exit_on_user_error, run_entry_point
 
 if TYPE_CHECKING:
-    from ernerf.evaluation import EvalResult
+    from ernerf.apps.evaluation import EvalResult
 
 
 def print_summary(result: EvalResult) -> None:
@@ -34,7 +34,7 @@ def print_summary(result: EvalResult) -> None:
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from ernerf.evaluation import evaluate_from_config
+    from ernerf.apps.evaluation import evaluate_from_config
 
     print_summary(exit_on_user_error(evaluate_from_config)(cfg))
 

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from ernerf.cli import exit_on_user_error, run_entry_point
 
 if TYPE_CHECKING:
-    from ernerf.inference import InferenceResult
+    from ernerf.apps.inference import InferenceResult
 
 
 def print_summary(result: InferenceResult) -> None:
@@ -29,7 +29,7 @@ def print_summary(result: InferenceResult) -> None:
 
 @hydra.main(config_path="conf", config_name="infer", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from ernerf.inference import infer_from_config
+    from ernerf.apps.inference import infer_from_config
 
     print_summary(exit_on_user_error(infer_from_config)(cfg))
 

@@ -13,13 +13,13 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ernerf.chain import initial_checkpoint, preprocess_overrides, run_chain, stage_overrides
-from ernerf.chain import stage_steps  # noqa: F401 - part of train.py's interface (tests, benches)
+from ernerf.apps.chain import initial_checkpoint, preprocess_overrides, run_chain, stage_overrides
+from ernerf.apps.chain import stage_steps  # noqa: F401 - part of train.py's interface (tests, benches)
 from ernerf.cli import run_entry_point
 from ernerf.errors import ErnerfError
 from ernerf.io.layout import check_subject_name
 from ernerf.io.lock import exclusive_lock
-from ernerf.runs import mark_finished, prepare_run_folder, validate_max_steps
+from ernerf.apps.runs import mark_finished, prepare_run_folder, validate_max_steps
 
 log = logging.getLogger("train")
 

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from ernerf.inference import (FPS, STAGES, OutputOptions, Renderer, SubjectView, extractor_for,  # noqa: E402
+from ernerf.apps.inference import (FPS, STAGES, OutputOptions, Renderer, SubjectView, extractor_for,  # noqa: E402
                               find_checkpoint, load_subject, load_system, run_inference)
 from ernerf.errors import ErnerfError  # noqa: E402
 from ernerf.postprocess.pasteback import PasteBack  # noqa: E402
@@ -79,7 +79,7 @@ def untrained_system(num_frames: int, device: str) -> Renderer:
 def end_to_end(system: Renderer, subject: SubjectView, audio: Path, seconds: float, out_dir: Path,
                model_path: str | None = None) -> dict[str, float]:
     """Seconds per output second for `seconds` of `audio`, features to result.mp4."""
-    from ernerf.inference import driving_features
+    from ernerf.apps.inference import driving_features
     from ernerf.io.audio import load_audio, write_wav
 
     clip = write_wav(out_dir / "clip.wav", load_audio(audio)[: int(seconds * 16000)])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ernerf.errors import ErnerfError
-from ernerf.evaluation import (Findings, Rendered, audio_sync_findings, image_findings, lip_findings,
+from ernerf.apps.evaluation import (Findings, Rendered, audio_sync_findings, image_findings, lip_findings,
                                resolve_cross_audio, resolve_target)
 from ernerf.metrics.face import au45_at_open_level, jitter_valid, mouth_points
 from tests.conftest import compose, shared_clip
@@ -170,8 +170,8 @@ def subject34(tmp_path_factory: pytest.TempPathFactory):
 
 def test_evaluate_real_frames_with_a_perfect_renderer(tmp_path: Path, subject34) -> None:
     """A renderer returning the true crops: near-perfect PSNR, LMD ~0, mouth curves alike; every output written."""
-    from ernerf.evaluation import evaluate_from_config
-    from ernerf.inference import load_subject
+    from ernerf.apps.evaluation import evaluate_from_config
+    from ernerf.apps.inference import load_subject
     from tests.postprocess.mini_subject import CropRenderer
 
     runs = tmp_path / "runs"
@@ -232,7 +232,7 @@ def test_evaluate_py_on_a_trained_system(tmp_path: Path, subject34, capsys) -> N
 
 
 def test_face_figures_say_why_when_the_mesher_is_missing(monkeypatch) -> None:
-    import ernerf.evaluation as evaluation
+    import ernerf.apps.evaluation as evaluation
 
     monkeypatch.setattr(evaluation, "mesher_missing", lambda: "mediapipe not installed")
     found = evaluation.face_and_sync(None, None, np.zeros(3))

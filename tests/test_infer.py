@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ernerf.errors import ErnerfError
-from ernerf.inference import (FrameSource, audio_window, check_kind, find_checkpoint, infer_from_config,
+from ernerf.apps.inference import (FrameSource, audio_window, check_kind, find_checkpoint, infer_from_config,
                               load_driving_audio, load_feature_file, load_subject)
 from ernerf.io.audio import write_wav
 from ernerf.io.video import iter_frames, probe, run_ffmpeg
@@ -170,7 +170,7 @@ def test_infer_errors(tmp_path, mini_subject, m4a_speech):
 
 
 def test_output_paths_and_summary(tmp_path, capsys):
-    from ernerf.inference import InferenceResult, output_paths
+    from ernerf.apps.inference import InferenceResult, output_paths
     from infer import print_summary
 
     assert output_paths(None, "anna", Path("a/hello.m4a"), "lips") == (Path("outputs/anna/hello_lips"), "result")

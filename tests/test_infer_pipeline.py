@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ernerf.errors import ErnerfError
-from ernerf.inference import OutputOptions, load_subject, render_frame, run_inference
+from ernerf.apps.inference import OutputOptions, load_subject, render_frame, run_inference
 from ernerf.io.layout import SubjectLayout
 from ernerf.io.video import iter_frames
 from ernerf.postprocess.motion import plan_motion

@@ -133,8 +133,8 @@ def test_overwrite_moves_the_old_run_aside_and_continuing_keeps_the_metrics(work
 
 
 def test_a_stage_trained_from_a_changed_predecessor_is_flagged_and_retrained_by_stage_all(workspace: Path) -> None:
-    from ernerf.chain import run_chain
-    from ernerf.runs import file_digest, read_record, stale_warning
+    from ernerf.apps.chain import run_chain
+    from ernerf.apps.runs import file_digest, read_record, stale_warning
     from train import train
 
     runs = workspace / "runs" / "trump"
@@ -195,7 +195,7 @@ def infer_config(root: Path, *extra: str):
     (["output=/proc/ernerf_out"], ["cannot write to /proc/ernerf_out", "output=<path>"]),
 ])
 def test_bad_inference_options_are_one_line_errors(workspace: Path, extra: list[str], words: list[str]) -> None:
-    from ernerf.inference import infer_from_config
+    from ernerf.apps.inference import infer_from_config
 
     with pytest.raises(ErnerfError) as info:
         infer_from_config(infer_config(workspace, *extra))

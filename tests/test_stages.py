@@ -67,7 +67,7 @@ def subject(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def chained(subject: Path) -> dict:
     """`stage=all` on the tiny subject: head -> lips -> torso."""
-    from ernerf.chain import run_chain
+    from ernerf.apps.chain import run_chain
     from train import train
 
     results = run_chain(compose("train", overrides(subject, "stage=all")), lambda name: stage_config(subject, name), train)
@@ -97,7 +97,7 @@ def test_stage_configs_compose_and_resolve(stage: str) -> None:
 
 
 def test_lips_without_a_head_checkpoint_names_the_command(tmp_path: Path) -> None:
-    from ernerf.chain import initial_checkpoint
+    from ernerf.apps.chain import initial_checkpoint
 
     with pytest.raises(ErnerfError, match="python train.py stage=head subject=sphere"):
         initial_checkpoint(stage_config(tmp_path, "lips"))
@@ -122,7 +122,7 @@ def test_lips_sampler_alternates_the_lips_square_and_random_rays(subject: Path) 
 
 
 def test_all_makes_three_checkpoints_and_a_rerun_skips_them(subject: Path, chained: dict) -> None:
-    from ernerf.chain import run_chain
+    from ernerf.apps.chain import run_chain
 
     assert set(chained) == {"head", "lips", "torso"} and all(chained.values())
     for stage in ("head", "lips", "torso"):
@@ -134,7 +134,7 @@ def test_all_makes_three_checkpoints_and_a_rerun_skips_them(subject: Path, chain
 
 
 def test_lips_starts_from_the_head_and_logs_lip_crops(subject: Path, chained: dict) -> None:
-    from ernerf.chain import initial_checkpoint
+    from ernerf.apps.chain import initial_checkpoint
 
     assert initial_checkpoint(stage_config(subject, "lips")) == str(subject / "runs" / "sphere" / "head" / "checkpoints" / "last.ckpt")
     head, lips = checkpoint(subject, "head")["state_dict"], checkpoint(subject, "lips")["state_dict"]
@@ -183,7 +183,7 @@ def alpha_error(system, subject: Path) -> float:
 
 def test_all_with_a_video_preprocesses_a_missing_subject_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ernerf.preprocess.pipeline as pipeline
-    from ernerf.chain import preprocess_overrides, run_chain, stage_overrides
+    from ernerf.apps.chain import preprocess_overrides, run_chain, stage_overrides
 
     task = ["stage=all", "subject=sphere", "video=/clips/me.mp4", f"paths.data_root={tmp_path / 'data'}", "seed=3"]
     assert preprocess_overrides(task) == ["subject=sphere", "video=/clips/me.mp4", f"paths.data_root={tmp_path / 'data'}"]

@@ -25,7 +25,7 @@ from ernerf.postprocess.motion import MotionPlan, plan_motion
 from ernerf.postprocess.mux import ResultWriter, colorize_depth, depth_range
 from ernerf.postprocess.pasteback import HeadBox, PasteBack
 from ernerf.postprocess.pipeline import Lookahead, OrderedSink, paste_workers, thread_pool
-from ernerf.runs import stale_warning
+from ernerf.apps.runs import stale_warning
 
 
 STAGES = ("head", "lips", "torso")  # training order: a later stage starts from the earlier one
@@ -399,7 +399,7 @@ def _progress(total: int, enabled: bool):
 
 # ---------------------------------------------------------------- from the Hydra config (infer.py)
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def extractor_for(kind: str, overrides: Mapping[str, Any] | None = None) -> Any:

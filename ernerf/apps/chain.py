@@ -9,7 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ernerf.errors import ErnerfError
-from ernerf.runs import last_checkpoint, read_record
+from ernerf.apps.runs import last_checkpoint, read_record
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """`make demo`: from nothing to a talking result.mp4 on the built-in sample, each stage skipped when done.
 
-    python -m ernerf.demo [paths.data_root=/tmp/data] [paths.runs_root=/tmp/runs]
+    python -m ernerf.apps.demo [paths.data_root=/tmp/data] [paths.runs_root=/tmp/runs]
 
 Stages: sample (astronaut + offline TTS) -> preprocess -> train (head stage, conf/experiment/demo.yaml,
 sized for a few minutes on 2 CPU cores) -> infer (the unseen `new_sentence.wav`) -> <runs_root>/demo/result.mp4.
@@ -27,7 +27,7 @@ from ernerf.io.layout import SubjectLayout
 if TYPE_CHECKING:
     from datamodules.samplers import RaySampler
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO / "conf"
 SUBJECT = "demo"
 TRAIN_EXPERIMENT = "demo"  # conf/experiment/demo.yaml
@@ -49,13 +49,13 @@ class DemoContext:
 
     @property
     def sample_video(self) -> Path:
-        from ernerf.sample import SamplePaths
+        from ernerf.apps.sample import SamplePaths
 
         return SamplePaths.in_dir(self.source_dir).video
 
     @property
     def new_sentence(self) -> Path:
-        from ernerf.sample import new_sentence_path
+        from ernerf.apps.sample import new_sentence_path
 
         return new_sentence_path(self.source_dir)
 
@@ -88,14 +88,14 @@ class Stage:
 
 
 def _sample_done(ctx: DemoContext) -> bool:
-    from ernerf.sample import SamplePaths
+    from ernerf.apps.sample import SamplePaths
 
     files = [*SamplePaths.in_dir(ctx.source_dir).files(), ctx.new_sentence]
     return all(f.exists() for f in files)
 
 
 def _make_sample(ctx: DemoContext) -> None:
-    from ernerf.sample import make_new_sentence, make_sample
+    from ernerf.apps.sample import make_new_sentence, make_sample
 
     make_sample(ctx.source_dir)
     make_new_sentence(ctx.source_dir)
@@ -149,7 +149,7 @@ def _infer_done(ctx: DemoContext) -> bool:
 
 
 def _infer(ctx: DemoContext) -> None:
-    from ernerf.inference import infer_from_config
+    from ernerf.apps.inference import infer_from_config
 
     result = infer_from_config(infer_config(ctx))
     for warning in result.warnings:

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from ernerf.errors import ErnerfError
-from ernerf.inference import Renderer, find_checkpoint, load_system
+from ernerf.apps.inference import Renderer, find_checkpoint, load_system
 from ernerf.io.atomic import writable_folder
-from ernerf.runs import checkpoint_step, stale_warning
+from ernerf.apps.runs import checkpoint_step, stale_warning
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ MESH_SIZE = 512  # frames are meshed (and LMD measured) at the crop size of prep
 MIN_DETECTED = 0.5  # below this share of meshed frames, temporal face figures are not computed
 MIN_CURVE = 3  # frames a correlation needs
 SSIM_WINDOW = 11  # torchmetrics' Gaussian window: smaller face boxes have no SSIM
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CROSS_AUDIO = "../shared/data/audio/obama_5s.wav"
 NOT_COMPARABLE = ("Figures depend on the clip, its resolution, crop and split: compare runs of the same subject, "
                   "not with numbers published on other videos.")
@@ -340,7 +340,7 @@ def resolve_cross_audio(value: str | None) -> tuple[Path | None, str]:
 
 def cross_drive(renderer: Renderer, view: Any, audio: Path, max_seconds: float, extractor_overrides: Any) -> Findings:
     """Render the subject speaking unrelated audio; correlate its mouth opening with that audio's energy."""
-    from ernerf.inference import audio_kind, driving_features, extractor_for, render_frame
+    from ernerf.apps.inference import audio_kind, driving_features, extractor_for, render_frame
     from ernerf.io.audio import load_audio
     from ernerf.metrics.lipsync import audio_energy, mouth_opening
     from ernerf.postprocess.motion import plan_motion
@@ -417,7 +417,7 @@ class EvalResult:
 
 def evaluate_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer] = load_system) -> EvalResult:
     """Everything `python evaluate.py subject=<name> [run=...]` does."""
-    from ernerf.inference import audio_kind
+    from ernerf.apps.inference import audio_kind
     from ernerf.io.layout import check_subject_name
 
     check_subject_name(cfg.subject)
@@ -469,7 +469,7 @@ def held_out_findings(cfg: Any, rendered: Rendered, data: Any) -> Findings:
 def cross_findings(cfg: Any, renderer: Renderer, stage: str, audio_file: str, audio: Path | None,
                    reason: str) -> Findings:
     """The cross-driving figure, or why it is unavailable."""
-    from ernerf.inference import load_subject
+    from ernerf.apps.inference import load_subject
 
     reason = reason if audio is None else (mesher_missing() or "")
     if reason:

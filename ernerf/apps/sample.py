@@ -4,7 +4,7 @@ The mouth opens with the speech loudness (the lower face is warped down by a smo
 opened gap painted as a dark mouth interior), the head moves slightly, and the eyes blink. The ground truth of
 what was animated is saved next to the video so tests can check that later stages see the same motion.
 
-    python -m ernerf.sample out=<dir> [text="..."] [seconds=9] [seed=0]
+    python -m ernerf.apps.sample out=<dir> [text="..."] [seconds=9] [seed=0]
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def make_sample(out_dir: Path | str, text: str = DEFAULT_TEXT, seconds: float = 
     """Write sample.mp4 (+ its wav, mouth and blink ground truth) into `out_dir`; returns the paths."""
     from ernerf.io.video import VideoWriter
     from ernerf.io.atomic import atomic_path
-    from ernerf.tts import write_wav
+    from ernerf.apps.tts import write_wav
 
     if size < 256 or size % 2:
         raise ErnerfError(f"size={size}: give an even frame size of at least 256 (the default 640 suits preprocessing).")
@@ -99,7 +99,7 @@ def make_sample(out_dir: Path | str, text: str = DEFAULT_TEXT, seconds: float = 
 
 def make_new_sentence(out_dir: Path | str, text: str = NEW_SENTENCE) -> Path:
     """Write new_sentence.wav (16 kHz mono): speech the avatar did not hear, for inference."""
-    from ernerf.tts import synthesize, write_wav
+    from ernerf.apps.tts import synthesize, write_wav
 
     wav, sr = synthesize(text, rate=155, pitch=45)
     return write_wav(new_sentence_path(out_dir), wav, sr, target_rate=SAMPLE_RATE)
@@ -114,7 +114,7 @@ def speech_track(text: str, seconds: float) -> np.ndarray:
     """The sample's sound: 0.4 s of silence, the spoken text, silence up to `seconds` (16 kHz float32)."""
     import librosa
 
-    from ernerf.tts import synthesize
+    from ernerf.apps.tts import synthesize
 
     speech, sr = synthesize(text, rate=150, pitch=45)
     speech = librosa.resample(speech, orig_sr=sr, target_sr=SAMPLE_RATE).astype(np.float32)
@@ -320,10 +320,10 @@ def _parse_cli(argv: list[str]) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or key not in allowed:
             raise ErnerfError(f"unknown argument {item!r}: use key=value with keys {sorted(allowed)}, "
-                              "e.g. python -m ernerf.sample out=data/demo_src")
+                              "e.g. python -m ernerf.apps.sample out=data/demo_src")
         args[key] = value
     if "out" not in args:
-        raise ErnerfError("give the output folder: python -m ernerf.sample out=<dir>")
+        raise ErnerfError("give the output folder: python -m ernerf.apps.sample out=<dir>")
     return args
 
 
