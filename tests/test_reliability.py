@@ -57,7 +57,7 @@ def config(root: Path, *extra: str):
 @pytest.fixture(scope="module")
 def trained(prepare_subject, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace (data/, runs/) with the real clip preprocessed and a finished head stage of 4 steps."""
-    from train import train
+    from ernerf.apps.train import train
 
     root = tmp_path_factory.mktemp("reliability")
     shutil.copytree(prepare_subject(CLIP), root / "data" / "trump", symlinks=True)
@@ -95,7 +95,7 @@ def test_rerunning_a_finished_stage_says_so_and_changes_nothing(workspace: Path)
     (["ckpt_path=last", "overwrite=true"], ["give one of them"]),
 ])
 def test_bad_resumes_and_step_counts_are_refused(workspace: Path, extra: list[str], words: list[str]) -> None:
-    from train import train
+    from ernerf.apps.train import train
 
     before = tree_digest(workspace / "runs")
     with pytest.raises(ErnerfError) as info:
@@ -105,7 +105,7 @@ def test_bad_resumes_and_step_counts_are_refused(workspace: Path, extra: list[st
 
 
 def test_an_interrupted_run_is_resumed_not_restarted(workspace: Path) -> None:
-    from train import train
+    from ernerf.apps.train import train
 
     run = workspace / "runs" / "trump" / "head"
     (run / "finished.json").unlink()  # as if killed after its last checkpoint
@@ -118,7 +118,7 @@ def test_an_interrupted_run_is_resumed_not_restarted(workspace: Path) -> None:
 
 
 def test_overwrite_moves_the_old_run_aside_and_continuing_keeps_the_metrics(workspace: Path) -> None:
-    from train import train
+    from ernerf.apps.train import train
 
     run = workspace / "runs" / "trump" / "head"
     old = tree_digest(run)
@@ -135,7 +135,7 @@ def test_overwrite_moves_the_old_run_aside_and_continuing_keeps_the_metrics(work
 def test_a_stage_trained_from_a_changed_predecessor_is_flagged_and_retrained_by_stage_all(workspace: Path) -> None:
     from ernerf.apps.chain import run_chain
     from ernerf.apps.runs import file_digest, read_record, stale_warning
-    from train import train
+    from ernerf.apps.train import train
 
     runs = workspace / "runs" / "trump"
     train(config(workspace, "stage=lips"))

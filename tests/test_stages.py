@@ -68,7 +68,7 @@ def subject(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def chained(subject: Path) -> dict:
     """`stage=all` on the tiny subject: head -> lips -> torso."""
     from ernerf.apps.chain import run_chain
-    from train import train
+    from ernerf.apps.train import train
 
     results = run_chain(compose("train", overrides(subject, "stage=all")), lambda name: stage_config(subject, name), train)
     return results
