@@ -99,6 +99,11 @@ def test_run_writes_checkpoint_val_images_and_refreshes_the_grid(trained: Path) 
     assert ckpt["global_step"] == STEPS
     assert int(ckpt["state_dict"]["grid.num_updates"]) == 3  # steps 0, 16, 32
     assert ckpt["hyper_parameters"]["audio_kind"] == "mel" and ckpt["hyper_parameters"]["feature_dim"] == 80
+    # what inference reads of it (callbacks/checkpoint_facts.py), in plain types
+    facts = torch.load(trained / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert facts["stage"] == {"name": "head", "background": "torso", "previous": []}
+    assert facts["audio_features"] == {"kind": "mel", "feature_dim": 80, "file": "aud_mel.npy", "extractor": {
+        "_target_": "ernerf.audio.features.LogMelExtractor", "n_mels": 80}}
     pngs = sorted((trained / "val_images").glob("*.png"))
     assert pngs and all(p.stat().st_size > 0 for p in pngs)
 
