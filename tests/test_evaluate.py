@@ -232,7 +232,7 @@ def test_evaluate_py_on_a_trained_system(tmp_path: Path, subject34, capsys) -> N
 
 
 def test_face_figures_say_why_when_the_mesher_is_missing(monkeypatch) -> None:
-    import ernerf.apps.evaluation as evaluation
+    import ernerf.apps.evaluation.figures as evaluation
 
     monkeypatch.setattr(evaluation, "mesher_missing", lambda: "mediapipe not installed")
     found = evaluation.face_and_sync(None, None, np.zeros(3))

@@ -32,7 +32,7 @@ MESH_SIZE = 512  # frames are meshed (and LMD measured) at the crop size of prep
 MIN_DETECTED = 0.5  # below this share of meshed frames, temporal face figures are not computed
 MIN_CURVE = 3  # frames a correlation needs
 SSIM_WINDOW = 11  # torchmetrics' Gaussian window: smaller face boxes have no SSIM
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DEFAULT_CROSS_AUDIO = "../shared/data/audio/obama_5s.wav"
 NOT_COMPARABLE = ("Figures depend on the clip, its resolution, crop and split: compare runs of the same subject, "
                   "not with numbers published on other videos.")
