@@ -123,11 +123,18 @@ def test_lips_sampler_alternates_the_lips_square_and_random_rays(subject: Path) 
 
 def test_all_makes_three_checkpoints_and_a_rerun_skips_them(subject: Path, chained: dict) -> None:
     from ernerf.apps.chain import run_chain
+    from ernerf.apps.checkpoints import trained_stages
 
     assert set(chained) == {"head", "lips", "torso"} and all(chained.values())
     for stage in ("head", "lips", "torso"):
         assert checkpoint(subject, stage)["global_step"] == STEPS[stage]
         assert (subject / "runs" / "sphere" / stage / "finished.json").is_file()
+    torso, lips = checkpoint(subject, "torso")["stage"], checkpoint(subject, "lips")["stage"]
+    assert torso == {"name": "torso", "background": "plate", "previous": ["lips", "head"]}
+    assert lips == {"name": "lips", "background": "torso", "previous": ["head"]}
+    found = trained_stages(subject / "runs", "sphere")  # inference's order: from what each checkpoint starts from
+    assert [(t.stage.name, t.stage.background) for t in found] == [("head", "torso"), ("lips", "torso"),
+                                                                    ("torso", "plate")]
     calls = []
     again = run_chain(compose("train", overrides(subject, "stage=all")), lambda name: stage_config(subject, name), calls.append)
     assert calls == [] and again == {"head": None, "lips": None, "torso": None}

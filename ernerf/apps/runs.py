@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ernerf.errors import ErnerfError
 from ernerf.io.atomic import write_text
 
@@ -78,14 +80,22 @@ def mark_finished(run_dir: Path | str, step: int, metrics: dict[str, float], ini
     write_text(Path(run_dir) / FINISHED, json.dumps(record, indent=1))
 
 
+def read_checkpoint(path: Path | str) -> dict[str, Any] | None:
+    """A Lightning checkpoint's contents, its tensors memory-mapped rather than read; None for a file cut short or
+    not a checkpoint (the caller says so)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except (OSError, RuntimeError, EOFError, AttributeError, KeyError, TypeError, ValueError, pickle.UnpicklingError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
 def checkpoint_step(path: Path) -> int | None:
     """The global step a Lightning checkpoint was saved at."""
-    import torch
-
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
-    except (OSError, RuntimeError, EOFError, AttributeError, KeyError, TypeError, ValueError, pickle.UnpicklingError):
-        return None  # a file cut short or not a checkpoint: the caller says so
+        return int((read_checkpoint(path) or {})["global_step"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def trained_files(run_dir: Path) -> list[Path]:

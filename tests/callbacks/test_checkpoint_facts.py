@@ -1,4 +1,5 @@
-"""callbacks.checkpoint_facts: the stage's facts and the audio-feature config go into every checkpoint, in plain types."""
+"""callbacks.checkpoint_facts: the stage's facts and the audio-feature config go into every checkpoint, as plain
+types."""
 
 from __future__ import annotations
 
