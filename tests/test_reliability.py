@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -209,6 +210,19 @@ def test_an_output_below_a_file_is_refused_by_evaluate(workspace: Path) -> None:
                       f"paths.runs_root={workspace / 'runs'}", f"output={workspace / 'a_file' / 'eval'}",
                       "downscale=8", "cross_audio=null", cwd=workspace)
     assert_user_error(done, "cannot write to", "Not a directory", "output=<path>")
+
+
+def test_evaluate_py_takes_a_stage_by_name_and_reads_it_from_the_checkpoint(workspace: Path) -> None:
+    """`stage=` reaches evaluate.py as a plain name; the stage it reports is the one the checkpoint records."""
+    args = ["subject=trump", f"paths.data_root={workspace / 'data'}", f"paths.runs_root={workspace / 'runs'}",
+            "downscale=8", "max_frames=3"]
+    assert_user_error(run_script("evaluate.py", *args, "stage=lips", cwd=workspace),
+                      "no trained lips checkpoint", "(trained: head)", "python train.py stage=lips subject=trump")
+    done = run_script("evaluate.py", *args, "stage=head", cwd=workspace)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((workspace / "runs" / "trump" / "eval" / "metrics.json").read_text())
+    assert report["stage"] == "head" and report["frames"]["validation"][:1] and report["metrics"]["psnr"] > 0
+    assert report["checkpoint"] == str(workspace / "runs" / "trump" / "head" / "checkpoints" / "last.ckpt")
 
 
 def test_a_killed_inference_leaves_no_temporaries_after_the_next_run(workspace: Path) -> None:
