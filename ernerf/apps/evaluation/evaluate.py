@@ -26,6 +26,7 @@ from ernerf.metrics.lipsync import audio_energy, mouth_opening
 from ernerf.metrics.perceptual import lpips_scorer
 from ernerf.postprocess.motion import plan_motion
 
+
 def evaluate_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer] = load_system) -> EvalResult:
     """Everything `python evaluate.py subject=<name> [stage=...|run=...]` does."""
     check_subject_name(cfg.subject)

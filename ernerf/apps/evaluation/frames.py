@@ -30,10 +30,12 @@ class EvalTarget:
 
     @property
     def checkpoint(self) -> Path:
+        """The checkpoint evaluated."""
         return self.trained.checkpoint
 
     @property
     def stage(self) -> str:
+        """The name of its stage, as the checkpoint records it (or its run folder, for an older one)."""
         return self.trained.stage.name
 
 
