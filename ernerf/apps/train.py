@@ -14,9 +14,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ernerf.apps.chain import initial_checkpoint, preprocess_overrides, run_chain, stage_overrides, stage_steps
-from ernerf.apps.runs import mark_finished, prepare_run_folder, validate_max_steps
+from ernerf.apps.runs import mark_finished, prepare_run_folder, run_folder_lock, validate_max_steps
 from ernerf.io.layout import check_subject_name
-from ernerf.io.lock import exclusive_lock
 
 log = logging.getLogger("train")
 
@@ -53,7 +52,7 @@ def name_run(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train one stage in its run folder, which no other run may use meanwhile; return the final metrics."""
     name_run(cfg)
-    with exclusive_lock(cfg.run_dir, f"run folder {cfg.run_dir}"):
+    with run_folder_lock(cfg.run_dir):
         return fit_stage(cfg)
 
 
