@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/python -m ernerf.demo
+	$(BIN)/python -m ernerf.apps.demo
 
 clean:
 	rm -rf $(VENV) data runs outputs multirun

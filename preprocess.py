@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-
 import hydra
 from omegaconf import DictConfig
 
 from ernerf.cli import exit_on_user_error, run_entry_point
+from ernerf.io.layout import SubjectLayout
+from ernerf.preprocess.pipeline import preprocess_subject
 
 
 @hydra.main(config_path="conf", config_name="preprocess", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from ernerf.io.layout import SubjectLayout
-    from ernerf.preprocess.pipeline import preprocess_subject
-
+    """Hydra entry point."""
     layout = exit_on_user_error(SubjectLayout.of)(cfg.paths.data_root, cfg.subject)
     exit_on_user_error(preprocess_subject)(cfg.preprocess, layout, video=cfg.video, audio=cfg.audio)
 

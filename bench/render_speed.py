@@ -22,10 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from ernerf.inference import (FPS, STAGES, OutputOptions, Renderer, SubjectView, extractor_for,  # noqa: E402
-                              find_checkpoint, load_subject, run_inference)
+from ernerf.apps.checkpoints import TrainedStage, audio_extractor, trained_stages  # noqa: E402
+from ernerf.apps.inference import (FPS, OutputOptions, Renderer, SubjectView, driving_features,  # noqa: E402
+                                  load_subject, run_inference)
+from ernerf.audio.features import AudioFeatureExtractor  # noqa: E402
 from ernerf.engine import ExecutionEngine  # noqa: E402
-from ernerf.errors import ErnerfError  # noqa: E402
+from ernerf.io.audio import load_audio, write_wav  # noqa: E402
 from ernerf.systems.loading import load_system  # noqa: E402
 from ernerf.postprocess.pasteback import PasteBack  # noqa: E402
 
@@ -66,9 +68,9 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def untrained_system(num_frames: int, device: str) -> Renderer:
+def untrained_system(num_frames: int, device: str) -> tuple[Renderer, AudioFeatureExtractor]:
     """A freshly initialised system from the training config, run by its engine (untrained: timings only show the
-    pipeline works)."""
+    pipeline works), and the extractor of its audio features."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
@@ -78,7 +80,7 @@ def untrained_system(num_frames: int, device: str) -> Renderer:
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     system = system.to(dev).eval()
     instantiate(cfg.engine).attach(system)
-    return system
+    return system, instantiate(cfg.audio_features.extractor)
 
 
 def bench_engine(args: argparse.Namespace) -> ExecutionEngine:
@@ -88,15 +90,11 @@ def bench_engine(args: argparse.Namespace) -> ExecutionEngine:
 
 
 def end_to_end(system: Renderer, subject: SubjectView, audio: Path, seconds: float, out_dir: Path,
-               model_path: str | None = None) -> dict[str, float]:
+               extractor: AudioFeatureExtractor) -> dict[str, float]:
     """Seconds per output second for `seconds` of `audio`, features to result.mp4."""
-    from ernerf.inference import driving_features
-    from ernerf.io.audio import load_audio, write_wav
-
     clip = write_wav(out_dir / "clip.wav", load_audio(audio)[: int(seconds * 16000)])
     t0 = time.perf_counter()
     kind, dim = system.hparams["audio_kind"], int(system.hparams["feature_dim"])
-    extractor = extractor_for(kind, {"model_path": model_path} if model_path else None)
     feats, _ = driving_features(clip, kind, dim, extractor)
     t_feat = time.perf_counter() - t0
     result = run_inference(system, subject, feats, clip, out_dir, OutputOptions(PasteBack("face_neck")),
@@ -107,38 +105,37 @@ def end_to_end(system: Renderer, subject: SubjectView, audio: Path, seconds: flo
             "seconds_per_output_second": round(total / (result.num_frames / FPS), 3)}
 
 
-def trained_stages(args: argparse.Namespace) -> list[tuple[str, Path]]:
-    """(stage, checkpoint) of the head-only stage used and of the torso stage when trained."""
-    found = []
-    for stage in STAGES:
-        try:
-            found.append(find_checkpoint(args.runs_root, args.subject, stage))
-        except ErnerfError:  # a stage that was not trained is simply not benchmarked
-            continue
-    head = [s for s in found if s[0] != "torso"][-1:]
-    return head + [s for s in found if s[0] == "torso"]
+def benched_stages(args: argparse.Namespace) -> list[TrainedStage]:
+    """The latest trained stage that renders the head alone (over the torso background), and the latest that renders
+    head and torso over the plate, each when trained."""
+    found = trained_stages(args.runs_root, args.subject)
+    return [kind[-1] for kind in ([t for t in found if t.stage.background != "plate"],
+                                  [t for t in found if t.stage.background == "plate"]) if kind]
 
 
 def bench_trained(args: argparse.Namespace) -> dict:
     """Benchmark each trained stage of a real subject."""
     report = {}
     audio = Path(args.audio) if args.audio else Path(args.data_root) / args.subject / "audio.wav"
-    for stage, ckpt in trained_stages(args):
+    for trained in benched_stages(args):
         engine = bench_engine(args)
-        system = load_system(ckpt, args.device, engine)
-        subject = load_subject(Path(args.data_root) / args.subject, f"aud_{system.hparams['audio_kind']}.npy",
-                               stage, downscale=args.downscale)
-        label = "head+torso" if stage == "torso" else "head"
+        system = load_system(trained.checkpoint, args.device, engine)
+        kind, dim = system.hparams["audio_kind"], int(system.hparams["feature_dim"])
+        subject = load_subject(Path(args.data_root) / args.subject, trained.feature_file(kind),
+                               trained.stage.background, downscale=args.downscale)
+        label = "head+torso" if trained.stage.background == "plate" else "head"
         fps = time_renders(system, subject, args.frames)
-        report[label] = {"stage": stage, "size": subject.height, "render_fps": round(fps, 3),
+        report[label] = {"stage": trained.stage.name, "size": subject.height, "render_fps": round(fps, 3),
                          "rays_per_chunk": engine.render_chunk(system.device), "cuda_graph": engine.render_cuda_graph,
                          "tf32": engine.tf32}
         if args.profile:
             report[label]["profile"] = profile_renders(system, subject, min(args.frames, 10))
         if args.render_only:
             continue
+        overrides = {"model_path": args.model_path} if args.model_path else None
         with tempfile.TemporaryDirectory() as tmp:
-            report[label] |= end_to_end(system, subject, audio, args.seconds, Path(tmp), args.model_path)
+            report[label] |= end_to_end(system, subject, audio, args.seconds, Path(tmp),
+                                        audio_extractor(trained, kind, dim, overrides))
     if not report:
         raise SystemExit(f"no checkpoint for subject {args.subject} under {args.runs_root}: train one first.")
     return report
@@ -150,12 +147,12 @@ def bench_untrained(args: argparse.Namespace) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         layout = write_mini_subject(Path(tmp) / "mini", SHARED / "train" / "trump_10s.mp4")
-        subject = load_subject(layout.root, "aud_mel.npy", "head", downscale=args.downscale)
-        system = untrained_system(len(subject.poses), args.device)
+        subject = load_subject(layout.root, "aud_mel.npy", downscale=args.downscale)
+        system, extractor = untrained_system(len(subject.poses), args.device)
         fps = time_renders(system, subject, args.frames)
         report = {"head (untrained)": {"size": subject.height, "render_fps": round(fps, 3)}}
         audio = Path(args.audio) if args.audio else SHARED / "audio" / "obama_5s.wav"
-        report["head (untrained)"] |= end_to_end(system, subject, audio, args.seconds, Path(tmp))
+        report["head (untrained)"] |= end_to_end(system, subject, audio, args.seconds, Path(tmp), extractor)
     return report
 
 

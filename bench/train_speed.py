@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from callbacks.data_parallel import DataParallelCallback  # noqa: E402
 from callbacks.ema import EMAWeights  # noqa: E402
-from ernerf.chain import run_budget  # noqa: E402
+from ernerf.apps.chain import run_budget  # noqa: E402
 from ernerf.engine import ExecutionEngine  # noqa: E402
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 from ernerf.errors import ErnerfError
+from ernerf.io.layout import check_subject_name
 
 T = TypeVar("T")
 
@@ -50,8 +51,6 @@ def quote_non_ascii(arg: str) -> str:
 def check_command_line(argv: Sequence[str], script: str) -> list[str]:
     """The command line as Hydra should see it: a missing or unsafe `subject=` is refused before Hydra makes its
     run folder (which is named after the subject), and non-ASCII values are quoted."""
-    from ernerf.io.layout import check_subject_name
-
     argv = [quote_non_ascii(a) for a in argv]
     values = [v for key, v in filter(None, map(override_value, argv)) if key == "subject"]
     if not values and not any(a.split("=")[0] in HYDRA_FLAGS for a in argv):
@@ -62,7 +61,26 @@ def check_command_line(argv: Sequence[str], script: str) -> list[str]:
     return argv
 
 
-def run_entry_point(main: Callable[[], object], script: str) -> None:
-    """Check the command line, then run a Hydra `main`."""
-    sys.argv[1:] = exit_on_user_error(check_command_line)(sys.argv[1:], script)
+def rename_keys(argv: Sequence[str], renames: Mapping[str, str]) -> list[str]:
+    """`stage=lips` -> `stage_name=lips` for each `key: new key` of `renames` (a `+`, `++` or `~` is kept)."""
+    out = []
+    for arg in argv:
+        parsed = override_value(arg)
+        if parsed is None or parsed[0] not in renames:
+            out.append(arg)
+            continue
+        prefix = arg[: len(arg) - len(arg.lstrip("+~"))]
+        out.append(f"{prefix}{renames[parsed[0]]}={parsed[1]}")
+    return out
+
+
+def run_entry_point(main: Callable[[], object], script: str, plain_keys: Mapping[str, str] | None = None) -> None:
+    """Check the command line, then run a Hydra `main`.
+
+    `plain_keys` maps a command-line key that names a config group of conf/ to the plain key the script's config
+    takes it as: Hydra reads `stage=lips` as a choice in conf/stage/ (the training stage, with its loss, sampler and
+    callbacks) wherever that folder exists, while infer.py and evaluate.py only need the name (`stage_name`).
+    """
+    argv = exit_on_user_error(check_command_line)(sys.argv[1:], script)
+    sys.argv[1:] = rename_keys(argv, plain_keys or {})
     main()

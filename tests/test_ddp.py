@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from callbacks.data_parallel import DataParallelCallback, lr_factor
-from ernerf.chain import per_rank_steps, planned_world_size, run_budget
+from ernerf.apps.chain import per_rank_steps, planned_world_size, run_budget
 from ernerf.engine.engine import thin_sigterm_broadcast
 from ernerf.errors import ErnerfError
 from tests.conftest import CONF_DIR, REPO, compose

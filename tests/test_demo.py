@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ernerf import demo
+from ernerf.apps import demo
 from ernerf.errors import ErnerfError
 
 
@@ -89,7 +89,7 @@ def test_lip_sync_needs_a_face_in_most_frames() -> None:
 
 @pytest.fixture(scope="module")
 def sample_paths(tmp_path_factory: pytest.TempPathFactory):
-    from ernerf.sample import make_sample
+    from ernerf.apps.sample import make_sample
 
     return make_sample(tmp_path_factory.mktemp("demo_sample"), seed=0)
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from ernerf.errors import ErnerfError
-from ernerf.evaluation import (Findings, Rendered, audio_sync_findings, image_findings, lip_findings,
-                               resolve_cross_audio, resolve_target)
+from ernerf.apps.evaluation.evaluate import resolve_cross_audio
+from ernerf.apps.evaluation.figures import Findings, audio_sync_findings, image_findings, lip_findings
+from ernerf.apps.evaluation.frames import Rendered, resolve_target
 from ernerf.metrics.face import au45_at_open_level, jitter_valid, mouth_points
 from tests.conftest import compose, shared_clip
 
@@ -143,8 +144,9 @@ def test_targets_and_cross_audio_resolution(tmp_path: Path) -> None:
     assert by_file.out_dir == loose.parent / "eval" and by_file.run_dir is None
     with pytest.raises(ErnerfError, match="neither a run folder"):
         resolve_target(tmp_path, "anna", str(tmp_path / "nope"))
-    assert resolve_cross_audio(None) == (None, "cross_audio=null")
-    assert resolve_cross_audio("../shared/data/audio/obama_5s.wav")[0] == shared_clip("audio/obama_5s.wav")
+    none, reason = resolve_cross_audio(None)  # no default clip: the figure is unavailable and says how to get it
+    assert none is None and "cross_audio=<" in reason
+    assert resolve_cross_audio(str(shared_clip("audio/obama_5s.wav")))[0] == shared_clip("audio/obama_5s.wav")
     with pytest.raises(ErnerfError, match="not found"):
         resolve_cross_audio(str(tmp_path / "x.wav"))
 
@@ -170,17 +172,18 @@ def subject34(tmp_path_factory: pytest.TempPathFactory):
 
 def test_evaluate_real_frames_with_a_perfect_renderer(tmp_path: Path, subject34) -> None:
     """A renderer returning the true crops: near-perfect PSNR, LMD ~0, mouth curves alike; every output written."""
-    from ernerf.evaluation import evaluate_from_config
-    from ernerf.inference import load_subject
+    from ernerf.apps.evaluation import evaluate_from_config
+    from ernerf.apps.inference import load_subject
     from tests.postprocess.mini_subject import CropRenderer
 
     runs = tmp_path / "runs"
     touch_checkpoint(runs, "mini", "head")
     (runs / "mini" / "head" / "csv").mkdir()  # the run logged to CSV
-    view = load_subject(subject34.root, "aud_mel.npy", "head", downscale=4)
+    view = load_subject(subject34.root, "aud_mel.npy", downscale=4)
     perfect = CropRenderer(subject34, view.poses, view.img_ids)
     cfg = compose("evaluate", [f"paths.data_root={subject34.root.parent}", f"paths.runs_root={runs}", "subject=mini",
-                               "downscale=4", "cross_max_seconds=1.0"])
+                               "downscale=4", f"cross_audio={shared_clip('audio/obama_5s.wav')}",
+                               "cross_max_seconds=1.0"])
     result = evaluate_from_config(cfg, system_loader=lambda path, device: perfect)
 
     report = json.loads((runs / "mini" / "eval" / "metrics.json").read_text())
@@ -208,16 +211,15 @@ def test_evaluate_py_on_a_trained_system(tmp_path: Path, subject34, capsys) -> N
     import torch
     from hydra.utils import instantiate
 
-    import evaluate
+    from ernerf.apps.evaluation import evaluate_command
 
     system = instantiate(compose("train", ["subject=mini", "debug=fast"]).model, num_frames=30)
     ckpt = touch_checkpoint(tmp_path / "runs", "mini", "head")
     torch.save({"state_dict": system.state_dict(), "hyper_parameters": dict(system.hparams), "global_step": 7,
                 "pytorch-lightning_version": L.__version__}, ckpt)
     cfg = compose("evaluate", ["subject=mini", f"paths.data_root={subject34.root.parent}",
-                               f"paths.runs_root={tmp_path / 'runs'}", f"run={ckpt}", "downscale=16", "device=cpu",
-                               "cross_audio=null"])
-    evaluate.main.__wrapped__(cfg)  # the entry point's body (Hydra's own parsing is what compose() does)
+                               f"paths.runs_root={tmp_path / 'runs'}", f"run={ckpt}", "downscale=16", "device=cpu"])
+    evaluate_command(cfg)  # what evaluate.py runs (Hydra's own parsing is what compose() does)
     stdout = capsys.readouterr().out
     out = ckpt.parent / "eval"
     report = json.loads((out / "metrics.json").read_text())
@@ -232,7 +234,7 @@ def test_evaluate_py_on_a_trained_system(tmp_path: Path, subject34, capsys) -> N
 
 
 def test_face_figures_say_why_when_the_mesher_is_missing(monkeypatch) -> None:
-    import ernerf.evaluation as evaluation
+    import ernerf.apps.evaluation.figures as evaluation
 
     monkeypatch.setattr(evaluation, "mesher_missing", lambda: "mediapipe not installed")
     found = evaluation.face_and_sync(None, None, np.zeros(3))

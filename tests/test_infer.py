@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from ernerf.errors import ErnerfError
-from ernerf.inference import (FrameSource, audio_window, check_kind, find_checkpoint, infer_from_config,
-                              load_driving_audio, load_feature_file, load_subject)
+from ernerf.apps.inference import (FrameSource, audio_window, check_kind, infer_from_config, load_driving_audio,
+                                  load_feature_file, load_subject)
 from ernerf.io.audio import write_wav
 from ernerf.io.video import iter_frames, probe, run_ffmpeg
 from tests.conftest import compose, shared_clip
@@ -44,18 +44,6 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 10 * np.log10(255.0**2 / max(np.mean((a.astype(float) - b.astype(float)) ** 2), 1e-12))
 
 
-def test_checkpoint_lookup(tmp_path):
-    with pytest.raises(ErnerfError, match=r"python train.py stage=head subject=anna"):
-        find_checkpoint(tmp_path, "anna")
-    head = touch_checkpoint(tmp_path, "anna", "head")
-    assert find_checkpoint(tmp_path, "anna") == ("head", head)
-    lips = touch_checkpoint(tmp_path, "anna", "lips")
-    assert find_checkpoint(tmp_path, "anna") == ("lips", lips)  # the latest trained stage
-    assert find_checkpoint(tmp_path, "anna", "head") == ("head", head)
-    with pytest.raises(ErnerfError, match=r"python train.py stage=torso subject=anna"):
-        find_checkpoint(tmp_path, "anna", "torso")
-    with pytest.raises(ErnerfError, match="unknown stage"):
-        find_checkpoint(tmp_path, "anna", "neck")
 
 
 def test_audio_errors_and_silence_warning(tmp_path, m4a_speech):
@@ -133,7 +121,7 @@ def test_infer_end_to_end(tmp_path, mini_subject, m4a_speech):
     cfg = compose("infer", [f"paths.data_root={mini_subject.root.parent}", f"paths.runs_root={runs}",
                             "subject=mini", f"audio={m4a_speech}", f"output={tmp_path / 'out' / 'talk.mp4'}",
                             "postprocess.scheme=face_neck", "postprocess.depth=true", "progress=false"])
-    view = load_subject(mini_subject.root, "aud_mel.npy", "head")
+    view = load_subject(mini_subject.root, "aud_mel.npy")
     fake = CropRenderer(mini_subject, view.poses, view.img_ids)
     result = infer_from_config(cfg, system_loader=lambda path, device: fake)
 
@@ -170,8 +158,7 @@ def test_infer_errors(tmp_path, mini_subject, m4a_speech):
 
 
 def test_output_paths_and_summary(tmp_path, capsys):
-    from ernerf.inference import InferenceResult, output_paths
-    from infer import print_summary
+    from ernerf.apps.inference import InferenceResult, output_paths, print_summary
 
     assert output_paths(None, "anna", Path("a/hello.m4a"), "lips") == (Path("outputs/anna/hello_lips"), "result")
     assert output_paths(str(tmp_path / "x" / "talk.mp4"), "anna", Path("a.wav"), "head") == (tmp_path / "x", "talk")
@@ -210,11 +197,19 @@ def test_infer_with_the_real_system(tmp_path, mini_subject, m4a_speech):
     assert len(heads) == result.num_frames
 
 
-@pytest.mark.parametrize("stage", ["head", "lips", "torso"])
-def test_stage_override_composes_and_names_the_checkpoint_stage(stage: str) -> None:
-    """`python infer.py stage=lips` selects train.py's stage group; inference reads only its name."""
-    from tests.conftest import compose
+@pytest.mark.parametrize("script, args", [("infer.py", ["audio=y.wav"]), ("evaluate.py", [])])
+def test_stage_is_a_plain_name_not_the_training_stage_group(script: str, args: list[str]) -> None:
+    """`python infer.py stage=lips` reaches the config as the plain key stage_name: no training config comes along."""
+    import os
+    import subprocess
+    import sys
 
-    cfg = compose("infer", ["subject=x", "audio=y.wav", f"stage={stage}"])
-    assert cfg.stage.name == stage
-    assert compose("infer", ["subject=x", "audio=y.wav"]).get("stage") is None
+    from tests.conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, str(REPO / script), "subject=x", *args, "stage=lips", "--cfg", "job"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "stage_name: lips" in done.stdout
+    assert not any(line.startswith(("stage:", "loss:", "datamodule:", "model:")) for line in done.stdout.splitlines())
+    assert compose(script.removesuffix(".py"), ["subject=x", *args]).stage_name is None

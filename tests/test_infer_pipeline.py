@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ernerf.errors import ErnerfError
-from ernerf.inference import OutputOptions, load_subject, render_frame, run_inference
+from ernerf.apps.inference import OutputOptions, load_subject, render_frame, run_inference
 from ernerf.io.layout import SubjectLayout
 from ernerf.io.video import iter_frames
 from ernerf.postprocess.motion import plan_motion
@@ -63,7 +63,7 @@ def pipeline_threads() -> list[str]:
 
 @pytest.mark.parametrize("scheme", ["face", "face_neck"])
 def test_pipelined_output_equals_the_sequential_loop(tmp_path, mini_subject, scheme):
-    view = load_subject(mini_subject.root, "aud_mel.npy", "head")
+    view = load_subject(mini_subject.root, "aud_mel.npy")
     feats = features()
     expected = sequential_reference(view, feats, tmp_path / "sequential", PasteBack(scheme))
     renderer = CropRenderer(view.layout, view.poses, view.img_ids)
@@ -91,7 +91,7 @@ def subject_missing_parsing(src: SubjectLayout, dst: Path, img_id: int) -> Subje
 
 def test_an_error_in_a_paste_thread_is_raised_and_the_partial_output_removed(tmp_path, mini_subject):
     layout = subject_missing_parsing(mini_subject, tmp_path / "mini", img_id=6)  # frame 0 has its map: it passes
-    view = load_subject(layout.root, "aud_mel.npy", "head")
+    view = load_subject(layout.root, "aud_mel.npy")
     renderer = CropRenderer(view.layout, view.poses, view.img_ids)
     out = tmp_path / "out"
     with pytest.raises(ErnerfError, match=r"postprocess.scheme=face_neck needs the parsing maps"):
@@ -117,7 +117,7 @@ class FailingRenderer(CropRenderer):
 
 @pytest.mark.parametrize("exc", [RuntimeError("CUDA out of memory"), KeyboardInterrupt()])
 def test_render_error_or_ctrl_c_stops_every_thread(tmp_path, mini_subject, exc):
-    view = load_subject(mini_subject.root, "aud_mel.npy", "head")
+    view = load_subject(mini_subject.root, "aud_mel.npy")
     out = tmp_path / "out"
     t0 = time.perf_counter()
     with pytest.raises(type(exc), match=str(exc) or None):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -40,7 +41,7 @@ def config(root: Path, *extra: str):
 @pytest.fixture(scope="module")
 def trained(prepare_subject, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace (data/, runs/) with the real clip preprocessed and a finished head stage of 4 steps."""
-    from train import train
+    from ernerf.apps.train import train
 
     root = tmp_path_factory.mktemp("reliability")
     shutil.copytree(prepare_subject(CLIP), root / "data" / "trump", symlinks=True)
@@ -78,7 +79,7 @@ def test_rerunning_a_finished_stage_says_so_and_changes_nothing(workspace: Path)
     (["ckpt_path=last", "overwrite=true"], ["give one of them"]),
 ])
 def test_bad_resumes_and_step_counts_are_refused(workspace: Path, extra: list[str], words: list[str]) -> None:
-    from train import train
+    from ernerf.apps.train import train
 
     before = tree_digest(workspace / "runs")
     with pytest.raises(ErnerfError) as info:
@@ -88,7 +89,7 @@ def test_bad_resumes_and_step_counts_are_refused(workspace: Path, extra: list[st
 
 
 def test_an_interrupted_run_is_resumed_not_restarted(workspace: Path) -> None:
-    from train import train
+    from ernerf.apps.train import train
 
     run = workspace / "runs" / "trump" / "head"
     (run / "finished.json").unlink()  # as if killed after its last checkpoint
@@ -101,7 +102,7 @@ def test_an_interrupted_run_is_resumed_not_restarted(workspace: Path) -> None:
 
 
 def test_overwrite_moves_the_old_run_aside_and_continuing_keeps_the_metrics(workspace: Path) -> None:
-    from train import train
+    from ernerf.apps.train import train
 
     run = workspace / "runs" / "trump" / "head"
     old = tree_digest(run)
@@ -116,9 +117,9 @@ def test_overwrite_moves_the_old_run_aside_and_continuing_keeps_the_metrics(work
 
 
 def test_a_stage_trained_from_a_changed_predecessor_is_flagged_and_retrained_by_stage_all(workspace: Path) -> None:
-    from ernerf.chain import run_chain
-    from ernerf.runs import file_digest, read_record, stale_warning
-    from train import train
+    from ernerf.apps.chain import run_chain
+    from ernerf.apps.runs import file_digest, read_record, stale_warning
+    from ernerf.apps.train import train
 
     runs = workspace / "runs" / "trump"
     train(config(workspace, "stage=lips"))
@@ -178,7 +179,7 @@ def infer_config(root: Path, *extra: str):
     (["output=/proc/ernerf_out"], ["cannot write to /proc/ernerf_out", "output=<path>"]),
 ])
 def test_bad_inference_options_are_one_line_errors(workspace: Path, extra: list[str], words: list[str]) -> None:
-    from ernerf.inference import infer_from_config
+    from ernerf.apps.inference import infer_from_config
 
     with pytest.raises(ErnerfError) as info:
         infer_from_config(infer_config(workspace, *extra))
@@ -192,6 +193,19 @@ def test_an_output_below_a_file_is_refused_by_evaluate(workspace: Path) -> None:
                       f"paths.runs_root={workspace / 'runs'}", f"output={workspace / 'a_file' / 'eval'}",
                       "downscale=8", "cross_audio=null", cwd=workspace)
     assert_user_error(done, "cannot write to", "Not a directory", "output=<path>")
+
+
+def test_evaluate_py_takes_a_stage_by_name_and_reads_it_from_the_checkpoint(workspace: Path) -> None:
+    """`stage=` reaches evaluate.py as a plain name; the stage it reports is the one the checkpoint records."""
+    args = ["subject=trump", f"paths.data_root={workspace / 'data'}", f"paths.runs_root={workspace / 'runs'}",
+            "downscale=8", "max_frames=3"]
+    assert_user_error(run_script("evaluate.py", *args, "stage=lips", cwd=workspace),
+                      "no trained lips checkpoint", "(trained: head)", "python train.py stage=lips subject=trump")
+    done = run_script("evaluate.py", *args, "stage=head", cwd=workspace)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((workspace / "runs" / "trump" / "eval" / "metrics.json").read_text())
+    assert report["stage"] == "head" and report["frames"]["validation"][:1] and report["metrics"]["psnr"] > 0
+    assert report["checkpoint"] == str(workspace / "runs" / "trump" / "head" / "checkpoints" / "last.ckpt")
 
 
 def test_a_killed_inference_leaves_no_temporaries_after_the_next_run(workspace: Path) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ernerf.errors import ErnerfError
-from ernerf.sample import FPS, SamplePaths, frame_loudness, main, make_sample, speech_track
+from ernerf.apps.sample import FPS, SamplePaths, frame_loudness, main, make_sample, speech_track
 
 # Mediapipe face-mesh indices: inner-lip pairs down the middle of the mouth, outer eye corners, eyelids.
 _LIP_PAIRS = ((13, 14), (82, 87), (312, 317))

@@ -67,8 +67,8 @@ def subject(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def chained(subject: Path) -> dict:
     """`stage=all` on the tiny subject: head -> lips -> torso."""
-    from ernerf.chain import run_chain
-    from train import train
+    from ernerf.apps.chain import run_chain
+    from ernerf.apps.train import train
 
     results = run_chain(compose("train", overrides(subject, "stage=all")), lambda name: stage_config(subject, name), train)
     return results
@@ -97,7 +97,7 @@ def test_stage_configs_compose_and_resolve(stage: str) -> None:
 
 
 def test_lips_without_a_head_checkpoint_names_the_command(tmp_path: Path) -> None:
-    from ernerf.chain import initial_checkpoint
+    from ernerf.apps.chain import initial_checkpoint
 
     with pytest.raises(ErnerfError, match="python train.py stage=head subject=sphere"):
         initial_checkpoint(stage_config(tmp_path, "lips"))
@@ -122,19 +122,26 @@ def test_lips_sampler_alternates_the_lips_square_and_random_rays(subject: Path) 
 
 
 def test_all_makes_three_checkpoints_and_a_rerun_skips_them(subject: Path, chained: dict) -> None:
-    from ernerf.chain import run_chain
+    from ernerf.apps.chain import run_chain
+    from ernerf.apps.checkpoints import trained_stages
 
     assert set(chained) == {"head", "lips", "torso"} and all(chained.values())
     for stage in ("head", "lips", "torso"):
         assert checkpoint(subject, stage)["global_step"] == STEPS[stage]
         assert (subject / "runs" / "sphere" / stage / "finished.json").is_file()
+    torso, lips = checkpoint(subject, "torso")["stage"], checkpoint(subject, "lips")["stage"]
+    assert torso == {"name": "torso", "background": "plate", "previous": ["lips", "head"]}
+    assert lips == {"name": "lips", "background": "torso", "previous": ["head"]}
+    found = trained_stages(subject / "runs", "sphere")  # inference's order: from what each checkpoint starts from
+    assert [(t.stage.name, t.stage.background) for t in found] == [("head", "torso"), ("lips", "torso"),
+                                                                    ("torso", "plate")]
     calls = []
     again = run_chain(compose("train", overrides(subject, "stage=all")), lambda name: stage_config(subject, name), calls.append)
     assert calls == [] and again == {"head": None, "lips": None, "torso": None}
 
 
 def test_lips_starts_from_the_head_and_logs_lip_crops(subject: Path, chained: dict) -> None:
-    from ernerf.chain import initial_checkpoint
+    from ernerf.apps.chain import initial_checkpoint
 
     assert initial_checkpoint(stage_config(subject, "lips")) == str(subject / "runs" / "sphere" / "head" / "checkpoints" / "last.ckpt")
     head, lips = checkpoint(subject, "head")["state_dict"], checkpoint(subject, "lips")["state_dict"]
@@ -182,14 +189,14 @@ def alpha_error(system, subject: Path) -> float:
 
 
 def test_all_with_a_video_preprocesses_a_missing_subject_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ernerf.preprocess.pipeline as pipeline
-    from ernerf.chain import preprocess_overrides, run_chain, stage_overrides
+    import ernerf.apps.chain as chain
+    from ernerf.apps.chain import preprocess_overrides, run_chain, stage_overrides
 
     task = ["stage=all", "subject=sphere", "video=/clips/me.mp4", f"paths.data_root={tmp_path / 'data'}", "seed=3"]
     assert preprocess_overrides(task) == ["subject=sphere", "video=/clips/me.mp4", f"paths.data_root={tmp_path / 'data'}"]
     assert stage_overrides(task) == task[1:2] + task[3:]
     seen = []
-    monkeypatch.setattr(pipeline, "preprocess_subject", lambda cfg, layout, video: seen.append((list(cfg.steps), layout.root, video)))
+    monkeypatch.setattr(chain, "preprocess_subject", lambda cfg, layout, video: seen.append((list(cfg.steps), layout.root, video)))
     cfg = compose("train", overrides(tmp_path, "stage=all", "video=/clips/me.mp4"))
     trained = []
     run_chain(cfg, lambda name: stage_config(tmp_path, name), trained.append,

@@ -40,7 +40,7 @@ def test_default_config_follows_the_er_nerf_head_recipe() -> None:
 
 
 def test_stage_steps_scale_with_the_subject_length() -> None:
-    from train import stage_steps
+    from ernerf.apps.chain import stage_steps
 
     cfg = compose("train", ["subject=someone"])
     assert stage_steps(cfg, 250) == cfg.stage.min_steps  # a 10 s clip: the floor
@@ -67,7 +67,7 @@ def tiny_config(tmp: Path, steps: int, *extra: str):
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny head-stage run; returns its run directory."""
     from tests.synthetic import write_synthetic_subject
-    from train import train
+    from ernerf.apps.train import train
 
     tmp = tmp_path_factory.mktemp("train")
     write_synthetic_subject(tmp / "data" / "sphere", num_frames=12, size=16)
@@ -99,6 +99,11 @@ def test_run_writes_checkpoint_val_images_and_refreshes_the_grid(trained: Path) 
     assert ckpt["global_step"] == STEPS
     assert int(ckpt["state_dict"]["grid.num_updates"]) == 3  # steps 0, 16, 32
     assert ckpt["hyper_parameters"]["audio_kind"] == "mel" and ckpt["hyper_parameters"]["feature_dim"] == 80
+    # what inference reads of it (callbacks/checkpoint_facts.py), in plain types
+    facts = torch.load(trained / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert facts["stage"] == {"name": "head", "background": "torso", "previous": []}
+    assert facts["audio_features"] == {"kind": "mel", "feature_dim": 80, "file": "aud_mel.npy", "extractor": {
+        "_target_": "ernerf.audio.features.LogMelExtractor", "n_mels": 80}}
     pngs = sorted((trained / "val_images").glob("*.png"))
     assert pngs and all(p.stat().st_size > 0 for p in pngs)
 
@@ -142,7 +147,7 @@ def test_ckpt_path_last_resumes_and_continues_the_step_count(trained: Path) -> N
 
     import torch
 
-    from train import train
+    from ernerf.apps.train import train
 
     tmp = trained.parents[2] / "resume"
     shutil.copytree(trained.parents[2] / "data", tmp / "data")
@@ -155,7 +160,7 @@ def test_ckpt_path_last_resumes_and_continues_the_step_count(trained: Path) -> N
 
 
 def test_swept_keys_are_the_ones_with_several_values() -> None:
-    from train import swept_keys
+    from ernerf.apps.train import swept_keys
 
     argv = ["stage=head", "encoder.log2_hashmap_size=14,16", "model.frozen=[a,b]", "+x=range(1,3)", "seed=1"]
     assert swept_keys(argv) == {"encoder.log2_hashmap_size", "x"}
@@ -189,7 +194,7 @@ def test_multirun_makes_one_run_folder_and_wandb_run_per_job(tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_debug_fast_preset_learns_a_real_clip(prepare_subject, tmp_path: Path) -> None:
-    from train import train
+    from ernerf.apps.train import train
 
     root = prepare_subject("train/trump_10s.mp4")
     cfg = compose("train", [f"subject={root.name}", f"paths.data_root={root.parent}", f"paths.runs_root={tmp_path}", "debug=fast"])
@@ -206,7 +211,7 @@ def test_ema_run_checkpoints_the_average_and_resumes_from_the_weights(tmp_path: 
     import torch
 
     from tests.synthetic import write_synthetic_subject
-    from train import train
+    from ernerf.apps.train import train
 
     write_synthetic_subject(tmp_path / "data" / "sphere", num_frames=12, size=16)
     ema = "callbacks.ema={_target_: callbacks.ema.EMAWeights, decay: 0.8, every_n_steps: 2}"

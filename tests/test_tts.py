@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ernerf.errors import ErnerfError
-from ernerf.tts import synthesize, write_wav
+from ernerf.apps.tts import synthesize, write_wav
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."  # 13 words
 

@@ -17,19 +17,25 @@ from typing import Any, Protocol
 
 import cv2
 import numpy as np
+import torch
+from rich.console import Console
+from tqdm import tqdm
 
+from datamodules.subject import FrameStore, SubjectData, parse_subject
+from ernerf.apps.checkpoints import audio_extractor, find_trained
+from ernerf.apps.runs import stale_warning
+from ernerf.audio.features import extract_features
 from ernerf.errors import ErnerfError
 from ernerf.io.atomic import writable_folder
+from ernerf.io.audio import load_audio, loudness_db
 from ernerf.io.layout import SubjectLayout, check_subject_name
 from ernerf.postprocess.motion import MotionPlan, plan_motion
 from ernerf.postprocess.mux import ResultWriter, colorize_depth, depth_range
 from ernerf.postprocess.pasteback import HeadBox, PasteBack
 from ernerf.postprocess.pipeline import Lookahead, OrderedSink, paste_workers, thread_pool
 from ernerf.preprocess.check import redo_hint
-from ernerf.runs import stale_warning
+from ernerf.systems.loading import loader_for
 
-
-STAGES = ("head", "lips", "torso")  # training order: a later stage starts from the earlier one
 FPS = 25.0
 SAMPLE_RATE = 16000
 MIN_AUDIO_SECONDS = 0.5  # below this the audio net sees less than its 8-frame (0.32 s) window of real sound
@@ -48,22 +54,7 @@ class Renderer(Protocol):
         ...
 
 
-# ---------------------------------------------------------------- checkpoint and audio
-
-
-def find_checkpoint(runs_root: Path | str, subject: str, stage: str | None = None) -> tuple[str, Path]:
-    """(stage, path) of `<runs_root>/<subject>/<stage>/checkpoints/last.ckpt`; stage None = latest trained."""
-    if stage is not None and stage not in STAGES:
-        raise ErnerfError(f"unknown stage {stage!r}: use stage= one of {', '.join(STAGES)} (or leave it out).")
-    candidates = [stage] if stage is not None else list(reversed(STAGES))
-    for name in candidates:
-        path = Path(runs_root) / subject / name / "checkpoints" / "last.ckpt"
-        if path.is_file():
-            return name, path
-    wanted = stage or "head"
-    raise ErnerfError(f"no trained {stage or 'model'} checkpoint for subject {subject!r} under "
-                      f"{Path(runs_root) / subject}: train it first with `python train.py stage={wanted} "
-                      f"subject={subject}` (or set paths.runs_root).")
+# ---------------------------------------------------------------- audio
 
 
 def audio_kind(hparams: Mapping[str, Any]) -> tuple[str, int]:
@@ -77,8 +68,6 @@ def audio_kind(hparams: Mapping[str, Any]) -> tuple[str, int]:
 
 def load_driving_audio(path: Path | str, min_seconds: float = MIN_AUDIO_SECONDS) -> tuple[np.ndarray, list[str]]:
     """Decode any audio file to 16 kHz mono; reject too-short audio, warn on silence. -> (wav [T], warnings)"""
-    from ernerf.io.audio import load_audio, loudness_db
-
     wav = load_audio(path, sr=SAMPLE_RATE)
     seconds = len(wav) / SAMPLE_RATE
     if seconds < min_seconds:
@@ -117,8 +106,6 @@ def driving_features(audio: Path | str, kind: str, feature_dim: int, extractor: 
 
     `features_file` (precomputed `aud_<kind>.npy` of this audio) skips the extractor.
     """
-    from ernerf.audio.features import extract_features
-
     path = Path(audio)
     wav, warnings = load_driving_audio(path)
     num_frames = int(round(len(wav) / SAMPLE_RATE * FPS))
@@ -219,14 +206,17 @@ class SubjectView:
         return cv2.imread(str(path)) if path.is_file() else None
 
 
-def load_subject(root: Path | str, audio_file: str, stage: str, scale: float = 4.0,
-                 offset: tuple[float, float, float] = (0.0, 0.0, 0.0), downscale: int = 1) -> SubjectView:
-    """Parse a subject folder with the training datamodule's parser; `downscale` renders smaller crops."""
-    from datamodules.subject import FrameStore, parse_subject
+def frame_store(data: SubjectData, background: str) -> FrameStore:
+    """The subject's frames over a stage's background ("torso" or "plate"); without torso images, the plate."""
+    return FrameStore(data, background=background if data.layout.torso_dir.exists() else "plate")
 
+
+def load_subject(root: Path | str, audio_file: str, background: str = "torso", scale: float = 4.0,
+                 offset: tuple[float, float, float] = (0.0, 0.0, 0.0), downscale: int = 1) -> SubjectView:
+    """Parse a subject folder with the training datamodule's parser, its frames over the trained stage's
+    `background`; `downscale` renders smaller crops."""
     data = parse_subject(Path(root), audio_file, downscale=downscale, scale=scale, offset=tuple(offset))
-    background = "plate" if stage == "torso" or not data.layout.torso_dir.exists() else "torso"
-    store = FrameStore(data, background=background)
+    store = frame_store(data, background)
 
     @functools.lru_cache(maxsize=64)  # ping-pong revisits frames; compositing torso over the plate is not free
     def frame_background(i: int) -> np.ndarray:
@@ -292,8 +282,6 @@ def render_frame(renderer: Renderer, subject: SubjectView, plan: MotionPlan, fea
 def _render(renderer: Renderer, subject: SubjectView, plan: MotionPlan, feats: np.ndarray, t: int,
             bg: np.ndarray) -> dict[str, np.ndarray]:
     """The renderer's part of frame t (on the calling thread): rgb, depth, opacity as float arrays."""
-    import torch
-
     dev = renderer.device
     eye = None if plan.eye is None else torch.tensor([float(plan.eye[t])], device=dev)
     # intrinsics as numbers (a device tensor costs the renderer 4 reads back), rounded to float32 as a tensor was
@@ -393,28 +381,10 @@ def run_inference(renderer: Renderer, subject: SubjectView, feats: np.ndarray, a
 
 def _progress(total: int, enabled: bool):
     """A tqdm bar counting frames (its rate reads frames/s)."""
-    from tqdm import tqdm
-
     return tqdm(total=total, unit="frame", desc="rendering", disable=not enabled, dynamic_ncols=True)
 
 
 # ---------------------------------------------------------------- from the Hydra config (infer.py)
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
-
-def extractor_for(kind: str, overrides: Mapping[str, Any] | None = None) -> Any:
-    """Instantiate the extractor of `conf/audio_features/<x>.yaml` whose `kind` is `kind`."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    for path in sorted((CONF_DIR / "audio_features").glob("*.yaml")):
-        node = OmegaConf.load(path)
-        if node.get("kind") == kind:
-            node.extractor = OmegaConf.merge(node.extractor, OmegaConf.create(dict(overrides or {})))
-            return instantiate(node.extractor)
-    raise ErnerfError(f"no conf/audio_features/*.yaml has kind '{kind}' (the checkpoint's audio features): "
-                      "add that config, or give precomputed features as audio=<aud_{kind}.npy>.")
 
 
 def output_paths(output: str | None, subject: str, audio: Path, stage: str) -> tuple[Path, str]:
@@ -435,19 +405,17 @@ def infer_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer] |
     audio = Path(cfg.audio)
     if not audio.is_file():
         raise ErnerfError(f"audio file not found: {audio}. Give audio=<path to a wav/mp3/m4a file>.")
-    chosen = cfg.get("stage")  # the stage group of train.py (stage=lips), or a plain name in tests; None = latest
-    stage, ckpt = find_checkpoint(cfg.paths.runs_root, cfg.subject, chosen.name if hasattr(chosen, "name") else chosen)
+    trained = find_trained(cfg.paths.runs_root, cfg.subject, cfg.stage_name)
+    stage, ckpt = trained.stage.name, trained.checkpoint
     if system_loader is None:
-        from ernerf.systems.loading import loader_for  # conf/infer.yaml's engine and encoder backend
-
-        system_loader = loader_for(cfg)
+        system_loader = loader_for(cfg)  # conf/infer.yaml's engine and encoder backend
     system = system_loader(ckpt, cfg.device)
     kind, dim = audio_kind(system.hparams)
     check_kind(cfg.audio_kind, kind)
-    extractor = None if cfg.features else extractor_for(kind, cfg.audio_extractor)
+    extractor = None if cfg.features else audio_extractor(trained, kind, dim, cfg.audio_extractor)
     feats, warnings = driving_features(audio, kind, dim, extractor, cfg.features)
-    subject = load_subject(Path(cfg.paths.data_root) / cfg.subject, f"aud_{kind}.npy", stage,
-                           cfg.pose.scale, tuple(cfg.pose.offset), cfg.downscale)
+    subject = load_subject(Path(cfg.paths.data_root) / cfg.subject, trained.feature_file(kind),
+                           trained.stage.background, cfg.pose.scale, tuple(cfg.pose.offset), cfg.downscale)
     pp = cfg.postprocess
     options = OutputOptions(PasteBack(pp.scheme, pp.blend, pp.feather_px, pp.dilate_px),
                             alpha=pp.alpha, depth=pp.depth, crf=pp.crf, workers=pp.workers)
@@ -458,4 +426,23 @@ def infer_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer] |
     stale = stale_warning(ckpt.parents[1], cfg.subject)
     result.warnings = [*([stale] if stale else []), *warnings, *result.warnings]
     result.stage, result.checkpoint = stage, ckpt
+    return result
+
+
+def print_summary(result: InferenceResult) -> None:
+    """Tell the user where every output went and how fast it ran."""
+    console = Console(soft_wrap=True)  # paths are printed whole, never cut, so they can be copied
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    console.print(f"[bold]{result.num_frames} frames ({result.num_frames / FPS:.1f} s), stage {result.stage}[/bold]")
+    for kind, path in [*result.outputs.items(), ("checkpoint", result.checkpoint)]:
+        console.print(f"  {kind:<10} {path}", markup=False, highlight=False)
+    console.print(f"render {result.render_fps:.1f} frames/s; end to end "
+                  f"{result.seconds_per_output_second:.2f} s per output second ({result.seconds_total:.1f} s)")
+
+
+def infer_command(cfg: Any) -> InferenceResult:
+    """What `python infer.py` does with its config: infer, then print where the outputs went."""
+    result = infer_from_config(cfg)
+    print_summary(result)
     return result

@@ -4,7 +4,7 @@ The mouth opens with the speech loudness (the lower face is warped down by a smo
 opened gap painted as a dark mouth interior), the head moves slightly, and the eyes blink. The ground truth of
 what was animated is saved next to the video so tests can check that later stages see the same motion.
 
-    python -m ernerf.sample out=<dir> [text="..."] [seconds=9] [seed=0]
+    python -m ernerf.apps.sample out=<dir> [text="..."] [seconds=9] [seed=0]
 """
 
 from __future__ import annotations
@@ -13,9 +13,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
+import librosa
 import numpy as np
+from skimage import data
 
+from ernerf.apps.tts import synthesize, write_wav
 from ernerf.errors import ErnerfError
+from ernerf.io.atomic import atomic_path
+from ernerf.io.video import VideoWriter
 
 FPS = 25
 SAMPLE_RATE = 16000  # what the preprocessing resamples to anyway
@@ -71,10 +77,6 @@ class _Face:
 def make_sample(out_dir: Path | str, text: str = DEFAULT_TEXT, seconds: float = 9.0, seed: int = 0,
                 size: int = 640) -> SamplePaths:
     """Write sample.mp4 (+ its wav, mouth and blink ground truth) into `out_dir`; returns the paths."""
-    from ernerf.io.video import VideoWriter
-    from ernerf.io.atomic import atomic_path
-    from ernerf.tts import write_wav
-
     if size < 256 or size % 2:
         raise ErnerfError(f"size={size}: give an even frame size of at least 256 (the default 640 suits preprocessing).")
     out = Path(out_dir)
@@ -99,8 +101,6 @@ def make_sample(out_dir: Path | str, text: str = DEFAULT_TEXT, seconds: float = 
 
 def make_new_sentence(out_dir: Path | str, text: str = NEW_SENTENCE) -> Path:
     """Write new_sentence.wav (16 kHz mono): speech the avatar did not hear, for inference."""
-    from ernerf.tts import synthesize, write_wav
-
     wav, sr = synthesize(text, rate=155, pitch=45)
     return write_wav(new_sentence_path(out_dir), wav, sr, target_rate=SAMPLE_RATE)
 
@@ -112,10 +112,6 @@ def new_sentence_path(out_dir: Path | str) -> Path:
 
 def speech_track(text: str, seconds: float) -> np.ndarray:
     """The sample's sound: 0.4 s of silence, the spoken text, silence up to `seconds` (16 kHz float32)."""
-    import librosa
-
-    from ernerf.tts import synthesize
-
     speech, sr = synthesize(text, rate=150, pitch=45)
     speech = librosa.resample(speech, orig_sr=sr, target_sr=SAMPLE_RATE).astype(np.float32)
     n_frames = int(round(seconds * FPS))
@@ -177,8 +173,6 @@ def head_motion(n: int, rng: np.random.Generator, size: int) -> np.ndarray:
 
 def render_frame(face: _Face, opening: float, closure: float, pose: np.ndarray, size: int) -> np.ndarray:
     """One RGB frame [size, size, 3]: jaw opened by `opening`, lids closed by `closure`, head moved by `pose`."""
-    import cv2
-
     b = face.image.shape[0]
     xs, src_y = np.meshgrid(np.arange(b, dtype=np.float32), np.arange(b, dtype=np.float32))
     (r0, r1), (c0, c1) = face.jaw_box
@@ -240,9 +234,6 @@ def _paint_mouth(img: np.ndarray, gap: np.ndarray, max_depth: float) -> np.ndarr
 
 def _prepare_face(size: int) -> _Face:
     """Crop and upscale the astronaut portrait so the face is ~36% of the frame, and measure it once."""
-    import cv2
-    from skimage import data
-
     src = data.astronaut()
     box = _detect_face_box(src)
     margin = size // 16
@@ -257,7 +248,7 @@ def _prepare_face(size: int) -> _Face:
 
 def _detect_face_box(rgb: np.ndarray) -> tuple[float, float, float, float]:
     """Mediapipe face-detection box (x, y, w, h) in pixels."""
-    import mediapipe as mp
+    import mediapipe as mp  # on use, as ernerf.preprocess.mediapipe_face does: slow to import, needed here only
 
     h, w = rgb.shape[:2]
     with mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5) as det:
@@ -271,7 +262,7 @@ def _detect_face_box(rgb: np.ndarray) -> tuple[float, float, float, float]:
 
 def _face_mesh(rgb: np.ndarray) -> np.ndarray:
     """Mediapipe face mesh landmarks (x, y) in pixels [478, 2]."""
-    import mediapipe as mp
+    import mediapipe as mp  # on use (see _detect_face_box)
 
     h, w = rgb.shape[:2]
     with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True) as mesh:
@@ -320,10 +311,10 @@ def _parse_cli(argv: list[str]) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or key not in allowed:
             raise ErnerfError(f"unknown argument {item!r}: use key=value with keys {sorted(allowed)}, "
-                              "e.g. python -m ernerf.sample out=data/demo_src")
+                              "e.g. python -m ernerf.apps.sample out=data/demo_src")
         args[key] = value
     if "out" not in args:
-        raise ErnerfError("give the output folder: python -m ernerf.sample out=<dir>")
+        raise ErnerfError("give the output folder: python -m ernerf.apps.sample out=<dir>")
     return args
 
 

@@ -1,6 +1,6 @@
 """`make demo`: from nothing to a talking result.mp4 on the built-in sample, each stage skipped when done.
 
-    python -m ernerf.demo [paths.data_root=/tmp/data] [paths.runs_root=/tmp/runs]
+    python -m ernerf.apps.demo [paths.data_root=/tmp/data] [paths.runs_root=/tmp/runs]
 
 Stages: sample (astronaut + offline TTS) -> preprocess -> train (head stage, conf/experiment/demo.yaml,
 sized for a few minutes on 2 CPU cores) -> infer (the unseen `new_sentence.wav`) -> <runs_root>/demo/result.mp4.
@@ -10,25 +10,32 @@ looks at the stage's output and whose `run` produces it from the earlier stages'
 
 from __future__ import annotations
 
+import logging
 import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
+from ernerf.apps.inference import infer_from_config
+from ernerf.apps.sample import SamplePaths, make_new_sentence, make_sample, new_sentence_path
+from ernerf.apps.train import train
 from ernerf.errors import ErnerfError
+from ernerf.io.audio import load_audio
 from ernerf.io.layout import SubjectLayout
+from ernerf.io.video import iter_frames
+from ernerf.metrics.lipsync import audio_energy, correlation, mouth_opening
+from ernerf.preprocess.mediapipe_face import FaceMesher
+from ernerf.preprocess.pipeline import build_steps, preprocess_subject
 
-if TYPE_CHECKING:
-    from datamodules.samplers import RaySampler
-
-REPO = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the demo composes the real entry-point configs
 SUBJECT = "demo"
 TRAIN_EXPERIMENT = "demo"  # conf/experiment/demo.yaml
 TRAIN_THREADS = 1
@@ -49,14 +56,10 @@ class DemoContext:
 
     @property
     def sample_video(self) -> Path:
-        from ernerf.sample import SamplePaths
-
         return SamplePaths.in_dir(self.source_dir).video
 
     @property
     def new_sentence(self) -> Path:
-        from ernerf.sample import new_sentence_path
-
         return new_sentence_path(self.source_dir)
 
     @property
@@ -88,28 +91,20 @@ class Stage:
 
 
 def _sample_done(ctx: DemoContext) -> bool:
-    from ernerf.sample import SamplePaths
-
     files = [*SamplePaths.in_dir(ctx.source_dir).files(), ctx.new_sentence]
     return all(f.exists() for f in files)
 
 
 def _make_sample(ctx: DemoContext) -> None:
-    from ernerf.sample import make_new_sentence, make_sample
-
     make_sample(ctx.source_dir)
     make_new_sentence(ctx.source_dir)
 
 
 def _preprocess_done(ctx: DemoContext) -> bool:
-    from ernerf.preprocess.pipeline import build_steps
-
     return all(step.is_complete(ctx.layout) for step in build_steps(ctx.cfg.preprocess.steps))
 
 
 def _preprocess(ctx: DemoContext) -> None:
-    from ernerf.preprocess.pipeline import preprocess_subject
-
     preprocess_subject(ctx.cfg.preprocess, ctx.layout, video=ctx.sample_video)
 
 
@@ -124,15 +119,12 @@ def _train_done(ctx: DemoContext) -> bool:
 
 
 def _train(ctx: DemoContext) -> None:
-    import torch
-
-    train_module = _entry_point("train")
     threads = torch.get_num_threads()
     # Demo-sized steps are too small to split: on 2 idle cores 1 thread ran 25 it/s at 0.040 CPU s a step, 2 threads
     # 24 it/s at 0.083 (the second thread spin-waits), and on a loaded machine the spinning slowed steps 10-fold.
     torch.set_num_threads(TRAIN_THREADS)
     try:
-        train_module.train(train_config(ctx))
+        train(train_config(ctx))
     finally:
         torch.set_num_threads(threads)
 
@@ -151,8 +143,6 @@ def _infer_done(ctx: DemoContext) -> bool:
 
 
 def _infer(ctx: DemoContext) -> None:
-    from ernerf.inference import infer_from_config
-
     result = infer_from_config(infer_config(ctx))
     for warning in result.warnings:
         print(f"[demo] warning: {warning}")
@@ -168,10 +158,6 @@ def _infer(ctx: DemoContext) -> None:
 
 def mouth_opening_track(video: Path | str) -> np.ndarray:
     """Mediapipe inner-lip opening of every frame of a video [T]; NaN where no face is found."""
-    from ernerf.io.video import iter_frames
-    from ernerf.metrics.lipsync import mouth_opening
-    from ernerf.preprocess.mediapipe_face import FaceMesher
-
     values = []
     with FaceMesher(static=False) as mesher:
         for rgb in iter_frames(video):
@@ -182,16 +168,11 @@ def mouth_opening_track(video: Path | str) -> np.ndarray:
 
 def loudness_track(audio: Path | str, num_frames: int) -> np.ndarray:
     """RMS loudness of the audio (a wav, or a video's sound track) per 25 fps frame [num_frames]."""
-    from ernerf.io.audio import load_audio
-    from ernerf.metrics.lipsync import audio_energy
-
     return audio_energy(load_audio(audio, sr=SYNC_SAMPLE_RATE), SYNC_SAMPLE_RATE, num_frames)
 
 
 def lip_sync(mouth: np.ndarray, loudness: np.ndarray, max_lag: int = SYNC_MAX_LAG) -> float:
     """Correlation of mouth opening and loudness, best over +-max_lag frames; frames without a face bridged."""
-    from ernerf.metrics.lipsync import correlation
-
     n = min(len(mouth), len(loudness))
     mouth, loudness = mouth[:n], loudness[:n]
     found = ~np.isnan(mouth)
@@ -206,26 +187,6 @@ def video_lip_sync(video: Path | str, audio: Path | str | None = None) -> float:
     """How well a video's mouth follows its audio (its own track unless `audio` is given)."""
     mouth = mouth_opening_track(video)
     return lip_sync(mouth, loudness_track(audio or video, len(mouth)))
-
-
-def face_and_random_sampler(num_rays: int, region: str = "face") -> RaySampler:
-    """Alternate every pixel of the face rectangle with `num_rays` random ones (conf/experiment/demo.yaml).
-
-    On the demo's 128 px crops the face is a tenth of the frame, so random rays alone give the mouth a few dozen
-    rays a step; whole face rectangles every other step let a few hundred CPU steps learn it.
-    """
-    from datamodules.samplers import AlternatingRaySampler, RandomRaySampler, RectRaySampler
-
-    return AlternatingRaySampler([RectRaySampler(region), RandomRaySampler(num_rays)])
-
-
-def _entry_point(name: str):
-    """Import a top-level entry point (train.py) of the checkout, whatever the working directory."""
-    import importlib
-
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    return importlib.import_module(name)
 
 
 STAGES: list[Stage] = [
@@ -243,8 +204,6 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
 
 def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
     """Compose one of conf/'s entry-point configs with overrides."""
-    from hydra import compose, initialize_config_dir
-
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides))
 
@@ -259,8 +218,6 @@ def run_demo(overrides: Sequence[str] = (), stages: Sequence[Stage] | None = Non
 
 
 def _run_stage(stage: Stage, ctx: DemoContext) -> None:
-    from hydra.errors import InstantiationException
-
     try:
         if stage.done(ctx):
             print(f"[demo] {stage.name}: already done, skipping")
@@ -297,8 +254,6 @@ def report(ctx: DemoContext) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `make demo`."""
-    import logging
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         ctx = run_demo(sys.argv[1:] if argv is None else argv)

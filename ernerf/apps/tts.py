@@ -6,9 +6,13 @@ import ctypes
 import threading
 from pathlib import Path
 
+import espeakng_loader
+import librosa
 import numpy as np
+import soundfile as sf
 
 from ernerf.errors import ErnerfError
+from ernerf.io.atomic import atomic_path
 
 # Values of the enums in espeak-ng's speak_lib.h (stable public API since espeak 1.x).
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -25,8 +29,6 @@ class _Espeak:
     """The process-wide espeak-ng engine: the C library keeps global state, so it is set up once and locked."""
 
     def __init__(self) -> None:
-        import espeakng_loader
-
         try:
             self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
             data = espeakng_loader.get_data_path()
@@ -109,13 +111,7 @@ def synthesize(text: str, voice: str = "en", rate: int = 150, pitch: int = 45) -
 
 def write_wav(path: Path | str, wav: np.ndarray, sample_rate: int, target_rate: int | None = None) -> Path:
     """Write mono float audio as PCM16 WAV atomically, resampled to `target_rate` if given."""
-    import soundfile as sf
-
-    from ernerf.io.atomic import atomic_path
-
     if target_rate is not None and target_rate != sample_rate:
-        import librosa
-
         wav = librosa.resample(wav, orig_sr=sample_rate, target_sr=target_rate)
         sample_rate = target_rate
     path = Path(path)

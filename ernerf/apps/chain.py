@@ -10,10 +10,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from ernerf.apps.runs import last_checkpoint, read_record
 from ernerf.errors import ErnerfError
-from ernerf.runs import last_checkpoint, read_record
+from ernerf.io.layout import SubjectLayout
+from ernerf.preprocess.pipeline import preprocess_subject
 
 log = logging.getLogger(__name__)
+
 
 def stage_steps(cfg: DictConfig, num_train_frames: int) -> int:
     """The stage's step budget: ER-NeRF's recipe scaled to the subject's training frames, unless set explicitly."""
@@ -83,13 +86,9 @@ def initial_checkpoint(cfg: DictConfig) -> str | None:
 
 def ensure_dataset(cfg: DictConfig, compose_preprocess: Callable[[], DictConfig]) -> None:
     """With `video=` and no dataset yet, run the preprocessing pipeline (conf/preprocess.yaml) for the subject."""
-    from ernerf.io.layout import SubjectLayout
-
     layout = SubjectLayout.of(cfg.paths.data_root, cfg.subject)
     if not cfg.get("video") or layout.transforms("train").exists():
         return
-    from ernerf.preprocess.pipeline import preprocess_subject
-
     log.info("no dataset at %s: preprocessing %s first", layout.root, cfg.video)
     preprocess_subject(compose_preprocess().preprocess, layout, video=Path(cfg.video))
 

@@ -5,22 +5,41 @@ takes `overwrite=true`, which moves the old run aside (`<runs_root>/<subject>/.r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import os
 import pickle
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
 from ernerf.errors import ErnerfError
 from ernerf.io.atomic import write_text
+from ernerf.io.lock import exclusive_lock
 
 FINISHED = "finished.json"  # written in a stage's run folder once its last checkpoint is saved
 REPLACED = ".replaced"  # beside the stage folders: runs moved aside by overwrite=true
 KEEP = {".hydra", ".lock"}  # what overwrite=true leaves in place: this run's own Hydra folder and its lock
+
+
+def launched_rank() -> bool:
+    """Whether this process is a rank other than 0 of a multi-process run: Lightning's DDP launcher starts train.py
+    again for each rank once rank 0 is training (SLURM starts every rank's task). Rank 0 alone checks the run
+    folder, holds its lock and writes its records; the others train inside its hold."""
+    return getattr(rank_zero_only, "rank", 0) != 0
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: Path | str) -> Iterator[None]:
+    """Hold the run folder for this run: no other run may train in it meanwhile (rank 0 holds it for every rank)."""
+    with contextlib.nullcontext() if launched_rank() else exclusive_lock(run_dir, f"run folder {run_dir}"):
+        yield
 
 
 def last_checkpoint(run_dir: Path | str) -> Path:
@@ -73,20 +92,30 @@ def read_record(run_dir: Path | str) -> RunRecord | None:
 
 
 def mark_finished(run_dir: Path | str, step: int, metrics: dict[str, float], init_from: str | None) -> None:
-    """Record that a stage ran to its end (what `stage=all` and later reruns check)."""
+    """Record that a stage ran to its end (what `stage=all` and later reruns check); rank 0 writes it."""
+    if launched_rank():
+        return
     start = {"path": str(init_from), "sha1": file_digest(init_from)} if init_from else None
     record = {"step": step, "metrics": metrics, "init_from": start, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
     write_text(Path(run_dir) / FINISHED, json.dumps(record, indent=1))
 
 
+def read_checkpoint(path: Path | str) -> dict[str, Any] | None:
+    """A Lightning checkpoint's contents, its tensors memory-mapped rather than read; None for a file cut short or
+    not a checkpoint (the caller says so)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except (OSError, RuntimeError, EOFError, AttributeError, KeyError, TypeError, ValueError, pickle.UnpicklingError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
 def checkpoint_step(path: Path) -> int | None:
     """The global step a Lightning checkpoint was saved at."""
-    import torch
-
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
-    except (OSError, RuntimeError, EOFError, AttributeError, KeyError, TypeError, ValueError, pickle.UnpicklingError):
-        return None  # a file cut short or not a checkpoint: the caller says so
+        return int((read_checkpoint(path) or {})["global_step"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def trained_files(run_dir: Path) -> list[Path]:
@@ -122,8 +151,12 @@ def prepare_run_folder(run_dir: Path | str, subject: str, stage: str, ckpt_path:
     """Check what this run would do to its folder; returns the checkpoint to resume from (None: a fresh start).
 
     Raises an ErnerfError instead of starting over a finished or interrupted run, unless `overwrite`, which moves
-    it aside first."""
+    it aside first. The other ranks of a multi-process run find the folder as rank 0 left it before they started,
+    and only resume from the same checkpoint."""
     run_dir = Path(run_dir)
+    if launched_rank():
+        last = last_checkpoint(run_dir)
+        return (str(last) if last.is_file() else None) if ckpt_path == "last" else ckpt_path
     if ckpt_path == "last":
         if overwrite:
             raise ErnerfError("overwrite=true starts the stage again from scratch and ckpt_path=last continues it: "
@@ -204,21 +237,3 @@ def stale_warning(run_dir: Path | str, subject: str) -> str | None:
     return (f"stage {run_dir.name} is out of date: {stale}; train it again with "
             f"`{command(subject, run_dir.name, 'overwrite=true')}`.")
 
-
-def is_first_process() -> bool:
-    """Whether this is rank 0 of a data-parallel run (or a run of one): the process that owns the run folder.
-
-    Lightning starts ranks > 0 by running train.py again, with their rank in the environment (LOCAL_RANK, or
-    RANK / SLURM_PROCID / NODE_RANK on clusters); those read the folder that rank 0 has checked and locked."""
-    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"):
-        if os.environ.get(name, "0") not in ("0", ""):
-            return False
-    return True
-
-
-def follower_resume(run_dir: Path | str, ckpt_path: str | None) -> str | None:
-    """The checkpoint a rank > 0 resumes from: the one rank 0 chose (last.ckpt is there when rank 0 resumes it)."""
-    if ckpt_path != "last":
-        return ckpt_path
-    last = last_checkpoint(run_dir)
-    return str(last) if last.is_file() else None

@@ -1,0 +1,117 @@
+"""A subject's trained stages as inference and evaluation find them: each checkpoint with the facts it records.
+
+Training writes the stage's facts and its audio-feature config into every checkpoint (callbacks/checkpoint_facts.py);
+they are read back here, not derived from folder names. Checkpoints saved before that record existed fall back to
+what the stage configs said when they were trained: the facts of the stage named by the run folder, and the extractor
+of the feature kind in the model's hparams (docs/runs.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from callbacks.checkpoint_facts import AUDIO_FEATURES_KEY, STAGE_KEY, StageFacts
+from ernerf.apps.runs import last_checkpoint, read_checkpoint
+from ernerf.audio.features import AudioFeatureExtractor
+from ernerf.errors import ErnerfError
+
+# conf/stage/{head,lips,torso}.yaml as they were before checkpoints recorded their stage: an older checkpoint's facts,
+# by the name of its run folder (a multirun folder `head-<overrides>` is a head stage).
+LEGACY_STAGES = {
+    "head": StageFacts("head", "torso"),
+    "lips": StageFacts("lips", "torso", ("head",)),
+    "torso": StageFacts("torso", "plate", ("lips", "head")),
+}
+
+
+@dataclass(frozen=True)
+class TrainedStage:
+    """A stage's checkpoint and what it records of itself."""
+
+    checkpoint: Path
+    stage: StageFacts
+    audio_features: Mapping[str, Any] | None  # the run's audio_features config; None in checkpoints older than it
+
+    def feature_file(self, kind: str) -> str:
+        """The subject's precomputed features of the kind this stage was trained on (`aud_<kind>.npy`)."""
+        return str((self.audio_features or {}).get("file") or f"aud_{kind}.npy")
+
+
+def recorded_facts(checkpoint: Path) -> dict[str, Any]:
+    """The facts a checkpoint records; {} when it records none or cannot be read (its loader will say why)."""
+    saved = read_checkpoint(checkpoint) or {}
+    return {key: saved[key] for key in (STAGE_KEY, AUDIO_FEATURES_KEY) if key in saved}
+
+
+def legacy_stage(run_name: str) -> StageFacts:
+    """An older checkpoint's stage, by its run folder's name; an unknown stage renders over the torso background."""
+    base = run_name.partition("-")[0]
+    return LEGACY_STAGES.get(base, StageFacts(base, "torso"))
+
+
+def read_trained(checkpoint: Path, run_name: str) -> TrainedStage:
+    """A checkpoint and its facts; `run_name` (its run folder's name) stands in for an older checkpoint's stage."""
+    record = recorded_facts(checkpoint)
+    stage = StageFacts.from_record(record[STAGE_KEY]) if STAGE_KEY in record else legacy_stage(run_name)
+    return TrainedStage(checkpoint, stage, record.get(AUDIO_FEATURES_KEY))
+
+
+def trained_stages(runs_root: Path | str, subject: str) -> list[TrainedStage]:
+    """The subject's trained stages in training order: each after the stages it starts from (then by save time).
+
+    Only a stage's own run folder (`<runs_root>/<subject>/<stage>`) counts; multirun folders are given with run=.
+    """
+    found = []
+    for ckpt in sorted(Path(runs_root, subject).glob("*/checkpoints/last.ckpt")):
+        run_name = ckpt.parents[1].name
+        trained = None if run_name.startswith(".") else read_trained(ckpt, run_name)
+        if trained is not None and trained.stage.name == run_name:
+            found.append(trained)
+    names = {t.stage.name for t in found}
+    return sorted(found, key=lambda t: (len(names.intersection(t.stage.previous)), t.checkpoint.stat().st_mtime))
+
+
+def find_trained(runs_root: Path | str, subject: str, stage: str | None = None) -> TrainedStage:
+    """The stage `stage` of the subject (`<runs_root>/<subject>/<stage>/checkpoints/last.ckpt`), or the latest one."""
+    root = Path(runs_root) / subject
+    if stage is not None:
+        if not stage or Path(stage).name != stage or stage.startswith("."):
+            raise ErnerfError(f"stage={stage} is not a stage name: give e.g. stage=lips, or leave it out for the "
+                              "latest.")
+        ckpt = last_checkpoint(root / stage)
+        if ckpt.is_file():
+            return read_trained(ckpt, stage)
+    found = trained_stages(runs_root, subject)
+    if stage is None and found:
+        return found[-1]
+    wanted = stage or "head"
+    trained = f" (trained: {', '.join(t.stage.name for t in found)})" if found else ""
+    raise ErnerfError(f"no trained {stage or 'model'} checkpoint for subject {subject!r} under {root}{trained}: "
+                      f"train it first with `python train.py stage={wanted} subject={subject}` "
+                      "(or set paths.runs_root).")
+
+
+def legacy_extractor(kind: str, feature_dim: int) -> dict[str, Any] | None:
+    """The extractor conf/audio_features/ gave a feature kind before checkpoints recorded theirs; None: no such
+    kind."""
+    speech_model = {"_target_": "ernerf.audio.features.HFSpeechExtractor", "model_path": None,
+                    "config_key": "audio_features.extractor.model_path"}
+    return {"mel": {"_target_": "ernerf.audio.features.LogMelExtractor", "n_mels": feature_dim},
+            "hu": speech_model, "w2v": speech_model}.get(kind)
+
+
+def audio_extractor(trained: TrainedStage, kind: str, feature_dim: int,
+                    overrides: Mapping[str, Any] | None = None) -> AudioFeatureExtractor:
+    """The extractor the stage was trained with, `overrides` (e.g. a local model_path) merged in; for an older
+    checkpoint, the extractor of its feature kind."""
+    config = (trained.audio_features or {}).get("extractor") or legacy_extractor(kind, feature_dim)
+    if config is None:
+        raise ErnerfError(f"{trained.checkpoint} records no audio extractor and its features are of kind "
+                          f"'{kind}': give precomputed features of this audio with features=<aud_{kind}.npy>.")
+    return instantiate(OmegaConf.merge(OmegaConf.create(dict(config)), OmegaConf.create(dict(overrides or {}))))

@@ -1,0 +1,114 @@
+"""What an evaluation leaves: metrics.json, the PNG figures and index.html, the `test/<name>` figures in the run's
+own loggers, and the summary printed by evaluate.py."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+from rich.console import Console
+
+from ernerf.apps.evaluation.figures import Findings
+from ernerf.apps.evaluation.frames import EvalTarget, Rendered
+from ernerf.loggers import AppendingCSVLogger
+from ernerf.metrics.report import frame_grid, mouth_curves, psnr_curve, write_index
+
+log = logging.getLogger(__name__)
+
+NOT_COMPARABLE = ("Figures depend on the clip, its resolution, crop and split: compare runs of the same subject, "
+                  "not with numbers published on other videos.")
+
+
+@dataclass
+class EvalResult:
+    """Where the evaluation wrote its outputs, and the metrics.json content."""
+
+    out_dir: Path
+    report: dict[str, Any]
+    files: dict[str, Path]
+
+
+def build_report(subject: str, target: EvalTarget, step: int, rendered: Rendered, found: Findings,
+                 cross_audio: Path | None) -> dict[str, Any]:
+    """The content of metrics.json."""
+    names = list(found.values) + [n for n in found.unavailable if n not in found.values]
+    return {
+        "subject": subject, "checkpoint": str(target.checkpoint), "stage": target.stage, "step": step,
+        "frames": {"validation": rendered.frames.tolist(), "height": int(rendered.renders.shape[1]),
+                   "width": int(rendered.renders.shape[2]), "render_seconds": round(rendered.seconds, 2)},
+        "metrics": {n: found.values.get(n, "unavailable") for n in names},
+        "unavailable": found.unavailable,
+        "per_frame": found.curves,
+        "cross_audio": None if cross_audio is None else str(cross_audio),
+        "logged_to": [], "logger_keys": "test/<metric>", "note": NOT_COMPARABLE,
+    }
+
+
+def write_outputs(out_dir: Path, report: dict[str, Any], rendered: Rendered, found: Findings,
+                  report_frames: int) -> dict[str, Path]:
+    """metrics.json, the PNG figures and index.html."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"metrics": out_dir / "metrics.json"}
+    files["metrics"].write_text(json.dumps(report, indent=2))
+    picks = np.linspace(0, len(rendered.frames) - 1, min(report_frames, len(rendered.frames))).round().astype(int)
+    files["grid"] = frame_grid(out_dir / "frames.png", rendered.truths[picks], rendered.renders[picks],
+                                       rendered.frames[picks])
+    files["psnr"] = psnr_curve(out_dir / "psnr.png", rendered.frames, found.curves["psnr"])
+    files["mouth"] = mouth_curves(out_dir / "mouth.png", rendered.frames, found.curves)
+    files["html"] = write_index(out_dir / "index.html", report, [files["grid"], files["psnr"], files["mouth"]])
+    return files
+
+
+def run_loggers(run_dir: Path | None, out_dir: Path, wandb_project: str = "ernerf") -> list[Any]:
+    """Lightning loggers writing into the run's own TensorBoard / CSV / W&B (offline) records; else a CSV in out_dir."""
+    loggers: list[Any] = []
+    if run_dir is not None and (run_dir / "tensorboard").is_dir():
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False))
+    if run_dir is not None and (run_dir / "csv").is_dir():  # its own version, kept apart from the training's rows
+        loggers.append(AppendingCSVLogger(save_dir=str(run_dir), name="csv", version="test"))
+    runs = sorted((run_dir / "wandb").glob("*run-*-*")) if run_dir is not None and (run_dir / "wandb").is_dir() else []
+    if runs:
+        run_id = runs[-1].name.rsplit("-", 1)[1]
+        loggers.append(WandbLogger(project=wandb_project, id=run_id, resume="allow", offline=True, save_dir=str(run_dir)))
+    return loggers or [CSVLogger(save_dir=str(out_dir), name="csv", version="")]
+
+
+def log_metrics(loggers: list[Any], values: dict[str, float], step: int) -> list[str]:
+    """Log `test/<name>` to every logger; return where they went (or why a logger failed)."""
+    metrics = {f"test/{k}": float(v) for k, v in values.items() if math.isfinite(v)}
+    places = []
+    for logger in loggers:
+        where = f"{type(logger).__name__}: {getattr(logger, 'log_dir', None) or logger.save_dir}"
+        try:
+            logger.log_metrics(metrics, step=step)
+            logger.finalize("success")
+            if type(logger).__name__ == "WandbLogger":
+                logger.experiment.finish()  # flush the offline run now, not at interpreter exit
+        except Exception as exc:  # noqa: BLE001 - a logger is a side channel: metrics.json is already written
+            log.warning("could not log to %s: %s", where, exc)
+            where += f" (failed: {exc})"
+        places.append(where)
+    return places
+
+
+def print_summary(result: EvalResult) -> None:
+    """Every figure (or why it is unavailable) and where the outputs went."""
+    console = Console(soft_wrap=True)
+    report = result.report
+    for warning in report.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    console.print(f"[bold]{report['subject']} ({report['stage']}, step {report['step']}): "
+                  f"{len(report['frames']['validation'])} validation frames[/bold]")
+    for name, value in report["metrics"].items():
+        shown = f"{value:.4f}" if isinstance(value, float) else f"{value}: {report['unavailable'].get(name, '')}"
+        console.print(f"  {name:<22} {shown}", markup=False, highlight=False)
+    for kind, path in result.files.items():
+        console.print(f"  {kind:<10} {path}", markup=False, highlight=False)
+    for place in report["logged_to"]:
+        console.print(f"  logged     {place}", markup=False, highlight=False)

@@ -1,0 +1,100 @@
+"""Training as `python train.py` runs it: one stage in its own run folder, or the chain of `stage=all`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from ernerf.apps.chain import (initial_checkpoint, planned_world_size, preprocess_overrides, run_budget, run_chain,
+                               stage_overrides)
+from ernerf.apps.runs import mark_finished, prepare_run_folder, run_folder_lock, validate_max_steps
+from ernerf.errors import ErnerfError
+from ernerf.io.layout import check_subject_name
+
+log = logging.getLogger("train")
+
+
+def swept_keys(argv: list[str]) -> set[str]:
+    """Keys the command line gives several values (a top-level comma, or range/choice/glob/interval)."""
+    keys = set()
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        depth = 0
+        for ch in value:
+            if ch in "[{(":
+                depth += 1
+            elif ch in "]})":
+                depth -= 1
+            elif ch == "," and depth == 0:
+                keys.add(key.lstrip("+~"))
+        if value.startswith(("range(", "choice(", "glob(", "interval(")):
+            keys.add(key.lstrip("+~"))
+    return keys
+
+
+def name_run(cfg: DictConfig) -> None:
+    """In a multirun, append the swept overrides to the run name: each job gets its own folder and W&B run."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    swept = swept_keys(sys.argv[1:])
+    overrides = [o for o in HydraConfig.get().overrides.task if o.partition("=")[0].lstrip("+~") in swept]
+    suffix = ",".join(overrides) or HydraConfig.get().job.override_dirname or str(HydraConfig.get().job.num)
+    with open_dict(cfg):
+        cfg.run_name = f"{cfg.stage.name}-{suffix}"
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train one stage in its run folder, which no other run may use meanwhile; return the final metrics."""
+    name_run(cfg)
+    with run_folder_lock(cfg.run_dir):
+        return fit_stage(cfg)
+
+
+def fit_stage(cfg: DictConfig) -> dict[str, float]:
+    """Build datamodule, system, callbacks, loggers and trainer from config; fit; return the final metrics."""
+    check_subject_name(cfg.subject)
+    validate_max_steps(cfg.trainer.max_steps)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.datamodule)
+    world_size = planned_world_size(cfg.trainer)
+    max_steps = run_budget(cfg, datamodule.num_train_frames, world_size)  # per rank; loss ramps and validation follow
+    cfg.model.init_from = initial_checkpoint(cfg)  # lips and torso start from the previous stage
+    resume = prepare_run_folder(cfg.run_dir, cfg.subject, cfg.stage.name, cfg.ckpt_path, max_steps,
+                                cfg.get("overwrite", False))
+    OmegaConf.resolve(cfg)
+    system = instantiate(cfg.model, num_frames=datamodule.num_train_frames)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    engine = instantiate(cfg.engine)  # how the steps execute: beside the system, not in its checkpoint
+    loggers = [instantiate(c) for c in cfg.logger.values() if c is not None] if cfg.get("logger") else False
+    trainer = instantiate(cfg.trainer, callbacks=[*callbacks, engine], logger=loggers)
+    if trainer.world_size != world_size:
+        raise ErnerfError(f"the run was planned for {world_size} process(es) but the trainer runs {trainer.world_size}: "
+                          "give trainer.devices and trainer.num_nodes explicitly.")
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg))
+    log.info("training %s/%s for %d steps (per rank, %d rank(s)) in %s", cfg.subject, cfg.run_name, max_steps,
+             world_size, cfg.run_dir)
+    trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
+    trainer.save_checkpoint(Path(cfg.run_dir) / "checkpoints" / "last.ckpt")  # the final state, whatever the interval
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    mark_finished(cfg.run_dir, trainer.global_step, metrics, cfg.model.init_from)
+    return metrics
+
+
+def train_command(cfg: DictConfig) -> float | None:
+    """What `python train.py` does with its config; returns val/psnr for sweepers (of the last stage trained, for
+    stage=all). The chain composes each stage's config from the running Hydra app's command line."""
+    if not cfg.stage.get("chain"):
+        return train(cfg).get("val/psnr")
+    task = list(HydraConfig.get().overrides.task)
+    results = run_chain(cfg, lambda name: hydra.compose("train", [*stage_overrides(task), f"stage={name}"]), train,
+                        lambda: hydra.compose("preprocess", preprocess_overrides(task)))
+    return next((r.get("val/psnr") for r in reversed(list(results.values())) if r), None)

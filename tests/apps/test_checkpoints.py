@@ -1,0 +1,78 @@
+"""How inference and evaluation find a subject's trained stages and read what their checkpoints record."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from callbacks.checkpoint_facts import StageFacts
+from ernerf.apps.checkpoints import audio_extractor, find_trained, read_trained, trained_stages
+from ernerf.audio.features import HFSpeechExtractor, LogMelExtractor
+from ernerf.errors import ErnerfError
+
+
+def save_checkpoint(runs: Path, subject: str, folder: str, **record: object) -> Path:
+    """A stand-in last.ckpt holding `record` (empty when none is given: an older or unreadable checkpoint)."""
+    path = runs / subject / folder / "checkpoints" / "last.ckpt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if record:
+        torch.save({"global_step": 1, **record}, path)
+    else:
+        path.write_bytes(b"")
+    return path
+
+
+def stage_record(name: str, background: str, *previous: str) -> dict:
+    return {"name": name, "background": background, "previous": list(previous)}
+
+
+def test_older_checkpoints_are_found_by_their_run_folders(tmp_path: Path) -> None:
+    with pytest.raises(ErnerfError, match=r"no trained model .* `python train.py stage=head subject=anna`"):
+        find_trained(tmp_path, "anna")
+    head = save_checkpoint(tmp_path, "anna", "head")
+    assert find_trained(tmp_path, "anna").checkpoint == head
+    torso = save_checkpoint(tmp_path, "anna", "torso")
+    save_checkpoint(tmp_path, "anna", "lips")
+    latest = find_trained(tmp_path, "anna")
+    assert latest.checkpoint == torso and latest.stage == StageFacts("torso", "plate", ("lips", "head"))
+    assert latest.audio_features is None and latest.feature_file("mel") == "aud_mel.npy"
+    assert find_trained(tmp_path, "anna", "head").stage.background == "torso"
+    with pytest.raises(ErnerfError, match=r"no trained neck .*\(trained: head, lips, torso\).*stage=neck subject=anna"):
+        find_trained(tmp_path, "anna", "neck")
+    with pytest.raises(ErnerfError, match="not a stage name"):
+        find_trained(tmp_path, "anna", "../bob/head")
+    sweep = save_checkpoint(tmp_path, "anna", "torso-encoder.log2_hashmap_size=14")
+    assert read_trained(sweep, sweep.parents[1].name).stage.background == "plate"  # a multirun folder of the torso
+
+
+def test_recorded_facts_order_the_stages_not_their_names(tmp_path: Path) -> None:
+    """A stage the code has never heard of is ordered by what it starts from and renders over its own background."""
+    save_checkpoint(tmp_path, "anna", "head", stage=stage_record("head", "torso"))
+    closeup = save_checkpoint(tmp_path, "anna", "closeup", stage=stage_record("closeup", "plate", "head"),
+                              audio_features={"kind": "mel", "feature_dim": 40, "file": "aud_mel40.npy"})
+    os.utime(closeup, (1, 1))  # saved first: the order comes from `previous`, not from the clock
+    save_checkpoint(tmp_path, "anna", "head-seed=1", stage=stage_record("head", "torso"))  # a multirun job
+    assert [t.stage.name for t in trained_stages(tmp_path, "anna")] == ["head", "closeup"]
+    latest = find_trained(tmp_path, "anna")
+    assert latest.checkpoint == closeup and latest.stage == StageFacts("closeup", "plate", ("head",))
+    assert latest.feature_file("mel") == "aud_mel40.npy"
+
+
+def test_the_extractor_comes_from_the_checkpoint_with_overrides_and_a_fallback_by_kind(tmp_path: Path) -> None:
+    recorded = save_checkpoint(tmp_path, "anna", "head", stage=stage_record("head", "torso"), audio_features={
+        "kind": "mel", "feature_dim": 40, "extractor": {"_target_": "ernerf.audio.features.LogMelExtractor",
+                                                        "n_mels": 40, "fmax": 7000.0}})
+    trained = read_trained(recorded, "head")
+    extractor = audio_extractor(trained, "mel", 40)
+    assert isinstance(extractor, LogMelExtractor) and (extractor.n_mels, extractor.fmax) == (40, 7000.0)
+    assert audio_extractor(trained, "mel", 40, {"fmax": 6000.0}).fmax == 6000.0
+
+    older = read_trained(save_checkpoint(tmp_path, "bob", "head"), "head")
+    assert audio_extractor(older, "mel", 64).n_mels == 64  # conf/audio_features/mel.yaml's n_mels: feature_dim
+    hubert = audio_extractor(older, "hu", 1024, {"model_path": "/models/hubert"})
+    assert isinstance(hubert, HFSpeechExtractor) and hubert.model_path == "/models/hubert"
+    with pytest.raises(ErnerfError, match="records no audio extractor .* features=<aud_ds.npy>"):
+        audio_extractor(older, "ds", 29)
