@@ -13,7 +13,7 @@ from ernerf.cli import exit_on_user_error, run_entry_point
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
     # Imported here, not at the top: evaluation imports torch and Lightning, seconds of imports that --help and a
-    # refused command line do without (docs/layout.md).
+    # refused command line do without (docs/design/architecture.md).
     from ernerf.apps.evaluation import evaluate_command
 
     exit_on_user_error(evaluate_command)(cfg)

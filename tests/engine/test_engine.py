@@ -65,7 +65,7 @@ def test_the_eager_engine_trains_and_renders_as_the_default_one_on_a_cpu(tmp_pat
     short head run ends with the same weights, optimizer state and validation PSNR, bit for bit."""
     from tests.synthetic import write_synthetic_subject
     from tests.test_train import tiny_config
-    from train import train
+    from ernerf.apps.train import train
 
     results = {}
     for engine in ("default", "eager"):
