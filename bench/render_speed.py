@@ -23,9 +23,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from ernerf.apps.checkpoints import TrainedStage, audio_extractor, trained_stages  # noqa: E402
-from ernerf.apps.inference import (FPS, OutputOptions, Renderer, SubjectView, driving_features,  # noqa: E402
+from ernerf.apps.inference import (OutputOptions, Renderer, SubjectView, driving_features,  # noqa: E402
                                   load_subject, run_inference)
 from ernerf.audio.features import AudioFeatureExtractor  # noqa: E402
+from ernerf.constants import FPS  # noqa: E402
 from ernerf.engine import ExecutionEngine  # noqa: E402
 from ernerf.io.audio import load_audio, write_wav  # noqa: E402
 from ernerf.systems.loading import load_system  # noqa: E402

@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.samplers import RandomRaySampler, RaySampler, Rect
+from ernerf.constants import SMOOTH_WINDOW
 from ernerf.errors import ErnerfError
 from ernerf.io.layout import SubjectLayout
 from ernerf.preprocess.check import check_dataset, redo_hint
@@ -23,7 +24,6 @@ from ernerf.rendering.rays import get_rays, nerf_matrix_to_ngp
 
 log = logging.getLogger(__name__)
 
-AUDIO_WINDOW = 8  # neighbouring frames smoothed by the audio attention net (ER-NeRF att=2: [i-4, i+4))
 RECT_NAMES = ("face", "lips", "eyes", "lower_half")
 
 
@@ -55,7 +55,7 @@ class SubjectData:
     def audio_window(self, frame: int) -> Tensor:
         """Features of the 8 frames around `frame` [8, 16, C], zero beyond the clip's ends (ER-NeRF)."""
         centre = int(self.aud_ids[frame])
-        rows = torch.arange(centre - AUDIO_WINDOW // 2, centre + AUDIO_WINDOW // 2)
+        rows = torch.arange(centre - SMOOTH_WINDOW // 2, centre + SMOOTH_WINDOW // 2)
         valid = (rows >= 0) & (rows < self.audio.shape[0])
         window = self.audio[rows.clamp(0, self.audio.shape[0] - 1)]
         return window * valid[:, None, None].to(window.dtype)
@@ -158,7 +158,7 @@ class FrameStore:
         self.poses, self.eye = data.poses.to(self.device), data.eye.to(self.device)  # [F, 4, 4], [F]
         self.aud_ids = data.aud_ids.to(self.device)  # [F]
         self.rects = {name: r.to(self.device) for name, r in data.rects.items()}  # name -> [F, 4]
-        half = AUDIO_WINDOW // 2  # zero rows on both ends: every frame's window is one slice
+        half = SMOOTH_WINDOW // 2  # zero rows on both ends: every frame's window is one slice
         self.padded_audio = torch.nn.functional.pad(data.audio, (0, 0, 0, 0, half, half)).to(self.device)
         self.frame_ids = torch.arange(data.num_frames, device=self.device)  # frame indices are views of it
         self.images: Tensor | None = None
@@ -199,7 +199,7 @@ class FrameStore:
     # read from disk take the index's number on the host (such a store lives on the CPU).
     def audio_window_at(self, frame: Tensor) -> Tensor:
         """`SubjectData.audio_window` of one frame, on this store's device: [8, 16, C]."""
-        rows = self.aud_ids[frame] + torch.arange(AUDIO_WINDOW, device=self.device)  # rows of the padded features
+        rows = self.aud_ids[frame] + torch.arange(SMOOTH_WINDOW, device=self.device)  # rows of the padded features
         valid = rows < self.padded_audio.shape[0]  # frames past the features' end see zeros, as SubjectData
         window = self.padded_audio[rows.clamp(max=self.padded_audio.shape[0] - 1)]
         return window * valid[:, None, None].to(window.dtype)

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ernerf.apps.sample import SamplePaths, frame_loudness, main, make_sample, speech_track
+from ernerf.constants import FPS
 from ernerf.errors import ErnerfError
-from ernerf.apps.sample import FPS, SamplePaths, frame_loudness, main, make_sample, speech_track
 
 # Mediapipe face-mesh indices: inner-lip pairs down the middle of the mouth, outer eye corners, eyelids.
 _LIP_PAIRS = ((13, 14), (82, 87), (312, 317))

@@ -35,6 +35,9 @@ def test_default_config_follows_the_er_nerf_head_recipe() -> None:
     assert groups.grids.lr == 1e-2 and groups.networks.lr == 1e-3
     assert cfg.model.scheduler.final_ratio == 0.5 and cfg.callbacks.occupancy_grid.every_n_steps == 16
     assert cfg.model.audio_kind == "mel" and cfg.datamodule.audio_file == "aud_mel.npy"
+    from ernerf.constants import SMOOTH_WINDOW
+
+    assert cfg.model.audio_encoder.smooth_window == SMOOTH_WINDOW  # the net reads the window the data builds
     hubert = compose("train", ["subject=someone", "audio_features=hubert"])
     assert hubert.model.audio_encoder.feature_dim == 1024 and hubert.datamodule.audio_file == "aud_hu.npy"
 

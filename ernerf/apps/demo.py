@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from ernerf.apps.inference import infer_from_config
 from ernerf.apps.sample import SamplePaths, make_new_sentence, make_sample, new_sentence_path
 from ernerf.apps.train import train
+from ernerf.constants import SAMPLE_RATE
 from ernerf.errors import ErnerfError
 from ernerf.io.audio import load_audio
 from ernerf.io.layout import SubjectLayout
@@ -39,7 +40,6 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the demo composes the
 SUBJECT = "demo"
 TRAIN_EXPERIMENT = "demo"  # conf/experiment/demo.yaml
 TRAIN_THREADS = 1
-SYNC_SAMPLE_RATE = 16000
 SYNC_MAX_LAG = 2  # frames: mouth shapes lead or trail the sound by a frame or two
 
 
@@ -168,7 +168,7 @@ def mouth_opening_track(video: Path | str) -> np.ndarray:
 
 def loudness_track(audio: Path | str, num_frames: int) -> np.ndarray:
     """RMS loudness of the audio (a wav, or a video's sound track) per 25 fps frame [num_frames]."""
-    return audio_energy(load_audio(audio, sr=SYNC_SAMPLE_RATE), SYNC_SAMPLE_RATE, num_frames)
+    return audio_energy(load_audio(audio, sr=SAMPLE_RATE), SAMPLE_RATE, num_frames)
 
 
 def lip_sync(mouth: np.ndarray, loudness: np.ndarray, max_lag: int = SYNC_MAX_LAG) -> float:

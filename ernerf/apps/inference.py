@@ -25,6 +25,7 @@ from datamodules.subject import FrameStore, SubjectData, parse_subject
 from ernerf.apps.checkpoints import audio_extractor, find_trained
 from ernerf.apps.runs import stale_warning
 from ernerf.audio.features import extract_features
+from ernerf.constants import FPS, SAMPLE_RATE, SMOOTH_WINDOW
 from ernerf.errors import ErnerfError
 from ernerf.io.atomic import writable_folder
 from ernerf.io.audio import load_audio, loudness_db
@@ -36,11 +37,8 @@ from ernerf.postprocess.pipeline import Lookahead, OrderedSink, paste_workers, t
 from ernerf.preprocess.check import redo_hint
 from ernerf.systems.loading import loader_for
 
-FPS = 25.0
-SAMPLE_RATE = 16000
 MIN_AUDIO_SECONDS = 0.5  # below this the audio net sees less than its 8-frame (0.32 s) window of real sound
 SILENCE_DB = -60.0  # speech is -30..-15 dBFS; below -60 dBFS the mouth stays closed
-SMOOTH_WINDOW = 8  # frames smoothed by the audio attention net ([i-4, i+4), as ER-NeRF)
 
 
 class Renderer(Protocol):

@@ -19,12 +19,11 @@ import numpy as np
 from skimage import data
 
 from ernerf.apps.tts import synthesize, write_wav
+from ernerf.constants import FPS, SAMPLE_RATE
 from ernerf.errors import ErnerfError
 from ernerf.io.atomic import atomic_path
 from ernerf.io.video import VideoWriter
 
-FPS = 25
-SAMPLE_RATE = 16000  # what the preprocessing resamples to anyway
 DEFAULT_TEXT = (
     "Hello, I am a sample avatar made on this computer. "
     "I read these words so the pipeline has something to learn from."

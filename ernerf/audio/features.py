@@ -11,12 +11,12 @@ from typing import Protocol
 
 import numpy as np
 
+from ernerf.constants import FEATURE_ROWS as WINDOW
+from ernerf.constants import FPS, SAMPLE_RATE
 from ernerf.errors import ErnerfError
 
-SAMPLE_RATE = 16000
 FEATURE_RATE = 50  # rows per second
 HOP = SAMPLE_RATE // FEATURE_RATE  # 320 samples
-WINDOW = 16  # rows per video frame (ER-NeRF's audio window)
 
 
 class AudioFeatureExtractor(Protocol):
@@ -226,13 +226,13 @@ def _check_wav(wav: np.ndarray) -> np.ndarray:
     return wav
 
 
-def window_starts(num_frames: int, fps: float = 25.0) -> np.ndarray:
+def window_starts(num_frames: int, fps: float = FPS) -> np.ndarray:
     """First 50 Hz row of each frame's window: 16 rows as symmetric as possible about the frame's mid time."""
     centre = np.rint((np.arange(num_frames) + 0.5) / fps * FEATURE_RATE).astype(np.int64)
     return centre - WINDOW // 2
 
 
-def frame_windows(feats: np.ndarray, num_frames: int, fps: float = 25.0) -> np.ndarray:
+def frame_windows(feats: np.ndarray, num_frames: int, fps: float = FPS) -> np.ndarray:
     """ER-NeRF's per-frame windows: frame i gets 16 rows centred on its time, edges repeat. # [T50, C] -> [N, 16, C]"""
     feats = np.asarray(feats, dtype=np.float32)
     if feats.ndim != 2 or len(feats) == 0:
@@ -242,7 +242,7 @@ def frame_windows(feats: np.ndarray, num_frames: int, fps: float = 25.0) -> np.n
 
 
 def extract_features(wav_path: Path | str, extractor: AudioFeatureExtractor, num_frames: int | None = None,
-                     fps: float = 25.0) -> np.ndarray:
+                     fps: float = FPS) -> np.ndarray:
     """Windows for every video frame of an audio file (any format; resampled to 16 kHz). # -> [N, 16, C]
 
     `num_frames` None means as many 25 fps frames as the audio lasts (inference on new audio).

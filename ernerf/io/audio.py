@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ernerf.constants import SAMPLE_RATE
 from ernerf.errors import ErnerfError
 from ernerf.io.atomic import atomic_path
 from ernerf.io.video import ffmpeg_exe
 
 
-def load_audio(path: Path | str, sr: int = 16000, max_seconds: float | None = None) -> np.ndarray:
+def load_audio(path: Path | str, sr: int = SAMPLE_RATE, max_seconds: float | None = None) -> np.ndarray:
     """Decode the first audio stream of `path` to mono float32 in [-1, 1] at `sr` Hz. # [T]"""
     path = Path(path)
     if not path.is_file():
@@ -74,7 +75,7 @@ def channels_from_ffmpeg_info(info: str) -> int:
     return 1
 
 
-def write_wav(path: Path | str, wav: np.ndarray, sr: int = 16000) -> Path:
+def write_wav(path: Path | str, wav: np.ndarray, sr: int = SAMPLE_RATE) -> Path:
     """Write mono float audio as 16-bit PCM wav, atomically (stdlib `wave`: no soundfile needed).
 
     Samples are clipped to [-1, 1] and quantised as libsndfile 1.2 does (what soundfile wrote before):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ernerf.constants import FPS
 from ernerf.errors import ErnerfError
 
 
@@ -171,7 +172,7 @@ class VideoWriter:
     Writes to a temporary name and renames on `close()`, so a killed run leaves no half file.
     """
 
-    def __init__(self, path: Path | str, fps: float = 25.0, crf: int = 18, audio: Path | str | None = None,
+    def __init__(self, path: Path | str, fps: float = FPS, crf: int = 18, audio: Path | str | None = None,
                  pix_fmt: str = "yuv420p", codec_args: list[str] | None = None) -> None:
         from ernerf.io.atomic import tmp_path_for
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ernerf.constants import FPS
+
 # Mediapipe face-mesh indices of the inner lips (upper/lower pairs down the middle of the mouth)
 # and of the outer eye corners used to normalise distances by face size.
 INNER_LIP_PAIRS = ((13, 14), (82, 87), (312, 317))
@@ -23,7 +25,7 @@ def mouth_opening(points: np.ndarray, ibug: bool = False) -> np.ndarray:
     return gap / np.maximum(scale, 1e-6)
 
 
-def audio_energy(wav: np.ndarray, sample_rate: int, num_frames: int, fps: float = 25.0) -> np.ndarray:
+def audio_energy(wav: np.ndarray, sample_rate: int, num_frames: int, fps: float = FPS) -> np.ndarray:
     """RMS loudness of the audio in each video frame's interval, [num_frames]."""
     hop = sample_rate / fps
     out = np.zeros(num_frames)

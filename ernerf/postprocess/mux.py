@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ernerf.constants import FPS
 from ernerf.errors import ErnerfError
 from ernerf.io.atomic import tmp_path_for
 from ernerf.io.audio import fit_length, load_audio, write_wav
@@ -16,7 +17,7 @@ MUX_SAMPLE_RATE = 48000  # the muxed track keeps speech quality (features use 16
 ALPHA_FORMATS = ("webm", "png")
 
 
-def fit_audio_track(src: Path | str, dst: Path | str, num_frames: int, fps: float = 25.0,
+def fit_audio_track(src: Path | str, dst: Path | str, num_frames: int, fps: float = FPS,
                     sr: int = MUX_SAMPLE_RATE) -> Path:
     """Decode `src` (any format) to a mono wav padded/trimmed to exactly `num_frames / fps` seconds."""
     wav = load_audio(src, sr=sr)
@@ -48,7 +49,7 @@ def depth_range(depth: np.ndarray) -> tuple[float, float]:
     return float(lo), float(max(hi, lo + 1e-3))
 
 
-def alpha_webm_writer(path: Path | str, fps: float = 25.0, crf: int = 30) -> VideoWriter:
+def alpha_webm_writer(path: Path | str, fps: float = FPS, crf: int = 30) -> VideoWriter:
     """A writer of RGBA frames to a VP9 webm that keeps the alpha channel (yuva420p)."""
     return VideoWriter(path, fps=fps, codec_args=["-c:v", "libvpx-vp9", "-pix_fmt", "yuva420p", "-crf", str(crf),
                                                   "-b:v", "0", "-deadline", "realtime", "-cpu-used", "8",
@@ -79,7 +80,7 @@ class PngSequenceWriter:
 class ResultWriter:
     """Stream frames into result.mp4 (+ optional head RGBA and depth side-by-side), audio fitted to the frames."""
 
-    def __init__(self, out_dir: Path | str, audio: Path | str, num_frames: int, fps: float = 25.0,
+    def __init__(self, out_dir: Path | str, audio: Path | str, num_frames: int, fps: float = FPS,
                  crf: int = 18, alpha: str | None = None, depth: bool = False, name: str = "result") -> None:
         if alpha is not None and alpha not in ALPHA_FORMATS:
             raise ErnerfError(f"unknown alpha output {alpha!r}: use postprocess.alpha= one of {ALPHA_FORMATS} or null.")

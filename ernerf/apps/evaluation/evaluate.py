@@ -15,9 +15,10 @@ from ernerf.apps.evaluation.figures import (Findings, audio_sync_findings, face_
 from ernerf.apps.evaluation.frames import Rendered, pose_options, render_subject, resolve_target
 from ernerf.apps.evaluation.report import (EvalResult, build_report, log_metrics, print_summary, run_loggers,
                                            write_outputs)
-from ernerf.apps.inference import (FPS, SAMPLE_RATE, Renderer, SubjectView, audio_kind, driving_features, load_subject,
+from ernerf.apps.inference import (Renderer, SubjectView, audio_kind, driving_features, load_subject,
                                   render_frame)
 from ernerf.apps.runs import checkpoint_step, stale_warning
+from ernerf.constants import FPS, SAMPLE_RATE
 from ernerf.errors import ErnerfError
 from ernerf.io.atomic import writable_folder
 from ernerf.io.audio import load_audio

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from ernerf.apps.evaluation.frames import Rendered
-from ernerf.apps.inference import FPS, SAMPLE_RATE
+from ernerf.constants import FPS, SAMPLE_RATE
 from ernerf.io.audio import load_audio
 from ernerf.metrics.face import (STABLE_MESH_POINTS, au45_at_open_level, jitter_valid, mean_absolute_error,
                                  mouth_points, open_eye_level)
