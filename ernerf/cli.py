@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
-from ernerf.errors import ErnerfError
+from ernerf.errors import ErnerfError, user_error_in
 from ernerf.io.layout import check_subject_name
 
 T = TypeVar("T")
@@ -24,8 +24,11 @@ def exit_on_user_error(fn: Callable[..., T]) -> Callable[..., T]:
     def wrapper(*args: object, **kwargs: object) -> T:
         try:
             return fn(*args, **kwargs)
-        except ErnerfError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+        except Exception as exc:  # an ErnerfError, or one that a library (Hydra's instantiate) wrapped
+            user_error = user_error_in(exc)
+            if user_error is None:
+                raise
+            print(f"error: {user_error}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper

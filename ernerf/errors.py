@@ -3,3 +3,11 @@
 
 class ErnerfError(RuntimeError):
     """A problem the user can fix: the message says what was wrong and what to do."""
+
+
+def user_error_in(exc: BaseException) -> ErnerfError | None:
+    """The ErnerfError that caused `exc`, when a library wrapped one (Hydra's instantiate does); else None."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ErnerfError):
+        cause = cause.__cause__ or cause.__context__
+    return cause

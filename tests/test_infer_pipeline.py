@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ernerf.errors import ErnerfError
-from ernerf.apps.inference import OutputOptions, load_subject, render_frame, run_inference
+from ernerf.apps.inference import OutputOptions, load_subject, render_planned_frame, run_inference
 from ernerf.io.layout import SubjectLayout
 from ernerf.io.video import iter_frames
 from ernerf.postprocess.motion import plan_motion
@@ -45,7 +45,7 @@ def sequential_reference(view, feats: np.ndarray, out_dir: Path, paste: PasteBac
     box, originals, near_far = HeadBox.load(view.layout.head_bbox), list(iter_frames(view.layout.video)), None
     with ResultWriter(out_dir, AUDIO, len(feats), alpha="png", depth=True) as writer:
         for t in range(len(feats)):
-            rendered = render_frame(renderer, view, plan, feats, t)
+            rendered = render_planned_frame(renderer, view, plan, feats, t)
             img_id = int(view.img_ids[plan.indices[t]])
             alpha = paste.alpha(view.parsing(img_id), view.face_points(img_id))
             frame = originals[img_id]

@@ -224,3 +224,11 @@ def test_a_killed_inference_leaves_no_temporaries_after_the_next_run(workspace: 
     done = run_script("infer.py", *args, cwd=workspace)
     assert done.returncode == 0, done.stderr[-2000:]
     assert not list(out.glob(".tmp.*")) and (out / "result.mp4").stat().st_size > 0
+
+
+def test_a_wrapped_user_error_is_still_one_line(workspace: Path) -> None:
+    """Errors raised while Hydra builds the model reach the user as the project's one-line error, not Hydra's trace."""
+    before = tree_digest(workspace / "runs")
+    done = run_script("train.py", *cli_args(workspace, "stage=torso", "model.frozen=[head_field\\.]"), cwd=workspace)
+    assert_user_error(done, "match no parameter", "model.frozen")
+    assert tree_digest(workspace / "runs") == before

@@ -270,7 +270,7 @@ def render_background(subject: SubjectView, i: int) -> np.ndarray:
     return subject.background(i).astype(np.float32) / 255.0
 
 
-def render_frame(renderer: Renderer, subject: SubjectView, plan: MotionPlan, feats: np.ndarray,
+def render_planned_frame(renderer: Renderer, subject: SubjectView, plan: MotionPlan, feats: np.ndarray,
                  t: int) -> dict[str, np.ndarray]:
     """Render output frame t: rgb uint8 [H,W,3], depth and opacity float [H,W]."""
     bg = render_background(subject, int(plan.indices[t]))

@@ -91,7 +91,7 @@ def make_sample(out_dir: Path | str, text: str = DEFAULT_TEXT, seconds: float = 
     write_wav(paths.audio, wav, SAMPLE_RATE)
     with VideoWriter(paths.video, fps=FPS, crf=16, audio=paths.audio) as writer:
         for i in range(n):
-            writer.write(render_frame(face, mouth[i], blink[i], pose[i], size))
+            writer.write(draw_portrait(face, mouth[i], blink[i], pose[i], size))
     for path, arr in ((paths.mouth, mouth), (paths.blink, blink)):
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.save(fh, arr.astype(np.float32))
@@ -170,7 +170,7 @@ def head_motion(n: int, rng: np.random.Generator, size: int) -> np.ndarray:
     return motion
 
 
-def render_frame(face: _Face, opening: float, closure: float, pose: np.ndarray, size: int) -> np.ndarray:
+def draw_portrait(face: _Face, opening: float, closure: float, pose: np.ndarray, size: int) -> np.ndarray:
     """One RGB frame [size, size, 3]: jaw opened by `opening`, lids closed by `closure`, head moved by `pose`."""
     b = face.image.shape[0]
     xs, src_y = np.meshgrid(np.arange(b, dtype=np.float32), np.arange(b, dtype=np.float32))

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from ernerf.errors import ErnerfError
+from ernerf.errors import ErnerfError, user_error_in
 from ernerf.io.atomic import remove_stale_temporaries
 from ernerf.io.layout import SubjectLayout
 from ernerf.io.lock import exclusive_lock
@@ -38,9 +38,7 @@ def _instantiate_step(sub: DictConfig) -> PreprocessStep:
     try:
         return instantiate(sub)
     except InstantiationException as exc:
-        cause: BaseException | None = exc
-        while cause is not None and not isinstance(cause, ErnerfError):
-            cause = cause.__cause__ or cause.__context__
+        cause = user_error_in(exc)
         if cause is None:
             raise
         raise cause from None

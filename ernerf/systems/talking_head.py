@@ -279,7 +279,14 @@ class TalkingHeadSystem(L.LightningModule):
 
     # ---------------------------------------------------------------- optimisation
     def freeze_matching(self, patterns: Sequence[str]) -> None:
-        """Freeze parameters whose names match any regex in `patterns` (e.g. the head while the torso trains)."""
+        """Freeze parameters whose names match any regex in `patterns` (e.g. the head while the torso trains).
+
+        A pattern that matches nothing is an error: after a rename it would silently train what it meant to freeze."""
+        names = [name for name, _ in self.named_parameters()]
+        unmatched = [p for p in patterns if not any(re.match(p, name) for name in names)]
+        if unmatched:
+            raise ErnerfError(f"model.frozen patterns {unmatched} match no parameter of the model (its parameters start "
+                              f"with {sorted({n.split('.')[0] + '.' for n in names})}): fix conf/stage/ or model.frozen.")
         for name, param in self.named_parameters():
             if any(re.match(p, name) for p in patterns):
                 param.requires_grad_(False)

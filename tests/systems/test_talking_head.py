@@ -87,3 +87,19 @@ def test_exponential_decay_halves_the_learning_rate_over_the_run() -> None:
         opt.step()
         sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
+
+
+def test_a_frozen_pattern_that_matches_nothing_is_an_error() -> None:
+    """After a rename, a freezing regex that silently matched nothing would train the head in the torso stage."""
+    from ernerf.errors import user_error_in
+
+    cfg = compose("train", ["subject=s", "stage=torso", "model.frozen=['head_field\\.']"])
+    OmegaConf.resolve(cfg)
+    with pytest.raises(InstantiationException) as info:
+        instantiate(cfg.model, num_frames=4)
+    assert "match no parameter" in str(user_error_in(info.value)) and "'field.'" in str(user_error_in(info.value))
+    cfg = compose("train", ["subject=s", "stage=torso"])  # the stage's own patterns freeze the head
+    OmegaConf.resolve(cfg)
+    system = instantiate(cfg.model, num_frames=4)
+    assert not any(p.requires_grad for p in system.field.parameters())
+    assert all(p.requires_grad for p in system.torso.parameters())

@@ -16,7 +16,7 @@ from ernerf.apps.evaluation.frames import Rendered, pose_options, render_subject
 from ernerf.apps.evaluation.report import (EvalResult, build_report, log_metrics, print_summary, run_loggers,
                                            write_outputs)
 from ernerf.apps.inference import (Renderer, SubjectView, audio_kind, driving_features, load_subject,
-                                  render_frame)
+                                  render_planned_frame)
 from ernerf.apps.runs import checkpoint_step, stale_warning
 from ernerf.constants import FPS, SAMPLE_RATE
 from ernerf.errors import ErnerfError
@@ -96,7 +96,7 @@ def cross_drive(renderer: Renderer, trained: TrainedStage, view: SubjectView, au
     feats, _ = driving_features(audio, kind, dim, audio_extractor(trained, kind, dim, extractor_overrides))
     n = min(len(feats), max(3, int(max_seconds * FPS)))
     plan = plan_motion(view.poses, view.eye, n)
-    renders = [render_frame(renderer, view, plan, feats, t)["rgb"] for t in range(n)]
+    renders = [render_planned_frame(renderer, view, plan, feats, t)["rgb"] for t in range(n)]
     mesh, ok = mesh_sequence(renders)
     filled = fill_gaps(mesh, ok)
     energy = audio_energy(load_audio(audio, sr=SAMPLE_RATE), SAMPLE_RATE, n, FPS)
