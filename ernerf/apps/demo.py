@@ -120,8 +120,8 @@ def _train_done(ctx: DemoContext) -> bool:
 
 def _train(ctx: DemoContext) -> None:
     threads = torch.get_num_threads()
-    # Demo-sized steps are too small to split: on 2 idle cores 1 thread ran 25 it/s at 0.040 CPU s a step, 2 threads
-    # 24 it/s at 0.083 (the second thread spin-waits), and on a loaded machine the spinning slowed steps 10-fold.
+    # Demo-sized steps are too small to split over threads: a second thread only spin-waits, and on a loaded machine
+    # the spinning slows the steps (docs/performance.md, "Figures behind code choices").
     torch.set_num_threads(TRAIN_THREADS)
     try:
         train(train_config(ctx))

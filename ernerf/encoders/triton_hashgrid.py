@@ -27,8 +27,8 @@ TRIPLANE_DIMS = ((0, 1), (1, 2), (0, 2))
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _MAX_PLANES = 3
 # A program's tile holds BLOCK points x next_pow2(L * F) columns x 2^D corners ~ _TILE_ELEMENTS lanes.
-# Tuned on an H100 for ER-NeRF's tri-plane (BLOCK 32 x 16 columns x 4 corners, 8 warps); 16..64 and
-# 4 warps were within noise or up to 20% slower.
+# The sizes are the fastest found for ER-NeRF's tri-plane (BLOCK 32 x 16 columns x 4 corners, 8 warps;
+# docs/performance.md, "Figures behind code choices").
 _TILE_ELEMENTS = 2048
 _NUM_WARPS = 8
 

@@ -36,7 +36,7 @@ def colorize_depth(depth: np.ndarray, near: float, far: float) -> np.ndarray:
     """Turbo colour map of depth [H,W] between near and far; depth 0 (nothing rendered) is black. # -> [H,W,3] RGB"""
     t = np.clip((depth - near) / max(far - near, 1e-6), 0.0, 1.0)
     rgb = cv2.cvtColor(cv2.applyColorMap((255 * (1.0 - t)).astype(np.uint8), cv2.COLORMAP_TURBO), cv2.COLOR_BGR2RGB)
-    # black where depth <= 0; a masked AND, not rgb[depth <= 0] = 0 (29 ms on a 1080p frame, the mask's 1.5 ms)
+    # black where depth <= 0: a masked AND, because boolean-index assignment is far slower on a 1080p frame
     return cv2.bitwise_and(rgb, rgb, mask=np.logical_not(depth <= 0).view(np.uint8))
 
 

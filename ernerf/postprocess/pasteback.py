@@ -95,7 +95,7 @@ def crop_frame(frame: np.ndarray, box: HeadBox, size: int = 512) -> np.ndarray:
 def parsing_mask(parsing_bgr: np.ndarray, classes: tuple[tuple[int, int, int], ...]) -> np.ndarray:
     """Boolean mask of the given parsing colours (BGR, as cv2.imread reads parsing/<i>.png). # [H,W]"""
     mask = np.zeros(parsing_bgr.shape[:2], dtype=np.uint8)
-    for colour in classes:  # every channel within 63 levels (cv2.inRange: 0.4 ms a 512 map; numpy int16 16 ms)
+    for colour in classes:  # every channel within 63 levels (cv2.inRange: one pass, where numpy needs int16 copies)
         mask |= cv2.inRange(parsing_bgr, tuple(c - 63.0 for c in colour), tuple(c + 63.0 for c in colour))
     return mask > 0
 

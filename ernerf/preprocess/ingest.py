@@ -36,7 +36,7 @@ class IngestStep(PreprocessStep):
         self.max_duration = max_duration
         self.min_duration = min_duration
         self.crf = crf
-        self.preset = preset  # x264 speed/size trade-off of the re-encode (ultrafast: ~2x faster, ~3x larger)
+        self.preset = preset  # x264 speed/size trade-off of the re-encode (ultrafast: faster, larger files)
 
     def outputs(self, layout: SubjectLayout) -> list[Path]:
         return [layout.video, layout.audio, layout.preview, layout.meta]

@@ -56,7 +56,7 @@ def composite(sigma: Tensor, dt: Tensor, values: Tensor) -> tuple[Tensor, Tensor
     """
     tau = sigma * dt[:, None]  # [N, S] optical depth of each sample
     # Exclusive prefix sum as a product with a strictly upper-triangular matrix: one small GEMM forward and
-    # backward, where cumsum's scan over a 16-wide innermost dim was the step's slowest kernel on an H100.
+    # backward, where cumsum's scan over a short innermost dim is a slow kernel on a GPU (docs/performance.md).
     # Clamped first: a density that overflowed to inf (trunc_exp is exp in the forward pass) times the matrix's
     # zeros is NaN, which poisoned whole rays and, on the CPU demo, emptied the occupancy grid. exp(-50) ~ 2e-22:
     # the clamp changes no weight.
@@ -66,8 +66,8 @@ def composite(sigma: Tensor, dt: Tensor, values: Tensor) -> tuple[Tensor, Tensor
     weights = torch.exp(-(tau @ before)) * -torch.expm1(-tau)  # [N, S]
     values = values.to(weights.dtype)
     if values.is_cuda:
-        # A product and a sum over S, not a bmm: [N] batched 1x16 @ 16xK products ran as GEMV kernels at a few
-        # percent of the memory bandwidth (0.4 ms of a 512x512 frame on an H100, forward and backward alike).
+        # A product and a sum over S, not a bmm: [N] batched 1x16 @ 16xK products run as GEMV kernels far below
+        # the memory bandwidth (docs/performance.md, "Figures behind code choices").
         composited = (weights[..., None] * values).sum(1)
     else:
         # The same sum as one bmm on CPUs, where it is not slow. Kept because the CPU demo's lip sync (a 3000-step
