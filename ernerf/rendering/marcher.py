@@ -65,15 +65,9 @@ def composite(sigma: Tensor, dt: Tensor, values: Tensor) -> tuple[Tensor, Tensor
     before = torch.ones(steps, steps, dtype=tau.dtype, device=tau.device).triu(1)  # [S, S]: j < i
     weights = torch.exp(-(tau @ before)) * -torch.expm1(-tau)  # [N, S]
     values = values.to(weights.dtype)
-    if values.is_cuda:
-        # A product and a sum over S, not a bmm: [N] batched 1x16 @ 16xK products run as GEMV kernels far below
-        # the memory bandwidth (docs/performance.md, "Figures behind code choices").
-        composited = (weights[..., None] * values).sum(1)
-    else:
-        # The same sum as one bmm on CPUs, where it is not slow. Kept because the CPU demo's lip sync (a 3000-step
-        # run whose audio path must wake up from near-zero weights) proved sensitive to the last bits: with the
-        # product-and-sum its mouth-loudness correlation fell from above the test's 0.4 to 0.20.
-        composited = torch.bmm(weights[:, None, :], values)[:, 0]
+    # A product and a sum over S, not a bmm: [N] batched 1x16 @ 16xK products run as GEMV kernels far below the
+    # memory bandwidth on a GPU (docs/performance.md, "Figures behind code choices"). One path on every device.
+    composited = (weights[..., None] * values).sum(1)
     return weights.sum(-1), composited, weights
 
 
