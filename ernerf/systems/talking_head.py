@@ -20,7 +20,6 @@ from ernerf.losses import (
     LossComposer,
     attention_outside_mask,
     eye_audio_overlap,
-    lip_perceptual,
     opacity_entropy,
     photometric_mse,
     torso_alpha_loss,

@@ -14,15 +14,6 @@ from ernerf.preprocess.check import DEFAULT_DATA_ROOT, check_dataset, preprocess
 from ernerf.preprocess.pipeline import build_steps
 from tests.conftest import compose
 
-TRUMP = "train/trump_10s.mp4"
-
-
-@pytest.fixture
-def subject(tmp_path: Path, prepare_subject) -> SubjectLayout:
-    """A copy of a real subject preprocessed up to the landmarks step (or further)."""
-    layout = SubjectLayout(tmp_path / "data" / "s")
-    shutil.copytree(prepare_subject(TRUMP, upto="landmarks"), layout.root, symlinks=True)
-    return layout
 
 
 def _error(layout: SubjectLayout) -> str:

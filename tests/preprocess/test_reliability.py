@@ -35,14 +35,6 @@ def preprocess(layout: SubjectLayout, *overrides: str) -> subprocess.CompletedPr
                            "preprocess.workers=1", *steps_after("landmarks"), *overrides)
 
 
-@pytest.fixture
-def subject(tmp_path: Path, prepare_subject) -> SubjectLayout:
-    """A copy of a real subject made from the Trump clip, preprocessed up to the landmarks step (or further)."""
-    layout = SubjectLayout(tmp_path / "data" / "s")
-    shutil.copytree(prepare_subject(TRUMP, upto="landmarks"), layout.root, symlinks=True)
-    return layout
-
-
 def _corrupt_video(tmp_path: Path) -> Path:
     data = bytearray(shared_clip(TRUMP).read_bytes())
     data[:4096] = bytes(4096)
