@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from callbacks.checkpoint_facts import AUDIO_FEATURES_KEY, STAGE_KEY, StageFacts
-from ernerf.apps.runs import last_checkpoint, read_checkpoint
+from ernerf.apps.runs import last_checkpoint, peek_checkpoint
 from ernerf.audio.features import AudioFeatureExtractor
 from ernerf.errors import ErnerfError
 
@@ -45,7 +45,7 @@ class TrainedStage:
 
 def recorded_facts(checkpoint: Path) -> dict[str, Any]:
     """The facts a checkpoint records; {} when it records none or cannot be read (its loader will say why)."""
-    saved = read_checkpoint(checkpoint) or {}
+    saved = peek_checkpoint(checkpoint) or {}
     return {key: saved[key] for key in (STAGE_KEY, AUDIO_FEATURES_KEY) if key in saved}
 
 

@@ -100,7 +100,7 @@ def mark_finished(run_dir: Path | str, step: int, metrics: dict[str, float], ini
     write_text(Path(run_dir) / FINISHED, json.dumps(record, indent=1))
 
 
-def read_checkpoint(path: Path | str) -> dict[str, Any] | None:
+def peek_checkpoint(path: Path | str) -> dict[str, Any] | None:
     """A Lightning checkpoint's contents, its tensors memory-mapped rather than read; None for a file cut short or
     not a checkpoint (the caller says so)."""
     try:
@@ -113,7 +113,7 @@ def read_checkpoint(path: Path | str) -> dict[str, Any] | None:
 def checkpoint_step(path: Path) -> int | None:
     """The global step a Lightning checkpoint was saved at."""
     try:
-        return int((read_checkpoint(path) or {})["global_step"])
+        return int((peek_checkpoint(path) or {})["global_step"])
     except (KeyError, TypeError, ValueError):
         return None
 
