@@ -5,13 +5,16 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from ernerf.apps.train import train_command
 from ernerf.cli import exit_on_user_error, run_entry_point
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns val/psnr for sweepers (of the last stage trained, for stage=all)."""
+    # Imported here, not at the top: training imports Lightning, seconds that --help, --cfg and shell completion
+    # would otherwise wait for.
+    from ernerf.apps.train import train_command
+
     return exit_on_user_error(train_command)(cfg)
 
 

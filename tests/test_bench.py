@@ -84,3 +84,14 @@ def test_sync_sources_name_the_ops_around_each_sync() -> None:
                 pass
     sources = sync_sources(prof, steps=2)
     assert sources == {"cudaStreamSynchronize < logging < step": 1.0, "Memcpy DtoH (Device -> Pageable) < step": 1.0}
+
+
+def test_cli_speed_times_every_question_of_every_script(tmp_path) -> None:
+    out = tmp_path / "cli.json"
+    printed = run_bench("cli_speed.py", ["--runs", "1", "--json", str(out)])
+    figures = json.loads(out.read_text())
+    assert set(figures["scripts"]) == {"preprocess.py", "train.py", "infer.py", "evaluate.py"}
+    for row in figures["scripts"].values():
+        assert set(row) == {"--help", "--cfg job", "completion"}
+        assert all(seconds > figures["baseline_s"] for seconds in row.values())
+    assert "train.py" in printed and "completion" in printed

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,8 @@ from ernerf.io.atomic import atomic_dir, atomic_path
 from ernerf.io.layout import SubjectLayout
 from ernerf.preprocess.base import PreprocessStep, StepContext, run_steps
 from tests.conftest import compose
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class _CountingStep(PreprocessStep):
@@ -89,3 +93,14 @@ def test_triton_kernels_refuse_cpu_tensors_with_the_fix(monkeypatch: pytest.Monk
         require_kernel_device(torch.zeros(2), "hash grid", "use the encoder's backend 'torch'")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     require_kernel_device(torch.zeros(2), "hash grid", "use the encoder's backend 'torch'")  # the tests' interpreter
+
+
+@pytest.mark.parametrize("script", ["preprocess.py", "train.py", "infer.py", "evaluate.py"])
+def test_help_does_not_import_torch_or_lightning(script: str) -> None:
+    """--help, --cfg and shell completion answer without the seconds that torch and Lightning take to import."""
+    done = subprocess.run([sys.executable, "-X", "importtime", script, "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-1000:]
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "numpy" in imported or "omegaconf" in imported  # the import log was read
+    assert not {"torch", "lightning"} & imported
