@@ -134,6 +134,15 @@ def test_a_stage_trained_from_a_changed_predecessor_is_flagged_and_retrained_by_
     assert [p.name.split("-")[0] for p in (runs / ".replaced").iterdir()].count("lips") == 1
 
 
+def test_training_further_ends_with_the_figures_the_checkpoint_and_the_next_commands(workspace: Path) -> None:
+    done = run_script("train.py", *cli_args(workspace, "ckpt_path=last", "trainer.max_steps=8"), cwd=workspace)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = done.stdout[done.stdout.index("finished head of trump"):].splitlines()
+    assert summary[0].startswith("finished head of trump at step 8: val/psnr ")
+    assert str(workspace / "runs" / "trump" / "head" / "checkpoints" / "last.ckpt") in summary[1]
+    assert any("python train.py subject=trump stage=lips" in line for line in summary)
+    assert any("python infer.py subject=trump stage=head" in line for line in summary)
+
 def test_a_second_run_of_the_same_stage_is_refused(workspace: Path) -> None:
     run = workspace / "runs" / "trump" / "head"
     before = tree_digest(workspace / "runs")

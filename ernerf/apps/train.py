@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -14,8 +15,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ernerf.apps.chain import (initial_checkpoint, planned_world_size, preprocess_overrides, run_budget, run_chain,
-                               stage_overrides)
-from ernerf.apps.runs import mark_finished, prepare_run_folder, run_folder_lock, validate_max_steps
+                               stage_checkpoint, stage_overrides)
+from ernerf.apps.next_steps import finished_summary
+from ernerf.apps.runs import (launched_rank, mark_finished, prepare_run_folder, read_record, run_folder_lock,
+                             validate_max_steps)
 from ernerf.errors import ErnerfError
 from ernerf.io.layout import check_subject_name
 
@@ -93,8 +96,20 @@ def train_command(cfg: DictConfig) -> float | None:
     """What `python train.py` does with its config; returns val/psnr for sweepers (of the last stage trained, for
     stage=all). The chain composes each stage's config from the running Hydra app's command line."""
     if not cfg.stage.get("chain"):
-        return train(cfg).get("val/psnr")
+        metrics = train(cfg)
+        print_summary(cfg.subject, cfg.stage.name, Path(cfg.run_dir), cfg.stage.get("next") or ())
+        return metrics.get("val/psnr")
     task = list(HydraConfig.get().overrides.task)
     results = run_chain(cfg, lambda name: hydra.compose("train", [*stage_overrides(task), f"stage={name}"]), train,
                         lambda: hydra.compose("preprocess", preprocess_overrides(task)))
+    last = list(results)[-1]
+    print_summary(cfg.subject, last, stage_checkpoint(cfg.paths.runs_root, cfg.subject, last).parents[1], ())
     return next((r.get("val/psnr") for r in reversed(list(results.values())) if r), None)
+
+
+def print_summary(subject: str, stage: str, run_dir: Path, next_stages: Sequence[str]) -> None:
+    """Print what the finished stage scored, where its files are and what to run next (rank 0 only)."""
+    record = read_record(run_dir)
+    if record is None or launched_rank():
+        return
+    print(finished_summary(subject, stage, run_dir, record.step, record.metrics, next_stages), flush=True)
