@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -47,12 +48,26 @@ def _imageio_ffmpeg_exe() -> str | None:
         return None
 
 
-def run_ffmpeg(args: list[str], what: str) -> None:
-    """Run ffmpeg quietly; on failure raise ErnerfError with its last lines of output."""
-    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+def run_ffmpeg(args: list[str], what: str, on_frame: Callable[[int], object] | None = None) -> None:
+    """Run ffmpeg quietly; on failure raise ErnerfError with its last lines of output.
+
+    `on_frame(n)` is called with the number of frames written so far, as ffmpeg reports its progress."""
+    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y"]
+    if on_frame is None:
+        proc = subprocess.run([*cmd, *args], capture_output=True, text=True)
+        returncode, errors = proc.returncode, proc.stderr
+    else:
+        with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: nothing blocks while stdout is read
+            with subprocess.Popen([*cmd, "-progress", "pipe:1", "-nostats", *args], stdout=subprocess.PIPE,
+                                  stderr=err, text=True) as proc:
+                for line in proc.stdout:
+                    if line.startswith("frame="):
+                        on_frame(int(line.partition("=")[2]))
+            returncode = proc.returncode
+            err.seek(0)
+            errors = err.read()
+    if returncode != 0:
+        tail = "\n".join(errors.strip().splitlines()[-5:])
         raise ErnerfError(f"ffmpeg failed while {what}:\n{tail}")
 
 

@@ -93,10 +93,13 @@ class BackgroundStep(PreprocessStep):
     def run(self, ctx: StepContext) -> dict[str, Any]:
         layout = ctx.layout
         acc = PlateAccumulator(self.margin_px)
-        for i in sample_frames(ctx.num_frames, self.max_samples):
-            if not layout.parsing(i).exists():
-                raise ErnerfError(f"{layout.parsing(i)} is missing: {redo_hint(layout.parsing(i))}.")
-            acc.add(seg.read_rgb(layout.ori_img(i)), read_parsing(layout.parsing(i)) == BACKGROUND)
+        samples = sample_frames(ctx.num_frames, self.max_samples)
+        with ctx.bar(len(samples)) as bar:
+            for i in samples:
+                if not layout.parsing(i).exists():
+                    raise ErnerfError(f"{layout.parsing(i)} is missing: {redo_hint(layout.parsing(i))}.")
+                acc.add(seg.read_rgb(layout.ori_img(i)), read_parsing(layout.parsing(i)) == BACKGROUND)
+                bar.update(1)
         known = float(acc.known.mean())
         if known < 0.05:
             ctx.warn(f"background: only {known:.0%} of the crop is ever seen as background; "

@@ -11,10 +11,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+from tqdm import tqdm
+
 from ernerf.errors import ErnerfError
 from ernerf.io.atomic import write_text
 from ernerf.io.layout import SubjectLayout
 from ernerf.preprocess import staging
+from ernerf.progress import Enabled, progress_bar
 from ernerf.preprocess.check import recorded_order, redo_hint
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,8 @@ class StepContext:
     video: Path | None = None  # the user's raw video (only the ingest step reads it)
     audio: Path | None = None  # optional replacement audio track
     warnings: list[str] = field(default_factory=list)
+    progress: Enabled = "auto"  # progress bars: "auto" (on a terminal), True, False
+    step: str = ""  # the step running now (its bar's label)
 
     def warn(self, message: str) -> None:
         """Record a warning for the final summary and log it now."""
@@ -43,6 +48,10 @@ class StepContext:
     @property
     def num_frames(self) -> int:
         return int(self.meta()["num_frames"])
+
+    def bar(self, total: int, unit: str = "frame") -> tqdm:
+        """A progress bar (rate, ETA) for the running step's work of `total` units: `with ctx.bar(n) as bar:`."""
+        return progress_bar(total, self.step, unit, self.progress)
 
 
 class PreprocessStep(ABC):
@@ -166,6 +175,7 @@ def _reset_markers(layout: SubjectLayout, redo: list[str], order: list[str]) -> 
 def _run_step(step: PreprocessStep, ctx: StepContext) -> StepReport:
     """Run one step and write its marker (with its outputs, so a check needs no config)."""
     log.info("step %s ...", step.name)
+    ctx.step = step.name
     t0 = time.perf_counter()
     facts = step.run(ctx) or {}
     seconds = time.perf_counter() - t0

@@ -80,5 +80,9 @@ class CompositeStep(PreprocessStep):
         with atomic_dir(layout.gt_dir) as gt_dir, atomic_dir(layout.torso_dir) as torso_dir:
             jobs = [_Chunk(r, layout, gt_dir, torso_dir, plate, self.jpeg_quality)
                     for r in seg.frame_chunks(n, self.chunk_size)]
-            done = sum(seg.map_ordered(_composite_chunk, jobs, self.workers))
+            done = 0
+            with ctx.bar(n) as bar:
+                for written in seg.map_ordered(_composite_chunk, jobs, self.workers):
+                    done += written
+                    bar.update(written)
         return {"frames": done}

@@ -18,6 +18,7 @@ from ernerf.io.video import VideoWriter, iter_frames
 from ernerf.preprocess.base import PreprocessStep, StepContext
 from ernerf.preprocess.check import redo_hint
 from ernerf.preprocess.mediapipe_face import FaceBox, FaceDetector, native_stderr_silenced
+from ernerf.progress import Enabled, progress_bar
 
 SAME_FACE_DISTANCE = 0.6  # detections whose centres are closer than this many face sizes are one person
 DETECT_SIDE = 640  # frames are shrunk to this before detection: ample for a 192 px detector input
@@ -75,7 +76,7 @@ class HeadboxStep(PreprocessStep):
         if side < self.crop_size:
             ctx.warn(f"the head box is {side} px, upscaled to {self.crop_size} px: the avatar will look soft. "
                      "Film closer or at a higher resolution for sharper results.")
-        self._write_crops(ctx.layout, box, fps=float(meta["fps"]), expected=n)
+        self._write_crops(ctx.layout, box, fps=float(meta["fps"]), expected=n, progress=ctx.progress)
         x1, y1, x2, y2 = box
         bbox = {"x1": x1, "y1": y1, "x2": x2, "y2": y2, "face_size": round(track.size, 1)}
         write_text(ctx.layout.head_bbox, json.dumps(bbox, indent=2))
@@ -138,14 +139,15 @@ class HeadboxStep(PreprocessStep):
         x1, y1 = (_fit_axis(center[k], side, size) for k, size in ((0, width), (1, height)))
         return x1, y1, x1 + side, y1 + side
 
-    def _write_crops(self, layout: SubjectLayout, box: tuple[int, int, int, int], fps: float, expected: int) -> None:
+    def _write_crops(self, layout: SubjectLayout, box: tuple[int, int, int, int], fps: float, expected: int,
+                     progress: Enabled = "auto") -> None:
         """Crop every frame to the box, write face_data.mp4 and ori_imgs/<i>.jpg (all or nothing)."""
         import cv2
 
         params = [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality]
         count = 0
         with atomic_dir(layout.ori_imgs) as tmp_dir, VideoWriter(layout.face_video, fps=fps) as writer, \
-                ThreadPoolExecutor(2) as pool:
+                ThreadPoolExecutor(2) as pool, progress_bar(expected, "headbox", enabled=progress) as bar:
             pending = []
             for i, crop in enumerate(crop_frames(layout.video, box, self.crop_size)):
                 writer.write(crop)
@@ -154,6 +156,7 @@ class HeadboxStep(PreprocessStep):
                 if len(pending) > 16:  # bound memory: never queue more than a few frames
                     _check_written(pending.pop(0))
                 count = i + 1
+                bar.update(1)
             for fut in pending:
                 _check_written(fut)
             if count != expected:  # raised inside the block, so neither output replaces a good one

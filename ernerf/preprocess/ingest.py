@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,9 @@ class IngestStep(PreprocessStep):
         _reject_still_image(info)
         wav, audio_source = self._source_audio(ctx, info)
         duration = self._target_duration(ctx, info, wav)
-        num_frames = self._normalise_video(info, ctx.layout.video, duration)
+        with ctx.bar(math.ceil(duration * self.fps - 1e-6)) as bar:  # the fps filter keeps a last part-frame
+            num_frames = self._normalise_video(info, ctx.layout.video, duration,
+                                               lambda n: bar.update(min(n, bar.total) - bar.n))
         wav = fit_length(wav, int(round(num_frames * self.sample_rate / self.fps)))
         level = loudness_db(wav)
         if level < SILENCE_DB:
@@ -100,7 +104,8 @@ class IngestStep(PreprocessStep):
                               f"{self.min_duration:.1f} s are needed (3-10 minutes train well): give a longer clip.")
         return duration
 
-    def _normalise_video(self, info: VideoInfo, dst: Path, duration: float) -> int:
+    def _normalise_video(self, info: VideoInfo, dst: Path, duration: float,
+                         on_frame: Callable[[int], object] | None = None) -> int:
         """Write the normalised video (ffmpeg applies display rotation); return the frames written.
 
         A previous good `dst` is only replaced once the new one passed the checks.
@@ -110,7 +115,7 @@ class IngestStep(PreprocessStep):
             if duration >= info.duration and self._already_normal(info):
                 num_frames = self._remux(info, tmp)
             if num_frames is None:
-                num_frames = self._encode(info, tmp, duration)
+                num_frames = self._encode(info, tmp, duration, on_frame)
             self._check_complete(info, duration, num_frames)
         return num_frames
 
@@ -121,14 +126,15 @@ class IngestStep(PreprocessStep):
         num_frames = probe(out).num_frames
         return num_frames if num_frames == info.num_frames else None
 
-    def _encode(self, info: VideoInfo, out: Path, duration: float) -> int:
+    def _encode(self, info: VideoInfo, out: Path, duration: float,
+                on_frame: Callable[[int], object] | None = None) -> int:
         """Re-encode to H.264 yuv420p at constant fps, even size, square pixels."""
         # fps's start_time=0 pads or drops at the start so frame i shows time i/fps, the same clock
         # as the audio, which load_audio also aligns to t=0 (odd or variable-rate inputs stay in sync).
         vf = f"fps={self.fps}:start_time=0,scale=trunc(iw/2)*2:trunc(ih/2)*2,setsar=1"
         run_ffmpeg(["-i", str(info.path), "-map", "0:v:0", "-vf", vf, "-t", f"{duration:.6f}", "-an",
                     "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf), "-pix_fmt", "yuv420p",
-                    "-movflags", "+faststart", str(out)], what=f"normalising {info.path}")
+                    "-movflags", "+faststart", str(out)], what=f"normalising {info.path}", on_frame=on_frame)
         return probe(out).num_frames
 
     def _already_normal(self, info: VideoInfo) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,8 @@ class LandmarksStep(PreprocessStep):
         missing = [str(p) for p in frames if not p.exists()]
         if missing:
             raise ErnerfError(f"{len(missing)} crop frames are missing (first {missing[0]}): {redo_hint(missing[0])}.")
-        mesh, valid = mesh_frames(frames, self.workers, self.min_confidence)
+        with ctx.bar(n) as bar:
+            mesh, valid = mesh_frames(frames, self.workers, self.min_confidence, progress=bar.update)
         ratio = float(valid.mean())
         if ratio < MIN_VALID_RATIO:
             raise ErnerfError(f"the face mesh was found in only {ratio:.0%} of the crops of {ctx.layout.root}: "
@@ -78,7 +80,8 @@ def interpolate_missing(mesh: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def mesh_frames(frames: list[Path], workers: int = 2, min_confidence: float = 0.5,
-                min_parallel: int = MIN_PARALLEL_FRAMES) -> tuple[np.ndarray, np.ndarray]:
+                min_parallel: int = MIN_PARALLEL_FRAMES,
+                progress: Callable[[int], object] = lambda n: None) -> tuple[np.ndarray, np.ndarray]:
     """Face mesh of each image file: (float32 [N, 478, 3] zeros where missed, bool [N]).
 
     Batches of BATCH consecutive frames go to the shared worker pool (the one parsing, composite
@@ -93,6 +96,7 @@ def mesh_frames(frames: list[Path], workers: int = 2, min_confidence: float = 0.
             for start in range(0, len(frames), BATCH)]
     for job, (m, v) in zip(jobs, seg.map_ordered(_mesh_batch, jobs, workers if len(frames) >= min_parallel else 1)):
         mesh[job.start:job.start + len(m)], valid[job.start:job.start + len(v)] = m, v
+        progress(len(job.paths))
     return mesh, valid
 
 

@@ -184,7 +184,7 @@ class MattingStep(PreprocessStep):
         jobs = [_Chunk(r, layout.ori_imgs, mesh[r.start:r.stop], self.guided_radius, self.guided_eps, cache.folder)
                 for r in seg.frame_chunks(n, self.chunk_size)]
         with VideoWriter(layout.alpha_video, fps=fps, crf=self.crf) as alpha_out, \
-                VideoWriter(layout.matted_video, fps=fps, crf=self.crf) as matted_out:
+                VideoWriter(layout.matted_video, fps=fps, crf=self.crf) as matted_out, ctx.bar(n) as bar:
             for job, (raws, refined) in zip(jobs, seg.map_ordered(_segment_chunk, jobs, self.workers)):
                 for i, raw8, refined8 in zip(job.frames, raws, refined):
                     rgb = seg.read_rgb(layout.ori_img(i))
@@ -195,6 +195,7 @@ class MattingStep(PreprocessStep):
                     meter.update(raw, raw=raw, alpha=alpha)
                     alpha_out.write((alpha * 255.0 + 0.5).astype(np.uint8))
                     matted_out.write(over(rgb, alpha, backdrop))
+                    bar.update(1)
         cache.clear()  # used up: a forced re-run of matting alone segments again
         flicker = meter.result()
         return {"flicker_raw": flicker.get("raw", 0.0), "flicker_alpha": flicker.get("alpha", 0.0)}

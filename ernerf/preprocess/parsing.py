@@ -290,7 +290,11 @@ class ParsingStep(PreprocessStep):
             cache.folder.mkdir(parents=True, exist_ok=True)
             jobs = [_Chunk(r, layout.ori_imgs, out_dir, mesh[r.start:r.stop], self.params, self.pose_every,
                            cache.folder) for r in seg.frame_chunks(n, self.chunk_size)]
-            stats = list(seg.map_ordered(_parse_chunk, jobs, self.workers))
+            stats = []
+            with ctx.bar(n) as bar:
+                for job, chunk_stats in zip(jobs, seg.map_ordered(_parse_chunk, jobs, self.workers)):
+                    stats.append(chunk_stats)
+                    bar.update(len(job.frames))
         seen = sum(s["shoulders_seen"] for s in stats)
         if seen == 0:
             ctx.warn("parsing: no shoulders found in any frame; the neck ends at a face-relative length.")

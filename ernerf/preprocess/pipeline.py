@@ -66,7 +66,8 @@ def preprocess_subject(cfg: DictConfig, layout: SubjectLayout, video: Path | Non
             from ernerf.preprocess.segmentation import warm_pool
 
             warm_pool(int(cfg.get("workers", 1)))
-        ctx = StepContext(layout=layout, video=Path(video) if video else None, audio=Path(audio) if audio else None)
+        ctx = StepContext(layout=layout, video=Path(video) if video else None, audio=Path(audio) if audio else None,
+                          progress=cfg.get("progress", "auto"))
         reports = run_steps(steps, ctx, force=force)
     print_summary(layout, reports, ctx.warnings)
     return reports
@@ -94,7 +95,9 @@ def print_summary(layout: SubjectLayout, reports: list[StepReport], warnings: li
         console.print(f"[yellow]warning:[/] {w}")
     console.print(f"dataset: {layout.root}")
     if layout.contact_sheet.exists():
-        console.print(f"contact sheet: {layout.contact_sheet}")
+        console.print(f"contact sheet: {layout.contact_sheet}   (look at it: crops, landmarks, parsing, poses)")
+    console.print(f"next: python train.py subject={layout.name} stage=all   # head, lips and torso in a row",
+                  soft_wrap=True, markup=False)
 
 
 def _fmt(v: object) -> str:
