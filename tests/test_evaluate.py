@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -218,9 +219,11 @@ def test_evaluate_py_on_a_trained_system(tmp_path: Path, subject34, capsys) -> N
     torch.save({"state_dict": system.state_dict(), "hyper_parameters": dict(system.hparams), "global_step": 7,
                 "pytorch-lightning_version": L.__version__}, ckpt)
     cfg = compose("evaluate", ["subject=mini", f"paths.data_root={subject34.root.parent}",
-                               f"paths.runs_root={tmp_path / 'runs'}", f"run={ckpt}", "downscale=16", "device=cpu"])
+                               f"paths.runs_root={tmp_path / 'runs'}", f"run={ckpt}", "downscale=16", "device=cpu",
+                               "progress=true"])
     evaluate_command(cfg)  # what evaluate.py runs (Hydra's own parsing is what compose() does)
-    stdout = capsys.readouterr().out
+    stdout, stderr = capsys.readouterr()
+    assert re.search(r"rendering validation frames: .*\d/4 frames \[\d\d:\d\d<\d\d:\d\d", stderr), stderr
     out = ckpt.parent / "eval"
     report = json.loads((out / "metrics.json").read_text())
     assert report["step"] == 7 and report["frames"]["height"] == 32

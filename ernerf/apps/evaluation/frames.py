@@ -16,6 +16,7 @@ from ernerf.apps.checkpoints import TrainedStage, find_trained, read_trained
 from ernerf.apps.inference import Renderer, frame_store
 from ernerf.apps.runs import last_checkpoint
 from ernerf.errors import ErnerfError
+from ernerf.progress import Enabled, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +85,18 @@ def to_uint8(rgb: Any) -> np.ndarray:
     return (np.clip(arr, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
 
 
-def render_validation(renderer: Renderer, data: Any, store: Any, frames: np.ndarray) -> Rendered:
+def render_validation(renderer: Renderer, data: Any, store: Any, frames: np.ndarray,
+                      progress: Enabled = "auto") -> Rendered:
     """Render each frame with its tracked pose, audio window and blink, over its own background (as validation)."""
     t0, renders, truths = time.perf_counter(), [], []
     intrinsics = torch.tensor(data.intrinsics, dtype=torch.float32)
-    for f in frames.tolist():
-        out = renderer.render_image(data.poses[f], intrinsics, data.height, data.width, data.audio_window(f),
-                                    data.eye[f: f + 1], None, to_unit(store.background(f)))
-        renders.append(to_uint8(out["rgb"]))
-        truths.append(store.image(f).cpu().numpy())
+    with progress_bar(len(frames), "rendering validation frames", enabled=progress) as bar:
+        for f in frames.tolist():
+            out = renderer.render_image(data.poses[f], intrinsics, data.height, data.width, data.audio_window(f),
+                                        data.eye[f: f + 1], None, to_unit(store.background(f)))
+            renders.append(to_uint8(out["rgb"]))
+            truths.append(store.image(f).cpu().numpy())
+            bar.update(1)
     return Rendered(frames, np.stack(renders), np.stack(truths), data.rects["face"][frames].numpy(),
                     time.perf_counter() - t0)
 
@@ -110,4 +114,4 @@ def render_subject(cfg: Any, renderer: Renderer, background: str, audio_file: st
     store = frame_store(data, background)
     frames = validation_frames(data.num_train, data.num_frames, cfg.max_frames)
     log.info("rendering %d validation frames of %s", len(frames), cfg.subject)
-    return render_validation(renderer, data, store, frames), data
+    return render_validation(renderer, data, store, frames, cfg.get("progress", "auto")), data
