@@ -119,3 +119,20 @@ def test_cli_writes_sample_and_new_sentence(tmp_path: Path, capsys: pytest.Captu
     assert rate == 16000 and len(speech) / rate > 2.0
     assert "new_sentence.wav" in capsys.readouterr().out
     assert main(["dir=x"]) == 2 and "out=" in capsys.readouterr().err
+
+
+def test_the_sample_without_its_extra_says_which_install_gives_it() -> None:
+    """scikit-image is the `demo` extra: without it the sample is one line naming the install, not a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tests.reliability import assert_user_error
+
+    env = {**os.environ, "ERNERF_HIDE_PACKAGES": "skimage",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "hidden_packages"), str(REPO)])}
+    code = "from ernerf.cli import exit_on_user_error; from ernerf.apps.sample import _prepare_face; " \
+           "exit_on_user_error(_prepare_face)(64)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert_user_error(done, "scikit-image", "pip install -e .[demo]")

@@ -16,7 +16,6 @@ from pathlib import Path
 import cv2
 import librosa
 import numpy as np
-from skimage import data
 
 from ernerf.apps.tts import synthesize, write_wav
 from ernerf.constants import FPS, SAMPLE_RATE
@@ -233,6 +232,10 @@ def _paint_mouth(img: np.ndarray, gap: np.ndarray, max_depth: float) -> np.ndarr
 
 def _prepare_face(size: int) -> _Face:
     """Crop and upscale the astronaut portrait so the face is ~36% of the frame, and measure it once."""
+    try:
+        from skimage import data
+    except ImportError as exc:
+        raise ErnerfError("the built-in sample needs scikit-image: run `pip install -e .[demo]` (make demo does).") from exc
     src = data.astronaut()
     box = _detect_face_box(src)
     margin = size // 16

@@ -65,14 +65,12 @@ class Track:
 
 
 def similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Least-squares similarity (Umeyama) with `scale * rot @ src + shift ~ dst`. # [K,3], [K,3]"""
-    ms, md = src.mean(0), dst.mean(0)
-    a, b = src - ms, dst - md
-    u, s, vt = np.linalg.svd(b.T @ a)
-    d = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
-    rot = u @ d @ vt
-    scale = float((s * np.diag(d)).sum() / (a**2).sum())
-    return scale, rot, md - scale * rot @ ms
+    """Least-squares similarity (Umeyama, roma's registration) with `scale * rot @ src + shift ~ dst`. # [K,3], [K,3]"""
+    import roma
+
+    rot, shift, scale = roma.rigid_points_registration(torch.from_numpy(src), torch.from_numpy(dst),
+                                                       compute_scaling=True)
+    return float(scale), rot.numpy(), shift.numpy()
 
 
 def mean_shape(mesh: np.ndarray, ids: tuple[int, ...] = STABLE_IDS, iters: int = 3) -> np.ndarray:
@@ -306,9 +304,10 @@ def transforms_json(c2w: np.ndarray, ids: range, focal: float, size: int) -> str
 
 def angular_steps_deg(rot: np.ndarray) -> np.ndarray:
     """Rotation angle between consecutive frames, degrees. # [N,3,3] -> [N-1]"""
-    rel = np.einsum("nij,nkj->nik", rot[1:], rot[:-1])
-    cos = np.clip((np.trace(rel, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0)
-    return np.degrees(np.arccos(cos))
+    import roma
+
+    rot = torch.from_numpy(np.asarray(rot, np.float64))
+    return np.degrees(roma.rotmat_geodesic_distance(rot[1:], rot[:-1]).numpy())
 
 
 class TrackingStep(PreprocessStep):
