@@ -231,7 +231,7 @@ class FrameStore:
                 image = img.convert(mode)
                 if image.size != (self.data.width, self.data.height):
                     image = image.resize((self.data.width, self.data.height), Image.Resampling.BOX)
-                return np.asarray(image)
+                return np.array(image)  # writable: torch.from_numpy warns on a read-only view
         except (OSError, ValueError) as err:
             raise ErnerfError(f"cannot read {path}: {redo_hint(path)}.") from err
 
