@@ -121,3 +121,35 @@ def write_index(path: Path, report: Mapping[str, Any], images: Sequence[Path]) -
             f"<p><em>{html.escape(report['note'])}</em></p>\n{figures}\n</body></html>\n")
     path.write_text(page)
     return path
+
+
+def region_figure(path: Path, error_map: np.ndarray, labels: np.ndarray, values: Mapping[str, float],
+                  regions: Sequence[str]) -> Path:
+    """The RMS error over the validation frames with the regions outlined, beside each region's share of the error
+    and its PSNR: where the model is wrong."""
+    import cv2
+
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [1, 1.2]})
+    shown = left.imshow(error_map, cmap="inferno", vmin=0.0, vmax=max(0.05, float(np.percentile(error_map, 99.5))))
+    fig.colorbar(shown, ax=left, fraction=0.046, pad=0.04, label="RMS error (of 1)")
+    for k in range(len(regions)):
+        contours, _ = cv2.findContours((labels == k).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        for c in contours:
+            left.plot(c[:, 0, 0], c[:, 0, 1], color="cyan", linewidth=0.6)
+    left.set_title("RMS error over the validation frames", fontsize=9)
+    left.axis("off")
+    present = [r for r in regions if f"error_share_{r}" in values]
+    shares = [100 * values[f"error_share_{r}"] for r in present]
+    bars = right.barh(present, shares, color="tab:orange")
+    for bar, region in zip(bars, present):
+        right.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {values[f'psnr_{region}']:.1f} dB",
+                   va="center", fontsize=8)
+    right.invert_yaxis()
+    right.set_xlabel("% of the summed squared error (label: the region's PSNR)")
+    right.set_xlim(0, max(shares + [1.0]) * 1.3)
+    right.set_title("where the error is", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -13,6 +13,7 @@ from ernerf.apps.checkpoints import TrainedStage, audio_extractor
 from ernerf.apps.evaluation.figures import (Findings, audio_sync_findings, face_and_sync, fill_gaps, image_findings,
                                             mesh_sequence, mesher_missing, syncnet_reason)
 from ernerf.apps.evaluation.frames import Rendered, pose_options, render_subject, resolve_target
+from ernerf.apps.evaluation.regions import region_findings
 from ernerf.apps.evaluation.report import (EvalResult, build_report, log_metrics, print_summary, run_loggers,
                                            write_outputs)
 from ernerf.apps.inference import (Renderer, SubjectView, audio_kind, driving_features, load_subject,
@@ -42,10 +43,12 @@ def evaluate_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer
     audio_file = target.trained.feature_file(audio_kind(renderer.hparams)[0])
     rendered, data = render_subject(cfg, renderer, target.trained.stage.background, audio_file)
     found = held_out_findings(cfg, rendered, data)
+    regions = region_findings(rendered, data)
+    found.merge(regions.found)
     found.merge(cross_findings(cfg, renderer, target.trained, audio_file, cross_audio, cross_reason))
     report = build_report(cfg.subject, target, step, rendered, found, cross_audio)
     report["warnings"] = [w for w in [stale_warning(target.checkpoint.parents[1], cfg.subject)] if w]
-    files = write_outputs(out_dir, report, rendered, found, cfg.report_frames)
+    files = write_outputs(out_dir, report, rendered, found, cfg.report_frames, regions)
     report["logged_to"] = log_metrics(run_loggers(target.run_dir, out_dir, cfg.wandb_project), found.values, step)
     files["metrics"].write_text(json.dumps(report, indent=2))
     return EvalResult(out_dir, report, files)

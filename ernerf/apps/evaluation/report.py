@@ -17,7 +17,9 @@ from rich.console import Console
 from ernerf.apps.evaluation.figures import Findings
 from ernerf.apps.evaluation.frames import EvalTarget, Rendered
 from ernerf.loggers import AppendingCSVLogger
-from ernerf.metrics.report import frame_grid, mouth_curves, psnr_curve, write_index
+from ernerf.apps.evaluation.regions import RegionErrors
+from ernerf.metrics.regions import REGIONS
+from ernerf.metrics.report import frame_grid, mouth_curves, psnr_curve, region_figure, write_index
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ def build_report(subject: str, target: EvalTarget, step: int, rendered: Rendered
 
 
 def write_outputs(out_dir: Path, report: dict[str, Any], rendered: Rendered, found: Findings,
-                  report_frames: int) -> dict[str, Path]:
+                  report_frames: int, regions: RegionErrors | None = None) -> dict[str, Path]:
     """metrics.json, the PNG figures and index.html."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"metrics": out_dir / "metrics.json"}
@@ -61,7 +63,11 @@ def write_outputs(out_dir: Path, report: dict[str, Any], rendered: Rendered, fou
                                        rendered.frames[picks])
     files["psnr"] = psnr_curve(out_dir / "psnr.png", rendered.frames, found.curves["psnr"])
     files["mouth"] = mouth_curves(out_dir / "mouth.png", rendered.frames, found.curves)
-    files["html"] = write_index(out_dir / "index.html", report, [files["grid"], files["psnr"], files["mouth"]])
+    if regions is not None and regions.error_map is not None:
+        files["regions"] = region_figure(out_dir / "regions.png", regions.error_map, regions.labels, found.values,
+                                         REGIONS)
+    figures = [files[k] for k in ("grid", "regions", "psnr", "mouth") if k in files]
+    files["html"] = write_index(out_dir / "index.html", report, figures)
     return files
 
 
