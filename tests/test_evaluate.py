@@ -198,8 +198,8 @@ def test_evaluate_real_frames_with_a_perfect_renderer(tmp_path: Path, subject34)
     assert "audio.wav is missing" in report["unavailable"]["sync_audio_corr"]  # the mini subject has no audio.wav
     assert isinstance(metrics["cross_sync_audio_corr"], float)
     assert len(report["per_frame"]["cross_energy"]) == 25
-    shares = [metrics[f"error_share_{r}"] for r in ("face", "hair", "neck", "torso", "background")]
-    assert sum(shares) == pytest.approx(1.0) and metrics["psnr_face"] > 40  # where the (small) error is
+    shares = [metrics[f"region_share_{r}"] for r in ("face", "hair", "neck", "torso", "background")]
+    assert sum(shares) == pytest.approx(1.0) and metrics["region_psnr_face"] > 40  # where the (small) error is
     for name in ("frames.png", "regions.png", "psnr.png", "mouth.png"):
         assert (result.out_dir / name).stat().st_size > 5000
         assert f'src="{name}"' in (result.out_dir / "index.html").read_text()

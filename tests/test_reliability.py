@@ -215,6 +215,8 @@ def test_evaluate_py_takes_a_stage_by_name_and_reads_it_from_the_checkpoint(work
     report = json.loads((workspace / "runs" / "trump" / "eval" / "metrics.json").read_text())
     assert report["stage"] == "head" and report["frames"]["validation"][:1] and report["metrics"]["psnr"] > 0
     assert report["checkpoint"] == str(workspace / "runs" / "trump" / "head" / "checkpoints" / "last.ckpt")
+    assert "W0000" not in done.stderr and "absl" not in done.stderr  # mediapipe's start-up log stays off the terminal
+    assert "region_share_face" in report["metrics"]
 
 
 def test_a_killed_inference_leaves_no_temporaries_after_the_next_run(workspace: Path) -> None:

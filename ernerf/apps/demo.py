@@ -33,7 +33,7 @@ from ernerf.io.audio import load_audio
 from ernerf.io.layout import SubjectLayout
 from ernerf.io.video import iter_frames
 from ernerf.metrics.lipsync import audio_energy, correlation, mouth_opening
-from ernerf.preprocess.mediapipe_face import FaceMesher
+from ernerf.preprocess.mediapipe_face import FaceMesher, native_stderr_silenced
 from ernerf.preprocess.pipeline import build_steps, preprocess_subject
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the demo composes the real entry-point configs
@@ -159,7 +159,7 @@ def _infer(ctx: DemoContext) -> None:
 def mouth_opening_track(video: Path | str) -> np.ndarray:
     """Mediapipe inner-lip opening of every frame of a video [T]; NaN where no face is found."""
     values = []
-    with FaceMesher(static=False) as mesher:
+    with native_stderr_silenced(), FaceMesher(static=False) as mesher:  # mediapipe's start-up log
         for rgb in iter_frames(video):
             points = mesher.mesh(rgb)
             values.append(np.nan if points is None else float(mouth_opening(points[None])[0]))

@@ -22,6 +22,7 @@ from ernerf.constants import FPS, SAMPLE_RATE
 from ernerf.errors import ErnerfError
 from ernerf.io.atomic import atomic_path
 from ernerf.io.video import VideoWriter
+from ernerf.preprocess.mediapipe_face import native_stderr_silenced
 
 DEFAULT_TEXT = (
     "Hello, I am a sample avatar made on this computer. "
@@ -253,7 +254,8 @@ def _detect_face_box(rgb: np.ndarray) -> tuple[float, float, float, float]:
     import mediapipe as mp  # on use, as ernerf.preprocess.mediapipe_face does: slow to import, needed here only
 
     h, w = rgb.shape[:2]
-    with mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5) as det:
+    with native_stderr_silenced(), \
+            mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5) as det:
         found = det.process(rgb).detections
     if not found:
         raise ErnerfError("no face found in the astronaut portrait: scikit-image's data files look damaged; "
@@ -267,7 +269,8 @@ def _face_mesh(rgb: np.ndarray) -> np.ndarray:
     import mediapipe as mp  # on use (see _detect_face_box)
 
     h, w = rgb.shape[:2]
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True) as mesh:
+    with native_stderr_silenced(), \
+            mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True) as mesh:
         found = mesh.process(rgb).multi_face_landmarks
     if not found:
         raise ErnerfError("face mesh failed on the astronaut portrait: reinstall mediapipe==0.10.21.")

@@ -37,8 +37,8 @@ def squared_error(render: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 def region_errors(renders: Sequence[np.ndarray], truths: Sequence[np.ndarray],
                   labels: Sequence[np.ndarray]) -> dict[str, float]:
-    """Per region over all frames: `psnr_<region>` (dB, from the region's mean squared error) and
-    `error_share_<region>` (its part of the frames' summed squared error; the shares add up to 1)."""
+    """Per region over all frames: `region_psnr_<region>` (dB, from the region's mean squared error) and
+    `region_share_<region>` (its part of the frames' summed squared error; the shares add up to 1)."""
     sums, counts = np.zeros(len(REGIONS)), np.zeros(len(REGIONS))
     for render, truth, label in zip(renders, truths, labels):
         err = squared_error(render, truth)
@@ -50,8 +50,8 @@ def region_errors(renders: Sequence[np.ndarray], truths: Sequence[np.ndarray],
         if counts[k] == 0:
             continue
         mse = sums[k] / counts[k]
-        out[f"psnr_{name}"] = float(10 * np.log10(1.0 / max(mse, 1e-10)))
-        out[f"error_share_{name}"] = float(sums[k] / total) if total > 0 else 0.0
+        out[f"region_psnr_{name}"] = float(10 * np.log10(1.0 / max(mse, 1e-10)))
+        out[f"region_share_{name}"] = float(sums[k] / total) if total > 0 else 0.0
     return out
 
 

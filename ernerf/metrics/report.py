@@ -139,11 +139,11 @@ def region_figure(path: Path, error_map: np.ndarray, labels: np.ndarray, values:
             left.plot(c[:, 0, 0], c[:, 0, 1], color="cyan", linewidth=0.6)
     left.set_title("RMS error over the validation frames", fontsize=9)
     left.axis("off")
-    present = [r for r in regions if f"error_share_{r}" in values]
-    shares = [100 * values[f"error_share_{r}"] for r in present]
+    present = [r for r in regions if f"region_share_{r}" in values]
+    shares = [100 * values[f"region_share_{r}"] for r in present]
     bars = right.barh(present, shares, color="tab:orange")
     for bar, region in zip(bars, present):
-        right.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {values[f'psnr_{region}']:.1f} dB",
+        right.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {values[f'region_psnr_{region}']:.1f} dB",
                    va="center", fontsize=8)
     right.invert_yaxis()
     right.set_xlabel("% of the summed squared error (label: the region's PSNR)")

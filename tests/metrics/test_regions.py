@@ -32,11 +32,11 @@ def test_error_in_one_region_is_all_of_the_share_and_sets_its_psnr() -> None:
     render = truth.copy()
     render[labels == NECK] += 51  # an error of 0.2 on every neck pixel
     values = region_errors([render, truth], [truth, truth], [labels, labels])
-    assert values["error_share_neck"] == pytest.approx(1.0)
-    assert sum(values[f"error_share_{r}"] for r in ("face", "hair", "neck", "torso", "background")) == pytest.approx(1)
+    assert values["region_share_neck"] == pytest.approx(1.0)
+    assert sum(values[f"region_share_{r}"] for r in ("face", "hair", "neck", "torso", "background")) == pytest.approx(1)
     # half the frames carry the error: MSE 0.04 / 2 on the neck
-    assert values["psnr_neck"] == pytest.approx(10 * np.log10(1 / 0.02), abs=0.01)
-    assert values["psnr_face"] == pytest.approx(100.0)  # error-free regions sit at the floor's 100 dB
+    assert values["region_psnr_neck"] == pytest.approx(10 * np.log10(1 / 0.02), abs=0.01)
+    assert values["region_psnr_face"] == pytest.approx(100.0)  # error-free regions sit at the floor's 100 dB
 
 
 def test_mean_error_map_is_the_rms_over_frames() -> None:

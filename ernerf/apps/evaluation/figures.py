@@ -25,7 +25,7 @@ from ernerf.metrics.image import bbox_crop, psnr, ssim
 from ernerf.metrics.lipsync import audio_energy, correlation, landmark_distance, mouth_opening
 from ernerf.preprocess.blink import eye_aspect_ratio
 from ernerf.preprocess.landmarks import interpolate_missing
-from ernerf.preprocess.mediapipe_face import NUM_MESH_POINTS, FaceMesher
+from ernerf.preprocess.mediapipe_face import NUM_MESH_POINTS, FaceMesher, native_stderr_silenced
 
 SYNC_LAG = 2  # frames of audio-visual offset forgiven by the lip-sync correlations
 MESH_SIZE = 512  # frames are meshed (and LMD measured) at the crop size of preprocessing
@@ -91,7 +91,7 @@ def mesh_sequence(images: Iterable[np.ndarray], size: int = MESH_SIZE) -> tuple[
     Returns float32 [T, 478, 3] (NaN where no face) in pixels at that size, and bool [T].
     """
     meshes, valid = [], []
-    with FaceMesher(static=False) as mesher:
+    with native_stderr_silenced(), FaceMesher(static=False) as mesher:  # mediapipe's start-up log
         for img in images:
             scale = size / img.shape[0]
             if scale != 1:

@@ -13,7 +13,7 @@ from ernerf.apps.evaluation.frames import Rendered
 from ernerf.metrics.regions import REGIONS, mean_error_map, region_errors, region_labels
 from ernerf.preprocess.parsing import read_parsing
 
-REGION_NAMES = [f"{kind}_{name}" for name in REGIONS for kind in ("psnr", "error_share")]
+REGION_NAMES = [f"region_{kind}_{name}" for name in REGIONS for kind in ("psnr", "share")]
 
 
 @dataclass(frozen=True)
