@@ -204,3 +204,19 @@ def test_all_with_a_video_preprocesses_a_missing_subject_first(tmp_path: Path, m
     (steps, root, video), = seen
     assert "ingest" in steps and root == tmp_path / "data" / "sphere" and video == Path("/clips/me.mp4")
     assert [c.stage.name for c in trained] == ["head", "lips", "torso"]
+
+
+def test_stage_all_keeps_its_hydra_folder_with_the_logs_not_in_a_stage_folder(tmp_path: Path) -> None:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from tests.conftest import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose("train", ["stage=all", "subject=anna", f"paths.runs_root={tmp_path}"],
+                            return_hydra_config=True)
+        single = hydra_compose("train", ["stage=head", "subject=anna", f"paths.runs_root={tmp_path}"],
+                               return_hydra_config=True)
+    assert Path(cfg.hydra.run.dir).parent == tmp_path / "anna" / ".logs"
+    assert Path(cfg.hydra.run.dir).name.startswith("train_all_")
+    assert Path(single.hydra.run.dir).parent == tmp_path / "anna" / "head" / ".hydra"
