@@ -3,57 +3,27 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from ernerf.apps.chain import (initial_checkpoint, planned_world_size, preprocess_overrides, run_budget, run_chain,
                                stage_overrides)
 from ernerf.apps.runs import mark_finished, prepare_run_folder, run_folder_lock, validate_max_steps
+from ernerf.apps.sweeps import label_run
 from ernerf.errors import ErnerfError
 from ernerf.io.layout import check_subject_name
 
 log = logging.getLogger("train")
 
 
-def swept_keys(argv: list[str]) -> set[str]:
-    """Keys the command line gives several values (a top-level comma, or range/choice/glob/interval)."""
-    keys = set()
-    for arg in argv:
-        key, _, value = arg.partition("=")
-        depth = 0
-        for ch in value:
-            if ch in "[{(":
-                depth += 1
-            elif ch in "]})":
-                depth -= 1
-            elif ch == "," and depth == 0:
-                keys.add(key.lstrip("+~"))
-        if value.startswith(("range(", "choice(", "glob(", "interval(")):
-            keys.add(key.lstrip("+~"))
-    return keys
-
-
-def name_run(cfg: DictConfig) -> None:
-    """In a multirun, append the swept overrides to the run name: each job gets its own folder and W&B run."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return
-    swept = swept_keys(sys.argv[1:])
-    overrides = [o for o in HydraConfig.get().overrides.task if o.partition("=")[0].lstrip("+~") in swept]
-    suffix = ",".join(overrides) or HydraConfig.get().job.override_dirname or str(HydraConfig.get().job.num)
-    with open_dict(cfg):
-        cfg.run_name = f"{cfg.stage.name}-{suffix}"
-
-
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train one stage in its run folder, which no other run may use meanwhile; return the final metrics."""
-    name_run(cfg)
+    label_run(cfg)
     with run_folder_lock(cfg.run_dir):
         return fit_stage(cfg)
 
@@ -90,11 +60,12 @@ def fit_stage(cfg: DictConfig) -> dict[str, float]:
 
 
 def train_command(cfg: DictConfig) -> float | None:
-    """What `python train.py` does with its config; returns val/psnr for sweepers (of the last stage trained, for
-    stage=all). The chain composes each stage's config from the running Hydra app's command line."""
+    """What `python train.py` does with its config; returns `optimized_metric` (val/psnr) for sweepers (of the last
+    stage trained, for stage=all). The chain composes each stage's config from the running Hydra app's command line."""
+    metric = cfg.get("optimized_metric") or "val/psnr"
     if not cfg.stage.get("chain"):
-        return train(cfg).get("val/psnr")
+        return train(cfg).get(metric)
     task = list(HydraConfig.get().overrides.task)
     results = run_chain(cfg, lambda name: hydra.compose("train", [*stage_overrides(task), f"stage={name}"]), train,
                         lambda: hydra.compose("preprocess", preprocess_overrides(task)))
-    return next((r.get("val/psnr") for r in reversed(list(results.values())) if r), None)
+    return next((r.get(metric) for r in reversed(list(results.values())) if r), None)
