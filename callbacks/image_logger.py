@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ernerf.postprocess.depth import depth_range, depth_with_scale
 
-PANELS = ("render", "truth", "depth")  # in a frame's keys `val_images/<i>_<panel>`: a frame's three panels sort together
+PANELS = ("render", "truth", "depth")  # keys `val_images/<i>_<panel>`: a frame's three panels sort together
 
 
 def to_uint8(image: Tensor) -> np.ndarray:
@@ -62,7 +62,8 @@ class ValImageLogger(L.Callback):
             return
         self.last_logged_step = trainer.global_step
         panels, (near, far) = val_panels(outputs["rgb"], batch["rgb"], outputs["depth"], outputs.get("opacity"))
-        captions = {"render": "render", "truth": "ground truth", "depth": f"depth from {near:.3f} (red) to {far:.3f} (blue)"}
+        captions = {"render": "render", "truth": "ground truth",
+                    "depth": f"depth from {near:.3f} (red) to {far:.3f} (blue)"}
         for name, image in panels.items():
             self.send(trainer, f"val_images/{batch_idx}_{name}", image, captions[name])
         self.save_png(trainer, f"frame{batch_idx}", side_by_side(panels))

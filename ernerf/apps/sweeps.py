@@ -87,7 +87,8 @@ def job_run_name(stage: str, values: str, num: int) -> str:
 
 def label_run(cfg: DictConfig) -> None:
     """Tag the run with the presets it was composed with; in a multirun, give each job its own run folder inside the
-    sweep's, `<sweep dir>/<stage>-<swept values>`, and its W&B run the sweep's group. Calling it again changes nothing."""
+    sweep's, `<sweep dir>/<stage>-<swept values>`, and its W&B run the sweep's group. Calling it again changes
+    nothing."""
     if not HydraConfig.initialized():
         return
     hydra_cfg = HydraConfig.get()
@@ -101,6 +102,15 @@ def label_run(cfg: DictConfig) -> None:
         cfg.run_name = job_run_name(cfg.stage.name, swept or hydra_cfg.job.override_dirname, hydra_cfg.job.num)
         cfg.run_dir = str(sweep_dir / cfg.run_name)
         cfg.run_group = f"{cfg.subject}-{sweep_dir.name}"
+
+
+def rerun_arguments() -> list[str]:
+    """What a command that a message suggests for this run needs besides subject and stage: in a multirun, the sweep
+    and this job's swept values (`-m sweep=<name> key=value ...`), so that it finds the same run folder."""
+    if not is_multirun():
+        return []
+    values = [f"{k}={format_value(v)}" for k, v in job_swept_values().items()]
+    return ["-m", f"sweep={Path(HydraConfig.get().sweep.dir).name}", *values]
 
 
 def overridden_values(cfg: DictConfig, given: Mapping[str, Any], choices: Mapping[str, Any]) -> list[str]:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from ernerf.apps.chain import (initial_checkpoint, planned_world_size, preprocess_overrides, run_budget, run_chain,
                                stage_overrides)
 from ernerf.apps.runs import mark_finished, prepare_run_folder, run_folder_lock, validate_max_steps
-from ernerf.apps.sweeps import label_run
+from ernerf.apps.sweeps import label_run, rerun_arguments
 from ernerf.errors import ErnerfError
 from ernerf.io.layout import check_subject_name
 
@@ -38,7 +38,7 @@ def fit_stage(cfg: DictConfig) -> dict[str, float]:
     max_steps = run_budget(cfg, datamodule.num_train_frames, world_size)  # per rank; loss ramps and validation follow
     cfg.model.init_from = initial_checkpoint(cfg)  # lips and torso start from the previous stage
     resume = prepare_run_folder(cfg.run_dir, cfg.subject, cfg.stage.name, cfg.ckpt_path, max_steps,
-                                cfg.get("overwrite", False))
+                                cfg.get("overwrite", False), rerun_arguments())
     OmegaConf.resolve(cfg)
     system = instantiate(cfg.model, num_frames=datamodule.num_train_frames)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]

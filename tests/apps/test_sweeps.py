@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict
 
-from ernerf.apps.sweeps import (hash_table_notes, job_run_name, overridden_values, ranked, summary_rows, sweep_job,
-                                swept_keys, write_summary)
+from ernerf.apps.sweeps import (hash_table_notes, job_run_name, label_run, overridden_values, ranked, rerun_arguments,
+                                summary_rows, sweep_job, swept_keys, write_summary)
 from ernerf.errors import ErnerfError
 from tests.conftest import CONF_DIR, compose
 
@@ -67,7 +68,8 @@ def test_a_failed_job_is_recorded_and_returns_nothing(multirun_job, tmp_path: Pa
     record = job_record(tmp_path)
     assert record["status"] == "failed" and record["error"] == "RuntimeError: out of memory" and record["job"] == 3
     assert record["swept"] == {"encoder.log2_hashmap_size": "10"} and record["notes"] == []
-    assert record["run_dir"] == str(tmp_path / "runs" / "someone" / "sweeps" / "test" / "head-encoder.log2_hashmap_size=10")
+    sweep = tmp_path / "runs" / "someone" / "sweeps" / "test"
+    assert record["run_dir"] == str(sweep / "head-encoder.log2_hashmap_size=10")
 
 
 def test_a_refused_job_says_why_and_the_record_keeps_it(multirun_job, tmp_path: Path, capsys) -> None:
@@ -95,6 +97,19 @@ def test_a_finished_job_records_its_figures_from_finished_json(multirun_job, tmp
     assert record["status"] == "finished" and record["val/psnr"] == 21.5 and record["step"] == 7
 
 
+def test_a_refusal_in_a_sweep_suggests_commands_that_find_the_same_folder(multirun_job, tmp_path: Path) -> None:
+    from ernerf.apps.runs import refusal
+
+    cfg = multirun_job(10)
+    assert rerun_arguments() == ["-m", "sweep=test", "encoder.log2_hashmap_size=10"]
+    label_run(cfg)
+    Path(cfg.run_dir, "checkpoints").mkdir(parents=True)
+    torch.save({"global_step": 3}, Path(cfg.run_dir, "checkpoints", "last.ckpt"))  # an interrupted run
+    message = refusal(Path(cfg.run_dir), "someone", "head", rerun_arguments())
+    assert "`python train.py subject=someone stage=head -m sweep=test encoder.log2_hashmap_size=10 ckpt_path=last`" \
+        in message
+
+
 def test_outside_a_multirun_the_job_is_the_task_itself() -> None:
     def refuse(cfg):
         raise ErnerfError("no")
@@ -115,7 +130,8 @@ def test_a_hash_table_every_level_fits_in_is_reported(encoder: str, size: int, f
 
 def test_a_value_the_config_does_not_hold_is_reported() -> None:
     cfg = compose("train", ["subject=someone", "encoder.log2_hashmap_size=14"])
-    assert overridden_values(cfg, {"encoder.log2_hashmap_size": 14, "encoder": "triplane"}, {"encoder": "triplane"}) == []
+    given = {"encoder.log2_hashmap_size": 14, "encoder": "triplane"}
+    assert overridden_values(cfg, given, {"encoder": "triplane"}) == []
     notes = overridden_values(cfg, {"encoder.log2_hashmap_size": 16, "encoder": "grid3d"}, {"encoder": "triplane"})
     assert notes == ["encoder.log2_hashmap_size=16 is overridden: the run uses 14",
                      "encoder=grid3d is overridden: the run uses triplane"]
