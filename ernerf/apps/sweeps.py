@@ -153,6 +153,14 @@ def ineffective_values(cfg: DictConfig) -> list[str]:
     return [*overridden_values(cfg, swept, HydraConfig.get().runtime.choices), *hash_table_notes(cfg, swept)]
 
 
+def final_run_dir(cfg: DictConfig) -> Path:
+    """The run folder of the job's last stage: its own, or for `stage=all` the last stage's beside it."""
+    chain = cfg.stage.get("chain")
+    if not chain:
+        return Path(cfg.run_dir)
+    return Path(cfg.run_dir).parent / (chain[-1] + str(cfg.run_name)[len(str(cfg.stage.name)):])
+
+
 def sweep_job(task: Callable[[DictConfig], float | None]) -> Callable[[DictConfig], float | None]:
     """Outside a multirun, `task` itself. In one, a job of the sweep: it warns of swept values without effect, records
     what became of it in `job.json` (finished, failed or refused) and, when it fails or is refused, says why and lets
@@ -166,12 +174,13 @@ def sweep_job(task: Callable[[DictConfig], float | None]) -> Callable[[DictConfi
         notes = ineffective_values(cfg)
         for note in notes:
             log.warning(note)
+        run_dir = final_run_dir(cfg)
         record: dict[str, Any] = {"job": HydraConfig.get().job.num, "status": "failed", METRIC: None,
                                   "swept": {k: format_value(v) for k, v in job_swept_values().items()},
-                                  "notes": notes, "run_dir": str(cfg.run_dir), "error": None, "step": None}
+                                  "notes": notes, "run_dir": str(run_dir), "error": None, "step": None}
         try:
             value = task(cfg)
-            finished = read_record(cfg.run_dir)
+            finished = read_record(run_dir)
             record.update(status="finished", step=finished.step if finished else None)
             record[METRIC] = finished.metrics.get(METRIC) if finished else None
             return value

@@ -66,6 +66,11 @@ def train_command(cfg: DictConfig) -> float | None:
     if not cfg.stage.get("chain"):
         return train(cfg).get(metric)
     task = list(HydraConfig.get().overrides.task)
-    results = run_chain(cfg, lambda name: hydra.compose("train", [*stage_overrides(task), f"stage={name}"]), train,
-                        lambda: hydra.compose("preprocess", preprocess_overrides(task)))
+
+    def compose_stage(name: str) -> DictConfig:
+        stage_cfg = hydra.compose("train", [*stage_overrides(task), f"stage={name}"])
+        label_run(stage_cfg)  # in a sweep, the stage's folder is the job's own: where the chain looks for it
+        return stage_cfg
+
+    results = run_chain(cfg, compose_stage, train, lambda: hydra.compose("preprocess", preprocess_overrides(task)))
     return next((r.get(metric) for r in reversed(list(results.values())) if r), None)

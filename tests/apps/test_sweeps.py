@@ -110,6 +110,14 @@ def test_a_refusal_in_a_sweep_suggests_commands_that_find_the_same_folder(multir
         in message
 
 
+def test_a_stage_all_job_is_recorded_by_its_last_stage_folder(tmp_path: Path) -> None:
+    from ernerf.apps.sweeps import final_run_dir
+
+    cfg = compose("train", ["subject=someone", "stage=all", "run_name='all-seed=1'", f"run_dir='{tmp_path / 'all-seed=1'}'"])
+    assert final_run_dir(cfg) == tmp_path / "torso-seed=1"
+    assert final_run_dir(compose("train", ["subject=someone"])) == Path("runs/someone/head")
+
+
 def test_outside_a_multirun_the_job_is_the_task_itself() -> None:
     def refuse(cfg):
         raise ErnerfError("no")
