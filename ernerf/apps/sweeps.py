@@ -143,8 +143,8 @@ def hash_table_notes(cfg: DictConfig, swept: Mapping[str, Any]) -> list[str]:
     size = int(cfg.encoder.log2_hashmap_size)
     if size < needed:
         return []
-    return [f"{TABLE_KEY}={size} has no effect: every level of the encoder fits a table of 2^{needed} rows (its finest "
-            f"level, {finest}^{dim} vertices, fits), so every value from {needed} up builds the same encoder"]
+    return [f"{TABLE_KEY}={size} has no effect: every level of the encoder fits in 2^{needed} rows (the finest has "
+            f"{finest}^{dim} entries), so every value from {needed} up builds the same encoder"]
 
 
 def ineffective_values(cfg: DictConfig) -> list[str]:
@@ -249,8 +249,8 @@ def write_summary(sweep_dir: Path, jobs: list[dict[str, Any]]) -> Path:
 
 
 def print_summary(jobs: list[dict[str, Any]], csv_path: Path) -> None:
-    """The summary as a table on the terminal: run folders by name in the sweep folder, a failure's first clause
-    beside its notes (the CSV and JSON hold them whole)."""
+    """The summary as a table on the terminal: run folders by name in the sweep folder, each note up to its colon and
+    a failure's first clause (the CSV and JSON hold them whole)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -261,7 +261,9 @@ def print_summary(jobs: list[dict[str, Any]], csv_path: Path) -> None:
         table.add_column(column, overflow="fold")
     styles = {"finished": None, "failed": "red", "refused": "yellow"}
     for job, row in zip(jobs, rows):
-        notes = [*job["notes"], *([job["error"].split(";")[0]] if job["error"] else [])]
+        notes = [note.split(":")[0] for note in job["notes"]]
+        if job["error"]:
+            notes.append(job["error"].split(";")[0].replace(job["run_dir"], "its folder"))
         table.add_row(*(row[c] for c in shown), Path(job["run_dir"]).name, "; ".join(notes),
                       style=styles.get(job["status"]))
     console = Console(width=max(Console().width, 160))
