@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from ernerf.apps.sweeps import sweep_job
+from ernerf.apps.sweeps import sweep_folder_over_subjects, sweep_job
 from ernerf.apps.train import train_command
 from ernerf.cli import exit_on_user_error, run_entry_point
 
@@ -18,4 +20,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = sweep_folder_over_subjects(sys.argv[1:])
     run_entry_point(main, "train.py")

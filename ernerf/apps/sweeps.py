@@ -34,6 +34,7 @@ METRIC = "val/psnr"  # what train.py returns to a sweeper and what the summary r
 JOB_RECORD = "job.json"  # written by each job in its Hydra output folder; the summary gathers them
 PRESET_GROUPS = ("experiment", "debug")  # config groups whose choice tags a run
 TABLE_KEY = "encoder.log2_hashmap_size"
+SUBJECTS_SWEEP_DIR = "hydra.sweep.dir=${paths.runs_root}/sweeps/${sweep}"
 MAX_NAME_BYTES = 200  # of a job's run folder name: file systems take 255, and a few more are added beside it
 
 
@@ -55,6 +56,18 @@ def parse_overrides(args: Iterable[str]) -> list[Override]:
 def swept_keys(args: Iterable[str]) -> set[str]:
     """Keys the arguments give several values (`a=1,2`, `range(..)`, `choice(..)`, `glob(..)`, `interval(..)`)."""
     return {o.key_or_group for o in parse_overrides(args) if o.is_sweep_override()}
+
+
+def sweep_folder_over_subjects(argv: list[str]) -> list[str]:
+    """The command line, with a sweep folder for a sweep over subjects: `hydra.sweep.dir` names the subject's folder,
+    which such a sweep does not have, so unless given it lives in `<runs_root>/sweeps/<sweep>/` (its jobs' folders
+    named `<stage>-subject=<name>...`)."""
+    given = parse_overrides(argv)
+    if "subject" not in {o.key_or_group for o in given if o.is_sweep_override()}:
+        return argv
+    if any(o.key_or_group == "hydra.sweep.dir" for o in given):
+        return argv
+    return [*argv, SUBJECTS_SWEEP_DIR]
 
 
 def is_multirun() -> bool:

@@ -31,6 +31,16 @@ def test_a_job_is_named_after_its_swept_values_unless_the_name_would_be_too_long
     assert job_run_name("lips", ",".join(f"model.key{i}=value{i}" for i in range(20)), 7) == "lips-job7"
 
 
+def test_a_sweep_over_subjects_gets_a_folder_of_its_own() -> None:
+    from ernerf.apps.sweeps import SUBJECTS_SWEEP_DIR, sweep_folder_over_subjects
+
+    assert sweep_folder_over_subjects(["-m", "subject=a,b", "seed=1,2"]) == ["-m", "subject=a,b", "seed=1,2",
+                                                                            SUBJECTS_SWEEP_DIR]
+    assert sweep_folder_over_subjects(["-m", "subject=a", "seed=1,2"]) == ["-m", "subject=a", "seed=1,2"]
+    given = ["-m", "subject=a,b", "hydra.sweep.dir=elsewhere"]
+    assert sweep_folder_over_subjects(given) == given
+
+
 @pytest.fixture
 def multirun_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A job of a multirun `train.py -m subject=someone encoder.log2_hashmap_size=10,14` as Hydra would start it."""
