@@ -183,21 +183,22 @@ def sweep_job(task: Callable[[DictConfig], float | None]) -> Callable[[DictConfi
     def job(cfg: DictConfig) -> float | None:
         if not is_multirun():
             return task(cfg)
-        label_run(cfg)
-        notes = ineffective_values(cfg)
-        for note in notes:
-            log.warning(note)
-        run_dir = final_run_dir(cfg)
+        # what a job stopped from outside (Ctrl-C) leaves; the sweep ends with it
         record: dict[str, Any] = {"job": HydraConfig.get().job.num, "status": "failed", METRIC: None,
                                   "swept": {k: format_value(v) for k, v in job_swept_values().items()},
-                                  "notes": notes, "run_dir": str(run_dir), "error": None, "step": None}
+                                  "notes": [], "run_dir": "", "error": "stopped before it ended", "step": None}
         try:
+            label_run(cfg)
+            run_dir = final_run_dir(cfg)
+            record.update(run_dir=str(run_dir), notes=ineffective_values(cfg))
+            for note in record["notes"]:
+                log.warning(note)
             value = task(cfg)
             finished = read_record(run_dir)
-            record.update(status="finished", step=finished.step if finished else None)
+            record.update(status="finished", step=finished.step if finished else None, error=None)
             record[METRIC] = finished.metrics.get(METRIC) if finished else None
             return value
-        except Exception as exc:  # noqa: BLE001 - one job's error ends the job, not the sweep
+        except Exception as exc:  # any error of one job ends that job, not the sweep
             user_error = user_error_in(exc)
             if user_error is not None:
                 print(f"error: {user_error}", file=sys.stderr, flush=True)
@@ -276,8 +277,9 @@ def print_summary(jobs: list[dict[str, Any]], csv_path: Path) -> None:
     for job, row in zip(jobs, rows):
         notes = [note.split(":")[0] for note in job["notes"]]
         if job["error"]:
-            notes.append(job["error"].split(";")[0].replace(job["run_dir"], "its folder"))
-        table.add_row(*(row[c] for c in shown), Path(job["run_dir"]).name, "; ".join(notes),
+            first = job["error"].split(";")[0]
+            notes.append(first.replace(job["run_dir"], "its folder") if job["run_dir"] else first)
+        table.add_row(*(row[c] for c in shown), Path(job["run_dir"]).name if job["run_dir"] else "", "; ".join(notes),
                       style=styles.get(job["status"]))
     console = Console(width=max(Console().width, 160))
     console.print(table)

@@ -93,6 +93,15 @@ def test_a_refused_job_says_why_and_the_record_keeps_it(multirun_job, tmp_path: 
     assert len(record["notes"]) == 1 and "has no effect" in record["notes"][0]  # 63^2 fits 2^12 rows
 
 
+def test_a_job_whose_config_cannot_be_built_is_refused_and_the_sweep_goes_on(multirun_job, tmp_path: Path) -> None:
+    cfg = multirun_job(14)
+    cfg.encoder.desired_resolution = 8  # below base_resolution: the encoder refuses, while its table is checked
+
+    assert sweep_job(lambda c: 1.0)(cfg) is None
+    record = job_record(tmp_path)
+    assert record["status"] == "refused" and "desired_resolution" in record["error"]
+
+
 def test_a_finished_job_records_its_figures_from_finished_json(multirun_job, tmp_path: Path) -> None:
     from ernerf.apps.runs import mark_finished
 
@@ -173,3 +182,15 @@ def test_jobs_rank_by_psnr_then_unscored_then_unfinished(tmp_path: Path) -> None
     write_summary(tmp_path, jobs)  # a second sweep of the same name keeps the first one's summary aside
     assert len(list(tmp_path.glob("summary-*.csv"))) == 1 and len(list(tmp_path.glob("summary-*.json"))) == 1
     assert [r["job"] for r in json.loads((tmp_path / "summary.json").read_text())] == [3, 1, 4, 0, 2]
+
+
+def test_the_printed_table_names_folders_and_shortens_notes(tmp_path: Path, capsys) -> None:
+    from ernerf.apps.sweeps import print_summary
+
+    refused = job(1, "refused", None, "10") | {"error": "runs/x/sweeps/s/head-10 holds a finished stage; to go on: ..."}
+    early = job(2, "failed", None, "11") | {"run_dir": "", "error": "ErnerfError: bad encoder"}
+    noted = job(0, "finished", 20.0, "12") | {"notes": ["encoder.log2_hashmap_size=12 has no effect: every level fits"]}
+    print_summary(ranked([refused, early, noted]), tmp_path / "summary.csv")
+    out = capsys.readouterr().out
+    assert "head-12" in out and "encoder.log2_hashmap_size=12 has no effect" in out and "every level fits" not in out
+    assert "its folder holds a finished stage" in out and "to go on" not in out and "ErnerfError: bad encoder" in out
