@@ -1,4 +1,5 @@
-"""Validation images: rendering | ground truth | colour-mapped depth, to W&B, TensorBoard and/or a PNG folder."""
+"""Validation images: the rendering, the ground truth and the colour-mapped depth with its scale, as three panels
+of each frame in W&B and TensorBoard, and side by side in a PNG folder."""
 
 from __future__ import annotations
 
@@ -10,17 +11,11 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
-from matplotlib import colormaps
 from torch import Tensor
 
+from ernerf.postprocess.depth import depth_range, depth_with_scale
 
-def colorize_depth(depth: Tensor, opacity: Tensor | None = None) -> np.ndarray:
-    """Depth [H, W] -> uint8 RGB [H, W, 3] (turbo, normalised over the covered pixels; empty pixels black)."""
-    d = depth.detach().float().cpu().numpy()
-    mask = np.ones_like(d, bool) if opacity is None else opacity.detach().float().cpu().numpy() > 0.5
-    lo, hi = (d[mask].min(), d[mask].max()) if mask.any() else (0.0, 1.0)
-    rgb = colormaps["turbo"](np.clip((d - lo) / max(hi - lo, 1e-8), 0, 1))[..., :3]
-    return (rgb * mask[..., None] * 255).round().astype(np.uint8)
+PANELS = ("render", "truth", "depth")  # keys `val_images/<i>_<panel>`: a frame's three panels sort together
 
 
 def to_uint8(image: Tensor) -> np.ndarray:
@@ -28,9 +23,24 @@ def to_uint8(image: Tensor) -> np.ndarray:
     return (image.detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
 
 
-def side_by_side(pred: Tensor, target: Tensor, depth: Tensor, opacity: Tensor | None = None) -> np.ndarray:
-    """[H, 3W, 3] uint8: rendering, ground truth, depth."""
-    return np.concatenate([to_uint8(pred), to_uint8(target), colorize_depth(depth, opacity)], axis=1)
+def covered_depth(depth: Tensor, opacity: Tensor | None) -> np.ndarray:
+    """Depth [H, W] where the rendering covers the pixel (opacity above a half), 0 (nothing rendered) elsewhere."""
+    d = depth.detach().float().cpu().numpy()
+    return d if opacity is None else np.where(opacity.detach().float().cpu().numpy() > 0.5, d, 0.0)
+
+
+def val_panels(pred: Tensor, target: Tensor, depth: Tensor,
+               opacity: Tensor | None = None) -> tuple[dict[str, np.ndarray], tuple[float, float]]:
+    """({render, truth, depth} uint8 RGB panels, the depth's (near, far)): the depth coloured between the frame's own
+    near and far, with a colour bar."""
+    d = covered_depth(depth, opacity)
+    near, far = depth_range(d)
+    return {"render": to_uint8(pred), "truth": to_uint8(target), "depth": depth_with_scale(d, near, far)}, (near, far)
+
+
+def side_by_side(panels: dict[str, np.ndarray]) -> np.ndarray:
+    """[H, 2W + depth panel, 3] uint8: rendering, ground truth, depth."""
+    return np.concatenate([panels[name] for name in PANELS], axis=1)
 
 
 class ValImageLogger(L.Callback):
@@ -51,18 +61,29 @@ class ValImageLogger(L.Callback):
         if trainer.sanity_checking or not trainer.is_global_zero or batch_idx >= self.max_images or not self._due(trainer):
             return
         self.last_logged_step = trainer.global_step
-        image = side_by_side(outputs["rgb"], batch["rgb"], outputs["depth"], outputs.get("opacity"))
-        self.write(trainer, image, f"val/render_{batch_idx}")
+        panels, (near, far) = val_panels(outputs["rgb"], batch["rgb"], outputs["depth"], outputs.get("opacity"))
+        captions = {"render": "render", "truth": "ground truth",
+                    "depth": f"depth from {near:.3f} (red) to {far:.3f} (blue)"}
+        for name, image in panels.items():
+            self.send(trainer, f"val_images/{batch_idx}_{name}", image, captions[name])
+        self.save_png(trainer, f"frame{batch_idx}", side_by_side(panels))
 
     def write(self, trainer: L.Trainer, image: np.ndarray, key: str) -> None:
         """Send one image to every configured sink."""
-        step = trainer.global_step
+        self.send(trainer, key, image, key)
+        self.save_png(trainer, key.replace("/", "_"), image)
+
+    def send(self, trainer: L.Trainer, key: str, image: np.ndarray, caption: str) -> None:
+        """One uint8 RGB image [H, W, 3] to the W&B and TensorBoard loggers, at the current step."""
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_image(key=key, images=[image], step=step, caption=["render | ground truth | depth"])
+                logger.log_image(key=key, images=[image], step=trainer.global_step, caption=[caption])
             elif isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(key, torch.from_numpy(image), step, dataformats="HWC")
+                logger.experiment.add_image(key, torch.from_numpy(image), trainer.global_step, dataformats="HWC")
+
+    def save_png(self, trainer: L.Trainer, name: str, image: np.ndarray) -> None:
+        """`<png_dir>/<name>_step<step>.png`, when a PNG folder is configured."""
         if self.png_dir is not None:
             self.png_dir.mkdir(parents=True, exist_ok=True)
-            path = self.png_dir / f"{key.replace('/', '_')}_step{step:07d}.png"
+            path = self.png_dir / f"{name}_step{trainer.global_step:07d}.png"
             cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))

@@ -16,7 +16,8 @@ from ernerf.apps.inference import OutputOptions, load_subject, render_planned_fr
 from ernerf.io.layout import SubjectLayout
 from ernerf.io.video import iter_frames
 from ernerf.postprocess.motion import plan_motion
-from ernerf.postprocess.mux import ResultWriter, colorize_depth, depth_range
+from ernerf.postprocess.depth import colorize_depth, depth_range
+from ernerf.postprocess.mux import ResultWriter
 from ernerf.postprocess.pasteback import HeadBox, PasteBack
 from tests.conftest import shared_clip
 from tests.postprocess.conftest import mini_subject  # noqa: F401 - session fixture

@@ -96,6 +96,21 @@ def test_stage_configs_compose_and_resolve(stage: str) -> None:
     assert compose("train", ["subject=x", "stage=lips", "loss=lips_dssim"]).loss.perceptual._target_.endswith("DssimPatchLoss")
 
 
+def test_a_stage_starts_from_the_earlier_stage_beside_it_then_from_the_subjects(tmp_path: Path) -> None:
+    """A sweep's job of stage=all trains its stages side by side in the sweep folder (`<stage>-<swept values>`)."""
+    from ernerf.apps.chain import initial_checkpoint, previous_run_dirs
+
+    sweep = tmp_path / "runs" / "sphere" / "sweeps" / "s"
+    cfg = stage_config(tmp_path, "lips", "run_name='lips-seed=1'", f"run_dir='{sweep / 'lips-seed=1'}'")
+    assert previous_run_dirs(cfg, "head") == [sweep / "head-seed=1", tmp_path / "runs" / "sphere" / "head"]
+    single = stage_config(tmp_path, "lips")
+    assert previous_run_dirs(single, "head") == [tmp_path / "runs" / "sphere" / "head"]
+    for run_dir in previous_run_dirs(cfg, "head")[::-1]:  # the subject's head first, then the sweep's own
+        (run_dir / "checkpoints").mkdir(parents=True)
+        (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
+        assert initial_checkpoint(cfg) == str(run_dir / "checkpoints" / "last.ckpt")
+
+
 def test_lips_without_a_head_checkpoint_names_the_command(tmp_path: Path) -> None:
     from ernerf.apps.chain import initial_checkpoint
 

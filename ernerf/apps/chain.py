@@ -60,13 +60,18 @@ def planned_world_size(trainer_cfg: DictConfig) -> int:
     return (len(parsed) if isinstance(parsed, list) else int(parsed)) * int(trainer_cfg.get("num_nodes", 1))
 
 
-def stage_checkpoint(runs_root: str | Path, subject: str, stage: str) -> Path:
-    """Where a stage's final checkpoint lives."""
-    return last_checkpoint(Path(runs_root) / subject / stage)
+def previous_run_dirs(cfg: DictConfig, stage: str) -> list[Path]:
+    """Where an earlier stage's run may be: beside this run under its own run name (a sweep's job trains each stage of
+    `stage=all` in the sweep folder as `<stage>-<swept values>`), then the subject's `<runs_root>/<subject>/<stage>`."""
+    own = Path(cfg.paths.runs_root) / cfg.subject / stage
+    name, this_stage = str(cfg.run_name), str(cfg.stage.name)
+    beside = Path(cfg.run_dir).parent / (stage + name[len(this_stage):]) if name.startswith(this_stage) else own
+    return list(dict.fromkeys([beside, own]))
 
 
 def initial_checkpoint(cfg: DictConfig) -> str | None:
-    """The checkpoint a stage starts from: `init_from=`, else the first of `stage.previous` trained for this subject."""
+    """The checkpoint a stage starts from: `init_from=`, else the first of `stage.previous` trained for this subject
+    (beside this run first: `previous_run_dirs`)."""
     previous = list(cfg.stage.get("previous") or [])
     explicit = cfg.get("init_from") or cfg.model.get("init_from")
     if explicit:
@@ -76,9 +81,9 @@ def initial_checkpoint(cfg: DictConfig) -> str | None:
     if not previous:
         return None
     for stage in previous:
-        path = stage_checkpoint(cfg.paths.runs_root, cfg.subject, stage)
-        if path.is_file():
-            return str(path)
+        for run_dir in previous_run_dirs(cfg, stage):
+            if last_checkpoint(run_dir).is_file():
+                return str(last_checkpoint(run_dir))
     raise ErnerfError(f"stage {cfg.stage.name} starts from a trained {' or '.join(previous)} of subject {cfg.subject!r}, "
                       f"and none is under {Path(cfg.paths.runs_root) / cfg.subject}: run `python train.py stage={previous[-1]} "
                       f"subject={cfg.subject}` first (or give init_from=<checkpoint>, or use stage=all).")

@@ -31,7 +31,8 @@ from ernerf.io.atomic import writable_folder
 from ernerf.io.audio import load_audio, loudness_db
 from ernerf.io.layout import SubjectLayout, check_subject_name
 from ernerf.postprocess.motion import MotionPlan, plan_motion
-from ernerf.postprocess.mux import ResultWriter, colorize_depth, depth_range
+from ernerf.postprocess.depth import colorize_depth, depth_range
+from ernerf.postprocess.mux import ResultWriter
 from ernerf.postprocess.pasteback import HeadBox, PasteBack
 from ernerf.postprocess.pipeline import Lookahead, OrderedSink, paste_workers, thread_pool
 from ernerf.preprocess.check import redo_hint

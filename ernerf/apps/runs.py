@@ -11,7 +11,7 @@ import json
 import pickle
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,12 +147,13 @@ def command(subject: str, stage: str, *extra: str) -> str:
 
 
 def prepare_run_folder(run_dir: Path | str, subject: str, stage: str, ckpt_path: str | None, max_steps: int,
-                       overwrite: bool) -> str | None:
+                       overwrite: bool, rerun: Sequence[str] = ()) -> str | None:
     """Check what this run would do to its folder; returns the checkpoint to resume from (None: a fresh start).
 
     Raises an ErnerfError instead of starting over a finished or interrupted run, unless `overwrite`, which moves
-    it aside first. The other ranks of a multi-process run find the folder as rank 0 left it before they started,
-    and only resume from the same checkpoint."""
+    it aside first; the commands its message suggests carry `rerun` (a sweep job's `-m sweep=<name> <its values>`).
+    The other ranks of a multi-process run find the folder as rank 0 left it before they started, and only resume
+    from the same checkpoint."""
     run_dir = Path(run_dir)
     if launched_rank():
         last = last_checkpoint(run_dir)
@@ -161,7 +162,7 @@ def prepare_run_folder(run_dir: Path | str, subject: str, stage: str, ckpt_path:
         if overwrite:
             raise ErnerfError("overwrite=true starts the stage again from scratch and ckpt_path=last continues it: "
                               "give one of them.")
-        return resume_last(run_dir, subject, stage, max_steps)
+        return resume_last(run_dir, subject, stage, max_steps, rerun)
     if ckpt_path and not Path(ckpt_path).is_file():
         raise ErnerfError(f"ckpt_path={ckpt_path} does not exist: give a .ckpt file, or ckpt_path=last to resume "
                           f"{last_checkpoint(run_dir)}.")
@@ -172,44 +173,46 @@ def prepare_run_folder(run_dir: Path | str, subject: str, stage: str, ckpt_path:
     earlier = trained_files(run_dir)
     if earlier and not resuming_here:
         if saved_checkpoints(run_dir) and not overwrite:
-            raise ErnerfError(refusal(run_dir, subject, stage))
+            raise ErnerfError(refusal(run_dir, subject, stage, rerun))
         moved = move_aside(run_dir)  # overwrite=true, or logs of a run that saved no checkpoint
         print(f"the previous {stage} run's files were moved to {moved}", flush=True)
     return ckpt_path
 
 
-def resume_last(run_dir: Path, subject: str, stage: str, max_steps: int) -> str | None:
+def resume_last(run_dir: Path, subject: str, stage: str, max_steps: int, rerun: Sequence[str] = ()) -> str | None:
     """`ckpt_path=last`: the run's last.ckpt, unless it already reached `max_steps` (then there is nothing to do)."""
     last = last_checkpoint(run_dir)
     if not last.is_file():
         saved = saved_checkpoints(run_dir)
         if saved:
             raise ErnerfError(f"{run_dir} has no checkpoints/last.ckpt; resume from its newest checkpoint with "
-                              f"`{command(subject, stage, f'ckpt_path={saved[-1]}')}`.")
+                              f"`{command(subject, stage, *rerun, f'ckpt_path={saved[-1]}')}`.")
         if trained_files(run_dir):
             print(f"no {last} yet: starting from scratch; the earlier files were moved to {move_aside(run_dir)}")
         return None
     step = checkpoint_step(last)
     if step is None:
         raise ErnerfError(f"{last} is not a readable checkpoint (a copy cut short?): start the stage again with "
-                          f"`{command(subject, stage, 'overwrite=true')}` (the old files are kept aside).")
+                          f"`{command(subject, stage, *rerun, 'overwrite=true')}` (the old files are kept aside).")
     record = read_record(run_dir)
     if record is not None and max_steps <= step:
         raise ErnerfError(f"{run_dir} already finished ({record.summary()}): to train it further give "
-                          f"more steps, e.g. `{command(subject, stage, 'ckpt_path=last', f'trainer.max_steps={2 * step}')}`.")
+                          f"more steps, e.g. "
+                          f"`{command(subject, stage, *rerun, 'ckpt_path=last', f'trainer.max_steps={2 * step}')}`.")
     return str(last)
 
 
-def refusal(run_dir: Path, subject: str, stage: str) -> str:
+def refusal(run_dir: Path, subject: str, stage: str, rerun: Sequence[str] = ()) -> str:
     """The message that stops a fresh run from writing over an earlier one, with the two ways on."""
     record = read_record(run_dir)
     step = checkpoint_step(last_checkpoint(run_dir)) if last_checkpoint(run_dir).is_file() else None
     if record is not None:
         what = f"{run_dir} holds a finished {stage} stage ({record.summary()})"
-        more = f"to train it further: `{command(subject, stage, 'ckpt_path=last', f'trainer.max_steps={2 * (step or 1)}')}`"
+        further = command(subject, stage, *rerun, "ckpt_path=last", f"trainer.max_steps={2 * (step or 1)}")
+        more = f"to train it further: `{further}`"
     elif step is not None:
         what = f"{run_dir} holds an interrupted {stage} run (last checkpoint at step {step})"
-        more = f"to resume it: `{command(subject, stage, 'ckpt_path=last')}`"
+        more = f"to resume it: `{command(subject, stage, *rerun, 'ckpt_path=last')}`"
     else:
         what = f"{run_dir} holds checkpoints of an earlier {stage} run but no last.ckpt"
         more = "to resume from one: ckpt_path=<its path>"

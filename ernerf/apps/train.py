@@ -3,60 +3,39 @@
 from __future__ import annotations
 
 import logging
+<<<<<<< HEAD
 import sys
 from collections.abc import Sequence
+=======
+>>>>>>> sweeps
 from pathlib import Path
 
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from ernerf.apps.chain import (initial_checkpoint, planned_world_size, preprocess_overrides, run_budget, run_chain,
+<<<<<<< HEAD
                                stage_checkpoint, stage_overrides)
 from ernerf.apps.next_steps import finished_summary
 from ernerf.apps.runs import (launched_rank, mark_finished, prepare_run_folder, read_record, run_folder_lock,
                              validate_max_steps)
+=======
+                               stage_overrides)
+from ernerf.apps.runs import mark_finished, prepare_run_folder, run_folder_lock, validate_max_steps
+from ernerf.apps.sweeps import label_run, rerun_arguments
+>>>>>>> sweeps
 from ernerf.errors import ErnerfError
 from ernerf.io.layout import check_subject_name
 
 log = logging.getLogger("train")
 
 
-def swept_keys(argv: list[str]) -> set[str]:
-    """Keys the command line gives several values (a top-level comma, or range/choice/glob/interval)."""
-    keys = set()
-    for arg in argv:
-        key, _, value = arg.partition("=")
-        depth = 0
-        for ch in value:
-            if ch in "[{(":
-                depth += 1
-            elif ch in "]})":
-                depth -= 1
-            elif ch == "," and depth == 0:
-                keys.add(key.lstrip("+~"))
-        if value.startswith(("range(", "choice(", "glob(", "interval(")):
-            keys.add(key.lstrip("+~"))
-    return keys
-
-
-def name_run(cfg: DictConfig) -> None:
-    """In a multirun, append the swept overrides to the run name: each job gets its own folder and W&B run."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return
-    swept = swept_keys(sys.argv[1:])
-    overrides = [o for o in HydraConfig.get().overrides.task if o.partition("=")[0].lstrip("+~") in swept]
-    suffix = ",".join(overrides) or HydraConfig.get().job.override_dirname or str(HydraConfig.get().job.num)
-    with open_dict(cfg):
-        cfg.run_name = f"{cfg.stage.name}-{suffix}"
-
-
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train one stage in its run folder, which no other run may use meanwhile; return the final metrics."""
-    name_run(cfg)
+    label_run(cfg)
     with run_folder_lock(cfg.run_dir):
         return fit_stage(cfg)
 
@@ -71,7 +50,7 @@ def fit_stage(cfg: DictConfig) -> dict[str, float]:
     max_steps = run_budget(cfg, datamodule.num_train_frames, world_size)  # per rank; loss ramps and validation follow
     cfg.model.init_from = initial_checkpoint(cfg)  # lips and torso start from the previous stage
     resume = prepare_run_folder(cfg.run_dir, cfg.subject, cfg.stage.name, cfg.ckpt_path, max_steps,
-                                cfg.get("overwrite", False))
+                                cfg.get("overwrite", False), rerun_arguments())
     OmegaConf.resolve(cfg)
     system = instantiate(cfg.model, num_frames=datamodule.num_train_frames)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
@@ -93,9 +72,11 @@ def fit_stage(cfg: DictConfig) -> dict[str, float]:
 
 
 def train_command(cfg: DictConfig) -> float | None:
-    """What `python train.py` does with its config; returns val/psnr for sweepers (of the last stage trained, for
-    stage=all). The chain composes each stage's config from the running Hydra app's command line."""
+    """What `python train.py` does with its config; returns `optimized_metric` (val/psnr) for sweepers (of the last
+    stage trained, for stage=all). The chain composes each stage's config from the running Hydra app's command line."""
+    metric = cfg.get("optimized_metric") or "val/psnr"
     if not cfg.stage.get("chain"):
+<<<<<<< HEAD
         metrics = train(cfg)
         print_summary(cfg.subject, cfg.stage.name, Path(cfg.run_dir), cfg.stage.get("next") or ())
         return metrics.get("val/psnr")
@@ -113,3 +94,15 @@ def print_summary(subject: str, stage: str, run_dir: Path, next_stages: Sequence
     if record is None or launched_rank():
         return
     print(finished_summary(subject, stage, run_dir, record.step, record.metrics, next_stages), flush=True)
+=======
+        return train(cfg).get(metric)
+    task = list(HydraConfig.get().overrides.task)
+
+    def compose_stage(name: str) -> DictConfig:
+        stage_cfg = hydra.compose("train", [*stage_overrides(task), f"stage={name}"])
+        label_run(stage_cfg)  # in a sweep, the stage's folder is the job's own: where the chain looks for it
+        return stage_cfg
+
+    results = run_chain(cfg, compose_stage, train, lambda: hydra.compose("preprocess", preprocess_overrides(task)))
+    return next((r.get(metric) for r in reversed(list(results.values())) if r), None)
+>>>>>>> sweeps

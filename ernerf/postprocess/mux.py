@@ -32,23 +32,6 @@ def even_size(frame: np.ndarray) -> np.ndarray:
     return cv2.copyMakeBorder(frame, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
 
 
-def colorize_depth(depth: np.ndarray, near: float, far: float) -> np.ndarray:
-    """Turbo colour map of depth [H,W] between near and far; depth 0 (nothing rendered) is black. # -> [H,W,3] RGB"""
-    t = np.clip((depth - near) / max(far - near, 1e-6), 0.0, 1.0)
-    rgb = cv2.cvtColor(cv2.applyColorMap((255 * (1.0 - t)).astype(np.uint8), cv2.COLORMAP_TURBO), cv2.COLOR_BGR2RGB)
-    # black where depth <= 0: a masked AND, because boolean-index assignment is far slower on a 1080p frame
-    return cv2.bitwise_and(rgb, rgb, mask=np.logical_not(depth <= 0).view(np.uint8))
-
-
-def depth_range(depth: np.ndarray) -> tuple[float, float]:
-    """Robust (near, far) of the rendered (non-zero) depths, fixed once so the colours do not flicker."""
-    valid = depth[depth > 0]
-    if valid.size == 0:
-        return 0.0, 1.0
-    lo, hi = np.percentile(valid, [2, 98])
-    return float(lo), float(max(hi, lo + 1e-3))
-
-
 def alpha_webm_writer(path: Path | str, fps: float = FPS, crf: int = 30) -> VideoWriter:
     """A writer of RGBA frames to a VP9 webm that keeps the alpha channel (yuva420p)."""
     return VideoWriter(path, fps=fps, codec_args=["-c:v", "libvpx-vp9", "-pix_fmt", "yuva420p", "-crf", str(crf),

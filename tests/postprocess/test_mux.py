@@ -13,7 +13,8 @@ import pytest
 from ernerf.errors import ErnerfError
 from ernerf.io.audio import load_audio
 from ernerf.io.video import ffmpeg_exe, iter_frames, probe, run_ffmpeg
-from ernerf.postprocess.mux import ResultWriter, colorize_depth, depth_range, even_size
+from ernerf.postprocess.depth import colorize_depth, depth_range
+from ernerf.postprocess.mux import ResultWriter, even_size
 from tests.conftest import shared_clip
 
 
