@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import logging
-<<<<<<< HEAD
-import sys
 from collections.abc import Sequence
-=======
->>>>>>> sweeps
 from pathlib import Path
 
 import hydra
@@ -17,16 +13,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ernerf.apps.chain import (initial_checkpoint, planned_world_size, preprocess_overrides, run_budget, run_chain,
-<<<<<<< HEAD
-                               stage_checkpoint, stage_overrides)
+                               stage_overrides)
 from ernerf.apps.next_steps import finished_summary
 from ernerf.apps.runs import (launched_rank, mark_finished, prepare_run_folder, read_record, run_folder_lock,
                              validate_max_steps)
-=======
-                               stage_overrides)
-from ernerf.apps.runs import mark_finished, prepare_run_folder, run_folder_lock, validate_max_steps
 from ernerf.apps.sweeps import label_run, rerun_arguments
->>>>>>> sweeps
 from ernerf.errors import ErnerfError
 from ernerf.io.layout import check_subject_name
 
@@ -76,16 +67,22 @@ def train_command(cfg: DictConfig) -> float | None:
     stage trained, for stage=all). The chain composes each stage's config from the running Hydra app's command line."""
     metric = cfg.get("optimized_metric") or "val/psnr"
     if not cfg.stage.get("chain"):
-<<<<<<< HEAD
         metrics = train(cfg)
         print_summary(cfg.subject, cfg.stage.name, Path(cfg.run_dir), cfg.stage.get("next") or ())
-        return metrics.get("val/psnr")
+        return metrics.get(metric)
     task = list(HydraConfig.get().overrides.task)
-    results = run_chain(cfg, lambda name: hydra.compose("train", [*stage_overrides(task), f"stage={name}"]), train,
-                        lambda: hydra.compose("preprocess", preprocess_overrides(task)))
+    composed: dict[str, DictConfig] = {}
+
+    def compose_stage(name: str) -> DictConfig:
+        stage_cfg = hydra.compose("train", [*stage_overrides(task), f"stage={name}"])
+        label_run(stage_cfg)  # in a sweep, the stage's folder is the job's own: where the chain looks for it
+        composed[name] = stage_cfg
+        return stage_cfg
+
+    results = run_chain(cfg, compose_stage, train, lambda: hydra.compose("preprocess", preprocess_overrides(task)))
     last = list(results)[-1]
-    print_summary(cfg.subject, last, stage_checkpoint(cfg.paths.runs_root, cfg.subject, last).parents[1], ())
-    return next((r.get("val/psnr") for r in reversed(list(results.values())) if r), None)
+    print_summary(cfg.subject, last, Path(composed[last].run_dir), ())
+    return next((r.get(metric) for r in reversed(list(results.values())) if r), None)
 
 
 def print_summary(subject: str, stage: str, run_dir: Path, next_stages: Sequence[str]) -> None:
@@ -94,15 +91,3 @@ def print_summary(subject: str, stage: str, run_dir: Path, next_stages: Sequence
     if record is None or launched_rank():
         return
     print(finished_summary(subject, stage, run_dir, record.step, record.metrics, next_stages), flush=True)
-=======
-        return train(cfg).get(metric)
-    task = list(HydraConfig.get().overrides.task)
-
-    def compose_stage(name: str) -> DictConfig:
-        stage_cfg = hydra.compose("train", [*stage_overrides(task), f"stage={name}"])
-        label_run(stage_cfg)  # in a sweep, the stage's folder is the job's own: where the chain looks for it
-        return stage_cfg
-
-    results = run_chain(cfg, compose_stage, train, lambda: hydra.compose("preprocess", preprocess_overrides(task)))
-    return next((r.get(metric) for r in reversed(list(results.values())) if r), None)
->>>>>>> sweeps
