@@ -7,7 +7,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from ernerf.apps.sweeps import sweep_folder_over_subjects
+from ernerf.apps.sweep_args import sweep_folder_over_subjects
 from ernerf.cli import exit_on_user_error, run_entry_point
 
 

@@ -13,8 +13,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict
 
+from ernerf.apps.sweep_args import swept_keys
 from ernerf.apps.sweeps import (hash_table_notes, job_run_name, label_run, overridden_values, ranked, rerun_arguments,
-                                summary_rows, sweep_job, swept_keys, write_summary)
+                                summary_rows, sweep_job, write_summary)
 from ernerf.errors import ErnerfError
 from tests.conftest import CONF_DIR, compose
 
@@ -32,7 +33,7 @@ def test_a_job_is_named_after_its_swept_values_unless_the_name_would_be_too_long
 
 
 def test_a_sweep_over_subjects_gets_a_folder_of_its_own() -> None:
-    from ernerf.apps.sweeps import SUBJECTS_SWEEP_DIR, sweep_folder_over_subjects
+    from ernerf.apps.sweep_args import SUBJECTS_SWEEP_DIR, sweep_folder_over_subjects
 
     assert sweep_folder_over_subjects(["-m", "subject=a,b", "seed=1,2"]) == ["-m", "subject=a,b", "seed=1,2",
                                                                             SUBJECTS_SWEEP_DIR]
