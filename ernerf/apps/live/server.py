@@ -189,13 +189,14 @@ class LiveServer:
         return await self._speak(session, self.decode, data)
 
     async def _speak(self, session: Session, to_wav: Any, what: Any) -> web.Response:
-        loop = asyncio.get_running_loop()
+        loop, start = asyncio.get_running_loop(), time.perf_counter()
         try:
             utterance = await loop.run_in_executor(self.audio_threads, lambda: self.avatar.utterance(to_wav(what)))
         except ErnerfError as exc:
             raise web.HTTPBadRequest(text=str(exc)) from exc
         session.stream.say(utterance)
-        return web.json_response({"frames": utterance.num_frames, "seconds": utterance.num_frames / FPS})
+        return web.json_response({"frames": utterance.num_frames, "seconds": utterance.num_frames / FPS,
+                                  "prepare_seconds": time.perf_counter() - start})
 
     def _session(self, session_id: str) -> Session:
         session = self.sessions.get(str(session_id))
