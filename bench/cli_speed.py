@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = ("preprocess.py", "train.py", "infer.py", "evaluate.py")
+SCRIPTS = ("preprocess.py", "train.py", "infer.py", "evaluate.py", "serve.py")
 
 
 def queries(script: str) -> dict[str, tuple[list[str], dict[str, str]]]:

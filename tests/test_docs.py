@@ -12,8 +12,9 @@ from omegaconf import OmegaConf
 from ernerf.cli import rename_keys
 from tests.conftest import REPO, compose
 
-SCRIPTS = {"preprocess.py": "preprocess", "train.py": "train", "infer.py": "infer", "evaluate.py": "evaluate"}
-COMMAND = re.compile(r"^\s*python (preprocess|train|infer|evaluate)\.py (.*)$")
+SCRIPTS = {"preprocess.py": "preprocess", "train.py": "train", "infer.py": "infer", "evaluate.py": "evaluate",
+           "serve.py": "serve"}
+COMMAND = re.compile(r"^\s*python (preprocess|train|infer|evaluate|serve)\.py (.*)$")
 
 
 def documented_commands() -> list[tuple[str, int, str, list[str]]]:
@@ -47,7 +48,7 @@ def test_the_docs_show_commands_of_every_script() -> None:
 
 @pytest.mark.parametrize("doc, line, script, overrides", COMMANDS, ids=[f"{d}:{n}" for d, n, _, _ in COMMANDS])
 def test_documented_command_composes(doc: str, line: int, script: str, overrides: list[str]) -> None:
-    if script in ("infer.py", "evaluate.py"):
+    if script in ("infer.py", "evaluate.py", "serve.py"):
         overrides = rename_keys(overrides, {"stage": "stage_name"})  # as the script's entry point does
     cfg = compose(SCRIPTS[script], overrides)
     assert cfg.subject == next(w.split("=", 1)[1] for w in overrides if w.startswith("subject="))

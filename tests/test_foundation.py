@@ -95,7 +95,7 @@ def test_triton_kernels_refuse_cpu_tensors_with_the_fix(monkeypatch: pytest.Monk
     require_kernel_device(torch.zeros(2), "hash grid", "use the encoder's backend 'torch'")  # the tests' interpreter
 
 
-@pytest.mark.parametrize("script", ["preprocess.py", "train.py", "infer.py", "evaluate.py"])
+@pytest.mark.parametrize("script", ["preprocess.py", "train.py", "infer.py", "evaluate.py", "serve.py"])
 def test_help_does_not_import_torch_or_lightning(script: str) -> None:
     """--help, --cfg and shell completion answer without the seconds that torch and Lightning take to import."""
     done = subprocess.run([sys.executable, "-X", "importtime", script, "--help"], cwd=REPO, capture_output=True,

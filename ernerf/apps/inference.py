@@ -281,14 +281,22 @@ def render_planned_frame(renderer: Renderer, subject: SubjectView, plan: MotionP
 def _render(renderer: Renderer, subject: SubjectView, plan: MotionPlan, feats: np.ndarray, t: int,
             bg: np.ndarray) -> dict[str, np.ndarray]:
     """The renderer's part of frame t (on the calling thread): rgb, depth, opacity as float arrays."""
+    eye = None if plan.eye is None else float(plan.eye[t])
+    return render_crop(renderer, subject, plan.poses[t], eye, audio_window(feats, t), bg)
+
+
+def render_crop(renderer: Renderer, subject: SubjectView, pose: np.ndarray, eye: float | None, window: np.ndarray,
+                bg: np.ndarray) -> dict[str, np.ndarray]:
+    """One head crop from a pose [4, 4], a blink value, an audio window [8, 16, C] and a background [H, W, 3] in
+    [0, 1]: rgb, depth, opacity as float arrays."""
     dev = renderer.device
-    eye = None if plan.eye is None else torch.tensor([float(plan.eye[t])], device=dev)
+    eye_t = None if eye is None else torch.tensor([eye], device=dev)
     # intrinsics as numbers (a device tensor costs the renderer 4 reads back), rounded to float32 as a tensor was
     intrinsics = tuple(float(v) for v in np.asarray(subject.intrinsics, dtype=np.float32))
     with torch.no_grad():
         out = renderer.render_image(  # positional: the order of docs/design/model_api.md
-            torch.from_numpy(plan.poses[t]).to(dev), intrinsics, subject.height, subject.width,
-            torch.from_numpy(audio_window(feats, t)).to(dev), eye, None, torch.from_numpy(bg).to(dev))
+            torch.from_numpy(np.asarray(pose, np.float32)).to(dev), intrinsics, subject.height, subject.width,
+            torch.from_numpy(np.asarray(window, np.float32)).to(dev), eye_t, None, torch.from_numpy(bg).to(dev))
     return {"rgb": _to_numpy(out["rgb"]), "depth": _to_numpy(out["depth"]), "opacity": _to_numpy(out["opacity"])}
 
 
@@ -297,7 +305,7 @@ def _to_pixels(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {**raw, "rgb": (np.clip(raw["rgb"], 0.0, 1.0) * 255 + 0.5).astype(np.uint8)}
 
 
-class _Compositor:
+class Compositor:
     """Pastes rendered crops into original frames (alpha masks cached per frame); called from several threads."""
 
     def __init__(self, subject: SubjectView, box: HeadBox, options: OutputOptions) -> None:
@@ -356,7 +364,7 @@ def run_inference(renderer: Renderer, subject: SubjectView, feats: np.ndarray, a
         with ResultWriter(out_dir, audio, n, FPS, options.crf, options.alpha, options.depth, name) as writer, \
                 OrderedSink(writer.write, ahead) as sink, thread_pool(workers, "ernerf-paste") as pool, \
                 thread_pool(1, "ernerf-decode") as decoder:
-            comp = _Compositor(subject, box, options)
+            comp = Compositor(subject, box, options)
             comp.alpha(img_ids[0])  # a missing parsing/mesh fails now, not after the first frames
             sources = Lookahead(decoder, frames.get, img_ids, ahead)
             backgrounds = Lookahead(pool, functools.partial(render_background, subject), map(int, plan.indices), ahead)

@@ -1,0 +1,145 @@
+"""Live streaming of a trained subject: frames/s per stream, speech latency, and how many streams keep 25 frames/s.
+
+    python bench/stream.py --subject trump --runs-root runs --data-root data [--downscale 1] [--streams 1,2,4,8]
+
+For each number of concurrent clients it starts `serve.py`'s server in this process on the loopback, connects that
+many WebRTC clients (aiortc), lets them idle for `--idle` seconds, asks each to say a sentence, and reports per stream:
+frames/s received, the seconds from the request to the first received audio of the speech, and the part of that the
+server spent making the utterance (speech synthesis and audio features). The features' look-ahead (the audio a live
+source must have sent before a frame can render) is fixed by the model's windows: printed beside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+SENTENCE = "Hello, I am a talking head, and this is what I sound like when I talk for a few seconds."
+LOUD = 300  # mean |sample| of a 20 ms chunk (int16) above which a chunk counts as speech
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def client(url: str, idle: float, talk: float) -> dict:
+    """One WebRTC client: connect, idle, ask for the sentence, listen; what it received and when."""
+    from aiohttp import ClientSession
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+
+    pc = RTCPeerConnection()
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    video: list[float] = []
+    speech: list[float] = []
+    readers = []
+
+    def on_track(track) -> None:
+        async def read() -> None:
+            while True:
+                frame = await track.recv()
+                now = time.monotonic()
+                if track.kind == "video":
+                    video.append(now)
+                elif np.abs(frame.to_ndarray()).mean() > LOUD:
+                    speech.append(now)
+        readers.append(asyncio.ensure_future(read()))
+
+    pc.on("track", on_track)
+    async with ClientSession() as http:
+        await pc.setLocalDescription(await pc.createOffer())
+        async with http.post(f"{url}/offer", json={"sdp": pc.localDescription.sdp,
+                                                   "type": pc.localDescription.type}) as r:
+            answer = await r.json()
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        await asyncio.sleep(idle)
+        asked = time.monotonic()
+        async with http.post(f"{url}/say", json={"session": answer["session"], "text": SENTENCE}) as r:
+            said = await r.json()
+        await asyncio.sleep(talk)
+    for reader in readers:
+        reader.cancel()
+    await pc.close()
+    steady = [t for t in video if t > (video[0] + 1.0 if video else 0)]
+    fps = (len(steady) - 1) / (steady[-1] - steady[0]) if len(steady) > 1 else 0.0
+    first_speech = next((t for t in speech if t > asked), None)
+    return {"fps": fps, "frames": len(video), "latency_s": None if first_speech is None else first_speech - asked,
+            "prepare_s": said.get("prepare_seconds"), "speech_s": said.get("seconds")}
+
+
+async def run(avatar, streams: int, idle: float, talk: float) -> list[dict]:
+    from aiohttp import web
+
+    from ernerf.apps.live.serve import decode_upload, text_to_speech
+    from ernerf.apps.live.server import LiveServer
+
+    server = LiveServer(avatar, text_to_speech("en", 150), decode_upload)
+    runner = web.AppRunner(server.app())
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        return await asyncio.gather(*(client(f"http://127.0.0.1:{port}", idle, talk) for _ in range(streams)))
+    finally:
+        await runner.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--subject", required=True)
+    parser.add_argument("--runs-root", default="runs")
+    parser.add_argument("--data-root", default="data")
+    parser.add_argument("--stage", default=None)
+    parser.add_argument("--downscale", type=int, default=1)
+    parser.add_argument("--streams", default="1", help="comma-separated numbers of concurrent clients")
+    parser.add_argument("--idle", type=float, default=3.0, help="seconds each client idles before asking")
+    parser.add_argument("--talk", type=float, default=6.0, help="seconds each client listens after asking")
+    parser.add_argument("--override", action="append", default=[], help="a conf/serve.yaml override (repeatable)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    from hydra import compose, initialize_config_dir
+
+    from ernerf.apps.live.avatar import LOOKAHEAD_SECONDS
+    from ernerf.apps.live.serve import build_avatar
+
+    overrides = [f"subject={args.subject}", f"paths.runs_root={args.runs_root}", f"paths.data_root={args.data_root}",
+                 f"downscale={args.downscale}", *([f"stage_name={args.stage}"] if args.stage else []), *args.override]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("serve", overrides)
+    avatar = build_avatar(cfg)
+    print(f"{args.subject}, {512 // args.downscale} px crops, feature look-ahead {LOOKAHEAD_SECONDS * 1000:.0f} ms")
+    print(f"{'streams':>8}{'frames/s min':>14}{'median':>9}{'latency s median':>18}{'of which prepare':>18}")
+    figures = {}
+    try:
+        for n in [int(s) for s in args.streams.split(",")]:
+            results = asyncio.run(run(avatar, n, args.idle, args.talk))
+            fps = [r["fps"] for r in results]
+            latency = [r["latency_s"] for r in results if r["latency_s"] is not None]
+            prepare = [r["prepare_s"] for r in results if r["prepare_s"] is not None]
+            figures[n] = results
+            med = (lambda v: f"{statistics.median(v):.2f}" if v else "none")
+            print(f"{n:>8}{min(fps):>14.1f}{statistics.median(fps):>9.1f}{med(latency):>18}{med(prepare):>18}")
+    finally:
+        avatar.close()
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"lookahead_s": LOOKAHEAD_SECONDS, "downscale": args.downscale,
+                                         "streams": figures}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

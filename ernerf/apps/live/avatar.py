@@ -1,0 +1,134 @@
+"""A trained subject that talks live: one loaded model, a clock of output frames, speech that interrupts, idle between.
+
+The head keeps walking the training poses forward and back on one clock whether the avatar speaks or not, so speech
+starts and stops without a jump; only the audio windows change. Silence is the subject's own quietest training
+window, which the model has seen with its mouth closed.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ernerf.apps.inference import Compositor, FrameSource, OutputOptions, Renderer, SubjectView, render_crop
+from ernerf.audio.features import frame_windows
+from ernerf.constants import FEATURE_ROWS, FPS, SAMPLE_RATE, SMOOTH_WINDOW
+from ernerf.io.audio import load_audio
+from ernerf.postprocess.pasteback import HeadBox
+
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640 samples of 16 kHz audio per 40 ms video frame
+# The features of output frame t look ahead of its first sample: its 8-frame attention window reaches frame t+3, whose
+# middle is 3.5 frames on; that frame's 16 rows of 50 Hz features reach 7 rows past its middle, and the last row's
+# 25 ms analysis window half of that again. What a live source must have sent before frame t can be rendered:
+LOOKAHEAD_SECONDS = (SMOOTH_WINDOW - SMOOTH_WINDOW // 2 - 0.5) / FPS + (FEATURE_ROWS // 2 - 1) / 50 + 0.0125
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """What the avatar says: an audio window per output frame and the matching 16 kHz audio."""
+
+    windows: np.ndarray  # float32 [N, 16, C]
+    pcm: np.ndarray  # int16 [N * SAMPLES_PER_FRAME]
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.windows)
+
+
+def quietest_window(features: np.ndarray, audio: Path | None) -> np.ndarray:
+    """The training window [16, C] of the quietest frame of the subject's audio (the middle one without audio)."""
+    if audio is None or not Path(audio).is_file():
+        return features[len(features) // 2]
+    wav = load_audio(audio, sr=SAMPLE_RATE)
+    n = min(len(features), len(wav) // SAMPLES_PER_FRAME)
+    frames = wav[: n * SAMPLES_PER_FRAME].reshape(n, SAMPLES_PER_FRAME).astype(np.float64)
+    return features[int(np.argmin((frames ** 2).mean(axis=1)))]
+
+
+class LiveAvatar:
+    """The loaded subject: output frame `tick` is the head at that point of the pose clock, saying `window`, pasted
+    into the original video frame it belongs to. `frame` runs on one thread at a time (the model's)."""
+
+    def __init__(self, renderer: Renderer, subject: SubjectView, options: OutputOptions, extractor: Any,
+                 idle_window: np.ndarray) -> None:
+        self.renderer, self.subject, self.extractor = renderer, subject, extractor
+        self.idle_window = np.asarray(idle_window, np.float32)  # [16, C]
+        self.compositor = Compositor(subject, HeadBox.load(subject.layout.head_bbox), options)
+        self.sources = FrameSource(subject.layout.video)
+        self.period = max(1, 2 * (len(subject.poses) - 1))
+
+    def utterance(self, wav: np.ndarray) -> Utterance:
+        """Audio windows for 16 kHz mono speech (computed on the caller's thread)."""
+        n = max(1, int(round(len(wav) / SAMPLES_PER_FRAME)))
+        windows = frame_windows(self.extractor(np.asarray(wav, np.float32)), n, FPS)
+        pcm = np.zeros(n * SAMPLES_PER_FRAME, np.int16)
+        take = min(len(wav), len(pcm))
+        pcm[:take] = (np.clip(wav[:take], -1.0, 1.0) * 32767).astype(np.int16)
+        return Utterance(windows.astype(np.float32), pcm)
+
+    def frame(self, tick: int, window: np.ndarray) -> np.ndarray:
+        """The whole output frame [H, W, 3] uint8 of clock `tick` with audio window `window` [8, 16, C]."""
+        phase = tick % self.period  # forward through the training frames, then back (ernerf.postprocess.motion)
+        index = phase if phase < len(self.subject.poses) else self.period - phase
+        img_id = int(self.subject.img_ids[index])
+        eye = None if self.subject.eye is None else float(self.subject.eye[index])
+        bg = self.subject.background(index).astype(np.float32) / 255.0
+        raw = render_crop(self.renderer, self.subject, self.subject.poses[index], eye, window, bg)
+        source: Future = Future()
+        source.set_result(self.sources.get(img_id))
+        return self.compositor.compose(raw, source, img_id)[0]
+
+    def close(self) -> None:
+        self.sources.close()
+
+
+class Stream:
+    """One listener's avatar: frame after frame on its own clock, saying its newest utterance, idle otherwise.
+    `say` may be called from any thread; it interrupts what is being said at the next frame."""
+
+    def __init__(self, avatar: LiveAvatar, start_tick: int = 0) -> None:
+        self.avatar, self.tick = avatar, start_tick
+        self._lock = threading.Lock()
+        self._utterance: Utterance | None = None
+        self._position = 0  # frame of the utterance that comes next
+
+    @property
+    def speaking(self) -> bool:
+        with self._lock:
+            return self._utterance is not None
+
+    def say(self, utterance: Utterance) -> None:
+        """Speak `utterance` from the next frame on (what was being said stops)."""
+        with self._lock:
+            self._utterance, self._position = utterance, 0
+
+    def next_window(self) -> tuple[np.ndarray, np.ndarray]:
+        """(audio window [8, 16, C], int16 audio [640]) of the next frame, and advance."""
+        half = SMOOTH_WINDOW // 2
+        idle = self.avatar.idle_window
+        with self._lock:
+            speech, t = self._utterance, self._position
+            if speech is None:
+                return np.repeat(idle[None], SMOOTH_WINDOW, 0), np.zeros(SAMPLES_PER_FRAME, np.int16)
+            rows = np.arange(t - half, t + SMOOTH_WINDOW - half)
+            inside = (rows >= 0) & (rows < speech.num_frames)
+            window = np.where(inside[:, None, None], speech.windows[np.clip(rows, 0, speech.num_frames - 1)], idle)
+            pcm = speech.pcm[t * SAMPLES_PER_FRAME:(t + 1) * SAMPLES_PER_FRAME]
+            self._position += 1
+            if self._position >= speech.num_frames + half:  # its last windows have left the attention window
+                self._utterance = None
+        if len(pcm) < SAMPLES_PER_FRAME:
+            pcm = np.zeros(SAMPLES_PER_FRAME, np.int16)
+        return window.astype(np.float32), pcm
+
+    def next(self) -> tuple[np.ndarray, np.ndarray]:
+        """(frame [H, W, 3] uint8, int16 audio [640]) of the next 40 ms."""
+        window, pcm = self.next_window()
+        frame = self.avatar.frame(self.tick, window)
+        self.tick += 1
+        return frame, pcm

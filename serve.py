@@ -1,0 +1,21 @@
+"""python serve.py subject=<name> [stage=<name>] [port=8010]: the trained avatar, live in a browser over WebRTC."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from ernerf.cli import exit_on_user_error, run_entry_point
+
+
+@hydra.main(config_path="conf", config_name="serve", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point."""
+    # Imported here, not at the top: serving imports torch, aiortc and Lightning, seconds that --help waits for.
+    from ernerf.apps.live import serve_command
+
+    exit_on_user_error(serve_command)(cfg)
+
+
+if __name__ == "__main__":
+    run_entry_point(main, "serve.py", plain_keys={"stage": "stage_name"})

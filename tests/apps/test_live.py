@@ -1,0 +1,188 @@
+"""The live avatar: a clock of frames, speech that interrupts, idle between, streamed over WebRTC on the loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from ernerf.apps.inference import OutputOptions, load_subject
+from ernerf.apps.live.avatar import LOOKAHEAD_SECONDS, SAMPLES_PER_FRAME, LiveAvatar, Stream
+from ernerf.audio.features import LogMelExtractor
+from ernerf.constants import SAMPLE_RATE
+from ernerf.postprocess.pasteback import PasteBack
+from tests.postprocess.conftest import mini_subject  # noqa: F401 - session fixture
+from tests.postprocess.mini_subject import FEATURE_DIM
+
+PATCH = (slice(200, 260), slice(220, 290))  # a square of the pasted frame inside the head (mouth region)
+
+
+class MouthRenderer:
+    """Fake renderer: a grey head whose brightness follows the audio window's middle rows (what a mouth follows)."""
+
+    def __init__(self) -> None:
+        self.device = torch.device("cpu")
+        self.hparams = {"audio_kind": "mel", "feature_dim": FEATURE_DIM}
+        self.windows: list[np.ndarray] = []
+
+    def render_image(self, c2w, intrinsics, H, W, audio_window, eye, frame_index, bg):
+        window = audio_window.numpy()
+        self.windows.append(window)
+        level = float(np.clip((window[3:5].mean() + 20.0) / 20.0, 0.0, 1.0))  # log-mel: -20 black .. 0 white
+        return {"rgb": torch.full((H, W, 3), level), "opacity": torch.ones(H, W), "depth": torch.ones(H, W)}
+
+
+@pytest.fixture
+def avatar(mini_subject):  # noqa: F811 - the fixture imported above
+    subject = load_subject(mini_subject.root, "aud_mel.npy", downscale=4)
+    idle = np.full((16, FEATURE_DIM), -15.0, np.float32)
+    live = LiveAvatar(MouthRenderer(), subject, OutputOptions(PasteBack("box")), LogMelExtractor(), idle)
+    yield live
+    live.close()
+
+
+def speech(seconds: float, seed: int = 0) -> np.ndarray:
+    """Noise bursts at 3 Hz: loud and quiet halves, like syllables."""
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    rng = np.random.default_rng(seed)
+    return (0.3 * rng.standard_normal(len(t)) * (np.sin(2 * np.pi * 3 * t) > 0)).astype(np.float32)
+
+
+def test_idle_then_speech_then_idle_again(avatar: LiveAvatar) -> None:
+    stream = Stream(avatar)
+    idle = [stream.next_window() for _ in range(5)]
+    assert all((w == avatar.idle_window).all() and not pcm.any() for w, pcm in idle)
+    utterance = avatar.utterance(speech(1.0))
+    assert utterance.num_frames == 25 and utterance.windows.shape == (25, 16, FEATURE_DIM)
+    stream.say(utterance)
+    spoken = [stream.next_window() for _ in range(25 + 4)]
+    assert not (spoken[0][0][4] == avatar.idle_window).all()  # frame 0 of the speech is the window's middle
+    assert (spoken[0][0][:4] == avatar.idle_window).all()  # before the speech: silence
+    audio = np.concatenate([pcm for _, pcm in spoken[:25]])
+    assert np.array_equal(audio, utterance.pcm)  # the speech's samples, in order, 640 per frame
+    assert not stream.speaking and (stream.next_window()[0] == avatar.idle_window).all()
+
+
+def test_a_new_utterance_interrupts_at_the_next_frame(avatar: LiveAvatar) -> None:
+    stream = Stream(avatar)
+    first, second = avatar.utterance(speech(2.0, seed=1)), avatar.utterance(speech(1.0, seed=2))
+    stream.say(first)
+    for _ in range(10):
+        stream.next_window()
+    stream.say(second)
+    window, pcm = stream.next_window()
+    assert np.array_equal(pcm, second.pcm[:SAMPLES_PER_FRAME])
+    assert np.array_equal(window[4], second.windows[0])
+
+
+def test_frames_keep_the_head_moving_whether_or_not_it_speaks(avatar: LiveAvatar) -> None:
+    stream = Stream(avatar)
+    frames = [stream.next()[0] for _ in range(3)]
+    stream.say(avatar.utterance(speech(0.5)))
+    frames += [stream.next()[0] for _ in range(3)]
+    assert stream.tick == 6 and frames[0].shape == (512, 512, 3)  # pasted into the original 512 px frame
+    levels = [f[PATCH].mean() for f in frames]
+    assert len(set(np.round(levels[:3], 3))) == 1 and np.ptp(levels[3:]) > 0  # idle is steady; speech moves it
+
+
+def test_lookahead_is_stated_and_short() -> None:
+    assert 0.25 < LOOKAHEAD_SECONDS < 0.35
+
+
+# ---------------------------------------------------------------- over WebRTC, on the loopback
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _talk_to(avatar: LiveAvatar, seconds_idle: float, seconds_speech: float) -> dict:
+    from aiohttp import ClientSession, web
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+
+    from ernerf.apps.live.server import LiveServer
+
+    server = LiveServer(avatar, synthesize=lambda text: speech(1.5), decode=lambda data: speech(1.0))
+    runner = web.AppRunner(server.app())
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    url = f"http://127.0.0.1:{port}"
+    pc = RTCPeerConnection()
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    got: dict = {"video": [], "audio": [], "speech_from": None}
+    tasks = []
+
+    @pc.on("track")
+    def on_track(track):
+        async def read():
+            while True:
+                frame = await track.recv()
+                now = asyncio.get_running_loop().time()
+                if track.kind == "video":
+                    got["video"].append((now, frame.to_ndarray(format="rgb24")[PATCH].mean()))
+                else:
+                    got["audio"].append((now, np.abs(frame.to_ndarray()).mean()))
+        tasks.append(asyncio.ensure_future(read()))
+
+    try:
+        async with ClientSession() as http:
+            await pc.setLocalDescription(await pc.createOffer())
+            async with http.post(f"{url}/offer", json={"sdp": pc.localDescription.sdp,
+                                                       "type": pc.localDescription.type}) as r:
+                answer = await r.json()
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+            await asyncio.sleep(seconds_idle)
+            async with http.post(f"{url}/say", json={"session": "nope", "text": "hi"}) as r:
+                got["unknown_session"] = r.status
+            async with http.post(f"{url}/say", data=b"not json") as r:
+                got["malformed"] = r.status
+            got["speech_from"] = asyncio.get_running_loop().time()
+            async with http.post(f"{url}/say", json={"session": answer["session"], "text": "hello there"}) as r:
+                got["said"] = await r.json()
+            await asyncio.sleep(seconds_speech)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await pc.close()
+        await runner.cleanup()
+    return got
+
+
+def test_a_webrtc_client_receives_the_avatar_idle_then_speaking(avatar: LiveAvatar) -> None:
+    got = asyncio.run(_talk_to(avatar, seconds_idle=2.0, seconds_speech=2.5))
+    assert got["unknown_session"] == 404 and got["malformed"] == 400
+    assert got["said"]["frames"] == 38  # 1.5 s of speech
+    video, start = got["video"], got["speech_from"]
+    idle = [level for t, level in video if t < start]
+    talking = [level for t, level in video if t > start + 0.5]
+    assert len(video) >= 2.5 * 10, f"{len(video)} frames in 4.5 s"  # well under 25/s only on a starved CPU
+    assert np.ptp(idle[5:]) < 3 and np.ptp(talking) > 3  # steady while silent, moving with speech (0-255 levels)
+    speaking_audio = [level for t, level in got["audio"] if t > start + 0.5]
+    assert max(speaking_audio) > 100 and max(level for t, level in got["audio"] if t < start) == 0
+
+
+# ---------------------------------------------------------------- serve.py as a user runs it
+
+def test_serve_py_refuses_an_untrained_subject_and_a_busy_port_in_one_line(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tests.reliability import assert_user_error
+
+    def serve(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "serve.py", *args, f"paths.runs_root={tmp_path}"], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+
+    assert_user_error(serve("subject=nobody", f"port={free_port()}"), "nobody", "python train.py")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert_user_error(serve("subject=nobody", f"port={taken.getsockname()[1]}"), "in use", "port=")
+    assert_user_error(serve(), "subject= is missing")
