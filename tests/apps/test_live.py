@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ernerf.apps.inference import OutputOptions, load_subject
-from ernerf.apps.live.avatar import LOOKAHEAD_SECONDS, SAMPLES_PER_FRAME, LiveAvatar, Stream
+from ernerf.apps.live.avatar import LOOKAHEAD_SECONDS, SAMPLES_PER_FRAME, LiveAvatar, LiveInput, Stream
 from ernerf.audio.features import LogMelExtractor
 from ernerf.constants import SAMPLE_RATE
 from ernerf.postprocess.pasteback import PasteBack
@@ -91,6 +91,38 @@ def test_frames_keep_the_head_moving_whether_or_not_it_speaks(avatar: LiveAvatar
 def test_lookahead_is_stated_and_short() -> None:
     assert 0.25 < LOOKAHEAD_SECONDS < 0.35
 
+
+
+def test_live_input_windows_are_the_whole_utterance_windows_once_the_lookahead_is_in(avatar: LiveAvatar) -> None:
+    wav = speech(3.0, seed=3)
+    whole = avatar.utterance(wav)
+    live = LiveInput(avatar.extractor)
+    t = 40  # a frame well inside the speech
+    live.append(wav[: t * SAMPLES_PER_FRAME + live.lookahead - 1])
+    assert not live.ready(t)
+    live.append(wav[t * SAMPLES_PER_FRAME + live.lookahead - 1:])
+    assert live.ready(t) and live.ready(t + 10)
+    expected = whole.windows[t - 4: t + 4]  # frames t-4 .. t+3, as the attention window takes them
+    np.testing.assert_allclose(live.window(t), expected, rtol=1e-5, atol=1e-4)
+    assert np.array_equal(live.pcm(t), whole.pcm[t * SAMPLES_PER_FRAME:(t + 1) * SAMPLES_PER_FRAME])
+
+
+def test_a_stream_follows_live_speech_as_it_arrives_and_keeps_its_memory_bounded(avatar: LiveAvatar) -> None:
+    stream, live = Stream(avatar), LiveInput(avatar.extractor, keep_seconds=2.0)
+    stream.listen(live)
+    assert (stream.next_window()[0] == avatar.idle_window).all()  # nothing heard yet: silent
+    wav = speech(4.0, seed=4)
+    live.append(wav[:SAMPLE_RATE])  # one second arrives
+    heard = [stream.next_window() for _ in range(30)]
+    ready = (SAMPLE_RATE - live.lookahead) // SAMPLES_PER_FRAME + 1  # frames whose look-ahead is in
+    assert np.array_equal(np.concatenate([pcm for _, pcm in heard[:ready]]), live_pcm(wav, ready))
+    assert all((w == heard[ready - 1][0]).all() and not pcm.any() for w, pcm in heard[ready:])  # held, silent
+    live.append(wav[SAMPLE_RATE:])
+    assert live.received == len(wav) and len(live._audio) == 2 * SAMPLE_RATE  # only the last 2 s are kept
+
+
+def live_pcm(wav: np.ndarray, frames: int) -> np.ndarray:
+    return (np.clip(wav[: frames * SAMPLES_PER_FRAME], -1, 1) * 32767).astype(np.int16)
 
 # ---------------------------------------------------------------- over WebRTC, on the loopback
 
@@ -186,3 +218,84 @@ def test_serve_py_refuses_an_untrained_subject_and_a_busy_port_in_one_line(tmp_p
         taken.listen()
         assert_user_error(serve("subject=nobody", f"port={taken.getsockname()[1]}"), "in use", "port=")
     assert_user_error(serve(), "subject= is missing")
+
+
+async def _speak_into(avatar: LiveAvatar, wav_path, seconds: float) -> dict:
+    """A WebRTC client whose microphone plays `wav_path`; what it receives back."""
+    from aiohttp import ClientSession, web
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc.contrib.media import MediaPlayer
+
+    from ernerf.apps.live.server import LiveServer
+
+    server = LiveServer(avatar, synthesize=lambda text: speech(1.0), decode=lambda data: speech(1.0))
+    runner = web.AppRunner(server.app())
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    pc = RTCPeerConnection()
+    microphone = MediaPlayer(str(wav_path))
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTrack(microphone.audio)
+    got: dict = {"video": [], "audio": []}
+    tasks = []
+
+    @pc.on("track")
+    def on_track(track):
+        async def read():
+            while True:
+                frame = await track.recv()
+                now = asyncio.get_running_loop().time()
+                if track.kind == "video":
+                    got["video"].append((now, frame.to_ndarray(format="rgb24")[PATCH].mean()))
+                else:
+                    got["audio"].append((now, np.abs(frame.to_ndarray()).mean()))
+        tasks.append(asyncio.ensure_future(read()))
+
+    try:
+        async with ClientSession() as http:
+            await pc.setLocalDescription(await pc.createOffer())
+            got["start"] = asyncio.get_running_loop().time()
+            async with http.post(f"http://127.0.0.1:{port}/offer", json={"sdp": pc.localDescription.sdp,
+                                                                        "type": pc.localDescription.type}) as r:
+                answer = await r.json()
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+            await asyncio.sleep(seconds)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await pc.close()
+        await runner.cleanup()
+    return got
+
+
+def test_a_webrtc_microphone_drives_the_avatar_as_it_speaks(avatar: LiveAvatar, tmp_path) -> None:
+    pytest.importorskip("aiortc")
+    from ernerf.apps.tts import write_wav
+
+    wav = np.concatenate([np.zeros(int(1.5 * SAMPLE_RATE), np.float32), speech(3.0, seed=5)])
+    write_wav(tmp_path / "mic.wav", wav, SAMPLE_RATE)
+    got = asyncio.run(_speak_into(avatar, tmp_path / "mic.wav", seconds=5.0))
+    video = got["video"]
+    assert len(video) > 40, f"{len(video)} frames in 5 s"
+    levels = np.array([level for _, level in video])
+    times = np.array([t for t, _ in video]) - video[0][0]
+    assert np.ptp(levels[(times > 0.6) & (times < 1.2)]) < 3  # the microphone's first 1.5 s are silent: so is the avatar
+    assert np.ptp(levels[times > 2.5]) > 3  # then it speaks what it hears
+    assert max(level for _, level in got["audio"]) > 100  # and its voice comes back with the picture
+
+
+def test_the_page_script_parses(tmp_path) -> None:
+    import shutil
+    import subprocess
+
+    from ernerf.apps.live.page import PAGE
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("no node.js to check the page's script with")
+    script = tmp_path / "page.js"
+    script.write_text(PAGE[PAGE.index("<script>") + len("<script>"): PAGE.index("</script>")])
+    done = subprocess.run([node, "--check", str(script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert all(f'id="{name}"' in PAGE for name in ("avatar", "text", "say", "file", "send", "mic"))

@@ -22,6 +22,8 @@ from ernerf.io.audio import load_audio
 from ernerf.postprocess.pasteback import HeadBox
 
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640 samples of 16 kHz audio per 40 ms video frame
+MAX_BEHIND = FPS  # frames live speech may lag what has arrived before the avatar skips ahead (a latency bound)
+JITTER_FRAMES = 2  # frames of live audio beyond the look-ahead waited for when it starts or stalled: network jitter
 # The features of output frame t look ahead of its first sample: its 8-frame attention window reaches frame t+3, whose
 # middle is 3.5 frames on; that frame's 16 rows of 50 Hz features reach 7 rows past its middle, and the last row's
 # 25 ms analysis window half of that again. What a live source must have sent before frame t can be rendered:
@@ -87,6 +89,61 @@ class LiveAvatar:
         self.sources.close()
 
 
+class LiveInput:
+    """Speech that arrives as it is spoken (a microphone), 16 kHz samples appended as they come. Frame t (counted from
+    the first sample) can be rendered once its look-ahead has arrived; its windows are computed from the audio around
+    it alone, so the work per frame is bounded, and only the last `keep_seconds` are kept."""
+
+    CONTEXT = 10  # frames of audio before a window's first frame: the features there see no padding
+
+    def __init__(self, extractor: Any, keep_seconds: float = 10.0) -> None:
+        self.extractor, self.keep = extractor, int(keep_seconds * SAMPLE_RATE)
+        self._audio = np.zeros(0, np.float32)
+        self._offset = 0  # stream sample index of self._audio[0]
+        self._lock = threading.Lock()
+        self.lookahead = int(np.ceil(LOOKAHEAD_SECONDS * SAMPLE_RATE))
+
+    @property
+    def received(self) -> int:
+        """Samples received so far."""
+        with self._lock:
+            return self._offset + len(self._audio)
+
+    def append(self, wav: np.ndarray) -> None:
+        with self._lock:
+            self._audio = np.concatenate([self._audio, np.asarray(wav, np.float32)])
+            if len(self._audio) > self.keep:
+                self._offset += len(self._audio) - self.keep
+                self._audio = self._audio[-self.keep:]
+
+    def ready(self, t: int) -> bool:
+        """Whether frame t's windows can be computed (its look-ahead has arrived)."""
+        return self.received >= t * SAMPLES_PER_FRAME + self.lookahead
+
+    def _segment(self, start: int, stop: int) -> np.ndarray:
+        """Stream samples [start, stop), zeros where none arrived or they were dropped."""
+        out = np.zeros(stop - start, np.float32)
+        with self._lock:
+            lo, hi = max(start, self._offset), min(stop, self._offset + len(self._audio))
+            if hi > lo:
+                out[lo - start: hi - start] = self._audio[lo - self._offset: hi - self._offset]
+        return out
+
+    def window(self, t: int) -> np.ndarray:
+        """The attention window of frame t [8, 16, C], from the audio of frames t-4-CONTEXT .. t+3 and the look-ahead."""
+        half = SMOOTH_WINDOW // 2
+        first = t - half - self.CONTEXT  # frame the computed audio starts at (a frame boundary: 640 = 2 hops)
+        audio = self._segment(first * SAMPLES_PER_FRAME, t * SAMPLES_PER_FRAME + self.lookahead + SAMPLES_PER_FRAME)
+        count = half + self.CONTEXT + SMOOTH_WINDOW - half
+        windows = frame_windows(self.extractor(audio), count, FPS)  # frames first .. t+3
+        return windows[-SMOOTH_WINDOW:].astype(np.float32)
+
+    def pcm(self, t: int) -> np.ndarray:
+        """The int16 audio of frame t [640]."""
+        audio = self._segment(t * SAMPLES_PER_FRAME, (t + 1) * SAMPLES_PER_FRAME)
+        return (np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
+
+
 class Stream:
     """One listener's avatar: frame after frame on its own clock, saying its newest utterance, idle otherwise.
     `say` may be called from any thread; it interrupts what is being said at the next frame."""
@@ -96,6 +153,10 @@ class Stream:
         self._lock = threading.Lock()
         self._utterance: Utterance | None = None
         self._position = 0  # frame of the utterance that comes next
+        self._live: LiveInput | None = None
+        self._live_frame = 0  # frame of the live input that comes next
+        self._held: np.ndarray | None = None  # the last live window, held while the next one's audio is late
+        self._flowing = False
 
     @property
     def speaking(self) -> bool:
@@ -107,14 +168,43 @@ class Stream:
         with self._lock:
             self._utterance, self._position = utterance, 0
 
+    def listen(self, live: LiveInput | None) -> None:
+        """Follow speech as it arrives (None: stop); an utterance given by `say` is spoken first."""
+        with self._lock:
+            self._live, self._live_frame, self._held, self._flowing = live, 0, None, False
+
+    def _live_window(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The next frame of the live input once its look-ahead has arrived; while it has not, the last live window
+        held with no sound (a late packet delays the speech, it neither garbles it nor snaps the mouth shut). None:
+        no live input, or it has not started."""
+        with self._lock:
+            live, t, held = self._live, self._live_frame, self._held
+        if live is None:
+            return None
+        # (re)start only with JITTER_FRAMES to spare, then go on as long as the look-ahead itself is in
+        if not live.ready(t + (0 if held is not None and self._flowing else JITTER_FRAMES)):
+            self._flowing = False
+            return None if held is None else (held, np.zeros(SAMPLES_PER_FRAME, np.int16))
+        newest = (live.received - live.lookahead) // SAMPLES_PER_FRAME  # frames that could render now
+        if newest - t > MAX_BEHIND:  # fell behind (an utterance was said meanwhile): go on from what is said now
+            t = newest - 1 - JITTER_FRAMES
+        window = live.window(t)
+        with self._lock:
+            self._live_frame, self._held, self._flowing = t + 1, window, True
+        return window, live.pcm(t)
+
     def next_window(self) -> tuple[np.ndarray, np.ndarray]:
         """(audio window [8, 16, C], int16 audio [640]) of the next frame, and advance."""
         half = SMOOTH_WINDOW // 2
         idle = self.avatar.idle_window
         with self._lock:
             speech, t = self._utterance, self._position
-            if speech is None:
-                return np.repeat(idle[None], SMOOTH_WINDOW, 0), np.zeros(SAMPLES_PER_FRAME, np.int16)
+        if speech is None:
+            silent = np.repeat(idle[None], SMOOTH_WINDOW, 0), np.zeros(SAMPLES_PER_FRAME, np.int16)
+            return self._live_window() or silent
+        with self._lock:
+            if self._utterance is not speech:  # replaced meanwhile: speak the new one from its start
+                speech, t = self._utterance, 0
             rows = np.arange(t - half, t + SMOOTH_WINDOW - half)
             inside = (rows >= 0) & (rows < speech.num_frames)
             window = np.where(inside[:, None, None], speech.windows[np.clip(rows, 0, speech.num_frames - 1)], idle)

@@ -1,5 +1,5 @@
-"""The page `serve.py` serves: the avatar's video with its audio, a text box, an audio file picker and a microphone
-button. Plain HTML and the browser's own WebRTC: nothing to build or fetch."""
+"""The page `serve.py` serves: the avatar's video with its audio, a text box, an audio file picker and a live
+microphone. Plain HTML and the browser's own WebRTC: nothing to build or fetch."""
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>ernerf live avatar</title>
@@ -16,7 +16,7 @@ PAGE = """<!doctype html>
 <textarea id="text" placeholder="Type what the avatar should say"></textarea><br>
 <button id="say">Say it</button>
 <input type="file" id="file" accept="audio/*,video/*"> <button id="send">Say this file</button>
-<button id="mic">Speak into the microphone</button>
+<button id="mic">Talk live (microphone)</button>
 <script>
 let session = null;
 const status = (s) => document.getElementById("status").textContent = s;
@@ -25,10 +25,13 @@ async function post(path, body, type) {
   if (!r.ok) { status("error: " + await r.text()); return null; }
   return r.json();
 }
-async function connect() {
-  const pc = new RTCPeerConnection();
+let pc = null;
+async function connect(microphone) {
+  if (pc) pc.close();
+  pc = new RTCPeerConnection();
   pc.addTransceiver("video", {direction: "recvonly"});
-  pc.addTransceiver("audio", {direction: "recvonly"});
+  if (microphone) microphone.getAudioTracks().forEach((t) => pc.addTrack(t, microphone));
+  else pc.addTransceiver("audio", {direction: "recvonly"});
   const media = new MediaStream();
   pc.ontrack = (e) => { media.addTrack(e.track); document.getElementById("avatar").srcObject = media; };
   await pc.setLocalDescription(await pc.createOffer());
@@ -40,7 +43,8 @@ async function connect() {
   if (!answer) return;
   session = answer.session;
   await pc.setRemoteDescription(answer);
-  status("connected: type something and press Say it");
+  status(microphone ? "live: the avatar says what you say (about 0.4 s later)"
+                    : "connected: type something and press Say it");
 }
 document.getElementById("say").onclick = async () => {
   const text = document.getElementById("text").value;
@@ -53,22 +57,16 @@ document.getElementById("send").onclick = async () => {
   const r = await post("/audio?session=" + session, file, "application/octet-stream");
   if (r) status("saying " + r.seconds.toFixed(1) + " s of " + file.name);
 };
-let recorder = null;
+let microphone = null;
 document.getElementById("mic").onclick = async () => {
   const button = document.getElementById("mic");
-  if (recorder) { recorder.stop(); return; }
-  const mic = await navigator.mediaDevices.getUserMedia({audio: true});
-  const chunks = [];
-  recorder = new MediaRecorder(mic);
-  recorder.ondataavailable = (e) => chunks.push(e.data);
-  recorder.onstop = async () => {
-    mic.getTracks().forEach((t) => t.stop());
-    recorder = null; button.textContent = "Speak into the microphone";
-    const r = await post("/audio?session=" + session, new Blob(chunks), "application/octet-stream");
-    if (r) status("saying your " + r.seconds.toFixed(1) + " s");
-  };
-  recorder.start(); button.textContent = "Stop and say it"; status("recording...");
+  if (microphone) {
+    microphone.getTracks().forEach((t) => t.stop()); microphone = null;
+    button.textContent = "Talk live (microphone)"; return connect(null);
+  }
+  microphone = await navigator.mediaDevices.getUserMedia({audio: true});
+  button.textContent = "Stop talking"; await connect(microphone);
 };
-connect();
+connect(null);
 </script></body></html>
 """

@@ -23,7 +23,7 @@ from aiohttp import web
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from ernerf.apps.live.avatar import SAMPLES_PER_FRAME, LiveAvatar, Stream
+from ernerf.apps.live.avatar import SAMPLES_PER_FRAME, LiveAvatar, LiveInput, Stream
 from ernerf.apps.live.page import PAGE
 from ernerf.constants import FPS, SAMPLE_RATE
 from ernerf.errors import ErnerfError
@@ -44,6 +44,7 @@ class FramePump:
         self.audio: deque[np.ndarray] = deque()
         self.audio_ready = asyncio.Condition()
         self.task: asyncio.Task | None = None
+        self.inputs: list[asyncio.Future] = []  # tasks receiving the client's microphone
         self.failed = False
 
     def start(self) -> None:
@@ -74,8 +75,9 @@ class FramePump:
             return self.audio.popleft()
 
     def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
+        for task in [self.task, *self.inputs]:
+            if task is not None:
+                task.cancel()
 
 
 class AvatarVideo(MediaStreamTrack):
@@ -163,6 +165,13 @@ class LiveServer:
         pc.addTrack(AvatarVideo(pump))
         pc.addTrack(AvatarAudio(pump))
 
+        @pc.on("track")
+        def listen(track: MediaStreamTrack) -> None:  # the client's microphone: the avatar says it as it comes
+            if track.kind == "audio":
+                live = LiveInput(self.avatar.extractor)
+                stream.listen(live)
+                pump.inputs.append(asyncio.ensure_future(_receive(track, live)))
+
         @pc.on("connectionstatechange")
         async def closed() -> None:
             if pc.connectionState in ("failed", "closed"):
@@ -214,6 +223,18 @@ class LiveServer:
         await asyncio.gather(*(self.close(s) for s in list(self.sessions)))
         self.render_thread.shutdown(wait=False, cancel_futures=True)
         self.audio_threads.shutdown(wait=False, cancel_futures=True)
+
+
+async def _receive(track: MediaStreamTrack, live: LiveInput) -> None:
+    """Append a received audio track to `live` as 16 kHz mono, until the client stops sending."""
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+    while True:
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            return
+        for out in resampler.resample(frame):
+            live.append(out.to_ndarray().reshape(-1))
 
 
 async def _json(request: web.Request, *keys: str) -> dict[str, Any]:
