@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ class EvalResult:
 
 
 def build_report(subject: str, target: EvalTarget, step: int, rendered: Rendered, found: Findings,
-                 cross_audio: Path | None) -> dict[str, Any]:
+                 cross_audio: Mapping[str, Path]) -> dict[str, Any]:
     """The content of metrics.json."""
     names = list(found.values) + [n for n in found.unavailable if n not in found.values]
     return {
@@ -45,7 +46,7 @@ def build_report(subject: str, target: EvalTarget, step: int, rendered: Rendered
         "metrics": {n: found.values.get(n, "unavailable") for n in names},
         "unavailable": found.unavailable,
         "per_frame": found.curves,
-        "cross_audio": None if cross_audio is None else str(cross_audio),
+        "cross_audio": {name: str(path) for name, path in cross_audio.items()},  # figure cross_sync_audio_corr_<name>
         "logged_to": [], "logger_keys": "test/<metric>", "note": NOT_COMPARABLE,
     }
 
@@ -60,7 +61,7 @@ def write_outputs(out_dir: Path, report: dict[str, Any], rendered: Rendered, fou
     files["grid"] = frame_grid(out_dir / "frames.png", rendered.truths[picks], rendered.renders[picks],
                                        rendered.frames[picks])
     files["psnr"] = psnr_curve(out_dir / "psnr.png", rendered.frames, found.curves["psnr"])
-    files["mouth"] = mouth_curves(out_dir / "mouth.png", rendered.frames, found.curves)
+    files["mouth"] = mouth_curves(out_dir / "mouth.png", rendered.frames, found.curves, report["cross_audio"])
     files["html"] = write_index(out_dir / "index.html", report, [files["grid"], files["psnr"], files["mouth"]])
     return files
 
