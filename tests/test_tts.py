@@ -100,6 +100,7 @@ class CountingEngine:
     it are already on disk (the text is streamed to the file, not gathered in memory first)."""
 
     sample_rate = 8000
+    sentence_pause = 0.25
 
     def __init__(self, folder: Path) -> None:
         self.folder, self.calls, self.written = folder, [], 0
@@ -111,7 +112,7 @@ class CountingEngine:
         assert partial[0].stat().st_size == header + 2 * self.written, "earlier sentences are not on disk yet"
         self.calls.append(text)
         n = int(0.1 * self.sample_rate) * len(text)
-        self.written += n
+        self.written += n + (2000 if len(self.calls) > 1 else 0)  # the 0.25 s pause goes before every later sentence
         return (0.3 * np.sin(np.arange(n) * 0.1)).astype(np.float32)
 
 
@@ -128,6 +129,7 @@ def test_a_long_text_is_synthesised_one_sentence_at_a_time_and_streamed(tmp_path
     with wave.open(str(spoken.path)) as wav:
         assert wav.getframerate() == 8000 and wav.getnframes() == engine.written
     assert spoken.seconds == pytest.approx(engine.written / 8000)
+    assert engine.written == sum(800 * len(s) for s in sentences) + 299 * 2000  # a pause between sentences, not after
     assert not list(tmp_path.glob(".tmp.*"))
 
 
@@ -148,12 +150,17 @@ def test_espeak_engine_speaks_each_sentence_of_a_non_ascii_text(tmp_path, monkey
     real = tts.synthesize
     monkeypatch.setattr(tts, "synthesize", lambda text, *a: calls.append(text) or real(text, *a))
     engine = tts.EspeakSpeech(voice="de", words_per_minute=170)
+    assert 0.1 < engine.sentence_pause < 0.6  # espeak-ng's own pause between sentences (0.38 s at 150 words/min)
+    calls.clear()
     spoken = tts.speak_to_wav(engine, "Grüße aus Köln! Zoë trinkt Café. Schön, nicht wahr?", tmp_path / "de.wav")
     assert calls == ["Grüße aus Köln!", "Zoë trinkt Café.", "Schön, nicht wahr?"]
     with wave.open(str(spoken.path)) as f:
         pcm = np.frombuffer(f.readframes(f.getnframes()), "<i2")
         assert f.getframerate() == engine.sample_rate
     assert 1.5 < spoken.seconds < 8 and np.abs(pcm).max() > 0.2 * 32768  # ~10 words at 170 per minute, and loud
+    whole = len(tts.synthesize("Grüße aus Köln! Zoë trinkt Café. Schön, nicht wahr?", "de", 170, 45)[0])
+    # the pauses put back between the sentences: as long as the text spoken in one piece
+    assert spoken.seconds == pytest.approx(whole / engine.sample_rate, abs=0.05)
 
 
 @pytest.mark.parametrize("kwargs, match", [

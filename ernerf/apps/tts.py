@@ -8,6 +8,7 @@ resampling): inference machines may lack them (tests/test_infer_minimal_deps.py)
 from __future__ import annotations
 
 import ctypes
+import functools
 import re
 import threading
 import wave
@@ -143,6 +144,10 @@ class SpeechEngine(Protocol):
     def sample_rate(self) -> int:  # Hz of what `synthesize` returns
         ...
 
+    @property
+    def sentence_pause(self) -> float:  # seconds of silence speak_to_wav puts between two sentences
+        ...
+
     def synthesize(self, text: str) -> np.ndarray:  # a sentence -> float32 mono in [-1, 1] [T]
         ...
 
@@ -165,6 +170,13 @@ class EspeakSpeech:
     @property
     def sample_rate(self) -> int:
         return _engine().sample_rate
+
+    @functools.cached_property
+    def sentence_pause(self) -> float:
+        """The pause espeak-ng makes between two sentences of one text at this voice and rate: a sentence synthesised
+        alone ends without it. It shrinks faster than the rate grows, so it is measured, not scaled."""
+        one, two = (len(self.synthesize(t)) for t in ("Yes.", "Yes. Yes."))
+        return max(0.0, (two - 2 * one) / self.sample_rate)
 
     def synthesize(self, text: str) -> np.ndarray:
         return synthesize(text, self.voice, self.words_per_minute, self.pitch)[0]
@@ -200,11 +212,13 @@ class SpokenText:
 
 
 def speak_to_wav(engine: SpeechEngine, text: str, path: Path | str) -> SpokenText:
-    """Synthesise `text` sentence by sentence into a PCM16 wav at the engine's rate, written atomically.
+    """Synthesise `text` sentence by sentence into a PCM16 wav at the engine's rate, written atomically, with the
+    engine's `sentence_pause` of silence between sentences.
 
     Each sentence is written before the next is synthesised, so memory holds one sentence whatever the text's length.
     """
     path, rate = Path(path), int(engine.sample_rate)
+    pause = np.zeros(int(round(engine.sentence_pause * rate)), "<i2").tobytes()
     sentences = samples = 0
     # unbuffered: each sentence reaches the file before the next is made (wave patches the header as it goes)
     with atomic_path(path) as tmp, open(tmp, "wb", buffering=0) as file, wave.open(file, "wb") as out:
@@ -213,6 +227,9 @@ def speak_to_wav(engine: SpeechEngine, text: str, path: Path | str) -> SpokenTex
         out.setframerate(rate)
         for sentence in split_sentences(text):
             pcm = to_pcm16(engine.synthesize(sentence))
+            if sentences and len(pcm):
+                out.writeframes(pause)
+                samples += len(pause) // 2
             out.writeframes(pcm.tobytes())
             sentences, samples = sentences + 1, samples + len(pcm)
         if samples == 0:
