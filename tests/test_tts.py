@@ -165,6 +165,7 @@ def test_espeak_engine_speaks_each_sentence_of_a_non_ascii_text(tmp_path, monkey
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"words_per_minute": 40}, r"speed=40 is out of range: speed is in words per minute, 80-450"),
+    ({"words_per_minute": "fast"}, r"speed=fast is out of range: speed is in words per minute"),
     ({"pitch": 120}, r"tts\.pitch=120"),
 ])
 def test_espeak_engine_settings_are_checked_when_built(kwargs: dict, match: str) -> None:

@@ -160,10 +160,10 @@ class EspeakSpeech:
 
     def __init__(self, voice: str = "en", words_per_minute: int = 150, pitch: int = 45) -> None:
         lo, hi = WORDS_PER_MINUTE
-        if not lo <= words_per_minute <= hi:
+        if not isinstance(words_per_minute, (int, float)) or not lo <= words_per_minute <= hi:
             raise ErnerfError(f"speed={words_per_minute} is out of range: speed is in words per minute, {lo}-{hi} "
                               "(150 is a calm speaker).")
-        if not 0 <= pitch <= 99:
+        if not isinstance(pitch, (int, float)) or not 0 <= pitch <= 99:
             raise ErnerfError(f"tts.pitch={pitch} is out of range: 0-99 (50 is the voice's own).")
         self.voice, self.words_per_minute, self.pitch = str(voice), int(words_per_minute), int(pitch)
 

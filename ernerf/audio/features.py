@@ -218,7 +218,7 @@ def load_speech_model(transformers: Any, source: str, config_key: str, cache_dir
         return _from_pretrained(transformers, str(folder), local_only=True)
     try:  # the cache first: no request to the hub per run, and the features keep the revision the subject used
         return _from_pretrained(transformers, source, local_only=True, cache_dir=cache_dir)
-    except OSError as cached_error:
+    except (OSError, ValueError) as cached_error:  # not cached; a ValueError: not a valid hub id
         if hub_offline():
             raise ErnerfError(
                 f"{source} is not in the Hugging Face cache and HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set: run "
