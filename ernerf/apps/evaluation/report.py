@@ -106,9 +106,10 @@ def print_summary(result: EvalResult) -> None:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     console.print(f"[bold]{report['subject']} ({report['stage']}, step {report['step']}): "
                   f"{len(report['frames']['validation'])} validation frames[/bold]")
+    width = max([22, *map(len, report["metrics"])])  # per-source names (cross_sync_audio_corr_<stem>) run longer
     for name, value in report["metrics"].items():
         shown = f"{value:.4f}" if isinstance(value, float) else f"{value}: {report['unavailable'].get(name, '')}"
-        console.print(f"  {name:<22} {shown}", markup=False, highlight=False)
+        console.print(f"  {name:<{width}} {shown}", markup=False, highlight=False)
     for kind, path in result.files.items():
         console.print(f"  {kind:<10} {path}", markup=False, highlight=False)
     for place in report["logged_to"]:
