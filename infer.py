@@ -1,4 +1,4 @@
-"""python infer.py subject=<name> audio=<file> [stage=<name>]: a trained avatar speaks new audio -> result.mp4."""
+"""python infer.py subject=<name> audio=<file> | text="..." [stage=<name>]: a trained avatar speaks -> result.mp4."""
 
 from __future__ import annotations
 
@@ -19,4 +19,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_entry_point(main, "infer.py", plain_keys={"stage": "stage_name"})
+    run_entry_point(main, "infer.py", plain_keys={"stage": "stage_name"}, free_text=("text",))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
@@ -51,6 +52,19 @@ def quote_non_ascii(arg: str) -> str:
     return f"{key}='{parsed[1]}'"
 
 
+def quote_free_text(arg: str, keys: Sequence[str]) -> str:
+    """`text=Hello, it's me.` -> `text='Hello, it\\'s me.'` for each key of `keys`: the whole value is the user's text,
+    while Hydra's override grammar reads commas, quotes, brackets and `${` in an unquoted value as syntax."""
+    parsed = override_value(arg)
+    if parsed is None or parsed[0] not in keys:
+        return arg
+    value = parsed[1]
+    # a backslash before a quote, before `${` or at the end would escape it: doubled, it stays a backslash
+    value = re.sub(r"(\\+)(?='|$|\$\{)", lambda m: m.group(1) * 2, value)
+    value = value.replace("${", "\\${").replace("'", "\\'")
+    return f"{arg.partition('=')[0]}='{value}'"
+
+
 def check_command_line(argv: Sequence[str], script: str) -> list[str]:
     """The command line as Hydra should see it: a missing or unsafe `subject=` is refused before Hydra makes its
     run folder (which is named after the subject), and non-ASCII values are quoted."""
@@ -77,13 +91,16 @@ def rename_keys(argv: Sequence[str], renames: Mapping[str, str]) -> list[str]:
     return out
 
 
-def run_entry_point(main: Callable[[], object], script: str, plain_keys: Mapping[str, str] | None = None) -> None:
+def run_entry_point(main: Callable[[], object], script: str, plain_keys: Mapping[str, str] | None = None,
+                    free_text: Sequence[str] = ()) -> None:
     """Check the command line, then run a Hydra `main`.
 
     `plain_keys` maps a command-line key that names a config group of conf/ to the plain key the script's config
     takes it as: Hydra reads `stage=lips` as a choice in conf/stage/ (the training stage, with its loss, sampler and
     callbacks) wherever that folder exists, while infer.py and evaluate.py only need the name (`stage_name`).
+    The values of the `free_text` keys are taken whole, as written (`quote_free_text`).
     """
-    argv = exit_on_user_error(check_command_line)(sys.argv[1:], script)
+    argv = [quote_free_text(arg, free_text) for arg in sys.argv[1:]]
+    argv = exit_on_user_error(check_command_line)(argv, script)
     sys.argv[1:] = rename_keys(argv, plain_keys or {})
     main()

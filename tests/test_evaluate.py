@@ -146,10 +146,19 @@ def test_targets_and_cross_audio_resolution(tmp_path: Path) -> None:
     with pytest.raises(ErnerfError, match="neither a run folder"):
         resolve_target(tmp_path, "anna", str(tmp_path / "nope"))
     none, reason = resolve_cross_audio(None)  # no default clip: the figure is unavailable and says how to get it
-    assert none is None and "cross_audio=<" in reason
-    assert resolve_cross_audio(str(shared_clip("audio/obama_5s.wav")))[0] == shared_clip("audio/obama_5s.wav")
-    with pytest.raises(ErnerfError, match="not found"):
-        resolve_cross_audio(str(tmp_path / "x.wav"))
+    assert none == {} and "cross_audio=<" in reason and resolve_cross_audio([])[0] == {}
+    obama, radio = shared_clip("audio/obama_5s.wav"), shared_clip("audio/radio31_8s.wav")
+    assert resolve_cross_audio(str(obama))[0] == {"obama_5s": obama}  # one file, as before
+    two = compose("evaluate", ["subject=anna", f"cross_audio=[{obama},{radio}]"]).cross_audio  # Hydra's list
+    assert resolve_cross_audio(two) == ({"obama_5s": obama, "radio31_8s": radio}, "")
+    (tmp_path / "a").mkdir()
+    twin = tmp_path / "a" / "obama_5s.wav"
+    twin.write_bytes(obama.read_bytes())
+    odd = tmp_path / "a" / "Zoë's take 2.wav"
+    odd.write_bytes(b"")
+    assert list(resolve_cross_audio([obama, twin, odd])[0]) == ["obama_5s", "obama_5s_2", "Zoë_s_take_2"]
+    with pytest.raises(ErnerfError, match=r"cross_audio file .*x\.wav not found.*cross_audio=\[a\.wav,b\.wav\]"):
+        resolve_cross_audio([str(obama), str(tmp_path / "x.wav")])
 
 
 def test_findings_merge_keeps_reasons() -> None:
@@ -182,9 +191,9 @@ def test_evaluate_real_frames_with_a_perfect_renderer(tmp_path: Path, subject34)
     (runs / "mini" / "head" / "csv").mkdir()  # the run logged to CSV
     view = load_subject(subject34.root, "aud_mel.npy", downscale=4)
     perfect = CropRenderer(subject34, view.poses, view.img_ids)
+    sources = [shared_clip("audio/obama_5s.wav"), shared_clip("audio/radio31_8s.wav")]
     cfg = compose("evaluate", [f"paths.data_root={subject34.root.parent}", f"paths.runs_root={runs}", "subject=mini",
-                               "downscale=4", f"cross_audio={shared_clip('audio/obama_5s.wav')}",
-                               "cross_max_seconds=1.0"])
+                               "downscale=4", f"cross_audio=[{sources[0]},{sources[1]}]", "cross_max_seconds=1.0"])
     result = evaluate_from_config(cfg, system_loader=lambda path, device: perfect)
 
     report = json.loads((runs / "mini" / "eval" / "metrics.json").read_text())
@@ -196,8 +205,18 @@ def test_evaluate_real_frames_with_a_perfect_renderer(tmp_path: Path, subject34)
     assert metrics["pose_jitter_ratio"] == pytest.approx(1.0, abs=0.25)
     assert metrics["lpips"] == "unavailable" and report["unavailable"]["lpips"]
     assert "audio.wav is missing" in report["unavailable"]["sync_audio_corr"]  # the mini subject has no audio.wav
-    assert isinstance(metrics["cross_sync_audio_corr"], float)
-    assert len(report["per_frame"]["cross_energy"]) == 25
+    each = [metrics["cross_sync_audio_corr_obama_5s"], metrics["cross_sync_audio_corr_radio31_8s"]]
+    assert all(isinstance(v, float) for v in each) and each[0] != each[1]
+    assert metrics["cross_sync_audio_corr"] == pytest.approx(np.mean(each))  # the summary is their mean
+    assert report["cross_audio"] == {"obama_5s": str(sources[0]), "radio31_8s": str(sources[1])}
+    assert len(report["per_frame"]["cross_energy_obama_5s"]) == len(report["per_frame"]["cross_energy_radio31_8s"]) == 25
+    assert report["per_frame"]["cross_energy_obama_5s"] != report["per_frame"]["cross_energy_radio31_8s"]
+    page = (result.out_dir / "index.html").read_text()
+    assert all(f"<td>cross_sync_audio_corr_{n}</td>" in page and str(sources[k]) in page
+               for k, n in enumerate(("obama_5s", "radio31_8s")))
+    from PIL import Image
+
+    assert Image.open(result.out_dir / "mouth.png").size[1] > 1.4 * 5.5 * 90  # a panel per source: 3 panels, not 2
     shares = [metrics[f"region_share_{r}"] for r in ("face", "hair", "neck", "torso", "background")]
     assert sum(shares) == pytest.approx(1.0) and metrics["region_psnr_face"] > 40  # where the (small) error is
     for name in ("frames.png", "regions.png", "psnr.png", "mouth.png"):
@@ -206,6 +225,8 @@ def test_evaluate_real_frames_with_a_perfect_renderer(tmp_path: Path, subject34)
     with open(runs / "mini" / "head" / "csv" / "test" / "metrics.csv") as f:
         row = next(csv.DictReader(f))
     assert float(row["test/psnr"]) == pytest.approx(metrics["psnr"]) and float(row["test/lmd"]) == pytest.approx(metrics["lmd"])
+    for name in ("cross_sync_audio_corr_obama_5s", "cross_sync_audio_corr_radio31_8s"):  # one logger key per source
+        assert float(row[f"test/{name}"]) == pytest.approx(metrics[name])
 
 
 def test_evaluate_py_on_a_trained_system(tmp_path: Path, subject34, capsys) -> None:

@@ -1,7 +1,10 @@
-"""infer.py end to end with a fake renderer (real frames, real audio), and every user error it reports."""
+"""infer.py end to end with a fake renderer (real frames, real audio or synthesised text), and every user error it
+reports."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +13,12 @@ import pytest
 from ernerf.errors import ErnerfError
 from ernerf.apps.inference import (FrameSource, audio_window, check_kind, infer_from_config, load_driving_audio,
                                   load_feature_file, load_subject)
-from ernerf.io.audio import write_wav
+from ernerf.io.audio import load_audio, write_wav
 from ernerf.io.video import iter_frames, probe, run_ffmpeg
-from tests.conftest import compose, shared_clip
+from tests.conftest import REPO, compose, shared_clip
 from tests.postprocess.conftest import mini_subject  # noqa: F401 - session fixture
 from tests.postprocess.mini_subject import FEATURE_DIM, CropRenderer
+from tests.test_infer_minimal_deps import bare_env, saved_untrained_system  # noqa: F401 - bare_env is a fixture
 
 
 @pytest.fixture(scope="module")
@@ -213,3 +217,104 @@ def test_stage_is_a_plain_name_not_the_training_stage_group(script: str, args: l
     assert "stage_name: lips" in done.stdout
     assert not any(line.startswith(("stage:", "loss:", "datamodule:", "model:")) for line in done.stdout.splitlines())
     assert compose(script.removesuffix(".py"), ["subject=x", *args]).stage_name is None
+
+
+# ---------------------------------------------------------------- text= : the avatar speaks synthesised text
+
+
+def wav_seconds(path: Path) -> float:
+    import wave
+
+    with wave.open(str(path)) as f:
+        return f.getnframes() / f.getframerate()
+
+
+def test_infer_speaks_text_written_beside_the_video(tmp_path, mini_subject):
+    runs = tmp_path / "runs"
+    touch_checkpoint(runs, "mini", "head")
+    text = "Grüß dich, Zoë! Hier spricht der Avatar."
+    cfg = compose("infer", [f"paths.data_root={mini_subject.root.parent}", f"paths.runs_root={runs}",
+                            "subject=mini", f"text='{text}'", "voice=de", "speed=200",
+                            f"output={tmp_path / 'out'}", "progress=false"])
+    view = load_subject(mini_subject.root, "aud_mel.npy")
+    result = infer_from_config(cfg, system_loader=lambda path, device: CropRenderer(mini_subject, view.poses,
+                                                                                      view.img_ids))
+    video, speech = result.outputs["video"], result.outputs["speech"]
+    assert (video, speech) == (tmp_path / "out" / "result.mp4", tmp_path / "out" / "result.wav")
+    info = probe(video)
+    assert info.has_audio and info.num_frames == result.num_frames == round(wav_seconds(speech) * 25)
+    assert abs(info.duration - wav_seconds(speech)) < 0.05
+    assert 1.5 < wav_seconds(speech) < 6  # 7 words at 200 words per minute, with pauses
+
+
+def test_text_from_a_file_names_the_outputs(tmp_path):
+    from ernerf.apps.inference import speech_text, text_stem
+
+    script = tmp_path / "welcome.txt"
+    script.write_text("Welcome, everyone.\nIt's a pleasure.", encoding="utf-8")
+    assert speech_text(f"@{script}", None) == "Welcome, everyone.\nIt's a pleasure."
+    assert text_stem("Welcome, everyone.", f"@{script}") == "welcome"
+    assert text_stem("Hello there. This is a test.", "Hello there. This is a test.") == "Hello_there_This_is"
+    assert text_stem("Zoë spricht.", "Zoë spricht.") == "Zoë_spricht" and text_stem("?!", "?!") == "speech"
+    assert speech_text(None, "a.wav") is None
+
+
+@pytest.mark.parametrize("args, match", [
+    (["audio=a.wav", "text=hello"], "both audio= and text= are given: give either audio=<"),
+    ([], "no driving audio: give either audio=<a wav/mp3/m4a file> or text="),
+    (["text=' ... '"], "text= is empty"),
+    (["text=@/nonexistent/speech.txt"], r"cannot read the text file /nonexistent/speech\.txt"),
+    (["text=hello", "voice=xx-nope"], "espeak-ng has no voice 'xx-nope': give voice= a language code"),
+    (["text=hello", "speed=1000"], "speed=1000 is out of range"),
+])
+def test_text_errors_come_before_the_model_loads(tmp_path, mini_subject, args, match):
+    runs = tmp_path / "runs"
+    touch_checkpoint(runs, "mini", "head")
+    cfg = compose("infer", [f"paths.data_root={mini_subject.root.parent}", f"paths.runs_root={runs}", "subject=mini",
+                            f"output={tmp_path / 'out'}", *args])
+
+    def no_loading(path, device):
+        raise AssertionError("the model was loaded before the text was checked")
+
+    with pytest.raises(ErnerfError, match=match):
+        infer_from_config(cfg, system_loader=no_loading)
+    assert not list((tmp_path / "out").glob("*.wav")) if (tmp_path / "out").exists() else True
+
+
+def test_free_text_reaches_the_config_whole() -> None:
+    from ernerf.cli import quote_free_text
+
+    for text in ["Hello, it's me.", "a [b] {c} (d) = e", 'say "hi"', "costs $5 ${x}", "ends in \\", "x=y, z"]:
+        arg = quote_free_text(f"text={text}", ("text",))
+        assert compose("infer", ["subject=a", arg]).text == text
+    assert quote_free_text("audio=a,b.wav", ("text",)) == "audio=a,b.wav"
+
+
+def test_infer_py_text_end_to_end_without_librosa_or_soundfile(tmp_path, mini_subject, bare_env):
+    """`python infer.py text=...` as a user types it (commas, an apostrophe, non-ASCII), on a saved system, in the
+    GPU machine's environment: the video and the synthesised speech beside it, of the same length."""
+    runs, out = tmp_path / "runs", tmp_path / "out" / "talk.mp4"
+    saved_untrained_system(runs, "mini")
+    cmd = [sys.executable, "infer.py", "subject=mini", "text=Hello, it's Zoë. This is a test.", f"output={out}",
+           "device=cpu", f"paths.data_root={mini_subject.root.parent}", f"paths.runs_root={runs}", "downscale=32",
+           "progress=false"]
+    done = subprocess.run(cmd, cwd=REPO, env=bare_env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    speech = out.with_suffix(".wav")
+    assert str(speech) in done.stdout
+    seconds = wav_seconds(speech)
+    assert 1.5 < seconds < 5  # 7 words at 150 words per minute
+    info = probe(out)
+    assert info.has_audio and info.num_frames == round(seconds * 25) and abs(info.duration - seconds) < 0.05
+    muxed = load_audio(out)
+    spoken = load_audio(speech)
+    k = min(len(muxed), len(spoken))
+    assert np.corrcoef(np.abs(muxed[:k]), np.abs(spoken[:k]))[0, 1] > 0.9  # the synthesised speech, in sync
+
+
+def test_infer_py_with_both_or_neither_driving_input_is_a_one_line_error(tmp_path):
+    from tests.reliability import assert_user_error, run_entry_point
+
+    base = ["subject=mini", f"paths.runs_root={tmp_path / 'runs'}", f"paths.data_root={tmp_path / 'data'}"]
+    done = run_entry_point(REPO, "infer.py", *base, "audio=a.wav", "text=Hello, world.", timeout=120)
+    assert_user_error(done, "both audio= and text= are given", "text=")

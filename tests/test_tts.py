@@ -1,6 +1,8 @@
-"""Offline speech synthesis through libespeak-ng."""
+"""Offline speech synthesis through libespeak-ng, and long texts spoken sentence by sentence into a wav file."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,3 +77,99 @@ def test_write_wav_resamples_to_target_rate(tmp_path) -> None:
 def test_bad_input_raises_a_user_error(kwargs: dict, match: str) -> None:
     with pytest.raises(ErnerfError, match=match):
         synthesize(**kwargs)
+
+
+# ---------------------------------------------------------------- long texts, sentence by sentence
+
+
+def test_sentences_are_split_at_their_ends_and_long_ones_cut() -> None:
+    from ernerf.apps.tts import split_sentences
+
+    text = "Hello there. Is it 10:30?  Yes!\n\nNew paragraph without a stop\n\n... -- ...\n你好。世界！ Zoë's café; naïve."
+    assert list(split_sentences(text)) == ["Hello there.", "Is it 10:30?", "Yes!", "New paragraph without a stop",
+                                           "你好。", "世界！", "Zoë's café;", "naïve."]
+    run_on = "word, " * 200  # 1200 characters and no full stop
+    pieces = list(split_sentences(run_on, max_chars=100))
+    assert all(len(p) <= 100 for p in pieces) and len(pieces) >= 12
+    assert " ".join(pieces).split() == run_on.split()  # nothing lost or repeated at the cuts
+    assert list(split_sentences("x" * 250, max_chars=100)) == ["x" * 100, "x" * 100, "x" * 50]  # no space: hard cuts
+
+
+class CountingEngine:
+    """A SpeechEngine that makes 0.1 s of tone per character and checks, at every call, that the sentences before
+    it are already on disk (the text is streamed to the file, not gathered in memory first)."""
+
+    sample_rate = 8000
+    sentence_pause = 0.25
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.calls, self.written = folder, [], 0
+
+    def synthesize(self, text: str) -> np.ndarray:
+        partial = list(self.folder.glob(".tmp.*.wav"))
+        assert len(partial) == 1, "synthesis is not writing into a temporary file beside the output"
+        header = 44 if self.written else 0  # a PCM wav's header, written with the first frames
+        assert partial[0].stat().st_size == header + 2 * self.written, "earlier sentences are not on disk yet"
+        self.calls.append(text)
+        n = int(0.1 * self.sample_rate) * len(text)
+        self.written += n + (2000 if len(self.calls) > 1 else 0)  # the 0.25 s pause goes before every later sentence
+        return (0.3 * np.sin(np.arange(n) * 0.1)).astype(np.float32)
+
+
+def test_a_long_text_is_synthesised_one_sentence_at_a_time_and_streamed(tmp_path) -> None:
+    import wave
+
+    from ernerf.apps.tts import speak_to_wav
+
+    sentences = [f"Sentence number {i} is here." for i in range(300)]
+    engine = CountingEngine(tmp_path)
+    spoken = speak_to_wav(engine, " ".join(sentences), tmp_path / "talk.wav")
+    assert engine.calls == sentences  # one call per sentence, in order
+    assert spoken.sentences == 300 and spoken.sample_rate == 8000
+    with wave.open(str(spoken.path)) as wav:
+        assert wav.getframerate() == 8000 and wav.getnframes() == engine.written
+    assert spoken.seconds == pytest.approx(engine.written / 8000)
+    assert engine.written == sum(800 * len(s) for s in sentences) + 299 * 2000  # a pause between sentences, not after
+    assert not list(tmp_path.glob(".tmp.*"))
+
+
+def test_a_text_with_nothing_to_say_leaves_no_file(tmp_path) -> None:
+    from ernerf.apps.tts import speak_to_wav
+
+    with pytest.raises(ErnerfError, match="nothing to say"):
+        speak_to_wav(CountingEngine(tmp_path), " ... -- !? ", tmp_path / "talk.wav")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_espeak_engine_speaks_each_sentence_of_a_non_ascii_text(tmp_path, monkeypatch) -> None:
+    import wave
+
+    from ernerf.apps import tts
+
+    calls = []
+    real = tts.synthesize
+    monkeypatch.setattr(tts, "synthesize", lambda text, *a: calls.append(text) or real(text, *a))
+    engine = tts.EspeakSpeech(voice="de", words_per_minute=170)
+    assert 0.1 < engine.sentence_pause < 0.6  # espeak-ng's own pause between sentences (0.38 s at 150 words/min)
+    calls.clear()
+    spoken = tts.speak_to_wav(engine, "Grüße aus Köln! Zoë trinkt Café. Schön, nicht wahr?", tmp_path / "de.wav")
+    assert calls == ["Grüße aus Köln!", "Zoë trinkt Café.", "Schön, nicht wahr?"]
+    with wave.open(str(spoken.path)) as f:
+        pcm = np.frombuffer(f.readframes(f.getnframes()), "<i2")
+        assert f.getframerate() == engine.sample_rate
+    assert 1.5 < spoken.seconds < 8 and np.abs(pcm).max() > 0.2 * 32768  # ~10 words at 170 per minute, and loud
+    whole = len(tts.synthesize("Grüße aus Köln! Zoë trinkt Café. Schön, nicht wahr?", "de", 170, 45)[0])
+    # the pauses put back between the sentences: as long as the text spoken in one piece
+    assert spoken.seconds == pytest.approx(whole / engine.sample_rate, abs=0.05)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"words_per_minute": 40}, r"speed=40 is out of range: speed is in words per minute, 80-450"),
+    ({"words_per_minute": "fast"}, r"speed=fast is out of range: speed is in words per minute"),
+    ({"pitch": 120}, r"tts\.pitch=120"),
+])
+def test_espeak_engine_settings_are_checked_when_built(kwargs: dict, match: str) -> None:
+    from ernerf.apps.tts import EspeakSpeech
+
+    with pytest.raises(ErnerfError, match=match):
+        EspeakSpeech(**kwargs)

@@ -98,20 +98,33 @@ def find_trained(runs_root: Path | str, subject: str, stage: str | None = None) 
 
 
 def legacy_extractor(kind: str, feature_dim: int) -> dict[str, Any] | None:
-    """The extractor conf/audio_features/ gave a feature kind before checkpoints recorded theirs; None: no such
-    kind."""
-    speech_model = {"_target_": "ernerf.audio.features.HFSpeechExtractor", "model_path": None,
-                    "config_key": "audio_features.extractor.model_path"}
+    """The extractor conf/audio_features/ gives a feature kind, for checkpoints from before they recorded theirs;
+    None: no such kind."""
+    def speech_model(model_id: str) -> dict[str, Any]:
+        return {"_target_": "ernerf.audio.features.HFSpeechExtractor", "model": model_id,
+                "config_key": "audio_extractor.model"}
+
     return {"mel": {"_target_": "ernerf.audio.features.LogMelExtractor", "n_mels": feature_dim},
-            "hu": speech_model, "w2v": speech_model}.get(kind)
+            "hu": speech_model("facebook/hubert-large-ls960-ft"),
+            "w2v": speech_model("facebook/wav2vec2-large-960h")}.get(kind)
+
+
+MODEL_KEYS = ("model", "model_path")  # a speech model's id or folder: the new key and the older one
 
 
 def audio_extractor(trained: TrainedStage, kind: str, feature_dim: int,
                     overrides: Mapping[str, Any] | None = None) -> AudioFeatureExtractor:
-    """The extractor the stage was trained with, `overrides` (e.g. a local model_path) merged in; for an older
+    """The extractor the stage was trained with, `overrides` (e.g. a local model folder) merged in; for an older
     checkpoint, the extractor of its feature kind."""
-    config = (trained.audio_features or {}).get("extractor") or legacy_extractor(kind, feature_dim)
-    if config is None:
+    config = dict((trained.audio_features or {}).get("extractor") or legacy_extractor(kind, feature_dim) or {})
+    if not config:
         raise ErnerfError(f"{trained.checkpoint} records no audio extractor and its features are of kind "
                           f"'{kind}': give precomputed features of this audio with features=<aud_{kind}.npy>.")
-    return instantiate(OmegaConf.merge(OmegaConf.create(dict(config)), OmegaConf.create(dict(overrides or {}))))
+    # conf/infer.yaml lists `model: null` so that `audio_extractor.model=<id or folder>` needs no `+`
+    overrides = {k: v for k, v in dict(overrides or {}).items() if not (k in MODEL_KEYS and v is None)}
+    if any(k in overrides for k in MODEL_KEYS):
+        # either key names the model: the recorded one must not win over what the user gives (model_path would)
+        config = {k: v for k, v in config.items() if k not in MODEL_KEYS}
+    if "config_key" in config:  # errors name the key of infer.py / evaluate.py, not the training config's
+        config["config_key"] = "audio_extractor.model"
+    return instantiate(OmegaConf.merge(OmegaConf.create(config), OmegaConf.create(overrides)))

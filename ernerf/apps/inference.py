@@ -6,6 +6,7 @@ The renderer is anything with `render_image(...)` (docs/design/model_api.md); te
 from __future__ import annotations
 
 import functools
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -18,15 +19,18 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from rich.console import Console
 from tqdm import tqdm
 
 from datamodules.subject import FrameStore, SubjectData, parse_subject
 from ernerf.apps.checkpoints import audio_extractor, find_trained
 from ernerf.apps.runs import stale_warning
+from ernerf.apps.tts import SpeechEngine, speak_to_wav
 from ernerf.audio.features import extract_features
 from ernerf.constants import FPS, SAMPLE_RATE, SMOOTH_WINDOW
-from ernerf.errors import ErnerfError
+from ernerf.errors import ErnerfError, user_error_in
 from ernerf.io.atomic import writable_folder
 from ernerf.io.audio import load_audio, loudness_db
 from ernerf.io.layout import SubjectLayout, check_subject_name
@@ -394,6 +398,46 @@ def _progress(total: int, enabled: bool):
 # ---------------------------------------------------------------- from the Hydra config (infer.py)
 
 
+def speech_text(text: str | None, audio: str | None) -> str | None:
+    """The text to speak (`text=@file.txt` reads a UTF-8 file), or None when `audio=` drives; one of them is needed."""
+    if (text is None) == (audio is None):
+        both = "both audio= and text= are given" if text is not None else "no driving audio"
+        raise ErnerfError(f"{both}: give either audio=<a wav/mp3/m4a file> or text=\"words to speak\" "
+                          "(text=@file.txt for a text file).")
+    if text is None:
+        return None
+    text = str(text)
+    if text.startswith("@"):
+        path = Path(text[1:]).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ErnerfError(f"cannot read the text file {path} ({exc}): give text=@<a UTF-8 text file>, "
+                              "or the words themselves.") from None
+    if not any(c.isalnum() for c in text):
+        raise ErnerfError("text= is empty: give the words to speak, e.g. text=\"Hello there.\"")
+    return text
+
+
+def speech_engine(config: Any) -> SpeechEngine:
+    """The text-to-speech engine of conf/tts/, its settings' ErnerfError re-raised as is (Hydra wraps it)."""
+    try:
+        return instantiate(config)
+    except InstantiationException as exc:
+        cause = user_error_in(exc)
+        if cause is None:
+            raise
+        raise cause from None
+
+
+def text_stem(text: str, source: str) -> str:
+    """A file-name stem for spoken text: the text file's stem, or its first words."""
+    if source.startswith("@"):
+        return Path(source[1:]).stem
+    words = re.sub(r"[^\w]+", "_", " ".join(text.split()[:4])).strip("_")
+    return words[:40] or "speech"
+
+
 def output_paths(output: str | None, subject: str, audio: Path, stage: str) -> tuple[Path, str]:
     """(folder, base name) of the outputs: `output=x.mp4` names the video, `output=dir` a folder."""
     if output is None:
@@ -407,13 +451,20 @@ def output_paths(output: str | None, subject: str, audio: Path, stage: str) -> t
 
 
 def infer_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer] | None = None) -> InferenceResult:
-    """Everything `python infer.py subject=<name> audio=<file>` does; returns where the outputs went."""
+    """Everything `python infer.py subject=<name> audio=<file> | text=...` does; returns where the outputs went."""
     check_subject_name(cfg.subject)
-    audio = Path(cfg.audio)
-    if not audio.is_file():
+    text = speech_text(cfg.text, cfg.audio)
+    audio = None if text is not None else Path(cfg.audio)
+    if audio is not None and not audio.is_file():
         raise ErnerfError(f"audio file not found: {audio}. Give audio=<path to a wav/mp3/m4a file>.")
     trained = find_trained(cfg.paths.runs_root, cfg.subject, cfg.stage_name)
     stage, ckpt = trained.stage.name, trained.checkpoint
+    folder, name = output_paths(cfg.output, cfg.subject, audio or Path(text_stem(text, cfg.text)), stage)
+    writable_folder(folder, "output")
+    spoken = None
+    if text is not None:  # before the model loads: a bad voice or speed is reported in a second
+        spoken = speak_to_wav(speech_engine(cfg.tts), text, folder / f"{name}.wav")
+        audio = spoken.path
     if system_loader is None:
         system_loader = loader_for(cfg)  # conf/infer.yaml's engine and encoder backend
     system = system_loader(ckpt, cfg.device)
@@ -426,10 +477,10 @@ def infer_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer] |
     pp = cfg.postprocess
     options = OutputOptions(PasteBack(pp.scheme, pp.blend, pp.feather_px, pp.dilate_px),
                             alpha=pp.alpha, depth=pp.depth, crf=pp.crf, workers=pp.workers)
-    folder, name = output_paths(cfg.output, cfg.subject, audio, stage)
-    writable_folder(folder, "output")
     result = run_inference(system, subject, feats, audio, folder, options, name=name,
                            start=cfg.motion.start, smooth_window=cfg.motion.smooth_window, progress=cfg.progress)
+    if spoken is not None:
+        result.outputs["speech"] = spoken.path
     stale = stale_warning(ckpt.parents[1], cfg.subject)
     result.warnings = [*([stale] if stale else []), *warnings, *result.warnings]
     result.stage, result.checkpoint = stage, ckpt

@@ -1,18 +1,28 @@
-"""Offline speech synthesis through the libespeak-ng that the espeakng-loader wheel ships (ctypes, no network)."""
+"""Offline speech synthesis: text to a wav file, sentence by sentence, through a pluggable `SpeechEngine`.
+
+The built-in engine is the libespeak-ng that the espeakng-loader wheel ships (ctypes, no network); conf/tts/ picks
+the engine for `python infer.py text=...`. librosa and soundfile are imported only by `write_wav` (the sample's
+resampling): inference machines may lack them (tests/test_infer_minimal_deps.py).
+"""
 
 from __future__ import annotations
 
 import ctypes
+import functools
+import re
 import threading
+import wave
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import espeakng_loader
-import librosa
 import numpy as np
-import soundfile as sf
 
 from ernerf.errors import ErnerfError
 from ernerf.io.atomic import atomic_path
+from ernerf.io.audio import to_pcm16
 
 # Values of the enums in espeak-ng's speak_lib.h (stable public API since espeak 1.x).
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -69,7 +79,8 @@ class _Espeak:
         """Synthesize `text` and return the int16 samples."""
         with self.lock:
             if self.lib.espeak_SetVoiceByName(voice.encode()) != _EE_OK:
-                raise ErnerfError(f"espeak-ng has no voice {voice!r}; use a language code such as 'en', 'en-us', 'de'.")
+                raise ErnerfError(f"espeak-ng has no voice {voice!r}: give voice= a language code such as en, en-us, "
+                                  "de, fr, es.")
             self.lib.espeak_SetParameter(_ESPEAK_RATE, int(rate), 0)
             self.lib.espeak_SetParameter(_ESPEAK_PITCH, int(pitch), 0)
             self.lib.espeak_SetParameter(_ESPEAK_VOLUME, 100, 0)
@@ -111,6 +122,9 @@ def synthesize(text: str, voice: str = "en", rate: int = 150, pitch: int = 45) -
 
 def write_wav(path: Path | str, wav: np.ndarray, sample_rate: int, target_rate: int | None = None) -> Path:
     """Write mono float audio as PCM16 WAV atomically, resampled to `target_rate` if given."""
+    import librosa  # here, not at the top: see the module's docstring
+    import soundfile as sf
+
     if target_rate is not None and target_rate != sample_rate:
         wav = librosa.resample(wav, orig_sr=sample_rate, target_sr=target_rate)
         sample_rate = target_rate
@@ -118,3 +132,107 @@ def write_wav(path: Path | str, wav: np.ndarray, sample_rate: int, target_rate: 
     with atomic_path(path) as tmp:
         sf.write(str(tmp), np.clip(wav, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
     return path
+
+
+# ---------------------------------------------------------------- engines and long texts
+
+
+class SpeechEngine(Protocol):
+    """A text-to-speech engine (conf/tts/): one sentence in, its waveform out."""
+
+    @property
+    def sample_rate(self) -> int:  # Hz of what `synthesize` returns
+        ...
+
+    @property
+    def sentence_pause(self) -> float:  # seconds of silence speak_to_wav puts between two sentences
+        ...
+
+    def synthesize(self, text: str) -> np.ndarray:  # a sentence -> float32 mono in [-1, 1] [T]
+        ...
+
+
+WORDS_PER_MINUTE = (80, 450)  # espeak-ng's rate range
+
+
+class EspeakSpeech:
+    """espeak-ng as a SpeechEngine: `voice` a language code (en, en-us, de, fr...), `words_per_minute` 80-450."""
+
+    def __init__(self, voice: str = "en", words_per_minute: int = 150, pitch: int = 45) -> None:
+        lo, hi = WORDS_PER_MINUTE
+        if not isinstance(words_per_minute, (int, float)) or not lo <= words_per_minute <= hi:
+            raise ErnerfError(f"speed={words_per_minute} is out of range: speed is in words per minute, {lo}-{hi} "
+                              "(150 is a calm speaker).")
+        if not isinstance(pitch, (int, float)) or not 0 <= pitch <= 99:
+            raise ErnerfError(f"tts.pitch={pitch} is out of range: 0-99 (50 is the voice's own).")
+        self.voice, self.words_per_minute, self.pitch = str(voice), int(words_per_minute), int(pitch)
+
+    @property
+    def sample_rate(self) -> int:
+        return _engine().sample_rate
+
+    @functools.cached_property
+    def sentence_pause(self) -> float:
+        """The pause espeak-ng makes between two sentences of one text at this voice and rate: a sentence synthesised
+        alone ends without it. It shrinks faster than the rate grows, so it is measured, not scaled."""
+        one, two = (len(self.synthesize(t)) for t in ("Yes.", "Yes. Yes."))
+        return max(0.0, (two - 2 * one) / self.sample_rate)
+
+    def synthesize(self, text: str) -> np.ndarray:
+        return synthesize(text, self.voice, self.words_per_minute, self.pitch)[0]
+
+
+MAX_SENTENCE_CHARS = 300  # a sentence longer than this is cut at a comma or a space: the engine's buffer stays small
+_SENTENCE_END = re.compile(r"(?<=[.!?;\u2026])\s+|(?<=[\u3002\uff01\uff1f\uff1b])|\n\s*\n")  # CJK 。！？； end a sentence with no space after
+
+
+def split_sentences(text: str, max_chars: int = MAX_SENTENCE_CHARS) -> Iterator[str]:
+    """The sentences of `text`, whitespace collapsed, none longer than `max_chars`; pieces with nothing to say
+    (no letter or digit) are left out."""
+    for part in _SENTENCE_END.split(text):
+        part = " ".join(part.split())
+        while len(part) > max_chars:
+            cut = max(part.rfind(", ", 0, max_chars) + 1, part.rfind(" ", 0, max_chars))
+            cut = cut if cut > max_chars // 3 else max_chars
+            head, part = part[:cut].strip(), part[cut:].strip()
+            if any(c.isalnum() for c in head):
+                yield head
+        if any(c.isalnum() for c in part):
+            yield part
+
+
+@dataclass(frozen=True)
+class SpokenText:
+    """A synthesised text on disk."""
+
+    path: Path
+    seconds: float
+    sentences: int
+    sample_rate: int
+
+
+def speak_to_wav(engine: SpeechEngine, text: str, path: Path | str) -> SpokenText:
+    """Synthesise `text` sentence by sentence into a PCM16 wav at the engine's rate, written atomically, with the
+    engine's `sentence_pause` of silence between sentences.
+
+    Each sentence is written before the next is synthesised, so memory holds one sentence whatever the text's length.
+    """
+    path, rate = Path(path), int(engine.sample_rate)
+    pause = np.zeros(int(round(engine.sentence_pause * rate)), "<i2").tobytes()
+    sentences = samples = 0
+    # unbuffered: each sentence reaches the file before the next is made (wave patches the header as it goes)
+    with atomic_path(path) as tmp, open(tmp, "wb", buffering=0) as file, wave.open(file, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        for sentence in split_sentences(text):
+            pcm = to_pcm16(engine.synthesize(sentence))
+            if sentences and len(pcm):
+                out.writeframes(pause)
+                samples += len(pause) // 2
+            out.writeframes(pcm.tobytes())
+            sentences, samples = sentences + 1, samples + len(pcm)
+        if samples == 0:
+            raise ErnerfError("text= has nothing to say (no letters or digits, or the engine made no sound): give "
+                              "the words to speak.")
+    return SpokenText(path, samples / rate, sentences, rate)

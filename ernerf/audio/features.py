@@ -6,8 +6,9 @@ around time `j * 0.02` s, so features from different extractors line up with the
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -118,18 +119,21 @@ def slaney_mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: f
 
 
 class HFSpeechExtractor:
-    """Hidden states of a HuBERT / wav2vec 2.0 model (transformers) loaded from a local folder.
+    """Hidden states of a HuBERT / wav2vec 2.0 model (transformers): a Hugging Face model id or a local folder.
 
-    The folder and the package are checked on first use, so a bad path surfaces as ErnerfError
-    from the step that needs it rather than as a config-instantiation error.
+    `model` is either; `model_path` is the older key (a folder), kept for configs and checkpoints that record it, and
+    wins when set. A model id loads from the Hugging Face cache (`cache_dir`, default HF_HOME's), downloaded once when
+    the cache lacks it and the hub is reachable. The model is loaded on first use, so a bad name surfaces as
+    ErnerfError from the step that needs it rather than as a config-instantiation error.
     """
 
     RECEPTIVE = 400  # samples seen by one output row of the conv front end (25 ms)
 
-    def __init__(self, model_path: str | None, config_key: str = "audio_features.extractor.model_path",
+    def __init__(self, model: str | None = None, model_path: str | None = None,
+                 config_key: str = "audio_features.extractor.model", cache_dir: str | None = None,
                  layer: int = -1, chunk_seconds: float = 20.0, context_seconds: float = 2.0,
                  device: str = "auto") -> None:
-        self.model_path, self.config_key = model_path, config_key
+        self.model, self.model_path, self.config_key, self.cache_dir = model, model_path, config_key, cache_dir
         self.layer, self.chunk_seconds, self.context_seconds = layer, chunk_seconds, context_seconds
         self.device = device
         self._model = None
@@ -137,39 +141,26 @@ class HFSpeechExtractor:
 
     @property
     def feature_dim(self) -> int:
-        """Hidden size from the model folder's config.json."""
-        import json
+        """Hidden size of the model (loads it)."""
+        return int(self._load().config.hidden_size)
 
-        return int(json.loads((self._folder() / "config.json").read_text())["hidden_size"])
-
-    def _folder(self) -> Path:
-        if not self.model_path:
-            raise ErnerfError(f"no speech model folder given: set {self.config_key}=/path/to/local/model "
-                              "(e.g. a downloaded facebook/hubert-large-ls960-ft), or use audio_features=mel.")
-        folder = Path(self.model_path).expanduser()
-        if not folder.is_dir():
-            raise ErnerfError(f"speech model folder {folder} does not exist: fix {self.config_key} "
-                              "(models are never downloaded at run time).")
-        if not (folder / "config.json").is_file():
-            raise ErnerfError(f"{folder} has no config.json: {self.config_key} must point at a saved "
-                              "transformers model folder (save_pretrained / a downloaded hub snapshot).")
-        return folder
+    @property
+    def source(self) -> str:
+        """The model folder or hub id this extractor loads."""
+        source = self.model_path or self.model
+        if not source:
+            raise ErnerfError(f"no speech model given: set {self.config_key}=facebook/hubert-large-ls960-ft (a Hugging "
+                              "Face model id) or a local model folder, or use audio_features=mel.")
+        return str(source)
 
     def _load(self):
-        if self._model is not None:
-            return self._model
-        folder = self._folder()
-        transformers = _require_transformers()
-        import torch
+        if self._model is None:
+            transformers = _require_transformers()
+            import torch
 
-        model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True)
-        fe_cfg = folder / "preprocessor_config.json"
-        if fe_cfg.is_file():
-            import json
-
-            self._normalize = bool(json.loads(fe_cfg.read_text()).get("do_normalize", True))
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
-        self._model = model.to(device).eval()
+            model, self._normalize = load_speech_model(transformers, self.source, self.config_key, self.cache_dir)
+            device = ("cuda" if torch.cuda.is_available() else "cpu") if self.device == "auto" else self.device
+            self._model = model.to(device).eval()
         return self._model
 
     def __call__(self, wav: np.ndarray) -> np.ndarray:
@@ -206,6 +197,62 @@ class HFSpeechExtractor:
             out = model(x, output_hidden_states=self.layer != -1)
             hidden = out.last_hidden_state if self.layer == -1 else out.hidden_states[self.layer]
         return hidden[0].float().cpu().numpy()
+
+
+def hub_offline() -> bool:
+    """Whether the user asked transformers to stay offline (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE), read now."""
+    return any(os.environ.get(k, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def is_path_like(source: str) -> bool:
+    """Whether `source` can only be a file-system path (a hub id is `name` or `org/name`)."""
+    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
+
+
+def load_speech_model(transformers: Any, source: str, config_key: str, cache_dir: str | None = None) -> tuple[Any, bool]:
+    """(model, whether its inputs are normalised) from a local folder or a hub id. Raises ErnerfError naming the fix."""
+    folder = Path(source).expanduser()
+    if folder.is_dir() or is_path_like(source):
+        _check_folder(folder, config_key)
+        return _from_pretrained(transformers, str(folder), local_only=True)
+    try:  # the cache first: no request to the hub per run, and the features keep the revision the subject used
+        return _from_pretrained(transformers, source, local_only=True, cache_dir=cache_dir)
+    except (OSError, ValueError) as cached_error:  # not cached; a ValueError: not a valid hub id
+        if hub_offline():
+            raise ErnerfError(
+                f"{source} is not in the Hugging Face cache and HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set: run "
+                f"`huggingface-cli download {source}` once online (or once without the offline setting), or set "
+                f"{config_key}=/path/to/a/local/model/folder, or use audio_features=mel.") from cached_error
+    try:
+        return _from_pretrained(transformers, source, local_only=False, cache_dir=cache_dir)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ErnerfError(
+            f"could not load the speech model {source} from the Hugging Face hub ({first[:160]}): run "
+            f"`huggingface-cli download {source}` once online, or set {config_key}=/path/to/a/local/model/folder, "
+            "or use audio_features=mel.") from exc
+
+
+def _check_folder(folder: Path, config_key: str) -> None:
+    if not folder.is_dir():
+        raise ErnerfError(f"speech model folder {folder} does not exist: fix {config_key} (a local folder, or a "
+                          "Hugging Face model id such as facebook/hubert-large-ls960-ft).")
+    if not (folder / "config.json").is_file():
+        raise ErnerfError(f"{folder} has no config.json: {config_key} must point at a saved "
+                          "transformers model folder (save_pretrained / a downloaded hub snapshot).")
+
+
+def _from_pretrained(transformers: Any, source: str, local_only: bool, cache_dir: str | None = None) -> tuple[Any, bool]:
+    """transformers' AutoModel and the feature extractor's do_normalize (True when the model ships none)."""
+    model = transformers.AutoModel.from_pretrained(source, local_files_only=local_only, cache_dir=cache_dir)
+    try:
+        features = transformers.AutoFeatureExtractor.from_pretrained(source, local_files_only=local_only,
+                                                                     cache_dir=cache_dir)
+        normalize = bool(getattr(features, "do_normalize", True))
+    except (OSError, ValueError):  # no preprocessor_config.json (a bare save_pretrained of the model)
+        normalize = True
+    return model, normalize
 
 
 def _require_transformers():

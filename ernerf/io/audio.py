@@ -81,10 +81,7 @@ def write_wav(path: Path | str, wav: np.ndarray, sr: int = SAMPLE_RATE) -> Path:
     Samples are clipped to [-1, 1] and quantised as libsndfile 1.2 does (what soundfile wrote before):
     floor(x * 32768), clipped to the int16 range, so 1.0 -> 32767 and -1.0 -> -32768.
     """
-    wav = np.asarray(wav, dtype=np.float32)
-    if wav.ndim != 1:
-        raise ValueError(f"write_wav expects mono audio [T], got shape {wav.shape}")
-    pcm = np.clip(np.floor(np.clip(wav, -1.0, 1.0) * np.float32(32768)), -32768, 32767).astype("<i2")
+    pcm = to_pcm16(wav)
     path = Path(path)
     with atomic_path(path) as tmp, wave.open(str(tmp), "wb") as out:
         out.setnchannels(1)
@@ -92,6 +89,14 @@ def write_wav(path: Path | str, wav: np.ndarray, sr: int = SAMPLE_RATE) -> Path:
         out.setframerate(int(sr))
         out.writeframes(pcm.tobytes())
     return path
+
+
+def to_pcm16(wav: np.ndarray) -> np.ndarray:
+    """Mono float audio as little-endian int16, quantised as write_wav says. # [T] -> [T]"""
+    wav = np.asarray(wav, dtype=np.float32)
+    if wav.ndim != 1:
+        raise ValueError(f"write_wav expects mono audio [T], got shape {wav.shape}")
+    return np.clip(np.floor(np.clip(wav, -1.0, 1.0) * np.float32(32768)), -32768, 32767).astype("<i2")
 
 
 def fit_length(wav: np.ndarray, num_samples: int) -> np.ndarray:

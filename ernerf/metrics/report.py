@@ -68,16 +68,19 @@ def _standard(values: Sequence[float]) -> np.ndarray:
     return (v - v.mean()) / (v.std() + 1e-9)
 
 
-def mouth_curves(path: Path, frames: Sequence[int], curves: Mapping[str, Sequence[float]]) -> Path:
-    """Mouth opening of renders and ground truth with audio energy (validation), and the cross-driven clip."""
+def mouth_curves(path: Path, frames: Sequence[int], curves: Mapping[str, Sequence[float]],
+                 cross: Mapping[str, Any] | None = None) -> Path:
+    """Mouth opening of renders and ground truth with audio energy (validation), and one panel per cross-driving
+    source `name` of `cross` (curves `cross_mouth_render_<name>`, `cross_energy_<name>`)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(2, 1, figsize=(8, 5.5))
-    panels = [
-        (axes[0], frames, [("mouth_gt", "mouth, ground truth"), ("mouth_render", "mouth, render"), ("energy", "audio energy")],
-         "validation frames (standardised)"),
-        (axes[1], None, [("cross_mouth_render", "mouth, render"), ("cross_energy", "audio energy")],
-         "cross-driven by unrelated audio (standardised)"),
-    ]
+    names = list(cross or {}) or [None]  # without a source, its panel says why it is empty
+    fig, axes = plt.subplots(1 + len(names), 1, figsize=(8, 2.75 * (1 + len(names))), squeeze=False)
+    panels = [(axes[0, 0], frames, [("mouth_gt", "mouth, ground truth"), ("mouth_render", "mouth, render"),
+                                    ("energy", "audio energy")], "validation frames (standardised)")]
+    for ax, name in zip(axes[1:, 0], names):
+        title = "cross-driven by unrelated audio" + (f": {Path(str((cross or {})[name])).name}" if name else "")
+        panels.append((ax, None, [(f"cross_mouth_render_{name}", "mouth, render"),
+                                  (f"cross_energy_{name}", "audio energy")], f"{title} (standardised)"))
     for ax, x, series, title in panels:
         drawn = 0
         for key, label in series:
@@ -111,12 +114,15 @@ def write_index(path: Path, report: Mapping[str, Any], images: Sequence[Path]) -
         for name, value in report["metrics"].items())
     figures = "\n".join(f'<p><img src="{html.escape(p.name)}" alt="{html.escape(p.stem)}"></p>' for p in images)
     title = f"Evaluation of {report['subject']} ({report['stage']}, step {report['step']})"
+    cross = report.get("cross_audio") or {}
+    sources = "".join(f"<br>cross-driven by <code>{html.escape(str(file))}</code>: cross_sync_audio_corr_"
+                      f"{html.escape(name)}" for name, file in cross.items())
     page = (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 10px;text-align:left}"
             "img{max-width:100%}</style></head><body>\n"
             f"<h1>{html.escape(title)}</h1>\n<p>checkpoint: <code>{html.escape(report['checkpoint'])}</code><br>"
             f"{len(report['frames']['validation'])} held-back validation frames at "
-            f"{report['frames']['width']}x{report['frames']['height']}</p>\n"
+            f"{report['frames']['width']}x{report['frames']['height']}{sources}</p>\n"
             f"<table><tr><th>metric</th><th>value</th><th>why unavailable</th></tr>\n{rows}\n</table>\n"
             f"<p><em>{html.escape(report['note'])}</em></p>\n{figures}\n</body></html>\n")
     path.write_text(page)

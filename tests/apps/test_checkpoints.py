@@ -73,6 +73,22 @@ def test_the_extractor_comes_from_the_checkpoint_with_overrides_and_a_fallback_b
     older = read_trained(save_checkpoint(tmp_path, "bob", "head"), "head")
     assert audio_extractor(older, "mel", 64).n_mels == 64  # conf/audio_features/mel.yaml's n_mels: feature_dim
     hubert = audio_extractor(older, "hu", 1024, {"model_path": "/models/hubert"})
-    assert isinstance(hubert, HFSpeechExtractor) and hubert.model_path == "/models/hubert"
+    assert isinstance(hubert, HFSpeechExtractor) and hubert.source == "/models/hubert"
+    assert audio_extractor(older, "w2v", 1024).source == "facebook/wav2vec2-large-960h"  # conf/'s default model
+    assert audio_extractor(older, "hu", 1024, {"model": None}).source == "facebook/hubert-large-ls960-ft"
+    with pytest.raises(ErnerfError, match="records no audio extractor"):
+        audio_extractor(older, "ds", 29, {"model": None})  # conf/infer.yaml's `model: null` adds no extractor
     with pytest.raises(ErnerfError, match="records no audio extractor .* features=<aud_ds.npy>"):
         audio_extractor(older, "ds", 29)
+
+
+def test_a_model_given_at_inference_replaces_the_recorded_one_whichever_key(tmp_path: Path) -> None:
+    recorded = {"_target_": "ernerf.audio.features.HFSpeechExtractor", "model_path": "/trainer/machine/hubert",
+                "config_key": "audio_features.extractor.model_path"}
+    trained = read_trained(save_checkpoint(tmp_path, "anna", "head", stage=stage_record("head", "torso"),
+                                           audio_features={"kind": "hu", "feature_dim": 1024, "extractor": recorded}),
+                           "head")
+    assert audio_extractor(trained, "hu", 1024, {"model": None}).source == "/trainer/machine/hubert"
+    moved = audio_extractor(trained, "hu", 1024, {"model": "facebook/hubert-large-ls960-ft"})
+    assert moved.source == "facebook/hubert-large-ls960-ft" and moved.model_path is None
+    assert moved.config_key == "audio_extractor.model"  # errors name the key infer.py takes

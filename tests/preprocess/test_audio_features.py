@@ -43,13 +43,19 @@ def test_burst_is_found_in_its_frame(tmp_path) -> None:
     assert int(np.argmax(energy[60])) in (7, 8)
 
 
-def test_hubert_without_model_names_the_config_key(tmp_path) -> None:
+def test_hubert_offline_without_the_model_names_the_download(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     layout = SubjectLayout(tmp_path / "subj")
     layout.root.mkdir()
     layout.meta.write_text(json.dumps({"fps": 25, "num_frames": 25}))
     write_wav(layout.audio, tone_burst(1.0, 0.5))
-    step = configured_step("audio_features=hubert")
-    assert step.kind == "hu"
-    with pytest.raises(ErnerfError, match=r"audio_features\.extractor\.model_path"):
+    step = configured_step("audio_features=hubert", f"audio_features.extractor.cache_dir={tmp_path / 'empty_cache'}")
+    assert step.kind == "hu" and step.extractor.model == "facebook/hubert-large-ls960-ft"
+    with pytest.raises(ErnerfError, match=r"huggingface-cli download facebook/hubert-large-ls960-ft.*"
+                                          r"audio_features\.extractor\.model="):
         run_steps([step], StepContext(layout=layout))
     assert not layout.audio_features("hu").exists()
+    wav2vec2 = configured_step("audio_features=wav2vec2", "audio_features.extractor.model=null")
+    with pytest.raises(ErnerfError, match=r"no speech model given: set audio_features\.extractor\.model="):
+        run_steps([wav2vec2], StepContext(layout=layout))

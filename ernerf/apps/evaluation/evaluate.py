@@ -4,9 +4,12 @@ audio: what `python evaluate.py` does. docs/evaluation.md says how each figure i
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from datamodules.subject import read_au45
 from ernerf.apps.checkpoints import TrainedStage, audio_extractor
@@ -70,31 +73,56 @@ def held_out_findings(cfg: Any, rendered: Rendered, data: Any) -> Findings:
     return found
 
 
-def resolve_cross_audio(value: str | None) -> tuple[Path | None, str]:
-    """The cross-driving audio, or (None, why there is none); a file that is not there raises."""
-    if value is None:
-        return None, "no cross_audio given: cross_audio=<a file of unrelated speech> drives the subject with it"
-    if not Path(value).is_file():
-        raise ErnerfError(f"cross_audio={value} not found: give an existing audio file, or leave cross_audio out.")
-    return Path(value), ""
+CROSS = "cross_sync_audio_corr"  # the mean over the cross-driving sources; each has its own `<CROSS>_<name>`
 
 
-def cross_findings(cfg: Any, renderer: Renderer, trained: TrainedStage, audio_file: str, audio: Path | None,
+def resolve_cross_audio(value: Any) -> tuple[dict[str, Path], str]:
+    """The cross-driving audio files by name (`cross_audio=a.wav` or `cross_audio=[a.wav,b.wav]`), or ({}, why there
+    are none); a file that is not there raises. A name is the file's stem in word characters, made unique."""
+    files = [] if value is None else [value] if isinstance(value, (str, Path)) else list(value)
+    if not files:
+        return {}, ("no cross_audio given: cross_audio=<a file of unrelated speech> (or [a.wav,b.wav]) drives the "
+                    "subject with it")
+    named: dict[str, Path] = {}
+    for file in map(Path, files):
+        if not file.is_file():
+            raise ErnerfError(f"cross_audio file {file} not found: give existing audio files "
+                              "(cross_audio=a.wav or cross_audio=[a.wav,b.wav]), or leave cross_audio out.")
+        stem = re.sub(r"\W+", "_", file.stem).strip("_") or "audio"
+        name, k = stem, 2
+        while name in named:
+            name, k = f"{stem}_{k}", k + 1
+        named[name] = file
+    return named, ""
+
+
+def cross_findings(cfg: Any, renderer: Renderer, trained: TrainedStage, audio_file: str, sources: dict[str, Path],
                    reason: str) -> Findings:
-    """The cross-driving figure, or why it is unavailable."""
-    reason = reason if audio is None else (mesher_missing() or "")
+    """The cross-driving figure of each source, and their mean; or why they are unavailable."""
+    names = [f"{CROSS}_{name}" for name in sources]
+    reason = reason if not sources else (mesher_missing() or "")
+    found = Findings()
     if reason:
-        found = Findings()
-        found.skip(["cross_sync_audio_corr"], reason)
+        found.skip([CROSS, *names], reason)
         return found
     view = load_subject(Path(cfg.paths.data_root) / cfg.subject, audio_file, trained.stage.background,
                         downscale=cfg.downscale, **pose_options(cfg))
-    return cross_drive(renderer, trained, view, audio, cfg.cross_max_seconds, cfg.audio_extractor)
+    each = Findings()
+    for name, audio in sources.items():
+        each.merge(cross_drive(renderer, trained, view, audio, name, cfg.cross_max_seconds, cfg.audio_extractor))
+    values = [each.values[n] for n in names if n in each.values]
+    if values:
+        found.values[CROSS] = float(np.mean(values))
+    else:
+        found.skip([CROSS], f"no cross-driving source gave a figure: see {', '.join(names)}")
+    return found.merge(each)
 
 
-def cross_drive(renderer: Renderer, trained: TrainedStage, view: SubjectView, audio: Path, max_seconds: float,
-                extractor_overrides: Any) -> Findings:
-    """Render the subject speaking unrelated audio; correlate its mouth opening with that audio's energy."""
+def cross_drive(renderer: Renderer, trained: TrainedStage, view: SubjectView, audio: Path, name: str,
+                max_seconds: float, extractor_overrides: Any) -> Findings:
+    """Render the subject speaking unrelated audio; correlate its mouth opening with that audio's energy.
+
+    The figure is `cross_sync_audio_corr_<name>`, the curves `cross_energy_<name>` and `cross_mouth_render_<name>`."""
     kind, dim = audio_kind(renderer.hparams)
     feats, _ = driving_features(audio, kind, dim, audio_extractor(trained, kind, dim, extractor_overrides))
     n = min(len(feats), max(3, int(max_seconds * FPS)))
@@ -104,9 +132,9 @@ def cross_drive(renderer: Renderer, trained: TrainedStage, view: SubjectView, au
     filled = fill_gaps(mesh, ok)
     energy = audio_energy(load_audio(audio, sr=SAMPLE_RATE), SAMPLE_RATE, n, FPS)
     mouth = None if filled is None else mouth_opening(filled)
-    out = audio_sync_findings(mouth, energy, "cross_sync_audio_corr",
-                              f"a face was meshed in {int(ok.sum())} of {n} cross-driven renders")
-    out.curves["cross_energy"] = energy.tolist()
+    out = audio_sync_findings(mouth, energy, f"{CROSS}_{name}",
+                              f"a face was meshed in {int(ok.sum())} of {n} renders driven by {audio.name}")
+    out.curves[f"cross_energy_{name}"] = energy.tolist()
     if mouth is not None:
-        out.curves["cross_mouth_render"] = mouth.tolist()
+        out.curves[f"cross_mouth_render_{name}"] = mouth.tolist()
     return out

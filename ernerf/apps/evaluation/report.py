@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ class EvalResult:
 
 
 def build_report(subject: str, target: EvalTarget, step: int, rendered: Rendered, found: Findings,
-                 cross_audio: Path | None) -> dict[str, Any]:
+                 cross_audio: Mapping[str, Path]) -> dict[str, Any]:
     """The content of metrics.json."""
     names = list(found.values) + [n for n in found.unavailable if n not in found.values]
     return {
@@ -47,7 +48,7 @@ def build_report(subject: str, target: EvalTarget, step: int, rendered: Rendered
         "metrics": {n: found.values.get(n, "unavailable") for n in names},
         "unavailable": found.unavailable,
         "per_frame": found.curves,
-        "cross_audio": None if cross_audio is None else str(cross_audio),
+        "cross_audio": {name: str(path) for name, path in cross_audio.items()},  # figure cross_sync_audio_corr_<name>
         "logged_to": [], "logger_keys": "test/<metric>", "note": NOT_COMPARABLE,
     }
 
@@ -62,7 +63,7 @@ def write_outputs(out_dir: Path, report: dict[str, Any], rendered: Rendered, fou
     files["grid"] = frame_grid(out_dir / "frames.png", rendered.truths[picks], rendered.renders[picks],
                                        rendered.frames[picks])
     files["psnr"] = psnr_curve(out_dir / "psnr.png", rendered.frames, found.curves["psnr"])
-    files["mouth"] = mouth_curves(out_dir / "mouth.png", rendered.frames, found.curves)
+    files["mouth"] = mouth_curves(out_dir / "mouth.png", rendered.frames, found.curves, report["cross_audio"])
     if regions is not None and regions.error_map is not None:
         files["regions"] = region_figure(out_dir / "regions.png", regions.error_map, regions.labels, found.values,
                                          REGIONS)
@@ -111,9 +112,10 @@ def print_summary(result: EvalResult) -> None:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     console.print(f"[bold]{report['subject']} ({report['stage']}, step {report['step']}): "
                   f"{len(report['frames']['validation'])} validation frames[/bold]")
+    width = max([22, *map(len, report["metrics"])])  # per-source names (cross_sync_audio_corr_<stem>) run longer
     for name, value in report["metrics"].items():
         shown = f"{value:.4f}" if isinstance(value, float) else f"{value}: {report['unavailable'].get(name, '')}"
-        console.print(f"  {name:<22} {shown}", markup=False, highlight=False)
+        console.print(f"  {name:<{width}} {shown}", markup=False, highlight=False)
     for kind, path in result.files.items():
         console.print(f"  {kind:<10} {path}", markup=False, highlight=False)
     for place in report["logged_to"]:
