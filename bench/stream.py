@@ -86,7 +86,9 @@ async def run(avatar, streams: int, idle: float, talk: float) -> list[dict]:
     from ernerf.apps.live.serve import decode_upload, text_to_speech
     from ernerf.apps.live.server import LiveServer
 
-    server = LiveServer(avatar, text_to_speech("en", 150), decode_upload)
+    from ernerf.apps.tts import EspeakSpeech
+
+    server = LiveServer(avatar, text_to_speech(EspeakSpeech()), decode_upload)
     runner = web.AppRunner(server.app())
     await runner.setup()
     port = free_port()

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from ernerf.cli import rename_keys
+from ernerf.cli import quote_free_text, rename_keys
 from tests.conftest import REPO, compose
 
 SCRIPTS = {"preprocess.py": "preprocess", "train.py": "train", "infer.py": "infer", "evaluate.py": "evaluate",
@@ -32,7 +31,7 @@ def documented_commands() -> list[tuple[str, int, str, list[str]]]:
             words = shlex.split(match.group(2).split("  #")[0].split(" # ")[0])
             if "-m" in words or "--multirun" in words:
                 continue  # a sweep: its values are lists, composed job by job (tests/test_train.py runs one)
-            overrides = [w.strip("[]") for w in words]  # [optional=value] -> optional=value
+            overrides = [w[1:-1] if w.startswith("[") and w.endswith("]") else w for w in words]  # [optional=value]
             overrides = [re.sub(r"<[^>]+>", "anna", w) for w in overrides]
             found.append((str(doc.relative_to(REPO)), number, f"{match.group(1)}.py", overrides))
     return found
@@ -48,6 +47,7 @@ def test_the_docs_show_commands_of_every_script() -> None:
 
 @pytest.mark.parametrize("doc, line, script, overrides", COMMANDS, ids=[f"{d}:{n}" for d, n, _, _ in COMMANDS])
 def test_documented_command_composes(doc: str, line: int, script: str, overrides: list[str]) -> None:
+    overrides = [quote_free_text(o, ("text",)) for o in overrides] if script == "infer.py" else overrides
     if script in ("infer.py", "evaluate.py", "serve.py"):
         overrides = rename_keys(overrides, {"stage": "stage_name"})  # as the script's entry point does
     cfg = compose(SCRIPTS[script], overrides)

@@ -38,15 +38,22 @@ def build_avatar(cfg: Any, renderer: Renderer | None = None) -> LiveAvatar:
     return LiveAvatar(renderer, subject, options, extractor, quietest_window(training_windows, subject.layout.audio))
 
 
-def text_to_speech(voice: str, rate: int):
-    """text -> 16 kHz mono speech, synthesised offline (espeak-ng)."""
+def text_to_speech(engine: Any):
+    """text -> 16 kHz mono speech from a speech engine (conf/tts/), sentence by sentence with its pauses."""
     import librosa
 
-    from ernerf.apps.tts import synthesize
+    from ernerf.apps.tts import split_sentences
 
     def speak(text: str) -> np.ndarray:
-        wav, rate_hz = synthesize(text, voice=voice, rate=rate)
-        return librosa.resample(wav, orig_sr=rate_hz, target_sr=SAMPLE_RATE).astype(np.float32)
+        pause = np.zeros(int(round(engine.sentence_pause * engine.sample_rate)), np.float32)
+        parts = []
+        for sentence in split_sentences(text):
+            parts += [pause] if parts else []
+            parts.append(np.asarray(engine.synthesize(sentence), np.float32))
+        if not parts:
+            raise ErnerfError("the text has nothing to say: give the words to speak.")
+        wav = np.concatenate(parts)
+        return librosa.resample(wav, orig_sr=engine.sample_rate, target_sr=SAMPLE_RATE).astype(np.float32)
 
     return speak
 
@@ -73,12 +80,13 @@ def check_port(host: str, port: int) -> None:
 def serve_command(cfg: Any) -> None:
     """Load the avatar, then serve the page and the WebRTC streams on cfg.host:cfg.port until interrupted."""
     from aiohttp import web
+    from hydra.utils import instantiate
 
     from ernerf.apps.live.server import LiveServer
 
     check_port(cfg.host, cfg.port)
     avatar = build_avatar(cfg)
-    server = LiveServer(avatar, text_to_speech(cfg.voice, cfg.rate), decode_upload)
+    server = LiveServer(avatar, text_to_speech(instantiate(cfg.tts)), decode_upload)
     print(f"the avatar of {cfg.subject} is live at http://{cfg.host}:{cfg.port}/ (Ctrl-C stops it)", flush=True)
     try:
         web.run_app(server.app(), host=cfg.host, port=cfg.port, print=None)
