@@ -11,3 +11,18 @@ def user_error_in(exc: BaseException) -> ErnerfError | None:
     while cause is not None and not isinstance(cause, ErnerfError):
         cause = cause.__cause__ or cause.__context__
     return cause
+
+
+def instantiate_config(config: object) -> object:
+    """Hydra's `instantiate`, with an ErnerfError a constructor raised re-raised as is (Hydra wraps it in its own
+    InstantiationException, whose message a user should not have to read)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(config)
+    except InstantiationException as exc:
+        cause = user_error_in(exc)
+        if cause is None:
+            raise
+        raise cause from None

@@ -19,8 +19,6 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from rich.console import Console
 from tqdm import tqdm
 
@@ -30,7 +28,7 @@ from ernerf.apps.runs import stale_warning
 from ernerf.apps.tts import SpeechEngine, speak_to_wav
 from ernerf.audio.features import extract_features
 from ernerf.constants import FPS, SAMPLE_RATE, SMOOTH_WINDOW
-from ernerf.errors import ErnerfError, user_error_in
+from ernerf.errors import ErnerfError, instantiate_config
 from ernerf.io.atomic import writable_folder
 from ernerf.io.audio import load_audio, loudness_db
 from ernerf.io.layout import SubjectLayout, check_subject_name
@@ -420,14 +418,8 @@ def speech_text(text: str | None, audio: str | None) -> str | None:
 
 
 def speech_engine(config: Any) -> SpeechEngine:
-    """The text-to-speech engine of conf/tts/, its settings' ErnerfError re-raised as is (Hydra wraps it)."""
-    try:
-        return instantiate(config)
-    except InstantiationException as exc:
-        cause = user_error_in(exc)
-        if cause is None:
-            raise
-        raise cause from None
+    """The text-to-speech engine of conf/tts/ (its settings' errors are one line, as every user error)."""
+    return instantiate_config(config)
 
 
 def text_stem(text: str, source: str) -> str:

@@ -5,13 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from ernerf.errors import ErnerfError, user_error_in
+from ernerf.errors import ErnerfError, instantiate_config
 from ernerf.io.atomic import remove_stale_temporaries
 from ernerf.io.layout import SubjectLayout
 from ernerf.io.lock import exclusive_lock
@@ -34,14 +32,8 @@ def build_steps(steps_cfg: DictConfig) -> list[PreprocessStep]:
 
 
 def _instantiate_step(sub: DictConfig) -> PreprocessStep:
-    """instantiate() with the user's ErnerfError re-raised as is (Hydra wraps constructor errors)."""
-    try:
-        return instantiate(sub)
-    except InstantiationException as exc:
-        cause = user_error_in(exc)
-        if cause is None:
-            raise
-        raise cause from None
+    """A step from its config; a constructor's ErnerfError (a bad setting) is one line, as every user error."""
+    return instantiate_config(sub)
 
 
 def preprocess_subject(cfg: DictConfig, layout: SubjectLayout, video: Path | None,

@@ -132,7 +132,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _talk_to(avatar: LiveAvatar, seconds_idle: float, seconds_speech: float) -> dict:
+async def _client_of(avatar: LiveAvatar, exchange, microphone=None) -> dict:
+    """Serve `avatar` on the loopback, connect a WebRTC client (sending `microphone`, an aiortc audio track, if given)
+    and run `exchange(http, url, session, got)`; -> what the client received: (time, mouth patch level) per video
+    frame and (time, mean |sample|) per audio frame, and what `exchange` put in."""
     from aiohttp import ClientSession, web
     from aiortc import RTCPeerConnection, RTCSessionDescription
 
@@ -146,8 +149,11 @@ async def _talk_to(avatar: LiveAvatar, seconds_idle: float, seconds_speech: floa
     url = f"http://127.0.0.1:{port}"
     pc = RTCPeerConnection()
     pc.addTransceiver("video", direction="recvonly")
-    pc.addTransceiver("audio", direction="recvonly")
-    got: dict = {"video": [], "audio": [], "speech_from": None}
+    if microphone is None:
+        pc.addTransceiver("audio", direction="recvonly")
+    else:
+        pc.addTrack(microphone)
+    got: dict = {"video": [], "audio": []}
     tasks = []
 
     @pc.on("track")
@@ -169,15 +175,7 @@ async def _talk_to(avatar: LiveAvatar, seconds_idle: float, seconds_speech: floa
                                                        "type": pc.localDescription.type}) as r:
                 answer = await r.json()
             await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
-            await asyncio.sleep(seconds_idle)
-            async with http.post(f"{url}/say", json={"session": "nope", "text": "hi"}) as r:
-                got["unknown_session"] = r.status
-            async with http.post(f"{url}/say", data=b"not json") as r:
-                got["malformed"] = r.status
-            got["speech_from"] = asyncio.get_running_loop().time()
-            async with http.post(f"{url}/say", json={"session": answer["session"], "text": "hello there"}) as r:
-                got["said"] = await r.json()
-            await asyncio.sleep(seconds_speech)
+            await exchange(http, url, answer["session"], got)
     finally:
         for task in tasks:
             task.cancel()
@@ -186,8 +184,20 @@ async def _talk_to(avatar: LiveAvatar, seconds_idle: float, seconds_speech: floa
     return got
 
 
+async def _idle_then_say(http, url: str, session: str, got: dict) -> None:
+    await asyncio.sleep(2.0)
+    async with http.post(f"{url}/say", json={"session": "nope", "text": "hi"}) as r:
+        got["unknown_session"] = r.status
+    async with http.post(f"{url}/say", data=b"not json") as r:
+        got["malformed"] = r.status
+    got["speech_from"] = asyncio.get_running_loop().time()
+    async with http.post(f"{url}/say", json={"session": session, "text": "hello there"}) as r:
+        got["said"] = await r.json()
+    await asyncio.sleep(2.5)
+
+
 def test_a_webrtc_client_receives_the_avatar_idle_then_speaking(avatar: LiveAvatar) -> None:
-    got = asyncio.run(_talk_to(avatar, seconds_idle=2.0, seconds_speech=2.5))
+    got = asyncio.run(_client_of(avatar, _idle_then_say))
     assert got["unknown_session"] == 404 and got["malformed"] == 400
     assert got["said"]["frames"] == 38  # 1.5 s of speech
     video, start = got["video"], got["speech_from"]
@@ -220,62 +230,18 @@ def test_serve_py_refuses_an_untrained_subject_and_a_busy_port_in_one_line(tmp_p
     assert_user_error(serve(), "subject= is missing")
 
 
-async def _speak_into(avatar: LiveAvatar, wav_path, seconds: float) -> dict:
-    """A WebRTC client whose microphone plays `wav_path`; what it receives back."""
-    from aiohttp import ClientSession, web
-    from aiortc import RTCPeerConnection, RTCSessionDescription
-    from aiortc.contrib.media import MediaPlayer
-
-    from ernerf.apps.live.server import LiveServer
-
-    server = LiveServer(avatar, synthesize=lambda text: speech(1.0), decode=lambda data: speech(1.0))
-    runner = web.AppRunner(server.app())
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    pc = RTCPeerConnection()
-    microphone = MediaPlayer(str(wav_path))
-    pc.addTransceiver("video", direction="recvonly")
-    pc.addTrack(microphone.audio)
-    got: dict = {"video": [], "audio": []}
-    tasks = []
-
-    @pc.on("track")
-    def on_track(track):
-        async def read():
-            while True:
-                frame = await track.recv()
-                now = asyncio.get_running_loop().time()
-                if track.kind == "video":
-                    got["video"].append((now, frame.to_ndarray(format="rgb24")[PATCH].mean()))
-                else:
-                    got["audio"].append((now, np.abs(frame.to_ndarray()).mean()))
-        tasks.append(asyncio.ensure_future(read()))
-
-    try:
-        async with ClientSession() as http:
-            await pc.setLocalDescription(await pc.createOffer())
-            got["start"] = asyncio.get_running_loop().time()
-            async with http.post(f"http://127.0.0.1:{port}/offer", json={"sdp": pc.localDescription.sdp,
-                                                                        "type": pc.localDescription.type}) as r:
-                answer = await r.json()
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
-            await asyncio.sleep(seconds)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await pc.close()
-        await runner.cleanup()
-    return got
-
-
 def test_a_webrtc_microphone_drives_the_avatar_as_it_speaks(avatar: LiveAvatar, tmp_path) -> None:
     pytest.importorskip("aiortc")
     from ernerf.apps.tts import write_wav
 
     wav = np.concatenate([np.zeros(int(1.5 * SAMPLE_RATE), np.float32), speech(3.0, seed=5)])
     write_wav(tmp_path / "mic.wav", wav, SAMPLE_RATE)
-    got = asyncio.run(_speak_into(avatar, tmp_path / "mic.wav", seconds=5.0))
+    from aiortc.contrib.media import MediaPlayer
+
+    async def listen(http, url, session, got) -> None:
+        await asyncio.sleep(5.0)
+
+    got = asyncio.run(_client_of(avatar, listen, MediaPlayer(str(tmp_path / "mic.wav")).audio))
     video = got["video"]
     assert len(video) > 40, f"{len(video)} frames in 5 s"
     levels = np.array([level for _, level in video])

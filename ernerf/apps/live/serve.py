@@ -14,7 +14,7 @@ from ernerf.apps.checkpoints import audio_extractor, find_trained
 from ernerf.apps.inference import OutputOptions, Renderer, audio_kind, load_subject
 from ernerf.apps.live.avatar import LiveAvatar, quietest_window
 from ernerf.constants import SAMPLE_RATE
-from ernerf.errors import ErnerfError
+from ernerf.errors import ErnerfError, instantiate_config
 from ernerf.io.audio import load_audio
 from ernerf.io.layout import check_subject_name
 from ernerf.postprocess.pasteback import PasteBack
@@ -80,13 +80,12 @@ def check_port(host: str, port: int) -> None:
 def serve_command(cfg: Any) -> None:
     """Load the avatar, then serve the page and the WebRTC streams on cfg.host:cfg.port until interrupted."""
     from aiohttp import web
-    from hydra.utils import instantiate
 
     from ernerf.apps.live.server import LiveServer
 
     check_port(cfg.host, cfg.port)
     avatar = build_avatar(cfg)
-    server = LiveServer(avatar, text_to_speech(instantiate(cfg.tts)), decode_upload)
+    server = LiveServer(avatar, text_to_speech(instantiate_config(cfg.tts)), decode_upload)
     print(f"the avatar of {cfg.subject} is live at http://{cfg.host}:{cfg.port}/ (Ctrl-C stops it)", flush=True)
     try:
         web.run_app(server.app(), host=cfg.host, port=cfg.port, print=None)
