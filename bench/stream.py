@@ -6,7 +6,9 @@ For each number of concurrent clients it starts `serve.py`'s server in this proc
 many WebRTC clients (aiortc), lets them idle for `--idle` seconds, asks each to say a sentence, and reports per stream:
 frames/s received, the seconds from the request to the first received audio of the speech, and the part of that the
 server spent making the utterance (speech synthesis and audio features). The features' look-ahead (the audio a live
-source must have sent before a frame can render) is fixed by the model's windows: printed beside.
+source must have sent before a frame can render) is fixed by the model's windows: printed beside. With
+`--microphone` each client speaks the sentence into its microphone track instead, and the latency is from the
+moment its speech starts to the first of it heard back.
 """
 
 from __future__ import annotations
@@ -35,14 +37,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def client(url: str, idle: float, talk: float) -> dict:
-    """One WebRTC client: connect, idle, ask for the sentence, listen; what it received and when."""
+async def client(url: str, idle: float, talk: float, microphone: Path | None = None) -> dict:
+    """One WebRTC client: connect, idle, ask for the sentence (or speak `microphone`, a wav that starts with `idle`
+    seconds of silence, into the avatar), listen; what it received and when."""
     from aiohttp import ClientSession
     from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc.contrib.media import MediaPlayer
 
     pc = RTCPeerConnection()
     pc.addTransceiver("video", direction="recvonly")
-    pc.addTransceiver("audio", direction="recvonly")
+    if microphone is None:
+        pc.addTransceiver("audio", direction="recvonly")
+    else:
+        pc.addTrack(MediaPlayer(str(microphone)).audio)
     video: list[float] = []
     speech: list[float] = []
     readers = []
@@ -65,10 +72,15 @@ async def client(url: str, idle: float, talk: float) -> dict:
                                                    "type": pc.localDescription.type}) as r:
             answer = await r.json()
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        connected = time.monotonic()  # the microphone's wav starts playing about now
         await asyncio.sleep(idle)
+        said: dict = {}
         asked = time.monotonic()
-        async with http.post(f"{url}/say", json={"session": answer["session"], "text": SENTENCE}) as r:
-            said = await r.json()
+        if microphone is None:
+            async with http.post(f"{url}/say", json={"session": answer["session"], "text": SENTENCE}) as r:
+                said = await r.json()
+        else:
+            asked = connected + idle  # when its speech starts
         await asyncio.sleep(talk)
     for reader in readers:
         reader.cancel()
@@ -80,7 +92,7 @@ async def client(url: str, idle: float, talk: float) -> dict:
             "prepare_s": said.get("prepare_seconds"), "speech_s": said.get("seconds")}
 
 
-async def run(avatar, streams: int, idle: float, talk: float) -> list[dict]:
+async def run(avatar, streams: int, idle: float, talk: float, microphone: Path | None = None) -> list[dict]:
     from aiohttp import web
 
     from ernerf.apps.live.serve import decode_upload, text_to_speech
@@ -94,7 +106,8 @@ async def run(avatar, streams: int, idle: float, talk: float) -> list[dict]:
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        return await asyncio.gather(*(client(f"http://127.0.0.1:{port}", idle, talk) for _ in range(streams)))
+        return await asyncio.gather(*(client(f"http://127.0.0.1:{port}", idle, talk, microphone)
+                                      for _ in range(streams)))
     finally:
         await runner.cleanup()
 
@@ -109,6 +122,8 @@ def main() -> None:
     parser.add_argument("--streams", default="1", help="comma-separated numbers of concurrent clients")
     parser.add_argument("--idle", type=float, default=3.0, help="seconds each client idles before asking")
     parser.add_argument("--talk", type=float, default=6.0, help="seconds each client listens after asking")
+    parser.add_argument("--microphone", action="store_true",
+                        help="speak the sentence into each client's microphone track instead of asking for it as text")
     parser.add_argument("--override", action="append", default=[], help="a conf/serve.yaml override (repeatable)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -123,12 +138,21 @@ def main() -> None:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("serve", overrides)
     avatar = build_avatar(cfg)
+    microphone = None
+    if args.microphone:  # the sentence, synthesised once, after `idle` seconds of silence
+        from ernerf.apps.live.serve import text_to_speech
+        from ernerf.apps.tts import EspeakSpeech, write_wav
+        from ernerf.constants import SAMPLE_RATE
+
+        silence = np.zeros(int(args.idle * SAMPLE_RATE), np.float32)
+        wav = np.concatenate([silence, text_to_speech(EspeakSpeech())(SENTENCE)])
+        microphone = write_wav(Path("bench/out/stream_microphone.wav"), wav, SAMPLE_RATE)
     print(f"{args.subject}, {512 // args.downscale} px crops, feature look-ahead {LOOKAHEAD_SECONDS * 1000:.0f} ms")
     print(f"{'streams':>8}{'frames/s min':>14}{'median':>9}{'latency s median':>18}{'of which prepare':>18}")
     figures = {}
     try:
         for n in [int(s) for s in args.streams.split(",")]:
-            results = asyncio.run(run(avatar, n, args.idle, args.talk))
+            results = asyncio.run(run(avatar, n, args.idle, args.talk, microphone))
             fps = [r["fps"] for r in results]
             latency = [r["latency_s"] for r in results if r["latency_s"] is not None]
             prepare = [r["prepare_s"] for r in results if r["prepare_s"] is not None]
