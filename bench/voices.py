@@ -87,7 +87,7 @@ def ratio(value: float | None, reference: float | None) -> float | None:
 
 
 def add_ratios(scores: list[SourceScore]) -> list[SourceScore]:
-    """Each foreign source's corr and spread as a ratio of the first (the subject's own held-back audio)."""
+    """Every other source's corr and spread as a ratio of the first's (the subject's own held-back audio)."""
     own = scores[0]
     for s in scores[1:]:
         s.corr_ratio, s.spread_ratio = ratio(s.corr, own.corr), ratio(s.spread, own.spread)

@@ -1,4 +1,4 @@
-"""The benchmarks (speed, cross-speaker voices) run end to end on CPU (tiny sizes) and report the figures they promise."""
+"""The benchmarks (speed, voices) run end to end on CPU (tiny sizes) and report the figures they promise."""
 
 from __future__ import annotations
 
@@ -157,13 +157,14 @@ def test_voices_quick_drives_the_subject_with_every_kind_of_source(voiced_mini, 
 
     data, runs = voiced_mini
     out = tmp_path / "voices.json"
-    printed = run_bench("voices.py", ["--subject", "mini", "--data-root", str(data), "--runs-root", str(runs), "--quick",
-                                      "--downscale", "8", "--audio", str(shared_clip("audio/obama_5s.wav")),
+    printed = run_bench("voices.py", ["--subject", "mini", "--data-root", str(data), "--runs-root", str(runs),
+                                      "--quick", "--downscale", "8", "--audio", str(shared_clip("audio/obama_5s.wav")),
                                       "--other-clip", str(shared_clip("train/hdtf_aoc_8s.mp4")), "--json", str(out)])
     report = json.loads(out.read_text())
     sources = {s["source"]: s for s in report["sources"]}
-    assert list(sources) == ["own", "own-train", "obama_5s", "clip:hdtf_aoc_8s", "tts"] and report["audio_kind"] == "mel"
-    assert sources["own"]["frames"] == 4 and all(sources[k]["frames"] == 5 for k in list(sources)[1:])  # --quick
+    assert list(sources) == ["own", "own-train", "obama_5s", "clip:hdtf_aoc_8s", "tts"]
+    assert report["audio_kind"] == "mel"
+    assert sources["own"]["frames"] == 4 and all(s["frames"] == 5 for s in report["sources"][1:])  # --quick
     own = sources["own"]
     assert own["lmd"] is None or own["lmd"] >= 0  # against the ground truth, own frames only
     assert all(s["lmd"] is None for s in report["sources"][1:])

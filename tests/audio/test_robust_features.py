@@ -105,7 +105,7 @@ def test_cepstral_smoother_keeps_smooth_envelopes_and_removes_ripple() -> None:
     smooth = cepstral_smoother(80, 20)
     bands = np.arange(80)
     envelope = np.exp(-((bands - 30) / 15.0) ** 2)
-    ripple = 0.5 * np.cos(np.pi * 40 * (2 * bands + 1) / 160)  # a harmonic comb: DCT coefficient 40, a period of 4 bands
+    ripple = 0.5 * np.cos(np.pi * 40 * (2 * bands + 1) / 160)  # a harmonic comb: DCT coefficient 40, 4-band period
     np.testing.assert_allclose(envelope @ smooth, envelope, atol=5e-3)
     assert np.abs(ripple @ smooth).max() < 1e-6 and np.abs((envelope + ripple) @ smooth - envelope).max() < 5e-3
     with pytest.raises(ErnerfError, match="lifter"):
