@@ -61,6 +61,89 @@ class LogMelExtractor:
         return np.log(np.maximum(mel, 1e-8)).astype(np.float32)
 
 
+class NormalizedLogMelExtractor:
+    """Speaker- and channel-robust log-mel: a level floor, optional cepstral smoothing, then per-band mean and
+    variance normalisation (CMVN) over a sliding window of `window_seconds` centred on each row.
+
+    A gain is an additive constant and a fixed microphone/room EQ an additive per-band offset in log-mel, so removing
+    each band's local mean takes both away (cepstral mean normalisation: Atal 1974, Furui 1981); dividing by the
+    band's spread removes how loud and how dynamic the speaker is. Loudness normalisation before the mel would add
+    nothing: the mean subtraction already removes any gain. `lifter` keeps the first `lifter` DCT coefficients of the
+    bands (the spectral envelope, MFCC-style, Davis & Mermelstein 1980) and maps them back to `n_mels` bands, so the
+    pitch harmonics, which move with the speaker, are smoothed away while the formants that shape the mouth stay.
+    `floor_db` clamps each row at that many dB below the loudest row of the window (Whisper clamps 80 dB below its
+    utterance's peak): digital silence and a recording's noise floor then look alike.
+
+    Statistics window: row j is normalised with the `window_seconds` of rows centred on it, the window shifted to
+    stay inside the audio at its first and last half window; audio shorter than the window is normalised with its
+    whole length, and the floor of a row is taken from that row's window too. So a row of long or streamed audio
+    depends on the sound within one window of it (half a window of statistics, whose rows' floors look half a window
+    further): a streaming caller needs one window of lookahead, and a long file is processed in one pass.
+    """
+
+    def __init__(self, n_mels: int = 80, window_seconds: float = 10.0, lifter: int | None = None,
+                 floor_db: float = 50.0, min_std: float = 0.1, **mel_options: float) -> None:
+        if lifter is not None and not 1 <= lifter <= n_mels:
+            raise ErnerfError(f"lifter={lifter} must be between 1 and n_mels={n_mels} (or null for no smoothing).")
+        if window_seconds <= 0:
+            raise ErnerfError(f"window_seconds={window_seconds} must be positive: the CMVN statistics window.")
+        self.mel = LogMelExtractor(n_mels=n_mels, **mel_options)
+        self.feature_dim = n_mels
+        self.window_rows = max(1, int(round(window_seconds * FEATURE_RATE)))
+        self.lifter, self.min_std = lifter, min_std
+        self.floor = floor_db / 10.0 * np.log(10.0)  # dB of power -> natural-log units of the log-mel
+        self._smooth = None if lifter is None else cepstral_smoother(n_mels, lifter)
+
+    def __call__(self, wav: np.ndarray) -> np.ndarray:
+        """Normalised log-mel rows of `wav`. # [T] -> [1 + T // 320, n_mels]"""
+        logmel = self.mel(wav).astype(np.float64)
+        peak = sliding_max(logmel.max(axis=1), self.window_rows)
+        logmel = np.maximum(logmel, (peak - self.floor)[:, None])
+        if self._smooth is not None:
+            logmel = logmel @ self._smooth
+        mean, std = sliding_mean_std(logmel, self.window_rows)
+        return ((logmel - mean) / np.maximum(std, self.min_std)).astype(np.float32)
+
+
+def cepstral_smoother(n_bands: int, keep: int) -> np.ndarray:
+    """Band -> band matrix keeping the first `keep` orthonormal DCT-II coefficients (liftering). # [C, C]"""
+    k, n = np.arange(n_bands)[:, None], np.arange(n_bands)[None, :]
+    dct = np.sqrt(2.0 / n_bands) * np.cos(np.pi * k * (2 * n + 1) / (2 * n_bands))  # [K, C], rows orthonormal
+    dct[0] /= np.sqrt(2.0)
+    return dct[:keep].T @ dct[:keep]
+
+
+def _window_bounds(num_rows: int, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """First and one-past-last row of each row's window: `window` rows centred on it, shifted inside the audio at
+    its ends (all rows when the audio is shorter). # -> [T], [T]"""
+    lo = np.clip(np.arange(num_rows) - window // 2, 0, max(num_rows - window, 0))
+    return lo, np.minimum(lo + window, num_rows)
+
+
+def sliding_mean_std(x: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and std over each row's window of `window` rows (`_window_bounds`). # [T, C] -> 2 x [T, C]"""
+    lo, hi = _window_bounds(len(x), window)
+    zero = np.zeros((1, x.shape[1]))
+    # sums of deviations from the global mean: cumulative sums of raw values lose precision over long audio
+    centred = x - x.mean(axis=0, keepdims=True)
+    s1 = np.concatenate([zero, np.cumsum(centred, axis=0)])
+    s2 = np.concatenate([zero, np.cumsum(centred ** 2, axis=0)])
+    count = (hi - lo)[:, None]
+    mean = (s1[hi] - s1[lo]) / count
+    var = np.maximum((s2[hi] - s2[lo]) / count - mean ** 2, 0.0)
+    return mean + x.mean(axis=0, keepdims=True), np.sqrt(var)
+
+
+def sliding_max(x: np.ndarray, window: int, block: int = 4096) -> np.ndarray:
+    """Maximum over each row's window (as `sliding_mean_std`), `block` rows at a time. # [T] -> [T]"""
+    lo, _ = _window_bounds(len(x), window)
+    views = np.lib.stride_tricks.sliding_window_view(x, min(window, len(x)))  # view k covers rows k .. k + window - 1
+    out = np.empty(len(x))
+    for start in range(0, len(x), block):
+        out[start: start + block] = views[lo[start: start + block]].max(axis=1)
+    return out
+
+
 def hann_window(win_length: int, n_fft: int) -> np.ndarray:
     """Periodic Hann window of `win_length` centred in `n_fft` zeros (librosa/scipy `fftbins=True`). # [n_fft]"""
     window = np.zeros(n_fft)
