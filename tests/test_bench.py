@@ -95,3 +95,45 @@ def test_cli_speed_times_every_question_of_every_script(tmp_path) -> None:
         assert set(row) == {"--help", "--cfg job", "completion"}
         assert all(seconds > figures["baseline_s"] for seconds in row.values())
     assert "train.py" in printed and "completion" in printed
+
+
+def test_scale_quick_preprocesses_a_pingpong_clip_and_reports_consistent_figures(tmp_path) -> None:
+    """--quick: the clip's first 3 s forward and back through the README's preprocess command; the figures must
+    agree with each other (frames, per-step rates, files per folder, bytes) and the GPU parts be absent."""
+    out = tmp_path / "scale.json"
+    printed = run_bench("scale.py", ["--quick", "--work-dir", str(tmp_path / "work"), "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert "cost, not quality" in report["note"] and "cost, not quality" in printed
+    (only,) = report["lengths"]
+    pre = only["preprocess"]
+    assert only["seconds"] == 6.0 and pre["frames"] == 150  # 6 s at 25 fps
+    assert pre["returncode"] == 0 and pre["peak_rss_mib"] > 100 and pre["peak_tree_rss_mib"] > 0
+    steps = {s["step"]: s for s in pre["steps"]}
+    assert {"ingest", "headbox", "parsing", "composite", "matting", "tracking", "report"} <= set(steps)
+    for s in steps.values():
+        assert abs(s["fps"] - 150 / s["seconds"]) <= 0.06 * s["fps"] + 0.1
+    assert sum(s["seconds"] for s in steps.values()) < pre["wall_seconds"]
+    assert abs(pre["fps_overall"] - 150 / pre["wall_seconds"]) < 0.01
+    parts = pre["dataset"]["parts"]
+    assert parts["ori_imgs"]["files"] == 2 * 150  # <i>.jpg and <i>.lms
+    assert parts["gt_imgs"]["files"] == parts["torso_imgs"]["files"] == parts["parsing"]["files"] == 150
+    assert pre["dataset"]["bytes"] == sum(p["bytes"] for p in parts.values()) > 150 * 3 * 1000
+    assert pre["dataset"]["files"] == sum(p["files"] for p in parts.values())
+    assert ".logs" not in parts and "train" not in only and "infer" not in only
+    assert not (tmp_path / "work" / "data" / "scale_6s").exists()  # removed once measured (no --keep)
+
+
+def test_scale_gpu_parts_say_skipped_without_cuda(tmp_path, monkeypatch) -> None:
+    """--train/--infer on a machine without CUDA record 'skipped: no GPU' instead of failing."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_scale", REPO / "bench" / "scale.py")
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
+    monkeypatch.setattr(scale, "long_clip", lambda unit, seconds, work: unit)
+    monkeypatch.setattr(scale, "preprocess", lambda video, data_root, subject, overrides: {"frames": 1})
+    monkeypatch.setattr(scale, "print_length", lambda result: None)
+    args = scale.parse_args(["--train", "--infer", "--work-dir", str(tmp_path)])
+    result = scale.measure_length(args, tmp_path / "unit.mp4", 20.0, gpu=False)
+    assert result["train"] == result["infer"] == "skipped: no GPU"
+    assert [scale.parse_length(x) for x in ("20", "20s", "1m", "2.5m")] == [20.0, 20.0, 60.0, 150.0]

@@ -64,13 +64,16 @@ class Track:
 # ---------------------------------------------------------------- template
 
 
-def similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Least-squares similarity (Umeyama, roma's registration) with `scale * rot @ src + shift ~ dst`. # [K,3], [K,3]"""
+def similarity(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares similarity (Umeyama, roma's registration) with `scale * rot @ src + shift ~ dst`.
+
+    Batched over leading dimensions: # [..., K, 3], [K, 3] -> scale [...], rot [..., 3, 3], shift [..., 3]"""
     import roma
 
-    rot, shift, scale = roma.rigid_points_registration(torch.from_numpy(src), torch.from_numpy(dst),
-                                                       compute_scaling=True)
-    return float(scale), rot.numpy(), shift.numpy()
+    src_t = torch.from_numpy(np.ascontiguousarray(src, dtype=np.float64))
+    dst_t = torch.from_numpy(np.ascontiguousarray(dst, dtype=np.float64)).expand(src_t.shape)
+    rot, shift, scale = roma.rigid_points_registration(src_t, dst_t, compute_scaling=True)
+    return scale.numpy(), rot.numpy(), shift.numpy()
 
 
 def mean_shape(mesh: np.ndarray, ids: tuple[int, ...] = STABLE_IDS, iters: int = 3) -> np.ndarray:
@@ -79,11 +82,10 @@ def mean_shape(mesh: np.ndarray, ids: tuple[int, ...] = STABLE_IDS, iters: int =
     idx = list(ids)
     ref = pts[0]
     for _ in range(iters):
-        aligned = []
-        for p in pts:
-            scale, rot, shift = similarity(p[idx], ref[idx])
-            aligned.append(scale * p @ rot.T + shift)
-        ref = np.mean(aligned, axis=0)
+        # all frames in one registration: per-frame calls of tiny torch ops cost ~100x more, far more on a busy machine
+        scale, rot, shift = similarity(pts[:, idx], ref[idx])
+        # the mean of scale * p @ rot.T + shift without an aligned copy of every frame's mesh
+        ref = np.einsum("n,nkj,nij->ki", scale, pts, rot) / len(pts) + shift.mean(0)
     return ref
 
 
@@ -252,13 +254,12 @@ def track(mesh: np.ndarray, valid: np.ndarray, size: int, focal_prior: float = 1
     """
     if not np.any(valid):
         raise ErnerfError("no frame has a detected face mesh: tracking needs a visible face (check the video).")
-    head = canonical_template(mean_shape(mesh[valid]))
-    template = head[list(STABLE_IDS)]
     uv = mesh[:, list(STABLE_IDS), :2].astype(np.float64)
     weights = np.where(valid, 1.0, 0.05)  # interpolated frames mostly follow the smoothness prior
     probe = np.flatnonzero(valid)[np.unique(np.linspace(0, valid.sum() - 1, probe_frames).astype(int))]
     scale = size / 512.0
     with _torch_threads(1):  # a tiny problem: thread hand-offs cost more than they bring
+        template = canonical_template(mean_shape(mesh[valid]))[list(STABLE_IDS)]
         focal, _ = search_focal(template, uv[probe], size, focal_prior * scale, focal_sigma,
                                 (focal_range[0] * scale, focal_range[1] * scale), template_weight=template_weight)
         return fit_poses(template, uv, weights, focal, size, smooth_weight, template_weight)
