@@ -339,7 +339,7 @@ def measure_length(args: argparse.Namespace, unit: Path, seconds: float, gpu: bo
     data_root.mkdir(parents=True, exist_ok=True)
     subject = f"scale_{name}"
     print(f"{name}: preprocessing {video.name} ...", flush=True)
-    result = {"length": name, "seconds": seconds, "video": str(video),
+    result = {"length": name, "seconds": seconds, "video": str(video), "clip_seconds": round(probe(video).duration, 3),
               "preprocess": preprocess(video, data_root, subject, args.overrides)}
     if args.train or args.infer:
         runs_root.mkdir(parents=True, exist_ok=True)

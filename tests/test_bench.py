@@ -106,18 +106,19 @@ def test_scale_quick_preprocesses_a_pingpong_clip_and_reports_consistent_figures
     assert "cost, not quality" in report["note"] and "cost, not quality" in printed
     (only,) = report["lengths"]
     pre = only["preprocess"]
-    assert only["seconds"] == 6.0 and pre["frames"] == 150  # 6 s at 25 fps
+    n = pre["frames"]  # ~6 s at 25 fps: a stream copy cuts the clip at a packet, not at exactly 6 s
+    assert only["seconds"] == 6.0 and abs(only["clip_seconds"] - 6.0) < 0.3 and abs(n - 25 * only["clip_seconds"]) <= 2
     assert pre["returncode"] == 0 and pre["peak_rss_mib"] > 100 and pre["peak_tree_rss_mib"] > 0
     steps = {s["step"]: s for s in pre["steps"]}
     assert {"ingest", "headbox", "parsing", "composite", "matting", "tracking", "report"} <= set(steps)
     for s in steps.values():
-        assert abs(s["fps"] - 150 / s["seconds"]) <= 0.06 * s["fps"] + 0.1
+        assert abs(s["fps"] - n / s["seconds"]) <= 0.06 * s["fps"] + 0.1
     assert sum(s["seconds"] for s in steps.values()) < pre["wall_seconds"]
-    assert abs(pre["fps_overall"] - 150 / pre["wall_seconds"]) < 0.01
+    assert abs(pre["fps_overall"] - n / pre["wall_seconds"]) < 0.01
     parts = pre["dataset"]["parts"]
-    assert parts["ori_imgs"]["files"] == 2 * 150  # <i>.jpg and <i>.lms
-    assert parts["gt_imgs"]["files"] == parts["torso_imgs"]["files"] == parts["parsing"]["files"] == 150
-    assert pre["dataset"]["bytes"] == sum(p["bytes"] for p in parts.values()) > 150 * 3 * 1000
+    assert parts["ori_imgs"]["files"] == 2 * n  # <i>.jpg and <i>.lms
+    assert parts["gt_imgs"]["files"] == parts["torso_imgs"]["files"] == parts["parsing"]["files"] == n
+    assert pre["dataset"]["bytes"] == sum(p["bytes"] for p in parts.values()) > n * 3 * 1000
     assert pre["dataset"]["files"] == sum(p["files"] for p in parts.values())
     assert ".logs" not in parts and "train" not in only and "infer" not in only
     assert not (tmp_path / "work" / "data" / "scale_6s").exists()  # removed once measured (no --keep)

@@ -78,7 +78,8 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 def mean_shape(mesh: np.ndarray, ids: tuple[int, ...] = STABLE_IDS, iters: int = 3) -> np.ndarray:
     """Average face over frames aligned on the rigid points; y up, z to camera, px. # [M,478,3] -> [478,3]"""
-    pts = mesh.astype(np.float64) * np.array([1.0, -1.0, -1.0])  # image (y down, z away) -> y up, z to camera
+    pts = mesh.astype(np.float64)
+    pts[..., 1:] *= -1.0  # image (y down, z away) -> y up, z to camera; in place: no second copy of a long clip's mesh
     idx = list(ids)
     ref = pts[0]
     for _ in range(iters):
