@@ -76,17 +76,24 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return scale.numpy(), rot.numpy(), shift.numpy()
 
 
-def mean_shape(mesh: np.ndarray, ids: tuple[int, ...] = STABLE_IDS, iters: int = 3) -> np.ndarray:
-    """Average face over frames aligned on the rigid points; y up, z to camera, px. # [M,478,3] -> [478,3]"""
-    pts = mesh.astype(np.float64)
-    pts[..., 1:] *= -1.0  # image (y down, z away) -> y up, z to camera; in place: no second copy of a long clip's mesh
-    idx = list(ids)
-    ref = pts[0]
+def mean_shape(mesh: np.ndarray, ids: tuple[int, ...] = STABLE_IDS, iters: int = 3, frames: np.ndarray | None = None,
+               chunk: int = 1024) -> np.ndarray:
+    """Average face over `frames` (default all) aligned on the rigid points; y up, z to camera, px.
+
+    Works through frame chunks, so a long clip's memory holds no more than the mesh itself. # [M,478,3] -> [478,3]"""
+    flip = np.array([1.0, -1.0, -1.0])  # image (y down, z away) -> y up, z to camera
+    frames = np.arange(len(mesh)) if frames is None else np.asarray(frames)
+    parts = [frames[start:start + chunk] for start in range(0, len(frames), chunk)]
+    ref = mesh[frames[0]].astype(np.float64) * flip
     for _ in range(iters):
-        # all frames in one registration: per-frame calls of tiny torch ops cost ~100x more, far more on a busy machine
-        scale, rot, shift = similarity(pts[:, idx], ref[idx])
-        # the mean of scale * p @ rot.T + shift without an aligned copy of every frame's mesh
-        ref = np.einsum("n,nkj,nij->ki", scale, pts, rot) / len(pts) + shift.mean(0)
+        total, shift_sum = np.zeros_like(ref), np.zeros(3)
+        for part in parts:
+            pts = mesh[part].astype(np.float64) * flip
+            # a chunk of frames in one registration: per-frame calls of tiny torch ops cost ~100x more
+            scale, rot, shift = similarity(pts[:, list(ids)], ref[list(ids)])
+            total += np.einsum("n,nkj,nij->ki", scale, pts, rot)  # sum of scale * p @ rot.T
+            shift_sum += shift.sum(0)
+        ref = (total + shift_sum) / len(frames)
     return ref
 
 
@@ -260,7 +267,7 @@ def track(mesh: np.ndarray, valid: np.ndarray, size: int, focal_prior: float = 1
     probe = np.flatnonzero(valid)[np.unique(np.linspace(0, valid.sum() - 1, probe_frames).astype(int))]
     scale = size / 512.0
     with _torch_threads(1):  # a tiny problem: thread hand-offs cost more than they bring
-        template = canonical_template(mean_shape(mesh[valid]))[list(STABLE_IDS)]
+        template = canonical_template(mean_shape(mesh, frames=np.flatnonzero(valid)))[list(STABLE_IDS)]
         focal, _ = search_focal(template, uv[probe], size, focal_prior * scale, focal_sigma,
                                 (focal_range[0] * scale, focal_range[1] * scale), template_weight=template_weight)
         return fit_poses(template, uv, weights, focal, size, smooth_weight, template_weight)
