@@ -153,7 +153,7 @@ def mean_error(template: np.ndarray, rot: np.ndarray, trans: np.ndarray, focal: 
 
 def bundle_adjust(template: np.ndarray, rot: np.ndarray, trans: np.ndarray, focal: float, size: int,
                   uv: np.ndarray, weights: np.ndarray, smooth_weight: float, template_weight: float,
-                  iters: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  iters: int = 100, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Refine template and poses at a fixed focal: robust reprojection loss, smoothness and shape priors.
 
     Smoothing is part of the fit (a pose-acceleration prior), not a filter afterwards, so the
@@ -172,9 +172,14 @@ def bundle_adjust(template: np.ndarray, rot: np.ndarray, trans: np.ndarray, foca
         opt.zero_grad()
         smooth = (_second_diff(rv).pow(2).sum() / np.radians(0.5) ** 2
                   + _second_diff(t_dm / 10.0).pow(2).sum() / 1e-3**2) / len(uv)
-        loss = data.loss(flip @ roma.rotvec_to_rotmat(rv), t_dm / 10.0, d_cm / 100.0)
-        loss = loss + smooth_weight * smooth + template_weight * d_cm.pow(2).mean() / 0.5**2
+        loss = smooth_weight * smooth + template_weight * d_cm.pow(2).mean() / 0.5**2
         loss.backward()
+        # the reprojection term is a sum over frames: its gradient is accumulated chunk by chunk, so the autograd
+        # graph of a long clip's [N, K] landmarks never exists whole
+        for frames in _chunks(len(uv), chunk):
+            part = data.loss(flip @ roma.rotvec_to_rotmat(rv[frames]), t_dm[frames] / 10.0, d_cm / 100.0, frames)
+            part.backward()
+            loss = loss.detach() + part.detach()
         return loss
 
     opt.step(closure)
@@ -193,12 +198,18 @@ class _ReprojectionData:
     focal: float
     size: int
 
-    def loss(self, rot: torch.Tensor, trans: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    def loss(self, rot: torch.Tensor, trans: torch.Tensor, delta: torch.Tensor,
+             frames: slice = slice(None)) -> torch.Tensor:
+        """The `frames` part of the loss, poses of those frames given; the parts of all frames sum to the loss."""
         cam = torch.einsum("nij,kj->nki", rot, self.template + delta) + trans[:, None]
         proj = self.focal * cam[..., :2] / cam[..., 2:3] + self.size / 2.0
-        dist2 = ((proj - self.uv) ** 2).sum(-1)
+        dist2 = ((proj - self.uv[frames]) ** 2).sum(-1)
         robust = (torch.sqrt(1.0 + dist2 / 4.0) - 1.0) * 4.0  # ~ squared px near 0, ~ 2|px| far out
-        return (robust * self.weights[:, None]).sum() / (self.weights.sum() * self.uv.shape[1])
+        return (robust * self.weights[frames, None]).sum() / (self.weights.sum() * self.uv.shape[1])
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
 def _second_diff(x: torch.Tensor) -> torch.Tensor:
