@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -185,3 +186,47 @@ def test_voices_quick_drives_the_subject_with_every_kind_of_source(voiced_mini, 
     if own["corr"] and own["corr"] > 0 and sources["tts"]["corr"] is not None:
         assert sources["tts"]["corr_ratio"] == pytest.approx(sources["tts"]["corr"] / own["corr"])
     assert (tmp_path / "tts.wav").is_file() and str(out) in printed
+
+
+def test_scale_quick_preprocesses_a_pingpong_clip_and_reports_consistent_figures(tmp_path) -> None:
+    """--quick: the clip's first 3 s forward and back through the README's preprocess command; the figures must
+    agree with each other (frames, per-step rates, files per folder, bytes) and the GPU parts be absent."""
+    out = tmp_path / "scale.json"
+    printed = run_bench("scale.py", ["--quick", "--work-dir", str(tmp_path / "work"), "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert "cost, not quality" in report["note"] and "cost, not quality" in printed
+    (only,) = report["lengths"]
+    pre = only["preprocess"]
+    n = pre["frames"]  # ~6 s at 25 fps: a stream copy cuts the clip at a packet, not at exactly 6 s
+    assert only["seconds"] == 6.0 and abs(only["clip_seconds"] - 6.0) < 0.3 and abs(n - 25 * only["clip_seconds"]) <= 2
+    assert pre["returncode"] == 0 and pre["peak_rss_mib"] > 100 and pre["peak_tree_rss_mib"] > 0
+    steps = {s["step"]: s for s in pre["steps"]}
+    assert {"ingest", "headbox", "parsing", "composite", "matting", "tracking", "report"} <= set(steps)
+    for s in steps.values():  # fps = frames / seconds, up to the rounding of both (0.1 frame/s, 0.01 s)
+        assert abs(s["fps"] * s["seconds"] - n) <= 0.005 * s["fps"] + 0.05 * s["seconds"] + 0.01
+    assert sum(s["seconds"] for s in steps.values()) < pre["wall_seconds"]
+    assert abs(pre["fps_overall"] - n / pre["wall_seconds"]) < 0.01
+    parts = pre["dataset"]["parts"]
+    assert parts["ori_imgs"]["files"] == 2 * n  # <i>.jpg and <i>.lms
+    assert parts["gt_imgs"]["files"] == parts["torso_imgs"]["files"] == parts["parsing"]["files"] == n
+    assert pre["dataset"]["bytes"] == sum(p["bytes"] for p in parts.values()) > n * 3 * 1000
+    assert pre["dataset"]["files"] == sum(p["files"] for p in parts.values())
+    assert ".logs" not in parts and "train" not in only and "infer" not in only
+    assert not (tmp_path / "work" / "data" / "scale_6s").exists()  # removed once measured (no --keep)
+
+
+def test_scale_gpu_parts_say_skipped_without_cuda(tmp_path, monkeypatch) -> None:
+    """--train/--infer on a machine without CUDA record 'skipped: no GPU' instead of failing."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_scale", REPO / "bench" / "scale.py")
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
+    monkeypatch.setattr(scale, "long_clip", lambda unit, seconds, work: unit)
+    monkeypatch.setattr(scale, "probe", lambda video: SimpleNamespace(duration=20.0))
+    monkeypatch.setattr(scale, "preprocess", lambda video, data_root, subject, overrides: {"frames": 1})
+    monkeypatch.setattr(scale, "print_length", lambda result: None)
+    args = scale.parse_args(["--train", "--infer", "--work-dir", str(tmp_path)])
+    result = scale.measure_length(args, tmp_path / "unit.mp4", 20.0, gpu=False)
+    assert result["train"] == result["infer"] == "skipped: no GPU"
+    assert [scale.parse_length(x) for x in ("20", "20s", "1m", "2.5m")] == [20.0, 20.0, 60.0, 150.0]

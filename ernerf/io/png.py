@@ -2,7 +2,9 @@
 
 OpenCV's encoder spends most of its time choosing a filter per row; here every row uses the
 "Up" filter (difference to the row above, good for both flat label maps and photos) and zlib
-runs at level 1, which writes a 512x512 RGBA frame in about a third of the time.
+runs at a low level, which writes a 512x512 RGBA frame in about a third of the time.
+Label maps are written as palette images: one byte per pixel instead of three, which every PNG
+reader (OpenCV's imread, PIL's convert("RGB")) expands back to the very same colours.
 """
 
 from __future__ import annotations
@@ -14,29 +16,41 @@ from pathlib import Path
 import numpy as np
 
 _COLOUR_TYPE = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type (grey, RGB, RGBA)
+PALETTE_TYPE = 3
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
-def encode_png(image: np.ndarray, level: int = 1) -> bytes:
-    """PNG bytes of a uint8 image [H, W] (grey), [H, W, 3] (RGB) or [H, W, 4] (RGBA), channels in that order."""
+def encode_png(image: np.ndarray, level: int = 1, palette: np.ndarray | None = None) -> bytes:
+    """PNG bytes of a uint8 image [H, W] (grey), [H, W, 3] (RGB) or [H, W, 4] (RGBA), channels in that order.
+
+    With `palette` (uint8 [K, 3] RGB, K <= 256), `image` [H, W] holds indices into it: a palette PNG."""
     if image.dtype != np.uint8:
         raise ValueError(f"encode_png wants uint8, got {image.dtype}")
     h, w = image.shape[:2]
     channels = 1 if image.ndim == 2 else image.shape[2]
+    colour_type = _COLOUR_TYPE[channels]
+    extra = b""
+    if palette is not None:
+        palette = np.asarray(palette, np.uint8)
+        if channels != 1 or palette.ndim != 2 or palette.shape[1] != 3 or not 0 < len(palette) <= 256:
+            raise ValueError(f"a palette image is [H, W] indices into [K<=256, 3] colours, got {image.shape} and "
+                             f"{palette.shape}")
+        if image.size and int(image.max()) >= len(palette):
+            raise ValueError(f"index {int(image.max())} is outside the palette of {len(palette)} colours")
+        colour_type, extra = PALETTE_TYPE, _chunk(b"PLTE", palette.tobytes())
     rows = np.ascontiguousarray(image).reshape(h, w * channels)
-    up = rows.copy()
-    up[1:] -= rows[:-1]  # uint8 arithmetic wraps modulo 256, as the filter is defined
     filtered = np.empty((h, w * channels + 1), np.uint8)
     filtered[:, 0] = 2  # filter type "Up"; the first row's "above" is zero, so it is stored as is
-    filtered[:, 1:] = up
-    header = struct.pack(">IIBBBBB", w, h, 8, _COLOUR_TYPE[channels], 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header)
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 arithmetic wraps modulo 256, as the filter is defined
+    filtered[0, 1:] = rows[0]
+    header = struct.pack(">IIBBBBB", w, h, 8, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + extra
             + _chunk(b"IDAT", zlib.compress(filtered.tobytes(), level)) + _chunk(b"IEND", b""))
 
 
-def write_png(path: Path | str, image: np.ndarray, level: int = 1) -> None:
+def write_png(path: Path | str, image: np.ndarray, level: int = 1, palette: np.ndarray | None = None) -> None:
     """Write `image` (see encode_png; RGB(A) order, not OpenCV's BGR) to `path`."""
-    Path(path).write_bytes(encode_png(image, level))
+    Path(path).write_bytes(encode_png(image, level, palette))

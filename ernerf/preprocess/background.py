@@ -46,7 +46,7 @@ class PlateAccumulator:
         # distance to the nearest person pixel: segmentation edges are uncertain, so pixels within
         # `margin` of the person get no weight and the weight ramps up over the next `margin` pixels
         dist = cv2.distanceTransform(background.astype(np.uint8), cv2.DIST_L2, 5)
-        w = np.clip((dist - self.margin) / max(self.margin, 1.0), 0.0, 1.0)
+        w = seg.clip((dist - self.margin) / max(self.margin, 1.0), 0.0, 1.0)
         self._sum += w[..., None] * rgb
         self._weight += w
 

@@ -44,6 +44,7 @@ class _Chunk:
     torso_dir: Path
     plate: np.ndarray
     jpeg_quality: int
+    png_level: int
 
 
 def _composite_chunk(job: _Chunk) -> int:
@@ -53,7 +54,7 @@ def _composite_chunk(job: _Chunk) -> int:
         gt = ground_truth(rgb, labels, job.plate)
         cv2.imwrite(str(job.gt_dir / f"{i}.jpg"), cv2.cvtColor(gt, cv2.COLOR_RGB2BGR),
                     [cv2.IMWRITE_JPEG_QUALITY, job.jpeg_quality])
-        write_png(job.torso_dir / f"{i}.png", torso_rgba(rgb, labels))
+        write_png(job.torso_dir / f"{i}.png", torso_rgba(rgb, labels), level=job.png_level)
     return len(job.frames)
 
 
@@ -63,8 +64,9 @@ class CompositeStep(PreprocessStep):
     name = "composite"
     requires = ("headbox", "parsing", "background")
 
-    def __init__(self, workers: int = 2, chunk_size: int = 25, jpeg_quality: int = 95) -> None:
+    def __init__(self, workers: int = 2, chunk_size: int = 25, jpeg_quality: int = 95, png_level: int = 4) -> None:
         self.workers, self.chunk_size, self.jpeg_quality = workers, chunk_size, jpeg_quality
+        self.png_level = png_level  # zlib level of torso_imgs/: lossless at any level, only size and time change
 
     def outputs(self, layout: SubjectLayout) -> list[Path]:
         return [layout.gt_dir, layout.torso_dir]
@@ -78,7 +80,7 @@ class CompositeStep(PreprocessStep):
             raise ErnerfError(f"{layout.parsing_dir} is missing: {redo_hint(layout.parsing_dir)}.")
         plate = seg.read_rgb(layout.background)
         with atomic_dir(layout.gt_dir) as gt_dir, atomic_dir(layout.torso_dir) as torso_dir:
-            jobs = [_Chunk(r, layout, gt_dir, torso_dir, plate, self.jpeg_quality)
+            jobs = [_Chunk(r, layout, gt_dir, torso_dir, plate, self.jpeg_quality, self.png_level)
                     for r in seg.frame_chunks(n, self.chunk_size)]
             done = 0
             with ctx.bar(n) as bar:

@@ -31,7 +31,7 @@ def refine_edges(rgb: np.ndarray, mask: np.ndarray, radius: int, eps: float) -> 
         return mask.astype(np.float32)
     # a grey guide is ~3x cheaper than a colour one and the silhouette edges are luminance edges
     guide = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
-    return np.clip(cv2.ximgproc.guidedFilter(guide, mask.astype(np.float32), radius, eps), 0.0, 1.0)
+    return seg.clip(cv2.ximgproc.guidedFilter(guide, mask.astype(np.float32), radius, eps), 0.0, 1.0)
 
 
 class TemporalMatte:
@@ -51,7 +51,7 @@ class TemporalMatte:
         else:
             # image change, spread a little so the whole moving edge counts as moving
             motion = cv2.blur(cv2.absdiff(grey, self._grey), (9, 9))
-            rate = np.clip(self.ema_min + motion * (1.0 / self.motion_scale), self.ema_min, 1.0)
+            rate = seg.clip(self.ema_min + motion * (1.0 / self.motion_scale), self.ema_min, 1.0)
             self._state = self._state + rate * (mask - self._state)
         self._grey = grey
         return self._state
@@ -146,14 +146,14 @@ def _person_model() -> seg.PersonSegmenter:
 def _segment_chunk(job: _Chunk) -> tuple[np.ndarray, np.ndarray]:
     """Raw selfie masks and their gated, edge-refined versions of a run of frames, as uint8 [k, H, W]."""
     cached = seg.MaskCache(job.mask_cache).read(job.frames)  # parsing ran the same model on the same crops
-    raw, refined = [], []
+    raw, refined = [], []  # uint8 quarters what crosses the process pipe
     for k, i in enumerate(job.frames):
         rgb = seg.read_rgb(job.ori_dir / f"{i}.jpg")
         prob = _person_model()(rgb) if cached is None else cached[k].astype(np.float32) * (1.0 / 255.0)
-        raw.append(prob)
-        refined.append(refine_edges(rgb, gate_to_person(prob, job.mesh[k]), job.guided_radius, job.guided_eps))
-    # uint8 quarters what crosses the process pipe
-    return tuple((np.stack(m) * 255.0 + 0.5).astype(np.uint8) for m in (raw, refined))
+        raw.append(seg.mask_to_u8(prob) if cached is None else cached[k])  # the cache holds mask_to_u8's values
+        refined.append(seg.mask_to_u8(refine_edges(rgb, gate_to_person(prob, job.mesh[k]), job.guided_radius,
+                                                   job.guided_eps)))
+    return np.stack(raw), np.stack(refined)
 
 
 class MattingStep(PreprocessStep):

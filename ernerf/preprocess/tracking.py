@@ -64,26 +64,36 @@ class Track:
 # ---------------------------------------------------------------- template
 
 
-def similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Least-squares similarity (Umeyama, roma's registration) with `scale * rot @ src + shift ~ dst`. # [K,3], [K,3]"""
+def similarity(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares similarity (Umeyama, roma's registration) with `scale * rot @ src + shift ~ dst`.
+
+    Batched over leading dimensions: # [..., K, 3], [K, 3] -> scale [...], rot [..., 3, 3], shift [..., 3]"""
     import roma
 
-    rot, shift, scale = roma.rigid_points_registration(torch.from_numpy(src), torch.from_numpy(dst),
-                                                       compute_scaling=True)
-    return float(scale), rot.numpy(), shift.numpy()
+    src_t = torch.from_numpy(np.ascontiguousarray(src, dtype=np.float64))
+    dst_t = torch.from_numpy(np.ascontiguousarray(dst, dtype=np.float64)).expand(src_t.shape)
+    rot, shift, scale = roma.rigid_points_registration(src_t, dst_t, compute_scaling=True)
+    return scale.numpy(), rot.numpy(), shift.numpy()
 
 
-def mean_shape(mesh: np.ndarray, ids: tuple[int, ...] = STABLE_IDS, iters: int = 3) -> np.ndarray:
-    """Average face over frames aligned on the rigid points; y up, z to camera, px. # [M,478,3] -> [478,3]"""
-    pts = mesh.astype(np.float64) * np.array([1.0, -1.0, -1.0])  # image (y down, z away) -> y up, z to camera
-    idx = list(ids)
-    ref = pts[0]
+def mean_shape(mesh: np.ndarray, ids: tuple[int, ...] = STABLE_IDS, iters: int = 3, frames: np.ndarray | None = None,
+               chunk: int = 1024) -> np.ndarray:
+    """Average face over `frames` (default all) aligned on the rigid points; y up, z to camera, px.
+
+    Works through frame chunks, so a long clip's memory holds no more than the mesh itself. # [M,478,3] -> [478,3]"""
+    flip = np.array([1.0, -1.0, -1.0])  # image (y down, z away) -> y up, z to camera
+    frames = np.arange(len(mesh)) if frames is None else np.asarray(frames)
+    parts = [frames[start:start + chunk] for start in range(0, len(frames), chunk)]
+    ref = mesh[frames[0]].astype(np.float64) * flip
     for _ in range(iters):
-        aligned = []
-        for p in pts:
-            scale, rot, shift = similarity(p[idx], ref[idx])
-            aligned.append(scale * p @ rot.T + shift)
-        ref = np.mean(aligned, axis=0)
+        total, shift_sum = np.zeros_like(ref), np.zeros(3)
+        for part in parts:
+            pts = mesh[part].astype(np.float64) * flip
+            # a chunk of frames in one registration: per-frame calls of tiny torch ops cost ~100x more
+            scale, rot, shift = similarity(pts[:, list(ids)], ref[list(ids)])
+            total += np.einsum("n,nkj,nij->ki", scale, pts, rot)  # sum of scale * p @ rot.T
+            shift_sum += shift.sum(0)
+        ref = (total + shift_sum) / len(frames)
     return ref
 
 
@@ -143,7 +153,7 @@ def mean_error(template: np.ndarray, rot: np.ndarray, trans: np.ndarray, focal: 
 
 def bundle_adjust(template: np.ndarray, rot: np.ndarray, trans: np.ndarray, focal: float, size: int,
                   uv: np.ndarray, weights: np.ndarray, smooth_weight: float, template_weight: float,
-                  iters: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  iters: int = 100, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Refine template and poses at a fixed focal: robust reprojection loss, smoothness and shape priors.
 
     Smoothing is part of the fit (a pose-acceleration prior), not a filter afterwards, so the
@@ -162,9 +172,14 @@ def bundle_adjust(template: np.ndarray, rot: np.ndarray, trans: np.ndarray, foca
         opt.zero_grad()
         smooth = (_second_diff(rv).pow(2).sum() / np.radians(0.5) ** 2
                   + _second_diff(t_dm / 10.0).pow(2).sum() / 1e-3**2) / len(uv)
-        loss = data.loss(flip @ roma.rotvec_to_rotmat(rv), t_dm / 10.0, d_cm / 100.0)
-        loss = loss + smooth_weight * smooth + template_weight * d_cm.pow(2).mean() / 0.5**2
+        loss = smooth_weight * smooth + template_weight * d_cm.pow(2).mean() / 0.5**2
         loss.backward()
+        # the reprojection term is a sum over frames: its gradient is accumulated chunk by chunk, so the autograd
+        # graph of a long clip's [N, K] landmarks never exists whole
+        for frames in _chunks(len(uv), chunk):
+            part = data.loss(flip @ roma.rotvec_to_rotmat(rv[frames]), t_dm[frames] / 10.0, d_cm / 100.0, frames)
+            part.backward()
+            loss = loss.detach() + part.detach()
         return loss
 
     opt.step(closure)
@@ -183,12 +198,18 @@ class _ReprojectionData:
     focal: float
     size: int
 
-    def loss(self, rot: torch.Tensor, trans: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    def loss(self, rot: torch.Tensor, trans: torch.Tensor, delta: torch.Tensor,
+             frames: slice = slice(None)) -> torch.Tensor:
+        """The `frames` part of the loss, poses of those frames given; the parts of all frames sum to the loss."""
         cam = torch.einsum("nij,kj->nki", rot, self.template + delta) + trans[:, None]
         proj = self.focal * cam[..., :2] / cam[..., 2:3] + self.size / 2.0
-        dist2 = ((proj - self.uv) ** 2).sum(-1)
+        dist2 = ((proj - self.uv[frames]) ** 2).sum(-1)
         robust = (torch.sqrt(1.0 + dist2 / 4.0) - 1.0) * 4.0  # ~ squared px near 0, ~ 2|px| far out
-        return (robust * self.weights[:, None]).sum() / (self.weights.sum() * self.uv.shape[1])
+        return (robust * self.weights[frames, None]).sum() / (self.weights.sum() * self.uv.shape[1])
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
 def _second_diff(x: torch.Tensor) -> torch.Tensor:
@@ -252,13 +273,12 @@ def track(mesh: np.ndarray, valid: np.ndarray, size: int, focal_prior: float = 1
     """
     if not np.any(valid):
         raise ErnerfError("no frame has a detected face mesh: tracking needs a visible face (check the video).")
-    head = canonical_template(mean_shape(mesh[valid]))
-    template = head[list(STABLE_IDS)]
     uv = mesh[:, list(STABLE_IDS), :2].astype(np.float64)
     weights = np.where(valid, 1.0, 0.05)  # interpolated frames mostly follow the smoothness prior
     probe = np.flatnonzero(valid)[np.unique(np.linspace(0, valid.sum() - 1, probe_frames).astype(int))]
     scale = size / 512.0
     with _torch_threads(1):  # a tiny problem: thread hand-offs cost more than they bring
+        template = canonical_template(mean_shape(mesh, frames=np.flatnonzero(valid)))[list(STABLE_IDS)]
         focal, _ = search_focal(template, uv[probe], size, focal_prior * scale, focal_sigma,
                                 (focal_range[0] * scale, focal_range[1] * scale), template_weight=template_weight)
         return fit_poses(template, uv, weights, focal, size, smooth_weight, template_weight)

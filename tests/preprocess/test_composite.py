@@ -51,6 +51,8 @@ def test_torso_rgba_is_opaque_exactly_on_torso_and_neck(subject: SubjectLayout) 
         frame = seg.read_rgb(subject.ori_img(i))
         body = alpha == 255
         assert np.array_equal(rgba[..., 2::-1][body], frame[body])  # PNG is lossless: the frame's own pixels
+        # and bit for bit what the step composed, whatever zlib level wrote it (conf: composite.png_level)
+        assert np.array_equal(cv2.cvtColor(rgba, cv2.COLOR_BGRA2RGBA), torso_rgba(frame, labels))
 
 
 def test_composites_on_an_analytic_frame() -> None:
