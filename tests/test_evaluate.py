@@ -114,9 +114,7 @@ def test_image_figures_known_offset_and_small_face_box() -> None:
 def test_lpips_reports_why_it_is_unavailable(tmp_path: Path) -> None:
     import importlib.util
 
-    import torch
-
-    from ernerf.metrics.perceptual import alexnet_to_lpips_slices, lpips_scorer
+    from ernerf.metrics.perceptual import lpips_scorer
 
     score, reason = lpips_scorer("alex", tmp_path / "missing.pth")
     assert score is None
@@ -125,9 +123,30 @@ def test_lpips_reports_why_it_is_unavailable(tmp_path: Path) -> None:
     else:
         assert "missing.pth" in reason
     assert "unknown LPIPS net" in lpips_scorer("resnet")[1]
-    state = {"features.0.weight": torch.zeros(1), "features.3.bias": torch.ones(1), "features.10.weight": torch.zeros(2),
-             "classifier.1.weight": torch.zeros(3)}
-    assert sorted(alexnet_to_lpips_slices(state)) == ["slice1.0.weight", "slice2.3.bias", "slice5.10.weight"]
+
+
+def test_lpips_builds_torchmetrics_public_class_from_the_local_weights_only(tmp_path: Path, monkeypatch) -> None:
+    """The backbone file given is where torchvision finds it while torchmetrics' LPIPS is built (nothing else is
+    asked of the hub cache, so nothing is downloaded); the user's hub folder is back afterwards."""
+    import torch
+    import torchmetrics.image.lpip as lpip
+
+    from ernerf.metrics.perceptual import BACKBONE_FILES, lpips_metric
+
+    weights = tmp_path / "my_alexnet.pth"
+    weights.write_bytes(b"alexnet weights")
+    seen = {}
+
+    class Recorder:
+        def __init__(self, net_type: str, normalize: bool) -> None:
+            found = Path(torch.hub.get_dir()) / "checkpoints" / BACKBONE_FILES[net_type]
+            seen.update(net=net_type, normalize=normalize, content=found.read_bytes())
+
+    monkeypatch.setattr(lpip, "LearnedPerceptualImagePatchSimilarity", Recorder)
+    before = torch.hub.get_dir()
+    assert isinstance(lpips_metric("alex", weights), Recorder)
+    assert seen == {"net": "alex", "normalize": False, "content": b"alexnet weights"}
+    assert torch.hub.get_dir() == before
 
 
 def test_targets_and_cross_audio_resolution(tmp_path: Path) -> None:

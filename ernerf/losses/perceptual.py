@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.functional.image import structural_similarity_index_measure
@@ -40,20 +39,18 @@ class LpipsPatchLoss(nn.Module):
 
     def __init__(self, backbone_weights: str | Path, min_size: int = 32) -> None:
         super().__init__()
-        from torchmetrics.functional.image.lpips import _NoTrainLpips
-
-        from ernerf.metrics.perceptual import alexnet_to_lpips_slices
+        from ernerf.metrics.perceptual import lpips_metric
 
         self.min_size = min_size
-        self.net = _NoTrainLpips(net="alex", pnet_rand=True)  # backbone built empty, then loaded from the local file
-        self.net.net.load_state_dict(alexnet_to_lpips_slices(torch.load(backbone_weights, map_location="cpu", weights_only=True)))
-        self.net.requires_grad_(False)
+        self.metric = lpips_metric("alex", Path(backbone_weights))  # torchmetrics' LPIPS: frozen, differentiable
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:  # [B, 3, H, W] in [0, 1] -> scalar
         pad_h, pad_w = max(0, self.min_size - pred.shape[-2]), max(0, self.min_size - pred.shape[-1])
         pad = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
         pred, target = (F.pad(x, pad, mode="replicate") * 2 - 1 for x in (pred, target))
-        return self.net(pred, target).mean()
+        value = self.metric(pred, target)  # the batch's mean LPIPS, with its gradient
+        self.metric.reset()  # a loss keeps no running average
+        return value
 
 
 def lip_perceptual(lpips_backbone: str | None = None, fallback: bool = True) -> nn.Module:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 # torchvision's ImageNet weight files that torchmetrics' LPIPS backbones load.
 BACKBONE_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth", "squeeze": "squeezenet1_1-b8a52dc0.pth"}
-ALEX_SLICES = ((0, 2), (2, 5), (5, 8), (8, 10), (10, 12))  # torchvision alexnet.features index ranges per LPIPS slice
 
 LpipsFn = Callable[[np.ndarray, np.ndarray], float]
 
@@ -32,41 +34,45 @@ def lpips_scorer(net: str = "alex", weights: str | Path | None = None) -> tuple[
     if not path.is_file():
         return None, (f"no {net} backbone weights at {path}: download {BACKBONE_FILES[net]} once and give "
                       "lpips.weights=<path> (evaluation never downloads)")
-    if net != "alex" and weights:
-        return None, "lpips.weights= is supported for net=alex; for other nets put the file in the torch hub cache"
-    return _build(net, path, explicit=bool(weights)), None
-
-
-def _build(net: str, path: Path, explicit: bool) -> LpipsFn:
-    """torchmetrics' LPIPS with the backbone loaded from `path` (its linear heads ship with torchmetrics)."""
-    from torchmetrics.functional.image.lpips import _NoTrainLpips
-
-    model = _NoTrainLpips(net=net, pnet_rand=explicit)  # pnet_rand: build the backbone without fetching weights
-    if explicit:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.net.load_state_dict(alexnet_to_lpips_slices(state))
-    model.eval()
+    metric = lpips_metric(net, path).eval()
 
     def score(pred: np.ndarray, target: np.ndarray) -> float:
         with torch.no_grad():
-            return float(model(_signed(pred), _signed(target)).mean())
+            value = metric(_signed(pred), _signed(target))
+        metric.reset()
+        return float(value)
 
-    return score
+    return score, None
+
+
+def lpips_metric(net: str, weights: Path) -> Any:
+    """torchmetrics' LPIPS (its public class; inputs in [-1, 1]) whose backbone loads from the local file `weights`.
+
+    torchvision fetches a backbone from the torch hub cache when it is there, under the name its download would give
+    it, and downloads it otherwise; the file is put under that name in a private hub folder for the construction, so
+    whatever the user's cache holds, nothing is downloaded and `weights` is what loads.
+    """
+    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+    with local_backbone(net, weights):
+        return LearnedPerceptualImagePatchSimilarity(net_type=net, normalize=False)
+
+
+@contextlib.contextmanager
+def local_backbone(net: str, weights: Path) -> Iterator[Path]:
+    """Point torch's hub folder at a temporary one that holds `weights` as torchvision's file for `net`."""
+    previous = torch.hub.get_dir()
+    with tempfile.TemporaryDirectory(prefix="ernerf-hub-") as hub:
+        checkpoints = Path(hub) / "checkpoints"
+        checkpoints.mkdir()
+        (checkpoints / BACKBONE_FILES[net]).symlink_to(Path(weights).resolve())
+        torch.hub.set_dir(hub)
+        try:
+            yield checkpoints / BACKBONE_FILES[net]
+        finally:
+            torch.hub.set_dir(previous)
 
 
 def _signed(img: np.ndarray) -> torch.Tensor:
     """uint8 [H, W, 3] -> [1, 3, H, W] in [-1, 1], as LPIPS expects."""
     return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-
-
-def alexnet_to_lpips_slices(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """torchvision alexnet keys `features.<i>.<p>` -> LPIPS backbone keys `slice<k>.<i>.<p>`."""
-    out = {}
-    for key, value in state.items():
-        parts = key.split(".")
-        if parts[0] != "features":
-            continue
-        index = int(parts[1])
-        k = next(n for n, (lo, hi) in enumerate(ALEX_SLICES, start=1) if lo <= index < hi)
-        out[f"slice{k}.{index}.{parts[2]}"] = value
-    return out
