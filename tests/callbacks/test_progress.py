@@ -1,0 +1,35 @@
+"""The training bar counts the run's steps out of max_steps across epochs, and starts from a resumed step."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from callbacks.progress import RunProgressBar
+
+
+def test_one_bar_counts_steps_of_the_run_across_epochs(capsys, monkeypatch) -> None:
+    bar = RunProgressBar(refresh_rate=1)
+    monkeypatch.setattr(bar, "get_metrics", lambda trainer, module: {"train/psnr": 20.0})
+    monkeypatch.setattr(RunProgressBar, "is_enabled", property(lambda self: True))
+    bar.train_progress_bar = bar.init_train_tqdm()
+    trainer = SimpleNamespace(max_steps=30, global_step=0, current_epoch=0)
+    for epoch in range(3):  # three passes over a 10-frame subject
+        trainer.current_epoch = epoch
+        bar.on_train_epoch_start(trainer)
+        for batch in range(10):
+            trainer.global_step += 1
+            bar.on_train_batch_end(trainer, None, None, None, batch)
+    assert bar.train_progress_bar.total == 30 and bar.train_progress_bar.n == 30
+    shown = capsys.readouterr()
+    assert "30/30" in shown.out + shown.err and "epoch 2" in shown.out + shown.err
+
+
+def test_a_resumed_run_starts_its_bar_at_its_step(monkeypatch) -> None:
+    bar = RunProgressBar(refresh_rate=1)
+    monkeypatch.setattr(bar, "get_metrics", lambda trainer, module: {})
+    monkeypatch.setattr(RunProgressBar, "is_enabled", property(lambda self: True))
+    bar.train_progress_bar = bar.init_train_tqdm()
+    trainer = SimpleNamespace(max_steps=100, global_step=60, current_epoch=6)
+    bar.on_train_epoch_start(trainer)
+    assert bar.train_progress_bar.total == 100 and bar.train_progress_bar.n == 60
+    assert bar.train_progress_bar.initial == 60  # its rate counts this run's steps only
