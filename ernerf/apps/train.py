@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +23,20 @@ from ernerf.errors import ErnerfError
 from ernerf.io.layout import check_subject_name
 
 log = logging.getLogger("train")
+
+
+class _WithoutAdverts(logging.Filter):
+    """Drops Lightning's advertisement for its cloud logger, printed at every fit."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_library_noise() -> None:
+    """Keep what libraries print at every run and a user can do nothing about off the terminal."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_WithoutAdverts())
+    # Lightning's pytree helper calls an API that this torch deprecates; nothing here uses it
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -66,6 +81,7 @@ def train_command(cfg: DictConfig) -> float | None:
     """What `python train.py` does with its config; returns `optimized_metric` (val/psnr) for sweepers (of the last
     stage trained, for stage=all). The chain composes each stage's config from the running Hydra app's command line."""
     metric = cfg.get("optimized_metric") or "val/psnr"
+    quiet_library_noise()
     if not cfg.stage.get("chain"):
         metrics = train(cfg)
         print_summary(cfg.subject, cfg.stage.name, Path(cfg.run_dir), cfg.stage.get("next") or ())
