@@ -175,9 +175,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         downscale=cfg.downscale, **pose_options(cfg))
     for name, path in driving_sources(args, Path(cfg.paths.data_root), out_dir).items():
         t0 = time.perf_counter()
-        found = cross_drive(renderer, target.trained, view, path, cfg.cross_max_seconds, cfg.audio_extractor)
-        frames = len(found.curves.get("cross_energy", []))
-        scores.append(from_findings(name, found, "cross_sync_audio_corr", "cross_mouth_render", frames))
+        found = cross_drive(renderer, target.trained, view, path, name, cfg.cross_max_seconds, cfg.audio_extractor)
+        frames = len(found.curves.get(f"cross_energy_{name}", []))
+        scores.append(from_findings(name, found, f"cross_sync_audio_corr_{name}", f"cross_mouth_render_{name}", frames))
         print(f"[voices] {name}: {frames} frames in {time.perf_counter() - t0:.0f} s", flush=True)
     add_ratios(scores)
     return {"subject": args.subject, "audio_kind": kind, "checkpoint": str(target.checkpoint),
