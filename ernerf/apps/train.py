@@ -32,9 +32,12 @@ class _WithoutAdverts(logging.Filter):
         return not str(record.msg).startswith("💡 Tip")
 
 
+_ADVERTS = _WithoutAdverts()
+
+
 def quiet_library_noise() -> None:
     """Keep what libraries print at every run and a user can do nothing about off the terminal."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_WithoutAdverts())
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_ADVERTS)  # once, however often called
     # Lightning's pytree helper calls an API that this torch deprecates; nothing here uses it
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
@@ -50,6 +53,7 @@ def fit_stage(cfg: DictConfig) -> dict[str, float]:
     """Build datamodule, system, callbacks, loggers and trainer from config; fit; return the final metrics."""
     check_subject_name(cfg.subject)
     validate_max_steps(cfg.trainer.max_steps)
+    quiet_library_noise()
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.datamodule)
     world_size = planned_world_size(cfg.trainer)
@@ -81,7 +85,6 @@ def train_command(cfg: DictConfig) -> float | None:
     """What `python train.py` does with its config; returns `optimized_metric` (val/psnr) for sweepers (of the last
     stage trained, for stage=all). The chain composes each stage's config from the running Hydra app's command line."""
     metric = cfg.get("optimized_metric") or "val/psnr"
-    quiet_library_noise()
     if not cfg.stage.get("chain"):
         metrics = train(cfg)
         print_summary(cfg.subject, cfg.stage.name, Path(cfg.run_dir), cfg.stage.get("next") or ())
