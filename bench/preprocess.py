@@ -27,10 +27,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
+sys.path.insert(0, str(REPO / "bench"))  # process_tree, beside this script, also when it is loaded as a module
 
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
 from ernerf.io.layout import SubjectLayout  # noqa: E402
+from process_tree import descendants  # noqa: E402
 from ernerf.io.video import probe, run_ffmpeg  # noqa: E402
 from ernerf.preprocess.base import StepContext, StepReport, run_steps  # noqa: E402
 from ernerf.preprocess.pipeline import build_steps  # noqa: E402
@@ -96,31 +98,13 @@ def cpu_seconds() -> float:
         r = resource.getrusage(who)
         total += r.ru_utime + r.ru_stime
     tick = os.sysconf("SC_CLK_TCK")
-    for pid in _descendants(os.getpid()):
+    for pid in descendants(os.getpid()):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:  # it ended meanwhile (and its time moved into RUSAGE_CHILDREN of its parent)
             continue
         total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
     return total
-
-
-def _descendants(root: int) -> list[int]:
-    """Live descendant process ids of `root` (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [root]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        out += kids
-        todo += kids
-    return out
 
 
 def peak_rss_mib() -> float:

@@ -29,7 +29,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
+sys.path.insert(0, str(REPO / "bench"))  # process_tree, beside this script, also when it is loaded as a module
 
+from process_tree import descendants  # noqa: E402
 from ernerf.io.video import ffmpeg_exe, probe, run_ffmpeg  # noqa: E402
 
 DEFAULT_CLIP = REPO.parent / "shared" / "data" / "train" / "trump_10s.mp4"
@@ -125,24 +127,6 @@ def _rss_kib(pid: int) -> int:
     except OSError:  # ended meanwhile
         pass
     return 0
-
-
-def descendants(root: int) -> list[int]:
-    """Live descendant process ids of `root`."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [root]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        out += kids
-        todo += kids
-    return out
 
 
 def run_measured(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> dict:
