@@ -36,12 +36,15 @@ def squared_error(render: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def region_errors(renders: Sequence[np.ndarray], truths: Sequence[np.ndarray],
-                  labels: Sequence[np.ndarray]) -> dict[str, float]:
+                  labels: Sequence[np.ndarray]) -> tuple[dict[str, float], np.ndarray]:
     """Per region over all frames: `region_psnr_<region>` (dB, from the region's mean squared error) and
-    `region_share_<region>` (its part of the frames' summed squared error; the shares add up to 1)."""
+    `region_share_<region>` (its part of the frames' summed squared error; the shares add up to 1); and the root of
+    the per-pixel squared error averaged over frames [H, W] (where the model is wrong most often)."""
     sums, counts = np.zeros(len(REGIONS)), np.zeros(len(REGIONS))
+    total_map = None
     for render, truth, label in zip(renders, truths, labels):
         err = squared_error(render, truth)
+        total_map = err if total_map is None else total_map + err
         sums += np.bincount(label.ravel(), weights=err.ravel(), minlength=len(REGIONS))[:len(REGIONS)]
         counts += np.bincount(label.ravel(), minlength=len(REGIONS))[:len(REGIONS)]
     total = sums.sum()
@@ -52,13 +55,4 @@ def region_errors(renders: Sequence[np.ndarray], truths: Sequence[np.ndarray],
         mse = sums[k] / counts[k]
         out[f"region_psnr_{name}"] = float(10 * np.log10(1.0 / max(mse, 1e-10)))
         out[f"region_share_{name}"] = float(sums[k] / total) if total > 0 else 0.0
-    return out
-
-
-def mean_error_map(renders: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> np.ndarray:
-    """Root of the per-pixel squared error averaged over frames: where the model is wrong most often. # [H, W]"""
-    total = None
-    for render, truth in zip(renders, truths):
-        err = squared_error(render, truth)
-        total = err if total is None else total + err
-    return np.sqrt(total / len(renders))
+    return out, np.sqrt(total_map / len(renders))

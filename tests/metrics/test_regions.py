@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ernerf.metrics.regions import BACKGROUND, FACE, HAIR, NECK, TORSO, mean_error_map, region_errors, region_labels
+from ernerf.metrics.regions import BACKGROUND, FACE, HAIR, NECK, TORSO, region_errors, region_labels
 
 
 def parsing_map() -> np.ndarray:
@@ -31,7 +31,7 @@ def test_error_in_one_region_is_all_of_the_share_and_sets_its_psnr() -> None:
     truth = np.full((40, 40, 3), 128, np.uint8)
     render = truth.copy()
     render[labels == NECK] += 51  # an error of 0.2 on every neck pixel
-    values = region_errors([render, truth], [truth, truth], [labels, labels])
+    values, _ = region_errors([render, truth], [truth, truth], [labels, labels])
     assert values["region_share_neck"] == pytest.approx(1.0)
     assert sum(values[f"region_share_{r}"] for r in ("face", "hair", "neck", "torso", "background")) == pytest.approx(1)
     # half the frames carry the error: MSE 0.04 / 2 on the neck
@@ -43,5 +43,5 @@ def test_mean_error_map_is_the_rms_over_frames() -> None:
     truth = np.zeros((4, 4, 3), np.uint8)
     a, b = truth.copy(), truth.copy()
     a[0, 0] = 255
-    rms = mean_error_map([a, b], [truth, truth])
+    _, rms = region_errors([a, b], [truth, truth], [np.zeros((4, 4), np.uint8)] * 2)
     assert rms[0, 0] == pytest.approx(np.sqrt(0.5)) and rms[1:, 1:].max() == 0

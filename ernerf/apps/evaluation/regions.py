@@ -10,7 +10,7 @@ import numpy as np
 
 from ernerf.apps.evaluation.figures import Findings
 from ernerf.apps.evaluation.frames import Rendered
-from ernerf.metrics.regions import REGIONS, mean_error_map, region_errors, region_labels
+from ernerf.metrics.regions import REGIONS, region_errors, region_labels
 from ernerf.preprocess.parsing import read_parsing
 
 REGION_NAMES = [f"region_{kind}_{name}" for name in REGIONS for kind in ("psnr", "share")]
@@ -29,7 +29,7 @@ def region_findings(rendered: Rendered, data: Any) -> RegionErrors:
     """Split each frame's error by its parsing map (and the face mesh), at the render size."""
     found = Findings()
     img_ids = data.img_ids[rendered.frames].numpy()
-    missing = [data.layout.parsing(int(i)) for i in img_ids if not data.layout.parsing(int(i)).is_file()]
+    missing = [path for path in map(data.layout.parsing, map(int, img_ids)) if not path.is_file()]
     if missing:
         found.skip(REGION_NAMES, f"{missing[0]} is missing: the regions come from the parsing step's maps")
         return RegionErrors(found, None, None)
@@ -42,5 +42,6 @@ def region_findings(rendered: Rendered, data: Any) -> RegionErrors:
         xy = None if meshes is None or i >= len(meshes) else np.asarray(meshes[i, :, :2]) * scale
         parsing = cv2.resize(parsing.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
         labels.append(region_labels(parsing, xy))
-    found.values.update(region_errors(rendered.renders, rendered.truths, labels))
-    return RegionErrors(found, mean_error_map(rendered.renders, rendered.truths), labels[len(labels) // 2])
+    values, error_map = region_errors(rendered.renders, rendered.truths, labels)
+    found.values.update(values)
+    return RegionErrors(found, error_map, labels[len(labels) // 2])
