@@ -20,7 +20,6 @@ import cv2
 import numpy as np
 import torch
 from rich.console import Console
-from tqdm import tqdm
 
 from datamodules.subject import FrameStore, SubjectData, parse_subject
 from ernerf.apps.checkpoints import audio_extractor, find_trained
@@ -38,6 +37,7 @@ from ernerf.postprocess.mux import ResultWriter
 from ernerf.postprocess.pasteback import HeadBox, PasteBack
 from ernerf.postprocess.pipeline import Lookahead, OrderedSink, paste_workers, thread_pool
 from ernerf.preprocess.check import redo_hint
+from ernerf.progress import progress_bar
 from ernerf.systems.loading import loader_for
 
 MIN_AUDIO_SECONDS = 0.5  # below this the audio net sees less than its 8-frame (0.32 s) window of real sound
@@ -370,7 +370,7 @@ def run_inference(renderer: Renderer, subject: SubjectView, feats: np.ndarray, a
             comp.alpha(img_ids[0])  # a missing parsing/mesh fails now, not after the first frames
             sources = Lookahead(decoder, frames.get, img_ids, ahead)
             backgrounds = Lookahead(pool, functools.partial(render_background, subject), map(int, plan.indices), ahead)
-            with _progress(n, progress) as bar:
+            with progress_bar(n, "rendering", enabled=progress) as bar:
                 for t in range(n):
                     bg = backgrounds.next().result()
                     t1 = time.perf_counter()
@@ -386,11 +386,6 @@ def run_inference(renderer: Renderer, subject: SubjectView, feats: np.ndarray, a
     finally:
         frames.close()
     return InferenceResult(outputs, n, time.perf_counter() - t0, render_s)
-
-
-def _progress(total: int, enabled: bool):
-    """A tqdm bar counting frames (its rate reads frames/s)."""
-    return tqdm(total=total, unit="frame", desc="rendering", disable=not enabled, dynamic_ncols=True)
 
 
 # ---------------------------------------------------------------- from the Hydra config (infer.py)

@@ -17,8 +17,8 @@ from ernerf.errors import ErnerfError
 from ernerf.io.atomic import write_text
 from ernerf.io.layout import SubjectLayout
 from ernerf.preprocess import staging
-from ernerf.progress import Enabled, progress_bar
 from ernerf.preprocess.check import recorded_order, redo_hint
+from ernerf.progress import Enabled, progress_bar
 
 log = logging.getLogger(__name__)
 
