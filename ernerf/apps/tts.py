@@ -211,6 +211,17 @@ class SpokenText:
     sample_rate: int
 
 
+def spoken_parts(engine: SpeechEngine, text: str) -> Iterator[tuple[np.ndarray, bool]]:
+    """(float32 audio, whether it is a sentence) in order: each sentence of `text` synthesised when it is asked for,
+    the engine's `sentence_pause` of silence before each one after the first that makes a sound."""
+    pause = np.zeros(int(round(engine.sentence_pause * int(engine.sample_rate))), np.float32)
+    for k, sentence in enumerate(split_sentences(text)):
+        audio = np.asarray(engine.synthesize(sentence), np.float32)
+        if k and len(audio):
+            yield pause, False
+        yield audio, True
+
+
 def speak_to_wav(engine: SpeechEngine, text: str, path: Path | str) -> SpokenText:
     """Synthesise `text` sentence by sentence into a PCM16 wav at the engine's rate, written atomically, with the
     engine's `sentence_pause` of silence between sentences.
@@ -218,20 +229,16 @@ def speak_to_wav(engine: SpeechEngine, text: str, path: Path | str) -> SpokenTex
     Each sentence is written before the next is synthesised, so memory holds one sentence whatever the text's length.
     """
     path, rate = Path(path), int(engine.sample_rate)
-    pause = np.zeros(int(round(engine.sentence_pause * rate)), "<i2").tobytes()
     sentences = samples = 0
     # unbuffered: each sentence reaches the file before the next is made (wave patches the header as it goes)
     with atomic_path(path) as tmp, open(tmp, "wb", buffering=0) as file, wave.open(file, "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
         out.setframerate(rate)
-        for sentence in split_sentences(text):
-            pcm = to_pcm16(engine.synthesize(sentence))
-            if sentences and len(pcm):
-                out.writeframes(pause)
-                samples += len(pause) // 2
+        for audio, is_sentence in spoken_parts(engine, text):
+            pcm = to_pcm16(audio)
             out.writeframes(pcm.tobytes())
-            sentences, samples = sentences + 1, samples + len(pcm)
+            sentences, samples = sentences + is_sentence, samples + len(pcm)
         if samples == 0:
             raise ErnerfError("text= has nothing to say (no letters or digits, or the engine made no sound): give "
                               "the words to speak.")

@@ -42,18 +42,14 @@ def text_to_speech(engine: Any):
     """text -> 16 kHz mono speech from a speech engine (conf/tts/), sentence by sentence with its pauses."""
     import librosa
 
-    from ernerf.apps.tts import split_sentences
+    from ernerf.apps.tts import spoken_parts
 
     def speak(text: str) -> np.ndarray:
-        pause = np.zeros(int(round(engine.sentence_pause * engine.sample_rate)), np.float32)
-        parts = []
-        for sentence in split_sentences(text):
-            parts += [pause] if parts else []
-            parts.append(np.asarray(engine.synthesize(sentence), np.float32))
-        if not parts:
+        parts = [audio for audio, _ in spoken_parts(engine, text)]
+        if not any(len(p) for p in parts):
             raise ErnerfError("the text has nothing to say: give the words to speak.")
-        wav = np.concatenate(parts)
-        return librosa.resample(wav, orig_sr=engine.sample_rate, target_sr=SAMPLE_RATE).astype(np.float32)
+        return librosa.resample(np.concatenate(parts), orig_sr=engine.sample_rate, target_sr=SAMPLE_RATE).astype(
+            np.float32)
 
     return speak
 
