@@ -1,4 +1,4 @@
-"""`python infer.py` runs where librosa, PyAV, soundfile and imageio-ffmpeg are not installed (the GPU machine).
+"""`python infer.py` (and training) run where librosa, PyAV, soundfile, imageio-ffmpeg and espeak-ng are not installed (the GPU machine).
 
 The subprocess runs with tests/hidden_packages/ on PYTHONPATH: its sitecustomize.py makes Python's path finder
 blind to those packages, their modules and their distribution metadata alike (torchmetrics asks
@@ -21,7 +21,7 @@ from ernerf.io.video import iter_frames, run_ffmpeg
 from tests.conftest import REPO, compose, shared_clip
 from tests.postprocess.conftest import mini_subject  # noqa: F401 - session fixture
 
-MISSING = ("librosa", "av", "soundfile", "imageio_ffmpeg")  # module names
+MISSING = ("librosa", "av", "soundfile", "imageio_ffmpeg", "espeakng_loader")  # module names
 HIDER = Path(__file__).parent / "hidden_packages"  # its sitecustomize.py hides $ERNERF_HIDE_PACKAGES
 SECONDS = 2.0
 
@@ -94,3 +94,11 @@ def test_infer_runs_without_librosa_av_soundfile_imageio_ffmpeg(tmp_path: Path, 
     wav = load_audio(out)  # raises if the result has no audio stream
     assert abs(len(wav) / 16000 - n / 25) < 0.05
     assert np.corrcoef(np.abs(wav[: len(sent)]), np.abs(sent[: len(wav)]))[0, 1] > 0.9  # the driving speech, in sync
+
+
+def test_training_and_inference_import_without_the_preprocessing_and_speech_packages(bare_env) -> None:
+    """A GPU machine that only trains and renders needs neither PyAV and mediapipe (preprocessing) nor espeak-ng."""
+    env = {**bare_env, "ERNERF_HIDE_PACKAGES": ",".join([*MISSING, "mediapipe"])}
+    code = "import ernerf.apps.train, ernerf.apps.inference, ernerf.apps.chain; print('imported')"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "imported" in done.stdout, done.stderr[-2000:]

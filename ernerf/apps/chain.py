@@ -13,7 +13,6 @@ from omegaconf import DictConfig, OmegaConf
 from ernerf.apps.runs import last_checkpoint, read_record
 from ernerf.errors import ErnerfError
 from ernerf.io.layout import SubjectLayout
-from ernerf.preprocess.pipeline import preprocess_subject
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +94,9 @@ def ensure_dataset(cfg: DictConfig, compose_preprocess: Callable[[], DictConfig]
     if not cfg.get("video") or layout.transforms("train").exists():
         return
     log.info("no dataset at %s: preprocessing %s first", layout.root, cfg.video)
+    # here, not at the top: preprocessing needs PyAV and mediapipe, which a training machine may not have
+    from ernerf.preprocess.pipeline import preprocess_subject
+
     preprocess_subject(compose_preprocess().preprocess, layout, video=Path(cfg.video))
 
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import espeakng_loader
 import numpy as np
 
 from ernerf.errors import ErnerfError
@@ -39,6 +38,10 @@ class _Espeak:
     """The process-wide espeak-ng engine: the C library keeps global state, so it is set up once and locked."""
 
     def __init__(self) -> None:
+        try:  # imported here: inference imports this module, and without text= needs no speech engine installed
+            import espeakng_loader
+        except ImportError as exc:
+            raise ErnerfError("text= needs the espeak-ng engine: pip install espeakng-loader==0.2.4") from exc
         try:
             self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
             data = espeakng_loader.get_data_path()
