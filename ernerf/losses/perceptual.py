@@ -7,20 +7,27 @@ from pathlib import Path
 
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 from ernerf.errors import ErnerfError
 
 log = logging.getLogger(__name__)
 
 
-def dssim(pred: Tensor, target: Tensor, window: int = 7) -> Tensor:
-    """(1 - SSIM) / 2 of images [B, 3, H, W] in [0, 1] (torchmetrics' SSIM, differentiable), with a box window of
-    `window` px shrunk to the largest odd size that fits a small patch."""
+def dssim(pred: Tensor, target: Tensor, window: int = 7, c1: float = 0.01**2, c2: float = 0.03**2) -> Tensor:
+    """(1 - SSIM) / 2 of images [B, 3, H, W] in [0, 1] with a box window (shrunk to fit small patches).
+
+    Written out rather than torchmetrics' SSIM, which made every lips step several times slower on a GPU
+    (docs/performance.md, "The house on a GPU")."""
     size = max(1, min(window, pred.shape[-1], pred.shape[-2]))
-    size -= 1 - size % 2  # the window must have a centre pixel
-    ssim = structural_similarity_index_measure(pred, target, data_range=1.0, kernel_size=size, gaussian_kernel=False)
-    return (1 - ssim) / 2
+
+    def mean(x: Tensor) -> Tensor:
+        return F.avg_pool2d(x, size, stride=1)
+
+    mu_p, mu_t = mean(pred), mean(target)
+    var_p, var_t = mean(pred * pred) - mu_p.square(), mean(target * target) - mu_t.square()
+    cov = mean(pred * target) - mu_p * mu_t
+    ssim = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p.square() + mu_t.square() + c1) * (var_p + var_t + c2))
+    return ((1 - ssim) / 2).mean()
 
 
 class DssimPatchLoss(nn.Module):
