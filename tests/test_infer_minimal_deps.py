@@ -21,7 +21,8 @@ from ernerf.io.video import iter_frames, run_ffmpeg
 from tests.conftest import REPO, compose, shared_clip
 from tests.postprocess.conftest import mini_subject  # noqa: F401 - session fixture
 
-MISSING = ("librosa", "av", "soundfile", "imageio_ffmpeg", "espeakng_loader")  # module names
+MISSING = ("librosa", "av", "soundfile", "imageio_ffmpeg")  # module names
+NO_SPEECH = "espeakng_loader"  # the speech engine: only text= needs it
 HIDER = Path(__file__).parent / "hidden_packages"  # its sitecustomize.py hides $ERNERF_HIDE_PACKAGES
 SECONDS = 2.0
 
@@ -83,7 +84,8 @@ def test_infer_runs_without_librosa_av_soundfile_imageio_ffmpeg(tmp_path: Path, 
     saved_untrained_system(runs, "mini")
     cmd = [sys.executable, "infer.py", "subject=mini", f"audio={speech}", f"output={out}", "device=cpu",
            f"paths.data_root={mini_subject.root.parent}", f"paths.runs_root={runs}", "downscale=32", "progress=false"]
-    done = subprocess.run(cmd, cwd=REPO, env=bare_env, capture_output=True, text=True, timeout=180)
+    env = {**bare_env, "ERNERF_HIDE_PACKAGES": ",".join([*MISSING, NO_SPEECH])}  # audio= needs no speech engine
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert "s per output second" in done.stdout
 
@@ -98,7 +100,7 @@ def test_infer_runs_without_librosa_av_soundfile_imageio_ffmpeg(tmp_path: Path, 
 
 def test_training_and_inference_import_without_the_preprocessing_and_speech_packages(bare_env) -> None:
     """A GPU machine that only trains and renders needs neither PyAV and mediapipe (preprocessing) nor espeak-ng."""
-    env = {**bare_env, "ERNERF_HIDE_PACKAGES": ",".join([*MISSING, "mediapipe"])}
+    env = {**bare_env, "ERNERF_HIDE_PACKAGES": ",".join([*MISSING, NO_SPEECH, "mediapipe"])}
     code = "import ernerf.apps.train, ernerf.apps.inference, ernerf.apps.chain; print('imported')"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "imported" in done.stdout, done.stderr[-2000:]

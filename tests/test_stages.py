@@ -204,14 +204,14 @@ def alpha_error(system, subject: Path) -> float:
 
 
 def test_all_with_a_video_preprocesses_a_missing_subject_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ernerf.apps.chain as chain
+    import ernerf.preprocess.pipeline as pipeline
     from ernerf.apps.chain import preprocess_overrides, run_chain, stage_overrides
 
     task = ["stage=all", "subject=sphere", "video=/clips/me.mp4", f"paths.data_root={tmp_path / 'data'}", "seed=3"]
     assert preprocess_overrides(task) == ["subject=sphere", "video=/clips/me.mp4", f"paths.data_root={tmp_path / 'data'}"]
     assert stage_overrides(task) == task[1:2] + task[3:]
     seen = []
-    monkeypatch.setattr(chain, "preprocess_subject", lambda cfg, layout, video: seen.append((list(cfg.steps), layout.root, video)))
+    monkeypatch.setattr(pipeline, "preprocess_subject", lambda cfg, layout, video: seen.append((list(cfg.steps), layout.root, video)))
     cfg = compose("train", overrides(tmp_path, "stage=all", "video=/clips/me.mp4"))
     trained = []
     run_chain(cfg, lambda name: stage_config(tmp_path, name), trained.append,
