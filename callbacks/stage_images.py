@@ -27,13 +27,13 @@ class LipCropLogger(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        shape = batch.get("patch_shape")
+        shape = outputs.get("patch_shape") if isinstance(outputs, dict) else None
         due = self.last_logged_step is None or trainer.global_step - self.last_logged_step >= self.every_n_steps
         if shape is None or not due or not trainer.is_global_zero or not isinstance(outputs, dict) or "rgb" not in outputs:
             return
         self.last_logged_step = trainer.global_step
         h, w = (int(v) for v in shape)
-        pred, target = (x.reshape(h, w, 3) for x in (outputs["rgb"], batch["rgb"]))
+        pred, target = (x.reshape(h, w, 3) for x in (outputs["rgb"], outputs["target"]))
         self.writer.write(trainer, upscaled(np.concatenate([to_uint8(pred), to_uint8(target)], axis=1)), "train/lips")
 
 

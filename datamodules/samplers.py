@@ -43,12 +43,26 @@ class PixelSample:
 
 
 class RaySampler:
-    """Base: picks flat pixel ids of an H x W frame; `rects` are the frame's named regions (face, lips...)."""
+    """Base: picks flat pixel ids of an H x W frame; `rects` are the frame's named regions (face, lips...), as Rects
+    or as [4] long tensors (top, bottom, left, right) on the frames' device."""
 
-    def __call__(self, height: int, width: int, rects: Mapping[str, Rect], generator: torch.Generator | None = None,
-                 device: torch.device | str | None = None) -> PixelSample:
+    fixed_shape = True  # every call returns the same number of pixels (and patch shape): a CUDA graph can replay it
+
+    def __call__(self, height: int, width: int, rects: Mapping[str, Rect | Tensor],
+                 generator: torch.Generator | None = None, device: torch.device | str | None = None) -> PixelSample:
         """Pixel ids on `device` (where the frames are: drawing them there spares a host-to-device copy per step)."""
         raise NotImplementedError
+
+    def fit(self, rects: Mapping[str, Tensor]) -> None:
+        """Adapt to the subject before training: `rects` name -> [F, 4] regions of every frame. Nothing by default."""
+
+    def layouts(self) -> list[RaySampler]:
+        """The samplers whose batches the step sees, in the order they take turns (one here)."""
+        return [self]
+
+    def next_layout(self) -> int:
+        """Which of `layouts()` the next batch comes from, and move on (a graphed step replays that layout's graph)."""
+        return 0
 
 
 class RandomRaySampler(RaySampler):
@@ -80,17 +94,41 @@ class PatchRaySampler(RaySampler):
 
 
 class RectRaySampler(RaySampler):
-    """Every pixel of one named region of the frame (ER-NeRF's lips fine-tuning renders the lips square)."""
+    """Every pixel of one named region of the frame (ER-NeRF's lips fine-tuning renders the lips square).
 
-    def __init__(self, region: str = "lips") -> None:
-        self.region = region
+    size: None renders the region as it is in each frame (its size varies); an int, a square of that side centred on
+    the region (moved inside the image), the same shape every step, so CUDA graphs can replay the step; "max", the
+    largest side the region has in any frame of the subject (set by `fit`), so the square always holds it whole."""
 
-    def __call__(self, height: int, width: int, rects: Mapping[str, Rect], generator: torch.Generator | None = None,
-                 device: torch.device | str | None = None) -> PixelSample:
+    def __init__(self, region: str = "lips", size: int | str | None = None) -> None:
+        if not (size is None or size == "max" or (isinstance(size, int) and size > 0)):
+            raise ErnerfError(f"RectRaySampler size must be null, a positive number of pixels or 'max', got {size!r}.")
+        self.region, self.size = region, size
+
+    @property
+    def fixed_shape(self) -> bool:
+        return self.size is not None
+
+    def fit(self, rects: Mapping[str, Tensor]) -> None:
+        if self.size == "max":
+            rect = self._region(rects)
+            self.size = int(torch.maximum(rect[:, 1] - rect[:, 0], rect[:, 3] - rect[:, 2]).max())
+
+    def __call__(self, height: int, width: int, rects: Mapping[str, Rect | Tensor],
+                 generator: torch.Generator | None = None, device: torch.device | str | None = None) -> PixelSample:
+        rect = self._region(rects)
+        if self.size is None:
+            rect = rect if isinstance(rect, Rect) else Rect(*(int(v) for v in rect))  # (a device sync: eager only)
+            return PixelSample(rect_pixels(rect, width, device), (rect.height, rect.width))
+        if self.size == "max":
+            raise ErnerfError("RectRaySampler(size='max') must be fitted to the subject first (the data module does).")
+        size = min(self.size, height, width)
+        return PixelSample(square_pixels(rect, size, height, width, device), (size, size))
+
+    def _region(self, rects: Mapping[str, Rect | Tensor]) -> Rect | Tensor:
         if self.region not in rects:
             raise ErnerfError(f"ray sampler asks for region '{self.region}', the subject has {sorted(rects)}: set region to one of them.")
-        rect = rects[self.region]
-        return PixelSample(rect_pixels(rect, width, device), (rect.height, rect.width))
+        return rects[self.region]
 
 
 class AlternatingRaySampler(RaySampler):
@@ -102,18 +140,34 @@ class AlternatingRaySampler(RaySampler):
         self.samplers = list(samplers)
         self.calls = 0
 
-    def __call__(self, height: int, width: int, rects: Mapping[str, Rect], generator: torch.Generator | None = None,
-                 device: torch.device | str | None = None) -> PixelSample:
-        sampler = self.samplers[self.calls % len(self.samplers)]
+    @property
+    def fixed_shape(self) -> bool:
+        """Each turn's batches keep one shape (the step then has one graph per turn)."""
+        return all(s.fixed_shape for s in self.samplers)
+
+    def fit(self, rects: Mapping[str, Tensor]) -> None:
+        for sampler in self.samplers:
+            sampler.fit(rects)
+
+    def layouts(self) -> list[RaySampler]:
+        return list(self.samplers)
+
+    def next_layout(self) -> int:
+        turn = self.calls % len(self.samplers)
         self.calls += 1
-        return sampler(height, width, rects, generator, device)
+        return turn
+
+    def __call__(self, height: int, width: int, rects: Mapping[str, Rect | Tensor],
+                 generator: torch.Generator | None = None, device: torch.device | str | None = None) -> PixelSample:
+        return self.samplers[self.next_layout()](height, width, rects, generator, device)
 
 
 class LipsRaySampler(AlternatingRaySampler):
-    """ER-NeRF's lips fine-tuning: the whole lips square of the frame, then `num_rays` random rays, in turn."""
+    """ER-NeRF's lips fine-tuning: the whole lips square of the frame, then `num_rays` random rays, in turn.
+    `size`: the lips square's side (RectRaySampler: None, pixels or "max")."""
 
-    def __init__(self, num_rays: int, region: str = "lips") -> None:
-        super().__init__([RectRaySampler(region), RandomRaySampler(num_rays)])
+    def __init__(self, num_rays: int, region: str = "lips", size: int | str | None = "max") -> None:
+        super().__init__([RectRaySampler(region, size), RandomRaySampler(num_rays)])
         self.num_rays, self.region = num_rays, region
 
 
@@ -122,3 +176,16 @@ def rect_pixels(rect: Rect, width: int, device: torch.device | str | None = None
     rows = torch.arange(rect.top, rect.bottom, device=device)
     cols = torch.arange(rect.left, rect.right, device=device)
     return (rows[:, None] * width + cols[None, :]).reshape(-1)
+
+
+def square_pixels(rect: Rect | Tensor, size: int, height: int, width: int,
+                  device: torch.device | str | None = None) -> Tensor:
+    """Flat ids [size * size] of the `size` square centred on `rect` and moved inside the image, row-major. A [4]
+    tensor rect stays on its device (no host sync: a CUDA graph can draw it)."""
+    if isinstance(rect, Rect):
+        rect = torch.tensor([rect.top, rect.bottom, rect.left, rect.right], device=device)
+    centre_row, centre_col = (rect[0] + rect[1]) // 2, (rect[2] + rect[3]) // 2
+    top = (centre_row - size // 2).clamp(0, height - size)
+    left = (centre_col - size // 2).clamp(0, width - size)
+    steps = torch.arange(size, device=rect.device)
+    return ((top + steps)[:, None] * width + (left + steps)[None, :]).reshape(-1)

@@ -286,14 +286,19 @@ class TrainRays(Dataset):
 
     def __getitem__(self, frame: int) -> dict:
         index = self.store.index(frame)
-        return {"frame_index": index} if self.frames_only else self.build(index, self.data.rects_of(frame))
+        if self.frames_only:
+            return {"frame_index": index, "layout": self.sampler.next_layout()}
+        return self.build(index, self.data.rects_of(frame))
 
-    def build(self, frame: Tensor, rects: Mapping[str, Rect] | None = None) -> dict:
-        """The ray batch of frame index `frame` ([1] long on the store's device). On preloaded frames it syncs
-        nothing, so a CUDA graph can run it (with a sampler of fixed shape: `rects`, the frame's regions, are read
-        by rect samplers only)."""
+    def build(self, frame: Tensor, rects: Mapping[str, Rect] | None = None, layout: int | None = None) -> dict:
+        """The ray batch of frame index `frame` ([1] long on the store's device), its pixels drawn by the sampler
+        (by its turn `layout` of `sampler.layouts()` when given). On preloaded frames, with a sampler of fixed shape
+        and the regions left to the store (`rects` None), it syncs nothing, so a CUDA graph can run it."""
         data, store, device = self.data, self.store, self.store.device
-        sample = self.sampler(data.height, data.width, rects or {}, device=device)
+        sampler = self.sampler if layout is None else self.sampler.layouts()[layout]
+        if rects is None:
+            rects = {name: r[frame][0] for name, r in store.rects.items()}  # [4] each, on the device
+        sample = sampler(data.height, data.width, rects, device=device)
         index = sample.index  # [N]
         rays_o, rays_d = get_rays(store.poses[frame], data.intrinsics, data.height, data.width, index[None])
         jitter = (torch.rand(1, device=device) - 0.5) * (2 * self.eye_jitter)  # ER-NeRF: +-0.05 so blinks interpolate
@@ -383,6 +388,7 @@ class SubjectDataModule(L.LightningDataModule):
             return
         device = self.trainer.strategy.root_device if self.preload and self.trainer is not None else torch.device("cpu")
         self.store = FrameStore(self.data, self.background, self.preload, device, self.parsing_masks)
+        self.sampler.fit(self.data.rects)
 
     def val_frames(self) -> list[int]:
         """Held-out frames to render, evenly spaced over the validation split."""
@@ -405,15 +411,19 @@ class SubjectDataModule(L.LightningDataModule):
             self._train_rays = TrainRays(self.data, self.store, self.sampler, self.eye_jitter, self.parsing_masks)
         return self._train_rays
 
-    def device_batches(self) -> Callable[[Tensor], dict] | None:
-        """`frame index [1] -> ray batch`, built on the GPU without a host sync, when the data allows it (frames
-        preloaded on a CUDA device, rays of a fixed count); the loader then yields frame indices only.
-        None otherwise: the loader keeps yielding whole batches."""
-        fixed = type(self.sampler) is RandomRaySampler
-        if self.store is None or self.store.device.type != "cuda" or self.store.images is None or not fixed:
+    def device_batches(self) -> Callable[[Tensor, int], dict] | None:
+        """`(frame index [1], layout) -> ray batch`, built on the GPU without a host sync, when the data allows it
+        (frames preloaded on a CUDA device, a sampler of fixed shapes); the loader then yields frame indices and the
+        sampler's turn (`layout`) only. None otherwise: the loader keeps yielding whole batches."""
+        if self.store is None or self.store.device.type != "cuda" or self.store.images is None or not self.fixed_layouts:
             return None
         self.train_rays.frames_only = True
         return self.train_rays.build
+
+    @property
+    def fixed_layouts(self) -> bool:
+        """Whether the training batches come in a fixed set of shapes (one per sampler turn), as CUDA graphs need."""
+        return self.sampler.fixed_shape
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(FullFrames(self.data, self.store, self.val_frames()), shuffle=False)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,8 +30,11 @@ log = logging.getLogger(__name__)
 
 # (batch with tensors on the GPU, capacity) -> {"loss": scalar to back-propagate, "occupied": [] count, ...}
 StepFn = Callable[[dict[str, Any], int | None], dict[str, Tensor]]
-BuildFn = Callable[[Tensor], dict[str, Any]]  # frame index [1] long on the GPU -> ray batch
+BuildFn = Callable[[Tensor, int], dict[str, Any]]  # (frame index [1] long on the GPU, layout) -> ray batch
 ReduceFn = Callable[[Tensor], None]  # flat gradients [P], reduced in place across processes
+
+
+MAX_LAYOUTS = 4  # batch shapes a graphed step keeps a graph for (the lips stage has two)
 
 
 def round_up(value: float, multiple: int) -> int:
@@ -74,13 +78,30 @@ def warm_and_capture(fn: Callable[[], Any], warmup: int = 1,
     return graph, outputs
 
 
+@dataclass
+class StepCapture:
+    """One layout's captured step: its graph, the inputs it reads, the outputs it writes, its sample capacity, the
+    most samples a replay kept since the last check (on the device) and the replays since then."""
+
+    graph: torch.cuda.CUDAGraph | None
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    capacity: int
+    peak: Tensor
+    replays_since_check: int = 0
+
+
 class GraphedStep:
-    """Captures `step_fn` (forward + backward) on the first batch, then replays it on every batch of the same layout.
+    """Captures `step_fn` (forward + backward) on the first batch of each layout, then replays that layout's graph.
+
+    A layout is one shape of batch: the lips stage alternates lips patches and random rays, so it has two graphs
+    (sharing the gradient buffer and the optimizer's graph). Without `build` the layout is read off the batch's
+    shapes and host values; with `build` the batch names it (`layout`: the sampler's turn).
 
     scalars: batch entries that change every step ([] host tensors or numbers) -> the dtype of the device scalar the
         graph reads them from (filled in place: no host-to-device copy).
-    build: when given, the batch holds only the frame index and the scalars, and `build(frame_index)` makes the
-        rays inside the graph.
+    build: when given, the batch holds only the frame index, its `layout` and the scalars, and
+        `build(frame_index, layout)` makes the rays inside the graph.
     reduce: called on the flat gradients after each replay (DDP's all-reduce); None on one process.
     fixed_capacity: samples to capture at, kept for the whole run (steady memory and step time, e.g. to compare
         runs); the periodic check then only warns when steps drop samples. None: follow the occupied samples.
@@ -93,68 +114,89 @@ class GraphedStep:
         self.scalars = dict(scalars or {})
         self.fixed_capacity = fixed_capacity
         self.headroom, self.granularity, self.check_every, self.warmup = headroom, granularity, check_every, warmup
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.capacity = 0
+        self.layouts: dict[Any, StepCapture] = {}
+        self.current: StepCapture | None = None  # the layout replayed last
         self.captures = 0
-        self.inputs: dict[str, Any] = {}
-        self.outputs: dict[str, Tensor] = {}
-        self.peak: Tensor | None = None  # most occupied samples in one step since the last check
-        self.replays_since_check = 0
         self.flat_grads: Tensor | None = None  # [P] every trained parameter's .grad is a view into it
         self.optimizer: torch.optim.Optimizer | None = None
         self.optimizer_graph: torch.cuda.CUDAGraph | None = None
 
+    @property
+    def capacity(self) -> int:
+        """The sample capacity of the layout replayed last."""
+        return self.current.capacity if self.current else 0
+
+    @property
+    def outputs(self) -> dict[str, Tensor]:
+        return self.current.outputs if self.current else {}
+
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        """Load `batch` into the graph's inputs and replay it; the returned tensors are overwritten next call."""
-        if self.graph is None or self._capacity_changed():
-            self.capture(batch, self.fixed_capacity)
-        self._load(batch)
-        self.graph.replay()
+        """Load `batch` into its layout's graph and replay it; the returned tensors are overwritten by its next
+        replay."""
+        key = self._key_of(batch)
+        entry = self.layouts.get(key)
+        if entry is None and len(self.layouts) >= MAX_LAYOUTS:
+            raise ValueError(f"a graphed training step met more than {MAX_LAYOUTS} batch shapes (patches of varying "
+                             "size?): give the sampler a fixed size, or engine.cuda_graph=false")
+        if entry is None or self._capacity_changed(entry):
+            entry = self.layouts[key] = self.capture(batch, self.fixed_capacity)
+        self.current = entry
+        self._load(entry, batch)
+        entry.graph.replay()
         if self.reduce is not None:
             self.reduce(self.flat_grads)
-        self.replays_since_check += 1
-        return self.outputs
+        entry.replays_since_check += 1
+        return entry.outputs
+
+    def _layout_key(self, batch: Mapping[str, Any]) -> tuple:
+        return tuple((k, tuple(v.shape)) if isinstance(v, Tensor) else (k, v)
+                     for k, v in sorted(batch.items()) if k not in self.scalars)
 
     # ---------------------------------------------------------------- forward + backward
-    def capture(self, batch: Mapping[str, Any], capacity: int | None = None) -> None:
-        """(Re-)capture at `capacity` samples (default: the batch's occupied samples plus headroom)."""
-        self.graph = None  # frees the previous graph's memory pool before the new capture takes one
+    def capture(self, batch: Mapping[str, Any], capacity: int | None = None) -> StepCapture:
+        """(Re-)capture `batch`'s layout at `capacity` samples (default: the batch's occupied samples plus headroom)."""
+        old = self.layouts.pop(self._key_of(batch), None)
+        if old is not None:
+            old.graph = None  # frees the previous graph's memory pool before the new capture takes one
         device = self.module.device if hasattr(self.module, "device") else batch["rays_o"].device
-        self.inputs = {k: v.clone() if isinstance(v, Tensor) else v for k, v in batch.items()}
+        inputs = {k: v.clone() if isinstance(v, Tensor) else v for k, v in batch.items()}
         for key, dtype in self.scalars.items():  # per-step numbers become device scalars the graph reads
-            self.inputs[key] = torch.tensor(float(batch[key]), dtype=dtype, device=device)
+            inputs[key] = torch.tensor(float(batch[key]), dtype=dtype, device=device)
         if capacity is None:
             with torch.no_grad():
-                occupied = int(self._forward(None)["occupied"])  # exact compaction: the real count
+                occupied = int(self._forward(inputs, None)["occupied"])  # exact compaction: the real count
             capacity = round_up(occupied * self.headroom, self.granularity)
-        self.capacity = capacity
-        self.peak = torch.zeros((), dtype=torch.long, device=device)
+        peak = torch.zeros((), dtype=torch.long, device=device)
 
         def step() -> dict[str, Tensor]:
-            outputs = self._forward_backward(capacity)
-            torch.maximum(self.peak, outputs["occupied"], out=self.peak)
+            outputs = self._forward_backward(inputs, capacity)
+            torch.maximum(peak, outputs["occupied"], out=peak)
             return outputs
 
         def before_capture() -> None:
             self._flatten_grads()
-            self.peak.zero_()  # the warm-up's counts are dropped: the peak starts with the captured graph's replays
+            peak.zero_()  # the warm-up's counts are dropped: the peak starts with the captured graph's replays
 
-        self.graph, outputs = warm_and_capture(step, self.warmup, before_capture)
-        self.outputs = {k: v.detach() for k, v in outputs.items()}
+        graph, outputs = warm_and_capture(step, self.warmup, before_capture)
         self.captures += 1
-        self.replays_since_check = 0
         log.info("captured the training step as a CUDA graph at %d samples (capture %d)", capacity, self.captures)
+        return StepCapture(graph, inputs, {k: v.detach() if isinstance(v, Tensor) else v for k, v in outputs.items()},
+                           capacity, peak)
 
-    def _forward(self, capacity: int | None) -> dict[str, Tensor]:
-        batch = self.inputs
+    def _key_of(self, batch: Mapping[str, Any]) -> Any:
+        return batch.get("layout", 0) if self.build is not None else self._layout_key(batch)
+
+    def _forward(self, inputs: dict[str, Any], capacity: int | None) -> dict[str, Tensor]:
+        batch = inputs
         if self.build is not None:
-            batch = {**self.build(batch["frame_index"]), **{k: batch[k] for k in self.scalars}}
+            batch = {**self.build(inputs["frame_index"], inputs.get("layout", 0)),
+                     **{k: inputs[k] for k in self.scalars}}
         return self.step_fn(batch, capacity)
 
-    def _forward_backward(self, capacity: int) -> dict[str, Tensor]:
+    def _forward_backward(self, inputs: dict[str, Any], capacity: int) -> dict[str, Tensor]:
         if self.flat_grads is not None:
             self.flat_grads.zero_()  # backward adds into the views
-        outputs = self._forward(capacity)
+        outputs = self._forward(inputs, capacity)
         outputs["loss"].backward()
         return outputs
 
@@ -169,34 +211,34 @@ class GraphedStep:
             p.grad = self.flat_grads[offset : offset + p.numel()].view_as(p)
             offset += p.numel()
 
-    def _capacity_changed(self) -> bool:
-        """Every `check_every` replays (one host sync): whether the occupied samples left the capacity's band."""
-        if self.replays_since_check < self.check_every:
+    def _capacity_changed(self, entry: StepCapture) -> bool:
+        """Every `check_every` replays of a layout (one host sync): whether its occupied samples left the capacity's
+        band."""
+        if entry.replays_since_check < self.check_every:
             return False
-        peak = int(self.peak)
-        self.peak.zero_()
-        self.replays_since_check = 0
+        peak = int(entry.peak)
+        entry.peak.zero_()
+        entry.replays_since_check = 0
         if self.fixed_capacity is not None:
-            if peak > self.capacity:
+            if peak > entry.capacity:
                 log.warning("a step kept %d samples; the fixed capacity of %d dropped the rest (engine.cuda_graph_capacity)",
-                            peak, self.capacity)
+                            peak, entry.capacity)
             return False
         wanted = round_up(peak * self.headroom, self.granularity)
-        if peak > self.capacity or wanted < self.capacity / self.headroom:
-            log.info("occupied samples peaked at %d for a capacity of %d: re-capturing", peak, self.capacity)
+        if peak > entry.capacity or wanted < entry.capacity / self.headroom:
+            log.info("occupied samples peaked at %d for a capacity of %d: re-capturing", peak, entry.capacity)
             return True
         return False
 
-    def _load(self, batch: Mapping[str, Any]) -> None:
+    def _load(self, entry: StepCapture, batch: Mapping[str, Any]) -> None:
         """Copy the batch's tensors into the graph's inputs (asynchronously); other entries must not change."""
         for key, value in batch.items():
-            target = self.inputs.get(key)
+            target = entry.inputs.get(key)
             if key in self.scalars:
                 target.fill_(value)  # a host value is a kernel argument: no host-to-device copy, no sync
             elif isinstance(value, Tensor):
                 if target is None or target.shape != value.shape:
-                    raise ValueError(f"CUDA graph input '{key}' changed shape to {tuple(value.shape)}; "
-                                     "a graphed step needs batches of one layout (random or torso rays, not patches)")
+                    raise ValueError(f"CUDA graph input '{key}' changed shape to {tuple(value.shape)} within one layout")
                 target.copy_(value, non_blocking=True)
             elif value != target:
                 raise ValueError(f"CUDA graph input '{key}' changed from {target!r} to {value!r}")

@@ -37,8 +37,12 @@ MODES = (True, False, "auto")
 class DeviceBatchSource(Protocol):
     """What the engine asks of the Trainer's data module (SubjectDataModule) to draw rays inside the graph."""
 
+    @property
+    def fixed_layouts(self) -> bool:
+        """Whether its training batches come in a fixed set of shapes (one per sampler turn)."""
+
     def device_batches(self) -> BuildFn | None:
-        """`frame index -> ray batch` built on the device without a host sync, or None where the data cannot."""
+        """`(frame index, layout) -> ray batch` built on the device without a host sync, or None where it cannot."""
 
 
 @contextlib.contextmanager
@@ -90,7 +94,8 @@ class ExecutionEngine(EagerExecution, L.Callback):
 
     compile_field: torch.compile the face field; auto = in training steps on a GPU, true = renders too, false = never.
     cuda_graph: replay each training step (rays, forward, backward, then the optimizer) as CUDA graphs; auto = on a
-        CUDA device when the steps allow it (no patch losses, gradient accumulation or clipping, fp16 loss scaling).
+        CUDA device when the steps allow it (batches of fixed shapes, no gradient accumulation or clipping, no fp16
+        loss scaling).
     cuda_graph_headroom, cuda_graph_capacity: the graphed step's sample capacity (GraphedStep's headroom and
         fixed_capacity).
     tf32: TF32 matrix products in training steps and renders. render_cuda_graph: replay whole-frame renders on a GPU.
@@ -173,16 +178,17 @@ class ExecutionEngine(EagerExecution, L.Callback):
             self.train_field = CompiledOrEager(pl_module.field.forward)
         if self.cuda_graph is False:
             return
+        datamodule: DeviceBatchSource | None = trainer.datamodule
+        varying = datamodule is not None and not datamodule.fixed_layouts
         reasons = [why for why, bad in (("not on a CUDA device", pl_module.device.type != "cuda"),
                                         ("gradient accumulation", trainer.accumulate_grad_batches != 1),
                                         ("gradient clipping", bool(trainer.gradient_clip_val)),
                                         ("fp16 loss scaling", str(trainer.precision).startswith("16")),
-                                        ("a patch loss (lips stage)", not pl_module.fixed_batch_layout)) if bad]
+                                        ("patches of varying size (datamodule.sampler.size=null)", varying)) if bad]
         if reasons:
             if self.cuda_graph is True or pl_module.device.type == "cuda":
                 log.warning("engine.cuda_graph=%s but the step runs eagerly: %s", self.cuda_graph, "; ".join(reasons))
             return
-        datamodule: DeviceBatchSource | None = trainer.datamodule
         build = datamodule.device_batches() if datamodule is not None else None
         reduce = functools.partial(average_gradients, world_size=trainer.world_size) if trainer.world_size > 1 else None
         self.graphed = GraphedStep(pl_module.step_outputs, pl_module, scalars=STEP_SCALARS, build=build,

@@ -55,9 +55,8 @@ class LpipsPatchLoss(nn.Module):
         pad_h, pad_w = max(0, self.min_size - pred.shape[-2]), max(0, self.min_size - pred.shape[-1])
         pad = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
         pred, target = (F.pad(x, pad, mode="replicate") * 2 - 1 for x in (pred, target))
-        value = self.metric(pred, target)  # the batch's mean LPIPS, with its gradient
-        self.metric.reset()  # a loss keeps no running average
-        return value
+        # the metric's network itself: the metric's running sums would be state a CUDA-graphed step cannot keep
+        return self.metric.net(pred, target).mean()
 
 
 def lip_perceptual(lpips_backbone: str | None = None, fallback: bool = True) -> nn.Module:

@@ -113,12 +113,6 @@ class TalkingHeadSystem(L.LightningModule):
         """Whether Lightning steps the optimizer after `training_step`; under CUDA graphs the execution does."""
         return self.execution.automatic_optimization
 
-    @property
-    def fixed_batch_layout(self) -> bool:
-        """Whether every training batch has the same layout (shapes), as a replayed CUDA graph needs: not with a
-        patch loss, whose lips patches alternate with random rays and vary in size."""
-        return not self.loss.active("lip_perceptual")
-
     # ---------------------------------------------------------------- conditioning and rendering
     def condition(self, audio_window: Tensor, eye: Tensor | None, frame_index: Tensor | None) -> FaceCondition:
         """Audio window [8, 16, C] -> code; the field's per-frame conditioning (frame index [1] long, or None)."""
@@ -237,8 +231,8 @@ class TalkingHeadSystem(L.LightningModule):
         total, values = self.loss(self.loss_terms(out, batch, torso, batch["progress"]), batch["step"])
         occupied = out.samples_occupied if out.samples_occupied is not None else torch.tensor(out.samples_evaluated)
         psnr = psnr_from_mse(torch.mean((out.rgb.detach().float() - batch["rgb"]) ** 2))
-        return {"loss": total, "psnr": psnr, "rgb": out.rgb, "occupied": occupied,
-                **{f"loss_{name}": value for name, value in values.items()}}
+        return {"loss": total, "psnr": psnr, "rgb": out.rgb, "target": batch["rgb"], "occupied": occupied,
+                "patch_shape": batch.get("patch_shape"), **{f"loss_{name}": value for name, value in values.items()}}
 
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         log_now = self.logs_this_step()
@@ -246,7 +240,9 @@ class TalkingHeadSystem(L.LightningModule):
         outputs = self.execution.train_step(self.step_outputs, batch)
         if log_now:
             self.log_step_values(outputs)
-        return {"loss": outputs["loss"], "rgb": outputs["rgb"].detach()}  # callbacks log the rendered lip patches
+        # callbacks log the rendered lip patches (a graphed step builds its batch inside: its targets come back too)
+        return {"loss": outputs["loss"], "rgb": outputs["rgb"].detach(), "target": outputs["target"],
+                "patch_shape": outputs["patch_shape"]}
 
     def log_step_values(self, outputs: Mapping[str, Tensor]) -> None:
         """Loss terms, loss and PSNR of this step, copied to the host at once and logged as CPU tensors."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.samplers import RectRaySampler
+from datamodules.samplers import LipsRaySampler, RectRaySampler
 from datamodules.subject import SubjectDataModule, parse_subject
 from ernerf.errors import ErnerfError
 from ernerf.rendering.rays import get_rays
@@ -132,7 +132,35 @@ def test_device_batches_only_where_frames_are_preloaded_on_a_gpu(subject: Path) 
     assert not dm.train_rays.frames_only and isinstance(dm.train_rays[2]["rays_o"], torch.Tensor)
     dm.train_rays.frames_only = True
     item = dm.train_rays[2]
-    assert item.keys() == {"frame_index"} and torch.equal(item["frame_index"], torch.tensor([2]))
+    assert item == {"frame_index": item["frame_index"], "layout": 0} and torch.equal(item["frame_index"], torch.tensor([2]))
+
+
+def test_lips_batches_built_from_a_frame_index_take_turns_at_fixed_shapes(subject: Path) -> None:
+    """What a graphed lips step gets: frame indices with the sampler's turn; the batch built from them (regions read
+    on the device) equals the loader's own."""
+    dm = make_datamodule(subject, sampler=LipsRaySampler(num_rays=50), preload=True)
+    assert dm.fixed_layouts
+    rays = dm.train_rays
+    side = max(int(r[1] - r[0]) for r in dm.data.rects["lips"])
+    eager = [rays[3], rays[3]]  # lips square, then random rays
+    rays.frames_only = True
+    items = [rays[3], rays[3]]
+    assert [i["layout"] for i in items] == [0, 1]
+    built = rays.build(items[0]["frame_index"], layout=items[0]["layout"])
+    assert built["patch_shape"] == eager[0]["patch_shape"] == (side, side)
+    assert torch.equal(built["pixel_index"], eager[0]["pixel_index"])
+    assert torch.equal(built["rgb"], eager[0]["rgb"])
+    assert rays.build(items[1]["frame_index"], layout=1)["pixel_index"].shape == eager[1]["pixel_index"].shape == (50,)
+    lips = dm.data.rects_of(3)["lips"]
+    inside = lips.contains(built["pixel_index"], dm.data.width)
+    assert int(inside.sum()) == lips.height * lips.width  # the square holds the frame's whole lips square
+
+
+def test_lips_squares_of_their_own_size_are_no_fixed_layout(subject: Path) -> None:
+    dm = make_datamodule(subject, sampler=LipsRaySampler(num_rays=50, size=None))
+    assert not dm.fixed_layouts
+    lips = dm.data.rects_of(2)["lips"]
+    assert dm.train_rays[2]["patch_shape"] == (lips.height, lips.width)
 
 
 def test_downscale_halves_images_intrinsics_and_rects(subject: Path) -> None:

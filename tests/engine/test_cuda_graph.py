@@ -102,7 +102,7 @@ def test_graph_recaptures_when_the_occupied_samples_outgrow_the_capacity() -> No
 def frame_builder(base: dict):
     """A batch builder with no random draws (so the graphed and eager steps see the same rays): the frame shifts
     the target colours."""
-    def build_batch(frame: torch.Tensor) -> dict:  # frame index [1]
+    def build_batch(frame: torch.Tensor, layout: int = 0) -> dict:  # frame index [1]
         shift = frame.float() * 0.07
         return {**{k: v for k, v in base.items() if k not in ("step", "progress")},
                 "rgb": (base["rgb"] + shift) % 1.0, "frame_index": frame}
@@ -248,3 +248,51 @@ def test_graph_of_the_compiled_field_matches_the_eager_step() -> None:
     assert engine.train_field.active and engine.train_field.compiled_modes == {True, False}
     # fused kernels sum in another order: gradients to 1e-5 of their largest entry
     assert_replays_match_eager(system, twin, graphed, grad_atol=lambda r: 1e-5 * max(r.abs().max().item(), 1.0))
+
+
+def lips_builder(base: dict, side: int = 24):
+    """Layout 0: a side x side patch (with its patch shape); layout 1: the random rays of `base`. No random draws."""
+    rays = frame_builder(base)
+
+    def build_batch(frame: torch.Tensor, layout: int = 0) -> dict:
+        batch = rays(frame)
+        if layout == 1:
+            return batch
+        return {k: (v[: side * side] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == len(base["rgb"]) else v)
+                for k, v in batch.items()} | {"patch_shape": (side, side)}
+    return build_batch
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("loss", ["lips_dssim", "lips_lpips"])
+def test_the_lips_stage_replays_one_graph_per_turn_and_matches_the_eager_step(loss: str, tmp_path) -> None:
+    """Lips patches and random rays in turn: two graphs (captured once each), one gradient buffer, the patch loss
+    inside the graph; each replay's loss and gradients equal the eager step's."""
+    import copy
+
+    overrides = [f"loss={loss}"]
+    if loss == "lips_lpips":
+        torchvision = pytest.importorskip("torchvision")
+        backbone = tmp_path / "alexnet.pth"  # random weights: the graph is tested, not the perceptual judgement
+        torch.save(torchvision.models.alexnet().state_dict(), backbone)
+        overrides.append(f"loss.perceptual.lpips_backbone={backbone}")
+    torch.manual_seed(0)
+    system = build(*overrides).cuda()
+    system.marcher.eval()
+    system.grid.occupancy.fill_(True)
+    twin = copy.deepcopy(system)
+    builder = lips_builder(ray_batch(0))
+    graphed = graphed_step(system, build=builder)
+    for step, (frame, layout) in enumerate(((1, 0), (1, 1), (4, 0), (2, 1), (6, 0), (3, 1))):
+        scalars = {"step": step_scalar(40 + step), "progress": step_scalar(0.3)}
+        index = torch.tensor([frame], device="cuda")
+        outputs = graphed({"frame_index": index, "layout": layout, **scalars})
+        loss_value = outputs["loss"].clone()
+        grads = [p.grad.clone() for p in system.parameters() if p.grad is not None]
+        ref_loss, ref_grads = eager_loss_and_grads(twin, builder(index, layout) | scalars)
+        assert ("loss_lip_perceptual" in outputs) == (layout == 0)
+        torch.testing.assert_close(loss_value, ref_loss, rtol=1e-4, atol=1e-6)
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g, r, rtol=1e-3, atol=1e-6)
+    assert graphed.captures == 2 and set(graphed.layouts) == {0, 1}

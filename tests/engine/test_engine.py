@@ -50,6 +50,11 @@ def test_attaching_runs_the_systems_steps_and_renders_and_a_cpu_fit_stays_eager(
         engine.on_fit_start(trainer, system)
     assert engine.graphed is None and system.automatic_optimization  # Lightning keeps stepping the optimizer
     assert "engine.cuda_graph=True but the step runs eagerly: not on a CUDA device" in caplog.text
+    caplog.clear()
+    trainer.datamodule = SimpleNamespace(fixed_layouts=False)  # lips squares of each frame's own size
+    with caplog.at_level(logging.WARNING, logger="ernerf.engine.engine"):
+        engine.on_fit_start(trainer, system)
+    assert "patches of varying size (datamodule.sampler.size=null)" in caplog.text
 
 
 def digest(tensors: dict) -> str:
