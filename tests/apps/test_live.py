@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 
 import numpy as np
@@ -132,21 +133,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _client_of(avatar: LiveAvatar, exchange, microphone=None) -> dict:
-    """Serve `avatar` on the loopback, connect a WebRTC client (sending `microphone`, an aiortc audio track, if given)
-    and run `exchange(http, url, session, got)`; -> what the client received: (time, mouth patch level) per video
-    frame and (time, mean |sample|) per audio frame, and what `exchange` put in."""
-    from aiohttp import ClientSession, web
-    from aiortc import RTCPeerConnection, RTCSessionDescription
+@contextlib.asynccontextmanager
+async def served_on_loopback(avatar: LiveAvatar, decode=lambda data: speech(1.0)):
+    """Serve `avatar` on 127.0.0.1 (typed text says 1.5 s of `speech`, an uploaded file what `decode` makes of it,
+    by default 1 s of `speech`); -> its URL."""
+    from aiohttp import web
 
     from ernerf.apps.live.server import LiveServer
 
-    server = LiveServer(avatar, synthesize=lambda text: speech(1.5), decode=lambda data: speech(1.0))
+    server = LiveServer(avatar, synthesize=lambda text: speech(1.5), decode=decode)
     runner = web.AppRunner(server.app())
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    url = f"http://127.0.0.1:{port}"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def _client_of(avatar: LiveAvatar, exchange, microphone=None) -> dict:
+    """Serve `avatar` on the loopback, connect a WebRTC client (sending `microphone`, an aiortc audio track, if given)
+    and run `exchange(http, url, session, got)`; -> what the client received: (time, mouth patch level) per video
+    frame and (time, mean |sample|) per audio frame, and what `exchange` put in."""
+    async with served_on_loopback(avatar) as url:
+        return await _connect_client(url, exchange, microphone)
+
+
+async def _connect_client(url: str, exchange, microphone) -> dict:
+    from aiohttp import ClientSession
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+
     pc = RTCPeerConnection()
     pc.addTransceiver("video", direction="recvonly")
     if microphone is None:
@@ -180,7 +197,6 @@ async def _client_of(avatar: LiveAvatar, exchange, microphone=None) -> dict:
         for task in tasks:
             task.cancel()
         await pc.close()
-        await runner.cleanup()
     return got
 
 

@@ -7,12 +7,13 @@ PAGE = """<!doctype html>
  body { font-family: sans-serif; margin: 1.5em; max-width: 60em; }
  video { width: 100%; max-width: 720px; background: #111; display: block; }
  textarea { width: 100%; max-width: 720px; height: 4em; }
- #status { color: #555; margin: .5em 0; }
+ #status, #frames { color: #555; margin: .5em 0; }
 </style></head>
 <body>
 <h1>ernerf live avatar</h1>
 <video id="avatar" autoplay playsinline></video>
 <p id="status">connecting...</p>
+<p id="frames">no video yet</p>
 <textarea id="text" placeholder="Type what the avatar should say"></textarea><br>
 <button id="say">Say it</button>
 <input type="file" id="file" accept="audio/*,video/*"> <button id="send">Say this file</button>
@@ -67,6 +68,17 @@ document.getElementById("mic").onclick = async () => {
   microphone = await navigator.mediaDevices.getUserMedia({audio: true});
   button.textContent = "Stop talking"; await connect(microphone);
 };
+const video = document.getElementById("avatar");
+let shown = 0, counted = 0, since = performance.now();
+const countFrame = () => { shown += 1; video.requestVideoFrameCallback(countFrame); };
+if ("requestVideoFrameCallback" in video) {  // a stalled stream shows here, as a rate that drops to 0
+  video.requestVideoFrameCallback(countFrame);
+  setInterval(() => {
+    const now = performance.now(), rate = (shown - counted) * 1000 / (now - since);
+    counted = shown; since = now;
+    document.getElementById("frames").textContent = `video: ${shown} frames shown, ${rate.toFixed(1)} frames/s`;
+  }, 1000);
+}
 connect(null);
 </script></body></html>
 """
