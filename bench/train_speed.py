@@ -270,6 +270,15 @@ def psnr_at_budget(overrides: list[str], seconds: float, devices: int = 1, every
             "curve": curve.points}
 
 
+def memory_peaks() -> dict:
+    """The process's peak GPU memory allocated by torch (None without CUDA) and peak host RSS, in MiB (what preloaded
+    frames cost: issue #16)."""
+    import resource
+
+    gpu = round(torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else None
+    return {"gpu_peak_mib": gpu, "host_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
 @torch.no_grad()
 def validation_metrics(system: L.LightningModule, datamodule: L.LightningDataModule) -> tuple[float, float]:
     """Mean PSNR and SSIM over the datamodule's validation frames, rendered by the system (no Trainer needed)."""
@@ -316,12 +325,14 @@ def main() -> None:
     if args.steps > 0:
         result.update(measure_speed(overrides, args.steps, min(args.warmup, args.steps // 2), args.devices,
                                     args.profile))
+        result.update(memory_peaks())
     if rank == 0 and args.steps > 0:
         print(f"{args.stage}: {result['it_per_s']:.1f} it/s, {result['rays_per_s'] / 1e6:.2f} M rays/s "
               f"({args.rays} rays/step x {args.devices} device(s)) on {result['device']}; "
               f"CUDA graph captures {result['cuda_graph_captures']} (capacity {result['graph_capacity']}, "
               f"rays drawn in the graph: {result['rays_built_in_graph']}); GPU ms per replay {result['graph_replay_ms']}; "
-              f"first 10 steps {result['first_10_steps_s']:.1f} s (compiling, captures)"
+              f"first 10 steps {result['first_10_steps_s']:.1f} s (compiling, captures); peak memory: GPU "
+              f"{result['gpu_peak_mib']} MiB, host {result['host_peak_rss_mib']} MiB"
               + (f"; ranks hold identical weights and grid: {result['ranks_identical']}" if args.devices > 1 else ""),
               flush=True)
     if rank == 0 and result.get("profile"):
