@@ -112,6 +112,32 @@ async def run(avatar, streams: int, idle: float, talk: float, microphone: Path |
         await runner.cleanup()
 
 
+def microphone_wav(speech: Path | None, idle: float, out: Path) -> Path:
+    """`idle` seconds of silence, then `speech` (a PCM wav, channels averaged) or the sentence synthesised, as a
+    16 kHz mono wav at `out`."""
+    import wave
+
+    from ernerf.constants import SAMPLE_RATE
+
+    if speech is None:
+        from ernerf.apps.live.serve import text_to_speech
+        from ernerf.apps.tts import EspeakSpeech
+
+        voice, rate = text_to_speech(EspeakSpeech())(SENTENCE), SAMPLE_RATE
+    else:
+        with wave.open(str(speech)) as w:
+            if w.getsampwidth() != 2:
+                raise SystemExit(f"--speech {speech}: give a 16-bit PCM wav")
+            pcm = np.frombuffer(w.readframes(w.getnframes()), np.int16).reshape(-1, w.getnchannels())
+            voice, rate = pcm.mean(axis=1) / 32768.0, w.getframerate()
+    samples = np.concatenate([np.zeros(int(idle * rate)), voice])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(out), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(rate)
+        w.writeframes((np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes())
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subject", required=True)
@@ -124,6 +150,9 @@ def main() -> None:
     parser.add_argument("--talk", type=float, default=6.0, help="seconds each client listens after asking")
     parser.add_argument("--microphone", action="store_true",
                         help="speak the sentence into each client's microphone track instead of asking for it as text")
+    parser.add_argument("--speech", type=Path,
+                        help="with --microphone: this 16-bit PCM wav is spoken instead of the synthesised sentence "
+                             "(no speech engine or ffmpeg needed, as on a bare GPU machine)")
     parser.add_argument("--override", action="append", default=[], help="a conf/serve.yaml override (repeatable)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -139,14 +168,8 @@ def main() -> None:
         cfg = compose("serve", overrides)
     avatar = build_avatar(cfg)
     microphone = None
-    if args.microphone:  # the sentence, synthesised once, after `idle` seconds of silence
-        from ernerf.apps.live.serve import text_to_speech
-        from ernerf.apps.tts import EspeakSpeech, write_wav
-        from ernerf.constants import SAMPLE_RATE
-
-        silence = np.zeros(int(args.idle * SAMPLE_RATE), np.float32)
-        wav = np.concatenate([silence, text_to_speech(EspeakSpeech())(SENTENCE)])
-        microphone = write_wav(Path("bench/out/stream_microphone.wav"), wav, SAMPLE_RATE)
+    if args.microphone:  # the speech after `idle` seconds of silence
+        microphone = microphone_wav(args.speech, args.idle, Path("bench/out/stream_microphone.wav"))
     print(f"{args.subject}, {512 // args.downscale} px crops, feature look-ahead {LOOKAHEAD_SECONDS * 1000:.0f} ms")
     print(f"{'streams':>8}{'frames/s min':>14}{'median':>9}{'latency s median':>18}{'of which prepare':>18}")
     figures = {}
