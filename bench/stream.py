@@ -145,7 +145,7 @@ def main() -> None:
         from ernerf.constants import SAMPLE_RATE
 
         silence = np.zeros(int(args.idle * SAMPLE_RATE), np.float32)
-        wav = np.concatenate([silence, text_to_speech(EspeakSpeech())(SENTENCE)])
+        wav = np.concatenate([silence, *text_to_speech(EspeakSpeech())(SENTENCE)])
         microphone = write_wav(Path("bench/out/stream_microphone.wav"), wav, SAMPLE_RATE)
     print(f"{args.subject}, {512 // args.downscale} px crops, feature look-ahead {LOOKAHEAD_SECONDS * 1000:.0f} ms")
     print(f"{'streams':>8}{'frames/s min':>14}{'median':>9}{'latency s median':>18}{'of which prepare':>18}")

@@ -161,7 +161,7 @@ async def _client_of(avatar: LiveAvatar, exchange, microphone=None) -> dict:
 
     from ernerf.apps.live.server import LiveServer
 
-    server = LiveServer(avatar, synthesize=lambda text: speech(1.5), decode=lambda data: speech(1.0))
+    server = LiveServer(avatar, speak=lambda text: [speech(1.5)], decode=lambda data: speech(1.0))
     runner = web.AppRunner(server.app())
     await runner.setup()
     port = free_port()
