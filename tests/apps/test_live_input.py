@@ -230,13 +230,25 @@ def test_a_huge_upload_is_refused_with_a_message_that_names_the_limit(avatar: Li
     assert not decoded
 
 
-def test_audio_longer_than_the_limit_is_refused_after_decoding_only_the_limit(tmp_path) -> None:
+def test_audio_longer_than_the_limit_is_refused_after_decoding_only_the_limit(avatar: LiveAvatar, tmp_path) -> None:
+    import functools
+
     from ernerf.io.audio import write_wav
 
-    path = write_wav(tmp_path / "long.wav", speech(3.0), SAMPLE_RATE)
-    assert len(decode_upload(path.read_bytes(), max_seconds=3.0)) == 3 * SAMPLE_RATE
+    data = write_wav(tmp_path / "long.wav", speech(3.0), SAMPLE_RATE).read_bytes()
+    assert len(decode_upload(data, max_seconds=3.0)) == 3 * SAMPLE_RATE
     with pytest.raises(ErnerfError, match=r"longer than 2 s.*limits\.audio_seconds"):
-        decode_upload(path.read_bytes(), max_seconds=2.0)
+        decode_upload(data, max_seconds=2.0)
+    server = LiveServer(avatar, text_to_speech(FastSpeech()), functools.partial(decode_upload, max_seconds=2.0))
+    session = listener(server, avatar)
+
+    async def upload() -> tuple[int, str]:
+        async with serving(server) as url, ClientSession() as http:
+            async with http.post(f"{url}/audio?session=listener", data=data) as r:
+                return r.status, await r.text()
+
+    status, text = asyncio.run(upload())
+    assert status == 400 and "longer than 2 s" in text and not session.stream.speaking
 
 
 # ---------------------------------------------------------------- offers and clients
