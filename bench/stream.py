@@ -123,7 +123,7 @@ def microphone_wav(speech: Path | None, idle: float, out: Path) -> Path:
         from ernerf.apps.live.serve import text_to_speech
         from ernerf.apps.tts import EspeakSpeech
 
-        voice, rate = text_to_speech(EspeakSpeech())(SENTENCE), SAMPLE_RATE
+        voice, rate = np.concatenate(list(text_to_speech(EspeakSpeech())(SENTENCE))), SAMPLE_RATE
     else:
         with wave.open(str(speech)) as w:
             if w.getsampwidth() != 2:

@@ -79,6 +79,26 @@ def test_a_new_utterance_interrupts_at_the_next_frame(avatar: LiveAvatar) -> Non
     assert np.array_equal(window[4], second.windows[0])
 
 
+def test_queued_utterances_follow_each_other_without_a_gap_and_say_drops_the_queue(avatar: LiveAvatar) -> None:
+    stream = Stream(avatar)
+    parts = [avatar.utterance(speech(seconds, seed=10 + k)) for k, seconds in enumerate((0.6, 0.1, 0.8))]
+    stream.say(parts[0])
+    for part in parts[1:]:
+        stream.queue(part)
+    assert stream.frames_ahead() == 15 + 2 + 20
+    heard = [stream.next_window() for _ in range(37)]
+    assert np.array_equal(np.concatenate([pcm for _, pcm in heard]), np.concatenate([p.pcm for p in parts]))
+    rows = np.concatenate([p.windows for p in parts])  # the parts' windows as one utterance
+    for t in (13, 14, 15, 16, 17, 20):  # across both seams, the 2-frame part wholly inside the attention window
+        np.testing.assert_array_equal(heard[t][0], rows[t - 4:t + 4])
+    assert (heard[-1][0][5:] == avatar.idle_window).all() and stream.frames_ahead() == 0  # nothing after the last
+    stream.say(parts[0])
+    stream.queue(parts[2])
+    stream.say(parts[1])  # an interruption drops what was queued too
+    assert [np.array_equal(stream.next_window()[1], pcm) for pcm in np.split(parts[1].pcm, 2)] == [True, True]
+    assert not stream.next_window()[1].any() and not stream.speaking
+
+
 def test_frames_keep_the_head_moving_whether_or_not_it_speaks(avatar: LiveAvatar) -> None:
     stream = Stream(avatar)
     frames = [stream.next()[0] for _ in range(3)]
@@ -141,7 +161,7 @@ async def served_on_loopback(avatar: LiveAvatar, decode=lambda data: speech(1.0)
 
     from ernerf.apps.live.server import LiveServer
 
-    server = LiveServer(avatar, synthesize=lambda text: speech(1.5), decode=decode)
+    server = LiveServer(avatar, speak=lambda text: [speech(1.5)], decode=decode)
     runner = web.AppRunner(server.app())
     await runner.setup()
     port = free_port()

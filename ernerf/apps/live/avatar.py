@@ -8,6 +8,7 @@ window, which the model has seen with its mouth closed.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,14 +146,20 @@ class LiveInput:
 
 
 class Stream:
-    """One listener's avatar: frame after frame on its own clock, saying its newest utterance, idle otherwise.
-    `say` may be called from any thread; it interrupts what is being said at the next frame."""
+    """One listener's avatar: frame after frame on its own clock, saying its utterances one after another, idle
+    otherwise. `say` and `queue` may be called from any thread; `say` interrupts what is being said at the next frame.
+
+    The attention window of a frame is its 4 past rows, what the last 4 frames said (speech, live speech or silence),
+    and its own and 3 future rows, taken from the utterance being said and those queued after it (idle beyond): so
+    queued utterances follow each other without a gap, and speech starts, stops and is interrupted without a jump.
+    """
 
     def __init__(self, avatar: LiveAvatar, start_tick: int = 0) -> None:
         self.avatar, self.tick = avatar, start_tick
         self._lock = threading.Lock()
-        self._utterance: Utterance | None = None
-        self._position = 0  # frame of the utterance that comes next
+        self._speech: deque[Utterance] = deque()  # what is being said, then what follows it
+        self._position = 0  # frame of the utterance being said that comes next
+        self._past: deque[np.ndarray] = deque([avatar.idle_window] * (SMOOTH_WINDOW // 2), SMOOTH_WINDOW // 2)
         self._live: LiveInput | None = None
         self._live_frame = 0  # frame of the live input that comes next
         self._held: np.ndarray | None = None  # the last live window, held while the next one's audio is late
@@ -161,12 +168,24 @@ class Stream:
     @property
     def speaking(self) -> bool:
         with self._lock:
-            return self._utterance is not None
+            return bool(self._speech)
 
     def say(self, utterance: Utterance) -> None:
-        """Speak `utterance` from the next frame on (what was being said stops)."""
+        """Speak `utterance` from the next frame on (what was being said, and what was queued, is dropped)."""
         with self._lock:
-            self._utterance, self._position = utterance, 0
+            self._speech, self._position = deque([utterance]), 0
+
+    def queue(self, utterance: Utterance) -> None:
+        """Speak `utterance` once what is being said and queued has been said (at the next frame if nothing is)."""
+        with self._lock:
+            if not self._speech:
+                self._position = 0
+            self._speech.append(utterance)
+
+    def frames_ahead(self) -> int:
+        """Frames of speech said or queued that have not been shown yet."""
+        with self._lock:
+            return sum(u.num_frames for u in self._speech) - self._position
 
     def listen(self, live: LiveInput | None) -> None:
         """Follow speech as it arrives (None: stop); an utterance given by `say` is spoken first."""
@@ -193,28 +212,43 @@ class Stream:
             self._live_frame, self._held, self._flowing = t + 1, window, True
         return window, live.pcm(t)
 
+    def _said_window(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The next frame of what is being said, and advance; None when nothing is. Called with the lock held."""
+        if self._speech and self._position >= self._speech[0].num_frames:
+            self._speech.popleft()  # said to its end: the next one (if any) goes on at once
+            self._position = 0
+        if not self._speech:
+            return None
+        utterance, t = self._speech[0], self._position
+        coming = [utterance.windows[t:t + SMOOTH_WINDOW - SMOOTH_WINDOW // 2]]
+        for following in list(self._speech)[1:]:
+            if sum(map(len, coming)) >= SMOOTH_WINDOW - SMOOTH_WINDOW // 2:
+                break
+            coming.append(following.windows)
+        window = self._with_past(np.concatenate(coming))
+        pcm = utterance.pcm[t * SAMPLES_PER_FRAME:(t + 1) * SAMPLES_PER_FRAME]
+        self._position += 1
+        return window, pcm
+
+    def _with_past(self, coming: np.ndarray) -> np.ndarray:
+        """The attention window [8, 16, C]: the last frames' rows, then `coming` [>= 0, 16, C], idle after it."""
+        future = SMOOTH_WINDOW - SMOOTH_WINDOW // 2
+        idle = np.repeat(self.avatar.idle_window[None], max(0, future - len(coming)), 0)
+        return np.concatenate([np.stack(self._past), coming[:future], idle]).astype(np.float32)
+
     def next_window(self) -> tuple[np.ndarray, np.ndarray]:
         """(audio window [8, 16, C], int16 audio [640]) of the next frame, and advance."""
-        half = SMOOTH_WINDOW // 2
-        idle = self.avatar.idle_window
         with self._lock:
-            speech, t = self._utterance, self._position
-        if speech is None:
-            silent = np.repeat(idle[None], SMOOTH_WINDOW, 0), np.zeros(SAMPLES_PER_FRAME, np.int16)
-            return self._live_window() or silent
+            said = self._said_window()
+        if said is None:
+            said = self._live_window()
+        if said is None:
+            with self._lock:
+                said = self._with_past(self.avatar.idle_window[None][:0]), np.zeros(SAMPLES_PER_FRAME, np.int16)
+        window, pcm = said
         with self._lock:
-            if self._utterance is not speech:  # replaced meanwhile: speak the new one from its start
-                speech, t = self._utterance, 0
-            rows = np.arange(t - half, t + SMOOTH_WINDOW - half)
-            inside = (rows >= 0) & (rows < speech.num_frames)
-            window = np.where(inside[:, None, None], speech.windows[np.clip(rows, 0, speech.num_frames - 1)], idle)
-            pcm = speech.pcm[t * SAMPLES_PER_FRAME:(t + 1) * SAMPLES_PER_FRAME]
-            self._position += 1
-            if self._position >= speech.num_frames + half:  # its last windows have left the attention window
-                self._utterance = None
-        if len(pcm) < SAMPLES_PER_FRAME:
-            pcm = np.zeros(SAMPLES_PER_FRAME, np.int16)
-        return window.astype(np.float32), pcm
+            self._past.append(window[SMOOTH_WINDOW // 2])  # this frame's own row: the past of the next ones
+        return window, pcm
 
     def next(self) -> tuple[np.ndarray, np.ndarray]:
         """(frame [H, W, 3] uint8, int16 audio [640]) of the next 40 ms."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import errno
+import functools
 import socket
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import numpy as np
 from ernerf.apps.checkpoints import audio_extractor, find_trained
 from ernerf.apps.inference import OutputOptions, Renderer, audio_kind, load_subject
 from ernerf.apps.live.avatar import LiveAvatar, quietest_window
-from ernerf.constants import SAMPLE_RATE
+from ernerf.constants import FPS, SAMPLE_RATE
 from ernerf.errors import ErnerfError, instantiate_config
 from ernerf.io.audio import load_audio
 from ernerf.io.layout import check_subject_name
@@ -38,28 +40,52 @@ def build_avatar(cfg: Any, renderer: Renderer | None = None) -> LiveAvatar:
     return LiveAvatar(renderer, subject, options, extractor, quietest_window(training_windows, subject.layout.audio))
 
 
-def text_to_speech(engine: Any):
-    """text -> 16 kHz mono speech from a speech engine (conf/tts/), sentence by sentence with its pauses."""
-    import librosa
+class SentenceSpeech:
+    """A typed text as 16 kHz mono speech a sentence at a time, from a speech engine (conf/tts/): its length is the
+    number of sentences, and iterating synthesises each (with the engine's pause before it) only when asked for."""
 
-    from ernerf.apps.tts import spoken_parts
+    def __init__(self, engine: Any, text: str) -> None:
+        from ernerf.apps.tts import split_sentences
 
-    def speak(text: str) -> np.ndarray:
-        parts = [audio for audio, _ in spoken_parts(engine, text)]
-        if not any(len(p) for p in parts):
-            raise ErnerfError("the text has nothing to say: give the words to speak.")
-        return librosa.resample(np.concatenate(parts), orig_sr=engine.sample_rate, target_sr=SAMPLE_RATE).astype(
-            np.float32)
+        self.engine, self.text = engine, text
+        self.sentences = sum(1 for _ in split_sentences(text))
 
-    return speak
+    def __len__(self) -> int:
+        return self.sentences
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        import librosa
+
+        from ernerf.apps.tts import spoken_parts
+
+        pause = np.zeros(0, np.float32)
+        for audio, is_sentence in spoken_parts(self.engine, self.text):
+            if not is_sentence:  # the pause goes with the sentence after it: each part is whole speech
+                pause = audio
+                continue
+            wav = librosa.resample(np.concatenate([pause, audio]), orig_sr=self.engine.sample_rate,
+                                   target_sr=SAMPLE_RATE)
+            pause = np.zeros(0, np.float32)
+            yield wav.astype(np.float32)
 
 
-def decode_upload(data: bytes) -> np.ndarray:
-    """An uploaded audio (or video) file's sound as 16 kHz mono."""
+def text_to_speech(engine: Any) -> Callable[[str], SentenceSpeech]:
+    """text -> its speech sentence by sentence (SentenceSpeech), from a speech engine (conf/tts/)."""
+    return functools.partial(SentenceSpeech, engine)
+
+
+def decode_upload(data: bytes, max_seconds: float | None = None) -> np.ndarray:
+    """An uploaded audio (or video) file's sound as 16 kHz mono; one longer than `max_seconds` is refused, after
+    decoding no more than that."""
     with tempfile.NamedTemporaryFile(suffix=".upload") as tmp:
         tmp.write(data)
         tmp.flush()
-        return load_audio(Path(tmp.name), sr=SAMPLE_RATE)
+        limit = None if max_seconds is None else max_seconds + 1.0 / FPS  # a frame more tells a longer file apart
+        wav = load_audio(Path(tmp.name), sr=SAMPLE_RATE, max_seconds=limit)
+    if max_seconds is not None and len(wav) > max_seconds * SAMPLE_RATE:
+        raise ErnerfError(f"the audio is longer than {max_seconds:g} s, the limit of one upload "
+                          "(limits.audio_seconds in conf/serve.yaml): send a shorter piece.")
+    return wav
 
 
 def check_port(host: str, port: int) -> None:
@@ -77,11 +103,15 @@ def serve_command(cfg: Any) -> None:
     """Load the avatar, then serve the page and the WebRTC streams on cfg.host:cfg.port until interrupted."""
     from aiohttp import web
 
-    from ernerf.apps.live.server import LiveServer
+    from ernerf.apps.live.server import InputLimits, LiveServer
 
     check_port(cfg.host, cfg.port)
     avatar = build_avatar(cfg)
-    server = LiveServer(avatar, text_to_speech(instantiate_config(cfg.tts)), decode_upload)
+    limits = cfg.limits
+    server = LiveServer(avatar, text_to_speech(instantiate_config(cfg.tts)),
+                        functools.partial(decode_upload, max_seconds=float(limits.audio_seconds)),
+                        InputLimits(text_chars=int(limits.text_characters),
+                                    upload_bytes=int(limits.upload_megabytes * 2**20)))
     print(f"the avatar of {cfg.subject} is live at http://{cfg.host}:{cfg.port}/ (Ctrl-C stops it)", flush=True)
     try:
         web.run_app(server.app(), host=cfg.host, port=cfg.port, print=None)

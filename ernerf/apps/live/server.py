@@ -2,7 +2,8 @@
 
 Each client gets a Stream (its own clock and utterance) and two tracks fed from it: video frames and their audio,
 produced together, so they stay in step even when rendering falls behind. Frames of all clients render on one thread
-(the model's); text is synthesised and audio decoded on other threads.
+(the model's); text is synthesised and audio decoded on other threads. A long text is said sentence by sentence: the
+first as soon as it is synthesised, the next ones synthesised while the earlier ones are said, a few seconds ahead.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import av
@@ -22,8 +24,9 @@ import numpy as np
 from aiohttp import web
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import SessionDescription
 
-from ernerf.apps.live.avatar import SAMPLES_PER_FRAME, LiveAvatar, LiveInput, Stream
+from ernerf.apps.live.avatar import SAMPLES_PER_FRAME, LiveAvatar, LiveInput, Stream, Utterance
 from ernerf.apps.live.page import PAGE
 from ernerf.constants import FPS, SAMPLE_RATE
 from ernerf.errors import ErnerfError
@@ -32,7 +35,10 @@ log = logging.getLogger(__name__)
 
 VIDEO_CLOCK = 90_000
 AUDIO_CHUNK = SAMPLE_RATE // 50  # 20 ms packets, as WebRTC sends audio
-MAX_TEXT = 2000  # characters of one typed utterance
+# Seconds of a text synthesised ahead of what is being said: enough that the next sentence is ready before it is due,
+# few enough that a text of many pages holds a few sentences in memory, not all of them.
+SPEECH_AHEAD_SECONDS = 5.0
+AHEAD_CHECK_SECONDS = 0.1  # how often a text being said checks whether to synthesise its next sentence
 
 
 class FramePump:
@@ -126,25 +132,42 @@ class AvatarAudio(MediaStreamTrack):
 
 @dataclass
 class Session:
-    """One client: its peer connection, stream and pump."""
+    """One client: its peer connection, stream and pump, and the rest of a long text being synthesised for it."""
 
     pc: RTCPeerConnection
     stream: Stream
     pump: FramePump
     created: float = field(default_factory=time.time)
+    rest: asyncio.Task | None = None  # synthesising and queueing the parts after the first
+    asked: int = 0  # utterances asked for: one whose preparation ends after a newer one's is not said
+    closed: bool = False
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What one request may send (conf/serve.yaml `limits`)."""
+
+    text_chars: int = 100_000
+    upload_bytes: int = 64 * 2**20
 
 
 class LiveServer:
-    """The HTTP routes: the page, WebRTC offers, and what the avatar should say."""
+    """The HTTP routes: the page, WebRTC offers, and what the avatar should say.
 
-    def __init__(self, avatar: LiveAvatar, synthesize: Any, decode: Any) -> None:
-        self.avatar, self.synthesize, self.decode = avatar, synthesize, decode
+    `speak(text)` is the text's speech in parts (a sentence each, 16 kHz mono): its length is the number of parts,
+    and iterating it makes each part only when asked for. `decode(data)` is an uploaded file's sound, 16 kHz mono.
+    Both run on the speech threads and raise ErnerfError on input they cannot use."""
+
+    def __init__(self, avatar: LiveAvatar, speak: Callable[[str], Collection[np.ndarray]],
+                 decode: Callable[[bytes], np.ndarray], limits: InputLimits = InputLimits()) -> None:
+        self.avatar, self.speak, self.decode, self.limits = avatar, speak, decode, limits
         self.sessions: dict[str, Session] = {}
         self.render_thread = ThreadPoolExecutor(1, thread_name_prefix="ernerf-render")
         self.audio_threads = ThreadPoolExecutor(2, thread_name_prefix="ernerf-speech")
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 2**20)
+        # /say's JSON must fit too: a character of text is at most 12 bytes of JSON (a surrogate pair escaped)
+        app = web.Application(client_max_size=max(self.limits.upload_bytes, 12 * self.limits.text_chars))
         app.router.add_get("/", self.page)
         app.router.add_post("/offer", self.offer)
         app.router.add_post("/say", self.say)
@@ -156,12 +179,33 @@ class LiveServer:
         return web.Response(text=PAGE, content_type="text/html")
 
     async def offer(self, request: web.Request) -> web.Response:
-        params = await _json(request, "sdp", "type")
+        sdp = _offer_sdp(await _json(request, "sdp", "type"))
+        session_id, session = uuid.uuid4().hex, self._new_session()
+        pc = session.pc
+
+        @pc.on("connectionstatechange")
+        async def closed() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await self.close(session_id)
+
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:  # noqa: BLE001 - aiortc raises assorted errors on an SDP it cannot answer
+            session.pump.stop()
+            await pc.close()
+            raise web.HTTPBadRequest(text=f"the offer cannot be answered ({str(exc) or type(exc).__name__}): send the "
+                                          "browser's own offer") from exc
+        self.sessions[session_id] = session
+        session.pump.start()
+        return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type,
+                                  "session": session_id})
+
+    def _new_session(self) -> Session:
+        """A peer connection sending a new stream's video and audio, and listening to a microphone if one comes."""
         pc = RTCPeerConnection()
         stream = Stream(self.avatar, start_tick=len(self.sessions) * 7)  # clients do not move in lockstep
         pump = FramePump(stream, self.render_thread)
-        session_id = uuid.uuid4().hex
-        self.sessions[session_id] = Session(pc, stream, pump)
         pc.addTrack(AvatarVideo(pump))
         pc.addTrack(AvatarAudio(pump))
 
@@ -172,40 +216,89 @@ class LiveServer:
                 stream.listen(live)
                 pump.inputs.append(asyncio.ensure_future(_receive(track, live)))
 
-        @pc.on("connectionstatechange")
-        async def closed() -> None:
-            if pc.connectionState in ("failed", "closed"):
-                await self.close(session_id)
-
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=params["sdp"], type=params["type"]))
-        await pc.setLocalDescription(await pc.createAnswer())
-        pump.start()
-        return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type,
-                                  "session": session_id})
+        return Session(pc, stream, pump)
 
     async def say(self, request: web.Request) -> web.Response:
         params = await _json(request, "session", "text")
         session, text = self._session(params["session"]), str(params["text"]).strip()
-        if not text or len(text) > MAX_TEXT:
-            raise web.HTTPBadRequest(text=f"give a text of 1 to {MAX_TEXT} characters")
-        return await self._speak(session, self.synthesize, text)
+        if not text:
+            raise web.HTTPBadRequest(text="the text is empty: give the words to speak")
+        if len(text) > self.limits.text_chars:
+            raise web.HTTPRequestEntityTooLarge(
+                self.limits.text_chars, len(text),
+                text=f"the text has {len(text)} characters, over the limit of {self.limits.text_chars} "
+                     "(limits.text_characters in conf/serve.yaml): send it in pieces, each after the last is said")
+        speech = self.speak(text)
+        return await self._speak(session, iter(speech), len(speech))
 
     async def audio(self, request: web.Request) -> web.Response:
         session = self._session(request.query.get("session", ""))
-        data = await request.read()
+        data = await self._upload(request)
         if not data:
             raise web.HTTPBadRequest(text="send the audio file as the request body")
-        return await self._speak(session, self.decode, data)
+        return await self._speak(session, _decoded(self.decode, data), 1)
 
-    async def _speak(self, session: Session, to_wav: Any, what: Any) -> web.Response:
-        loop, start = asyncio.get_running_loop(), time.perf_counter()
+    async def _upload(self, request: web.Request) -> bytes:
+        """The request's body; over the size limit a 413 that names it (before reading, when the size is declared)."""
+        limit = self.limits.upload_bytes
+        too_large = web.HTTPRequestEntityTooLarge(
+            limit, request.content_length or 0,
+            text=f"the file is larger than the upload limit of {limit / 2**20:g} MiB (limits.upload_megabytes in "
+                 "conf/serve.yaml): send a shorter or more compressed file")
+        if (request.content_length or 0) > limit:
+            raise too_large
         try:
-            utterance = await loop.run_in_executor(self.audio_threads, lambda: self.avatar.utterance(to_wav(what)))
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:  # sent without its size, and more came than the limit
+            raise too_large from exc
+
+    async def _speak(self, session: Session, parts: Iterator[np.ndarray], count: int) -> web.Response:
+        """Say the first part of `parts` as soon as it is made, interrupting what was said; the rest follows as it is
+        made. Answered when the first part starts: its length, how long it took to make, and how many parts come."""
+        session.asked += 1
+        asked, start = session.asked, time.perf_counter()
+        try:
+            first = await self._next_utterance(parts)
         except ErnerfError as exc:
             raise web.HTTPBadRequest(text=str(exc)) from exc
-        session.stream.say(utterance)
-        return web.json_response({"frames": utterance.num_frames, "seconds": utterance.num_frames / FPS,
-                                  "prepare_seconds": time.perf_counter() - start})
+        if first is None:
+            raise web.HTTPBadRequest(text="there is nothing to say in it: give words to speak, or audio with sound")
+        if session.closed:
+            raise web.HTTPNotFound(text="the session closed while its speech was made")
+        if session.asked != asked:
+            raise web.HTTPConflict(text="a newer utterance was asked for while this one was made: that one is said")
+        if session.rest is not None:
+            session.rest.cancel()  # the rest of what was being said is not made any more
+        session.stream.say(first)
+        session.rest = asyncio.get_running_loop().create_task(self._say_rest(session.stream, parts))
+        return web.json_response({"frames": first.num_frames, "seconds": first.num_frames / FPS,
+                                  "prepare_seconds": time.perf_counter() - start, "parts": count})
+
+    async def _say_rest(self, stream: Stream, parts: Iterator[np.ndarray]) -> None:
+        """Make the parts after the first while the earlier ones are said, SPEECH_AHEAD_SECONDS ahead, and queue them
+        on `stream`; cancelled when something else is said or the client leaves."""
+        try:
+            while True:
+                while stream.frames_ahead() > SPEECH_AHEAD_SECONDS * FPS:
+                    await asyncio.sleep(AHEAD_CHECK_SECONDS)
+                utterance = await self._next_utterance(parts)
+                if utterance is None:
+                    return
+                stream.queue(utterance)
+        except ErnerfError as exc:
+            log.warning("a part of a text could not be spoken, its rest is dropped: %s", exc)
+        except Exception:  # noqa: BLE001 - this text stops; the client's stream and the server go on
+            log.exception("making a part of a text failed, its rest is dropped")
+
+    async def _next_utterance(self, parts: Iterator[np.ndarray]) -> Utterance | None:
+        """The next part that has sound, made into an utterance on a speech thread; None after the last."""
+        def make() -> Utterance | None:
+            for wav in parts:
+                if len(wav):
+                    return self.avatar.utterance(wav)
+            return None
+
+        return await asyncio.get_running_loop().run_in_executor(self.audio_threads, make)
 
     def _session(self, session_id: str) -> Session:
         session = self.sessions.get(str(session_id))
@@ -216,6 +309,9 @@ class LiveServer:
     async def close(self, session_id: str) -> None:
         session = self.sessions.pop(session_id, None)
         if session is not None:
+            session.closed = True
+            if session.rest is not None:
+                session.rest.cancel()
             session.pump.stop()
             await session.pc.close()
 
@@ -223,6 +319,27 @@ class LiveServer:
         await asyncio.gather(*(self.close(s) for s in list(self.sessions)))
         self.render_thread.shutdown(wait=False, cancel_futures=True)
         self.audio_threads.shutdown(wait=False, cancel_futures=True)
+
+
+def _decoded(decode: Callable[[bytes], np.ndarray], data: bytes) -> Iterator[np.ndarray]:
+    """An uploaded file as one part, decoded when it is asked for (on a speech thread)."""
+    yield decode(data)
+
+
+def _offer_sdp(params: dict[str, Any]) -> str:
+    """The SDP of a WebRTC offer the avatar can answer; otherwise a 400 that says what is wrong with it."""
+    sdp = params["sdp"]
+    if params["type"] != "offer" or not isinstance(sdp, str):
+        raise web.HTTPBadRequest(text='send a WebRTC offer: {"type": "offer", "sdp": "<its SDP text>"}')
+    try:
+        media = {m.kind for m in SessionDescription.parse(sdp).media}
+    except (AssertionError, ValueError, IndexError, KeyError):  # what aiortc's parser raises on a malformed line
+        media = set()
+    missing = sorted({"video", "audio"} - media)
+    if missing:
+        raise web.HTTPBadRequest(text=f"the offer has no {' and no '.join(missing)}: the avatar sends video and "
+                                      "audio, so offer to receive both (a microphone may send the audio)")
+    return sdp
 
 
 async def _receive(track: MediaStreamTrack, live: LiveInput) -> None:
@@ -243,6 +360,8 @@ async def _json(request: web.Request, *keys: str) -> dict[str, Any]:
         params = await request.json()
     except ValueError as exc:
         raise web.HTTPBadRequest(text="send a JSON object") from exc
+    except web.HTTPRequestEntityTooLarge as exc:  # aiohttp's message names the limit but not what to do
+        raise web.HTTPRequestEntityTooLarge(0, text=f"the request is too large ({exc.text}): send a shorter one") from exc
     if not isinstance(params, dict) or any(k not in params for k in keys):
         raise web.HTTPBadRequest(text=f"send a JSON object with {', '.join(keys)}")
     return params
