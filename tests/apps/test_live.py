@@ -157,11 +157,17 @@ def free_port() -> int:
 async def served_on_loopback(avatar: LiveAvatar, decode=lambda data: speech(1.0)):
     """Serve `avatar` on 127.0.0.1 (typed text says 1.5 s of `speech`, an uploaded file what `decode` makes of it,
     by default 1 s of `speech`); -> its URL."""
-    from aiohttp import web
-
     from ernerf.apps.live.server import LiveServer
 
-    server = LiveServer(avatar, speak=lambda text: [speech(1.5)], decode=decode)
+    async with serving(LiveServer(avatar, speak=lambda text: [speech(1.5)], decode=decode)) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def serving(server):
+    """`server` (a LiveServer) on a loopback port: -> its URL."""
+    from aiohttp import web
+
     runner = web.AppRunner(server.app())
     await runner.setup()
     port = free_port()

@@ -15,12 +15,12 @@ from ernerf.apps.live.avatar import LiveAvatar, Stream
 from ernerf.apps.live.serve import SentenceSpeech, decode_upload, text_to_speech
 from ernerf.constants import FPS, SAMPLE_RATE
 from ernerf.errors import ErnerfError
-from tests.apps.test_live import avatar, free_port, speech  # noqa: F401 - the avatar fixture
+from tests.apps.test_live import avatar, serving, speech  # noqa: F401 - the avatar fixture
 from tests.postprocess.conftest import mini_subject  # noqa: F401 - session fixture the avatar needs
 
 pytest.importorskip("aiortc")
 
-from aiohttp import ClientSession, web  # noqa: E402 - after the skip: the live extra may be missing
+from aiohttp import ClientSession  # noqa: E402 - after the skip: the live extra may be missing
 from aiortc import RTCPeerConnection, RTCSessionDescription  # noqa: E402
 
 from ernerf.apps.live.server import SPEECH_AHEAD_SECONDS, FramePump, InputLimits, LiveServer, Session  # noqa: E402
@@ -50,19 +50,6 @@ def pages(sentences: int) -> str:
 def expected_pcm(engine, text: str, avatar: LiveAvatar) -> np.ndarray:
     """The audio a stream says for `text`: its parts one after another."""
     return np.concatenate([avatar.utterance(wav).pcm for wav in SentenceSpeech(engine, text)])
-
-
-@contextlib.asynccontextmanager
-async def serving(server: LiveServer):
-    """`server` on a loopback port: -> its URL."""
-    runner = web.AppRunner(server.app())
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
 
 
 def listener(server: LiveServer, avatar: LiveAvatar, name: str = "listener") -> Session:
