@@ -44,7 +44,7 @@ def read_timestamped(log: Path) -> list[tuple[float, str]]:
     rows = []
     for raw in log.read_text().splitlines():
         seconds, _, text = raw.partition("\t")
-        rows.append((float(seconds), ANSI.sub("", text).strip()))
+        rows.append((float(seconds), text))
     return rows
 
 
@@ -53,7 +53,8 @@ def parse_ernerf(lines: Iterable[tuple[float, str]], steps_per_epoch: int) -> li
     time (the checkpoint saved after each epoch and the evaluations fall outside them)."""
     points: list[Point] = []
     train_s, started, testing = 0.0, None, False
-    for seconds, text in lines:
+    for seconds, raw in lines:
+        text = ANSI.sub("", raw).strip()  # rich may colour what it prints
         if match := EPOCH_START.search(text):
             started = seconds
         elif (match := EPOCH_END.search(text)) and started is not None:

@@ -105,7 +105,7 @@ def ours_command(subject: Subject, data_root: Path, runs_root: Path, features: s
     return [sys.executable, str(REPO / "train.py"), f"subject={subject.name}", f"paths.data_root={data_root}",
             f"paths.runs_root={runs_root}", "stage=head", f"audio_features={features}", "trainer=gpu",
             f"trainer.max_steps={schedule.steps}", "datamodule.preload=true", "datamodule.num_workers=0",
-            "trainer.limit_val_batches=0", "callbacks.checkpoint.monitor=null", "callbacks.checkpoint.save_top_k=-1",
+            "++trainer.limit_val_batches=0", "callbacks.checkpoint.monitor=null", "callbacks.checkpoint.save_top_k=-1",
             f"callbacks.checkpoint.every_n_train_steps={every}",
             "+callbacks.train_clock._target_=callbacks.train_clock.TrainClock",
             f"+callbacks.train_clock.path={clock}", f"+callbacks.train_clock.every_n_steps={every}", *overrides]
