@@ -85,10 +85,19 @@ def train(args: argparse.Namespace) -> None:
     print(f"{schedule.steps} steps ({schedule.evals} x {schedule.eval_epochs} epochs of {subject.num_train} frames; "
           f"{args.steps} asked), scored every {schedule.eval_steps} on {subject.num_val_scored} validation frames",
           flush=True)
+    print(f"building ER-NeRF's CUDA extensions (log: {out / 'ernerf_build.log'})", flush=True)
     plan["ernerf_build_s"] = round(checkout.build_extensions(root, args.ernerf_python, out / "ernerf_build.log"), 1)
+    print(f"training ER-NeRF (log: {out / 'ernerf.log'}, .err)", flush=True)
     plan["ernerf"] = runs.run_ernerf(root, ernerf_cmd, schedule, out, runs.lpips_home(args.lpips_weights, out))
+    (out / PLAN).write_text(json.dumps(plan, indent=1) + "\n")
+    scored = report.parse_ernerf(report.read_timestamped(out / "ernerf.log"), schedule.steps_per_epoch)
+    if not [p for p in scored if p.split == "val" and p.psnr is not None]:
+        raise ErnerfError(f"ER-NeRF made no evaluation (exit {plan['ernerf']['status']}): see {out / 'ernerf.err'} "
+                          f"and {out / 'ernerf.log'}.")
+    print(f"training ours (log: {out / 'ours_train.log'})", flush=True)
     plan["ours_wall_s"] = round(runs.run_logged(ours_cmd, out / "ours_train.log", "train.py"), 1)
     (out / PLAN).write_text(json.dumps(plan, indent=1) + "\n")
+    print("scoring our checkpoints with evaluate.py", flush=True)
     runs.evaluate_checkpoints(subject, args.data_root.resolve(), out / "ours_runs", out, args.lpips_weights)
     print_report(out)
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from ernerf.errors import ErnerfError
 
-from .patches import EXTENSIONS
 
 CLONE = "git clone https://github.com/Fictionarry/ER-NeRF"
 REQUIRED_FILES = ("main.py", "encoding.py", "nerf_triplane/network.py", "nerf_triplane/provider.py",
