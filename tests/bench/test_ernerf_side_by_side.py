@@ -173,3 +173,14 @@ def test_tables_at_equal_steps_and_equal_wall_time() -> None:
     rows = report.equal_time_table(slower_ours, theirs).splitlines()[2:]
     assert [row.split(" | ")[0] for row in rows] == ["| 10.0", "| 18.0", "| 27.0"]  # at ER-NeRF's evaluations
     assert rows[-1] == "| 27.0 | - | - | 300 (at 27.0 s) | 31.75 |"
+
+
+def test_a_subject_preprocessed_here_is_readable_by_ernerf(prepare_subject, tmp_path: Path) -> None:
+    """The real pipeline's output passes every check (the clip is preprocessed once per session, shared with
+    tests/test_bench.py)."""
+    layout = SubjectLayout(prepare_subject("train/trump_10s.mp4"))
+    folder, subject = dataset.adapt(layout, dataset.audio_features("mel"), tmp_path)
+    frames = json.loads(layout.transforms("train").read_text())["frames"]
+    assert subject.num_train == len(frames) and subject.num_val >= 1 and subject.feature_dim == 80
+    assert np.load(folder / "aud.npy", mmap_mode="r").shape[1:] == (16, 80)
+    assert (folder / "au.csv").read_text().splitlines()[0].split(",")[-1] == " AU45_r"
