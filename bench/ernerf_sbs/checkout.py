@@ -55,8 +55,9 @@ def probe_environment(python: str, lpips: bool) -> dict:
     modules = [*REQUIRED_MODULES, *(LPIPS_MODULES if lpips else ())]
     proc = subprocess.run([python, "-c", PROBE, json.dumps(modules)], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise ErnerfError(f"{python} cannot import torch ({proc.stderr.strip().splitlines()[-1:]}): give "
-                          "--ernerf-python an interpreter with a CUDA build of torch.")
+        raise ErnerfError(f"{python} cannot import torch and torch.utils.cpp_extension "
+                          f"({proc.stderr.strip().splitlines()[-1:]}): give --ernerf-python an interpreter with a CUDA "
+                          "build of torch (and setuptools).")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -24,8 +24,8 @@ EPOCH_START = re.compile(r"==> Start Training Epoch (\d+)")
 EPOCH_END = re.compile(r"==> Finished Epoch (\d+)")
 EVALUATE = re.compile(r"\+\+> Evaluate at epoch (\d+)")
 TEST_LOAD = re.compile(r"\[INFO\] load \d+ test frames")
-PSNR = re.compile(r"^PSNR = ([-\d.einf]+)")
-LPIPS = re.compile(r"^LPIPS \(\w+\) = ([-\d.einf]+)")
+PSNR = re.compile(r"^PSNR = (\S+)")
+LPIPS = re.compile(r"^LPIPS \(\w+\) = (\S+)")
 
 
 @dataclass

@@ -83,9 +83,11 @@ def run_timestamped(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -
 
 def ernerf_command(checkout: Path, data: Path, workspace: Path, schedule: Schedule, subject: Subject,
                    python: str, extra: list[str]) -> list[str]:
-    """ER-NeRF's head stage as its README trains it (-O: fp16, the eye control), frames preloaded on the GPU as ours."""
+    """ER-NeRF's head stage as its README trains it (-O: fp16, the eye control), frames preloaded on the GPU as ours.
+    Subjects of 10,000 training frames or more get the per-frame codes its assertion asks for (--ind_num)."""
+    codes = ["--ind_num", str(subject.num_train + 1)] if subject.num_train >= 10000 else []
     return [python, str(checkout / "main.py"), str(data), "--workspace", str(workspace), "-O",
-            "--iters", str(schedule.steps), "--preload", "2", "--asr_model", str(subject.feature_dim), *extra]
+            "--iters", str(schedule.steps), "--preload", "2", "--asr_model", str(subject.feature_dim), *codes, *extra]
 
 
 def run_ernerf(checkout: Path, cmd: list[str], schedule: Schedule, out: Path, torch_home: Path | None) -> dict:

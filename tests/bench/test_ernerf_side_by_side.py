@@ -111,6 +111,10 @@ def test_commands_train_the_same_steps_and_ours_composes(tmp_path: Path) -> None
     assert theirs[:3] == ["py", "/er/main.py", "/d/anna"]
     assert theirs[theirs.index("--iters") + 1] == "10215" and theirs[theirs.index("--asr_model") + 1] == "80"
     assert "-O" in theirs and theirs[theirs.index("--preload") + 1] == "2" and theirs[-1] == "--seed=1"
+    assert "--ind_num" not in theirs  # its default, 10,000 per-frame codes, holds 227 frames
+    long = dataset.Subject("bob", 12000, 1200, "aud_mel.npy", 80)
+    theirs = runs.ernerf_command(Path("/er"), Path("/d/bob"), Path("/ws"), schedule, long, "py", [])
+    assert theirs[theirs.index("--ind_num") + 1] == "12001"
     ours = runs.ours_command(subject, tmp_path / "data", tmp_path / "runs", "mel", schedule, tmp_path / "clock.csv",
                              ["seed=3"])
     cfg = compose("train", ours[2:])
