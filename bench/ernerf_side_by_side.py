@@ -64,9 +64,12 @@ def check_patched(root: Path) -> None:
                           f"python bench/ernerf_side_by_side.py prepare --ernerf {root}")
 
 
-def train(args: argparse.Namespace) -> None:
-    """Both codes' head stage for the same steps; then the tables."""
-    root, out = args.ernerf.resolve(), args.out.resolve()
+def write_plan(out: Path, plan: dict) -> None:
+    (out / PLAN).write_text(json.dumps(plan, indent=1) + "\n")
+
+
+def start_plan(args: argparse.Namespace, root: Path, out: Path) -> dict:
+    """Check everything, link the subject, fix the schedule and both commands; -> the plan (written to plan.json)."""
     if (out / PLAN).exists():
         raise ErnerfError(f"{out} holds an earlier side-by-side: give another --out (`report --out {out}` prints it).")
     checkout.check_checkout(root)
@@ -74,31 +77,65 @@ def train(args: argparse.Namespace) -> None:
     checkout.check_environment(args.ernerf_python, lpips=args.lpips_weights is not None)
     data, subject = adapt(args)
     schedule = runs.make_schedule(args.steps, args.evals, subject.num_train)
-    ernerf_cmd = runs.ernerf_command(root, data, out / "ernerf_workspace", schedule, subject, args.ernerf_python,
-                                     args.ernerf_arg)
-    ours_cmd = runs.ours_command(subject, args.data_root.resolve(), out / "ours_runs", args.audio_features, schedule,
-                                 out / "ours_train_clock.csv", args.override)
     plan = {"subject": subject.__dict__, "steps_asked": args.steps, "schedule": schedule.__dict__,
-            "steps": schedule.steps, "eval_steps": schedule.eval_steps, "ernerf_command": ernerf_cmd,
-            "ours_command": ours_cmd}
-    (out / PLAN).write_text(json.dumps(plan, indent=1) + "\n")
+            "steps": schedule.steps, "eval_steps": schedule.eval_steps, "data_root": str(args.data_root.resolve()),
+            "lpips_weights": str(args.lpips_weights.resolve()) if args.lpips_weights else None,
+            "ernerf_command": runs.ernerf_command(root, data, out / "ernerf_workspace", schedule, subject,
+                                                 args.ernerf_python, args.ernerf_arg),
+            "ours_command": runs.ours_command(subject, args.data_root.resolve(), out / "ours_runs",
+                                              args.audio_features, schedule, out / "ours_train_clock.csv",
+                                              args.override)}
+    write_plan(out, plan)
     print(f"{schedule.steps} steps ({schedule.evals} x {schedule.eval_epochs} epochs of {subject.num_train} frames; "
           f"{args.steps} asked), scored every {schedule.eval_steps} on {subject.num_val_scored} validation frames",
           flush=True)
+    return plan
+
+
+def train_ernerf(args: argparse.Namespace, root: Path, out: Path, plan: dict) -> None:
+    """Build ER-NeRF's extensions (off the clock), train it; an error naming its logs when it made no evaluation."""
     print(f"building ER-NeRF's CUDA extensions (log: {out / 'ernerf_build.log'})", flush=True)
     plan["ernerf_build_s"] = round(checkout.build_extensions(root, args.ernerf_python, out / "ernerf_build.log"), 1)
     print(f"training ER-NeRF (log: {out / 'ernerf.log'}, .err)", flush=True)
-    plan["ernerf"] = runs.run_ernerf(root, ernerf_cmd, schedule, out, runs.lpips_home(args.lpips_weights, out))
-    (out / PLAN).write_text(json.dumps(plan, indent=1) + "\n")
+    schedule = runs.Schedule(**plan["schedule"])
+    plan["ernerf"] = runs.run_ernerf(root, plan["ernerf_command"], schedule, out,
+                                     runs.lpips_home(args.lpips_weights, out))
+    write_plan(out, plan)
     scored = report.parse_ernerf(report.read_timestamped(out / "ernerf.log"), schedule.steps_per_epoch)
     if not [p for p in scored if p.split == "val" and p.psnr is not None]:
         raise ErnerfError(f"ER-NeRF made no evaluation (exit {plan['ernerf']['status']}): see {out / 'ernerf.err'} "
                           f"and {out / 'ernerf.log'}.")
+
+
+def train_ours(out: Path, plan: dict) -> None:
+    """Train ours with the plan's command, then score its checkpoints with evaluate.py."""
+    if (out / "ours_runs").exists():
+        raise ErnerfError(f"{out / 'ours_runs'} exists: ours was trained here already (`report --out {out}`).")
     print(f"training ours (log: {out / 'ours_train.log'})", flush=True)
-    plan["ours_wall_s"] = round(runs.run_logged(ours_cmd, out / "ours_train.log", "train.py"), 1)
-    (out / PLAN).write_text(json.dumps(plan, indent=1) + "\n")
+    plan["ours_wall_s"] = round(runs.run_logged(plan["ours_command"], out / "ours_train.log", "train.py"), 1)
+    write_plan(out, plan)
     print("scoring our checkpoints with evaluate.py", flush=True)
-    runs.evaluate_checkpoints(subject, args.data_root.resolve(), out / "ours_runs", out, args.lpips_weights)
+    weights = Path(plan["lpips_weights"]) if plan["lpips_weights"] else None
+    runs.evaluate_checkpoints(dataset.Subject(**plan["subject"]), Path(plan["data_root"]), out / "ours_runs", out,
+                              weights)
+
+
+def train(args: argparse.Namespace) -> None:
+    """Both codes' head stage for the same steps, then the tables; `--part` runs one code per call (ER-NeRF first),
+    for machines that limit how long one command runs."""
+    root, out = args.ernerf.resolve(), args.out.resolve()
+    if args.part == "ours":
+        if not (out / PLAN).is_file():
+            raise ErnerfError(f"no side-by-side in {out}: run `train --part ernerf` (same arguments) first.")
+        train_ours(out, json.loads((out / PLAN).read_text()))
+        print_report(out)
+        return
+    plan = start_plan(args, root, out)
+    train_ernerf(args, root, out, plan)
+    if args.part == "ernerf":
+        print("ER-NeRF done; next: the same command with --part ours", flush=True)
+        return
+    train_ours(out, plan)
     print_report(out)
 
 
@@ -140,7 +177,10 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--evals", type=int, default=5, help="evaluations over the run, the same steps for both")
     tr.add_argument("--lpips-weights", type=Path, help=f"torchvision's {runs.ALEXNET}: LPIPS for both codes")
     tr.add_argument("--override", action="append", default=[], help="extra Hydra override for train.py")
-    tr.add_argument("--ernerf-arg", action="append", default=[], help="extra argument for ER-NeRF's main.py")
+    tr.add_argument("--ernerf-arg", action="append", default=[], help="extra argument for ER-NeRF's main.py "
+                    "(--ernerf-arg=--seed=1)")
+    tr.add_argument("--part", choices=("all", "ernerf", "ours"), default="all",
+                    help="one code per call: ernerf (first), then ours; all: both")
     rep = sub.add_parser("report", help="print the tables of a finished side-by-side")
     rep.add_argument("--out", type=Path, default=Path("bench/out/ernerf_sbs"))
     return p

@@ -159,3 +159,12 @@ def test_cli_prepare_on_a_wrong_path_is_one_error_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: no folder {tmp_path / 'nope'}: give the path of your ER-NeRF "
                                                 "checkout (git clone https://github.com/Fictionarry/ER-NeRF)."]
+
+
+def test_cli_part_ours_needs_the_ernerf_part_first(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "ernerf_side_by_side.py"), "train", "--ernerf",
+                           str(tmp_path), "--subject", "anna", "--out", str(tmp_path / "sbs"), "--part", "ours"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"error: no side-by-side in {tmp_path / 'sbs'}: run `train --part ernerf` (same "
+                                   "arguments) first.")
