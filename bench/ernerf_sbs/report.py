@@ -1,0 +1,122 @@
+"""Both codes' figures from their run folders, and the two tables: at equal steps, and at equal wall time.
+
+Training time, for both codes, is the wall-clock time spent in training steps: from the first step to the step
+scored, with evaluation passes and checkpoint saves between steps left out, and each code's one-time start-up before
+its first step (process start, imports, ER-NeRF's extension build, loading the dataset) left out too. Whatever runs
+inside the steps counts: our field's torch.compile and CUDA graph captures, ER-NeRF's first kernel launches.
+
+Equal wall time: the time the faster code took for all its steps is the budget; at it, and at each of the faster
+code's earlier evaluations, each code is shown by its latest evaluation reached within that training time. The
+slower code's figure is therefore from at most one evaluation interval earlier than the budget: denser evaluations
+(--evals) narrow that gap.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+EPOCH_START = re.compile(r"==> Start Training Epoch (\d+)")
+EPOCH_END = re.compile(r"==> Finished Epoch (\d+)")
+EVALUATE = re.compile(r"\+\+> Evaluate at epoch (\d+)")
+TEST_LOAD = re.compile(r"\[INFO\] load \d+ test frames")
+PSNR = re.compile(r"^PSNR = (\S+)")
+LPIPS = re.compile(r"^LPIPS \(\w+\) = (\S+)")
+
+
+@dataclass
+class Point:
+    """One evaluation: the training step, the training seconds at it, the figures (None: not computed)."""
+
+    step: int
+    train_s: float
+    psnr: float | None = None
+    lpips: float | None = None
+    split: str = "val"  # ER-NeRF's final scoring of every validation frame after training: "test"
+
+
+def read_timestamped(log: Path) -> list[tuple[float, str]]:
+    """(seconds, line) of a log written by runs.run_timestamped."""
+    rows = []
+    for raw in log.read_text().splitlines():
+        seconds, _, text = raw.partition("\t")
+        rows.append((float(seconds), text))
+    return rows
+
+
+def parse_ernerf(lines: Iterable[tuple[float, str]], steps_per_epoch: int) -> list[Point]:
+    """ER-NeRF's evaluations from its time-stamped stdout. Its epochs' start and finish lines bracket the training
+    time (the checkpoint saved after each epoch and the evaluations fall outside them)."""
+    points: list[Point] = []
+    train_s, started, testing = 0.0, None, False
+    for seconds, raw in lines:
+        text = ANSI.sub("", raw).strip()  # rich may colour what it prints
+        if match := EPOCH_START.search(text):
+            started = seconds
+        elif (match := EPOCH_END.search(text)) and started is not None:
+            train_s, started = train_s + seconds - started, None
+        elif TEST_LOAD.search(text):
+            testing = True
+        elif match := EVALUATE.search(text):
+            points.append(Point(int(match.group(1)) * steps_per_epoch, round(train_s, 3),
+                                split="test" if testing else "val"))
+        elif points and (match := PSNR.match(text)):
+            points[-1].psnr = float(match.group(1))
+        elif points and (match := LPIPS.match(text)):
+            points[-1].lpips = float(match.group(1))
+    return points
+
+
+def number(value: object) -> float | None:
+    """A metrics.json figure, None when it was reported unavailable."""
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def parse_ours(clock: Path, metrics: dict[int, dict]) -> list[Point]:
+    """Our evaluations: the training clock's rows joined with evaluate.py's metrics of the checkpoint at each step."""
+    with clock.open(newline="") as f:
+        times = {int(row["step"]): float(row["train_s"]) for row in csv.DictReader(f)}
+    return [Point(step, times[step], number(m["metrics"].get("psnr")), number(m["metrics"].get("lpips")))
+            for step, m in sorted(metrics.items()) if step in times]
+
+
+def fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def equal_steps_table(ours: list[Point], theirs: list[Point]) -> str:
+    """Markdown: per evaluation step, each code's training seconds, PSNR and LPIPS."""
+    by_step = {p.step: p for p in theirs if p.split == "val"}
+    lines = ["| step | ours: training s | ours: PSNR | ours: LPIPS | ER-NeRF: training s | ER-NeRF: PSNR | "
+             "ER-NeRF: LPIPS |", "|---|---|---|---|---|---|---|"]
+    for point in ours:
+        other = by_step.get(point.step)
+        lines.append(f"| {point.step} | {fmt(point.train_s, 1)} | {fmt(point.psnr, 2)} | {fmt(point.lpips, 4)} | "
+                     f"{fmt(other and other.train_s, 1)} | {fmt(other and other.psnr, 2)} | "
+                     f"{fmt(other and other.lpips, 4)} |")
+    return "\n".join(lines)
+
+
+def latest_within(points: list[Point], seconds: float) -> Point | None:
+    """The last evaluation reached within `seconds` of training."""
+    reached = [p for p in points if p.train_s <= seconds + 1e-6]
+    return reached[-1] if reached else None
+
+
+def equal_time_table(ours: list[Point], theirs: list[Point]) -> str:
+    """Markdown: at each evaluation time of the code that finished first (its last row: the budget), each code's
+    latest evaluation within that training time."""
+    theirs = [p for p in theirs if p.split == "val"]
+    faster = ours if ours[-1].train_s <= theirs[-1].train_s else theirs
+    lines = ["| training s | ours: step | ours: PSNR | ER-NeRF: step | ER-NeRF: PSNR |", "|---|---|---|---|---|"]
+    for point in faster:
+        cells = []
+        for code in (ours, theirs):
+            p = latest_within(code, point.train_s)
+            cells += ["-", "-"] if p is None else [f"{p.step} (at {p.train_s:.1f} s)", fmt(p.psnr, 2)]
+        lines.append(f"| {point.train_s:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,190 @@
+"""The ER-NeRF side-by-side's dataset adaptation (a synthetic subject in this project's layout), its schedule, the
+commands it runs, and the tables it prints from both codes' logs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.ernerf_sbs import dataset, report, runs
+from bench.ernerf_sbs.report import Point
+from ernerf.errors import ErnerfError
+from ernerf.io.layout import SubjectLayout
+from tests.conftest import compose
+
+
+def write_subject(root: Path, train: int = 4, val: int = 2, dim: int = 80) -> SubjectLayout:
+    """A subject folder with every file ER-NeRF's head stage reads (contents: shapes only)."""
+    layout = SubjectLayout(root / "anna")
+    for sub in ("gt_imgs", "torso_imgs", "ori_imgs", "parsing"):
+        (layout.root / sub).mkdir(parents=True)
+    frames = train + val
+    for i in range(frames):
+        layout.gt(i).write_bytes(b"jpg")
+        layout.torso(i).write_bytes(b"png")
+        np.savetxt(layout.lms(i), np.zeros((68, 2)))
+    for split, ids in (("train", range(train)), ("val", range(train, frames))):
+        layout.transforms(split).write_text(json.dumps({"focal_len": 1200.0, "cx": 256.0, "cy": 256.0, "h": 512,
+                                                        "w": 512, "frames": [{"img_id": i, "aud_id": i,
+                                                                              "transform_matrix": np.eye(4).tolist()}
+                                                                             for i in ids]}))
+    layout.background.write_bytes(b"jpg")
+    layout.au.write_text("frame, timestamp, confidence, success, AU45_r\n"
+                         + "".join(f"{i + 1}, {i * 0.04:.3f}, 0.98, 1, 0.50\n" for i in range(frames)))
+    np.save(layout.audio_features("mel"), np.zeros((frames, 16, dim), np.float32))
+    return layout
+
+
+def listing(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_adapt_links_what_ernerf_reads_and_the_features_as_aud_npy(tmp_path: Path) -> None:
+    layout = write_subject(tmp_path / "data")
+    before = listing(layout.root)
+    folder, subject = dataset.adapt(layout, dataset.audio_features("mel"), tmp_path / "out")
+    assert folder == tmp_path / "out" / "anna"
+    assert (subject.num_train, subject.num_val, subject.feature_dim, subject.num_val_scored) == (4, 2, 80, 2)
+    assert (folder / "aud.npy").resolve() == layout.audio_features("mel").resolve()
+    for name in dataset.READS:
+        assert (folder / name).is_symlink() and (folder / name).resolve() == (layout.root / name).resolve()
+    assert np.load(folder / "aud.npy").shape == (6, 16, 80)
+    assert json.loads((folder / dataset.MARKER).read_text())["asr_model"] == "80"
+    assert listing(layout.root) == before  # the user's dataset is not written to
+    dataset.adapt(layout, dataset.audio_features("mel"), tmp_path / "out")  # made again in place
+    assert (folder / "aud.npy").resolve() == layout.audio_features("mel").resolve()
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda l: l.au.unlink(), r"au.csv is missing: python preprocess.py subject=anna preprocess.force=\[blink\]"),
+    (lambda l: l.au.write_text("frame, AU45_r\n1, 0.5\n"), r"no ' AU45_r' column or fewer than 6 rows"),
+    (lambda l: l.torso(5).unlink(), r"torso_imgs/5.png is missing: .*preprocess.force=\[composite\]"),
+    (lambda l: l.lms(0).unlink(), r"ori_imgs/0.lms is missing: .*preprocess.force=\[landmarks\]"),
+    (lambda l: np.save(l.audio_features("mel"), np.zeros((6, 16, 29), np.float32)), r"is \[6, 16, 29\], not"),
+    (lambda l: l.audio_features("mel").unlink(), r"aud_mel.npy is missing: python preprocess.py subject=anna "
+                                                  r"audio_features=mel"),
+    (lambda l: l.transforms("val").write_text(json.dumps({"frames": []})), r"transforms_val.json lacks"),
+])
+def test_a_subject_ernerf_cannot_read_is_refused_naming_the_step(tmp_path: Path, breakage, message: str) -> None:
+    layout = write_subject(tmp_path / "data")
+    breakage(layout)
+    with pytest.raises(ErnerfError, match=message):
+        dataset.adapt(layout, dataset.audio_features("mel"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_adapt_never_clears_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    layout = write_subject(tmp_path / "data")
+    (tmp_path / "out" / "anna").mkdir(parents=True)
+    with pytest.raises(ErnerfError, match="not made by the side-by-side"):
+        dataset.adapt(layout, dataset.audio_features("mel"), tmp_path / "out")
+
+
+def test_unknown_feature_kind_lists_the_known_ones() -> None:
+    with pytest.raises(ErnerfError, match="one of .*hubert.*mel"):
+        dataset.audio_features("nope")
+    assert dataset.audio_features("hubert")["file"] == "aud_hu.npy"
+
+
+@pytest.mark.parametrize("steps, evals, frames, expected", [
+    (10000, 5, 227, (9, 5, 10215)),   # 44 epochs asked -> 5 evaluations 9 epochs apart
+    (10000, 5, 6818, (1, 1, 6818)),   # a long subject: one epoch, one evaluation
+    (100, 5, 227, (1, 1, 227)),       # less than an epoch: one
+    (2000, 4, 500, (1, 4, 2000)),
+])
+def test_schedule_is_whole_epochs_with_evaluations_at_the_same_steps(steps, evals, frames, expected) -> None:
+    schedule = runs.make_schedule(steps, evals, frames)
+    assert (schedule.eval_epochs, schedule.evals, schedule.steps) == expected
+    assert schedule.steps == schedule.evals * schedule.eval_steps
+    # ER-NeRF (main.py, patched): eval_interval = int(eval_steps / frames) epochs, max_epochs = ceil(iters / frames)
+    assert int(schedule.eval_steps / frames) == schedule.eval_epochs
+    assert -(-schedule.steps // frames) == schedule.evals * schedule.eval_epochs
+
+
+def test_commands_train_the_same_steps_and_ours_composes(tmp_path: Path) -> None:
+    subject = dataset.Subject("anna", 227, 23, "aud_mel.npy", 80)
+    schedule = runs.make_schedule(10000, 5, 227)
+    theirs = runs.ernerf_command(Path("/er"), Path("/d/anna"), Path("/ws"), schedule, subject, "py", ["--seed=1"])
+    assert theirs[:3] == ["py", "/er/main.py", "/d/anna"]
+    assert theirs[theirs.index("--iters") + 1] == "10215" and theirs[theirs.index("--asr_model") + 1] == "80"
+    assert "-O" in theirs and theirs[theirs.index("--preload") + 1] == "2" and theirs[-1] == "--seed=1"
+    assert "--ind_num" not in theirs  # its default, 10,000 per-frame codes, holds 227 frames
+    long = dataset.Subject("bob", 12000, 1200, "aud_mel.npy", 80)
+    theirs = runs.ernerf_command(Path("/er"), Path("/d/bob"), Path("/ws"), schedule, long, "py", [])
+    assert theirs[theirs.index("--ind_num") + 1] == "12001"
+    ours = runs.ours_command(subject, tmp_path / "data", tmp_path / "runs", "mel", schedule, tmp_path / "clock.csv",
+                             ["seed=3"])
+    cfg = compose("train", ours[2:])
+    assert cfg.trainer.max_steps == 10215 and cfg.trainer.limit_val_batches == 0 and cfg.seed == 3
+    assert cfg.callbacks.checkpoint.every_n_train_steps == 2043 and cfg.callbacks.checkpoint.save_top_k == -1
+    assert cfg.callbacks.checkpoint.monitor is None
+    assert cfg.callbacks.train_clock.every_n_steps == 2043 and cfg.datamodule.preload is True
+
+
+def test_lpips_home_holds_the_weights_under_torchvisions_name(tmp_path: Path) -> None:
+    weights = tmp_path / "my_alexnet.pth"
+    weights.write_bytes(b"w")
+    home = runs.lpips_home(weights, tmp_path / "out")
+    assert (home / "hub" / "checkpoints" / runs.ALEXNET).read_bytes() == b"w"
+    assert runs.lpips_home(None, tmp_path) is None
+    with pytest.raises(ErnerfError, match="no file"):
+        runs.lpips_home(tmp_path / "missing.pth", tmp_path)
+
+
+ERNERF_LOG = [  # (seconds since launch, line) as ER-NeRF prints them: 2 epochs of 100 steps, evaluated after each
+    (5.0, "[INFO] load 100 train frames."), (9.0, "==> Start Training Epoch 1, lr=0.010000 ..."),
+    (19.0, "==> Finished Epoch 1."), (19.5, "++> Evaluate at epoch 1 ..."), (21.0, "\x1b[34mPSNR = 30.500000\x1b[0m"),
+    (21.0, "LPIPS (alex) = 0.100000"), (21.1, "++> Evaluate epoch 1 Finished."),
+    (22.0, "==> Start Training Epoch 2, lr=0.007071 ..."), (30.0, "==> Finished Epoch 2."),
+    (31.0, "++> Evaluate at epoch 2 ..."), (33.0, "PSNR = 31.250000"), (34.0, "[INFO] load 10 test frames."),
+    (35.0, "++> Evaluate at epoch 2 ..."), (36.0, "PSNR = 31.000000"),
+]
+
+
+def test_parse_ernerf_times_its_epochs_only() -> None:
+    points = report.parse_ernerf(ERNERF_LOG, steps_per_epoch=100)
+    assert [(p.step, p.train_s, p.psnr, p.lpips, p.split) for p in points] == [
+        (100, 10.0, 30.5, 0.1, "val"), (200, 18.0, 31.25, None, "val"), (200, 18.0, 31.0, None, "test")]
+
+
+def test_read_timestamped_round_trips_the_log_format(tmp_path: Path) -> None:
+    log = tmp_path / "ernerf.log"
+    log.write_text("".join(f"{t:.3f}\t{line}\n" for t, line in ERNERF_LOG))
+    assert report.parse_ernerf(report.read_timestamped(log), 100)[0].psnr == 30.5
+
+
+def test_parse_ours_joins_the_clock_with_evaluate_py_metrics(tmp_path: Path) -> None:
+    clock = tmp_path / "clock.csv"
+    clock.write_text("step,train_s\n100,4.000\n200,7.500\n")
+    metrics = {100: {"metrics": {"psnr": 31.0, "lpips": "unavailable"}}, 200: {"metrics": {"psnr": 32.0, "lpips": 0.05}}}
+    assert report.parse_ours(clock, metrics) == [Point(100, 4.0, 31.0, None), Point(200, 7.5, 32.0, 0.05)]
+
+
+def test_tables_at_equal_steps_and_equal_wall_time() -> None:
+    ours = [Point(100, 4.0, 31.0), Point(200, 7.5, 32.0), Point(300, 11.0, 32.5)]
+    theirs = [Point(100, 10.0, 30.5, 0.1), Point(200, 18.0, 31.25), Point(300, 27.0, 31.75),
+              Point(300, 27.0, 31.5, split="test")]
+    steps = report.equal_steps_table(ours, theirs).splitlines()
+    assert steps[2] == "| 100 | 4.0 | 31.00 | - | 10.0 | 30.50 | 0.1000 |"
+    assert steps[4] == "| 300 | 11.0 | 32.50 | - | 27.0 | 31.75 | - |"  # the val figure, not the final test one
+    times = report.equal_time_table(ours, theirs).splitlines()
+    assert times[2] == "| 4.0 | 100 (at 4.0 s) | 31.00 | - | - |"  # ER-NeRF not yet scored at 4 s
+    assert times[4] == "| 11.0 | 300 (at 11.0 s) | 32.50 | 100 (at 10.0 s) | 30.50 |"
+    slower_ours = [Point(p.step, p.train_s * 10, p.psnr) for p in ours]  # 40, 75, 110 s: ER-NeRF finishes first
+    rows = report.equal_time_table(slower_ours, theirs).splitlines()[2:]
+    assert [row.split(" | ")[0] for row in rows] == ["| 10.0", "| 18.0", "| 27.0"]  # at ER-NeRF's evaluations
+    assert rows[-1] == "| 27.0 | - | - | 300 (at 27.0 s) | 31.75 |"
+
+
+def test_a_subject_preprocessed_here_is_readable_by_ernerf(prepare_subject, tmp_path: Path) -> None:
+    """The real pipeline's output passes every check (the clip is preprocessed once per session, shared with
+    tests/test_bench.py)."""
+    layout = SubjectLayout(prepare_subject("train/trump_10s.mp4"))
+    folder, subject = dataset.adapt(layout, dataset.audio_features("mel"), tmp_path)
+    frames = json.loads(layout.transforms("train").read_text())["frames"]
+    assert subject.num_train == len(frames) and subject.num_val >= 1 and subject.feature_dim == 80
+    assert np.load(folder / "aud.npy", mmap_mode="r").shape[1:] == (16, 80)
+    assert (folder / "au.csv").read_text().splitlines()[0].split(",")[-1] == " AU45_r"
