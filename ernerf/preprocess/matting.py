@@ -175,10 +175,11 @@ class MattingStep(PreprocessStep):
 
     def __init__(self, background: Sequence[int] | str = (255, 255, 255), workers: int = 2, chunk_size: int = 25,
                  ema_min: float = 0.15, motion_scale: float = 20.0, guided_radius: int = 6,
-                 guided_eps: float = 1e-3, crf: int = 18) -> None:
+                 guided_eps: float = 1e-3, crf: int = 18, preset: str = "superfast") -> None:
         self.background = background if isinstance(background, str) else list(background)
         target_background(self.background, (2, 2))  # a bad colour or path fails now, not after segmentation
         self.workers, self.chunk_size, self.crf = workers, chunk_size, crf
+        self.preset = preset  # x264: nothing downstream decodes these videos, so speed beats file size
         self.ema_min, self.motion_scale = ema_min, motion_scale
         self.guided_radius, self.guided_eps = guided_radius, guided_eps
 
@@ -194,8 +195,9 @@ class MattingStep(PreprocessStep):
         cache = seg.person_mask_cache(layout.root)
         jobs = [_Chunk(r, layout.ori_imgs, mesh[r.start:r.stop], self.guided_radius, self.guided_eps, cache.folder)
                 for r in seg.frame_chunks(n, self.chunk_size)]
-        with VideoWriter(layout.alpha_video, fps=fps, crf=self.crf) as alpha_out, \
-                VideoWriter(layout.matted_video, fps=fps, crf=self.crf) as matted_out, ctx.bar(n) as bar:
+        with VideoWriter(layout.alpha_video, fps=fps, crf=self.crf, preset=self.preset) as alpha_out, \
+                VideoWriter(layout.matted_video, fps=fps, crf=self.crf, preset=self.preset) as matted_out, \
+                ctx.bar(n) as bar:
             for job, (raws, refined) in zip(jobs, seg.map_ordered(_segment_chunk, jobs, self.workers)):
                 for i, raw8, refined8 in zip(job.frames, raws, refined):
                     rgb = seg.read_rgb(layout.ori_img(i))

@@ -15,6 +15,7 @@ from ernerf.io.video import iter_frames, probe
 from ernerf.preprocess import segmentation as seg
 from ernerf.preprocess.matting import FlickerMeter, MattingStep, TemporalMatte, target_background
 from tests.conftest import compose
+from tests.io.test_video import x264_options
 
 TRAIN_CLIPS = ["train/trump_10s.mp4", "train/hdtf_aoc_8s.mp4"]
 
@@ -29,6 +30,7 @@ def test_videos_are_512_25fps_one_frame_per_crop(subject: SubjectLayout) -> None
     for path in (subject.alpha_video, subject.matted_video):
         info = probe(path)
         assert (info.width, info.height, round(info.fps), info.num_frames) == (512, 512, 25, n)
+        assert "subme=1" in x264_options(path)  # the configured preset, superfast: only people watch these
 
 
 def test_alpha_is_steadier_than_the_raw_mask_at_the_silhouette(subject: SubjectLayout) -> None:
