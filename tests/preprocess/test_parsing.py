@@ -167,3 +167,16 @@ def test_bisenet_backend_loads_a_checkpoint_and_writes_maps(tmp_path) -> None:
     for i in range(2):
         labels = read_parsing(layout.parsing(i))
         assert labels.shape == (64, 64) and labels.max() <= TORSO
+
+
+def test_mahalanobis2_equals_the_einsum_bit_for_bit() -> None:
+    from ernerf.preprocess.parsing import mahalanobis2
+
+    rng = np.random.default_rng(3)
+    v = rng.normal(0, 30, (70, 90, 2)).astype(np.float32)
+    icov = np.array([[0.031, -0.0123], [-0.0123, 0.057]], np.float32)
+    expected = np.einsum("...i,ij,...j->...", v, icov, v)
+    got = mahalanobis2(v, icov)
+    assert got.dtype == np.float32 and np.array_equal(got, expected)
+    assert np.allclose(got, 0.031 * v[..., 0] ** 2 - 2 * 0.0123 * v[..., 0] * v[..., 1] + 0.057 * v[..., 1] ** 2,
+                       rtol=1e-4, atol=1e-3)
