@@ -222,10 +222,36 @@ def _neck(rgb: np.ndarray, xy: np.ndarray, face: FaceFrame, shoulders: np.ndarra
     model = skin_model(rgb, xy, ycc)
     if model is None:
         return band
-    neck = seg.open_close(skin_mask(rgb, model, band, p.skin_distance, ycc), p.clean_radius) & band
+    return neck_from_skin(skin_mask(rgb, model, band, p.skin_distance, ycc), band, head, p.clean_radius)
+
+
+def neck_from_skin(skin: np.ndarray, band: np.ndarray, head: np.ndarray, radius: int) -> np.ndarray:
+    """The neck [H, W] bool: skin pixels of the band (all [H, W] bool), cleaned at `radius`, in blobs that touch the
+    head's lower edge, holes filled.
+
+    Worked in the band's box grown by 2 * radius + 2 px: every pixel the opening, closing and the seed's dilation
+    of a band pixel look at lies in it, and outside the band the masks are empty, so the result is the whole
+    frame's (tested) at the cost of a window a fraction of the frame's size.
+    """
+    out = np.zeros(band.shape, bool)
+    window = grown_box(band, 2 * radius + 2)
+    if window is None:
+        return out
+    band_w = band[window]
+    neck = seg.open_close(skin[window], radius) & band_w
     # the neck hangs from the head: keep skin blobs that touch the head's lower edge
-    touching = cv2.dilate(head.astype(np.uint8), seg.disk(p.clean_radius + 2)).astype(bool)
-    return seg.fill_holes(seg.components_touching(neck, touching)) & band
+    touching = cv2.dilate(head[window].view(np.uint8), seg.disk(radius + 2)).view(bool)
+    out[window] = seg.fill_holes(seg.components_touching(neck, touching)) & band_w
+    return out
+
+
+def grown_box(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
+    """The bounding box of a bool mask [H, W] grown by `margin` px (within the frame), as slices; None if empty."""
+    x, y, w, h = cv2.boundingRect(mask.view(np.uint8))
+    if w == 0 or h == 0:
+        return None
+    rows, cols = mask.shape
+    return slice(max(y - margin, 0), min(y + h + margin, rows)), slice(max(x - margin, 0), min(x + w + margin, cols))
 
 
 # ---------------------------------------------------------------- per-process worker
