@@ -48,7 +48,7 @@ def encode_png(image: np.ndarray, level: int = 1, palette: np.ndarray | None = N
     filtered[0, 1:] = rows[0]
     header = struct.pack(">IIBBBBB", w, h, 8, colour_type, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + extra
-            + _chunk(b"IDAT", zlib.compress(filtered.tobytes(), level)) + _chunk(b"IEND", b""))
+            + _chunk(b"IDAT", zlib.compress(filtered, level)) + _chunk(b"IEND", b""))  # the array's buffer: no copy
 
 
 def write_png(path: Path | str, image: np.ndarray, level: int = 1, palette: np.ndarray | None = None) -> None:
