@@ -201,7 +201,8 @@ def test_neck_from_skin_in_the_band_window_equals_the_whole_frame() -> None:
         band = band.astype(bool)
         skin = band & (cv2.blur(rng.random(shape, dtype=np.float32), (3, 3)) > rng.uniform(0.3, 0.6))
         head = np.zeros(shape, np.uint8)
-        cv2.circle(head, (int(x + rng.integers(-15, 15)), int(y - rng.integers(0, 25))), int(rng.integers(4, 20)), 1, -1)
+        centre = (int(x + rng.integers(-15, 15)), int(y - rng.integers(0, 25)))
+        cv2.circle(head, centre, int(rng.integers(4, 20)), 1, -1)
         radius = int(rng.integers(0, 5))
         got = neck_from_skin(skin, band, head.astype(bool), radius)
         assert np.array_equal(got, _neck_whole_frame(skin, band, head.astype(bool), radius)), case
