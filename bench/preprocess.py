@@ -11,8 +11,8 @@ of the input, and marginal = (frames_input - frames_warmup) / (seconds_input - s
 Peak RSS is resource.getrusage of this process and of its largest child (worker processes, ffmpeg).
 CPU seconds per step count this process and all its descendants (live ones through /proc), so a
 step that keeps both cores busy shows about twice its wall time; "main" counts this process alone
-(its threads included): work no worker shares, which bounds a step's wall on an idle machine from
-below. The load average tells how much other work shared the machine.
+(its threads included): work no worker shares, so on an idle 2-core machine a step takes about
+max(cpu / 2, main). The load average tells how much other work shared the machine.
 """
 
 from __future__ import annotations
