@@ -18,7 +18,7 @@ import numpy as np
 from ernerf.errors import ErnerfError
 from ernerf.io.atomic import atomic_dir
 from ernerf.io.layout import SubjectLayout
-from ernerf.io.png import write_png
+from ernerf.io.png import decode_palette_png, write_png
 from ernerf.preprocess import segmentation as seg
 from ernerf.preprocess.base import PreprocessStep, StepContext
 from ernerf.preprocess.check import redo_hint
@@ -57,10 +57,23 @@ def write_parsing(path: Path | str, labels: np.ndarray) -> None:
 
 def read_parsing(path: Path | str) -> np.ndarray:
     """Read a parsing PNG back into a [H, W] uint8 label map (unknown colours count as background)."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        data = b""
+    palette_image = decode_palette_png(data)
+    if palette_image is not None:  # the palette maps this pipeline writes: label the palette, not every pixel
+        indices, palette = palette_image
+        return cv2.LUT(indices, np.pad(_labels_of_bgr(palette[None, :, ::-1])[0], (0, 256 - len(palette))))
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if bgr is None:
         raise ErnerfError(f"cannot read parsing map {path}: {redo_hint(path)}.")
-    # one bit per channel (B=1, G=2, R=4) indexes a table: head is pure blue, neck green, torso red
+    return _labels_of_bgr(bgr)
+
+
+def _labels_of_bgr(bgr: np.ndarray) -> np.ndarray:
+    """[..., 3] BGR colours -> [...] labels: one bit per channel (B=1, G=2, R=4) indexes a table, head is pure blue,
+    neck green, torso red."""
     code = (bgr[..., 0] >> 7) | ((bgr[..., 1] >> 7) << 1) | ((bgr[..., 2] >> 7) << 2)
     return _CODE_TO_LABEL[code]
 
