@@ -10,8 +10,9 @@ which excludes fixed costs such as loading a model: the same steps first run on 
 of the input, and marginal = (frames_input - frames_warmup) / (seconds_input - seconds_warmup).
 Peak RSS is resource.getrusage of this process and of its largest child (worker processes, ffmpeg).
 CPU seconds per step count this process and all its descendants (live ones through /proc), so a
-step that keeps both cores busy shows about twice its wall time; the load average tells how much
-other work shared the machine.
+step that keeps both cores busy shows about twice its wall time; "main" counts this process alone
+(its threads included): work no worker shares, so on an idle 2-core machine a step takes about
+max(cpu / 2, main). The load average tells how much other work shared the machine.
 """
 
 from __future__ import annotations
@@ -83,10 +84,12 @@ def run_pipeline(steps_cfg: DictConfig, video: Path, root: Path) -> tuple[list[S
     root.mkdir(parents=True)
     reports = []
     for step in build_steps(steps_cfg):
-        cpu0 = cpu_seconds()
+        cpu0, main0 = cpu_seconds(), main_cpu_seconds()
         reports += run_steps([step], StepContext(layout=layout, video=video))
         reports[-1].facts["cpu_seconds"] = cpu_seconds() - cpu0
+        reports[-1].facts["main_cpu_seconds"] = main_cpu_seconds() - main0
         print(f"  {step.name:<15} {reports[-1].seconds:7.1f} s  cpu {reports[-1].facts['cpu_seconds']:6.1f} s"
+              f" (main {reports[-1].facts['main_cpu_seconds']:5.1f} s)"
               f"   peak RSS {peak_rss_mib():.0f} MiB   load {os.getloadavg()[0]:.1f}", flush=True)
     return reports, int(json.loads(layout.meta.read_text())["num_frames"])
 
@@ -107,6 +110,12 @@ def cpu_seconds() -> float:
     return total
 
 
+def main_cpu_seconds() -> float:
+    """User + system CPU seconds of this process alone (all its threads)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def peak_rss_mib() -> float:
     """Peak resident memory so far of this process plus that of its largest child, in MiB (Linux: KiB units)."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -118,19 +127,21 @@ def table(full: list[StepReport], n_full: int, warm: list[StepReport], n_warm: i
     """Per step and overall: seconds, raw and marginal frames/s."""
     rows = []
     for f, w in zip(full, warm):
-        rows.append(_row(f.name, f.seconds, w.seconds, n_full, n_warm, f.facts.get("cpu_seconds", 0.0)))
+        rows.append(_row(f.name, f.seconds, w.seconds, n_full, n_warm, f.facts.get("cpu_seconds", 0.0),
+                         f.facts.get("main_cpu_seconds", 0.0)))
     total, total_warm = sum(r.seconds for r in full), sum(r.seconds for r in warm)
     cpu = sum(r.facts.get("cpu_seconds", 0.0) for r in full)
-    rows.append(_row("overall", total, total_warm, n_full, n_warm, cpu))
+    main = sum(r.facts.get("main_cpu_seconds", 0.0) for r in full)
+    rows.append(_row("overall", total, total_warm, n_full, n_warm, cpu, main))
     return rows
 
 
-def _row(name: str, seconds: float, warm_seconds: float, n: int, n_warm: int, cpu: float) -> dict:
+def _row(name: str, seconds: float, warm_seconds: float, n: int, n_warm: int, cpu: float, main: float = 0.0) -> dict:
     extra = seconds - warm_seconds
     marginal = (n - n_warm) / extra if extra > 1e-3 and n > n_warm else float("nan")
     return {"step": name, "seconds": round(seconds, 2), "warmup_seconds": round(warm_seconds, 2),
             "fps": round(n / max(seconds, 1e-9), 2), "marginal_fps": round(marginal, 2),
-            "cpu_seconds": round(cpu, 2)}
+            "cpu_seconds": round(cpu, 2), "main_cpu_seconds": round(main, 2)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -179,10 +190,10 @@ def main(argv: list[str] | None = None) -> None:
 def print_rows(rows: list[dict], n: int, wall: float) -> None:
     """A plain-text table of the figures."""
     print(f"\n{n} frames, wall {wall:.1f} s")
-    print(f"{'step':<15}{'seconds':>9}{'warm-up s':>11}{'fps':>9}{'marginal fps':>14}{'cpu s':>9}")
+    print(f"{'step':<15}{'seconds':>9}{'warm-up s':>11}{'fps':>9}{'marginal fps':>14}{'cpu s':>9}{'main s':>8}")
     for r in rows:
         print(f"{r['step']:<15}{r['seconds']:>9.1f}{r['warmup_seconds']:>11.1f}{r['fps']:>9.1f}{r['marginal_fps']:>14.1f}"
-              f"{r['cpu_seconds']:>9.1f}")
+              f"{r['cpu_seconds']:>9.1f}{r['main_cpu_seconds']:>8.1f}")
 
 
 if __name__ == "__main__":

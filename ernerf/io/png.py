@@ -17,6 +17,8 @@ import numpy as np
 
 _COLOUR_TYPE = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type (grey, RGB, RGBA)
 PALETTE_TYPE = 3
+SIGNATURE = b"\x89PNG\r\n\x1a\n"
+NONE_FILTER, UP_FILTER = 0, 2
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -43,14 +45,69 @@ def encode_png(image: np.ndarray, level: int = 1, palette: np.ndarray | None = N
         colour_type, extra = PALETTE_TYPE, _chunk(b"PLTE", palette.tobytes())
     rows = np.ascontiguousarray(image).reshape(h, w * channels)
     filtered = np.empty((h, w * channels + 1), np.uint8)
-    filtered[:, 0] = 2  # filter type "Up"; the first row's "above" is zero, so it is stored as is
+    filtered[:, 0] = UP_FILTER  # the first row's "above" is zero, so it is stored as is
     np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 arithmetic wraps modulo 256, as the filter is defined
     filtered[0, 1:] = rows[0]
     header = struct.pack(">IIBBBBB", w, h, 8, colour_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + extra
-            + _chunk(b"IDAT", zlib.compress(filtered.tobytes(), level)) + _chunk(b"IEND", b""))
+    return (SIGNATURE + _chunk(b"IHDR", header) + extra
+            + _chunk(b"IDAT", zlib.compress(filtered, level)) + _chunk(b"IEND", b""))  # the array's buffer: no copy
 
 
 def write_png(path: Path | str, image: np.ndarray, level: int = 1, palette: np.ndarray | None = None) -> None:
     """Write `image` (see encode_png; RGB(A) order, not OpenCV's BGR) to `path`."""
     Path(path).write_bytes(encode_png(image, level, palette))
+
+
+def decode_palette_png(data: bytes) -> tuple[np.ndarray, np.ndarray] | None:
+    """(indices uint8 [H, W], palette uint8 [K, 3] RGB) of a palette PNG as encode_png writes them: 8 bits,
+    not interlaced, every row filtered "Up" (or every row unfiltered). None for any other PNG, or a damaged one:
+    decode those with a general reader, which also says what is wrong.
+
+    Label maps are read back on every frame by later steps; a general decoder expands the palette to three
+    channels that the caller then folds back to one, where this keeps the indices."""
+    chunks = _chunks(data)
+    if chunks is None or b"IHDR" not in chunks or b"PLTE" not in chunks or len(chunks[b"IHDR"]) != 13:
+        return None
+    w, h, depth, colour_type, _, _, interlace = struct.unpack(">IIBBBBB", chunks[b"IHDR"])
+    palette = np.frombuffer(chunks[b"PLTE"], np.uint8)
+    if (depth, colour_type, interlace) != (8, PALETTE_TYPE, 0) or len(palette) % 3:
+        return None
+    try:
+        raw = zlib.decompress(chunks[b"IDAT"])
+    except zlib.error:
+        return None
+    if len(raw) != h * (w + 1):
+        return None
+    rows = np.frombuffer(raw, np.uint8).reshape(h, w + 1)
+    if (rows[:, 0] == UP_FILTER).all():
+        indices = np.cumsum(rows[:, 1:], axis=0, dtype=np.uint8)  # uint8 sums wrap modulo 256, as "Up" is defined
+    elif (rows[:, 0] == NONE_FILTER).all():
+        indices = rows[:, 1:].copy()
+    else:
+        return None
+    palette = palette.reshape(-1, 3)
+    if indices.size and int(indices.max()) >= len(palette):
+        return None
+    return indices, palette
+
+
+def _chunks(data: bytes) -> dict[bytes, bytes] | None:
+    """Chunk type -> body (IDAT bodies joined) up to IEND; None when `data` is not a whole PNG."""
+    if not data.startswith(SIGNATURE):
+        return None
+    chunks: dict[bytes, bytes] = {}
+    idat, pos = [], len(SIGNATURE)
+    while pos + 12 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if pos + 12 + length > len(data):
+            return None
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IEND":
+            chunks[b"IDAT"] = b"".join(idat)
+            return chunks
+        if kind == b"IDAT":
+            idat.append(body)
+        else:
+            chunks[kind] = body
+        pos += 12 + length
+    return None

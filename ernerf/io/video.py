@@ -188,14 +188,14 @@ class VideoWriter:
     """
 
     def __init__(self, path: Path | str, fps: float = FPS, crf: int = 18, audio: Path | str | None = None,
-                 pix_fmt: str = "yuv420p", codec_args: list[str] | None = None) -> None:
+                 pix_fmt: str = "yuv420p", codec_args: list[str] | None = None, preset: str = "veryfast") -> None:
         from ernerf.io.atomic import tmp_path_for
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = tmp_path_for(self.path)
         self.fps, self.crf, self.audio, self.pix_fmt = fps, crf, audio, pix_fmt
-        self.codec_args = codec_args or ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf),
+        self.codec_args = codec_args or ["-c:v", "libx264", "-preset", preset, "-crf", str(crf),
                                          "-pix_fmt", pix_fmt, "-movflags", "+faststart"]
         self._proc: subprocess.Popen | None = None
         self._shape: tuple[int, ...] | None = None

@@ -49,7 +49,7 @@ class HeadboxStep(PreprocessStep):
 
     def __init__(self, crop_size: int = 512, scale: float = 2.2, min_scale: float = 1.2, shift_down: float = 0.15, stride: int = 5,
                  max_samples: int = 600, min_box_size: int = 256, min_face_ratio: float = 0.5,
-                 min_confidence: float = 0.5, jpeg_quality: int = 95) -> None:
+                 min_confidence: float = 0.5, jpeg_quality: int = 95, preset: str = "superfast") -> None:
         self.crop_size = crop_size
         self.scale = scale  # box side / face size: room for hair, ears, neck and shoulder tops
         self.min_scale = min_scale  # the tightest box accepted before padding past the frame
@@ -60,6 +60,7 @@ class HeadboxStep(PreprocessStep):
         self.min_face_ratio = min_face_ratio
         self.min_confidence = min_confidence
         self.jpeg_quality = jpeg_quality
+        self.preset = preset  # x264 of face_data.mp4: no step or stage decodes it, so speed beats file size
 
     def outputs(self, layout: SubjectLayout) -> list[Path]:
         return [layout.head_bbox, layout.face_video, layout.ori_imgs]
@@ -146,7 +147,8 @@ class HeadboxStep(PreprocessStep):
 
         params = [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality]
         count = 0
-        with atomic_dir(layout.ori_imgs) as tmp_dir, VideoWriter(layout.face_video, fps=fps) as writer, \
+        with atomic_dir(layout.ori_imgs) as tmp_dir, \
+                VideoWriter(layout.face_video, fps=fps, preset=self.preset) as writer, \
                 ThreadPoolExecutor(2) as pool, progress_bar(expected, "headbox", enabled=progress) as bar:
             pending = []
             for i, crop in enumerate(crop_frames(layout.video, box, self.crop_size)):

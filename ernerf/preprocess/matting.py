@@ -40,25 +40,34 @@ class TemporalMatte:
     def __init__(self, ema_min: float = 0.15, motion_scale: float = 20.0) -> None:
         self.ema_min, self.motion_scale = ema_min, motion_scale
         self._state: np.ndarray | None = None  # smoothed mask, [H, W] float32 in [0, 1]
-        self._grey: np.ndarray | None = None
+        self._grey: np.ndarray | None = None  # uint8: a difference of whole grey levels is exact in it
 
     def __call__(self, rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """One frame [H, W, 3] uint8 and its mask [H, W] float in [0, 1] -> smoothed alpha [H, W] float32."""
-        grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
-        mask = mask.astype(np.float32)
+        """One frame [H, W, 3] uint8 and its mask [H, W] float in [0, 1] -> smoothed alpha [H, W] float32 (a new
+        array each call)."""
+        grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         if self._state is None or self._state.shape != mask.shape:
-            self._state = mask
+            self._state = mask.astype(np.float32)
         else:
-            # image change, spread a little so the whole moving edge counts as moving
-            motion = cv2.blur(cv2.absdiff(grey, self._grey), (9, 9))
-            rate = seg.clip(self.ema_min + motion * (1.0 / self.motion_scale), self.ema_min, 1.0)
-            self._state = self._state + rate * (mask - self._state)
+            # image change, spread a little so the whole moving edge counts as moving. The rate is
+            # ema_min + motion / scale, at most 1 (motion >= 0 keeps it above ema_min), computed in
+            # place: this runs in the main process, the serial part of the step
+            rate = cv2.blur(cv2.absdiff(grey, self._grey).astype(np.float32), (9, 9))
+            rate *= 1.0 / self.motion_scale
+            rate += self.ema_min
+            np.minimum(rate, 1.0, out=rate)
+            step = np.subtract(mask, self._state, dtype=np.float32)
+            step *= rate
+            step += self._state
+            self._state = step
         self._grey = grey
         return self._state
 
 
 class FlickerMeter:
-    """Mean absolute frame-to-frame change of a matte in a band around a reference silhouette."""
+    """Mean absolute frame-to-frame change of a matte in a band around a reference silhouette.
+
+    Masks are float in [0, 1] or uint8 0-255 (taken as value / 255, so either gives the same figure)."""
 
     def __init__(self, band_px: int = 6) -> None:
         self.band_px = band_px
@@ -66,23 +75,25 @@ class FlickerMeter:
         self._sum: dict[str, float] = {}
         self._count = 0
         self._prev_band: np.ndarray | None = None
+        k = 2 * band_px + 1
+        self._kernel = np.ones((k, k), np.uint8)  # square: separable, fast
 
     def update(self, reference: np.ndarray, **mattes: np.ndarray) -> None:
-        """Add one frame: the reference mask [H, W] in [0, 1] that defines the band, and named mattes."""
-        band = self._band(reference > 0.5)
+        """Add one frame: the reference mask [H, W] that defines the band, and named mattes."""
+        band = self._band(reference > (127 if reference.dtype == np.uint8 else 0.5))
         if self._prev_band is not None:
-            both = band | self._prev_band
+            both = cv2.bitwise_or(band, self._prev_band)
             for name, m in mattes.items():
-                change = cv2.absdiff(m.astype(np.float32), self._prev[name])[both]
-                self._sum[name] = self._sum.get(name, 0.0) + (float(change.mean()) if change.size else 0.0)
+                # cv2.mean over a mask: no boolean-indexed copy of the band's pixels
+                change = cv2.mean(cv2.absdiff(m, self._prev[name]), mask=both)[0]
+                self._sum[name] = self._sum.get(name, 0.0) + change * (1.0 / 255.0 if m.dtype == np.uint8 else 1.0)
             self._count += 1
         self._prev_band = band
-        self._prev = {name: m.astype(np.float32) for name, m in mattes.items()}
+        self._prev = {name: m.copy() for name, m in mattes.items()}
 
     def _band(self, mask: np.ndarray) -> np.ndarray:
-        m = mask.astype(np.uint8)
-        k = np.ones((2 * self.band_px + 1, 2 * self.band_px + 1), np.uint8)  # square: separable, fast
-        return (cv2.dilate(m, k) - cv2.erode(m, k)).astype(bool)
+        m = mask.view(np.uint8)
+        return cv2.subtract(cv2.dilate(m, self._kernel), cv2.erode(m, self._kernel))
 
     def result(self) -> dict[str, float]:
         """Mean change per matte over all frame pairs (same units as the mattes)."""
@@ -164,10 +175,11 @@ class MattingStep(PreprocessStep):
 
     def __init__(self, background: Sequence[int] | str = (255, 255, 255), workers: int = 2, chunk_size: int = 25,
                  ema_min: float = 0.15, motion_scale: float = 20.0, guided_radius: int = 6,
-                 guided_eps: float = 1e-3, crf: int = 18) -> None:
+                 guided_eps: float = 1e-3, crf: int = 18, preset: str = "superfast") -> None:
         self.background = background if isinstance(background, str) else list(background)
         target_background(self.background, (2, 2))  # a bad colour or path fails now, not after segmentation
         self.workers, self.chunk_size, self.crf = workers, chunk_size, crf
+        self.preset = preset  # x264: nothing downstream decodes these videos, so speed beats file size
         self.ema_min, self.motion_scale = ema_min, motion_scale
         self.guided_radius, self.guided_eps = guided_radius, guided_eps
 
@@ -183,16 +195,16 @@ class MattingStep(PreprocessStep):
         cache = seg.person_mask_cache(layout.root)
         jobs = [_Chunk(r, layout.ori_imgs, mesh[r.start:r.stop], self.guided_radius, self.guided_eps, cache.folder)
                 for r in seg.frame_chunks(n, self.chunk_size)]
-        with VideoWriter(layout.alpha_video, fps=fps, crf=self.crf) as alpha_out, \
-                VideoWriter(layout.matted_video, fps=fps, crf=self.crf) as matted_out, ctx.bar(n) as bar:
+        with VideoWriter(layout.alpha_video, fps=fps, crf=self.crf, preset=self.preset) as alpha_out, \
+                VideoWriter(layout.matted_video, fps=fps, crf=self.crf, preset=self.preset) as matted_out, \
+                ctx.bar(n) as bar:
             for job, (raws, refined) in zip(jobs, seg.map_ordered(_segment_chunk, jobs, self.workers)):
                 for i, raw8, refined8 in zip(job.frames, raws, refined):
                     rgb = seg.read_rgb(layout.ori_img(i))
                     if backdrop is None:
                         backdrop = target_background(self.background, rgb.shape[:2])
-                    raw = raw8.astype(np.float32) / 255.0
                     alpha = matte(rgb, refined8.astype(np.float32) / 255.0)
-                    meter.update(raw, raw=raw, alpha=alpha)
+                    meter.update(raw8, raw=raw8, alpha=alpha)
                     alpha_out.write((alpha * 255.0 + 0.5).astype(np.uint8))
                     matted_out.write(over(rgb, alpha, backdrop))
                     bar.update(1)

@@ -18,7 +18,7 @@ import numpy as np
 from ernerf.errors import ErnerfError
 from ernerf.io.atomic import atomic_dir
 from ernerf.io.layout import SubjectLayout
-from ernerf.io.png import write_png
+from ernerf.io.png import decode_palette_png, write_png
 from ernerf.preprocess import segmentation as seg
 from ernerf.preprocess.base import PreprocessStep, StepContext
 from ernerf.preprocess.check import redo_hint
@@ -57,10 +57,23 @@ def write_parsing(path: Path | str, labels: np.ndarray) -> None:
 
 def read_parsing(path: Path | str) -> np.ndarray:
     """Read a parsing PNG back into a [H, W] uint8 label map (unknown colours count as background)."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        data = b""
+    palette_image = decode_palette_png(data)
+    if palette_image is not None:  # the palette maps this pipeline writes: label the palette, not every pixel
+        indices, palette = palette_image
+        return cv2.LUT(indices, np.pad(_labels_of_bgr(palette[None, :, ::-1])[0], (0, 256 - len(palette))))
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if bgr is None:
         raise ErnerfError(f"cannot read parsing map {path}: {redo_hint(path)}.")
-    # one bit per channel (B=1, G=2, R=4) indexes a table: head is pure blue, neck green, torso red
+    return _labels_of_bgr(bgr)
+
+
+def _labels_of_bgr(bgr: np.ndarray) -> np.ndarray:
+    """[..., 3] BGR colours -> [...] labels: one bit per channel (B=1, G=2, R=4) indexes a table, head is pure blue,
+    neck green, torso red."""
     code = (bgr[..., 0] >> 7) | ((bgr[..., 1] >> 7) << 1) | ((bgr[..., 2] >> 7) << 2)
     return _CODE_TO_LABEL[code]
 
@@ -163,9 +176,15 @@ def skin_mask(rgb: np.ndarray, model: tuple[np.ndarray, np.ndarray], region: np.
     window = (slice(y, y + h), slice(x, x + w))
     ycc = cv2.cvtColor(rgb[window], cv2.COLOR_RGB2YCrCb) if ycc is None else ycc[window]
     crcb = ycc[..., 1:].astype(np.float32) - mean
-    d2 = np.einsum("...i,ij,...j->...", crcb, icov, crcb)
-    out[window] = region[window] & (d2 < max_dist ** 2)
+    out[window] = region[window] & (mahalanobis2(crcb, icov) < max_dist ** 2)
     return out
+
+
+def mahalanobis2(v: np.ndarray, icov: np.ndarray) -> np.ndarray:
+    """v^T icov v of 2-vectors v [..., 2] (float32) -> [...]: einsum("...i,ij,...j", v, icov, v) written out term by
+    term in its order, so to the same bits, without einsum's generic loop over three operands."""
+    x, y = v[..., 0], v[..., 1]
+    return ((x * icov[0, 0]) * x + (x * icov[0, 1]) * y) + (y * icov[1, 0]) * x + (y * icov[1, 1]) * y
 
 
 def person_mask(prob: np.ndarray, seed: np.ndarray, p: ParsingParams) -> np.ndarray:
@@ -216,10 +235,36 @@ def _neck(rgb: np.ndarray, xy: np.ndarray, face: FaceFrame, shoulders: np.ndarra
     model = skin_model(rgb, xy, ycc)
     if model is None:
         return band
-    neck = seg.open_close(skin_mask(rgb, model, band, p.skin_distance, ycc), p.clean_radius) & band
+    return neck_from_skin(skin_mask(rgb, model, band, p.skin_distance, ycc), band, head, p.clean_radius)
+
+
+def neck_from_skin(skin: np.ndarray, band: np.ndarray, head: np.ndarray, radius: int) -> np.ndarray:
+    """The neck [H, W] bool: skin pixels of the band (all [H, W] bool), cleaned at `radius`, in blobs that touch the
+    head's lower edge, holes filled.
+
+    Worked in the band's box grown by 2 * radius + 2 px: every pixel the opening, closing and the seed's dilation
+    of a band pixel look at lies in it, and outside the band the masks are empty, so the result is the whole
+    frame's (tested) at the cost of a window a fraction of the frame's size.
+    """
+    out = np.zeros(band.shape, bool)
+    window = grown_box(band, 2 * radius + 2)
+    if window is None:
+        return out
+    band_w = band[window]
+    neck = seg.open_close(skin[window], radius) & band_w
     # the neck hangs from the head: keep skin blobs that touch the head's lower edge
-    touching = cv2.dilate(head.astype(np.uint8), seg.disk(p.clean_radius + 2)).astype(bool)
-    return seg.fill_holes(seg.components_touching(neck, touching)) & band
+    touching = cv2.dilate(head[window].view(np.uint8), seg.disk(radius + 2)).view(bool)
+    out[window] = seg.fill_holes(seg.components_touching(neck, touching)) & band_w
+    return out
+
+
+def grown_box(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
+    """The bounding box of a bool mask [H, W] grown by `margin` px (within the frame), as slices; None if empty."""
+    x, y, w, h = cv2.boundingRect(mask.view(np.uint8))
+    if w == 0 or h == 0:
+        return None
+    rows, cols = mask.shape
+    return slice(max(y - margin, 0), min(y + h + margin, rows)), slice(max(x - margin, 0), min(x + w + margin, cols))
 
 
 # ---------------------------------------------------------------- per-process worker

@@ -58,3 +58,48 @@ def test_palette_indices_outside_the_palette_are_refused() -> None:
         encode_png(np.full((4, 4), 4, np.uint8), palette=PALETTE_RGB)
     with pytest.raises(ValueError, match="palette image"):
         encode_png(np.zeros((4, 4, 3), np.uint8), palette=PALETTE_RGB)
+
+
+def test_palette_pngs_of_encode_png_decode_to_their_indices_and_palette() -> None:
+    from ernerf.io.png import decode_palette_png
+
+    rng = np.random.default_rng(5)
+    for k, shape in ((4, (40, 56)), (256, (33, 17)), (1, (8, 8))):
+        palette = rng.integers(0, 256, (k, 3), dtype=np.uint8)
+        indices = rng.integers(0, k, shape, dtype=np.uint8)
+        indices[: shape[0] // 3] = 0  # runs as well as noise
+        got = decode_palette_png(encode_png(indices, level=4, palette=palette))
+        assert got is not None and np.array_equal(got[0], indices) and np.array_equal(got[1], palette)
+
+
+def test_other_or_damaged_pngs_are_left_to_a_general_decoder() -> None:
+    from ernerf.io.png import decode_palette_png
+
+    labels = np.random.default_rng(6).integers(0, 4, (20, 30)).astype(np.uint8)
+    data = encode_png(labels, palette=PALETTE_RGB)
+    assert decode_palette_png(encode_png(labels_to_rgb(labels))) is None  # RGB, not palette
+    assert decode_palette_png(cv2.imencode(".png", labels_to_rgb(labels))[1].tobytes()) is None
+    assert decode_palette_png(data[:-20]) is None and decode_palette_png(b"") is None  # truncated
+    idat = data.index(b"IDAT") + 4
+    for at in (idat - 6, idat + 5):  # the chunk's length, a byte of the compressed rows
+        damaged = bytearray(data)
+        damaged[at] ^= 0xFF
+        assert decode_palette_png(bytes(damaged)) is None
+    buffer = io.BytesIO()
+    Image.fromarray(labels, "P").save(buffer, format="PNG")  # PIL's own filter choice: decoded here or left alone
+    pil = decode_palette_png(buffer.getvalue())
+    assert pil is None or np.array_equal(pil[0], labels)
+
+
+def test_read_parsing_gives_the_same_labels_for_palette_and_rgb_maps(tmp_path) -> None:
+    from ernerf.errors import ErnerfError
+
+    labels = np.random.default_rng(7).integers(0, 4, (24, 36)).astype(np.uint8)
+    write_parsing(tmp_path / "palette.png", labels)
+    cv2.imwrite(str(tmp_path / "rgb.png"), labels_to_rgb(labels)[..., ::-1])  # maps of folders made before
+    assert np.array_equal(read_parsing(tmp_path / "palette.png"), labels)
+    assert np.array_equal(read_parsing(tmp_path / "rgb.png"), labels)
+    (tmp_path / "cut.png").write_bytes((tmp_path / "palette.png").read_bytes()[:40])
+    for broken in ("cut.png", "missing.png"):
+        with pytest.raises(ErnerfError, match="cannot read parsing map"):
+            read_parsing(tmp_path / broken)

@@ -52,3 +52,26 @@ def test_no_ffmpeg_anywhere_names_the_fixes(tmp_path: Path, clean_env: pytest.Mo
     clean_env.setenv("PATH", str(tmp_path))
     with pytest.raises(ErnerfError, match=r"pip install imageio-ffmpeg.*ERNERF_FFMPEG"):
         ffmpeg_exe()
+
+
+def x264_options(path: Path) -> str:
+    """The option string x264 writes into the stream's first SEI message."""
+    data = path.read_bytes()
+    start = data.index(b"options: ")
+    return data[start:data.index(b"\x00", start)].decode(errors="replace")
+
+
+def test_video_writer_encodes_with_the_preset_asked_for(tmp_path: Path) -> None:
+    import numpy as np
+
+    from ernerf.io.video import VideoWriter, iter_frames
+
+    frames = [np.full((32, 48, 3), 40 * k, np.uint8) for k in range(4)]
+    for preset in ("veryfast", "superfast"):
+        with VideoWriter(tmp_path / f"{preset}.mp4", preset=preset) as writer:
+            for frame in frames:
+                writer.write(frame)
+    fast, default = x264_options(tmp_path / "superfast.mp4"), x264_options(tmp_path / "veryfast.mp4")
+    assert "subme=1" in fast and "subme=2" in default  # x264's presets differ in sub-pixel motion search
+    decoded = list(iter_frames(tmp_path / "superfast.mp4"))
+    assert len(decoded) == 4 and all(np.abs(d.astype(int) - f).max() <= 2 for d, f in zip(decoded, frames))

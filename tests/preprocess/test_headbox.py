@@ -15,6 +15,7 @@ from ernerf.preprocess.headbox import HeadboxStep, _fit_axis, _inside_fraction, 
 from ernerf.preprocess.ingest import IngestStep
 from ernerf.preprocess.mediapipe_face import FaceBox, FaceDetector
 from tests.conftest import shared_clip
+from tests.io.test_video import x264_options
 
 TRAIN_CLIPS = ["train/trump_10s.mp4", "train/hdtf_aoc_8s.mp4"]
 
@@ -28,6 +29,7 @@ def test_box_is_square_and_crops_hold_a_centred_steady_face(prepare_subject, cli
     n = json.loads(layout.meta.read_text())["num_frames"]
     info = probe(layout.face_video)
     assert (info.width, info.height, info.fps, info.num_frames) == (512, 512, 25, n)
+    assert "subme=1" in x264_options(layout.face_video)  # the configured preset, superfast: only people watch it
     assert len(list(layout.ori_imgs.glob("*.jpg"))) == n
     centres, sizes = [], []
     with FaceDetector() as det:

@@ -167,3 +167,44 @@ def test_bisenet_backend_loads_a_checkpoint_and_writes_maps(tmp_path) -> None:
     for i in range(2):
         labels = read_parsing(layout.parsing(i))
         assert labels.shape == (64, 64) and labels.max() <= TORSO
+
+
+def test_mahalanobis2_equals_the_einsum_bit_for_bit() -> None:
+    from ernerf.preprocess.parsing import mahalanobis2
+
+    rng = np.random.default_rng(3)
+    v = rng.normal(0, 30, (70, 90, 2)).astype(np.float32)
+    icov = np.array([[0.031, -0.0123], [-0.0123, 0.057]], np.float32)
+    expected = np.einsum("...i,ij,...j->...", v, icov, v)
+    got = mahalanobis2(v, icov)
+    assert got.dtype == np.float32 and np.array_equal(got, expected)
+    assert np.allclose(got, 0.031 * v[..., 0] ** 2 - 2 * 0.0123 * v[..., 0] * v[..., 1] + 0.057 * v[..., 1] ** 2,
+                       rtol=1e-4, atol=1e-3)
+
+
+def _neck_whole_frame(skin: np.ndarray, band: np.ndarray, head: np.ndarray, radius: int) -> np.ndarray:
+    """neck_from_skin on the whole frame, written plainly: what the windowed version must equal."""
+    neck = seg.open_close(skin, radius) & band
+    touching = cv2.dilate(head.astype(np.uint8), seg.disk(radius + 2)).astype(bool)
+    return seg.fill_holes(seg.components_touching(neck, touching)) & band
+
+
+def test_neck_from_skin_in_the_band_window_equals_the_whole_frame() -> None:
+    from ernerf.preprocess.parsing import neck_from_skin
+
+    rng = np.random.default_rng(4)
+    shape = (72, 96)
+    for case in range(150):
+        band = np.zeros(shape, np.uint8)
+        x, y = rng.integers(-10, 90), rng.integers(-10, 66)  # bands at and past the frame's edges too
+        cv2.ellipse(band, (int(x), int(y)), (int(rng.integers(3, 30)), int(rng.integers(3, 20))), 0, 0, 360, 1, -1)
+        band = band.astype(bool)
+        skin = band & (cv2.blur(rng.random(shape, dtype=np.float32), (3, 3)) > rng.uniform(0.3, 0.6))
+        head = np.zeros(shape, np.uint8)
+        centre = (int(x + rng.integers(-15, 15)), int(y - rng.integers(0, 25)))
+        cv2.circle(head, centre, int(rng.integers(4, 20)), 1, -1)
+        radius = int(rng.integers(0, 5))
+        got = neck_from_skin(skin, band, head.astype(bool), radius)
+        assert np.array_equal(got, _neck_whole_frame(skin, band, head.astype(bool), radius)), case
+    empty = np.zeros(shape, bool)
+    assert not neck_from_skin(empty, empty, empty, 3).any()
