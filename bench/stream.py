@@ -41,8 +41,10 @@ async def client(url: str, idle: float, talk: float, microphone: Path | None = N
     """One WebRTC client: connect, idle, ask for the sentence (or speak `microphone`, a wav that starts with `idle`
     seconds of silence, into the avatar), listen; what it received and when."""
     from aiohttp import ClientSession
-    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc import RTCPeerConnection
     from aiortc.contrib.media import MediaPlayer
+
+    from ernerf.apps.live.client import connect
 
     pc = RTCPeerConnection()
     pc.addTransceiver("video", direction="recvonly")
@@ -67,17 +69,13 @@ async def client(url: str, idle: float, talk: float, microphone: Path | None = N
 
     pc.on("track", on_track)
     async with ClientSession() as http:
-        await pc.setLocalDescription(await pc.createOffer())
-        async with http.post(f"{url}/offer", json={"sdp": pc.localDescription.sdp,
-                                                   "type": pc.localDescription.type}) as r:
-            answer = await r.json()
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+        session = await connect(pc, http, url)
         connected = time.monotonic()  # the microphone's wav starts playing about now
         await asyncio.sleep(idle)
         said: dict = {}
         asked = time.monotonic()
         if microphone is None:
-            async with http.post(f"{url}/say", json={"session": answer["session"], "text": SENTENCE}) as r:
+            async with http.post(f"{url}/say", json={"session": session, "text": SENTENCE}) as r:
                 said = await r.json()
         else:
             asked = connected + idle  # when its speech starts

@@ -188,7 +188,9 @@ async def _client_of(avatar: LiveAvatar, exchange, microphone=None) -> dict:
 
 async def _connect_client(url: str, exchange, microphone) -> dict:
     from aiohttp import ClientSession
-    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc import RTCPeerConnection
+
+    from ernerf.apps.live.client import connect
 
     pc = RTCPeerConnection()
     pc.addTransceiver("video", direction="recvonly")
@@ -213,12 +215,7 @@ async def _connect_client(url: str, exchange, microphone) -> dict:
 
     try:
         async with ClientSession() as http:
-            await pc.setLocalDescription(await pc.createOffer())
-            async with http.post(f"{url}/offer", json={"sdp": pc.localDescription.sdp,
-                                                       "type": pc.localDescription.type}) as r:
-                answer = await r.json()
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
-            await exchange(http, url, answer["session"], got)
+            await exchange(http, url, await connect(pc, http, url), got)
     finally:
         for task in tasks:
             task.cancel()

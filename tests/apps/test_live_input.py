@@ -21,8 +21,9 @@ from tests.postprocess.conftest import mini_subject  # noqa: F401 - session fixt
 pytest.importorskip("aiortc")
 
 from aiohttp import ClientSession  # noqa: E402 - after the skip: the live extra may be missing
-from aiortc import RTCPeerConnection, RTCSessionDescription  # noqa: E402
+from aiortc import RTCPeerConnection  # noqa: E402
 
+from ernerf.apps.live.client import connect  # noqa: E402
 from ernerf.apps.live.server import SPEECH_AHEAD_SECONDS, FramePump, InputLimits, LiveServer, Session  # noqa: E402
 
 
@@ -241,7 +242,7 @@ def test_audio_longer_than_the_limit_is_refused_after_decoding_only_the_limit(av
 # ---------------------------------------------------------------- offers and clients
 
 
-async def connect(http: ClientSession, url: str, frames: list) -> tuple[RTCPeerConnection, str]:
+async def receiving_client(http: ClientSession, url: str, frames: list) -> tuple[RTCPeerConnection, str]:
     """A WebRTC client receiving the avatar: -> (its connection, its session); the arrival time of each video frame
     is appended to `frames`."""
     pc = RTCPeerConnection()
@@ -259,11 +260,7 @@ async def connect(http: ClientSession, url: str, frames: list) -> tuple[RTCPeerC
         if track.kind == "video":
             asyncio.ensure_future(read())
 
-    await pc.setLocalDescription(await pc.createOffer())
-    async with http.post(f"{url}/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"}) as r:
-        answer = await r.json()
-    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
-    return pc, answer["session"]
+    return pc, await connect(pc, http, url)
 
 
 def test_a_malformed_offer_is_refused_with_the_reason_and_leaves_no_session(avatar: LiveAvatar) -> None:
@@ -282,7 +279,7 @@ def test_a_malformed_offer_is_refused_with_the_reason_and_leaves_no_session(avat
                 async with http.post(f"{url}/offer", json=offer) as r:
                     answers.append((r.status, await r.text()))
             sessions_after_bad = len(server.sessions)
-            pc, session = await connect(http, url, [])  # a good offer is still answered
+            pc, session = await receiving_client(http, url, [])  # a good offer is still answered
             await pc.close()
         await audio_only.close()
         return answers, sessions_after_bad
@@ -301,8 +298,8 @@ def test_a_client_that_leaves_mid_utterance_stops_its_stream_and_synthesis_only(
     async def exchange() -> dict:
         async with serving(server) as url, ClientSession() as http:
             leaving_frames, staying_frames = [], []
-            leaving, leaving_id = await connect(http, url, leaving_frames)
-            staying, staying_id = await connect(http, url, staying_frames)
+            leaving, leaving_id = await receiving_client(http, url, leaving_frames)
+            staying, staying_id = await receiving_client(http, url, staying_frames)
             start = time.monotonic()
             while not (leaving_frames and staying_frames) and time.monotonic() < start + 10:
                 await asyncio.sleep(0.05)  # both connected and receiving
