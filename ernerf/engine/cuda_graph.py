@@ -148,10 +148,6 @@ class GraphedStep:
         entry.replays_since_check += 1
         return entry.outputs
 
-    def _layout_key(self, batch: Mapping[str, Any]) -> tuple:
-        return tuple((k, tuple(v.shape)) if isinstance(v, Tensor) else (k, v)
-                     for k, v in sorted(batch.items()) if k not in self.scalars)
-
     # ---------------------------------------------------------------- forward + backward
     def capture(self, batch: Mapping[str, Any], capacity: int | None = None) -> StepCapture:
         """(Re-)capture `batch`'s layout at `capacity` samples (default: the batch's occupied samples plus headroom)."""
@@ -184,7 +180,11 @@ class GraphedStep:
                            capacity, peak)
 
     def _key_of(self, batch: Mapping[str, Any]) -> Any:
-        return batch.get("layout", 0) if self.build is not None else self._layout_key(batch)
+        """The batch's layout: the sampler's turn it names when the graph builds it, else its shapes and host values."""
+        if self.build is not None:
+            return batch.get("layout", 0)
+        return tuple((k, tuple(v.shape)) if isinstance(v, Tensor) else (k, v)
+                     for k, v in sorted(batch.items()) if k not in self.scalars)
 
     def _forward(self, inputs: dict[str, Any], capacity: int | None) -> dict[str, Tensor]:
         batch = inputs
