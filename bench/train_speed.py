@@ -27,7 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -36,6 +35,11 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+
+from ernerf.cli import keep_transformers_out_of_torchmetrics  # noqa: E402
+
+keep_transformers_out_of_torchmetrics()  # before the first Lightning import, as the entry scripts
+import lightning as L  # noqa: E402
 
 from callbacks.data_parallel import DataParallelCallback  # noqa: E402
 from callbacks.ema import EMAWeights  # noqa: E402

@@ -33,6 +33,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ernerf.cli import keep_transformers_out_of_torchmetrics  # noqa: E402
+
+keep_transformers_out_of_torchmetrics()  # before the first Lightning import, as the entry scripts
+
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from datamodules.subject import read_au45  # noqa: E402

@@ -91,6 +91,34 @@ def rename_keys(argv: Sequence[str], renames: Mapping[str, str]) -> list[str]:
     return out
 
 
+def keep_transformers_out_of_torchmetrics() -> None:
+    """Let torchmetrics import as if `transformers` were not installed.
+
+    torchmetrics imports `transformers` at its own import whenever that package is installed (for BERTScore, InfoLM
+    and CLIPScore, which this project never computes), and Lightning imports torchmetrics: with the `hub` extra
+    (HuBERT / wav2vec2 features) every training, inference or evaluation process would first wait seconds for a
+    text-model library. torchmetrics asks `lightning_utilities`' `RequirementCache` whether `transformers` is there;
+    from here on that answer is "no" (for torchmetrics: nothing else asks it), while `import transformers` keeps
+    working for the audio extractor that needs it. Entry points call this before their first Lightning import, so a
+    library user's own process is left as it is."""
+    try:
+        from lightning_utilities.core.imports import RequirementCache
+    except ImportError:
+        return
+    check = getattr(RequirementCache, "_check_available", None)
+    if check is None or getattr(check, "keeps_transformers_out", False):
+        return  # another lightning_utilities (nothing to patch), or already patched
+
+    def check_available(self: RequirementCache) -> None:
+        if not hasattr(self, "available") and (self.requirement or self.module or "").startswith("transformers"):
+            self.available, self.message = False, "transformers is not imported by torchmetrics here (ernerf.cli)"
+            return
+        check(self)
+
+    check_available.keeps_transformers_out = True
+    RequirementCache._check_available = check_available
+
+
 def run_entry_point(main: Callable[[], object], script: str, plain_keys: Mapping[str, str] | None = None,
                     free_text: Sequence[str] = ()) -> None:
     """Check the command line, then run a Hydra `main`.
@@ -103,4 +131,6 @@ def run_entry_point(main: Callable[[], object], script: str, plain_keys: Mapping
     argv = [quote_free_text(arg, free_text) for arg in sys.argv[1:]]
     argv = exit_on_user_error(check_command_line)(argv, script)
     sys.argv[1:] = rename_keys(argv, plain_keys or {})
+    if not any(a.split("=")[0] in HYDRA_FLAGS for a in argv):  # a job runs (--help and the like import no torch)
+        keep_transformers_out_of_torchmetrics()
     main()

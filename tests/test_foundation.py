@@ -104,3 +104,31 @@ def test_help_does_not_import_torch_or_lightning(script: str) -> None:
     imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     assert "numpy" in imported or "omegaconf" in imported  # the import log was read
     assert not {"torch", "lightning"} & imported
+
+
+def test_a_job_imports_lightning_without_transformers_which_stays_importable() -> None:
+    """torchmetrics would import the installed `transformers` (seconds) at Lightning's import; after the entry
+    points' `keep_transformers_out_of_torchmetrics` it does not, and the audio extractor can still import it."""
+    pytest.importorskip("transformers", reason="only matters where transformers is installed (the hub extra)")
+    code = ("import sys\nfrom ernerf.cli import keep_transformers_out_of_torchmetrics\n"
+            "keep_transformers_out_of_torchmetrics()\nimport lightning.pytorch, torchmetrics\n"
+            "from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity\n"
+            "print('after lightning:', 'transformers' in sys.modules)\n"
+            "import transformers\nprint('importable:', hasattr(transformers, 'AutoModel'))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "after lightning: False" in done.stdout and "importable: True" in done.stdout
+
+
+@pytest.mark.parametrize(("argv", "patched"), [(["subject=anna"], True), (["subject=anna", "--help"], False)])
+def test_entry_points_keep_transformers_out_of_jobs_only(monkeypatch: pytest.MonkeyPatch, argv: list[str],
+                                                        patched: bool) -> None:
+    from lightning_utilities.core.imports import RequirementCache
+
+    from ernerf.cli import run_entry_point
+
+    monkeypatch.setattr(RequirementCache, "_check_available", RequirementCache._check_available)  # restored after
+    monkeypatch.setattr(sys, "argv", ["train.py", *argv])
+    seen = []
+    run_entry_point(lambda: seen.append(bool(RequirementCache("transformers>=4.4.0"))), "train.py")
+    assert seen == [not patched] and bool(RequirementCache("torch"))
