@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import tempfile
 import time
@@ -107,7 +108,16 @@ def end_to_end(system: Renderer, subject: SubjectView, audio: Path, seconds: flo
     total = t_feat + result.seconds_total
     return {"output_seconds": result.num_frames / FPS, "features_s": round(t_feat, 3),
             "render_fps_in_pipeline": round(result.render_fps, 3),
-            "seconds_per_output_second": round(total / (result.num_frames / FPS), 3)}
+            "seconds_per_output_second": round(total / (result.num_frames / FPS), 3), **peak_memory(system.device)}
+
+
+def peak_memory(device: torch.device) -> dict:
+    """The process's peak host RSS and, on a GPU, the peak of allocated GPU memory (MiB): run two output lengths in
+    two processes to see whether memory stays flat in the length."""
+    peaks = {"host_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    if device.type == "cuda":
+        peaks["gpu_peak_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
+    return peaks
 
 
 def benched_stages(args: argparse.Namespace) -> list[TrainedStage]:
