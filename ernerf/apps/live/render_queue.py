@@ -74,9 +74,13 @@ class RenderQueue:
         """`stream`'s next frame and its audio; cancelling the caller drops the frame, if it is not rendering yet."""
         return await asyncio.wrap_future(self.submit(stream))
 
-    def close(self) -> None:
-        """Stop the render thread once the batch it renders is done; frames asked for later are never rendered."""
+    def close(self, wait_seconds: float = 0.0) -> None:
+        """Stop the render thread once the batch it renders is done, waiting for that up to `wait_seconds`; frames
+        asked for later are never rendered. (A daemon thread still inside the model when the interpreter exits
+        aborts the process: a server that shuts down waits for it.)"""
         self._asked.put(None)
+        if wait_seconds > 0:
+            self._thread.join(wait_seconds)
 
     def _serve(self) -> None:
         while (batch := self._gather()) is not None:

@@ -40,6 +40,7 @@ AUDIO_CHUNK = SAMPLE_RATE // 50  # 20 ms packets, as WebRTC sends audio
 # Seconds of a text synthesised ahead of what is being said: enough that the next sentence is ready before it is due,
 # few enough that a text of many pages holds a few sentences in memory, not all of them.
 SPEECH_AHEAD_SECONDS = 5.0
+RENDER_STOP_SECONDS = 30.0  # the longest a shutdown waits for the batch being rendered (a 512 px frame on a CPU)
 AHEAD_CHECK_SECONDS = 0.1  # how often a text being said checks whether to synthesise its next sentence
 
 
@@ -329,7 +330,7 @@ class LiveServer:
 
     async def shutdown(self, app: web.Application) -> None:
         await asyncio.gather(*(self.close(s) for s in list(self.sessions)))
-        self.render_queue.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.render_queue.close, RENDER_STOP_SECONDS)
         self.audio_threads.shutdown(wait=False, cancel_futures=True)
 
 
