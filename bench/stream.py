@@ -11,7 +11,9 @@ source must have sent before a frame can render) is fixed by the model's windows
 `--microphone` each client speaks the sentence into its microphone track instead, and the latency is from the
 moment its speech starts to the first of it heard back. `--batch-frames` sets the render queue's largest batch
 (conf/serve.yaml `render.batch_frames`; several values: each is run with each number of streams); the frames per
-model call it reached are printed beside.
+model call it reached are printed beside. `--render-only` times the avatar's frames alone (rendered `--batch-frames`
+at a time and pasted, no WebRTC, no encoding; `--idle` seconds of warm-up first, `--talk` seconds each): what
+batching changes in the model's part of a frame. Repeat values (`--batch-frames 1,4,1,4`) to see the noise.
 """
 
 from __future__ import annotations
@@ -144,6 +146,20 @@ def microphone_wav(speech: Path | None, idle: float, out: Path) -> Path:
     return out
 
 
+def render_only(avatar, batch: int, seconds: float) -> tuple[float, float]:
+    """(frames per second, frames per CPU second of this process) of `avatar.frames` called on `batch` idle frames at
+    a time, for at least `seconds` after one untimed call. The frames repeat the first `batch` ticks: their source
+    frames and backgrounds are cached after the first call, as a stream's are on its second walk through the
+    video. On a CPU shared with other work the CPU seconds vary less than the wall time."""
+    wanted = [(t, np.repeat(avatar.idle_window[None], 8, 0)) for t in range(batch)]
+    avatar.frames(wanted)
+    frames, start, cpu = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - start < seconds:
+        avatar.frames(wanted)
+        frames += batch
+    return frames / (time.perf_counter() - start), frames / (time.process_time() - cpu)
+
+
 def summary(results: list[dict]) -> str:
     """Frames/s per stream (min, median), latency and preparation (medians) of one run, as table columns."""
     fps = [r["fps"] for r in results]
@@ -172,6 +188,8 @@ def main() -> None:
     parser.add_argument("--speech", type=Path,
                         help="with --microphone: this 16-bit PCM wav is spoken instead of the synthesised sentence "
                              "(no speech engine or ffmpeg needed, as on a bare GPU machine)")
+    parser.add_argument("--render-only", action="store_true",
+                        help="time the avatar's frames rendered --batch-frames at a time, without WebRTC")
     parser.add_argument("--override", action="append", default=[], help="a conf/serve.yaml override (repeatable)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -191,6 +209,14 @@ def main() -> None:
     if args.microphone:  # the speech after `idle` seconds of silence
         microphone = microphone_wav(args.speech, args.idle, Path("bench/out/stream_microphone.wav"))
     print(f"{args.subject}, {512 // args.downscale} px crops, feature look-ahead {LOOKAHEAD_SECONDS * 1000:.0f} ms")
+    if args.render_only:
+        render_only(avatar, 1, args.idle)  # the first seconds of rendering are several times slower (warming up)
+        print(f"{'batch':>6}{'frames/s (rendered and pasted)':>32}{'frames per CPU second':>23}")
+        for batch in [int(b) for b in args.batch_frames.split(",")]:
+            wall, cpu = render_only(avatar, batch, args.talk)
+            print(f"{batch:>6}{wall:>32.2f}{cpu:>23.2f}", flush=True)
+        avatar.close()
+        return
     print(f"{'batch':>6}{'streams':>8}{'frames/call':>12}{'frames/s min':>14}{'median':>9}{'latency s median':>18}"
           f"{'of which prepare':>18}")
     figures = {}
