@@ -118,6 +118,40 @@ def test_several_streams_each_receive_their_own_frames_in_order(batch_avatar: Li
     assert [s.tick for s in streams] == [6, 13, 20]
 
 
+def test_the_servers_frame_pumps_batch_their_streams_and_each_gets_its_own_frames_and_sound(batch_avatar) -> None:
+    from ernerf.apps.live.server import FramePump, LiveServer
+
+    server = LiveServer(batch_avatar, speak=lambda text: [], decode=lambda data: speech(1.0),
+                        batching=RenderBatching(frames=4, wait_seconds=0.1))
+    streams = [Stream(batch_avatar, start_tick=5 * k) for k in range(3)]
+    twins = [Stream(batch_avatar, start_tick=5 * k) for k in range(3)]  # the same streams, rendered frame by frame
+    for k, level in enumerate((0.05, 0.3, 1.0)):
+        utterance = batch_avatar.utterance(level * speech(1.0, seed=k))
+        streams[k].say(utterance)
+        twins[k].say(utterance)
+
+    async def run() -> tuple[list[list[np.ndarray]], list[np.ndarray]]:
+        pumps = [FramePump(stream, server.render_queue) for stream in streams]
+        for pump in pumps:
+            pump.start()
+        frames: list[list[np.ndarray]] = [[] for _ in pumps]
+        for _ in range(5):  # the clients take their frames in turn, as WebRTC tracks at one frame rate do
+            for k, pump in enumerate(pumps):
+                frames[k].append(await asyncio.wait_for(pump.frames.get(), 10.0))
+        sound = [np.concatenate([await pump.next_audio() for _ in range(10)]) for pump in pumps]  # 20 ms each
+        for pump in pumps:
+            pump.stop()
+        await server.shutdown(None)
+        return frames, sound
+
+    frames, sound = asyncio.run(run())
+    for k, twin in enumerate(twins):
+        expected = [twin.next() for _ in range(5)]
+        assert all(np.array_equal(got, want) for got, (want, _) in zip(frames[k], expected))
+        assert np.array_equal(sound[k], np.concatenate([pcm for _, pcm in expected]))
+    assert max(server.render_queue.batch_sizes) == 3  # the three streams' frames were rendered together
+
+
 def test_a_stream_that_leaves_mid_batch_does_not_stall_the_others(batch_avatar: LiveAvatar) -> None:
     renderer: BatchMouthRenderer = batch_avatar.renderer
     queue = RenderQueue(batch_avatar, RenderBatching(frames=4, wait_seconds=0.05))
@@ -159,3 +193,14 @@ def test_a_stream_that_stops_asking_is_waited_for_no_longer_than_the_bound(batch
         queue.close()
     assert len(frames) == 3 and queue.batch_sizes == {1: 3}
     assert 3 * 0.2 <= seconds < 3 * 0.2 + 2.0  # each frame waited the bound, then rendered alone
+
+
+def test_serve_config_batches_one_frame_by_default_and_refuses_less() -> None:
+    from ernerf.apps.live.serve import render_batching
+    from ernerf.errors import ErnerfError
+    from tests.conftest import compose
+
+    assert render_batching(compose("serve", ["subject=x"]).render) == RenderBatching(frames=1, wait_seconds=0.005)
+    assert render_batching(compose("serve", ["subject=x", "render.batch_frames=4"]).render).frames == 4
+    with pytest.raises(ErnerfError, match="render.batch_frames=0"):
+        render_batching(compose("serve", ["subject=x", "render.batch_frames=0"]).render)
