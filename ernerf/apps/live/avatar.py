@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ernerf.apps.inference import Compositor, CropRequest, FrameSource, OutputOptions, Renderer, SubjectView, render_crops
+from ernerf.apps.inference import (Compositor, CropRequest, FrameSource, OutputOptions, Renderer, SubjectView,
+                                   render_crops)
 from ernerf.audio.features import frame_windows
 from ernerf.constants import FEATURE_ROWS, FPS, SAMPLE_RATE, SMOOTH_WINDOW
 from ernerf.io.audio import load_audio
