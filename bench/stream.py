@@ -1,6 +1,7 @@
 """Live streaming of a trained subject: frames/s per stream, speech latency, and how many streams keep 25 frames/s.
 
     python bench/stream.py --subject trump --runs-root runs --data-root data [--downscale 1] [--streams 1,2,4,8]
+        [--batch-frames 1,4]
 
 For each number of concurrent clients it starts `serve.py`'s server in this process on the loopback, connects that
 many WebRTC clients (aiortc), lets them idle for `--idle` seconds, asks each to say a sentence, and reports per stream:
@@ -8,7 +9,11 @@ frames/s received, the seconds from the request to the first received audio of t
 server spent making the utterance (speech synthesis and audio features). The features' look-ahead (the audio a live
 source must have sent before a frame can render) is fixed by the model's windows: printed beside. With
 `--microphone` each client speaks the sentence into its microphone track instead, and the latency is from the
-moment its speech starts to the first of it heard back.
+moment its speech starts to the first of it heard back. `--batch-frames` sets the render queue's largest batch
+(conf/serve.yaml `render.batch_frames`; several values: each is run with each number of streams); the frames per
+model call it reached are printed beside. `--render-only` times the avatar's frames alone (rendered `--batch-frames`
+at a time and pasted, no WebRTC, no encoding; `--idle` seconds of warm-up first, `--talk` seconds each): what
+batching changes in the model's part of a frame. Repeat values (`--batch-frames 1,4,1,4`) to see the noise.
 """
 
 from __future__ import annotations
@@ -94,24 +99,29 @@ async def client(url: str, idle: float, talk: float, microphone: Path | None = N
             "prepare_s": said.get("prepare_seconds"), "speech_s": said.get("seconds")}
 
 
-async def run(avatar, streams: int, idle: float, talk: float, microphone: Path | None = None) -> list[dict]:
+async def run(avatar, streams: int, idle: float, talk: float, microphone: Path | None = None,
+              batching=None) -> tuple[list[dict], float]:
+    """Each client's figures, and the mean number of frames per model call."""
     from aiohttp import web
 
+    from ernerf.apps.live.render_queue import RenderBatching
     from ernerf.apps.live.serve import decode_upload, text_to_speech
     from ernerf.apps.live.server import LiveServer
 
     from ernerf.apps.tts import EspeakSpeech
 
-    server = LiveServer(avatar, text_to_speech(EspeakSpeech()), decode_upload)
+    server = LiveServer(avatar, text_to_speech(EspeakSpeech()), decode_upload, batching=batching or RenderBatching())
     runner = web.AppRunner(server.app())
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        return await asyncio.gather(*(client(f"http://127.0.0.1:{port}", idle, talk, microphone)
-                                      for _ in range(streams)))
+        results = await asyncio.gather(*(client(f"http://127.0.0.1:{port}", idle, talk, microphone)
+                                         for _ in range(streams)))
     finally:
         await runner.cleanup()
+    sizes = server.render_queue.batch_sizes
+    return results, sum(k * n for k, n in sizes.items()) / max(1, sum(sizes.values()))
 
 
 def microphone_wav(speech: Path | None, idle: float, out: Path) -> Path:
@@ -140,6 +150,29 @@ def microphone_wav(speech: Path | None, idle: float, out: Path) -> Path:
     return out
 
 
+def render_only(avatar, batch: int, seconds: float) -> tuple[float, float]:
+    """(frames per second, frames per CPU second of this process) of `avatar.frames` called on `batch` idle frames at
+    a time, for at least `seconds` after one untimed call. The frames repeat the first `batch` ticks: their source
+    frames and backgrounds are cached after the first call, as a stream's are on its second walk through the
+    video. On a CPU shared with other work the CPU seconds vary less than the wall time."""
+    wanted = [(t, np.repeat(avatar.idle_window[None], 8, 0)) for t in range(batch)]
+    avatar.frames(wanted)
+    frames, start, cpu = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - start < seconds:
+        avatar.frames(wanted)
+        frames += batch
+    return frames / (time.perf_counter() - start), frames / (time.process_time() - cpu)
+
+
+def summary(results: list[dict]) -> str:
+    """Frames/s per stream (min, median), latency and preparation (medians) of one run, as table columns."""
+    fps = [r["fps"] for r in results]
+    latency = [r["latency_s"] for r in results if r["latency_s"] is not None]
+    prepare = [r["prepare_s"] for r in results if r["prepare_s"] is not None]
+    med = (lambda v: f"{statistics.median(v):.2f}" if v else "none")  # noqa: E731
+    return f"{min(fps):>14.1f}{statistics.median(fps):>9.1f}{med(latency):>18}{med(prepare):>18}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subject", required=True)
@@ -148,6 +181,10 @@ def main() -> None:
     parser.add_argument("--stage", default=None)
     parser.add_argument("--downscale", type=int, default=1)
     parser.add_argument("--streams", default="1", help="comma-separated numbers of concurrent clients")
+    parser.add_argument("--batch-frames", default="1",
+                        help="comma-separated largest batches of the render queue (frames per model call)")
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0,
+                        help="the longest a batch waits for streams that have not asked yet")
     parser.add_argument("--idle", type=float, default=3.0, help="seconds each client idles before asking")
     parser.add_argument("--talk", type=float, default=6.0, help="seconds each client listens after asking")
     parser.add_argument("--microphone", action="store_true",
@@ -155,6 +192,8 @@ def main() -> None:
     parser.add_argument("--speech", type=Path,
                         help="with --microphone: this 16-bit PCM wav is spoken instead of the synthesised sentence "
                              "(no speech engine or ffmpeg needed, as on a bare GPU machine)")
+    parser.add_argument("--render-only", action="store_true",
+                        help="time the avatar's frames rendered --batch-frames at a time, without WebRTC")
     parser.add_argument("--override", action="append", default=[], help="a conf/serve.yaml override (repeatable)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -162,6 +201,7 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
 
     from ernerf.apps.live.avatar import LOOKAHEAD_SECONDS
+    from ernerf.apps.live.render_queue import RenderBatching
     from ernerf.apps.live.serve import build_avatar
 
     overrides = [f"subject={args.subject}", f"paths.runs_root={args.runs_root}", f"paths.data_root={args.data_root}",
@@ -173,23 +213,30 @@ def main() -> None:
     if args.microphone:  # the speech after `idle` seconds of silence
         microphone = microphone_wav(args.speech, args.idle, Path("bench/out/stream_microphone.wav"))
     print(f"{args.subject}, {512 // args.downscale} px crops, feature look-ahead {LOOKAHEAD_SECONDS * 1000:.0f} ms")
-    print(f"{'streams':>8}{'frames/s min':>14}{'median':>9}{'latency s median':>18}{'of which prepare':>18}")
+    if args.render_only:
+        render_only(avatar, 1, args.idle)  # the first seconds of rendering are several times slower (warming up)
+        print(f"{'batch':>6}{'frames/s (rendered and pasted)':>32}{'frames per CPU second':>23}")
+        for batch in [int(b) for b in args.batch_frames.split(",")]:
+            wall, cpu = render_only(avatar, batch, args.talk)
+            print(f"{batch:>6}{wall:>32.2f}{cpu:>23.2f}", flush=True)
+        avatar.close()
+        return
+    print(f"{'batch':>6}{'streams':>8}{'frames/call':>12}{'frames/s min':>14}{'median':>9}{'latency s median':>18}"
+          f"{'of which prepare':>18}")
     figures = {}
     try:
-        for n in [int(s) for s in args.streams.split(",")]:
-            results = asyncio.run(run(avatar, n, args.idle, args.talk, microphone))
-            fps = [r["fps"] for r in results]
-            latency = [r["latency_s"] for r in results if r["latency_s"] is not None]
-            prepare = [r["prepare_s"] for r in results if r["prepare_s"] is not None]
-            figures[n] = results
-            med = (lambda v: f"{statistics.median(v):.2f}" if v else "none")
-            print(f"{n:>8}{min(fps):>14.1f}{statistics.median(fps):>9.1f}{med(latency):>18}{med(prepare):>18}")
+        for batch in [int(b) for b in args.batch_frames.split(",")]:
+            batching = RenderBatching(frames=batch, wait_seconds=args.batch_wait_ms / 1000.0)
+            for n in [int(s) for s in args.streams.split(",")]:
+                results, per_call = asyncio.run(run(avatar, n, args.idle, args.talk, microphone, batching))
+                figures[f"batch{batch}_streams{n}"] = {"results": results, "frames_per_call": per_call}
+                print(f"{batch:>6}{n:>8}{per_call:>12.2f}{summary(results)}", flush=True)
     finally:
         avatar.close()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"lookahead_s": LOOKAHEAD_SECONDS, "downscale": args.downscale,
-                                         "streams": figures}, indent=2))
+                                         "runs": figures}, indent=2))
 
 
 if __name__ == "__main__":

@@ -55,6 +55,14 @@ class Renderer(Protocol):
         ...
 
 
+class BatchRenderer(Renderer, Protocol):
+    """A renderer that also renders several frames of new audio in one call (`render_crops` of more than one)."""
+
+    def render_images(self, c2w: Any, intrinsics: Any, H: int, W: int, audio_windows: Any, eyes: Any,
+                      bg: Any) -> Mapping[str, Any]:
+        ...
+
+
 # ---------------------------------------------------------------- audio
 
 
@@ -300,6 +308,40 @@ def render_crop(renderer: Renderer, subject: SubjectView, pose: np.ndarray, eye:
             torch.from_numpy(np.asarray(pose, np.float32)).to(dev), intrinsics, subject.height, subject.width,
             torch.from_numpy(np.asarray(window, np.float32)).to(dev), eye_t, None, torch.from_numpy(bg).to(dev))
     return {"rgb": _to_numpy(out["rgb"]), "depth": _to_numpy(out["depth"]), "opacity": _to_numpy(out["opacity"])}
+
+
+@dataclass(frozen=True)
+class CropRequest:
+    """What one head crop of new audio is rendered from: a pose [4, 4], a blink value (or None), an audio window
+    [8, 16, C] and a background [H, W, 3] in [0, 1]."""
+
+    pose: np.ndarray
+    eye: float | None
+    window: np.ndarray
+    bg: np.ndarray
+
+
+def render_crops(renderer: Renderer | BatchRenderer, subject: SubjectView,
+                 requests: list[CropRequest]) -> list[dict[str, np.ndarray]]:
+    """Head crops of several frames, as `render_crop` renders each: one alone goes through `render_crop` itself,
+    more in one `render_images` call of the renderer (equal to one at a time up to float summation order)."""
+    if len(requests) == 1:
+        r = requests[0]
+        return [render_crop(renderer, subject, r.pose, r.eye, r.window, r.bg)]
+    dev, eyes = renderer.device, [r.eye for r in requests]
+    intrinsics = tuple(float(v) for v in np.asarray(subject.intrinsics, dtype=np.float32))  # as render_crop
+    with torch.no_grad():
+        out = renderer.render_images(
+            _stacked([r.pose for r in requests], dev), intrinsics, subject.height, subject.width,
+            _stacked([r.window for r in requests], dev), None if None in eyes else _stacked(eyes, dev),
+            _stacked([r.bg for r in requests], dev))
+    arrays = {name: _to_numpy(out[name]) for name in ("rgb", "depth", "opacity")}
+    return [{name: value[b] for name, value in arrays.items()} for b in range(len(requests))]
+
+
+def _stacked(values: list[Any], device: Any) -> torch.Tensor:
+    """Arrays of one shape as one float32 tensor [B, ...] on `device`."""
+    return torch.from_numpy(np.stack([np.asarray(v, np.float32) for v in values])).to(device)
 
 
 def _to_pixels(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -17,11 +17,12 @@ INFERENCE_CODES = ("mean", "zero")
 
 @dataclass
 class FaceCondition:
-    """What drives one frame: its audio code, eye (AU45) value and training-frame index."""
+    """What drives one frame: its audio code, eye (AU45) value and training-frame index. Frames rendered together
+    have one row each ([B, ...]); the field is then told each point's frame (`groups`)."""
 
-    audio: Tensor  # [audio_dim] code of the frame (AudioEncoder output)
-    eye: Tensor | None = None  # [1] AU45, scaled; None = eyes open (0)
-    frame_index: Tensor | None = None  # [1] long; None for frames not trained on (new audio): the mean (or zero) code
+    audio: Tensor  # [audio_dim] code of the frame (AudioEncoder output), or [B, audio_dim]
+    eye: Tensor | None = None  # [1] AU45, scaled, or [B, 1]; None = eyes open (0)
+    frame_index: Tensor | None = None  # [1] or [B] long; None for frames not trained on (new audio): the mean code
 
 
 class FaceField(nn.Module):
@@ -61,12 +62,13 @@ class FaceField(nn.Module):
         self.uncertainty_net = MLP(in_dim, 1, uncertainty_hidden_dim, 2)
         self.individual_codes = nn.Parameter(torch.randn(num_frames, individual_dim) * 0.1)
 
-    def forward(self, x: Tensor, d: Tensor, cond: FaceCondition, extras: bool = True) -> FieldOutputs:  # x, d: [M, 3]
+    def forward(self, x: Tensor, d: Tensor, cond: FaceCondition, extras: bool = True,
+                groups: Tensor | None = None) -> FieldOutputs:  # x, d: [M, 3]; groups: [M] long
         """Density, colour, and (with `extras`, for the training losses) uncertainty and attention magnitudes at
-        points x seen from directions d."""
+        points x seen from directions d; `groups` picks each point's row of a condition of several frames."""
         enc_x = self.encoder(x)  # [M, in_dim]
-        sigma, geo_feat, terms = self._density(enc_x, cond, extras)
-        code = self._individual_code(cond.frame_index)  # [1, individual_dim], shared by every point
+        sigma, geo_feat, terms = self._density(enc_x, cond, extras, groups)
+        code = per_point(self._individual_code(cond.frame_index), groups)  # [1 or M, individual_dim]
         rgb = torch.sigmoid(self.color_net.forward_parts([self.dir_encoder(d), geo_feat, code]))
         if extras:
             terms["uncertainty"] = F.softplus(self.uncertainty_net(enc_x))  # [M, 1], log(1 + e^u) as ER-NeRF
@@ -76,25 +78,25 @@ class FaceField(nn.Module):
         """Density only (for the occupancy grid)."""
         return self._density(self.encoder(x), cond, extras=False)[0]
 
-    def _density(self, enc_x: Tensor, cond: FaceCondition,
-                 extras: bool = True) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def _density(self, enc_x: Tensor, cond: FaceCondition, extras: bool = True,
+                 groups: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """sigma [M], geometric features [M, G] and (with `extras`) attention magnitudes from encoded points."""
         audio_att = self.audio_att_net(enc_x)  # [M, audio_dim]
-        # sigma_net sees [enc_x, audio code * audio_att, eye * eye_att]; the codes scale weight columns instead
-        parts, scales = [enc_x, audio_att], [None, self._audio(cond)]
+        # sigma_net sees [enc_x, audio code * audio_att, eye * eye_att]; one frame's codes scale weight columns instead
+        parts, scales = [enc_x], [None]
+        _add_scaled(parts, scales, audio_att, self._audio(cond), groups)
         terms = {"audio_att": audio_att.norm(dim=-1, keepdim=True)} if extras else {}
         if self.eye_att_net is not None:
             eye_att = torch.sigmoid(self.eye_att_net(enc_x))  # [M, 1]
-            parts.append(eye_att)
-            scales.append(self._eye(cond, enc_x))
+            _add_scaled(parts, scales, eye_att, self._eye(cond, enc_x), groups)
             if extras:
                 terms["eye_att"] = eye_att
         h = self.sigma_net.forward_parts(parts, scales)
         return trunc_exp(h[:, 0]), h[:, 1:], terms
 
-    def _audio(self, cond: FaceCondition) -> Tensor:  # -> [1, audio_dim]
-        """The frame's audio code as a row to broadcast over points."""
-        audio = cond.audio.reshape(1, -1)
+    def _audio(self, cond: FaceCondition) -> Tensor:  # -> [1 or B, audio_dim]
+        """The frame's audio code as a row to broadcast over points (a row per frame of several)."""
+        audio = cond.audio.reshape(-1, cond.audio.shape[-1])
         if audio.shape[1] != self.audio_dim:
             raise ErnerfError(
                 f"audio code has {audio.shape[1]} channels but FaceField was built with audio_dim={self.audio_dim}; "
@@ -102,15 +104,32 @@ class FaceField(nn.Module):
             )
         return audio
 
-    def _eye(self, cond: FaceCondition, like: Tensor) -> Tensor:  # -> [1, eye_dim]
-        """The frame's eye value; eyes open (zero) when none is given."""
+    def _eye(self, cond: FaceCondition, like: Tensor) -> Tensor:  # -> [1 or B, eye_dim]
+        """The frame's eye value (a row per frame of several); eyes open (zero) when none is given."""
         if cond.eye is None:
             return like.new_zeros(1, self.eye_dim)
-        return cond.eye.reshape(1, -1).to(like)
+        return cond.eye.reshape(-1, self.eye_dim).to(like)
 
-    def _individual_code(self, frame_index: Tensor | None) -> Tensor:  # [1] long -> [1, individual_dim]
+    def _individual_code(self, frame_index: Tensor | None) -> Tensor:  # [1] or [B] long -> [1 or B, individual_dim]
         """Learned code of a training frame; the mean (or zero) code for unseen frames."""
         codes = self.individual_codes
         if frame_index is None:
             return codes.mean(0, keepdim=True) if self.inference_code == "mean" else codes.new_zeros(1, codes.shape[1])
         return frame_code(codes, frame_index)
+
+
+def per_point(rows: Tensor, groups: Tensor | None) -> Tensor:  # [1 or B, k], [M] -> [1 or M, k]
+    """Each point's row of a per-frame condition; one row stays one row, shared by every point."""
+    return rows if groups is None or rows.shape[0] == 1 else rows[groups]
+
+
+def _add_scaled(parts: list[Tensor], scales: list[Tensor | None], part: Tensor, rows: Tensor,
+                groups: Tensor | None) -> None:
+    """Append `part` [M, k] times its frame's row of `rows` [1 or B, k] as an MLP input: one row scales the
+    weight columns (no [M, k] product is written); rows of several frames are multiplied in per point."""
+    if groups is None or rows.shape[0] == 1:
+        parts.append(part)
+        scales.append(rows)
+    else:
+        parts.append(part * rows[groups].to(part))
+        scales.append(None)

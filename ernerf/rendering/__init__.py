@@ -1,6 +1,6 @@
 """ernerf.rendering: rays, occupancy grid, ray marching and compositing (independent of any field)."""
 
-from ernerf.rendering.marcher import RayMarcher, RenderOutputs, composite, intersect_aabb, render_image
+from ernerf.rendering.marcher import RayMarcher, RenderOutputs, composite, intersect_aabb, render_image, render_images
 from ernerf.rendering.occupancy import OccupancyGrid
 from ernerf.rendering.rays import get_rays, nerf_matrix_to_ngp
 
@@ -13,4 +13,5 @@ __all__ = [
     "intersect_aabb",
     "nerf_matrix_to_ngp",
     "render_image",
+    "render_images",
 ]

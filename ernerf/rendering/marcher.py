@@ -22,6 +22,8 @@ class SampleValues(Protocol):
 
 
 FieldFn = Callable[[Tensor, Tensor], SampleValues]  # (x [M, 3], d [M, 3]) -> values of M samples
+# With rays in groups (frames of a batch, each under its own conditioning): (x, d, group of each sample [M]) -> values
+GroupedFieldFn = Callable[[Tensor, Tensor, Tensor], SampleValues]
 
 
 @dataclass
@@ -110,12 +112,15 @@ class RayMarcher(nn.Module):
         bg_color: Tensor | Sequence[float] = (1.0, 1.0, 1.0),  # [N, 3] or [3]
         capacity: int | None = None,
         extras: bool = True,
+        groups: Tensor | None = None,  # [N] long
     ) -> RenderOutputs:
         """Render rays: sample, skip empty cells, evaluate the field on kept samples, composite.
 
         With `capacity`, the field sees exactly that many samples (padding included) and nothing syncs with the
         host: the shapes a CUDA graph needs. Without it, exactly the occupied samples. `extras=False` composites
-        colour, depth and opacity only (rendering frames: the per-ray dense tensors are then half as wide)."""
+        colour, depth and opacity only (rendering frames: the per-ray dense tensors are then half as wide).
+        `groups`: a number per ray that the field receives with each of its samples (`GroupedFieldFn`), e.g. which
+        frame of a batch the ray belongs to; what it means is the field's business."""
         aabb = torch.as_tensor(aabb, dtype=rays_o.dtype, device=rays_o.device)
         near, far, hit = intersect_aabb(rays_o, rays_d, aabb, self.min_near)
         t, dt = self._sample_distances(near, far)  # [N, S], [N]
@@ -130,7 +135,8 @@ class RayMarcher(nn.Module):
         # Positions of the kept samples only (the same arithmetic as for the occupancy test: t * d, then + o).
         ray = gather // t.shape[1]
         d = rays_d[ray]
-        out = field_fn(rays_o[ray] + t.reshape(-1)[gather, None] * d, d)
+        x = rays_o[ray] + t.reshape(-1)[gather, None] * d
+        out = field_fn(x, d) if groups is None else field_fn(x, d, groups[ray])
         # sigma and colour (+ extras) scattered to dense [N, S] tensors, composited with one weighted sum.
         names = list(out.extras) if extras else []
         values = torch.cat([out.rgb.float(), *(out.extras[n].float() for n in names)], -1) if names else out.rgb.float()
@@ -180,14 +186,50 @@ def render_image(
     rays_o, rays_d = get_rays(c2w[None], intrinsics, H, W)
     rays_o, rays_d = rays_o[0], rays_d[0]  # [H * W, 3]
     bg = torch.as_tensor(bg_color, dtype=rays_o.dtype, device=rays_o.device).expand(H, W, 3).reshape(-1, 3)
-    if capacity is not None and chunk < H * W:
-        raise ValueError(f"a fixed sample capacity renders the frame in one chunk (chunk={chunk} < {H * W} rays)")
+    out = _render_rays(marcher, field_fn, rays_o, rays_d, None, aabb, grid, bg, chunk, capacity, extras)
+    return {name: value if name == "occupied" else value.reshape(H, W, *value.shape[1:]) for name, value in out.items()}
+
+
+@torch.no_grad()
+def render_images(
+    marcher: RayMarcher,
+    field_fn: GroupedFieldFn,
+    c2w: Tensor,  # [B, 4, 4] in ngp space
+    intrinsics: Sequence[float] | Tensor,  # (fx, fy, cx, cy), shared by the frames
+    H: int,
+    W: int,
+    aabb: Sequence[float] | Tensor,
+    grid: OccupancyGrid | None = None,
+    bg_color: Tensor | Sequence[float] = (1.0, 1.0, 1.0),  # [B, H, W, 3] or [3]
+    chunk: int = 4096,
+    capacity: int | None = None,
+    extras: bool = True,
+) -> dict[str, Tensor]:  # rgb [B, H, W, 3], depth [B, H, W], opacity [B, H, W], extras [B, H, W, k], occupied []
+    """Render B frames as one set of rays, chunked as `render_image` chunks one: `field_fn` gets each sample's frame
+    (0 .. B-1) as its group, so every frame keeps its own conditioning."""
+    frames = c2w.shape[0]
+    rays_o, rays_d = (r.reshape(-1, 3) for r in get_rays(c2w, intrinsics, H, W))  # [B * H * W, 3]
+    bg = torch.as_tensor(bg_color, dtype=rays_o.dtype, device=rays_o.device).expand(frames, H, W, 3).reshape(-1, 3)
+    groups = torch.arange(frames, device=rays_o.device).repeat_interleave(H * W)
+    out = _render_rays(marcher, field_fn, rays_o, rays_d, groups, aabb, grid, bg, chunk, capacity, extras)
+    return {name: value if name == "occupied" else value.reshape(frames, H, W, *value.shape[1:])
+            for name, value in out.items()}
+
+
+def _render_rays(marcher: RayMarcher, field_fn: FieldFn | GroupedFieldFn, rays_o: Tensor, rays_d: Tensor,
+                 groups: Tensor | None, aabb: Sequence[float] | Tensor, grid: OccupancyGrid | None, bg: Tensor,
+                 chunk: int, capacity: int | None, extras: bool) -> dict[str, Tensor]:
+    """Rays [N, 3] (and their groups [N], or None) marched `chunk` at a time: per-ray outputs [N, ...], occupied []."""
+    rays = rays_o.shape[0]
+    if capacity is not None and chunk < rays:
+        raise ValueError(f"a fixed sample capacity renders the frame in one chunk (chunk={chunk} < {rays} rays)")
     parts: dict[str, list[Tensor]] = {}
     occupied = torch.zeros((), dtype=torch.long, device=rays_o.device)
-    for start in range(0, H * W, chunk):
+    for start in range(0, rays, chunk):
         sl = slice(start, start + chunk)
-        out = marcher(rays_o[sl], rays_d[sl], field_fn, aabb, grid, bg[sl], capacity=capacity, extras=extras)
+        out = marcher(rays_o[sl], rays_d[sl], field_fn, aabb, grid, bg[sl], capacity=capacity, extras=extras,
+                      groups=None if groups is None else groups[sl])
         occupied = occupied + (out.samples_occupied if out.samples_occupied is not None else out.samples_evaluated)
         for name, value in {"rgb": out.rgb, "depth": out.depth, "opacity": out.opacity, **out.extras}.items():
             parts.setdefault(name, []).append(value)
-    return {"occupied": occupied} | {name: torch.cat(v).reshape(H, W, *v[0].shape[1:]) for name, v in parts.items()}
+    return {"occupied": occupied} | {name: torch.cat(v) for name, v in parts.items()}

@@ -27,6 +27,7 @@ from ernerf.losses import (
 )
 from ernerf.rendering import RenderOutputs
 from ernerf.rendering import render_image as march_frame
+from ernerf.rendering import render_images as march_frames
 from ernerf.systems.execution import EagerExecution, Execution
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,11 @@ class TalkingHeadSystem(L.LightningModule):
         code = self.audio_encoder(audio_window[None].float())[0]  # [audio_dim]
         return FaceCondition(audio=code, eye=eye, frame_index=frame_index)
 
+    def conditions(self, audio_windows: Tensor, eyes: Tensor | None) -> FaceCondition:
+        """Audio windows [B, 8, 16, C] and blinks [B] (or None) of B new-audio frames -> their codes, a row each."""
+        codes = self.audio_encoder(audio_windows.float())  # [B, audio_dim]
+        return FaceCondition(audio=codes, eye=None if eyes is None else eyes.reshape(-1, 1), frame_index=None)
+
     def render_rays(self, rays_o: Tensor, rays_d: Tensor, cond: FaceCondition, bg: Tensor,
                     capacity: int | None = None) -> Any:
         """March rays [N, 3] through the face field; `bg` [N, 3] or [3] fills what the head leaves uncovered."""
@@ -150,6 +156,23 @@ class TalkingHeadSystem(L.LightningModule):
         out.pop("occupied")
         return out
 
+    @torch.no_grad()
+    def render_images(self, c2w: Tensor, intrinsics: Sequence[float] | Tensor, height: int, width: int,
+                      audio_windows: Tensor, eyes: Tensor | None, bg: Tensor) -> dict[str, Tensor]:
+        """Render B frames of new audio together: c2w [B, 4, 4], audio_windows [B, 8, 16, C], eyes [B] or None,
+        bg [B, H, W, 3] -> rgb [B, H, W, 3], depth/opacity [B, H, W] (+ torso_alpha [B, H, W]).
+
+        Frame b is `render_image(c2w[b], ..., audio_windows[b], eyes[b], None, bg[b])`, up to the order in which
+        floats are summed: its rays march with the others', each sample conditioned by its own frame's codes."""
+        device, frames = self.device, c2w.shape[0]
+        inputs = {"c2w": c2w.to(device).float(), "audio": audio_windows.to(device),
+                  "eye": None if eyes is None else eyes.to(device), "frame_index": None,
+                  "bg": bg.to(device).expand(frames, height, width, 3), "height": height, "width": width,
+                  "intrinsics": tuple(float(v) for v in intrinsics)}
+        out = self.execution.render(self.render_frame, inputs, frames * height * width, device)
+        out.pop("occupied")
+        return out
+
     def frame_index(self, frame: int | None) -> Tensor | None:
         """A training frame's number as the frame index the model takes ([1] long on its device), checked against the
         training frames; None stays None."""
@@ -162,7 +185,11 @@ class TalkingHeadSystem(L.LightningModule):
 
     def render_frame(self, inputs: dict[str, Any], capacity: int | None, chunk: int) -> dict[str, Tensor]:
         """`render_image` on prepared inputs (on the device), `chunk` rays at a time; a fixed sample `capacity` for
-        CUDA graphs (None: exact compaction). Outputs as render_image's, plus the occupied samples []."""
+        CUDA graphs (None: exact compaction). Outputs as render_image's, plus the occupied samples []. Inputs of
+        several frames (c2w [B, 4, 4], from `render_images`) render together; they are one function so that an
+        execution replaying renders as graphs keeps one graph per input layout, batches included."""
+        if inputs["c2w"].ndim == 3:
+            return self.render_batch(inputs, capacity, chunk)
         height, width, frame_index = inputs["height"], inputs["width"], inputs["frame_index"]
         cond = self.condition(inputs["audio"], inputs["eye"], frame_index)
         pixels = torch.arange(height * width, device=self.device)
@@ -175,6 +202,26 @@ class TalkingHeadSystem(L.LightningModule):
                   "opacity": out["opacity"].float(), "occupied": out["occupied"]}
         if torso is not None:
             result["torso_alpha"] = torso.alpha.float().reshape(height, width)
+        return result
+
+    def render_batch(self, inputs: dict[str, Any], capacity: int | None, chunk: int) -> dict[str, Tensor]:
+        """`render_frame` of B frames: their rays marched together, `chunk` rays per frame at a time (a frame alone
+        marches `chunk` rays a pass: the batch as many per frame, so its passes are B times wider). The torso, a
+        per-pixel field of one pose, is drawn frame by frame."""
+        height, width, frames = inputs["height"], inputs["width"], inputs["c2w"].shape[0]
+        cond = self.conditions(inputs["audio"], inputs["eye"])
+        pixels = torch.arange(height * width, device=self.device)
+        behind = [self.behind_head(bg.reshape(-1, 3), pixels, height, width, c2w, None)
+                  for bg, c2w in zip(inputs["bg"], inputs["c2w"])]
+        bg = torch.stack([b for b, _ in behind]).reshape(frames, height, width, 3)
+        field = self.execution.field_forward(self.field, training=False)
+        out = march_frames(self.marcher, lambda x, d, groups: field(x, d, cond, extras=False, groups=groups),
+                           inputs["c2w"], inputs["intrinsics"], height, width, self.aabb, self.grid, bg,
+                           chunk=chunk * frames, capacity=capacity, extras=False)
+        result = {"rgb": out["rgb"].float().clamp(0, 1), "depth": out["depth"].float(),
+                  "opacity": out["opacity"].float(), "occupied": out["occupied"]}
+        if self.torso is not None:
+            result["torso_alpha"] = torch.stack([t.alpha.float() for _, t in behind]).reshape(frames, height, width)
         return result
 
     @torch.no_grad()

@@ -56,7 +56,7 @@ def expected_pcm(engine, text: str, avatar: LiveAvatar) -> np.ndarray:
 def listener(server: LiveServer, avatar: LiveAvatar, name: str = "listener") -> Session:
     """A session whose stream the test advances itself (no WebRTC): what it says is checked frame by frame."""
     stream = Stream(avatar)
-    server.sessions[name] = Session(RTCPeerConnection(), stream, FramePump(stream, server.render_thread))
+    server.sessions[name] = Session(RTCPeerConnection(), stream, FramePump(stream, server.render_queue))
     return server.sessions[name]
 
 

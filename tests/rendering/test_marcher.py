@@ -7,7 +7,7 @@ import math
 import torch
 
 from ernerf.fields import FieldOutputs
-from ernerf.rendering import OccupancyGrid, RayMarcher, intersect_aabb, render_image
+from ernerf.rendering import OccupancyGrid, RayMarcher, intersect_aabb, render_image, render_images
 from ernerf.rendering.marcher import compact_static, composite
 
 BOX = (-1.0, -1.0, -1.0, 1.0, 1.0, 1.0)
@@ -174,3 +174,25 @@ def test_composite_stays_finite_when_a_density_overflows() -> None:
     torch.testing.assert_close(opacity, torch.ones(2))  # both rays end in an opaque sample
     opacity.sum().backward()
     assert torch.isfinite(sigma.grad).all()
+
+
+def test_frames_marched_together_each_see_their_own_group() -> None:
+    """Three frames as one set of rays, in chunks that straddle frames: each frame's samples reach the field with its
+    own group, so each frame is the red sphere tinted by its group, as it renders alone."""
+    marcher = RayMarcher(num_samples=32).eval()
+    c2w = torch.eye(4).repeat(3, 1, 1)
+    c2w[:, 2, 3] = torch.tensor([-3.0, -2.5, -2.0])  # three distances: three different images
+    tints = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+
+    def tinted_sphere(x: torch.Tensor, d: torch.Tensor, groups: torch.Tensor) -> FieldOutputs:
+        return FieldOutputs(sigma=sphere_density(x), rgb=tints[groups])
+
+    bg = torch.rand(3, 16, 16, 3)
+    together = render_images(marcher, tinted_sphere, c2w, (16.0, 16.0, 8.0, 8.0), 16, 16, BOX, bg_color=bg, chunk=100)
+    assert together["rgb"].shape == (3, 16, 16, 3) and together["opacity"].shape == (3, 16, 16)
+    for b in range(3):
+        alone = render_image(marcher, lambda x, d, b=b: tinted_sphere(x, d, torch.full((len(x),), b)), c2w[b],
+                             (16.0, 16.0, 8.0, 8.0), 16, 16, BOX, bg_color=bg[b], chunk=100)
+        for name in ("rgb", "depth", "opacity"):
+            torch.testing.assert_close(together[name][b], alone[name], rtol=0, atol=1e-6)
+    assert not torch.allclose(together["opacity"][0], together["opacity"][2])  # the frames differ

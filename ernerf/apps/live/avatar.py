@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ernerf.apps.inference import Compositor, FrameSource, OutputOptions, Renderer, SubjectView, render_crop
+from ernerf.apps.inference import (Compositor, CropRequest, FrameSource, OutputOptions, Renderer, SubjectView,
+                                   render_crops)
 from ernerf.audio.features import frame_windows
 from ernerf.constants import FEATURE_ROWS, FPS, SAMPLE_RATE, SMOOTH_WINDOW
 from ernerf.io.audio import load_audio
@@ -29,6 +30,15 @@ JITTER_FRAMES = 2  # frames of live audio beyond the look-ahead waited for when 
 # middle is 3.5 frames on; that frame's 16 rows of 50 Hz features reach 7 rows past its middle, and the last row's
 # 25 ms analysis window half of that again. What a live source must have sent before frame t can be rendered:
 LOOKAHEAD_SECONDS = (SMOOTH_WINDOW - SMOOTH_WINDOW // 2 - 0.5) / FPS + (FEATURE_ROWS // 2 - 1) / 50 + 0.0125
+
+
+@dataclass(frozen=True)
+class FrameRequest:
+    """One output frame a stream asks for: its clock tick, audio window [8, 16, C] and its 40 ms of audio [640]."""
+
+    tick: int
+    window: np.ndarray
+    pcm: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -55,7 +65,7 @@ def quietest_window(features: np.ndarray, audio: Path | None) -> np.ndarray:
 
 class LiveAvatar:
     """The loaded subject: output frame `tick` is the head at that point of the pose clock, saying `window`, pasted
-    into the original video frame it belongs to. `frame` runs on one thread at a time (the model's)."""
+    into the original video frame it belongs to. `frame` and `frames` run on one thread at a time (the model's)."""
 
     def __init__(self, renderer: Renderer, subject: SubjectView, options: OutputOptions, extractor: Any,
                  idle_window: np.ndarray) -> None:
@@ -76,12 +86,28 @@ class LiveAvatar:
 
     def frame(self, tick: int, window: np.ndarray) -> np.ndarray:
         """The whole output frame [H, W, 3] uint8 of clock `tick` with audio window `window` [8, 16, C]."""
-        phase = tick % self.period  # forward through the training frames, then back (ernerf.postprocess.motion)
-        index = phase if phase < len(self.subject.poses) else self.period - phase
-        img_id = int(self.subject.img_ids[index])
+        return self.frames([(tick, window)])[0]
+
+    def frames(self, wanted: list[tuple[int, np.ndarray]]) -> list[np.ndarray]:
+        """Output frames of several (tick, window) pairs, their heads rendered in one call of the model."""
+        indices = [self.training_frame(tick) for tick, _ in wanted]
+        crops = render_crops(self.renderer, self.subject, [self._crop_request(index, window)
+                                                           for index, (_, window) in zip(indices, wanted)])
+        return [self._pasted(raw, index) for raw, index in zip(crops, indices)]
+
+    def training_frame(self, tick: int) -> int:
+        """The training frame shown at clock `tick`: forward through them, then back (ernerf.postprocess.motion)."""
+        phase = tick % self.period
+        return phase if phase < len(self.subject.poses) else self.period - phase
+
+    def _crop_request(self, index: int, window: np.ndarray) -> CropRequest:
         eye = None if self.subject.eye is None else float(self.subject.eye[index])
         bg = self.subject.background(index).astype(np.float32) / 255.0
-        raw = render_crop(self.renderer, self.subject, self.subject.poses[index], eye, window, bg)
+        return CropRequest(self.subject.poses[index], eye, window, bg)
+
+    def _pasted(self, raw: dict[str, np.ndarray], index: int) -> np.ndarray:
+        """A rendered crop pasted into the original video frame of training frame `index`."""
+        img_id = int(self.subject.img_ids[index])
         source: Future = Future()
         source.set_result(self.sources.get(img_id))
         return self.compositor.compose(raw, source, img_id)[0]
@@ -250,9 +276,14 @@ class Stream:
             self._past.append(window[SMOOTH_WINDOW // 2])  # this frame's own row: the past of the next ones
         return window, pcm
 
-    def next(self) -> tuple[np.ndarray, np.ndarray]:
-        """(frame [H, W, 3] uint8, int16 audio [640]) of the next 40 ms."""
+    def next_request(self) -> FrameRequest:
+        """What the next 40 ms are made of (tick, audio window, audio), and advance; rendered by whoever asked."""
         window, pcm = self.next_window()
-        frame = self.avatar.frame(self.tick, window)
+        request = FrameRequest(self.tick, window, pcm)
         self.tick += 1
-        return frame, pcm
+        return request
+
+    def next(self) -> tuple[np.ndarray, np.ndarray]:
+        """(frame [H, W, 3] uint8, int16 audio [640]) of the next 40 ms, rendered alone."""
+        request = self.next_request()
+        return self.avatar.frame(request.tick, request.window), request.pcm

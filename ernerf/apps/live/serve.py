@@ -15,6 +15,7 @@ import numpy as np
 from ernerf.apps.checkpoints import audio_extractor, find_trained
 from ernerf.apps.inference import OutputOptions, Renderer, audio_kind, load_subject
 from ernerf.apps.live.avatar import LiveAvatar, quietest_window
+from ernerf.apps.live.render_queue import RenderBatching
 from ernerf.constants import FPS, SAMPLE_RATE
 from ernerf.errors import ErnerfError, instantiate_config
 from ernerf.io.audio import load_audio
@@ -88,6 +89,14 @@ def decode_upload(data: bytes, max_seconds: float | None = None) -> np.ndarray:
     return wav
 
 
+def render_batching(render: Any) -> RenderBatching:
+    """conf/serve.yaml `render` as the render queue takes it; a batch of fewer than one frame is refused."""
+    frames = int(render.batch_frames)
+    if frames < 1:
+        raise ErnerfError(f"render.batch_frames={frames}: give 1 (each frame alone) or more (frames per model call).")
+    return RenderBatching(frames=frames, wait_seconds=float(render.batch_wait_ms) / 1000.0)
+
+
 def check_port(host: str, port: int) -> None:
     """Refuse a port another program holds, in one line, before the model loads."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
@@ -111,7 +120,8 @@ def serve_command(cfg: Any) -> None:
     server = LiveServer(avatar, text_to_speech(instantiate_config(cfg.tts)),
                         functools.partial(decode_upload, max_seconds=float(limits.audio_seconds)),
                         InputLimits(text_chars=int(limits.text_characters),
-                                    upload_bytes=int(limits.upload_megabytes * 2**20)))
+                                    upload_bytes=int(limits.upload_megabytes * 2**20)),
+                        render_batching(cfg.render))
     print(f"the avatar of {cfg.subject} is live at http://{cfg.host}:{cfg.port}/ (Ctrl-C stops it)", flush=True)
     try:
         web.run_app(server.app(), host=cfg.host, port=cfg.port, print=None)

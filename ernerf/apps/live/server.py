@@ -2,7 +2,8 @@
 
 Each client gets a Stream (its own clock and utterance) and two tracks fed from it: video frames and their audio,
 produced together, so they stay in step even when rendering falls behind. Frames of all clients render on one thread
-(the model's); text is synthesised and audio decoded on other threads. A long text is said sentence by sentence: the
+(the model's), through one render queue that batches frames of several clients into one call of the model
+(render_queue.py); text is synthesised and audio decoded on other threads. A long text is said sentence by sentence: the
 first as soon as it is synthesised, the next ones synthesised while the earlier ones are said, a few seconds ahead.
 """
 
@@ -28,6 +29,7 @@ from aiortc.sdp import SessionDescription
 
 from ernerf.apps.live.avatar import SAMPLES_PER_FRAME, LiveAvatar, LiveInput, Stream, Utterance
 from ernerf.apps.live.page import PAGE
+from ernerf.apps.live.render_queue import RenderBatching, RenderQueue
 from ernerf.constants import FPS, SAMPLE_RATE
 from ernerf.errors import ErnerfError
 
@@ -38,32 +40,36 @@ AUDIO_CHUNK = SAMPLE_RATE // 50  # 20 ms packets, as WebRTC sends audio
 # Seconds of a text synthesised ahead of what is being said: enough that the next sentence is ready before it is due,
 # few enough that a text of many pages holds a few sentences in memory, not all of them.
 SPEECH_AHEAD_SECONDS = 5.0
+RENDER_STOP_SECONDS = 30.0  # the longest a shutdown waits for the batch being rendered (a 512 px frame on a CPU)
 AHEAD_CHECK_SECONDS = 0.1  # how often a text being said checks whether to synthesise its next sentence
 
 
 class FramePump:
-    """Renders a stream's frames ahead (at most `ahead`) on the shared render thread; both tracks read from it."""
+    """Renders a stream's frames ahead (at most `ahead`) through the shared render queue; both tracks read from it."""
 
-    def __init__(self, stream: Stream, renderer: ThreadPoolExecutor, ahead: int = 2) -> None:
-        self.stream, self.renderer = stream, renderer
+    def __init__(self, stream: Stream, render_queue: RenderQueue, ahead: int = 2) -> None:
+        self.stream, self.render_queue = stream, render_queue
         self.frames: asyncio.Queue = asyncio.Queue(maxsize=ahead)
         self.audio: deque[np.ndarray] = deque()
         self.audio_ready = asyncio.Condition()
         self.task: asyncio.Task | None = None
         self.inputs: list[asyncio.Future] = []  # tasks receiving the client's microphone
         self.failed = False
+        self.joined = False  # counted among the streams the render queue waits for
 
     def start(self) -> None:
+        self.render_queue.join()
+        self.joined = True
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             try:
-                frame, pcm = await loop.run_in_executor(self.renderer, self.stream.next)
+                frame, pcm = await self.render_queue.next_frame(self.stream)
             except Exception:  # noqa: BLE001 - the client's stream ends; the server and other clients go on
                 log.exception("rendering a live frame failed: this client's stream stops")
                 self.failed = True
+                self._leave_queue()
                 async with self.audio_ready:
                     self.audio_ready.notify_all()
                 await self.frames.put(None)
@@ -80,7 +86,13 @@ class FramePump:
                 raise MediaStreamError
             return self.audio.popleft()
 
+    def _leave_queue(self) -> None:
+        if self.joined:
+            self.joined = False
+            self.render_queue.leave()
+
     def stop(self) -> None:
+        self._leave_queue()
         for task in [self.task, *self.inputs]:
             if task is not None:
                 task.cancel()
@@ -159,10 +171,11 @@ class LiveServer:
     Both run on the speech threads and raise ErnerfError on input they cannot use."""
 
     def __init__(self, avatar: LiveAvatar, speak: Callable[[str], Collection[np.ndarray]],
-                 decode: Callable[[bytes], np.ndarray], limits: InputLimits = InputLimits()) -> None:
+                 decode: Callable[[bytes], np.ndarray], limits: InputLimits = InputLimits(),
+                 batching: RenderBatching = RenderBatching()) -> None:
         self.avatar, self.speak, self.decode, self.limits = avatar, speak, decode, limits
         self.sessions: dict[str, Session] = {}
-        self.render_thread = ThreadPoolExecutor(1, thread_name_prefix="ernerf-render")
+        self.render_queue = RenderQueue(avatar, batching)
         self.audio_threads = ThreadPoolExecutor(2, thread_name_prefix="ernerf-speech")
 
     def app(self) -> web.Application:
@@ -205,7 +218,7 @@ class LiveServer:
         """A peer connection sending a new stream's video and audio, and listening to a microphone if one comes."""
         pc = RTCPeerConnection()
         stream = Stream(self.avatar, start_tick=len(self.sessions) * 7)  # clients do not move in lockstep
-        pump = FramePump(stream, self.render_thread)
+        pump = FramePump(stream, self.render_queue)
         pc.addTrack(AvatarVideo(pump))
         pc.addTrack(AvatarAudio(pump))
 
@@ -317,7 +330,7 @@ class LiveServer:
 
     async def shutdown(self, app: web.Application) -> None:
         await asyncio.gather(*(self.close(s) for s in list(self.sessions)))
-        self.render_thread.shutdown(wait=False, cancel_futures=True)
+        await asyncio.get_running_loop().run_in_executor(None, self.render_queue.close, RENDER_STOP_SECONDS)
         self.audio_threads.shutdown(wait=False, cancel_futures=True)
 
 

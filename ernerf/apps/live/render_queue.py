@@ -1,0 +1,138 @@
+"""One render queue for every client: the frames streams ask for, rendered in batches on the model's one thread.
+
+A batch is gathered from the requests pending when the thread is free: up to `frames` of them, waiting at most
+`wait_seconds` for the streams that have not asked yet (never when `frames` is 1: each frame then renders alone,
+as before there was a queue). Each stream's window is taken on the render thread (a live microphone's windows are
+computed there, as they were), the heads are rendered in one call of the model, and each frame is pasted into its
+source frame and handed back to the stream that asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+from ernerf.apps.live.avatar import FrameRequest, LiveAvatar, Stream
+
+log = logging.getLogger(__name__)
+
+Asked = tuple[Stream, Future]  # a stream's request for its next frame, and where its (frame, pcm) goes
+
+
+@dataclass(frozen=True)
+class RenderBatching:
+    """How frames of several streams are batched (conf/serve.yaml `render`)."""
+
+    frames: int = 1  # at most this many frames in one call of the model
+    wait_seconds: float = 0.005  # the longest a batch waits for streams that have not asked yet
+
+
+class RenderQueue:
+    """Frames asked for by any number of streams, rendered on one thread in batches (`RenderBatching`).
+
+    `join` and `leave` count the streams that ask: a batch stops waiting once each of them has asked (or
+    `batching.frames` have). A stream that leaves while its frame renders is not waited for, and its frame is
+    dropped; a batch that fails is rendered again frame by frame, so a frame that cannot render ends its own
+    stream only."""
+
+    def __init__(self, avatar: LiveAvatar, batching: RenderBatching = RenderBatching()) -> None:
+        if batching.frames < 1:
+            raise ValueError(f"a batch holds at least one frame, not {batching.frames}")
+        self.avatar, self.batching = avatar, batching
+        self.batch_sizes: Counter[int] = Counter()  # frames per model call -> how many calls had that many
+        self._asked: queue.SimpleQueue[Asked | None] = queue.SimpleQueue()
+        self._streams = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._serve, name="ernerf-render", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        """A stream starts asking for frames."""
+        with self._lock:
+            self._streams += 1
+
+    def leave(self) -> None:
+        """A stream stops asking for frames."""
+        with self._lock:
+            self._streams = max(0, self._streams - 1)
+
+    def submit(self, stream: Stream) -> Future:
+        """Ask for `stream`'s next frame: a future of (frame [H, W, 3] uint8, int16 audio [640])."""
+        future: Future = Future()
+        self._asked.put((stream, future))
+        return future
+
+    async def next_frame(self, stream: Stream) -> tuple[np.ndarray, np.ndarray]:
+        """`stream`'s next frame and its audio; cancelling the caller drops the frame, if it is not rendering yet."""
+        return await asyncio.wrap_future(self.submit(stream))
+
+    def close(self, wait_seconds: float = 0.0) -> None:
+        """Stop the render thread once the batch it renders is done, waiting for that up to `wait_seconds`; frames
+        asked for later are never rendered. (A daemon thread still inside the model when the interpreter exits
+        aborts the process: a server that shuts down waits for it.)"""
+        self._asked.put(None)
+        if wait_seconds > 0:
+            self._thread.join(wait_seconds)
+
+    def _serve(self) -> None:
+        while (batch := self._gather()) is not None:
+            if batch:
+                self._render(batch)
+
+    def _gather(self) -> list[Asked] | None:
+        """The next batch of requests whose streams still wait for them; None once closed."""
+        first = self._asked.get()
+        if first is None:
+            return None
+        batch, deadline = [first], time.monotonic() + self.batching.wait_seconds
+        while len(batch) < min(self.batching.frames, max(1, self._streams)):
+            try:
+                asked = self._asked.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if asked is None:  # closed: render what was gathered, then stop
+                self._asked.put(None)
+                break
+            batch.append(asked)
+        return [(stream, future) for stream, future in batch if future.set_running_or_notify_cancel()]
+
+    def _render(self, batch: list[Asked]) -> None:
+        """Take each stream's next frame request, render them together, hand each frame back."""
+        requests: list[tuple[FrameRequest, Future]] = []
+        for stream, future in batch:
+            try:
+                requests.append((stream.next_request(), future))
+            except Exception as exc:  # noqa: BLE001 - this stream's input failed; the others' frames go on
+                future.set_exception(exc)
+        if not requests:
+            return
+        try:
+            frames = self.avatar.frames([(request.tick, request.window) for request, _ in requests])
+        except Exception as exc:  # noqa: BLE001 - decided frame by frame below
+            if len(requests) == 1:
+                requests[0][1].set_exception(exc)
+                return
+            log.warning("a batch of %d frames failed to render (%s): rendering them one by one", len(requests), exc)
+            self._render_each(requests)
+            return
+        self.batch_sizes[len(requests)] += 1
+        for (request, future), frame in zip(requests, frames):
+            future.set_result((frame, request.pcm))
+
+    def _render_each(self, requests: list[tuple[FrameRequest, Future]]) -> None:
+        for request, future in requests:
+            try:
+                frame = self.avatar.frame(request.tick, request.window)
+            except Exception as exc:  # noqa: BLE001 - this stream ends (FramePump logs it); the others go on
+                future.set_exception(exc)
+                continue
+            self.batch_sizes[1] += 1
+            future.set_result((frame, request.pcm))
