@@ -92,8 +92,8 @@ def test_validation_batches_are_whole_held_out_frames(subject: Path) -> None:
 
 def test_preload_and_lazy_loading_give_the_same_batches(subject: Path) -> None:
     lazy, eager = make_datamodule(subject), make_datamodule(subject, preload=True)
-    assert eager.store.images.dtype == torch.uint8 and eager.store.images.shape == (12, 32, 32, 3)
-    assert lazy.store.images is None
+    assert eager.store.frames["image"].dtype == torch.uint8 and eager.store.frames["image"].shape == (12, 32, 32, 3)
+    assert lazy.store.frames == {} and (lazy.store.mode, eager.store.mode) == ("disk", "device")
     assert torch.equal(lazy.store.image(7), eager.store.image(7))
     assert torch.equal(lazy.store.background(7), eager.store.background(7))
 

@@ -1,0 +1,165 @@
+"""Where frames live (datamodule.preload): device, host memory staged per step, or disk give the same batches; auto
+picks by free memory; explicit modes that cannot fit fail in one line; threaded preloading decodes what one thread does."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+import datamodules.frames as frames
+from datamodules.frames import GiB, FreeMemory, HostFrames, choose_preload, preload_frames, preload_mode
+from datamodules.subject import SubjectDataModule
+from ernerf.errors import ErnerfError
+from tests.synthetic import write_synthetic_subject
+
+CUDA, CPU = torch.device("cuda"), torch.device("cpu")  # a cuda device object needs no GPU
+FRAME = 512 * 512 * 6  # image + torso background at 512 px
+TEN_MINUTES = 15_000
+
+
+@pytest.fixture(scope="module")
+def subject(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic_subject(tmp_path_factory.mktemp("frames") / "sphere", num_frames=12, size=32)
+
+
+def make_datamodule(root: Path, preload: bool | str, **kwargs) -> SubjectDataModule:
+    dm = SubjectDataModule(str(root), "aud_mel.npy", num_rays=64, num_workers=0, preload=preload, **kwargs)
+    dm.setup("fit")
+    return dm
+
+
+def assert_same_batch(got: dict, ref: dict) -> None:
+    assert got.keys() == ref.keys()
+    for key, value in ref.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(got[key], value), key
+        else:
+            assert got[key] == value, key
+
+
+@pytest.mark.parametrize("parsing_masks", [False, True])
+def test_host_frames_staged_per_step_give_the_batches_of_device_and_disk_frames(subject: Path,
+                                                                               parsing_masks: bool) -> None:
+    stores = {mode: make_datamodule(subject, mode, parsing_masks=parsing_masks) for mode in ("device", "host", "disk")}
+    host = stores["host"]
+    assert host.store.staged is not None and set(host.store.staged.buffers) == set(host.store.frames)
+    assert ("masks" in host.store.frames) == parsing_masks and host.train_dataloader().num_workers == 0
+    for frame in (0, 6, 9):
+        batches = {}
+        for mode, dm in stores.items():
+            torch.manual_seed(5)
+            item = dm.train_rays[frame]
+            batches[mode] = dm.on_after_batch_transfer(item, 0)  # stages host frames, as Lightning before the step
+        assert "stage_frame" not in batches["host"]
+        assert_same_batch(batches["host"], batches["device"])
+        assert_same_batch(batches["disk"], batches["device"])
+
+
+def test_the_graph_path_reads_the_frame_staged_before_its_step_not_a_prefetched_one(subject: Path) -> None:
+    """As under CUDA graphs (`device_batches`): the loader's items carry frame numbers only, the loader has already
+    fetched the next item when a step starts, and the batch built from the staged buffers is the step's frame."""
+    host, device = make_datamodule(subject, "host"), make_datamodule(subject, "device")
+    host.train_rays.frames_only = device.train_rays.frames_only = True
+    current, prefetched = host.train_rays[2], host.train_rays[8]
+    step = host.on_after_batch_transfer(current, 0)
+    assert step == {"frame_index": step["frame_index"], "layout": 0} and int(step["frame_index"]) == 2
+    torch.manual_seed(1)
+    built = host.train_rays.build(step["frame_index"], layout=step["layout"])
+    torch.manual_seed(1)
+    assert_same_batch(built, device.train_rays.build(device.store.index(2), layout=0))
+    host.on_after_batch_transfer(prefetched, 0)  # the next step stages its own frame
+    assert torch.equal(host.store.image_at(host.store.index(8)), device.store.image(8))
+
+
+def test_whole_frames_of_a_host_store_are_read_from_host_memory_not_the_staged_frame(subject: Path) -> None:
+    host, disk = make_datamodule(subject, "host"), make_datamodule(subject, "disk")
+    host.store.stage(3)
+    for frame in (10, 11):
+        assert torch.equal(host.store.image(frame), disk.store.image(frame))
+        assert torch.equal(host.store.background(frame), disk.store.background(frame))
+    val = next(iter(host.val_dataloader()))
+    assert torch.equal(val["rgb"], next(iter(disk.val_dataloader()))["rgb"])
+    assert torch.equal(host.store.staged.buffers["image"], disk.store.image(3))
+
+
+def test_preload_values_keep_their_meaning_and_name_the_new_modes() -> None:
+    assert [preload_mode(v) for v in (True, False, "device", "host", "false", "auto", "Host")] == [
+        "device", "disk", "device", "host", "disk", "auto", "host"]
+    with pytest.raises(ErnerfError, match="datamodule.preload must be auto, device \\(or true\\), host or false"):
+        preload_mode("gpu")
+
+
+@pytest.mark.parametrize(("frames_count", "gpu_free_gib", "host_free_gib", "chosen"), [
+    (7_500, 22, 60, "device"),   # 5 minutes on a 24 GB card: 11 GiB beside the training
+    (TEN_MINUTES, 22, 60, "host"),   # 10 minutes there: 22 GiB, into host memory
+    (TEN_MINUTES, 130, 60, "device"),  # an H200 holds both
+    (TEN_MINUTES, 22, 20, "disk"),   # neither has room
+])
+def test_auto_picks_device_host_or_disk_from_the_free_memory(frames_count, gpu_free_gib, host_free_gib, chosen) -> None:
+    mode, why = choose_preload("auto", frames_count, FRAME, CUDA, FreeMemory(gpu_free_gib * GiB, host_free_gib * GiB))
+    assert mode == chosen
+    need = frames_count * FRAME / GiB
+    assert why == (f"datamodule.preload=auto: {chosen} ({frames_count} frames, {need:.1f} GiB; "
+                   f"{gpu_free_gib:.1f} GiB free on the GPU, {host_free_gib:.1f} GiB available in host memory)")
+
+
+def test_auto_keeps_reading_from_disk_on_a_cpu() -> None:
+    mode, why = choose_preload("auto", 250, FRAME, CPU, FreeMemory(None, 60 * GiB))
+    assert mode == "disk" and "as on every CPU run" in why
+
+
+@pytest.mark.parametrize(("requested", "device", "free", "fix"), [
+    ("device", CUDA, FreeMemory(16 * GiB, 60 * GiB), "use datamodule.preload=host"),
+    ("host", CUDA, FreeMemory(130 * GiB, 20 * GiB), "use datamodule.preload=false"),
+    ("device", CPU, FreeMemory(None, 20 * GiB), "use datamodule.preload=false"),  # the CPU's "device" is host memory
+])
+def test_an_explicit_mode_that_cannot_fit_fails_in_one_line_naming_the_fix(requested, device, free, fix) -> None:
+    with pytest.raises(ErnerfError, match=f"datamodule.preload={requested}: the 15000 frames, 22.0 GiB do not fit") as err:
+        choose_preload(requested, TEN_MINUTES, FRAME, device, free)
+    assert str(err.value).endswith(fix + ".") and "\n" not in str(err.value)
+    assert choose_preload(requested, 7_500, FRAME, device, FreeMemory(130 * GiB, 60 * GiB))[0] == requested
+
+
+def test_the_data_module_asks_the_injected_memory_query_before_loading_and_logs_its_choice(subject: Path, caplog) -> None:
+    asked = []
+
+    def no_room(device: torch.device) -> FreeMemory:
+        asked.append(device)
+        return FreeMemory(None, 1)
+
+    dm = SubjectDataModule(str(subject), "aud_mel.npy", preload="host", free_memory=no_room)
+    with pytest.raises(ErnerfError, match="use datamodule.preload=false"):
+        dm.setup("fit")
+    assert asked == [CPU] and dm.store is None
+    with caplog.at_level(logging.INFO, logger="datamodules.subject"):
+        dm = make_datamodule(subject, "auto", free_memory=lambda device: FreeMemory(None, 64 * GiB))
+    assert dm.store.mode == "disk"
+    assert ("datamodule.preload=auto: disk, as on every CPU run (12 frames, 0.0 GiB; 64.0 GiB available in host "
+            "memory)") in caplog.text
+
+
+def test_threaded_preloading_into_chunks_decodes_what_one_thread_decodes(subject: Path, monkeypatch) -> None:
+    """Host frames in several chunks (the chunk size shrunk to 5 frames), decoded on 3 threads, against frames read
+    one at a time; and frames on the device (the CPU here) against the same."""
+    disk = make_datamodule(subject, "disk", parsing_masks=True).store
+    monkeypatch.setattr(frames, "CHUNK_BYTES", 5 * 32 * 32 * 3)
+    shapes = {"image": (32, 32, 3), "background": (32, 32, 3), "masks": (32, 32, 2)}
+    host = preload_frames(disk.loaders, 12, shapes, CPU, host=True, threads=3)
+    device = preload_frames(disk.loaders, 12, shapes, CPU, host=False, threads=3)
+    assert [len(c) for c in host["image"].chunks] == [5, 5, 2] and host["image"].shape == (12, 32, 32, 3)
+    assert isinstance(host["masks"], HostFrames) and host["masks"].nbytes == 12 * 32 * 32 * 2
+    for kind, load in disk.loaders.items():
+        one_by_one = torch.stack([load(f) for f in range(12)])
+        assert torch.equal(torch.stack([host[kind][f] for f in range(12)]), one_by_one), kind
+        assert torch.equal(device[kind], one_by_one), kind
+
+
+def test_a_frame_that_cannot_be_read_fails_the_threaded_preload_with_its_path(subject: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "sphere"
+    write_synthetic_subject(broken, num_frames=12, size=32)
+    (broken / "gt_imgs" / "7.jpg").write_bytes(b"not an image")
+    with pytest.raises(ErnerfError, match="cannot read .*7.jpg"):
+        make_datamodule(broken, "host")
