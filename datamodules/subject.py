@@ -291,10 +291,12 @@ class FrameStore:
         return torch.from_numpy(self._read(self.data.layout.gt(int(self.data.img_ids[frame]))))
 
     def _load_background(self, frame: int) -> Tensor:
-        rgba = torch.from_numpy(self._read(self.data.layout.torso(int(self.data.img_ids[frame])), "RGBA"))
-        alpha = rgba[..., 3:].float() / 255
-        mixed = rgba[..., :3].float() * alpha + self.host_plate.float() * (1 - alpha)
-        return mixed.round().to(torch.uint8)
+        # numpy, not torch: torch spreads each small op over its intra-op threads, which stalls on a busy CPU and
+        # competes with the other decoding threads; the float32 arithmetic and rounding are the same
+        rgba = self._read(self.data.layout.torso(int(self.data.img_ids[frame])), "RGBA").astype(np.float32)
+        alpha = rgba[..., 3:] / 255
+        mixed = rgba[..., :3] * alpha + self.host_plate.numpy().astype(np.float32) * (1 - alpha)
+        return torch.from_numpy(np.round(mixed).astype(np.uint8))
 
 
 def to_unit(pixels: Tensor) -> Tensor:
