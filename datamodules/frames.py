@@ -74,27 +74,31 @@ def choose_preload(requested: str, frames: int, frame_bytes: int, device: torch.
     line). `auto` on a GPU: the device where the frames fit beside the training, else host memory, else the disk; on
     a CPU the disk (the loader's workers decode beside the step). An explicit mode that cannot fit raises, naming the
     next mode down, before anything is loaded."""
-    need = frames * frame_bytes
+    need, gpu = frames * frame_bytes, device.type == "cuda"
     size = f"{frames} frames, {need / GiB:.1f} GiB"
-    gpu = device.type == "cuda"
-    fits_device = gpu and need + DEVICE_HEADROOM <= free.device
-    fits_host = need + HOST_HEADROOM <= free.host
     room = f"{free.host / GiB:.1f} GiB available in host memory"
     if gpu:
         room = f"{free.device / GiB:.1f} GiB free on the GPU, {room}"
-    if requested == "device" and not (fits_device if gpu else fits_host):
-        raise ErnerfError(f"datamodule.preload=device: the {size} do not fit beside the training ({room}; "
-                          f"{(DEVICE_HEADROOM if gpu else HOST_HEADROOM) / GiB:.0f} GiB kept free): "
-                          f"use {'datamodule.preload=host' if gpu else 'datamodule.preload=false'}.")
-    if requested == "host" and not fits_host:
-        raise ErnerfError(f"datamodule.preload=host: the {size} do not fit in host memory ({room}; "
-                          f"{HOST_HEADROOM / GiB:.0f} GiB kept free): use datamodule.preload=false.")
+    fits_host = need + HOST_HEADROOM <= free.host
+    fits = {"device": need + DEVICE_HEADROOM <= free.device if gpu else fits_host, "host": fits_host, "disk": True}
     if requested != "auto":
+        if not fits[requested]:
+            raise does_not_fit(requested, size, room, gpu)
         return requested, f"datamodule.preload={requested} ({size}; {room})"
     if not gpu:
         return "disk", f"datamodule.preload=auto: disk, as on every CPU run ({size}; {room})"
-    choice = "device" if fits_device else "host" if fits_host else "disk"
+    choice = next(mode for mode in ("device", "host", "disk") if fits[mode])
     return choice, f"datamodule.preload=auto: {choice} ({size}; {room})"
+
+
+def does_not_fit(requested: str, size: str, room: str, gpu: bool) -> ErnerfError:
+    """The one-line error of an explicit preload mode without room, naming the next mode down."""
+    on_gpu = requested == "device" and gpu
+    kept = (DEVICE_HEADROOM if on_gpu else HOST_HEADROOM) / GiB
+    where = "beside the training" if on_gpu else "in host memory"
+    fix = "datamodule.preload=host" if on_gpu else "datamodule.preload=false"
+    return ErnerfError(f"datamodule.preload={requested}: the {size} do not fit {where} ({room}; {kept:.0f} GiB kept "
+                       f"free): use {fix}.")
 
 
 class HostFrames:
@@ -169,7 +173,7 @@ def preload_frames(kinds: dict[str, FrameLoader], count: int, frame_shapes: dict
     rate and the time left."""
     pinned = device.type == "cuda"
     started, stored = time.perf_counter(), {}
-    with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool, \
+    with ThreadPoolExecutor(threads or usable_cpus()) as pool, \
             progress_bar(count * len(kinds), "preloading frames", unit="image") as bar:
         for kind, load in kinds.items():
             shape = frame_shapes[kind]
@@ -184,6 +188,11 @@ def preload_frames(kinds: dict[str, FrameLoader], count: int, frame_shapes: dict
     return stored
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which container limits narrow), else the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def decode_to_device(load: FrameLoader, count: int, shape: tuple[int, ...], device: torch.device,
                      pool: ThreadPoolExecutor, done: Callable[[], None]) -> Tensor:
     """Frames [count, *shape] on `device`; on a GPU decoded a chunk at a time into one reused (pinned) host chunk, so
@@ -192,7 +201,8 @@ def decode_to_device(load: FrameLoader, count: int, shape: tuple[int, ...], devi
     if device.type == "cpu":
         decode_into(frames, 0, load, pool, done)
         return frames
-    bounce = torch.empty((min(count, frames_per_chunk(shape)), *shape), dtype=torch.uint8, pin_memory=True)
+    bounce = torch.empty((min(count, frames_per_chunk(shape)), *shape), dtype=torch.uint8,
+                         pin_memory=device.type == "cuda")
     for first in range(0, count, len(bounce)):
         rows = bounce[: min(len(bounce), count - first)]
         decode_into(rows, first, load, pool, done)

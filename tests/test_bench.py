@@ -42,9 +42,10 @@ def test_train_speed_reports_rate_and_budget_psnr(prepare_subject, tmp_path) -> 
     run_bench("train_speed.py", ["--data-root", str(root.parent), "--subject", root.name, "--steps", "4",
                                  "--warmup", "1", "--budget", "6", "--val-every", "1.5", "--override", "trainer=cpu",
                                  "--override", "datamodule.num_workers=0", "--override", "datamodule.num_val_frames=2",
-                                 "--json", str(out), *TINY])
+                                 "--override", "datamodule.preload=host", "--json", str(out), *TINY])
     figures = json.loads(out.read_text())
     assert figures["it_per_s"] > 0 and figures["rays_per_s"] == figures["it_per_s"] * 256
+    assert figures["preload"] == "host"  # frames staged from host memory each step (on a CPU too)
     assert figures["cuda_graph_captures"] == 0  # a CPU run is eager
     assert 5 < figures["val_psnr"] < 60 and 0 < figures["val_ssim"] <= 1
     curve = figures["curve"]  # scored every 1.5 s of training (the clock stopped while scoring), last at the budget
