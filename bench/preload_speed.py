@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -42,7 +43,8 @@ def main() -> None:
     stored = sum(frames.nbytes for frames in store.frames.values())
     print(json.dumps({"frames": data.num_frames, "kinds": list(store.frames), "preload": args.preload,
                       "device": args.device, "threads": args.threads, "GiB": round(stored / GiB, 3),
-                      "seconds": round(seconds, 1), "frames_per_s": round(data.num_frames / seconds, 1)}))
+                      "seconds": round(seconds, 1), "frames_per_s": round(data.num_frames / seconds, 1),
+                      "peak_rss_GiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB, 2)}))
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ from ernerf.progress import progress_bar
 log = logging.getLogger(__name__)
 
 GiB = 2**30
-# Kept free beside the frames. On the GPU: the model, the ray batch, the marcher's samples and the CUDA graphs' pools
-# (a few GiB at ER-NeRF's batch); in host memory: this process, the CUDA context and the loader.
+# Kept free beside the frames for what training allocates after they are loaded. On the GPU: the model, the ray
+# batch, the marcher's samples and the CUDA graphs' pools; in host memory: this process, the CUDA context, the loader.
 DEVICE_HEADROOM = 6 * GiB
 HOST_HEADROOM = 4 * GiB
 # torch's pinned allocator rounds each allocation up to a power of two: one tensor of every frame would pin up to

@@ -1,5 +1,6 @@
 """Where frames live (datamodule.preload): device, host memory staged per step, or disk give the same batches; auto
-picks by free memory; explicit modes that cannot fit fail in one line; threaded preloading decodes what one thread does."""
+picks by free memory; explicit modes that cannot fit fail in one line; threaded preloading decodes what one thread
+does."""
 
 from __future__ import annotations
 
@@ -196,8 +197,8 @@ def test_graphed_steps_on_host_frames_train_as_graphed_steps_on_device_frames(tm
         write_synthetic_subject(tmp_path / mode / "data" / "sphere", num_frames=12, size=16)
         with caplog.at_level(logging.INFO):
             train(tiny_config(tmp_path / mode, steps, "trainer=gpu", f"datamodule.preload={mode}",
-                              "engine.cuda_graph=true", f"trainer.val_check_interval={steps}",
-                              "trainer.log_every_n_steps=1"))
+                              "engine.cuda_graph=true", "engine.compile_field=false",
+                              f"trainer.val_check_interval={steps}", "trainer.log_every_n_steps=1"))
         assert "training step as CUDA graphs (rays drawn in the graph)" in caplog.text
         assert f"datamodule.preload={mode} (" in caplog.text
         caplog.clear()
