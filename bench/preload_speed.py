@@ -2,9 +2,10 @@
 
     python bench/preload_speed.py --subject-dir data/trump --preload host [--threads 1] [--device cuda]
     python bench/preload_speed.py ... --stage torso      # + parsing masks, the plate instead of torso backgrounds
+    python bench/preload_speed.py ... --tile-to 7500     # a 5-minute subject from a short one
 
-A minutes-long subject for this can be a short one's training frames repeated (the same files, so the page cache
-holds them after the first read: decoding is what is timed, not the disk).
+--tile-to repeats the subject's training frames up to that many (a temporary folder linking the subject's files):
+the same files, so the page cache holds them after the first read, and decoding is what is timed, not the disk.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import json
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +23,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules.frames import GiB  # noqa: E402
-from datamodules.subject import FrameStore, parse_subject  # noqa: E402
+from datamodules.subject import FrameStore, SubjectData, parse_subject  # noqa: E402
+
+
+def tiled(subject: Path, frames: int, into: Path) -> Path:
+    """A subject folder in `into` whose training split repeats `subject`'s training frames up to `frames`."""
+    into.mkdir(parents=True, exist_ok=True)
+    for entry in subject.resolve().iterdir():
+        if entry.name != "transforms_train.json":
+            (into / entry.name).symlink_to(entry)
+    train = json.loads((subject / "transforms_train.json").read_text())
+    train["frames"] = [train["frames"][k % len(train["frames"])] for k in range(frames)]
+    (into / "transforms_train.json").write_text(json.dumps(train))
+    return into
 
 
 def main() -> None:
@@ -33,19 +47,27 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="decoding threads (default: one per CPU)")
     parser.add_argument("--downscale", type=int, default=1)
+    parser.add_argument("--tile-to", type=int, default=None, help="repeat the training frames up to this many")
     args = parser.parse_args()
-    data = parse_subject(Path(args.subject_dir), args.audio_file, args.downscale)
+    with tempfile.TemporaryDirectory() as tmp:
+        subject = Path(args.subject_dir)
+        if args.tile_to:
+            subject = tiled(subject, args.tile_to, Path(tmp) / subject.name)
+        print(json.dumps(measure(parse_subject(subject, args.audio_file, args.downscale), args)))
+
+
+def measure(data: SubjectData, args: argparse.Namespace) -> dict:
+    """Seconds to preload `data`'s frames as `args` say, the bytes stored and the process's peak RSS."""
     torso = args.stage == "torso"
     started = time.perf_counter()
     store = FrameStore(data, "plate" if torso else "torso", args.preload, args.device, parsing_masks=torso,
                        threads=args.threads)
     seconds = time.perf_counter() - started
     stored = sum(frames.nbytes for frames in store.frames.values())
-    print(json.dumps({"frames": data.num_frames, "kinds": list(store.frames), "preload": args.preload,
-                      "device": args.device, "threads": args.threads, "GiB": round(stored / GiB, 3),
-                      "seconds": round(seconds, 1), "frames_per_s": round(data.num_frames / seconds, 1),
-                      "peak_rss_GiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB, 2)}))
-
+    return {"frames": data.num_frames, "kinds": list(store.frames), "preload": args.preload, "device": args.device,
+            "threads": args.threads, "bytes": stored, "GiB": round(stored / GiB, 3), "seconds": round(seconds, 1),
+            "frames_per_s": round(data.num_frames / seconds, 1),
+            "peak_rss_GiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB, 2)}
 
 if __name__ == "__main__":
     main()

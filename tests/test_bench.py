@@ -73,6 +73,18 @@ def test_train_speed_full_stage_trains_the_stage_budget_and_scores_its_end(prepa
     assert 5 < figures["curve"][-1]["val_psnr_weights"] < 60 and figures["curve"][-1]["val_psnr_weights"] != figures["val_psnr"]
 
 
+def test_preload_speed_times_a_tiled_subject_in_each_mode(tmp_path) -> None:
+    from tests.synthetic import write_synthetic_subject
+
+    root = write_synthetic_subject(tmp_path / "sphere", num_frames=12, size=16)
+    for preload, stage, kinds in (("host", "head", ["image", "background"]), ("device", "torso", ["image", "masks"])):
+        printed = run_bench("preload_speed.py", ["--subject-dir", str(root), "--tile-to", "30", "--preload", preload,
+                                                 "--stage", stage, "--threads", "2"])
+        figures = json.loads(printed)
+        assert figures["frames"] == 30 + 2 and figures["kinds"] == kinds and figures["seconds"] >= 0  # + 2 val frames
+        assert figures["bytes"] == 32 * 16 * 16 * (6 if stage == "head" else 5)  # 3 + 3 colours, or 3 + 2 masks
+
+
 def test_sync_sources_name_the_ops_around_each_sync() -> None:
     """The walk up from a sync call to the ops and labels that made it (labels stand in for CUDA calls on a CPU)."""
     import torch
