@@ -28,6 +28,7 @@ from ernerf.rendering.rays import get_rays, nerf_matrix_to_ngp
 log = logging.getLogger(__name__)
 
 RECT_NAMES = ("face", "lips", "eyes", "lower_half")
+FRAME_CHANNELS = {"image": 3, "background": 3, "masks": 2}  # per-frame kinds a FrameStore keeps, uint8 channels
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,11 @@ def square(rect: tuple[int, int, int, int], height: int, width: int) -> tuple[in
     return max(0, cy - half), min(height, cy + half), max(0, cx - half), min(width, cx + half)
 
 
+def frame_kinds(background: str, parsing_masks: bool) -> list[str]:
+    """What a store keeps per frame: the image, the torso background (the plate is kept once), the parsing masks."""
+    return ["image"] + ["background"] * (background == "torso") + ["masks"] * parsing_masks
+
+
 class FrameStore:
     """Ground-truth images, per-frame backgrounds and parsing masks as uint8 [H, W, C], where `preload` puts them:
     "device" (every frame on `device`), "host" (every frame in host memory, pinned on a GPU; a training step's frame
@@ -177,23 +183,16 @@ class FrameStore:
         self.frames: dict[str, Tensor | HostFrames] = {}
         self.staged: StagedFrame | None = None
         if self.mode != "disk":
-            shapes = {kind: (data.height, data.width, 2 if kind == "masks" else 3) for kind in self.loaders}
+            shapes = {kind: (data.height, data.width, FRAME_CHANNELS[kind]) for kind in self.loaders}
             self.frames = preload_frames(self.loaders, data.num_frames, shapes, self.device, self.mode == "host", threads)
         if self.mode == "host":
             self.staged = StagedFrame(self.frames, self.device)
 
     def _frame_loaders(self, parsing_masks: bool) -> dict[str, Callable[[int], Tensor]]:
-        """The per-frame kinds this store keeps: the image, the torso background (not the plate, kept once), the masks."""
-        kinds = ["image"] + ["background"] * (self.background_kind == "torso") + ["masks"] * parsing_masks
-        return {kind: self._loader(kind) for kind in kinds}
+        return {kind: self._loader(kind) for kind in frame_kinds(self.background_kind, parsing_masks)}
 
     def _loader(self, kind: str) -> Callable[[int], Tensor]:
         return {"image": self._load_image, "background": self._load_background, "masks": self._load_parsing_masks}[kind]
-
-    @staticmethod
-    def frame_bytes(height: int, width: int, background: str, parsing_masks: bool) -> int:
-        """Bytes one preloaded frame takes: image, torso background (head stage), parsing masks (torso stage)."""
-        return height * width * (3 + (3 if background == "torso" else 0) + (2 if parsing_masks else 0))
 
     def stage(self, frame: int) -> None:
         """Copy frame number `frame` from host memory into the buffers a training step reads (preload "host")."""
@@ -449,7 +448,8 @@ class SubjectDataModule(L.LightningDataModule):
         """`preload` resolved for training on `device` from the frames' size and free memory (logged with why), before
         anything is loaded; an explicit mode that cannot fit raises."""
         data = self.data
-        frame_bytes = FrameStore.frame_bytes(data.height, data.width, self.background, self.parsing_masks)
+        channels = sum(FRAME_CHANNELS[kind] for kind in frame_kinds(self.background, self.parsing_masks))
+        frame_bytes = data.height * data.width * channels
         mode, why = choose_preload(self.preload, data.num_frames, frame_bytes, device, self.free_memory(device))
         log.info(why)
         return mode
