@@ -59,6 +59,19 @@ def test_host_frames_staged_per_step_give_the_batches_of_device_and_disk_frames(
         assert_same_batch(batches["disk"], batches["device"])
 
 
+def test_lips_turns_on_host_frames_alternate_as_on_device_frames(subject: Path) -> None:
+    """The lips stage's sampler takes turns (lips square, random rays); a host item names its turn, and the batch
+    built at staging time is the device store's batch of that turn."""
+    from datamodules.samplers import LipsRaySampler
+
+    host, device = (make_datamodule(subject, mode, sampler=LipsRaySampler(num_rays=40)) for mode in ("host", "device"))
+    for frame in (1, 1, 7, 4):
+        torch.manual_seed(frame)
+        ref = device.train_rays[frame]
+        torch.manual_seed(frame)
+        assert_same_batch(host.on_after_batch_transfer(host.train_rays[frame], 0), ref)
+
+
 def test_the_graph_path_reads_the_frame_staged_before_its_step_not_a_prefetched_one(subject: Path) -> None:
     """As under CUDA graphs (`device_batches`): the loader's items carry frame numbers only, the loader has already
     fetched the next item when a step starts, and the batch built from the staged buffers is the step's frame."""
