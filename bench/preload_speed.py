@@ -4,8 +4,9 @@
     python bench/preload_speed.py ... --stage torso      # + parsing masks, the plate instead of torso backgrounds
     python bench/preload_speed.py ... --tile-to 7500     # a 5-minute subject from a short one
 
---tile-to repeats the subject's training frames up to that many (a temporary folder linking the subject's files):
-the same files, so the page cache holds them after the first read, and decoding is what is timed, not the disk.
+--tile-to repeats the subject's training frames up to that many (a folder linking the subject's files, temporary
+unless --tiled-dir names it, e.g. data/trump7500 for bench/train_speed.py --subject trump7500 afterwards): the same
+files, so the page cache holds them after the first read, and decoding is what is timed, not the disk.
 """
 
 from __future__ import annotations
@@ -48,11 +49,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="decoding threads (default: one per CPU)")
     parser.add_argument("--downscale", type=int, default=1)
     parser.add_argument("--tile-to", type=int, default=None, help="repeat the training frames up to this many")
+    parser.add_argument("--tiled-dir", default=None, help="where to keep the tiled subject (default: a temporary folder)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         subject = Path(args.subject_dir)
         if args.tile_to:
-            subject = tiled(subject, args.tile_to, Path(tmp) / subject.name)
+            subject = tiled(subject, args.tile_to, Path(args.tiled_dir or Path(tmp) / subject.name))
         print(json.dumps(measure(parse_subject(subject, args.audio_file, args.downscale), args)))
 
 
