@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from datamodules.frames import GiB, FreeMemory
 from datamodules.samplers import LipsRaySampler, RectRaySampler
 from datamodules.subject import SubjectDataModule, parse_subject
 from ernerf.errors import ErnerfError
@@ -25,7 +26,9 @@ def subject(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_datamodule(root: Path, **kwargs) -> SubjectDataModule:
-    dm = SubjectDataModule(str(root), "aud_mel.npy", **{"num_rays": 256, "num_workers": 0, **kwargs})
+    roomy = FreeMemory(None, 64 * GiB)  # preloading checks free memory: the tests' figure, not the busy machine's
+    dm = SubjectDataModule(str(root), "aud_mel.npy",
+                           **{"num_rays": 256, "num_workers": 0, "free_memory": lambda device: roomy, **kwargs})
     dm.setup("fit")
     return dm
 
