@@ -2,7 +2,9 @@
 
 GPU (preprocessed subject):
     python bench/train_speed.py --data-root data --subject trump --steps 300 --budget 300
-    python bench/train_speed.py ... --override encoder=triplane_triton --override datamodule.preload=true
+    python bench/train_speed.py ... --override encoder=triplane_triton --override datamodule.preload=device
+Frames in pinned host memory, one copied to the GPU per step, against frames on the GPU (docs/performance.md):
+    python bench/train_speed.py ... --override datamodule.preload=host --override datamodule.num_workers=0
 Time to a quality (the val PSNR scored every 5 s of training; e.g. 2 GPUs against one GPU's 60-s figure):
     python bench/train_speed.py ... --budget 60 --val-every 5 --devices 2 --target-psnr 35.6
 The stage as train.py runs it (its step budget from the subject's length, divided over the GPUs, the lr schedule
@@ -183,7 +185,8 @@ def measure_speed(overrides: list[str], steps: int, warmup: int, devices: int = 
     return {"profile": window.summary if window else {}, "ranks_identical": timer.ranks_identical, "it_per_s": its, "rays_per_s": its * cfg.datamodule.num_rays * devices, "num_rays": cfg.datamodule.num_rays,
             "devices": devices, "cuda_graph_captures": graph.captures if graph else 0,
             "graph_capacity": graph.capacity if graph else None, "graph_replay_ms": timer.graph_ms,
-            "rays_built_in_graph": bool(graph and graph.build), "first_10_steps_s": timer.first_steps_s(10)}
+            "rays_built_in_graph": bool(graph and graph.build), "first_10_steps_s": timer.first_steps_s(10),
+            "preload": datamodule.store.mode}
 
 
 class PsnrCurve(L.Callback):
@@ -332,7 +335,8 @@ def main() -> None:
         result.update(memory_peaks())
     if rank == 0 and args.steps > 0:
         print(f"{args.stage}: {result['it_per_s']:.1f} it/s, {result['rays_per_s'] / 1e6:.2f} M rays/s "
-              f"({args.rays} rays/step x {args.devices} device(s)) on {result['device']}; "
+              f"({args.rays} rays/step x {args.devices} device(s)) on {result['device']}, frames preloaded: "
+              f"{result['preload']} (datamodule.preload); "
               f"CUDA graph captures {result['cuda_graph_captures']} (capacity {result['graph_capacity']}, "
               f"rays drawn in the graph: {result['rays_built_in_graph']}); GPU ms per replay {result['graph_replay_ms']}; "
               f"first 10 steps {result['first_10_steps_s']:.1f} s (compiling, captures); peak memory: GPU "

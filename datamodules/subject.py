@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -15,6 +16,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.frames import (FreeMemory, HostFrames, StagedFrame, choose_preload, free_memory, preload_frames,
+                                preload_mode)
 from datamodules.samplers import RandomRaySampler, RaySampler, Rect
 from ernerf.constants import SMOOTH_WINDOW
 from ernerf.errors import ErnerfError
@@ -25,6 +28,7 @@ from ernerf.rendering.rays import get_rays, nerf_matrix_to_ngp
 log = logging.getLogger(__name__)
 
 RECT_NAMES = ("face", "lips", "eyes", "lower_half")
+FRAME_CHANNELS = {"image": 3, "background": 3, "masks": 2}  # per-frame kinds a FrameStore keeps, uint8 channels
 
 
 @dataclass(frozen=True)
@@ -142,18 +146,31 @@ def square(rect: tuple[int, int, int, int], height: int, width: int) -> tuple[in
     return max(0, cy - half), min(height, cy + half), max(0, cx - half), min(width, cx + half)
 
 
-class FrameStore:
-    """Ground-truth images and per-frame backgrounds as uint8 [H, W, 3]; read lazily or preloaded on a device."""
+def frame_kinds(background: str, parsing_masks: bool) -> list[str]:
+    """What a store keeps per frame: the image, the torso background (the plate is kept once), the parsing masks."""
+    return ["image"] + ["background"] * (background == "torso") + ["masks"] * parsing_masks
 
-    def __init__(self, data: SubjectData, background: str = "torso", preload: bool = False,
-                 device: torch.device | str = "cpu", parsing_masks: bool = False) -> None:
+
+class FrameStore:
+    """Ground-truth images, per-frame backgrounds and parsing masks as uint8 [H, W, C], where `preload` puts them:
+    "device" (every frame on `device`), "host" (every frame in host memory, pinned on a GPU; a training step's frame
+    is staged into device buffers, `stage`) or "disk" (read per use); true and false mean device and disk.
+
+    Per-frame conditioning (poses, audio, eye, regions) and frame indices live on `device` in every mode."""
+
+    def __init__(self, data: SubjectData, background: str = "torso", preload: bool | str = False,
+                 device: torch.device | str = "cpu", parsing_masks: bool = False, threads: int | None = None) -> None:
         if background not in ("torso", "plate"):
             raise ErnerfError(f"background must be 'torso' (head stage) or 'plate' (torso stage), got '{background}'.")
         if background == "torso" and not data.layout.torso_dir.exists():
             raise ErnerfError(f"{data.layout.torso_dir} is missing: {redo_hint(data.layout.torso_dir)}, "
                               "or train with datamodule.background=plate.")
+        self.mode = preload_mode(preload)
+        if self.mode == "auto":
+            raise ValueError("FrameStore takes a chosen preload mode: resolve 'auto' with choose_preload first")
         self.data, self.background_kind, self.device = data, background, torch.device(device)
-        self.plate = torch.from_numpy(self._read(data.layout.background)).to(self.device)
+        self.host_plate = torch.from_numpy(self._read(data.layout.background))  # what decoding threads blend over
+        self.plate = self.host_plate.to(self.device)
         # Per-frame conditioning lives where the rays are made: a host-to-device copy per step would stall the GPU.
         self.poses, self.eye = data.poses.to(self.device), data.eye.to(self.device)  # [F, 4, 4], [F]
         self.aud_ids = data.aud_ids.to(self.device)  # [F]
@@ -161,16 +178,25 @@ class FrameStore:
         half = SMOOTH_WINDOW // 2  # zero rows on both ends: every frame's window is one slice
         self.padded_audio = torch.nn.functional.pad(data.audio, (0, 0, 0, 0, half, half)).to(self.device)
         self.frame_ids = torch.arange(data.num_frames, device=self.device)  # frame indices are views of it
-        self.images: Tensor | None = None
-        self.backgrounds: Tensor | None = None
-        self.masks: Tensor | None = None
-        if preload:
-            frames = range(data.num_frames)
-            self.images = torch.stack([self._load_image(f) for f in frames]).to(self.device)  # [F, H, W, 3] uint8
-            if background == "torso":
-                self.backgrounds = torch.stack([self._load_background(f) for f in frames]).to(self.device)
-            if parsing_masks:
-                self.masks = torch.stack([self._load_parsing_masks(f) for f in frames]).to(self.device)  # [F, H, W, 2]
+        self.loaders = self._frame_loaders(parsing_masks)  # kind -> frame number -> uint8 [H, W, C] on the host
+        # kind -> [F, H, W, C] on the device (preload "device") or HostFrames (preload "host"); empty: from disk
+        self.frames: dict[str, Tensor | HostFrames] = {}
+        self.staged: StagedFrame | None = None
+        if self.mode != "disk":
+            shapes = {kind: (data.height, data.width, FRAME_CHANNELS[kind]) for kind in self.loaders}
+            self.frames = preload_frames(self.loaders, data.num_frames, shapes, self.device, self.mode == "host", threads)
+        if self.mode == "host":
+            self.staged = StagedFrame(self.frames, self.device)
+
+    def _frame_loaders(self, parsing_masks: bool) -> dict[str, Callable[[int], Tensor]]:
+        return {kind: self._loader(kind) for kind in frame_kinds(self.background_kind, parsing_masks)}
+
+    def _loader(self, kind: str) -> Callable[[int], Tensor]:
+        return {"image": self._load_image, "background": self._load_background, "masks": self._load_parsing_masks}[kind]
+
+    def stage(self, frame: int) -> None:
+        """Copy frame number `frame` from host memory into the buffers a training step reads (preload "host")."""
+        self.staged.stage(frame)
 
     # ------------------------------------------------------------ by frame number (whole frames: validation, apps)
     def index(self, frame: int) -> Tensor:
@@ -184,19 +210,27 @@ class FrameStore:
 
     def image(self, frame: int) -> Tensor:
         """Ground truth of a frame number, uint8 [H, W, 3]."""
-        return self.image_at(self.index(frame))
+        return self._frame("image", frame)
 
     def background(self, frame: int) -> Tensor:
         """What lies behind the head in a frame number, uint8 [H, W, 3]."""
-        return self.background_at(self.index(frame))
+        return self.plate if self.background_kind == "plate" else self._frame("background", frame)
 
     def parsing_masks(self, frame: int) -> Tensor:
         """`parsing_masks_at` of a frame number: uint8 [H, W, 2]."""
-        return self.parsing_masks_at(self.index(frame))
+        return self._frame("masks", frame)
+
+    def _frame(self, kind: str, frame: int) -> Tensor:
+        """One kind of a frame number on the device; from host memory directly, not through the staged buffers (which
+        hold the training step's frame)."""
+        if self.staged is not None and kind in self.frames:
+            return self.frames[kind][frame].to(self.device)
+        return self._frame_at(kind, self.index(frame))
 
     # ------------------------------------------------------------ by frame index ([1] long on this store's device)
-    # Preloaded frames are gathered on the device without a host sync, so a CUDA graph can build its batch; frames
-    # read from disk take the index's number on the host (such a store lives on the CPU).
+    # Frames preloaded on the device are gathered there without a host sync, so a CUDA graph can build its batch; in
+    # host memory they are the staged frame (`stage` first); read from disk, the index's number is taken on the host
+    # (such a store lives on the CPU).
     def audio_window_at(self, frame: Tensor) -> Tensor:
         """`SubjectData.audio_window` of one frame, on this store's device: [8, 16, C]."""
         rows = self.aud_ids[frame] + torch.arange(SMOOTH_WINDOW, device=self.device)  # rows of the padded features
@@ -206,23 +240,22 @@ class FrameStore:
 
     def image_at(self, frame: Tensor) -> Tensor:
         """Ground truth of one frame, uint8 [H, W, 3]."""
-        if self.images is None:
-            return self._load_image(int(frame)).to(self.device)
-        return self.images[frame][0]
+        return self._frame_at("image", frame)
 
     def background_at(self, frame: Tensor) -> Tensor:
         """What lies behind the head in one frame, uint8 [H, W, 3]: torso over the plate, or the plate."""
-        if self.background_kind == "plate":
-            return self.plate
-        if self.backgrounds is None:
-            return self._load_background(int(frame)).to(self.device)
-        return self.backgrounds[frame][0]
+        return self.plate if self.background_kind == "plate" else self._frame_at("background", frame)
 
     def parsing_masks_at(self, frame: Tensor) -> Tensor:
         """uint8 [H, W, 2]: torso+neck and head coverage (0..255) from the frame's parsing map (torso stage)."""
-        if self.masks is None:
-            return self._load_parsing_masks(int(frame)).to(self.device)
-        return self.masks[frame][0]
+        return self._frame_at("masks", frame)
+
+    def _frame_at(self, kind: str, frame: Tensor) -> Tensor:
+        if kind not in self.frames:  # read from disk (also a kind the store was not asked to preload)
+            return self._loader(kind)(int(frame)).to(self.device)
+        if self.staged is not None:
+            return self.staged.buffers[kind]
+        return self.frames[kind][frame][0]
 
     def _read(self, path: Path, mode: str = "RGB") -> np.ndarray:
         """uint8 [H, W, 3|4] at the training size. PIL rather than OpenCV: training machines need no opencv."""
@@ -257,10 +290,12 @@ class FrameStore:
         return torch.from_numpy(self._read(self.data.layout.gt(int(self.data.img_ids[frame]))))
 
     def _load_background(self, frame: int) -> Tensor:
-        rgba = torch.from_numpy(self._read(self.data.layout.torso(int(self.data.img_ids[frame])), "RGBA"))
-        alpha = rgba[..., 3:].float() / 255
-        mixed = rgba[..., :3].float() * alpha + self.plate.cpu().float() * (1 - alpha)
-        return mixed.round().to(torch.uint8)
+        # numpy, not torch: torch spreads each small op over its intra-op threads, which stalls on a busy CPU and
+        # competes with the other decoding threads; the float32 arithmetic and rounding are the same
+        rgba = self._read(self.data.layout.torso(int(self.data.img_ids[frame])), "RGBA").astype(np.float32)
+        alpha = rgba[..., 3:] / 255
+        mixed = rgba[..., :3] * alpha + self.host_plate.numpy().astype(np.float32) * (1 - alpha)
+        return torch.from_numpy(np.round(mixed).astype(np.uint8))
 
 
 def to_unit(pixels: Tensor) -> Tensor:
@@ -272,8 +307,9 @@ class TrainRays(Dataset):
     """One training frame per item: `sampler` picks its pixels; rays, targets, background and conditioning.
 
     An item's frame number becomes the frame index (`FrameStore.index`) that the batch carries. With `frames_only`,
-    an item is just `{"frame_index": index}` and the step builds the batch itself with `build`: a CUDA-graphed step
-    draws its rays inside the graph (see `SubjectDataModule.device_batches`)."""
+    an item is just `{"frame_index": index, "layout": turn}` and the step builds the batch itself with `build`: a
+    CUDA-graphed step draws its rays inside the graph (see `SubjectDataModule.device_batches`). Frames in host memory
+    are staged per step: an item also names its frame number ("stage_frame") until `stage` copies that frame in."""
 
     def __init__(self, data: SubjectData, store: FrameStore, sampler: RaySampler, eye_jitter: float = 0.05,
                  parsing_masks: bool = False) -> None:
@@ -286,9 +322,21 @@ class TrainRays(Dataset):
 
     def __getitem__(self, frame: int) -> dict:
         index = self.store.index(frame)
+        if self.store.staged is not None:  # built after `stage`, just before the step, not when the loader prefetches
+            return {"frame_index": index, "layout": self.sampler.next_layout(), "stage_frame": frame}
         if self.frames_only:
             return {"frame_index": index, "layout": self.sampler.next_layout()}
         return self.build(index, self.data.rects_of(frame))
+
+    def stage(self, item: dict) -> dict:
+        """Copy an item's frame from host memory into the store's staged buffers; return what the step takes: the
+        item without its frame number when the step builds the batch (`frames_only`), else the batch built now."""
+        item = dict(item)
+        frame = item.pop("stage_frame")
+        self.store.stage(frame)
+        if self.frames_only:
+            return item
+        return self.build(item["frame_index"], self.data.rects_of(frame), item["layout"])
 
     def build(self, frame: Tensor, rects: Mapping[str, Rect] | None = None, layout: int | None = None) -> dict:
         """The ray batch of frame index `frame` ([1] long on the store's device), its pixels drawn by the sampler
@@ -348,17 +396,21 @@ class FullFrames(Dataset):
 
 
 class SubjectDataModule(L.LightningDataModule):
-    """Training rays and validation frames of one preprocessed subject."""
+    """Training rays and validation frames of one preprocessed subject.
+
+    preload: where the frames live (FrameStore): auto, device (true), host or false (disk); `choose_preload` says
+        what auto picks. free_memory: `device -> FreeMemory`, what the choice reads (tests pass their own figures)."""
 
     def __init__(self, subject_dir: str, audio_file: str, sampler: RaySampler | None = None, num_rays: int = 65536,
-                 preload: bool = False, downscale: int = 1, scale: float = 4.0,
+                 preload: bool | str = "auto", downscale: int = 1, scale: float = 4.0,
                  offset: tuple[float, float, float] = (0.0, 0.0, 0.0), background: str = "torso",
                  eye_jitter: float = 0.05, num_val_frames: int | None = 8, num_workers: int = 0,
-                 parsing_masks: bool = False) -> None:
+                 parsing_masks: bool = False, free_memory: Callable[[torch.device], FreeMemory] = free_memory) -> None:
         super().__init__()
         self.subject_dir, self.audio_file = Path(subject_dir), audio_file
         self.sampler = sampler or RandomRaySampler(num_rays)
-        self.preload, self.downscale, self.scale, self.offset = preload, downscale, scale, tuple(offset)
+        self.preload, self.free_memory = preload_mode(preload), free_memory
+        self.downscale, self.scale, self.offset = downscale, scale, tuple(offset)
         self.background, self.eye_jitter = background, eye_jitter
         self.num_val_frames, self.num_workers = num_val_frames, num_workers
         self.parsing_masks = parsing_masks  # the torso stage's alpha targets
@@ -386,9 +438,29 @@ class SubjectDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.store is not None:
             return
-        device = self.trainer.strategy.root_device if self.preload and self.trainer is not None else torch.device("cpu")
-        self.store = FrameStore(self.data, self.background, self.preload, device, self.parsing_masks)
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        mode = self.preload_mode_for(device)
+        store_device = device if mode != "disk" else torch.device("cpu")  # the loader's workers build disk batches
+        self.store = FrameStore(self.data, self.background, mode, store_device, self.parsing_masks)
         self.sampler.fit(self.data.rects)
+
+    def preload_mode_for(self, device: torch.device) -> str:
+        """`preload` resolved for training on `device` from the frames' size and free memory (logged with why), before
+        anything is loaded; an explicit mode that cannot fit raises."""
+        data = self.data
+        channels = sum(FRAME_CHANNELS[kind] for kind in frame_kinds(self.background, self.parsing_masks))
+        frame_bytes = data.height * data.width * channels
+        mode, why = choose_preload(self.preload, data.num_frames, frame_bytes, device, self.free_memory(device))
+        log.info(why)
+        return mode
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Frames in host memory: stage the training step's frame into the device buffers its batch is read from.
+        Lightning calls this just before the step, on the step's stream, after the loader has prefetched the next
+        item: so the copy lands after the previous step and before this one (`StagedFrame`)."""
+        if isinstance(batch, dict) and "stage_frame" in batch:
+            return self.train_rays.stage(batch)
+        return batch
 
     def val_frames(self) -> list[int]:
         """Held-out frames to render, evenly spaced over the validation split."""
@@ -398,7 +470,8 @@ class SubjectDataModule(L.LightningDataModule):
         return [frames[int(k)] for k in np.linspace(0, len(frames) - 1, self.num_val_frames).round()]
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        workers = 0 if self.store.device.type != "cpu" else self.num_workers  # device tensors stay in this process
+        # device tensors stay in this process; items of staged frames are only numbers
+        workers = 0 if self.store.device.type != "cpu" or self.store.staged is not None else self.num_workers
         return DataLoader(dataset, batch_size=None, shuffle=shuffle, num_workers=workers, persistent_workers=workers > 0)
 
     def train_dataloader(self) -> DataLoader:
@@ -413,9 +486,10 @@ class SubjectDataModule(L.LightningDataModule):
 
     def device_batches(self) -> Callable[[Tensor, int], dict] | None:
         """`(frame index [1], layout) -> ray batch`, built on the GPU without a host sync, when the data allows it
-        (frames preloaded on a CUDA device, a sampler of fixed shapes); the loader then yields frame indices and the
-        sampler's turn (`layout`) only. None otherwise: the loader keeps yielding whole batches."""
-        if self.store is None or self.store.device.type != "cuda" or self.store.images is None or not self.fixed_layouts:
+        (frames preloaded on a CUDA device or staged there from host memory, a sampler of fixed shapes); the loader
+        then yields frame indices and the sampler's turn (`layout`) only. None otherwise: the loader keeps yielding
+        whole batches."""
+        if self.store is None or self.store.device.type != "cuda" or self.store.mode == "disk" or not self.fixed_layouts:
             return None
         self.train_rays.frames_only = True
         return self.train_rays.build

@@ -42,9 +42,10 @@ def test_train_speed_reports_rate_and_budget_psnr(prepare_subject, tmp_path) -> 
     run_bench("train_speed.py", ["--data-root", str(root.parent), "--subject", root.name, "--steps", "4",
                                  "--warmup", "1", "--budget", "6", "--val-every", "1.5", "--override", "trainer=cpu",
                                  "--override", "datamodule.num_workers=0", "--override", "datamodule.num_val_frames=2",
-                                 "--json", str(out), *TINY])
+                                 "--override", "datamodule.preload=host", "--json", str(out), *TINY])
     figures = json.loads(out.read_text())
     assert figures["it_per_s"] > 0 and figures["rays_per_s"] == figures["it_per_s"] * 256
+    assert figures["preload"] == "host"  # frames staged from host memory each step (on a CPU too)
     assert figures["cuda_graph_captures"] == 0  # a CPU run is eager
     assert 5 < figures["val_psnr"] < 60 and 0 < figures["val_ssim"] <= 1
     curve = figures["curve"]  # scored every 1.5 s of training (the clock stopped while scoring), last at the budget
@@ -70,6 +71,18 @@ def test_train_speed_full_stage_trains_the_stage_budget_and_scores_its_end(prepa
     assert 0 < figures["startup_s"] <= figures["train_s"]  # the clock at the first check (step 1 on a CPU)
     assert "7 steps per device" in printed
     assert 5 < figures["curve"][-1]["val_psnr_weights"] < 60 and figures["curve"][-1]["val_psnr_weights"] != figures["val_psnr"]
+
+
+def test_preload_speed_times_a_tiled_subject_in_each_mode(tmp_path) -> None:
+    from tests.synthetic import write_synthetic_subject
+
+    root = write_synthetic_subject(tmp_path / "sphere", num_frames=12, size=16)
+    for preload, stage, kinds in (("host", "head", ["image", "background"]), ("device", "torso", ["image", "masks"])):
+        printed = run_bench("preload_speed.py", ["--subject-dir", str(root), "--tile-to", "30", "--preload", preload,
+                                                 "--stage", stage, "--threads", "2"])
+        figures = json.loads(printed)
+        assert figures["frames"] == 30 + 2 and figures["kinds"] == kinds and figures["seconds"] >= 0  # + 2 val frames
+        assert figures["bytes"] == 32 * 16 * 16 * (6 if stage == "head" else 5)  # 3 + 3 colours, or 3 + 2 masks
 
 
 def test_sync_sources_name_the_ops_around_each_sync() -> None:
