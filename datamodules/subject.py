@@ -298,7 +298,7 @@ class TrainRays(Dataset):
         sampler = self.sampler if layout is None else self.sampler.layouts()[layout]
         if rects is None:
             rects = {name: r[frame][0] for name, r in store.rects.items()}  # [4] each, on the device
-        sample = sampler(data.height, data.width, rects, device=device)
+        sample = sampler(data.height, data.width, rects, device=device, frame=frame)
         index = sample.index  # [N]
         rays_o, rays_d = get_rays(store.poses[frame], data.intrinsics, data.height, data.width, index[None])
         jitter = (torch.rand(1, device=device) - 0.5) * (2 * self.eye_jitter)  # ER-NeRF: +-0.05 so blinks interpolate
@@ -377,6 +377,11 @@ class SubjectDataModule(L.LightningDataModule):
     def num_train_frames(self) -> int:
         return self.data.num_train
 
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(height, width) of the training frames, in pixels."""
+        return self.data.height, self.data.width
+
     def conditioning(self, frame: int) -> tuple[Tensor, Tensor]:
         """Audio window [8, 16, C] and eye [1] (without the training jitter) of training frame number `frame`, on
         the frames' device: what an occupancy-grid refresh conditions the density on."""
@@ -388,7 +393,7 @@ class SubjectDataModule(L.LightningDataModule):
             return
         device = self.trainer.strategy.root_device if self.preload and self.trainer is not None else torch.device("cpu")
         self.store = FrameStore(self.data, self.background, self.preload, device, self.parsing_masks)
-        self.sampler.fit(self.data.rects)
+        self.sampler.fit(self.store.rects)  # on the frames' device: state a sampler keeps lives beside them
 
     def val_frames(self) -> list[int]:
         """Held-out frames to render, evenly spaced over the validation split."""

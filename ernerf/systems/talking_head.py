@@ -232,7 +232,8 @@ class TalkingHeadSystem(L.LightningModule):
         occupied = out.samples_occupied if out.samples_occupied is not None else torch.tensor(out.samples_evaluated)
         psnr = psnr_from_mse(torch.mean((out.rgb.detach().float() - batch["rgb"]) ** 2))
         return {"loss": total, "psnr": psnr, "rgb": out.rgb, "target": batch["rgb"], "occupied": occupied,
-                "patch_shape": batch.get("patch_shape"), **{f"loss_{name}": value for name, value in values.items()}}
+                "patch_shape": batch.get("patch_shape"), "pixel_index": batch["pixel_index"],
+                "frame_index": batch["frame_index"], **{f"loss_{name}": value for name, value in values.items()}}
 
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         log_now = self.logs_this_step()
@@ -240,9 +241,11 @@ class TalkingHeadSystem(L.LightningModule):
         outputs = self.execution.train_step(self.step_outputs, batch)
         if log_now:
             self.log_step_values(outputs)
-        # callbacks log the rendered lip patches (a graphed step builds its batch inside: its targets come back too)
+        # callbacks log the rendered lip patches and feed the rays' errors back to the sampler (a graphed step builds
+        # its batch inside: its targets, pixels and frame come back too)
         return {"loss": outputs["loss"], "rgb": outputs["rgb"].detach(), "target": outputs["target"],
-                "patch_shape": outputs["patch_shape"]}
+                "patch_shape": outputs["patch_shape"], "pixel_index": outputs["pixel_index"],
+                "frame_index": outputs["frame_index"]}
 
     def log_step_values(self, outputs: Mapping[str, Tensor]) -> None:
         """Loss terms, loss and PSNR of this step, copied to the host at once and logged as CPU tensors."""
