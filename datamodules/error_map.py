@@ -25,13 +25,18 @@ class ErrorMap:
     rate: how far one step's mean error of a cell moves that cell of its frame (an EMA: new = old + rate (obs - old)).
     shared_rate: the same for the map of all frames together, which stands in for a frame's cells not observed yet:
         the frames of one subject look alike, and a CPU run visits each frame only a few times.
+    reweight: give each drawn ray the loss weight 1 / (its probability x H x W) (`loss_weights`), so the loss's
+        expectation stays that of uniform rays (importance sampling); False: the loss leans toward the error, as in
+        Instant-NGP.
     """
 
-    def __init__(self, cells: int = 32, uniform_fraction: float = 0.5, rate: float = 0.5, shared_rate: float = 0.05) -> None:
+    def __init__(self, cells: int = 32, uniform_fraction: float = 0.5, rate: float = 0.5, shared_rate: float = 0.05,
+                 reweight: bool = False) -> None:
         if cells < 1 or not 0.0 <= uniform_fraction <= 1.0 or not 0.0 < rate <= 1.0 or not 0.0 < shared_rate <= 1.0:
             raise ErnerfError(f"error map: cells must be >= 1, uniform_fraction in [0, 1], rate and shared_rate in "
                               f"(0, 1]; got {cells}, {uniform_fraction}, {rate}, {shared_rate}.")
         self.cells, self.uniform_fraction, self.rate, self.shared_rate = cells, uniform_fraction, rate, shared_rate
+        self.reweight = reweight
         self.frames: Tensor | None = None  # [F, cells * cells]: NaN where the frame has not observed the cell yet
         self.shared: Tensor | None = None  # [cells * cells]: every frame's observations; uniform to start with
 
@@ -65,12 +70,23 @@ class ErrorMap:
         cols = within_cells(cell % cells, cells, width, torch.rand(guided, generator=generator, device=device))
         return torch.cat([uniform, rows * width + cols])
 
+    def loss_weights(self, index: Tensor, height: int, width: int, frame: Tensor) -> Tensor:
+        """1 / (probability x H x W) of drawing pixels `index` [N] of frame `frame` (the uniform share and the map's
+        together): [N], 1 on average over a draw, at most 1 / uniform_fraction."""
+        cells = self._check_size(height, width)
+        weights = self.weights(frame).float()
+        share = weights / weights.sum().clamp_min(1e-20)  # [cells^2] each cell's share of the guided rays
+        cell = cell_numbers(index, cells, height, width)
+        rows, cols = index // width * cells // height, index % width * cells // width
+        pixels = cell_extent(rows, cells, height) * cell_extent(cols, cells, width)  # pixels in each ray's cell
+        density = self.uniform_fraction + (1 - self.uniform_fraction) * share[cell] * (height * width) / pixels
+        return 1 / density
+
     def observe(self, frame: Tensor, index: Tensor, error: Tensor, height: int, width: int) -> None:
         """Move frame `frame`'s cells (and the shared map's) toward the mean `error` [N] of the pixels `index` [N]
         that fell in them; cells no pixel fell in keep their value. In place, without a host sync."""
         maps, cells = self._fitted(), self._check_size(height, width)
-        rows, cols = index // width, index % width
-        cell = (rows * cells // height) * cells + cols * cells // width
+        cell = cell_numbers(index, cells, height, width)
         sums = torch.zeros(cells * cells, device=maps.device).index_add_(0, cell, error.float())
         counts = torch.zeros(cells * cells, device=maps.device).index_add_(0, cell, torch.ones_like(sums[cell]))
         seen, mean = counts > 0, sums / counts.clamp_min(1)
@@ -89,6 +105,16 @@ class ErrorMap:
             raise ErnerfError(f"error map of {self.cells} cells a side on a {height}x{width} frame: some cells would "
                               "hold no pixel; set datamodule.sampler.error_map.cells to at most the frame's side.")
         return self.cells
+
+
+def cell_numbers(index: Tensor, cells: int, height: int, width: int) -> Tensor:
+    """The cell of flat pixel ids [N] of an H x W frame on a `cells` x `cells` grid, row-major: [N]."""
+    return (index // width * cells // height) * cells + index % width * cells // width
+
+
+def cell_extent(cell: Tensor, cells: int, size: int) -> Tensor:
+    """Pixels along one axis of `size` pixels in cell numbers `cell` of `cells` (as `within_cells` splits it)."""
+    return ((cell + 1) * size + cells - 1) // cells - (cell * size + cells - 1) // cells
 
 
 def within_cells(cell: Tensor, cells: int, size: int, unit: Tensor) -> Tensor:

@@ -37,10 +37,12 @@ class Rect:
 
 @dataclass(frozen=True)
 class PixelSample:
-    """Flat pixel ids [N] of one frame, and the (h, w) grid they form when they are patches (else None)."""
+    """Flat pixel ids [N] of one frame, the (h, w) grid they form when they are patches (else None), and the loss
+    weight [N] of each ray when the draw is not uniform and asks the loss to make up for it (else None)."""
 
     index: Tensor
     patch_shape: tuple[int, int] | None = None
+    loss_weight: Tensor | None = None
 
 
 class RaySampler:
@@ -96,7 +98,9 @@ class RandomRaySampler(RaySampler):
             return PixelSample(torch.randint(0, count, (self.num_rays,), generator=generator, device=device))
         if frame is None:
             raise ErnerfError("an error-guided RandomRaySampler draws per frame: call it with the frame index.")
-        return PixelSample(self.error_map.draw(self.num_rays, height, width, frame, generator, device))
+        index = self.error_map.draw(self.num_rays, height, width, frame, generator, device)
+        weight = self.error_map.loss_weights(index, height, width, frame) if self.error_map.reweight else None
+        return PixelSample(index, loss_weight=weight)
 
     def fit(self, rects: Mapping[str, Tensor]) -> None:
         if self.error_map is not None:

@@ -300,9 +300,10 @@ class TrainRays(Dataset):
             rects = {name: r[frame][0] for name, r in store.rects.items()}  # [4] each, on the device
         sample = sampler(data.height, data.width, rects, device=device, frame=frame)
         index = sample.index  # [N]
+        weights = {} if sample.loss_weight is None else {"loss_weight": sample.loss_weight}  # [N]
         rays_o, rays_d = get_rays(store.poses[frame], data.intrinsics, data.height, data.width, index[None])
         jitter = (torch.rand(1, device=device) - 0.5) * (2 * self.eye_jitter)  # ER-NeRF: +-0.05 so blinks interpolate
-        return self.masks(frame, index) | {
+        return self.masks(frame, index) | weights | {
             "rays_o": rays_o[0], "rays_d": rays_d[0],  # [N, 3]
             "rgb": to_unit(store.image_at(frame).reshape(-1, 3)[index]),  # [N, 3]
             "bg": to_unit(store.background_at(frame).reshape(-1, 3)[index]),  # [N, 3]

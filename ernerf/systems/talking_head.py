@@ -197,10 +197,12 @@ class TalkingHeadSystem(L.LightningModule):
         `progress`: [] training progress (`step_scalar`), by default this step's."""
         progress = step_scalar(self.step_fraction()) if progress is None else progress
         pred, target, face = out.rgb.float(), batch["rgb"], batch["face_mask"]
+        weight = batch.get("loss_weight")  # [N] when the rays were not drawn uniformly and the sampler makes up for it
         extras = {name: value.float() for name, value in out.extras.items()}
         makers = {
-            "rgb": lambda: photometric_mse(pred, target),
-            "rgb_uncertainty": lambda: uncertainty_weighted_mse(pred, target, extras["uncertainty"], progress, face),
+            "rgb": lambda: photometric_mse(pred, target, sample_weight=weight),
+            "rgb_uncertainty": lambda: uncertainty_weighted_mse(pred, target, extras["uncertainty"], progress, face,
+                                                                sample_weight=weight),
             "opacity_entropy": lambda: opacity_entropy(out.opacity.float()),
             "ambient_audio": lambda: attention_outside_mask(extras["audio_att"], face),
             "ambient_eye": lambda: eye_audio_overlap(extras["eye_att"], extras["audio_att"], face),

@@ -93,6 +93,20 @@ def test_frames_not_observed_yet_draw_from_the_map_of_all_frames() -> None:
     assert (cell_of(index) == 3).all()
 
 
+def test_reweighted_draws_estimate_the_uniform_mean_error() -> None:
+    """Importance weights: the weighted mean error of guided draws is the image's mean error, as with uniform rays."""
+    error_map = fitted(uniform_fraction=0.25, reweight=True)
+    error = torch.rand(H * W, generator=torch.Generator().manual_seed(8)) * error_in_one_cell(19, 1.0) + 0.01
+    error_map.observe(frame(0), all_pixels(), error, H, W)
+    index = error_map.draw(200_000, H, W, frame(0), torch.Generator().manual_seed(9))
+    weight = error_map.loss_weights(index, H, W, frame(0))
+    assert float((weight * error[index]).mean()) == pytest.approx(float(error.mean()), rel=0.03)
+    assert float(error[index].mean()) > 3 * float(error.mean())  # unweighted, the loss leans toward cell 19
+    assert float(weight.mean()) == pytest.approx(1.0, rel=0.03) and float(weight.max()) <= 1 / 0.25 + 1e-4
+    untouched = fitted(reweight=True)
+    assert torch.allclose(untouched.loss_weights(index[:100], H, W, frame(1)), torch.ones(100))
+
+
 def test_draws_repeat_with_the_same_seed() -> None:
     error_map = fitted()
     error_map.observe(frame(1), all_pixels(), torch.rand(H * W, generator=torch.Generator().manual_seed(5)), H, W)
@@ -133,7 +147,7 @@ def test_error_guided_batches_are_built_and_observed_without_host_reads(tmp_path
     from tests.synthetic import write_synthetic_subject
 
     write_synthetic_subject(tmp_path / "sphere", num_frames=6, size=16)
-    sampler = LipsRaySampler(num_rays=40, error_map=ErrorMap(cells=4))
+    sampler = LipsRaySampler(num_rays=40, error_map=ErrorMap(cells=4, reweight=True))
     dm = SubjectDataModule(str(tmp_path / "sphere"), "aud_mel.npy", sampler=sampler, preload=True, num_workers=0)
     dm.setup("fit")
     rays = dm.train_rays
@@ -143,8 +157,10 @@ def test_error_guided_batches_are_built_and_observed_without_host_reads(tmp_path
         for layout in (0, 1):  # the lips square, then the error-guided rays
             batch = rays.build(item["frame_index"], layout=layout)
             sampler.observe(batch["frame_index"], batch["pixel_index"], batch["rgb"].mean(-1), 16, 16)
+            assert ("loss_weight" in batch) == (layout == 1)  # the guided rays carry their loss weights
     maps = sampler.samplers[1].error_map.frames
-    assert batch["pixel_index"].shape == (40,) and not maps[2].isnan().all() and maps[3].isnan().all()
+    assert batch["pixel_index"].shape == batch["loss_weight"].shape == (40,)
+    assert not maps[2].isnan().all() and maps[3].isnan().all()
     with pytest.raises(AssertionError, match="host read"), HostReads():
         bool(batch["frame_index"] > 0)  # the guard itself works
 
