@@ -165,6 +165,24 @@ def test_error_guided_batches_are_built_and_observed_without_host_reads(tmp_path
         bool(batch["frame_index"] > 0)  # the guard itself works
 
 
+def test_loader_processes_draw_from_the_map_this_process_updates(tmp_path: Path) -> None:
+    """On the CPU the maps sit in shared memory: a loader worker started before an update draws from the updated map."""
+    from datamodules.subject import SubjectDataModule
+    from tests.synthetic import write_synthetic_subject
+
+    write_synthetic_subject(tmp_path / "sphere", num_frames=24, size=16)
+    sampler = RandomRaySampler(32, ErrorMap(cells=4, uniform_fraction=0.0))
+    dm = SubjectDataModule(str(tmp_path / "sphere"), "aud_mel.npy", sampler=sampler, num_workers=1)
+    dm.setup("fit")
+    batches = iter(dm.train_dataloader())
+    next(batches)  # the worker runs (and has drawn its next batches) before the map learns anything
+    corner = torch.arange(16 * 16)[(torch.arange(16 * 16) // 16 < 4) & (torch.arange(16 * 16) % 16 < 4)]
+    for number in range(24):  # every frame: all the error in the top-left cell
+        sampler.observe(frame(number), torch.arange(16 * 16), torch.isin(torch.arange(16 * 16), corner).float(), 16, 16)
+    later = [next(batches)["pixel_index"] for _ in range(5)][-1]
+    assert torch.isin(later, corner).all()
+
+
 def test_the_callback_feeds_the_step_errors_of_its_pixels_to_the_sampler() -> None:
     from types import SimpleNamespace
 
