@@ -77,8 +77,7 @@ class ErrorMap:
         weights = self.weights(frame).float()
         share = weights / weights.sum().clamp_min(1e-20)  # [cells^2] each cell's share of the guided rays
         cell = cell_numbers(index, cells, height, width)
-        rows, cols = index // width * cells // height, index % width * cells // width
-        pixels = cell_extent(rows, cells, height) * cell_extent(cols, cells, width)  # pixels in each ray's cell
+        pixels = cell_extent(cell // cells, cells, height) * cell_extent(cell % cells, cells, width)  # in each ray's cell
         density = self.uniform_fraction + (1 - self.uniform_fraction) * share[cell] * (height * width) / pixels
         return 1 / density
 
@@ -88,7 +87,7 @@ class ErrorMap:
         maps, cells = self._fitted(), self._check_size(height, width)
         cell = cell_numbers(index, cells, height, width)
         sums = torch.zeros(cells * cells, device=maps.device).index_add_(0, cell, error.float())
-        counts = torch.zeros(cells * cells, device=maps.device).index_add_(0, cell, torch.ones_like(sums[cell]))
+        counts = torch.zeros(cells * cells, device=maps.device).index_add_(0, cell, torch.ones_like(error, dtype=torch.float32))
         seen, mean = counts > 0, sums / counts.clamp_min(1)
         own = maps.index_select(0, frame)[0]
         moved = torch.where(own.isnan(), mean, own + self.rate * (mean - own))
@@ -119,7 +118,7 @@ def cell_extent(cell: Tensor, cells: int, size: int) -> Tensor:
 
 def within_cells(cell: Tensor, cells: int, size: int, unit: Tensor) -> Tensor:
     """Pixel coordinates along one axis of `size` pixels: uniform (`unit` in [0, 1)) inside cell numbers `cell` of
-    `cells` equal cells (the same split as `observe`'s `coordinate * cells // size`)."""
+    `cells` equal cells (the split of `cell_numbers`: coordinate * cells // size)."""
     start = (cell * size + cells - 1) // cells  # first pixel p with p * cells // size == cell
     end = ((cell + 1) * size + cells - 1) // cells
     offset = (unit * (end - start)).long()
