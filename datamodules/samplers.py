@@ -1,4 +1,4 @@
-"""Ray samplers: which pixels of a training frame become rays (random, patches, the lips rectangle)."""
+"""Ray samplers: which pixels of a training frame become rays (random or error-guided, patches, the lips rectangle)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from datamodules.error_map import ErrorMap
 from ernerf.errors import ErnerfError
 
 
@@ -36,10 +37,12 @@ class Rect:
 
 @dataclass(frozen=True)
 class PixelSample:
-    """Flat pixel ids [N] of one frame, and the (h, w) grid they form when they are patches (else None)."""
+    """Flat pixel ids [N] of one frame, the (h, w) grid they form when they are patches (else None), and the loss
+    weight [N] of each ray when the draw is not uniform and asks the loss to make up for it (else None)."""
 
     index: Tensor
     patch_shape: tuple[int, int] | None = None
+    loss_weight: Tensor | None = None
 
 
 class RaySampler:
@@ -49,12 +52,24 @@ class RaySampler:
     fixed_shape = True  # every call returns the same number of pixels (and patch shape): a CUDA graph can replay it
 
     def __call__(self, height: int, width: int, rects: Mapping[str, Rect | Tensor],
-                 generator: torch.Generator | None = None, device: torch.device | str | None = None) -> PixelSample:
-        """Pixel ids on `device` (where the frames are: drawing them there spares a host-to-device copy per step)."""
+                 generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                 frame: Tensor | None = None) -> PixelSample:
+        """Pixel ids on `device` (where the frames are: drawing them there spares a host-to-device copy per step);
+        `frame`: the frame index ([1] long on the frames' device), for samplers that keep state per frame."""
         raise NotImplementedError
 
     def fit(self, rects: Mapping[str, Tensor]) -> None:
-        """Adapt to the subject before training: `rects` name -> [F, 4] regions of every frame. Nothing by default."""
+        """Adapt to the subject before training: `rects` name -> [F, 4] regions of every frame, on the frames'
+        device. Nothing by default."""
+
+    @property
+    def learns_from_errors(self) -> bool:
+        """Whether `observe` uses the training rays' errors (callbacks.ray_errors feeds them only then)."""
+        return False
+
+    def observe(self, frame: Tensor, index: Tensor, error: Tensor, height: int, width: int) -> None:
+        """The squared error [N] the step met at pixels `index` [N] of frame index `frame` ([1] long). Ignored by
+        default."""
 
     def layouts(self) -> list[RaySampler]:
         """The samplers whose batches the step sees, in the order they take turns (one here)."""
@@ -66,17 +81,38 @@ class RaySampler:
 
 
 class RandomRaySampler(RaySampler):
-    """`num_rays` uniformly random pixels (with replacement, as ER-NeRF); all pixels when the frame is smaller."""
+    """`num_rays` random pixels (with replacement, as ER-NeRF); all pixels when the frame is smaller.
 
-    def __init__(self, num_rays: int) -> None:
-        self.num_rays = num_rays
+    Uniform over the image, or, with an `error_map`, partly drawn where the frame's earlier rays met the most error
+    (datamodules/error_map.py; the map learns from the rays the step reports to `observe`)."""
+
+    def __init__(self, num_rays: int, error_map: ErrorMap | None = None) -> None:
+        self.num_rays, self.error_map = num_rays, error_map
 
     def __call__(self, height: int, width: int, rects: Mapping[str, Rect], generator: torch.Generator | None = None,
-                 device: torch.device | str | None = None) -> PixelSample:
+                 device: torch.device | str | None = None, frame: Tensor | None = None) -> PixelSample:
         count = height * width
         if self.num_rays >= count:
             return PixelSample(torch.randperm(count, generator=generator, device=device))
-        return PixelSample(torch.randint(0, count, (self.num_rays,), generator=generator, device=device))
+        if self.error_map is None:
+            return PixelSample(torch.randint(0, count, (self.num_rays,), generator=generator, device=device))
+        if frame is None:
+            raise ErnerfError("an error-guided RandomRaySampler draws per frame: call it with the frame index.")
+        index = self.error_map.draw(self.num_rays, height, width, frame, generator, device)
+        weight = self.error_map.loss_weights(index, height, width, frame) if self.error_map.reweight else None
+        return PixelSample(index, loss_weight=weight)
+
+    def fit(self, rects: Mapping[str, Tensor]) -> None:
+        if self.error_map is not None:
+            self.error_map.fit(rects)
+
+    @property
+    def learns_from_errors(self) -> bool:
+        return self.error_map is not None
+
+    def observe(self, frame: Tensor, index: Tensor, error: Tensor, height: int, width: int) -> None:
+        if self.error_map is not None:
+            self.error_map.observe(frame, index, error, height, width)
 
 
 class PatchRaySampler(RaySampler):
@@ -86,7 +122,7 @@ class PatchRaySampler(RaySampler):
         self.patch_size = patch_size
 
     def __call__(self, height: int, width: int, rects: Mapping[str, Rect], generator: torch.Generator | None = None,
-                 device: torch.device | str | None = None) -> PixelSample:
+                 device: torch.device | str | None = None, frame: Tensor | None = None) -> PixelSample:
         size = min(self.patch_size, height, width)
         top = int(torch.randint(0, height - size + 1, (1,), generator=generator))  # host draws: no device sync
         left = int(torch.randint(0, width - size + 1, (1,), generator=generator))
@@ -115,7 +151,8 @@ class RectRaySampler(RaySampler):
             self.size = int(torch.maximum(rect[:, 1] - rect[:, 0], rect[:, 3] - rect[:, 2]).max())
 
     def __call__(self, height: int, width: int, rects: Mapping[str, Rect | Tensor],
-                 generator: torch.Generator | None = None, device: torch.device | str | None = None) -> PixelSample:
+                 generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                 frame: Tensor | None = None) -> PixelSample:
         rect = self._region(rects)
         if self.size is None:
             rect = rect if isinstance(rect, Rect) else Rect(*(int(v) for v in rect))  # (a device sync: eager only)
@@ -149,6 +186,16 @@ class AlternatingRaySampler(RaySampler):
         for sampler in self.samplers:
             sampler.fit(rects)
 
+    @property
+    def learns_from_errors(self) -> bool:
+        return any(s.learns_from_errors for s in self.samplers)
+
+    def observe(self, frame: Tensor, index: Tensor, error: Tensor, height: int, width: int) -> None:
+        """Every turn's sampler sees every batch's errors: an error map moves only the cells the rays fell in, so the
+        rays of another turn (the lips square) are observations of those cells like its own."""
+        for sampler in self.samplers:
+            sampler.observe(frame, index, error, height, width)
+
     def layouts(self) -> list[RaySampler]:
         return list(self.samplers)
 
@@ -158,16 +205,19 @@ class AlternatingRaySampler(RaySampler):
         return turn
 
     def __call__(self, height: int, width: int, rects: Mapping[str, Rect | Tensor],
-                 generator: torch.Generator | None = None, device: torch.device | str | None = None) -> PixelSample:
-        return self.samplers[self.next_layout()](height, width, rects, generator, device)
+                 generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                 frame: Tensor | None = None) -> PixelSample:
+        return self.samplers[self.next_layout()](height, width, rects, generator, device, frame)
 
 
 class LipsRaySampler(AlternatingRaySampler):
     """ER-NeRF's lips fine-tuning: the whole lips square of the frame, then `num_rays` random rays, in turn.
-    `size`: the lips square's side (RectRaySampler: None, pixels or "max")."""
+    `size`: the lips square's side (RectRaySampler: None, pixels or "max"); `error_map`: the random turn's
+    (RandomRaySampler)."""
 
-    def __init__(self, num_rays: int, region: str = "lips", size: int | str | None = "max") -> None:
-        super().__init__([RectRaySampler(region, size), RandomRaySampler(num_rays)])
+    def __init__(self, num_rays: int, region: str = "lips", size: int | str | None = "max",
+                 error_map: ErrorMap | None = None) -> None:
+        super().__init__([RectRaySampler(region, size), RandomRaySampler(num_rays, error_map)])
         self.num_rays, self.region = num_rays, region
 
 

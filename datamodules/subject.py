@@ -346,11 +346,12 @@ class TrainRays(Dataset):
         sampler = self.sampler if layout is None else self.sampler.layouts()[layout]
         if rects is None:
             rects = {name: r[frame][0] for name, r in store.rects.items()}  # [4] each, on the device
-        sample = sampler(data.height, data.width, rects, device=device)
+        sample = sampler(data.height, data.width, rects, device=device, frame=frame)
         index = sample.index  # [N]
+        weights = {} if sample.loss_weight is None else {"loss_weight": sample.loss_weight}  # [N]
         rays_o, rays_d = get_rays(store.poses[frame], data.intrinsics, data.height, data.width, index[None])
         jitter = (torch.rand(1, device=device) - 0.5) * (2 * self.eye_jitter)  # ER-NeRF: +-0.05 so blinks interpolate
-        return self.masks(frame, index) | {
+        return self.masks(frame, index) | weights | {
             "rays_o": rays_o[0], "rays_d": rays_d[0],  # [N, 3]
             "rgb": to_unit(store.image_at(frame).reshape(-1, 3)[index]),  # [N, 3]
             "bg": to_unit(store.background_at(frame).reshape(-1, 3)[index]),  # [N, 3]
@@ -429,6 +430,11 @@ class SubjectDataModule(L.LightningDataModule):
     def num_train_frames(self) -> int:
         return self.data.num_train
 
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(height, width) of the training frames, in pixels."""
+        return self.data.height, self.data.width
+
     def conditioning(self, frame: int) -> tuple[Tensor, Tensor]:
         """Audio window [8, 16, C] and eye [1] (without the training jitter) of training frame number `frame`, on
         the frames' device: what an occupancy-grid refresh conditions the density on."""
@@ -442,7 +448,7 @@ class SubjectDataModule(L.LightningDataModule):
         mode = self.preload_mode_for(device)
         store_device = device if mode != "disk" else torch.device("cpu")  # the loader's workers build disk batches
         self.store = FrameStore(self.data, self.background, mode, store_device, self.parsing_masks)
-        self.sampler.fit(self.data.rects)
+        self.sampler.fit(self.store.rects)  # on the frames' device: state a sampler keeps lives beside them
 
     def preload_mode_for(self, device: torch.device) -> str:
         """`preload` resolved for training on `device` from the frames' size and free memory (logged with why), before

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from tests.conftest import CONF_DIR, compose
 
 GROUPS = ["stage", "datamodule", "model", "loss", "trainer", "logger", "callbacks", "debug", "experiment",
-          "hparams_search"]
+          "hparams_search", "ray_guide"]
 
 
 def group_options(group: str) -> list[str]:

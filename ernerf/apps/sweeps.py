@@ -29,7 +29,7 @@ log = logging.getLogger("sweep")
 
 METRIC = "val/psnr"  # what train.py returns to a sweeper and what the summary ranks by (higher is better)
 JOB_RECORD = "job.json"  # written by each job in its Hydra output folder; the summary gathers them
-PRESET_GROUPS = ("experiment", "debug")  # config groups whose choice tags a run
+PRESET_GROUPS = ("experiment", "debug", "ray_guide")  # config groups whose choice tags a run
 TABLE_KEY = "encoder.log2_hashmap_size"
 MAX_NAME_BYTES = 200  # of a job's run folder name: file systems take 255, and a few more are added beside it
 

@@ -13,9 +13,11 @@ def _masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:  # [N], [N] boo
     return (values * mask).sum() / mask.sum().clamp_min(1)
 
 
-def photometric_mse(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:  # [N, 3] x2 -> scalar
-    """Mean squared colour error (over channels, then over masked rays)."""
-    return _masked_mean((pred - target).square().mean(-1), mask)
+def photometric_mse(pred: Tensor, target: Tensor, mask: Tensor | None = None,
+                    sample_weight: Tensor | None = None) -> Tensor:  # [N, 3] x2 -> scalar
+    """Mean squared colour error (over channels, then over masked rays), each ray's times `sample_weight` [N] if given."""
+    mse = (pred - target).square().mean(-1)
+    return _masked_mean(mse if sample_weight is None else mse * sample_weight, mask)
 
 
 def l1(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:  # [N, C] x2 -> scalar
@@ -33,6 +35,7 @@ def uncertainty_weighted_mse(
     max_weight: float = 10.0,
     uncertainty_weight: float = 1.0,
     static_weight: float = 1e-3,
+    sample_weight: Tensor | None = None,  # [N] the sampler's loss weight of each ray (error-guided draws); None = 1
 ) -> Tensor:  # scalar
     """ER-NeRF's uncertainty-aware colour loss: uncertain rays get more weight, and the uncertainty
     is fitted to the residual (beta = u + 1) inside the face and pushed to zero outside it."""
@@ -42,6 +45,8 @@ def uncertainty_weighted_mse(
     ray_weight = torch.softmax(u, dim=0).detach() * u.numel()  # mean 1 over the batch
     ramped = ((1 - step_factor) + step_factor * ray_weight).clamp(0, max_weight)
     weighted = mse * (alpha + (1 - alpha) * ramped)
+    if sample_weight is not None:
+        weighted = weighted * sample_weight
     beta = u + 1
     residual = (pred - target).norm(dim=-1).detach()
     fit = (residual / (2 * beta.square()) + torch.log(beta).square() / 2) * mask

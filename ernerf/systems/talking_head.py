@@ -244,10 +244,12 @@ class TalkingHeadSystem(L.LightningModule):
         `progress`: [] training progress (`step_scalar`), by default this step's."""
         progress = step_scalar(self.step_fraction()) if progress is None else progress
         pred, target, face = out.rgb.float(), batch["rgb"], batch["face_mask"]
+        weight = batch.get("loss_weight")  # [N] when the rays were not drawn uniformly and the sampler makes up for it
         extras = {name: value.float() for name, value in out.extras.items()}
         makers = {
-            "rgb": lambda: photometric_mse(pred, target),
-            "rgb_uncertainty": lambda: uncertainty_weighted_mse(pred, target, extras["uncertainty"], progress, face),
+            "rgb": lambda: photometric_mse(pred, target, sample_weight=weight),
+            "rgb_uncertainty": lambda: uncertainty_weighted_mse(pred, target, extras["uncertainty"], progress, face,
+                                                                sample_weight=weight),
             "opacity_entropy": lambda: opacity_entropy(out.opacity.float()),
             "ambient_audio": lambda: attention_outside_mask(extras["audio_att"], face),
             "ambient_eye": lambda: eye_audio_overlap(extras["eye_att"], extras["audio_att"], face),
@@ -279,7 +281,8 @@ class TalkingHeadSystem(L.LightningModule):
         occupied = out.samples_occupied if out.samples_occupied is not None else torch.tensor(out.samples_evaluated)
         psnr = psnr_from_mse(torch.mean((out.rgb.detach().float() - batch["rgb"]) ** 2))
         return {"loss": total, "psnr": psnr, "rgb": out.rgb, "target": batch["rgb"], "occupied": occupied,
-                "patch_shape": batch.get("patch_shape"), **{f"loss_{name}": value for name, value in values.items()}}
+                "patch_shape": batch.get("patch_shape"), "pixel_index": batch["pixel_index"],
+                "frame_index": batch["frame_index"], **{f"loss_{name}": value for name, value in values.items()}}
 
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         log_now = self.logs_this_step()
@@ -287,9 +290,11 @@ class TalkingHeadSystem(L.LightningModule):
         outputs = self.execution.train_step(self.step_outputs, batch)
         if log_now:
             self.log_step_values(outputs)
-        # callbacks log the rendered lip patches (a graphed step builds its batch inside: its targets come back too)
+        # callbacks log the rendered lip patches and feed the rays' errors back to the sampler (a graphed step builds
+        # its batch inside: its targets, pixels and frame come back too)
         return {"loss": outputs["loss"], "rgb": outputs["rgb"].detach(), "target": outputs["target"],
-                "patch_shape": outputs["patch_shape"]}
+                "patch_shape": outputs["patch_shape"], "pixel_index": outputs["pixel_index"],
+                "frame_index": outputs["frame_index"]}
 
     def log_step_values(self, outputs: Mapping[str, Tensor]) -> None:
         """Loss terms, loss and PSNR of this step, copied to the host at once and logged as CPU tensors."""

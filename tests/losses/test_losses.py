@@ -35,6 +35,16 @@ def test_uncertainty_loss_is_plain_mse_at_the_start() -> None:
     torch.testing.assert_close(loss, photometric_mse(pred, target))
 
 
+def test_sample_weights_scale_each_rays_colour_error() -> None:
+    """A sampler's loss weights (error-guided draws, reweighted) multiply each ray's colour term, nothing else."""
+    pred, target = torch.zeros(2, 3), torch.tensor([[0.3, 0.3, 0.3], [0.6, 0.6, 0.6]])
+    weight = torch.tensor([2.0, 0.5])
+    assert photometric_mse(pred, target, sample_weight=weight).item() == pytest.approx((2 * 0.09 + 0.5 * 0.36) / 2)
+    start = torch.tensor(0.0)
+    weighted = uncertainty_weighted_mse(pred, target, torch.rand(2), start, sample_weight=weight)
+    torch.testing.assert_close(weighted, photometric_mse(pred, target, sample_weight=weight))
+
+
 def test_uncertainty_loss_with_zero_uncertainty_adds_half_the_residual() -> None:
     pred, target = torch.zeros(2, 3), torch.tensor([[0.3, 0.4, 0.0], [0.0, 0.0, 0.0]])
     loss = uncertainty_weighted_mse(pred, target, torch.zeros(2), step_factor=torch.tensor(1.0))
