@@ -116,6 +116,7 @@ def keep_transformers_out_of_torchmetrics() -> None:
         check(self)
 
     check_available.keeps_transformers_out = True
+    check_available.unpatched = check  # what a test restores
     RequirementCache._check_available = check_available
 
 

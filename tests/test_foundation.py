@@ -127,7 +127,9 @@ def test_entry_points_keep_transformers_out_of_jobs_only(monkeypatch: pytest.Mon
 
     from ernerf.cli import run_entry_point
 
-    monkeypatch.setattr(RequirementCache, "_check_available", RequirementCache._check_available)  # restored after
+    # as a fresh process has it (an earlier test in this one may have run an entry point); restored after
+    unpatched = getattr(RequirementCache._check_available, "unpatched", RequirementCache._check_available)
+    monkeypatch.setattr(RequirementCache, "_check_available", unpatched)
     monkeypatch.setattr(sys, "argv", ["train.py", *argv])
     seen = []
     run_entry_point(lambda: seen.append(bool(RequirementCache("transformers>=4.4.0"))), "train.py")
