@@ -36,11 +36,16 @@ class MouthRenderer:
         return {"rgb": torch.full((H, W, 3), level), "opacity": torch.ones(H, W), "depth": torch.ones(H, W)}
 
 
+def live_avatar(subject_root, renderer) -> LiveAvatar:
+    """A LiveAvatar of the mini subject at 128 px (downscale 4), idling on quiet log-mel rows, driven by `renderer`."""
+    subject = load_subject(subject_root, "aud_mel.npy", downscale=4)
+    idle = np.full((16, FEATURE_DIM), -15.0, np.float32)
+    return LiveAvatar(renderer, subject, OutputOptions(PasteBack("box")), LogMelExtractor(), idle)
+
+
 @pytest.fixture
 def avatar(mini_subject):  # noqa: F811 - the fixture imported above
-    subject = load_subject(mini_subject.root, "aud_mel.npy", downscale=4)
-    idle = np.full((16, FEATURE_DIM), -15.0, np.float32)
-    live = LiveAvatar(MouthRenderer(), subject, OutputOptions(PasteBack("box")), LogMelExtractor(), idle)
+    live = live_avatar(mini_subject.root, MouthRenderer())
     yield live
     live.close()
 

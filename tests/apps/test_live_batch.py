@@ -10,13 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from ernerf.apps.inference import CropRequest, OutputOptions, load_subject, render_crop, render_crops
+from ernerf.apps.inference import CropRequest, load_subject, render_crop, render_crops
 from ernerf.apps.live.avatar import LiveAvatar, Stream
 from ernerf.apps.live.render_queue import RenderBatching, RenderQueue
-from ernerf.audio.features import LogMelExtractor
-from ernerf.postprocess.pasteback import PasteBack
 from ernerf.systems.talking_head import TalkingHeadSystem
-from tests.apps.test_live import MouthRenderer, speech
+from tests.apps.test_live import MouthRenderer, live_avatar, speech
 from tests.postprocess.conftest import mini_subject  # noqa: F401 - session fixture
 from tests.postprocess.mini_subject import FEATURE_DIM
 from tests.systems.test_talking_head import build
@@ -57,9 +55,7 @@ class BatchMouthRenderer(MouthRenderer):
 
 @pytest.fixture
 def batch_avatar(mini_subject):  # noqa: F811 - the fixture imported above
-    subject = load_subject(mini_subject.root, "aud_mel.npy", downscale=4)
-    idle = np.full((16, FEATURE_DIM), -15.0, np.float32)
-    live = LiveAvatar(BatchMouthRenderer(), subject, OutputOptions(PasteBack("box")), LogMelExtractor(), idle)
+    live = live_avatar(mini_subject.root, BatchMouthRenderer())
     yield live
     live.close()
 
