@@ -169,8 +169,9 @@ class FrameStore:
         if self.mode == "auto":
             raise ValueError("FrameStore takes a chosen preload mode: resolve 'auto' with choose_preload first")
         self.data, self.background_kind, self.device = data, background, torch.device(device)
-        self.host_plate = torch.from_numpy(self._read(data.layout.background))  # what decoding threads blend over
-        self.plate = self.host_plate.to(self.device)
+        plate = self._read(data.layout.background)
+        self.plate = torch.from_numpy(plate).to(self.device)
+        self.blend_plate = plate.astype(np.float32)  # what decoding threads blend torso images over (float, once)
         # Per-frame conditioning lives where the rays are made: a host-to-device copy per step would stall the GPU.
         self.poses, self.eye = data.poses.to(self.device), data.eye.to(self.device)  # [F, 4, 4], [F]
         self.aud_ids = data.aud_ids.to(self.device)  # [F]
@@ -294,7 +295,7 @@ class FrameStore:
         # competes with the other decoding threads; the float32 arithmetic and rounding are the same
         rgba = self._read(self.data.layout.torso(int(self.data.img_ids[frame])), "RGBA").astype(np.float32)
         alpha = rgba[..., 3:] / 255
-        mixed = rgba[..., :3] * alpha + self.host_plate.numpy().astype(np.float32) * (1 - alpha)
+        mixed = rgba[..., :3] * alpha + self.blend_plate * (1 - alpha)
         return torch.from_numpy(np.round(mixed).astype(np.uint8))
 
 
