@@ -111,15 +111,21 @@ def cell_numbers(index: Tensor, cells: int, height: int, width: int) -> Tensor:
     return (index // width * cells // height) * cells + index % width * cells // width
 
 
+def cell_bounds(cell: Tensor, cells: int, size: int) -> tuple[Tensor, Tensor]:
+    """First pixel and one past the last along one axis of `size` pixels of cell numbers `cell` of `cells` (the split
+    of `cell_numbers`: the pixels p with p * cells // size == cell)."""
+    return (cell * size + cells - 1) // cells, ((cell + 1) * size + cells - 1) // cells
+
+
 def cell_extent(cell: Tensor, cells: int, size: int) -> Tensor:
-    """Pixels along one axis of `size` pixels in cell numbers `cell` of `cells` (as `within_cells` splits it)."""
-    return ((cell + 1) * size + cells - 1) // cells - (cell * size + cells - 1) // cells
+    """Pixels along one axis of `size` pixels in cell numbers `cell` of `cells`."""
+    start, end = cell_bounds(cell, cells, size)
+    return end - start
 
 
 def within_cells(cell: Tensor, cells: int, size: int, unit: Tensor) -> Tensor:
     """Pixel coordinates along one axis of `size` pixels: uniform (`unit` in [0, 1)) inside cell numbers `cell` of
-    `cells` equal cells (the split of `cell_numbers`: coordinate * cells // size)."""
-    start = (cell * size + cells - 1) // cells  # first pixel p with p * cells // size == cell
-    end = ((cell + 1) * size + cells - 1) // cells
+    `cells` equal cells."""
+    start, end = cell_bounds(cell, cells, size)
     offset = (unit * (end - start)).long()
     return start + torch.minimum(offset, end - start - 1)  # float rounding must not reach the next cell
