@@ -147,14 +147,7 @@ class TalkingHeadSystem(L.LightningModule):
         `frame_index`: the number of a training frame (its per-frame codes), or None (new audio: the mean codes).
         With a torso field, `bg` is the plate and the torso is composited between it and the head (+ torso_alpha [H, W]).
         The execution may replay whole frames as a CUDA graph (engine.render_cuda_graph), with the same results."""
-        device = self.device
-        inputs = {"c2w": c2w.to(device).float(), "audio": audio_window.to(device),
-                  "eye": None if eye is None else eye.to(device), "frame_index": self.frame_index(frame_index),
-                  "bg": bg.to(device).expand(height, width, 3), "height": height, "width": width,
-                  "intrinsics": tuple(float(v) for v in intrinsics)}
-        out = self.execution.render(self.render_frame, inputs, height * width, device)
-        out.pop("occupied")
-        return out
+        return self._render(c2w, intrinsics, height, width, audio_window, eye, self.frame_index(frame_index), bg)
 
     @torch.no_grad()
     def render_images(self, c2w: Tensor, intrinsics: Sequence[float] | Tensor, height: int, width: int,
@@ -164,12 +157,18 @@ class TalkingHeadSystem(L.LightningModule):
 
         Frame b is `render_image(c2w[b], ..., audio_windows[b], eyes[b], None, bg[b])`, up to the order in which
         floats are summed: its rays march with the others', each sample conditioned by its own frame's codes."""
-        device, frames = self.device, c2w.shape[0]
-        inputs = {"c2w": c2w.to(device).float(), "audio": audio_windows.to(device),
-                  "eye": None if eyes is None else eyes.to(device), "frame_index": None,
-                  "bg": bg.to(device).expand(frames, height, width, 3), "height": height, "width": width,
+        return self._render(c2w, intrinsics, height, width, audio_windows, eyes, None, bg)
+
+    def _render(self, c2w: Tensor, intrinsics: Sequence[float] | Tensor, height: int, width: int, audio: Tensor,
+                eye: Tensor | None, frame_index: Tensor | None, bg: Tensor) -> dict[str, Tensor]:
+        """`render_frame` of one frame (c2w [4, 4]) or several (c2w [B, 4, 4]) through the execution, inputs moved to
+        the device; the occupied-sample count dropped."""
+        device, frames = self.device, c2w.shape[:-2]  # () for one frame, (B,) for several
+        inputs = {"c2w": c2w.to(device).float(), "audio": audio.to(device),
+                  "eye": None if eye is None else eye.to(device), "frame_index": frame_index,
+                  "bg": bg.to(device).expand(*frames, height, width, 3), "height": height, "width": width,
                   "intrinsics": tuple(float(v) for v in intrinsics)}
-        out = self.execution.render(self.render_frame, inputs, frames * height * width, device)
+        out = self.execution.render(self.render_frame, inputs, frames.numel() * height * width, device)
         out.pop("occupied")
         return out
 
