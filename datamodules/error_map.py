@@ -94,6 +94,20 @@ class ErrorMap:
         maps.index_copy_(0, frame, torch.where(seen, moved, own)[None])
         self.shared.copy_(torch.where(seen, self.shared + self.shared_rate * (mean - self.shared), self.shared))
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """The maps learnt so far, on the CPU (a checkpoint keeps them, so a resumed run draws where it left off)."""
+        return {"frames": self._fitted().cpu(), "shared": self.shared.cpu()}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Copy saved maps into the fitted ones, in place: loader processes and a captured step read these tensors."""
+        frames = self._fitted()
+        if tuple(state["frames"].shape) != tuple(frames.shape):
+            raise ErnerfError(f"the checkpoint's error map has {tuple(state['frames'].shape)} (frames, cells), this "
+                              f"subject's {tuple(frames.shape)}: resume on the subject and error_map.cells it was "
+                              "trained with, or start a new run.")
+        frames.copy_(state["frames"])
+        self.shared.copy_(state["shared"])
+
     def _fitted(self) -> Tensor:
         if self.frames is None:
             raise ErnerfError("the error map must be fitted to the subject first (the data module does, in setup).")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -71,6 +72,13 @@ class RaySampler:
         """The squared error [N] the step met at pixels `index` [N] of frame index `frame` ([1] long). Ignored by
         default."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the sampler learnt while training (checkpointed with the data module); empty when it learns nothing."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore `state_dict()`'s state into a sampler fitted to the same subject."""
+
     def layouts(self) -> list[RaySampler]:
         """The samplers whose batches the step sees, in the order they take turns (one here)."""
         return [self]
@@ -113,6 +121,13 @@ class RandomRaySampler(RaySampler):
     def observe(self, frame: Tensor, index: Tensor, error: Tensor, height: int, width: int) -> None:
         if self.error_map is not None:
             self.error_map.observe(frame, index, error, height, width)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.error_map is None else {"error_map": self.error_map.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if self.error_map is not None and "error_map" in state:
+            self.error_map.load_state_dict(state["error_map"])
 
 
 class PatchRaySampler(RaySampler):
@@ -195,6 +210,15 @@ class AlternatingRaySampler(RaySampler):
         rays of another turn (the lips square) are observations of those cells like its own."""
         for sampler in self.samplers:
             sampler.observe(frame, index, error, height, width)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Each turn's sampler's state under its position in the turn order."""
+        return {str(i): state for i, sampler in enumerate(self.samplers) if (state := sampler.state_dict())}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for i, sampler in enumerate(self.samplers):
+            if str(i) in state:
+                sampler.load_state_dict(state[str(i)])
 
     def layouts(self) -> list[RaySampler]:
         return list(self.samplers)

@@ -451,6 +451,16 @@ class SubjectDataModule(L.LightningDataModule):
         self.store = FrameStore(self.data, self.background, mode, store_device, self.parsing_masks)
         self.sampler.fit(self.store.rects)  # on the frames' device: state a sampler keeps lives beside them
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the ray sampler learnt (an error map), so that a resumed run samples where it left off."""
+        sampler = self.sampler.state_dict()
+        return {"sampler": sampler} if sampler else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Lightning restores this after `setup`: the sampler is fitted to the subject by then."""
+        if "sampler" in state_dict:
+            self.sampler.load_state_dict(state_dict["sampler"])
+
     def preload_mode_for(self, device: torch.device) -> str:
         """`preload` resolved for training on `device` from the frames' size and free memory (logged with why), before
         anything is loaded; an explicit mode that cannot fit raises."""

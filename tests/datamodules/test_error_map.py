@@ -183,6 +183,30 @@ def test_loader_processes_draw_from_the_map_this_process_updates(tmp_path: Path)
     assert torch.isin(later, corner).all()
 
 
+def test_a_sampler_state_round_trips_into_the_fitted_maps_in_place() -> None:
+    """What a checkpoint keeps: the maps learnt so far, copied back into the tensors loader processes share."""
+    def lips_sampler() -> LipsRaySampler:
+        sampler = LipsRaySampler(num_rays=16, error_map=ErrorMap(cells=CELLS))
+        sampler.fit({"lips": torch.tensor([[10, 14, 20, 24]] * FRAMES)})
+        return sampler
+
+    trained = lips_sampler()
+    trained.observe(frame(2), all_pixels(), error_in_one_cell(5), H, W)
+    state = trained.state_dict()
+    assert set(state) == {"1"}  # only the random turn learns; the lips square keeps nothing
+    resumed = lips_sampler()
+    maps = resumed.samplers[1].error_map.frames
+    resumed.load_state_dict(state)
+    assert resumed.samplers[1].error_map.frames is maps and maps.is_shared()
+    assert torch.equal(maps.nan_to_num(-1), trained.samplers[1].error_map.frames.nan_to_num(-1))
+    assert torch.equal(resumed.samplers[1].error_map.shared, trained.samplers[1].error_map.shared)
+    assert RandomRaySampler(16).state_dict() == {}  # uniform sampling: nothing to checkpoint
+    other = ErrorMap(cells=CELLS // 2)
+    other.fit({"face": torch.zeros(FRAMES, 4, dtype=torch.long)})
+    with pytest.raises(ErnerfError, match="error_map.cells it was trained with"):
+        other.load_state_dict(state["1"]["error_map"])
+
+
 def test_the_callback_feeds_the_step_errors_of_its_pixels_to_the_sampler() -> None:
     from types import SimpleNamespace
 
@@ -201,14 +225,29 @@ def test_the_callback_feeds_the_step_errors_of_its_pixels_to_the_sampler() -> No
     assert sampler.error_map.frames[1, :4].isnan().all() and sampler.error_map.frames[0].isnan().all()
 
 
-def test_training_with_the_error_map_feeds_it_and_learns(tmp_path: Path) -> None:
-    """A tiny head run with ray_guide=error_map: the step's errors reach the sampler's map, and the run learns."""
+def test_training_with_the_error_map_feeds_it_learns_and_resumes_with_it(tmp_path: Path) -> None:
+    """A tiny head run with ray_guide=error_map: the step's errors reach the sampler's map, the run learns, the map is
+    checkpointed, and a resumed run goes on from it instead of starting uniform."""
     from ernerf.apps.train import train
     from tests.synthetic import write_synthetic_subject
     from tests.test_train import STEPS, logged, tiny_config
 
+    guide = ["ray_guide=error_map", "datamodule.sampler.error_map.cells=8"]
     write_synthetic_subject(tmp_path / "data" / "sphere", num_frames=6, size=16)
-    train(tiny_config(tmp_path, STEPS, "ray_guide=error_map", "datamodule.sampler.error_map.cells=8"))
-    psnr = [v for _, v in logged(tmp_path / "runs" / "sphere" / "head", "train/psnr")]
+    train(tiny_config(tmp_path, STEPS, *guide))
+    run = tmp_path / "runs" / "sphere" / "head"
+    psnr = [v for _, v in logged(run, "train/psnr")]
     gain = sum(psnr[-2:]) / 2 - sum(psnr[:2]) / 2
     assert gain > 2.5, f"training PSNR rose only {gain:.2f} dB: {psnr}"
+
+    def saved_map() -> Tensor:
+        ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        return ckpt["SubjectDataModule"]["sampler"]["error_map"]["frames"]
+
+    before = saved_map()
+    seen = ~before.isnan().any(1)  # the frames trained on (a step's rays cover a 16 x 16 frame: every cell)
+    assert before.shape == (6, 64) and int(seen.sum()) >= 4
+    train(tiny_config(tmp_path, STEPS + 1, *guide, "ckpt_path=last"))
+    after = saved_map()
+    kept = (after[seen] == before[seen]).all(1)
+    assert int(kept.sum()) == int(seen.sum()) - 1 or bool(kept.all()), "the resumed run did not start from the saved map"
