@@ -258,11 +258,12 @@ class PsnrCurve(L.Callback):
 
 def psnr_at_budget(overrides: list[str], seconds: float, devices: int = 1, every: float | None = None,
                    full_stage: bool = False) -> dict | None:
-    """Train for a wall-clock budget, then the mean PSNR/SSIM over every held-out frame (on rank 0); with `every`,
+    """Train for a wall-clock budget, then the mean PSNR/SSIM over the held-out frames (on rank 0); with `every`,
     also at every `every` seconds of training on the way (the curve). With `full_stage`: train the stage's own step
     budget as train.py plans it on `devices` ranks (max_steps / W, and callbacks.data_parallel's lr x sqrt(W)),
     stopping at `seconds` only if that comes first."""
-    cfg, datamodule, system, _, step_callbacks = build(overrides + ["datamodule.num_val_frames=null"],
+    # Every held-out frame by default; an explicit --override datamodule.num_val_frames=N comes later and wins.
+    cfg, datamodule, system, _, step_callbacks = build(["datamodule.num_val_frames=null", *overrides],
                                                        budget_ranks=devices if full_stage else None)
     curve = PsnrCurve(datamodule, seconds, every)
     trainer = trainer_for(cfg, [*step_callbacks, curve], devices,
@@ -274,7 +275,7 @@ def psnr_at_budget(overrides: list[str], seconds: float, devices: int = 1, every
     last = curve.points[-1]
     return {"budget_s": seconds, "steps": last["steps"], "train_s": last["train_s"], "startup_s": curve.startup_s,
             "check_steps": curve.check_steps, "val_psnr": last["val_psnr"], "val_ssim": last["val_ssim"],
-            "curve": curve.points}
+            "val_frames": len(datamodule.val_dataloader().dataset), "curve": curve.points}
 
 
 def memory_peaks() -> dict:
@@ -360,7 +361,8 @@ def main() -> None:
                   + weights(point), flush=True)
         print(f"after {result['train_s']:.1f} s of training ({result['steps']} steps per device; the first "
               f"{result['check_steps']}, compiling and captures, took {result['startup_s']:.1f} s): val PSNR "
-              f"{result['val_psnr']:.2f} dB{weights(result['curve'][-1])}, SSIM {result['val_ssim']:.4f}", flush=True)
+              f"{result['val_psnr']:.2f} dB{weights(result['curve'][-1])}, SSIM {result['val_ssim']:.4f} over "
+              f"{result['val_frames']} held-out frames", flush=True)
         if args.target_psnr is not None:
             reached = [p for p in result["curve"] if p["val_psnr"] >= args.target_psnr]
             result["target_reached_s"] = reached[0]["train_s"] if reached else None

@@ -13,6 +13,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--rays", "256", "--override", "datamodule.downscale=8", "--override", "model.grid.resolution=16"]
+# A small field and few samples, for the benches that train and then render every validation frame.
+TINY_FIELD = [f"--override={o}" for o in ("encoder.num_levels=4", "encoder.log2_hashmap_size=10",
+                                          "encoder.desired_resolution=64", "model.marcher.num_samples=8")]
 
 
 def run_bench(script: str, args: list[str]) -> str:
@@ -40,17 +43,18 @@ def test_train_speed_reports_rate_and_budget_psnr(prepare_subject, tmp_path) -> 
     root = prepare_subject("train/trump_10s.mp4")
     out = tmp_path / "speed.json"
     run_bench("train_speed.py", ["--data-root", str(root.parent), "--subject", root.name, "--steps", "4",
-                                 "--warmup", "1", "--budget", "6", "--val-every", "1.5", "--override", "trainer=cpu",
+                                 "--warmup", "1", "--budget", "8", "--val-every", "1", "--override", "trainer=cpu",
                                  "--override", "datamodule.num_workers=0", "--override", "datamodule.num_val_frames=2",
-                                 "--override", "datamodule.preload=host", "--json", str(out), *TINY])
+                                 "--override", "datamodule.preload=host", "--json", str(out), *TINY, *TINY_FIELD])
     figures = json.loads(out.read_text())
     assert figures["it_per_s"] > 0 and figures["rays_per_s"] == figures["it_per_s"] * 256
     assert figures["preload"] == "host"  # frames staged from host memory each step (on a CPU too)
+    assert figures["val_frames"] == 2  # the explicit override wins over the bench's default (every held-out frame)
     assert figures["cuda_graph_captures"] == 0  # a CPU run is eager
     assert 5 < figures["val_psnr"] < 60 and 0 < figures["val_ssim"] <= 1
-    curve = figures["curve"]  # scored every 1.5 s of training (the clock stopped while scoring), last at the budget
+    curve = figures["curve"]  # scored every 1 s of training (the clock stopped while scoring), last at the budget
     assert len(curve) >= 2 and curve[-1]["val_psnr"] == figures["val_psnr"]
-    assert curve[-1]["train_s"] >= 6 and all(p["train_s"] < 6 for p in curve[:-1])
+    assert curve[-1]["train_s"] >= 8 and all(p["train_s"] < 8 for p in curve[:-1])
     assert all(a["steps"] < b["steps"] and a["train_s"] < b["train_s"] for a, b in zip(curve, curve[1:]))
 
 
@@ -64,7 +68,7 @@ def test_train_speed_full_stage_trains_the_stage_budget_and_scores_its_end(prepa
                                            "--override", "datamodule.num_workers=0", "--override",
                                            "datamodule.num_val_frames=2", "--target-psnr", "5", "--override",
                                            "callbacks.ema={_target_: callbacks.ema.EMAWeights, every_n_steps: 2}",
-                                           "--json", str(out), *TINY])
+                                           "--json", str(out), *TINY, *TINY_FIELD])
     figures = json.loads(out.read_text())
     assert figures["steps"] == 7 and [p["steps"] for p in figures["curve"]] == [7]  # one score, at the stage's end
     assert 5 < figures["val_psnr"] < 60 and figures["target_reached_s"] == figures["train_s"]
@@ -171,6 +175,7 @@ def voiced_mini(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     steps = 6
     train(compose("train", ["subject=mini", f"paths.data_root={tmp / 'data'}", f"paths.runs_root={tmp / 'runs'}",
                             "audio_features=mel", "debug=fast", "datamodule.num_rays=256", "model.grid.resolution=16",
+                            *(o.removeprefix("--override=") for o in TINY_FIELD),
                             f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}",
                             f"callbacks.checkpoint.every_n_train_steps={steps}",
                             f"callbacks.val_images.every_n_steps={steps}"]))
