@@ -47,7 +47,9 @@ class PlateAccumulator:
         # `margin` of the person get no weight and the weight ramps up over the next `margin` pixels
         dist = cv2.distanceTransform(background.astype(np.uint8), cv2.DIST_L2, 5)
         w = seg.clip((dist - self.margin) / max(self.margin, 1.0), 0.0, 1.0)
-        self._sum += w[..., None] * rgb
+        # w * rgb in float32, as numpy's w[..., None] * rgb computes it (the same bits, tested), without numpy's
+        # broadcast over the colour axis: this step runs in the main process alone
+        np.add(self._sum, cv2.multiply(rgb, cv2.merge([w, w, w]), dtype=cv2.CV_32F), out=self._sum)
         self._weight += w
 
     @property

@@ -33,6 +33,20 @@ def test_plate_matches_the_background_where_frames_show_it(prepare_subject, clip
     assert np.median(errors) < 6.0, errors  # grey levels: JPEG noise and slight camera drift
 
 
+@pytest.mark.parametrize("clip", TRAIN_CLIPS)
+def test_accumulator_sums_what_the_plain_numpy_formula_sums_bit_for_bit(prepare_subject, clip: str) -> None:
+    layout = SubjectLayout(prepare_subject(clip, upto="background"))
+    acc, total, weight = PlateAccumulator(margin_px=6.0), np.zeros((512, 512, 3)), np.zeros((512, 512))
+    for i in sample_frames(json.loads(layout.meta.read_text())["num_frames"], 40):
+        rgb, background = seg.read_rgb(layout.ori_img(i)), read_parsing(layout.parsing(i)) == BACKGROUND
+        acc.add(rgb, background)
+        dist = cv2.distanceTransform(background.astype(np.uint8), cv2.DIST_L2, 5)
+        w = np.clip((dist - 6.0) / 6.0, 0.0, 1.0)
+        total += w[..., None] * rgb  # float32 products, a float64 sum
+        weight += w
+    assert np.array_equal(acc._sum, total) and np.array_equal(acc._weight, weight)
+
+
 def test_accumulator_recovers_a_background_behind_a_moving_occluder() -> None:
     rng = np.random.default_rng(0)
     background = np.zeros((64, 96, 3), np.uint8)
