@@ -98,7 +98,7 @@ def duration_note(cfg: Any, renderer: Renderer, sources: dict[str, Path]) -> Fir
 
 def quicker_options(cfg: Any, cross: int) -> str:
     """The settings that shorten a CPU evaluation, and what each changes."""
-    options = [f"downscale={2 * cfg.downscale} (every render 4x fewer pixels; changes the image figures)"]
+    options = [f"downscale={2 * cfg.downscale} (every render at a quarter of the pixels; changes every figure)"]
     if cross:
         options[:0] = [f"cross_downscale={2 * cross_downscale(cfg)} (the cross-driven renders only; changes "
                        f"{CROSS})", f"cross_max_seconds={cfg.cross_max_seconds / 2:g}", "cross_audio=null"]
