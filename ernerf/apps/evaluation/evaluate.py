@@ -195,10 +195,15 @@ def cross_downscale(cfg: Any) -> int:
     return cfg.downscale if value is None else value
 
 
+def most_cross_frames(max_seconds: float) -> int:
+    """The frames of `max_seconds` of cross-driving audio; at least 3, the fewest a correlation takes."""
+    return max(3, int(max_seconds * FPS))
+
+
 def cross_frames(audio: Path, max_seconds: float) -> int:
-    """How many frames `cross_drive` renders for an audio file: one per 40 ms of it, at most `max_seconds` (>= 3)."""
+    """How many frames `cross_drive` renders for an audio file: one per 40 ms of it, up to `most_cross_frames`."""
     seconds = len(load_audio(audio, sr=SAMPLE_RATE, max_seconds=max_seconds + 1.0)) / SAMPLE_RATE
-    return min(int(round(seconds * FPS)), max(3, int(max_seconds * FPS)))
+    return min(int(round(seconds * FPS)), most_cross_frames(max_seconds))
 
 
 def cross_drive(renderer: Renderer, view: SubjectView, audio: Path, name: str, max_seconds: float,
@@ -209,7 +214,7 @@ def cross_drive(renderer: Renderer, view: SubjectView, audio: Path, name: str, m
     The figure is `cross_sync_audio_corr_<name>`, the curves `cross_energy_<name>` and `cross_mouth_render_<name>`."""
     kind, dim = audio_kind(renderer.hparams)
     feats, _ = driving_features(audio, kind, dim, extractor)
-    n = min(len(feats), max(3, int(max_seconds * FPS)))
+    n = min(len(feats), most_cross_frames(max_seconds))
     plan = plan_motion(view.poses, view.eye, n)
     renders = []
     with progress_bar(n, f"rendering {audio.name} at {view.height} px", enabled=progress) as bar:
