@@ -40,6 +40,7 @@ keep_transformers_out_of_torchmetrics()  # before the first Lightning import, as
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from datamodules.subject import read_au45  # noqa: E402
+from ernerf.apps.checkpoints import audio_extractor  # noqa: E402
 from ernerf.apps.evaluation.evaluate import cross_drive  # noqa: E402
 from ernerf.apps.evaluation.figures import Findings, face_and_sync  # noqa: E402
 from ernerf.apps.evaluation.frames import pose_options, render_subject, resolve_target  # noqa: E402
@@ -168,7 +169,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = evaluate_config(args)
     target = resolve_target(cfg.paths.runs_root, cfg.subject, cfg.run, cfg.stage_name)
     renderer = loader_for(cfg)(target.checkpoint, cfg.device)
-    kind, _ = audio_kind(renderer.hparams)
+    kind, dim = audio_kind(renderer.hparams)
     audio_file = target.trained.feature_file(kind)
     out_dir = Path(args.json).parent if args.json else OUT
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -177,9 +178,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"[voices] own: {scores[0].frames} held-back frames in {time.perf_counter() - t0:.0f} s", flush=True)
     view = load_subject(Path(cfg.paths.data_root) / cfg.subject, audio_file, target.trained.stage.background,
                         downscale=cfg.downscale, **pose_options(cfg))
+    extractor = audio_extractor(target.trained, kind, dim, cfg.audio_extractor)  # one for every source
     for name, path in driving_sources(args, Path(cfg.paths.data_root), out_dir).items():
         t0 = time.perf_counter()
-        found = cross_drive(renderer, target.trained, view, path, name, cfg.cross_max_seconds, cfg.audio_extractor)
+        found = cross_drive(renderer, view, path, name, cfg.cross_max_seconds, extractor, progress=False)
         frames = len(found.curves.get(f"cross_energy_{name}", []))
         scores.append(from_findings(name, found, f"cross_sync_audio_corr_{name}", f"cross_mouth_render_{name}", frames))
         print(f"[voices] {name}: {frames} frames in {time.perf_counter() - t0:.0f} s", flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from ernerf.errors import ErnerfError
 from ernerf.apps.evaluation.evaluate import resolve_cross_audio
 from ernerf.apps.evaluation.figures import Findings, audio_sync_findings, image_findings, lip_findings
+from ernerf.apps.checkpoints import audio_extractor as evaluation_extractor
 from ernerf.apps.evaluation.frames import Rendered, resolve_target
 from ernerf.metrics.face import au45_at_open_level, jitter_valid, mouth_points
 from tests.conftest import compose, shared_clip
@@ -187,6 +189,46 @@ def test_findings_merge_keeps_reasons() -> None:
     assert merged.values == {"psnr": 30.0, "lmd": 2.0} and merged.unavailable["syncnet_conf"] == "no weights"
 
 
+# ---------------------------------------------------------------- how long it takes, said at the start
+
+
+class OnDevice:
+    def __init__(self, kind: str) -> None:
+        import torch
+
+        self.device = torch.device(kind)
+
+
+def test_cross_frames_counts_one_frame_per_40_ms_up_to_the_cap() -> None:
+    from ernerf.apps.evaluation.evaluate import cross_frames
+
+    obama, radio = shared_clip("audio/obama_5s.wav"), shared_clip("audio/radio31_8s.wav")
+    assert cross_frames(obama, 5.0) == 125 and cross_frames(radio, 5.0) == 125  # capped at 5 s
+    assert cross_frames(radio, 20.0) == 200 and cross_frames(obama, 0.01) == 3  # the file's length; at least 3
+
+
+def test_duration_note_says_how_long_a_cpu_evaluation_takes_and_what_is_quicker(caplog) -> None:
+    from ernerf.apps.evaluation.evaluate import duration_note
+
+    sources = {"obama_5s": shared_clip("audio/obama_5s.wav"), "radio31_8s": shared_clip("audio/radio31_8s.wav")}
+    full = compose("evaluate", ["subject=anna"])
+    half = compose("evaluate", ["subject=anna", "cross_downscale=2"])
+    with caplog.at_level(logging.INFO, logger="ernerf.apps.evaluation.evaluate"):
+        duration_note(full, OnDevice("cpu"), sources)(1.0, 512, 23)  # 23 + 2 x 125 frames of 1 s: 273 s
+        assert len(caplog.records) == 1
+        said = caplog.records[0].getMessage()
+        assert "23 validation frames at 512 px and 250 cross-driven frames at 512 px" in said
+        assert "about 5 minutes" in said and "cross_downscale=2" in said and "cross_max_seconds=2.5" in said
+        caplog.clear()
+        duration_note(half, OnDevice("cpu"), sources)(1.0, 512, 23)  # a quarter of the pixels: 23 + 62.5 s, short
+        duration_note(full, OnDevice("meta"), sources)(10.0, 512, 23)  # not a CPU: nothing to warn about
+        duration_note(full, OnDevice("cpu"), {})(2.0, 512, 50)  # 100 s
+        assert not caplog.records
+        duration_note(half, OnDevice("cpu"), sources)(2.0, 512, 23)  # 46 + 125 s
+        said = caplog.records[0].getMessage()
+        assert "cross-driven frames at 256 px" in said and "about 3 minutes" in said and "cross_downscale=4" in said
+
+
 # ---------------------------------------------------------------- end to end on real frames
 
 
@@ -199,8 +241,9 @@ def subject34(tmp_path_factory: pytest.TempPathFactory):
     return write_mini_subject(root, shared_clip("train/trump_10s.mp4"), num_frames=34)
 
 
-def test_evaluate_real_frames_with_a_perfect_renderer(tmp_path: Path, subject34) -> None:
+def test_evaluate_real_frames_with_a_perfect_renderer(tmp_path: Path, subject34, monkeypatch) -> None:
     """A renderer returning the true crops: near-perfect PSNR, LMD ~0, mouth curves alike; every output written."""
+    import ernerf.apps.evaluation.evaluate as evaluation
     from ernerf.apps.evaluation import evaluate_from_config
     from ernerf.apps.inference import load_subject
     from tests.postprocess.mini_subject import CropRenderer
@@ -213,7 +256,15 @@ def test_evaluate_real_frames_with_a_perfect_renderer(tmp_path: Path, subject34)
     sources = [shared_clip("audio/obama_5s.wav"), shared_clip("audio/radio31_8s.wav")]
     cfg = compose("evaluate", [f"paths.data_root={subject34.root.parent}", f"paths.runs_root={runs}", "subject=mini",
                                "downscale=4", f"cross_audio=[{sources[0]},{sources[1]}]", "cross_max_seconds=1.0"])
+    built = []  # the audio extractors made: one for all the sources (a speech model loads once)
+
+    def counted(*args):
+        built.append(evaluation_extractor(*args))
+        return built[-1]
+
+    monkeypatch.setattr(evaluation, "audio_extractor", counted)
     result = evaluate_from_config(cfg, system_loader=lambda path, device: perfect)
+    assert len(built) == 1
 
     report = json.loads((runs / "mini" / "eval" / "metrics.json").read_text())
     metrics = report["metrics"]
@@ -229,6 +280,7 @@ def test_evaluate_real_frames_with_a_perfect_renderer(tmp_path: Path, subject34)
     assert metrics["cross_sync_audio_corr"] == pytest.approx(np.mean(each))  # the summary is their mean
     assert report["cross_audio"] == {"obama_5s": str(sources[0]), "radio31_8s": str(sources[1])}
     assert len(report["per_frame"]["cross_energy_obama_5s"]) == len(report["per_frame"]["cross_energy_radio31_8s"]) == 25
+    assert evaluation.cross_frames(sources[0], 1.0) == 25  # what the duration note counts is what was rendered
     assert report["per_frame"]["cross_energy_obama_5s"] != report["per_frame"]["cross_energy_radio31_8s"]
     page = (result.out_dir / "index.html").read_text()
     assert all(f"<td>cross_sync_audio_corr_{n}</td>" in page and str(sources[k]) in page
@@ -248,18 +300,24 @@ def test_evaluate_real_frames_with_a_perfect_renderer(tmp_path: Path, subject34)
         assert float(row[f"test/{name}"]) == pytest.approx(metrics[name])
 
 
-def test_evaluate_py_on_a_trained_system(tmp_path: Path, subject34, capsys) -> None:
-    """evaluate.py end to end: a TalkingHeadSystem checkpoint (fresh weights) renders the validation frames."""
+def fresh_checkpoint(runs: Path) -> Path:
+    """A TalkingHeadSystem checkpoint of the mini subject, fresh weights, at global step 7."""
     import lightning as L
     import torch
     from hydra.utils import instantiate
 
-    from ernerf.apps.evaluation import evaluate_command
-
     system = instantiate(compose("train", ["subject=mini", "debug=fast"]).model, num_frames=30)
-    ckpt = touch_checkpoint(tmp_path / "runs", "mini", "head")
+    ckpt = touch_checkpoint(runs, "mini", "head")
     torch.save({"state_dict": system.state_dict(), "hyper_parameters": dict(system.hparams), "global_step": 7,
                 "pytorch-lightning_version": L.__version__}, ckpt)
+    return ckpt
+
+
+def test_evaluate_py_on_a_trained_system(tmp_path: Path, subject34, capsys) -> None:
+    """evaluate.py end to end: a TalkingHeadSystem checkpoint (fresh weights) renders the validation frames."""
+    from ernerf.apps.evaluation import evaluate_command
+
+    ckpt = fresh_checkpoint(tmp_path / "runs")
     cfg = compose("evaluate", ["subject=mini", f"paths.data_root={subject34.root.parent}",
                                f"paths.runs_root={tmp_path / 'runs'}", f"run={ckpt}", "downscale=16", "device=cpu",
                                "progress=true"])
@@ -276,6 +334,34 @@ def test_evaluate_py_on_a_trained_system(tmp_path: Path, subject34, capsys) -> N
     assert all((out / n).is_file() for n in ("frames.png", "psnr.png", "mouth.png", "index.html"))
     assert "lpips" in stdout and "torchvision" in stdout and str(out / "metrics.json") in stdout
     assert (out / "csv" / "metrics.csv").is_file()  # no logger folder in the run: a CSV beside the report
+
+
+def test_evaluate_py_cross_driving_says_how_long_and_shows_its_progress(tmp_path: Path, subject34, capsys, caplog,
+                                                                        monkeypatch) -> None:
+    """The cross-driven frames render at 512 / cross_downscale under their own progress bar; the note on how long the
+    renders take comes once, after the first frame; metrics.json and the summary say where the time went."""
+    import ernerf.apps.evaluation.evaluate as evaluation
+
+    monkeypatch.setattr(evaluation, "LONG_RUN_SECONDS", 0.0)  # every CPU run is long
+    ckpt = fresh_checkpoint(tmp_path / "runs")
+    cfg = compose("evaluate", ["subject=mini", f"paths.data_root={subject34.root.parent}",
+                               f"paths.runs_root={tmp_path / 'runs'}", f"run={ckpt}", "downscale=16", "device=cpu",
+                               "progress=true", f"cross_audio={shared_clip('audio/obama_5s.wav')}",
+                               "cross_max_seconds=0.2", "cross_downscale=32"])
+    with caplog.at_level(logging.INFO, logger="ernerf.apps.evaluation.evaluate"):
+        evaluation.evaluate_command(cfg)
+    stdout, stderr = capsys.readouterr()
+    # the bar of the 5 cross-driven frames, with its time left (it redraws at most every 0.1 s: not every count shows)
+    assert re.search(r"rendering obama_5s\.wav at 16 px: .*\d/5 frames \[\d\d:\d\d<\d\d:\d\d", stderr), stderr
+    notes = [r.getMessage() for r in caplog.records if "on the CPU" in r.getMessage()]
+    assert len(notes) == 1 and "4 validation frames at 32 px and 5 cross-driven frames at 16 px" in notes[0]
+    report = json.loads((ckpt.parent / "eval" / "metrics.json").read_text())
+    assert report["frames"]["height"] == 32 and report["frames"]["cross_downscale"] == 32
+    assert len(report["per_frame"]["cross_energy_obama_5s"]) == 5
+    seconds = report["seconds"]
+    assert list(seconds) == ["load", "validation renders", "validation figures", "cross-driving", "report", "total"]
+    assert seconds["total"] == pytest.approx(sum(v for k, v in seconds.items() if k != "total"), abs=0.3)
+    assert re.search(r"took \d+ s: load \d+ s, validation renders \d+ s, .*cross-driving \d+ s", stdout), stdout
 
 
 def test_face_figures_say_why_when_the_mesher_is_missing(monkeypatch) -> None:

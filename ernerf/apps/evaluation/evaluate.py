@@ -3,25 +3,31 @@ audio: what `python evaluate.py` does. docs/evaluation.md says how each figure i
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import re
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from datamodules.subject import read_au45
 from ernerf.apps.checkpoints import TrainedStage, audio_extractor
 from ernerf.apps.evaluation.figures import (Findings, audio_sync_findings, face_and_sync, fill_gaps, image_findings,
                                             mesh_sequence, mesher_missing, syncnet_reason)
-from ernerf.apps.evaluation.frames import Rendered, pose_options, render_subject, resolve_target
+from ernerf.apps.evaluation.frames import FirstFrame, Rendered, pose_options, render_subject, resolve_target
 from ernerf.apps.evaluation.regions import region_findings
 from ernerf.apps.evaluation.report import (EvalResult, build_report, log_metrics, print_summary, run_loggers,
                                            write_outputs)
 from ernerf.apps.inference import (Renderer, SubjectView, audio_kind, driving_features, load_subject,
                                   render_planned_frame)
 from ernerf.apps.runs import checkpoint_step, stale_warning
+from ernerf.audio.features import AudioFeatureExtractor
 from ernerf.constants import FPS, SAMPLE_RATE
 from ernerf.errors import ErnerfError
 from ernerf.io.atomic import writable_folder
@@ -30,7 +36,10 @@ from ernerf.io.layout import check_subject_name
 from ernerf.metrics.lipsync import audio_energy, mouth_opening
 from ernerf.metrics.perceptual import lpips_scorer
 from ernerf.postprocess.motion import plan_motion
+from ernerf.progress import Enabled, progress_bar
 from ernerf.systems.loading import loader_for
+
+log = logging.getLogger(__name__)
 
 
 def evaluate_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer] | None = None) -> EvalResult:
@@ -41,25 +50,84 @@ def evaluate_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer
     cross_audio, cross_reason = resolve_cross_audio(cfg.cross_audio)
     if system_loader is None:
         system_loader = loader_for(cfg)  # conf/evaluate.yaml's engine and encoder backend
-    renderer = system_loader(target.checkpoint, cfg.device)
+    clock = PhaseClock()
+    with clock("load"):
+        renderer = system_loader(target.checkpoint, cfg.device)
     step = checkpoint_step(target.checkpoint) or 0  # now: training may still be rotating its checkpoints
     audio_file = target.trained.feature_file(audio_kind(renderer.hparams)[0])
-    rendered, data = render_subject(cfg, renderer, target.trained.stage.background, audio_file)
-    found = held_out_findings(cfg, rendered, data)
-    regions = region_findings(rendered, data)
-    found.merge(regions.found)
-    found.merge(cross_findings(cfg, renderer, target.trained, audio_file, cross_audio, cross_reason))
+    with clock("validation renders"):
+        rendered, data = render_subject(cfg, renderer, target.trained.stage.background, audio_file,
+                                        duration_note(cfg, renderer, cross_audio))
+    with clock("validation figures"):
+        found = held_out_findings(cfg, rendered, data)
+        regions = region_findings(rendered, data)
+        found.merge(regions.found)
+    with clock("cross-driving"):
+        found.merge(cross_findings(cfg, renderer, target.trained, audio_file, cross_audio, cross_reason))
     report = build_report(cfg.subject, target, step, rendered, found, cross_audio)
     report["warnings"] = [w for w in [stale_warning(target.checkpoint.parents[1], cfg.subject)] if w]
-    files = write_outputs(out_dir, report, rendered, found, cfg.report_frames, regions)
-    report["logged_to"] = log_metrics(run_loggers(target.run_dir, out_dir, cfg.wandb_project), found.values, step)
+    report["frames"]["cross_downscale"] = cross_downscale(cfg)  # the size cross_sync_audio_corr was measured at
+    with clock("report"):
+        files = write_outputs(out_dir, report, rendered, found, cfg.report_frames, regions)
+        report["logged_to"] = log_metrics(run_loggers(target.run_dir, out_dir, cfg.wandb_project), found.values, step)
+    report["seconds"] = clock.rounded()
     files["metrics"].write_text(json.dumps(report, indent=2))
     return EvalResult(out_dir, report, files)
 
 
+LONG_RUN_SECONDS = 120.0  # an evaluation expected to take longer on a CPU says so when its first frame is rendered
+
+
+def duration_note(cfg: Any, renderer: Renderer, sources: dict[str, Path]) -> FirstFrame:
+    """What evaluate.py says once the first validation frame has rendered: on a CPU, when the renders will take
+    long, about how long and what makes them quicker. A render's cost goes with its pixels."""
+    cross = sum(cross_frames(audio, cfg.cross_max_seconds) for audio in sources.values())
+
+    def note(first_seconds: float, height: int, frames: int) -> None:
+        cross_height = height * cfg.downscale // cross_downscale(cfg)
+        seconds = first_seconds * (frames + cross * (cross_height / height) ** 2)
+        if torch.device(renderer.device).type != "cpu" or seconds < LONG_RUN_SECONDS:
+            return
+        what = f"{frames} validation frames at {height} px" + (
+            f" and {cross} cross-driven frames at {cross_height} px" if cross else "")
+        log.info("rendering %s on the CPU, %.1f s a %d px frame: about %d minutes. Quicker: %s", what, first_seconds,
+                 height, round(seconds / 60), quicker_options(cfg, cross))
+
+    return note
+
+
+def quicker_options(cfg: Any, cross: int) -> str:
+    """The settings that shorten a CPU evaluation, and what each changes."""
+    options = [f"downscale={2 * cfg.downscale} (every render at a quarter of the pixels; changes every figure)"]
+    if cross:
+        options[:0] = [f"cross_downscale={2 * cross_downscale(cfg)} (the cross-driven renders only; changes "
+                       f"{CROSS})", f"cross_max_seconds={cfg.cross_max_seconds / 2:g}", "cross_audio=null"]
+    return ", ".join(options)
+
+
+class PhaseClock:
+    """Wall seconds of the phases of a run, in the order they ran (`with clock("name"): ...`)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def rounded(self) -> dict[str, float]:
+        """Each phase's seconds and their `total`, to 0.1 s."""
+        return {name: round(s, 1) for name, s in {**self.seconds, "total": sum(self.seconds.values())}.items()}
+
+
 def evaluate_command(cfg: Any) -> EvalResult:
     """What `python evaluate.py` does with its config: evaluate, then print the figures and where they went."""
-    result = evaluate_from_config(cfg)
+    with logging_redirect_tqdm():  # a note logged while a progress bar is drawn goes above the bar, not into it
+        result = evaluate_from_config(cfg)
     print_summary(result)
     return result
 
@@ -106,10 +174,13 @@ def cross_findings(cfg: Any, renderer: Renderer, trained: TrainedStage, audio_fi
         found.skip([CROSS, *names], reason)
         return found
     view = load_subject(Path(cfg.paths.data_root) / cfg.subject, audio_file, trained.stage.background,
-                        downscale=cfg.downscale, **pose_options(cfg))
+                        downscale=cross_downscale(cfg), **pose_options(cfg))
+    kind, dim = audio_kind(renderer.hparams)
+    extractor = audio_extractor(trained, kind, dim, cfg.audio_extractor)  # once: a speech model loads on first use
     each = Findings()
     for name, audio in sources.items():
-        each.merge(cross_drive(renderer, trained, view, audio, name, cfg.cross_max_seconds, cfg.audio_extractor))
+        each.merge(cross_drive(renderer, view, audio, name, cfg.cross_max_seconds, extractor,
+                               cfg.get("progress", "auto")))
     values = [each.values[n] for n in names if n in each.values]
     if values:
         found.values[CROSS] = float(np.mean(values))
@@ -118,16 +189,38 @@ def cross_findings(cfg: Any, renderer: Renderer, trained: TrainedStage, audio_fi
     return found.merge(each)
 
 
-def cross_drive(renderer: Renderer, trained: TrainedStage, view: SubjectView, audio: Path, name: str,
-                max_seconds: float, extractor_overrides: Any) -> Findings:
+def cross_downscale(cfg: Any) -> int:
+    """The downscale of the cross-driven renders: `cross_downscale`, or the validation frames' `downscale`."""
+    value = cfg.get("cross_downscale")
+    return cfg.downscale if value is None else value
+
+
+def most_cross_frames(max_seconds: float) -> int:
+    """The frames of `max_seconds` of cross-driving audio; at least 3, the fewest a correlation takes."""
+    return max(3, int(max_seconds * FPS))
+
+
+def cross_frames(audio: Path, max_seconds: float) -> int:
+    """How many frames `cross_drive` renders for an audio file: one per 40 ms of it, up to `most_cross_frames`."""
+    seconds = len(load_audio(audio, sr=SAMPLE_RATE, max_seconds=max_seconds + 1.0)) / SAMPLE_RATE
+    return min(int(round(seconds * FPS)), most_cross_frames(max_seconds))
+
+
+def cross_drive(renderer: Renderer, view: SubjectView, audio: Path, name: str, max_seconds: float,
+                extractor: AudioFeatureExtractor, progress: Enabled = "auto") -> Findings:
     """Render the subject speaking unrelated audio; correlate its mouth opening with that audio's energy.
+    `extractor`: the checkpoint's audio features (`ernerf.apps.checkpoints.audio_extractor`).
 
     The figure is `cross_sync_audio_corr_<name>`, the curves `cross_energy_<name>` and `cross_mouth_render_<name>`."""
     kind, dim = audio_kind(renderer.hparams)
-    feats, _ = driving_features(audio, kind, dim, audio_extractor(trained, kind, dim, extractor_overrides))
-    n = min(len(feats), max(3, int(max_seconds * FPS)))
+    feats, _ = driving_features(audio, kind, dim, extractor)
+    n = min(len(feats), most_cross_frames(max_seconds))
     plan = plan_motion(view.poses, view.eye, n)
-    renders = [render_planned_frame(renderer, view, plan, feats, t)["rgb"] for t in range(n)]
+    renders = []
+    with progress_bar(n, f"rendering {audio.name} at {view.height} px", enabled=progress) as bar:
+        for t in range(n):
+            renders.append(render_planned_frame(renderer, view, plan, feats, t)["rgb"])
+            bar.update(1)
     mesh, ok = mesh_sequence(renders)
     filled = fill_gaps(mesh, ok)
     energy = audio_energy(load_audio(audio, sr=SAMPLE_RATE), SAMPLE_RATE, n, FPS)

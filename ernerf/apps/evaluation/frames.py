@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,16 +86,23 @@ def to_uint8(rgb: Any) -> np.ndarray:
     return (np.clip(arr, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
 
 
+FirstFrame = Callable[[float, int, int], None]  # (seconds the first frame took, its height, frames in all) -> None
+
+
 def render_validation(renderer: Renderer, data: Any, store: Any, frames: np.ndarray,
-                      progress: Enabled = "auto") -> Rendered:
-    """Render each frame with its tracked pose, audio window and blink, over its own background (as validation)."""
+                      progress: Enabled = "auto", on_first: FirstFrame | None = None) -> Rendered:
+    """Render each frame with its tracked pose, audio window and blink, over its own background (as validation).
+    `on_first` hears how long the first frame took, so that a caller can say early how long the rest will take."""
     t0, renders, truths = time.perf_counter(), [], []
     intrinsics = torch.tensor(data.intrinsics, dtype=torch.float32)
     with progress_bar(len(frames), "rendering validation frames", enabled=progress) as bar:
         for f in frames.tolist():
+            t = time.perf_counter()
             out = renderer.render_image(data.poses[f], intrinsics, data.height, data.width, data.audio_window(f),
                                         data.eye[f: f + 1], None, to_unit(store.background(f)))
             renders.append(to_uint8(out["rgb"]))
+            if on_first is not None and len(renders) == 1:
+                on_first(time.perf_counter() - t, data.height, len(frames))
             truths.append(store.image(f).cpu().numpy())
             bar.update(1)
     return Rendered(frames, np.stack(renders), np.stack(truths), data.rects["face"][frames].numpy(),
@@ -106,7 +114,8 @@ def pose_options(cfg: Any) -> dict[str, Any]:
     return {"scale": cfg.pose.scale, "offset": tuple(cfg.pose.offset)}
 
 
-def render_subject(cfg: Any, renderer: Renderer, background: str, audio_file: str) -> tuple[Rendered, Any]:
+def render_subject(cfg: Any, renderer: Renderer, background: str, audio_file: str,
+                   on_first: FirstFrame | None = None) -> tuple[Rendered, Any]:
     """Parse the subject as training does and render its validation frames over the stage's `background`;
     -> (rendered, SubjectData)."""
     data = parse_subject(Path(cfg.paths.data_root) / cfg.subject, audio_file, downscale=cfg.downscale,
@@ -114,4 +123,4 @@ def render_subject(cfg: Any, renderer: Renderer, background: str, audio_file: st
     store = frame_store(data, background)
     frames = validation_frames(data.num_train, data.num_frames, cfg.max_frames)
     log.info("rendering %d validation frames of %s", len(frames), cfg.subject)
-    return render_validation(renderer, data, store, frames, cfg.get("progress", "auto")), data
+    return render_validation(renderer, data, store, frames, cfg.get("progress", "auto"), on_first), data

@@ -116,6 +116,10 @@ def print_summary(result: EvalResult) -> None:
     for name, value in report["metrics"].items():
         shown = f"{value:.4f}" if isinstance(value, float) else f"{value}: {report['unavailable'].get(name, '')}"
         console.print(f"  {name:<{width}} {shown}", markup=False, highlight=False)
+    seconds = report.get("seconds", {})
+    if seconds:
+        phases = ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items() if name != "total")
+        console.print(f"  took {seconds['total']:.0f} s: {phases}", markup=False, highlight=False)
     for kind, path in result.files.items():
         console.print(f"  {kind:<10} {path}", markup=False, highlight=False)
     for place in report["logged_to"]:
