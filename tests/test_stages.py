@@ -96,6 +96,22 @@ def test_stage_configs_compose_and_resolve(stage: str) -> None:
     assert compose("train", ["subject=x", "stage=lips", "loss=lips_dssim"]).loss.perceptual._target_.endswith("DssimPatchLoss")
 
 
+def test_demo_torso_keeps_the_demo_head_sizes_and_draws_random_rays() -> None:
+    """The torso's CPU preset: demo's encoder (so the demo head loads), uniform rays (not demo's lips square)."""
+    from hydra.utils import instantiate
+
+    from datamodules.samplers import RandomRaySampler
+
+    demo = compose("train", ["subject=someone", "stage=head", "experiment=demo"])
+    cfg = compose("train", ["subject=someone", "stage=torso", "experiment=demo_torso"])
+    OmegaConf.resolve(cfg)
+    assert OmegaConf.to_container(cfg.encoder) == OmegaConf.to_container(demo.encoder, resolve=True)
+    assert cfg.model.grid.resolution == demo.model.grid.resolution and cfg.datamodule.downscale == 4
+    assert demo.datamodule.sampler._target_.endswith("LipsRaySampler")
+    sampler = instantiate(cfg.datamodule.sampler)
+    assert type(sampler) is RandomRaySampler and sampler.num_rays == cfg.datamodule.num_rays
+
+
 def test_a_stage_starts_from_the_earlier_stage_beside_it_then_from_the_subjects(tmp_path: Path) -> None:
     """A sweep's job of stage=all trains its stages side by side in the sweep folder (`<stage>-<swept values>`)."""
     from ernerf.apps.chain import initial_checkpoint, previous_run_dirs
