@@ -81,12 +81,13 @@ LONG_RUN_SECONDS = 120.0  # an evaluation expected to take longer on a CPU says 
 def duration_note(cfg: Any, renderer: Renderer, sources: dict[str, Path]) -> FirstFrame:
     """What evaluate.py says once the first validation frame has rendered: on a CPU, when the renders will take
     long, about how long and what makes them quicker. A render's cost goes with its pixels."""
-    cross = sum(cross_frames(audio, cfg.cross_max_seconds) for audio in sources.values())
-
     def note(first_seconds: float, height: int, frames: int) -> None:
+        if torch.device(renderer.device).type != "cpu":
+            return
+        cross = sum(cross_frames(audio, cfg.cross_max_seconds) for audio in sources.values())  # reads each file
         cross_height = height * cfg.downscale // cross_downscale(cfg)
         seconds = first_seconds * (frames + cross * (cross_height / height) ** 2)
-        if torch.device(renderer.device).type != "cpu" or seconds < LONG_RUN_SECONDS:
+        if seconds < LONG_RUN_SECONDS:
             return
         what = f"{frames} validation frames at {height} px" + (
             f" and {cross} cross-driven frames at {cross_height} px" if cross else "")
