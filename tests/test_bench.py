@@ -14,8 +14,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--rays", "256", "--override", "datamodule.downscale=8", "--override", "model.grid.resolution=16"]
 # A small field and few samples, for the benches that train and then render every validation frame.
-TINY_FIELD = [f"--override={o}" for o in ("encoder.num_levels=4", "encoder.log2_hashmap_size=10",
-                                          "encoder.desired_resolution=64", "model.marcher.num_samples=8")]
+SMALL_FIELD = ["encoder.num_levels=4", "encoder.log2_hashmap_size=10", "encoder.desired_resolution=64",
+               "model.marcher.num_samples=8"]
+TINY_FIELD = [f"--override={o}" for o in SMALL_FIELD]
 
 
 def run_bench(script: str, args: list[str]) -> str:
@@ -175,7 +176,7 @@ def voiced_mini(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     steps = 6
     train(compose("train", ["subject=mini", f"paths.data_root={tmp / 'data'}", f"paths.runs_root={tmp / 'runs'}",
                             "audio_features=mel", "debug=fast", "datamodule.num_rays=256", "model.grid.resolution=16",
-                            *(o.removeprefix("--override=") for o in TINY_FIELD),
+                            *SMALL_FIELD,
                             f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}",
                             f"callbacks.checkpoint.every_n_train_steps={steps}",
                             f"callbacks.val_images.every_n_steps={steps}"]))
