@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ernerf.io.layout import SubjectLayout
+from ernerf.metrics.image import PSNR_CAP
 from ernerf.preprocess.parsing import NECK, TORSO, read_parsing
 
 
@@ -50,10 +51,10 @@ def load(layout: SubjectLayout, ids: list[int], size: int) -> tuple[np.ndarray, 
 
 
 def psnr(predictions: list[np.ndarray], images: np.ndarray, masks: np.ndarray) -> float:
-    """PSNR of the squared colour error pooled over the masked pixels of all frames (100 dB for identical pixels, as
-    the project's metrics cap it)."""
+    """PSNR of the squared colour error pooled over the masked pixels of all frames (capped, as the project's
+    metrics cap it: PSNR_CAP for identical pixels)."""
     errors = [((p - img) ** 2).mean(-1)[m] for p, img, m in zip(predictions, images, masks)]
-    return -10 * math.log10(max(float(np.concatenate(errors).mean()), 1e-10))
+    return -10 * math.log10(max(float(np.concatenate(errors).mean()), 10 ** (-PSNR_CAP / 10)))
 
 
 def nearest_mean(train: np.ndarray, train_poses: np.ndarray, pose: np.ndarray, k: int,
