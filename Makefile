@@ -27,8 +27,10 @@ browser:
 	    || echo "could not install chromium with apt-get: the real-browser test will skip"; \
 	else echo "no /usr/bin/chromium (apt-get install chromium as root): the real-browser test will skip"; fi
 
+# Two workers, each taking a whole test file at a time, so that a module fixture (a tiny trained run) is built once;
+# the subprocess-heavy files run beside each other (docs/performance.md, "The test suite's time").
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 demo: $(STAMP)
 	$(BIN)/python -m ernerf.apps.demo
