@@ -113,11 +113,12 @@ def hashgrid_torch(
 
     The CPU path gives the reference's values and embedding gradients bit for bit (tests/encoders/test_hashgrid.py);
     it does not differentiate with respect to x, so points that need a gradient take the reference, as do CUDA
-    tensors (their results stay the reference's) and tables other than float32.
+    tensors (their results stay the reference's), tables other than float32, and torch.compile (which fuses the
+    reference's elementwise chains itself, and would have to trace the chunk loop).
     """
     u = ((x.float() + bound) / (2 * bound)).clamp(0.0, 1.0)  # [N, D]
     needs_u_grad = u.requires_grad and torch.is_grad_enabled()
-    if u.device.type != "cpu" or embeddings.dtype != torch.float32 or needs_u_grad:
+    if u.device.type != "cpu" or embeddings.dtype != torch.float32 or needs_u_grad or torch.compiler.is_compiling():
         return hashgrid_reference(u, embeddings, offsets, resolutions, log2_hashmap_size)
     groups = level_groups(tuple(resolutions), tuple(offsets), u.shape[-1], log2_hashmap_size, u.device)
     return _CpuGridInterpolation.apply(u, embeddings, groups, log2_hashmap_size).flatten(1)
@@ -187,7 +188,7 @@ def level_groups(
 
 def group_rows_and_weights(
     u_t: Tensor, group: LevelGroup, log2_hashmap_size: int
-) -> tuple[Tensor, Tensor]:  # [D, n] -> rows [2^D, G, n] (offsets included), weights [2^D, G, n]
+) -> tuple[Tensor, Tensor]:  # [D, n] -> rows [G, 2^D, n] (offsets included), weights [G, 2^D, n]
     """Rows of the 2^D corners around each point on a group of levels, and their D-linear weights.
 
     Corners are built one axis at a time (dimension 0 varies slowest) from that axis' low and high vertex, the
@@ -200,17 +201,18 @@ def group_rows_and_weights(
         low = p.floor()
         frac = p.sub_(low)
         low = low.to(group.top.dtype)  # p >= 0: exact, and floor == truncation
-        axis_rows = torch.stack([low, torch.minimum(low + 1, group.top[:, None])]) * group.multipliers[d, :, None]
+        high = torch.minimum(low + 1, group.top[:, None])
+        axis_rows = torch.stack([low, high], 1) * group.multipliers[d, :, None, None]  # [G, 2, n]
         if group.hashed:  # (a ^ b) mod 2^k == (a mod 2^k) ^ (b mod 2^k): each term masked, no uint32 step needed
             axis_rows &= 2**log2_hashmap_size - 1
-        axis_weights = torch.stack([1 - frac, frac])  # [2, G, n]
+        axis_weights = torch.stack([1 - frac, frac], 1)  # [G, 2, n]
         if rows is None:
             rows, weights = axis_rows, axis_weights
             continue
-        combined = rows[:, None] ^ axis_rows if group.hashed else rows[:, None] + axis_rows
-        rows = combined.flatten(0, 1)
-        weights = (weights[:, None] * axis_weights).flatten(0, 1)
-    return rows.add_(group.offsets[:, None]), weights
+        combined = rows[:, :, None] ^ axis_rows[:, None] if group.hashed else rows[:, :, None] + axis_rows[:, None]
+        rows = combined.flatten(1, 2)
+        weights = (weights[:, :, None] * axis_weights[:, None]).flatten(1, 2)
+    return rows.add_(group.offsets[:, None, None]), weights
 
 
 # Points interpolated at a time on the CPU: every temporary of a chunk stays in the core's cache.
@@ -230,22 +232,26 @@ def gather_rows(embeddings: Tensor, rows: Tensor) -> Tensor:  # [T, F], [M] -> [
     return embeddings.index_select(0, rows)
 
 
-def scatter_add_rows(grad_table: Tensor, rows: Tensor, grads: Tensor) -> None:  # [F, T] += scatter of [F, M]
-    """grad_table.t().index_add_(0, rows, grads.t()), one contiguous feature at a time (faster on a CPU).
+def points_first(t: Tensor) -> Tensor:  # [G, C, n, ...] -> [n, G, C, ...]
+    """The reference's point-major layout, copied as a 2-D transpose of each corner's 4- or 8-byte word.
 
-    Each table entry receives its additions in the order of `rows`, as index_add_ on the whole table would.
+    torch copies 2-D transposes in cache-sized blocks, several times faster than a general permute; a bit copy.
     """
-    for feature in range(grad_table.shape[0]):
-        grad_table[feature].index_add_(0, rows, grads[feature])
+    levels, corners, points = t.shape[:3]
+    word = {4: torch.int32, 8: torch.int64}.get(t[0, 0, 0].numel() * t.element_size())
+    if word is None or not t.is_contiguous():
+        return t.permute(2, 0, 1, *range(3, t.dim())).contiguous()
+    words = t.view(word).view(levels * corners, points).t().contiguous()  # [n, G * C]
+    return words.view(t.dtype).view(points, levels, corners, *t.shape[3:])
 
 
-def sum_corners(products: Tensor) -> Tensor:  # [C, G, n, F] -> [n, G, F]
+def sum_corners(products: Tensor) -> Tensor:  # [G, C, n, F] -> [n, G, F]
     """Sum over the corners in the reference's order: its own reduction, on its [n, G, C, F] layout.
 
     The transposition costs a copy, but the order in which torch's CPU sum adds the corners depends on the layout
-    (and, for 2^3 corners of 2 features, is not left to right), so summing corner by corner would change the bits.
+    and on the CPU's vector width (not always left to right), so summing corner by corner could change the bits.
     """
-    return products.permute(2, 1, 0, 3).contiguous().sum(2)
+    return points_first(products).sum(2)
 
 
 class _CpuGridInterpolation(torch.autograd.Function):
@@ -263,8 +269,8 @@ class _CpuGridInterpolation(torch.autograd.Function):
         for start in range(0, num_points, CPU_CHUNK_POINTS):
             chunk = u[start : start + CPU_CHUNK_POINTS].t().contiguous()  # [D, n]
             for group in groups:
-                rows, weights = group_rows_and_weights(chunk, group, log2_hashmap_size)  # [C, G, n] each
-                values = gather_rows(embeddings, rows.view(-1)).view(*rows.shape, num_features)  # [C, G, n, F]
+                rows, weights = group_rows_and_weights(chunk, group, log2_hashmap_size)  # [G, C, n] each
+                values = gather_rows(embeddings, rows.view(-1)).view(*rows.shape, num_features)  # [G, C, n, F]
                 out[start : start + CPU_CHUNK_POINTS, group.levels] = sum_corners(values.mul_(weights[..., None]))
                 if saved is not None:
                     saved.append((rows, weights))
@@ -278,15 +284,18 @@ class _CpuGridInterpolation(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor) -> tuple[None, Tensor | None, None, None]:
         if not ctx.needs_input_grad[1]:
             return None, None, None, None
-        grad_table = grad_out.new_zeros(ctx.table_shape[::-1])  # [F, T]: one contiguous column per feature
+        # [F, T]: index_add_ into a contiguous 1-D table per feature is much faster than into [T, F] rows.
+        grad_table = grad_out.new_zeros(ctx.table_shape[::-1])
         chunks = iter(ctx.chunks)
         for start in range(0, grad_out.shape[0], CPU_CHUNK_POINTS):
             for group in ctx.groups:
-                rows, weights = next(chunks)
-                # The reference's [n, G, C] order: each table entry receives its additions in the same sequence.
-                rows, weights = rows.permute(2, 1, 0).contiguous(), weights.permute(2, 1, 0)
-                grad = grad_out[start : start + CPU_CHUNK_POINTS, group.levels].permute(2, 0, 1)  # [F, n, G]
-                scatter_add_rows(grad_table, rows.view(-1), (grad[..., None] * weights).reshape(grad.shape[0], -1))
+                rows, weights = next(chunks)  # [G, C, n] each
+                # Added in the reference's [n, G, C] order, so each entry sums its terms in the same sequence.
+                rows = points_first(rows).view(-1)
+                grad = grad_out[start : start + CPU_CHUNK_POINTS, group.levels]
+                grad = grad.permute(2, 1, 0).contiguous()  # [F, G, n]
+                for feature, feature_grad in enumerate(grad):
+                    grad_table[feature].index_add_(0, rows, points_first(weights * feature_grad[:, None]).view(-1))
         return None, grad_table.t().contiguous(), None, None
 
 
