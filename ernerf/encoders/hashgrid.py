@@ -144,7 +144,8 @@ class LevelGroup:
     scale: Tensor  # [G] float32: R - 1, the grid coordinate of u = 1
     top: Tensor  # [G] int: R - 1, the last vertex on each axis
     multipliers: Tensor  # [D, G] int: row step per unit along each axis (R^d dense; prime mod 2^log2 hashed)
-    offsets: Tensor  # [G] int: first row of each level in `embeddings`
+    first_row: int  # row of `embeddings` where the group's first level starts
+    level_rows: Tensor  # [G] int: where each level starts, from first_row (multiples of 2^log2 when hashed)
 
 
 def row_dtype(offsets: list[int], resolutions: list[int], log2_hashmap_size: int) -> torch.dtype:
@@ -181,38 +182,41 @@ def level_groups(
             scale=torch.tensor([r - 1 for r in group], dtype=torch.float32, device=device),
             top=torch.tensor([r - 1 for r in group], dtype=dtype, device=device),
             multipliers=torch.tensor(mult, dtype=dtype, device=device),
-            offsets=torch.tensor(offsets[levels], dtype=dtype, device=device),
+            first_row=offsets[levels.start],
+            level_rows=torch.tensor([o - offsets[levels.start] for o in offsets[levels]], dtype=dtype, device=device),
         ))
     return tuple(groups)
 
 
 def group_rows_and_weights(
     u_t: Tensor, group: LevelGroup, log2_hashmap_size: int
-) -> tuple[Tensor, Tensor]:  # [D, n] -> rows [G, 2^D, n] (offsets included), weights [G, 2^D, n]
+) -> tuple[Tensor, Tensor]:  # [D, n] -> rows [G, 2^D, n] (from group.first_row), weights [G, 2^D, n]
     """Rows of the 2^D corners around each point on a group of levels, and their D-linear weights.
 
     Corners are built one axis at a time (dimension 0 varies slowest) from that axis' low and high vertex, the
     weights as the left-to-right product of the axes' (1 - frac, frac), as `grid_rows_and_weights` builds them.
-    Points are the innermost dimension so that every operation runs over long contiguous rows.
+    Points are the innermost dimension so that every operation runs over long contiguous rows, and the axes are
+    handled together until corners combine them (fewer, larger operations).
     """
-    rows = weights = None
-    for d in range(u_t.shape[0]):
-        p = group.scale[:, None] * u_t[d]  # [G, n]
-        low = p.floor()
-        frac = p.sub_(low)
-        low = low.to(group.top.dtype)  # p >= 0: exact, and floor == truncation
-        high = torch.minimum(low + 1, group.top[:, None])
-        axis_rows = torch.stack([low, high], 1) * group.multipliers[d, :, None, None]  # [G, 2, n]
-        if group.hashed:  # (a ^ b) mod 2^k == (a mod 2^k) ^ (b mod 2^k): each term masked, no uint32 step needed
-            axis_rows &= 2**log2_hashmap_size - 1
-        axis_weights = torch.stack([1 - frac, frac], 1)  # [G, 2, n]
-        if rows is None:
-            rows, weights = axis_rows, axis_weights
-            continue
-        combined = rows[:, :, None] ^ axis_rows[:, None] if group.hashed else rows[:, :, None] + axis_rows[:, None]
+    p = group.scale[:, None] * u_t[:, None]  # [D, G, n]
+    low = p.floor()
+    frac = p.sub_(low)
+    low = low.to(group.top.dtype)  # p >= 0: exact, and floor == truncation
+    high = torch.minimum(low + 1, group.top[:, None])
+    axis_rows = torch.stack([low, high], 2) * group.multipliers[:, :, None, None]  # [D, G, 2, n]
+    if group.hashed:  # (a ^ b) mod 2^k == (a mod 2^k) ^ (b mod 2^k): each term masked, no uint32 step needed
+        axis_rows &= 2**log2_hashmap_size - 1
+    # Each level's start, added to axis 0's terms only: the other axes' terms are below 2^k, so neither their sum
+    # (dense) nor their xor (hashed, where the starts are multiples of 2^k) reaches into it.
+    axis_rows[0] += group.level_rows[:, None, None]
+    axis_weights = torch.stack([1 - frac, frac], 2)  # [D, G, 2, n]
+    rows, weights = axis_rows[0], axis_weights[0]
+    for d in range(1, u_t.shape[0]):
+        low_rows, new_rows = rows[:, :, None], axis_rows[d, :, None]
+        combined = low_rows ^ new_rows if group.hashed else low_rows + new_rows
         rows = combined.flatten(1, 2)
-        weights = (weights[:, :, None] * axis_weights[:, None]).flatten(1, 2)
-    return rows.add_(group.offsets[:, None, None]), weights
+        weights = (weights[:, :, None] * axis_weights[d, :, None]).flatten(1, 2)
+    return rows, weights
 
 
 # Points interpolated at a time on the CPU: every temporary of a chunk stays in the core's cache.
@@ -270,7 +274,8 @@ class _CpuGridInterpolation(torch.autograd.Function):
             chunk = u[start : start + CPU_CHUNK_POINTS].t().contiguous()  # [D, n]
             for group in groups:
                 rows, weights = group_rows_and_weights(chunk, group, log2_hashmap_size)  # [G, C, n] each
-                values = gather_rows(embeddings, rows.view(-1)).view(*rows.shape, num_features)  # [G, C, n, F]
+                values = gather_rows(embeddings[group.first_row :], rows.view(-1))
+                values = values.view(*rows.shape, num_features)  # [G, C, n, F]
                 out[start : start + CPU_CHUNK_POINTS, group.levels] = sum_corners(values.mul_(weights[..., None]))
                 if saved is not None:
                     saved.append((rows, weights))
@@ -295,7 +300,8 @@ class _CpuGridInterpolation(torch.autograd.Function):
                 grad = grad_out[start : start + CPU_CHUNK_POINTS, group.levels]
                 grad = grad.permute(2, 1, 0).contiguous()  # [F, G, n]
                 for feature, feature_grad in enumerate(grad):
-                    grad_table[feature].index_add_(0, rows, points_first(weights * feature_grad[:, None]).view(-1))
+                    grads = points_first(weights * feature_grad[:, None]).view(-1)
+                    grad_table[feature, group.first_row :].index_add_(0, rows, grads)
         return None, grad_table.t().contiguous(), None, None
 
 
