@@ -211,6 +211,7 @@ def test_cpu_path_gives_the_literal_reference_bit_for_bit(
     dim: int, base: int, top: int, level_dim: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(hashgrid, "CPU_CHUNK_POINTS", 64)  # several chunks, the last one partial
+    monkeypatch.setattr(hashgrid, "hashgrid_reference", None)  # the CPU path must not fall back to it
     torch.manual_seed(0)
     resolutions = level_resolutions(5, base, top)
     offsets = level_offsets(resolutions, dim, log2_hashmap_size=9)
