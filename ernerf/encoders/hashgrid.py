@@ -1,11 +1,13 @@
 """Multi-resolution hash grid (Instant-NGP) with swappable backends sharing one parameter layout.
 
 The layout (level resolutions, offsets, dense/hashed indexing, interpolation) is specified in
-docs/design/model_api.md; `hashgrid_torch` is the reference every fast backend is tested against.
+docs/design/model_api.md; `hashgrid_reference` is the reference every fast backend is tested against, and
+`hashgrid_torch` (the torch backend) runs it, or on a CPU a chunked path that gives the same bits faster.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -107,13 +109,200 @@ def hashgrid_torch(
     log2_hashmap_size: int,
     bound: float = 1.0,
 ) -> Tensor:  # [N, L * F]
-    """Pure-PyTorch reference: the 2^D corners of every point on every level gathered in one go."""
+    """Pure-PyTorch hash grid: the CPU path below where it applies, else the autograd reference.
+
+    The CPU path gives the reference's values and embedding gradients bit for bit (tests/encoders/test_hashgrid.py);
+    it does not differentiate with respect to x, so points that need a gradient take the reference, as do CUDA
+    tensors (their results stay the reference's), tables other than float32, and torch.compile (which fuses the
+    reference's elementwise chains itself, and would have to trace the chunk loop).
+    """
     u = ((x.float() + bound) / (2 * bound)).clamp(0.0, 1.0)  # [N, D]
+    needs_u_grad = u.requires_grad and torch.is_grad_enabled()
+    if u.device.type != "cpu" or embeddings.dtype != torch.float32 or needs_u_grad or torch.compiler.is_compiling():
+        return hashgrid_reference(u, embeddings, offsets, resolutions, log2_hashmap_size)
+    groups = level_groups(tuple(resolutions), tuple(offsets), u.shape[-1], log2_hashmap_size, u.device)
+    return _CpuGridInterpolation.apply(u, embeddings, groups, log2_hashmap_size).flatten(1)
+
+
+def hashgrid_reference(
+    u: Tensor, embeddings: Tensor, offsets: list[int], resolutions: list[int], log2_hashmap_size: int
+) -> Tensor:  # [N, D] in [0, 1] -> [N, L * F]
+    """The reference: the 2^D corners of every point on every level gathered in one go, differentiable in u."""
     rows, weights = grid_rows_and_weights(u, resolutions, log2_hashmap_size)  # [N, L, C] each
-    rows = rows + torch.tensor(offsets[:-1], device=x.device)[:, None]
+    rows = rows + torch.tensor(offsets[:-1], device=u.device)[:, None]
     # index_select's backward is index_add_ (atomic adds on CUDA), faster than indexing's sort-based one.
     values = embeddings.index_select(0, rows.reshape(-1)).view(*rows.shape, embeddings.shape[-1])  # [N, L, C, F]
     return (weights[..., None] * values).sum(2).flatten(1)  # level-major
+
+
+@dataclasses.dataclass(frozen=True)
+class LevelGroup:
+    """Consecutive levels that are all dense or all hashed, as tensors for the vectorised corner loop."""
+
+    hashed: bool
+    levels: slice  # the group's positions among all levels
+    scale: Tensor  # [G] float32: R - 1, the grid coordinate of u = 1
+    top: Tensor  # [G] int: R - 1, the last vertex on each axis
+    multipliers: Tensor  # [D, G] int: row step per unit along each axis (R^d dense; prime mod 2^log2 hashed)
+    first_row: int  # row of `embeddings` where the group's first level starts
+    level_rows: Tensor  # [G] int: where each level starts, from first_row (multiples of 2^log2 when hashed)
+
+
+def row_dtype(offsets: list[int], resolutions: list[int], log2_hashmap_size: int) -> torch.dtype:
+    """int32 when every row and every intermediate product fits it, else int64.
+
+    Hashed terms are (c * prime) mod 2^log2 computed as c * (prime mod 2^log2): below (R - 1) * (2^log2 - 1).
+    Dense terms stay below R^D <= 2^log2, and rows below offsets[-1].
+    """
+    largest = max(offsets[-1], (max(resolutions) - 1) * (2**log2_hashmap_size - 1))
+    return torch.int32 if largest < 2**31 else torch.int64
+
+
+@functools.lru_cache(maxsize=64)
+def level_groups(
+    resolutions: tuple[int, ...], offsets: tuple[int, ...], input_dim: int, log2_hashmap_size: int,
+    device: torch.device,
+) -> tuple[LevelGroup, ...]:
+    """The dense prefix and the hashed rest of the levels (cached: built once per grid layout and device)."""
+    if list(resolutions) != sorted(resolutions):
+        raise ErnerfError(f"hash-grid resolutions must grow level by level, got {list(resolutions)}")
+    dtype = row_dtype(list(offsets), list(resolutions), log2_hashmap_size)
+    table_size = 2**log2_hashmap_size
+    groups, start = [], 0
+    for hashed in (False, True):
+        group = [r for r in resolutions if (r**input_dim > table_size) == hashed]
+        if not group:
+            continue
+        levels = slice(start, start + len(group))
+        start += len(group)
+        mult = [[HASH_PRIMES[d] % table_size if hashed else r**d for r in group] for d in range(input_dim)]
+        groups.append(LevelGroup(
+            hashed=hashed,
+            levels=levels,
+            scale=torch.tensor([r - 1 for r in group], dtype=torch.float32, device=device),
+            top=torch.tensor([r - 1 for r in group], dtype=dtype, device=device),
+            multipliers=torch.tensor(mult, dtype=dtype, device=device),
+            first_row=offsets[levels.start],
+            level_rows=torch.tensor([o - offsets[levels.start] for o in offsets[levels]], dtype=dtype, device=device),
+        ))
+    return tuple(groups)
+
+
+def group_rows_and_weights(
+    u_t: Tensor, group: LevelGroup, log2_hashmap_size: int
+) -> tuple[Tensor, Tensor]:  # [D, n] -> rows [G, 2^D, n] (from group.first_row), weights [G, 2^D, n]
+    """Rows of the 2^D corners around each point on a group of levels, and their D-linear weights.
+
+    Corners are built one axis at a time (dimension 0 varies slowest) from that axis' low and high vertex, the
+    weights as the left-to-right product of the axes' (1 - frac, frac), as `grid_rows_and_weights` builds them.
+    Points are the innermost dimension so that every operation runs over long contiguous rows, and the axes are
+    handled together until corners combine them (fewer, larger operations).
+    """
+    p = group.scale[:, None] * u_t[:, None]  # [D, G, n]
+    low = p.floor()
+    frac = p.sub_(low)
+    low = low.to(group.top.dtype)  # p >= 0: exact, and floor == truncation
+    high = torch.minimum(low + 1, group.top[:, None])
+    axis_rows = torch.stack([low, high], 2) * group.multipliers[:, :, None, None]  # [D, G, 2, n]
+    if group.hashed:  # (a ^ b) mod 2^k == (a mod 2^k) ^ (b mod 2^k): each term masked, no uint32 step needed
+        axis_rows &= 2**log2_hashmap_size - 1
+    # Each level's start, added to axis 0's terms only: the other axes' terms are below 2^k, so neither their sum
+    # (dense) nor their xor (hashed, where the starts are multiples of 2^k) reaches into it.
+    axis_rows[0] += group.level_rows[:, None, None]
+    axis_weights = torch.stack([1 - frac, frac], 2)  # [D, G, 2, n]
+    rows, weights = axis_rows[0], axis_weights[0]
+    for d in range(1, u_t.shape[0]):
+        low_rows, new_rows = rows[:, :, None], axis_rows[d, :, None]
+        combined = low_rows ^ new_rows if group.hashed else low_rows + new_rows
+        rows = combined.flatten(1, 2)
+        weights = (weights[:, :, None] * axis_weights[d, :, None]).flatten(1, 2)
+    return rows, weights
+
+
+# Points interpolated at a time on the CPU: every temporary of a chunk stays in the core's cache.
+CPU_CHUNK_POINTS = 4096
+
+
+def gather_rows(embeddings: Tensor, rows: Tensor) -> Tensor:  # [T, F], [M] -> [M, F]
+    """embeddings[rows], read through a 1-D view where possible (index_select on a [T, F] table is far slower).
+
+    Rows of two float32 features move as one 8-byte word: a bit copy, the values are untouched.
+    """
+    num_features = embeddings.shape[-1]
+    if num_features == 1:
+        return embeddings.view(-1).index_select(0, rows)[:, None]
+    if num_features * embeddings.element_size() == 8 and embeddings.is_contiguous():
+        return embeddings.view(torch.int64).view(-1).index_select(0, rows).view(embeddings.dtype).view(-1, num_features)
+    return embeddings.index_select(0, rows)
+
+
+def points_first(t: Tensor) -> Tensor:  # [G, C, n, ...] -> [n, G, C, ...]
+    """The reference's point-major layout, copied as a 2-D transpose of each corner's 4- or 8-byte word.
+
+    torch copies 2-D transposes in cache-sized blocks, several times faster than a general permute; a bit copy.
+    """
+    levels, corners, points = t.shape[:3]
+    word = {4: torch.int32, 8: torch.int64}.get(t[0, 0, 0].numel() * t.element_size())
+    if word is None or not t.is_contiguous():
+        return t.permute(2, 0, 1, *range(3, t.dim())).contiguous()
+    words = t.view(word).view(levels * corners, points).t().contiguous()  # [n, G * C]
+    return words.view(t.dtype).view(points, levels, corners, *t.shape[3:])
+
+
+def sum_corners(products: Tensor) -> Tensor:  # [G, C, n, F] -> [n, G, F]
+    """Sum over the corners in the reference's order: its own reduction, on its [n, G, C, F] layout.
+
+    The transposition costs a copy, but the order in which torch's CPU sum adds the corners depends on the layout
+    and on the CPU's vector width (not always left to right), so summing corner by corner could change the bits.
+    """
+    return points_first(products).sum(2)
+
+
+class _CpuGridInterpolation(torch.autograd.Function):
+    """Interpolation over chunks of points, with the gradient of the embeddings (not of u) by index_add_.
+
+    Per chunk it does what the reference does on all points (same products, same sum over corners), so outputs
+    match bit for bit; the backward adds each corner's weighted gradient in the reference's order.
+    """
+
+    @staticmethod
+    def forward(ctx, u: Tensor, embeddings: Tensor, groups: tuple[LevelGroup, ...], log2_hashmap_size: int) -> Tensor:
+        num_points, num_features = u.shape[0], embeddings.shape[-1]
+        out = u.new_empty(num_points, groups[-1].levels.stop, num_features)  # [N, L, F]
+        saved = [] if ctx.needs_input_grad[1] else None  # (rows, weights) per chunk and group
+        for start in range(0, num_points, CPU_CHUNK_POINTS):
+            chunk = u[start : start + CPU_CHUNK_POINTS].t().contiguous()  # [D, n]
+            for group in groups:
+                rows, weights = group_rows_and_weights(chunk, group, log2_hashmap_size)  # [G, C, n] each
+                values = gather_rows(embeddings[group.first_row :], rows.view(-1))
+                values = values.view(*rows.shape, num_features)  # [G, C, n, F]
+                out[start : start + CPU_CHUNK_POINTS, group.levels] = sum_corners(values.mul_(weights[..., None]))
+                if saved is not None:
+                    saved.append((rows, weights))
+        if saved is not None:
+            ctx.chunks = saved
+            ctx.table_shape = embeddings.shape
+            ctx.groups = groups
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[None, Tensor | None, None, None]:
+        if not ctx.needs_input_grad[1]:
+            return None, None, None, None
+        # [F, T]: index_add_ into a contiguous 1-D table per feature is much faster than into [T, F] rows.
+        grad_table = grad_out.new_zeros(ctx.table_shape[::-1])
+        chunks = iter(ctx.chunks)
+        for start in range(0, grad_out.shape[0], CPU_CHUNK_POINTS):
+            for group in ctx.groups:
+                rows, weights = next(chunks)  # [G, C, n] each
+                # Added in the reference's [n, G, C] order, so each entry sums its terms in the same sequence.
+                rows = points_first(rows).view(-1)
+                grad = grad_out[start : start + CPU_CHUNK_POINTS, group.levels]
+                grad = grad.permute(2, 1, 0).contiguous()  # [F, G, n]
+                for feature, feature_grad in enumerate(grad):
+                    grads = points_first(weights * feature_grad[:, None]).view(-1)
+                    grad_table[feature, group.first_row :].index_add_(0, rows, grads)
+        return None, grad_table.t().contiguous(), None, None
 
 
 def _tcnn_module():

@@ -8,6 +8,7 @@ import itertools
 import pytest
 import torch
 
+from ernerf.encoders import hashgrid
 from ernerf.encoders.hashgrid import (
     HashGridEncoder,
     corner_index,
@@ -15,6 +16,7 @@ from ernerf.encoders.hashgrid import (
     level_offsets,
     level_resolutions,
     grid_rows_and_weights,
+    row_dtype,
 )
 from ernerf.errors import ErnerfError
 
@@ -173,3 +175,87 @@ def test_empty_batch_gives_empty_features_and_gradients() -> None:
     assert out.shape == (0, encoder.output_dim)
     out.sum().backward()
     assert all(p.grad is None or not p.grad.any() for p in encoder.parameters())
+
+
+def _literal_hashgrid(x: torch.Tensor, emb: torch.Tensor, offsets: list[int], resolutions: list[int], log2: int,
+                      bound: float) -> torch.Tensor:  # [N, D] -> [N, L * F]
+    """The specification spelled out, corner by corner through `corner_index` (slow, obviously right).
+
+    Weights multiply the axes' factors left to right and the corners are summed by `.sum` over [N, L, C, F], the
+    order the fast paths must reproduce bit for bit.
+    """
+    u = ((x.float() + bound) / (2 * bound)).clamp(0.0, 1.0)
+    rows, weights = [], []
+    for level, resolution in enumerate(resolutions):
+        p = u * (resolution - 1)
+        low = p.floor()
+        frac = p - low
+        level_rows, level_weights = [], []
+        for bits in itertools.product((0, 1), repeat=u.shape[-1]):  # dimension 0 varies slowest
+            corner = (low.long() + torch.tensor(bits)).clamp(max=resolution - 1)
+            level_rows.append(corner_index(corner, resolution, log2) + offsets[level])
+            weight = torch.ones(u.shape[0])
+            for d, bit in enumerate(bits):
+                weight = weight * (frac[:, d] if bit else 1 - frac[:, d])
+            level_weights.append(weight)
+        rows.append(torch.stack(level_rows, -1))
+        weights.append(torch.stack(level_weights, -1))
+    rows, weights = torch.stack(rows, 1), torch.stack(weights, 1)  # [N, L, C]
+    values = emb.index_select(0, rows.reshape(-1)).view(*rows.shape, emb.shape[-1])
+    return (weights[..., None] * values).sum(2).flatten(1)
+
+
+@pytest.mark.parametrize("level_dim", [1, 2])
+@pytest.mark.parametrize(("dim", "base", "top"), [(2, 5, 90), (3, 3, 24)])  # dense levels, then hashed ones
+def test_cpu_path_gives_the_literal_reference_bit_for_bit(
+    dim: int, base: int, top: int, level_dim: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hashgrid, "CPU_CHUNK_POINTS", 64)  # several chunks, the last one partial
+    monkeypatch.setattr(hashgrid, "hashgrid_reference", None)  # the CPU path must not fall back to it
+    torch.manual_seed(0)
+    resolutions = level_resolutions(5, base, top)
+    offsets = level_offsets(resolutions, dim, log2_hashmap_size=9)
+    assert any(r**dim <= 2**9 for r in resolutions) and any(r**dim > 2**9 for r in resolutions)
+    emb = torch.randn(offsets[-1], level_dim, requires_grad=True)
+    x = torch.rand(300, dim) * 1.6 - 0.8
+    x[0], x[1], x[2, 0], x[3] = -0.8, 0.8, 0.8, 2.0  # u = 0, u = 1 (high corner clamped), mixed, beyond the bound
+    fast = hashgrid_torch(x, emb, offsets, resolutions, 9, bound=0.8)
+    literal = _literal_hashgrid(x, emb, offsets, resolutions, 9, bound=0.8)
+    assert torch.equal(fast, literal)
+    grad = torch.randn_like(fast)
+    (fast_grad,) = torch.autograd.grad(fast, emb, grad)
+    (literal_grad,) = torch.autograd.grad(literal, emb, grad)
+    assert torch.equal(fast_grad, literal_grad)
+    with torch.no_grad():
+        assert torch.equal(hashgrid_torch(x, emb, offsets, resolutions, 9, bound=0.8), literal)
+
+
+def test_points_that_need_a_gradient_get_the_reference_and_its_gradient() -> None:
+    resolutions = level_resolutions(3, 4, 40)
+    offsets = level_offsets(resolutions, 2, log2_hashmap_size=8)
+    emb = torch.randn(offsets[-1], 2)
+    x = (torch.rand(100, 2) * 2 - 1).requires_grad_()
+    out = hashgrid_torch(x, emb, offsets, resolutions, 8)
+    assert torch.equal(out, _literal_hashgrid(x.detach(), emb, offsets, resolutions, 8, 1.0))
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_rows_are_int32_only_where_every_row_and_hash_product_fits() -> None:
+    ernerf = level_resolutions(12, 64, 512)
+    assert row_dtype(level_offsets(ernerf, 2, 14), ernerf, 14) == torch.int32
+    # (R - 1) * (2^log2 - 1) is the largest hashed term: 2^16 rows at R = 2^15 + 1 just fit, 2^17 do not.
+    assert row_dtype([0, 2**16], [2**15 + 1], 16) == torch.int32
+    assert row_dtype([0, 2**17], [2**15 + 1], 17) == torch.int64
+    assert row_dtype([0, 2**31], [2], 31) == torch.int64  # the rows themselves
+
+
+def test_cpu_path_with_int64_rows_matches_the_literal_reference() -> None:
+    resolutions = [8, 300]  # 300^3 > 2^23: hashed, and 299 * (2^23 - 1) > 2^31 - 1
+    offsets = level_offsets(resolutions, 3, log2_hashmap_size=23)
+    assert row_dtype(offsets, resolutions, 23) == torch.int64
+    emb = (torch.arange(offsets[-1], dtype=torch.float32) / offsets[-1])[:, None]
+    x = torch.rand(200, 3) * 2 - 1
+    x[0] = 1.0
+    expected = _literal_hashgrid(x, emb, offsets, resolutions, 23, 1.0)
+    assert torch.equal(hashgrid_torch(x, emb, offsets, resolutions, 23), expected)
