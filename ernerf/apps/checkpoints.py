@@ -3,9 +3,9 @@
 Training writes the stage's facts and its audio-feature config into every checkpoint (callbacks/checkpoint_facts.py);
 they are read back here, not derived from folder names. Checkpoints saved before that record existed fall back to
 what the stage configs said when they were trained: the facts of the stage named by the run folder, and the extractor
-of the feature kind in the model's hparams (docs/runs.md). Nothing here imports Lightning, and torch only to read a
-checkpoint: the entry points find the trained stage, or refuse an untrained subject, before they import the model
-code (ernerf/apps/preflight.py).
+of the feature kind in the model's hparams (docs/runs.md). Nothing here imports torch or Lightning (the facts are
+read from a checkpoint's pickle alone): the entry points find the trained stage, or refuse an untrained one, before
+they import the model code (ernerf/apps/preflight.py).
 """
 
 from __future__ import annotations

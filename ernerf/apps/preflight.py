@@ -7,8 +7,8 @@ other) answers in about the time Hydra takes to compose its config. A check runs
 the application's order, up to the first one that needs the model code; the application makes them again where it
 always did (a library caller of `infer_from_config` gets the same errors), so the messages are the same either way.
 
-Nothing this module imports at its top may import torch or Lightning (tests/apps/test_preflight.py); reading a
-checkpoint (a trained stage's facts) imports torch alone.
+Nothing this module imports may import torch or Lightning (tests/apps/test_preflight.py); a checkpoint's step and
+stage are read from its pickle alone (ernerf.apps.runs.peek_checkpoint).
 """
 
 from __future__ import annotations

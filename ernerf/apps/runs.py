@@ -3,17 +3,20 @@
 A finished or interrupted run is never written over silently: continuing it takes `ckpt_path=last`, replacing it
 takes `overwrite=true`, which moves the old run aside (`<runs_root>/<subject>/.replaced/`) rather than deleting it.
 
-No torch or Lightning at the top: train.py checks the run folder (`check_run_folder`) before it imports them
-(ernerf/apps/preflight.py), so a refused run answers in the time Hydra takes to compose its config."""
+No torch or Lightning at the top, and none to read a checkpoint's step (`peek_checkpoint`): train.py checks the run
+folder (`check_run_folder`) before it imports them (ernerf/apps/preflight.py), so a refused run answers in the time
+Hydra takes to compose its config."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import pickle
 import shutil
 import time
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,8 +106,14 @@ def mark_finished(run_dir: Path | str, step: int, metrics: dict[str, float], ini
 
 
 def peek_checkpoint(path: Path | str) -> dict[str, Any] | None:
-    """A Lightning checkpoint's contents, its tensors memory-mapped rather than read; None for a file cut short or
-    not a checkpoint (the caller says so)."""
+    """A Lightning checkpoint's top-level entries of plain Python values (its step, the facts callbacks/ records);
+    None for a file cut short or not a checkpoint (the caller says so).
+
+    Read from the pickle inside torch's zip format without building its tensors and objects (`plain_entries`), so
+    that a refusal that names a checkpoint's step or stage needs no torch; any other file goes through torch.load."""
+    plain = plain_entries(path)
+    if plain is not None:
+        return plain
     import torch  # here, not at the top: see the module's docstring
 
     try:
@@ -112,6 +121,68 @@ def peek_checkpoint(path: Path | str) -> dict[str, Any] | None:
     except (OSError, RuntimeError, EOFError, AttributeError, KeyError, TypeError, ValueError, pickle.UnpicklingError):
         return None
     return saved if isinstance(saved, dict) else None
+
+
+class _Opaque:
+    """What a checkpoint pickles besides plain values (tensors, Lightning's and OmegaConf's objects): read past,
+    never built."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Opaque:
+        return super().__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Builds the pickle's plain values; every class or function it names is `_Opaque`, every tensor storage None."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        return _Opaque
+
+    def persistent_load(self, pid: Any) -> None:
+        return None
+
+
+def _plain(value: Any) -> Any:
+    """`value` if it holds nothing opaque; raises TypeError otherwise."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return value
+    raise TypeError(f"not a plain value: {type(value).__name__}")
+
+
+def plain_entries(path: Path | str) -> dict[str, Any] | None:
+    """The top-level entries of plain values of a checkpoint in torch's zip format (`<archive>/data.pkl`); None for
+    a file that is not one, or a pickle this reader cannot follow (torch.load then reads it)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl"))
+            saved = _PlainUnpickler(io.BytesIO(archive.read(name))).load()
+    except Exception:  # not torch's zip format, or a pickle this reader cannot follow: torch.load decides
+        return None
+    if not isinstance(saved, dict):
+        return None
+    entries = {}
+    for key, value in saved.items():
+        with contextlib.suppress(TypeError):
+            entries[key] = _plain(value)
+    return entries
 
 
 def checkpoint_step(path: Path) -> int | None:

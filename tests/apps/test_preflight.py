@@ -1,6 +1,6 @@
 """A refused run answers before the model code loads: each entry script's refusals (ernerf/apps/preflight.py) run as
-a user starts the script, under `-X importtime`, and none of them may import Lightning (nor torch, unless the message
-needs a checkpoint's contents). Each is then the same one-line error as before, in about the time Hydra composes."""
+a user starts the script, under `-X importtime`, and none of them may import torch or Lightning (a checkpoint's step and
+stage are read from its pickle alone). Each is the same one-line error as before, in about the time Hydra composes."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def test_refusals_import_no_torch(tmp_path: Path, roots: list[str], script: str,
     assert not {"torch", "lightning"} & imported
 
 
-def test_train_refuses_a_busy_or_finished_stage_without_lightning(tmp_path: Path, roots: list[str]) -> None:
+def test_train_refuses_a_busy_or_finished_stage_without_torch(tmp_path: Path, roots: list[str]) -> None:
     run_dir = tmp_path / "runs" / "anna" / "head"
     with exclusive_lock(run_dir, "run folder"):  # a first run that is still training
         done, imported = run_refused("train.py", "subject=anna", *roots, cwd=tmp_path)
@@ -96,4 +96,12 @@ def test_train_refuses_a_busy_or_finished_stage_without_lightning(tmp_path: Path
     done, imported = run_refused("train.py", "subject=anna", *roots, cwd=tmp_path)
     assert_user_error(done, "holds a finished head stage (step 4, val/psnr 20.00 dB)", "trainer.max_steps=8",
                       "overwrite=true")
-    assert "lightning" not in imported  # torch only, to read the checkpoint's step
+    assert not {"torch", "lightning"} & imported  # the step is read from the checkpoint's pickle alone
+
+
+def test_an_untrained_stage_beside_a_trained_one_is_refused_without_torch(tmp_path: Path, roots: list[str]) -> None:
+    finished_run(tmp_path / "runs" / "anna" / "head", 4)
+    for script, extra in (("evaluate.py", []), ("serve.py", ["port=0"])):
+        done, imported = run_refused(script, "subject=anna", "stage=lips", *extra, *roots, cwd=tmp_path)
+        assert_user_error(done, "no trained lips checkpoint", "(trained: head)", "python train.py stage=lips")
+        assert not {"torch", "lightning"} & imported
