@@ -22,8 +22,8 @@ from rich.console import Console
 
 from datamodules.subject import FrameStore, SubjectData, parse_subject
 from ernerf.apps.checkpoints import audio_extractor, find_trained
-# infer.py's option checks live where infer.py makes them before importing this module; named here as always
-from ernerf.apps.preflight import output_paths, speech_text, text_stem  # noqa: F401
+# infer.py checks its options before it imports this module (ernerf/apps/preflight.py)
+from ernerf.apps.preflight import output_paths, speech_text, text_stem
 from ernerf.apps.runs import stale_warning
 from ernerf.apps.tts import SpeechEngine, speak_to_wav
 from ernerf.audio.features import extract_features
