@@ -11,6 +11,11 @@ from ernerf.cli import exit_on_user_error, run_entry_point
 @hydra.main(config_path="conf", config_name="infer", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
+    # A missing audio file, an untrained subject or a bad option is refused before the model code loads
+    # (ernerf/apps/preflight.py).
+    from ernerf.apps.preflight import check_infer
+
+    exit_on_user_error(check_infer)(cfg)
     # Imported here, not at the top: inference imports torch and Lightning, seconds of imports that --help and a
     # refused command line do without (docs/design/architecture.md).
     from ernerf.apps.inference import infer_command

@@ -11,6 +11,10 @@ from ernerf.cli import exit_on_user_error, run_entry_point
 @hydra.main(config_path="conf", config_name="serve", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
+    # A busy port or an untrained subject is refused before the model code loads (ernerf/apps/preflight.py).
+    from ernerf.apps.preflight import check_serve
+
+    exit_on_user_error(check_serve)(cfg)
     # Imported here, not at the top: serving imports torch, aiortc and Lightning, seconds that --help waits for.
     from ernerf.apps.live import serve_command
 

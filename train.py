@@ -15,6 +15,10 @@ from ernerf.cli import exit_on_user_error, run_entry_point
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns val/psnr for sweepers (of the last stage trained, for stage=all). In a multirun a
     job that fails or is refused is recorded and the sweep goes on (ernerf.apps.sweeps.sweep_job)."""
+    # A busy run folder, a finished stage or a bad option is refused before Lightning loads (ernerf/apps/preflight.py).
+    from ernerf.apps.preflight import check_train
+
+    exit_on_user_error(check_train)(cfg)
     # Imported here, not at the top: training imports Lightning, seconds that --help, --cfg and shell completion
     # would otherwise wait for.
     from ernerf.apps.sweeps import sweep_job

@@ -7,32 +7,15 @@ over, which stages it was trained after, and which extractor turns new audio int
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-STAGE_KEY = "stage"  # checkpoint[STAGE_KEY]: StageFacts.as_record()
-AUDIO_FEATURES_KEY = "audio_features"  # checkpoint[AUDIO_FEATURES_KEY]: the run's conf/audio_features config
+# the facts and their keys, without Lightning (ernerf/io/checkpoint_facts.py), as this module has always named them
+from ernerf.io.checkpoint_facts import AUDIO_FEATURES_KEY, STAGE_KEY, StageFacts
 
-
-@dataclass(frozen=True)
-class StageFacts:
-    """A trained stage: its name, the background it renders over, and the stages it starts from (first found wins)."""
-
-    name: str
-    background: str  # "torso": torso and neck over the plate (head, lips); "plate": the plate alone (torso)
-    previous: tuple[str, ...] = ()
-
-    @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> StageFacts:
-        """The facts as a checkpoint holds them (plain types: checkpoints load with weights_only=True)."""
-        return cls(str(record["name"]), str(record["background"]), tuple(str(p) for p in record.get("previous") or ()))
-
-    def as_record(self) -> dict[str, Any]:
-        """Plain types for the checkpoint."""
-        return {"name": self.name, "background": self.background, "previous": list(self.previous)}
+__all__ = ["AUDIO_FEATURES_KEY", "STAGE_KEY", "CheckpointFacts", "StageFacts", "plain"]
 
 
 def plain(node: Mapping[str, Any] | DictConfig) -> dict[str, Any]:

@@ -22,7 +22,8 @@ from datamodules.samplers import RandomRaySampler, RaySampler, Rect
 from ernerf.constants import SMOOTH_WINDOW
 from ernerf.errors import ErnerfError
 from ernerf.io.layout import SubjectLayout
-from ernerf.preprocess.check import check_dataset, redo_hint
+# check_subject: train.py makes it before it imports this module (ernerf/apps/preflight.py)
+from ernerf.preprocess.check import check_subject, redo_hint
 from ernerf.rendering.rays import get_rays, nerf_matrix_to_ngp
 
 log = logging.getLogger(__name__)
@@ -93,23 +94,6 @@ def parse_subject(root: Path, audio_file: str, downscale: int = 1, scale: float 
         eye=torch.as_tensor(eye, dtype=torch.float32),
         rects=read_rects(layout, img_ids.tolist(), downscale, height, width),
     )
-
-
-def check_subject(layout: SubjectLayout, audio_file: str) -> None:
-    """Fail early, naming the preprocessing command, when the folder or a file the training reads is missing."""
-    if not layout.root.is_dir():
-        raise ErnerfError(f"subject folder {layout.root} does not exist: run "
-                          f"`python preprocess.py video=<your video> subject={layout.name}` first (or set paths.data_root).")
-    if not (layout.root / audio_file).exists():
-        kind = audio_file.removeprefix("aud_").removesuffix(".npy")
-        raise ErnerfError(f"{layout.root / audio_file} is missing: the training is configured for audio features '{kind}'. "
-                          f"Run `python preprocess.py subject={layout.name} audio_features=<kind> preprocess.force=[audio_features]` "
-                          f"or train with the audio_features=<kind> the subject was preprocessed with.")
-    check_dataset(layout)
-    needed = [layout.transforms("train"), layout.transforms("val"), layout.au, layout.gt_dir, layout.background]
-    missing = [p for p in needed if not p.exists()]  # datasets made by other tools have no step markers to check
-    if missing:
-        raise ErnerfError(f"{missing[0]} is missing: {redo_hint(missing[0])}.")
 
 
 def read_au45(path: Path) -> np.ndarray:

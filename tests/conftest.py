@@ -1,8 +1,12 @@
-"""Shared fixtures: real clips from ../shared/data, preprocessed subjects cached per session."""
+"""Shared fixtures: real clips from ../shared/data, preprocessed once per test run (shared by the xdist workers)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,29 +63,82 @@ def compose(config_name: str, overrides: list[str] | None = None):
 _PREPARED: dict[tuple[str, str], Path] = {}
 
 
-@pytest.fixture(scope="session")
-def prepare_subject(tmp_path_factory: pytest.TempPathFactory):
-    """prepare_subject(clip, upto=step) -> subject folder with the pipeline run up to `step` (cached)."""
-    from ernerf.io.layout import SubjectLayout
-    from ernerf.preprocess.base import StepContext, run_steps
+def prepared_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the run's preprocessed clips live: under pytest-xdist the temp folder that the workers' own folders are
+    in (`<run>/popen-gw0`, ...), so that every worker finds what another built; in one process, its own."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "prepared"
+
+
+@contextlib.contextmanager
+def held(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file`, waiting while another worker holds it (released at exit, or when its
+    holder dies)."""
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def build_prepared(base: Path, clip: str, steps: list[str]) -> Path:
+    """`<base>/<step>/<clip stem>` for each of `steps` (the pipeline's, in order): the clip preprocessed up to that
+    step. Each folder is built once for the whole run, from a copy of the one before it, in a temporary folder that is
+    renamed into place once complete; a worker waits (the clip's lock) while another builds, then reads the result.
+    A finished folder is never written again."""
     from hydra.utils import instantiate
 
-    root = tmp_path_factory.mktemp("subjects")
+    from ernerf.io.layout import SubjectLayout
+    from ernerf.preprocess.base import StepContext, run_steps
+
+    stem = Path(clip).stem
+    base.mkdir(parents=True, exist_ok=True)
+    with held(base / f"{stem}.lock"):
+        cfg = compose("preprocess", ["subject=test"])
+        before = None
+        for i, name in enumerate(steps):
+            folder = base / name / stem
+            if not folder.is_dir():
+                work = base / f".building-{name}-{stem}"  # what a killed run left is dropped (the lock is ours)
+                shutil.rmtree(work, ignore_errors=True)
+                layout = SubjectLayout(work / stem)  # the subject's folder keeps the clip's name while it is built
+                if before is None:
+                    layout.root.mkdir(parents=True)
+                else:
+                    shutil.copytree(before, layout.root, symlinks=True)
+                # every step so far, so that run_steps sees them all (those done in the copy are skipped)
+                run_steps([instantiate(cfg.preprocess.steps[k]) for k in steps[: i + 1]],
+                          StepContext(layout=layout, video=shared_clip(clip)))
+                folder.parent.mkdir(exist_ok=True)
+                layout.root.rename(folder)
+                shutil.rmtree(work)
+            before = folder
+    return base / steps[-1] / stem
+
+
+def tree_state(folder: Path) -> dict[str, tuple[int, int]]:
+    """Size and modification time of every file and folder under `folder` (a folder's changes when an entry is
+    added or removed)."""
+    return {str(p.relative_to(folder)): (st.st_size, st.st_mtime_ns) for p in folder.rglob("*") for st in [p.lstat()]}
+
+
+@pytest.fixture(scope="session")
+def prepare_subject(tmp_path_factory: pytest.TempPathFactory):
+    """prepare_subject(clip, upto=step) -> subject folder (named after the clip) with the pipeline run up to `step`,
+    built once for the whole run and shared by the xdist workers (`build_prepared`). Tests only read it: one that
+    changes a dataset copies it first (`shutil.copytree(..., symlinks=True)`); at the session's end a folder that
+    changed since this worker first handed it out fails the last test that used the fixture."""
+    base = prepared_base(tmp_path_factory)
+    handed_out: dict[Path, dict[str, tuple[int, int]]] = {}
 
     def _prepare(clip: str, upto: str | None = None) -> Path:
         key = (clip, upto or "all")
-        if key in _PREPARED:
-            return _PREPARED[key]
-        cfg = compose("preprocess", ["subject=test"])
-        names = list(cfg.preprocess.steps.keys())
-        # Instantiate only the steps that run, so later (heavier) steps are not even built.
-        keep = names[: names.index(upto) + 1] if upto is not None else names
-        steps = [instantiate(cfg.preprocess.steps[k]) for k in keep]
-        # One folder per clip: later calls extend what earlier calls built (steps are idempotent).
-        layout = SubjectLayout(root / Path(clip).stem)
-        layout.root.mkdir(parents=True, exist_ok=True)
-        run_steps(steps, StepContext(layout=layout, video=shared_clip(clip)))
-        _PREPARED[key] = layout.root
-        return layout.root
+        if key not in _PREPARED:
+            names = list(compose("preprocess", ["subject=test"]).preprocess.steps.keys())
+            folder = build_prepared(base, clip, names[: names.index(upto) + 1] if upto else names)
+            handed_out[folder] = tree_state(folder)
+            _PREPARED[key] = folder
+        return _PREPARED[key]
 
-    return _prepare
+    yield _prepare
+    changed = [str(folder) for folder, state in handed_out.items() if tree_state(folder) != state]
+    if changed:
+        pytest.fail(f"tests wrote into the shared preprocessed subjects {changed}: copy one before changing it")

@@ -3,7 +3,9 @@
 Training writes the stage's facts and its audio-feature config into every checkpoint (callbacks/checkpoint_facts.py);
 they are read back here, not derived from folder names. Checkpoints saved before that record existed fall back to
 what the stage configs said when they were trained: the facts of the stage named by the run folder, and the extractor
-of the feature kind in the model's hparams (docs/runs.md).
+of the feature kind in the model's hparams (docs/runs.md). Nothing here imports torch or Lightning (the facts are
+read from a checkpoint's pickle alone): the entry points find the trained stage, or refuse an untrained one, before
+they import the model code (ernerf/apps/preflight.py).
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from callbacks.checkpoint_facts import AUDIO_FEATURES_KEY, STAGE_KEY, StageFacts
 from ernerf.apps.runs import last_checkpoint, peek_checkpoint
 from ernerf.audio.features import AudioFeatureExtractor
 from ernerf.errors import ErnerfError
+from ernerf.io.checkpoint_facts import AUDIO_FEATURES_KEY, STAGE_KEY, StageFacts
 
 # conf/stage/{head,lips,torso}.yaml as they were before checkpoints recorded their stage: an older checkpoint's facts,
 # by the name of its run folder (a multirun folder `head-<overrides>` is a head stage).

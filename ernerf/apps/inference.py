@@ -6,7 +6,6 @@ The renderer is anything with `render_image(...)` (docs/design/model_api.md); te
 from __future__ import annotations
 
 import functools
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -23,6 +22,8 @@ from rich.console import Console
 
 from datamodules.subject import FrameStore, SubjectData, parse_subject
 from ernerf.apps.checkpoints import audio_extractor, find_trained
+# infer.py checks its options before it imports this module (ernerf/apps/preflight.py)
+from ernerf.apps.preflight import output_paths, speech_text, text_stem
 from ernerf.apps.runs import stale_warning
 from ernerf.apps.tts import SpeechEngine, speak_to_wav
 from ernerf.audio.features import extract_features
@@ -433,50 +434,9 @@ def run_inference(renderer: Renderer, subject: SubjectView, feats: np.ndarray, a
 # ---------------------------------------------------------------- from the Hydra config (infer.py)
 
 
-def speech_text(text: str | None, audio: str | None) -> str | None:
-    """The text to speak (`text=@file.txt` reads a UTF-8 file), or None when `audio=` drives; one of them is needed."""
-    if (text is None) == (audio is None):
-        both = "both audio= and text= are given" if text is not None else "no driving audio"
-        raise ErnerfError(f"{both}: give either audio=<a wav/mp3/m4a file> or text=\"words to speak\" "
-                          "(text=@file.txt for a text file).")
-    if text is None:
-        return None
-    text = str(text)
-    if text.startswith("@"):
-        path = Path(text[1:]).expanduser()
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ErnerfError(f"cannot read the text file {path} ({exc}): give text=@<a UTF-8 text file>, "
-                              "or the words themselves.") from None
-    if not any(c.isalnum() for c in text):
-        raise ErnerfError("text= is empty: give the words to speak, e.g. text=\"Hello there.\"")
-    return text
-
-
 def speech_engine(config: Any) -> SpeechEngine:
     """The text-to-speech engine of conf/tts/ (its settings' errors are one line, as every user error)."""
     return instantiate_config(config)
-
-
-def text_stem(text: str, source: str) -> str:
-    """A file-name stem for spoken text: the text file's stem, or its first words."""
-    if source.startswith("@"):
-        return Path(source[1:]).stem
-    words = re.sub(r"[^\w]+", "_", " ".join(text.split()[:4])).strip("_")
-    return words[:40] or "speech"
-
-
-def output_paths(output: str | None, subject: str, audio: Path, stage: str) -> tuple[Path, str]:
-    """(folder, base name) of the outputs: `output=x.mp4` names the video, `output=dir` a folder."""
-    if output is None:
-        return Path("outputs") / subject / f"{audio.stem}_{stage}", "result"
-    out = Path(output)
-    if out.suffix == ".mp4":
-        return out.parent, out.stem
-    if out.suffix:
-        raise ErnerfError(f"output={output} must be a folder or an .mp4 file name.")
-    return out, "result"
 
 
 def infer_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer] | None = None) -> InferenceResult:

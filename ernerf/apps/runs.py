@@ -1,23 +1,26 @@
 """A stage's run folder: what a new training run may do with it, its finished record, and what it started from.
 
 A finished or interrupted run is never written over silently: continuing it takes `ckpt_path=last`, replacing it
-takes `overwrite=true`, which moves the old run aside (`<runs_root>/<subject>/.replaced/`) rather than deleting it."""
+takes `overwrite=true`, which moves the old run aside (`<runs_root>/<subject>/.replaced/`) rather than deleting it.
+
+No torch or Lightning at the top, and none to read a checkpoint's step (`peek_checkpoint`): train.py checks the run
+folder (`check_run_folder`) before it imports them (ernerf/apps/preflight.py), so a refused run answers in the time
+Hydra takes to compose its config."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import pickle
 import shutil
 import time
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from ernerf.errors import ErnerfError
 from ernerf.io.atomic import write_text
@@ -32,6 +35,8 @@ def launched_rank() -> bool:
     """Whether this process is a rank other than 0 of a multi-process run: Lightning's DDP launcher starts train.py
     again for each rank once rank 0 is training (SLURM starts every rank's task). Rank 0 alone checks the run
     folder, holds its lock and writes its records; the others train inside its hold."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only  # here: see the module's docstring
+
     return getattr(rank_zero_only, "rank", 0) != 0
 
 
@@ -101,13 +106,83 @@ def mark_finished(run_dir: Path | str, step: int, metrics: dict[str, float], ini
 
 
 def peek_checkpoint(path: Path | str) -> dict[str, Any] | None:
-    """A Lightning checkpoint's contents, its tensors memory-mapped rather than read; None for a file cut short or
-    not a checkpoint (the caller says so)."""
+    """A Lightning checkpoint's top-level entries of plain Python values (its step, the facts callbacks/ records);
+    None for a file cut short or not a checkpoint (the caller says so).
+
+    Read from the pickle inside torch's zip format without building its tensors and objects (`plain_entries`), so
+    that a refusal that names a checkpoint's step or stage needs no torch; any other file goes through torch.load."""
+    plain = plain_entries(path)
+    if plain is not None:
+        return plain
+    import torch  # here, not at the top: see the module's docstring
+
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except (OSError, RuntimeError, EOFError, AttributeError, KeyError, TypeError, ValueError, pickle.UnpicklingError):
         return None
     return saved if isinstance(saved, dict) else None
+
+
+class _Opaque:
+    """What a checkpoint pickles besides plain values (tensors, Lightning's and OmegaConf's objects): read past,
+    never built."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Opaque:
+        return super().__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Builds the pickle's plain values; every class or function it names is `_Opaque`, every tensor storage None."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        return _Opaque
+
+    def persistent_load(self, pid: Any) -> None:
+        return None
+
+
+def _plain(value: Any) -> Any:
+    """`value` if it holds nothing opaque; raises TypeError otherwise."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return value
+    raise TypeError(f"not a plain value: {type(value).__name__}")
+
+
+def plain_entries(path: Path | str) -> dict[str, Any] | None:
+    """The top-level entries of plain values of a checkpoint in torch's zip format (`<archive>/data.pkl`); None for
+    a file that is not one, or a pickle this reader cannot follow (torch.load then reads it)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl"))
+            saved = _PlainUnpickler(io.BytesIO(archive.read(name))).load()
+    except Exception:  # not torch's zip format, or a pickle this reader cannot follow: torch.load decides
+        return None
+    if not isinstance(saved, dict):
+        return None
+    entries = {}
+    for key, value in saved.items():
+        with contextlib.suppress(TypeError):
+            entries[key] = _plain(value)
+    return entries
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -158,25 +233,40 @@ def prepare_run_folder(run_dir: Path | str, subject: str, stage: str, ckpt_path:
     if launched_rank():
         last = last_checkpoint(run_dir)
         return (str(last) if last.is_file() else None) if ckpt_path == "last" else ckpt_path
+    check_run_folder(run_dir, subject, stage, ckpt_path, overwrite, rerun)
+    if ckpt_path == "last":
+        return resume_last(run_dir, subject, stage, max_steps, rerun)
+    if trained_files(run_dir) and not resuming_here(run_dir, ckpt_path):
+        moved = move_aside(run_dir)  # overwrite=true, or logs of a run that saved no checkpoint
+        print(f"the previous {stage} run's files were moved to {moved}", flush=True)
+    return ckpt_path
+
+
+def resuming_here(run_dir: Path, ckpt_path: str | None) -> bool:
+    """Whether `ckpt_path` is a checkpoint inside the run folder itself."""
+    return bool(ckpt_path) and run_dir.resolve() in Path(ckpt_path).resolve().parents
+
+
+def check_run_folder(run_dir: Path | str, subject: str, stage: str, ckpt_path: str | None, overwrite: bool,
+                     rerun: Sequence[str] = ()) -> None:
+    """The refusals of `prepare_run_folder` that need neither the run's step budget nor a change to the folder:
+    options that exclude each other, a missing `ckpt_path`, and a fresh start over an earlier run's checkpoints
+    (rank 0; train.py makes them again before it imports Lightning, ernerf/apps/preflight.py)."""
+    run_dir = Path(run_dir)
     if ckpt_path == "last":
         if overwrite:
             raise ErnerfError("overwrite=true starts the stage again from scratch and ckpt_path=last continues it: "
                               "give one of them.")
-        return resume_last(run_dir, subject, stage, max_steps, rerun)
+        return  # whether it already reached its steps: resume_last, once the budget is planned
     if ckpt_path and not Path(ckpt_path).is_file():
         raise ErnerfError(f"ckpt_path={ckpt_path} does not exist: give a .ckpt file, or ckpt_path=last to resume "
                           f"{last_checkpoint(run_dir)}.")
-    resuming_here = bool(ckpt_path) and run_dir.resolve() in Path(ckpt_path).resolve().parents
-    if resuming_here and overwrite:
+    here = resuming_here(run_dir, ckpt_path)
+    if here and overwrite:
         raise ErnerfError(f"ckpt_path={ckpt_path} lies in the run folder that overwrite=true would move aside: "
                           "give one of them.")
-    earlier = trained_files(run_dir)
-    if earlier and not resuming_here:
-        if saved_checkpoints(run_dir) and not overwrite:
-            raise ErnerfError(refusal(run_dir, subject, stage, rerun))
-        moved = move_aside(run_dir)  # overwrite=true, or logs of a run that saved no checkpoint
-        print(f"the previous {stage} run's files were moved to {moved}", flush=True)
-    return ckpt_path
+    if not here and not overwrite and trained_files(run_dir) and saved_checkpoints(run_dir):
+        raise ErnerfError(refusal(run_dir, subject, stage, rerun))
 
 
 def resume_last(run_dir: Path, subject: str, stage: str, max_steps: int, rerun: Sequence[str] = ()) -> str | None:

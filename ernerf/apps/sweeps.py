@@ -22,7 +22,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ernerf.apps.runs import read_record
 from ernerf.apps.sweep_args import parse_overrides
-from ernerf.encoders.hashgrid import HashGridEncoder
 from ernerf.errors import user_error_in
 
 log = logging.getLogger("sweep")
@@ -111,6 +110,8 @@ def hash_table_notes(cfg: DictConfig, swept: Mapping[str, Any]) -> list[str]:
     if TABLE_KEY not in swept:
         return []
     import torch  # here: the sweep's command line is read before Hydra starts, and --help must not wait for torch
+
+    from ernerf.encoders.hashgrid import HashGridEncoder  # here too: train.py's checks import this module first
 
     with torch.device("meta"):  # the grids' shapes without allocating their tables
         encoder = instantiate(cfg.encoder, backend="torch")

@@ -127,3 +127,20 @@ def _real_root(root: Path) -> Path:
     """The subject folder itself for a path inside a run's staging copy (`<subject>/.staging/<name>`)."""
     layout = SubjectLayout(root.parent.parent)
     return layout.root if root.parent in (layout.staging_dir, layout.commit_dir) else root
+
+
+def check_subject(layout: SubjectLayout, audio_file: str) -> None:
+    """Fail early, naming the preprocessing command, when the folder or a file the training reads is missing."""
+    if not layout.root.is_dir():
+        raise ErnerfError(f"subject folder {layout.root} does not exist: run "
+                          f"`python preprocess.py video=<your video> subject={layout.name}` first (or set paths.data_root).")
+    if not (layout.root / audio_file).exists():
+        kind = audio_file.removeprefix("aud_").removesuffix(".npy")
+        raise ErnerfError(f"{layout.root / audio_file} is missing: the training is configured for audio features '{kind}'. "
+                          f"Run `python preprocess.py subject={layout.name} audio_features=<kind> preprocess.force=[audio_features]` "
+                          f"or train with the audio_features=<kind> the subject was preprocessed with.")
+    check_dataset(layout)
+    needed = [layout.transforms("train"), layout.transforms("val"), layout.au, layout.gt_dir, layout.background]
+    missing = [p for p in needed if not p.exists()]  # datasets made by other tools have no step markers to check
+    if missing:
+        raise ErnerfError(f"{missing[0]} is missing: {redo_hint(missing[0])}.")

@@ -40,15 +40,18 @@ def preprocess_subject(cfg: DictConfig, layout: SubjectLayout, video: Path | Non
                        audio: Path | None = None) -> list[StepReport]:
     """Run the pipeline of `cfg` (the `preprocess` group) for one subject; returns per-step reports.
 
-    Holds the subject's lock throughout: a second run of the same subject is refused and touches nothing."""
-    steps = build_steps(cfg.steps)
-    if video is None and not steps[0].is_complete(layout):
+    Holds the subject's lock throughout: a second run of the same subject is refused and touches nothing.
+    The steps after ingest are built once the subject is this run's: their modules import torch (tracking), a second
+    that a refused run (no dataset and no video, or a subject in use) does without."""
+    ingest = _instantiate_step(next(iter(cfg.steps.values())))
+    if video is None and not ingest.is_complete(layout):
         raise ErnerfError(
             f"no dataset at {layout.root} yet and no video given: run "
             f"`python preprocess.py video=<path/to/video.mp4> subject={layout.name}`."
         )
     force = list(cfg.get("force") or [])
     with exclusive_lock(layout.root, f"subject folder {layout.root}"):
+        steps = build_steps(cfg.steps)
         staging.recover(layout)  # what a killed run left: finish its commit, drop its staging copy
         remove_stale_temporaries(layout.root)
         _check_inputs(steps[0], layout, video, audio, force)

@@ -92,3 +92,24 @@ def test_a_model_given_at_inference_replaces_the_recorded_one_whichever_key(tmp_
     moved = audio_extractor(trained, "hu", 1024, {"model": "facebook/hubert-large-ls960-ft"})
     assert moved.source == "facebook/hubert-large-ls960-ft" and moved.model_path is None
     assert moved.config_key == "audio_extractor.model"  # errors name the key infer.py takes
+
+
+def test_a_checkpoints_plain_entries_are_read_without_building_its_tensors(tmp_path: Path) -> None:
+    """What refusals read of a checkpoint (its step, the facts it records) comes from its pickle alone: the same values
+    torch.load gives, tensors and objects left out; a file it cannot read goes to torch.load (which refuses one cut
+    short)."""
+    from collections import OrderedDict
+
+    from ernerf.apps.runs import checkpoint_step, peek_checkpoint, plain_entries
+
+    saved = {"global_step": 7, "stage": stage_record("lips", "torso", "head"), "audio_features": {"kind": "mel"},
+             "state_dict": OrderedDict(w=torch.ones(3)), "optimizer_states": [{"state": {0: torch.zeros(2)}}],
+             "loops": {"nested": [1, 2.5, "x", None, True]}, "path": Path("a/b")}
+    path = tmp_path / "last.ckpt"
+    torch.save(saved, path)
+    plain = plain_entries(path)
+    assert plain == {k: saved[k] for k in ("global_step", "stage", "audio_features", "loops")}
+    assert peek_checkpoint(path) == plain and checkpoint_step(path) == 7
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert plain_entries(cut) is None and peek_checkpoint(cut) is None and checkpoint_step(cut) is None

@@ -6,22 +6,18 @@ import csv
 
 import numpy as np
 import pytest
-from hydra.utils import instantiate
 
 from ernerf.io.layout import SubjectLayout
-from ernerf.preprocess.base import StepContext, run_steps
+from ernerf.preprocess.base import StepContext
 from ernerf.preprocess.blink import EYES, au45_from_ear, eye_aspect_ratio
-from tests.conftest import compose
 
 CLIPS = ["train/trump_10s.mp4", "train/hdtf_aoc_8s.mp4"]
 
 
 def blink_subject(prepare_subject, clip: str) -> SubjectLayout:
-    """Subject with landmarks from the real pipeline, then the configured blink step."""
-    layout = SubjectLayout(prepare_subject(clip, upto="landmarks"))
-    step = instantiate(compose("preprocess", ["subject=test"]).preprocess.steps.blink)
-    run_steps([step], StepContext(layout=layout))
-    return layout
+    """Subject with landmarks from the real pipeline, then the configured blink step (the pipeline's folder up to
+    blink: shared by the test run, read only)."""
+    return SubjectLayout(prepare_subject(clip, upto="blink"))
 
 
 def read_au45(layout: SubjectLayout) -> np.ndarray:

@@ -7,21 +7,16 @@ import json
 import cv2
 import numpy as np
 import pytest
-from hydra.utils import instantiate
 
 from ernerf.io.layout import SubjectLayout
-from ernerf.preprocess.base import StepContext, run_steps
+from ernerf.preprocess.base import StepContext
 from ernerf.preprocess.report import AXIS_BGR, frame_tile, load_track, overlay_parsing
-from tests.conftest import compose
 
 
 @pytest.fixture(scope="module")
 def reported(prepare_subject) -> SubjectLayout:
-    """trump_10s through parsing from the real pipeline, then blink, tracking and report."""
-    layout = SubjectLayout(prepare_subject("train/trump_10s.mp4", upto="parsing"))
-    steps_cfg = compose("preprocess", ["subject=test"]).preprocess.steps
-    run_steps([instantiate(steps_cfg[name]) for name in ("blink", "tracking", "report")], StepContext(layout=layout))
-    return layout
+    """trump_10s through the whole real pipeline, the report last (shared by the test run, read only)."""
+    return SubjectLayout(prepare_subject("train/trump_10s.mp4"))
 
 
 def test_model_data_lists_existing_files_and_facts(reported: SubjectLayout) -> None:

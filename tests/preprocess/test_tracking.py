@@ -7,12 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from ernerf.io.layout import SubjectLayout
-from ernerf.preprocess.base import StepContext, run_steps
+from ernerf.preprocess.base import StepContext
 from ernerf.preprocess.tracking import FLIP, STABLE_IDS, angular_steps_deg, c2w_matrices, track
-from tests.conftest import compose
 
 CLIPS = ["train/trump_10s.mp4", "train/hdtf_aoc_8s.mp4"]
 
@@ -62,11 +60,9 @@ def test_known_poses_are_recovered() -> None:
 
 
 def tracking_subject(prepare_subject, clip: str) -> SubjectLayout:
-    """Real landmarks from the pipeline, then the configured tracking step."""
-    layout = SubjectLayout(prepare_subject(clip, upto="landmarks"))
-    step = instantiate(compose("preprocess", ["subject=test"]).preprocess.steps.tracking)
-    run_steps([step], StepContext(layout=layout))
-    return layout
+    """Real landmarks from the pipeline, then the configured tracking step (the pipeline's folder up to tracking:
+    shared by the test run, read only)."""
+    return SubjectLayout(prepare_subject(clip, upto="tracking"))
 
 
 @pytest.mark.parametrize("clip", CLIPS)

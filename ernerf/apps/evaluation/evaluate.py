@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,10 +25,11 @@ from ernerf.apps.evaluation.report import (EvalResult, build_report, log_metrics
                                            write_outputs)
 from ernerf.apps.inference import (Renderer, SubjectView, audio_kind, driving_features, load_subject,
                                   render_planned_frame)
+# evaluate.py checks the cross_audio files before it imports this module (ernerf/apps/preflight.py)
+from ernerf.apps.preflight import resolve_cross_audio
 from ernerf.apps.runs import checkpoint_step, stale_warning
 from ernerf.audio.features import AudioFeatureExtractor
 from ernerf.constants import FPS, SAMPLE_RATE
-from ernerf.errors import ErnerfError
 from ernerf.io.atomic import writable_folder
 from ernerf.io.audio import load_audio
 from ernerf.io.layout import check_subject_name
@@ -143,26 +143,6 @@ def held_out_findings(cfg: Any, rendered: Rendered, data: Any) -> Findings:
 
 
 CROSS = "cross_sync_audio_corr"  # the mean over the cross-driving sources; each has its own `<CROSS>_<name>`
-
-
-def resolve_cross_audio(value: Any) -> tuple[dict[str, Path], str]:
-    """The cross-driving audio files by name (`cross_audio=a.wav` or `cross_audio=[a.wav,b.wav]`), or ({}, why there
-    are none); a file that is not there raises. A name is the file's stem in word characters, made unique."""
-    files = [] if value is None else [value] if isinstance(value, (str, Path)) else list(value)
-    if not files:
-        return {}, ("no cross_audio given: cross_audio=<a file of unrelated speech> (or [a.wav,b.wav]) drives the "
-                    "subject with it")
-    named: dict[str, Path] = {}
-    for file in map(Path, files):
-        if not file.is_file():
-            raise ErnerfError(f"cross_audio file {file} not found: give existing audio files "
-                              "(cross_audio=a.wav or cross_audio=[a.wav,b.wav]), or leave cross_audio out.")
-        stem = re.sub(r"\W+", "_", file.stem).strip("_") or "audio"
-        name, k = stem, 2
-        while name in named:
-            name, k = f"{stem}_{k}", k + 1
-        named[name] = file
-    return named, ""
 
 
 def cross_findings(cfg: Any, renderer: Renderer, trained: TrainedStage, audio_file: str, sources: dict[str, Path],

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import errno
 import functools
-import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +14,7 @@ from ernerf.apps.checkpoints import audio_extractor, find_trained
 from ernerf.apps.inference import OutputOptions, Renderer, audio_kind, load_subject
 from ernerf.apps.live.avatar import LiveAvatar, quietest_window
 from ernerf.apps.live.render_queue import RenderBatching
+from ernerf.apps.preflight import check_port
 from ernerf.constants import FPS, SAMPLE_RATE
 from ernerf.errors import ErnerfError, instantiate_config
 from ernerf.io.audio import load_audio
@@ -95,17 +94,6 @@ def render_batching(render: Any) -> RenderBatching:
     if frames < 1:
         raise ErnerfError(f"render.batch_frames={frames}: give 1 (each frame alone) or more (frames per model call).")
     return RenderBatching(frames=frames, wait_seconds=float(render.batch_wait_ms) / 1000.0)
-
-
-def check_port(host: str, port: int) -> None:
-    """Refuse a port another program holds, in one line, before the model loads."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise ErnerfError(f"port {port} on {host} is in use by another program: give port=<another>.") from exc
-            raise ErnerfError(f"cannot listen on {host}:{port} ({exc.strerror}): check host=.") from exc
 
 
 def serve_command(cfg: Any) -> None:
