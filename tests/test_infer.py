@@ -162,7 +162,8 @@ def test_infer_errors(tmp_path, mini_subject, m4a_speech):
 
 
 def test_output_paths_and_summary(tmp_path, capsys):
-    from ernerf.apps.inference import InferenceResult, output_paths, print_summary
+    from ernerf.apps.inference import InferenceResult, print_summary
+    from ernerf.apps.preflight import output_paths
 
     assert output_paths(None, "anna", Path("a/hello.m4a"), "lips") == (Path("outputs/anna/hello_lips"), "result")
     assert output_paths(str(tmp_path / "x" / "talk.mp4"), "anna", Path("a.wav"), "head") == (tmp_path / "x", "talk")
@@ -248,7 +249,7 @@ def test_infer_speaks_text_written_beside_the_video(tmp_path, mini_subject):
 
 
 def test_text_from_a_file_names_the_outputs(tmp_path):
-    from ernerf.apps.inference import speech_text, text_stem
+    from ernerf.apps.preflight import speech_text, text_stem
 
     script = tmp_path / "welcome.txt"
     script.write_text("Welcome, everyone.\nIt's a pleasure.", encoding="utf-8")

@@ -21,17 +21,16 @@ import torch
 from rich.console import Console
 
 from datamodules.subject import FrameStore, SubjectData, parse_subject
-from ernerf.apps.checkpoints import audio_extractor, find_trained
+from ernerf.apps.checkpoints import audio_extractor
 # infer.py checks its options before it imports this module (ernerf/apps/preflight.py)
-from ernerf.apps.preflight import output_paths, speech_text, text_stem
+from ernerf.apps.preflight import plan_inference
 from ernerf.apps.runs import stale_warning
 from ernerf.apps.tts import SpeechEngine, speak_to_wav
 from ernerf.audio.features import extract_features
 from ernerf.constants import FPS, SAMPLE_RATE, SMOOTH_WINDOW
 from ernerf.errors import ErnerfError, instantiate_config
-from ernerf.io.atomic import writable_folder
 from ernerf.io.audio import load_audio, loudness_db
-from ernerf.io.layout import SubjectLayout, check_subject_name
+from ernerf.io.layout import SubjectLayout
 from ernerf.postprocess.motion import MotionPlan, plan_motion
 from ernerf.postprocess.depth import colorize_depth, depth_range
 from ernerf.postprocess.mux import ResultWriter
@@ -441,15 +440,9 @@ def speech_engine(config: Any) -> SpeechEngine:
 
 def infer_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer] | None = None) -> InferenceResult:
     """Everything `python infer.py subject=<name> audio=<file> | text=...` does; returns where the outputs went."""
-    check_subject_name(cfg.subject)
-    text = speech_text(cfg.text, cfg.audio)
-    audio = None if text is not None else Path(cfg.audio)
-    if audio is not None and not audio.is_file():
-        raise ErnerfError(f"audio file not found: {audio}. Give audio=<path to a wav/mp3/m4a file>.")
-    trained = find_trained(cfg.paths.runs_root, cfg.subject, cfg.stage_name)
+    plan = plan_inference(cfg)
+    text, audio, trained, folder, name = plan.text, plan.audio, plan.trained, plan.folder, plan.name
     stage, ckpt = trained.stage.name, trained.checkpoint
-    folder, name = output_paths(cfg.output, cfg.subject, audio or Path(text_stem(text, cfg.text)), stage)
-    writable_folder(folder, "output")
     spoken = None
     if text is not None:  # before the model loads: a bad voice or speed is reported in a second
         spoken = speak_to_wav(speech_engine(cfg.tts), text, folder / f"{name}.wav")

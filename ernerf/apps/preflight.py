@@ -17,10 +17,11 @@ import errno
 import os
 import re
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ernerf.apps.checkpoints import find_trained
+from ernerf.apps.checkpoints import TrainedStage, find_trained
 from ernerf.apps.runs import check_run_folder, validate_max_steps
 from ernerf.apps.sweeps import is_multirun
 from ernerf.errors import ErnerfError
@@ -126,17 +127,34 @@ def output_paths(output: str | None, subject: str, audio: Path, stage: str) -> t
     return out, "result"
 
 
-def check_infer(cfg: Any) -> None:
-    """`ernerf.apps.inference.infer_from_config`'s refusals before it speaks a text or loads the model: no driving
-    audio (or both kinds), a missing audio file, an untrained subject, an output that cannot be written."""
+@dataclass(frozen=True)
+class InferencePlan:
+    """What infer.py will drive, with which trained stage, and where it writes."""
+
+    text: str | None  # the text to speak, or None when an audio file drives
+    audio: Path | None  # the driving audio file, or None when a text does
+    trained: TrainedStage
+    folder: Path  # the output folder
+    name: str  # the outputs' file stem
+
+
+def plan_inference(cfg: Any) -> InferencePlan:
+    """infer.py's plan, and its refusals before it speaks a text or loads the model: no driving audio (or both kinds),
+    a missing audio file, an untrained subject, an output that cannot be written."""
     check_subject_name(cfg.subject)
     text = speech_text(cfg.text, cfg.audio)
     audio = None if text is not None else Path(cfg.audio)
     if audio is not None and not audio.is_file():
         raise ErnerfError(f"audio file not found: {audio}. Give audio=<path to a wav/mp3/m4a file>.")
     trained = find_trained(cfg.paths.runs_root, cfg.subject, cfg.stage_name)
-    folder, _ = output_paths(cfg.output, cfg.subject, audio or Path(text_stem(text, cfg.text)), trained.stage.name)
+    folder, name = output_paths(cfg.output, cfg.subject, audio or Path(text_stem(text, cfg.text)), trained.stage.name)
     writable_folder(folder, "output")
+    return InferencePlan(text, audio, trained, folder, name)
+
+
+def check_infer(cfg: Any) -> None:
+    """`ernerf.apps.inference.infer_from_config`'s refusals (`plan_inference`), before torch imports."""
+    plan_inference(cfg)
 
 
 # ---------------------------------------------------------------- evaluate.py
