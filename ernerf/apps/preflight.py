@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ernerf.apps.checkpoints import TrainedStage, find_trained
-from ernerf.apps.runs import check_run_folder, validate_max_steps
+from ernerf.apps.runs import check_run_folder, subject_eval_folder, validate_max_steps
 from ernerf.apps.sweeps import is_multirun
 from ernerf.errors import ErnerfError
 from ernerf.io.atomic import writable_folder
@@ -188,5 +188,5 @@ def check_evaluate(cfg: Any) -> None:
     if cfg.run is not None:
         return
     find_trained(cfg.paths.runs_root, cfg.subject, cfg.stage_name)
-    writable_folder(Path(cfg.output) if cfg.output else Path(cfg.paths.runs_root) / cfg.subject / "eval", "output")
+    writable_folder(Path(cfg.output) if cfg.output else subject_eval_folder(cfg.paths.runs_root, cfg.subject), "output")
     resolve_cross_audio(cfg.cross_audio)

@@ -52,6 +52,11 @@ def last_checkpoint(run_dir: Path | str) -> Path:
     return Path(run_dir) / "checkpoints" / "last.ckpt"
 
 
+def subject_eval_folder(runs_root: Path | str, subject: str) -> Path:
+    """Where `evaluate.py subject=<name>` writes when given neither `run=` nor `output=`."""
+    return Path(runs_root) / subject / "eval"
+
+
 def file_digest(path: Path | str) -> str:
     """SHA-1 of a file's bytes: what a later stage records of the checkpoint it started from."""
     with open(path, "rb") as f:

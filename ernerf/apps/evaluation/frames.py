@@ -15,7 +15,7 @@ import torch
 from datamodules.subject import parse_subject, to_unit
 from ernerf.apps.checkpoints import TrainedStage, find_trained, read_trained
 from ernerf.apps.inference import Renderer, frame_store
-from ernerf.apps.runs import last_checkpoint
+from ernerf.apps.runs import last_checkpoint, subject_eval_folder
 from ernerf.errors import ErnerfError
 from ernerf.progress import Enabled, progress_bar
 
@@ -46,7 +46,7 @@ def resolve_target(runs_root: Path | str, subject: str, run: str | None, stage: 
     .ckpt file. An older checkpoint's stage is the one its run folder is named after."""
     if run is None:
         trained = find_trained(runs_root, subject, stage)
-        return EvalTarget(trained, Path(runs_root) / subject / "eval", trained.checkpoint.parents[1])
+        return EvalTarget(trained, subject_eval_folder(runs_root, subject), trained.checkpoint.parents[1])
     path = Path(run)
     if path.is_dir():
         ckpt = last_checkpoint(path)
