@@ -20,11 +20,12 @@ from ernerf.preprocess.ingest import check_same_source
 log = logging.getLogger(__name__)
 
 
-def build_steps(steps_cfg: DictConfig) -> list[PreprocessStep]:
-    """Instantiate every step in config order; the config key must equal the step's `name`."""
+def build_steps(steps_cfg: DictConfig, first: PreprocessStep | None = None) -> list[PreprocessStep]:
+    """Instantiate every step in config order (`first`, when given, is the first step already built); the config
+    key must equal the step's `name`."""
     steps = []
-    for key, sub in steps_cfg.items():
-        step = _instantiate_step(sub)
+    for index, (key, sub) in enumerate(steps_cfg.items()):
+        step = first if index == 0 and first is not None else _instantiate_step(sub)
         if step.name != key:
             raise ValueError(f"config key {key!r} holds step {step.name!r}")
         steps.append(step)
@@ -51,7 +52,7 @@ def preprocess_subject(cfg: DictConfig, layout: SubjectLayout, video: Path | Non
         )
     force = list(cfg.get("force") or [])
     with exclusive_lock(layout.root, f"subject folder {layout.root}"):
-        steps = build_steps(cfg.steps)
+        steps = build_steps(cfg.steps, first=ingest)
         staging.recover(layout)  # what a killed run left: finish its commit, drop its staging copy
         remove_stale_temporaries(layout.root)
         _check_inputs(steps[0], layout, video, audio, force)
