@@ -13,7 +13,10 @@ moment its speech starts to the first of it heard back. `--batch-frames` sets th
 (conf/serve.yaml `render.batch_frames`; several values: each is run with each number of streams); the frames per
 model call it reached are printed beside. `--render-only` times the avatar's frames alone (rendered `--batch-frames`
 at a time and pasted, no WebRTC, no encoding; `--idle` seconds of warm-up first, `--talk` seconds each): what
-batching changes in the model's part of a frame. Repeat values (`--batch-frames 1,4,1,4`) to see the noise.
+batching changes in the model's part of a frame. `--queue-only` runs `--streams` idle streams through the server's
+render queue, each asking for its next frame as soon as it has the last (no WebRTC, no encoding, no pacing), their
+clocks spread over the video as clients who came at different times: frames/s per stream of everything the server
+does for a frame but send it. Repeat values (`--batch-frames 1,4,1,4`) to see the noise.
 """
 
 from __future__ import annotations
@@ -164,6 +167,45 @@ def render_only(avatar, batch: int, seconds: float) -> tuple[float, float]:
     return frames / (time.perf_counter() - start), frames / (time.process_time() - cpu)
 
 
+def queue_only(avatar, streams: int, batching, seconds: float) -> tuple[list[float], float]:
+    """(frames/s of each stream, frames per model call) of `streams` idle streams pulling frames through one render
+    queue as fast as it gives them, for `seconds` after each stream's first frame, their clocks spread evenly over
+    the walk through the video."""
+    import threading
+
+    from ernerf.apps.live.avatar import Stream
+    from ernerf.apps.live.render_queue import RenderQueue
+
+    render_queue = RenderQueue(avatar, batching)
+    clients = [Stream(avatar, start_tick=k * avatar.period // streams) for k in range(streams)]
+    counts = [0] * streams
+    start = threading.Barrier(streams + 1)
+
+    def pull(k: int) -> None:
+        render_queue.submit(clients[k]).result()  # untimed: the first frame of a stream
+        start.wait()
+        begin = time.perf_counter()
+        while time.perf_counter() - begin < seconds:
+            render_queue.submit(clients[k]).result()
+            counts[k] += 1
+
+    for _ in clients:
+        render_queue.join()
+    threads = [threading.Thread(target=pull, args=(k,)) for k in range(streams)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    began, calls_before = time.perf_counter(), sum(render_queue.batch_sizes.values())
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - began
+    calls = sum(render_queue.batch_sizes.values()) - calls_before
+    render_queue.close(wait_seconds=30.0)
+    for stream in clients:
+        stream.close()
+    return [count / wall for count in counts], sum(counts) / max(1, calls)
+
+
 def summary(results: list[dict]) -> str:
     """Frames/s per stream (min, median), latency and preparation (medians) of one run, as table columns."""
     fps = [r["fps"] for r in results]
@@ -194,6 +236,8 @@ def main() -> None:
                              "(no speech engine or ffmpeg needed, as on a bare GPU machine)")
     parser.add_argument("--render-only", action="store_true",
                         help="time the avatar's frames rendered --batch-frames at a time, without WebRTC")
+    parser.add_argument("--queue-only", action="store_true",
+                        help="time --streams idle streams pulling frames through the render queue, without WebRTC")
     parser.add_argument("--override", action="append", default=[], help="a conf/serve.yaml override (repeatable)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -220,6 +264,22 @@ def main() -> None:
             wall, cpu = render_only(avatar, batch, args.talk)
             print(f"{batch:>6}{wall:>32.2f}{cpu:>23.2f}", flush=True)
         avatar.close()
+        return
+    if args.queue_only:
+        render_only(avatar, 1, args.idle)  # warming up
+        print(f"{'batch':>6}{'streams':>8}{'frames/call':>12}{'frames/s min':>14}{'median':>9}{'all streams':>13}")
+        figures = {}
+        for batch in [int(b) for b in args.batch_frames.split(",")]:
+            batching = RenderBatching(frames=batch, wait_seconds=args.batch_wait_ms / 1000.0)
+            for n in [int(s) for s in args.streams.split(",")]:
+                fps, per_call = queue_only(avatar, n, batching, args.talk)
+                figures[f"batch{batch}_streams{n}"] = {"fps": fps, "frames_per_call": per_call}
+                print(f"{batch:>6}{n:>8}{per_call:>12.2f}{min(fps):>14.2f}{statistics.median(fps):>9.2f}"
+                      f"{sum(fps):>13.2f}", flush=True)
+        avatar.close()
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"downscale": args.downscale, "queue_only": figures}, indent=2))
         return
     print(f"{'batch':>6}{'streams':>8}{'frames/call':>12}{'frames/s min':>14}{'median':>9}{'latency s median':>18}"
           f"{'of which prepare':>18}")

@@ -138,7 +138,8 @@ def audio_window(feats: np.ndarray, frame: int, size: int = SMOOTH_WINDOW) -> np
 
 
 class FrameSource:
-    """Random access to the original frames of input_temp.mp4, decoding blocks (ping-pong walks back too)."""
+    """Random access to the original frames of input_temp.mp4, decoding blocks (ping-pong walks back too). Safe to
+    call from several threads: one decodes at a time, and `close` waits for it."""
 
     def __init__(self, video: Path, block: int = 16, keep: int = 3) -> None:
         if not Path(video).is_file():
@@ -147,9 +148,17 @@ class FrameSource:
         self._cap = cv2.VideoCapture(str(video))
         self._next = 0  # frame the capture decodes next
         self._cache: OrderedDict[int, list[np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._closed = False
 
     def get(self, index: int) -> np.ndarray:
         """RGB uint8 frame [H, W, 3] number `index`."""
+        with self._lock:
+            if self._closed:
+                raise ErnerfError(f"{self.video}: its decoder was closed")
+            return self._get(index)
+
+    def _get(self, index: int) -> np.ndarray:
         b = index // self.block
         if b not in self._cache:
             # walking back, the blocks before b come next: decode them after the same seek (a seek decodes from the
@@ -182,7 +191,10 @@ class FrameSource:
 
     def close(self) -> None:
         """Release the decoder."""
-        self._cap.release()
+        with self._lock:
+            self._closed = True
+            self._cap.release()
+            self._cache.clear()
 
 
 # ---------------------------------------------------------------- the subject as inference sees it

@@ -7,9 +7,10 @@ window, which the model has seen with its mouth closed.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from ernerf.apps.inference import (Compositor, CropRequest, FrameSource, OutputO
                                    render_crops)
 from ernerf.audio.features import frame_windows
 from ernerf.constants import FEATURE_ROWS, FPS, SAMPLE_RATE, SMOOTH_WINDOW
+from ernerf.errors import ErnerfError
 from ernerf.io.audio import load_audio
 from ernerf.postprocess.pasteback import HeadBox
 
@@ -34,11 +36,14 @@ LOOKAHEAD_SECONDS = (SMOOTH_WINDOW - SMOOTH_WINDOW // 2 - 0.5) / FPS + (FEATURE_
 
 @dataclass(frozen=True)
 class FrameRequest:
-    """One output frame a stream asks for: its clock tick, audio window [8, 16, C] and its 40 ms of audio [640]."""
+    """One output frame a stream asks for: its clock tick, audio window [8, 16, C], its 40 ms of audio [640], the
+    training frame it shows and that frame's background (`LiveAvatar.background`, being made on the avatar's pool)."""
 
     tick: int
     window: np.ndarray
     pcm: np.ndarray
+    index: int
+    background: Future
 
 
 @dataclass(frozen=True)
@@ -63,17 +68,30 @@ def quietest_window(features: np.ndarray, audio: Path | None) -> np.ndarray:
     return features[int(np.argmin((frames ** 2).mean(axis=1)))]
 
 
+def pool_threads(setting: int | str) -> int:
+    """Threads of a live avatar's pool (conf/serve.yaml `render.cpu_workers`): a positive number, or `auto`, every
+    CPU core but the one the model's thread keeps busy."""
+    if setting == "auto":
+        return max(1, (os.cpu_count() or 1) - 1)
+    if isinstance(setting, int) and not isinstance(setting, bool) and setting >= 1:
+        return setting
+    raise ErnerfError(f"render.cpu_workers={setting!r}: give a number of threads (1 or more) or auto.")
+
+
 class LiveAvatar:
     """The loaded subject: output frame `tick` is the head at that point of the pose clock, saying `window`, pasted
-    into the original video frame it belongs to. `frame` and `frames` run on one thread at a time (the model's)."""
+    into the original video frame it belongs to. The model runs on one thread at a time (`frame`, `frames` and
+    `render_heads` are called from the render thread only); the work around it, a frame's background before it and
+    its pasting after it, runs on `cpu`, a pool shared by every stream, so the model's thread does nothing else."""
 
     def __init__(self, renderer: Renderer, subject: SubjectView, options: OutputOptions, extractor: Any,
-                 idle_window: np.ndarray) -> None:
+                 idle_window: np.ndarray, cpu_workers: int | str = "auto") -> None:
         self.renderer, self.subject, self.extractor = renderer, subject, extractor
         self.idle_window = np.asarray(idle_window, np.float32)  # [16, C]
         self.compositor = Compositor(subject, HeadBox.load(subject.layout.head_bbox), options)
-        self.sources = FrameSource(subject.layout.video)
+        self.sources = FrameSource(subject.layout.video)  # for `frame` and `frames`; each stream has its own
         self.period = max(1, 2 * (len(subject.poses) - 1))
+        self.cpu = ThreadPoolExecutor(pool_threads(cpu_workers), thread_name_prefix="ernerf-live-cpu")
 
     def utterance(self, wav: np.ndarray) -> Utterance:
         """Audio windows for 16 kHz mono speech (computed on the caller's thread)."""
@@ -91,28 +109,40 @@ class LiveAvatar:
     def frames(self, wanted: list[tuple[int, np.ndarray]]) -> list[np.ndarray]:
         """Output frames of several (tick, window) pairs, their heads rendered in one call of the model."""
         indices = [self.training_frame(tick) for tick, _ in wanted]
-        crops = render_crops(self.renderer, self.subject, [self._crop_request(index, window)
-                                                           for index, (_, window) in zip(indices, wanted)])
-        return [self._pasted(raw, index) for raw, index in zip(crops, indices)]
+        heads = self.render_heads([(index, window, self.background(index))
+                                   for index, (_, window) in zip(indices, wanted)])
+        return [self.paste(raw, index, self.sources) for raw, index in zip(heads, indices)]
 
     def training_frame(self, tick: int) -> int:
         """The training frame shown at clock `tick`: forward through them, then back (ernerf.postprocess.motion)."""
         phase = tick % self.period
         return phase if phase < len(self.subject.poses) else self.period - phase
 
-    def _crop_request(self, index: int, window: np.ndarray) -> CropRequest:
-        eye = None if self.subject.eye is None else float(self.subject.eye[index])
-        bg = self.subject.background(index).astype(np.float32) / 255.0
-        return CropRequest(self.subject.poses[index], eye, window, bg)
+    def background(self, index: int) -> np.ndarray:
+        """What the head of training frame `index` is rendered over: [H, W, 3] float32 in [0, 1]."""
+        return self.subject.background(index).astype(np.float32) / 255.0
 
-    def _pasted(self, raw: dict[str, np.ndarray], index: int) -> np.ndarray:
-        """A rendered crop pasted into the original video frame of training frame `index`."""
+    def render_heads(self, heads: list[tuple[int, np.ndarray, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """Rendered head crops of several (training frame, audio window, background) in one call of the model."""
+        requests = []
+        for index, window, bg in heads:
+            eye = None if self.subject.eye is None else float(self.subject.eye[index])
+            requests.append(CropRequest(self.subject.poses[index], eye, window, bg))
+        return render_crops(self.renderer, self.subject, requests)
+
+    def paste(self, raw: dict[str, np.ndarray], index: int, sources: FrameSource) -> np.ndarray:
+        """A rendered crop pasted into the original video frame of training frame `index`, read from `sources`."""
         img_id = int(self.subject.img_ids[index])
         source: Future = Future()
-        source.set_result(self.sources.get(img_id))
+        source.set_result(sources.get(img_id))
         return self.compositor.compose(raw, source, img_id)[0]
 
+    def open_sources(self) -> FrameSource:
+        """A decoder of the original video of its own: a stream walks it in order, so each block decodes once."""
+        return FrameSource(self.subject.layout.video, keep=2)
+
     def close(self) -> None:
+        self.cpu.shutdown(wait=False, cancel_futures=True)
         self.sources.close()
 
 
@@ -190,6 +220,9 @@ class Stream:
         self._live_frame = 0  # frame of the live input that comes next
         self._held: np.ndarray | None = None  # the last live window, held while the next one's audio is late
         self._flowing = False
+        self._sources: FrameSource | None = None  # this stream's decoder of the original video, opened when first used
+        self._next_background: Future | None = None  # the background of frame `tick`, made ahead
+        self._closed = False
 
     @property
     def speaking(self) -> bool:
@@ -277,11 +310,36 @@ class Stream:
         return window, pcm
 
     def next_request(self) -> FrameRequest:
-        """What the next 40 ms are made of (tick, audio window, audio), and advance; rendered by whoever asked."""
+        """What the next 40 ms are made of (tick, audio window, audio, training frame and its background), and
+        advance; rendered by whoever asked. The background of the frame after it starts being made now."""
+        if self._closed:
+            raise ErnerfError("this stream was closed: its client has gone")
         window, pcm = self.next_window()
-        request = FrameRequest(self.tick, window, pcm)
+        index = self.avatar.training_frame(self.tick)
+        background = self._next_background or self.avatar.cpu.submit(self.avatar.background, index)
+        request = FrameRequest(self.tick, window, pcm, index, background)
         self.tick += 1
+        self._next_background = self.avatar.cpu.submit(self.avatar.background, self.avatar.training_frame(self.tick))
         return request
+
+    @property
+    def sources(self) -> FrameSource:
+        """This stream's decoder of the original video (its frames are pasted one at a time, in order)."""
+        if self._closed:
+            raise ErnerfError("this stream was closed: its client has gone")
+        if self._sources is None:
+            self._sources = self.avatar.open_sources()
+        return self._sources
+
+    def close(self) -> None:
+        """Free the stream's decoder and the background made ahead. A frame of it being pasted meanwhile fails, and
+        one asked for later is refused: nobody waits for them."""
+        self._closed = True
+        if self._next_background is not None:
+            self._next_background.cancel()
+        if self._sources is not None:
+            self._sources.close()
+            self._sources = None
 
     def next(self) -> tuple[np.ndarray, np.ndarray]:
         """(frame [H, W, 3] uint8, int16 audio [640]) of the next 40 ms, rendered alone."""

@@ -105,34 +105,56 @@ class RenderQueue:
         return [(stream, future) for stream, future in batch if future.set_running_or_notify_cancel()]
 
     def _render(self, batch: list[Asked]) -> None:
-        """Take each stream's next frame request, render them together, hand each frame back."""
-        requests: list[tuple[FrameRequest, Future]] = []
+        """Take each stream's next frame request, render the heads together, and have each pasted on the avatar's
+        pool, whose result goes to the stream that asked: the next batch renders meanwhile."""
+        taken: list[tuple[Stream, FrameRequest, Future]] = []
         for stream, future in batch:
             try:
-                requests.append((stream.next_request(), future))
+                taken.append((stream, stream.next_request(), future))
             except Exception as exc:  # noqa: BLE001 - this stream's input failed; the others' frames go on
                 future.set_exception(exc)
-        if not requests:
+        heads: list[tuple[Stream, FrameRequest, Future, np.ndarray]] = []
+        for stream, request, future in taken:
+            try:
+                heads.append((stream, request, future, request.background.result()))
+            except Exception as exc:  # noqa: BLE001 - as above: its frame cannot render
+                future.set_exception(exc)
+        if not heads:
             return
         try:
-            frames = self.avatar.frames([(request.tick, request.window) for request, _ in requests])
+            crops = self.avatar.render_heads([(request.index, request.window, bg) for _, request, _, bg in heads])
         except Exception as exc:  # noqa: BLE001 - decided frame by frame below
-            if len(requests) == 1:
-                requests[0][1].set_exception(exc)
+            if len(heads) == 1:
+                heads[0][2].set_exception(exc)
                 return
-            log.warning("a batch of %d frames failed to render (%s): rendering them one by one", len(requests), exc)
-            self._render_each(requests)
+            log.warning("a batch of %d frames failed to render (%s): rendering them one by one", len(heads), exc)
+            self._render_each(heads)
             return
-        self.batch_sizes[len(requests)] += 1
-        for (request, future), frame in zip(requests, frames):
-            future.set_result((frame, request.pcm))
+        self.batch_sizes[len(heads)] += 1
+        for (stream, request, future, _), raw in zip(heads, crops):
+            self._paste(stream, request, raw, future)
 
-    def _render_each(self, requests: list[tuple[FrameRequest, Future]]) -> None:
-        for request, future in requests:
+    def _render_each(self, heads: list[tuple[Stream, FrameRequest, Future, np.ndarray]]) -> None:
+        for stream, request, future, bg in heads:
             try:
-                frame = self.avatar.frame(request.tick, request.window)
+                raw = self.avatar.render_heads([(request.index, request.window, bg)])[0]
             except Exception as exc:  # noqa: BLE001 - this stream ends (FramePump logs it); the others go on
                 future.set_exception(exc)
                 continue
             self.batch_sizes[1] += 1
-            future.set_result((frame, request.pcm))
+            self._paste(stream, request, raw, future)
+
+    def _paste(self, stream: Stream, request: FrameRequest, raw: dict[str, np.ndarray], future: Future) -> None:
+        """Paste one rendered head into its stream's source frame on the avatar's pool; `future` gets (frame, pcm)."""
+        def handed_over(pasted: Future) -> None:
+            if pasted.cancelled():  # the pool was shut down: the server is closing
+                future.set_exception(RuntimeError("the live avatar was closed before this frame was pasted"))
+            elif pasted.exception() is not None:
+                future.set_exception(pasted.exception())
+            else:
+                future.set_result((pasted.result(), request.pcm))
+
+        try:
+            self.avatar.cpu.submit(self.avatar.paste, raw, request.index, stream.sources).add_done_callback(handed_over)
+        except RuntimeError as exc:  # the pool was shut down: the server is closing
+            future.set_exception(exc)

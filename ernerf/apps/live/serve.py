@@ -37,7 +37,8 @@ def build_avatar(cfg: Any, renderer: Renderer | None = None) -> LiveAvatar:
     training_windows = np.load(root / trained.feature_file(kind), mmap_mode="r")
     pp = cfg.postprocess
     options = OutputOptions(PasteBack(pp.scheme, pp.blend, pp.feather_px, pp.dilate_px))
-    return LiveAvatar(renderer, subject, options, extractor, quietest_window(training_windows, subject.layout.audio))
+    return LiveAvatar(renderer, subject, options, extractor, quietest_window(training_windows, subject.layout.audio),
+                      cfg.render.cpu_workers)
 
 
 class SentenceSpeech:

@@ -96,6 +96,7 @@ class FramePump:
         for task in [self.task, *self.inputs]:
             if task is not None:
                 task.cancel()
+        self.stream.close()
 
 
 class AvatarVideo(MediaStreamTrack):
