@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,8 +27,8 @@ FAKE_MICROPHONE_FLAGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-fo
 class DevTools:
     """One DevTools session on a page: commands answered in order (no domain is enabled, so no events arrive)."""
 
-    def __init__(self, ws: Any) -> None:
-        self.ws, self.last_id = ws, 0
+    def __init__(self, ws: Any, browser_pid: int | None = None) -> None:
+        self.ws, self.last_id, self.browser_pid = ws, 0, browser_pid
 
     async def call(self, method: str, **params: Any) -> dict:
         self.last_id += 1
@@ -106,14 +108,45 @@ async def headless_chromium(profile: Path, microphone_wav: Path) -> AsyncIterato
             async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
                 page = next(t for t in await r.json() if t["type"] == "page")
             async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                yield DevTools(ws)
+                yield DevTools(ws, process.pid)
     finally:
+        signal_browser(process.pid, signal.SIGCONT)  # a browser a test froze (freeze_browser) can stop
         process.terminate()
         try:
             await asyncio.wait_for(process.wait(), 10)
         except asyncio.TimeoutError:
             process.kill()
             await process.wait()
+
+
+def signal_browser(pid: int, signum: int) -> None:
+    """Send `signum` to the browser `pid` and every process it started (its network service sends the WebRTC
+    packets, its renderers make them)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        except OSError:  # a process that ended meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree = [pid]
+    for parent in tree:
+        tree.extend(children.get(parent, []))
+    for member in tree:
+        try:
+            os.kill(member, signum)
+        except ProcessLookupError:
+            pass
+
+
+def freeze_browser(page: DevTools) -> None:
+    """Stop the browser's processes dead (SIGSTOP), as a laptop whose lid is shut: nothing more comes from it, and
+    it says no goodbye. thaw_browser() lets it go on."""
+    signal_browser(page.browser_pid, signal.SIGSTOP)
+
+
+def thaw_browser(page: DevTools) -> None:
+    signal_browser(page.browser_pid, signal.SIGCONT)
 
 
 def mouth_meter(rows: slice, cols: slice) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from pathlib import Path
 
 import cv2
@@ -12,8 +13,8 @@ import numpy as np
 import pytest
 
 from ernerf.apps.live.serve import decode_upload
-from tests.apps.browser import CHROMIUM, DevTools, headless_chromium, mouth_meter
-from tests.apps.test_live import PATCH, avatar, served_on_loopback  # noqa: F401 - the avatar fixture
+from tests.apps.browser import CHROMIUM, DevTools, freeze_browser, headless_chromium, mouth_meter, thaw_browser
+from tests.apps.test_live import PATCH, avatar, served_on_loopback, serving, speech  # noqa: F401 - the avatar fixture
 from tests.conftest import shared_clip
 from tests.postprocess.conftest import mini_subject  # noqa: F401 - session fixture of the avatar
 
@@ -108,3 +109,32 @@ def test_chromium_shows_the_avatar_saying_text_a_file_and_what_its_microphone_he
     top, bottom, left, right = seen["video_box"]
     video = cv2.imread(str(seen["screenshot"]))[top:bottom, left:right]
     assert video.shape[0] > 400 and video.std() > 20  # the screenshot shows the pasted frame, not an empty player
+
+
+def test_chromium_frozen_mid_stream_is_noticed_and_its_session_ends_within_the_timeout(avatar, tmp_path):  # noqa: F811
+    from ernerf.apps.live.server import LiveServer
+    from tests.apps.test_live_presence import reported
+
+    server = LiveServer(avatar, speak=lambda text: [speech(1.5)], decode=decode_upload)  # the default timeout
+
+    async def run() -> tuple[float, list]:
+        async with serving(server) as url, headless_chromium(tmp_path / "chromium",
+                                                             shared_clip("audio/radio31_8s.wav")) as page:
+            await page.open(url + "/")
+            await page.wait_for(f"{STATUS}.startsWith('connected')", 20)
+            session_id, start = await page.evaluate("session"), time.monotonic()
+            while not await reported(server, session_id):  # the browser's receiver reports arrive
+                assert time.monotonic() < start + 20, "no receiver reports came from Chromium"
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(2.0)
+            freeze_browser(page)
+            try:
+                frozen = time.monotonic()
+                while server.sessions and time.monotonic() < frozen + server.vanished_client_seconds + 20:
+                    await asyncio.sleep(0.05)
+                return time.monotonic() - frozen, list(server.sessions)
+            finally:
+                thaw_browser(page)
+
+    seconds, sessions = asyncio.run(run())
+    assert sessions == [] and seconds < server.vanished_client_seconds + 2.5, seconds  # ICE would take ~30 s

@@ -97,6 +97,19 @@ def render_batching(render: Any) -> RenderBatching:
     return RenderBatching(frames=frames, wait_seconds=float(render.batch_wait_ms) / 1000.0)
 
 
+def vanished_client_seconds(limits: Any) -> float | None:
+    """conf/serve.yaml `limits.vanished_client_seconds` as the server takes it; 0 or less is refused (null turns the
+    watch off)."""
+    seconds = limits.vanished_client_seconds
+    if seconds is None:
+        return None
+    if float(seconds) <= 0:
+        raise ErnerfError(f"limits.vanished_client_seconds={seconds}: give the seconds without receiver reports after "
+                          "which a client has vanished (a few: browsers report every second), or null to leave it to "
+                          "ICE consent checks (about 30 s).")
+    return float(seconds)
+
+
 def serve_command(cfg: Any) -> None:
     """Load the avatar, then serve the page and the WebRTC streams on cfg.host:cfg.port until interrupted."""
     from aiohttp import web
@@ -104,13 +117,15 @@ def serve_command(cfg: Any) -> None:
     from ernerf.apps.live.server import InputLimits, LiveServer
 
     check_port(cfg.host, cfg.port)
+    # the settings are checked before the model loads, so a wrong one is refused at once
+    batching, vanish_seconds = render_batching(cfg.render), vanished_client_seconds(cfg.limits)
     avatar = build_avatar(cfg)
     limits = cfg.limits
     server = LiveServer(avatar, text_to_speech(instantiate_config(cfg.tts)),
                         functools.partial(decode_upload, max_seconds=float(limits.audio_seconds)),
                         InputLimits(text_chars=int(limits.text_characters),
                                     upload_bytes=int(limits.upload_megabytes * 2**20)),
-                        render_batching(cfg.render))
+                        batching, vanish_seconds)
     print(f"the avatar of {cfg.subject} is live at http://{cfg.host}:{cfg.port}/ (Ctrl-C stops it)", flush=True)
     try:
         web.run_app(server.app(), host=cfg.host, port=cfg.port, print=None)

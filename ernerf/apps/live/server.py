@@ -29,6 +29,7 @@ from aiortc.sdp import SessionDescription
 
 from ernerf.apps.live.avatar import SAMPLES_PER_FRAME, LiveAvatar, LiveInput, Stream, Utterance
 from ernerf.apps.live.page import PAGE
+from ernerf.apps.live.presence import watch_reports
 from ernerf.apps.live.render_queue import RenderBatching, RenderQueue
 from ernerf.constants import FPS, SAMPLE_RATE
 from ernerf.errors import ErnerfError
@@ -152,6 +153,7 @@ class Session:
     pump: FramePump
     created: float = field(default_factory=time.time)
     rest: asyncio.Task | None = None  # synthesising and queueing the parts after the first
+    presence: asyncio.Task | None = None  # ends the session when the client vanishes without closing (presence.py)
     asked: int = 0  # utterances asked for: one whose preparation ends after a newer one's is not said
     closed: bool = False
 
@@ -169,12 +171,15 @@ class LiveServer:
 
     `speak(text)` is the text's speech in parts (a sentence each, 16 kHz mono): its length is the number of parts,
     and iterating it makes each part only when asked for. `decode(data)` is an uploaded file's sound, 16 kHz mono.
-    Both run on the speech threads and raise ErnerfError on input they cannot use."""
+    Both run on the speech threads and raise ErnerfError on input they cannot use. A client that sends no receiver
+    reports for `vanished_client_seconds` while it is sent media has vanished, and its session ends (None: left to
+    ICE consent checks)."""
 
     def __init__(self, avatar: LiveAvatar, speak: Callable[[str], Collection[np.ndarray]],
                  decode: Callable[[bytes], np.ndarray], limits: InputLimits = InputLimits(),
-                 batching: RenderBatching = RenderBatching()) -> None:
+                 batching: RenderBatching = RenderBatching(), vanished_client_seconds: float | None = 5.0) -> None:
         self.avatar, self.speak, self.decode, self.limits = avatar, speak, decode, limits
+        self.vanished_client_seconds = vanished_client_seconds
         self.sessions: dict[str, Session] = {}
         self.render_queue = RenderQueue(avatar, batching)
         self.audio_threads = ThreadPoolExecutor(2, thread_name_prefix="ernerf-speech")
@@ -212,6 +217,9 @@ class LiveServer:
                                           "browser's own offer") from exc
         self.sessions[session_id] = session
         session.pump.start()
+        if self.vanished_client_seconds is not None:
+            session.presence = asyncio.get_running_loop().create_task(
+                watch_reports(pc, self.vanished_client_seconds, lambda: self.close(session_id)))
         return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type,
                                   "session": session_id})
 
@@ -326,6 +334,8 @@ class LiveServer:
             session.closed = True
             if session.rest is not None:
                 session.rest.cancel()
+            if session.presence not in (None, asyncio.current_task()):  # not the watch that is closing it
+                session.presence.cancel()
             session.pump.stop()
             await session.pc.close()
 
