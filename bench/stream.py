@@ -113,7 +113,10 @@ async def run(avatar, streams: int, idle: float, talk: float, microphone: Path |
 
     from ernerf.apps.tts import EspeakSpeech
 
-    server = LiveServer(avatar, text_to_speech(EspeakSpeech()), decode_upload, batching=batching or RenderBatching())
+    # no vanished-client watch: every client shares this process's event loop, which a loaded machine may stall for
+    # longer than the watch's timeout; a stream ended that way would read as a slow one
+    server = LiveServer(avatar, text_to_speech(EspeakSpeech()), decode_upload, batching=batching or RenderBatching(),
+                        vanished_client_seconds=None)
     runner = web.AppRunner(server.app())
     await runner.setup()
     port = free_port()
