@@ -181,3 +181,15 @@ def test_pool_threads(setting, threads) -> None:
 def test_pool_threads_refuses_what_is_not_a_count(setting) -> None:
     with pytest.raises(ErnerfError, match="render.cpu_workers"):
         pool_threads(setting)
+
+
+def test_the_queue_benchmark_counts_each_stream_frames(long_subject) -> None:
+    from tests.test_bench import bench_module
+
+    stream_bench = bench_module("stream")
+    avatar = crop_avatar(long_subject)
+    try:
+        fps, per_call = stream_bench.queue_only(avatar, 3, RenderBatching(frames=1), seconds=1.0)
+    finally:
+        avatar.close()
+    assert len(fps) == 3 and min(fps) > 0 and per_call == 1.0
