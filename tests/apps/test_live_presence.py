@@ -68,6 +68,56 @@ def test_a_client_that_never_reported_is_not_watched() -> None:
     assert readings(watch, 60.0, sending=True, reporting_every=None) == []
 
 
+class ScriptedPeer:
+    """A peer connection whose one sender has sent 10 more packets at each reading and whose receiver reports arrive
+    when the test says (`report`)."""
+
+    def __init__(self) -> None:
+        self.packets, self.last_report = 0, None
+
+    def report(self, stamp: float) -> None:
+        self.last_report = stamp
+
+    def getSenders(self):  # noqa: N802 - aiortc's name
+        return [self]
+
+    async def getStats(self):  # noqa: N802 - aiortc's name
+        from types import SimpleNamespace
+
+        self.packets += 10
+        stats = {"out": SimpleNamespace(type="outbound-rtp", packetsSent=self.packets)}
+        if self.last_report is not None:
+            stats["in"] = SimpleNamespace(type="remote-inbound-rtp", timestamp=self.last_report)
+        return stats
+
+
+def test_a_stalled_event_loop_is_not_the_client_s_silence(monkeypatch) -> None:
+    """The server's loop is blocked for 4 s (longer than the 1 s timeout) while the client goes on reporting: its
+    reports wait unread in the socket, so the watch, waking late, must not end it; once reports stop, it does."""
+    from ernerf.apps.live import presence
+
+    clock = {"now": 0.0}
+    peer, vanished_at = ScriptedPeer(), []
+    real_sleep = asyncio.sleep
+    wakes = iter([CHECK_SECONDS, 4.0] + [CHECK_SECONDS] * 20)  # the second sleep of the watch wakes 3.5 s late
+
+    async def sleep(seconds: float) -> None:
+        clock["now"] += next(wakes)
+        if clock["now"] == CHECK_SECONDS:
+            peer.report(1)  # the client's first report, read at the first reading
+        if clock["now"] == CHECK_SECONDS + 4.0 + CHECK_SECONDS:
+            peer.report(2)  # a report sent during the stall, read one reading after it
+        await real_sleep(0)
+
+    async def ended() -> None:
+        vanished_at.append(clock["now"])
+
+    monkeypatch.setattr(presence.asyncio, "sleep", sleep)
+    asyncio.run(presence.watch_reports(peer, 1.0, ended, clock=lambda: clock["now"]))
+    # not at 4.5 s (the first reading after the stall), but a timeout after the last report was read (5.0 s)
+    assert vanished_at == [5.0 + 1.0 + CHECK_SECONDS]
+
+
 def test_serve_config_ends_vanished_clients_after_5_s_by_default_null_turns_it_off_and_0_is_refused() -> None:
     assert vanished_client_seconds(compose("serve", ["subject=x"]).limits) == 5.0
     off = compose("serve", ["subject=x", "limits.vanished_client_seconds=null"])

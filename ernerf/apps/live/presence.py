@@ -52,6 +52,12 @@ class ReportWatch:
             self.unanswered_since = now
         return self.unanswered_since is not None and now - self.unanswered_since > self.timeout_seconds
 
+    def stalled(self, seconds: float) -> None:
+        """The server could not read reports for `seconds` (its event loop was busy): reports of that time may wait
+        unread in the socket, so it does not count as the client's silence."""
+        if self.unanswered_since is not None:
+            self.unanswered_since += seconds
+
 
 async def sender_reports(pc: Any) -> tuple[int, datetime.datetime | None]:
     """Packets sent so far on `pc` (an aiortc RTCPeerConnection), and the arrival of the latest receiver report on
@@ -66,12 +72,19 @@ async def sender_reports(pc: Any) -> tuple[int, datetime.datetime | None]:
     return packets, last
 
 
-async def watch_reports(pc: Any, timeout_seconds: float, on_vanished: Callable[[], Awaitable[None]]) -> None:
-    """Await `on_vanished()` once the client of `pc` stops reporting while being sent media (ReportWatch)."""
-    watch, loop = ReportWatch(timeout_seconds), asyncio.get_running_loop()
+async def watch_reports(pc: Any, timeout_seconds: float, on_vanished: Callable[[], Awaitable[None]],
+                        clock: Callable[[], float] | None = None) -> None:
+    """Await `on_vanished()` once the client of `pc` stops reporting while being sent media (ReportWatch); `clock`
+    (seconds) is the event loop's time unless given. Time the watch wakes late by is the loop's stall, not the
+    client's silence (`ReportWatch.stalled`)."""
+    watch, clock = ReportWatch(timeout_seconds), clock or asyncio.get_running_loop().time
     while True:
+        asleep = clock()
         await asyncio.sleep(CHECK_SECONDS)
-        if watch.vanished(loop.time(), *await sender_reports(pc)):
+        late = clock() - asleep - CHECK_SECONDS
+        if late > CHECK_SECONDS:
+            watch.stalled(late)
+        if watch.vanished(clock(), *await sender_reports(pc)):
             log.info("a client sent no receiver reports for %.1f s while receiving media: it has vanished from the "
                      "network, its session ends", timeout_seconds)
             await on_vanished()
