@@ -117,8 +117,7 @@ def hashgrid_torch(
     reference's elementwise chains itself, and would have to trace the chunk loop).
     """
     u = ((x.float() + bound) / (2 * bound)).clamp(0.0, 1.0)  # [N, D]
-    needs_u_grad = u.requires_grad and torch.is_grad_enabled()
-    if u.device.type != "cpu" or embeddings.dtype != torch.float32 or needs_u_grad or torch.compiler.is_compiling():
+    if u.device.type != "cpu" or embeddings.dtype != torch.float32 or torch.compiler.is_compiling():
         return hashgrid_reference(u, embeddings, offsets, resolutions, log2_hashmap_size)
     groups = level_groups(tuple(resolutions), tuple(offsets), u.shape[-1], log2_hashmap_size, u.device)
     return _CpuGridInterpolation.apply(u, embeddings, groups, log2_hashmap_size).flatten(1)
@@ -258,18 +257,60 @@ def sum_corners(products: Tensor) -> Tensor:  # [G, C, n, F] -> [n, G, F]
     return points_first(products).sum(2)
 
 
+def group_point_grad(
+    u_t: Tensor, group: LevelGroup, rows: Tensor, grad: Tensor, embeddings: Tensor
+) -> Tensor:  # [D, n], rows [G, C, n], grad [G, n, F] -> [n, D]
+    """Gradient of a group's interpolated features with respect to the points, as autograd takes it on the reference.
+
+    Every step is the reference's backward in its order: the weight gradient sums the features' products as torch's
+    sum over their contiguous last dimension does, the product chain is unwound axis by axis (the last one first), each
+    axis gives (frac grad) = (high factor grad) - (low factor grad), and the levels are summed by torch's sum over the
+    reference's [n, G, D] layout (its order depends on that layout, so the terms are transposed into it first).
+    The fractions are rebuilt from u exactly as the forward built them, so only the rows had to be kept.
+    """
+    levels, corners, points = rows.shape
+    values = gather_rows(embeddings[group.first_row :], rows.view(-1)).view(levels, corners, points, -1)
+    products = values.mul_(grad[:, None])  # [G, C, n, F]
+    if products.shape[-1] <= 2:  # one or two terms add up the same in any order, and faster than a short sum
+        weight_grad = products[..., 0] if products.shape[-1] == 1 else products[..., 0] + products[..., 1]
+    else:
+        weight_grad = products.sum(-1)  # [G, C, n]
+    p = group.scale[:, None] * u_t[:, None]  # [D, G, n]
+    frac = p.sub_(p.floor())
+    axis_weights = torch.stack([1 - frac, frac], 2)  # [D, G, 2, n]
+    partials = [axis_weights[0]]  # weights of the corners over the first d + 1 axes: [G, 2^(d+1), n]
+    for d in range(1, u_t.shape[0] - 1):
+        partials.append((partials[-1][:, :, None] * axis_weights[d, :, None]).flatten(1, 2))
+    axis_grads = [weight_grad] * u_t.shape[0]  # [G, 2, n] per axis
+    for d in range(u_t.shape[0] - 1, 0, -1):
+        pairs = weight_grad.view(levels, -1, 2, points)  # [G, C', 2, n]: earlier corners x this axis' low/high
+        terms = pairs * partials[d - 1][:, :, None]
+        axis_grad = terms[:, 0]
+        for corner in range(1, terms.shape[1]):  # the reference's sum over the earlier corners, left to right
+            axis_grad = axis_grad + terms[:, corner]
+        axis_grads[d] = axis_grad
+        weight_grad = pairs[:, :, 0] * axis_weights[d, :, None, 0] + pairs[:, :, 1] * axis_weights[d, :, None, 1]
+    axis_grads[0] = weight_grad
+    frac_grad = torch.stack([g[:, 1] - g[:, 0] for g in axis_grads], 1)  # [G, D, n]
+    level_terms = points_first((frac_grad * group.scale[:, None, None])[:, :, :, None]).view(points, levels, -1)
+    return level_terms.sum(1, keepdim=True)[:, 0]  # [n, D]
+
+
 class _CpuGridInterpolation(torch.autograd.Function):
-    """Interpolation over chunks of points, with the gradient of the embeddings (not of u) by index_add_.
+    """Interpolation over chunks of points, with the gradients of the embeddings (by index_add_) and of u.
 
     Per chunk it does what the reference does on all points (same products, same sum over corners), so outputs
-    match bit for bit; the backward adds each corner's weighted gradient in the reference's order.
+    match bit for bit; the backward adds each corner's weighted gradient in the reference's order, and takes u's
+    gradient by the reference's backward operations (`group_point_grad`). The backward is not itself
+    differentiable: a double backward raises.
     """
 
     @staticmethod
     def forward(ctx, u: Tensor, embeddings: Tensor, groups: tuple[LevelGroup, ...], log2_hashmap_size: int) -> Tensor:
         num_points, num_features = u.shape[0], embeddings.shape[-1]
         out = u.new_empty(num_points, groups[-1].levels.stop, num_features)  # [N, L, F]
-        saved = [] if ctx.needs_input_grad[1] else None  # (rows, weights) per chunk and group
+        keep_rows = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        saved = [] if keep_rows else None  # per chunk and group: rows, and weights where the table needs them
         for start in range(0, num_points, CPU_CHUNK_POINTS):
             chunk = u[start : start + CPU_CHUNK_POINTS].t().contiguous()  # [D, n]
             for group in groups:
@@ -278,31 +319,49 @@ class _CpuGridInterpolation(torch.autograd.Function):
                 values = values.view(*rows.shape, num_features)  # [G, C, n, F]
                 out[start : start + CPU_CHUNK_POINTS, group.levels] = sum_corners(values.mul_(weights[..., None]))
                 if saved is not None:
-                    saved.append((rows, weights))
+                    saved.append((rows, weights if ctx.needs_input_grad[1] else None))
         if saved is not None:
             ctx.chunks = saved
-            ctx.table_shape = embeddings.shape
             ctx.groups = groups
+            ctx.save_for_backward(u, embeddings)
         return out
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor) -> tuple[None, Tensor | None, None, None]:
-        if not ctx.needs_input_grad[1]:
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
             return None, None, None, None
+        u, embeddings = ctx.saved_tensors
         # [F, T]: index_add_ into a contiguous 1-D table per feature is much faster than into [T, F] rows.
-        grad_table = grad_out.new_zeros(ctx.table_shape[::-1])
+        grad_table = grad_out.new_zeros(embeddings.shape[::-1]) if ctx.needs_input_grad[1] else None
+        grad_u = torch.empty_like(u) if ctx.needs_input_grad[0] else None
         chunks = iter(ctx.chunks)
         for start in range(0, grad_out.shape[0], CPU_CHUNK_POINTS):
+            chunk_u_grad = None
             for group in ctx.groups:
                 rows, weights = next(chunks)  # [G, C, n] each
-                # Added in the reference's [n, G, C] order, so each entry sums its terms in the same sequence.
-                rows = points_first(rows).view(-1)
-                grad = grad_out[start : start + CPU_CHUNK_POINTS, group.levels]
-                grad = grad.permute(2, 1, 0).contiguous()  # [F, G, n]
-                for feature, feature_grad in enumerate(grad):
-                    grads = points_first(weights * feature_grad[:, None]).view(-1)
-                    grad_table[feature, group.first_row :].index_add_(0, rows, grads)
-        return None, grad_table.t().contiguous(), None, None
+                grad = grad_out[start : start + CPU_CHUNK_POINTS, group.levels]  # [n, G, F]
+                if grad_table is not None:
+                    add_table_grad(grad_table[:, group.first_row :], rows, weights, grad)
+                if grad_u is not None:
+                    u_t = u[start : start + CPU_CHUNK_POINTS].t().contiguous()
+                    group_grad = group_point_grad(u_t, group, rows, grad.permute(1, 0, 2).contiguous(), embeddings)
+                    chunk_u_grad = group_grad if chunk_u_grad is None else chunk_u_grad + group_grad
+            if grad_u is not None:
+                grad_u[start : start + CPU_CHUNK_POINTS] = chunk_u_grad
+        return grad_u, None if grad_table is None else grad_table.t().contiguous(), None, None
+
+
+def add_table_grad(grad_table: Tensor, rows: Tensor, weights: Tensor, grad: Tensor) -> None:  # [F, T], [G, C, n] x2, [n, G, F]
+    """Add a group's weighted gradients into the table's rows, in the reference's [n, G, C] order.
+
+    Added in that order, each entry sums its terms in the same sequence as the reference's index_add_.
+    """
+    rows = points_first(rows).view(-1)
+    grad = grad.permute(2, 1, 0).contiguous()  # [F, G, n]
+    for feature, feature_grad in enumerate(grad):
+        grads = points_first(weights * feature_grad[:, None]).view(-1)
+        grad_table[feature].index_add_(0, rows, grads)
 
 
 def _tcnn_module():
