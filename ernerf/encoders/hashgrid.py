@@ -301,8 +301,9 @@ class _CpuGridInterpolation(torch.autograd.Function):
 
     Per chunk it does what the reference does on all points (same products, same sum over corners), so outputs
     match bit for bit; the backward adds each corner's weighted gradient in the reference's order, and takes u's
-    gradient by the reference's backward operations (`group_point_grad`). The backward is not itself
-    differentiable: a double backward raises.
+    gradient by the reference's backward operations (`group_point_grad`). That gradient is not itself
+    differentiable: asking for it with create_graph=True raises (the embedding gradient's graph, linear in the
+    upstream gradient, is still built).
     """
 
     @staticmethod
@@ -327,10 +328,14 @@ class _CpuGridInterpolation(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
             return None, None, None, None
+        if ctx.needs_input_grad[0] and torch.is_grad_enabled():  # create_graph: the graph would silently lack u
+            raise RuntimeError(
+                "the hash grid's CPU path has no double backward with respect to the points (create_graph=True); "
+                "hashgrid_reference has one"
+            )
         u, embeddings = ctx.saved_tensors
         # [F, T]: index_add_ into a contiguous 1-D table per feature is much faster than into [T, F] rows.
         grad_table = grad_out.new_zeros(embeddings.shape[::-1]) if ctx.needs_input_grad[1] else None
