@@ -2,7 +2,8 @@
 
 The layout (level resolutions, offsets, dense/hashed indexing, interpolation) is specified in
 docs/design/model_api.md; `hashgrid_reference` is the reference every fast backend is tested against, and
-`hashgrid_torch` (the torch backend) runs it, or on a CPU a chunked path that gives the same bits faster.
+`hashgrid_torch` (the torch backend) runs it, or on a CPU a chunked path that gives the same bits (values and
+gradients) faster.
 """
 
 from __future__ import annotations
@@ -111,10 +112,11 @@ def hashgrid_torch(
 ) -> Tensor:  # [N, L * F]
     """Pure-PyTorch hash grid: the CPU path below where it applies, else the autograd reference.
 
-    The CPU path gives the reference's values and embedding gradients bit for bit (tests/encoders/test_hashgrid.py);
-    it does not differentiate with respect to x, so points that need a gradient take the reference, as do CUDA
-    tensors (their results stay the reference's), tables other than float32, and torch.compile (which fuses the
-    reference's elementwise chains itself, and would have to trace the chunk loop).
+    The CPU path gives the reference's values and gradients (of the embeddings and of the points, which the torso's
+    deformation moves) bit for bit (tests/encoders/test_hashgrid.py); the gradient through the clamp below is
+    autograd's. The reference runs CUDA tensors (their results stay the reference's), tables other than float32, and
+    torch.compile (which fuses the reference's elementwise chains itself, and would have to trace the chunk loop).
+    The CPU path has no double backward through the points: create_graph=True there raises.
     """
     u = ((x.float() + bound) / (2 * bound)).clamp(0.0, 1.0)  # [N, D]
     if u.device.type != "cpu" or embeddings.dtype != torch.float32 or torch.compiler.is_compiling():
@@ -263,10 +265,10 @@ def group_point_grad(
     """Gradient of a group's interpolated features with respect to the points, as autograd takes it on the reference.
 
     Every step is the reference's backward in its order: the weight gradient sums the features' products as torch's
-    sum over their contiguous last dimension does, the product chain is unwound axis by axis (the last one first), each
-    axis gives (frac grad) = (high factor grad) - (low factor grad), and the levels are summed by torch's sum over the
-    reference's [n, G, D] layout (its order depends on that layout, so the terms are transposed into it first).
-    The fractions are rebuilt from u exactly as the forward built them, so only the rows had to be kept.
+    sum over their contiguous last dimension does, `frac_grads` unwinds the weights' product chain, and the levels
+    are summed by torch's sum over the reference's [n, G, D] layout (its order depends on that layout, so the terms
+    are transposed into it first). The fractions are rebuilt from u exactly as the forward built them, so that only
+    the rows had to be kept.
     """
     levels, corners, points = rows.shape
     values = gather_rows(embeddings[group.first_row :], rows.view(-1)).view(levels, corners, points, -1)
@@ -276,24 +278,34 @@ def group_point_grad(
     else:
         weight_grad = products.sum(-1)  # [G, C, n]
     p = group.scale[:, None] * u_t[:, None]  # [D, G, n]
-    frac = p.sub_(p.floor())
-    axis_weights = torch.stack([1 - frac, frac], 2)  # [D, G, 2, n]
-    partials = [axis_weights[0]]  # weights of the corners over the first d + 1 axes: [G, 2^(d+1), n]
-    for d in range(1, u_t.shape[0] - 1):
-        partials.append((partials[-1][:, :, None] * axis_weights[d, :, None]).flatten(1, 2))
-    axis_grads = [weight_grad] * u_t.shape[0]  # [G, 2, n] per axis
-    for d in range(u_t.shape[0] - 1, 0, -1):
-        pairs = weight_grad.view(levels, -1, 2, points)  # [G, C', 2, n]: earlier corners x this axis' low/high
-        terms = pairs * partials[d - 1][:, :, None]
-        axis_grad = terms[:, 0]
-        for corner in range(1, terms.shape[1]):  # the reference's sum over the earlier corners, left to right
-            axis_grad = axis_grad + terms[:, corner]
-        axis_grads[d] = axis_grad
-        weight_grad = pairs[:, :, 0] * axis_weights[d, :, None, 0] + pairs[:, :, 1] * axis_weights[d, :, None, 1]
-    axis_grads[0] = weight_grad
-    frac_grad = torch.stack([g[:, 1] - g[:, 0] for g in axis_grads], 1)  # [G, D, n]
+    frac_grad = frac_grads(weight_grad, p.sub_(p.floor()))  # [G, D, n]
     level_terms = points_first((frac_grad * group.scale[:, None, None])[:, :, :, None]).view(points, levels, -1)
     return level_terms.sum(1, keepdim=True)[:, 0]  # [n, D]
+
+
+def frac_grads(weight_grad: Tensor, frac: Tensor) -> Tensor:  # [G, 2^D, n], [D, G, n] -> [G, D, n]
+    """Gradient of the fractions from that of the corner weights, the backward of their left-to-right product.
+
+    Weights were built as w_d = w_(d-1) x (1 - frac_d, frac_d), one axis at a time; this takes the axes back from the
+    last, each factor's gradient summing over the earlier corners left to right (torch's order for so few terms),
+    and frac_d's gradient is then (high factor's) - (low factor's), as rsub's and stack's backward give it.
+    """
+    num_axes, levels, points = frac.shape
+    axis_weights = torch.stack([1 - frac, frac], 2)  # [D, G, 2, n]
+    partials = [axis_weights[0]]  # weights of the corners over the first d + 1 axes: [G, 2^(d+1), n]
+    for d in range(1, num_axes - 1):
+        partials.append((partials[-1][:, :, None] * axis_weights[d, :, None]).flatten(1, 2))
+    factor_grads = [weight_grad] * num_axes  # [G, 2, n] per axis: of (1 - frac_d, frac_d)
+    for d in range(num_axes - 1, 0, -1):
+        pairs = weight_grad.view(levels, -1, 2, points)  # [G, C', 2, n]: earlier corners x this axis' low/high
+        terms = pairs * partials[d - 1][:, :, None]
+        factor_grad = terms[:, 0]
+        for corner in range(1, terms.shape[1]):
+            factor_grad = factor_grad + terms[:, corner]
+        factor_grads[d] = factor_grad
+        weight_grad = pairs[:, :, 0] * axis_weights[d, :, None, 0] + pairs[:, :, 1] * axis_weights[d, :, None, 1]
+    factor_grads[0] = weight_grad
+    return torch.stack([g[:, 1] - g[:, 0] for g in factor_grads], 1)
 
 
 class _CpuGridInterpolation(torch.autograd.Function):
@@ -324,7 +336,9 @@ class _CpuGridInterpolation(torch.autograd.Function):
         if saved is not None:
             ctx.chunks = saved
             ctx.groups = groups
-            ctx.save_for_backward(u, embeddings)
+            ctx.table_shape = embeddings.shape
+            # The points' gradient reads u and the table again (saved, so that changing either in place is caught).
+            ctx.save_for_backward(*((u, embeddings) if ctx.needs_input_grad[0] else ()))
         return out
 
     @staticmethod
@@ -336,28 +350,28 @@ class _CpuGridInterpolation(torch.autograd.Function):
                 "the hash grid's CPU path has no double backward with respect to the points (create_graph=True); "
                 "hashgrid_reference has one"
             )
-        u, embeddings = ctx.saved_tensors
+        u, embeddings = ctx.saved_tensors or (None, None)
         # [F, T]: index_add_ into a contiguous 1-D table per feature is much faster than into [T, F] rows.
-        grad_table = grad_out.new_zeros(embeddings.shape[::-1]) if ctx.needs_input_grad[1] else None
+        grad_table = grad_out.new_zeros(ctx.table_shape[::-1]) if ctx.needs_input_grad[1] else None
         grad_u = torch.empty_like(u) if ctx.needs_input_grad[0] else None
         chunks = iter(ctx.chunks)
         for start in range(0, grad_out.shape[0], CPU_CHUNK_POINTS):
-            chunk_u_grad = None
+            chunk = slice(start, start + CPU_CHUNK_POINTS)
+            u_t = u[chunk].t().contiguous() if grad_u is not None else None  # [D, n]
             for group in ctx.groups:
                 rows, weights = next(chunks)  # [G, C, n] each
-                grad = grad_out[start : start + CPU_CHUNK_POINTS, group.levels]  # [n, G, F]
+                grad = grad_out[chunk, group.levels]  # [n, G, F]
                 if grad_table is not None:
                     add_table_grad(grad_table[:, group.first_row :], rows, weights, grad)
-                if grad_u is not None:
-                    u_t = u[start : start + CPU_CHUNK_POINTS].t().contiguous()
+                if grad_u is not None:  # the groups' gradients add up as the reference's two uses of u do
                     group_grad = group_point_grad(u_t, group, rows, grad.permute(1, 0, 2).contiguous(), embeddings)
-                    chunk_u_grad = group_grad if chunk_u_grad is None else chunk_u_grad + group_grad
-            if grad_u is not None:
-                grad_u[start : start + CPU_CHUNK_POINTS] = chunk_u_grad
+                    grad_u[chunk] = group_grad if group.levels.start == 0 else grad_u[chunk] + group_grad
         return grad_u, None if grad_table is None else grad_table.t().contiguous(), None, None
 
 
-def add_table_grad(grad_table: Tensor, rows: Tensor, weights: Tensor, grad: Tensor) -> None:  # [F, T], [G, C, n] x2, [n, G, F]
+def add_table_grad(
+    grad_table: Tensor, rows: Tensor, weights: Tensor, grad: Tensor
+) -> None:  # [F, T], rows and weights [G, C, n], grad [n, G, F]
     """Add a group's weighted gradients into the table's rows, in the reference's [n, G, C] order.
 
     Added in that order, each entry sums its terms in the same sequence as the reference's index_add_.
