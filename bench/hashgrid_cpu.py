@@ -67,10 +67,11 @@ def timings(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, f
     return {name: statistics.median(values) for name, values in seconds.items()}
 
 
-def bench_grid(name: str, functions: dict[str, Callable], repeats: int) -> list[str]:
+def bench_grid(name: str, functions: dict[str, Callable], repeats: int, train_points: int | None = None) -> list[str]:
     """Table rows (forward without grad, forward + backward, and with the points' gradient where training needs it)
     for one grid, and whether outputs/gradients agree."""
-    dim, levels, level_dim, log2, base, top, render_points, train_points = GRIDS[name]
+    dim, levels, level_dim, log2, base, top, render_points, grid_train_points = GRIDS[name]
+    train_points = train_points or grid_train_points
     resolutions = hashgrid.level_resolutions(levels, base, top)
     offsets = hashgrid.level_offsets(resolutions, dim, log2)
     torch.manual_seed(0)
@@ -117,6 +118,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--grids", nargs="+", default=list(GRIDS), choices=list(GRIDS))
+    parser.add_argument("--train-points", type=int, help="points per training call instead of the grid's (e.g. 1024: "
+                        "the torso plane in a demo torso step, one point per ray)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     functions = {"after": hashgrid.hashgrid_torch}
@@ -126,7 +129,7 @@ def main() -> None:
     print("| grid                   | pass      | N     | before ms | after ms | speedup | same bits |")
     print("|------------------------|-----------|-------|-----------|----------|---------|-----------|")
     for name in args.grids:
-        for row in bench_grid(name, functions, args.repeats):
+        for row in bench_grid(name, functions, args.repeats, args.train_points):
             print(row, flush=True)
 
 

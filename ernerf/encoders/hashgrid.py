@@ -351,8 +351,7 @@ class _CpuGridInterpolation(torch.autograd.Function):
                 "hashgrid_reference has one"
             )
         u, embeddings = ctx.saved_tensors or (None, None)
-        # [F, T]: index_add_ into a contiguous 1-D table per feature is much faster than into [T, F] rows.
-        grad_table = grad_out.new_zeros(ctx.table_shape[::-1]) if ctx.needs_input_grad[1] else None
+        grad_table = grad_out.new_zeros(ctx.table_shape) if ctx.needs_input_grad[1] else None  # [T, F]
         grad_u = torch.empty_like(u) if ctx.needs_input_grad[0] else None
         chunks = iter(ctx.chunks)
         for start in range(0, grad_out.shape[0], CPU_CHUNK_POINTS):
@@ -362,25 +361,28 @@ class _CpuGridInterpolation(torch.autograd.Function):
                 rows, weights = next(chunks)  # [G, C, n] each
                 grad = grad_out[chunk, group.levels]  # [n, G, F]
                 if grad_table is not None:
-                    add_table_grad(grad_table[:, group.first_row :], rows, weights, grad)
+                    add_table_grad(grad_table[group.first_row :], rows, weights, grad)
                 if grad_u is not None:  # the groups' gradients add up as the reference's two uses of u do
                     group_grad = group_point_grad(u_t, group, rows, grad.permute(1, 0, 2).contiguous(), embeddings)
                     grad_u[chunk] = group_grad if group.levels.start == 0 else grad_u[chunk] + group_grad
-        return grad_u, None if grad_table is None else grad_table.t().contiguous(), None, None
+        return grad_u, grad_table, None, None
 
 
 def add_table_grad(
     grad_table: Tensor, rows: Tensor, weights: Tensor, grad: Tensor
-) -> None:  # [F, T], rows and weights [G, C, n], grad [n, G, F]
+) -> None:  # [T, F], rows and weights [G, C, n], grad [n, G, F]
     """Add a group's weighted gradients into the table's rows, in the reference's [n, G, C] order.
 
-    Added in that order, each entry sums its terms in the same sequence as the reference's index_add_.
+    Added in that order, each entry sums its terms in the same sequence as the reference's index_add_. One feature
+    at a time, into that feature's column (a strided 1-D view): index_add_ of single values is much faster than of
+    [F] rows, and unlike a [F, T] buffer the columns need no transposing copy of the whole table afterwards, a cost
+    that does not shrink with the points.
     """
     rows = points_first(rows).view(-1)
     grad = grad.permute(2, 1, 0).contiguous()  # [F, G, n]
     for feature, feature_grad in enumerate(grad):
         grads = points_first(weights * feature_grad[:, None]).view(-1)
-        grad_table[feature].index_add_(0, rows, grads)
+        grad_table[:, feature].index_add_(0, rows, grads)
 
 
 def _tcnn_module():
