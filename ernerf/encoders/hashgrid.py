@@ -2,7 +2,8 @@
 
 The layout (level resolutions, offsets, dense/hashed indexing, interpolation) is specified in
 docs/design/model_api.md; `hashgrid_reference` is the reference every fast backend is tested against, and
-`hashgrid_torch` (the torch backend) runs it, or on a CPU a chunked path that gives the same bits faster.
+`hashgrid_torch` (the torch backend) runs it, or on a CPU a chunked path that gives the same bits (values and
+gradients) faster.
 """
 
 from __future__ import annotations
@@ -111,14 +112,14 @@ def hashgrid_torch(
 ) -> Tensor:  # [N, L * F]
     """Pure-PyTorch hash grid: the CPU path below where it applies, else the autograd reference.
 
-    The CPU path gives the reference's values and embedding gradients bit for bit (tests/encoders/test_hashgrid.py);
-    it does not differentiate with respect to x, so points that need a gradient take the reference, as do CUDA
-    tensors (their results stay the reference's), tables other than float32, and torch.compile (which fuses the
-    reference's elementwise chains itself, and would have to trace the chunk loop).
+    The CPU path gives the reference's values and gradients (of the embeddings and of the points, which the torso's
+    deformation moves) bit for bit (tests/encoders/test_hashgrid.py); the gradient through the clamp below is
+    autograd's. The reference runs CUDA tensors (their results stay the reference's), tables other than float32, and
+    torch.compile (which fuses the reference's elementwise chains itself, and would have to trace the chunk loop).
+    The CPU path has no double backward through the points: create_graph=True there raises.
     """
     u = ((x.float() + bound) / (2 * bound)).clamp(0.0, 1.0)  # [N, D]
-    needs_u_grad = u.requires_grad and torch.is_grad_enabled()
-    if u.device.type != "cpu" or embeddings.dtype != torch.float32 or needs_u_grad or torch.compiler.is_compiling():
+    if u.device.type != "cpu" or embeddings.dtype != torch.float32 or torch.compiler.is_compiling():
         return hashgrid_reference(u, embeddings, offsets, resolutions, log2_hashmap_size)
     groups = level_groups(tuple(resolutions), tuple(offsets), u.shape[-1], log2_hashmap_size, u.device)
     return _CpuGridInterpolation.apply(u, embeddings, groups, log2_hashmap_size).flatten(1)
@@ -258,18 +259,71 @@ def sum_corners(products: Tensor) -> Tensor:  # [G, C, n, F] -> [n, G, F]
     return points_first(products).sum(2)
 
 
+def group_point_grad(
+    u_t: Tensor, group: LevelGroup, rows: Tensor, grad: Tensor, embeddings: Tensor
+) -> Tensor:  # [D, n], rows [G, C, n], grad [G, n, F] -> [n, D]
+    """Gradient of a group's interpolated features with respect to the points, as autograd takes it on the reference.
+
+    Every step is the reference's backward in its order: the weight gradient sums the features' products as torch's
+    sum over their contiguous last dimension does, `frac_grads` unwinds the weights' product chain, and the levels
+    are summed by torch's sum over the reference's [n, G, D] layout (its order depends on that layout, so the terms
+    are transposed into it first). The fractions are rebuilt from u exactly as the forward built them, so that only
+    the rows had to be kept.
+    """
+    levels, corners, points = rows.shape
+    values = gather_rows(embeddings[group.first_row :], rows.view(-1)).view(levels, corners, points, -1)
+    products = values.mul_(grad[:, None])  # [G, C, n, F]
+    if products.shape[-1] <= 2:  # one or two terms add up the same in any order, and faster than a short sum
+        weight_grad = products[..., 0] if products.shape[-1] == 1 else products[..., 0] + products[..., 1]
+    else:
+        weight_grad = products.sum(-1)  # [G, C, n]
+    p = group.scale[:, None] * u_t[:, None]  # [D, G, n]
+    frac_grad = frac_grads(weight_grad, p.sub_(p.floor()))  # [G, D, n]
+    level_terms = points_first((frac_grad * group.scale[:, None, None])[:, :, :, None]).view(points, levels, -1)
+    return level_terms.sum(1, keepdim=True)[:, 0]  # [n, D]
+
+
+def frac_grads(weight_grad: Tensor, frac: Tensor) -> Tensor:  # [G, 2^D, n], [D, G, n] -> [G, D, n]
+    """Gradient of the fractions from that of the corner weights, the backward of their left-to-right product.
+
+    Weights were built as w_d = w_(d-1) x (1 - frac_d, frac_d), one axis at a time; this takes the axes back from the
+    last, each factor's gradient summing over the earlier corners left to right (torch's order for so few terms),
+    and frac_d's gradient is then (high factor's) - (low factor's), as rsub's and stack's backward give it.
+    """
+    num_axes, levels, points = frac.shape
+    axis_weights = torch.stack([1 - frac, frac], 2)  # [D, G, 2, n]
+    partials = [axis_weights[0]]  # weights of the corners over the first d + 1 axes: [G, 2^(d+1), n]
+    for d in range(1, num_axes - 1):
+        partials.append((partials[-1][:, :, None] * axis_weights[d, :, None]).flatten(1, 2))
+    factor_grads = [weight_grad] * num_axes  # [G, 2, n] per axis: of (1 - frac_d, frac_d)
+    for d in range(num_axes - 1, 0, -1):
+        pairs = weight_grad.view(levels, -1, 2, points)  # [G, C', 2, n]: earlier corners x this axis' low/high
+        terms = pairs * partials[d - 1][:, :, None]
+        factor_grad = terms[:, 0]
+        for corner in range(1, terms.shape[1]):
+            factor_grad = factor_grad + terms[:, corner]
+        factor_grads[d] = factor_grad
+        weight_grad = pairs[:, :, 0] * axis_weights[d, :, None, 0] + pairs[:, :, 1] * axis_weights[d, :, None, 1]
+    factor_grads[0] = weight_grad
+    return torch.stack([g[:, 1] - g[:, 0] for g in factor_grads], 1)
+
+
 class _CpuGridInterpolation(torch.autograd.Function):
-    """Interpolation over chunks of points, with the gradient of the embeddings (not of u) by index_add_.
+    """Interpolation over chunks of points, with the gradients of the embeddings (by index_add_) and of u.
 
     Per chunk it does what the reference does on all points (same products, same sum over corners), so outputs
-    match bit for bit; the backward adds each corner's weighted gradient in the reference's order.
+    match bit for bit; the backward adds each corner's weighted gradient in the reference's order, and takes u's
+    gradient by the reference's backward operations (`group_point_grad`). That gradient is not itself
+    differentiable: asking for it with create_graph=True raises (the embedding gradient's graph, linear in the
+    upstream gradient, is still built).
     """
 
     @staticmethod
     def forward(ctx, u: Tensor, embeddings: Tensor, groups: tuple[LevelGroup, ...], log2_hashmap_size: int) -> Tensor:
         num_points, num_features = u.shape[0], embeddings.shape[-1]
         out = u.new_empty(num_points, groups[-1].levels.stop, num_features)  # [N, L, F]
-        saved = [] if ctx.needs_input_grad[1] else None  # (rows, weights) per chunk and group
+        keep_rows = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        saved = [] if keep_rows else None  # per chunk and group: rows, and weights where the table needs them
         for start in range(0, num_points, CPU_CHUNK_POINTS):
             chunk = u[start : start + CPU_CHUNK_POINTS].t().contiguous()  # [D, n]
             for group in groups:
@@ -278,31 +332,57 @@ class _CpuGridInterpolation(torch.autograd.Function):
                 values = values.view(*rows.shape, num_features)  # [G, C, n, F]
                 out[start : start + CPU_CHUNK_POINTS, group.levels] = sum_corners(values.mul_(weights[..., None]))
                 if saved is not None:
-                    saved.append((rows, weights))
+                    saved.append((rows, weights if ctx.needs_input_grad[1] else None))
         if saved is not None:
             ctx.chunks = saved
-            ctx.table_shape = embeddings.shape
             ctx.groups = groups
+            ctx.table_shape = embeddings.shape
+            # The points' gradient reads u and the table again (saved, so that changing either in place is caught).
+            ctx.save_for_backward(*((u, embeddings) if ctx.needs_input_grad[0] else ()))
         return out
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor) -> tuple[None, Tensor | None, None, None]:
-        if not ctx.needs_input_grad[1]:
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
             return None, None, None, None
-        # [F, T]: index_add_ into a contiguous 1-D table per feature is much faster than into [T, F] rows.
-        grad_table = grad_out.new_zeros(ctx.table_shape[::-1])
+        if ctx.needs_input_grad[0] and torch.is_grad_enabled():  # create_graph: the graph would silently lack u
+            raise RuntimeError(
+                "the hash grid's CPU path has no double backward with respect to the points (create_graph=True); "
+                "hashgrid_reference has one"
+            )
+        u, embeddings = ctx.saved_tensors or (None, None)
+        grad_table = grad_out.new_zeros(ctx.table_shape) if ctx.needs_input_grad[1] else None  # [T, F]
+        grad_u = torch.empty_like(u) if ctx.needs_input_grad[0] else None
         chunks = iter(ctx.chunks)
         for start in range(0, grad_out.shape[0], CPU_CHUNK_POINTS):
+            chunk = slice(start, start + CPU_CHUNK_POINTS)
+            u_t = u[chunk].t().contiguous() if grad_u is not None else None  # [D, n]
             for group in ctx.groups:
                 rows, weights = next(chunks)  # [G, C, n] each
-                # Added in the reference's [n, G, C] order, so each entry sums its terms in the same sequence.
-                rows = points_first(rows).view(-1)
-                grad = grad_out[start : start + CPU_CHUNK_POINTS, group.levels]
-                grad = grad.permute(2, 1, 0).contiguous()  # [F, G, n]
-                for feature, feature_grad in enumerate(grad):
-                    grads = points_first(weights * feature_grad[:, None]).view(-1)
-                    grad_table[feature, group.first_row :].index_add_(0, rows, grads)
-        return None, grad_table.t().contiguous(), None, None
+                grad = grad_out[chunk, group.levels]  # [n, G, F]
+                if grad_table is not None:
+                    add_table_grad(grad_table[group.first_row :], rows, weights, grad)
+                if grad_u is not None:  # the groups' gradients add up as the reference's two uses of u do
+                    group_grad = group_point_grad(u_t, group, rows, grad.permute(1, 0, 2).contiguous(), embeddings)
+                    grad_u[chunk] = group_grad if group.levels.start == 0 else grad_u[chunk] + group_grad
+        return grad_u, grad_table, None, None
+
+
+def add_table_grad(
+    grad_table: Tensor, rows: Tensor, weights: Tensor, grad: Tensor
+) -> None:  # [T, F], rows and weights [G, C, n], grad [n, G, F]
+    """Add a group's weighted gradients into the table's rows, in the reference's [n, G, C] order.
+
+    Added in that order, each entry sums its terms in the same sequence as the reference's index_add_. One feature
+    at a time, into that feature's column (a strided 1-D view): index_add_ of single values is much faster than of
+    [F] rows, and unlike a [F, T] buffer the columns need no transposing copy of the whole table afterwards, a cost
+    that does not shrink with the points.
+    """
+    rows = points_first(rows).view(-1)
+    grad = grad.permute(2, 1, 0).contiguous()  # [F, G, n]
+    for feature, feature_grad in enumerate(grad):
+        grads = points_first(weights * feature_grad[:, None]).view(-1)
+        grad_table[:, feature].index_add_(0, rows, grads)
 
 
 def _tcnn_module():

@@ -259,3 +259,95 @@ def test_cpu_path_with_int64_rows_matches_the_literal_reference() -> None:
     x[0] = 1.0
     expected = _literal_hashgrid(x, emb, offsets, resolutions, 23, 1.0)
     assert torch.equal(hashgrid_torch(x, emb, offsets, resolutions, 23), expected)
+
+
+def _points_on_edges(dim: int, resolutions: list[int], count: int, bound: float) -> torch.Tensor:
+    """Random points in [-bound, bound]^dim plus the awkward ones: u = 0 and 1, vertices, cell edges, outside."""
+    x = torch.rand(count, dim) * 2 * bound - bound
+    x[0], x[1], x[2, 0], x[3] = -bound, bound, bound, 1.5 * bound  # u = 0, u = 1, mixed, beyond the bound
+    for i, resolution in enumerate(resolutions):  # a vertex of each level, and a point on one of its cell edges
+        x[4 + 2 * i] = _point_at([(i + k) % resolution for k in range(dim)], resolution, bound)
+        x[5 + 2 * i, 0] = _point_at([resolution // 2] * dim, resolution, bound)[0, 0]
+    return x
+
+
+def _point_grads(
+    x: torch.Tensor, emb: torch.Tensor, offsets: list[int], resolutions: list[int], log2: int, bound: float,
+    grid_function
+) -> tuple[torch.Tensor, ...]:  # outputs, d/dx, d/d embeddings (or None when the table is frozen)
+    """A grid function's outputs and its gradients for a fixed upstream gradient."""
+    x = x.detach().requires_grad_()
+    out = grid_function(x, emb, offsets, resolutions, log2, bound)
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    inputs = (x, emb) if emb.requires_grad else (x,)
+    grads = torch.autograd.grad(out, inputs, upstream)
+    return out, *grads, *([None] if not emb.requires_grad else [])
+
+
+def _reference_of_x(reference):
+    """The autograd reference with the clamp of `hashgrid_torch` in front of it."""
+    def grid(x, emb, offsets, resolutions, log2, bound):
+        u = ((x.float() + bound) / (2 * bound)).clamp(0.0, 1.0)
+        return reference(u, emb, offsets, resolutions, log2)
+    return grid
+
+
+@pytest.mark.parametrize("frozen_table", [False, True])
+@pytest.mark.parametrize("level_dim", [1, 2])
+@pytest.mark.parametrize(("dim", "base", "top"), [(2, 5, 90), (3, 3, 24)])  # dense levels, then hashed ones
+def test_cpu_path_point_gradients_are_the_references_bit_for_bit(
+    dim: int, base: int, top: int, level_dim: int, frozen_table: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference = _reference_of_x(hashgrid.hashgrid_reference)
+    monkeypatch.setattr(hashgrid, "CPU_CHUNK_POINTS", 64)  # several chunks, the last one partial
+    monkeypatch.setattr(hashgrid, "hashgrid_reference", None)  # the CPU path must not fall back to it
+    torch.manual_seed(0)
+    resolutions = level_resolutions(5, base, top)
+    offsets = level_offsets(resolutions, dim, log2_hashmap_size=9)
+    assert any(r**dim <= 2**9 for r in resolutions) and any(r**dim > 2**9 for r in resolutions)
+    emb = torch.randn(offsets[-1], level_dim, requires_grad=not frozen_table)
+    x = _points_on_edges(dim, resolutions, 300, bound=0.8)
+    fast = _point_grads(x, emb, offsets, resolutions, 9, 0.8, hashgrid_torch)
+    expected = _point_grads(x, emb, offsets, resolutions, 9, 0.8, reference)
+    assert fast[1].abs().sum() > 0 and not fast[1][3].any()  # the clamped point gets none
+    for got, want in zip(fast, expected):
+        assert (got is None and want is None) or torch.equal(got, want)
+
+
+def test_cpu_path_point_gradients_on_the_torso_plane(monkeypatch: pytest.MonkeyPatch) -> None:
+    """conf/stage/torso.yaml's grid: 2-D, 16 levels of 2 features, 2^16 rows, resolutions 16 to 2048."""
+    reference = _reference_of_x(hashgrid.hashgrid_reference)
+    monkeypatch.setattr(hashgrid, "hashgrid_reference", None)
+    torch.manual_seed(0)
+    resolutions = level_resolutions(16, 16, 2048)
+    offsets = level_offsets(resolutions, 2, log2_hashmap_size=16)
+    emb = torch.empty(offsets[-1], 2).uniform_(-1e-4, 1e-4).requires_grad_()
+    x = _points_on_edges(2, resolutions, hashgrid.CPU_CHUNK_POINTS + 100, bound=1.0)
+    fast = _point_grads(x, emb, offsets, resolutions, 16, 1.0, hashgrid_torch)
+    expected = _point_grads(x, emb, offsets, resolutions, 16, 1.0, reference)
+    for got, want in zip(fast, expected):
+        assert torch.equal(got, want)
+
+
+def test_cpu_path_point_gradients_with_int64_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    reference = _reference_of_x(hashgrid.hashgrid_reference)
+    monkeypatch.setattr(hashgrid, "hashgrid_reference", None)
+    resolutions = [8, 300]  # int64 rows, as in test_cpu_path_with_int64_rows_matches_the_literal_reference
+    offsets = level_offsets(resolutions, 3, log2_hashmap_size=23)
+    assert row_dtype(offsets, resolutions, 23) == torch.int64
+    emb = torch.randn(offsets[-1], 1, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    x = _points_on_edges(3, resolutions, 200, bound=1.0)
+    for got, want in zip(_point_grads(x, emb, offsets, resolutions, 23, 1.0, hashgrid_torch),
+                         _point_grads(x, emb, offsets, resolutions, 23, 1.0, reference)):
+        assert torch.equal(got, want)
+
+
+def test_cpu_path_refuses_a_double_backward_through_the_points() -> None:
+    """Its point gradient is not differentiable: create_graph=True raises rather than giving a graph without it."""
+    resolutions = level_resolutions(3, 4, 40)
+    offsets = level_offsets(resolutions, 2, log2_hashmap_size=8)
+    emb = torch.randn(offsets[-1], 2, requires_grad=True)
+    x = (torch.rand(20, 2) * 2 - 1).requires_grad_()
+    out = hashgrid_torch(x, emb, offsets, resolutions, 8).sum()
+    with pytest.raises(RuntimeError, match="no double backward"):
+        torch.autograd.grad(out, x, create_graph=True)
