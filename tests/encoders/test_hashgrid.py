@@ -230,7 +230,7 @@ def test_cpu_path_gives_the_literal_reference_bit_for_bit(
         assert torch.equal(hashgrid_torch(x, emb, offsets, resolutions, 9, bound=0.8), literal)
 
 
-def test_points_that_need_a_gradient_get_the_reference_and_its_gradient() -> None:
+def test_points_that_need_a_gradient_get_the_literal_values_and_a_gradient() -> None:
     resolutions = level_resolutions(3, 4, 40)
     offsets = level_offsets(resolutions, 2, log2_hashmap_size=8)
     emb = torch.randn(offsets[-1], 2)
