@@ -1,13 +1,20 @@
-"""Paste-back alpha masks are, bit for bit, what the plain code gave: numpy's smoothstep expression over the distance
-transform."""
+"""Paste-back alpha masks are, bit for bit, what the plain code gave: cv2.imread's BGR parsing map, inRange per pixel,
+and numpy's smoothstep expression over the distance transform, on real parsing maps of both clips."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
-from ernerf.postprocess.pasteback import feather_alpha
+from ernerf.io.layout import SubjectLayout
+from ernerf.postprocess.pasteback import (HEAD_BGR, NECK_BGR, SCHEMES, PaletteMap, PasteBack, dilate, feather_alpha,
+                                          hull_mask, read_parsing_map)
+
+TRAIN_CLIPS = ["train/trump_10s.mp4", "train/hdtf_aoc_8s.mp4"]
 
 
 def reference_feather(mask: np.ndarray, feather_px: float) -> np.ndarray:
@@ -18,9 +25,64 @@ def reference_feather(mask: np.ndarray, feather_px: float) -> np.ndarray:
     return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
 
 
+def reference_alpha(scheme: str, parsing_path: Path, points: np.ndarray, feather_px: float = 16.0,
+                    dilate_px: int = 8) -> np.ndarray:
+    """PasteBack.alpha as it was: the parsing map read by cv2.imread and its colours tested per pixel."""
+    if scheme == "box":
+        return reference_feather(np.ones((512, 512), bool), feather_px)
+    bgr = cv2.imread(str(parsing_path))
+    person = np.zeros(bgr.shape[:2], bool)
+    for colour in (HEAD_BGR, NECK_BGR):
+        person |= cv2.inRange(bgr, tuple(c - 63.0 for c in colour), tuple(c + 63.0 for c in colour)) > 0
+    region = dilate(person, dilate_px)
+    if scheme == "face":
+        region = dilate(hull_mask(points, (512, 512)), dilate_px) & region
+    return reference_feather(region, feather_px)
+
+
 def assert_same_bits(got: np.ndarray, expected: np.ndarray) -> None:
     assert got.dtype == expected.dtype == np.float32 and got.shape == expected.shape
     assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))  # -0.0 and 0.0 differ too
+
+
+@pytest.fixture(scope="module", params=TRAIN_CLIPS)
+def parsed(request, prepare_subject) -> SubjectLayout:
+    return SubjectLayout(prepare_subject(request.param, upto="parsing"))
+
+
+def test_real_parsing_maps_give_the_plain_codes_alpha(parsed: SubjectLayout) -> None:
+    """Every 4th frame of both clips, every scheme; the pipeline's maps are palette PNGs (looked up in the palette)."""
+    mesh = np.load(parsed.mesh)
+    frames = sorted(int(p.stem) for p in parsed.parsing_dir.glob("*.png"))[::4]
+    for i in frames:
+        parsing = read_parsing_map(parsed.parsing(i))
+        assert isinstance(parsing, PaletteMap)
+        points = mesh[i, :, :2].astype(np.float32)
+        for scheme in SCHEMES:
+            assert_same_bits(PasteBack(scheme).alpha(parsing, points), reference_alpha(scheme, parsed.parsing(i), points))
+    assert len(frames) > 40
+
+
+def test_other_pngs_are_read_as_bgr_pixels_with_the_same_alpha(parsed: SubjectLayout, tmp_path: Path) -> None:
+    """An RGB PNG and a palette PNG with transparency go through cv2.imread; every palette index (past the file's
+    own colours too) through the lookup."""
+    source = parsed.parsing(0)
+    rgb, transparent, noisy = tmp_path / "rgb.png", tmp_path / "transparent.png", tmp_path / "noisy.png"
+    with Image.open(source) as img:
+        img.convert("RGB").save(rgb)
+        img.save(transparent, transparency=0)
+        indices = np.asarray(img).copy()
+        indices[::7, ::5] = np.arange(indices[::7, ::5].size).reshape(indices[::7, ::5].shape) % 256
+        own = np.asarray(img.getpalette("RGB"), np.uint8)  # its classes' colours, then 36 random ones
+        palette = np.concatenate([own, np.random.default_rng(0).integers(0, 256, 3 * 36, dtype=np.uint8)])
+        noisy_image = Image.fromarray(indices, "P")
+        noisy_image.putpalette(palette.tolist())
+        noisy_image.save(noisy)
+    assert isinstance(read_parsing_map(rgb), np.ndarray) and isinstance(read_parsing_map(transparent), np.ndarray)
+    assert isinstance(read_parsing_map(noisy), PaletteMap)
+    for path in (rgb, transparent, noisy):
+        assert_same_bits(PasteBack("face_neck").alpha(read_parsing_map(path), None),
+                         reference_alpha("face_neck", path, None))
 
 
 @pytest.mark.parametrize("feather_px", [0.0, 0.5, 3.0, 16.0, 41.7])
