@@ -139,6 +139,14 @@ def hull_mask(points: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return mask.astype(bool)
 
 
+def mask_bounds(mask: np.ndarray) -> tuple[slice, slice] | None:
+    """Rows and columns of a boolean mask's True pixels (their bounding box); None if there are none."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
 def dilate(mask: np.ndarray, px: int) -> np.ndarray:
     """Grow a boolean mask by `px` pixels (elliptic element)."""
     if px <= 0:
@@ -152,15 +160,22 @@ def feather_alpha(mask: np.ndarray, feather_px: float) -> np.ndarray:
 
     The smoothstep t * t * (3 - 2 t) of t = clip(dist / feather_px, 0, 1), each step the float32 operation numpy's
     expression made, into two buffers instead of a fresh array per step (the allocations cost more than the maths).
+    Distances are taken within the mask's bounds, a ring of zeros around them (the pixels past them, or the image
+    edge, which counts as border): a pixel's nearest zero outside that ring is never nearer than one on it (the
+    distance grows with each coordinate's offset), and a path to one on it stays within the bounds. Outside, alpha is 0.
     """
-    inside = cv2.copyMakeBorder(mask.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)  # the edge is border
+    alpha, bounds = np.zeros(mask.shape, np.float32), mask_bounds(mask)
+    if bounds is None:
+        return alpha
+    inside = cv2.copyMakeBorder(mask[bounds].astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     dist = cv2.distanceTransform(inside, cv2.DIST_L2, 5)[1:-1, 1:-1]
     t = np.divide(dist, max(feather_px, 1e-6))
     np.clip(t, 0.0, 1.0, out=t)
     rising = np.multiply(t, 2.0)
     np.subtract(3.0, rising, out=rising)
     np.multiply(t, t, out=t)
-    return np.multiply(t, rising, out=t)
+    np.multiply(t, rising, out=alpha[bounds])
+    return alpha
 
 
 _SCRATCH = threading.local()  # per-thread float buffers of _blend_into (paste-back runs on several threads)

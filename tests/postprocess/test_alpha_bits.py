@@ -85,11 +85,22 @@ def test_other_pngs_are_read_as_bgr_pixels_with_the_same_alpha(parsed: SubjectLa
                          reference_alpha("face_neck", path, None))
 
 
+def feather_masks(seed: int) -> list[np.ndarray]:
+    """Blobs touching the image edge, with a hole; blobs and thin lines well inside it; one pixel; none; all."""
+    rng = np.random.default_rng(seed)
+    blobs = cv2.dilate((rng.random((200, 300)) > 0.995).astype(np.uint8), np.ones((25, 25), np.uint8)).astype(bool)
+    blobs[:, :40] = True
+    blobs[150:160, 200:210] = False
+    inner = np.zeros((200, 300), bool)
+    inner[60:140, 90:230] = blobs[60:140, 90:230]
+    inner[100, 70:250] = inner[30:170, 150] = True
+    dot = np.zeros((200, 300), bool)
+    dot[rng.integers(1, 199), rng.integers(1, 299)] = True
+    return [blobs, inner, dot, np.zeros((200, 300), bool), np.ones((200, 300), bool)]
+
+
 @pytest.mark.parametrize("feather_px", [0.0, 0.5, 3.0, 16.0, 41.7])
 def test_feather_alpha_is_numpys_expression(feather_px: float) -> None:
-    """Masks touching the image edge, holes, and single pixels; feathers of none to wider than the mask."""
-    rng = np.random.default_rng(int(feather_px * 10))
-    mask = cv2.dilate((rng.random((200, 300)) > 0.995).astype(np.uint8), np.ones((25, 25), np.uint8)).astype(bool)
-    mask[:, :40] = True
-    mask[150:160, 200:210] = False
-    assert_same_bits(feather_alpha(mask, feather_px), reference_feather(mask, feather_px))
+    """Feathers of none to wider than the masks."""
+    for mask in feather_masks(int(feather_px * 10)):
+        assert_same_bits(feather_alpha(mask, feather_px), reference_feather(mask, feather_px))
