@@ -185,7 +185,7 @@ class FrameSource:
             ok, bgr = self._cap.read()
             if not ok:
                 break
-            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr))  # in place: no second full-size frame
+            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         self._next = start + len(frames)
         return frames
 
@@ -290,13 +290,7 @@ def _to_numpy(x: Any) -> np.ndarray:
 
 def render_background(subject: SubjectView, i: int) -> np.ndarray:
     """Background of training frame i as the renderer takes it: float32 [H, W, 3] in [0, 1]."""
-    return unit_colours(subject.background(i))
-
-
-def unit_colours(pixels: np.ndarray) -> np.ndarray:
-    """uint8 colours -> float32 in [0, 1]: pixels / 255 in float32, divided in place of the converted copy."""
-    unit = pixels.astype(np.float32)
-    return np.divide(unit, 255.0, out=unit)
+    return subject.background(i).astype(np.float32) / 255.0
 
 
 def render_planned_frame(renderer: Renderer, subject: SubjectView, plan: MotionPlan, feats: np.ndarray,
@@ -364,16 +358,7 @@ def _stacked(values: list[Any], device: Any) -> torch.Tensor:
 
 def _to_pixels(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A rendered frame with its colours as uint8 [H,W,3]."""
-    return {**raw, "rgb": to_uint8(raw["rgb"])}
-
-
-def to_uint8(unit: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] (clipped) -> uint8, rounded half up: clip(x, 0, 1) * 255 + 0.5 truncated, each step in x's
-    float type into the clipped copy (a fresh array per step cost more than the maths)."""
-    scaled = np.clip(unit, 0.0, 1.0)
-    np.multiply(scaled, 255, out=scaled)
-    np.add(scaled, 0.5, out=scaled)
-    return scaled.astype(np.uint8)
+    return {**raw, "rgb": (np.clip(raw["rgb"], 0.0, 1.0) * 255 + 0.5).astype(np.uint8)}
 
 
 class Compositor:
@@ -411,7 +396,7 @@ class Compositor:
             depth = self.options.paste.paste_depth(frame.shape[:2], rendered["depth"], alpha, self.box)
             depth_rgb = colorize_depth(depth, *self._depth_range)
         if self.options.alpha is not None:
-            a = to_uint8(rendered["opacity"])
+            a = (np.clip(rendered["opacity"], 0, 1) * 255 + 0.5).astype(np.uint8)
             head = np.dstack([rendered["rgb"], a])
         return out, head, depth_rgb
 

@@ -257,8 +257,7 @@ class PasteBack:
         """Return a copy of `frame` [H,W,3] uint8 with `crop` [S,S,3] uint8 blended in at `box` by `alpha` [S,S]."""
         place = _placement(box, frame.shape[:2])
         patch = _resize(crop, (box.width, box.height))[place.patch]
-        a = _resize(alpha, (box.width, box.height))[place.patch]
-        np.clip(a, 0.0, 1.0, out=a)  # cubic overshoots; the resize's own array, so in place
+        a = _resize(alpha, (box.width, box.height))[place.patch].clip(0.0, 1.0)
         out = frame.copy()
         if self.blend == "seamless":
             return self._seamless(out, patch, a, place)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ernerf.apps.inference import (Compositor, CropRequest, FrameSource, OutputOptions, Renderer, SubjectView,
-                                   render_crops, unit_colours)
+                                   render_crops)
 from ernerf.audio.features import frame_windows
 from ernerf.constants import FEATURE_ROWS, FPS, SAMPLE_RATE, SMOOTH_WINDOW
 from ernerf.errors import ErnerfError
@@ -120,7 +120,7 @@ class LiveAvatar:
 
     def background(self, index: int) -> np.ndarray:
         """What the head of training frame `index` is rendered over: [H, W, 3] float32 in [0, 1]."""
-        return unit_colours(self.subject.background(index))
+        return self.subject.background(index).astype(np.float32) / 255.0
 
     def render_heads(self, heads: list[tuple[int, np.ndarray, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         """Rendered head crops of several (training frame, audio window, background) in one call of the model."""
