@@ -59,7 +59,8 @@ def test_real_parsing_maps_give_the_plain_codes_alpha(parsed: SubjectLayout) -> 
         assert isinstance(parsing, PaletteMap)
         points = mesh[i, :, :2].astype(np.float32)
         for scheme in SCHEMES:
-            assert_same_bits(PasteBack(scheme).alpha(parsing, points), reference_alpha(scheme, parsed.parsing(i), points))
+            expected = reference_alpha(scheme, parsed.parsing(i), points)
+            assert_same_bits(PasteBack(scheme).alpha(parsing, points), expected)
     assert len(frames) > 40
 
 
