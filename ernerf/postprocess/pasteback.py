@@ -103,15 +103,19 @@ class PaletteMap:
     palette_bgr: np.ndarray
 
 
-def read_parsing_map(path: Path | str) -> PaletteMap | np.ndarray:
+def read_parsing_map(path: Path | str) -> PaletteMap | np.ndarray | None:
     """parsing/<i>.png as `parsing_mask` takes it: a PaletteMap for a palette PNG (the pipeline writes those), else
-    the BGR pixels cv2.imread reads (a palette with transparency too: its expansion is the decoder's business)."""
-    with Image.open(path) as img:
-        if img.mode == "P" and "transparency" not in img.info:
-            palette = np.zeros((256, 3), np.uint8)
-            colours = np.asarray(img.getpalette("RGB"), np.uint8).reshape(-1, 3)[:256]
-            palette[:len(colours)] = colours[:, ::-1]
-            return PaletteMap(np.asarray(img), palette)
+    what cv2.imread reads: BGR pixels (a palette with transparency too: its expansion is the decoder's business), or
+    None for a file it cannot read."""
+    try:
+        with Image.open(path) as img:
+            if img.mode == "P" and "transparency" not in img.info:
+                palette = np.zeros((256, 3), np.uint8)
+                colours = np.asarray(img.getpalette("RGB"), np.uint8).reshape(-1, 3)[:256]
+                palette[:len(colours)] = colours[:, ::-1]
+                return PaletteMap(np.asarray(img), palette)
+    except (OSError, ValueError):  # damaged: whatever cv2.imread makes of it, as before
+        pass
     return cv2.imread(str(path))
 
 

@@ -105,3 +105,18 @@ def test_feather_alpha_is_numpys_expression(feather_px: float) -> None:
     """Feathers of none to wider than the masks."""
     for mask in feather_masks(int(feather_px * 10)):
         assert_same_bits(feather_alpha(mask, feather_px), reference_feather(mask, feather_px))
+
+
+def test_a_damaged_parsing_map_reads_as_cv2_reads_it(tmp_path: Path) -> None:
+    """Not a PNG, or cut short: what cv2.imread makes of it (None, or what it decoded), so PasteBack's errors stay."""
+    garbage, cut = tmp_path / "garbage.png", tmp_path / "cut.png"
+    garbage.write_bytes(b"not a png at all")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 4, (64, 64), dtype=np.uint8), "P")
+    image.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255, 255, 255, 255])
+    image.save(cut)
+    cut.write_bytes(cut.read_bytes()[:60])
+    assert read_parsing_map(garbage) is None
+    for path in (garbage, cut):
+        expected = cv2.imread(str(path))
+        got = read_parsing_map(path)
+        assert (got is None) == (expected is None) and (got is None or np.array_equal(got, expected))
