@@ -290,7 +290,8 @@ def torso_over_plate(torso: Image.Image, plate: Image.Image, blend_plate: np.nda
 
     In that formula a pixel of alpha 0 is the plate and one of alpha 255 the torso, exactly (a/255 is 0.0 or 1.0), and
     preprocessing writes no other alpha (a downscale's resize does, at the edges): PIL's paste copies those two kinds
-    in C, where the float formula over every pixel cost 7x the PNG decode, and only the other pixels go through it.
+    in C (the float formula over every pixel took longer than decoding the PNG), and only the other pixels go through
+    it.
     """
     over = plate.copy()
     # alpha 255: torso, 0: plate. PIL's integer blend of the others happens to round as the formula does (Pillow 13,
