@@ -155,7 +155,8 @@ class FrameStore:
         self.data, self.background_kind, self.device = data, background, torch.device(device)
         plate = self._read(data.layout.background)
         self.plate = torch.from_numpy(plate).to(self.device)
-        self.blend_plate = plate.astype(np.float32)  # what decoding threads blend torso images over (float, once)
+        # what decoding threads put torso images over: as an image (opaque and clear pixels) and in float (the rest)
+        self.plate_image, self.blend_plate = Image.fromarray(plate), plate.astype(np.float32)
         # Per-frame conditioning lives where the rays are made: a host-to-device copy per step would stall the GPU.
         self.poses, self.eye = data.poses.to(self.device), data.eye.to(self.device)  # [F, 4, 4], [F]
         self.aud_ids = data.aud_ids.to(self.device)  # [F]
@@ -243,13 +244,17 @@ class FrameStore:
         return self.frames[kind][frame][0]
 
     def _read(self, path: Path, mode: str = "RGB") -> np.ndarray:
-        """uint8 [H, W, 3|4] at the training size. PIL rather than OpenCV: training machines need no opencv."""
+        """uint8 [H, W, 3|4] at the training size."""
+        return np.array(self._read_image(path, mode))  # writable: torch.from_numpy warns on a read-only view
+
+    def _read_image(self, path: Path, mode: str) -> Image.Image:
+        """The image at the training size. PIL rather than OpenCV: training machines need no opencv."""
         try:
             with Image.open(path) as img:
                 image = img.convert(mode)
                 if image.size != (self.data.width, self.data.height):
                     image = image.resize((self.data.width, self.data.height), Image.Resampling.BOX)
-                return np.array(image)  # writable: torch.from_numpy warns on a read-only view
+                return image
         except (OSError, ValueError) as err:
             raise ErnerfError(f"cannot read {path}: {redo_hint(path)}.") from err
 
@@ -275,12 +280,46 @@ class FrameStore:
         return torch.from_numpy(self._read(self.data.layout.gt(int(self.data.img_ids[frame]))))
 
     def _load_background(self, frame: int) -> Tensor:
-        # numpy, not torch: torch spreads each small op over its intra-op threads, which stalls on a busy CPU and
-        # competes with the other decoding threads; the float32 arithmetic and rounding are the same
-        rgba = self._read(self.data.layout.torso(int(self.data.img_ids[frame])), "RGBA").astype(np.float32)
-        alpha = rgba[..., 3:] / 255
-        mixed = rgba[..., :3] * alpha + self.blend_plate * (1 - alpha)
-        return torch.from_numpy(np.round(mixed).astype(np.uint8))
+        torso = self._read_image(self.data.layout.torso(int(self.data.img_ids[frame])), "RGBA")
+        return torch.from_numpy(torso_over_plate(torso, self.plate_image, self.blend_plate))
+
+
+def torso_over_plate(torso: Image.Image, plate: Image.Image, blend_plate: np.ndarray) -> np.ndarray:
+    """An RGBA torso image over the plate (as an RGB image and in float32 [H, W, 3]), uint8 [H, W, 3]: what
+    `blend_over_plate` gives for every pixel.
+
+    In that formula a pixel of alpha 0 is the plate and one of alpha 255 the torso, exactly (a/255 is 0.0 or 1.0), and
+    preprocessing writes no other alpha (a downscale's resize does, at the edges): PIL's paste copies those two kinds
+    in C (the float formula over every pixel took longer than decoding the PNG), and only the other pixels go through
+    it.
+    """
+    over = plate.copy()
+    # alpha 255: torso, 0: plate. PIL's integer blend of the others happens to round as the formula does (Pillow 13,
+    # every colour, alpha and plate value), but the formula is the reference: those pixels are redone below.
+    over.paste(torso, (0, 0), torso)
+    out = np.array(over)
+    alpha = np.asarray(torso.getchannel("A"))
+    soft = (alpha - np.uint8(1)) < np.uint8(254)  # 0 < alpha < 255 (0 wraps round to 255)
+    if not soft.any():
+        return out
+    rgba = np.asarray(torso)
+    if np.count_nonzero(soft) > soft.size // 4:  # gathering pixels costs more than the whole frame's formula
+        return blend_over_plate(rgba, blend_plate)
+    pixels = np.nonzero(soft)
+    out[pixels] = blend_over_plate(rgba[pixels], blend_plate[pixels])
+    return out
+
+
+def blend_over_plate(rgba: np.ndarray, plate: np.ndarray) -> np.ndarray:
+    """uint8 RGBA [..., 4] over a float32 plate [..., 3], rounded to uint8 [..., 3]: the formula of ER-NeRF's loader.
+
+    numpy, not torch: torch spreads each small op over its intra-op threads, which stalls on a busy CPU and competes
+    with the other decoding threads; the float32 arithmetic and rounding are the same.
+    """
+    rgba = rgba.astype(np.float32)
+    alpha = rgba[..., 3:] / 255
+    mixed = rgba[..., :3] * alpha + plate * (1 - alpha)
+    return np.round(mixed).astype(np.uint8)
 
 
 def to_unit(pixels: Tensor) -> Tensor:

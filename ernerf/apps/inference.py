@@ -34,7 +34,7 @@ from ernerf.io.layout import SubjectLayout
 from ernerf.postprocess.motion import MotionPlan, plan_motion
 from ernerf.postprocess.depth import colorize_depth, depth_range
 from ernerf.postprocess.mux import ResultWriter
-from ernerf.postprocess.pasteback import HeadBox, PasteBack
+from ernerf.postprocess.pasteback import HeadBox, PaletteMap, PasteBack, read_parsing_map
 from ernerf.postprocess.pipeline import Lookahead, OrderedSink, paste_workers, thread_pool
 from ernerf.preprocess.check import redo_hint
 from ernerf.progress import progress_bar
@@ -221,10 +221,10 @@ class SubjectView:
             return np.loadtxt(self.layout.lms(img_id)).astype(np.float32)
         return None
 
-    def parsing(self, img_id: int) -> np.ndarray | None:
-        """Parsing map of a frame as cv2 reads it (BGR), or None."""
+    def parsing(self, img_id: int) -> PaletteMap | np.ndarray | None:
+        """Parsing map of a frame as PasteBack takes it (`read_parsing_map`), or None."""
         path = self.layout.parsing(img_id)
-        return cv2.imread(str(path)) if path.is_file() else None
+        return read_parsing_map(path) if path.is_file() else None
 
 
 def frame_store(data: SubjectData, background: str) -> FrameStore:
@@ -374,7 +374,9 @@ class Compositor:
         with self._lock:
             if img_id in self._alpha:
                 return self._alpha[img_id]
-        alpha = self.options.paste.alpha(self.subject.parsing(img_id), self.subject.face_points(img_id))
+        paste = self.options.paste
+        face_points = self.subject.face_points(img_id) if paste.needs_face_points else None
+        alpha = paste.alpha(self.subject.parsing(img_id), face_points)
         with self._lock:  # two threads may compute the same mask: both give the same array
             self._alpha[img_id] = alpha
             if len(self._alpha) > 64:

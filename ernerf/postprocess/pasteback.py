@@ -22,6 +22,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from ernerf.errors import ErnerfError
 from ernerf.preprocess.check import redo_hint
@@ -92,12 +93,46 @@ def crop_frame(frame: np.ndarray, box: HeadBox, size: int = 512) -> np.ndarray:
     return _resize(patch, (size, size))
 
 
-def parsing_mask(parsing_bgr: np.ndarray, classes: tuple[tuple[int, int, int], ...]) -> np.ndarray:
-    """Boolean mask of the given parsing colours (BGR, as cv2.imread reads parsing/<i>.png). # [H,W]"""
-    mask = np.zeros(parsing_bgr.shape[:2], dtype=np.uint8)
+@dataclass(frozen=True)
+class PaletteMap:
+    """A parsing map as its palette PNG holds it: indices uint8 [H, W] and the 256 palette colours uint8 [256, 3] BGR
+    (black past the file's own, as a PNG decoder expands them). Its classes are looked up in the palette, not per pixel.
+    """
+
+    indices: np.ndarray
+    palette_bgr: np.ndarray
+
+
+def read_parsing_map(path: Path | str) -> PaletteMap | np.ndarray | None:
+    """parsing/<i>.png as `parsing_mask` takes it: a PaletteMap for a palette PNG (the pipeline writes those), else
+    what cv2.imread reads: BGR pixels (a palette with transparency too: its expansion is the decoder's business), or
+    None for a file it cannot read."""
+    try:
+        with Image.open(path) as img:
+            if img.mode == "P" and "transparency" not in img.info:
+                palette = np.zeros((256, 3), np.uint8)
+                colours = np.asarray(img.getpalette("RGB"), np.uint8).reshape(-1, 3)[:256]
+                palette[:len(colours)] = colours[:, ::-1]
+                return PaletteMap(np.asarray(img), palette)
+    except (OSError, ValueError):  # damaged: whatever cv2.imread makes of it, as before
+        pass
+    return cv2.imread(str(path))
+
+
+def parsing_mask(parsing: PaletteMap | np.ndarray, classes: tuple[tuple[int, int, int], ...]) -> np.ndarray:
+    """Boolean mask of the given parsing colours (BGR) in a PaletteMap or in BGR pixels as cv2.imread reads
+    parsing/<i>.png. # [H,W]"""
+    if isinstance(parsing, PaletteMap):  # the pixels' test on each palette colour, then each pixel's colour's answer
+        return cv2.LUT(parsing.indices, _colour_mask(parsing.palette_bgr[None], classes)) > 0
+    return _colour_mask(parsing, classes) > 0
+
+
+def _colour_mask(bgr: np.ndarray, classes: tuple[tuple[int, int, int], ...]) -> np.ndarray:
+    """uint8 [H,W]: 255 where a BGR colour [H,W,3] is one of `classes`, 0 elsewhere."""
+    mask = np.zeros(bgr.shape[:2], dtype=np.uint8)
     for colour in classes:  # every channel within 63 levels (cv2.inRange: one pass, where numpy needs int16 copies)
-        mask |= cv2.inRange(parsing_bgr, tuple(c - 63.0 for c in colour), tuple(c + 63.0 for c in colour))
-    return mask > 0
+        mask |= cv2.inRange(bgr, tuple(c - 63.0 for c in colour), tuple(c + 63.0 for c in colour))
+    return mask
 
 
 def hull_mask(points: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -106,6 +141,14 @@ def hull_mask(points: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     mask = np.zeros(hw, dtype=np.uint8)
     cv2.fillConvexPoly(mask, hull, 1)
     return mask.astype(bool)
+
+
+def mask_bounds(mask: np.ndarray) -> tuple[slice, slice] | None:
+    """Rows and columns of a boolean mask's True pixels (their bounding box); None if there are none."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
 def dilate(mask: np.ndarray, px: int) -> np.ndarray:
@@ -117,11 +160,26 @@ def dilate(mask: np.ndarray, px: int) -> np.ndarray:
 
 
 def feather_alpha(mask: np.ndarray, feather_px: float) -> np.ndarray:
-    """Alpha 0 on and outside the mask border, rising smoothly to 1 at `feather_px` inside. # [H,W] float32"""
-    inside = np.pad(mask.astype(np.uint8), 1)  # the image edge counts as mask border
+    """Alpha 0 on and outside the mask border, rising smoothly to 1 at `feather_px` inside. # [H,W] float32
+
+    The smoothstep t * t * (3 - 2 t) of t = clip(dist / feather_px, 0, 1), each step the float32 operation numpy's
+    expression made, into two buffers instead of a fresh array per step (the allocations cost more than the maths).
+    Distances are taken within the mask's bounds, a ring of zeros around them (the pixels past them, or the image
+    edge, which counts as border): a pixel's nearest zero outside that ring is never nearer than one on it (the
+    distance grows with each coordinate's offset), and a path to one on it stays within the bounds. Outside, alpha is 0.
+    """
+    alpha, bounds = np.zeros(mask.shape, np.float32), mask_bounds(mask)
+    if bounds is None:
+        return alpha
+    inside = cv2.copyMakeBorder(mask[bounds].astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     dist = cv2.distanceTransform(inside, cv2.DIST_L2, 5)[1:-1, 1:-1]
-    t = np.clip(dist / max(feather_px, 1e-6), 0.0, 1.0)
-    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
+    t = np.divide(dist, max(feather_px, 1e-6))
+    np.clip(t, 0.0, 1.0, out=t)
+    rising = np.multiply(t, 2.0)
+    np.subtract(3.0, rising, out=rising)
+    np.multiply(t, t, out=t)
+    np.multiply(t, rising, out=alpha[bounds])
+    return alpha
 
 
 _SCRATCH = threading.local()  # per-thread float buffers of _blend_into (paste-back runs on several threads)
@@ -172,15 +230,21 @@ class PasteBack:
         self.scheme, self.blend = scheme, blend
         self.feather_px, self.dilate_px = feather_px, dilate_px
 
-    def region(self, parsing_bgr: np.ndarray | None, face_points: np.ndarray | None,
+    @property
+    def needs_face_points(self) -> bool:
+        """Whether `alpha` reads its face points (the face scheme's hull); the other schemes take None."""
+        return self.scheme == "face"
+
+    def region(self, parsing: PaletteMap | np.ndarray | None, face_points: np.ndarray | None,
                size: int = 512) -> np.ndarray:
-        """Boolean mask [size,size] of crop pixels to take from the render, for this scheme."""
+        """Boolean mask [size,size] of crop pixels to take from the render, for this scheme; `parsing` as
+        `read_parsing_map` reads it (or BGR pixels)."""
         if self.scheme == "box":
             return np.ones((size, size), dtype=bool)
-        if parsing_bgr is None:
+        if parsing is None:
             raise ErnerfError(f"postprocess.scheme={self.scheme} needs the parsing maps (parsing/<i>.png): run "
                               "`python preprocess.py subject=<name>` or use postprocess.scheme=box.")
-        person = dilate(parsing_mask(parsing_bgr, (HEAD_BGR, NECK_BGR)), self.dilate_px)
+        person = dilate(parsing_mask(parsing, (HEAD_BGR, NECK_BGR)), self.dilate_px)
         if self.scheme == "face_neck":
             return person
         if face_points is None:
@@ -188,10 +252,10 @@ class PasteBack:
                               "run `python preprocess.py subject=<name>` or use postprocess.scheme=face_neck.")
         return dilate(hull_mask(face_points, (size, size)), self.dilate_px) & person
 
-    def alpha(self, parsing_bgr: np.ndarray | None, face_points: np.ndarray | None,
+    def alpha(self, parsing: PaletteMap | np.ndarray | None, face_points: np.ndarray | None,
               size: int = 512) -> np.ndarray:
         """Soft alpha [size,size] in [0,1]: the scheme's region feathered towards its border."""
-        return feather_alpha(self.region(parsing_bgr, face_points, size), self.feather_px)
+        return feather_alpha(self.region(parsing, face_points, size), self.feather_px)
 
     def paste(self, frame: np.ndarray, crop: np.ndarray, alpha: np.ndarray, box: HeadBox) -> np.ndarray:
         """Return a copy of `frame` [H,W,3] uint8 with `crop` [S,S,3] uint8 blended in at `box` by `alpha` [S,S]."""
