@@ -205,17 +205,26 @@ def _literal_hashgrid(x: torch.Tensor, emb: torch.Tensor, offsets: list[int], re
     return (weights[..., None] * values).sum(2).flatten(1)
 
 
-@pytest.mark.parametrize("level_dim", [1, 2])
-@pytest.mark.parametrize(("dim", "base", "top"), [(2, 5, 90), (3, 3, 24)])  # dense levels, then hashed ones
-def test_cpu_path_gives_the_literal_reference_bit_for_bit(
-    dim: int, base: int, top: int, level_dim: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(hashgrid, "CPU_CHUNK_POINTS", 64)  # several chunks, the last one partial
+def _cpu_path_only_grid(
+    dim: int, base: int, top: int, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[int], list[int]]:
+    """Resolutions and offsets of 5 levels from `base` to `top` in a 2^9-row table, dense levels then hashed ones;
+    the CPU path in chunks of 64 points (several, the last one partial), its reference out of reach; seed 0."""
+    monkeypatch.setattr(hashgrid, "CPU_CHUNK_POINTS", 64)
     monkeypatch.setattr(hashgrid, "hashgrid_reference", None)  # the CPU path must not fall back to it
     torch.manual_seed(0)
     resolutions = level_resolutions(5, base, top)
     offsets = level_offsets(resolutions, dim, log2_hashmap_size=9)
     assert any(r**dim <= 2**9 for r in resolutions) and any(r**dim > 2**9 for r in resolutions)
+    return resolutions, offsets
+
+
+@pytest.mark.parametrize("level_dim", [1, 2])
+@pytest.mark.parametrize(("dim", "base", "top"), [(2, 5, 90), (3, 3, 24)])  # dense levels, then hashed ones
+def test_cpu_path_gives_the_literal_reference_bit_for_bit(
+    dim: int, base: int, top: int, level_dim: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resolutions, offsets = _cpu_path_only_grid(dim, base, top, monkeypatch)
     emb = torch.randn(offsets[-1], level_dim, requires_grad=True)
     x = torch.rand(300, dim) * 1.6 - 0.8
     x[0], x[1], x[2, 0], x[3] = -0.8, 0.8, 0.8, 2.0  # u = 0, u = 1 (high corner clamped), mixed, beyond the bound
@@ -299,12 +308,7 @@ def test_cpu_path_point_gradients_are_the_references_bit_for_bit(
     dim: int, base: int, top: int, level_dim: int, frozen_table: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reference = _reference_of_x(hashgrid.hashgrid_reference)
-    monkeypatch.setattr(hashgrid, "CPU_CHUNK_POINTS", 64)  # several chunks, the last one partial
-    monkeypatch.setattr(hashgrid, "hashgrid_reference", None)  # the CPU path must not fall back to it
-    torch.manual_seed(0)
-    resolutions = level_resolutions(5, base, top)
-    offsets = level_offsets(resolutions, dim, log2_hashmap_size=9)
-    assert any(r**dim <= 2**9 for r in resolutions) and any(r**dim > 2**9 for r in resolutions)
+    resolutions, offsets = _cpu_path_only_grid(dim, base, top, monkeypatch)
     emb = torch.randn(offsets[-1], level_dim, requires_grad=not frozen_table)
     x = _points_on_edges(dim, resolutions, 300, bound=0.8)
     fast = _point_grads(x, emb, offsets, resolutions, 9, 0.8, hashgrid_torch)
