@@ -362,6 +362,11 @@ class TrainRays(Dataset):
             return item
         return self.build(item["frame_index"], self.data.rects_of(frame), item["layout"])
 
+    def build_turn(self, frame: Tensor, layout: int) -> dict:
+        """`build` as a graphed step calls it (`SubjectDataModule.device_batches`): frame index `frame` [1], the
+        sampler's turn `layout`, the regions left to the store."""
+        return self.build(frame, layout=layout)
+
     def build(self, frame: Tensor, rects: Mapping[str, Rect] | None = None, layout: int | None = None) -> dict:
         """The ray batch of frame index `frame` ([1] long on the store's device), its pixels drawn by the sampler
         (by its turn `layout` of `sampler.layouts()` when given). On preloaded frames, with a sampler of fixed shape
@@ -532,7 +537,7 @@ class SubjectDataModule(L.LightningDataModule):
         if self.store is None or self.store.device.type != "cuda" or self.store.mode == "disk" or not self.fixed_layouts:
             return None
         self.train_rays.frames_only = True
-        return self.train_rays.build
+        return self.train_rays.build_turn
 
     @property
     def fixed_layouts(self) -> bool:
