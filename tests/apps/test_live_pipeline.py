@@ -193,3 +193,17 @@ def test_the_queue_benchmark_counts_each_stream_frames(long_subject) -> None:
     finally:
         avatar.close()
     assert len(fps) == 3 and min(fps) > 0 and per_call == 1.0
+
+
+def test_serve_refuses_a_bad_cpu_workers_before_the_model_loads(monkeypatch) -> None:
+    from ernerf.apps.live import serve
+    from tests.apps.test_live import free_port
+    from tests.conftest import compose
+
+    def loaded(cfg):
+        raise AssertionError("the model was loaded before the settings were checked")
+
+    monkeypatch.setattr(serve, "build_avatar", loaded)
+    cfg = compose("serve", ["subject=x", "render.cpu_workers=0", f"port={free_port()}"])
+    with pytest.raises(ErnerfError, match="render.cpu_workers=0"):
+        serve.serve_command(cfg)

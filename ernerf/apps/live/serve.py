@@ -12,7 +12,7 @@ import numpy as np
 
 from ernerf.apps.checkpoints import audio_extractor, find_trained
 from ernerf.apps.inference import OutputOptions, Renderer, audio_kind, load_subject
-from ernerf.apps.live.avatar import LiveAvatar, quietest_window
+from ernerf.apps.live.avatar import LiveAvatar, pool_threads, quietest_window
 from ernerf.apps.live.render_queue import RenderBatching
 from ernerf.apps.preflight import check_port
 from ernerf.constants import FPS, SAMPLE_RATE
@@ -119,6 +119,7 @@ def serve_command(cfg: Any) -> None:
     check_port(cfg.host, cfg.port)
     # the settings are checked before the model loads, so a wrong one is refused at once
     batching, vanish_seconds = render_batching(cfg.render), vanished_client_seconds(cfg.limits)
+    pool_threads(cfg.render.cpu_workers)
     avatar = build_avatar(cfg)
     limits = cfg.limits
     server = LiveServer(avatar, text_to_speech(instantiate_config(cfg.tts)),
