@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -208,3 +209,18 @@ def test_real_clip_rays_of_head_pixels_pass_through_the_head_box(prepare_subject
     dist = ray_distance_to_origin(rays_o[0], rays_d[0])
     assert float(dist[0]) < 0.5  # the face centre's ray passes close to the head's centre (inside the unit box)
     assert float(dist[1]) > float(dist[0])  # the image corner's ray passes farther away
+
+
+def test_device_batches_hands_the_graph_a_builder_of_frame_index_and_turn(subject: Path) -> None:
+    """`GraphedStep` calls the builder as `(frame index, turn)` (ernerf/engine/cuda_graph.py): what device_batches
+    returns must take exactly that, for the lips square's turn too (which reads the frame's regions)."""
+    dm = make_datamodule(subject, sampler=LipsRaySampler(num_rays=50), preload=True)
+    cpu = dm.store.device
+    dm.store.device = SimpleNamespace(type="cuda")  # what device_batches asks of the store; the batches build on the CPU
+    build = dm.device_batches()
+    dm.store.device = cpu
+    assert build is not None and dm.train_rays.frames_only
+    index = dm.store.index(3)
+    side = max(int(r[1] - r[0]) for r in dm.data.rects["lips"])
+    assert build(index, 0)["patch_shape"] == (side, side)
+    assert build(index, 1)["pixel_index"].shape == (50,)
