@@ -198,15 +198,15 @@ def queue_only(avatar, streams: int, batching, seconds: float) -> tuple[list[flo
     for thread in threads:
         thread.start()
     start.wait()
-    began, calls_before = time.perf_counter(), sum(render_queue.batch_sizes.values())
+    began, sizes_before = time.perf_counter(), render_queue.batch_sizes.copy()
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - began
-    calls = sum(render_queue.batch_sizes.values()) - calls_before
+    sizes = render_queue.batch_sizes - sizes_before  # the model calls of the timed frames (and of a few around them)
     render_queue.close(wait_seconds=30.0)
     for stream in clients:
         stream.close()
-    return [count / wall for count in counts], sum(counts) / max(1, calls)
+    return [count / wall for count in counts], sum(k * n for k, n in sizes.items()) / max(1, sum(sizes.values()))
 
 
 def summary(results: list[dict]) -> str:
