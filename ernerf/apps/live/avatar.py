@@ -344,4 +344,5 @@ class Stream:
     def next(self) -> tuple[np.ndarray, np.ndarray]:
         """(frame [H, W, 3] uint8, int16 audio [640]) of the next 40 ms, rendered alone."""
         request = self.next_request()
-        return self.avatar.frame(request.tick, request.window), request.pcm
+        head = self.avatar.render_heads([(request.index, request.window, request.background.result())])[0]
+        return self.avatar.paste(head, request.index, self.avatar.sources), request.pcm
