@@ -9,7 +9,9 @@ frames/s received, the seconds from the request to the first received audio of t
 server spent making the utterance (speech synthesis and audio features). The features' look-ahead (the audio a live
 source must have sent before a frame can render) is fixed by the model's windows: printed beside. With
 `--microphone` each client speaks the sentence into its microphone track instead, and the latency is from the
-moment its speech starts to the first of it heard back. `--batch-frames` sets the render queue's largest batch
+moment the first of its speech is sent to the first of it heard back. The clients run in processes of their own
+(`--client-processes`), as browsers would: in the server's process they would share its interpreter lock and event
+loop and measure themselves as much as the server. `--batch-frames` sets the render queue's largest batch
 (conf/serve.yaml `render.batch_frames`; several values: each is run with each number of streams); the frames per
 model call it reached are printed beside. `--render-only` times the avatar's frames alone (rendered `--batch-frames`
 at a time and pasted, no WebRTC, no encoding; `--idle` seconds of warm-up first, `--talk` seconds each): what
@@ -24,6 +26,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import os
 import socket
 import statistics
 import sys
@@ -49,6 +53,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def loud(frame) -> bool:
+    """Whether an audio frame (aiortc/PyAV, int16 samples) holds speech."""
+    return bool(np.abs(frame.to_ndarray()).mean() > LOUD)
+
+
+def speaking(track):
+    """`track` (a microphone's audio) as sent, noting in `.first_speech` the monotonic time its first loud frame went
+    to the peer: the start of the speech as the server can first see it (the player starts when the connection
+    does, not when the offer is answered)."""
+    from aiortc import MediaStreamTrack
+
+    class Speaking(MediaStreamTrack):
+        kind = "audio"
+        first_speech: float | None = None
+
+        async def recv(self):
+            frame = await track.recv()
+            if self.first_speech is None and loud(frame):
+                self.first_speech = time.monotonic()
+            return frame
+
+    return Speaking()
+
+
 async def client(url: str, idle: float, talk: float, microphone: Path | None = None) -> dict:
     """One WebRTC client: connect, idle, ask for the sentence (or speak `microphone`, a wav that starts with `idle`
     seconds of silence, into the avatar), listen; what it received and when."""
@@ -60,10 +88,12 @@ async def client(url: str, idle: float, talk: float, microphone: Path | None = N
 
     pc = RTCPeerConnection()
     pc.addTransceiver("video", direction="recvonly")
+    spoken = None
     if microphone is None:
         pc.addTransceiver("audio", direction="recvonly")
     else:
-        pc.addTrack(MediaPlayer(str(microphone)).audio)
+        spoken = speaking(MediaPlayer(str(microphone)).audio)
+        pc.addTrack(spoken)
     video: list[float] = []
     speech: list[float] = []
     readers = []
@@ -75,26 +105,25 @@ async def client(url: str, idle: float, talk: float, microphone: Path | None = N
                 now = time.monotonic()
                 if track.kind == "video":
                     video.append(now)
-                elif np.abs(frame.to_ndarray()).mean() > LOUD:
+                elif loud(frame):
                     speech.append(now)
         readers.append(asyncio.ensure_future(read()))
 
     pc.on("track", on_track)
     async with ClientSession() as http:
         session = await connect(pc, http, url)
-        connected = time.monotonic()  # the microphone's wav starts playing about now
         await asyncio.sleep(idle)
         said: dict = {}
         asked = time.monotonic()
         if microphone is None:
             async with http.post(f"{url}/say", json={"session": session, "text": SENTENCE}) as r:
                 said = await r.json()
-        else:
-            asked = connected + idle  # when its speech starts
         await asyncio.sleep(talk)
     for reader in readers:
         reader.cancel()
     await pc.close()
+    if spoken is not None:
+        asked = spoken.first_speech if spoken.first_speech is not None else math.inf
     steady = [t for t in video if t > (video[0] + 1.0 if video else 0)]
     fps = (len(steady) - 1) / (steady[-1] - steady[0]) if len(steady) > 1 else 0.0
     first_speech = next((t for t in speech if t > asked), None)
@@ -102,9 +131,47 @@ async def client(url: str, idle: float, talk: float, microphone: Path | None = N
             "prepare_s": said.get("prepare_seconds"), "speech_s": said.get("seconds")}
 
 
+def client_group(url: str, count: int, idle: float, talk: float, microphone: Path | None) -> list[dict]:
+    """`count` clients at once in this process (a worker of the benchmark's client processes)."""
+    async def together() -> list[dict]:
+        return list(await asyncio.gather(*(client(url, idle, talk, microphone) for _ in range(count))))
+
+    return asyncio.run(together())
+
+
+class ClientProcesses:
+    """Worker processes for the clients, started and warmed (aiortc imported) before any timing: clients in the
+    server's process would share its interpreter lock and its event loop, and time themselves as much as the
+    server."""
+
+    def __init__(self, processes: int) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, wait
+
+        self.processes = processes
+        self.pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+        wait([self.pool.submit(warm_client) for _ in range(processes)])
+
+    async def run(self, url: str, streams: int, idle: float, talk: float, microphone: Path | None) -> list[dict]:
+        """`streams` clients spread evenly over the processes; their figures."""
+        counts = [streams // self.processes + (k < streams % self.processes) for k in range(self.processes)]
+        loop = asyncio.get_running_loop()
+        groups = await asyncio.gather(*(loop.run_in_executor(self.pool, client_group, url, n, idle, talk, microphone)
+                                        for n in counts if n))
+        return [r for group in groups for r in group]
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+def warm_client() -> None:
+    import aiortc.contrib.media  # noqa: F401 - the import is the warm-up
+
+
 async def run(avatar, streams: int, idle: float, talk: float, microphone: Path | None = None,
-              batching=None) -> tuple[list[dict], float]:
-    """Each client's figures, and the mean number of frames per model call."""
+              batching=None, clients: ClientProcesses | None = None) -> tuple[list[dict], float]:
+    """Each client's figures, and the mean number of frames per model call. With `clients` the clients run in those
+    processes, else in this one."""
     from aiohttp import web
 
     from ernerf.apps.live.render_queue import RenderBatching
@@ -113,17 +180,20 @@ async def run(avatar, streams: int, idle: float, talk: float, microphone: Path |
 
     from ernerf.apps.tts import EspeakSpeech
 
-    # no vanished-client watch: every client shares this process's event loop, which a loaded machine may stall for
-    # longer than the watch's timeout; a stream ended that way would read as a slow one
+    # no vanished-client watch: a loaded machine (or clients in this process) may stall the event loop for longer than
+    # the watch's timeout; a stream ended that way would read as a slow one
     server = LiveServer(avatar, text_to_speech(EspeakSpeech()), decode_upload, batching=batching or RenderBatching(),
                         vanished_client_seconds=None)
     runner = web.AppRunner(server.app())
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
+    url = f"http://127.0.0.1:{port}"
     try:
-        results = await asyncio.gather(*(client(f"http://127.0.0.1:{port}", idle, talk, microphone)
-                                         for _ in range(streams)))
+        if clients is None:
+            results = await asyncio.gather(*(client(url, idle, talk, microphone) for _ in range(streams)))
+        else:
+            results = await clients.run(url, streams, idle, talk, microphone)
     finally:
         await runner.cleanup()
     sizes = server.render_queue.batch_sizes
@@ -241,6 +311,9 @@ def main() -> None:
                         help="time the avatar's frames rendered --batch-frames at a time, without WebRTC")
     parser.add_argument("--queue-only", action="store_true",
                         help="time --streams idle streams pulling frames through the render queue, without WebRTC")
+    parser.add_argument("--client-processes", default="auto",
+                        help="processes the WebRTC clients run in, spread evenly (0: in the server's process; auto: "
+                             "one per 4 CPU cores, at most one per client)")
     parser.add_argument("--override", action="append", default=[], help="a conf/serve.yaml override (repeatable)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -284,22 +357,30 @@ def main() -> None:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps({"downscale": args.downscale, "queue_only": figures}, indent=2))
         return
+    streams = [int(s) for s in args.streams.split(",")]
+    processes = (max(1, min(max(streams), (os.cpu_count() or 1) // 4)) if args.client_processes == "auto"
+                 else int(args.client_processes))
+    clients = ClientProcesses(processes) if processes > 0 else None
+    print(f"WebRTC clients in {processes} process(es) of their own" if processes
+          else "WebRTC clients in the server's process")
     print(f"{'batch':>6}{'streams':>8}{'frames/call':>12}{'frames/s min':>14}{'median':>9}{'latency s median':>18}"
           f"{'of which prepare':>18}")
     figures = {}
     try:
         for batch in [int(b) for b in args.batch_frames.split(",")]:
             batching = RenderBatching(frames=batch, wait_seconds=args.batch_wait_ms / 1000.0)
-            for n in [int(s) for s in args.streams.split(",")]:
-                results, per_call = asyncio.run(run(avatar, n, args.idle, args.talk, microphone, batching))
+            for n in streams:
+                results, per_call = asyncio.run(run(avatar, n, args.idle, args.talk, microphone, batching, clients))
                 figures[f"batch{batch}_streams{n}"] = {"results": results, "frames_per_call": per_call}
                 print(f"{batch:>6}{n:>8}{per_call:>12.2f}{summary(results)}", flush=True)
     finally:
         avatar.close()
+        if clients is not None:
+            clients.close()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"lookahead_s": LOOKAHEAD_SECONDS, "downscale": args.downscale,
-                                         "runs": figures}, indent=2))
+                                         "client_processes": processes, "runs": figures}, indent=2))
 
 
 if __name__ == "__main__":

@@ -118,7 +118,9 @@ class ProfileWindow(L.Callback):
 def replay_times(graphed: object, replays: int = 50) -> dict[str, float]:
     """GPU time of one replay of each captured graph (ms), timed back to back: what the step costs when the host
     keeps up. (Replays train on: call after the figures that matter.)"""
-    graphs = {"step": getattr(graphed, "graph", None), "optimizer": getattr(graphed, "optimizer_graph", None)}
+    layouts = getattr(graphed, "layouts", {})
+    graphs = {f"step {key}" if len(layouts) > 1 else "step": entry.graph for key, entry in layouts.items()}
+    graphs["optimizer"] = getattr(graphed, "optimizer_graph", None)
     times = {}
     for name, graph in graphs.items():
         if graph is None:

@@ -309,3 +309,23 @@ def test_the_page_script_parses(tmp_path) -> None:
     done = subprocess.run([node, "--check", str(script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert all(f'id="{name}"' in PAGE for name in ("avatar", "text", "say", "file", "send", "mic"))
+
+
+def test_the_stream_benchmark_times_clients_in_processes_of_their_own_from_the_speech_they_send(avatar, tmp_path):
+    pytest.importorskip("aiortc")
+    from ernerf.apps.tts import write_wav
+    from tests.test_bench import bench_module
+
+    stream_bench = bench_module("stream")
+    write_wav(tmp_path / "mic.wav", np.concatenate([np.zeros(SAMPLE_RATE, np.float32), speech(2.0, seed=3)]),
+              SAMPLE_RATE)
+    clients = stream_bench.ClientProcesses(1)
+    try:
+        results, per_call = asyncio.run(stream_bench.run(avatar, 2, 1.0, 3.0, tmp_path / "mic.wav", clients=clients))
+    finally:
+        clients.close()
+    assert len(results) == 2 and per_call == 1.0
+    for result in results:
+        assert result["fps"] > 5, result
+        # heard back no sooner than the features' look-ahead after it was sent (and not seconds later)
+        assert LOOKAHEAD_SECONDS < result["latency_s"] < 3.0, result
