@@ -1,6 +1,6 @@
 """CPU work around each rendered frame of infer.py and serve.py, per part, before and after.
 
-For every output frame the head is rendered over the frame's background (torso over the plate, as float), pasted with
+For every output frame the head is rendered over the frame's background (torso over the plate), pasted with
 the frame's alpha mask (parsing map -> dilated, feathered region) into the decoded source frame. This times those parts
 of this checkout against the same code of another git revision (the baseline), calls alternating between the two, and
 reports medians in ms per frame; it also checks that both give the same bits.
@@ -91,6 +91,12 @@ def alternating(calls: dict[str, Callable[[int], object]], rounds: int, per_roun
     return {name: 1e3 * statistics.median(values) for name, values in seconds.items()}
 
 
+def as_levels(output: object) -> np.ndarray:
+    """A part's output to compare across revisions: a uint8 background as the [0, 1] floats the renderer gets."""
+    array = np.asarray(output)
+    return array.astype(np.float32) / 255.0 if array.dtype == np.uint8 and array.ndim == 3 else array
+
+
 class Side:
     """One revision's parts on one subject: its FrameStore, SubjectView, PasteBack and FrameSource."""
 
@@ -103,6 +109,8 @@ class Side:
         self.source: object | None = None
 
     def background(self, frame: int) -> np.ndarray:
+        """What the CPU makes of a frame's background for the renderer (uint8, or [0, 1] floats in revisions that
+        turned it into floats on the CPU)."""
         fresh = SimpleNamespace(background=lambda i: self.store._load_background(i).numpy())  # no cache
         return self.modules.inference.render_background(fresh, frame)
 
@@ -116,7 +124,10 @@ class Side:
         return [self.source.get(block * size + k) for k in range(size)]
 
     def paste(self, raw: dict[str, np.ndarray], frame: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-        return self.paste_back.paste(frame, self.modules.inference._to_pixels(raw)["rgb"], alpha, self.box)
+        inference = self.modules.inference
+        if hasattr(inference, "_device_background"):  # renders come back as pixels: round the test render as they are
+            return self.paste_back.paste(frame, inference._to_pixels(raw["rgb"]), alpha, self.box)
+        return self.paste_back.paste(frame, inference._to_pixels(raw)["rgb"], alpha, self.box)
 
 
 def part_timings(sides: dict[str, Side], rounds: int, parts: tuple[str, ...]) -> dict[str, dict[str, float]]:
@@ -139,7 +150,7 @@ def part_timings(sides: dict[str, Side], rounds: int, parts: tuple[str, ...]) ->
         per_round = block if part == "decode" else 1
         part_rounds = min(rounds, n // block - 1) if part == "decode" else rounds
         times[part] = alternating({name: calls[part](side) for name, side in sides.items()}, part_rounds, per_round)
-        outputs = [calls[part](side)(1) for side in sides.values()]
+        outputs = [as_levels(calls[part](side)(1)) for side in sides.values()]
         first = outputs[0]
         assert all(np.array_equal(np.asarray(o), np.asarray(first)) for o in outputs[1:]), f"{part}: bits differ"
     return times

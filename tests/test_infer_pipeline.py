@@ -127,3 +127,22 @@ def test_render_error_or_ctrl_c_stops_every_thread(tmp_path, mini_subject, exc):
     assert time.perf_counter() - t0 < 20  # no hang waiting on work that will never come
     assert list(out.iterdir()) == []
     assert pipeline_threads() == []
+
+
+def test_backgrounds_go_to_the_renderer_and_pixels_come_back_as_numpy_rounds_them() -> None:
+    """Backgrounds cross to the renderer as uint8 and rendered colours come back as uint8 (a quarter of the bytes of
+    float32): both conversions on the device give numpy's float32 values bit for bit, also at rounding ties."""
+    import torch
+
+    from ernerf.apps.inference import _device_background, _to_pixels
+
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
+    sent = _device_background(levels, "cpu")
+    assert sent.dtype == torch.float32 and np.array_equal(sent.numpy(), levels.astype(np.float32) / 255.0)
+    ties = (np.arange(256, dtype=np.float32) + 0.5) / 255  # values whose * 255 lands on or beside k + 0.5
+    rng = np.random.default_rng(0)
+    colours = np.concatenate([ties, np.nextafter(ties, 0), np.nextafter(ties, 1), rng.uniform(-0.2, 1.2, 4096),
+                              [0.0, 1.0, -1e-7, 1 + 1e-7]]).astype(np.float32)
+    expected = (np.clip(colours, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+    assert np.array_equal(_to_pixels(torch.from_numpy(colours)), expected)
+    assert np.array_equal(_to_pixels(colours), expected)

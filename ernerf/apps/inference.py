@@ -288,29 +288,55 @@ def _to_numpy(x: Any) -> np.ndarray:
     return x.detach().float().cpu().numpy() if hasattr(x, "detach") else np.asarray(x, dtype=np.float32)
 
 
+def _to_pixels(rgb: Any) -> np.ndarray:
+    """Rendered colours in [0, 1] as uint8 pixels [..., 3], rounded on the renderer's device so that a quarter of
+    the bytes come back (the same float32 operations as numpy's `(clip(x, 0, 1) * 255 + 0.5).astype(uint8)`)."""
+    if not hasattr(rgb, "detach"):
+        return (np.clip(np.asarray(rgb, np.float32), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+    return rgb.detach().float().clamp(0.0, 1.0).mul(255).add(0.5).to(torch.uint8).cpu().numpy()
+
+
+# uint8 -> float32 in [0, 1] as numpy computes it (`x.astype(float32) / 255`): a device division by a scalar may
+# multiply by its reciprocal instead, which rounds differently
+_UNIT_LEVELS = np.arange(256, dtype=np.float32) / 255.0
+_unit_levels_on: dict[torch.device, torch.Tensor] = {}
+
+
+def _device_background(bg: np.ndarray, device: Any) -> torch.Tensor:
+    """A background [..., H, W, 3] (uint8, or float32 in [0, 1]) as the renderer takes it: float32 on `device`, sent
+    as uint8 (a quarter of the bytes) and turned into levels there."""
+    if bg.dtype != np.uint8:
+        return torch.from_numpy(np.asarray(bg, np.float32)).to(device)
+    device = torch.device(device)
+    levels = _unit_levels_on.get(device)
+    if levels is None:
+        levels = _unit_levels_on[device] = torch.from_numpy(_UNIT_LEVELS).to(device)
+    return levels[torch.from_numpy(bg).to(device).long()]
+
+
 def render_background(subject: SubjectView, i: int) -> np.ndarray:
-    """Background of training frame i as the renderer takes it: float32 [H, W, 3] in [0, 1]."""
-    return subject.background(i).astype(np.float32) / 255.0
+    """Background of training frame i: uint8 [H, W, 3] (render_crop sends it to the renderer as [0, 1] floats)."""
+    return subject.background(i)
 
 
 def render_planned_frame(renderer: Renderer, subject: SubjectView, plan: MotionPlan, feats: np.ndarray,
                  t: int) -> dict[str, np.ndarray]:
     """Render output frame t: rgb uint8 [H,W,3], depth and opacity float [H,W]."""
     bg = render_background(subject, int(plan.indices[t]))
-    return _to_pixels(_render(renderer, subject, plan, feats, t, bg))
+    return _render(renderer, subject, plan, feats, t, bg)
 
 
 def _render(renderer: Renderer, subject: SubjectView, plan: MotionPlan, feats: np.ndarray, t: int,
             bg: np.ndarray) -> dict[str, np.ndarray]:
-    """The renderer's part of frame t (on the calling thread): rgb, depth, opacity as float arrays."""
+    """The renderer's part of frame t (on the calling thread): rgb uint8, depth and opacity float arrays."""
     eye = None if plan.eye is None else float(plan.eye[t])
     return render_crop(renderer, subject, plan.poses[t], eye, audio_window(feats, t), bg)
 
 
 def render_crop(renderer: Renderer, subject: SubjectView, pose: np.ndarray, eye: float | None, window: np.ndarray,
                 bg: np.ndarray) -> dict[str, np.ndarray]:
-    """One head crop from a pose [4, 4], a blink value, an audio window [8, 16, C] and a background [H, W, 3] in
-    [0, 1]: rgb, depth, opacity as float arrays."""
+    """One head crop from a pose [4, 4], a blink value, an audio window [8, 16, C] and a background [H, W, 3] (uint8,
+    or float32 in [0, 1]): rgb uint8 [H, W, 3], depth and opacity float32 [H, W]."""
     dev = renderer.device
     eye_t = None if eye is None else torch.tensor([eye], device=dev)
     # intrinsics as numbers (a device tensor costs the renderer 4 reads back), rounded to float32 as a tensor was
@@ -318,14 +344,14 @@ def render_crop(renderer: Renderer, subject: SubjectView, pose: np.ndarray, eye:
     with torch.no_grad():
         out = renderer.render_image(  # positional: the order of docs/design/model_api.md
             torch.from_numpy(np.asarray(pose, np.float32)).to(dev), intrinsics, subject.height, subject.width,
-            torch.from_numpy(np.asarray(window, np.float32)).to(dev), eye_t, None, torch.from_numpy(bg).to(dev))
-    return {"rgb": _to_numpy(out["rgb"]), "depth": _to_numpy(out["depth"]), "opacity": _to_numpy(out["opacity"])}
+            torch.from_numpy(np.asarray(window, np.float32)).to(dev), eye_t, None, _device_background(bg, dev))
+    return {"rgb": _to_pixels(out["rgb"]), "depth": _to_numpy(out["depth"]), "opacity": _to_numpy(out["opacity"])}
 
 
 @dataclass(frozen=True)
 class CropRequest:
     """What one head crop of new audio is rendered from: a pose [4, 4], a blink value (or None), an audio window
-    [8, 16, C] and a background [H, W, 3] in [0, 1]."""
+    [8, 16, C] and a background [H, W, 3] (uint8, or float32 in [0, 1])."""
 
     pose: np.ndarray
     eye: float | None
@@ -346,19 +372,14 @@ def render_crops(renderer: Renderer | BatchRenderer, subject: SubjectView,
         out = renderer.render_images(
             _stacked([r.pose for r in requests], dev), intrinsics, subject.height, subject.width,
             _stacked([r.window for r in requests], dev), None if None in eyes else _stacked(eyes, dev),
-            _stacked([r.bg for r in requests], dev))
-    arrays = {name: _to_numpy(out[name]) for name in ("rgb", "depth", "opacity")}
+            _device_background(np.stack([r.bg for r in requests]), dev))
+    arrays = {"rgb": _to_pixels(out["rgb"]), **{name: _to_numpy(out[name]) for name in ("depth", "opacity")}}
     return [{name: value[b] for name, value in arrays.items()} for b in range(len(requests))]
 
 
 def _stacked(values: list[Any], device: Any) -> torch.Tensor:
     """Arrays of one shape as one float32 tensor [B, ...] on `device`."""
     return torch.from_numpy(np.stack([np.asarray(v, np.float32) for v in values])).to(device)
-
-
-def _to_pixels(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A rendered frame with its colours as uint8 [H,W,3]."""
-    return {**raw, "rgb": (np.clip(raw["rgb"], 0.0, 1.0) * 255 + 0.5).astype(np.uint8)}
 
 
 class Compositor:
@@ -389,7 +410,7 @@ class Compositor:
 
     def compose(self, raw: dict[str, np.ndarray], source: Future, img_id: int) -> tuple[Any, Any, Any]:
         """(frame, head RGBA or None, depth colours or None) of one output frame, from its render and source frame."""
-        rendered, frame, alpha = _to_pixels(raw), source.result(), self.alpha(img_id)
+        rendered, frame, alpha = raw, source.result(), self.alpha(img_id)
         out = self.options.paste.paste(frame, rendered["rgb"], alpha, self.box)
         depth_rgb = head = None
         if self.options.depth:

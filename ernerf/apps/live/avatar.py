@@ -119,8 +119,8 @@ class LiveAvatar:
         return phase if phase < len(self.subject.poses) else self.period - phase
 
     def background(self, index: int) -> np.ndarray:
-        """What the head of training frame `index` is rendered over: [H, W, 3] float32 in [0, 1]."""
-        return self.subject.background(index).astype(np.float32) / 255.0
+        """What the head of training frame `index` is rendered over: [H, W, 3] uint8."""
+        return self.subject.background(index)
 
     def render_heads(self, heads: list[tuple[int, np.ndarray, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         """Rendered head crops of several (training frame, audio window, background) in one call of the model."""
