@@ -146,3 +146,19 @@ def test_backgrounds_go_to_the_renderer_and_pixels_come_back_as_numpy_rounds_the
     expected = (np.clip(colours, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
     assert np.array_equal(_to_pixels(torch.from_numpy(colours)), expected)
     assert np.array_equal(_to_pixels(colours), expected)
+
+
+def test_only_the_outputs_the_options_use_come_back_from_the_renderer(mini_subject) -> None:  # noqa: F811
+    from ernerf.apps.inference import render_crop
+
+    paste = PasteBack("box")
+    assert OutputOptions(paste).rendered == ("rgb",)
+    assert OutputOptions(paste, alpha="png", depth=True).rendered == ("rgb", "depth", "opacity")
+    subject = load_subject(mini_subject.root, "aud_mel.npy", downscale=4)
+    bg = subject.background(0)
+    renderer = CropRenderer(subject.layout, subject.poses, subject.img_ids)
+    window = features(8)
+    only_rgb = render_crop(renderer, subject, subject.poses[0], None, window, bg, ("rgb",))
+    everything = render_crop(renderer, subject, subject.poses[0], None, window, bg)
+    assert set(only_rgb) == {"rgb"} and set(everything) == {"rgb", "depth", "opacity"}
+    assert only_rgb["rgb"].dtype == np.uint8 and np.array_equal(only_rgb["rgb"], everything["rgb"])

@@ -262,6 +262,11 @@ class OutputOptions:
     crf: int = 18
     workers: int | str = "auto"  # paste-back threads (ernerf.postprocess.pipeline.paste_workers)
 
+    @property
+    def rendered(self) -> tuple[str, ...]:
+        """The renderer's outputs these options use (only those are copied back from its device)."""
+        return ("rgb", *(("depth",) if self.depth else ()), *(("opacity",) if self.alpha is not None else ()))
+
 
 @dataclass
 class InferenceResult:
@@ -286,6 +291,14 @@ class InferenceResult:
 
 def _to_numpy(x: Any) -> np.ndarray:
     return x.detach().float().cpu().numpy() if hasattr(x, "detach") else np.asarray(x, dtype=np.float32)
+
+
+RENDERED = ("rgb", "depth", "opacity")  # what a render gives: colours (as uint8 pixels), depth and opacity
+
+
+def _to_host(out: Mapping[str, Any], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The renderer's `outputs` as numpy: rgb as uint8 pixels, the others float32."""
+    return {name: _to_pixels(out[name]) if name == "rgb" else _to_numpy(out[name]) for name in outputs}
 
 
 def _to_pixels(rgb: Any) -> np.ndarray:
@@ -327,16 +340,17 @@ def render_planned_frame(renderer: Renderer, subject: SubjectView, plan: MotionP
 
 
 def _render(renderer: Renderer, subject: SubjectView, plan: MotionPlan, feats: np.ndarray, t: int,
-            bg: np.ndarray) -> dict[str, np.ndarray]:
-    """The renderer's part of frame t (on the calling thread): rgb uint8, depth and opacity float arrays."""
+            bg: np.ndarray, outputs: tuple[str, ...] = RENDERED) -> dict[str, np.ndarray]:
+    """The renderer's part of frame t (on the calling thread): rgb uint8, depth and opacity float arrays (those of
+    them in `outputs`)."""
     eye = None if plan.eye is None else float(plan.eye[t])
-    return render_crop(renderer, subject, plan.poses[t], eye, audio_window(feats, t), bg)
+    return render_crop(renderer, subject, plan.poses[t], eye, audio_window(feats, t), bg, outputs)
 
 
 def render_crop(renderer: Renderer, subject: SubjectView, pose: np.ndarray, eye: float | None, window: np.ndarray,
-                bg: np.ndarray) -> dict[str, np.ndarray]:
+                bg: np.ndarray, outputs: tuple[str, ...] = RENDERED) -> dict[str, np.ndarray]:
     """One head crop from a pose [4, 4], a blink value, an audio window [8, 16, C] and a background [H, W, 3] (uint8,
-    or float32 in [0, 1]): rgb uint8 [H, W, 3], depth and opacity float32 [H, W]."""
+    or float32 in [0, 1]): rgb uint8 [H, W, 3], depth and opacity float32 [H, W], those named in `outputs`."""
     dev = renderer.device
     eye_t = None if eye is None else torch.tensor([eye], device=dev)
     # intrinsics as numbers (a device tensor costs the renderer 4 reads back), rounded to float32 as a tensor was
@@ -345,7 +359,7 @@ def render_crop(renderer: Renderer, subject: SubjectView, pose: np.ndarray, eye:
         out = renderer.render_image(  # positional: the order of docs/design/model_api.md
             torch.from_numpy(np.asarray(pose, np.float32)).to(dev), intrinsics, subject.height, subject.width,
             torch.from_numpy(np.asarray(window, np.float32)).to(dev), eye_t, None, _device_background(bg, dev))
-    return {"rgb": _to_pixels(out["rgb"]), "depth": _to_numpy(out["depth"]), "opacity": _to_numpy(out["opacity"])}
+    return _to_host(out, outputs)
 
 
 @dataclass(frozen=True)
@@ -359,13 +373,13 @@ class CropRequest:
     bg: np.ndarray
 
 
-def render_crops(renderer: Renderer | BatchRenderer, subject: SubjectView,
-                 requests: list[CropRequest]) -> list[dict[str, np.ndarray]]:
+def render_crops(renderer: Renderer | BatchRenderer, subject: SubjectView, requests: list[CropRequest],
+                 outputs: tuple[str, ...] = RENDERED) -> list[dict[str, np.ndarray]]:
     """Head crops of several frames, as `render_crop` renders each: one alone goes through `render_crop` itself,
     more in one `render_images` call of the renderer (equal to one at a time up to float summation order)."""
     if len(requests) == 1:
         r = requests[0]
-        return [render_crop(renderer, subject, r.pose, r.eye, r.window, r.bg)]
+        return [render_crop(renderer, subject, r.pose, r.eye, r.window, r.bg, outputs)]
     dev, eyes = renderer.device, [r.eye for r in requests]
     intrinsics = tuple(float(v) for v in np.asarray(subject.intrinsics, dtype=np.float32))  # as render_crop
     with torch.no_grad():
@@ -373,7 +387,7 @@ def render_crops(renderer: Renderer | BatchRenderer, subject: SubjectView,
             _stacked([r.pose for r in requests], dev), intrinsics, subject.height, subject.width,
             _stacked([r.window for r in requests], dev), None if None in eyes else _stacked(eyes, dev),
             _device_background(np.stack([r.bg for r in requests]), dev))
-    arrays = {"rgb": _to_pixels(out["rgb"]), **{name: _to_numpy(out[name]) for name in ("depth", "opacity")}}
+    arrays = _to_host(out, outputs)
     return [{name: value[b] for name, value in arrays.items()} for b in range(len(requests))]
 
 
@@ -451,7 +465,7 @@ def run_inference(renderer: Renderer, subject: SubjectView, feats: np.ndarray, a
                 for t in range(n):
                     bg = backgrounds.next().result()
                     t1 = time.perf_counter()
-                    raw = _render(renderer, subject, plan, feats, t, bg)
+                    raw = _render(renderer, subject, plan, feats, t, bg, options.rendered)
                     render_s += time.perf_counter() - t1
                     bar.update(1)
                     source = sources.next()

@@ -128,7 +128,7 @@ class LiveAvatar:
         for index, window, bg in heads:
             eye = None if self.subject.eye is None else float(self.subject.eye[index])
             requests.append(CropRequest(self.subject.poses[index], eye, window, bg))
-        return render_crops(self.renderer, self.subject, requests)
+        return render_crops(self.renderer, self.subject, requests, self.compositor.options.rendered)
 
     def paste(self, raw: dict[str, np.ndarray], index: int, sources: FrameSource) -> np.ndarray:
         """A rendered crop pasted into the original video frame of training frame `index`, read from `sources`."""
