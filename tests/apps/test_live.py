@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ernerf.apps.inference import OutputOptions, load_subject
-from ernerf.apps.live.avatar import LOOKAHEAD_SECONDS, SAMPLES_PER_FRAME, LiveAvatar, LiveInput, Stream
+from ernerf.apps.live.avatar import JITTER_FRAMES, LOOKAHEAD_SECONDS, SAMPLES_PER_FRAME, LiveAvatar, LiveInput, Stream
 from ernerf.audio.features import LogMelExtractor
 from ernerf.constants import SAMPLE_RATE
 from ernerf.postprocess.pasteback import PasteBack
@@ -138,12 +138,22 @@ def test_a_stream_follows_live_speech_as_it_arrives_and_keeps_its_memory_bounded
     stream.listen(live)
     assert (stream.next_window()[0] == avatar.idle_window).all()  # nothing heard yet: silent
     wav = speech(4.0, seed=4)
-    live.append(wav[:SAMPLE_RATE])  # one second arrives
-    heard = [stream.next_window() for _ in range(30)]
-    ready = (SAMPLE_RATE - live.lookahead) // SAMPLES_PER_FRAME + 1  # frames whose look-ahead is in
-    assert np.array_equal(np.concatenate([pcm for _, pcm in heard[:ready]]), live_pcm(wav, ready))
-    assert all((w == heard[ready - 1][0]).all() and not pcm.any() for w, pcm in heard[ready:])  # held, silent
-    live.append(wav[SAMPLE_RATE:])
+    start = live.lookahead + (JITTER_FRAMES + 1) * SAMPLES_PER_FRAME  # what a stream waits for before it speaks
+    live.append(wav[:start])
+    heard = [stream.next_window()]
+    for k in range(30):  # then a frame of speech arrives for each frame shown: every sample is said, in order
+        live.append(wav[start + k * SAMPLES_PER_FRAME: start + (k + 1) * SAMPLES_PER_FRAME])
+        heard.append(stream.next_window())
+    assert np.array_equal(np.concatenate([pcm for _, pcm in heard]), live_pcm(wav, len(heard)))
+    said = start + 30 * SAMPLES_PER_FRAME
+    live.append(wav[said:said + 12 * SAMPLES_PER_FRAME])  # half a second at once (the renderer stalled): it skips
+    last = (live.received - live.lookahead) // SAMPLES_PER_FRAME  # to the newest frames, the jitter spare kept:
+    heard = [stream.next_window() for _ in range(12)]  # frames last - 1 - JITTER_FRAMES .. last, then held, silent
+    shown = JITTER_FRAMES + 2
+    assert np.array_equal(np.concatenate([pcm for _, pcm in heard[:shown]]),
+                          live_pcm(wav, last + 1)[-shown * SAMPLES_PER_FRAME:])
+    assert all((w == heard[shown - 1][0]).all() and not pcm.any() for w, pcm in heard[shown:])
+    live.append(wav[said + 12 * SAMPLES_PER_FRAME:])
     assert live.received == len(wav) and len(live._audio) == 2 * SAMPLE_RATE  # only the last 2 s are kept
 
 

@@ -26,8 +26,11 @@ from ernerf.io.audio import load_audio
 from ernerf.postprocess.pasteback import HeadBox
 
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640 samples of 16 kHz audio per 40 ms video frame
-MAX_BEHIND = FPS  # frames live speech may lag what has arrived before the avatar skips ahead (a latency bound)
 JITTER_FRAMES = 2  # frames of live audio beyond the look-ahead waited for when it starts or stalled: network jitter
+# Frames of live audio beyond the look-ahead that may wait unshown before the avatar skips to the newest (keeping the
+# jitter spare): the latency bound. A stall of the renderer (a graph capture, a busy machine) would otherwise leave the
+# stream that much later for the rest of the session, as frames are shown at the rate speech arrives.
+MAX_BEHIND = JITTER_FRAMES + 3
 # The features of output frame t look ahead of its first sample: its 8-frame attention window reaches frame t+3, whose
 # middle is 3.5 frames on; that frame's 16 rows of 50 Hz features reach 7 rows past its middle, and the last row's
 # 25 ms analysis window half of that again. What a live source must have sent before frame t can be rendered:
@@ -264,7 +267,7 @@ class Stream:
             self._flowing = False
             return None if held is None else (held, np.zeros(SAMPLES_PER_FRAME, np.int16))
         newest = (live.received - live.lookahead) // SAMPLES_PER_FRAME  # frames that could render now
-        if newest - t > MAX_BEHIND:  # fell behind (an utterance was said meanwhile): go on from what is said now
+        if newest - t > MAX_BEHIND:  # fell behind (a stall, an utterance said meanwhile): go on from what is said now
             t = newest - 1 - JITTER_FRAMES
         window = live.window(t)
         with self._lock:
