@@ -357,6 +357,7 @@ def main() -> None:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps({"downscale": args.downscale, "queue_only": figures}, indent=2))
         return
+    render_only(avatar, 1, args.idle)  # warming up (the render graph's capture), so the first row does not pay for it
     streams = [int(s) for s in args.streams.split(",")]
     processes = (max(1, min(max(streams), (os.cpu_count() or 1) // 4)) if args.client_processes == "auto"
                  else int(args.client_processes))
