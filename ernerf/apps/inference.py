@@ -422,9 +422,10 @@ class Compositor:
         """Depth colours span the first frame's depths, for every frame (so they do not flicker)."""
         self._depth_range = depth_range(self.options.paste.paste_depth(frame_hw, depth, self.alpha(img_id), self.box))
 
-    def compose(self, raw: dict[str, np.ndarray], source: Future, img_id: int) -> tuple[Any, Any, Any]:
-        """(frame, head RGBA or None, depth colours or None) of one output frame, from its render and source frame."""
-        rendered, frame, alpha = raw, source.result(), self.alpha(img_id)
+    def compose(self, rendered: dict[str, np.ndarray], source: Future, img_id: int) -> tuple[Any, Any, Any]:
+        """(frame, head RGBA or None, depth colours or None) of one output frame, from its render (`render_crop`'s
+        outputs) and source frame."""
+        frame, alpha = source.result(), self.alpha(img_id)
         out = self.options.paste.paste(frame, rendered["rgb"], alpha, self.box)
         depth_rgb = head = None
         if self.options.depth:
