@@ -230,3 +230,25 @@ def test_graphed_steps_on_host_frames_train_as_graphed_steps_on_device_frames(tm
     for name, value in device_weights.items():
         if value.is_floating_point():  # (occupancy bits may flip at the threshold between two runs of one mode)
             torch.testing.assert_close(host_weights[name], value, rtol=1e-2, atol=1e-3, msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_lips_stage_trains_as_cuda_graphs_from_the_data_modules_own_builder(tmp_path: Path, caplog) -> None:
+    """The lips square and the random rays in turn, each turn's batch built inside its graph by `device_batches`
+    (the builder the engine takes from the data module, not a test's own): one capture per turn, and the run
+    finishes."""
+    from ernerf.apps.train import train
+    from tests.test_train import tiny_config
+
+    write_synthetic_subject(tmp_path / "data" / "sphere", num_frames=12, size=32)
+    gpu = ["trainer=gpu", "datamodule.preload=device", "engine.cuda_graph=true", "engine.compile_field=false",
+           "trainer.val_check_interval=4"]
+    train(tiny_config(tmp_path, 6, "stage=head", *gpu))
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        train(tiny_config(tmp_path, 8, "stage=lips", "loss=lips_dssim", *gpu))
+    assert "rays drawn in the graph" in caplog.text
+    captures = [r.getMessage() for r in caplog.records if "captured the training step" in r.getMessage()]
+    assert len(captures) == 2, captures  # the lips square's turn and the random rays' turn
+    assert (tmp_path / "runs" / "sphere" / "lips" / "finished.json").is_file()
