@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -73,6 +74,10 @@ class PreprocessStep(ABC):
     def run(self, ctx: StepContext) -> dict[str, Any] | None:
         """Produce the outputs; may return a small dict of facts for the summary (e.g. reprojection error)."""
 
+    def preload(self) -> None:
+        """Import the heavy modules `run` needs. The runner calls it in a background thread before the first step,
+        so that the imports use a core the earlier steps leave idle instead of adding to this step's time."""
+
     def marker(self, layout: SubjectLayout) -> Path:
         return layout.step_marker(self.name)
 
@@ -100,6 +105,7 @@ def run_steps(steps: Sequence[PreprocessStep], ctx: StepContext, force: Sequence
     layout = ctx.layout
     staging.recover(layout)
     todo = plan_steps(steps, layout, force)
+    preload_in_background([s for s in steps if s.name in todo])
     order = merged_order(recorded_order(layout), [s.name for s in steps])
     redo = _invalidated(order, todo, [s.name for s in steps])
     staged = any(layout.step_marker(name).exists() for name in redo)
@@ -119,6 +125,22 @@ def run_steps(steps: Sequence[PreprocessStep], ctx: StepContext, force: Sequence
             staging.discard(layout)
         raise
     return reports
+
+
+def preload_in_background(steps: Sequence[PreprocessStep]) -> threading.Thread:
+    """Call each step's `preload` in a daemon thread. A module it fails to import is not an error here: the step
+    imports it again when it runs, and reports the failure there."""
+
+    def preload() -> None:
+        for step in steps:
+            try:
+                step.preload()
+            except Exception as exc:  # noqa: BLE001 - reported by the step's own import
+                log.debug("preloading step %s failed: %s", step.name, exc)
+
+    thread = threading.Thread(target=preload, name="preload-steps", daemon=True)
+    thread.start()
+    return thread
 
 
 def plan_steps(steps: Sequence[PreprocessStep], layout: SubjectLayout, force: Sequence[str] = ()) -> list[str]:

@@ -17,11 +17,12 @@ from ernerf.io.layout import SubjectLayout
 from ernerf.io.video import VideoWriter, iter_frames
 from ernerf.preprocess.base import PreprocessStep, StepContext
 from ernerf.preprocess.check import redo_hint
-from ernerf.preprocess.mediapipe_face import FaceBox, FaceDetector, native_stderr_silenced
+from ernerf.preprocess.mediapipe_face import FaceBox, FaceDetector
 from ernerf.progress import Enabled, progress_bar
 
 SAME_FACE_DISTANCE = 0.6  # detections whose centres are closer than this many face sizes are one person
 DETECT_SIDE = 640  # frames are shrunk to this before detection: ample for a 192 px detector input
+DETECT_BATCH = 8  # shrunk frames per work item of the pool: ~10 MB of pixels at most, a few ms of detection each
 MULTI_FACE_WARN_RATIO = 0.1
 PAD_WARN_FRACTION = 0.25  # above this share of invented (edge-repeated) pixels in the crop, tell the user  # warn about other people when they are visible in this share of frames
 
@@ -49,7 +50,8 @@ class HeadboxStep(PreprocessStep):
 
     def __init__(self, crop_size: int = 512, scale: float = 2.2, min_scale: float = 1.2, shift_down: float = 0.15, stride: int = 5,
                  max_samples: int = 600, min_box_size: int = 256, min_face_ratio: float = 0.5,
-                 min_confidence: float = 0.5, jpeg_quality: int = 95, preset: str = "superfast") -> None:
+                 min_confidence: float = 0.5, jpeg_quality: int = 95, preset: str = "superfast",
+                 workers: int = 2) -> None:
         self.crop_size = crop_size
         self.scale = scale  # box side / face size: room for hair, ears, neck and shoulder tops
         self.min_scale = min_scale  # the tightest box accepted before padding past the frame
@@ -61,6 +63,7 @@ class HeadboxStep(PreprocessStep):
         self.min_confidence = min_confidence
         self.jpeg_quality = jpeg_quality
         self.preset = preset  # x264 of face_data.mp4: no step or stage decodes it, so speed beats file size
+        self.workers = workers  # processes detecting faces (the shared pool)
 
     def outputs(self, layout: SubjectLayout) -> list[Path]:
         return [layout.head_bbox, layout.face_video, layout.ori_imgs]
@@ -69,7 +72,7 @@ class HeadboxStep(PreprocessStep):
         meta = ctx.meta()
         n, width, height = int(meta["num_frames"]), int(meta["width"]), int(meta["height"])
         stride = max(self.stride, -(-n // self.max_samples))
-        detections = detect_faces(ctx.layout.video, stride, self.min_confidence)
+        detections = detect_faces(ctx.layout.video, stride, self.min_confidence, self.workers)
         track = self._main_track(ctx, detections)
         self._check_resolution(track, width, height)
         box = self._box(track, width, height)
@@ -166,21 +169,57 @@ class HeadboxStep(PreprocessStep):
                                   f"{redo_hint(layout.video)}.")
 
 
-def detect_faces(video: Path, stride: int, min_confidence: float = 0.5) -> list[list[FaceBox]]:
-    """Faces in every `stride`-th frame of `video` (full-range model, so small faces are seen too)."""
-    with native_stderr_silenced(), FaceDetector(model_selection=1, min_confidence=min_confidence) as det:
-        return [_detect_small(det, frame) for frame in iter_frames(video, step=stride)]
+def detect_faces(video: Path, stride: int, min_confidence: float = 0.5, workers: int = 1) -> list[list[FaceBox]]:
+    """Faces in every `stride`-th frame of `video` (full-range model, so small faces are seen too).
+
+    This process decodes and shrinks the frames; batches of them go to the shared worker pool for detection (its
+    workers have mediapipe loaded already, and decoding here overlaps the detection there). The detector keeps
+    nothing from one image to the next, so where a frame is detected does not change its faces."""
+    from ernerf.preprocess.segmentation import map_ordered
+
+    batches = _shrunk_batches(iter_frames(video, step=stride), min_confidence)
+    return [faces for batch in map_ordered(_detect_batch, batches, workers) for faces in batch]
 
 
-def _detect_small(det: FaceDetector, frame: np.ndarray, max_side: int = DETECT_SIDE) -> list[FaceBox]:
-    """Detect on a downscaled copy (the model sees 192 px anyway), boxes back in full-frame pixels."""
+@dataclass(frozen=True)
+class _DetectBatch:
+    frames: tuple[np.ndarray, ...]  # RGB, at most DETECT_SIDE px on the long side
+    scales: tuple[float, ...]  # shrunk size / frame size: boxes are divided by it
+    min_confidence: float
+
+
+def _shrunk_batches(frames: Iterator[np.ndarray], min_confidence: float) -> Iterator[_DetectBatch]:
+    """Frames shrunk for the detector (the model sees 192 px anyway), DETECT_BATCH to a batch."""
+    batch: list[tuple[np.ndarray, float]] = []
+    for frame in frames:
+        batch.append(_shrink(frame))
+        if len(batch) == DETECT_BATCH:
+            yield _DetectBatch(tuple(f for f, _ in batch), tuple(s for _, s in batch), min_confidence)
+            batch = []
+    if batch:
+        yield _DetectBatch(tuple(f for f, _ in batch), tuple(s for _, s in batch), min_confidence)
+
+
+def _shrink(frame: np.ndarray, max_side: int = DETECT_SIDE) -> tuple[np.ndarray, float]:
+    """The frame at most `max_side` px on its long side, and the scale applied (1 when left as is)."""
     import cv2
 
     s = max_side / max(frame.shape[:2])
     if s >= 1:
-        return det.detect(frame)
-    small = cv2.resize(frame, None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR)
-    return [FaceBox(b.x1 / s, b.y1 / s, b.x2 / s, b.y2 / s, b.score) for b in det.detect(small)]
+        return frame, 1.0
+    return cv2.resize(frame, None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR), s
+
+
+_DETECTORS: dict[float, FaceDetector] = {}
+
+
+def _detect_batch(batch: _DetectBatch) -> list[list[FaceBox]]:
+    """Faces of each shrunk frame, boxes in the full frame's pixels (runs in a pool worker)."""
+    det = _DETECTORS.get(batch.min_confidence)
+    if det is None:  # one graph per process, reused over its batches
+        det = _DETECTORS[batch.min_confidence] = FaceDetector(model_selection=1, min_confidence=batch.min_confidence)
+    return [[FaceBox(b.x1 / s, b.y1 / s, b.x2 / s, b.y2 / s, b.score) if s != 1 else b for b in det.detect(frame)]
+            for frame, s in zip(batch.frames, batch.scales)]
 
 
 def group_tracks(detections: list[list[FaceBox]]) -> list[Track]:

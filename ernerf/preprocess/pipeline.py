@@ -52,21 +52,33 @@ def preprocess_subject(cfg: DictConfig, layout: SubjectLayout, video: Path | Non
         )
     force = list(cfg.get("force") or [])
     with exclusive_lock(layout.root, f"subject folder {layout.root}"):
-        steps = build_steps(cfg.steps, first=ingest)
         staging.recover(layout)  # what a killed run left: finish its commit, drop its staging copy
         remove_stale_temporaries(layout.root)
-        _check_inputs(steps[0], layout, video, audio, force)
-        if force or not all(step.is_complete(layout) for step in steps):
-            # per-frame steps share one process pool: start it now, so its workers load their models
-            # while ingest and headbox run here
-            from ernerf.preprocess.segmentation import warm_pool
-
-            warm_pool(int(cfg.get("workers", 1)))
+        _check_inputs(ingest, layout, video, audio, force)
+        # per-frame steps share one process pool: start it as soon as work is certain, so that its workers load
+        # their models while this process builds the steps and runs ingest and headbox
+        pool_started = bool(force) or _some_marker_missing(cfg.steps, layout)
+        if pool_started:
+            _warm_pool(cfg)
+        steps = build_steps(cfg.steps, first=ingest)
+        if not pool_started and not all(step.is_complete(layout) for step in steps):
+            _warm_pool(cfg)
         ctx = StepContext(layout=layout, video=Path(video) if video else None, audio=Path(audio) if audio else None,
                           progress=cfg.get("progress", "auto"))
         reports = run_steps(steps, ctx, force=force)
     print_summary(layout, reports, ctx.warnings)
     return reports
+
+
+def _some_marker_missing(steps_cfg: DictConfig, layout: SubjectLayout) -> bool:
+    """Whether a configured step has no completion marker (so it runs), known before the steps are built."""
+    return any(not layout.step_marker(name).exists() for name in steps_cfg.keys())
+
+
+def _warm_pool(cfg: DictConfig) -> None:
+    from ernerf.preprocess.segmentation import warm_pool
+
+    warm_pool(int(cfg.get("workers", 1)))
 
 
 def _check_inputs(ingest: PreprocessStep, layout: SubjectLayout, video: Path | None, audio: Path | None,

@@ -16,7 +16,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sized
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from itertools import islice
@@ -308,13 +308,14 @@ def close_pools() -> None:
     _POOLS.clear()
 
 
-def map_ordered(fn: Callable[[T], R], items: Sequence[T], workers: int, window: int | None = None) -> Iterator[R]:
+def map_ordered(fn: Callable[[T], R], items: Iterable[T], workers: int, window: int | None = None) -> Iterator[R]:
     """Yield fn(item) in order, computed by `workers` processes with at most `window` in flight.
 
     `fn` must be a module-level function; it may keep per-process state (e.g. mediapipe graphs) in
-    module globals. With workers <= 1 everything runs in this process.
+    module globals. With workers <= 1 (or a single item) everything runs in this process. `items` may be
+    an iterator: it is drawn as work is handed out, so making the items overlaps the work on earlier ones.
     """
-    if workers <= 1 or len(items) <= 1:
+    if workers <= 1 or (isinstance(items, Sized) and len(items) <= 1):
         for item in items:
             with native_stderr_silenced():  # as in a worker (see _init_worker)
                 result = fn(item)

@@ -24,16 +24,18 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ernerf.errors import ErnerfError
 from ernerf.io.atomic import atomic_path, write_text
 from ernerf.io.layout import SubjectLayout
 from ernerf.preprocess.base import PreprocessStep, StepContext
 from ernerf.preprocess.check import redo_hint
+
+if TYPE_CHECKING:
+    import torch
 
 # Mediapipe face-mesh indices of rigid regions (no lips, jaw, eyelids or eyebrows).
 STABLE_IDS = (
@@ -69,6 +71,7 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
     Batched over leading dimensions: # [..., K, 3], [K, 3] -> scale [...], rot [..., 3, 3], shift [..., 3]"""
     import roma
+    import torch
 
     src_t = torch.from_numpy(np.ascontiguousarray(src, dtype=np.float64))
     dst_t = torch.from_numpy(np.ascontiguousarray(dst, dtype=np.float64)).expand(src_t.shape)
@@ -160,6 +163,7 @@ def bundle_adjust(template: np.ndarray, rot: np.ndarray, trans: np.ndarray, foca
     smoothed poses still explain the landmarks. Returns (template [K,3], rot [N,3,3], trans [N,3]).
     """
     import roma
+    import torch
 
     flip = torch.tensor(FLIP)
     rv = roma.rotmat_to_rotvec(flip @ torch.from_numpy(rot)).requires_grad_(True)  # small: relative to frontal
@@ -201,6 +205,8 @@ class _ReprojectionData:
     def loss(self, rot: torch.Tensor, trans: torch.Tensor, delta: torch.Tensor,
              frames: slice = slice(None)) -> torch.Tensor:
         """The `frames` part of the loss, poses of those frames given; the parts of all frames sum to the loss."""
+        import torch
+
         cam = torch.einsum("nij,kj->nki", rot, self.template + delta) + trans[:, None]
         proj = self.focal * cam[..., :2] / cam[..., 2:3] + self.size / 2.0
         dist2 = ((proj - self.uv[frames]) ** 2).sum(-1)
@@ -286,6 +292,8 @@ def track(mesh: np.ndarray, valid: np.ndarray, size: int, focal_prior: float = 1
 
 @contextlib.contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -309,6 +317,7 @@ def c2w_matrices(rot: np.ndarray, trans: np.ndarray) -> np.ndarray:
 def euler_angles(rot: np.ndarray) -> np.ndarray:
     """Intrinsic XYZ Euler angles (pitch, yaw, roll; rad) of the head seen from an OpenGL camera. # [N,3,3] -> [N,3]"""
     import roma
+    import torch
 
     return roma.rotmat_to_euler("XYZ", torch.from_numpy(FLIP @ rot)).numpy()
 
@@ -325,6 +334,7 @@ def transforms_json(c2w: np.ndarray, ids: range, focal: float, size: int) -> str
 def angular_steps_deg(rot: np.ndarray) -> np.ndarray:
     """Rotation angle between consecutive frames, degrees. # [N,3,3] -> [N-1]"""
     import roma
+    import torch
 
     rot = torch.from_numpy(np.asarray(rot, np.float64))
     return np.degrees(roma.rotmat_geodesic_distance(rot[1:], rot[:-1]).numpy())
@@ -347,6 +357,12 @@ class TrackingStep(PreprocessStep):
     def outputs(self, layout: SubjectLayout) -> list[Path]:
         return [layout.track_params, layout.transforms("train"), layout.transforms("val")]
 
+    def preload(self) -> None:
+        # torch, and torch._dynamo, which roma's import and torch.optim's first parameter group pull in: seconds of
+        # imports, done beside ingest (this process waits on ffmpeg there) rather than when this step starts
+        import roma  # noqa: F401
+        import torch._dynamo  # noqa: F401
+
     def run(self, ctx: StepContext) -> dict[str, Any]:
         layout = ctx.layout
         mesh, valid = _load_mesh(layout)
@@ -362,6 +378,8 @@ class TrackingStep(PreprocessStep):
                 "max_step_deg": round(float(steps.max()), 2) if len(steps) else 0.0}
 
     def _write(self, layout: SubjectLayout, result: Track, size: int) -> None:
+        import torch
+
         n = len(result.rot)
         params = {
             "euler": torch.from_numpy(euler_angles(result.rot)).float(),

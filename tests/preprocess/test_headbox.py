@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from tests.conftest import shared_clip
 from tests.io.test_video import x264_options
 
 TRAIN_CLIPS = ["train/trump_10s.mp4", "train/hdtf_aoc_8s.mp4"]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("clip", TRAIN_CLIPS)
@@ -104,3 +108,25 @@ def _rgb(path: Path) -> np.ndarray:
     import cv2
 
     return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+@pytest.mark.parametrize("clip", ["edge/no_audio_track_portrait.mp4", "train/hdtf_aoc_8s.mp4"])
+def test_faces_detected_in_the_pool_are_those_detected_here_and_this_process_never_loads_mediapipe(clip: str) -> None:
+    import cv2
+
+    from ernerf.io.video import iter_frames
+
+    video, stride = shared_clip(clip), 20
+    code = ("import json, sys; from dataclasses import astuple; from ernerf.preprocess.headbox import detect_faces; "
+            f"faces = detect_faces({str(video)!r}, {stride}, 0.5, workers=2); "
+            "print(json.dumps(['mediapipe' in sys.modules, [[astuple(b) for b in f] for f in faces]]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    loaded, pooled = json.loads(out.stdout)
+    here = []
+    with FaceDetector(model_selection=1, min_confidence=0.5) as det:  # the frame shrunk to 640 px, as the step does
+        for frame in iter_frames(video, step=stride):
+            s = 640 / max(frame.shape[:2])
+            small = cv2.resize(frame, None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR) if s < 1 else frame
+            faces = det.detect(small)
+            here.append([[b.x1 / s, b.y1 / s, b.x2 / s, b.y2 / s, b.score] if s < 1 else list(astuple(b)) for b in faces])
+    assert not loaded and len(pooled) == len(here) > 5 and pooled == here
