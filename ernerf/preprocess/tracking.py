@@ -34,6 +34,8 @@ from ernerf.io.layout import SubjectLayout
 from ernerf.preprocess.base import PreprocessStep, StepContext
 from ernerf.preprocess.check import redo_hint
 
+# torch is imported inside the functions that use it: building the preprocessing steps must not import it (the
+# runner imports it in a background thread while the first steps run: TrackingStep.preload)
 if TYPE_CHECKING:
     import torch
 
