@@ -120,6 +120,16 @@ def keep_transformers_out_of_torchmetrics() -> None:
     RequirementCache._check_available = check_available
 
 
+# What a Ctrl-C leaves, and how to go on, by entry script (train.py's run is stopped by Lightning, which says so).
+AFTER_CTRL_C = {
+    "preprocess.py": "the steps that finished are kept: the same command goes on from the first one that did not",
+    "train.py": "the same command with ckpt_path=last goes on from the last checkpoint saved, if there is one",
+    "infer.py": "run the command again to start over",
+    "evaluate.py": "run the command again to start over",
+    "serve.py": "the server is stopped",
+}
+
+
 def run_entry_point(main: Callable[[], object], script: str, plain_keys: Mapping[str, str] | None = None,
                     free_text: Sequence[str] = ()) -> None:
     """Check the command line, then run a Hydra `main`.
@@ -134,4 +144,8 @@ def run_entry_point(main: Callable[[], object], script: str, plain_keys: Mapping
     sys.argv[1:] = rename_keys(argv, plain_keys or {})
     if not any(a.split("=")[0] in HYDRA_FLAGS for a in argv):  # a job runs (--help and the like import no torch)
         keep_transformers_out_of_torchmetrics()
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C: one line that says what is kept, not a traceback (130: killed by SIGINT)
+        print(f"{script}: stopped (Ctrl-C); {AFTER_CTRL_C.get(script, 'run the command again')}.", file=sys.stderr)
+        raise SystemExit(130) from None

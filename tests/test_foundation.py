@@ -134,3 +134,18 @@ def test_entry_points_keep_transformers_out_of_jobs_only(monkeypatch: pytest.Mon
     seen = []
     run_entry_point(lambda: seen.append(bool(RequirementCache("transformers>=4.4.0"))), "train.py")
     assert seen == [not patched] and bool(RequirementCache("torch"))
+
+
+def test_a_ctrl_c_in_an_entry_point_is_one_line_that_says_how_to_go_on(monkeypatch, capsys) -> None:
+    from ernerf.cli import run_entry_point
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys, "argv", ["preprocess.py", "subject=anna"])
+    with pytest.raises(SystemExit) as stopped:
+        run_entry_point(interrupted, "preprocess.py")
+    assert stopped.value.code == 130  # as a shell reports a process ended by SIGINT
+    message = capsys.readouterr().err.strip()
+    assert message.count("\n") == 0 and "Traceback" not in message
+    assert message.startswith("preprocess.py: stopped (Ctrl-C)") and "same command goes on" in message
