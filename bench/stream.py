@@ -11,7 +11,10 @@ source must have sent before a frame can render) is fixed by the model's windows
 `--microphone` each client speaks the sentence into its microphone track instead, and the latency is from the
 moment the first of its speech is sent to the first of it heard back. The clients run in processes of their own
 (`--client-processes`), as browsers would: in the server's process they would share its interpreter lock and event
-loop and measure themselves as much as the server. `--batch-frames` sets the render queue's largest batch
+loop and measure themselves as much as the server. Beside each row: this process's CPU milliseconds per frame
+received, and the part of them on its event loop (WebRTC's packets, encryption and pacing run there): the loop is
+saturated when that part times the frames/s of all streams nears 1,000 ms (5 ms a frame for 8 streams of 25 frames/s).
+`--batch-frames` sets the render queue's largest batch
 (conf/serve.yaml `render.batch_frames`; several values: each is run with each number of streams); the frames per
 model call it reached are printed beside. `--render-only` times the avatar's frames alone (rendered `--batch-frames`
 at a time and pasted, no WebRTC, no encoding; `--idle` seconds of warm-up first, `--talk` seconds each): what
@@ -365,15 +368,23 @@ def main() -> None:
     print(f"WebRTC clients in {processes} process(es) of their own" if processes
           else "WebRTC clients in the server's process")
     print(f"{'batch':>6}{'streams':>8}{'frames/call':>12}{'frames/s min':>14}{'median':>9}{'latency s median':>18}"
-          f"{'of which prepare':>18}")
+          f"{'of which prepare':>18}{'CPU ms/frame: process, event loop':>36}")
     figures = {}
     try:
         for batch in [int(b) for b in args.batch_frames.split(",")]:
             batching = RenderBatching(frames=batch, wait_seconds=args.batch_wait_ms / 1000.0)
             for n in streams:
+                # the event loop runs on this thread: its CPU against the whole process's (the render thread, the
+                # frame pool, the encoders; and the clients when they run here), per frame the clients received
+                cpu, loop = time.process_time(), time.thread_time()
                 results, per_call = asyncio.run(run(avatar, n, args.idle, args.talk, microphone, batching, clients))
-                figures[f"batch{batch}_streams{n}"] = {"results": results, "frames_per_call": per_call}
-                print(f"{batch:>6}{n:>8}{per_call:>12.2f}{summary(results)}", flush=True)
+                frames = max(1, sum(r["frames"] for r in results))
+                cpu_ms = [1e3 * (time.process_time() - cpu) / frames, 1e3 * (time.thread_time() - loop) / frames]
+                figures[f"batch{batch}_streams{n}"] = {"results": results, "frames_per_call": per_call,
+                                                       "cpu_ms_per_frame": cpu_ms[0],
+                                                       "event_loop_ms_per_frame": cpu_ms[1]}
+                print(f"{batch:>6}{n:>8}{per_call:>12.2f}{summary(results)}{cpu_ms[0]:>28.1f}{cpu_ms[1]:>8.1f}",
+                      flush=True)
     finally:
         avatar.close()
         if clients is not None:
