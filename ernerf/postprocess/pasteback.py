@@ -144,7 +144,7 @@ def hull_mask(points: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 
 def mask_bounds(mask: np.ndarray) -> tuple[slice, slice] | None:
-    """Rows and columns of a boolean mask's True pixels (their bounding box); None if there are none."""
+    """Rows and columns of a mask's nonzero pixels (their bounding box); None if there are none."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
         return None
@@ -202,10 +202,10 @@ def _blend_into(region: np.ndarray, patch: np.ndarray, alpha: np.ndarray) -> Non
     stride-0 broadcast that made numpy's product 8 ms, and into reused buffers); with alpha in [0, 1] the sum
     lies between region and patch, so no clip is needed before truncating (sum + 0.5) to uint8.
     """
-    rows, cols = np.flatnonzero(alpha.any(axis=1)), np.flatnonzero(alpha.any(axis=0))
-    if rows.size == 0:
+    bounds = mask_bounds(alpha)
+    if bounds is None:
         return
-    ys, xs = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+    ys, xs = bounds
     dtype = np.result_type(alpha.dtype, np.float32)  # float32, or float64 for a float64 alpha, as numpy promoted
     depth = cv2.CV_64F if dtype == np.float64 else cv2.CV_32F
     region, a = region[ys, xs], alpha[ys, xs].astype(dtype, copy=False)
