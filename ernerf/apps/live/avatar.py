@@ -105,10 +105,6 @@ class LiveAvatar:
         pcm[:take] = (np.clip(wav[:take], -1.0, 1.0) * 32767).astype(np.int16)
         return Utterance(windows.astype(np.float32), pcm)
 
-    def frame(self, tick: int, window: np.ndarray) -> np.ndarray:
-        """The whole output frame [H, W, 3] uint8 of clock `tick` with audio window `window` [8, 16, C]."""
-        return self.frames([(tick, window)])[0]
-
     def frames(self, wanted: list[tuple[int, np.ndarray]]) -> list[np.ndarray]:
         """Output frames of several (tick, window) pairs, their heads rendered in one call of the model."""
         indices = [self.training_frame(tick) for tick, _ in wanted]
