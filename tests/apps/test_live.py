@@ -138,7 +138,7 @@ def test_a_stream_follows_live_speech_as_it_arrives_and_keeps_its_memory_bounded
     stream.listen(live)
     assert (stream.next_window()[0] == avatar.idle_window).all()  # nothing heard yet: silent
     wav = speech(4.0, seed=4)
-    start = live.lookahead + (JITTER_FRAMES + 1) * SAMPLES_PER_FRAME  # what a stream waits for before it speaks
+    start = live.lookahead + JITTER_FRAMES * SAMPLES_PER_FRAME  # what a stream waits for before it speaks
     live.append(wav[:start])
     heard = [stream.next_window()]
     for k in range(30):  # then a frame of speech arrives for each frame shown: every sample is said, in order
@@ -148,13 +148,30 @@ def test_a_stream_follows_live_speech_as_it_arrives_and_keeps_its_memory_bounded
     said = start + 30 * SAMPLES_PER_FRAME
     live.append(wav[said:said + 12 * SAMPLES_PER_FRAME])  # half a second at once (the renderer stalled): it skips
     last = (live.received - live.lookahead) // SAMPLES_PER_FRAME  # to the newest frames, the jitter spare kept:
-    heard = [stream.next_window() for _ in range(12)]  # frames last - 1 - JITTER_FRAMES .. last, then held, silent
-    shown = JITTER_FRAMES + 2
+    heard = [stream.next_window() for _ in range(12)]  # frames last - JITTER_FRAMES .. last, then held, silent
+    shown = JITTER_FRAMES + 1
     assert np.array_equal(np.concatenate([pcm for _, pcm in heard[:shown]]),
                           live_pcm(wav, last + 1)[-shown * SAMPLES_PER_FRAME:])
     assert all((w == heard[shown - 1][0]).all() and not pcm.any() for w, pcm in heard[shown:])
     live.append(wav[said + 12 * SAMPLES_PER_FRAME:])
     assert live.received == len(wav) and len(live._audio) == 2 * SAMPLE_RATE  # only the last 2 s are kept
+
+
+def test_a_stream_drops_frames_of_silence_to_get_back_to_its_jitter_spare_but_never_frames_of_speech(avatar) -> None:
+    rng = np.random.default_rng(7)
+    quiet = (0.002 * rng.standard_normal(3 * SAMPLE_RATE)).astype(np.float32)  # a quiet room, under QUIET_RMS
+    loud = 0.3 * rng.standard_normal(3 * SAMPLE_RATE).astype(np.float32)
+    for wav, kept in ((quiet, [1, 3, 4, 5]), (loud, [0, 1, 2, 3, 4, 5])):
+        stream, live = Stream(avatar), LiveInput(avatar.extractor)
+        stream.listen(live)
+        behind = JITTER_FRAMES + 3  # frames 0 .. 5 can render at once: 3 more than the spare, none past MAX_BEHIND
+        live.append(wav[: live.lookahead + behind * SAMPLES_PER_FRAME])
+        said = [stream.next_window()[1] for _ in range(8)]
+        frames = [pcm for pcm in said if pcm.any()]  # then held, silent, until more comes
+        all_pcm = live_pcm(wav, behind + 1).reshape(behind + 1, SAMPLES_PER_FRAME)
+        shown = [next(t for t in range(behind + 1) if np.array_equal(pcm, all_pcm[t])) for pcm in frames]
+        # quiet: frame 0 dropped (5 wait beyond it), 1 shown, 2 dropped (3 beyond), then 2 beyond: the spare, kept
+        assert shown == kept, (shown, kept)
 
 
 def live_pcm(wav: np.ndarray, frames: int) -> np.ndarray:
@@ -339,3 +356,85 @@ def test_the_stream_benchmark_times_clients_in_processes_of_their_own_from_the_s
         assert result["fps"] > 5, result
         # heard back no sooner than the features' look-ahead after it was sent (and not seconds later)
         assert LOOKAHEAD_SECONDS < result["latency_s"] < 3.0, result
+
+
+# ---------------------------------------------------------------- what the server sends, and when
+
+class _TwoFrameQueue:
+    """A render queue that renders every frame at once: frame k is all k's, its audio all k's."""
+
+    def __init__(self) -> None:
+        self.rendered = 0
+
+    def join(self) -> None:
+        pass
+
+    def leave(self) -> None:
+        pass
+
+    async def next_frame(self, stream):
+        self.rendered += 1
+        k = self.rendered - 1
+        return np.full((4, 4, 3), k, np.uint8), np.full(SAMPLES_PER_FRAME, k, np.int16)
+
+
+def test_a_frames_audio_is_sent_with_the_frame_not_when_it_is_rendered_ahead() -> None:
+    pytest.importorskip("aiortc")
+    from ernerf.apps.live.server import AvatarAudio, AvatarVideo, FramePump
+
+    async def exchange() -> tuple[int, list[int], list[int]]:
+        render_queue = _TwoFrameQueue()
+        pump = FramePump(stream=None, render_queue=render_queue, ahead=2)
+        video, audio = AvatarVideo(pump), AvatarAudio(pump)
+        pump.start()
+        await asyncio.sleep(0.05)  # the pump renders its 2 frames ahead (and a third waits to be queued)
+        sent_before = len(pump.audio)
+        shown = [int((await video.recv()).to_ndarray(format="rgb24")[0, 0, 0]) for _ in range(2)]
+        heard = [int((await audio.recv()).to_ndarray()[0, 0]) for _ in range(4)]  # 20 ms each
+        pump.task.cancel()
+        return sent_before, shown, heard
+
+    sent_before, shown, heard = asyncio.run(exchange())
+    assert sent_before == 0  # frames rendered ahead hold their audio back
+    assert shown == [0, 1] and heard == [0, 0, 1, 1]  # each frame's 40 ms go out with it, in order
+
+
+def test_a_microphone_is_received_without_aiortcs_80_ms_prefetch() -> None:
+    pytest.importorskip("aiortc")
+    from aiortc import RTCPeerConnection
+    from aiortc.rtp import RtpPacket
+
+    from ernerf.apps.live.server import MICROPHONE_PREFETCH, receive_promptly
+
+    async def receiver_buffer():
+        pc = RTCPeerConnection()
+        receiver = pc.addTransceiver("audio", direction="recvonly").receiver
+        try:
+            # the name this aiortc keeps its buffer under (a renamed one would leave the 80 ms in, with a warning)
+            assert receive_promptly(pc, receiver.track)
+            return receiver._RTCRtpReceiver__jitter_buffer
+        finally:
+            await pc.close()
+
+    buffer = asyncio.run(receiver_buffer())
+    assert MICROPHONE_PREFETCH == 1
+
+    def packet(n: int) -> RtpPacket:
+        sent = RtpPacket(payload_type=111, sequence_number=n, timestamp=960 * n)
+        sent._data = b"opus"  # the decoder's payload, as aiortc's receiver sets it before buffering
+        return sent
+
+    released = [buffer.add(packet(n))[1] for n in range(3)]
+    assert released[0] is None and released[1] is not None  # a 20 ms packet goes on as soon as the next one comes
+    assert released[1].timestamp == 0
+
+
+def test_serve_config_renders_two_frames_ahead_by_default_and_refuses_none() -> None:
+    from ernerf.apps.live.serve import ahead_frames
+    from ernerf.errors import ErnerfError
+    from tests.conftest import compose
+
+    assert ahead_frames(compose("serve", ["subject=x"]).render) == 2
+    assert ahead_frames(compose("serve", ["subject=x", "render.ahead_frames=1"]).render) == 1
+    with pytest.raises(ErnerfError, match="render.ahead_frames=0"):
+        ahead_frames(compose("serve", ["subject=x", "render.ahead_frames=0"]).render)

@@ -31,6 +31,10 @@ JITTER_FRAMES = 2  # frames of live audio beyond the look-ahead waited for when 
 # jitter spare): the latency bound. A stall of the renderer (a graph capture, a busy machine) would otherwise leave the
 # stream that much later for the rest of the session, as frames are shown at the rate speech arrives.
 MAX_BEHIND = JITTER_FRAMES + 3
+# Below MAX_BEHIND a stream gets back to its spare by dropping frames of silence: one whose 40 ms stay under this RMS
+# (-40 dBFS, well under speech) is skipped while more than the spare waits, as a phone call's jitter buffer shortens
+# pauses. So the lag a burst of packets or a stall left behind is gone by the next pause, not kept for the session.
+QUIET_RMS = 0.01
 # The features of output frame t look ahead of its first sample: its 8-frame attention window reaches frame t+3, whose
 # middle is 3.5 frames on; that frame's 16 rows of 50 Hz features reach 7 rows past its middle, and the last row's
 # 25 ms analysis window half of that again. What a live source must have sent before frame t can be rendered:
@@ -176,6 +180,11 @@ class LiveInput:
         """Whether frame t's windows can be computed (its look-ahead has arrived)."""
         return self.received >= t * SAMPLES_PER_FRAME + self.lookahead
 
+    def quiet(self, t: int) -> bool:
+        """Whether frame t's 40 ms of audio are silence (RMS under QUIET_RMS)."""
+        audio = self._segment(t * SAMPLES_PER_FRAME, (t + 1) * SAMPLES_PER_FRAME)
+        return float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) < QUIET_RMS
+
     def _segment(self, start: int, stop: int) -> np.ndarray:
         """Stream samples [start, stop), zeros where none arrived or they were dropped."""
         out = np.zeros(stop - start, np.float32)
@@ -262,9 +271,12 @@ class Stream:
         if not live.ready(t + (0 if held is not None and self._flowing else JITTER_FRAMES)):
             self._flowing = False
             return None if held is None else (held, np.zeros(SAMPLES_PER_FRAME, np.int16))
-        newest = (live.received - live.lookahead) // SAMPLES_PER_FRAME  # frames that could render now
+        newest = (live.received - live.lookahead) // SAMPLES_PER_FRAME
+        # `newest` is the newest frame that could render now; a stream (re)starts JITTER_FRAMES behind it (the spare)
         if newest - t > MAX_BEHIND:  # fell behind (a stall, an utterance said meanwhile): go on from what is said now
-            t = newest - 1 - JITTER_FRAMES
+            t = newest - JITTER_FRAMES
+        elif newest - t > JITTER_FRAMES and live.quiet(t):  # more than the spare waits: drop a frame of silence
+            t += 1
         window = live.window(t)
         with self._lock:
             self._live_frame, self._held, self._flowing = t + 1, window, True
