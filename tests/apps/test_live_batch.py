@@ -133,7 +133,9 @@ def test_the_servers_frame_pumps_batch_their_streams_and_each_gets_its_own_frame
         frames: list[list[np.ndarray]] = [[] for _ in pumps]
         for _ in range(5):  # the clients take their frames in turn, as WebRTC tracks at one frame rate do
             for k, pump in enumerate(pumps):
-                frames[k].append(await asyncio.wait_for(pump.frames.get(), 10.0))
+                frame, pcm = await asyncio.wait_for(pump.next_frame(), 10.0)
+                await pump.send_audio(pcm)  # as the video track does when the frame goes out
+                frames[k].append(frame)
         sound = [np.concatenate([await pump.next_audio() for _ in range(10)]) for pump in pumps]  # 20 ms each
         for pump in pumps:
             pump.stop()

@@ -97,6 +97,15 @@ def render_batching(render: Any) -> RenderBatching:
     return RenderBatching(frames=frames, wait_seconds=float(render.batch_wait_ms) / 1000.0)
 
 
+def ahead_frames(render: Any) -> int:
+    """conf/serve.yaml `render.ahead_frames`: frames each stream renders before they are due, at least one."""
+    frames = render.get("ahead_frames", 2)
+    if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1:
+        raise ErnerfError(f"render.ahead_frames={frames}: give 1 or more frames rendered before they are due (fewer: "
+                          "live speech shown sooner; more: a steadier picture when rendering is uneven).")
+    return frames
+
+
 def vanished_client_seconds(limits: Any) -> float | None:
     """conf/serve.yaml `limits.vanished_client_seconds` as the server takes it; 0 or less is refused (null turns the
     watch off)."""
@@ -119,6 +128,7 @@ def serve_command(cfg: Any) -> None:
     check_port(cfg.host, cfg.port)
     # the settings are checked before the model loads, so a wrong one is refused at once
     batching, vanish_seconds = render_batching(cfg.render), vanished_client_seconds(cfg.limits)
+    ahead = ahead_frames(cfg.render)
     pool_threads(cfg.render.cpu_workers)
     avatar = build_avatar(cfg)
     limits = cfg.limits
@@ -126,7 +136,7 @@ def serve_command(cfg: Any) -> None:
                         functools.partial(decode_upload, max_seconds=float(limits.audio_seconds)),
                         InputLimits(text_chars=int(limits.text_characters),
                                     upload_bytes=int(limits.upload_megabytes * 2**20)),
-                        batching, vanish_seconds)
+                        batching, vanish_seconds, ahead)
     print(f"the avatar of {cfg.subject} is live at http://{cfg.host}:{cfg.port}/ (Ctrl-C stops it)", flush=True)
     try:
         web.run_app(server.app(), host=cfg.host, port=cfg.port, print=None)

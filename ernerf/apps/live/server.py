@@ -24,6 +24,7 @@ import av
 import numpy as np
 from aiohttp import web
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
 
@@ -43,14 +44,23 @@ AUDIO_CHUNK = SAMPLE_RATE // 50  # 20 ms packets, as WebRTC sends audio
 SPEECH_AHEAD_SECONDS = 5.0
 RENDER_STOP_SECONDS = 30.0  # the longest a shutdown waits for the batch being rendered (a 512 px frame on a CPU)
 AHEAD_CHECK_SECONDS = 0.1  # how often a text being said checks whether to synthesise its next sentence
+# aiortc's audio receiver hands a packet on only once 4 later ones have come (its JitterBuffer's prefetch): 80 ms on
+# every microphone's latency that buy nothing here. A missing packet holds the buffer whatever the prefetch (it never
+# skips a gap until the buffer overflows), and late packets are ridden out by the stream's own jitter spare
+# (avatar.JITTER_FRAMES). aiortc offers no setting, so `receive_promptly` replaces the receiver's buffer.
+MICROPHONE_PREFETCH = 1
 
 
 class FramePump:
-    """Renders a stream's frames ahead (at most `ahead`) through the shared render queue; both tracks read from it."""
+    """Renders a stream's frames ahead (at most `ahead`) through the shared render queue; both tracks read from it.
+
+    A frame's 40 ms of audio go out when the frame itself does (`send_audio`), not when it is rendered: frames wait
+    up to `ahead` frame times for their turn, and audio sent at once would reach the listener that much before the
+    lips."""
 
     def __init__(self, stream: Stream, render_queue: RenderQueue, ahead: int = 2) -> None:
         self.stream, self.render_queue = stream, render_queue
-        self.frames: asyncio.Queue = asyncio.Queue(maxsize=ahead)
+        self.frames: asyncio.Queue = asyncio.Queue(maxsize=ahead)  # (frame, its audio), or None when rendering failed
         self.audio: deque[np.ndarray] = deque()
         self.audio_ready = asyncio.Condition()
         self.task: asyncio.Task | None = None
@@ -66,7 +76,7 @@ class FramePump:
     async def _run(self) -> None:
         while True:
             try:
-                frame, pcm = await self.render_queue.next_frame(self.stream)
+                rendered = await self.render_queue.next_frame(self.stream)
             except Exception:  # noqa: BLE001 - the client's stream ends; the server and other clients go on
                 log.exception("rendering a live frame failed: this client's stream stops")
                 self.failed = True
@@ -75,10 +85,17 @@ class FramePump:
                     self.audio_ready.notify_all()
                 await self.frames.put(None)
                 return
-            await self.frames.put(frame)
-            async with self.audio_ready:
-                self.audio.extend(np.split(pcm, SAMPLES_PER_FRAME // AUDIO_CHUNK))
-                self.audio_ready.notify_all()
+            await self.frames.put(rendered)
+
+    async def next_frame(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The next rendered frame and its audio (None: the stream has ended)."""
+        return await self.frames.get()
+
+    async def send_audio(self, pcm: np.ndarray) -> None:
+        """Hand a frame's audio to the audio track: called as the frame itself is sent."""
+        async with self.audio_ready:
+            self.audio.extend(np.split(pcm, SAMPLES_PER_FRAME // AUDIO_CHUNK))
+            self.audio_ready.notify_all()
 
     async def next_audio(self) -> np.ndarray:
         async with self.audio_ready:
@@ -112,12 +129,14 @@ class AvatarVideo(MediaStreamTrack):
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        rgb = await self.pump.frames.get()
-        if rgb is None:
+        rendered = await self.pump.next_frame()
+        if rendered is None:
             self.stop()
             raise MediaStreamError
+        rgb, pcm = rendered
         self.start = self.start or time.monotonic()
         await asyncio.sleep(max(0.0, self.start + self.count / FPS - time.monotonic()))
+        await self.pump.send_audio(pcm)
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
         frame.pts, frame.time_base = self.count * VIDEO_CLOCK // FPS, fractions.Fraction(1, VIDEO_CLOCK)
         self.count += 1
@@ -177,9 +196,10 @@ class LiveServer:
 
     def __init__(self, avatar: LiveAvatar, speak: Callable[[str], Collection[np.ndarray]],
                  decode: Callable[[bytes], np.ndarray], limits: InputLimits = InputLimits(),
-                 batching: RenderBatching = RenderBatching(), vanished_client_seconds: float | None = 5.0) -> None:
+                 batching: RenderBatching = RenderBatching(), vanished_client_seconds: float | None = 5.0,
+                 ahead_frames: int = 2) -> None:
         self.avatar, self.speak, self.decode, self.limits = avatar, speak, decode, limits
-        self.vanished_client_seconds = vanished_client_seconds
+        self.vanished_client_seconds, self.ahead_frames = vanished_client_seconds, ahead_frames
         self.sessions: dict[str, Session] = {}
         self.render_queue = RenderQueue(avatar, batching)
         self.audio_threads = ThreadPoolExecutor(2, thread_name_prefix="ernerf-speech")
@@ -227,13 +247,14 @@ class LiveServer:
         """A peer connection sending a new stream's video and audio, and listening to a microphone if one comes."""
         pc = RTCPeerConnection()
         stream = Stream(self.avatar, start_tick=len(self.sessions) * 7)  # clients do not move in lockstep
-        pump = FramePump(stream, self.render_queue)
+        pump = FramePump(stream, self.render_queue, self.ahead_frames)
         pc.addTrack(AvatarVideo(pump))
         pc.addTrack(AvatarAudio(pump))
 
         @pc.on("track")
         def listen(track: MediaStreamTrack) -> None:  # the client's microphone: the avatar says it as it comes
             if track.kind == "audio":
+                receive_promptly(pc, track)
                 live = LiveInput(self.avatar.extractor)
                 stream.listen(live)
                 pump.inputs.append(asyncio.ensure_future(_receive(track, live)))
@@ -364,6 +385,19 @@ def _offer_sdp(params: dict[str, Any]) -> str:
         raise web.HTTPBadRequest(text=f"the offer has no {' and no '.join(missing)}: the avatar sends video and "
                                       "audio, so offer to receive both (a microphone may send the audio)")
     return sdp
+
+
+def receive_promptly(pc: RTCPeerConnection, track: MediaStreamTrack) -> bool:
+    """Give the receiver of `track` (an audio track just announced, no packet yet received) a jitter buffer that
+    hands each packet on as soon as the next one has come (MICROPHONE_PREFETCH); False, and nothing changed, where
+    this aiortc keeps its buffer elsewhere (tests/apps/test_live.py pins the name)."""
+    for receiver in pc.getReceivers():
+        if receiver.track is track and hasattr(receiver, "_RTCRtpReceiver__jitter_buffer"):
+            receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=MICROPHONE_PREFETCH)
+            return True
+    log.warning("this aiortc's audio receiver has no jitter buffer where serve.py looks for it: the microphone's "
+                "latency keeps aiortc's 80 ms prefetch")
+    return False
 
 
 async def _receive(track: MediaStreamTrack, live: LiveInput) -> None:
