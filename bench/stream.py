@@ -5,11 +5,13 @@
 
 For each number of concurrent clients it starts `serve.py`'s server in this process on the loopback, connects that
 many WebRTC clients (aiortc), lets them idle for `--idle` seconds, asks each to say a sentence, and reports per stream:
-frames/s received, the seconds from the request to the first received audio of the speech, and the part of that the
-server spent making the utterance (speech synthesis and audio features). The features' look-ahead (the audio a live
-source must have sent before a frame can render) is fixed by the model's windows: printed beside. With
-`--microphone` each client speaks the sentence into its microphone track instead, and the latency is from the
-moment the first of its speech is sent to the first of it heard back. The clients run in processes of their own
+frames/s received, the latency from the request to the first received video frame of the speech (the frame whose
+40 ms of audio are the first loud ones), the same to its first audio ("heard": after the client's own audio jitter
+buffer, which holds 4 packets in aiortc; a browser's adapts to the network), and the part the server spent making
+the utterance (speech synthesis and audio features). The features' look-ahead (the audio a live source must have
+sent before a frame can render) is fixed by the model's windows: printed beside. With `--microphone` each client
+speaks the sentence into its microphone track instead, and the latencies are from the moment the first of its
+speech is sent. The clients run in processes of their own
 (`--client-processes`), as browsers would: in the server's process they would share its interpreter lock and event
 loop and measure themselves as much as the server. Beside each row: this process's CPU milliseconds per frame
 received, and the part of them on its event loop (WebRTC's packets, encryption and pacing run there): the loop is
@@ -97,8 +99,8 @@ async def client(url: str, idle: float, talk: float, microphone: Path | None = N
     else:
         spoken = speaking(MediaPlayer(str(microphone)).audio)
         pc.addTrack(spoken)
-    video: list[float] = []
-    speech: list[float] = []
+    video: list[tuple[float, float]] = []  # (arrival, media time) of each frame received
+    audio: list[tuple[float, float, bool]] = []  # (arrival, media time, loud) of each 20 ms received
     readers = []
 
     def on_track(track) -> None:
@@ -107,9 +109,9 @@ async def client(url: str, idle: float, talk: float, microphone: Path | None = N
                 frame = await track.recv()
                 now = time.monotonic()
                 if track.kind == "video":
-                    video.append(now)
-                elif loud(frame):
-                    speech.append(now)
+                    video.append((now, float(frame.time)))
+                else:
+                    audio.append((now, float(frame.time), loud(frame)))
         readers.append(asyncio.ensure_future(read()))
 
     pc.on("track", on_track)
@@ -127,11 +129,23 @@ async def client(url: str, idle: float, talk: float, microphone: Path | None = N
     await pc.close()
     if spoken is not None:
         asked = spoken.first_speech if spoken.first_speech is not None else math.inf
-    steady = [t for t in video if t > (video[0] + 1.0 if video else 0)]
+    arrivals = [t for t, _ in video]
+    steady = [t for t in arrivals if t > (arrivals[0] + 1.0 if arrivals else 0)]
     fps = (len(steady) - 1) / (steady[-1] - steady[0]) if len(steady) > 1 else 0.0
-    first_speech = next((t for t in speech if t > asked), None)
-    return {"fps": fps, "frames": len(video), "latency_s": None if first_speech is None else first_speech - asked,
+    heard = next(((t, media) for t, media, is_loud in audio if is_loud and t > asked), None)
+    seen = first_frame_of(heard[1] - audio[0][1], video) if heard is not None else None
+    return {"fps": fps, "frames": len(video), "latency_s": None if seen is None else seen - asked,
+            "heard_s": None if heard is None else heard[0] - asked,
             "prepare_s": said.get("prepare_seconds"), "speech_s": said.get("seconds")}
+
+
+def first_frame_of(offset: float, video: list[tuple[float, float]]) -> float | None:
+    """Arrival time of the video frame that shows the audio `offset` seconds into the stream's audio: the server sends
+    each frame's 40 ms of audio with it, both tracks from the stream's first frame on."""
+    if not video:
+        return None
+    start = video[0][1]
+    return next((t for t, media in video if media - start >= offset - 0.5 / 25), None)
 
 
 def client_group(url: str, count: int, idle: float, talk: float, microphone: Path | None) -> list[dict]:
@@ -172,7 +186,8 @@ def warm_client() -> None:
 
 
 async def run(avatar, streams: int, idle: float, talk: float, microphone: Path | None = None,
-              batching=None, clients: ClientProcesses | None = None) -> tuple[list[dict], float]:
+              batching=None, clients: ClientProcesses | None = None,
+              ahead_frames: int = 2) -> tuple[list[dict], float]:
     """Each client's figures, and the mean number of frames per model call. With `clients` the clients run in those
     processes, else in this one."""
     from aiohttp import web
@@ -186,7 +201,7 @@ async def run(avatar, streams: int, idle: float, talk: float, microphone: Path |
     # no vanished-client watch: a loaded machine (or clients in this process) may stall the event loop for longer than
     # the watch's timeout; a stream ended that way would read as a slow one
     server = LiveServer(avatar, text_to_speech(EspeakSpeech()), decode_upload, batching=batching or RenderBatching(),
-                        vanished_client_seconds=None)
+                        vanished_client_seconds=None, ahead_frames=ahead_frames)
     runner = web.AppRunner(server.app())
     await runner.setup()
     port = free_port()
@@ -283,12 +298,13 @@ def queue_only(avatar, streams: int, batching, seconds: float) -> tuple[list[flo
 
 
 def summary(results: list[dict]) -> str:
-    """Frames/s per stream (min, median), latency and preparation (medians) of one run, as table columns."""
+    """Frames/s per stream (min, median), latency seen and heard, and preparation (medians) of one run, as table
+    columns."""
     fps = [r["fps"] for r in results]
-    latency = [r["latency_s"] for r in results if r["latency_s"] is not None]
-    prepare = [r["prepare_s"] for r in results if r["prepare_s"] is not None]
-    med = (lambda v: f"{statistics.median(v):.2f}" if v else "none")  # noqa: E731
-    return f"{min(fps):>14.1f}{statistics.median(fps):>9.1f}{med(latency):>18}{med(prepare):>18}"
+    med = (lambda key: f"{statistics.median(v):.2f}" if (v := [r[key] for r in results if r[key] is not None])
+           else "none")  # noqa: E731
+    return (f"{min(fps):>14.1f}{statistics.median(fps):>9.1f}{med('latency_s'):>18}{med('heard_s'):>8}"
+            f"{med('prepare_s'):>18}")
 
 
 def main() -> None:
@@ -325,7 +341,7 @@ def main() -> None:
 
     from ernerf.apps.live.avatar import LOOKAHEAD_SECONDS
     from ernerf.apps.live.render_queue import RenderBatching
-    from ernerf.apps.live.serve import build_avatar
+    from ernerf.apps.live.serve import ahead_frames, build_avatar
 
     overrides = [f"subject={args.subject}", f"paths.runs_root={args.runs_root}", f"paths.data_root={args.data_root}",
                  f"downscale={args.downscale}", *([f"stage_name={args.stage}"] if args.stage else []), *args.override]
@@ -368,7 +384,7 @@ def main() -> None:
     print(f"WebRTC clients in {processes} process(es) of their own" if processes
           else "WebRTC clients in the server's process")
     print(f"{'batch':>6}{'streams':>8}{'frames/call':>12}{'frames/s min':>14}{'median':>9}{'latency s median':>18}"
-          f"{'of which prepare':>18}{'CPU ms/frame: process, event loop':>36}")
+          f"{'heard':>8}{'of which prepare':>18}{'CPU ms/frame: process, event loop':>36}")
     figures = {}
     try:
         for batch in [int(b) for b in args.batch_frames.split(",")]:
@@ -377,7 +393,8 @@ def main() -> None:
                 # the event loop runs on this thread: its CPU against the whole process's (the render thread, the
                 # frame pool, the encoders; and the clients when they run here), per frame the clients received
                 cpu, loop = time.process_time(), time.thread_time()
-                results, per_call = asyncio.run(run(avatar, n, args.idle, args.talk, microphone, batching, clients))
+                results, per_call = asyncio.run(run(avatar, n, args.idle, args.talk, microphone, batching, clients,
+                                                                ahead_frames(cfg.render)))
                 frames = max(1, sum(r["frames"] for r in results))
                 cpu_ms = [1e3 * (time.process_time() - cpu) / frames, 1e3 * (time.thread_time() - loop) / frames]
                 figures[f"batch{batch}_streams{n}"] = {"results": results, "frames_per_call": per_call,
