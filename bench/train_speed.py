@@ -55,6 +55,7 @@ class StepTimer(L.Callback):
 
     def __init__(self, engine: ExecutionEngine | None = None) -> None:
         self.times: list[float] = []
+        self.captures: list[int] = []  # the engine's graph captures so far, at the end of each step
         self.graph_ms: dict[str, float] = {}
         self.ranks_identical: bool | None = None
         self.engine = engine  # whose graphs to time: replays train on (the optimizer's graph steps again), speed runs only
@@ -64,6 +65,8 @@ class StepTimer(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
         self.times.append(time.perf_counter())
+        graphed = self.engine.graphed if self.engine is not None else None
+        self.captures.append(graphed.captures if graphed is not None else 0)
 
     def first_steps_s(self, count: int) -> float:
         """Seconds from the start of training to the end of step `count` (compiling and graph captures included)."""
@@ -85,13 +88,21 @@ class StepTimer(L.Callback):
         t = self.times[warmup:]
         return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 else float("nan")
 
+    def rate_between_captures(self, warmup: int) -> float:
+        """Steps/s after the first `warmup` steps, leaving out the steps that captured a graph again (the occupancy
+        grid's samples outgrew or left the graph's capacity): the rate a long run settles at."""
+        t, c = self.times[warmup:], self.captures[warmup:]
+        steady = [(b - a) for a, b, before, after in zip(t, t[1:], c, c[1:]) if before == after]
+        return len(steady) / sum(steady) if steady else float("nan")
+
 
 class ProfileWindow(L.Callback):
     """PyTorch profiler over `steps` training steps from step `start`: wall and GPU kernel time per step, host syncs,
-    the top kernels and host ops (bench/profile_step.py's summary), under the real Trainer loop."""
+    the top kernels and host ops (bench/profile_step.py's summary), under the real Trainer loop; with `trace`, its
+    timeline written there as a Chrome trace."""
 
-    def __init__(self, start: int, steps: int, timer: StepTimer) -> None:
-        self.start, self.steps, self.timer = start, steps, timer
+    def __init__(self, start: int, steps: int, timer: StepTimer, trace: Path | None = None) -> None:
+        self.start, self.steps, self.timer, self.trace = start, steps, timer, trace
         self.prof: torch.profiler.profile | None = None
         self.summary: dict = {}
 
@@ -109,6 +120,8 @@ class ProfileWindow(L.Callback):
             torch.cuda.synchronize()
             wall = (time.perf_counter() - self.t0) / self.steps
             self.prof.__exit__(None, None, None)
+            if self.trace is not None:  # the timeline (chrome://tracing, Perfetto): where the GPU waits, and on what
+                self.prof.export_chrome_trace(str(self.trace))
             from profile_step import kernel_summary, sync_sources
 
             self.summary = {"wall_ms_per_step": round(wall * 1e3, 3), **kernel_summary(self.prof, self.steps),
@@ -172,20 +185,22 @@ def trainer_for(cfg, callbacks: list, devices: int = 1, data_parallel: DataParal
 
 
 def measure_speed(overrides: list[str], steps: int, warmup: int, devices: int = 1,
-                  profile_steps: int = 0) -> dict[str, float]:
+                  profile_steps: int = 0, trace: Path | None = None) -> dict[str, float]:
     """Iterations/s and rays/s (all devices) over `steps` training steps (the first `warmup` excluded); with
     `profile_steps`, a profile of that many steps after the timed ones."""
     cfg, datamodule, system, engine, step_callbacks = build(overrides)
     timer = StepTimer(engine)
-    window = ProfileWindow(steps, profile_steps, timer) if profile_steps else None
+    window = ProfileWindow(steps, profile_steps, timer, trace) if profile_steps else None
     trainer = trainer_for(cfg, [*step_callbacks, timer, *([window] if window else [])], devices,
                           max_steps=steps + profile_steps + (1 if profile_steps else 0))
     trainer.fit(system, datamodule=datamodule)
-    timer.times = timer.times[:steps]
+    timer.times, timer.captures = timer.times[:steps], timer.captures[:steps]
     its = timer.rate(warmup)
     graph = engine.graphed
     return {"profile": window.summary if window else {}, "ranks_identical": timer.ranks_identical, "it_per_s": its, "rays_per_s": its * cfg.datamodule.num_rays * devices, "num_rays": cfg.datamodule.num_rays,
             "devices": devices, "cuda_graph_captures": graph.captures if graph else 0,
+            "it_per_s_between_captures": timer.rate_between_captures(warmup),
+            "captures_timed": timer.captures[-1] - timer.captures[warmup] if len(timer.captures) > warmup else 0,
             "graph_capacity": graph.capacity if graph else None, "graph_replay_ms": timer.graph_ms,
             "rays_built_in_graph": bool(graph and graph.build), "first_10_steps_s": timer.first_steps_s(10),
             "preload": datamodule.store.mode}
@@ -324,6 +339,7 @@ def main() -> None:
     parser.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
     parser.add_argument("--devices", type=int, default=1, help="GPUs (more than one: Lightning's DDP)")
     parser.add_argument("--profile", type=int, default=0, help="then profile this many steps (GPU)")
+    parser.add_argument("--trace", type=Path, help="with --profile: write the profiled steps' timeline here (.json)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     overrides = [f"subject={args.subject}", f"paths.data_root={args.data_root}", f"stage={args.stage}",
@@ -334,13 +350,14 @@ def main() -> None:
     rank = int(os.environ.get("LOCAL_RANK", 0))
     if args.steps > 0:
         result.update(measure_speed(overrides, args.steps, min(args.warmup, args.steps // 2), args.devices,
-                                    args.profile))
+                                    args.profile, args.trace))
         result.update(memory_peaks())
     if rank == 0 and args.steps > 0:
         print(f"{args.stage}: {result['it_per_s']:.1f} it/s, {result['rays_per_s'] / 1e6:.2f} M rays/s "
               f"({args.rays} rays/step x {args.devices} device(s)) on {result['device']}, frames preloaded: "
               f"{result['preload']} (datamodule.preload); "
-              f"CUDA graph captures {result['cuda_graph_captures']} (capacity {result['graph_capacity']}, "
+              f"CUDA graph captures {result['cuda_graph_captures']} ({result['captures_timed']} in the timed steps; "
+              f"{result['it_per_s_between_captures']:.1f} it/s without them; capacity {result['graph_capacity']}, "
               f"rays drawn in the graph: {result['rays_built_in_graph']}); GPU ms per replay {result['graph_replay_ms']}; "
               f"first 10 steps {result['first_10_steps_s']:.1f} s (compiling, captures); peak memory: GPU "
               f"{result['gpu_peak_mib']} MiB, host {result['host_peak_rss_mib']} MiB"
