@@ -187,7 +187,7 @@ def warm_client() -> None:
 
 async def run(avatar, streams: int, idle: float, talk: float, microphone: Path | None = None,
               batching=None, clients: ClientProcesses | None = None,
-              ahead_frames: int = 2) -> tuple[list[dict], float]:
+              ahead_frames: int = 1) -> tuple[list[dict], float]:
     """Each client's figures, and the mean number of frames per model call. With `clients` the clients run in those
     processes, else in this one."""
     from aiohttp import web

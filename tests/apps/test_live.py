@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from ernerf.apps.inference import OutputOptions, load_subject
-from ernerf.apps.live.avatar import JITTER_FRAMES, LOOKAHEAD_SECONDS, SAMPLES_PER_FRAME, LiveAvatar, LiveInput, Stream
+from ernerf.apps.live.avatar import (LOOKAHEAD_SECONDS, MAX_SPARE_FRAMES, SAMPLES_PER_FRAME, START_SPARE_FRAMES, LiveAvatar,
+                                    LiveInput, Stream)
 from ernerf.audio.features import LogMelExtractor
 from ernerf.constants import SAMPLE_RATE
 from ernerf.postprocess.pasteback import PasteBack
@@ -134,11 +135,12 @@ def test_live_input_windows_are_the_whole_utterance_windows_once_the_lookahead_i
 
 
 def test_a_stream_follows_live_speech_as_it_arrives_and_keeps_its_memory_bounded(avatar: LiveAvatar) -> None:
-    stream, live = Stream(avatar), LiveInput(avatar.extractor, keep_seconds=2.0)
+    spare = 2  # frames of audio a stream keeps in hand (fixed here: the appends below come all at once)
+    stream, live = Stream(avatar), LiveInput(avatar.extractor, keep_seconds=2.0, spare_frames=spare)
     stream.listen(live)
     assert (stream.next_window()[0] == avatar.idle_window).all()  # nothing heard yet: silent
     wav = speech(4.0, seed=4)
-    start = live.lookahead + JITTER_FRAMES * SAMPLES_PER_FRAME  # what a stream waits for before it speaks
+    start = live.lookahead + spare * SAMPLES_PER_FRAME  # what a stream waits for before it speaks
     live.append(wav[:start])
     heard = [stream.next_window()]
     for k in range(30):  # then a frame of speech arrives for each frame shown: every sample is said, in order
@@ -148,8 +150,8 @@ def test_a_stream_follows_live_speech_as_it_arrives_and_keeps_its_memory_bounded
     said = start + 30 * SAMPLES_PER_FRAME
     live.append(wav[said:said + 12 * SAMPLES_PER_FRAME])  # half a second at once (the renderer stalled): it skips
     last = (live.received - live.lookahead) // SAMPLES_PER_FRAME  # to the newest frames, the jitter spare kept:
-    heard = [stream.next_window() for _ in range(12)]  # frames last - JITTER_FRAMES .. last, then held, silent
-    shown = JITTER_FRAMES + 1
+    heard = [stream.next_window() for _ in range(12)]  # frames last - spare .. last, then held, silent
+    shown = spare + 1
     assert np.array_equal(np.concatenate([pcm for _, pcm in heard[:shown]]),
                           live_pcm(wav, last + 1)[-shown * SAMPLES_PER_FRAME:])
     assert all((w == heard[shown - 1][0]).all() and not pcm.any() for w, pcm in heard[shown:])
@@ -162,9 +164,9 @@ def test_a_stream_drops_frames_of_silence_to_get_back_to_its_jitter_spare_but_ne
     quiet = (0.002 * rng.standard_normal(3 * SAMPLE_RATE)).astype(np.float32)  # a quiet room, under QUIET_RMS
     loud = 0.3 * rng.standard_normal(3 * SAMPLE_RATE).astype(np.float32)
     for wav, kept in ((quiet, [1, 3, 4, 5]), (loud, [0, 1, 2, 3, 4, 5])):
-        stream, live = Stream(avatar), LiveInput(avatar.extractor)
+        stream, live = Stream(avatar), LiveInput(avatar.extractor, spare_frames=2)
         stream.listen(live)
-        behind = JITTER_FRAMES + 3  # frames 0 .. 5 can render at once: 3 more than the spare, none past MAX_BEHIND
+        behind = 2 + 3  # frames 0 .. 5 can render at once: 3 more than the spare, not more (the stall's skip)
         live.append(wav[: live.lookahead + behind * SAMPLES_PER_FRAME])
         said = [stream.next_window()[1] for _ in range(8)]
         frames = [pcm for pcm in said if pcm.any()]  # then held, silent, until more comes
@@ -172,6 +174,26 @@ def test_a_stream_drops_frames_of_silence_to_get_back_to_its_jitter_spare_but_ne
         shown = [next(t for t in range(behind + 1) if np.array_equal(pcm, all_pcm[t])) for pcm in frames]
         # quiet: frame 0 dropped (5 wait beyond it), 1 shown, 2 dropped (3 beyond), then 2 beyond: the spare, kept
         assert shown == kept, (shown, kept)
+
+
+def test_the_spare_a_stream_keeps_follows_how_late_the_packets_come(avatar) -> None:
+    packet = 320  # 20 ms, as WebRTC sends audio
+
+    def spare_after(lateness: list[float], start: float = 0.0, live: LiveInput | None = None) -> int:
+        live = live or LiveInput(avatar.extractor)
+        for k, late in enumerate(lateness):  # packet k is due when its last sample has been spoken
+            live.append(np.zeros(packet, np.float32), arrived=start + (k + 1) * 0.02 + late)
+        return live.spare_frames()
+
+    assert LiveInput(avatar.extractor).spare_frames() == START_SPARE_FRAMES  # nothing heard yet
+    assert spare_after([0.0] * 200) == 1  # on time: the packets' phase against the frame clock only
+    assert spare_after([0.003 * (k % 3) for k in range(200)]) == 1  # a few ms of jitter
+    assert spare_after([0.1 if k % 10 == 0 else 0.0 for k in range(200)]) == 4  # 10% come 100 ms late: 20 + 100 ms
+    assert spare_after([1.0 if k % 2 else 0.0 for k in range(200)]) == MAX_SPARE_FRAMES
+    assert LiveInput(avatar.extractor, spare_frames=3).spare_frames() == 3  # fixed
+    live = LiveInput(avatar.extractor)
+    spare_after([0.1 if k % 10 == 0 else 0.0 for k in range(200)], live=live)  # 4 s of a bad network, then 12 s of a
+    assert spare_after([0.0] * 600, start=4.0, live=live) == 1  # good one: the last 10 s count
 
 
 def live_pcm(wav: np.ndarray, frames: int) -> np.ndarray:
@@ -429,12 +451,12 @@ def test_a_microphone_is_received_without_aiortcs_80_ms_prefetch() -> None:
     assert released[1].timestamp == 0
 
 
-def test_serve_config_renders_two_frames_ahead_by_default_and_refuses_none() -> None:
+def test_serve_config_renders_one_frame_ahead_by_default_and_refuses_none() -> None:
     from ernerf.apps.live.serve import ahead_frames
     from ernerf.errors import ErnerfError
     from tests.conftest import compose
 
-    assert ahead_frames(compose("serve", ["subject=x"]).render) == 2
-    assert ahead_frames(compose("serve", ["subject=x", "render.ahead_frames=1"]).render) == 1
+    assert ahead_frames(compose("serve", ["subject=x"]).render) == 1
+    assert ahead_frames(compose("serve", ["subject=x", "render.ahead_frames=2"]).render) == 2
     with pytest.raises(ErnerfError, match="render.ahead_frames=0"):
         ahead_frames(compose("serve", ["subject=x", "render.ahead_frames=0"]).render)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,12 +27,18 @@ from ernerf.io.audio import load_audio
 from ernerf.postprocess.pasteback import HeadBox
 
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640 samples of 16 kHz audio per 40 ms video frame
-JITTER_FRAMES = 2  # frames of live audio beyond the look-ahead waited for when it starts or stalled: network jitter
-# Frames of live audio beyond the look-ahead that may wait unshown before the avatar skips to the newest (keeping the
-# jitter spare): the latency bound. A stall of the renderer (a graph capture, a busy machine) would otherwise leave the
-# stream that much later for the rest of the session, as frames are shown at the rate speech arrives.
-MAX_BEHIND = JITTER_FRAMES + 3
-# Below MAX_BEHIND a stream gets back to its spare by dropping frames of silence: one whose 40 ms stay under this RMS
+# A live stream keeps a spare of audio beyond the look-ahead in hand, so packets that come late do not stall it: frames
+# enough for the packets' own length and the lateness of most recent packets (LiveInput.spare_frames), measured over
+# JITTER_HISTORY_SECONDS, at most MAX_SPARE_FRAMES; a stream that has heard nothing yet assumes START_SPARE_FRAMES.
+JITTER_HISTORY_SECONDS = 10.0
+JITTER_QUANTILE = 0.95
+START_SPARE_FRAMES = 2
+MAX_SPARE_FRAMES = 6
+# Frames of live audio beyond the spare that may wait unshown before the avatar skips to the newest (keeping the
+# spare): the latency bound. A stall of the renderer (a graph capture, a busy machine) would otherwise leave the stream
+# that much later for the rest of the session, as frames are shown at the rate speech arrives.
+BEHIND_BEYOND_SPARE = 3
+# Below that bound a stream gets back to its spare by dropping frames of silence: one whose 40 ms stay under this RMS
 # (-40 dBFS, well under speech) is skipped while more than the spare waits, as a phone call's jitter buffer shortens
 # pauses. So the lag a burst of packets or a stall left behind is gone by the next pause, not kept for the session.
 QUIET_RMS = 0.01
@@ -156,12 +163,15 @@ class LiveInput:
 
     CONTEXT = 10  # frames of audio before a window's first frame: the features there see no padding
 
-    def __init__(self, extractor: Any, keep_seconds: float = 10.0) -> None:
+    def __init__(self, extractor: Any, keep_seconds: float = 10.0, spare_frames: int | None = None) -> None:
         self.extractor, self.keep = extractor, int(keep_seconds * SAMPLE_RATE)
         self._audio = np.zeros(0, np.float32)
         self._offset = 0  # stream sample index of self._audio[0]
         self._lock = threading.Lock()
         self.lookahead = int(np.ceil(LOOKAHEAD_SECONDS * SAMPLE_RATE))
+        self.fixed_spare = spare_frames  # None: follow the packets' lateness (spare_frames)
+        # recent appends: (arrival time, seconds of audio, arrival time less the stream time of the append's last sample)
+        self._arrivals: deque[tuple[float, float, float]] = deque()
 
     @property
     def received(self) -> int:
@@ -169,12 +179,32 @@ class LiveInput:
         with self._lock:
             return self._offset + len(self._audio)
 
-    def append(self, wav: np.ndarray) -> None:
+    def append(self, wav: np.ndarray, arrived: float | None = None) -> None:
+        """Audio that came at `arrived` (time.monotonic(); default: now)."""
+        arrived = time.monotonic() if arrived is None else arrived
         with self._lock:
             self._audio = np.concatenate([self._audio, np.asarray(wav, np.float32)])
             if len(self._audio) > self.keep:
                 self._offset += len(self._audio) - self.keep
                 self._audio = self._audio[-self.keep:]
+            end = (self._offset + len(self._audio)) / SAMPLE_RATE
+            self._arrivals.append((arrived, len(wav) / SAMPLE_RATE, arrived - end))
+            while self._arrivals[0][0] < arrived - JITTER_HISTORY_SECONDS:
+                self._arrivals.popleft()
+
+    def spare_frames(self) -> int:
+        """Frames of audio beyond the look-ahead a stream following this input keeps in hand: what arrives in one
+        packet and the lateness of most packets (JITTER_QUANTILE of the last JITTER_HISTORY_SECONDS, against the
+        earliest of them), in frames, plus one for the frame clock's phase against the packets'."""
+        if self.fixed_spare is not None:
+            return self.fixed_spare
+        with self._lock:
+            arrivals = np.array(self._arrivals, np.float64).reshape(-1, 3)
+        if len(arrivals) < 2:
+            return START_SPARE_FRAMES
+        packet = float(np.median(arrivals[:, 1]))
+        late = float(np.quantile(arrivals[:, 2] - arrivals[:, 2].min(), JITTER_QUANTILE))
+        return int(min(MAX_SPARE_FRAMES, 1 + np.floor((packet + late) * FPS)))
 
     def ready(self, t: int) -> bool:
         """Whether frame t's windows can be computed (its look-ahead has arrived)."""
@@ -267,15 +297,15 @@ class Stream:
             live, t, held = self._live, self._live_frame, self._held
         if live is None:
             return None
-        # (re)start only with JITTER_FRAMES to spare, then go on as long as the look-ahead itself is in
-        if not live.ready(t + (0 if held is not None and self._flowing else JITTER_FRAMES)):
+        spare = live.spare_frames()
+        # (re)start only with the spare in hand, then go on as long as the look-ahead itself is in
+        if not live.ready(t + (0 if held is not None and self._flowing else spare)):
             self._flowing = False
             return None if held is None else (held, np.zeros(SAMPLES_PER_FRAME, np.int16))
-        newest = (live.received - live.lookahead) // SAMPLES_PER_FRAME
-        # `newest` is the newest frame that could render now; a stream (re)starts JITTER_FRAMES behind it (the spare)
-        if newest - t > MAX_BEHIND:  # fell behind (a stall, an utterance said meanwhile): go on from what is said now
-            t = newest - JITTER_FRAMES
-        elif newest - t > JITTER_FRAMES and live.quiet(t):  # more than the spare waits: drop a frame of silence
+        newest = (live.received - live.lookahead) // SAMPLES_PER_FRAME  # the newest frame that could render now
+        if newest - t > spare + BEHIND_BEYOND_SPARE:  # fell behind (a stall, an utterance said meanwhile): go on from
+            t = newest - spare  # what is said now
+        elif newest - t > spare and live.quiet(t):  # more than the spare waits: drop a frame of silence
             t += 1
         window = live.window(t)
         with self._lock:

@@ -99,7 +99,7 @@ def render_batching(render: Any) -> RenderBatching:
 
 def ahead_frames(render: Any) -> int:
     """conf/serve.yaml `render.ahead_frames`: frames each stream renders before they are due, at least one."""
-    frames = render.get("ahead_frames", 2)
+    frames = render.get("ahead_frames", 1)
     if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1:
         raise ErnerfError(f"render.ahead_frames={frames}: give 1 or more frames rendered before they are due (fewer: "
                           "live speech shown sooner; more: a steadier picture when rendering is uneven).")

@@ -46,8 +46,8 @@ RENDER_STOP_SECONDS = 30.0  # the longest a shutdown waits for the batch being r
 AHEAD_CHECK_SECONDS = 0.1  # how often a text being said checks whether to synthesise its next sentence
 # aiortc's audio receiver hands a packet on only once 4 later ones have come (its JitterBuffer's prefetch): 80 ms on
 # every microphone's latency that buy nothing here. A missing packet holds the buffer whatever the prefetch (it never
-# skips a gap until the buffer overflows), and late packets are ridden out by the stream's own jitter spare
-# (avatar.JITTER_FRAMES). aiortc offers no setting, so `receive_promptly` replaces the receiver's buffer.
+# skips a gap until the buffer overflows), and late packets are ridden out by the spare the stream keeps
+# (LiveInput.spare_frames). aiortc offers no setting, so `receive_promptly` replaces the receiver's buffer.
 MICROPHONE_PREFETCH = 1
 
 
@@ -58,7 +58,7 @@ class FramePump:
     up to `ahead` frame times for their turn, and audio sent at once would reach the listener that much before the
     lips."""
 
-    def __init__(self, stream: Stream, render_queue: RenderQueue, ahead: int = 2) -> None:
+    def __init__(self, stream: Stream, render_queue: RenderQueue, ahead: int = 1) -> None:
         self.stream, self.render_queue = stream, render_queue
         self.frames: asyncio.Queue = asyncio.Queue(maxsize=ahead)  # (frame, its audio), or None when rendering failed
         self.audio: deque[np.ndarray] = deque()
@@ -197,7 +197,7 @@ class LiveServer:
     def __init__(self, avatar: LiveAvatar, speak: Callable[[str], Collection[np.ndarray]],
                  decode: Callable[[bytes], np.ndarray], limits: InputLimits = InputLimits(),
                  batching: RenderBatching = RenderBatching(), vanished_client_seconds: float | None = 5.0,
-                 ahead_frames: int = 2) -> None:
+                 ahead_frames: int = 1) -> None:
         self.avatar, self.speak, self.decode, self.limits = avatar, speak, decode, limits
         self.vanished_client_seconds, self.ahead_frames = vanished_client_seconds, ahead_frames
         self.sessions: dict[str, Session] = {}
