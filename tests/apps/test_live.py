@@ -382,7 +382,7 @@ def test_the_stream_benchmark_times_clients_in_processes_of_their_own_from_the_s
 
 # ---------------------------------------------------------------- what the server sends, and when
 
-class _TwoFrameQueue:
+class _InstantQueue:
     """A render queue that renders every frame at once: frame k is all k's, its audio all k's."""
 
     def __init__(self) -> None:
@@ -405,7 +405,7 @@ def test_a_frames_audio_is_sent_with_the_frame_not_when_it_is_rendered_ahead() -
     from ernerf.apps.live.server import AvatarAudio, AvatarVideo, FramePump
 
     async def exchange() -> tuple[int, list[int], list[int]]:
-        render_queue = _TwoFrameQueue()
+        render_queue = _InstantQueue()
         pump = FramePump(stream=None, render_queue=render_queue, ahead=2)
         video, audio = AvatarVideo(pump), AvatarAudio(pump)
         pump.start()
