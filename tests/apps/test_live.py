@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -460,3 +461,30 @@ def test_serve_config_renders_one_frame_ahead_by_default_and_refuses_none() -> N
     assert ahead_frames(compose("serve", ["subject=x", "render.ahead_frames=2"]).render) == 2
     with pytest.raises(ErnerfError, match="render.ahead_frames=0"):
         ahead_frames(compose("serve", ["subject=x", "render.ahead_frames=0"]).render)
+
+
+def test_after_a_late_frame_the_video_moves_its_schedule_on_instead_of_bursting_to_catch_up() -> None:
+    pytest.importorskip("aiortc")
+    from ernerf.apps.live.server import AvatarVideo, FramePump
+
+    class StallingQueue(_InstantQueue):
+        async def next_frame(self, stream):
+            if self.rendered == 5:
+                await asyncio.sleep(0.4)  # the renderer stalls for 10 frame times
+            return await super().next_frame(stream)
+
+    async def sent_at() -> list[float]:
+        pump = FramePump(stream=None, render_queue=StallingQueue(), ahead=1)
+        video = AvatarVideo(pump)
+        pump.start()
+        times = []
+        for _ in range(12):
+            await video.recv()
+            times.append(time.monotonic())
+        pump.task.cancel()
+        return times
+
+    gaps = np.diff(asyncio.run(sent_at()))
+    assert gaps[4] > 0.3  # the stall itself
+    # then one frame of catching up at most, and the frame rate again: not ten frames at once
+    assert (gaps[5:] > 0.03).sum() >= len(gaps[5:]) - 1, gaps

@@ -118,9 +118,14 @@ class FramePump:
 
 
 class AvatarVideo(MediaStreamTrack):
-    """The avatar's frames at 25 frames/s (later when rendering is slower)."""
+    """The avatar's frames at 25 frames/s (later when rendering is slower).
+
+    A frame that comes later than `CATCH_UP_FRAMES` frame times past its due time moves the schedule on instead of
+    being caught up with a burst of frames: a burst would take live speech faster than it arrives and use up the
+    audio its stream keeps in hand (LiveInput.spare_frames), stalling it."""
 
     kind = "video"
+    CATCH_UP_FRAMES = 1
 
     def __init__(self, pump: FramePump) -> None:
         super().__init__()
@@ -134,7 +139,11 @@ class AvatarVideo(MediaStreamTrack):
             self.stop()
             raise MediaStreamError
         rgb, pcm = rendered
-        self.start = self.start or time.monotonic()
+        now = time.monotonic()
+        self.start = self.start or now
+        late = now - (self.start + self.count / FPS)
+        if late > self.CATCH_UP_FRAMES / FPS:
+            self.start += late - self.CATCH_UP_FRAMES / FPS
         await asyncio.sleep(max(0.0, self.start + self.count / FPS - time.monotonic()))
         await self.pump.send_audio(pcm)
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
