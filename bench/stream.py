@@ -187,9 +187,11 @@ def warm_client() -> None:
 
 async def run(avatar, streams: int, idle: float, talk: float, microphone: Path | None = None,
               batching=None, clients: ClientProcesses | None = None,
-              ahead_frames: int = 1) -> tuple[list[dict], float]:
-    """Each client's figures, and the mean number of frames per model call. With `clients` the clients run in those
-    processes, else in this one."""
+              ahead_frames: int = 1) -> tuple[list[dict], float, dict[str, int]]:
+    """Each client's figures, the mean number of frames per model call, and how the clients' live speech fared on the
+    server (frames shown; stalls and the frames they held for late audio; dropped as silence; skipped after a stall:
+    all clients'). With
+    `clients` the clients run in those processes, else in this one."""
     from aiohttp import web
 
     from ernerf.apps.live.render_queue import RenderBatching
@@ -215,7 +217,7 @@ async def run(avatar, streams: int, idle: float, talk: float, microphone: Path |
     finally:
         await runner.cleanup()
     sizes = server.render_queue.batch_sizes
-    return results, sum(k * n for k, n in sizes.items()) / max(1, sum(sizes.values()))
+    return results, sum(k * n for k, n in sizes.items()) / max(1, sum(sizes.values())), dict(server.live_counts)
 
 
 def microphone_wav(speech: Path | None, idle: float, out: Path) -> Path:
@@ -393,15 +395,20 @@ def main() -> None:
                 # the event loop runs on this thread: its CPU against the whole process's (the render thread, the
                 # frame pool, the encoders; and the clients when they run here), per frame the clients received
                 cpu, loop = time.process_time(), time.thread_time()
-                results, per_call = asyncio.run(run(avatar, n, args.idle, args.talk, microphone, batching, clients,
-                                                                ahead_frames(cfg.render)))
+                results, per_call, live = asyncio.run(run(avatar, n, args.idle, args.talk, microphone, batching,
+                                                                      clients, ahead_frames(cfg.render)))
                 frames = max(1, sum(r["frames"] for r in results))
                 cpu_ms = [1e3 * (time.process_time() - cpu) / frames, 1e3 * (time.thread_time() - loop) / frames]
                 figures[f"batch{batch}_streams{n}"] = {"results": results, "frames_per_call": per_call,
                                                        "cpu_ms_per_frame": cpu_ms[0],
-                                                       "event_loop_ms_per_frame": cpu_ms[1]}
+                                                       "event_loop_ms_per_frame": cpu_ms[1], "live_frames": live}
                 print(f"{batch:>6}{n:>8}{per_call:>12.2f}{summary(results)}{cpu_ms[0]:>28.1f}{cpu_ms[1]:>8.1f}",
                       flush=True)
+                if live:  # stalls: audio came later than the spare allowed for (the viewer sees the picture stop)
+                    print(f"{'':>14}live speech, all streams: {live.get('shown', 0)} frames shown, "
+                          f"{live.get('stalls', 0)} stalls holding {live.get('held', 0)} frames for late audio, "
+                          f"{live.get('dropped_silence', 0)} silent frames dropped, {live.get('skipped', 0)} skipped "
+                          "after a stall", flush=True)
     finally:
         avatar.close()
         if clients is not None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -175,6 +176,38 @@ def test_a_stream_drops_frames_of_silence_to_get_back_to_its_jitter_spare_but_ne
         shown = [next(t for t in range(behind + 1) if np.array_equal(pcm, all_pcm[t])) for pcm in frames]
         # quiet: frame 0 dropped (5 wait beyond it), 1 shown, 2 dropped (3 beyond), then 2 beyond: the spare, kept
         assert shown == kept, (shown, kept)
+        assert stream.live_counts == Counter(shown=len(kept), dropped_silence=6 - len(kept))  # held till the end:
+        live.append(wav[live.received: live.received + 3 * SAMPLES_PER_FRAME])  # not a stall, unless audio comes
+        stream.next_window()  # again: then the frames held while waiting for it were one
+        assert stream.live_counts == Counter(shown=len(kept) + 1, dropped_silence=6 - len(kept), held=8 - len(kept),
+                                             stalls=1)
+
+
+def test_a_stall_makes_a_stream_keep_a_frame_more_in_hand_until_it_has_been_calm(avatar, monkeypatch) -> None:
+    import ernerf.apps.live.avatar as live_module
+
+    wav = 0.3 * np.random.default_rng(2).standard_normal(10 * SAMPLE_RATE).astype(np.float32)
+    stream, live = Stream(avatar), LiveInput(avatar.extractor, spare_frames=1)
+    stream.listen(live)
+    live.append(wav[: live.lookahead + SAMPLES_PER_FRAME])
+    assert stream.next_window()[1].any()  # speaking
+
+    def frames_until_it_speaks_again() -> int:
+        """Run dry, then count the frames of audio that must come, one by one, before a frame is shown again."""
+        while stream.next_window()[1].any():
+            pass
+        for count in range(1, 10):
+            live.append(wav[live.received: live.received + SAMPLES_PER_FRAME])
+            if stream.next_window()[1].any():
+                return count
+        raise AssertionError("the stream never spoke again")
+
+    first = frames_until_it_speaks_again()  # the frame itself and the input's spare of 1
+    assert first == 2
+    assert frames_until_it_speaks_again() == first + 1  # that wait was a stall: one frame more kept in hand
+    monkeypatch.setattr(live_module, "JITTER_HISTORY_SECONDS", 0.0)  # calm for long enough: back to the input's
+    assert frames_until_it_speaks_again() == first
+    assert stream.live_counts["stalls"] == 3
 
 
 def test_the_spare_a_stream_keeps_follows_how_late_the_packets_come(avatar) -> None:
@@ -371,10 +404,13 @@ def test_the_stream_benchmark_times_clients_in_processes_of_their_own_from_the_s
               SAMPLE_RATE)
     clients = stream_bench.ClientProcesses(1)
     try:
-        results, per_call = asyncio.run(stream_bench.run(avatar, 2, 1.0, 3.0, tmp_path / "mic.wav", clients=clients))
+        results, per_call, live = asyncio.run(stream_bench.run(avatar, 2, 1.0, 3.0, tmp_path / "mic.wav",
+                                                               clients=clients))
     finally:
         clients.close()
     assert len(results) == 2 and per_call == 1.0
+    # the server counted the live frames it showed: most frames the clients received (the first wait for the spare)
+    assert sum(r["frames"] for r in results) / 2 <= live["shown"] <= sum(r["frames"] for r in results) + 4
     for result in results:
         assert result["fps"] > 5, result
         # heard back no sooner than the features' look-ahead after it was sent (and not seconds later)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,8 @@ from ernerf.postprocess.pasteback import HeadBox
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640 samples of 16 kHz audio per 40 ms video frame
 # A live stream keeps a spare of audio beyond the look-ahead in hand, so packets that come late do not stall it: frames
 # enough for the packets' own length and the lateness of most recent packets (LiveInput.spare_frames), measured over
-# JITTER_HISTORY_SECONDS, at most MAX_SPARE_FRAMES; a stream that has heard nothing yet assumes START_SPARE_FRAMES.
+# JITTER_HISTORY_SECONDS, one more for each stall the stream still had (Stream._spare), at most MAX_SPARE_FRAMES; a
+# stream that has heard nothing yet assumes START_SPARE_FRAMES.
 JITTER_HISTORY_SECONDS = 10.0
 JITTER_QUANTILE = 0.95
 START_SPARE_FRAMES = 2
@@ -261,6 +262,13 @@ class Stream:
         self._sources: FrameSource | None = None  # this stream's decoder of the original video, opened when first used
         self._next_background: Future | None = None  # the background of frame `tick`, made ahead
         self._closed = False
+        # frames of live speech: shown, held while late audio was waited for (and the stalls they made), dropped as
+        # silence, skipped after a stall. Frames held until the input ended are not counted: the sender stopped.
+        self.live_counts: Counter[str] = Counter()
+        self._holding = 0  # frames held since the live input last flowed
+        # frames of spare added after stalls (the input's own estimate sees its packets' lateness, not how unevenly
+        # this stream is asked for frames), one per stall, one less after each JITTER_HISTORY_SECONDS without one
+        self._stall_spare, self._calm_since = 0, 0.0
 
     @property
     def speaking(self) -> bool:
@@ -287,7 +295,8 @@ class Stream:
     def listen(self, live: LiveInput | None) -> None:
         """Follow speech as it arrives (None: stop); an utterance given by `say` is spoken first."""
         with self._lock:
-            self._live, self._live_frame, self._held, self._flowing = live, 0, None, False
+            self._live, self._live_frame, self._held, self._flowing, self._holding = live, 0, None, False, 0
+            self._stall_spare = 0
 
     def _live_window(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The next frame of the live input once its look-ahead has arrived; while it has not, the last live window
@@ -297,20 +306,34 @@ class Stream:
             live, t, held = self._live, self._live_frame, self._held
         if live is None:
             return None
-        spare = live.spare_frames()
+        spare = self._spare(live)
         # (re)start only with the spare in hand, then go on as long as the look-ahead itself is in
         if not live.ready(t + (0 if held is not None and self._flowing else spare)):
             self._flowing = False
+            self._holding += held is not None
             return None if held is None else (held, np.zeros(SAMPLES_PER_FRAME, np.int16))
+        if self._holding:  # the late audio came: that was a stall
+            self.live_counts.update(held=self._holding, stalls=1)
+            self._holding = 0
+            self._stall_spare, self._calm_since = self._stall_spare + 1, time.monotonic()
         newest = (live.received - live.lookahead) // SAMPLES_PER_FRAME  # the newest frame that could render now
         if newest - t > spare + BEHIND_BEYOND_SPARE:  # fell behind (a stall, an utterance said meanwhile): go on from
-            t = newest - spare  # what is said now
+            self.live_counts["skipped"] += newest - spare - t  # what is said now
+            t = newest - spare
         elif newest - t > spare and live.quiet(t):  # more than the spare waits: drop a frame of silence
+            self.live_counts["dropped_silence"] += 1
             t += 1
+        self.live_counts["shown"] += 1
         window = live.window(t)
         with self._lock:
             self._live_frame, self._held, self._flowing = t + 1, window, True
         return window, live.pcm(t)
+
+    def _spare(self, live: LiveInput) -> int:
+        """Frames of live audio this stream keeps in hand: the input's estimate and what stalls added."""
+        if self._stall_spare and time.monotonic() - self._calm_since > JITTER_HISTORY_SECONDS:
+            self._stall_spare, self._calm_since = self._stall_spare - 1, time.monotonic()
+        return min(MAX_SPARE_FRAMES, live.spare_frames() + self._stall_spare)
 
     def _said_window(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The next frame of what is being said, and advance; None when nothing is. Called with the lock held."""

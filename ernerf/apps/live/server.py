@@ -14,7 +14,7 @@ import fractions
 import logging
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from collections.abc import Callable, Collection, Iterator
@@ -210,6 +210,7 @@ class LiveServer:
         self.avatar, self.speak, self.decode, self.limits = avatar, speak, decode, limits
         self.vanished_client_seconds, self.ahead_frames = vanished_client_seconds, ahead_frames
         self.sessions: dict[str, Session] = {}
+        self.live_counts: Counter[str] = Counter()  # Stream.live_counts of the sessions ended, summed
         self.render_queue = RenderQueue(avatar, batching)
         self.audio_threads = ThreadPoolExecutor(2, thread_name_prefix="ernerf-speech")
 
@@ -362,6 +363,12 @@ class LiveServer:
         session = self.sessions.pop(session_id, None)
         if session is not None:
             session.closed = True
+            counts = session.stream.live_counts
+            if counts:  # how live speech fared: held frames mean its audio came later than the spare allowed for
+                self.live_counts.update(counts)
+                log.info("session %s ended: frames of live speech shown %d; %d stalls held %d frames for late audio; "
+                         "silent frames dropped %d, skipped after a stall %d", session_id[:8], counts["shown"],
+                         counts["stalls"], counts["held"], counts["dropped_silence"], counts["skipped"])
             if session.rest is not None:
                 session.rest.cancel()
             if session.presence not in (None, asyncio.current_task()):  # not the watch that is closing it
