@@ -176,10 +176,10 @@ def test_a_stream_drops_frames_of_silence_to_get_back_to_its_jitter_spare_but_ne
         shown = [next(t for t in range(behind + 1) if np.array_equal(pcm, all_pcm[t])) for pcm in frames]
         # quiet: frame 0 dropped (5 wait beyond it), 1 shown, 2 dropped (3 beyond), then 2 beyond: the spare, kept
         assert shown == kept, (shown, kept)
-        assert stream.live_counts == Counter(shown=len(kept), dropped_silence=6 - len(kept))  # held till the end:
+        assert stream.live_figures() == Counter(shown=len(kept), dropped_silence=6 - len(kept))  # held till the end:
         live.append(wav[live.received: live.received + 3 * SAMPLES_PER_FRAME])  # not a stall, unless audio comes
         stream.next_window()  # again: then the frames held while waiting for it were one
-        assert stream.live_counts == Counter(shown=len(kept) + 1, dropped_silence=6 - len(kept), held=8 - len(kept),
+        assert stream.live_figures() == Counter(shown=len(kept) + 1, dropped_silence=6 - len(kept), held=8 - len(kept),
                                              stalls=1)
 
 
@@ -207,7 +207,7 @@ def test_a_stall_makes_a_stream_keep_a_frame_more_in_hand_until_it_has_been_calm
     assert frames_until_it_speaks_again() == first + 1  # that wait was a stall: one frame more kept in hand
     monkeypatch.setattr(live_module, "JITTER_HISTORY_SECONDS", 0.0)  # calm for long enough: back to the input's
     assert frames_until_it_speaks_again() == first
-    assert stream.live_counts["stalls"] == 3
+    assert stream.live_figures()["stalls"] == 3
 
 
 def test_the_spare_a_stream_keeps_follows_how_late_the_packets_come(avatar) -> None:

@@ -262,9 +262,7 @@ class Stream:
         self._sources: FrameSource | None = None  # this stream's decoder of the original video, opened when first used
         self._next_background: Future | None = None  # the background of frame `tick`, made ahead
         self._closed = False
-        # frames of live speech: shown, held while late audio was waited for (and the stalls they made), dropped as
-        # silence, skipped after a stall. Frames held until the input ended are not counted: the sender stopped.
-        self.live_counts: Counter[str] = Counter()
+        self._live_counts: Counter[str] = Counter()  # live_figures(); updated on the render thread
         self._holding = 0  # frames held since the live input last flowed
         # frames of spare added after stalls (the input's own estimate sees its packets' lateness, not how unevenly
         # this stream is asked for frames), one per stall, one less after each JITTER_HISTORY_SECONDS without one
@@ -312,22 +310,30 @@ class Stream:
             self._flowing = False
             self._holding += held is not None
             return None if held is None else (held, np.zeros(SAMPLES_PER_FRAME, np.int16))
+        counts = Counter(shown=1)
         if self._holding:  # the late audio came: that was a stall
-            self.live_counts.update(held=self._holding, stalls=1)
+            counts.update(held=self._holding, stalls=1)
             self._holding = 0
             self._stall_spare, self._calm_since = self._stall_spare + 1, time.monotonic()
         newest = (live.received - live.lookahead) // SAMPLES_PER_FRAME  # the newest frame that could render now
         if newest - t > spare + BEHIND_BEYOND_SPARE:  # fell behind (a stall, an utterance said meanwhile): go on from
-            self.live_counts["skipped"] += newest - spare - t  # what is said now
+            counts["skipped"] += newest - spare - t  # what is said now
             t = newest - spare
         elif newest - t > spare and live.quiet(t):  # more than the spare waits: drop a frame of silence
-            self.live_counts["dropped_silence"] += 1
+            counts["dropped_silence"] += 1
             t += 1
-        self.live_counts["shown"] += 1
         window = live.window(t)
         with self._lock:
             self._live_frame, self._held, self._flowing = t + 1, window, True
+            self._live_counts.update(counts)
         return window, live.pcm(t)
+
+    def live_figures(self) -> Counter[str]:
+        """How live speech fared so far: frames shown; stalls and the frames they held for late audio; frames of
+        silence dropped; frames skipped after a stall (frames held until the input ended are not counted: the
+        sender stopped)."""
+        with self._lock:
+            return Counter(self._live_counts)
 
     def _spare(self, live: LiveInput) -> int:
         """Frames of live audio this stream keeps in hand: the input's estimate and what stalls added."""

@@ -210,7 +210,7 @@ class LiveServer:
         self.avatar, self.speak, self.decode, self.limits = avatar, speak, decode, limits
         self.vanished_client_seconds, self.ahead_frames = vanished_client_seconds, ahead_frames
         self.sessions: dict[str, Session] = {}
-        self.live_counts: Counter[str] = Counter()  # Stream.live_counts of the sessions ended, summed
+        self.live_counts: Counter[str] = Counter()  # Stream.live_figures() of the sessions ended, summed
         self.render_queue = RenderQueue(avatar, batching)
         self.audio_threads = ThreadPoolExecutor(2, thread_name_prefix="ernerf-speech")
 
@@ -363,7 +363,7 @@ class LiveServer:
         session = self.sessions.pop(session_id, None)
         if session is not None:
             session.closed = True
-            counts = session.stream.live_counts
+            counts = session.stream.live_figures()
             if counts:  # how live speech fared: held frames mean its audio came later than the spare allowed for
                 self.live_counts.update(counts)
                 log.info("session %s ended: frames of live speech shown %d; %d stalls held %d frames for late audio; "
