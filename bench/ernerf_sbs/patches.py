@@ -112,6 +112,14 @@ def patch_text(text: str, rule: Rule, path: str) -> str:
     return text.replace(rule.old, rule.new)
 
 
+def unix_lines(text: str) -> tuple[str, str]:
+    """(`text` with "\\n" line ends, the file's own line end): ER-NeRF's Python files end their lines in "\\r\\n",
+    which a clone on Linux keeps, and the anchors are written with "\\n". A file that mixes both is left as it is."""
+    if "\r\n" in text and text.count("\r\n") == text.count("\n"):
+        return text.replace("\r\n", "\n"), "\r\n"
+    return text, "\n"
+
+
 def plan(root: Path, rules: Sequence[Rule]) -> dict[str, tuple[bytes, bytes]]:
     """path -> (original bytes, patched bytes) for every file the rules touch, computed from the originals (the
     `.orig` copy when there is one). Every anchor is checked before anything is written; all failures are reported."""
@@ -123,13 +131,13 @@ def plan(root: Path, rules: Sequence[Rule]) -> dict[str, tuple[bytes, bytes]]:
             errors.append(f"{path}: missing from the checkout")
             continue
         original = (orig if orig.is_file() else file).read_bytes()
-        text = original.decode("utf-8")
+        text, newline = unix_lines(original.decode("utf-8"))
         for rule in (r for r in rules if path in r.paths):
             try:
                 text = patch_text(text, rule, path)
             except ErnerfError as exc:
                 errors.append(str(exc))
-        out[path] = (original, text.encode("utf-8"))
+        out[path] = (original, text.replace("\n", newline).encode("utf-8"))
     if errors:
         raise ErnerfError(f"ER-NeRF checkout {root} not patched, nothing written: " + " | ".join(errors))
     return out

@@ -73,6 +73,26 @@ def test_restore_puts_back_the_originals_byte_for_byte(checkout: Path) -> None:
     assert restore(checkout) == []  # nothing patched: nothing to do
 
 
+def test_files_with_windows_line_ends_are_patched_and_keep_them(checkout: Path) -> None:
+    # ER-NeRF's Python files end their lines in CRLF, which a clone on Linux keeps; the anchors are written with LF
+    for name in ("main.py", "a/build.py"):
+        (checkout / name).write_bytes(FILES[name].replace("\n", "\r\n").encode())
+    original = snapshot(checkout)
+    apply(checkout, RULES)
+    main = (checkout / "main.py").read_bytes()
+    assert b"beta = 0.0\r\n" in main and b"except ImportError:\r\n    optional_pkg = None\r\n" in main
+    assert main.count(b"\n") == main.count(b"\r\n")  # every line of the patched file ends as the file's did
+    assert (checkout / "b/build.py").read_bytes() == b"flags = ['-std=new']\n"
+    restore(checkout)
+    assert snapshot(checkout) == original
+
+
+def test_a_file_mixing_line_ends_is_matched_as_it_is(checkout: Path) -> None:
+    (checkout / "main.py").write_bytes(b"import os\r\nimport optional_pkg\n\nbeta = 0\r\nprint(beta)\n")
+    with pytest.raises(ErnerfError, match=r"main.py: patch 'beta' expected 1 .*found 0"):
+        apply(checkout, RULES)
+
+
 def test_missing_anchor_fails_loudly_and_writes_nothing(checkout: Path) -> None:
     (checkout / "b/build.py").write_text("flags = ['-std=other']\n")
     before = snapshot(checkout)
