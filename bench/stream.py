@@ -343,12 +343,13 @@ def main() -> None:
 
     from ernerf.apps.live.avatar import LOOKAHEAD_SECONDS
     from ernerf.apps.live.render_queue import RenderBatching
-    from ernerf.apps.live.serve import ahead_frames, build_avatar
+    from ernerf.apps.live.serve import ahead_frames, build_avatar, one_blas_thread
 
     overrides = [f"subject={args.subject}", f"paths.runs_root={args.runs_root}", f"paths.data_root={args.data_root}",
                  f"downscale={args.downscale}", *([f"stage_name={args.stage}"] if args.stage else []), *args.override]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("serve", overrides)
+    one_blas_thread()  # as serve.py
     avatar = build_avatar(cfg)
     microphone = None
     if args.microphone:  # the speech after `idle` seconds of silence

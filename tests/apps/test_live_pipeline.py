@@ -207,3 +207,29 @@ def test_serve_refuses_a_bad_cpu_workers_before_the_model_loads(monkeypatch) -> 
     cfg = compose("serve", ["subject=x", "render.cpu_workers=0", f"port={free_port()}"])
     with pytest.raises(ErnerfError, match="render.cpu_workers=0"):
         serve.serve_command(cfg)
+
+
+def test_serve_keeps_numpy_blas_on_one_thread_before_the_model_loads(monkeypatch) -> None:
+    # each stream's audio features are small matrix products 25 times a second: a BLAS pool's threads spin between them
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from ernerf.apps.live import serve
+    from tests.apps.test_live import free_port
+    from tests.conftest import compose
+
+    original = {pool["prefix"]: pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+    seen = []
+
+    def loaded(cfg):
+        seen.extend(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas")
+        raise ErnerfError("stop here")
+
+    monkeypatch.setattr(serve, "build_avatar", loaded)
+    cfg = compose("serve", ["subject=x", f"port={free_port()}"])
+    threadpool_limits(2, user_api="blas")  # as on any machine of two cores or more
+    try:
+        with pytest.raises(ErnerfError, match="stop here"):
+            serve.serve_command(cfg)
+    finally:
+        threadpool_limits(original)  # this test process's pools as they were
+    assert seen and set(seen) == {1}

@@ -23,6 +23,18 @@ from ernerf.postprocess.pasteback import PasteBack
 from ernerf.systems.loading import loader_for
 
 
+def one_blas_thread() -> Any:
+    """numpy's BLAS on one thread in this process; -> the limit (its `restore_original_limits()` lifts it).
+
+    Each live stream computes its frames' audio features as the audio comes, small matrix products 25 times a second
+    on its own thread. A BLAS thread pool spreads each product over every core, and its threads then spin waiting for
+    the next one: on every core of the machine, all the time, taken from the renderer's, the pasting and the video
+    encoders. One thread does products this small as fast. The model is torch's and keeps its own threads."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, user_api="blas")
+
+
 def build_avatar(cfg: Any, renderer: Renderer | None = None) -> LiveAvatar:
     """The trained subject of `cfg` (conf/serve.yaml), loaded once; `renderer` replaces the checkpoint's (tests)."""
     check_subject_name(cfg.subject)
@@ -130,6 +142,7 @@ def serve_command(cfg: Any) -> None:
     batching, vanish_seconds = render_batching(cfg.render), vanished_client_seconds(cfg.limits)
     ahead = ahead_frames(cfg.render)
     pool_threads(cfg.render.cpu_workers)
+    one_blas_thread()
     avatar = build_avatar(cfg)
     limits = cfg.limits
     server = LiveServer(avatar, text_to_speech(instantiate_config(cfg.tts)),
