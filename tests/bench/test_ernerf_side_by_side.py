@@ -170,13 +170,16 @@ def test_tables_at_equal_steps_and_equal_wall_time() -> None:
     steps = report.equal_steps_table(ours, theirs).splitlines()
     assert steps[2] == "| 100 | 4.0 | 31.00 | - | 10.0 | 30.50 | 0.1000 |"
     assert steps[4] == "| 300 | 11.0 | 32.50 | - | 27.0 | 31.75 | - |"  # the val figure, not the final test one
-    times = report.equal_time_table(ours, theirs).splitlines()
+    times = report.equal_time_table(ours, theirs, budgets=(20.0, 60.0)).splitlines()
     assert times[2] == "| 4.0 | 100 (at 4.0 s) | 31.00 | - | - |"  # ER-NeRF not yet scored at 4 s
     assert times[4] == "| 11.0 | 300 (at 11.0 s) | 32.50 | 100 (at 10.0 s) | 30.50 |"
+    assert times[5] == "| 20.0 | 300 (at 11.0 s) | 32.50 | 200 (at 18.0 s) | 31.25 |"  # a budget within ER-NeRF's run
+    assert times[6:] == ["| 27.0 | 300 (at 11.0 s) | 32.50 | 300 (at 27.0 s) | 31.75 |"]  # its whole run; 60 s: past
     slower_ours = [Point(p.step, p.train_s * 10, p.psnr) for p in ours]  # 40, 75, 110 s: ER-NeRF finishes first
-    rows = report.equal_time_table(slower_ours, theirs).splitlines()[2:]
-    assert [row.split(" | ")[0] for row in rows] == ["| 10.0", "| 18.0", "| 27.0"]  # at ER-NeRF's evaluations
-    assert rows[-1] == "| 27.0 | - | - | 300 (at 27.0 s) | 31.75 |"
+    rows = report.equal_time_table(slower_ours, theirs, budgets=()).splitlines()[2:]
+    assert [row.split(" | ")[0] for row in rows] == ["| 10.0", "| 18.0", "| 27.0", "| 110.0"]
+    assert rows[2] == "| 27.0 | - | - | 300 (at 27.0 s) | 31.75 |"  # at ER-NeRF's evaluations, then our whole run
+    assert rows[3] == "| 110.0 | 300 (at 110.0 s) | 32.50 | 300 (at 27.0 s) | 31.75 |"
 
 
 def test_a_subject_preprocessed_here_is_readable_by_ernerf(prepare_subject, tmp_path: Path) -> None:
