@@ -194,6 +194,52 @@ def test_a_text_over_the_limit_or_with_nothing_to_say_is_refused_with_the_reason
 # ---------------------------------------------------------------- uploads
 
 
+def test_long_speech_in_parts_has_the_whole_files_windows_and_audio(avatar: LiveAvatar) -> None:
+    wav = speech(25.3, seed=3)
+    whole = avatar.utterance(wav)
+    parts = list(avatar.utterances(wav, part_seconds=10.0))
+    assert [p.num_frames for p in parts] == [250, 250, 132]
+    np.testing.assert_allclose(np.concatenate([p.windows for p in parts]), whole.windows, rtol=0, atol=1e-5)
+    assert np.array_equal(np.concatenate([p.pcm for p in parts]), whole.pcm)
+    alone = avatar.utterance(wav[250 * 640: 500 * 640])  # the middle part made without the audio around it
+    assert not np.allclose(alone.windows[:4], parts[1].windows[:4], atol=1e-3)  # its seam would differ
+
+
+def test_an_upload_is_said_in_parts_made_as_it_goes_and_heard_whole(avatar: LiveAvatar) -> None:
+    from ernerf.apps.live.server import UploadParts
+
+    wav = speech(23.0, seed=4)
+    made = []
+
+    class CountingParts(UploadParts):  # how many parts were made when the upload was answered
+        def __iter__(self):
+            for part in super().__iter__():
+                made.append(part.num_frames)
+                yield part
+
+    server = LiveServer(avatar, text_to_speech(FastSpeech()), decode=lambda data: wav)
+    session = listener(server, avatar)
+
+    async def exchange() -> dict:
+        import ernerf.apps.live.server as server_module
+
+        original, server_module.UploadParts = server_module.UploadParts, CountingParts
+        try:
+            async with serving(server) as url, ClientSession() as http:
+                async with http.post(f"{url}/audio?session=listener", data=b"any file") as r:
+                    status, said = r.status, await r.json()
+                made_when_answered = len(made)
+                heard = await hear(session)
+        finally:
+            server_module.UploadParts = original
+        return {"status": status, "said": said, "answered": made_when_answered, "heard": heard}
+
+    got = asyncio.run(exchange())
+    assert got["status"] == 200 and got["said"]["parts"] == 3 and got["said"]["frames"] == 250
+    assert got["answered"] == 1  # it starts once its first 10 s are made, not the whole file
+    assert np.array_equal(got["heard"], avatar.utterance(wav).pcm)  # every part, in order, no gap between
+
+
 def test_a_huge_upload_is_refused_with_a_message_that_names_the_limit(avatar: LiveAvatar) -> None:
     decoded = []
     server = LiveServer(avatar, text_to_speech(FastSpeech()), decode=decoded.append,

@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,16 @@ QUIET_RMS = 0.01
 # middle is 3.5 frames on; that frame's 16 rows of 50 Hz features reach 7 rows past its middle, and the last row's
 # 25 ms analysis window half of that again. What a live source must have sent before frame t can be rendered:
 LOOKAHEAD_SECONDS = (SMOOTH_WINDOW - SMOOTH_WINDOW // 2 - 0.5) / FPS + (FEATURE_ROWS // 2 - 1) / 50 + 0.0125
+# An uploaded file is said in parts of this length, each made while the one before is said (LiveAvatar.utterances),
+# with this much audio on each side of a part for its windows (the log-mel's windows reach 4 frames).
+UPLOAD_PART_SECONDS = 10.0
+PART_CONTEXT_FRAMES = 10
+
+
+def part_frames(num_frames: int, part_seconds: float = UPLOAD_PART_SECONDS) -> list[tuple[int, int]]:
+    """The frames [first, stop) of each part of `num_frames` frames said in parts of `part_seconds`."""
+    step = max(1, int(round(part_seconds * FPS)))
+    return [(first, min(num_frames, first + step)) for first in range(0, num_frames, step)]
 
 
 @dataclass(frozen=True)
@@ -111,10 +122,26 @@ class LiveAvatar:
     def utterance(self, wav: np.ndarray) -> Utterance:
         """Audio windows for 16 kHz mono speech (computed on the caller's thread)."""
         n = max(1, int(round(len(wav) / SAMPLES_PER_FRAME)))
-        windows = frame_windows(self.extractor(np.asarray(wav, np.float32)), n, FPS)
-        pcm = np.zeros(n * SAMPLES_PER_FRAME, np.int16)
-        take = min(len(wav), len(pcm))
-        pcm[:take] = (np.clip(wav[:take], -1.0, 1.0) * 32767).astype(np.int16)
+        return self._part(np.asarray(wav, np.float32), n, 0, n)
+
+    def utterances(self, wav: np.ndarray, part_seconds: float = UPLOAD_PART_SECONDS) -> Iterator[Utterance]:
+        """Long speech as utterances of `part_seconds`, each made when asked for (on the caller's thread): a long
+        file starts once its first part is made, and only the parts made ahead are held. Each part's windows are
+        computed from its audio and PART_CONTEXT_FRAMES around it, so they are the whole file's windows wherever the
+        features reach no further (the log-mel: a few frames); HuBERT-like features see that context, as live."""
+        wav = np.asarray(wav, np.float32)
+        n = max(1, int(round(len(wav) / SAMPLES_PER_FRAME)))
+        for first, stop in part_frames(n, part_seconds):
+            yield self._part(wav, n, first, stop)
+
+    def _part(self, wav: np.ndarray, n: int, first: int, stop: int) -> Utterance:
+        """Frames [first, stop) of the `n` frames of `wav`: windows from the audio around them, and their audio."""
+        lo, hi = max(0, first - PART_CONTEXT_FRAMES), min(n, stop + PART_CONTEXT_FRAMES)
+        around = wav[lo * SAMPLES_PER_FRAME: len(wav) if hi == n else hi * SAMPLES_PER_FRAME]
+        windows = frame_windows(self.extractor(around), hi - lo, FPS)[first - lo: stop - lo]
+        pcm = np.zeros((stop - first) * SAMPLES_PER_FRAME, np.int16)
+        audio = wav[first * SAMPLES_PER_FRAME: stop * SAMPLES_PER_FRAME][:len(pcm)]
+        pcm[:len(audio)] = (np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
         return Utterance(windows.astype(np.float32), pcm)
 
     def frames(self, wanted: list[tuple[int, np.ndarray]]) -> list[np.ndarray]:

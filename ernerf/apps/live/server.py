@@ -18,7 +18,7 @@ from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from collections.abc import Callable, Collection, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import av
 import numpy as np
@@ -28,7 +28,7 @@ from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
 
-from ernerf.apps.live.avatar import SAMPLES_PER_FRAME, LiveAvatar, LiveInput, Stream, Utterance
+from ernerf.apps.live.avatar import SAMPLES_PER_FRAME, LiveAvatar, LiveInput, Stream, Utterance, part_frames
 from ernerf.apps.live.page import PAGE
 from ernerf.apps.live.presence import watch_reports
 from ernerf.apps.live.render_queue import RenderBatching, RenderQueue
@@ -281,15 +281,14 @@ class LiveServer:
                 self.limits.text_chars, len(text),
                 text=f"the text has {len(text)} characters, over the limit of {self.limits.text_chars} "
                      "(limits.text_characters in conf/serve.yaml): send it in pieces, each after the last is said")
-        speech = self.speak(text)
-        return await self._speak(session, iter(speech), len(speech))
+        return await self._speak(session, self.speak(text))
 
     async def audio(self, request: web.Request) -> web.Response:
         session = self._session(request.query.get("session", ""))
         data = await self._upload(request)
         if not data:
             raise web.HTTPBadRequest(text="send the audio file as the request body")
-        return await self._speak(session, _decoded(self.decode, data), 1)
+        return await self._speak(session, UploadParts(self.avatar, self.decode, data))
 
     async def _upload(self, request: web.Request) -> bytes:
         """The request's body; over the size limit a 413 that names it (before reading, when the size is declared)."""
@@ -305,11 +304,12 @@ class LiveServer:
         except web.HTTPRequestEntityTooLarge as exc:  # sent without its size, and more came than the limit
             raise too_large from exc
 
-    async def _speak(self, session: Session, parts: Iterator[np.ndarray], count: int) -> web.Response:
-        """Say the first part of `parts` as soon as it is made, interrupting what was said; the rest follows as it is
-        made. Answered when the first part starts: its length, how long it took to make, and how many parts come."""
+    async def _speak(self, session: Session, speech: Speech) -> web.Response:
+        """Say the first part of `speech` as soon as it is made, interrupting what was said; the rest follows as it is
+        made. Answered when the first part starts: its length, how long it took to make, and how many parts come
+        (`len(speech)`, known once its first part is made)."""
         session.asked += 1
-        asked, start = session.asked, time.perf_counter()
+        asked, start, parts = session.asked, time.perf_counter(), iter(speech)
         try:
             first = await self._next_utterance(parts)
         except ErnerfError as exc:
@@ -325,7 +325,7 @@ class LiveServer:
         session.stream.say(first)
         session.rest = asyncio.get_running_loop().create_task(self._say_rest(session.stream, parts))
         return web.json_response({"frames": first.num_frames, "seconds": first.num_frames / FPS,
-                                  "prepare_seconds": time.perf_counter() - start, "parts": count})
+                                  "prepare_seconds": time.perf_counter() - start, "parts": len(speech)})
 
     async def _say_rest(self, stream: Stream, parts: Iterator[np.ndarray]) -> None:
         """Make the parts after the first while the earlier ones are said, SPEECH_AHEAD_SECONDS ahead, and queue them
@@ -343,12 +343,15 @@ class LiveServer:
         except Exception:  # noqa: BLE001 - this text stops; the client's stream and the server go on
             log.exception("making a part of a text failed, its rest is dropped")
 
-    async def _next_utterance(self, parts: Iterator[np.ndarray]) -> Utterance | None:
-        """The next part that has sound, made into an utterance on a speech thread; None after the last."""
+    async def _next_utterance(self, parts: Iterator[np.ndarray | Utterance]) -> Utterance | None:
+        """The next part that has sound (audio, or an utterance made as it is asked for), as an utterance made on a
+        speech thread; None after the last."""
         def make() -> Utterance | None:
-            for wav in parts:
-                if len(wav):
-                    return self.avatar.utterance(wav)
+            for part in parts:
+                if isinstance(part, Utterance):
+                    return part
+                if len(part):
+                    return self.avatar.utterance(part)
             return None
 
         return await asyncio.get_running_loop().run_in_executor(self.audio_threads, make)
@@ -382,9 +385,31 @@ class LiveServer:
         self.audio_threads.shutdown(wait=False, cancel_futures=True)
 
 
-def _decoded(decode: Callable[[bytes], np.ndarray], data: bytes) -> Iterator[np.ndarray]:
-    """An uploaded file as one part, decoded when it is asked for (on a speech thread)."""
-    yield decode(data)
+class Speech(Protocol):
+    """What `/say` and `/audio` say: parts said one after another (audio, or utterances made as they are asked for),
+    and how many (known once the first is made)."""
+
+    def __iter__(self) -> Iterator[np.ndarray | Utterance]: ...
+
+    def __len__(self) -> int: ...
+
+
+class UploadParts:
+    """An uploaded file, decoded when its first part is asked for (on a speech thread), then said in parts made one
+    at a time (`LiveAvatar.utterances`); `len()` is their number once it is decoded."""
+
+    def __init__(self, avatar: LiveAvatar, decode: Callable[[bytes], np.ndarray], data: bytes) -> None:
+        self.avatar, self.decode, self.data, self.count = avatar, decode, data, 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[Utterance]:
+        wav, self.data = self.decode(self.data), b""  # the file's bytes are not kept while it is said
+        if len(wav) == 0:
+            return
+        self.count = len(part_frames(max(1, int(round(len(wav) / SAMPLES_PER_FRAME)))))
+        yield from self.avatar.utterances(wav)
 
 
 def _offer_sdp(params: dict[str, Any]) -> str:
