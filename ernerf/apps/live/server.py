@@ -327,7 +327,7 @@ class LiveServer:
         return web.json_response({"frames": first.num_frames, "seconds": first.num_frames / FPS,
                                   "prepare_seconds": time.perf_counter() - start, "parts": len(speech)})
 
-    async def _say_rest(self, stream: Stream, parts: Iterator[np.ndarray]) -> None:
+    async def _say_rest(self, stream: Stream, parts: Iterator[np.ndarray | Utterance]) -> None:
         """Make the parts after the first while the earlier ones are said, SPEECH_AHEAD_SECONDS ahead, and queue them
         on `stream`; cancelled when something else is said or the client leaves."""
         try:
