@@ -54,6 +54,11 @@ UPLOAD_PART_SECONDS = 10.0
 PART_CONTEXT_FRAMES = 10
 
 
+def speech_frames(wav: np.ndarray) -> int:
+    """Output frames 16 kHz speech fills (at least one)."""
+    return max(1, int(round(len(wav) / SAMPLES_PER_FRAME)))
+
+
 def part_frames(num_frames: int, part_seconds: float = UPLOAD_PART_SECONDS) -> list[tuple[int, int]]:
     """The frames [first, stop) of each part of `num_frames` frames said in parts of `part_seconds`."""
     step = max(1, int(round(part_seconds * FPS)))
@@ -121,7 +126,7 @@ class LiveAvatar:
 
     def utterance(self, wav: np.ndarray) -> Utterance:
         """Audio windows for 16 kHz mono speech (computed on the caller's thread)."""
-        n = max(1, int(round(len(wav) / SAMPLES_PER_FRAME)))
+        n = speech_frames(wav)
         return self._part(np.asarray(wav, np.float32), n, 0, n)
 
     def utterances(self, wav: np.ndarray, part_seconds: float = UPLOAD_PART_SECONDS) -> Iterator[Utterance]:
@@ -130,7 +135,7 @@ class LiveAvatar:
         computed from its audio and PART_CONTEXT_FRAMES around it, so they are the whole file's windows wherever the
         features reach no further (the log-mel: a few frames); HuBERT-like features see that context, as live."""
         wav = np.asarray(wav, np.float32)
-        n = max(1, int(round(len(wav) / SAMPLES_PER_FRAME)))
+        n = speech_frames(wav)
         for first, stop in part_frames(n, part_seconds):
             yield self._part(wav, n, first, stop)
 

@@ -28,7 +28,8 @@ from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
 
-from ernerf.apps.live.avatar import SAMPLES_PER_FRAME, LiveAvatar, LiveInput, Stream, Utterance, part_frames
+from ernerf.apps.live.avatar import (SAMPLES_PER_FRAME, LiveAvatar, LiveInput, Stream, Utterance, part_frames,
+                                    speech_frames)
 from ernerf.apps.live.page import PAGE
 from ernerf.apps.live.presence import watch_reports
 from ernerf.apps.live.render_queue import RenderBatching, RenderQueue
@@ -408,7 +409,7 @@ class UploadParts:
         wav, self.data = self.decode(self.data), b""  # the file's bytes are not kept while it is said
         if len(wav) == 0:
             return
-        self.count = len(part_frames(max(1, int(round(len(wav) / SAMPLES_PER_FRAME)))))
+        self.count = len(part_frames(speech_frames(wav)))
         yield from self.avatar.utterances(wav)
 
 
