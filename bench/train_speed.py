@@ -150,9 +150,10 @@ def replay_times(graphed: object, replays: int = 50) -> dict[str, float]:
 
 def build(overrides: list[str], budget_ranks: int | None = None) -> tuple:
     """Compose conf/train.yaml with overrides; instantiate datamodule, system, the execution engine (conf/engine/) and
-    the callbacks that take part in the step (the engine, the occupancy grid's refresh, and the EMA of the weights
-    when configured: validation scores it). With `budget_ranks`, trainer.max_steps (and what follows it) is the
-    stage's budget for the subject on that many ranks, as train.py plans it.
+    the callbacks that take part in the step (the engine, the occupancy grid's refresh, the EMA of the weights when
+    configured: validation scores it, and the torso stage's frozen-head layers). With `budget_ranks`,
+    trainer.max_steps (and what follows it) is the stage's budget for the subject on that many ranks, as train.py
+    plans it.
     -> (cfg, datamodule, system, engine, step callbacks)"""
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
@@ -163,8 +164,9 @@ def build(overrides: list[str], budget_ranks: int | None = None) -> tuple:
     system = instantiate(cfg.model, num_frames=datamodule.num_train_frames)
     engine = instantiate(cfg.engine)
     step_callbacks = [instantiate(cfg.callbacks.occupancy_grid)]
-    if cfg.callbacks.get("ema"):
-        step_callbacks.append(instantiate(cfg.callbacks.ema))
+    for name in ("ema", "head_layers"):  # the torso stage's head layers change what its steps compute
+        if cfg.callbacks.get(name):
+            step_callbacks.append(instantiate(cfg.callbacks[name]))
     return cfg, datamodule, system, engine, [*step_callbacks, engine]
 
 

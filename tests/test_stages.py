@@ -251,3 +251,72 @@ def test_stage_all_keeps_its_hydra_folder_with_the_logs_not_in_a_stage_folder(tm
     assert Path(cfg.hydra.run.dir).parent == tmp_path / "anna" / ".logs"
     assert Path(cfg.hydra.run.dir).name.startswith("train_all_")
     assert Path(single.hydra.run.dir).parent == tmp_path / "anna" / "head" / ".hydra"
+
+
+def torso_system_and_data(subject: Path):
+    """The trained torso stage (eval: sample bins at their centres) and its data module, set up on the CPU."""
+    from hydra.utils import instantiate
+
+    from ernerf.systems.talking_head import TalkingHeadSystem
+
+    system = TalkingHeadSystem.load_from_checkpoint(subject / "runs" / "sphere" / "torso" / "checkpoints" / "last.ckpt",
+                                                    map_location="cpu").eval()
+    datamodule = instantiate(stage_config(subject, "torso").datamodule)
+    datamodule.setup("fit")
+    return system, datamodule
+
+
+def test_torso_steps_under_the_head_layers_equal_steps_that_march_the_head(subject: Path, chained: dict) -> None:
+    """The frozen head rendered once per frame (callbacks.head_layers) gives a torso step the colours and loss that
+    marching the head's rays gives, at pixels of several frames."""
+    from types import SimpleNamespace
+
+    from callbacks.head_layers import HeadLayerCache
+    from ernerf.systems.talking_head import step_scalar
+
+    system, datamodule = torso_system_and_data(subject)
+    cache = HeadLayerCache(enabled=True, progress=False)
+    batches = []
+    last = datamodule.num_train_frames - 1
+    for frame in (0, last // 2, last):
+        index = datamodule.store.index(frame)
+        batch = datamodule.train_rays.build(index, datamodule.data.rects_of(frame))
+        batches.append(batch | {"eye": datamodule.store.eye[index], "step": step_scalar(0), "progress": step_scalar(0)})
+    marched = [system.step_outputs(b) for b in batches]
+    cache.on_train_start(SimpleNamespace(datamodule=datamodule, max_steps=1), system)
+    assert system.head_layers is not None and system.head_layers.num_frames == datamodule.num_train_frames
+    layered = [system.step_outputs(b) for b in batches]
+    for batch, a, b in zip(batches, marched, layered):
+        opacity = system.head_layers.over(batch["frame_index"], batch["pixel_index"], batch["bg"]).opacity
+        assert (opacity > 0.5).any() and (opacity < 0.5).any()  # the rays meet the head and miss it
+        torch.testing.assert_close(b["rgb"], a["rgb"], atol=2e-3, rtol=0)  # float16 layers
+        torch.testing.assert_close(b["loss"], a["loss"], atol=0, rtol=1e-2)
+    cache.on_train_end(SimpleNamespace(datamodule=datamodule), system)
+    assert system.head_layers is None
+
+
+def test_head_layers_that_would_not_fit_leave_the_head_marched(subject: Path, chained: dict,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from callbacks.head_layers import HeadLayerCache
+
+    system, datamodule = torso_system_and_data(subject)
+    HeadLayerCache(enabled=True, memory_share=1e-12, progress=False).on_train_start(
+        SimpleNamespace(datamodule=datamodule, max_steps=100), system)
+    assert system.head_layers is None and "marches the head's rays every step" in caplog.text
+
+
+@pytest.mark.parametrize("steps, rendered", [(79, False), (80, True)])
+def test_head_layers_by_default_only_when_the_steps_would_march_more_rays(subject: Path, chained: dict, steps: int,
+                                                                         rendered: bool) -> None:
+    """auto: 10 training frames of 32 x 32 pixels are 10,240 rays rendered once; 80 steps of 128 rays march as many."""
+    from types import SimpleNamespace
+
+    from callbacks.head_layers import HeadLayerCache
+
+    system, datamodule = torso_system_and_data(subject)
+    assert datamodule.num_train_frames * SIZE * SIZE == 80 * 128
+    HeadLayerCache(rays_per_step=128, progress=False).on_train_start(
+        SimpleNamespace(datamodule=datamodule, max_steps=steps), system)
+    assert (system.head_layers is not None) == rendered

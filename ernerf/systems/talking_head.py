@@ -29,6 +29,7 @@ from ernerf.rendering import RenderOutputs
 from ernerf.rendering import render_image as march_frame
 from ernerf.rendering import render_images as march_frames
 from ernerf.systems.execution import EagerExecution, Execution
+from ernerf.systems.head_layers import HeadLayers
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class TalkingHeadSystem(L.LightningModule):
         self.torso: nn.Module | None = instantiate(torso, num_frames=num_frames) if torso else None
         self.marcher: nn.Module = instantiate(marcher)
         self.execution: Execution = EagerExecution()
+        self.head_layers: HeadLayers | None = None  # the frozen head's renders of the training frames (torso stage)
         loss = dict(loss)
         self.perceptual_cfg = loss.pop("perceptual", None)  # built on the first patch batch, kept out of checkpoints
         self._perceptual: list[nn.Module] = []
@@ -108,6 +110,11 @@ class TalkingHeadSystem(L.LightningModule):
     def use_execution(self, execution: Execution) -> None:
         """Run steps and renders through `execution` (an engine attaching itself); nothing of it is saved."""
         self.execution = execution
+
+    def use_head_layers(self, layers: HeadLayers | None) -> None:
+        """Composite training steps' torso under these renders of the frozen head instead of marching its rays
+        (`callbacks.head_layers.HeadLayerCache` renders them); None: march again. Nothing of it is saved."""
+        self.head_layers = layers
 
     @property
     def automatic_optimization(self) -> bool:
@@ -150,6 +157,16 @@ class TalkingHeadSystem(L.LightningModule):
         return self._render(c2w, intrinsics, height, width, audio_window, eye, self.frame_index(frame_index), bg)
 
     @torch.no_grad()
+    def render_head(self, c2w: Tensor, intrinsics: Sequence[float] | Tensor, height: int, width: int,
+                    audio_window: Tensor, eye: Tensor | None, frame_index: int | None) -> Tensor:
+        """The head alone, without the torso, as `render_image` renders it: RGBA [H, W, 4], its colour over black
+        (so multiplied by its opacity) and its opacity."""
+        black = torch.zeros(height, width, 3)
+        out = self._render(c2w, intrinsics, height, width, audio_window, eye, self.frame_index(frame_index), black,
+                           head_only=True)
+        return torch.cat([out["rgb"], out["opacity"][..., None]], -1)
+
+    @torch.no_grad()
     def render_images(self, c2w: Tensor, intrinsics: Sequence[float] | Tensor, height: int, width: int,
                       audio_windows: Tensor, eyes: Tensor | None, bg: Tensor) -> dict[str, Tensor]:
         """Render B frames of new audio together: c2w [B, 4, 4], audio_windows [B, 8, 16, C], eyes [B] or None,
@@ -160,14 +177,14 @@ class TalkingHeadSystem(L.LightningModule):
         return self._render(c2w, intrinsics, height, width, audio_windows, eyes, None, bg)
 
     def _render(self, c2w: Tensor, intrinsics: Sequence[float] | Tensor, height: int, width: int, audio: Tensor,
-                eye: Tensor | None, frame_index: Tensor | None, bg: Tensor) -> dict[str, Tensor]:
+                eye: Tensor | None, frame_index: Tensor | None, bg: Tensor, head_only: bool = False) -> dict[str, Tensor]:
         """`render_frame` of one frame (c2w [4, 4]) or several (c2w [B, 4, 4]) through the execution, inputs moved to
-        the device; the occupied-sample count dropped."""
+        the device; the occupied-sample count dropped. `head_only`: one frame, no torso behind the head."""
         device, frames = self.device, c2w.shape[:-2]  # () for one frame, (B,) for several
         inputs = {"c2w": c2w.to(device).float(), "audio": audio.to(device),
                   "eye": None if eye is None else eye.to(device), "frame_index": frame_index,
                   "bg": bg.to(device).expand(*frames, height, width, 3), "height": height, "width": width,
-                  "intrinsics": tuple(float(v) for v in intrinsics)}
+                  "intrinsics": tuple(float(v) for v in intrinsics), **({"head_only": True} if head_only else {})}
         out = self.execution.render(self.render_frame, inputs, frames.numel() * height * width, device)
         out.pop("occupied")
         return out
@@ -192,7 +209,9 @@ class TalkingHeadSystem(L.LightningModule):
         height, width, frame_index = inputs["height"], inputs["width"], inputs["frame_index"]
         cond = self.condition(inputs["audio"], inputs["eye"], frame_index)
         pixels = torch.arange(height * width, device=self.device)
-        bg, torso = self.behind_head(inputs["bg"].reshape(-1, 3), pixels, height, width, inputs["c2w"], frame_index)
+        bg, torso = inputs["bg"].reshape(-1, 3), None
+        if not inputs.get("head_only"):
+            bg, torso = self.behind_head(bg, pixels, height, width, inputs["c2w"], frame_index)
         field = self.execution.field_forward(self.field, training=False)
         out = march_frame(self.marcher, lambda x, d: field(x, d, cond, extras=False), inputs["c2w"],
                            inputs["intrinsics"], height, width, self.aabb, self.grid, bg.reshape(height, width, 3),
@@ -272,10 +291,13 @@ class TalkingHeadSystem(L.LightningModule):
     def step_outputs(self, batch: dict, capacity: int | None = None) -> dict[str, Tensor]:
         """Loss and what is logged of one ray batch; `batch["step"]` and `["progress"]` ([] tensors) drive the loss
         ramps."""
-        cond = self.condition(batch["audio"], batch["eye"], batch["frame_index"])
         bg, torso = self.behind_head(batch["bg"], batch["pixel_index"], batch["height"], batch["width"], batch["c2w"],
                                      batch["frame_index"])
-        out = self.render_rays(batch["rays_o"], batch["rays_d"], cond, bg, capacity)
+        if self.head_layers is not None:  # the frozen head, rendered once per frame
+            out = self.head_layers.over(batch["frame_index"], batch["pixel_index"], bg)
+        else:
+            cond = self.condition(batch["audio"], batch["eye"], batch["frame_index"])
+            out = self.render_rays(batch["rays_o"], batch["rays_d"], cond, bg, capacity)
         total, values = self.loss(self.loss_terms(out, batch, torso, batch["progress"]), batch["step"])
         occupied = out.samples_occupied if out.samples_occupied is not None else torch.tensor(out.samples_evaluated)
         psnr = psnr_from_mse(torch.mean((out.rgb.detach().float() - batch["rgb"]) ** 2))
