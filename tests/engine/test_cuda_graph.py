@@ -296,3 +296,31 @@ def test_the_lips_stage_replays_one_graph_per_turn_and_matches_the_eager_step(lo
         for g, r in zip(grads, ref_grads):
             torch.testing.assert_close(g, r, rtol=1e-3, atol=1e-6)
     assert graphed.captures == 2 and set(graphed.layouts) == {0, 1}
+
+
+@gpu
+@needs_cuda
+def test_a_torso_step_under_head_layers_replays_as_a_graph_like_the_eager_step() -> None:
+    """The torso stage's step with the frozen head's layers (a gather instead of the march) in a graph."""
+    import copy
+
+    from ernerf.systems.head_layers import HeadLayers
+
+    torch.manual_seed(0)
+    system = build("stage=torso").cuda()
+    layers = torch.rand(10, 64 * 64, 4, device="cuda")
+    layers[..., :3] *= layers[..., 3:]  # colour premultiplied by opacity
+    system.use_head_layers(HeadLayers(layers.half()))
+    twin = copy.deepcopy(system)
+    graphed = graphed_step(system)
+    for seed, frame in ((0, 3), (1, 5), (2, 7)):
+        batch = ray_batch(seed, frame=frame, step=40)
+        batch |= {"torso_mask": torch.rand(4096, device="cuda"), "head_mask": torch.rand(4096, device="cuda") > 0.5}
+        loss = graphed(batch)["loss"].clone()
+        grads = [p.grad.clone() for p in system.parameters() if p.grad is not None]
+        ref_loss, ref_grads = eager_loss_and_grads(twin, batch)
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-6)
+        assert grads and len(grads) == len(ref_grads)  # the torso's parameters, the head's frozen
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g, r, rtol=1e-3, atol=1e-6)
+    assert graphed.captures == 1
