@@ -300,13 +300,13 @@ def test_evaluate_real_frames_with_a_perfect_renderer(tmp_path: Path, subject34,
         assert float(row[f"test/{name}"]) == pytest.approx(metrics[name])
 
 
-def fresh_checkpoint(runs: Path) -> Path:
+def fresh_checkpoint(runs: Path, *overrides: str) -> Path:
     """A TalkingHeadSystem checkpoint of the mini subject, fresh weights, at global step 7."""
     import lightning as L
     import torch
     from hydra.utils import instantiate
 
-    system = instantiate(compose("train", ["subject=mini", "debug=fast"]).model, num_frames=30)
+    system = instantiate(compose("train", ["subject=mini", "debug=fast", *overrides]).model, num_frames=30)
     ckpt = touch_checkpoint(runs, "mini", "head")
     torch.save({"state_dict": system.state_dict(), "hyper_parameters": dict(system.hparams), "global_step": 7,
                 "pytorch-lightning_version": L.__version__}, ckpt)
@@ -374,3 +374,130 @@ def test_face_figures_say_why_when_the_mesher_is_missing(monkeypatch) -> None:
     found = evaluation.face_and_sync(None, None, np.zeros(3))
     assert set(found.unavailable) == set(evaluation.FACE_NAMES) and not found.values
     assert found.unavailable["lmd"] == "mediapipe not installed"
+
+
+# ---------------------------------------------------------------- renders=: another method's frames, read from files
+
+
+def write_frames(folder: Path, frames: np.ndarray, name: str = "mini_ep0001_{:04d}_rgb.png") -> list[Path]:
+    """uint8 [T, H, W, 3] frames as PNG files named as ER-NeRF names its validation renders (from 1)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / name.format(k + 1) for k in range(len(frames))]
+    for path, frame in zip(paths, frames):
+        Image.fromarray(frame).save(path)
+    return paths
+
+
+SMALL_FIELD = ["encoder.num_levels=4", "encoder.log2_hashmap_size=10", "encoder.desired_resolution=64",
+               "model.marcher.num_samples=8", "model.grid.resolution=16"]  # 4 frames at 32 px in seconds, not 15
+
+
+def test_frame_files_are_the_images_of_a_folder_in_name_order_numbers_by_value(tmp_path: Path) -> None:
+    from ernerf.apps.evaluation.frames import frame_files
+
+    for name in ("f_10.png", "f_2.JPG", "f_1.jpeg", "f_3.txt", "f_0.png.bak"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "f_4.png").mkdir()  # a folder is no frame
+    assert [p.name for p in frame_files(tmp_path)] == ["f_1.jpeg", "f_2.JPG", "f_10.png"]
+
+
+def test_our_renders_read_back_from_png_files_score_as_the_checkpoint(tmp_path: Path, subject34, monkeypatch) -> None:
+    """renders= on the PNG files of a checkpoint's own renders gives the figures of evaluating that checkpoint: the
+    same frames, in the same order, against the same ground truth, meshed by the same mesher."""
+    import ernerf.apps.evaluation.evaluate as evaluation
+
+    kept, real_render_subject = [], evaluation.render_subject
+
+    def spy(*args, **kwargs):  # keeps the checkpoint's renders
+        rendered, data = real_render_subject(*args, **kwargs)
+        kept.append(rendered)
+        return rendered, data
+
+    monkeypatch.setattr(evaluation, "render_subject", spy)
+    ckpt = fresh_checkpoint(tmp_path / "runs", *SMALL_FIELD)
+    common = ["subject=mini", f"paths.data_root={subject34.root.parent}", f"paths.runs_root={tmp_path / 'runs'}",
+              "downscale=16", "device=cpu", "progress=false", "report_frames=2"]
+    ours = evaluation.evaluate_from_config(compose("evaluate", [*common, f"run={ckpt}"])).report
+    folder = tmp_path / "frames"
+    write_frames(folder, kept[0].renders)
+    (folder / "notes.txt").write_text("not a frame")
+    out = tmp_path / "scored"
+    read = evaluation.evaluate_from_config(compose("evaluate", [*common, f"renders={folder}", f"output={out}"]))
+    theirs = read.report
+    assert theirs["frames"]["validation"] == ours["frames"]["validation"] == [30, 31, 32, 33]
+    assert theirs["frames"]["height"] == 32
+    for name in ("psnr", "psnr_face", "region_psnr_face", "region_psnr_torso", "region_psnr_background"):
+        assert theirs["metrics"][name] == pytest.approx(ours["metrics"][name], abs=0.05), name
+    assert theirs["per_frame"]["psnr"] == pytest.approx(ours["per_frame"]["psnr"], abs=0.05)  # frame by frame
+    assert theirs["metrics"]["ssim"] == pytest.approx(ours["metrics"]["ssim"], abs=1e-3)
+    assert isinstance(ours["metrics"]["lmd"], float) and ours["metrics"]["lmd_uncentred"] > 2.0  # a real mouth error
+    for name in ("lmd", "lmd_uncentred"):
+        assert theirs["metrics"][name] == pytest.approx(ours["metrics"][name], abs=0.1), name
+    assert theirs["metrics"]["sync_corr"] == pytest.approx(ours["metrics"]["sync_corr"], abs=0.02)
+    assert (theirs["checkpoint"], theirs["renders"], theirs["stage"], theirs["step"]) == (
+        None, str(folder), str(folder), str(folder))
+    assert theirs["metrics"]["cross_sync_audio_corr"] == "unavailable"
+    assert f"renders={folder}" in theirs["unavailable"]["cross_sync_audio_corr"]
+    assert json.loads((out / "metrics.json").read_text())["renders"] == str(folder)
+    for name in ("frames.png", "regions.png", "psnr.png", "mouth.png", "index.html"):
+        assert (out / name).stat().st_size > 1000, name
+    assert f"frames read from {folder}" in (out / "index.html").read_text()
+    assert (out / "csv" / "metrics.csv").is_file() and not (folder / "metrics.json").exists()
+
+
+def test_renders_too_few_or_of_another_size_are_refused_in_one_line(tmp_path: Path, subject34) -> None:
+    from ernerf.apps.evaluation import evaluate_from_config
+
+    def evaluate(folder: Path) -> None:
+        evaluate_from_config(compose("evaluate", [
+            "subject=mini", f"paths.data_root={subject34.root.parent}", f"paths.runs_root={tmp_path / 'runs'}",
+            "downscale=4", f"renders={folder}", f"output={tmp_path / 'out'}"]))
+
+    few = tmp_path / "few"
+    write_frames(few, np.zeros((3, 128, 128, 3), np.uint8))  # 4 validation frames
+    with pytest.raises(ErnerfError, match=rf"^renders={few} holds 3 PNG/JPG frames, 4 are needed: .*max_frames=3") as e:
+        evaluate(few)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ErnerfError, match=rf"^renders={empty} holds 0 PNG/JPG frames, 4 are needed: [^(]*$"):
+        evaluate(empty)
+    full = tmp_path / "full"
+    write_frames(full, np.zeros((4, 512, 512, 3), np.uint8))  # full size, evaluated at downscale=4
+    with pytest.raises(ErnerfError, match=r"mini_ep0001_0001_rgb.png is 512x512, the subject's frames are 128x128 "
+                                          r"at downscale=4") as wrong:
+        evaluate(full)
+    assert "\n" not in str(e.value) + str(wrong.value)
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["run=runs/anna/head"], "run= names a checkpoint to render: give one of them"),
+    (["stage_name=head"], "stage= names a checkpoint to render"),
+    ([f"cross_audio={shared_clip('audio/obama_5s.wav')}"], "leave cross_audio out (cross-driving figures are "
+                                                           "unavailable with renders=)"),
+])
+def test_renders_excludes_the_options_of_a_checkpoint(tmp_path: Path, overrides: list[str], words: str) -> None:
+    from ernerf.apps.preflight import check_renders
+
+    cfg = compose("evaluate", ["subject=anna", f"renders={tmp_path}", f"output={tmp_path / 'out'}", *overrides])
+    with pytest.raises(ErnerfError, match=re.escape(words)):
+        check_renders(cfg)
+
+
+def test_renders_needs_an_existing_folder_and_an_output_of_its_own(tmp_path: Path) -> None:
+    from ernerf.apps.preflight import check_renders
+
+    def check(*overrides: str) -> Path:
+        return check_renders(compose("evaluate", ["subject=anna", *overrides]))
+
+    frames = tmp_path / "frames"
+    with pytest.raises(ErnerfError, match=rf"renders={frames} is not a folder"):
+        check(f"renders={frames}", f"output={tmp_path / 'out'}")
+    frames.mkdir()
+    with pytest.raises(ErnerfError, match=rf"renders= needs output=<folder> .*output={frames}_eval"):
+        check(f"renders={frames}")
+    with pytest.raises(ErnerfError, match="is the renders= folder"):
+        check(f"renders={frames}", f"output={frames}/.")
+    assert check(f"renders={frames}", f"output={tmp_path / 'out'}") == frames and (tmp_path / "out").is_dir()

@@ -182,11 +182,40 @@ def resolve_cross_audio(value: Any) -> tuple[dict[str, Path], str]:
 
 def check_evaluate(cfg: Any) -> None:
     """`ernerf.apps.evaluation.evaluate_from_config`'s refusals before it loads the model: an untrained subject (or
-    stage), an output that cannot be written, a missing cross_audio file. With `run=` the application reads the run's
-    checkpoint itself (ernerf/apps/evaluation/frames.py, `resolve_target`), and makes every check."""
+    stage), an output that cannot be written, a missing cross_audio file; with `renders=`, `check_renders`. With `run=`
+    the application reads the run's checkpoint itself (ernerf/apps/evaluation/frames.py, `resolve_target`), and makes
+    every check."""
     check_subject_name(cfg.subject)
+    if cfg.renders is not None:
+        check_renders(cfg)
+        return
     if cfg.run is not None:
         return
     find_trained(cfg.paths.runs_root, cfg.subject, cfg.stage_name)
     writable_folder(Path(cfg.output) if cfg.output else subject_eval_folder(cfg.paths.runs_root, cfg.subject), "output")
     resolve_cross_audio(cfg.cross_audio)
+
+
+def check_renders(cfg: Any) -> Path:
+    """`renders=<folder>`'s refusals: the options that name a checkpoint (it scores frames read from files, no model),
+    a folder that is not there, and an output that is missing, is that folder or cannot be written. -> the folder."""
+    folder = Path(cfg.renders)
+    if cfg.run is not None or cfg.stage_name is not None:
+        given = "run=" if cfg.run is not None else "stage="
+        raise ErnerfError(f"renders={folder} scores frames read from that folder, {given} names a checkpoint to "
+                          "render: give one of them.")
+    if cfg.cross_audio:
+        raise ErnerfError(f"cross_audio= drives a checkpoint with other speech; renders={folder} reads frames from "
+                          "files, with no model to drive: leave cross_audio out (cross-driving figures are unavailable "
+                          "with renders=).")
+    if not folder.is_dir():
+        raise ErnerfError(f"renders={folder} is not a folder: give the folder of the frames to score (PNG or JPG, "
+                          "one per validation frame, in name order).")
+    if not cfg.output:
+        raise ErnerfError(f"renders= needs output=<folder> for the report (e.g. output={folder}_eval): frames read "
+                          "from files belong to no run folder.")
+    if Path(cfg.output).resolve() == folder.resolve():
+        raise ErnerfError(f"output={cfg.output} is the renders= folder: the report's PNGs would join the frames; "
+                          "give another folder.")
+    writable_folder(Path(cfg.output), "output")
+    return folder

@@ -113,14 +113,15 @@ def write_index(path: Path, report: Mapping[str, Any], images: Sequence[Path]) -
         f"<tr><td>{html.escape(name)}</td><td>{_format(value)}</td><td>{html.escape(reasons.get(name, ''))}</td></tr>"
         for name, value in report["metrics"].items())
     figures = "\n".join(f'<p><img src="{html.escape(p.name)}" alt="{html.escape(p.stem)}"></p>' for p in images)
-    title = f"Evaluation of {report['subject']} ({report['stage']}, step {report['step']})"
+    title = f"Evaluation of {report['subject']} ({report['evaluated']})"
+    source = ("renders", report["renders"]) if report.get("renders") else ("checkpoint", report["checkpoint"])
     cross = report.get("cross_audio") or {}
     sources = "".join(f"<br>cross-driven by <code>{html.escape(str(file))}</code>: cross_sync_audio_corr_"
                       f"{html.escape(name)}" for name, file in cross.items())
     page = (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 10px;text-align:left}"
             "img{max-width:100%}</style></head><body>\n"
-            f"<h1>{html.escape(title)}</h1>\n<p>checkpoint: <code>{html.escape(report['checkpoint'])}</code><br>"
+            f"<h1>{html.escape(title)}</h1>\n<p>{source[0]}: <code>{html.escape(source[1])}</code><br>"
             f"{len(report['frames']['validation'])} held-back validation frames at "
             f"{report['frames']['width']}x{report['frames']['height']}{sources}</p>\n"
             f"<table><tr><th>metric</th><th>value</th><th>why unavailable</th></tr>\n{rows}\n</table>\n"

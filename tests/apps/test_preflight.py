@@ -73,6 +73,7 @@ def test_serve_refuses_an_untrained_subject_and_a_busy_port_without_torch(tmp_pa
     ("infer.py", ["audio=/no/such.wav", "text=hello"], ["both audio= and text= are given"]),
     ("infer.py", ["text=hello"], ["no trained model checkpoint for subject 'anna'"]),
     ("evaluate.py", [], ["no trained model checkpoint for subject 'anna'"]),
+    ("evaluate.py", ["renders=data", "cross_audio=a.wav"], ["renders=data reads frames", "leave cross_audio out"]),
     ("preprocess.py", ["subject=nobody"], ["no dataset at", "no video given"]),
     ("train.py", ["trainer.max_steps=0"], ["trainer.max_steps=0", "positive"]),
     ("train.py", ["subject=nobody"], ["nobody", "python preprocess.py"]),

@@ -1,5 +1,6 @@
 """Evaluation of a trained stage on the subject's held-back validation frames (never trained on) and on unrelated
-audio: what `python evaluate.py` does. docs/evaluation.md says how each figure is computed."""
+audio, or of another method's renders of those frames (`renders=`): what `python evaluate.py` does.
+docs/evaluation.md says how each figure is computed."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +21,15 @@ from datamodules.subject import read_au45
 from ernerf.apps.checkpoints import TrainedStage, audio_extractor
 from ernerf.apps.evaluation.figures import (Findings, audio_sync_findings, face_and_sync, fill_gaps, image_findings,
                                             mesh_sequence, mesher_missing, syncnet_reason)
-from ernerf.apps.evaluation.frames import FirstFrame, Rendered, pose_options, render_subject, resolve_target
+from ernerf.apps.evaluation.frames import (FirstFrame, Rendered, pose_options, read_renders, render_subject,
+                                           resolve_target)
 from ernerf.apps.evaluation.regions import region_findings
-from ernerf.apps.evaluation.report import (EvalResult, build_report, log_metrics, print_summary, run_loggers,
-                                           write_outputs)
+from ernerf.apps.evaluation.report import (EvalResult, Source, build_report, log_metrics, print_summary,
+                                           run_loggers, write_outputs)
 from ernerf.apps.inference import (Renderer, SubjectView, audio_kind, driving_features, load_subject,
                                   render_planned_frame)
 # evaluate.py checks the cross_audio files before it imports this module (ernerf/apps/preflight.py)
-from ernerf.apps.preflight import resolve_cross_audio
+from ernerf.apps.preflight import check_renders, resolve_cross_audio
 from ernerf.apps.runs import checkpoint_step, stale_warning
 from ernerf.audio.features import AudioFeatureExtractor
 from ernerf.constants import FPS, SAMPLE_RATE
@@ -43,14 +46,51 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer] | None = None) -> EvalResult:
-    """Everything `python evaluate.py subject=<name> [stage=...|run=...]` does."""
+    """Everything `python evaluate.py subject=<name> [stage=...|run=...|renders=...]` does."""
     check_subject_name(cfg.subject)
+    clock = PhaseClock()
+    if cfg.renders is None:
+        frames = checkpoint_frames(cfg, clock, system_loader or loader_for(cfg))  # conf/evaluate.yaml's engine
+    else:
+        frames = folder_frames(cfg, clock)
+    with clock("validation figures"):
+        found = held_out_findings(cfg, frames.rendered, frames.data)
+        regions = region_findings(frames.rendered, frames.data)
+        found.merge(regions.found)
+    with clock("cross-driving"):
+        found.merge(frames.cross_driving())
+    report = build_report(cfg.subject, frames.source, frames.rendered, found, frames.cross_audio)
+    report["warnings"] = frames.warnings
+    report["frames"]["cross_downscale"] = cross_downscale(cfg)  # the size cross_sync_audio_corr was measured at
+    with clock("report"):
+        files = write_outputs(frames.out_dir, report, frames.rendered, found, cfg.report_frames, regions)
+        loggers = run_loggers(frames.run_dir, frames.out_dir, cfg.wandb_project)
+        report["logged_to"] = log_metrics(loggers, found.values, frames.source.logged_step)
+    report["seconds"] = clock.rounded()
+    files["metrics"].write_text(json.dumps(report, indent=2))
+    return EvalResult(frames.out_dir, report, files)
+
+
+@dataclass
+class Frames:
+    """The frames an evaluation scores beside the truth, the subject they show, what made them (as metrics.json names
+    it), where the figures go, and the figures only a model can give (`cross_driving`)."""
+
+    rendered: Rendered
+    data: Any  # the subject parsed as training parses it (SubjectData)
+    source: Source
+    out_dir: Path
+    run_dir: Path | None  # the run whose loggers get test/<metric>; None: a CSV in out_dir
+    warnings: list[str]
+    cross_audio: dict[str, Path]
+    cross_driving: Callable[[], Findings]
+
+
+def checkpoint_frames(cfg: Any, clock: PhaseClock, system_loader: Callable[[Path, str], Renderer]) -> Frames:
+    """The validation frames rendered by the checkpoint that `run=` or `stage=` names (the latest stage: neither)."""
     target = resolve_target(cfg.paths.runs_root, cfg.subject, cfg.run, cfg.stage_name)
     out_dir = writable_folder(Path(cfg.output) if cfg.output else target.out_dir, "output")
     cross_audio, cross_reason = resolve_cross_audio(cfg.cross_audio)
-    if system_loader is None:
-        system_loader = loader_for(cfg)  # conf/evaluate.yaml's engine and encoder backend
-    clock = PhaseClock()
     with clock("load"):
         renderer = system_loader(target.checkpoint, cfg.device)
     step = checkpoint_step(target.checkpoint) or 0  # now: training may still be rotating its checkpoints
@@ -58,21 +98,19 @@ def evaluate_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer
     with clock("validation renders"):
         rendered, data = render_subject(cfg, renderer, target.trained.stage.background, audio_file,
                                         duration_note(cfg, renderer, cross_audio))
-    with clock("validation figures"):
-        found = held_out_findings(cfg, rendered, data)
-        regions = region_findings(rendered, data)
-        found.merge(regions.found)
-    with clock("cross-driving"):
-        found.merge(cross_findings(cfg, renderer, target.trained, audio_file, cross_audio, cross_reason))
-    report = build_report(cfg.subject, target, step, rendered, found, cross_audio)
-    report["warnings"] = [w for w in [stale_warning(target.checkpoint.parents[1], cfg.subject)] if w]
-    report["frames"]["cross_downscale"] = cross_downscale(cfg)  # the size cross_sync_audio_corr was measured at
-    with clock("report"):
-        files = write_outputs(out_dir, report, rendered, found, cfg.report_frames, regions)
-        report["logged_to"] = log_metrics(run_loggers(target.run_dir, out_dir, cfg.wandb_project), found.values, step)
-    report["seconds"] = clock.rounded()
-    files["metrics"].write_text(json.dumps(report, indent=2))
-    return EvalResult(out_dir, report, files)
+    warnings = [w for w in [stale_warning(target.checkpoint.parents[1], cfg.subject)] if w]
+    return Frames(rendered, data, Source.of(target, step), out_dir, target.run_dir, warnings, cross_audio,
+                  lambda: cross_findings(cfg, renderer, target.trained, audio_file, cross_audio, cross_reason))
+
+
+def folder_frames(cfg: Any, clock: PhaseClock) -> Frames:
+    """Another method's validation frames, read from the `renders=` folder: no checkpoint, no model, no run."""
+    folder = check_renders(cfg)
+    with clock("load"):
+        rendered, data = read_renders(cfg, folder)
+    no_model = Findings()
+    no_model.skip([CROSS], f"renders={folder}: frames read from files cannot be driven by other speech")
+    return Frames(rendered, data, Source.folder(folder), Path(cfg.output), None, [], {}, lambda: no_model)
 
 
 LONG_RUN_SECONDS = 120.0  # an evaluation expected to take longer on a CPU says so when its first frame is rendered

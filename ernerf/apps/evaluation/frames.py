@@ -1,8 +1,10 @@
-"""What an evaluation looks at: the checkpoint, the subject's held-back frames, and their renders beside the truth."""
+"""What an evaluation looks at: the checkpoint, the subject's held-back frames, and their renders beside the truth
+(`render_subject`), or another method's frames read from a folder (`read_renders`)."""
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,8 +13,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
-from datamodules.subject import parse_subject, to_unit
+from datamodules.subject import FrameStore, parse_subject, to_unit
 from ernerf.apps.checkpoints import TrainedStage, find_trained, read_trained
 from ernerf.apps.inference import Renderer, frame_store
 from ernerf.apps.runs import last_checkpoint, subject_eval_folder
@@ -124,3 +127,57 @@ def render_subject(cfg: Any, renderer: Renderer, background: str, audio_file: st
     frames = validation_frames(data.num_train, data.num_frames, cfg.max_frames)
     log.info("rendering %d validation frames of %s", len(frames), cfg.subject)
     return render_validation(renderer, data, store, frames, cfg.get("progress", "auto"), on_first), data
+
+
+RENDER_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def frame_files(folder: Path) -> list[Path]:
+    """The PNG/JPG files of a folder in name order, numbers by value (frame_2 before frame_10; zero-padded names such
+    as ER-NeRF's `<name>_ep0045_0001_rgb.png` sort the same either way)."""
+    def key(path: Path) -> tuple[list[Any], str]:
+        return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)], path.name
+
+    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in RENDER_SUFFIXES), key=key)
+
+
+def read_frame(path: Path, height: int, width: int, downscale: int) -> np.ndarray:
+    """A frame from an image file, uint8 [H, W, 3] (alpha dropped); one-line errors for an unreadable file or a
+    size other than the subject's frames at `downscale`."""
+    try:
+        with Image.open(path) as img:
+            rgb = np.array(img.convert("RGB"))
+    except (OSError, ValueError) as exc:
+        raise ErnerfError(f"cannot read {path} as an image ({exc}): renders= takes PNG or JPG frames.") from None
+    if rgb.shape[:2] != (height, width):
+        raise ErnerfError(f"{path} is {rgb.shape[1]}x{rgb.shape[0]}, the subject's frames are {width}x{height} at "
+                          f"downscale={downscale}: give frames of that size (or the downscale that matches them).")
+    return rgb
+
+
+def row_features(root: Path) -> str:
+    """The file name of the subject's smallest aud_<kind>.npy. Scoring frames read from files uses no audio feature,
+    only the row count (one row per 40 ms of audio.wav, in every kind) that places each frame in audio.wav."""
+    found = sorted(root.glob("aud_*.npy"), key=lambda p: p.stat().st_size) if root.is_dir() else []
+    if root.is_dir() and not found:
+        raise ErnerfError(f"{root} has no audio features (aud_<kind>.npy): python preprocess.py "
+                          f"subject={root.name} preprocess.force=[audio_features]")
+    return found[0].name if found else "aud_mel.npy"  # no folder: the subject parser says so
+
+
+def read_renders(cfg: Any, folder: Path) -> tuple[Rendered, Any]:
+    """The validation frames another renderer left in `folder` (`frame_files`: the first is the first validation
+    frame) beside the ground truth, as `render_subject` gives our renders; -> (rendered, SubjectData)."""
+    root = Path(cfg.paths.data_root) / cfg.subject
+    data = parse_subject(root, row_features(root), downscale=cfg.downscale, **pose_options(cfg))
+    frames = validation_frames(data.num_train, data.num_frames, cfg.max_frames)
+    files = frame_files(folder)
+    if len(files) < len(frames):
+        fewer = f" (or max_frames={len(files)}: the first {len(files)})" if files else ""
+        raise ErnerfError(f"renders={folder} holds {len(files)} PNG/JPG frames, {len(frames)} are needed: one per "
+                          f"validation frame of {cfg.subject}{fewer}.")
+    log.info("reading %d validation frames of %s from %s", len(frames), cfg.subject, folder)
+    store = FrameStore(data, background="plate")  # the ground truth alone: gt_imgs/, whatever the background
+    renders = np.stack([read_frame(path, data.height, data.width, cfg.downscale) for path in files[: len(frames)]])
+    truths = np.stack([store.image(f).numpy() for f in frames.tolist()])
+    return Rendered(frames, renders, truths, data.rects["face"][frames].numpy(), 0.0), data

@@ -37,12 +37,45 @@ class EvalResult:
     files: dict[str, Path]
 
 
-def build_report(subject: str, target: EvalTarget, step: int, rendered: Rendered, found: Findings,
+@dataclass(frozen=True)
+class Source:
+    """What made the evaluated frames, as metrics.json names it: a checkpoint of a stage at a step, or (renders=) a
+    folder of frames read from files, which then stands for the stage and the step too."""
+
+    checkpoint: Path | None
+    stage: str
+    step: int | str
+    renders: Path | None = None
+
+    @classmethod
+    def of(cls, target: EvalTarget, step: int) -> Source:
+        """A checkpoint evaluated at its step."""
+        return cls(target.checkpoint, target.stage, step)
+
+    @classmethod
+    def folder(cls, renders: Path) -> Source:
+        """Frames read from a folder."""
+        return cls(None, str(renders), str(renders), renders)
+
+    @property
+    def label(self) -> str:
+        """What the summary and index.html say was evaluated."""
+        return f"frames read from {self.renders}" if self.renders else f"{self.stage}, step {self.step}"
+
+    @property
+    def logged_step(self) -> int:
+        """The step the loggers get: the checkpoint's; 0 for frames read from files."""
+        return self.step if isinstance(self.step, int) else 0
+
+
+def build_report(subject: str, source: Source, rendered: Rendered, found: Findings,
                  cross_audio: Mapping[str, Path]) -> dict[str, Any]:
     """The content of metrics.json."""
     names = list(found.values) + [n for n in found.unavailable if n not in found.values]
     return {
-        "subject": subject, "checkpoint": str(target.checkpoint), "stage": target.stage, "step": step,
+        "subject": subject, "checkpoint": source.checkpoint and str(source.checkpoint),
+        "renders": source.renders and str(source.renders), "stage": source.stage, "step": source.step,
+        "evaluated": source.label,
         "frames": {"validation": rendered.frames.tolist(), "height": int(rendered.renders.shape[1]),
                    "width": int(rendered.renders.shape[2]), "render_seconds": round(rendered.seconds, 2)},
         "metrics": {n: found.values.get(n, "unavailable") for n in names},
@@ -110,8 +143,8 @@ def print_summary(result: EvalResult) -> None:
     report = result.report
     for warning in report.get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {warning}")
-    console.print(f"[bold]{report['subject']} ({report['stage']}, step {report['step']}): "
-                  f"{len(report['frames']['validation'])} validation frames[/bold]")
+    console.print(f"{report['subject']} ({report['evaluated']}): {len(report['frames']['validation'])} validation "
+                  "frames", style="bold", markup=False, highlight=False)  # a folder's name may hold [brackets]
     width = max([22, *map(len, report["metrics"])])  # per-source names (cross_sync_audio_corr_<stem>) run longer
     for name, value in report["metrics"].items():
         shown = f"{value:.4f}" if isinstance(value, float) else f"{value}: {report['unavailable'].get(name, '')}"
