@@ -9,14 +9,17 @@ equal wall time. ER-NeRF's code is not part of this repository: fetch it yoursel
 
 `train` checks the machine (nvcc, a CUDA torch, the packages), builds ER-NeRF's extensions outside the clock, trains
 ER-NeRF (main.py -O --preload 2) and then ours (train.py stage=head, preloaded) for the same steps, scores both at the
-same steps on ER-NeRF's validation frames, and prints the tables. docs/evaluation.md, "Side-by-side with ER-NeRF's
-own code", says what the patches change, what equal wall time means and holds the measured table.
+same steps on ER-NeRF's validation frames, and prints the tables. When <out>/ernerf_val/ holds ER-NeRF's last
+validation renders, `report` (and `train`) scores them with `evaluate.py renders=` and prints a third table: both codes
+at the final step by the same metrics code (LMD included). docs/evaluation.md, "Side-by-side with ER-NeRF's own code",
+says what the patches change, what equal wall time means and holds the measured table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -139,8 +142,9 @@ def train(args: argparse.Namespace) -> None:
     print_report(out)
 
 
-def print_report(out: Path) -> None:
-    """The two tables, from the side-by-side's folder."""
+def print_report(out: Path, data_root: Path | None = None) -> None:
+    """The tables, from the side-by-side's folder; the third when ER-NeRF's renders were brought back (`data_root`:
+    where the subject is on this machine, default the plan's)."""
     plan = json.loads((out / PLAN).read_text())
     theirs = report.parse_ernerf(report.read_timestamped(out / "ernerf.log"), plan["schedule"]["steps_per_epoch"])
     metrics = {int(p.name[4:]): json.loads((p / "metrics.json").read_text())
@@ -153,6 +157,33 @@ def print_report(out: Path) -> None:
     print(f"## {plan['subject']['name']}: {plan['steps']} head steps, scored every {plan['eval_steps']}\n")
     print("At equal steps:\n\n" + report.equal_steps_table(ours, theirs) + "\n")
     print("At equal wall time (training seconds):\n\n" + report.equal_time_table(ours, theirs))
+    print_final(out, plan, metrics, data_root or Path(plan["data_root"]))
+
+
+def print_final(out: Path, plan: dict, metrics: dict[int, dict], data_root: Path) -> None:
+    """Both codes at the final step, scored by the same evaluate.py: ER-NeRF's last validation renders
+    (<out>/ernerf_val/, `renders=`, scored once into <out>/ernerf_eval/) beside our last checkpoint's figures. Nothing
+    without those renders."""
+    subject = dataset.Subject(**plan["subject"])
+    weights = Path(plan["lpips_weights"]) if plan["lpips_weights"] else None
+    theirs = runs.score_ernerf_renders(subject, data_root, out, weights)
+    if theirs is None:
+        return
+    name, ours = report.ours_at_end(out, metrics)
+    step = report.renders_step(out / runs.ERNERF_VAL, plan["schedule"]["steps_per_epoch"])
+    rows = [(name, ours), (f"ER-NeRF, step {step or '?'} (its renders)", theirs)]
+    print("\nAt the final step, both scored by evaluate.py (PSNR in dB of the frame, the face box and each region; "
+          "LMD in px at 512):\n\n" + report.final_table(rows))
+    if report.number(ours["metrics"].get("lmd")) is None:
+        print(f"\nour LMD is unavailable ({ours['unavailable'].get('lmd')}): on a machine with mediapipe, "
+              f"{our_cpu_command(out, subject, data_root, ours, weights)}")
+
+
+def our_cpu_command(out: Path, subject: dataset.Subject, data_root: Path, ours: dict, weights: Path | None) -> str:
+    """The evaluate.py command that scores our last checkpoint into <out>/ours_eval_cpu/ (for its LMD)."""
+    ckpt = out / "ours_runs" / subject.name / "head" / "checkpoints" / Path(ours["checkpoint"]).name
+    cmd = runs.evaluate_command(subject, data_root, out / "ours_runs", f"run={ckpt}", out / report.OURS_CPU, weights)
+    return "python evaluate.py " + shlex.join(cmd[2:])
 
 
 def parser() -> argparse.ArgumentParser:
@@ -183,13 +214,15 @@ def parser() -> argparse.ArgumentParser:
                     help="one code per call: ernerf (first), then ours; all: both")
     rep = sub.add_parser("report", help="print the tables of a finished side-by-side")
     rep.add_argument("--out", type=Path, default=Path("bench/out/ernerf_sbs"))
+    rep.add_argument("--data-root", type=Path, help="where the subject is on this machine (default: where it was "
+                     "trained), to score ER-NeRF's renders in <out>/ernerf_val/")
     return p
 
 
 def main() -> None:
     args = parser().parse_args()
     command = {"prepare": prepare, "dataset": make_dataset, "train": train,
-               "report": lambda a: print_report(a.out.resolve())}[args.command]
+               "report": lambda a: print_report(a.out.resolve(), a.data_root and a.data_root.resolve())}[args.command]
     try:
         command(args)
     except ErnerfError as exc:

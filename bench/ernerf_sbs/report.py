@@ -1,4 +1,5 @@
-"""Both codes' figures from their run folders, and the two tables: at equal steps, and at equal wall time.
+"""Both codes' figures from their run folders, and the tables: at equal steps, at equal wall time, and at the final
+step as the same evaluate.py scores both (ER-NeRF's validation renders read with `renders=`).
 
 Training time, for both codes, is the wall-clock time spent in training steps: from the first step to the step
 scored, with evaluation passes and checkpoint saves between steps left out, and each code's one-time start-up before
@@ -14,6 +15,7 @@ slower code's figure is therefore from at most one evaluation interval earlier t
 from __future__ import annotations
 
 import csv
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -125,3 +127,38 @@ def equal_time_table(ours: list[Point], theirs: list[Point], budgets: tuple[floa
             cells += ["-", "-"] if p is None else [f"{p.step} (at {p.train_s:.1f} s)", fmt(p.psnr, 2)]
         lines.append(f"| {seconds:.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+REGIONS = ("face", "hair", "neck", "torso", "background")  # ernerf.metrics.regions.REGIONS
+FINAL_FIGURES = (("PSNR", "psnr", 2), ("face box", "psnr_face", 2), ("LPIPS", "lpips", 4), ("LMD px", "lmd", 2),
+                 *((region, f"region_psnr_{region}", 2) for region in REGIONS))  # (header, metrics.json key, digits)
+OURS_CPU = "ours_eval_cpu"  # our last checkpoint scored again where mediapipe is (LMD), when ours_eval had none
+
+
+def final_table(rows: list[tuple[str, dict]]) -> str:
+    """Markdown: each row's figures from its evaluate.py metrics.json (`-`: unavailable); LPIPS only where a row has
+    it."""
+    has_lpips = any(number(m["metrics"].get("lpips")) is not None for _, m in rows)
+    figures = [f for f in FINAL_FIGURES if f[1] != "lpips" or has_lpips]
+    lines = ["| code | " + " | ".join(f[0] for f in figures) + " |", "|---" * (len(figures) + 1) + "|"]
+    for name, m in rows:
+        cells = [fmt(number(m["metrics"].get(key, "unavailable")), digits) for _, key, digits in figures]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ours_at_end(out: Path, metrics: dict[int, dict]) -> tuple[str, dict]:
+    """Our figures at the last step scored, named: <out>/ours_eval/step<last>/metrics.json, or, when its LMD is
+    unavailable (made where mediapipe is not installed), <out>/ours_eval_cpu/metrics.json if there is one."""
+    step = max(metrics)
+    cpu = out / OURS_CPU / "metrics.json"
+    if number(metrics[step]["metrics"].get("lmd")) is None and cpu.is_file():
+        again = json.loads(cpu.read_text())
+        return f"ours, step {again['step']} ({OURS_CPU})", again
+    return f"ours, step {step}", metrics[step]
+
+
+def renders_step(folder: Path, steps_per_epoch: int) -> int | None:
+    """The step of ER-NeRF's validation renders, from the epoch in their names (`<name>_ep0045_0001_rgb.png`)."""
+    epochs = {int(m.group(1)) for p in folder.iterdir() if (m := re.search(r"_ep(\d+)_", p.name))}
+    return epochs.pop() * steps_per_epoch if len(epochs) == 1 else None

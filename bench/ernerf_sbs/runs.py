@@ -133,16 +133,40 @@ def checkpoint_steps(run_dir: Path) -> dict[int, Path]:
     return found
 
 
+def evaluate_command(subject: Subject, data_root: Path, runs_root: Path, scored: str, folder: Path,
+                     weights: Path | None) -> list[str]:
+    """evaluate.py on the validation frames ER-NeRF scores (the first `num_val_scored`), into `folder`; `scored`:
+    run=<our checkpoint> or renders=<ER-NeRF's frames>."""
+    return [sys.executable, str(REPO / "evaluate.py"), f"subject={subject.name}", f"paths.data_root={data_root}",
+            f"paths.runs_root={runs_root}", scored, f"max_frames={subject.num_val_scored}", f"output={folder}",
+            "progress=false", *([f"lpips.weights={weights}"] if weights else [])]
+
+
 def evaluate_checkpoints(subject: Subject, data_root: Path, runs_root: Path, out: Path,
                          weights: Path | None) -> dict[int, dict]:
     """evaluate.py on each checkpoint of our run, on ER-NeRF's validation frames; step -> its metrics.json."""
     results = {}
     for step, ckpt in sorted(checkpoint_steps(runs_root / subject.name / "head").items()):
         folder = out / "ours_eval" / f"step{step}"
-        cmd = [sys.executable, str(REPO / "evaluate.py"), f"subject={subject.name}", f"paths.data_root={data_root}",
-               f"paths.runs_root={runs_root}", f"run={ckpt}", f"max_frames={subject.num_val_scored}",
-               f"output={folder}", "progress=false", *([f"lpips.weights={weights}"] if weights else [])]
         folder.mkdir(parents=True, exist_ok=True)
-        run_logged(cmd, folder / "evaluate.log", f"evaluate.py on {ckpt}")
+        run_logged(evaluate_command(subject, data_root, runs_root, f"run={ckpt}", folder, weights),
+                   folder / "evaluate.log", f"evaluate.py on {ckpt}")
         results[step] = json.loads((folder / "metrics.json").read_text())
     return results
+
+
+ERNERF_VAL, ERNERF_EVAL = "ernerf_val", "ernerf_eval"  # ER-NeRF's last validation renders, and their figures
+
+
+def score_ernerf_renders(subject: Subject, data_root: Path, out: Path, weights: Path | None) -> dict | None:
+    """ER-NeRF's last validation renders (<out>/ernerf_val/) scored by `evaluate.py renders=` as our checkpoints are,
+    into <out>/ernerf_eval/ unless they were already; -> that metrics.json, None without the renders."""
+    renders, folder = out / ERNERF_VAL, out / ERNERF_EVAL
+    if not renders.is_dir():
+        return None
+    if not (folder / "metrics.json").is_file():
+        print(f"scoring ER-NeRF's renders in {renders} with evaluate.py (log: {folder / 'evaluate.log'})", flush=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        run_logged(evaluate_command(subject, data_root, out / "ours_runs", f"renders={renders}", folder, weights),
+                   folder / "evaluate.log", f"evaluate.py renders={renders}")
+    return json.loads((folder / "metrics.json").read_text())

@@ -182,6 +182,84 @@ def test_tables_at_equal_steps_and_equal_wall_time() -> None:
     assert rows[3] == "| 110.0 | 300 (at 110.0 s) | 32.50 | 300 (at 27.0 s) | 31.75 |"
 
 
+def figures(psnr: float, lmd: float | str, step: int, **extra) -> dict:
+    """An evaluate.py metrics.json: the figures of the final table."""
+    regions = {f"region_psnr_{r}": psnr + k for k, r in enumerate(report.REGIONS)}
+    return {"step": step, "checkpoint": f"/gpu/out/ours_runs/anna/head/checkpoints/step{step:07d}.ckpt",
+            "metrics": {"psnr": psnr, "psnr_face": psnr - 3, "lpips": "unavailable", "lmd": lmd, **regions, **extra},
+            "unavailable": {"lpips": "no weights", **({"lmd": "no mediapipe"} if lmd == "unavailable" else {})}}
+
+
+def test_final_table_shows_lpips_only_where_a_code_has_it_and_ours_lmd_from_a_cpu_evaluation(tmp_path: Path) -> None:
+    table = report.final_table([("ours", figures(37.0, 2.5, 200)), ("ER-NeRF", figures(35.5, "unavailable", 0))])
+    assert table.splitlines()[0] == "| code | PSNR | face box | LMD px | face | hair | neck | torso | background |"
+    assert table.splitlines()[2:] == ["| ours | 37.00 | 34.00 | 2.50 | 37.00 | 38.00 | 39.00 | 40.00 | 41.00 |",
+                                      "| ER-NeRF | 35.50 | 32.50 | - | 35.50 | 36.50 | 37.50 | 38.50 | 39.50 |"]
+    with_lpips = report.final_table([("ours", figures(37.0, 2.5, 200, lpips=0.02))]).splitlines()
+    assert "| LPIPS |" in with_lpips[0] and "| 0.0200 |" in with_lpips[2]
+    gpu = {100: figures(36.0, "unavailable", 100), 200: figures(37.0, "unavailable", 200)}
+    assert report.ours_at_end(tmp_path, gpu) == ("ours, step 200", gpu[200])  # no CPU evaluation: LMD stays "-"
+    (tmp_path / report.OURS_CPU).mkdir()
+    (tmp_path / report.OURS_CPU / "metrics.json").write_text(json.dumps(figures(37.01, 2.4, 200)))
+    name, ours = report.ours_at_end(tmp_path, gpu)
+    assert name == "ours, step 200 (ours_eval_cpu)" and ours["metrics"]["lmd"] == 2.4
+    assert report.ours_at_end(tmp_path, {200: figures(37.0, 2.6, 200)})[1]["metrics"]["lmd"] == 2.6  # ours has it
+
+
+def side_by_side(out: Path) -> None:
+    """A finished side-by-side's folder as `report` reads it: 2 evaluations 100 steps apart, ours scored on a machine
+    without mediapipe, and ER-NeRF's last validation renders brought back."""
+    subject = dataset.Subject("anna", 100, 2, "aud_mel.npy", 80)
+    plan = {"subject": subject.__dict__, "schedule": runs.Schedule(100, 1, 2).__dict__, "steps": 200,
+            "eval_steps": 100, "data_root": "/gpu/data", "lpips_weights": None, "ernerf": {"status": 0}}
+    out.mkdir()
+    (out / "plan.json").write_text(json.dumps(plan))
+    (out / "ernerf.log").write_text("".join(f"{t:.3f}\t{line}\n" for t, line in ERNERF_LOG))
+    (out / "ours_train_clock.csv").write_text("step,train_s\n100,4.000\n200,7.500\n")
+    for step, psnr in ((100, 36.0), (200, 37.0)):
+        (out / "ours_eval" / f"step{step}").mkdir(parents=True)
+        (out / "ours_eval" / f"step{step}" / "metrics.json").write_text(json.dumps(figures(psnr, "unavailable", step)))
+    (out / runs.ERNERF_VAL).mkdir()
+    for k in (1, 2):
+        (out / runs.ERNERF_VAL / f"anna_ep0002_{k:04d}_rgb.png").write_bytes(b"")
+
+
+def test_report_scores_ernerfs_renders_once_and_tables_both_codes_at_the_final_step(tmp_path: Path, monkeypatch,
+                                                                                     capsys) -> None:
+    from bench import ernerf_side_by_side as script
+
+    out = tmp_path / "sbs"
+    side_by_side(out)
+    ran = []
+
+    def evaluate(cmd: list[str], log: Path, what: str) -> float:  # evaluate.py renders=, its metrics.json
+        ran.append(cmd)
+        folder = Path(next(a for a in cmd if a.startswith("output="))[7:])
+        (folder / "metrics.json").write_text(json.dumps(figures(35.5, 3.1, 0)))
+        return 1.0
+
+    monkeypatch.setattr(runs, "run_logged", evaluate)
+    monkeypatch.setattr("sys.argv", ["ernerf_side_by_side.py", "report", "--out", str(out), "--data-root",
+                                     str(tmp_path / "data")])
+    script.main()
+    printed = capsys.readouterr().out
+    assert len(ran) == 1 and ran[0][1].endswith("evaluate.py")
+    compose("evaluate", ran[0][2:])  # a command evaluate.py takes
+    assert {f"renders={out / 'ernerf_val'}", f"output={out / 'ernerf_eval'}", "max_frames=2", "subject=anna",
+            f"paths.data_root={tmp_path / 'data'}"} <= set(ran[0])
+    assert "| ours, step 200 | 37.00 | 34.00 | - | 37.00 |" in printed  # no mediapipe where ours was scored
+    assert "| ER-NeRF, step 200 (its renders) | 35.50 | 32.50 | 3.10 | 35.50 |" in printed  # epoch 2 of 100 steps
+    hint = next(line for line in printed.splitlines() if line.startswith("our LMD is unavailable"))
+    assert "(no mediapipe)" in hint and f"output={out / 'ours_eval_cpu'}" in hint
+    assert f"run={out / 'ours_runs/anna/head/checkpoints/step0000200.ckpt'}" in hint
+    (out / "ours_eval_cpu").mkdir()
+    (out / "ours_eval_cpu" / "metrics.json").write_text(json.dumps(figures(37.0, 2.9, 200)))
+    script.print_report(out, tmp_path / "data")
+    printed = capsys.readouterr().out
+    assert len(ran) == 1  # scored once
+    assert "| ours, step 200 (ours_eval_cpu) | 37.00 | 34.00 | 2.90 |" in printed and "our LMD" not in printed
+
+
 def test_a_subject_preprocessed_here_is_readable_by_ernerf(prepare_subject, tmp_path: Path) -> None:
     """The real pipeline's output passes every check (the clip is preprocessed once per session, shared with
     tests/test_bench.py)."""
