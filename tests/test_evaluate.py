@@ -403,9 +403,11 @@ def test_frame_files_are_the_images_of_a_folder_in_name_order_numbers_by_value(t
     assert [p.name for p in frame_files(tmp_path)] == ["f_1.jpeg", "f_2.JPG", "f_10.png"]
 
 
-def test_our_renders_read_back_from_png_files_score_as_the_checkpoint(tmp_path: Path, subject34, monkeypatch) -> None:
+def test_our_renders_read_back_from_png_files_score_as_the_checkpoint(tmp_path: Path, subject34, monkeypatch,
+                                                                      caplog) -> None:
     """renders= on the PNG files of a checkpoint's own renders gives the figures of evaluating that checkpoint: the
-    same frames, in the same order, against the same ground truth, meshed by the same mesher."""
+    same frames, in the same order, against the same ground truth, meshed by the same mesher. A fifth file, after
+    them, is left out, with a warning."""
     import ernerf.apps.evaluation.evaluate as evaluation
 
     kept, real_render_subject = [], evaluation.render_subject
@@ -421,10 +423,12 @@ def test_our_renders_read_back_from_png_files_score_as_the_checkpoint(tmp_path: 
               "downscale=16", "device=cpu", "progress=false", "report_frames=2"]
     ours = evaluation.evaluate_from_config(compose("evaluate", [*common, f"run={ckpt}"])).report
     folder = tmp_path / "frames"
-    write_frames(folder, kept[0].renders)
+    write_frames(folder, np.concatenate([kept[0].renders, 255 - kept[0].renders[:1]]))
     (folder / "notes.txt").write_text("not a frame")
     out = tmp_path / "scored"
-    read = evaluation.evaluate_from_config(compose("evaluate", [*common, f"renders={folder}", f"output={out}"]))
+    with caplog.at_level(logging.WARNING, logger="ernerf.apps.evaluation.frames"):
+        read = evaluation.evaluate_from_config(compose("evaluate", [*common, f"renders={folder}", f"output={out}"]))
+    assert "holds 5 PNG/JPG files for 4 validation frames: the first 4 are scored" in caplog.text
     theirs = read.report
     assert theirs["frames"]["validation"] == ours["frames"]["validation"] == [30, 31, 32, 33]
     assert theirs["frames"]["height"] == 32

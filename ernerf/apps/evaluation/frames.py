@@ -176,6 +176,9 @@ def read_renders(cfg: Any, folder: Path) -> tuple[Rendered, Any]:
         fewer = f" (or max_frames={len(files)}: the first {len(files)})" if files else ""
         raise ErnerfError(f"renders={folder} holds {len(files)} PNG/JPG frames, {len(frames)} are needed: one per "
                           f"validation frame of {cfg.subject}{fewer}.")
+    if len(files) > len(frames) and cfg.max_frames is None:  # e.g. a folder of several epochs' or depth images too
+        log.warning("renders=%s holds %d PNG/JPG files for %d validation frames: the first %d are scored (%s ... %s)",
+                    folder, len(files), len(frames), len(frames), files[0].name, files[len(frames) - 1].name)
     log.info("reading %d validation frames of %s from %s", len(frames), cfg.subject, folder)
     store = FrameStore(data, background="plate")  # the ground truth alone: gt_imgs/, whatever the background
     renders = np.stack([read_frame(path, data.height, data.width, cfg.downscale) for path in files[: len(frames)]])
