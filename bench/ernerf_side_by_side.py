@@ -104,6 +104,8 @@ def train_ernerf(args: argparse.Namespace, root: Path, out: Path, plan: dict) ->
     plan["ernerf"] = runs.run_ernerf(root, plan["ernerf_command"], schedule, out,
                                      runs.lpips_home(args.lpips_weights, out))
     write_plan(out, plan)
+    kept = runs.keep_last_renders(out / "ernerf_workspace", out)
+    print(f"kept ER-NeRF's {kept} renders of its last evaluation in {out / runs.ERNERF_VAL}", flush=True)
     scored = report.parse_ernerf(report.read_timestamped(out / "ernerf.log"), schedule.steps_per_epoch)
     if not [p for p in scored if p.split == "val" and p.psnr is not None]:
         raise ErnerfError(f"ER-NeRF made no evaluation (exit {plan['ernerf']['status']}): see {out / 'ernerf.err'} "

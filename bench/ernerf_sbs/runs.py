@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -156,6 +157,23 @@ def evaluate_checkpoints(subject: Subject, data_root: Path, runs_root: Path, out
 
 
 ERNERF_VAL, ERNERF_EVAL = "ernerf_val", "ernerf_eval"  # ER-NeRF's last validation renders, and their figures
+
+
+def keep_last_renders(workspace: Path, out: Path) -> int:
+    """Copy the colour renders of ER-NeRF's last evaluation (<workspace>/validation/<name>_ep<E>_<i>_rgb.png, the
+    largest E) into <out>/ernerf_val/, where `report` scores them; -> how many (0: it saved none)."""
+    epochs: dict[int, list[Path]] = {}
+    for path in (workspace / "validation").glob("*_rgb.png"):
+        match = re.search(r"_ep(\d+)_\d+_rgb\.png$", path.name)
+        if match:
+            epochs.setdefault(int(match.group(1)), []).append(path)
+    if not epochs:
+        return 0
+    keep = out / ERNERF_VAL
+    keep.mkdir(parents=True, exist_ok=True)
+    for path in epochs[max(epochs)]:
+        shutil.copy2(path, keep / path.name)
+    return len(epochs[max(epochs)])
 
 
 def score_ernerf_renders(subject: Subject, data_root: Path, out: Path, weights: Path | None) -> dict | None:

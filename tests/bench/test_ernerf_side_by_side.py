@@ -269,3 +269,18 @@ def test_a_subject_preprocessed_here_is_readable_by_ernerf(prepare_subject, tmp_
     assert subject.num_train == len(frames) and subject.num_val >= 1 and subject.feature_dim == 80
     assert np.load(folder / "aud.npy", mmap_mode="r").shape[1:] == (16, 80)
     assert (folder / "au.csv").read_text().splitlines()[0].split(",")[-1] == " AU45_r"
+
+
+def test_the_colour_renders_of_ernerfs_last_evaluation_are_kept_for_the_report(tmp_path: Path) -> None:
+    from bench.ernerf_sbs import runs
+
+    validation = tmp_path / "ws" / "validation"
+    validation.mkdir(parents=True)
+    for epoch in (9, 45):  # two evaluations, each with colour and depth images
+        for i in (1, 2):
+            for kind in ("rgb", "depth"):
+                (validation / f"ngp_ep{epoch:04d}_{i:04d}_{kind}.png").write_bytes(b"%d" % epoch)
+    assert runs.keep_last_renders(tmp_path / "ws", tmp_path / "out") == 2
+    kept = tmp_path / "out" / runs.ERNERF_VAL
+    assert sorted(p.name for p in kept.iterdir()) == ["ngp_ep0045_0001_rgb.png", "ngp_ep0045_0002_rgb.png"]
+    assert runs.keep_last_renders(tmp_path / "nothing", tmp_path / "out2") == 0
