@@ -179,12 +179,35 @@ def print_final(out: Path, plan: dict, metrics: dict[int, dict], data_root: Path
     if report.number(ours["metrics"].get("lmd")) is None:
         print(f"\nour LMD is unavailable ({ours['unavailable'].get('lmd')}): on a machine with mediapipe, "
               f"{our_cpu_command(out, subject, data_root, ours, weights)}")
+    ours_folder = report.our_renders(out, metrics)
+    if ours_folder is not None:
+        print(f"\nhead crops of the ground truth, ER-NeRF's and our renders, frame by frame: "
+              f"{write_comparison(out, subject, data_root, ours_folder)}")
+
+
+def write_comparison(out: Path, subject: dataset.Subject, data_root: Path, ours_folder: Path) -> Path:
+    """<out>/compare.png: the first, middle and last validation frame both codes rendered, as head crops."""
+    from datamodules.subject import FrameStore, parse_subject
+    from ernerf.apps.evaluation.frames import frame_files
+
+    data = parse_subject(data_root / subject.name, subject.feature_file)
+    store = FrameStore(data, background="plate")
+    theirs, ours = frame_files(out / runs.ERNERF_VAL), {int(p.stem): p for p in frame_files(ours_folder)}
+    scored = min(len(theirs), subject.num_val_scored)
+    rows = []
+    for k in sorted({0, scored // 2, scored - 1}):
+        frame = subject.num_train + k
+        if frame in ours:
+            rows.append((frame, [store.image(frame).numpy(), report.read_rgb(theirs[k]), report.read_rgb(ours[frame])]))
+    rects = {frame: data.rects["face"][frame].tolist() for frame, _ in rows}
+    return report.comparison_sheet(out / report.COMPARE, rows, ["ground truth", "ER-NeRF", "ours"], rects)
 
 
 def our_cpu_command(out: Path, subject: dataset.Subject, data_root: Path, ours: dict, weights: Path | None) -> str:
     """The evaluate.py command that scores our last checkpoint into <out>/ours_eval_cpu/ (for its LMD)."""
     ckpt = out / "ours_runs" / subject.name / "head" / "checkpoints" / Path(ours["checkpoint"]).name
     cmd = runs.evaluate_command(subject, data_root, out / "ours_runs", f"run={ckpt}", out / report.OURS_CPU, weights)
+    cmd.append("save_renders=true")
     return "python evaluate.py " + shlex.join(cmd[2:])
 
 

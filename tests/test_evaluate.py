@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from ernerf.errors import ErnerfError
 from ernerf.apps.evaluation.evaluate import resolve_cross_audio
@@ -421,7 +422,11 @@ def test_our_renders_read_back_from_png_files_score_as_the_checkpoint(tmp_path: 
     ckpt = fresh_checkpoint(tmp_path / "runs", *SMALL_FIELD)
     common = ["subject=mini", f"paths.data_root={subject34.root.parent}", f"paths.runs_root={tmp_path / 'runs'}",
               "downscale=16", "device=cpu", "progress=false", "report_frames=2"]
-    ours = evaluation.evaluate_from_config(compose("evaluate", [*common, f"run={ckpt}"])).report
+    ours = evaluation.evaluate_from_config(compose("evaluate", [*common, f"run={ckpt}", "save_renders=true",
+                                                                f"output={tmp_path / 'ours'}"])).report
+    saved = sorted((tmp_path / "ours" / "renders").iterdir())  # save_renders: each render as it was scored
+    assert [p.name for p in saved] == ["000030.png", "000031.png", "000032.png", "000033.png"]
+    assert np.array_equal(np.stack([np.array(Image.open(p)) for p in saved]), kept[0].renders)
     folder = tmp_path / "frames"
     write_frames(folder, np.concatenate([kept[0].renders, 255 - kept[0].renders[:1]]))
     (folder / "notes.txt").write_text("not a frame")

@@ -21,6 +21,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
+import numpy as np
+
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 EPOCH_START = re.compile(r"==> Start Training Epoch (\d+)")
 EPOCH_END = re.compile(r"==> Finished Epoch (\d+)")
@@ -162,3 +165,48 @@ def renders_step(folder: Path, steps_per_epoch: int) -> int | None:
     """The step of ER-NeRF's validation renders, from the epoch in their names (`<name>_ep0045_0001_rgb.png`)."""
     epochs = {int(m.group(1)) for p in folder.iterdir() if (m := re.search(r"_ep(\d+)_", p.name))}
     return epochs.pop() * steps_per_epoch if len(epochs) == 1 else None
+
+
+COMPARE = "compare.png"
+CROP_PX = 320  # each crop's side in the sheet: pixels are enlarged, never smoothed, so sharpness shows as it is
+
+
+def our_renders(out: Path, metrics: dict[int, dict]) -> Path | None:
+    """The folder of our last evaluation's renders (`save_renders`): <out>/ours_eval_cpu/renders, else
+    <out>/ours_eval/step<last>/renders; None without either."""
+    for folder in (out / OURS_CPU / "renders", out / "ours_eval" / f"step{max(metrics)}" / "renders"):
+        if folder.is_dir() and any(folder.iterdir()):
+            return folder
+    return None
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """An image file as RGB uint8 [H, W, 3]."""
+    return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def head_crop(rect: Iterable[int], height: int, width: int, grow: float = 1.8) -> tuple[slice, slice]:
+    """A square around a face box (top, bottom, left, right) grown to take in hair and chin, inside the frame."""
+    top, bottom, left, right = (int(v) for v in rect)
+    side = min(int(max(bottom - top, right - left) * grow), height, width)
+    cy, cx = (top + bottom) // 2 - side // 10, (left + right) // 2  # a little above the box's centre: the hair
+    y0, x0 = min(max(cy - side // 2, 0), height - side), min(max(cx - side // 2, 0), width - side)
+    return slice(y0, y0 + side), slice(x0, x0 + side)
+
+
+def comparison_sheet(path: Path, rows: list[tuple[int, list[np.ndarray]]], names: list[str],
+                     rects: dict[int, Iterable[int]]) -> Path:
+    """A PNG of one row per frame (its number, then [H, W, 3] uint8 images: ground truth and each code's render)
+    and one column per image, each the same head crop enlarged to CROP_PX without smoothing; `names` head the
+    columns."""
+    label_h = 28
+    sheet = np.full((label_h + len(rows) * CROP_PX, len(names) * CROP_PX, 3), 255, np.uint8)
+    for c, name in enumerate(names):
+        cv2.putText(sheet, name, (c * CROP_PX + 6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+    for r, (frame, images) in enumerate(rows):
+        ys, xs = head_crop(rects[frame], *images[0].shape[:2])
+        for c, image in enumerate(images):
+            crop = cv2.resize(image[ys, xs], (CROP_PX, CROP_PX), interpolation=cv2.INTER_NEAREST)
+            sheet[label_h + r * CROP_PX: label_h + (r + 1) * CROP_PX, c * CROP_PX: (c + 1) * CROP_PX] = crop
+    cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    return path

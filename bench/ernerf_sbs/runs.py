@@ -146,11 +146,12 @@ def evaluate_command(subject: Subject, data_root: Path, runs_root: Path, scored:
 def evaluate_checkpoints(subject: Subject, data_root: Path, runs_root: Path, out: Path,
                          weights: Path | None) -> dict[int, dict]:
     """evaluate.py on each checkpoint of our run, on ER-NeRF's validation frames; step -> its metrics.json."""
-    results = {}
-    for step, ckpt in sorted(checkpoint_steps(runs_root / subject.name / "head").items()):
+    results, steps = {}, checkpoint_steps(runs_root / subject.name / "head")
+    for step, ckpt in sorted(steps.items()):
         folder = out / "ours_eval" / f"step{step}"
         folder.mkdir(parents=True, exist_ok=True)
-        run_logged(evaluate_command(subject, data_root, runs_root, f"run={ckpt}", folder, weights),
+        last = ["save_renders=true"] if step == max(steps) else []  # the frames report's comparison shows
+        run_logged(evaluate_command(subject, data_root, runs_root, f"run={ckpt}", folder, weights) + last,
                    folder / "evaluate.log", f"evaluate.py on {ckpt}")
         results[step] = json.loads((folder / "metrics.json").read_text())
     return results

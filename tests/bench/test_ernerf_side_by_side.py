@@ -284,3 +284,23 @@ def test_the_colour_renders_of_ernerfs_last_evaluation_are_kept_for_the_report(t
     kept = tmp_path / "out" / runs.ERNERF_VAL
     assert sorted(p.name for p in kept.iterdir()) == ["ngp_ep0045_0001_rgb.png", "ngp_ep0045_0002_rgb.png"]
     assert runs.keep_last_renders(tmp_path / "nothing", tmp_path / "out2") == 0
+
+
+def test_comparison_sheet_shows_the_same_head_crop_of_each_image_enlarged_without_smoothing(tmp_path: Path) -> None:
+    import cv2
+
+    assert report.head_crop((0, 20, 50, 64), 64, 64) == (slice(0, 36), slice(28, 64))  # kept inside the frame
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    images = [truth, 255 - truth, truth // 2]
+    path = report.comparison_sheet(tmp_path / "c.png", [(7, images), (9, images)], ["gt", "a", "b"],
+                                   {7: (20, 40, 20, 40), 9: (10, 30, 30, 50)})
+    sheet = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    side = report.CROP_PX
+    assert sheet.shape == (28 + 2 * side, 3 * side, 3)
+    ys, xs = report.head_crop((10, 30, 30, 50), 64, 64)
+    scale = side / (ys.stop - ys.start)
+    for c, image in enumerate(images):  # the second row's crop, pixel for pixel (nearest: no new colours)
+        crop = sheet[28 + side: 28 + 2 * side, c * side: (c + 1) * side]
+        for y, x in ((0, 0), (side - 1, side - 1), (side // 2, side // 3)):
+            assert (crop[y, x] == image[ys.start + int(y / scale), xs.start + int(x / scale)]).all()

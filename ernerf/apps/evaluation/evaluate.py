@@ -22,7 +22,7 @@ from ernerf.apps.checkpoints import TrainedStage, audio_extractor
 from ernerf.apps.evaluation.figures import (Findings, audio_sync_findings, face_and_sync, fill_gaps, image_findings,
                                             mesh_sequence, mesher_missing, syncnet_reason)
 from ernerf.apps.evaluation.frames import (FirstFrame, Rendered, pose_options, read_renders, render_subject,
-                                           resolve_target)
+                                           resolve_target, write_renders)
 from ernerf.apps.evaluation.regions import region_findings
 from ernerf.apps.evaluation.report import (EvalResult, Source, build_report, log_metrics, print_summary,
                                            run_loggers, write_outputs)
@@ -64,6 +64,8 @@ def evaluate_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer
     report["frames"]["cross_downscale"] = cross_downscale(cfg)  # the size cross_sync_audio_corr was measured at
     with clock("report"):
         files = write_outputs(frames.out_dir, report, frames.rendered, found, cfg.report_frames, regions)
+        if cfg.get("save_renders"):
+            files["renders"] = write_renders(frames.out_dir / "renders", frames.rendered)
         loggers = run_loggers(frames.run_dir, frames.out_dir, cfg.wandb_project)
         report["logged_to"] = log_metrics(loggers, found.values, frames.source.logged_step)
     report["seconds"] = clock.rounded()

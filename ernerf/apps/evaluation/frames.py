@@ -184,3 +184,12 @@ def read_renders(cfg: Any, folder: Path) -> tuple[Rendered, Any]:
     renders = np.stack([read_frame(path, data.height, data.width, cfg.downscale) for path in files[: len(frames)]])
     truths = np.stack([store.image(f).numpy() for f in frames.tolist()])
     return Rendered(frames, renders, truths, data.rects["face"][frames].numpy(), 0.0), data
+
+
+def write_renders(folder: Path, rendered: Rendered) -> Path:
+    """Each render as <folder>/<frame>.png (the subject's frame number, zero-padded), so that `renders=` reads them
+    back in order and others can look at or score them; -> the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for frame, rgb in zip(rendered.frames.tolist(), rendered.renders):
+        Image.fromarray(rgb).save(folder / f"{frame:06d}.png")
+    return folder
