@@ -9,7 +9,8 @@ Parts: background (`load_subject`'s background of a frame, uncached, as the rend
 `Compositor.alpha` computes for a frame it has not cached: default postprocess, scheme face_neck), decode (the frames of
 input_temp.mp4 in order through `FrameSource`: per frame, a block's time over its frames), paste (the rendered crop to
 uint8 and `PasteBack.paste` into the source frame). `--hd` also times decode and paste on a 1080p copy of the subject
-(its video scaled 2x into a 1920x1080 frame, the head box with it), as users' source videos often are.
+(its video scaled 2x into a 1920x1080 frame, the head box with it; only the frames the timings read), as users'
+source videos often are.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
+from ernerf.cli import keep_transformers_out_of_torchmetrics  # noqa: E402
+
+keep_transformers_out_of_torchmetrics()  # before the first Lightning import (datamodules.subject), as the entry scripts
 from datamodules import subject as subject_module  # noqa: E402
 from ernerf.apps import inference  # noqa: E402
 from ernerf.io.video import run_ffmpeg  # noqa: E402
@@ -60,8 +64,9 @@ def baseline_modules(rev: str) -> dict[str, ModuleType]:
     return modules
 
 
-def hd_copy(root: Path, folder: Path) -> Path:
-    """A copy of subject `root` whose input_temp.mp4 is 1080p (links to everything else)."""
+def hd_copy(root: Path, folder: Path, frames: int) -> Path:
+    """A copy of subject `root` whose input_temp.mp4 is its first `frames` frames in 1080p (links to everything
+    else)."""
     hd = folder / root.name
     hd.mkdir(parents=True)
     for item in root.iterdir():
@@ -71,7 +76,7 @@ def hd_copy(root: Path, folder: Path) -> Path:
     w, h = (n * HD_SCALE for n in inference.FrameSource(root / "input_temp.mp4").get(0).shape[1::-1])
     dx, dy = (HD_SIZE[0] - w) // 2, (HD_SIZE[1] - h) // 2
     run_ffmpeg(["-i", str(root / "input_temp.mp4"), "-vf",
-                f"scale={w}:{h}:flags=bicubic,pad={HD_SIZE[0]}:{HD_SIZE[1]}:{dx}:{dy}",
+                f"scale={w}:{h}:flags=bicubic,pad={HD_SIZE[0]}:{HD_SIZE[1]}:{dx}:{dy}", "-frames:v", str(frames),
                 "-c:v", "libx264", "-crf", "18", "-pix_fmt", "yuv420p", str(hd / "input_temp.mp4")], "1080p copy")
     corners = [box.x1 * HD_SCALE + dx, box.y1 * HD_SCALE + dy, box.x2 * HD_SCALE + dx, box.y2 * HD_SCALE + dy]
     (hd / "head_bbox.json").write_text('{"x1": %d, "y1": %d, "x2": %d, "y2": %d}' % tuple(corners))
@@ -130,6 +135,11 @@ class Side:
         return self.paste_back.paste(frame, inference._to_pixels(raw)["rgb"], alpha, self.box)
 
 
+def decode_rounds(rounds: int, num_frames: int, block: int) -> int:
+    """Timed rounds of the decode part: a block each, after an untimed one, within the video's whole blocks."""
+    return min(rounds, num_frames // block - 1)
+
+
 def part_timings(sides: dict[str, Side], rounds: int, parts: tuple[str, ...]) -> dict[str, dict[str, float]]:
     """part -> side -> median ms per frame, and asserts both sides' outputs of each part are the same bits."""
     any_side = next(iter(sides.values()))
@@ -148,7 +158,7 @@ def part_timings(sides: dict[str, Side], rounds: int, parts: tuple[str, ...]) ->
     times = {}
     for part in parts:
         per_round = block if part == "decode" else 1
-        part_rounds = min(rounds, n // block - 1) if part == "decode" else rounds
+        part_rounds = decode_rounds(rounds, n, block) if part == "decode" else rounds
         times[part] = alternating({name: calls[part](side) for name, side in sides.items()}, part_rounds, per_round)
         outputs = [as_levels(calls[part](side)(1)) for side in sides.values()]
         first = outputs[0]
@@ -188,14 +198,15 @@ def main() -> None:
     sides = {"after": after}
     if args.baseline_rev:
         sides = {"before": SimpleNamespace(**baseline_modules(args.baseline_rev)), **sides}
-    roots = {"512": args.subject}
-    if args.hd:
-        roots["1080p"] = hd_copy(args.subject, Path(tempfile.mkdtemp()))
-    columns = {}
-    for title, root in roots.items():
-        parts = ("background", "alpha", "decode", "paste") if title == "512" else ("decode", "paste")
-        columns[title] = part_timings({name: Side(m, root, args.audio) for name, m in sides.items()}, args.rounds,
-                                      parts)
+    full = {name: Side(m, args.subject, args.audio) for name, m in sides.items()}
+    columns = {"512": part_timings(full, args.rounds, ("background", "alpha", "decode", "paste"))}
+    if args.hd:  # decode and paste again, on a 1080p copy of the frames those parts read
+        first = next(iter(full.values()))
+        block = inference.FrameSource(args.subject / "input_temp.mp4").block
+        frames = (decode_rounds(args.rounds, len(first.view.img_ids), block) + 1) * block
+        hd = hd_copy(args.subject, Path(tempfile.mkdtemp()), frames)
+        columns["1080p"] = part_timings({name: Side(m, hd, args.audio) for name, m in sides.items()}, args.rounds,
+                                        ("decode", "paste"))
     print(f"{args.subject.name}: ms per frame, medians of {args.rounds} calls alternating; outputs the same bits")
     print_table(columns, list(sides))
 
