@@ -2,7 +2,7 @@
 
     python bench/scale.py                          # 20 s, 1, 5 and 10 minutes of trump_10s.mp4, ping-pong
     python bench/scale.py --lengths 20 60          # seconds (or 1m, 5m)
-    python bench/scale.py --quick                  # 3 s forward and back (6 s), preprocessing only (the smoke test)
+    python bench/scale.py --quick                  # 1.6 s forward and back (3.2 s), preprocessing only (the smoke test)
     python bench/scale.py --lengths 20 --train --infer   # + train.py per stage and infer.py of 3 minutes of audio
 
 Long inputs are made from one real clip played forward, then backward, then forward... (a ping-pong, so the head
@@ -36,7 +36,7 @@ from ernerf.io.video import ffmpeg_exe, probe, run_ffmpeg  # noqa: E402
 
 DEFAULT_CLIP = REPO.parent / "shared" / "data" / "train" / "trump_10s.mp4"
 DEFAULT_LENGTHS = ("20", "1m", "5m", "10m")
-QUICK_CUT = 3.0  # --quick ping-pongs the clip's first seconds: forward and back, 150 frames
+QUICK_CUT = 1.6  # --quick ping-pongs the clip's first seconds: forward and back, 80 frames (ingest takes >= 3 s)
 INFER_AUDIO_SECONDS = 180.0  # the inference figure: 3 minutes of driving audio
 STAGES = ("head", "lips", "torso")
 RSS_EVERY_S = 0.25

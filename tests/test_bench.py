@@ -220,7 +220,7 @@ def test_voices_quick_drives_the_subject_with_every_kind_of_source(voiced_mini, 
 
 
 def test_scale_quick_preprocesses_a_pingpong_clip_and_reports_consistent_figures(tmp_path) -> None:
-    """--quick: the clip's first 3 s forward and back through the README's preprocess command; the figures must
+    """--quick: the clip's first 1.6 s forward and back through the README's preprocess command; the figures must
     agree with each other (frames, per-step rates, files per folder, bytes) and the GPU parts be absent."""
     out = tmp_path / "scale.json"
     printed = run_bench("scale.py", ["--quick", "--work-dir", str(tmp_path / "work"), "--json", str(out)])
@@ -228,8 +228,8 @@ def test_scale_quick_preprocesses_a_pingpong_clip_and_reports_consistent_figures
     assert "cost, not quality" in report["note"] and "cost, not quality" in printed
     (only,) = report["lengths"]
     pre = only["preprocess"]
-    n = pre["frames"]  # ~6 s at 25 fps: a stream copy cuts the clip at a packet, not at exactly 6 s
-    assert only["seconds"] == 6.0 and abs(only["clip_seconds"] - 6.0) < 0.3 and abs(n - 25 * only["clip_seconds"]) <= 2
+    n = pre["frames"]  # ~3.2 s at 25 fps: a stream copy cuts the clip at a packet, not at exactly 3.2 s
+    assert only["seconds"] == 3.2 and abs(only["clip_seconds"] - 3.2) < 0.3 and abs(n - 25 * only["clip_seconds"]) <= 2
     assert pre["returncode"] == 0 and pre["peak_rss_mib"] > 100 and pre["peak_tree_rss_mib"] > 0
     steps = {s["step"]: s for s in pre["steps"]}
     assert {"ingest", "headbox", "parsing", "composite", "matting", "tracking", "report"} <= set(steps)
@@ -243,7 +243,7 @@ def test_scale_quick_preprocesses_a_pingpong_clip_and_reports_consistent_figures
     assert pre["dataset"]["bytes"] == sum(p["bytes"] for p in parts.values()) > n * 3 * 1000
     assert pre["dataset"]["files"] == sum(p["files"] for p in parts.values())
     assert ".logs" not in parts and "train" not in only and "infer" not in only
-    assert not (tmp_path / "work" / "data" / "scale_6s").exists()  # removed once measured (no --keep)
+    assert not (tmp_path / "work" / "data" / "scale_3.2s").exists()  # removed once measured (no --keep)
 
 
 def test_scale_gpu_parts_say_skipped_without_cuda(tmp_path, monkeypatch) -> None:
