@@ -397,7 +397,7 @@ def test_the_page_script_parses(tmp_path) -> None:
 def test_the_stream_benchmark_times_clients_in_processes_of_their_own_from_the_speech_they_send(avatar, tmp_path):
     pytest.importorskip("aiortc")
     from ernerf.apps.tts import write_wav
-    from tests.test_bench import bench_module
+    from tests.bench.scripts import bench_module
 
     stream_bench = bench_module("stream")
     write_wav(tmp_path / "mic.wav", np.concatenate([np.zeros(SAMPLE_RATE, np.float32), speech(2.0, seed=3)]),

@@ -184,7 +184,7 @@ def test_pool_threads_refuses_what_is_not_a_count(setting) -> None:
 
 
 def test_the_queue_benchmark_counts_each_stream_frames(long_subject) -> None:
-    from tests.test_bench import bench_module
+    from tests.bench.scripts import bench_module
 
     stream_bench = bench_module("stream")
     avatar = crop_avatar(long_subject)

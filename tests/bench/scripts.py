@@ -1,0 +1,30 @@
+"""The bench/ scripts as the tests run them: started as a user starts them, or imported as modules."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from types import ModuleType
+
+from tests.conftest import REPO
+
+TINY = ["--rays", "256", "--override", "datamodule.downscale=8", "--override", "model.grid.resolution=16"]
+# A small field and few samples, for the benches that train and then render every validation frame.
+SMALL_FIELD = ["encoder.num_levels=4", "encoder.log2_hashmap_size=10", "encoder.desired_resolution=64",
+               "model.marcher.num_samples=8"]
+TINY_FIELD = [f"--override={o}" for o in SMALL_FIELD]
+
+
+def bench_module(name: str) -> ModuleType:
+    """bench/<name>.py imported as a module (the scripts are not a package)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    return importlib.import_module(name)
+
+
+def run_bench(script: str, args: list[str]) -> str:
+    """`python bench/<script> <args>` from the repository root, as a user runs it; its stdout (it must succeed)."""
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout

@@ -1,0 +1,51 @@
+"""bench/train_speed.py: the step rate and the PSNR after a training budget, or after the stage's own steps."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from tests.bench.scripts import TINY, TINY_FIELD, bench_module, run_bench
+
+
+
+def test_train_speed_reports_rate_and_budget_psnr(prepare_subject, tmp_path) -> None:
+    root = prepare_subject("train/trump_10s.mp4")
+    out = tmp_path / "speed.json"
+    run_bench("train_speed.py", ["--data-root", str(root.parent), "--subject", root.name, "--steps", "4",
+                                 "--warmup", "1", "--budget", "8", "--val-every", "1", "--override", "trainer=cpu",
+                                 "--override", "datamodule.num_workers=0", "--override", "datamodule.num_val_frames=2",
+                                 "--override", "datamodule.preload=host", "--json", str(out), *TINY, *TINY_FIELD])
+    figures = json.loads(out.read_text())
+    assert figures["it_per_s"] > 0 and figures["rays_per_s"] == figures["it_per_s"] * 256
+    assert figures["preload"] == "host"  # frames staged from host memory each step (on a CPU too)
+    assert figures["val_frames"] == 2  # the explicit override wins over the bench's default (every held-out frame)
+    assert figures["cuda_graph_captures"] == 0  # a CPU run is eager
+    assert 5 < figures["val_psnr"] < 60 and 0 < figures["val_ssim"] <= 1
+    curve = figures["curve"]  # scored every 1 s of training (the clock stopped while scoring), last at the budget
+    assert len(curve) >= 2 and curve[-1]["val_psnr"] == figures["val_psnr"]
+    assert curve[-1]["train_s"] >= 8 and all(p["train_s"] < 8 for p in curve[:-1])
+    assert all(a["steps"] < b["steps"] and a["train_s"] < b["train_s"] for a, b in zip(curve, curve[1:]))
+
+
+def test_train_speed_full_stage_trains_the_stage_budget_and_scores_its_end(prepare_subject, tmp_path, monkeypatch,
+                                                                           capsys) -> None:
+    """--full-stage: train.py's step budget for the subject (here capped by stage.max_steps), scored at the end, with
+    an EMA of the weights scored next to the weights themselves."""
+    root = prepare_subject("train/trump_10s.mp4")
+    out = tmp_path / "stage.json"
+    # in this process: the test above starts the script as a user does, a second start would only repeat its imports
+    monkeypatch.setattr(sys, "argv", ["train_speed.py", "--data-root", str(root.parent), "--subject", root.name,
+                                      "--steps", "0", "--full-stage", "--override", "stage.max_steps=7", "--override",
+                                      "trainer=cpu", "--override", "datamodule.num_workers=0", "--override",
+                                      "datamodule.num_val_frames=2", "--target-psnr", "5", "--override",
+                                      "callbacks.ema={_target_: callbacks.ema.EMAWeights, every_n_steps: 2}",
+                                      "--json", str(out), *TINY, *TINY_FIELD])
+    bench_module("train_speed").main()
+    printed = capsys.readouterr().out
+    figures = json.loads(out.read_text())
+    assert figures["steps"] == 7 and [p["steps"] for p in figures["curve"]] == [7]  # one score, at the stage's end
+    assert 5 < figures["val_psnr"] < 60 and figures["target_reached_s"] == figures["train_s"]
+    assert 0 < figures["startup_s"] <= figures["train_s"]  # the clock at the first check (step 1 on a CPU)
+    assert "7 steps per device" in printed
+    assert 5 < figures["curve"][-1]["val_psnr_weights"] < 60 and figures["curve"][-1]["val_psnr_weights"] != figures["val_psnr"]
