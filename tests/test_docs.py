@@ -30,7 +30,7 @@ def documented_commands() -> list[tuple[str, int, str, list[str]]]:
                 continue  # continued lines and shell variables are not one command
             words = shlex.split(match.group(2).split("  #")[0].split(" # ")[0])
             if "-m" in words or "--multirun" in words:
-                continue  # a sweep: its values are lists, composed job by job (tests/test_train.py runs one)
+                continue  # a sweep: its values are lists, composed job by job (tests/test_multirun.py runs one)
             overrides = [w[1:-1] if w.startswith("[") and w.endswith("]") else w for w in words]  # [optional=value]
             overrides = [re.sub(r"<[^>]+>", "anna", w) for w in overrides]
             found.append((str(doc.relative_to(REPO)), number, f"{match.group(1)}.py", overrides))

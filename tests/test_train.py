@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -164,117 +163,6 @@ def test_ckpt_path_last_resumes_and_continues_the_step_count(trained: Path) -> N
     assert ckpt["global_step"] == STEPS + 10
     assert ckpt["lr_schedulers"][0]["last_epoch"] == STEPS + 10  # the decay continued, not restarted
     assert int(ckpt["state_dict"]["grid.num_updates"]) == 4  # one more refresh, before step 48
-
-
-SWEEP = [*TINY, "datamodule.num_rays=32", "model.marcher.num_samples=4", "trainer.max_steps=1",
-         "trainer.val_check_interval=1", "datamodule.num_val_frames=1"]
-
-
-def multirun(tmp: Path, *overrides: str, timeout: int = 300):
-    """`python train.py -m subject=sphere ...` on the synthetic subject in `tmp` (W&B offline)."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-    from tests.synthetic import write_synthetic_subject
-
-    if not (tmp / "data" / "sphere").exists():
-        write_synthetic_subject(tmp / "data" / "sphere", num_frames=12, size=16)
-    cmd = [sys.executable, "train.py", "-m", "subject=sphere", f"paths.data_root={tmp / 'data'}",
-           f"paths.runs_root={tmp / 'runs'}", *SWEEP, *overrides]
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "COLUMNS": "200"}
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def read_summary(sweep_dir: Path) -> list[dict[str, str]]:
-    import csv
-
-    with open(sweep_dir / "summary.csv") as f:
-        return list(csv.DictReader(f))
-
-
-def read_offline_wandb_run(run_dir: Path) -> dict:
-    """What an offline W&B run recorded (its .wandb file): group, tags, name, and the keys of its history rows."""
-    from wandb.proto import wandb_internal_pb2
-    from wandb.sdk.internal import datastore
-
-    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")  # one W&B run per job: finish() closed the last
-    store = datastore.DataStore()
-    store.open_for_scan(str(path))
-    found: dict = {"history": set()}
-    while (data := store.scan_data()) is not None:
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(data)
-        if record.WhichOneof("record_type") == "run":
-            found.update(group=record.run.run_group, tags=list(record.run.tags), name=record.run.display_name)
-        elif record.WhichOneof("record_type") == "history":
-            found["history"] |= {item.key or "/".join(item.nested_key) for item in record.history.item}
-    return found
-
-
-def test_multirun_gives_each_job_a_folder_and_wandb_run_in_the_sweep_and_ranks_them(tmp_path: Path) -> None:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    done = multirun(tmp_path, "logger=[wandb,tensorboard]", "encoder.log2_hashmap_size=9,12", "sweep=first")
-    assert done.returncode == 0, done.stderr[-3000:]
-    sweep = tmp_path / "runs" / "sphere" / "sweeps" / "first"
-    runs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert runs == ["head-encoder.log2_hashmap_size=12", "head-encoder.log2_hashmap_size=9"]
-    rows = read_summary(sweep)
-    assert [r["status"] for r in rows] == ["finished", "finished"] and [r["rank"] for r in rows] == ["1", "2"]
-    assert float(rows[0]["val/psnr"]) >= float(rows[1]["val/psnr"])
-    for row in rows:
-        finished = json.loads((Path(row["run_dir"]) / "finished.json").read_text())
-        assert abs(finished["metrics"]["val/psnr"] - float(row["val/psnr"])) < 0.01
-    notes = {r["encoder.log2_hashmap_size"]: r["notes"] for r in rows}
-    assert notes["9"] == "" and "has no effect" in notes["12"]  # the finest level, 63^2 vertices, fits 2^12 rows
-    warning = "WARNING] - encoder.log2_hashmap_size=12 has no effect"
-    assert (done.stdout + done.stderr).count(warning) == 1  # once, at the job's start
-    assert "sweep" in done.stdout and "head-encoder.log2_hashmap_size=12" in done.stdout  # the printed table
-    for run in runs:
-        wandb_run = read_offline_wandb_run(sweep / run)
-        assert wandb_run["group"] == "sphere-first" and wandb_run["name"] == f"sphere-{run}"
-        assert wandb_run["tags"] == ["sphere", "head", "debug=fast"]
-        assert {"val/psnr", "val_images/0_render", "val_images/0_truth", "val_images/0_depth"} <= {
-            key.removesuffix("/_type") for key in wandb_run["history"]}
-        events = EventAccumulator(str(sweep / run / "tensorboard")).Reload()
-        assert {"val_images/0_render", "val_images/0_truth", "val_images/0_depth"} <= set(events.Tags()["images"])
-
-
-def test_sweeps_do_not_collide_and_a_refused_job_does_not_end_the_sweep(tmp_path: Path) -> None:
-    first = multirun(tmp_path, "encoder.log2_hashmap_size=choice(9)")  # one job; the sweep named after its start time
-    assert first.returncode == 0, first.stderr[-3000:]
-    (earlier,) = (tmp_path / "runs" / "sphere" / "sweeps").iterdir()
-    # an earlier run's checkpoint where the next sweep's first job would train: that job is refused, not the sweep
-    named = tmp_path / "runs" / "sphere" / "sweeps" / "named"
-    saved = named / "head-encoder.log2_hashmap_size=9" / "checkpoints" / "step0000001.ckpt"
-    saved.parent.mkdir(parents=True)
-    saved.write_bytes(b"an earlier run")
-    again = multirun(tmp_path, "sweep=named", "encoder.log2_hashmap_size=9,10")
-    assert again.returncode == 1 and "1 of 2 jobs did not finish: #0 refused" in again.stderr
-    rows = read_summary(named)
-    assert [(r["encoder.log2_hashmap_size"], r["status"]) for r in rows] == [("10", "finished"), ("9", "refused")]
-    assert "holds checkpoints of an earlier head run" in rows[1]["error"] and saved.read_bytes() == b"an earlier run"
-    for row in read_summary(earlier):  # the same values in the first sweep: its own folders, untouched
-        assert row["status"] == "finished" and Path(row["run_dir"]).parent == earlier
-        assert (Path(row["run_dir"]) / "checkpoints" / "last.ckpt").is_file()
-
-
-def test_an_optuna_search_runs_its_trials_and_ranks_them(tmp_path: Path) -> None:
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the `search` extra: pip install -e .[search]")
-    done = multirun(tmp_path, "hparams_search=head_optuna", "sweep=search", "hydra.sweeper.n_trials=2",
-                    "hydra.sweeper.sampler.n_startup_trials=2", "encoder.desired_resolution=64")
-    assert done.returncode == 0, done.stderr[-3000:]
-    sweep = tmp_path / "runs" / "sphere" / "sweeps" / "search"
-    rows = read_summary(sweep)
-    assert [r["status"] for r in rows] == ["finished", "finished"]
-    assert {"loss.weights.opacity_entropy", "loss.weights.ambient_audio"} <= set(rows[0])
-    assert not {"encoder.log2_hashmap_size", "encoder.desired_resolution"} & set(rows[0])  # fixed on the command line
-    assert all(1e-5 <= float(r["loss.weights.opacity_entropy"]) <= 1e-3 for r in rows)
-    best = OmegaConf.load(sweep / "optimization_results.yaml")  # the sweeper's own record: the summary's first row
-    assert abs(best.best_value - float(rows[0]["val/psnr"])) < 0.01
-    assert {k: f"{v}" for k, v in best.best_params.items()} == {k: rows[0][k] for k in best.best_params}
 
 
 @pytest.mark.slow
