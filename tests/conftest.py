@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import fcntl
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from hydra.plugins.config_source import ConfigResult
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -28,8 +34,10 @@ def shared_clip(relpath: str) -> Path:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist (`make test` runs `-n 2`), share the cores between the workers: each worker's torch, and
-    the scripts its tests start, get their part of the threads, so that the workers do not oversubscribe the CPU."""
+    """Each config file parsed once per process (`parse_each_config_file_once`). Under pytest-xdist (`make test` runs
+    `-n 2`), share the cores between the workers: each worker's torch, and the scripts its tests start, get their part
+    of the threads, so that the workers do not oversubscribe the CPU."""
+    parse_each_config_file_once()
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if not workers:
         return
@@ -49,6 +57,46 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+def parse_each_config_file_once() -> None:
+    """Hydra parses every YAML file a compose reads again at each compose (its cache lasts one compose): a quarter of
+    a compose's time, and the suite composes hundreds per process. Here each file is parsed once per process (keyed
+    by its path, size and modification time, so an edited file is read again) and every compose gets a deep copy of
+    the parse: the same configs, composed as before."""
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.config_source import ConfigSource
+
+    # the classes Hydra composes with (its plugin discovery imports their modules anew)
+    sources = {cls.__name__: cls for cls in Plugins.instance().discover(ConfigSource)}
+    parsed: dict[tuple, ConfigResult] = {}
+
+    def once(load: Callable[[ConfigSource, str], ConfigResult], key: Callable[[ConfigSource, str], tuple | None]):
+        def load_config(self: ConfigSource, config_path: str) -> ConfigResult:
+            k = key(self, config_path)
+            if k is None:
+                return load(self, config_path)
+            if k not in parsed:
+                parsed[k] = load(self, config_path)
+            result = parsed[k]
+            return dataclasses.replace(result, config=copy.deepcopy(result.config), header=dict(result.header))
+
+        load_config.parses_once = True
+        return load_config
+
+    def file_key(source: ConfigSource, config_path: str) -> tuple | None:
+        path = os.path.join(source.path, source._normalize_file_name(config_path))
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None  # Hydra raises its own error
+        return os.path.realpath(path), st.st_size, st.st_mtime_ns
+
+    files, package = sources["FileConfigSource"], sources["ImportlibResourcesConfigSource"]
+    if not getattr(files.load_config, "parses_once", False):
+        files.load_config = once(files.load_config, file_key)
+        # Hydra's own configs (hydra/config, job logging...), inside the installed package
+        package.load_config = once(package.load_config, lambda source, config_path: (source.path, config_path))
 
 
 def compose(config_name: str, overrides: list[str] | None = None):
