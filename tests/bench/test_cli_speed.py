@@ -7,7 +7,6 @@ import json
 from tests.bench.scripts import run_bench
 
 
-
 def test_cli_speed_times_every_question_of_every_script(tmp_path) -> None:
     out = tmp_path / "cli.json"
     printed = run_bench("cli_speed.py", ["--runs", "1", "--json", str(out)])

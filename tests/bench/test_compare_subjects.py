@@ -8,7 +8,6 @@ from pathlib import Path
 from tests.bench.scripts import bench_module
 
 
-
 def test_compare_subjects_tells_a_dataset_change_from_a_rerun(tmp_path: Path) -> None:
     compare = bench_module("compare_subjects")
     for name, seconds in (("a", 1.5), ("b", 2.5)):

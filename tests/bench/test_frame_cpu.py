@@ -5,7 +5,6 @@ from __future__ import annotations
 from tests.bench.scripts import run_bench
 
 
-
 def test_frame_cpu_times_each_part_against_a_baseline_with_the_same_bits(prepare_subject) -> None:
     """bench/frame_cpu.py on the real subject, this checkout against itself: every part timed, 512 and 1080p."""
     root = prepare_subject("train/trump_10s.mp4")

@@ -8,7 +8,6 @@ import sys
 from tests.bench.scripts import bench_module, run_bench
 
 
-
 def test_preload_speed_times_a_tiled_subject_in_each_mode(tmp_path, monkeypatch, capsys) -> None:
     from tests.synthetic import write_synthetic_subject
 

@@ -7,7 +7,6 @@ import pytest
 from tests.bench.scripts import REPO
 
 
-
 def test_preprocess_bench_sums_all_and_main_process_cpu_per_step() -> None:
     """bench/preprocess.py's table: per step and overall, CPU of the whole tree and of the main process alone."""
     import importlib.util

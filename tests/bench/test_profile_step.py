@@ -8,7 +8,6 @@ import sys
 from tests.bench.scripts import REPO, TINY, run_bench
 
 
-
 def test_profile_step_reports_phases_and_variants(prepare_subject, tmp_path) -> None:
     root = prepare_subject("train/trump_10s.mp4")
     out = tmp_path / "profile.json"

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 from tests.bench.scripts import REPO, run_bench
 
 
-
 def test_scale_quick_preprocesses_a_pingpong_clip_and_reports_consistent_figures(tmp_path) -> None:
     """--quick: the clip's first 1.6 s forward and back through the README's preprocess command; the figures must
     agree with each other (frames, per-step rates, files per folder, bytes) and the GPU parts be absent."""

@@ -8,7 +8,6 @@ import sys
 from tests.bench.scripts import TINY, TINY_FIELD, bench_module, run_bench
 
 
-
 def test_train_speed_reports_rate_and_budget_psnr(prepare_subject, tmp_path) -> None:
     root = prepare_subject("train/trump_10s.mp4")
     out = tmp_path / "speed.json"

@@ -12,7 +12,6 @@ import pytest
 from tests.bench.scripts import REPO, SMALL_FIELD, run_bench
 
 
-
 def voices_module():
     sys.path.insert(0, str(REPO / "bench"))
     import voices
