@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import sys
 
-from tests.bench.scripts import REPO, TINY, run_bench
+from tests.bench.scripts import REPO, TINY, first_training_frames, run_bench
 
 
 def test_profile_step_reports_phases_and_variants(prepare_subject, tmp_path) -> None:
-    root = prepare_subject("train/trump_10s.mp4")
+    root = first_training_frames(prepare_subject("train/trump_10s.mp4"), tmp_path / "data")
     out = tmp_path / "profile.json"
     run_bench("profile_step.py", ["--data-root", str(root.parent), "--subject", root.name, "--steps", "3",
                                   "--warmup", "1", "--profile-steps", "2", "--variant", "base",

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import sys
 
-from tests.bench.scripts import TINY, TINY_FIELD, bench_module, run_bench
+from tests.bench.scripts import TINY, TINY_FIELD, bench_module, first_training_frames, run_bench
 
 
 def test_train_speed_reports_rate_and_budget_psnr(prepare_subject, tmp_path) -> None:
-    root = prepare_subject("train/trump_10s.mp4")
+    root = first_training_frames(prepare_subject("train/trump_10s.mp4"), tmp_path / "data")
     out = tmp_path / "speed.json"
     run_bench("train_speed.py", ["--data-root", str(root.parent), "--subject", root.name, "--steps", "4",
                                  "--warmup", "1", "--budget", "8", "--val-every", "1", "--override", "trainer=cpu",
@@ -31,7 +31,7 @@ def test_train_speed_full_stage_trains_the_stage_budget_and_scores_its_end(prepa
                                                                            capsys) -> None:
     """--full-stage: train.py's step budget for the subject (here capped by stage.max_steps), scored at the end, with
     an EMA of the weights scored next to the weights themselves."""
-    root = prepare_subject("train/trump_10s.mp4")
+    root = first_training_frames(prepare_subject("train/trump_10s.mp4"), tmp_path / "data")
     out = tmp_path / "stage.json"
     # in this process: the test above starts the script as a user does, a second start would only repeat its imports
     monkeypatch.setattr(sys, "argv", ["train_speed.py", "--data-root", str(root.parent), "--subject", root.name,
