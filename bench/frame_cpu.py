@@ -32,9 +32,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from ernerf.cli import keep_transformers_out_of_torchmetrics  # noqa: E402
+from ernerf.cli import keep_torchmetrics_import_lean  # noqa: E402
 
-keep_transformers_out_of_torchmetrics()  # before the first Lightning import (datamodules.subject), as the entry scripts
+keep_torchmetrics_import_lean()  # before the first Lightning import (datamodules.subject), as the entry scripts
 from datamodules import subject as subject_module  # noqa: E402
 from ernerf.apps import inference  # noqa: E402
 from ernerf.io.video import run_ffmpeg  # noqa: E402

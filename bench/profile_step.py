@@ -34,9 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from ernerf.cli import keep_transformers_out_of_torchmetrics  # noqa: E402
+from ernerf.cli import keep_torchmetrics_import_lean  # noqa: E402
 
-keep_transformers_out_of_torchmetrics()  # before the first Lightning import (datamodules.subject), as the entry scripts
+keep_torchmetrics_import_lean()  # before the first Lightning import (datamodules.subject), as the entry scripts
 from datamodules.subject import FrameStore, TrainRays  # noqa: E402
 from train_speed import build  # noqa: E402
 

@@ -23,9 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from ernerf.cli import keep_transformers_out_of_torchmetrics  # noqa: E402
+from ernerf.cli import keep_torchmetrics_import_lean  # noqa: E402
 
-keep_transformers_out_of_torchmetrics()  # before the first Lightning import, as the entry scripts
+keep_torchmetrics_import_lean()  # before the first Lightning import, as the entry scripts
 
 from ernerf.apps.checkpoints import TrainedStage, audio_extractor, trained_stages  # noqa: E402
 from ernerf.apps.inference import (OutputOptions, Renderer, SubjectView, driving_features,  # noqa: E402

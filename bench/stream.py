@@ -44,9 +44,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from ernerf.cli import keep_transformers_out_of_torchmetrics  # noqa: E402
+from ernerf.cli import keep_torchmetrics_import_lean  # noqa: E402
 
-keep_transformers_out_of_torchmetrics()  # before the first Lightning import, as the entry scripts
+keep_torchmetrics_import_lean()  # before the first Lightning import, as the entry scripts
 
 SENTENCE = "Hello, I am a talking head, and this is what I sound like when I talk for a few seconds."
 LOUD = 300  # mean |sample| of a 20 ms chunk (int16) above which a chunk counts as speech

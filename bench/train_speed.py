@@ -38,9 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from ernerf.cli import keep_transformers_out_of_torchmetrics  # noqa: E402
+from ernerf.cli import keep_torchmetrics_import_lean  # noqa: E402
 
-keep_transformers_out_of_torchmetrics()  # before the first Lightning import, as the entry scripts
+keep_torchmetrics_import_lean()  # before the first Lightning import, as the entry scripts
 import lightning as L  # noqa: E402
 
 from callbacks.data_parallel import DataParallelCallback  # noqa: E402

@@ -33,9 +33,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ernerf.cli import keep_transformers_out_of_torchmetrics  # noqa: E402
+from ernerf.cli import keep_torchmetrics_import_lean  # noqa: E402
 
-keep_transformers_out_of_torchmetrics()  # before the first Lightning import, as the entry scripts
+keep_torchmetrics_import_lean()  # before the first Lightning import, as the entry scripts
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 

@@ -91,33 +91,43 @@ def rename_keys(argv: Sequence[str], renames: Mapping[str, str]) -> list[str]:
     return out
 
 
-def keep_transformers_out_of_torchmetrics() -> None:
-    """Let torchmetrics import as if `transformers` were not installed.
+# Packages torchmetrics imports at its own import when they are installed, for metrics this project never computes:
+# `transformers` for BERTScore, InfoLM and CLIPScore (seconds, with the `hub` extra), `scipy` for `scipy.signal`, a
+# back-compatibility patch of its audio metrics (~1.8 s of a 2 GHz core at each start).
+KEPT_OUT_OF_TORCHMETRICS = ("transformers", "scipy")
 
-    torchmetrics imports `transformers` at its own import whenever that package is installed (for BERTScore, InfoLM
-    and CLIPScore, which this project never computes), and Lightning imports torchmetrics: with the `hub` extra
-    (HuBERT / wav2vec2 features) every training, inference or evaluation process would first wait seconds for a
-    text-model library. torchmetrics asks `lightning_utilities`' `RequirementCache` whether `transformers` is there;
-    from here on that answer is "no" (for torchmetrics: nothing else asks it), while `import transformers` keeps
-    working for the audio extractor that needs it. Entry points call this before their first Lightning import, so a
-    library user's own process is left as it is."""
+
+def keep_torchmetrics_import_lean() -> None:
+    """Let torchmetrics import as if `transformers` and `scipy` were not installed (`KEPT_OUT_OF_TORCHMETRICS`).
+
+    Lightning imports torchmetrics, so every training, inference or evaluation process would first wait for those
+    imports. torchmetrics asks `lightning_utilities` whether they are there (its `RequirementCache` and
+    `package_available`); from here on that answer is "no" (nothing else in these processes asks it), while
+    `import transformers` and `import scipy` keep working for the code that needs them (the audio extractor,
+    preprocessing). Entry points call this before their first Lightning import, so a library user's own process is
+    left as it is."""
     try:
-        from lightning_utilities.core.imports import RequirementCache
+        from lightning_utilities.core import imports
     except ImportError:
         return
-    check = getattr(RequirementCache, "_check_available", None)
-    if check is None or getattr(check, "keeps_transformers_out", False):
+    check = getattr(imports.RequirementCache, "_check_available", None)
+    if check is None or getattr(check, "keeps_torchmetrics_lean", False):
         return  # another lightning_utilities (nothing to patch), or already patched
+    available = imports.package_available
 
-    def check_available(self: RequirementCache) -> None:
-        if not hasattr(self, "available") and (self.requirement or self.module or "").startswith("transformers"):
-            self.available, self.message = False, "transformers is not imported by torchmetrics here (ernerf.cli)"
+    def check_available(self: imports.RequirementCache) -> None:
+        name = re.split(r"[<>=!~ \[;]", self.requirement or self.module or "", maxsplit=1)[0]
+        if not hasattr(self, "available") and name in KEPT_OUT_OF_TORCHMETRICS:
+            self.available, self.message = False, f"{name} is not imported by torchmetrics here (ernerf.cli)"
             return
         check(self)
 
-    check_available.keeps_transformers_out = True
-    check_available.unpatched = check  # what a test restores
-    RequirementCache._check_available = check_available
+    def package_available(package_name: str) -> bool:
+        return package_name not in KEPT_OUT_OF_TORCHMETRICS and available(package_name)
+
+    check_available.keeps_torchmetrics_lean = True
+    check_available.unpatched, package_available.unpatched = check, available  # what a test restores
+    imports.RequirementCache._check_available, imports.package_available = check_available, package_available
 
 
 # What a Ctrl-C leaves, and how to go on, by entry script (train.py's run is stopped by Lightning, which says so).
@@ -143,7 +153,7 @@ def run_entry_point(main: Callable[[], object], script: str, plain_keys: Mapping
     argv = exit_on_user_error(check_command_line)(argv, script)
     sys.argv[1:] = rename_keys(argv, plain_keys or {})
     if not any(a.split("=")[0] in HYDRA_FLAGS for a in argv):  # a job runs (--help and the like import no torch)
-        keep_transformers_out_of_torchmetrics()
+        keep_torchmetrics_import_lean()
     try:
         main()
     except KeyboardInterrupt:  # Ctrl-C: one line that says what is kept, not a traceback (130: killed by SIGINT)

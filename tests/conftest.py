@@ -39,10 +39,10 @@ def pytest_configure(config: pytest.Config) -> None:
     collection on the 2-core machine). Under pytest-xdist (`make test` runs `-n 2`), share the cores between the
     workers: each worker's torch, and the scripts its tests start, get their part of the threads, so that the workers
     do not oversubscribe the CPU."""
-    from ernerf.cli import keep_transformers_out_of_torchmetrics
+    from ernerf.cli import keep_torchmetrics_import_lean
 
     parse_each_config_file_once()
-    keep_transformers_out_of_torchmetrics()
+    keep_torchmetrics_import_lean()
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if not workers:
         return

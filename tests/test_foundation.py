@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -106,34 +107,42 @@ def test_help_does_not_import_torch_or_lightning(script: str) -> None:
     assert not {"torch", "lightning"} & imported
 
 
-def test_a_job_imports_lightning_without_transformers_which_stays_importable() -> None:
-    """torchmetrics would import the installed `transformers` (seconds) at Lightning's import; after the entry
-    points' `keep_transformers_out_of_torchmetrics` it does not, and the audio extractor can still import it."""
-    pytest.importorskip("transformers", reason="only matters where transformers is installed (the hub extra)")
-    code = ("import sys\nfrom ernerf.cli import keep_transformers_out_of_torchmetrics\n"
-            "keep_transformers_out_of_torchmetrics()\nimport lightning.pytorch, torchmetrics\n"
+def test_a_job_imports_lightning_without_transformers_or_scipy_which_stay_importable() -> None:
+    """torchmetrics would import the installed `transformers` and `scipy.signal` (seconds) at Lightning's import;
+    after the entry points' `keep_torchmetrics_import_lean` it does not, its image metrics still work, and both
+    packages can still be imported by the code that needs them."""
+    pytest.importorskip("scipy")
+    kept_out = ["scipy.signal"] + (["transformers"] if importlib.util.find_spec("transformers") else [])
+    code = ("import sys\nfrom ernerf.cli import keep_torchmetrics_import_lean\n"
+            "keep_torchmetrics_import_lean()\nimport lightning.pytorch, torchmetrics, torch\n"
+            "from torchmetrics.functional.image import structural_similarity_index_measure as ssim\n"
             "from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity\n"
-            "print('after lightning:', 'transformers' in sys.modules)\n"
-            "import transformers\nprint('importable:', hasattr(transformers, 'AutoModel'))\n")
+            f"print('after lightning:', [m for m in {kept_out} if m in sys.modules])\n"
+            "x = torch.rand(1, 3, 16, 16)\nprint('ssim:', round(float(ssim(x, x)), 4))\n"
+            f"import importlib\nprint('importable:', [bool(importlib.import_module(m)) for m in {kept_out}])\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "after lightning: False" in done.stdout and "importable: True" in done.stdout
+    assert "after lightning: []" in done.stdout and "ssim: 1.0" in done.stdout
+    assert f"importable: {[True] * len(kept_out)}" in done.stdout
 
 
 @pytest.mark.parametrize(("argv", "patched"), [(["subject=anna"], True), (["subject=anna", "--help"], False)])
-def test_entry_points_keep_transformers_out_of_jobs_only(monkeypatch: pytest.MonkeyPatch, argv: list[str],
-                                                        patched: bool) -> None:
-    from lightning_utilities.core.imports import RequirementCache
+def test_entry_points_keep_torchmetrics_lean_in_jobs_only(monkeypatch: pytest.MonkeyPatch, argv: list[str],
+                                                          patched: bool) -> None:
+    from lightning_utilities.core import imports
 
     from ernerf.cli import run_entry_point
 
     # as a fresh process has it (an earlier test in this one may have run an entry point); restored after
-    unpatched = getattr(RequirementCache._check_available, "unpatched", RequirementCache._check_available)
-    monkeypatch.setattr(RequirementCache, "_check_available", unpatched)
+    for owner, name in ((imports.RequirementCache, "_check_available"), (imports, "package_available")):
+        monkeypatch.setattr(owner, name, getattr(getattr(owner, name), "unpatched", getattr(owner, name)))
     monkeypatch.setattr(sys, "argv", ["train.py", *argv])
     seen = []
-    run_entry_point(lambda: seen.append(bool(RequirementCache("transformers>=4.4.0"))), "train.py")
-    assert seen == [not patched] and bool(RequirementCache("torch"))
+    run_entry_point(lambda: seen.append((bool(imports.RequirementCache("transformers>=4.4.0")),
+                                         imports.package_available("scipy"))), "train.py")
+    has_transformers = importlib.util.find_spec("transformers") is not None
+    assert seen == [(has_transformers and not patched, not patched)]
+    assert bool(imports.RequirementCache("torch")) and imports.package_available("numpy")
 
 
 def test_a_ctrl_c_in_an_entry_point_is_one_line_that_says_how_to_go_on(monkeypatch, capsys) -> None:
