@@ -172,6 +172,10 @@ def print_final(out: Path, plan: dict, metrics: dict[int, dict], data_root: Path
     if theirs is None:
         return
     name, ours = report.ours_at_end(out, metrics)
+    kept = out / "ours_eval" / f"step{max(metrics)}" / "renders"  # our last renders, as ER-NeRF's: scored from files
+    if report.number(ours["metrics"].get("lmd")) is None and runs.lmd_available() and kept.is_dir():
+        runs.score_renders(subject, data_root, out, kept, out / report.OURS_CPU, weights, "our")
+        name, ours = report.ours_at_end(out, metrics)
     step = report.renders_step(out / runs.ERNERF_VAL, plan["schedule"]["steps_per_epoch"])
     rows = [(name, ours), (f"ER-NeRF, step {step or '?'} (its renders)", theirs)]
     print("\nAt the final step, both scored by evaluate.py (PSNR in dB of the frame, the face box and each region; "

@@ -156,8 +156,8 @@ def ours_at_end(out: Path, metrics: dict[int, dict]) -> tuple[str, dict]:
     step = max(metrics)
     cpu = out / OURS_CPU / "metrics.json"
     if number(metrics[step]["metrics"].get("lmd")) is None and cpu.is_file():
-        again = json.loads(cpu.read_text())
-        return f"ours, step {again['step']} ({OURS_CPU})", again
+        again = json.loads(cpu.read_text())  # the checkpoint rendered again, or (renders=) its kept renders
+        return f"ours, step {step if again.get('renders') else again['step']} ({OURS_CPU})", again
     return f"ours, step {step}", metrics[step]
 
 

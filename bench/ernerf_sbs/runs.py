@@ -10,6 +10,7 @@ callbacks/train_clock.py.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -180,11 +181,22 @@ def keep_last_renders(workspace: Path, out: Path) -> int:
 def score_ernerf_renders(subject: Subject, data_root: Path, out: Path, weights: Path | None) -> dict | None:
     """ER-NeRF's last validation renders (<out>/ernerf_val/) scored by `evaluate.py renders=` as our checkpoints are,
     into <out>/ernerf_eval/ unless they were already; -> that metrics.json, None without the renders."""
-    renders, folder = out / ERNERF_VAL, out / ERNERF_EVAL
+    return score_renders(subject, data_root, out, out / ERNERF_VAL, out / ERNERF_EVAL, weights, "ER-NeRF's")
+
+
+def lmd_available() -> bool:
+    """Whether evaluate.py can score LMD here (its landmarks are mediapipe's)."""
+    return importlib.util.find_spec("mediapipe") is not None
+
+
+def score_renders(subject: Subject, data_root: Path, out: Path, renders: Path, folder: Path, weights: Path | None,
+                  whose: str) -> dict | None:
+    """The frames in `renders` scored by `evaluate.py renders=` into `folder` unless they were already; -> that
+    metrics.json, None without the renders."""
     if not renders.is_dir():
         return None
     if not (folder / "metrics.json").is_file():
-        print(f"scoring ER-NeRF's renders in {renders} with evaluate.py (log: {folder / 'evaluate.log'})", flush=True)
+        print(f"scoring {whose} renders in {renders} with evaluate.py (log: {folder / 'evaluate.log'})", flush=True)
         folder.mkdir(parents=True, exist_ok=True)
         run_logged(evaluate_command(subject, data_root, out / "ours_runs", f"renders={renders}", folder, weights),
                    folder / "evaluate.log", f"evaluate.py renders={renders}")

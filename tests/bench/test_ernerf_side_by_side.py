@@ -239,6 +239,7 @@ def test_report_scores_ernerfs_renders_once_and_tables_both_codes_at_the_final_s
         return 1.0
 
     monkeypatch.setattr(runs, "run_logged", evaluate)
+    monkeypatch.setattr(runs, "lmd_available", lambda: False)  # as on the GPU machine
     monkeypatch.setattr("sys.argv", ["ernerf_side_by_side.py", "report", "--out", str(out), "--data-root",
                                      str(tmp_path / "data")])
     script.main()
@@ -304,3 +305,34 @@ def test_comparison_sheet_shows_the_same_head_crop_of_each_image_enlarged_withou
         crop = sheet[28 + side: 28 + 2 * side, c * side: (c + 1) * side]
         for y, x in ((0, 0), (side - 1, side - 1), (side // 2, side // 3)):
             assert (crop[y, x] == image[ys.start + int(y / scale), xs.start + int(x / scale)]).all()
+
+
+def test_where_lmd_can_be_scored_report_scores_our_kept_renders_as_ernerfs(tmp_path: Path, monkeypatch,
+                                                                          capsys) -> None:
+    """Ours scored without LMD on the GPU machine, its last renders kept: `report` where mediapipe is scores those
+    files as it scores ER-NeRF's (once), and the final table names our last step."""
+    from bench import ernerf_side_by_side as script
+
+    out = tmp_path / "sbs"
+    side_by_side(out)
+    kept = out / "ours_eval" / "step200" / "renders"
+    kept.mkdir()
+    ran = []
+
+    def evaluate(cmd: list[str], log: Path, what: str) -> float:
+        ran.append(cmd)
+        folder = Path(next(a for a in cmd if a.startswith("output="))[7:])
+        ours = "renders=" + str(kept) in cmd
+        metrics = figures(37.02, 2.7, 200) if ours else figures(35.5, 3.1, 0)
+        (folder / "metrics.json").write_text(json.dumps({**metrics, "renders": str(kept) if ours else None}))
+        return 1.0
+
+    monkeypatch.setattr(runs, "run_logged", evaluate)
+    monkeypatch.setattr(runs, "lmd_available", lambda: True)
+    monkeypatch.setattr(script, "write_comparison", lambda *args: out / "compare.png")
+    for _ in range(2):
+        script.print_report(out, tmp_path / "data")
+        printed = capsys.readouterr().out
+        assert "| ours, step 200 (ours_eval_cpu) | 37.02 | 34.02 | 2.70 |" in printed and "our LMD" not in printed
+        assert "| ER-NeRF, step 200 (its renders) | 35.50 | 32.50 | 3.10 |" in printed
+    assert len(ran) == 2 and {f"renders={kept}", f"output={out / 'ours_eval_cpu'}", "max_frames=2"} <= set(ran[1])
