@@ -196,3 +196,52 @@ def test_frames_marched_together_each_see_their_own_group() -> None:
         for name in ("rgb", "depth", "opacity"):
             torch.testing.assert_close(together[name][b], alone[name], rtol=0, atol=1e-6)
     assert not torch.allclose(together["opacity"][0], together["opacity"][2])  # the frames differ
+
+
+def shell_density(x: torch.Tensor, radius: float = 0.5, width: float = 0.04, sigma: float = 60.0) -> torch.Tensor:
+    """sigma in a thin spherical shell, 0 elsewhere: a surface that few samples a ray step over."""
+    return ((x.norm(dim=-1) - radius).abs() < width / 2).float() * sigma
+
+
+def test_samples_on_the_occupied_span_render_a_thin_surface_as_many_samples_do() -> None:
+    """8 samples a ray: spread over the box they miss the thin shell on some rays and not on their neighbours (a
+    ragged silhouette); over each ray's occupied stretch they find it, close to a 256-sample render."""
+    grid = OccupancyGrid(BOX, resolution=32)
+    for _ in range(8):
+        grid.update(shell_density)
+    c2w = torch.eye(4)
+    c2w[2, 3] = -3.0
+
+    def shell(x: torch.Tensor, d: torch.Tensor) -> FieldOutputs:
+        return FieldOutputs(sigma=shell_density(x), rgb=torch.tensor([1.0, 0.0, 0.0]).expand(len(x), 3))
+
+    def render(marcher: RayMarcher, with_grid: bool = True) -> dict[str, torch.Tensor]:
+        return render_image(marcher.eval(), shell, c2w, (32.0, 32.0, 16.0, 16.0), 32, 32, BOX,
+                            grid=grid if with_grid else None, bg_color=(0.0, 0.0, 1.0), chunk=256)
+
+    reference = render(RayMarcher(num_samples=256), with_grid=False)["opacity"]
+    box = render(RayMarcher(num_samples=8))["opacity"]
+    occupied = render(RayMarcher(num_samples=8, span="occupied"))["opacity"]
+    box_error, occupied_error = (box - reference).abs().mean(), (occupied - reference).abs().mean()
+    assert occupied_error < 0.5 * box_error, (float(occupied_error), float(box_error))
+    assert occupied[0, 0] == 0 and reference[0, 0] == 0  # a ray through no occupied cell stays empty
+    # without a grid there is no occupied span: the box's samples, as span=box
+    torch.testing.assert_close(render(RayMarcher(num_samples=8, span="occupied"), with_grid=False)["opacity"],
+                               render(RayMarcher(num_samples=8), with_grid=False)["opacity"])
+
+
+def test_the_occupied_span_covers_every_occupied_probe_and_keeps_shapes_static() -> None:
+    grid = OccupancyGrid(BOX, resolution=16)
+    grid.update(shell_density)
+    marcher = RayMarcher(num_samples=8, span="occupied", probes=64)
+    rays_o = torch.tensor([[0.0, 0.0, -3.0], [0.2, 0.1, -3.0], [0.9, 0.9, -3.0], [5.0, 5.0, -3.0]])
+    rays_d = torch.tensor([[0.0, 0.0, 1.0]]).expand(4, 3)
+    near, far, hit = intersect_aabb(rays_o, rays_d, torch.tensor(BOX), 0.05)
+    n2, f2, h2 = marcher._occupied_span(rays_o, rays_d, near, far, hit, grid)
+    assert n2.shape == near.shape and h2.tolist() == [True, True, False, False]
+    probes = torch.linspace(0, 1, 2001)[None] * (far - near)[:, None] + near[:, None]
+    occupied = grid.occupied_samples(rays_o, rays_d, probes, hit)
+    for r in (0, 1):  # every occupied point of the ray lies in the span, and the span is shorter than the box
+        ts = probes[r][occupied[r]]
+        assert n2[r] <= ts.min() + (far[r] - near[r]) / 64 and ts.max() - (far[r] - near[r]) / 64 <= f2[r]
+        assert f2[r] - n2[r] < far[r] - near[r]
