@@ -92,8 +92,8 @@ def rename_keys(argv: Sequence[str], renames: Mapping[str, str]) -> list[str]:
 
 
 # Packages torchmetrics imports at its own import when they are installed, for metrics this project never computes:
-# `transformers` for BERTScore, InfoLM and CLIPScore (seconds, with the `hub` extra), `scipy` for `scipy.signal`, a
-# back-compatibility patch of its audio metrics (~1.8 s of a 2 GHz core at each start).
+# `transformers` for BERTScore, InfoLM and CLIPScore (with the `hub` extra), `scipy` for `scipy.signal`, a
+# back-compatibility patch of its audio metrics. Each is seconds of every start (docs/performance.md).
 KEPT_OUT_OF_TORCHMETRICS = ("transformers", "scipy")
 
 
