@@ -47,4 +47,5 @@ def test_train_speed_full_stage_trains_the_stage_budget_and_scores_its_end(prepa
     assert 5 < figures["val_psnr"] < 60 and figures["target_reached_s"] == figures["train_s"]
     assert 0 < figures["startup_s"] <= figures["train_s"]  # the clock at the first check (step 1 on a CPU)
     assert "7 steps per device" in printed
-    assert 5 < figures["curve"][-1]["val_psnr_weights"] < 60 and figures["curve"][-1]["val_psnr_weights"] != figures["val_psnr"]
+    weights_psnr = figures["curve"][-1]["val_psnr_weights"]
+    assert 5 < weights_psnr < 60 and weights_psnr != figures["val_psnr"]
