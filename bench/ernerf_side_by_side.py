@@ -172,7 +172,7 @@ def print_final(out: Path, plan: dict, metrics: dict[int, dict], data_root: Path
     if theirs is None:
         return
     name, ours = report.ours_at_end(out, metrics)
-    kept = out / "ours_eval" / f"step{max(metrics)}" / "renders"  # our last renders, as ER-NeRF's: scored from files
+    kept = report.last_eval_renders(out, metrics)  # our last renders, as ER-NeRF's: scored from files
     if report.number(ours["metrics"].get("lmd")) is None and runs.lmd_available() and kept.is_dir():
         runs.score_renders(subject, data_root, out, kept, out / report.OURS_CPU, weights, "our")
         name, ours = report.ours_at_end(out, metrics)

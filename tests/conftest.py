@@ -35,8 +35,8 @@ def shared_clip(relpath: str) -> Path:
 
 def pytest_configure(config: pytest.Config) -> None:
     """Each config file parsed once per process (`parse_each_config_file_once`), and Lightning imported without
-    transformers, as the entry scripts import it (torchmetrics would import transformers, ~5 s of each worker's
-    collection on the 2-core machine). Under pytest-xdist (`make test` runs `-n 2`), share the cores between the
+    transformers and scipy.signal, as the entry scripts import it (`keep_torchmetrics_import_lean`: seconds of each
+    worker's collection on the 2-core machine). Under pytest-xdist (`make test` runs `-n 2`), share the cores between the
     workers: each worker's torch, and the scripts its tests start, get their part of the threads, so that the workers
     do not oversubscribe the CPU."""
     from ernerf.cli import keep_torchmetrics_import_lean

@@ -171,10 +171,15 @@ COMPARE = "compare.png"
 CROP_PX = 320  # each crop's side in the sheet: pixels are enlarged, never smoothed, so sharpness shows as it is
 
 
+def last_eval_renders(out: Path, metrics: dict[int, dict]) -> Path:
+    """Where our last evaluation on the GPU machine kept its renders (`save_renders`): <out>/ours_eval/step<last>/."""
+    return out / "ours_eval" / f"step{max(metrics)}" / "renders"
+
+
 def our_renders(out: Path, metrics: dict[int, dict]) -> Path | None:
     """The folder of our last evaluation's renders (`save_renders`): <out>/ours_eval_cpu/renders, else
     <out>/ours_eval/step<last>/renders; None without either."""
-    for folder in (out / OURS_CPU / "renders", out / "ours_eval" / f"step{max(metrics)}" / "renders"):
+    for folder in (out / OURS_CPU / "renders", last_eval_renders(out, metrics)):
         if folder.is_dir() and any(folder.iterdir()):
             return folder
     return None
