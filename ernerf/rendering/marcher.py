@@ -95,25 +95,12 @@ def compact_static(keep: Tensor, capacity: int) -> tuple[Tensor, Tensor]:  # boo
     return ids[:capacity], position[-1] + 1
 
 
-SPANS = ("box", "occupied")  # where a ray's samples go: its whole stretch through the box, or its occupied part
-
-
 class RayMarcher(nn.Module):
-    """Marches rays with `num_samples` stratified samples; knows nothing about the field.
+    """Marches rays through the box with `num_samples` stratified samples; knows nothing about the field."""
 
-    `span="box"` spreads them over the ray's stretch through the box; `"occupied"` (with a grid) over the part
-    between its first and last occupied cell, found by `probes` occupancy tests along the ray: few samples a ray,
-    spread over the box, leave a thin surface (a chin against the neck) between samples on some rays and not on
-    their neighbours, which draws a ragged silhouette; on the occupied part they sit on the surface, as a marcher
-    that skips empty cells places them (ER-NeRF's)."""
-
-    def __init__(self, num_samples: int = 16, perturb: bool = True, min_near: float = 0.05, span: str = "box",
-                 probes: int = 128) -> None:
+    def __init__(self, num_samples: int = 16, perturb: bool = True, min_near: float = 0.05) -> None:
         super().__init__()
-        if span not in SPANS:
-            raise ValueError(f"marcher span={span!r}: one of {', '.join(SPANS)}")
         self.num_samples, self.perturb, self.min_near = num_samples, perturb, min_near
-        self.span, self.probes = span, probes
 
     def forward(
         self,
@@ -136,8 +123,6 @@ class RayMarcher(nn.Module):
         frame of a batch the ray belongs to; what it means is the field's business."""
         aabb = torch.as_tensor(aabb, dtype=rays_o.dtype, device=rays_o.device)
         near, far, hit = intersect_aabb(rays_o, rays_d, aabb, self.min_near)
-        if grid is not None and self.span == "occupied":
-            near, far, hit = self._occupied_span(rays_o, rays_d, near, far, hit, grid)
         t, dt = self._sample_distances(near, far)  # [N, S], [N]
         keep = hit[:, None].expand_as(t) if grid is None else grid.occupied_samples(rays_o, rays_d, t, hit)
         occupied = None
@@ -169,19 +154,6 @@ class RayMarcher(nn.Module):
             samples_evaluated=int(kept.numel()),
             samples_occupied=occupied,
         )
-
-    def _occupied_span(self, rays_o: Tensor, rays_d: Tensor, near: Tensor, far: Tensor, hit: Tensor,
-                       grid: OccupancyGrid) -> tuple[Tensor, Tensor, Tensor]:
-        """[near, far] of each ray narrowed to the probes' stretches from its first to its last occupied one (a
-        probe's whole stretch, so a cell the probe falls in is covered); a ray with none no longer hits. Fixed
-        shapes, no host sync (CUDA graphs)."""
-        p = self.probes
-        step = (far - near) / p  # [N]
-        probes = near[:, None] + (torch.arange(p, device=near.device, dtype=near.dtype) + 0.5) * step[:, None]
-        occupied = grid.occupied_samples(rays_o, rays_d, probes, hit)  # [N, P]
-        first = occupied.int().argmax(1)  # the first True (0 when none: such rays stop hitting below)
-        last = p - 1 - occupied.flip(1).int().argmax(1)
-        return near + first * step, near + (last + 1) * step, hit & occupied.any(1)
 
     def _sample_distances(self, near: Tensor, far: Tensor) -> tuple[Tensor, Tensor]:  # -> t [N, S], dt [N]
         """One sample per equal bin of [near, far]: jittered in training, bin centres otherwise."""

@@ -21,6 +21,9 @@ from ernerf.errors import ErnerfError
 # chooses them now, so loading drops them.
 EXECUTION_HPARAMS = ("compile_field", "cuda_graph", "cuda_graph_headroom", "cuda_graph_capacity", "tf32",
                      "render_cuda_graph", "eval_chunk", "eval_chunk_gpu", "cuda_graph_allreduce_in_graph")
+# The marcher's sample-placement option of a short-lived version (span: box | occupied, probes): it lost to the box
+# span in training (docs/evaluation.md), and the box span is what those checkpoints' default did.
+RETIRED_MARCHER_HPARAMS = ("span", "probes")
 SHARED_LAYOUT = ("auto", "torch", "triton")  # hash-grid backends with the reference's parameter layout
 ENCODER_BACKENDS = ("auto", "torch", "triton")  # what a caller may ask for
 
@@ -86,8 +89,11 @@ def kernel_backend(choice: str, device: torch.device) -> str:
 
 def model_hparams(saved: Mapping[str, Any], backend: str, device: torch.device) -> dict[str, Any]:
     """The constructor arguments of the model that saved hyper-parameters describe, to run on `device`: execution
-    settings of earlier versions dropped, every hash grid on `backend`."""
-    return on_backend({k: v for k, v in saved.items() if k not in EXECUTION_HPARAMS}, backend, device)
+    settings and retired marcher options of earlier versions dropped, every hash grid on `backend`."""
+    hparams = {k: v for k, v in saved.items() if k not in EXECUTION_HPARAMS}
+    if isinstance(hparams.get("marcher"), Mapping):
+        hparams["marcher"] = {k: v for k, v in hparams["marcher"].items() if k not in RETIRED_MARCHER_HPARAMS}
+    return on_backend(hparams, backend, device)
 
 
 def on_backend(node: Any, backend: str, device: torch.device) -> Any:

@@ -92,6 +92,16 @@ def test_a_checkpoint_with_the_execution_settings_of_earlier_versions_loads(tmp_
         torch.testing.assert_close(got[key], ref[key], rtol=0, atol=1e-6)  # 16-ray chunks: the same rays
 
 
+def test_a_checkpoint_with_the_retired_marcher_span_option_loads_and_marches_the_box(tmp_path: Path) -> None:
+    system = head()
+    marcher = {**dict(system.hparams)["marcher"], "span": "box", "probes": 128}
+    loaded = load_system(save(system, tmp_path / "span.ckpt", marcher=marcher), "cpu")
+    assert "span" not in loaded.hparams["marcher"] and "probes" not in loaded.hparams["marcher"]
+    got, ref = frame(loaded), frame(system)
+    for key in ref:
+        assert torch.equal(got[key], ref[key]), key
+
+
 def test_what_cannot_load_says_why(tmp_path: Path) -> None:
     system = build()
     with pytest.raises(ErnerfError, match="does not exist"):
