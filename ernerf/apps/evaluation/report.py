@@ -40,11 +40,11 @@ class EvalResult:
 @dataclass(frozen=True)
 class Source:
     """What made the evaluated frames, as metrics.json names it: a checkpoint of a stage at a step, or (renders=) a
-    folder of frames read from files, which then stands for the stage and the step too."""
+    folder of frames read from files, which has neither a stage nor a step of ours (null in metrics.json)."""
 
     checkpoint: Path | None
-    stage: str
-    step: int | str
+    stage: str | None
+    step: int | None
     renders: Path | None = None
 
     @classmethod
@@ -55,7 +55,7 @@ class Source:
     @classmethod
     def folder(cls, renders: Path) -> Source:
         """Frames read from a folder."""
-        return cls(None, str(renders), str(renders), renders)
+        return cls(None, None, None, renders)
 
     @property
     def label(self) -> str:
@@ -65,7 +65,7 @@ class Source:
     @property
     def logged_step(self) -> int:
         """The step the loggers get: the checkpoint's; 0 for frames read from files."""
-        return self.step if isinstance(self.step, int) else 0
+        return self.step if self.step is not None else 0
 
 
 def build_report(subject: str, source: Source, rendered: Rendered, found: Findings,
