@@ -98,15 +98,16 @@ class ExecutionEngine(EagerExecution, L.Callback):
         loss scaling).
     cuda_graph_headroom, cuda_graph_capacity: the graphed step's sample capacity (GraphedStep's headroom and
         fixed_capacity).
-    tf32: TF32 matrix products in training steps and renders. render_cuda_graph: replay whole-frame renders on a GPU.
+    tf32: TF32 matrix products in training steps and renders. render_cuda_graph: replay whole-frame renders on a GPU,
+        at the occupied samples of the frame that captured the graph times render_cuda_graph_headroom.
     eval_chunk, eval_chunk_gpu: rays rendered at once on a CPU, on a GPU.
     sigterm_every_n_steps: under DDP, Lightning's per-step SIGTERM check only every n steps (1: every step).
     """
 
     def __init__(self, compile_field: bool | str = "auto", cuda_graph: bool | str = "auto",
                  cuda_graph_headroom: float = 1.2, cuda_graph_capacity: int | None = None, tf32: bool = True,
-                 render_cuda_graph: bool = True, eval_chunk: int = 4096, eval_chunk_gpu: int = 262144,
-                 sigterm_every_n_steps: int = 50) -> None:
+                 render_cuda_graph: bool = True, render_cuda_graph_headroom: float = 1.25, eval_chunk: int = 4096,
+                 eval_chunk_gpu: int = 262144, sigterm_every_n_steps: int = 50) -> None:
         super().__init__(eval_chunk, eval_chunk_gpu)
         for name, mode in (("compile_field", compile_field), ("cuda_graph", cuda_graph)):
             if mode not in MODES:
@@ -114,6 +115,9 @@ class ExecutionEngine(EagerExecution, L.Callback):
         self.compile_field, self.cuda_graph, self.tf32 = compile_field, cuda_graph, bool(tf32)
         self.cuda_graph_headroom, self.cuda_graph_capacity = float(cuda_graph_headroom), cuda_graph_capacity
         self.render_cuda_graph, self.sigterm_every_n_steps = bool(render_cuda_graph), int(sigterm_every_n_steps)
+        if render_cuda_graph_headroom < 1.0:
+            raise ErnerfError(f"engine.render_cuda_graph_headroom must be at least 1.0, got {render_cuda_graph_headroom}.")
+        self.render_cuda_graph_headroom = float(render_cuda_graph_headroom)
         self.system: Any = None  # the TalkingHeadSystem attached
         self.train_field: FieldFn | None = None  # the field's forward in training steps
         self.render_field: FieldFn | None = None  # and in whole-frame renders
@@ -162,7 +166,8 @@ class ExecutionEngine(EagerExecution, L.Callback):
             if not (self.render_cuda_graph and device.type == "cuda" and chunk >= rays):
                 return render_fn(inputs, None, chunk)
             if self.graphed_render is None:
-                self.graphed_render = GraphedRender(functools.partial(render_fn, chunk=chunk))
+                self.graphed_render = GraphedRender(functools.partial(render_fn, chunk=chunk),
+                                                    headroom=self.render_cuda_graph_headroom)
             return self.graphed_render(inputs)
 
     # ---------------------------------------------------------------- Lightning

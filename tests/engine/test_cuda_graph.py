@@ -232,6 +232,12 @@ def test_graphed_frames_equal_eager_frames_and_grow_the_capacity_when_needed() -
             torch.testing.assert_close(got[key], ref[key], rtol=1e-4, atol=1e-5)
     assert graphs.graphed_render.captures == 2 and eager.graphed_render is None
     assert next(iter(graphs.graphed_render.entries.values())).capacity > small
+    tight = ExecutionEngine(render_cuda_graph_headroom=1.0).attach(system)  # the engine passes its headroom on
+    for seed in (3, 4):
+        got, ref = frame(seed, tight), frame(seed, eager)
+        for key in ref:
+            torch.testing.assert_close(got[key], ref[key], rtol=1e-4, atol=1e-5)
+    assert tight.graphed_render.headroom == 1.0
 
 
 @gpu

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -81,3 +82,11 @@ def test_the_eager_engine_trains_and_renders_as_the_default_one_on_a_cpu(tmp_pat
         moments = {f"{i}.{k}": v for i, state in ckpt["optimizer_states"][0]["state"].items() for k, v in state.items()}
         results[engine] = (digest(ckpt["state_dict"]), digest(moments), metrics["val/psnr"])
     assert results["eager"] == results["default"] and results["default"][2] > 5  # val/psnr of a learning run
+
+
+def test_a_render_graph_headroom_under_one_is_refused_in_one_line() -> None:
+    from ernerf.errors import ErnerfError
+
+    with pytest.raises(ErnerfError, match="render_cuda_graph_headroom must be at least 1.0"):
+        ExecutionEngine(render_cuda_graph_headroom=0.9)
+    assert ExecutionEngine(render_cuda_graph_headroom=1.0).render_cuda_graph_headroom == 1.0
