@@ -34,14 +34,16 @@ def shared_clip(relpath: str) -> Path:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Each config file parsed once per process (`parse_each_config_file_once`), and Lightning imported without
-    transformers and scipy.signal, as the entry scripts import it (`keep_torchmetrics_import_lean`: seconds of each
-    worker's collection on the 2-core machine). Under pytest-xdist (`make test` runs `-n 2`), share the cores between the
-    workers: each worker's torch, and the scripts its tests start, get their part of the threads, so that the workers
-    do not oversubscribe the CPU."""
-    from ernerf.cli import keep_torchmetrics_import_lean
+    """Each config file parsed once per process (`parse_each_config_file_once`), Hydra's repository copies sharing
+    the ConfigStore and Lightning imported without transformers and scipy.signal, as in the entry scripts
+    (`share_hydra_config_store`, `keep_torchmetrics_import_lean`: seconds of each worker's collection on the 2-core
+    machine). Under pytest-xdist (`make test` runs `-n 2`), share the cores between the workers: each worker's torch,
+    and the scripts its tests start, get their part of the threads, so that the workers do not oversubscribe the
+    CPU."""
+    from ernerf.cli import keep_torchmetrics_import_lean, share_hydra_config_store
 
     parse_each_config_file_once()
+    share_hydra_config_store()
     keep_torchmetrics_import_lean()
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if not workers:

@@ -107,6 +107,30 @@ def test_help_does_not_import_torch_or_lightning(script: str) -> None:
     assert not {"torch", "lightning"} & imported
 
 
+
+def test_hydras_copies_of_the_config_repository_share_the_config_store() -> None:
+    """Entry points let Hydra's per-listing copies of its repository share the ConfigStore (`share_hydra_config_store`,
+    most of `--help`'s time otherwise): a structured config stored after a copy was made is found through the copy."""
+    import copy
+
+    from hydra import initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ernerf.cli import share_hydra_config_store
+    from tests.conftest import CONF_DIR
+
+    share_hydra_config_store()
+    store = ConfigStore.instance()
+    assert copy.deepcopy(store) is store
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        copied = copy.deepcopy(GlobalHydra.instance().config_loader().repository)
+        store.store(group="ernerf_test_late", name="late", node={"value": 1})
+        try:
+            assert copied.load_config("ernerf_test_late/late").config.value == 1
+        finally:
+            del store.repo["ernerf_test_late"]
+
 def test_a_job_imports_lightning_without_transformers_or_scipy_which_stay_importable() -> None:
     """torchmetrics would import the installed `transformers` and `scipy.signal` (seconds) at Lightning's import;
     after the entry points' `keep_torchmetrics_import_lean` it does not, its image metrics still work, and both
