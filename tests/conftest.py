@@ -118,11 +118,16 @@ def compose(config_name: str, overrides: list[str] | None = None):
 _PREPARED: dict[tuple[str, str], Path] = {}
 
 
-def prepared_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where the run's preprocessed clips live: under pytest-xdist the temp folder that the workers' own folders are
-    in (`<run>/popen-gw0`, ...), so that every worker finds what another built; in one process, its own."""
+def run_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The temp folder of the whole run: under pytest-xdist the one that the workers' own folders are in
+    (`<run>/popen-gw0`, ...), so that every worker finds what another built there; in one process, its own."""
     base = tmp_path_factory.getbasetemp()
-    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "prepared"
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def prepared_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the run's preprocessed clips live (see run_temp)."""
+    return run_temp(tmp_path_factory) / "prepared"
 
 
 @contextlib.contextmanager
@@ -169,6 +174,19 @@ def build_prepared(base: Path, clip: str, steps: list[str]) -> Path:
     return base / steps[-1] / stem
 
 
+def build_once(folder: Path, build: Callable[[Path], object]) -> Path:
+    """`folder`, made by `build(<a temporary folder>)` and renamed into place once complete, once for the whole run:
+    a worker that finds another building it waits (a lock beside it), then reads the result."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with held(folder.with_name(f"{folder.name}.lock")):
+        if not folder.is_dir():
+            work = folder.with_name(f".building-{folder.name}")  # what a killed run left is dropped (the lock is ours)
+            shutil.rmtree(work, ignore_errors=True)
+            build(work)
+            work.rename(folder)
+    return folder
+
+
 def tree_state(folder: Path) -> dict[str, tuple[int, int]]:
     """Size and modification time of every file and folder under `folder` (a folder's changes when an entry is
     added or removed)."""
@@ -197,3 +215,12 @@ def prepare_subject(tmp_path_factory: pytest.TempPathFactory):
     changed = [str(folder) for folder, state in handed_out.items() if tree_state(folder) != state]
     if changed:
         pytest.fail(f"tests wrote into the shared preprocessed subjects {changed}: copy one before changing it")
+
+
+@pytest.fixture(scope="session")
+def embedded_sample(tmp_path_factory: pytest.TempPathFactory):
+    """The embedded talking sample (`make_sample(seed=0)`), written once for the whole run and shared by the xdist
+    workers (`build_once`): tests only read it."""
+    from ernerf.apps.sample import SamplePaths, make_sample
+
+    return SamplePaths.in_dir(build_once(run_temp(tmp_path_factory) / "sample", lambda out: make_sample(out, seed=0)))
