@@ -16,6 +16,7 @@ import pytest
 
 if TYPE_CHECKING:
     from hydra.plugins.config_source import ConfigResult
+    from omegaconf import DictConfig
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -106,13 +107,22 @@ def parse_each_config_file_once() -> None:
         package.load_config = once(package.load_config, lambda source, config_path: (source.path, config_path))
 
 
-def compose(config_name: str, overrides: list[str] | None = None):
-    """Compose the REAL Hydra config of an entry point with overrides."""
+_COMPOSED: dict[tuple[str, tuple[str, ...]], DictConfig] = {}
+
+
+def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:
+    """Compose the REAL Hydra config of an entry point with overrides. A composition asked for again in this process
+    (the preprocessing config of the cached subjects, most often) is a copy of the first one: the config files do not
+    change during a run, and interpolations such as `${now:...}` resolve in each copy when read."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=overrides or [], return_hydra_config=False)
+    key = (config_name, tuple(overrides or []))
+    if key not in _COMPOSED:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            _COMPOSED[key] = hydra_compose(config_name=config_name, overrides=list(key[1]),
+                                           return_hydra_config=False)
+    return copy.deepcopy(_COMPOSED[key])
 
 
 _PREPARED: dict[tuple[str, str], Path] = {}
