@@ -130,6 +130,19 @@ def keep_torchmetrics_import_lean() -> None:
     imports.RequirementCache._check_available, imports.package_available = check_available, package_available
 
 
+def share_hydra_config_store() -> None:
+    """Let Hydra's copies of its config repository share the ConfigStore instead of copying it.
+
+    Hydra deep-copies its config repository, and with it the ConfigStore that holds the structured configs of the
+    installed plugins (the Optuna sweeper, the submitit launcher), each time it lists a config group's options: twice
+    per group for `--help`, which lists every group, so most of `--help`'s time went to copying that store. The
+    store is the process's registry, which no composition changes; later Hydra releases read the live store in the
+    copies as well (facebookresearch/hydra#2928)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.__deepcopy__ = lambda self, memo: self
+
+
 # What a Ctrl-C leaves, and how to go on, by entry script (train.py's run is stopped by Lightning, which says so).
 AFTER_CTRL_C = {
     "preprocess.py": "the steps that finished are kept: the same command goes on from the first one that did not",
@@ -152,6 +165,7 @@ def run_entry_point(main: Callable[[], object], script: str, plain_keys: Mapping
     argv = [quote_free_text(arg, free_text) for arg in sys.argv[1:]]
     argv = exit_on_user_error(check_command_line)(argv, script)
     sys.argv[1:] = rename_keys(argv, plain_keys or {})
+    share_hydra_config_store()
     if not any(a.split("=")[0] in HYDRA_FLAGS for a in argv):  # a job runs (--help and the like import no torch)
         keep_torchmetrics_import_lean()
     try:

@@ -16,6 +16,7 @@ import pytest
 
 if TYPE_CHECKING:
     from hydra.plugins.config_source import ConfigResult
+    from omegaconf import DictConfig
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -34,14 +35,16 @@ def shared_clip(relpath: str) -> Path:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Each config file parsed once per process (`parse_each_config_file_once`), and Lightning imported without
-    transformers and scipy.signal, as the entry scripts import it (`keep_torchmetrics_import_lean`: seconds of each
-    worker's collection on the 2-core machine). Under pytest-xdist (`make test` runs `-n 2`), share the cores between the
-    workers: each worker's torch, and the scripts its tests start, get their part of the threads, so that the workers
-    do not oversubscribe the CPU."""
-    from ernerf.cli import keep_torchmetrics_import_lean
+    """Each config file parsed once per process (`parse_each_config_file_once`), Hydra's repository copies sharing
+    the ConfigStore and Lightning imported without transformers and scipy.signal, as in the entry scripts
+    (`share_hydra_config_store`, `keep_torchmetrics_import_lean`: seconds of each worker's collection on the 2-core
+    machine). Under pytest-xdist (`make test` runs `-n 2`), share the cores between the workers: each worker's torch,
+    and the scripts its tests start, get their part of the threads, so that the workers do not oversubscribe the
+    CPU."""
+    from ernerf.cli import keep_torchmetrics_import_lean, share_hydra_config_store
 
     parse_each_config_file_once()
+    share_hydra_config_store()
     keep_torchmetrics_import_lean()
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if not workers:
@@ -104,23 +107,37 @@ def parse_each_config_file_once() -> None:
         package.load_config = once(package.load_config, lambda source, config_path: (source.path, config_path))
 
 
-def compose(config_name: str, overrides: list[str] | None = None):
-    """Compose the REAL Hydra config of an entry point with overrides."""
+_COMPOSED: dict[tuple[str, tuple[str, ...]], DictConfig] = {}
+
+
+def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:
+    """Compose the REAL Hydra config of an entry point with overrides. A composition asked for again in this process
+    (the preprocessing config of the cached subjects, most often) is a copy of the first one: the config files do not
+    change during a run, and interpolations such as `${now:...}` resolve in each copy when read."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=overrides or [], return_hydra_config=False)
+    key = (config_name, tuple(overrides or []))
+    if key not in _COMPOSED:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            _COMPOSED[key] = hydra_compose(config_name=config_name, overrides=list(key[1]),
+                                           return_hydra_config=False)
+    return copy.deepcopy(_COMPOSED[key])
 
 
 _PREPARED: dict[tuple[str, str], Path] = {}
 
 
-def prepared_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where the run's preprocessed clips live: under pytest-xdist the temp folder that the workers' own folders are
-    in (`<run>/popen-gw0`, ...), so that every worker finds what another built; in one process, its own."""
+def run_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The temp folder of the whole run: under pytest-xdist the one that the workers' own folders are in
+    (`<run>/popen-gw0`, ...), so that every worker finds what another built there; in one process, its own."""
     base = tmp_path_factory.getbasetemp()
-    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "prepared"
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def prepared_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the run's preprocessed clips live (see run_temp)."""
+    return run_temp(tmp_path_factory) / "prepared"
 
 
 @contextlib.contextmanager
@@ -167,6 +184,19 @@ def build_prepared(base: Path, clip: str, steps: list[str]) -> Path:
     return base / steps[-1] / stem
 
 
+def build_once(folder: Path, build: Callable[[Path], object]) -> Path:
+    """`folder`, made by `build(<a temporary folder>)` and renamed into place once complete, once for the whole run:
+    a worker that finds another building it waits (a lock beside it), then reads the result."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with held(folder.with_name(f"{folder.name}.lock")):
+        if not folder.is_dir():
+            work = folder.with_name(f".building-{folder.name}")  # what a killed run left is dropped (the lock is ours)
+            shutil.rmtree(work, ignore_errors=True)
+            build(work)
+            work.rename(folder)
+    return folder
+
+
 def tree_state(folder: Path) -> dict[str, tuple[int, int]]:
     """Size and modification time of every file and folder under `folder` (a folder's changes when an entry is
     added or removed)."""
@@ -195,3 +225,12 @@ def prepare_subject(tmp_path_factory: pytest.TempPathFactory):
     changed = [str(folder) for folder, state in handed_out.items() if tree_state(folder) != state]
     if changed:
         pytest.fail(f"tests wrote into the shared preprocessed subjects {changed}: copy one before changing it")
+
+
+@pytest.fixture(scope="session")
+def embedded_sample(tmp_path_factory: pytest.TempPathFactory):
+    """The embedded talking sample (`make_sample(seed=0)`), written once for the whole run and shared by the xdist
+    workers (`build_once`): tests only read it."""
+    from ernerf.apps.sample import SamplePaths, make_sample
+
+    return SamplePaths.in_dir(build_once(run_temp(tmp_path_factory) / "sample", lambda out: make_sample(out, seed=0)))

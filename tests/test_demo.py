@@ -87,16 +87,9 @@ def test_lip_sync_needs_a_face_in_most_frames() -> None:
         demo.lip_sync(mouth, np.ones(100))
 
 
-@pytest.fixture(scope="module")
-def sample_paths(tmp_path_factory: pytest.TempPathFactory):
-    from ernerf.apps.sample import make_sample
-
-    return make_sample(tmp_path_factory.mktemp("demo_sample"), seed=0)
-
-
-def test_lip_sync_threshold_passes_the_sample_and_fails_shuffled_frames(sample_paths) -> None:
-    mouth = demo.mouth_opening_track(sample_paths.video)
-    loudness = demo.loudness_track(sample_paths.video, len(mouth))
+def test_lip_sync_threshold_passes_the_sample_and_fails_shuffled_frames(embedded_sample) -> None:
+    mouth = demo.mouth_opening_track(embedded_sample.video)
+    loudness = demo.loudness_track(embedded_sample.video, len(mouth))
     assert demo.lip_sync(mouth, loudness) > SYNC_THRESHOLD + 0.3
     rng = np.random.default_rng(0)
     shuffled = [demo.lip_sync(rng.permutation(mouth), loudness) for _ in range(100)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import subprocess
@@ -107,23 +108,49 @@ def test_help_does_not_import_torch_or_lightning(script: str) -> None:
     assert not {"torch", "lightning"} & imported
 
 
-def test_a_job_imports_lightning_without_transformers_or_scipy_which_stay_importable() -> None:
-    """torchmetrics would import the installed `transformers` and `scipy.signal` (seconds) at Lightning's import;
-    after the entry points' `keep_torchmetrics_import_lean` it does not, its image metrics still work, and both
-    packages can still be imported by the code that needs them."""
+
+def test_hydras_copies_of_the_config_repository_share_the_config_store() -> None:
+    """Entry points let Hydra's per-listing copies of its repository share the ConfigStore (`share_hydra_config_store`,
+    most of `--help`'s time otherwise): a structured config stored after a copy was made is found through the copy."""
+    import copy
+
+    from hydra import initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ernerf.cli import share_hydra_config_store
+    from tests.conftest import CONF_DIR
+
+    share_hydra_config_store()
+    store = ConfigStore.instance()
+    assert copy.deepcopy(store) is store
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        copied = copy.deepcopy(GlobalHydra.instance().config_loader().repository)
+        store.store(group="ernerf_test_late", name="late", node={"value": 1})
+        try:
+            assert copied.load_config("ernerf_test_late/late").config.value == 1
+        finally:
+            del store.repo["ernerf_test_late"]
+
+
+def test_packages_kept_out_of_torchmetrics_stay_importable_and_its_image_metrics_work() -> None:
+    """torchmetrics would import the installed `transformers` and `scipy.signal` (seconds) at Lightning's import; the
+    entry points' `keep_torchmetrics_import_lean` (applied in this process by tests/conftest.py, as by the entry
+    points) stops that, while its image metrics still work and both packages can still be imported by the code that
+    needs them. That a real job imports neither is checked on `train.py` (tests/test_reliability.py,
+    test_training_further_ends_with_the_figures_the_checkpoint_and_the_next_commands)."""
     pytest.importorskip("scipy")
+    from lightning_utilities.core import imports
+    from torchmetrics import Metric
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
     kept_out = ["scipy.signal"] + (["transformers"] if importlib.util.find_spec("transformers") else [])
-    code = ("import sys\nfrom ernerf.cli import keep_torchmetrics_import_lean\n"
-            "keep_torchmetrics_import_lean()\nimport lightning.pytorch, torchmetrics, torch\n"
-            "from torchmetrics.functional.image import structural_similarity_index_measure as ssim\n"
-            "from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity\n"
-            f"print('after lightning:', [m for m in {kept_out} if m in sys.modules])\n"
-            "x = torch.rand(1, 3, 16, 16)\nprint('ssim:', round(float(ssim(x, x)), 4))\n"
-            f"import importlib\nprint('importable:', [bool(importlib.import_module(m)) for m in {kept_out}])\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "after lightning: []" in done.stdout and "ssim: 1.0" in done.stdout
-    assert f"importable: {[True] * len(kept_out)}" in done.stdout
+    assert getattr(imports.RequirementCache._check_available, "keeps_torchmetrics_lean", False)
+    assert issubclass(LearnedPerceptualImagePatchSimilarity, Metric)
+    x = torch.rand(1, 3, 16, 16)
+    assert round(float(ssim(x, x)), 4) == 1.0
+    assert all(importlib.import_module(m) for m in kept_out)
 
 
 @pytest.mark.parametrize(("argv", "patched"), [(["subject=anna"], True), (["subject=anna", "--help"], False)])

@@ -58,12 +58,11 @@ def read_offline_wandb_run(run_dir: Path) -> dict:
     return found
 
 
-def test_multirun_gives_each_job_a_folder_and_wandb_run_in_the_sweep_and_ranks_them(tmp_path: Path) -> None:
+def check_jobs_of_the_sweep(done, sweep: Path) -> None:
+    """A sweep over encoder.log2_hashmap_size=9,12 with W&B and TensorBoard: each job in its own folder with its own
+    W&B run in the sweep's group, ranked in the summary."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    done = multirun(tmp_path, "logger=[wandb,tensorboard]", "encoder.log2_hashmap_size=9,12", "sweep=first")
-    assert done.returncode == 0, done.stderr[-3000:]
-    sweep = tmp_path / "runs" / "sphere" / "sweeps" / "first"
     runs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert runs == ["head-encoder.log2_hashmap_size=12", "head-encoder.log2_hashmap_size=9"]
     rows = read_summary(sweep)
@@ -79,7 +78,7 @@ def test_multirun_gives_each_job_a_folder_and_wandb_run_in_the_sweep_and_ranks_t
     assert "sweep" in done.stdout and "head-encoder.log2_hashmap_size=12" in done.stdout  # the printed table
     for run in runs:
         wandb_run = read_offline_wandb_run(sweep / run)
-        assert wandb_run["group"] == "sphere-first" and wandb_run["name"] == f"sphere-{run}"
+        assert wandb_run["group"] == f"sphere-{sweep.name}" and wandb_run["name"] == f"sphere-{run}"
         assert wandb_run["tags"] == ["sphere", "head", "debug=fast"]
         assert {"val/psnr", "val_images/0_render", "val_images/0_truth", "val_images/0_depth"} <= {
             key.removesuffix("/_type") for key in wandb_run["history"]}
@@ -87,11 +86,14 @@ def test_multirun_gives_each_job_a_folder_and_wandb_run_in_the_sweep_and_ranks_t
         assert {"val_images/0_render", "val_images/0_truth", "val_images/0_depth"} <= set(events.Tags()["images"])
 
 
-def test_sweeps_do_not_collide_and_a_refused_job_does_not_end_the_sweep(tmp_path: Path) -> None:
-    first = multirun(tmp_path, "encoder.log2_hashmap_size=choice(9)")  # one job; the sweep named after its start time
+def test_multirun_jobs_get_folders_and_wandb_runs_are_ranked_and_later_sweeps_do_not_collide(tmp_path: Path) -> None:
+    """Two sweeps in one runs folder: the first, unnamed (its folder and W&B group named after its start time), is
+    checked by check_jobs_of_the_sweep; the second, named, meets an earlier run's checkpoint where its first job
+    would train: that job is refused, not the sweep, and the first sweep's folders are left as they were."""
+    first = multirun(tmp_path, "logger=[wandb,tensorboard]", "encoder.log2_hashmap_size=choice(9,12)")
     assert first.returncode == 0, first.stderr[-3000:]
     (earlier,) = (tmp_path / "runs" / "sphere" / "sweeps").iterdir()
-    # an earlier run's checkpoint where the next sweep's first job would train: that job is refused, not the sweep
+    check_jobs_of_the_sweep(first, earlier)
     named = tmp_path / "runs" / "sphere" / "sweeps" / "named"
     saved = named / "head-encoder.log2_hashmap_size=9" / "checkpoints" / "step0000001.ckpt"
     saved.parent.mkdir(parents=True)
@@ -101,7 +103,7 @@ def test_sweeps_do_not_collide_and_a_refused_job_does_not_end_the_sweep(tmp_path
     rows = read_summary(named)
     assert [(r["encoder.log2_hashmap_size"], r["status"]) for r in rows] == [("10", "finished"), ("9", "refused")]
     assert "holds checkpoints of an earlier head run" in rows[1]["error"] and saved.read_bytes() == b"an earlier run"
-    for row in read_summary(earlier):  # the same values in the first sweep: its own folders, untouched
+    for row in read_summary(earlier):  # the same value 9 in the first sweep: its own folders, untouched
         assert row["status"] == "finished" and Path(row["run_dir"]).parent == earlier
         assert (Path(row["run_dir"]) / "checkpoints" / "last.ckpt").is_file()
 

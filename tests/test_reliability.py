@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -26,11 +27,12 @@ TINY = ["debug=fast", "datamodule.num_rays=256", "model.marcher.num_samples=8", 
         "trainer.val_check_interval=4", "datamodule.num_val_frames=1"]
 
 
-def run_script(script: str, *args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
-    """Run an entry point as a user would, from `cwd`."""
+def run_script(script: str, *args: str, cwd: Path, timeout: float = 180,
+               python_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run an entry point as a user would, from `cwd` (`python_flags`: options of the interpreter, e.g. `-X`)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
-    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run([sys.executable, *python_flags, str(REPO / script), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def config(root: Path, *extra: str):
@@ -135,13 +137,20 @@ def test_a_stage_trained_from_a_changed_predecessor_is_flagged_and_retrained_by_
 
 
 def test_training_further_ends_with_the_figures_the_checkpoint_and_the_next_commands(workspace: Path) -> None:
-    done = run_script("train.py", *cli_args(workspace, "ckpt_path=last", "trainer.max_steps=8"), cwd=workspace)
-    assert done.returncode == 0, done.stderr[-2000:]
+    """Also: the job imported Lightning without `transformers` and `scipy.signal`, which torchmetrics would import
+    at Lightning's import (`keep_torchmetrics_import_lean`; tests/test_foundation.py checks that both stay importable)."""
+    done = run_script("train.py", *cli_args(workspace, "ckpt_path=last", "trainer.max_steps=8"), cwd=workspace,
+                      python_flags=("-X", "importtime"))
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    errors = "\n".join(line for line in done.stderr.splitlines() if not line.startswith("import time:"))
+    assert done.returncode == 0, errors[-2000:]
     summary = done.stdout[done.stdout.index("finished head of trump"):].splitlines()
     assert summary[0].startswith("finished head of trump at step 8: val/psnr ")
     assert str(workspace / "runs" / "trump" / "head" / "checkpoints" / "last.ckpt") in summary[1]
     assert any("python train.py subject=trump stage=lips" in line for line in summary)
     assert any("python infer.py subject=trump stage=head" in line for line in summary)
+    kept_out = ["scipy.signal"] + (["transformers"] if importlib.util.find_spec("transformers") else [])
+    assert "lightning" in imported and not set(kept_out) & imported
 
 def test_a_second_run_of_the_same_stage_is_refused(workspace: Path) -> None:
     run = workspace / "runs" / "trump" / "head"

@@ -18,8 +18,8 @@ _LID_PAIRS = ((159, 145), (386, 374))
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> SamplePaths:
-    return make_sample(tmp_path_factory.mktemp("sample"), seed=0)
+def sample(embedded_sample: SamplePaths) -> SamplePaths:
+    return embedded_sample
 
 
 @pytest.fixture(scope="module")

@@ -394,6 +394,22 @@ def test_the_page_script_parses(tmp_path) -> None:
     assert all(f'id="{name}"' in PAGE for name in ("avatar", "text", "say", "file", "send", "mic"))
 
 
+def test_a_python_client_of_the_server_imports_neither_torch_nor_the_model() -> None:
+    """`ernerf.apps.live.client` (the stream benchmark's client processes, users' scripts) loads without the avatar:
+    the live package imports its names only when they are asked for."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = ("import sys\nimport ernerf.apps.live.client\n"
+            "print(sorted(m for m in ('torch', 'lightning', 'ernerf.apps.live.avatar') if m in sys.modules))\n"
+            "from ernerf.apps.live import LOOKAHEAD_SECONDS, serve_command\nprint(LOOKAHEAD_SECONDS > 0, "
+            "serve_command.__module__)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:2] == ["[]", "True ernerf.apps.live.serve"]
+
 def test_the_stream_benchmark_times_clients_in_processes_of_their_own_from_the_speech_they_send(avatar, tmp_path):
     pytest.importorskip("aiortc")
     from ernerf.apps.tts import write_wav
