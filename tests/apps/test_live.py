@@ -425,8 +425,11 @@ def test_the_stream_benchmark_times_clients_in_processes_of_their_own_from_the_s
     finally:
         clients.close()
     assert len(results) == 2 and per_call == 1.0
-    # the server counted the live frames it showed: most frames the clients received (the first wait for the spare)
-    assert sum(r["frames"] for r in results) / 2 <= live["shown"] <= sum(r["frames"] for r in results) + 4
+    # the server counted the live frames it showed: most frames the clients received (the first wait for the spare),
+    # and not many more: those in flight when a client stopped reading, and those shown until the server saw its
+    # connection close (up to a second's frames on a loaded machine); counting each frame twice would still fail it
+    received, second = sum(r["frames"] for r in results), sum(r["fps"] for r in results)
+    assert received / 2 <= live["shown"] <= received + 4 + second
     for result in results:
         assert result["fps"] > 5, result
         # heard back no sooner than the features' look-ahead after it was sent (and not seconds later)
