@@ -138,7 +138,8 @@ def test_a_stage_trained_from_a_changed_predecessor_is_flagged_and_retrained_by_
 
 def test_training_further_ends_with_the_figures_the_checkpoint_and_the_next_commands(workspace: Path) -> None:
     """Also: the job imported Lightning without `transformers` and `scipy.signal`, which torchmetrics would import
-    at Lightning's import (`keep_torchmetrics_import_lean`; tests/test_foundation.py checks that both stay importable)."""
+    at Lightning's import (`keep_torchmetrics_import_lean`; tests/test_foundation.py checks that both stay
+    importable)."""
     done = run_script("train.py", *cli_args(workspace, "ckpt_path=last", "trainer.max_steps=8"), cwd=workspace,
                       python_flags=("-X", "importtime"))
     imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}

@@ -116,7 +116,8 @@ class ExecutionEngine(EagerExecution, L.Callback):
         self.cuda_graph_headroom, self.cuda_graph_capacity = float(cuda_graph_headroom), cuda_graph_capacity
         self.render_cuda_graph, self.sigterm_every_n_steps = bool(render_cuda_graph), int(sigterm_every_n_steps)
         if render_cuda_graph_headroom < 1.0:
-            raise ErnerfError(f"engine.render_cuda_graph_headroom must be at least 1.0, got {render_cuda_graph_headroom}.")
+            raise ErnerfError("engine.render_cuda_graph_headroom must be at least 1.0, "
+                              f"got {render_cuda_graph_headroom}.")
         self.render_cuda_graph_headroom = float(render_cuda_graph_headroom)
         self.system: Any = None  # the TalkingHeadSystem attached
         self.train_field: FieldFn | None = None  # the field's forward in training steps
