@@ -110,23 +110,26 @@ def _rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
 
 
-@pytest.mark.parametrize("clip", ["edge/no_audio_track_portrait.mp4", "train/hdtf_aoc_8s.mp4"])
-def test_faces_detected_in_the_pool_are_those_detected_here_and_this_process_never_loads_mediapipe(clip: str) -> None:
+def test_faces_detected_in_the_pool_are_those_detected_here_and_this_process_never_loads_mediapipe() -> None:
+    """Both clips through one process's pool (one start of its workers), each compared with detection here."""
     import cv2
 
     from ernerf.io.video import iter_frames
 
-    video, stride = shared_clip(clip), 20
+    videos, stride = [shared_clip(c) for c in ("edge/no_audio_track_portrait.mp4", "train/hdtf_aoc_8s.mp4")], 20
     code = ("import json, sys; from dataclasses import astuple; from ernerf.preprocess.headbox import detect_faces; "
-            f"faces = detect_faces({str(video)!r}, {stride}, 0.5, workers=2); "
-            "print(json.dumps(['mediapipe' in sys.modules, [[astuple(b) for b in f] for f in faces]]))")
+            f"faces = [detect_faces(v, {stride}, 0.5, workers=2) for v in {[str(v) for v in videos]!r}]; "
+            "print(json.dumps(['mediapipe' in sys.modules, [[[astuple(b) for b in f] for f in c] for c in faces]]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     loaded, pooled = json.loads(out.stdout)
-    here = []
-    with FaceDetector(model_selection=1, min_confidence=0.5) as det:  # the frame shrunk to 640 px, as the step does
-        for frame in iter_frames(video, step=stride):
-            s = 640 / max(frame.shape[:2])
-            small = cv2.resize(frame, None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR) if s < 1 else frame
-            faces = det.detect(small)
-            here.append([[b.x1 / s, b.y1 / s, b.x2 / s, b.y2 / s, b.score] if s < 1 else list(astuple(b)) for b in faces])
-    assert not loaded and len(pooled) == len(here) > 5 and pooled == here
+    assert not loaded and len(pooled) == len(videos)
+    for video, from_pool in zip(videos, pooled):
+        here = []
+        with FaceDetector(model_selection=1, min_confidence=0.5) as det:  # the frame shrunk to 640 px, as the step does
+            for frame in iter_frames(video, step=stride):
+                s = 640 / max(frame.shape[:2])
+                small = cv2.resize(frame, None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR) if s < 1 else frame
+                faces = det.detect(small)
+                here.append([[b.x1 / s, b.y1 / s, b.x2 / s, b.y2 / s, b.score] if s < 1 else list(astuple(b))
+                             for b in faces])
+        assert len(from_pool) == len(here) > 5 and from_pool == here, video.name
