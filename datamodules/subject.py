@@ -336,8 +336,9 @@ class TrainRays(Dataset):
     are staged per step: an item also names its frame number ("stage_frame") until `stage` copies that frame in."""
 
     def __init__(self, data: SubjectData, store: FrameStore, sampler: RaySampler, eye_jitter: float = 0.05,
-                 parsing_masks: bool = False) -> None:
+                 parsing_masks: bool = False, audio_augment: Callable[[Tensor], Tensor] | None = None) -> None:
         self.data, self.store, self.sampler, self.eye_jitter = data, store, sampler, eye_jitter
+        self.audio_augment = audio_augment  # [8, 16, C] -> a randomly perturbed copy (ernerf.audio.augment)
         self.parsing_masks = parsing_masks
         self.frames_only = False
 
@@ -380,6 +381,9 @@ class TrainRays(Dataset):
         weights = {} if sample.loss_weight is None else {"loss_weight": sample.loss_weight}  # [N]
         rays_o, rays_d = get_rays(store.poses[frame], data.intrinsics, data.height, data.width, index[None])
         jitter = (torch.rand(1, device=device) - 0.5) * (2 * self.eye_jitter)  # ER-NeRF: +-0.05 so blinks interpolate
+        audio = store.audio_window_at(frame)  # [8, 16, C]
+        if self.audio_augment is not None:
+            audio = self.audio_augment(audio)
         return self.masks(frame, index) | weights | {
             "rays_o": rays_o[0], "rays_d": rays_d[0],  # [N, 3]
             "rgb": to_unit(store.image_at(frame).reshape(-1, 3)[index]),  # [N, 3]
@@ -387,7 +391,7 @@ class TrainRays(Dataset):
             "face_mask": rect_contains(store.rects["face"][frame][0], index, data.width),  # [N]
             "pixel_index": index, "patch_shape": sample.patch_shape, "height": data.height, "width": data.width,
             "c2w": store.poses[frame][0],  # [4, 4]
-            "audio": store.audio_window_at(frame),  # [8, 16, C]
+            "audio": audio,  # [8, 16, C]
             "eye": store.eye[frame] + jitter,  # [1]
             "frame_index": frame,  # [1]
         }
@@ -429,13 +433,15 @@ class SubjectDataModule(L.LightningDataModule):
     """Training rays and validation frames of one preprocessed subject.
 
     preload: where the frames live (FrameStore): auto, device (true), host or false (disk); `choose_preload` says
-        what auto picks. free_memory: `device -> FreeMemory`, what the choice reads (tests pass their own figures)."""
+        what auto picks. free_memory: `device -> FreeMemory`, what the choice reads (tests pass their own figures).
+    audio_augment: a random perturbation of each training audio window (conf/audio_augment/), or None."""
 
     def __init__(self, subject_dir: str, audio_file: str, sampler: RaySampler | None = None, num_rays: int = 65536,
                  preload: bool | str = "auto", downscale: int = 1, scale: float = 4.0,
                  offset: tuple[float, float, float] = (0.0, 0.0, 0.0), background: str = "torso",
                  eye_jitter: float = 0.05, num_val_frames: int | None = 8, num_workers: int = 0,
-                 parsing_masks: bool = False, free_memory: Callable[[torch.device], FreeMemory] = free_memory) -> None:
+                 parsing_masks: bool = False, audio_augment: Callable[[Tensor], Tensor] | None = None,
+                 free_memory: Callable[[torch.device], FreeMemory] = free_memory) -> None:
         super().__init__()
         self.subject_dir, self.audio_file = Path(subject_dir), audio_file
         self.sampler = sampler or RandomRaySampler(num_rays)
@@ -444,6 +450,7 @@ class SubjectDataModule(L.LightningDataModule):
         self.background, self.eye_jitter = background, eye_jitter
         self.num_val_frames, self.num_workers = num_val_frames, num_workers
         self.parsing_masks = parsing_masks  # the torso stage's alpha targets
+        self.audio_augment = audio_augment  # training windows only: validation and inference hear the audio as it is
         self._data: SubjectData | None = None
         self.store: FrameStore | None = None
         self._train_rays: TrainRays | None = None
@@ -526,7 +533,8 @@ class SubjectDataModule(L.LightningDataModule):
     def train_rays(self) -> TrainRays:
         """The training dataset (one per data module, so the step and the loader share it)."""
         if self._train_rays is None:
-            self._train_rays = TrainRays(self.data, self.store, self.sampler, self.eye_jitter, self.parsing_masks)
+            self._train_rays = TrainRays(self.data, self.store, self.sampler, self.eye_jitter, self.parsing_masks,
+                                          self.audio_augment)
         return self._train_rays
 
     def device_batches(self) -> Callable[[Tensor, int], dict] | None:
