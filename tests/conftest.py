@@ -156,9 +156,6 @@ def build_prepared(base: Path, clip: str, steps: list[str]) -> Path:
     A finished folder is never written again."""
     from hydra.utils import instantiate
 
-    from ernerf.io.layout import SubjectLayout
-    from ernerf.preprocess.base import StepContext, run_steps
-
     stem = Path(clip).stem
     base.mkdir(parents=True, exist_ok=True)
     with held(base / f"{stem}.lock"):
@@ -166,22 +163,39 @@ def build_prepared(base: Path, clip: str, steps: list[str]) -> Path:
         before = None
         for i, name in enumerate(steps):
             folder = base / name / stem
-            if not folder.is_dir():
-                work = base / f".building-{name}-{stem}"  # what a killed run left is dropped (the lock is ours)
-                shutil.rmtree(work, ignore_errors=True)
-                layout = SubjectLayout(work / stem)  # the subject's folder keeps the clip's name while it is built
-                if before is None:
-                    layout.root.mkdir(parents=True)
-                else:
-                    shutil.copytree(before, layout.root, symlinks=True)
-                # every step so far, so that run_steps sees them all (those done in the copy are skipped)
-                run_steps([instantiate(cfg.preprocess.steps[k]) for k in steps[: i + 1]],
-                          StepContext(layout=layout, video=shared_clip(clip)))
-                folder.parent.mkdir(exist_ok=True)
-                layout.root.rename(folder)
-                shutil.rmtree(work)
+            # every step so far, so that run_steps sees them all (those done in the copy are skipped); the subject's
+            # folder keeps the clip's name while it is built
+            build_in_place(folder, lambda work, i=i, before=before: _preprocess_into(
+                work / stem, before, [instantiate(cfg.preprocess.steps[k]) for k in steps[: i + 1]], clip),
+                work=base / f".building-{name}-{stem}", made=lambda work: work / stem)
             before = folder
     return base / steps[-1] / stem
+
+
+def _preprocess_into(root: Path, before: Path | None, steps: list, clip: str) -> None:
+    """Run `steps` on `clip` in subject folder `root`, starting from a copy of `before` (None: from nothing)."""
+    from ernerf.io.layout import SubjectLayout
+    from ernerf.preprocess.base import StepContext, run_steps
+
+    if before is None:
+        root.mkdir(parents=True)
+    else:
+        shutil.copytree(before, root, symlinks=True)
+    run_steps(steps, StepContext(layout=SubjectLayout(root), video=shared_clip(clip)))
+
+
+def build_in_place(folder: Path, build: Callable[[Path], object], work: Path | None = None,
+                   made: Callable[[Path], Path] = lambda work: work) -> Path:
+    """Make `folder` unless it exists: `build(work)` in a temporary folder `work`, then `made(work)` renamed onto
+    `folder`, so a folder that exists is complete. The caller holds the lock that makes this one builder's."""
+    if not folder.is_dir():
+        work = work or folder.with_name(f".building-{folder.name}")
+        shutil.rmtree(work, ignore_errors=True)  # what a killed run left is dropped (the lock is ours)
+        build(work)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        made(work).rename(folder)
+        shutil.rmtree(work, ignore_errors=True)
+    return folder
 
 
 def build_once(folder: Path, build: Callable[[Path], object]) -> Path:
@@ -189,12 +203,7 @@ def build_once(folder: Path, build: Callable[[Path], object]) -> Path:
     a worker that finds another building it waits (a lock beside it), then reads the result."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     with held(folder.with_name(f"{folder.name}.lock")):
-        if not folder.is_dir():
-            work = folder.with_name(f".building-{folder.name}")  # what a killed run left is dropped (the lock is ours)
-            shutil.rmtree(work, ignore_errors=True)
-            build(work)
-            work.rename(folder)
-    return folder
+        return build_in_place(folder, build)
 
 
 def tree_state(folder: Path) -> dict[str, tuple[int, int]]:
