@@ -10,8 +10,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ernerf.errors import ErnerfError
-
 
 def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
     """Overwrite every buffer of `module` with rank `src`'s copy (in place; a no-op outside torch.distributed)."""
@@ -23,18 +21,14 @@ def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
 
 class OccupancyGridCallback(L.Callback):
     """Every `every_n_steps` optimizer steps, update the grid with the audio code and eye of a random training frame
-    (the data module's `conditioning`). The first `full_updates` of a run sample every cell; later ones
-    `sampled_fraction` of them, half among the occupied cells (ER-NeRF's rule: 16 and 0.5; 1.0 samples every cell).
+    (the data module's `conditioning`).
 
     Under DDP every rank refreshes (ranks draw different jitter points), then rank 0's grid is broadcast, so all
     ranks march through the same cells; the system's DDP strategy therefore need not broadcast buffers each step.
     """
 
-    def __init__(self, every_n_steps: int = 16, seed: int = 0, full_updates: int = 16,
-                 sampled_fraction: float = 0.5) -> None:
-        if not 0 < sampled_fraction <= 1:
-            raise ErnerfError(f"callbacks.occupancy_grid.sampled_fraction={sampled_fraction} must be in (0, 1].")
-        self.every_n_steps, self.full_updates, self.sampled_fraction = every_n_steps, full_updates, sampled_fraction
+    def __init__(self, every_n_steps: int = 16, seed: int = 0) -> None:
+        self.every_n_steps = every_n_steps
         self.rng = random.Random(seed)
         self.updates = 0
 
@@ -44,16 +38,10 @@ class OccupancyGridCallback(L.Callback):
         datamodule = trainer.datamodule
         frame = self.rng.randrange(datamodule.num_train_frames)  # ER-NeRF: one random frame's audio per refresh
         audio, eye = datamodule.conditioning(frame)  # preloaded frames: already on the device, no copy
-        pl_module.refresh_occupancy(audio.to(pl_module.device), eye.to(pl_module.device), self.cells(pl_module.grid))
+        pl_module.refresh_occupancy(audio.to(pl_module.device), eye.to(pl_module.device))
         broadcast_buffers(pl_module.grid)
         self.updates += 1
         pl_module.log("train/occupancy", pl_module.grid.occupied_fraction())  # 0: nothing renders any more
-
-    def cells(self, grid: nn.Module) -> int | None:
-        """How many cells this update samples: None (all) in the first `full_updates` or at sampled_fraction 1."""
-        if self.updates < self.full_updates or self.sampled_fraction >= 1:
-            return None
-        return max(2, int(grid.resolution**3 * self.sampled_fraction))
 
     def state_dict(self) -> dict[str, Any]:
         return {"updates": self.updates, "rng": self.rng.getstate()}

@@ -60,38 +60,15 @@ class OccupancyGrid(nn.Module):
         return hit[:, None] & self.occupied(x.reshape(-1, 3)).view_as(t)
 
     @torch.no_grad()
-    def update(self, density_fn: Callable[[Tensor], Tensor], chunk: int = 2**18, cells: int | None = None) -> None:
-        """Sample density at a random point of cells; keep max(decayed EMA, new) and re-threshold.
-
-        cells: None samples every cell; a number samples that many (`sampled_cells`) and the others keep their
-        density (torch-ngp's update after its first 16: a quarter of the cells drawn uniformly, a quarter among the
-        occupied ones, so the cells that render are refreshed most)."""
-        if cells is None:
-            fresh = torch.cat([density_fn(self._jittered_points(ids)).float() for ids in self._cell_chunks(chunk)])
-            self.density.copy_(torch.maximum(self.density * self.decay, fresh.reshape(-1)))
-        else:
-            ids = self.sampled_cells(cells)
-            fresh = torch.cat([density_fn(self._jittered_points(part)).float() for part in ids.split(chunk)])
-            self.density[ids] = self.density[ids] * self.decay  # a cell drawn twice gets the same value twice
-            self.density.scatter_reduce_(0, ids, fresh.reshape(-1), reduce="amax")
+    def update(self, density_fn: Callable[[Tensor], Tensor], chunk: int = 2**18) -> None:
+        """Sample density at a random point of every cell; keep max(decayed EMA, new) and re-threshold."""
+        fresh = torch.cat([density_fn(self._jittered_points(ids)).float() for ids in self._cell_chunks(chunk)])
+        self.density.copy_(torch.maximum(self.density * self.decay, fresh.reshape(-1)))
         # torch-ngp's rule: the threshold never exceeds the mean density, so sparse scenes keep their cells.
         # (A device tensor: a training step on the GPU must not wait for this.)
         threshold = self.density.clamp_min(0).mean().clamp(max=self.threshold)
         self.occupancy.copy_(self.density > threshold)
         self.num_updates += 1
-
-    def sampled_cells(self, cells: int) -> Tensor:
-        """`cells` flat cell ids [cells]: half drawn uniformly, half uniformly among the occupied cells (uniform
-        over all when none is occupied). Fixed shapes and no host sync (the occupied cells are found by a search
-        in their running count, not by `nonzero`)."""
-        device, total = self.aabb.device, self.resolution**3
-        uniform = torch.randint(total, (cells - cells // 2,), device=device)
-        running = self.occupancy.cumsum(0)  # [R^3] occupied cells up to each
-        rank = (torch.rand(cells // 2, device=device) * running[-1]).long() + 1  # the k-th occupied cell, k >= 1
-        among_occupied = torch.searchsorted(running, rank).clamp(max=total - 1)
-        none_occupied = running[-1] == 0
-        among_occupied = torch.where(none_occupied, torch.randint_like(among_occupied, total), among_occupied)
-        return torch.cat([uniform, among_occupied])
 
     def _cell_chunks(self, chunk: int) -> list[Tensor]:
         """Flat cell ids split into chunks."""

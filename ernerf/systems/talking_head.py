@@ -243,10 +243,10 @@ class TalkingHeadSystem(L.LightningModule):
         return result
 
     @torch.no_grad()
-    def refresh_occupancy(self, audio_window: Tensor, eye: Tensor | None, cells: int | None = None) -> None:
-        """Update the occupancy grid with the density under one frame's conditioning (`cells`: OccupancyGrid.update)."""
+    def refresh_occupancy(self, audio_window: Tensor, eye: Tensor | None) -> None:
+        """Update the occupancy grid with the density under one frame's conditioning."""
         cond = self.condition(audio_window, eye, None)
-        self.grid.update(lambda x: self.field.density(x, cond), cells=cells)
+        self.grid.update(lambda x: self.field.density(x, cond))
 
     # ---------------------------------------------------------------- training
     def step_fraction(self) -> float:

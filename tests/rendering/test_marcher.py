@@ -196,31 +196,3 @@ def test_frames_marched_together_each_see_their_own_group() -> None:
         for name in ("rgb", "depth", "opacity"):
             torch.testing.assert_close(together[name][b], alone[name], rtol=0, atol=1e-6)
     assert not torch.allclose(together["opacity"][0], together["opacity"][2])  # the frames differ
-
-
-def test_sampled_cells_are_half_uniform_and_half_among_the_occupied() -> None:
-    torch.manual_seed(0)
-    grid = OccupancyGrid(BOX, resolution=16)
-    grid.occupancy.zero_()
-    assert grid.sampled_cells(1000).shape == (1000,)  # none occupied: uniform over every cell
-    chosen = torch.tensor([7, 300, 4000])
-    grid.occupancy[chosen] = True
-    ids = grid.sampled_cells(1001)
-    assert ids.shape == (1001,) and torch.isin(ids[501:], chosen).all()
-    assert set(ids[501:].tolist()) == set(chosen.tolist())  # each occupied cell drawn (500 draws of 3)
-    assert (~torch.isin(ids[:501], chosen)).sum() > 490  # the uniform half lands mostly elsewhere
-
-
-def test_a_partial_update_refreshes_only_the_sampled_cells() -> None:
-    torch.manual_seed(0)
-    grid = OccupancyGrid(BOX, resolution=16)
-    grid.update(sphere_density)
-    before, occupied = grid.density.clone(), grid.occupancy.clone()
-    grid.update(lambda x: torch.full((len(x),), 100.0), cells=512)
-    changed = grid.density != before
-    assert 0 < int(changed.sum()) <= 512 and (grid.density[changed] == 100.0).all()
-    drawn_inside = changed & occupied
-    assert drawn_inside.sum() >= 120  # ~165 distinct of 256 draws among ~270 occupied cells (uniform draws: ~33)
-    grid.update(lambda x: torch.zeros(len(x)), cells=512)  # a lower density decays the drawn cells only
-    assert torch.all(grid.density <= 100.0) and (grid.density == 100.0).sum() > 0
-    assert (grid.density == 95.0).sum() > 0
