@@ -11,11 +11,13 @@ The subject is driven, through evaluate.py's code, by
   tts       a sentence synthesized offline by espeak-ng (ernerf.apps.tts);
   own-train the subject's own audio.wav from its start (frames it was trained on): not foreign, a reference that
             tells a model whose mouth ignores every voice from one that follows its own voice only.
-Per source: `corr`, the correlation of the rendered mouth opening with the audio's loudness (best lag within
-+-2 frames, as evaluate.py's sync_audio_corr); `spread`, the std of the mouth opening (a mouth that barely moves
-scores low); `lmd` against the ground truth (own only); and each foreign source's ratios to `own`. A table is
-printed and the figures written as JSON (default bench/out/voices_<subject>.json). docs/evaluation.md,
-"Cross-speaker benchmark", has the tables and the commands.
+Per source: `corr`, the correlation of the rendered mouth opening with the audio's loudness (best lag within +-2
+frames, as evaluate.py's sync_audio_corr); `spread`, the std of the mouth opening (a mouth that barely moves scores
+low); `lmd` against the ground truth (own only); and each foreign source's ratios to `own`. Beside each correlation
+its 95% interval for that many frames (Fisher's z; frames next to each other are not independent and the lag is
+chosen, so the real uncertainty is larger: two single runs whose correlations differ by less than the intervals'
+half-widths are no evidence either way). A table is printed and the figures written as JSON (default
+bench/out/voices_<subject>.json). docs/evaluation.md, "Cross-speaker benchmark", has the tables and the commands.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class SourceScore:
     spread: float | None
     lmd: float | None = None
     corr_gt: float | None = None  # own only: the ground truth's own mouth/loudness correlation on the same frames
+    corr_interval: tuple[float, float] | None = None  # 95% interval of corr for `frames` frames (`correlation_interval`)
     corr_ratio: float | None = None
     spread_ratio: float | None = None
     note: str = ""
@@ -84,6 +87,14 @@ def mouth_spread(mouth: np.ndarray | list[float] | None) -> float | None:
     return float(np.std(np.asarray(mouth, np.float64)))
 
 
+def correlation_interval(corr: float | None, frames: int, z: float = 1.96) -> tuple[float, float] | None:
+    """The 95% interval of a correlation over `frames` independent pairs (Fisher's z transform); None below 4."""
+    if corr is None or frames < 4:
+        return None
+    centre, half = np.arctanh(np.clip(corr, -0.999999, 0.999999)), z / np.sqrt(frames - 3)
+    return float(np.tanh(centre - half)), float(np.tanh(centre + half))
+
+
 def ratio(value: float | None, reference: float | None) -> float | None:
     """value / reference; None when either is missing or the reference is not positive (no scale to compare with)."""
     if value is None or reference is None or reference <= 0:
@@ -92,8 +103,11 @@ def ratio(value: float | None, reference: float | None) -> float | None:
 
 
 def add_ratios(scores: list[SourceScore]) -> list[SourceScore]:
-    """Every other source's corr and spread as a ratio of the first's (the subject's own held-back audio)."""
+    """Every other source's corr and spread as a ratio of the first's (the subject's own held-back audio); every
+    correlation's interval."""
     own = scores[0]
+    for s in scores:
+        s.corr_interval = correlation_interval(s.corr, s.frames)
     for s in scores[1:]:
         s.corr_ratio, s.spread_ratio = ratio(s.corr, own.corr), ratio(s.spread, own.spread)
     return scores
@@ -197,9 +211,12 @@ def table(report: dict[str, Any]) -> str:
         return "-" if v is None else format(v, spec)
 
     lines = [f"{report['subject']} ({report['audio_kind']}), {report['checkpoint']}",
-             "| source | frames | corr | spread | corr / own | spread / own | LMD |", "|---|---|---|---|---|---|---|"]
+             "| source | frames | corr [95% interval] | spread | corr / own | spread / own | LMD |",
+             "|---|---|---|---|---|---|---|"]
     for s in report["sources"]:
-        corr = fmt(s["corr"]) + (f" (gt {fmt(s['corr_gt'])})" if s["corr_gt"] is not None else "")
+        interval = s.get("corr_interval")
+        corr = fmt(s["corr"]) + (f" [{fmt(interval[0])}, {fmt(interval[1])}]" if interval else "")
+        corr += f" (gt {fmt(s['corr_gt'])})" if s["corr_gt"] is not None else ""
         lines.append(f"| {s['source']} | {s['frames']} | {corr} | {fmt(s['spread'], '.4f')} | {fmt(s['corr_ratio'])} "
                      f"| {fmt(s['spread_ratio'])} | {fmt(s['lmd'])} |")
     lines.append(f"every foreign source >= {report['target_ratio']}x own corr and spread: {report['meets_target']}")

@@ -48,6 +48,22 @@ def test_voice_ratios_are_to_the_subject_own_audio_and_the_target_needs_all_of_t
     assert voices.meets_target(voices.add_ratios(scores)) and scores[-1].corr_ratio == pytest.approx(0.2)
     unmeasured = voices.add_ratios([voices.SourceScore("own", 23, None, 0.02), voices.SourceScore("a", 9, 0.4, 0.02)])
     assert unmeasured[1].corr_ratio is None and not voices.meets_target(unmeasured)
+    assert unmeasured[0].corr_interval is None and unmeasured[1].corr_interval[0] < 0.4 < unmeasured[1].corr_interval[1]
+
+
+def test_correlation_intervals_narrow_with_frames_and_cover_the_truth() -> None:
+    voices = voices_module()
+    low, high = voices.correlation_interval(0.3, 125)
+    assert low == pytest.approx(0.132, abs=0.005) and high == pytest.approx(0.451, abs=0.005)
+    assert voices.correlation_interval(0.3, 23)[1] - voices.correlation_interval(0.3, 23)[0] > high - low
+    assert voices.correlation_interval(0.3, 3) is None and voices.correlation_interval(None, 125) is None
+    rng, covered = np.random.default_rng(0), 0
+    for _ in range(400):  # pairs of true correlation 0.3: the interval holds it ~95% of the time
+        x = rng.standard_normal(60)
+        y = 0.3 * x + np.sqrt(1 - 0.09) * rng.standard_normal(60)
+        low, high = voices.correlation_interval(float(np.corrcoef(x, y)[0, 1]), 60)
+        covered += low <= 0.3 <= high
+    assert 0.91 <= covered / 400 <= 0.99
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +108,7 @@ def test_voices_quick_drives_the_subject_with_every_kind_of_source(voiced_mini, 
     for s in report["sources"]:
         assert (s["spread"] is None and s["note"]) or s["spread"] >= 0
         assert f"| {s['source']} |" in printed
+        assert (s["corr_interval"] is None) == (s["corr"] is None or s["frames"] < 4)
     if own["corr"] and own["corr"] > 0 and sources["tts"]["corr"] is not None:
         assert sources["tts"]["corr_ratio"] == pytest.approx(sources["tts"]["corr"] / own["corr"])
     assert (tmp_path / "tts.wav").is_file() and str(out) in printed
