@@ -29,20 +29,29 @@ def _hz_to_mel(hz: Tensor) -> Tensor:
     return torch.where(hz >= _LOG_HZ, log_part, hz / _MEL_HZ)
 
 
+LOG_MEL_KINDS = ("mel", "meln", "melen")  # conf/audio_features/ kinds whose columns are LogMelExtractor's bands
+NORMALISED_KINDS = ("meln", "melen")  # their extractor removes any gain itself
+
+
 class SpeakerAugment:
     """Random frequency warp and gain of log-mel windows `[..., n_mels]` whose bands are LogMelExtractor's.
 
     max_warp: alpha is drawn log-uniformly in [1 / max_warp, max_warp] (1: no warp). gain_db: the gain is uniform in
-    +-gain_db decibels of power (0: none; for raw log-mel only: normalised kinds remove any gain themselves, so a gain
-    on them would be noise the real features never show). Values stay at or above the extractor's silence floor.
+    +-gain_db decibels of power (0: none), applied to the raw `mel` kind only: the normalised kinds remove any gain
+    themselves, so one on their windows would be noise the real features never show. Values stay at or above the
+    extractor's silence floor. feature_kind: the audio_features kind trained on (an error for other kinds).
     """
 
     def __init__(self, n_mels: int = 80, fmin: float = 55.0, fmax: float = 7600.0, max_warp: float = 1.2,
-                 gain_db: float = 6.0) -> None:
+                 gain_db: float = 6.0, feature_kind: str = "mel") -> None:
+        if feature_kind not in LOG_MEL_KINDS:
+            raise ErnerfError(f"audio_augment=vtlp perturbs log-mel bands, and {feature_kind!r} features have none: "
+                              "train without audio_augment=vtlp, or with audio_features=mel.")
         if max_warp < 1.0:
             raise ErnerfError(f"audio_augment.max_warp={max_warp} must be >= 1 (alpha in [1/max_warp, max_warp]).")
         if gain_db < 0:
             raise ErnerfError(f"audio_augment.gain_db={gain_db} must be >= 0.")
+        gain_db = 0.0 if feature_kind in NORMALISED_KINDS else gain_db
         self.n_mels, self.log_warp, self.gain = n_mels, math.log(max_warp), gain_db / 10.0 * math.log(10.0)
         edges = np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2)  # the filterbank's, in mels
         self.first_centre, self.step = float(edges[1]), float(edges[2] - edges[1])  # band b's centre: first + b * step
@@ -59,7 +68,7 @@ class SpeakerAugment:
         """`window` [..., C] stretched along frequency by `alpha` [1] (linear between bands)."""
         if window.shape[-1] != self.n_mels:
             raise ErnerfError(f"audio_augment works on {self.n_mels} mel bands, the features have {window.shape[-1]}: "
-                              "use audio_augment=none with these audio_features.")
+                              "set its n_mels to the features' (audio_features.feature_dim) or train without it.")
         position = self.source_bands(alpha)
         low = position.floor().long().clamp(max=self.n_mels - 2)
         frac = (position - low).to(window.dtype)

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 
 from ernerf.audio.augment import LOG_FLOOR, SpeakerAugment
 from ernerf.audio.features import SAMPLE_RATE, LogMelExtractor
-from ernerf.errors import ErnerfError
+from ernerf.errors import ErnerfError, instantiate_config
 from tests.conftest import compose
 from tests.datamodules.test_subject import make_datamodule
 from tests.synthetic import write_synthetic_subject
@@ -50,11 +50,15 @@ def test_gain_and_warp_stay_in_range_and_change_at_every_call() -> None:
     assert torch.allclose(none(window), window.clamp(min=LOG_FLOOR))
 
 
-def test_bad_settings_and_other_feature_widths_say_what_to_change() -> None:
+def test_bad_settings_and_other_feature_kinds_say_what_to_change() -> None:
     with pytest.raises(ErnerfError, match="max_warp"):
         SpeakerAugment(max_warp=0.9)
-    with pytest.raises(ErnerfError, match="audio_augment=none"):
+    with pytest.raises(ErnerfError, match="train without audio_augment=vtlp"):
+        SpeakerAugment(n_mels=1024, feature_kind="hubert")
+    with pytest.raises(ErnerfError, match="n_mels"):
         SpeakerAugment()(torch.zeros(8, 16, 1024))
+    normalised, level = SpeakerAugment(feature_kind="meln", max_warp=1.0), torch.full((8, 16, 80), -2.0)
+    assert normalised.gain == 0.0 and torch.allclose(normalised(level), level)  # meln removes any gain itself
 
 
 def test_training_batches_are_augmented_and_validation_frames_are_not(tmp_path: Path) -> None:
@@ -62,6 +66,9 @@ def test_training_batches_are_augmented_and_validation_frames_are_not(tmp_path: 
     cfg = compose("train", ["subject=sphere", "audio_augment=vtlp"])
     augment = instantiate(cfg.datamodule.audio_augment)
     assert isinstance(augment, SpeakerAugment) and augment.n_mels == cfg.audio_features.feature_dim
+    with pytest.raises(ErnerfError, match="'hu' features have none"):
+        instantiate_config(compose("train", ["subject=sphere", "audio_augment=vtlp", "audio_features=hubert"])
+                           .datamodule.audio_augment)
     plain, augmented = make_datamodule(root, preload=True), make_datamodule(root, preload=True, audio_augment=augment)
     frame = torch.tensor([3])
     original = plain.store.audio_window_at(frame)
