@@ -2,6 +2,7 @@
 
     python bench/voices.py --subject trump [--data-root data] [--runs-root runs] [--stage head] [--downscale 4]
     python bench/voices.py --subject trump --quick     # a smoke run: 0.2 s per source, 4 held-back frames
+    python bench/voices.py --subject trump --runs-root runs_seed0 runs_seed1 runs_seed2   # several runs, aggregated
 
 The subject is driven, through evaluate.py's code, by
   own       its held-back audio: the validation frames (the clip's last 1/11), rendered with their tracked poses;
@@ -126,9 +127,9 @@ def from_findings(source: str, found: Findings, corr_key: str, mouth_key: str, f
                        note=notes)
 
 
-def evaluate_config(args: argparse.Namespace) -> Any:
-    """The real conf/evaluate.yaml for this subject, as evaluate.py composes it."""
-    overrides = [f"subject={args.subject}", f"paths.data_root={args.data_root}", f"paths.runs_root={args.runs_root}",
+def evaluate_config(args: argparse.Namespace, runs_root: str) -> Any:
+    """The real conf/evaluate.yaml for this subject and runs folder, as evaluate.py composes it."""
+    overrides = [f"subject={args.subject}", f"paths.data_root={args.data_root}", f"paths.runs_root={runs_root}",
                  f"downscale={args.downscale}", f"device={args.device}", f"cross_max_seconds={args.max_seconds}"]
     if args.stage:
         overrides.append(f"stage_name={args.stage}")
@@ -178,9 +179,9 @@ def synthesized_speech(path: Path, text: str) -> Path:
     return path
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Render every source through the subject's checkpoint and score it."""
-    cfg = evaluate_config(args)
+def run(args: argparse.Namespace, runs_root: str) -> dict[str, Any]:
+    """Render every source through the subject's checkpoint under `runs_root` and score it."""
+    cfg = evaluate_config(args, runs_root)
     target = resolve_target(cfg.paths.runs_root, cfg.subject, cfg.run, cfg.stage_name)
     renderer = loader_for(cfg)(target.checkpoint, cfg.device)
     kind, dim = audio_kind(renderer.hparams)
@@ -203,6 +204,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"subject": args.subject, "audio_kind": kind, "checkpoint": str(target.checkpoint),
             "downscale": cfg.downscale, "max_seconds": cfg.cross_max_seconds, "target_ratio": TARGET_RATIO,
             "meets_target": meets_target(scores), "sources": [asdict(s) for s in scores]}
+
+
+def aggregate(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every source's corr, spread and LMD over several runs' reports: mean, min and max of the runs that measured it
+    (`runs`: how many), and how many runs met the target."""
+    def summary(values: list[float | None]) -> dict[str, float | int] | None:
+        measured = [v for v in values if v is not None]
+        if not measured:
+            return None
+        return {"mean": float(np.mean(measured)), "min": min(measured), "max": max(measured), "runs": len(measured)}
+
+    names = [s["source"] for s in reports[0]["sources"]]
+    by_run = [{s["source"]: s for s in r["sources"]} for r in reports]
+    return {"runs": len(reports), "meets_target": sum(bool(r["meets_target"]) for r in reports),
+            "sources": [{"source": name, **{key: summary([run.get(name, {}).get(key) for run in by_run])
+                                            for key in ("corr", "spread", "lmd")}} for name in names]}
+
+
+def aggregate_table(summary: dict[str, Any]) -> str:
+    """The aggregate of several runs as a markdown table: mean [min, max] per figure."""
+    def cell(figure: dict[str, float] | None, spec: str) -> str:
+        return "-" if figure is None else (f"{figure['mean']:{spec}} [{figure['min']:{spec}}, {figure['max']:{spec}}]"
+                                           + ("" if figure["runs"] == summary["runs"] else f" ({figure['runs']} runs)"))
+
+    lines = [f"over {summary['runs']} runs: mean [min, max]", "| source | corr | spread | LMD |", "|---|---|---|---|"]
+    lines += [f"| {s['source']} | {cell(s['corr'], '.2f')} | {cell(s['spread'], '.4f')} | {cell(s['lmd'], '.2f')} |"
+              for s in summary["sources"]]
+    lines.append(f"runs meeting the target: {summary['meets_target']} of {summary['runs']}")
+    return "\n".join(lines)
 
 
 def table(report: dict[str, Any]) -> str:
@@ -228,7 +258,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subject", required=True, help="a trained subject (checkpoints under --runs-root)")
     parser.add_argument("--data-root", default="data")
-    parser.add_argument("--runs-root", default="runs")
+    parser.add_argument("--runs-root", nargs="+", default=["runs"],
+                        help="runs folder(s) holding the subject's checkpoints; several: each scored, then aggregated")
     parser.add_argument("--stage", help="the trained stage (default: the latest)")
     parser.add_argument("--audio", nargs="*", help="foreign speech files (default: ../shared/data/audio/*.wav)")
     parser.add_argument("--other-clip", nargs="*", help="other subjects' clips whose sound drives this one")
@@ -250,14 +281,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        report = run(args)
+        reports = [run(args, runs_root) for runs_root in args.runs_root]
     except ErnerfError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     path = Path(args.json) if args.json else OUT / f"voices_{args.subject}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
-    print(table(report))
+    if len(reports) == 1:
+        path.write_text(json.dumps(reports[0], indent=2))
+    else:
+        path.write_text(json.dumps({"runs": reports, "aggregate": aggregate(reports)}, indent=2))
+    for report in reports:
+        print(table(report))
+    if len(reports) > 1:
+        print(aggregate_table(aggregate(reports)))
     print(f"figures: {path}")
     return 0
 

@@ -51,6 +51,22 @@ def test_voice_ratios_are_to_the_subject_own_audio_and_the_target_needs_all_of_t
     assert unmeasured[0].corr_interval is None and unmeasured[1].corr_interval[0] < 0.4 < unmeasured[1].corr_interval[1]
 
 
+def test_several_runs_are_summed_up_per_source_over_the_runs_that_measured_it() -> None:
+    voices = voices_module()
+
+    def report(corrs: list[float | None], met: bool) -> dict:
+        return {"meets_target": met, "sources": [{"source": name, "corr": c, "spread": 0.01, "lmd": None}
+                                                 for name, c in zip(["own", "a"], corrs)]}
+
+    summary = voices.aggregate([report([0.2, 0.1], False), report([0.4, None], True), report([0.3, 0.5], False)])
+    own, a = summary["sources"]
+    assert summary["runs"] == 3 and summary["meets_target"] == 1
+    assert own["corr"] == {"mean": pytest.approx(0.3), "min": 0.2, "max": 0.4, "runs": 3}
+    assert a["corr"] == {"mean": pytest.approx(0.3), "min": 0.1, "max": 0.5, "runs": 2} and own["lmd"] is None
+    printed = voices.aggregate_table(summary)
+    assert "| own | 0.30 [0.20, 0.40] | 0.0100 [0.0100, 0.0100] | - |" in printed and "(2 runs)" in printed
+
+
 def test_correlation_intervals_narrow_with_frames_and_cover_the_truth() -> None:
     voices = voices_module()
     low, high = voices.correlation_interval(0.3, 125)
@@ -94,10 +110,19 @@ def test_voices_quick_drives_the_subject_with_every_kind_of_source(voiced_mini, 
 
     data, runs = voiced_mini
     out = tmp_path / "voices.json"
-    printed = run_bench("voices.py", ["--subject", "mini", "--data-root", str(data), "--runs-root", str(runs),
+    again = tmp_path / "runs_again"  # a second runs folder (the same run): scored on its own, then aggregated
+    again.symlink_to(runs, target_is_directory=True)
+    printed = run_bench("voices.py", ["--subject", "mini", "--data-root", str(data), "--runs-root", str(runs), str(again),
                                       "--quick", "--downscale", "8", "--audio", str(shared_clip("audio/obama_5s.wav")),
                                       "--other-clip", str(shared_clip("train/hdtf_aoc_8s.mp4")), "--json", str(out)])
-    report = json.loads(out.read_text())
+    both = json.loads(out.read_text())
+    report, summary = both["runs"][0], both["aggregate"]
+    assert [s["source"] for s in both["runs"][1]["sources"]] == [s["source"] for s in report["sources"]]
+    assert summary["runs"] == 2 and "over 2 runs" in printed
+    for s, total in zip(report["sources"], summary["sources"]):
+        assert total["source"] == s["source"]
+        if s["spread"] is not None:
+            assert total["spread"]["runs"] == 2 and total["spread"]["min"] <= s["spread"] <= total["spread"]["max"]
     sources = {s["source"]: s for s in report["sources"]}
     assert list(sources) == ["own", "own-train", "obama_5s", "clip:hdtf_aoc_8s", "tts"]
     assert report["audio_kind"] == "mel"
