@@ -66,6 +66,8 @@ def test_training_batches_are_augmented_and_validation_frames_are_not(tmp_path: 
     cfg = compose("train", ["subject=sphere", "audio_augment=vtlp"])
     augment = instantiate(cfg.datamodule.audio_augment)
     assert isinstance(augment, SpeakerAugment) and augment.n_mels == cfg.audio_features.feature_dim
+    for plain_choice in ([], ["audio_augment=none"]):  # the default, and what a sweep names beside vtlp
+        assert compose("train", ["subject=sphere", *plain_choice]).datamodule.audio_augment is None
     with pytest.raises(ErnerfError, match="'hu' features have none"):
         instantiate_config(compose("train", ["subject=sphere", "audio_augment=vtlp", "audio_features=hubert"])
                            .datamodule.audio_augment)
