@@ -79,11 +79,13 @@ def test_feature_kind_mismatch(tmp_path):
         load_feature_file(tmp_path / "flat.npy", "mel", 80)
 
 
-def test_audio_window_is_zero_past_the_ends():
+def test_audio_window_repeats_the_edge_windows_past_the_ends():
     feats = np.arange(5, dtype=np.float32)[:, None, None] * np.ones((5, 16, 2), np.float32) + 1
     win = audio_window(feats, 0)
     assert win.shape == (8, 16, 2)
-    assert win[:4].max() == 0 and win[4:, 0, 0].tolist() == [1, 2, 3, 4]
+    assert win[:, 0, 0].tolist() == [1, 1, 1, 1, 1, 2, 3, 4]  # frames -4..-1 see frame 0's window, not zero rows
+    assert audio_window(feats, 4)[:, 0, 0].tolist() == [1, 2, 3, 4, 5, 5, 5, 5]
+    assert audio_window(feats, 2)[:, 0, 0].tolist() == [1, 1, 1, 2, 3, 4, 5, 5]
 
 
 def test_frame_source_random_access_matches_sequential(mini_subject):

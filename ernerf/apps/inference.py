@@ -128,10 +128,12 @@ def driving_features(audio: Path | str, kind: str, feature_dim: int, extractor: 
 
 
 def audio_window(feats: np.ndarray, frame: int, size: int = SMOOTH_WINDOW) -> np.ndarray:
-    """Windows of the `size` frames around `frame` [size, 16, C], zero beyond the ends (as in training)."""
+    """Windows of the `size` frames around `frame` [size, 16, C], the first and last windows repeated beyond the
+    audio's ends. Not zeros, as training pads its clip's two ends (ER-NeRF's way, made for speech-recognition
+    features): a zero row of log-mel is louder than any speech, and it moved the mouth in an utterance's first and
+    last frames (docs/evaluation.md, "An utterance's first and last frames")."""
     rows = np.arange(frame - size // 2, frame + size - size // 2)
-    valid = (rows >= 0) & (rows < len(feats))
-    return feats[np.clip(rows, 0, len(feats) - 1)] * valid[:, None, None]
+    return feats[np.clip(rows, 0, len(feats) - 1)]
 
 
 # ---------------------------------------------------------------- original frames
