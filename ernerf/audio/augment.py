@@ -38,8 +38,8 @@ class SpeakerAugment:
 
     max_warp: alpha is drawn log-uniformly in [1 / max_warp, max_warp] (1: no warp). gain_db: the gain is uniform in
     +-gain_db decibels of power (0: none), applied to the raw `mel` kind only: the normalised kinds remove any gain
-    themselves, so one on their windows would be noise the real features never show. Values stay at or above the
-    extractor's silence floor. feature_kind: the audio_features kind trained on (an error for other kinds).
+    themselves, so one on their windows would be noise the real features never show. Raw `mel` values stay at or
+    above the extractor's silence floor. feature_kind: the audio_features kind trained on (an error for other kinds).
     """
 
     def __init__(self, n_mels: int = 80, fmin: float = 55.0, fmax: float = 7600.0, max_warp: float = 1.2,
@@ -51,7 +51,9 @@ class SpeakerAugment:
             raise ErnerfError(f"audio_augment.max_warp={max_warp} must be >= 1 (alpha in [1/max_warp, max_warp]).")
         if gain_db < 0:
             raise ErnerfError(f"audio_augment.gain_db={gain_db} must be >= 0.")
-        gain_db = 0.0 if feature_kind in NORMALISED_KINDS else gain_db
+        normalised = feature_kind in NORMALISED_KINDS
+        gain_db = 0.0 if normalised else gain_db
+        self.floor = -math.inf if normalised else LOG_FLOOR  # normalised rows have no silence floor of their own
         self.n_mels, self.log_warp, self.gain = n_mels, math.log(max_warp), gain_db / 10.0 * math.log(10.0)
         edges = np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2)  # the filterbank's, in mels
         self.first_centre, self.step = float(edges[1]), float(edges[2] - edges[1])  # band b's centre: first + b * step
@@ -79,4 +81,4 @@ class SpeakerAugment:
         draws = torch.rand(2, device=window.device)
         alpha = torch.exp((2 * draws[:1] - 1) * self.log_warp)
         gain = (2 * draws[1:] - 1) * self.gain
-        return torch.clamp(self.warp(window, alpha) + gain, min=LOG_FLOOR)
+        return torch.clamp(self.warp(window, alpha) + gain, min=self.floor)

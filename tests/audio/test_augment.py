@@ -59,6 +59,8 @@ def test_bad_settings_and_other_feature_kinds_say_what_to_change() -> None:
         SpeakerAugment()(torch.zeros(8, 16, 1024))
     normalised, level = SpeakerAugment(feature_kind="meln", max_warp=1.0), torch.full((8, 16, 80), -2.0)
     assert normalised.gain == 0.0 and torch.allclose(normalised(level), level)  # meln removes any gain itself
+    deep = torch.full((8, 16, 80), -25.0)  # a normalised row may lie below raw mel's silence floor: kept
+    assert torch.allclose(normalised(deep), deep)
 
 
 def test_training_batches_are_augmented_and_validation_frames_are_not(tmp_path: Path) -> None:
