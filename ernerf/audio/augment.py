@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ernerf.audio.features import _LOG_HZ, _LOG_MEL, _LOG_STEP, _MEL_HZ, hz_to_mel, mel_to_hz
+from ernerf.audio.features import _LOG_HZ, _LOG_MEL, _LOG_STEP, _MEL_HZ, SILENCE_POWER, hz_to_mel, mel_to_hz
 from ernerf.errors import ErnerfError
 
-LOG_FLOOR = math.log(1e-8)  # LogMelExtractor's floor: digital silence
+LOG_FLOOR = math.log(SILENCE_POWER)  # LogMelExtractor's row of digital silence
 
 
 def _hz_to_mel(hz: Tensor) -> Tensor:

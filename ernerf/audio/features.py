@@ -18,6 +18,7 @@ from ernerf.errors import ErnerfError
 
 FEATURE_RATE = 50  # rows per second
 HOP = SAMPLE_RATE // FEATURE_RATE  # 320 samples
+SILENCE_POWER = 1e-8  # LogMelExtractor floors mel power here: digital silence is a finite, constant row
 
 
 class AudioFeatureExtractor(Protocol):
@@ -57,8 +58,7 @@ class LogMelExtractor:
         """Log-mel rows of `wav`. # [T] -> [1 + T // 320, n_mels]"""
         power = power_spectrogram(_check_wav(wav), self.n_fft, HOP, self.win_length)
         mel = power @ self._basis.T  # [T50, n_mels]
-        # floor the power so digital silence gives a finite, constant row
-        return np.log(np.maximum(mel, 1e-8)).astype(np.float32)
+        return np.log(np.maximum(mel, SILENCE_POWER)).astype(np.float32)
 
 
 class NormalizedLogMelExtractor:
