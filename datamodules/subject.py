@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.frames import (FreeMemory, HostFrames, StagedFrame, choose_preload, free_memory, preload_frames,
                                 preload_mode)
 from datamodules.samplers import RandomRaySampler, RaySampler, Rect
+from ernerf.audio.features import smoothing_rows
 from ernerf.constants import SMOOTH_WINDOW
 from ernerf.errors import ErnerfError
 from ernerf.io.layout import SubjectLayout
@@ -58,12 +59,9 @@ class SubjectData:
         return int(self.audio.shape[-1])
 
     def audio_window(self, frame: int) -> Tensor:
-        """Features of the 8 frames around `frame` [8, 16, C], zero beyond the clip's ends (ER-NeRF)."""
-        centre = int(self.aud_ids[frame])
-        rows = torch.arange(centre - SMOOTH_WINDOW // 2, centre + SMOOTH_WINDOW // 2)
-        valid = (rows >= 0) & (rows < self.audio.shape[0])
-        window = self.audio[rows.clamp(0, self.audio.shape[0] - 1)]
-        return window * valid[:, None, None].to(window.dtype)
+        """Features of the 8 frames around `frame` [8, 16, C], the edge windows repeated beyond the clip's ends
+        (`smoothing_rows`), as `infer.py` pads an utterance."""
+        return self.audio[torch.from_numpy(smoothing_rows(int(self.aud_ids[frame]), self.audio.shape[0]))]
 
     def rects_of(self, frame: int) -> dict[str, Rect]:
         """The named regions of one frame."""
@@ -161,8 +159,9 @@ class FrameStore:
         self.poses, self.eye = data.poses.to(self.device), data.eye.to(self.device)  # [F, 4, 4], [F]
         self.aud_ids = data.aud_ids.to(self.device)  # [F]
         self.rects = {name: r.to(self.device) for name, r in data.rects.items()}  # name -> [F, 4]
-        half = SMOOTH_WINDOW // 2  # zero rows on both ends: every frame's window is one slice
-        self.padded_audio = torch.nn.functional.pad(data.audio, (0, 0, 0, 0, half, half)).to(self.device)
+        half = SMOOTH_WINDOW // 2  # the edge windows repeated on both ends (SubjectData.audio_window): one slice each
+        edges = (data.audio[:1].expand(half, -1, -1), data.audio, data.audio[-1:].expand(half, -1, -1))
+        self.padded_audio = torch.cat(edges).to(self.device)
         self.frame_ids = torch.arange(data.num_frames, device=self.device)  # frame indices are views of it
         self.loaders = self._frame_loaders(parsing_masks)  # kind -> frame number -> uint8 [H, W, C] on the host
         # kind -> [F, H, W, C] on the device (preload "device") or HostFrames (preload "host"); empty: from disk
@@ -220,9 +219,7 @@ class FrameStore:
     def audio_window_at(self, frame: Tensor) -> Tensor:
         """`SubjectData.audio_window` of one frame, on this store's device: [8, 16, C]."""
         rows = self.aud_ids[frame] + torch.arange(SMOOTH_WINDOW, device=self.device)  # rows of the padded features
-        valid = rows < self.padded_audio.shape[0]  # frames past the features' end see zeros, as SubjectData
-        window = self.padded_audio[rows.clamp(max=self.padded_audio.shape[0] - 1)]
-        return window * valid[:, None, None].to(window.dtype)
+        return self.padded_audio[rows.clamp(max=self.padded_audio.shape[0] - 1)]  # past the end: the last, as SubjectData
 
     def image_at(self, frame: Tensor) -> Tensor:
         """Ground truth of one frame, uint8 [H, W, 3]."""

@@ -26,7 +26,7 @@ from ernerf.apps.checkpoints import audio_extractor
 from ernerf.apps.preflight import plan_inference
 from ernerf.apps.runs import stale_warning
 from ernerf.apps.tts import SpeechEngine, speak_to_wav
-from ernerf.audio.features import extract_features
+from ernerf.audio.features import extract_features, smoothing_rows
 from ernerf.constants import FPS, SAMPLE_RATE, SMOOTH_WINDOW
 from ernerf.errors import ErnerfError, instantiate_config
 from ernerf.io.audio import load_audio, loudness_db
@@ -129,11 +129,8 @@ def driving_features(audio: Path | str, kind: str, feature_dim: int, extractor: 
 
 def audio_window(feats: np.ndarray, frame: int, size: int = SMOOTH_WINDOW) -> np.ndarray:
     """Windows of the `size` frames around `frame` [size, 16, C], the first and last windows repeated beyond the
-    audio's ends. Not zeros, as training pads its clip's two ends (ER-NeRF's way, made for speech-recognition
-    features): a zero row of log-mel is louder than any speech, and it moved the mouth in an utterance's first and
-    last frames (docs/evaluation.md, "An utterance's first and last frames")."""
-    rows = np.arange(frame - size // 2, frame + size - size // 2)
-    return feats[np.clip(rows, 0, len(feats) - 1)]
+    audio's ends, as training pads its clip (`smoothing_rows`)."""
+    return feats[smoothing_rows(frame, len(feats), size)]
 
 
 # ---------------------------------------------------------------- original frames

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ernerf.constants import FEATURE_ROWS as WINDOW
-from ernerf.constants import FPS, SAMPLE_RATE
+from ernerf.constants import FPS, SAMPLE_RATE, SMOOTH_WINDOW
 from ernerf.errors import ErnerfError
 
 FEATURE_RATE = 50  # rows per second
@@ -33,6 +33,14 @@ class AudioFeatureExtractor(Protocol):
 def num_rows(num_samples: int) -> int:
     """Number of 50 Hz rows for `num_samples` samples: one per hop, row 0 at t=0 (librosa's centred frames)."""
     return 1 + num_samples // HOP
+
+
+def smoothing_rows(centre: int, num_rows: int, size: int = SMOOTH_WINDOW) -> np.ndarray:  # -> [size] int64
+    """Feature rows of the `size` frames the audio network smooths over around row `centre`, the first and last rows
+    repeated beyond the audio's ends. ER-NeRF pads with zero rows, which suit speech-recognition features, but a
+    zero row of log-mel is louder than any speech and moved the mouth at a clip's or an utterance's ends
+    (docs/evaluation.md, "An utterance's first and last frames")."""
+    return np.clip(np.arange(centre - size // 2, centre + size - size // 2), 0, num_rows - 1)
 
 
 class LogMelExtractor:

@@ -46,9 +46,11 @@ def test_parse_reads_split_intrinsics_eye_audio_and_rects(subject: Path) -> None
     assert data.intrinsics == pytest.approx((35.2, 35.2, 16.0, 16.0))
     au = 2.5 + 2.5 * np.sin(np.arange(12))
     assert data.eye.numpy() == pytest.approx(np.clip(au, 0, 2) / 2, abs=1e-3)
-    window = data.audio_window(0)  # frames -4..3: the four before the clip are zero
+    window = data.audio_window(0)  # frames -4..3: the four before the clip repeat its first window
     assert window.shape == (8, 16, 80)
-    assert window[:4].abs().sum() == 0 and torch.equal(window[4], data.audio[0])
+    assert all(torch.equal(w, data.audio[0]) for w in window[:5]) and torch.equal(window[5], data.audio[1])
+    last = data.audio_window(data.num_frames - 1)  # frames 7..14 of 12: the last window three times past the end
+    assert all(torch.equal(w, data.audio[-1]) for w in last[4:]) and torch.equal(last[3], data.audio[-2])
     lips, face = data.rects_of(3)["lips"], data.rects_of(3)["face"]
     assert lips.height == lips.width > 0
     assert face.top <= lips.top and lips.bottom <= face.bottom + 1
@@ -118,7 +120,7 @@ def test_a_batch_built_from_a_frame_index_is_the_loaders_batch(subject: Path) ->
                 assert torch.equal(got[key], value), key
             else:
                 assert got[key] == value, key
-    # audio windows at the clip's ends (zero rows beyond them) agree with the parsed subject's
+    # audio windows at the clip's ends (edge windows repeated beyond them) agree with the parsed subject's
     for frame in range(dm.data.num_frames):
         assert torch.equal(dm.store.audio_window_at(torch.tensor([frame])), dm.data.audio_window(frame))
         assert torch.equal(dm.store.audio_window(frame), dm.data.audio_window(frame))
