@@ -70,6 +70,7 @@ class RunRecord:
     step: int | None
     metrics: dict[str, float]
     init_from: dict[str, str] | None  # {"path", "sha1"} of the previous stage's checkpoint, when it started from one
+    best: dict[str, Any] | None = None  # the checkpoint kept as the best validated: {"path", "step", "monitor", "value"}
 
     def summary(self) -> str:
         """`step N, val/psnr X dB` (what is known of it)."""
@@ -98,15 +99,18 @@ def read_record(run_dir: Path | str) -> RunRecord | None:
     data = json.loads(path.read_text())
     if "metrics" not in data:  # the first layout held the metrics alone
         return RunRecord(None, data, None)
-    return RunRecord(data.get("step"), data["metrics"], data.get("init_from"))
+    return RunRecord(data.get("step"), data["metrics"], data.get("init_from"), data.get("best"))
 
 
-def mark_finished(run_dir: Path | str, step: int, metrics: dict[str, float], init_from: str | None) -> None:
-    """Record that a stage ran to its end (what `stage=all` and later reruns check); rank 0 writes it."""
+def mark_finished(run_dir: Path | str, step: int, metrics: dict[str, float], init_from: str | None,
+                  best: dict[str, Any] | None = None) -> None:
+    """Record that a stage ran to its end (what `stage=all` and later reruns check); rank 0 writes it. `best`: the
+    checkpoint the run kept as its best validated one (`RunRecord.best`)."""
     if launched_rank():
         return
     start = {"path": str(init_from), "sha1": file_digest(init_from)} if init_from else None
-    record = {"step": step, "metrics": metrics, "init_from": start, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    record = {"step": step, "metrics": metrics, "init_from": start, "best": best,
+              "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
     write_text(Path(run_dir) / FINISHED, json.dumps(record, indent=1))
 
 

@@ -6,6 +6,7 @@ import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning as L
@@ -15,9 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from ernerf.apps.chain import (initial_checkpoint, planned_world_size, preprocess_overrides, run_budget, run_chain,
                                stage_overrides)
-from ernerf.apps.next_steps import finished_summary
-from ernerf.apps.runs import (launched_rank, mark_finished, prepare_run_folder, read_record, run_folder_lock,
-                             validate_max_steps)
+from ernerf.apps.next_steps import fall_headline, finished_summary
+from ernerf.apps.runs import (launched_rank, mark_finished, peek_checkpoint, prepare_run_folder, read_record,
+                             run_folder_lock, validate_max_steps)
 from ernerf.apps.sweeps import label_run, rerun_arguments
 from ernerf.errors import ErnerfError
 from ernerf.io.layout import check_subject_name
@@ -77,8 +78,18 @@ def fit_stage(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
     trainer.save_checkpoint(Path(cfg.run_dir) / "checkpoints" / "last.ckpt")  # the final state, whatever the interval
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    mark_finished(cfg.run_dir, trainer.global_step, metrics, cfg.model.init_from)
+    mark_finished(cfg.run_dir, trainer.global_step, metrics, cfg.model.init_from, best_saved(trainer))
     return metrics
+
+
+def best_saved(trainer: Any) -> dict[str, Any] | None:
+    """The checkpoint the run's ModelCheckpoint kept as its best (path, step, monitored figure); None: none kept."""
+    kept = trainer.checkpoint_callback
+    if kept is None or not kept.best_model_path or kept.best_model_score is None:
+        return None
+    step = (peek_checkpoint(kept.best_model_path) or {}).get("global_step")
+    return {"path": str(kept.best_model_path), "step": step, "monitor": kept.monitor,
+            "value": float(kept.best_model_score)}
 
 
 def train_command(cfg: DictConfig) -> float | None:
@@ -98,10 +109,24 @@ def train_command(cfg: DictConfig) -> float | None:
         composed[name] = stage_cfg
         return stage_cfg
 
-    results = run_chain(cfg, compose_stage, train, lambda: hydra.compose("preprocess", preprocess_overrides(task)))
+    def train_and_tell(stage_cfg: DictConfig) -> dict[str, float]:
+        metrics = train(stage_cfg)
+        warn_if_fell(stage_cfg.subject, Path(stage_cfg.run_dir), metrics)  # at once: the next stage starts from it
+        return metrics
+
+    results = run_chain(cfg, compose_stage, train_and_tell,
+                        lambda: hydra.compose("preprocess", preprocess_overrides(task)))
     last = list(results)[-1]
     print_summary(cfg.subject, last, Path(composed[last].run_dir), ())
     return next((r.get(metric) for r in reversed(list(results.values())) if r), None)
+
+
+def warn_if_fell(subject: str, run_dir: Path, metrics: dict[str, float]) -> None:
+    """One log line when a stage of a chain ended FALL_DB or more under its best kept checkpoint (`fall_headline`)."""
+    record = read_record(run_dir)
+    headline = fall_headline(metrics, record.best if record else None)
+    if headline:
+        log.warning("%s: %s (init_from=<it> starts a later stage from it)", headline, record.best["path"])
 
 
 def print_summary(subject: str, stage: str, run_dir: Path, next_stages: Sequence[str]) -> None:
@@ -109,4 +134,4 @@ def print_summary(subject: str, stage: str, run_dir: Path, next_stages: Sequence
     record = read_record(run_dir)
     if record is None or launched_rank():
         return
-    print(finished_summary(subject, stage, run_dir, record.step, record.metrics, next_stages), flush=True)
+    print(finished_summary(subject, stage, run_dir, record.step, record.metrics, next_stages, record.best), flush=True)
