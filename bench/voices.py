@@ -287,14 +287,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     path = Path(args.json) if args.json else OUT / f"voices_{args.subject}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    if len(reports) == 1:
-        path.write_text(json.dumps(reports[0], indent=2))
-    else:
-        path.write_text(json.dumps({"runs": reports, "aggregate": aggregate(reports)}, indent=2))
+    summary = aggregate(reports) if len(reports) > 1 else None
+    path.write_text(json.dumps(reports[0] if summary is None else {"runs": reports, "aggregate": summary}, indent=2))
     for report in reports:
         print(table(report))
-    if len(reports) > 1:
-        print(aggregate_table(aggregate(reports)))
+    if summary is not None:
+        print(aggregate_table(summary))
     print(f"figures: {path}")
     return 0
 
