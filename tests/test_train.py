@@ -198,3 +198,27 @@ def test_ema_run_checkpoints_the_average_and_resumes_from_the_weights(tmp_path: 
     assert torch.equal(average["grid.occupancy"], current["grid.occupancy"]) and int(average["grid.num_updates"]) == 1
     train(tiny_config(tmp_path, 16, ema, "trainer.val_check_interval=12", "ckpt_path=last"))
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 16
+
+
+def test_the_best_checkpoint_is_the_validated_state_ranked_by_its_own_validation(tmp_path: Path) -> None:
+    """conf/callbacks/default.yaml saves as each validation ends: the kept checkpoint is the step of the best
+    validation, with that validation's figure (a step interval would rank it by the validation before it)."""
+    import json
+
+    import torch
+
+    from tests.synthetic import write_synthetic_subject
+    from ernerf.apps.train import train
+
+    write_synthetic_subject(tmp_path / "data" / "sphere", num_frames=12, size=16)
+    train(tiny_config(tmp_path, 12, "trainer.val_check_interval=4", "callbacks.checkpoint.every_n_train_steps=null"))
+    run_dir = tmp_path / "runs" / "sphere" / "head"
+    validations = logged(run_dir, "val/psnr")
+    assert [step for step, _ in validations] == [3, 7, 11]  # Lightning logs a validation at global_step - 1
+    best_step, best_psnr = max(validations, key=lambda sv: sv[1])
+    best = json.loads((run_dir / "finished.json").read_text())["best"]
+    assert best["step"] == best_step + 1 and best["value"] == pytest.approx(best_psnr, abs=1e-4)
+    kept = torch.load(best["path"], map_location="cpu", weights_only=False)
+    assert kept["global_step"] == best_step + 1
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == sorted(
+        ["last.ckpt", Path(best["path"]).name])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from ernerf.apps.runs import last_checkpoint, read_record
+from ernerf.apps.runs import last_checkpoint, offered_checkpoint, read_record
 from ernerf.errors import ErnerfError
 from ernerf.io.layout import SubjectLayout
 
@@ -69,8 +69,8 @@ def previous_run_dirs(cfg: DictConfig, stage: str) -> list[Path]:
 
 
 def initial_checkpoint(cfg: DictConfig) -> str | None:
-    """The checkpoint a stage starts from: `init_from=`, else the first of `stage.previous` trained for this subject
-    (beside this run first: `previous_run_dirs`)."""
+    """The checkpoint a stage starts from: `init_from=`, else the one offered by the first of `stage.previous` trained
+    for this subject (beside this run first: `previous_run_dirs`): its last, or its best if it fell (`offered_checkpoint`)."""
     previous = list(cfg.stage.get("previous") or [])
     explicit = cfg.get("init_from") or cfg.model.get("init_from")
     if explicit:
@@ -82,7 +82,11 @@ def initial_checkpoint(cfg: DictConfig) -> str | None:
     for stage in previous:
         for run_dir in previous_run_dirs(cfg, stage):
             if last_checkpoint(run_dir).is_file():
-                return str(last_checkpoint(run_dir))
+                offered = offered_checkpoint(run_dir)
+                if offered != last_checkpoint(run_dir):
+                    log.warning("the %s run in %s fell by its end: %s starts from its best checkpoint, %s", stage,
+                                run_dir, cfg.stage.name, offered)
+                return str(offered)
     raise ErnerfError(f"stage {cfg.stage.name} starts from a trained {' or '.join(previous)} of subject {cfg.subject!r}, "
                       f"and none is under {Path(cfg.paths.runs_root) / cfg.subject}: run `python train.py stage={previous[-1]} "
                       f"subject={cfg.subject}` first (or give init_from=<checkpoint>, or use stage=all).")

@@ -18,7 +18,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from ernerf.apps.runs import last_checkpoint, peek_checkpoint
+from ernerf.apps.runs import last_checkpoint, offered_checkpoint, peek_checkpoint
 from ernerf.audio.features import AudioFeatureExtractor
 from ernerf.errors import ErnerfError
 from ernerf.io.checkpoint_facts import AUDIO_FEATURES_KEY, STAGE_KEY, StageFacts
@@ -72,7 +72,7 @@ def trained_stages(runs_root: Path | str, subject: str) -> list[TrainedStage]:
     found = []
     for ckpt in sorted(Path(runs_root, subject).glob("*/checkpoints/last.ckpt")):
         run_name = ckpt.parents[1].name
-        trained = None if run_name.startswith(".") else read_trained(ckpt, run_name)
+        trained = None if run_name.startswith(".") else read_trained(offered_checkpoint(ckpt.parents[1]), run_name)
         if trained is not None and trained.stage.name == run_name:
             found.append(trained)
     names = {t.stage.name for t in found}
@@ -80,15 +80,15 @@ def trained_stages(runs_root: Path | str, subject: str) -> list[TrainedStage]:
 
 
 def find_trained(runs_root: Path | str, subject: str, stage: str | None = None) -> TrainedStage:
-    """The stage `stage` of the subject (`<runs_root>/<subject>/<stage>/checkpoints/last.ckpt`), or the latest one."""
+    """The stage `stage` of the subject (`<runs_root>/<subject>/<stage>/checkpoints/last.ckpt`, or its best kept
+    checkpoint if the run fell: `offered_checkpoint`), or the latest one."""
     root = Path(runs_root) / subject
     if stage is not None:
         if not stage or Path(stage).name != stage or stage.startswith("."):
             raise ErnerfError(f"stage={stage} is not a stage name: give e.g. stage=lips, or leave it out for the "
                               "latest.")
-        ckpt = last_checkpoint(root / stage)
-        if ckpt.is_file():
-            return read_trained(ckpt, stage)
+        if last_checkpoint(root / stage).is_file():
+            return read_trained(offered_checkpoint(root / stage), stage)
     found = trained_stages(runs_root, subject)
     if stage is None and found:
         return found[-1]

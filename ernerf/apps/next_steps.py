@@ -6,13 +6,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ernerf.apps.runs import command, last_checkpoint
+from ernerf.apps.runs import RunRecord, command, last_checkpoint
 
 # Figures shown first, in this order, with their unit; any other val/ figure follows as logged.
 SHOWN = {"val/psnr": "dB", "val/ssim": "", "val/lpips": "", "val/lmd": "px"}
-# A final val/psnr this far under the best kept checkpoint's is a run that fell, not the noise between evaluations
-# (a few tenths of a dB along one run): the user is told, and given that checkpoint (docs/runs.md).
-FALL_DB = 1.0
 
 
 def figures_line(metrics: Mapping[str, float]) -> str:
@@ -28,7 +25,7 @@ def finished_summary(subject: str, stage: str, run_dir: Path | str, step: int, m
     `best`, the checkpoint kept as the best validated one (`RunRecord.best`)."""
     run_dir = Path(run_dir)
     lines = [f"finished {stage} of {subject} at step {step}: {figures_line(metrics)}",
-             f"  checkpoint  {last_checkpoint(run_dir)}", *fall_warning(subject, metrics, best, next_stages)]
+             f"  checkpoint  {last_checkpoint(run_dir)}", *fall_warning(subject, run_dir, metrics, best, next_stages)]
     if (run_dir / "csv" / "metrics.csv").is_file():
         lines.append(f"  metrics     {run_dir / 'csv' / 'metrics.csv'}")
     if (run_dir / "val_images").is_dir():
@@ -42,27 +39,26 @@ def finished_summary(subject: str, stage: str, run_dir: Path | str, step: int, m
 
 
 def fall_headline(metrics: Mapping[str, float], best: Mapping[str, Any] | None) -> str | None:
-    """`val/psnr fell to ...` when a run ended FALL_DB or more under the best checkpoint it kept; None otherwise."""
-    if not best or best.get("monitor") != "val/psnr" or "val/psnr" not in metrics:
+    """`val/psnr fell to ...` when a run ended FALL_DB or more under the best checkpoint it kept (`RunRecord.fall`);
+    None otherwise."""
+    drop = RunRecord(None, dict(metrics), None, dict(best) if best else None).fall()
+    if drop is None:
         return None
-    end, kept = float(metrics["val/psnr"]), float(best["value"])
-    if kept - end < FALL_DB:
-        return None
-    # ModelCheckpoint ranks a checkpoint by the last validation before it was saved
-    return (f"val/psnr fell to {end:.2f} dB by the end, {kept - end:.1f} dB under the {kept:.2f} dB of the validation "
-            f"before the checkpoint kept at step {best.get('step')}")
+    return (f"val/psnr fell to {float(metrics['val/psnr']):.2f} dB by the end, {drop:.1f} dB under the "
+            f"{float(best['value']):.2f} dB of the checkpoint kept at step {best.get('step')}")
 
 
-def fall_warning(subject: str, metrics: Mapping[str, float], best: Mapping[str, Any] | None,
+def fall_warning(subject: str, run_dir: Path, metrics: Mapping[str, float], best: Mapping[str, Any] | None,
                  next_stages: Sequence[str]) -> list[str]:
-    """Lines telling that the run fell (`fall_headline`), with the commands that start from its best checkpoint
-    instead of the last; none otherwise."""
+    """Lines telling that the run fell (`fall_headline`) and that what follows it starts from its best checkpoint,
+    with the commands that take the last one instead; none otherwise."""
     headline = fall_headline(metrics, best)
     if headline is None:
         return []
-    path = best["path"]
-    lines = [f"warning: {headline}; later stages and infer.py start from the last one unless told:",
-             f"  best        {path}",
-             f"  python evaluate.py subject={subject} run={path}   # that checkpoint's figures"]
-    lines += [f"  {command(subject, name, f'init_from={path}')}   # the {name} stage from it" for name in next_stages]
+    last = last_checkpoint(run_dir)
+    lines = [f"warning: {headline}; later stages, infer.py and evaluate.py start from that one:",
+             f"  best        {best['path']}",
+             f"  python evaluate.py subject={subject} run={last}   # the last one's figures instead"]
+    lines += [f"  {command(subject, name, f'init_from={last}')}   # the {name} stage from the last one"
+              for name in next_stages]
     return lines

@@ -29,6 +29,9 @@ from ernerf.io.lock import exclusive_lock
 FINISHED = "finished.json"  # written in a stage's run folder once its last checkpoint is saved
 REPLACED = ".replaced"  # beside the stage folders: runs moved aside by overwrite=true
 KEEP = {".hydra", ".lock"}  # what overwrite=true leaves in place: this run's own Hydra folder and its lock
+# A final val/psnr this far under the best kept checkpoint's is a run that fell, not the noise between evaluations
+# (a few tenths of a dB along one run): what follows the run starts from that checkpoint instead (docs/runs.md).
+FALL_DB = 1.0
 
 
 def launched_rank() -> bool:
@@ -50,6 +53,15 @@ def run_folder_lock(run_dir: Path | str) -> Iterator[None]:
 def last_checkpoint(run_dir: Path | str) -> Path:
     """Where a run's final (or latest) checkpoint lives."""
     return Path(run_dir) / "checkpoints" / "last.ckpt"
+
+
+def offered_checkpoint(run_dir: Path | str) -> Path:
+    """The checkpoint a run folder offers to what follows it (a later stage, infer.py, evaluate.py): its last one,
+    or its best kept one when the run fell (`RunRecord.fall`) and that file is still there. Resuming reads the last."""
+    record = read_record(run_dir)
+    if record is not None and record.fall() is not None and Path(record.best["path"]).is_file():
+        return Path(record.best["path"])
+    return last_checkpoint(run_dir)
 
 
 def subject_eval_folder(runs_root: Path | str, subject: str) -> Path:
@@ -78,6 +90,15 @@ class RunRecord:
         if "val/psnr" in self.metrics:
             parts.append(f"val/psnr {self.metrics['val/psnr']:.2f} dB")
         return ", ".join(parts) or "no figures recorded"
+
+    def fall(self) -> float | None:
+        """How many dB the final val/psnr lies under the best kept checkpoint's, when FALL_DB or more; None otherwise
+        (no such checkpoint, or another figure ranked it)."""
+        best = self.best or {}
+        if best.get("monitor") != "val/psnr" or "val/psnr" not in self.metrics or best.get("value") is None:
+            return None
+        drop = float(best["value"]) - float(self.metrics["val/psnr"])
+        return drop if drop >= FALL_DB else None
 
     def stale_init(self) -> str | None:
         """Why the checkpoint this stage started from is not the one there now (None: unchanged, or none)."""

@@ -113,3 +113,42 @@ def test_a_checkpoints_plain_entries_are_read_without_building_its_tensors(tmp_p
     cut = tmp_path / "cut.ckpt"
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     assert plain_entries(cut) is None and peek_checkpoint(cut) is None and checkpoint_step(cut) is None
+
+
+def finish_run(run_dir: Path, final_psnr: float, best_psnr: float) -> Path:
+    """finished.json of a run whose last validation scored `final_psnr` and whose kept checkpoint `best_psnr`."""
+    from ernerf.apps.runs import mark_finished
+
+    best = run_dir / "checkpoints" / "step0004000.ckpt"
+    torch.save({"global_step": 4000, "stage": stage_record("head", "torso")}, best)
+    mark_finished(run_dir, 10000, {"val/psnr": final_psnr}, None,
+                  {"path": str(best), "step": 4000, "monitor": "val/psnr", "value": best_psnr})
+    return best
+
+
+def test_a_run_that_fell_offers_its_best_checkpoint_to_inference_evaluation_and_later_stages(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from ernerf.apps.chain import initial_checkpoint
+    from ernerf.apps.evaluation.frames import resolve_target
+    from ernerf.apps.runs import offered_checkpoint
+    from tests.conftest import compose
+
+    last = save_checkpoint(tmp_path, "anna", "head", stage=stage_record("head", "torso"))
+    run_dir = last.parents[1]
+    assert offered_checkpoint(run_dir) == last  # not finished: its last
+    best = finish_run(run_dir, final_psnr=24.5, best_psnr=25.2)
+    assert offered_checkpoint(run_dir) == last  # within the noise of one run: its last
+    finish_run(run_dir, final_psnr=23.1, best_psnr=25.2)
+    assert offered_checkpoint(run_dir) == best
+    assert find_trained(tmp_path, "anna", "head").checkpoint == best
+    assert find_trained(tmp_path, "anna").checkpoint == best
+    assert resolve_target(tmp_path, "anna", str(run_dir)).trained.checkpoint == best
+    assert resolve_target(tmp_path, "anna", str(last)).trained.checkpoint == last  # a file given is that file
+    lips = compose("train", ["subject=anna", "stage=lips", f"paths.runs_root={tmp_path}"])
+    with caplog.at_level("WARNING", logger="ernerf.apps.chain"):
+        assert initial_checkpoint(lips) == str(best)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"the head run in {run_dir} fell by its end: lips starts from its best checkpoint, {best}"]
+    assert initial_checkpoint(compose("train", ["subject=anna", "stage=lips", f"init_from={last}"])) == str(last)
+    best.unlink()  # gone (a user tidied up): the last one, rather than nothing
+    assert offered_checkpoint(run_dir) == last and find_trained(tmp_path, "anna", "head").checkpoint == last

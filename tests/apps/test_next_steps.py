@@ -39,22 +39,22 @@ def test_the_last_stage_suggests_no_further_training(tmp_path: Path) -> None:
 BEST = {"path": "/runs/anna/head/checkpoints/step0005000.ckpt", "step": 5000, "monitor": "val/psnr", "value": 24.71}
 
 
-def test_a_run_that_fell_names_its_best_checkpoint_and_how_to_go_on_from_it(tmp_path: Path) -> None:
+def test_a_run_that_fell_names_its_best_checkpoint_and_how_to_take_the_last_instead(tmp_path: Path) -> None:
     text = finished_summary("anna", "head", tmp_path, 10000, {"val/psnr": 23.10}, ["lips"], BEST)
     lines = text.splitlines()
-    assert lines[2] == ("warning: val/psnr fell to 23.10 dB by the end, 1.6 dB under the 24.71 dB of the validation "
-                        "before the checkpoint kept at step 5000; later stages and infer.py start from the last one "
-                        "unless told:")
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert lines[2] == ("warning: val/psnr fell to 23.10 dB by the end, 1.6 dB under the 24.71 dB of the checkpoint "
+                        "kept at step 5000; later stages, infer.py and evaluate.py start from that one:")
     assert f"  best        {BEST['path']}" in lines
-    assert f"python train.py subject=anna stage=lips init_from={BEST['path']}" in text
-    assert f"python evaluate.py subject=anna run={BEST['path']}" in text
+    assert f"python train.py subject=anna stage=lips init_from={last}" in text
+    assert f"python evaluate.py subject=anna run={last}" in text
     assert lines.index("next:") > lines.index(f"  best        {BEST['path']}")
 
 
 def test_no_warning_within_the_noise_of_one_run_or_without_a_kept_psnr(tmp_path: Path) -> None:
     for metrics, best in [({"val/psnr": 23.8}, BEST), ({"val/psnr": 23.10}, None), ({}, BEST),
                           ({"val/psnr": 23.10}, {**BEST, "monitor": "val/loss"})]:
-        assert fall_warning("anna", metrics, best, ["lips"]) == []
+        assert fall_warning("anna", tmp_path, metrics, best, ["lips"]) == []
         summary = finished_summary("anna", "head", tmp_path, 10000, metrics, ["lips"], best).splitlines()
         assert not any(line.startswith("warning:") for line in summary) and len(summary) == 6
 
@@ -89,5 +89,5 @@ def test_a_chain_tells_of_a_stage_that_fell_as_it_ends(tmp_path: Path, caplog: p
         warn_if_fell("anna", tmp_path, {"val/psnr": 23.1})
         warn_if_fell("anna", tmp_path, {"val/psnr": 24.5})  # within the noise: nothing
     assert [r.getMessage() for r in caplog.records] == [
-        "val/psnr fell to 23.10 dB by the end, 1.6 dB under the 24.71 dB of the validation before the checkpoint kept "
-        f"at step 5000: {BEST['path']} (init_from=<it> starts a later stage from it)"]
+        "val/psnr fell to 23.10 dB by the end, 1.6 dB under the 24.71 dB of the checkpoint kept at step 5000: the next "
+        f"stage starts from it, {BEST['path']}"]

@@ -18,7 +18,7 @@ from PIL import Image
 from datamodules.subject import FrameStore, parse_subject, to_unit
 from ernerf.apps.checkpoints import TrainedStage, find_trained, read_trained
 from ernerf.apps.inference import Renderer, frame_store
-from ernerf.apps.runs import last_checkpoint, subject_eval_folder
+from ernerf.apps.runs import last_checkpoint, offered_checkpoint, subject_eval_folder
 from ernerf.errors import ErnerfError
 from ernerf.progress import Enabled, progress_bar
 
@@ -45,17 +45,16 @@ class EvalTarget:
 
 
 def resolve_target(runs_root: Path | str, subject: str, run: str | None, stage: str | None = None) -> EvalTarget:
-    """`run=None` -> that (or the latest) stage's last.ckpt, out to <runs_root>/<subject>/eval; a run folder or a
-    .ckpt file. An older checkpoint's stage is the one its run folder is named after."""
+    """`run=None` -> that (or the latest) stage's checkpoint (`find_trained`), out to <runs_root>/<subject>/eval; a
+    run folder (the checkpoint it offers: `offered_checkpoint`) or a .ckpt file. An older checkpoint's stage is the one its run folder is named after."""
     if run is None:
         trained = find_trained(runs_root, subject, stage)
         return EvalTarget(trained, subject_eval_folder(runs_root, subject), trained.checkpoint.parents[1])
     path = Path(run)
     if path.is_dir():
-        ckpt = last_checkpoint(path)
-        if not ckpt.is_file():
+        if not last_checkpoint(path).is_file():
             raise ErnerfError(f"run={run} has no checkpoints/last.ckpt: give a finished run folder or a .ckpt file.")
-        return EvalTarget(read_trained(ckpt, path.name), path / "eval", path)
+        return EvalTarget(read_trained(offered_checkpoint(path), path.name), path / "eval", path)
     if path.suffix == ".ckpt" and path.is_file():
         run_dir = path.parents[1] if path.parent.name == "checkpoints" else None
         return EvalTarget(read_trained(path, run_dir.name if run_dir else path.stem), path.parent / "eval", run_dir)
