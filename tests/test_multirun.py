@@ -122,3 +122,48 @@ def test_an_optuna_search_runs_its_trials_and_ranks_them(tmp_path: Path) -> None
     best = OmegaConf.load(sweep / "optimization_results.yaml")  # the sweeper's own record: the summary's first row
     assert abs(best.best_value - float(rows[0]["val/psnr"])) < 0.01
     assert {k: f"{v}" for k, v in best.best_params.items()} == {k: rows[0][k] for k in best.best_params}
+
+
+def test_the_local_gpus_launcher_runs_jobs_side_by_side_each_in_its_own_process_and_output(tmp_path: Path) -> None:
+    """`hydra/launcher=local_gpus` with two jobs at once: three seeds finish and are ranked as under Hydra's own
+    launcher; the second job starts before the first ends; each job's terminal output lands in its job folder; a
+    refused job is told and the sweep goes on."""
+    done = multirun(tmp_path, "hydra/launcher=local_gpus", "hydra.launcher.jobs_per_gpu=2", "sweep=side",
+                    "seed=0,1,2", "hydra.launcher.gpus=[]")
+    assert done.returncode == 0, done.stderr[-3000:]
+    sweep = tmp_path / "runs" / "sphere" / "sweeps" / "side"
+    rows = read_summary(sweep)
+    assert sorted((r["seed"], r["status"]) for r in rows) == [("0", "finished"), ("1", "finished"), ("2", "finished")]
+    lines = (done.stdout + done.stderr).splitlines()
+    assert any("launching 3 job(s), 2 at once (no GPU)" in line for line in lines)
+    at = {key: next(i for i, line in enumerate(lines) if key in line) for key in ("#1 started: seed=1", "#0 ended")}
+    assert at["#1 started: seed=1"] < at["#0 ended"]  # side by side
+    for num in range(3):
+        output = (sweep / ".jobs" / str(num) / "output.txt").read_text()
+        assert "finished head of sphere" in output and f"training sphere/head-seed={num} " in output
+    assert "finished head of sphere" not in done.stdout  # the jobs' own terminal output stays in their files
+    again = multirun(tmp_path, "hydra/launcher=local_gpus", "hydra.launcher.jobs_per_gpu=2", "sweep=side",
+                     "seed=0,3", "hydra.launcher.gpus=[]")  # seed=0 meets its finished run: refused, seed=3 trains
+    assert again.returncode == 1 and "1 of 2 jobs did not finish: #0 refused" in again.stderr
+    assert sorted((r["seed"], r["status"]) for r in read_summary(sweep)) == [("0", "refused"), ("3", "finished")]
+
+
+def test_local_gpus_slots_take_turns_over_the_gpus_and_name_what_differs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ernerf.errors import ErnerfError
+    from hydra_plugins.ernerf_launchers.local_gpus import job_slots, varying_overrides, visible_gpus
+
+    assert job_slots(["0", "1"], 2) == ["0", "1", "0", "1"] and job_slots([], 3) == [None, None, None]
+    with pytest.raises(ErnerfError, match="jobs_per_gpu must be 1 or more"):
+        job_slots(["0"], 0)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 5")
+    assert visible_gpus("auto") == ["2", "5"] and visible_gpus(2) == ["0", "1"] and visible_gpus([3]) == ["3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpus("auto") == []
+    jobs = [["subject=anna", "seed=0", "lr=1"], ["subject=anna", "seed=1", "lr=1"]]
+    assert varying_overrides(jobs) == [["seed=0"], ["seed=1"]] and varying_overrides(jobs[:1]) == [jobs[0]]
+
+
+def test_local_gpus_refuses_data_parallel_jobs_before_any_starts(tmp_path: Path) -> None:
+    done = multirun(tmp_path, "hydra/launcher=local_gpus", "seed=0,1", "trainer=ddp_cpu", "trainer.devices=2")
+    assert done.returncode != 0 and "gives each job one GPU, and job #0 asks for trainer.devices=2" in done.stderr
+    assert not list((tmp_path / "runs" / "sphere" / "sweeps").glob("*/head-*"))
