@@ -70,7 +70,8 @@ def previous_run_dirs(cfg: DictConfig, stage: str) -> list[Path]:
 
 def initial_checkpoint(cfg: DictConfig) -> str | None:
     """The checkpoint a stage starts from: `init_from=`, else the one offered by the first of `stage.previous` trained
-    for this subject (beside this run first: `previous_run_dirs`): its last, or its best if it fell (`offered_checkpoint`)."""
+    for this subject (beside this run first: `previous_run_dirs`): its last, or its best if it fell
+    (`offered_checkpoint`)."""
     previous = list(cfg.stage.get("previous") or [])
     explicit = cfg.get("init_from") or cfg.model.get("init_from")
     if explicit:

@@ -161,15 +161,23 @@ class ExecutionEngine(EagerExecution, L.Callback):
         return outputs
 
     def render(self, render_fn: RenderFn, inputs: dict[str, Any], rays: int, device: torch.device) -> dict[str, Tensor]:
-        """A whole frame; on a GPU, in one chunk, replayed as a CUDA graph when render_cuda_graph (the same frame)."""
+        """A whole frame; on a GPU, in one chunk, replayed as a CUDA graph when `renders_as_graph` (the same frame)."""
         chunk = self.render_chunk(device)
         with tf32_matmuls(self.tf32):
-            if not (self.render_cuda_graph and device.type == "cuda" and chunk >= rays):
+            if not self.renders_as_graph(device, chunk >= rays):
                 return render_fn(inputs, None, chunk)
             if self.graphed_render is None:
                 self.graphed_render = GraphedRender(functools.partial(render_fn, chunk=chunk),
                                                     headroom=self.render_cuda_graph_headroom)
             return self.graphed_render(inputs)
+
+    def renders_as_graph(self, device: torch.device, one_chunk: bool) -> bool:
+        """Whether a whole frame renders as a CUDA graph: render_cuda_graph, on a GPU, in one chunk, and not while a
+        captured training step is live. Validation in a run renders eagerly: runs on one H100 died in the first
+        training-graph replay after a validation had captured the render graph again at a larger capacity
+        (docs/performance.md, "Session 22"), and a validation's few frames gain little from a graph."""
+        training_graph = self.graphed is not None and self.graphed.captures > 0
+        return self.render_cuda_graph and device.type == "cuda" and one_chunk and not training_graph
 
     # ---------------------------------------------------------------- Lightning
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

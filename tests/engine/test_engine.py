@@ -90,3 +90,17 @@ def test_a_render_graph_headroom_under_one_is_refused_in_one_line() -> None:
     with pytest.raises(ErnerfError, match="render_cuda_graph_headroom must be at least 1.0"):
         ExecutionEngine(render_cuda_graph_headroom=0.9)
     assert ExecutionEngine(render_cuda_graph_headroom=1.0).render_cuda_graph_headroom == 1.0
+
+
+def test_frames_render_as_graphs_on_a_gpu_in_one_chunk_but_not_while_a_training_graph_is_live() -> None:
+    """No render graph is captured between replays of a captured training step (validation in a run renders
+    eagerly); before the step's first capture (the torso stage's frozen head layers) and outside training it is."""
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    engine = ExecutionEngine()
+    assert engine.renders_as_graph(gpu, True) and not engine.renders_as_graph(gpu, False)
+    assert not engine.renders_as_graph(cpu, True)
+    assert not ExecutionEngine(render_cuda_graph=False).renders_as_graph(gpu, True)
+    engine.graphed = SimpleNamespace(captures=0)  # a fit set graphs up, nothing captured yet
+    assert engine.renders_as_graph(gpu, True)
+    engine.graphed.captures = 1
+    assert not engine.renders_as_graph(gpu, True)

@@ -46,7 +46,8 @@ class EvalTarget:
 
 def resolve_target(runs_root: Path | str, subject: str, run: str | None, stage: str | None = None) -> EvalTarget:
     """`run=None` -> that (or the latest) stage's checkpoint (`find_trained`), out to <runs_root>/<subject>/eval; a
-    run folder (the checkpoint it offers: `offered_checkpoint`) or a .ckpt file. An older checkpoint's stage is the one its run folder is named after."""
+    run folder (the checkpoint it offers: `offered_checkpoint`) or a .ckpt file. An older checkpoint's stage is the one
+    its run folder is named after."""
     if run is None:
         trained = find_trained(runs_root, subject, stage)
         return EvalTarget(trained, subject_eval_folder(runs_root, subject), trained.checkpoint.parents[1])
