@@ -138,6 +138,8 @@ def test_the_local_gpus_launcher_runs_jobs_side_by_side_each_in_its_own_process_
     assert any("launching 3 job(s), 2 at once (no GPU)" in line for line in lines)
     at = {key: next(i for i, line in enumerate(lines) if key in line) for key in ("#1 started: seed=1", "#0 ended")}
     assert at["#1 started: seed=1"] < at["#0 ended"]  # side by side
+    ended = lines[at["#0 ended"]].split(": ", 1)[1]
+    assert ended == f"val/psnr {float(next(r for r in rows if r['seed'] == '0')['val/psnr']):.4g}", ended
     for num in range(3):
         output = (sweep / ".jobs" / str(num) / "output.txt").read_text()
         assert "finished head of sphere" in output and f"training sphere/head-seed={num} " in output

@@ -155,7 +155,9 @@ class LocalGPULauncher(Launcher):
             free.put(gpu)
         minutes = (time.monotonic() - start) / 60
         if ret.status == JobStatus.COMPLETED:
-            log.info("#%d ended in %.1f min: %s", num, minutes, ret.return_value)
+            value, metric = ret.return_value, config.get("optimized_metric") or "its figure"
+            told = f"{metric} {value:.4g}" if isinstance(value, (int, float)) else f"no {metric} (no validation ran?)"
+            log.info("#%d ended in %.1f min: %s", num, minutes, told)
         else:
             log.warning("#%d failed after %.1f min (its output: %s)", num, minutes, output)
         return ret
