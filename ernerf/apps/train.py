@@ -123,11 +123,11 @@ def train_command(cfg: DictConfig) -> float | None:
 
 def warn_if_fell(subject: str, run_dir: Path, metrics: dict[str, float]) -> None:
     """One log line when a stage of a chain ended FALL_DB or more under its best kept checkpoint (`fall_headline`),
-    from which the next stage starts."""
+    which what follows the stage takes instead of its last."""
     record = read_record(run_dir)
     headline = fall_headline(metrics, record.best if record else None)
     if headline:
-        log.warning("%s: the next stage starts from it, %s", headline, record.best["path"])
+        log.warning("%s: later stages, infer.py and evaluate.py take that one, %s", headline, record.best["path"])
 
 
 def print_summary(subject: str, stage: str, run_dir: Path, next_stages: Sequence[str]) -> None:

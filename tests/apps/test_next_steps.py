@@ -89,5 +89,5 @@ def test_a_chain_tells_of_a_stage_that_fell_as_it_ends(tmp_path: Path, caplog: p
         warn_if_fell("anna", tmp_path, {"val/psnr": 23.1})
         warn_if_fell("anna", tmp_path, {"val/psnr": 24.5})  # within the noise: nothing
     assert [r.getMessage() for r in caplog.records] == [
-        "val/psnr fell to 23.10 dB by the end, 1.6 dB under the 24.71 dB of the checkpoint kept at step 5000: the next "
-        f"stage starts from it, {BEST['path']}"]
+        "val/psnr fell to 23.10 dB by the end, 1.6 dB under the 24.71 dB of the checkpoint kept at step 5000: later "
+        f"stages, infer.py and evaluate.py take that one, {BEST['path']}"]
