@@ -76,7 +76,9 @@ def run_in_child(payload: bytes, gpu: str | None, output: str) -> JobReturn:
     Singleton.set_state(singleton_state)
     ret = run_job(hydra_context=hydra_context, task_function=task_function, config=config,
                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
-    ret.hydra_cfg = None  # its HydraConfig holds interpolations of the parent's runtime: not needed back
+    # the job's Hydra config holds structured-config classes (BasicSweeperConf, ...) that pickle cannot send back;
+    # the sweep reads return values and each job's job.json, not this
+    ret.hydra_cfg = None
     return ret
 
 
