@@ -169,3 +169,43 @@ def test_local_gpus_refuses_data_parallel_jobs_before_any_starts(tmp_path: Path)
     done = multirun(tmp_path, "hydra/launcher=local_gpus", "seed=0,1", "trainer=ddp_cpu", "trainer.devices=2")
     assert done.returncode != 0 and "gives each job one GPU, and job #0 asks for trainer.devices=2" in done.stderr
     assert not list((tmp_path / "runs" / "sphere" / "sweeps").glob("*/head-*"))
+
+
+CRASHING_APP = '''
+import os, signal, time
+import hydra
+
+@hydra.main(config_path=None, config_name=None, version_base="1.3")
+def main(cfg):
+    if cfg.crash:
+        os.kill(os.getpid(), signal.SIGSEGV)  # as a job whose CUDA driver crashed
+    time.sleep(1)
+    return 1.5
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def test_a_job_whose_process_dies_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    """Under Hydra's own launcher a job that segfaults takes the whole sweep with it; under local_gpus only its own
+    process dies: the launcher writes its record (failed, with the signal and its output file), the next jobs run."""
+    import os
+    import subprocess
+    import sys
+
+    from ernerf.apps.sweeps import read_jobs
+    from tests.conftest import REPO
+
+    (tmp_path / "app.py").write_text(CRASHING_APP)
+    launcher = ["hydra.launcher._target_=hydra_plugins.ernerf_launchers.local_gpus.LocalGPULauncher",
+                "+hydra.launcher.gpus=[]", "+hydra.launcher.jobs_per_gpu=1", "hydra.sweep.dir=sweep"]
+    done = subprocess.run([sys.executable, "app.py", "-m", *launcher, "+crash=false,true,false"], cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = done.stdout + done.stderr
+    assert "#1 failed after" in log and "its process died (SIGSEGV)" in log and "#2 ended" in log
+    (lost,) = read_jobs(tmp_path / "sweep")
+    assert lost["job"] == 1 and lost["status"] == "failed" and lost["swept"] == {"crash": "True"}
+    assert "its process died (SIGSEGV); its output: sweep/1/output.txt" in lost["error"]

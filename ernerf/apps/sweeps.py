@@ -151,9 +151,8 @@ def sweep_job(task: Callable[[DictConfig], float | None]) -> Callable[[DictConfi
         if not is_multirun():
             return task(cfg)
         # what a job stopped from outside (Ctrl-C) leaves; the sweep ends with it
-        record: dict[str, Any] = {"job": HydraConfig.get().job.num, "status": "failed", METRIC: None,
-                                  "swept": {k: format_value(v) for k, v in job_swept_values().items()},
-                                  "notes": [], "run_dir": "", "error": "stopped before it ended", "step": None}
+        record = failed_job_record(HydraConfig.get().job.num,
+                                   {k: format_value(v) for k, v in job_swept_values().items()}, "stopped before it ended")
         try:
             label_run(cfg)
             run_dir = final_run_dir(cfg)
@@ -175,12 +174,27 @@ def sweep_job(task: Callable[[DictConfig], float | None]) -> Callable[[DictConfi
                 record.update(error=f"{type(exc).__name__}: {exc}")
             return None
         finally:
-            record["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
-            path = Path(HydraConfig.get().runtime.output_dir) / JOB_RECORD
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(record, indent=1))
+            write_job_record(Path(HydraConfig.get().runtime.output_dir), record)
 
     return job
+
+
+def failed_job_record(num: int, swept: dict[str, str], error: str) -> dict[str, Any]:
+    """A job's record (`JOB_RECORD`) as it stands until the job finishes: failed, with `error`."""
+    return {"job": num, "status": "failed", METRIC: None, "swept": swept, "notes": [], "run_dir": "", "error": error,
+            "step": None}
+
+
+def write_job_record(job_dir: Path, record: dict[str, Any]) -> None:
+    """Write `record` as the job's `JOB_RECORD` in its Hydra folder, stamped with the time it ended."""
+    record["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / JOB_RECORD).write_text(json.dumps(record, indent=1))
+
+
+def lost_job_record(job_dir: Path, num: int, swept: dict[str, str], error: str) -> None:
+    """The record of a job whose process died before it could write its own (hydra/launcher=local_gpus writes it)."""
+    write_job_record(job_dir, failed_job_record(num, swept, error))
 
 
 def read_jobs(sweep_dir: Path, since: float = 0.0) -> list[dict[str, Any]]:

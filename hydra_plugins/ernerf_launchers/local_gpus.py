@@ -14,11 +14,13 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import signal
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing import get_context
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +60,10 @@ def job_slots(gpus: list[str], jobs_per_gpu: int) -> list[str | None]:
     return [gpu for _ in range(jobs_per_gpu) for gpu in gpus] if gpus else [None] * jobs_per_gpu
 
 
-def run_in_child(payload: bytes, gpu: str | None, output: str) -> JobReturn:
-    """In the spawned process: see one GPU, write the terminal output to the job's file, run the job as Hydra does.
-    `payload`: the task function, the job's config, the Hydra context and Hydra's global state, cloudpickled (its
-    resolvers are local functions, which pickle cannot send)."""
+def run_in_child(payload: bytes, gpu: str | None, output: str, result: Connection) -> None:
+    """In the spawned process: see one GPU, write the terminal output to the job's file, run the job as Hydra does and
+    send its JobReturn back through `result`. `payload`: the task function, the job's config, the Hydra context and
+    Hydra's global state, cloudpickled (its resolvers are local functions, which pickle cannot send)."""
     import cloudpickle
 
     if gpu is not None:
@@ -79,7 +81,7 @@ def run_in_child(payload: bytes, gpu: str | None, output: str) -> JobReturn:
     # the job's Hydra config holds structured-config classes (BasicSweeperConf, ...) that pickle cannot send back;
     # the sweep reads return values and each job's job.json, not this
     ret.hydra_cfg = None
-    return ret
+    result.send(ret)
 
 
 def check_one_device(config: DictConfig) -> None:
@@ -99,6 +101,49 @@ def varying_overrides(job_overrides: Sequence[Sequence[str]]) -> list[list[str]]
     keys = {key for job in jobs for key in job}
     differ = {key for key in keys if len({job.get(key) for job in jobs}) > 1} if len(jobs) > 1 else keys
     return [[o for key, o in job.items() if key in differ] for job in jobs]
+
+
+def run_in_a_process(payload: bytes, gpu: str | None, output: str) -> tuple[JobReturn | None, int | None]:
+    """Run the job in a freshly spawned process; (its JobReturn, None), or (None, its exit code) when it died before
+    sending one."""
+    context = get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=run_in_child, args=(payload, gpu, output, send))
+    process.start()
+    send.close()  # the child holds the only sending end: a child that dies ends the wait below
+    try:
+        ret = receive.recv()
+    except EOFError:
+        ret = None
+    process.join()
+    return ret, None if ret is not None else process.exitcode
+
+
+def exit_reason(exitcode: int | None) -> str:
+    """`SIGSEGV` for a process a signal ended, `exit code N` otherwise."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            return signal.Signals(-exitcode).name
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+def record_lost_job(config: DictConfig, swept: Sequence[str], why: str, output: str) -> None:
+    """The job's record (`ernerf.apps.sweeps.JOB_RECORD`, what the sweep's summary reads) for a job whose process died
+    before writing it: failed, with why."""
+    from ernerf.apps.sweeps import lost_job_record  # here: the sweep's own record format, imported when needed
+
+    values = dict(o.lstrip("+~").split("=", 1) for o in swept if "=" in o)
+    lost_job_record(Path(output).parent, config.hydra.job.num, values, f"{why}; its output: {output}")
+
+
+def lost_job_return(config: DictConfig) -> JobReturn:
+    """What a job that died gives the sweeper: no figure, as a job that failed inside returns (so that a search counts
+    it as a failed trial and the sweep goes on)."""
+    ret = JobReturn()
+    ret.cfg, ret.status, ret.return_value = config, JobStatus.COMPLETED, None
+    return ret
 
 
 class LocalGPULauncher(Launcher):
@@ -127,7 +172,7 @@ class LocalGPULauncher(Launcher):
         for slot in slots:
             free.put(slot)
         with ThreadPoolExecutor(len(slots)) as threads:
-            futures = [threads.submit(self.run_job_on_a_slot, config, " ".join(swept), free)
+            futures = [threads.submit(self.run_job_on_a_slot, config, swept, free)
                        for config, swept in zip(configs, varying_overrides(job_overrides))]
             return [future.result() for future in futures]
 
@@ -139,7 +184,7 @@ class LocalGPULauncher(Launcher):
             config.hydra.job.num = idx
         return config
 
-    def run_job_on_a_slot(self, config: DictConfig, swept: str, free: queue.Queue) -> JobReturn:
+    def run_job_on_a_slot(self, config: DictConfig, swept: Sequence[str], free: queue.Queue) -> JobReturn:
         """Wait for a free slot, run the job in a fresh process there, give the slot back; `swept`: what tells the job
         from the others, for its lines on the terminal."""
         import cloudpickle
@@ -147,15 +192,20 @@ class LocalGPULauncher(Launcher):
         gpu = free.get()
         num = config.hydra.job.num
         output = str(Path(config.hydra.sweep.dir) / str(config.hydra.sweep.subdir) / OUTPUT)
-        log.info("#%d started%s: %s (output: %s)", num, f" on GPU {gpu}" if gpu is not None else "", swept, output)
+        log.info("#%d started%s: %s (output: %s)", num, f" on GPU {gpu}" if gpu is not None else "", " ".join(swept),
+                 output)
         start = time.monotonic()
         payload = cloudpickle.dumps((self.task_function, config, self.hydra_context, Singleton.get_state()))
         try:
-            with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as process:
-                ret = process.submit(run_in_child, payload, gpu, output).result()
+            ret, exitcode = run_in_a_process(payload, gpu, output)
         finally:
             free.put(gpu)
         minutes = (time.monotonic() - start) / 60
+        if ret is None:  # the process died (a signal, os._exit) before it could report: the sweep goes on
+            why = f"its process died ({exit_reason(exitcode)})"
+            record_lost_job(config, swept, why, output)
+            log.warning("#%d failed after %.1f min: %s; its output: %s", num, minutes, why, output)
+            return lost_job_return(config)
         if ret.status == JobStatus.COMPLETED:
             value, metric = ret.return_value, config.get("optimized_metric") or "its figure"
             told = f"{metric} {value:.4g}" if isinstance(value, (int, float)) else f"no {metric} (no validation ran?)"
