@@ -151,8 +151,8 @@ def sweep_job(task: Callable[[DictConfig], float | None]) -> Callable[[DictConfi
         if not is_multirun():
             return task(cfg)
         # what a job stopped from outside (Ctrl-C) leaves; the sweep ends with it
-        record = failed_job_record(HydraConfig.get().job.num,
-                                   {k: format_value(v) for k, v in job_swept_values().items()}, "stopped before it ended")
+        swept = {k: format_value(v) for k, v in job_swept_values().items()}
+        record = failed_job_record(HydraConfig.get().job.num, swept, "stopped before it ended")
         try:
             label_run(cfg)
             run_dir = final_run_dir(cfg)
