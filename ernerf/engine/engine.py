@@ -173,9 +173,9 @@ class ExecutionEngine(EagerExecution, L.Callback):
 
     def renders_as_graph(self, device: torch.device, one_chunk: bool) -> bool:
         """Whether a whole frame renders as a CUDA graph: render_cuda_graph, on a GPU, in one chunk, and not while a
-        captured training step is live. Validation in a run renders eagerly: runs on one H100 died in the first
-        training-graph replay after a validation had captured the render graph again at a larger capacity
-        (docs/performance.md, "Session 22"), and a validation's few frames gain little from a graph."""
+        captured training step is live. Validation in a run renders eagerly: a render graph captured again between
+        replays of the training graph preceded crashes in the next training replay (docs/evaluation.md, "Head runs
+        that fall"), and a validation's few frames gain little from a graph."""
         training_graph = self.graphed is not None and self.graphed.captures > 0
         return self.render_cuda_graph and device.type == "cuda" and one_chunk and not training_graph
 
