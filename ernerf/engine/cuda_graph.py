@@ -118,6 +118,7 @@ class GraphedStep:
         self.current: StepCapture | None = None  # the layout replayed last
         self.captures = 0
         self.flat_grads: Tensor | None = None  # [P] every trained parameter's .grad is a view into it
+        self.grad_params: list[nn.Parameter] = []  # those parameters, in the buffer's order
         self.optimizer: torch.optim.Optimizer | None = None
         self.optimizer_graph: torch.cuda.CUDAGraph | None = None
 
@@ -170,7 +171,7 @@ class GraphedStep:
             return outputs
 
         def before_capture() -> None:
-            self._flatten_grads()
+            self.bind_gradients()
             peak.zero_()  # the warm-up's counts are dropped: the peak starts with the captured graph's replays
 
         graph, outputs = warm_and_capture(step, self.warmup, before_capture)
@@ -200,14 +201,19 @@ class GraphedStep:
         outputs["loss"].backward()
         return outputs
 
-    def _flatten_grads(self) -> None:
-        """Point the gradient of every parameter the step trains (those the warm-up gave one) into one buffer."""
-        if self.flat_grads is not None:
-            return  # kept across re-captures: the optimizer graph reads these addresses
-        params = [p for p in self.module.parameters() if p.requires_grad and p.grad is not None]
-        self.flat_grads = torch.zeros(sum(p.numel() for p in params), device=params[0].device)
+    def bind_gradients(self) -> None:
+        """Make the gradient of every parameter the step trains a view into one buffer, before each capture.
+
+        The buffer and its parameters (those the first warm-up gave a gradient) are fixed at the first capture: the
+        optimizer's graph reads these addresses. The views are made again at every capture because `.grad` may have
+        been dropped since (Lightning's `zero_grad(set_to_none=True)` before each validation): a backward captured
+        then would accumulate into fresh tensors that nothing reads, and the optimizer's graph would apply zero
+        gradients (weight decay alone) from that capture on."""
+        if self.flat_grads is None:
+            self.grad_params = [p for p in self.module.parameters() if p.requires_grad and p.grad is not None]
+            self.flat_grads = torch.zeros(sum(p.numel() for p in self.grad_params), device=self.grad_params[0].device)
         offset = 0
-        for p in params:
+        for p in self.grad_params:
             p.grad = self.flat_grads[offset : offset + p.numel()].view_as(p)
             offset += p.numel()
 

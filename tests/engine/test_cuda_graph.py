@@ -152,6 +152,56 @@ def test_rays_built_in_the_graph_and_a_captured_optimizer_train_like_the_eager_s
     assert "step" not in vars(optimizer)
 
 
+def test_gradients_are_bound_to_the_flat_buffer_again_after_they_were_dropped() -> None:
+    """Lightning drops every .grad (zero_grad(set_to_none=True)) before each validation; the next capture must
+    point them into the buffer the optimizer's graph reads again, at the same addresses."""
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    module[1].bias.requires_grad_(False)
+    graphed = GraphedStep(lambda batch, capacity: {}, module)
+    module(torch.randn(5, 3)).sum().backward()
+    graphed.bind_gradients()
+    trained = [p for p in module.parameters() if p.requires_grad]
+    addresses = [p.grad.data_ptr() for p in trained]
+    assert graphed.grad_params == trained and graphed.flat_grads.numel() == sum(p.numel() for p in trained)
+    module.zero_grad(set_to_none=True)
+    graphed.bind_gradients()
+    assert [p.grad.data_ptr() for p in trained] == addresses
+    graphed.flat_grads.fill_(2.0)  # what a replayed backward writes is what the parameters' gradients hold
+    assert all(bool((p.grad == 2.0).all()) for p in trained) and module[1].bias.grad is None
+
+
+@gpu
+@needs_cuda
+def test_a_capture_after_the_gradients_were_dropped_still_trains_like_the_eager_step() -> None:
+    """The training run's order of events: steps, a validation (Lightning sets every .grad to None), a re-capture
+    (the occupied samples moved), more steps. The optimizer's graph must see the new capture's gradients."""
+    system, twin = open_system_and_twin()
+    builder = frame_builder(ray_batch(0))
+    optimizer = torch.optim.AdamW(system.parameter_groups(), betas=(0.0, 0.99))
+    twin_optimizer = torch.optim.AdamW(twin.parameter_groups(), betas=(0.0, 0.99))
+    graphed = graphed_step(system, build=builder)
+    graphed.install_optimizer(optimizer)
+    losses, twin_losses = [], []
+    for step, frame in enumerate((1, 4, 2, 6, 3, 5)):
+        index, scalars = torch.tensor([frame], device="cuda"), {"step": step_scalar(step), "progress": step_scalar(0.3)}
+        batch = {"frame_index": index, **scalars}
+        if step == 3:
+            system.zero_grad(set_to_none=True)  # Lightning's on_validation_model_zero_grad
+            graphed.layouts.clear()  # the next call captures again, as when the occupied samples moved
+        losses.append(float(graphed(batch)["loss"]))
+        optimizer.step()
+        twin_optimizer.zero_grad(set_to_none=True)
+        loss = twin.step_outputs(builder(index) | scalars)["loss"]
+        loss.backward()
+        twin_optimizer.step()
+        twin_losses.append(float(loss.detach()))
+    assert graphed.captures == 2
+    assert losses == pytest.approx(twin_losses, rel=1e-4)  # steps 5 and 6 start from updates of the new capture
+    moved = [float((p - q).abs().max()) for p, q in zip(system.parameters(), twin.parameters())]
+    assert max(moved) < 1.0, moved  # no parameter left behind by steps that applied no gradient
+    graphed.remove_optimizer()
+
+
 @gpu
 @needs_cuda
 @pytest.mark.parametrize("fixed", [None, 2048], ids=["adaptive", "fixed"])
