@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -109,9 +110,10 @@ def frame_builder(base: dict):
     return build_batch
 
 
-@gpu
-@needs_cuda
-def test_rays_built_in_the_graph_and_a_captured_optimizer_train_like_the_eager_step() -> None:
+def train_beside_the_eager_twin(frames: tuple[int, ...], before_step=None) -> SimpleNamespace:
+    """Graphed steps (rays built in the graph, the optimizer captured) on `frames`, each also taken eagerly by the
+    twin. `before_step(step, system, graphed)` runs before each step. Returns both systems, the graphed step, both
+    optimizers and both runs' losses."""
     system, twin = open_system_and_twin()
     builder = frame_builder(ray_batch(0))
     optimizer = torch.optim.AdamW(system.parameter_groups(), betas=(0.0, 0.99))
@@ -119,18 +121,28 @@ def test_rays_built_in_the_graph_and_a_captured_optimizer_train_like_the_eager_s
     graphed = graphed_step(system, build=builder)
     graphed.install_optimizer(optimizer)
     losses, twin_losses = [], []
-    for step, frame in enumerate((1, 4, 2, 6, 3)):
+    for step, frame in enumerate(frames):
+        if before_step is not None:
+            before_step(step, system, graphed)
         index, scalars = torch.tensor([frame], device="cuda"), {"step": step_scalar(step), "progress": step_scalar(0.3)}
         losses.append(float(graphed({"frame_index": index, **scalars})["loss"]))
         optimizer.step()
-        batch = builder(index) | scalars
         twin_optimizer.zero_grad(set_to_none=True)
-        loss = twin.step_outputs(batch)["loss"]
+        loss = twin.step_outputs(builder(index) | scalars)["loss"]
         loss.backward()
         twin_optimizer.step()
         twin_losses.append(float(loss.detach()))
+    return SimpleNamespace(system=system, twin=twin, graphed=graphed, optimizer=optimizer,
+                           twin_optimizer=twin_optimizer, losses=losses, twin_losses=twin_losses)
+
+
+@gpu
+@needs_cuda
+def test_rays_built_in_the_graph_and_a_captured_optimizer_train_like_the_eager_step() -> None:
+    run = train_beside_the_eager_twin((1, 4, 2, 6, 3))
+    system, twin, graphed, twin_optimizer = run.system, run.twin, run.graphed, run.twin_optimizer
     assert graphed.captures == 1 and graphed.optimizer_graph is not None
-    assert losses == pytest.approx(twin_losses, rel=1e-4)  # steps 2..5 start from the optimizer graph's updates
+    assert run.losses == pytest.approx(run.twin_losses, rel=1e-4)  # steps 2..5 start from the optimizer graph's updates
     # With betas (0, 0.99) Adam moves every entry by ~lr * sign(gradient) at first. A hash entry whose gradient is
     # a near-cancelling sum of a few samples can flip sign with the atomics' summation order (not deterministic),
     # and then differs by up to 2 * sum_t sqrt((1 - 0.99^t) / 0.01) = 16.7 steps after 5 steps. Networks (dense
@@ -149,7 +161,7 @@ def test_rays_built_in_the_graph_and_a_captured_optimizer_train_like_the_eager_s
         assert float((p - q).abs().max()) <= 16.7 * step + 1e-7
     assert off <= total * 1e-3, f"{off} of {total} grid entries differ by more than 5% of a step"
     graphed.remove_optimizer()
-    assert "step" not in vars(optimizer)
+    assert "step" not in vars(run.optimizer)
 
 
 def test_gradients_are_bound_to_the_flat_buffer_again_after_they_were_dropped() -> None:
@@ -175,30 +187,16 @@ def test_gradients_are_bound_to_the_flat_buffer_again_after_they_were_dropped() 
 def test_a_capture_after_the_gradients_were_dropped_still_trains_like_the_eager_step() -> None:
     """The training run's order of events: steps, a validation (Lightning sets every .grad to None), a re-capture
     (the occupied samples moved), more steps. The optimizer's graph must see the new capture's gradients."""
-    system, twin = open_system_and_twin()
-    builder = frame_builder(ray_batch(0))
-    optimizer = torch.optim.AdamW(system.parameter_groups(), betas=(0.0, 0.99))
-    twin_optimizer = torch.optim.AdamW(twin.parameter_groups(), betas=(0.0, 0.99))
-    graphed = graphed_step(system, build=builder)
-    graphed.install_optimizer(optimizer)
-    losses, twin_losses = [], []
-    for step, frame in enumerate((1, 4, 2, 6, 3, 5)):
-        index, scalars = torch.tensor([frame], device="cuda"), {"step": step_scalar(step), "progress": step_scalar(0.3)}
-        batch = {"frame_index": index, **scalars}
+    def validate_then_recapture(step: int, system, graphed: GraphedStep) -> None:
         if step == 3:
             system.zero_grad(set_to_none=True)  # Lightning's on_validation_model_zero_grad
             graphed.layouts.clear()  # the next call captures again, as when the occupied samples moved
-        losses.append(float(graphed(batch)["loss"]))
-        optimizer.step()
-        twin_optimizer.zero_grad(set_to_none=True)
-        loss = twin.step_outputs(builder(index) | scalars)["loss"]
-        loss.backward()
-        twin_optimizer.step()
-        twin_losses.append(float(loss.detach()))
-    assert graphed.captures == 2
+
+    run = train_beside_the_eager_twin((1, 4, 2, 6, 3, 5), validate_then_recapture)
+    assert run.graphed.captures == 2
     # steps 5 and 6 start from the updates of the new capture: zero gradients there leave the weights a step behind
-    assert losses == pytest.approx(twin_losses, rel=1e-4)
-    graphed.remove_optimizer()
+    assert run.losses == pytest.approx(run.twin_losses, rel=1e-4)
+    run.graphed.remove_optimizer()
 
 
 @gpu
