@@ -71,6 +71,8 @@ def check_jobs_of_the_sweep(done, sweep: Path) -> None:
     for row in rows:
         finished = json.loads((Path(row["run_dir"]) / "finished.json").read_text())
         assert abs(finished["metrics"]["val/psnr"] - float(row["val/psnr"])) < 0.01
+        best = finished["best"]  # the checkpoint kept at the best validation (debug=fast keeps none), as recorded
+        assert row["best"] == ("" if best is None else f"{best['value']:.2f} (step {best['step']})")
     notes = {r["encoder.log2_hashmap_size"]: r["notes"] for r in rows}
     assert notes["9"] == "" and "has no effect" in notes["12"]  # the finest level, 63^2 vertices, fits 2^12 rows
     warning = "WARNING] - encoder.log2_hashmap_size=12 has no effect"

@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ernerf.apps.runs import read_record
+from ernerf.apps.runs import RunRecord, read_record
 from ernerf.apps.sweep_args import parse_overrides
 from ernerf.errors import user_error_in
 
@@ -160,9 +160,10 @@ def sweep_job(task: Callable[[DictConfig], float | None]) -> Callable[[DictConfi
             for note in record["notes"]:
                 log.warning(note)
             value = task(cfg)
-            finished = read_record(run_dir)
-            record.update(status="finished", step=finished.step if finished else None, error=None)
-            record[METRIC] = finished.metrics.get(METRIC) if finished else None
+            outcome = finished_outcome(read_record(run_dir))
+            record.update(status="finished", error=None, step=outcome["step"], best=outcome["best"])
+            record[METRIC] = outcome[METRIC]
+            record["notes"] += outcome["notes"]
             return value
         except Exception as exc:  # any error of one job ends that job, not the sweep
             user_error = user_error_in(exc)
@@ -181,8 +182,22 @@ def sweep_job(task: Callable[[DictConfig], float | None]) -> Callable[[DictConfi
 
 def failed_job_record(num: int, swept: dict[str, str], error: str) -> dict[str, Any]:
     """A job's record (`JOB_RECORD`) as it stands until the job finishes: failed, with `error`."""
-    return {"job": num, "status": "failed", METRIC: None, "swept": swept, "notes": [], "run_dir": "", "error": error,
-            "step": None}
+    return {"job": num, "status": "failed", METRIC: None, "best": None, "swept": swept, "notes": [], "run_dir": "",
+            "error": error, "step": None}
+
+
+def finished_outcome(finished: RunRecord | None) -> dict[str, Any]:
+    """What a job's record takes from its run's finished.json: the last step, val/psnr at the end, the checkpoint kept
+    for the best val/psnr ({"step", "value"}) and, when the run fell from it, a note saying so."""
+    if finished is None:
+        return {"step": None, METRIC: None, "best": None, "notes": []}
+    best = finished.best or {}
+    kept = {"step": best.get("step"), "value": float(best["value"])} if (
+        best.get("monitor") == METRIC and best.get("value") is not None) else None
+    drop = finished.fall()
+    notes = [] if drop is None else [f"fell {drop:.1f} dB under its best validation: what follows the run starts from "
+                                     "that checkpoint (docs/runs.md)"]
+    return {"step": finished.step, METRIC: finished.metrics.get(METRIC), "best": kept, "notes": notes}
 
 
 def write_job_record(job_dir: Path, record: dict[str, Any]) -> None:
@@ -214,14 +229,17 @@ def ranked(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def summary_rows(jobs: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, str]]]:
-    """(columns, rows) of the summary: rank, job, status, val/psnr, step, each swept key, notes, run folder, error."""
+    """(columns, rows) of the summary: rank, job, status, val/psnr at the end, the best validation kept (its value and
+    step), step, each swept key, notes, run folder, error."""
     keys = list(dict.fromkeys(k for job in jobs for k in job["swept"]))
-    columns = ["rank", "job", "status", METRIC, "step", *keys, "notes", "run_dir", "error"]
+    columns = ["rank", "job", "status", METRIC, "best", "step", *keys, "notes", "run_dir", "error"]
     rows = []
     for job in jobs:
-        value = job.get(METRIC)
+        value, best = job.get(METRIC), job.get("best")  # records of sweeps before "best" existed lack it
         row = {"rank": str(job["rank"]), "job": str(job["job"]), "status": job["status"],
-               METRIC: "" if value is None else f"{value:.2f}", "step": "" if job["step"] is None else str(job["step"]),
+               METRIC: "" if value is None else f"{value:.2f}",
+               "best": "" if not best else f"{best['value']:.2f} (step {best['step']})",
+               "step": "" if job["step"] is None else str(job["step"]),
                "notes": "; ".join(job["notes"]), "run_dir": job["run_dir"], "error": job["error"] or ""}
         rows.append(row | {k: job["swept"].get(k, "") for k in keys})
     return columns, rows

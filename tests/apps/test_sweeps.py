@@ -175,14 +175,31 @@ def test_jobs_rank_by_psnr_then_unscored_then_unfinished(tmp_path: Path) -> None
     jobs = ranked([job(0, "failed", None, "9"), job(1, "finished", 20.0, "10"), job(2, "refused", None, "11"),
                    job(3, "finished", 25.0, "12"), job(4, "finished", None, "13")])
     assert [(j["rank"], j["job"]) for j in jobs] == [(1, 3), (2, 1), (3, 4), (4, 0), (5, 2)]
+    jobs[0]["best"] = {"step": 3, "value": 26.5}  # the other records are as sweeps before "best" wrote them
     columns, rows = summary_rows(jobs)
-    assert columns == ["rank", "job", "status", "val/psnr", "step", "encoder.log2_hashmap_size", "notes", "run_dir",
-                       "error"]
+    assert columns == ["rank", "job", "status", "val/psnr", "best", "step", "encoder.log2_hashmap_size", "notes",
+                       "run_dir", "error"]
     assert rows[0]["val/psnr"] == "25.00" and rows[0]["encoder.log2_hashmap_size"] == "12"
+    assert rows[0]["best"] == "26.50 (step 3)" and rows[1]["best"] == ""
     write_summary(tmp_path, jobs[:1])
     write_summary(tmp_path, jobs)  # a second sweep of the same name keeps the first one's summary aside
     assert len(list(tmp_path.glob("summary-*.csv"))) == 1 and len(list(tmp_path.glob("summary-*.json"))) == 1
     assert [r["job"] for r in json.loads((tmp_path / "summary.json").read_text())] == [3, 1, 4, 0, 2]
+
+
+def test_a_finished_job_records_its_best_validation_and_says_when_it_fell() -> None:
+    from ernerf.apps.runs import FALL_DB, RunRecord
+    from ernerf.apps.sweeps import finished_outcome
+
+    best = {"path": "runs/x/head/checkpoints/step0002000.ckpt", "step": 2000, "monitor": "val/psnr", "value": 36.0}
+    held = finished_outcome(RunRecord(8000, {"val/psnr": 36.0 - FALL_DB / 2}, None, best))
+    assert held == {"step": 8000, "val/psnr": 36.0 - FALL_DB / 2, "best": {"step": 2000, "value": 36.0}, "notes": []}
+    fell = finished_outcome(RunRecord(8000, {"val/psnr": 36.0 - 2 * FALL_DB}, None, best))
+    assert fell["best"] == {"step": 2000, "value": 36.0}
+    assert fell["notes"] == [f"fell {2 * FALL_DB:.1f} dB under its best validation: what follows the run starts from "
+                             "that checkpoint (docs/runs.md)"]
+    assert finished_outcome(RunRecord(10, {"val/psnr": 20.0}, None, None))["best"] is None  # no checkpoint kept
+    assert finished_outcome(None) == {"step": None, "val/psnr": None, "best": None, "notes": []}
 
 
 def test_the_printed_table_names_folders_and_shortens_notes(tmp_path: Path, capsys) -> None:
