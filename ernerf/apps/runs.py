@@ -91,13 +91,20 @@ class RunRecord:
             parts.append(f"val/psnr {self.metrics['val/psnr']:.2f} dB")
         return ", ".join(parts) or "no figures recorded"
 
-    def fall(self) -> float | None:
-        """How many dB the final val/psnr lies under the best kept checkpoint's, when FALL_DB or more; None otherwise
-        (no such checkpoint, or another figure ranked it)."""
+    def best_psnr(self) -> float | None:
+        """The val/psnr of the best kept checkpoint; None when there is none or another figure ranked it."""
         best = self.best or {}
-        if best.get("monitor") != "val/psnr" or "val/psnr" not in self.metrics or best.get("value") is None:
+        if best.get("monitor") != "val/psnr" or best.get("value") is None:
             return None
-        drop = float(best["value"]) - float(self.metrics["val/psnr"])
+        return float(best["value"])
+
+    def fall(self) -> float | None:
+        """How many dB the final val/psnr lies under the best kept checkpoint's (`best_psnr`), when FALL_DB or more;
+        None otherwise."""
+        kept = self.best_psnr()
+        if kept is None or "val/psnr" not in self.metrics:
+            return None
+        drop = kept - float(self.metrics["val/psnr"])
         return drop if drop >= FALL_DB else None
 
     def stale_init(self) -> str | None:

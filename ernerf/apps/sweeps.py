@@ -191,9 +191,8 @@ def finished_outcome(finished: RunRecord | None) -> dict[str, Any]:
     for the best val/psnr ({"step", "value"}) and, when the run fell from it, a note saying so."""
     if finished is None:
         return {"step": None, METRIC: None, "best": None, "notes": []}
-    best = finished.best or {}
-    kept = {"step": best.get("step"), "value": float(best["value"])} if (
-        best.get("monitor") == METRIC and best.get("value") is not None) else None
+    value = finished.best_psnr()
+    kept = None if value is None else {"step": finished.best.get("step"), "value": value}
     drop = finished.fall()
     notes = [] if drop is None else [f"fell {drop:.1f} dB under its best validation: what follows the run starts from "
                                      "that checkpoint (docs/runs.md)"]
