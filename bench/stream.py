@@ -217,7 +217,9 @@ async def run(avatar, streams: int, idle: float, talk: float, microphone: Path |
     finally:
         await runner.cleanup()
     sizes = server.render_queue.batch_sizes
-    return results, sum(k * n for k, n in sizes.items()) / max(1, sum(sizes.values())), dict(server.live_counts)
+    live = dict(server.live_counts)
+    live["render_thread"] = thread_shares(server.render_queue.seconds, sum(k * n for k, n in sizes.items()))
+    return results, sum(k * n for k, n in sizes.items()) / max(1, sum(sizes.values())), live
 
 
 def microphone_wav(speech: Path | None, idle: float, out: Path) -> Path:
@@ -260,10 +262,10 @@ def render_only(avatar, batch: int, seconds: float) -> tuple[float, float]:
     return frames / (time.perf_counter() - start), frames / (time.process_time() - cpu)
 
 
-def queue_only(avatar, streams: int, batching, seconds: float) -> tuple[list[float], float]:
-    """(frames/s of each stream, frames per model call) of `streams` idle streams pulling frames through one render
-    queue as fast as it gives them, for `seconds` after each stream's first frame, their clocks spread evenly over
-    the walk through the video."""
+def queue_only(avatar, streams: int, batching, seconds: float) -> tuple[list[float], float, dict[str, float]]:
+    """(frames/s of each stream, frames per model call, the render thread's ms a frame per part: `thread_shares`) of
+    `streams` idle streams pulling frames through one render queue as fast as it gives them, for `seconds` after each
+    stream's first frame, their clocks spread evenly over the walk through the video."""
     import threading
 
     from ernerf.apps.live.avatar import Stream
@@ -289,14 +291,29 @@ def queue_only(avatar, streams: int, batching, seconds: float) -> tuple[list[flo
         thread.start()
     start.wait()
     began, sizes_before = time.perf_counter(), render_queue.batch_sizes.copy()
+    seconds_before = render_queue.seconds.copy()
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - began
     sizes = render_queue.batch_sizes - sizes_before  # the model calls of the timed frames (and of a few around them)
+    shares = thread_shares(render_queue.seconds - seconds_before, sum(k * n for k, n in sizes.items()))
     render_queue.close(wait_seconds=30.0)
     for stream in clients:
         stream.close()
-    return [count / wall for count in counts], sum(k * n for k, n in sizes.items()) / max(1, sum(sizes.values()))
+    return ([count / wall for count in counts], sum(k * n for k, n in sizes.items()) / max(1, sum(sizes.values())),
+            shares)
+
+
+def thread_shares(seconds, frames: int) -> dict[str, float]:
+    """The render thread's milliseconds per rendered frame in each part of its work (`RenderQueue.seconds`)."""
+    return {part: 1e3 * value / max(1, frames) for part, value in sorted(seconds.items())}
+
+
+def thread_line(shares: dict[str, float]) -> str:
+    """`thread_shares` as a line under a table row."""
+    busy = sum(v for part, v in shares.items() if part != "waiting")
+    parts = ", ".join(f"{part} {value:.2f}" for part, value in shares.items())
+    return f"{'':>14}render thread, ms a frame: {parts} (busy {busy:.2f})"
 
 
 def summary(results: list[dict]) -> str:
@@ -370,10 +387,12 @@ def main() -> None:
         for batch in [int(b) for b in args.batch_frames.split(",")]:
             batching = RenderBatching(frames=batch, wait_seconds=args.batch_wait_ms / 1000.0)
             for n in [int(s) for s in args.streams.split(",")]:
-                fps, per_call = queue_only(avatar, n, batching, args.talk)
-                figures[f"batch{batch}_streams{n}"] = {"fps": fps, "frames_per_call": per_call}
+                fps, per_call, shares = queue_only(avatar, n, batching, args.talk)
+                figures[f"batch{batch}_streams{n}"] = {"fps": fps, "frames_per_call": per_call,
+                                                       "render_thread_ms": shares}
                 print(f"{batch:>6}{n:>8}{per_call:>12.2f}{min(fps):>14.2f}{statistics.median(fps):>9.2f}"
                       f"{sum(fps):>13.2f}", flush=True)
+                print(thread_line(shares), flush=True)
         avatar.close()
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -405,6 +424,7 @@ def main() -> None:
                                                        "event_loop_ms_per_frame": cpu_ms[1], "live_frames": live}
                 print(f"{batch:>6}{n:>8}{per_call:>12.2f}{summary(results)}{cpu_ms[0]:>28.1f}{cpu_ms[1]:>8.1f}",
                       flush=True)
+                print(thread_line(live.pop("render_thread")), flush=True)
                 if live:  # stalls: audio came later than the spare allowed for (the viewer sees the picture stop)
                     print(f"{'':>14}live speech, all streams: {live.get('shown', 0)} frames shown, "
                           f"{live.get('stalls', 0)} stalls holding {live.get('held', 0)} frames for late audio, "

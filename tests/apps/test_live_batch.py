@@ -202,3 +202,29 @@ def test_serve_config_batches_one_frame_by_default_and_refuses_less() -> None:
     assert render_batching(compose("serve", ["subject=x", "render.batch_frames=4"]).render).frames == 4
     with pytest.raises(ErnerfError, match="render.batch_frames=0"):
         render_batching(compose("serve", ["subject=x", "render.batch_frames=0"]).render)
+
+
+def test_the_queue_accounts_the_render_threads_time_to_the_model_when_the_model_is_slow(batch_avatar) -> None:
+    model_seconds = 0.03
+    render_heads = batch_avatar.render_heads
+
+    def slow(heads):
+        time.sleep(model_seconds)
+        return render_heads(heads)
+
+    batch_avatar.render_heads = slow
+    queue = RenderQueue(batch_avatar, RenderBatching(frames=1))
+    stream = Stream(batch_avatar)
+    queue.join()
+    began = time.perf_counter()
+    try:
+        for _ in range(5):
+            queue.submit(stream).result(10.0)
+    finally:
+        queue.close(wait_seconds=10.0)
+        stream.close()
+    wall = time.perf_counter() - began
+    assert queue.seconds["model"] >= 5 * model_seconds
+    assert set(queue.seconds) == {"waiting", "requests", "backgrounds", "model", "handing over"}
+    # the parts cover the thread's time: all of it is in one of them, none counted twice
+    assert sum(queue.seconds.values()) <= wall + 0.5 and sum(queue.seconds.values()) >= 5 * model_seconds

@@ -189,10 +189,12 @@ def test_the_queue_benchmark_counts_each_stream_frames(long_subject) -> None:
     stream_bench = bench_module("stream")
     avatar = crop_avatar(long_subject)
     try:
-        fps, per_call = stream_bench.queue_only(avatar, 3, RenderBatching(frames=1), seconds=1.0)
+        fps, per_call, shares = stream_bench.queue_only(avatar, 3, RenderBatching(frames=1), seconds=1.0)
     finally:
         avatar.close()
     assert len(fps) == 3 and min(fps) > 0 and per_call == 1.0
+    assert shares["model"] > 0 and "waiting" in shares  # the render thread's time a frame, per part
+    assert "busy" in stream_bench.thread_line(shares)
 
 
 def test_serve_refuses_a_bad_cpu_workers_before_the_model_loads(monkeypatch) -> None:

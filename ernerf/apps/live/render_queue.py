@@ -15,7 +15,9 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +50,10 @@ class RenderQueue:
             raise ValueError(f"a batch holds at least one frame, not {batching.frames}")
         self.avatar, self.batching = avatar, batching
         self.batch_sizes: Counter[int] = Counter()  # frames per model call -> how many calls had that many
+        # seconds of the render thread per part of its work: `waiting` for frames to be asked for, the streams'
+        # `requests` (their audio windows), `backgrounds` not yet made on the pool, the `model`, `handing over` to the
+        # pool for pasting. With `waiting` near zero the thread is what bounds the frames of all streams together.
+        self.seconds: Counter[str] = Counter()
         self._asked: queue.SimpleQueue[Asked | None] = queue.SimpleQueue()
         self._streams = 0
         self._lock = threading.Lock()
@@ -82,8 +88,20 @@ class RenderQueue:
         if wait_seconds > 0:
             self._thread.join(wait_seconds)
 
+    @contextmanager
+    def _timed(self, part: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[part] += time.perf_counter() - start
+
     def _serve(self) -> None:
-        while (batch := self._gather()) is not None:
+        while True:
+            with self._timed("waiting"):
+                batch = self._gather()
+            if batch is None:
+                return
             if batch:
                 self._render(batch)
 
@@ -108,21 +126,25 @@ class RenderQueue:
         """Take each stream's next frame request, render the heads together, and have each pasted on the avatar's
         pool, whose result goes to the stream that asked: the next batch renders meanwhile."""
         taken: list[tuple[Stream, FrameRequest, Future]] = []
-        for stream, future in batch:
-            try:
-                taken.append((stream, stream.next_request(), future))
-            except Exception as exc:  # noqa: BLE001 - this stream's input failed; the others' frames go on
-                future.set_exception(exc)
+        with self._timed("requests"):  # the streams' audio windows (a live microphone's features are computed here)
+            for stream, future in batch:
+                try:
+                    taken.append((stream, stream.next_request(), future))
+                except Exception as exc:  # noqa: BLE001 - this stream's input failed; the others' frames go on
+                    future.set_exception(exc)
         heads: list[tuple[Stream, FrameRequest, Future, np.ndarray]] = []
-        for stream, request, future in taken:
-            try:
-                heads.append((stream, request, future, request.background.result()))
-            except Exception as exc:  # noqa: BLE001 - as above: its frame cannot render
-                future.set_exception(exc)
+        with self._timed("backgrounds"):  # made ahead on the pool: time here is a pool that fell behind
+            for stream, request, future in taken:
+                try:
+                    heads.append((stream, request, future, request.background.result()))
+                except Exception as exc:  # noqa: BLE001 - as above: its frame cannot render
+                    future.set_exception(exc)
         if not heads:
             return
         try:
-            crops = self.avatar.render_heads([(request.index, request.window, bg) for _, request, _, bg in heads])
+            with self._timed("model"):
+                crops = self.avatar.render_heads([(request.index, request.window, bg)
+                                                  for _, request, _, bg in heads])
         except Exception as exc:  # noqa: BLE001 - decided frame by frame below
             if len(heads) == 1:
                 heads[0][2].set_exception(exc)
@@ -131,8 +153,9 @@ class RenderQueue:
             self._render_each(heads)
             return
         self.batch_sizes[len(heads)] += 1
-        for (stream, request, future, _), raw in zip(heads, crops):
-            self._paste(stream, request, raw, future)
+        with self._timed("handing over"):
+            for (stream, request, future, _), raw in zip(heads, crops):
+                self._paste(stream, request, raw, future)
 
     def _render_each(self, heads: list[tuple[Stream, FrameRequest, Future, np.ndarray]]) -> None:
         for stream, request, future, bg in heads:
