@@ -72,6 +72,7 @@ def test_pipelined_output_equals_the_sequential_loop(tmp_path, mini_subject, sch
     result = run_inference(renderer, view, feats, AUDIO, tmp_path / "pipelined", options, progress=False)
 
     assert result.num_frames == NUM_FRAMES and result.render_fps > 0 and result.seconds_total >= result.seconds_render
+    assert renderer.torso_frames == renderer.calls  # each frame's torso is drawn as the frame pasted into has it
     for kind in ("video", "depth"):
         got, want = list(iter_frames(result.outputs[kind])), list(iter_frames(expected[kind]))
         assert len(got) == len(want) == NUM_FRAMES
@@ -110,10 +111,10 @@ class FailingRenderer(CropRenderer):
         super().__init__(view.layout, view.poses, view.img_ids)
         self.exc, self.at = exc, at
 
-    def render_image(self, *args):
+    def render_image(self, *args, **kwargs):
         if len(self.calls) == self.at:
             raise self.exc
-        return super().render_image(*args)
+        return super().render_image(*args, **kwargs)
 
 
 @pytest.mark.parametrize("exc", [RuntimeError("CUDA out of memory"), KeyboardInterrupt()])

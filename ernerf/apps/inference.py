@@ -51,7 +51,7 @@ class Renderer(Protocol):
     hparams: Mapping[str, Any]  # carries the audio feature kind and width
 
     def render_image(self, c2w: Any, intrinsics: Any, H: int, W: int, audio_window: Any, eye: Any,
-                     frame_index: int | None, bg: Any) -> Mapping[str, Any]:
+                     frame_index: int | None, bg: Any, torso_frame: int | None = None) -> Mapping[str, Any]:
         ...
 
 
@@ -59,7 +59,7 @@ class BatchRenderer(Renderer, Protocol):
     """A renderer that also renders several frames of new audio in one call (`render_crops` of more than one)."""
 
     def render_images(self, c2w: Any, intrinsics: Any, H: int, W: int, audio_windows: Any, eyes: Any,
-                      bg: Any) -> Mapping[str, Any]:
+                      bg: Any, torso_frames: Any = None) -> Mapping[str, Any]:
         ...
 
 
@@ -343,13 +343,19 @@ def _render(renderer: Renderer, subject: SubjectView, plan: MotionPlan, feats: n
     """The renderer's part of frame t (on the calling thread): rgb uint8, depth and opacity float arrays (those of
     them in `outputs`)."""
     eye = None if plan.eye is None else float(plan.eye[t])
-    return render_crop(renderer, subject, plan.poses[t], eye, audio_window(feats, t), bg, outputs)
+    return render_crop(renderer, subject, plan.poses[t], eye, audio_window(feats, t), bg, outputs,
+                       frame=int(plan.indices[t]))
 
 
 def render_crop(renderer: Renderer, subject: SubjectView, pose: np.ndarray, eye: float | None, window: np.ndarray,
-                bg: np.ndarray, outputs: tuple[str, ...] = RENDERED) -> dict[str, np.ndarray]:
+                bg: np.ndarray, outputs: tuple[str, ...] = RENDERED, frame: int | None = None) -> dict[str, np.ndarray]:
     """One head crop from a pose [4, 4], a blink value, an audio window [8, 16, C] and a background [H, W, 3] (uint8,
-    or float32 in [0, 1]): rgb uint8 [H, W, 3], depth and opacity float32 [H, W], those named in `outputs`."""
+    or float32 in [0, 1]): rgb uint8 [H, W, 3], depth and opacity float32 [H, W], those named in `outputs`.
+
+    `frame`: the training frame the crop is pasted into (its pose, its blink). A torso field then draws that frame's
+    torso (its per-frame code): new audio moves the mouth, not where the body sat, and a torso drawn where the frame
+    has it meets the frame's own at the paste's edge (docs/evaluation.md, "The torso code of the frame pasted into").
+    The head's codes stay the mean ones, as for any new audio."""
     dev = renderer.device
     eye_t = None if eye is None else torch.tensor([eye], device=dev)
     # intrinsics as numbers (a device tensor costs the renderer 4 reads back), rounded to float32 as a tensor was
@@ -357,19 +363,22 @@ def render_crop(renderer: Renderer, subject: SubjectView, pose: np.ndarray, eye:
     with torch.no_grad():
         out = renderer.render_image(  # positional: the order of docs/design/model_api.md
             torch.from_numpy(np.asarray(pose, np.float32)).to(dev), intrinsics, subject.height, subject.width,
-            torch.from_numpy(np.asarray(window, np.float32)).to(dev), eye_t, None, _device_background(bg, dev))
+            torch.from_numpy(np.asarray(window, np.float32)).to(dev), eye_t, None, _device_background(bg, dev),
+            torso_frame=frame)
     return _to_host(out, outputs)
 
 
 @dataclass(frozen=True)
 class CropRequest:
     """What one head crop of new audio is rendered from: a pose [4, 4], a blink value (or None), an audio window
-    [8, 16, C] and a background [H, W, 3] (uint8, or float32 in [0, 1])."""
+    [8, 16, C], a background [H, W, 3] (uint8, or float32 in [0, 1]) and the training frame it is pasted into (or
+    None: `render_crop`'s `frame`)."""
 
     pose: np.ndarray
     eye: float | None
     window: np.ndarray
     bg: np.ndarray
+    frame: int | None = None
 
 
 def render_crops(renderer: Renderer | BatchRenderer, subject: SubjectView, requests: list[CropRequest],
@@ -378,14 +387,15 @@ def render_crops(renderer: Renderer | BatchRenderer, subject: SubjectView, reque
     more in one `render_images` call of the renderer (equal to one at a time up to float summation order)."""
     if len(requests) == 1:
         r = requests[0]
-        return [render_crop(renderer, subject, r.pose, r.eye, r.window, r.bg, outputs)]
+        return [render_crop(renderer, subject, r.pose, r.eye, r.window, r.bg, outputs, r.frame)]
     dev, eyes = renderer.device, [r.eye for r in requests]
     intrinsics = tuple(float(v) for v in np.asarray(subject.intrinsics, dtype=np.float32))  # as render_crop
     with torch.no_grad():
         out = renderer.render_images(
             _stacked([r.pose for r in requests], dev), intrinsics, subject.height, subject.width,
             _stacked([r.window for r in requests], dev), None if None in eyes else _stacked(eyes, dev),
-            _device_background(np.stack([r.bg for r in requests]), dev))
+            _device_background(np.stack([r.bg for r in requests]), dev),
+            torso_frames=None if any(r.frame is None for r in requests) else [r.frame for r in requests])
     arrays = _to_host(out, outputs)
     return [{name: value[b] for name, value in arrays.items()} for b in range(len(requests))]
 

@@ -148,13 +148,17 @@ class TalkingHeadSystem(L.LightningModule):
 
     @torch.no_grad()
     def render_image(self, c2w: Tensor, intrinsics: Sequence[float] | Tensor, height: int, width: int, audio_window: Tensor,
-                     eye: Tensor | None, frame_index: int | None, bg: Tensor) -> dict[str, Tensor]:
+                     eye: Tensor | None, frame_index: int | None, bg: Tensor,
+                     torso_frame: int | None = None) -> dict[str, Tensor]:
         """Render one frame: c2w [4, 4] in the model's space, bg [H, W, 3] -> rgb [H, W, 3], depth/opacity [H, W].
 
         `frame_index`: the number of a training frame (its per-frame codes), or None (new audio: the mean codes).
-        With a torso field, `bg` is the plate and the torso is composited between it and the head (+ torso_alpha [H, W]).
+        With a torso field, `bg` is the plate and the torso is composited between it and the head (+ torso_alpha [H, W]);
+        `torso_frame` gives the torso alone a training frame's code (new audio pasted into that frame: its torso
+        where the frame has it), else it follows `frame_index`.
         The execution may replay whole frames as a CUDA graph (engine.render_cuda_graph), with the same results."""
-        return self._render(c2w, intrinsics, height, width, audio_window, eye, self.frame_index(frame_index), bg)
+        return self._render(c2w, intrinsics, height, width, audio_window, eye, self.frame_index(frame_index), bg,
+                            torso_frames=self._torso_frames(torso_frame))
 
     @torch.no_grad()
     def render_head(self, c2w: Tensor, intrinsics: Sequence[float] | Tensor, height: int, width: int,
@@ -168,23 +172,36 @@ class TalkingHeadSystem(L.LightningModule):
 
     @torch.no_grad()
     def render_images(self, c2w: Tensor, intrinsics: Sequence[float] | Tensor, height: int, width: int,
-                      audio_windows: Tensor, eyes: Tensor | None, bg: Tensor) -> dict[str, Tensor]:
+                      audio_windows: Tensor, eyes: Tensor | None, bg: Tensor,
+                      torso_frames: Sequence[int] | None = None) -> dict[str, Tensor]:
         """Render B frames of new audio together: c2w [B, 4, 4], audio_windows [B, 8, 16, C], eyes [B] or None,
         bg [B, H, W, 3] -> rgb [B, H, W, 3], depth/opacity [B, H, W] (+ torso_alpha [B, H, W]).
 
-        Frame b is `render_image(c2w[b], ..., audio_windows[b], eyes[b], None, bg[b])`, up to the order in which
-        floats are summed: its rays march with the others', each sample conditioned by its own frame's codes."""
-        return self._render(c2w, intrinsics, height, width, audio_windows, eyes, None, bg)
+        Frame b is `render_image(c2w[b], ..., audio_windows[b], eyes[b], None, bg[b], torso_frames[b])`, up to the
+        order in which floats are summed: its rays march with the others', each sample conditioned by its own frame's
+        codes."""
+        frames = None if torso_frames is None else torch.cat([self.frame_index(int(f)) for f in torso_frames])
+        return self._render(c2w, intrinsics, height, width, audio_windows, eyes, None, bg,
+                            torso_frames=None if self.torso is None else frames)
+
+    def _torso_frames(self, frame: int | None) -> Tensor | None:
+        """`frame_index` of a torso frame, or None where the model has no torso field (nothing to give it to)."""
+        return None if self.torso is None else self.frame_index(frame)
 
     def _render(self, c2w: Tensor, intrinsics: Sequence[float] | Tensor, height: int, width: int, audio: Tensor,
-                eye: Tensor | None, frame_index: Tensor | None, bg: Tensor, head_only: bool = False) -> dict[str, Tensor]:
+                eye: Tensor | None, frame_index: Tensor | None, bg: Tensor, head_only: bool = False,
+                torso_frames: Tensor | None = None) -> dict[str, Tensor]:
         """`render_frame` of one frame (c2w [4, 4]) or several (c2w [B, 4, 4]) through the execution, inputs moved to
-        the device; the occupied-sample count dropped. `head_only`: one frame, no torso behind the head."""
+        the device; the occupied-sample count dropped. `head_only`: one frame, no torso behind the head.
+        `torso_frames`: the torso's training frame ([1] long for one frame, [B] for several); None: the torso follows
+        `frame_index`. Given only when there are some: the inputs' layout keys a render graph."""
         device, frames = self.device, c2w.shape[:-2]  # () for one frame, (B,) for several
         inputs = {"c2w": c2w.to(device).float(), "audio": audio.to(device),
                   "eye": None if eye is None else eye.to(device), "frame_index": frame_index,
                   "bg": bg.to(device).expand(*frames, height, width, 3), "height": height, "width": width,
                   "intrinsics": tuple(float(v) for v in intrinsics), **({"head_only": True} if head_only else {})}
+        if torso_frames is not None:
+            inputs["torso_frames"] = torso_frames
         out = self.execution.render(self.render_frame, inputs, frames.numel() * height * width, device)
         out.pop("occupied")
         return out
@@ -211,7 +228,8 @@ class TalkingHeadSystem(L.LightningModule):
         pixels = torch.arange(height * width, device=self.device)
         bg, torso = inputs["bg"].reshape(-1, 3), None
         if not inputs.get("head_only"):
-            bg, torso = self.behind_head(bg, pixels, height, width, inputs["c2w"], frame_index)
+            bg, torso = self.behind_head(bg, pixels, height, width, inputs["c2w"],
+                                         inputs.get("torso_frames", frame_index))
         field = self.execution.field_forward(self.field, training=False)
         out = march_frame(self.marcher, lambda x, d: field(x, d, cond, extras=False), inputs["c2w"],
                            inputs["intrinsics"], height, width, self.aabb, self.grid, bg.reshape(height, width, 3),
@@ -229,8 +247,10 @@ class TalkingHeadSystem(L.LightningModule):
         height, width, frames = inputs["height"], inputs["width"], inputs["c2w"].shape[0]
         cond = self.conditions(inputs["audio"], inputs["eye"])
         pixels = torch.arange(height * width, device=self.device)
-        behind = [self.behind_head(bg.reshape(-1, 3), pixels, height, width, c2w, None)
-                  for bg, c2w in zip(inputs["bg"], inputs["c2w"])]
+        torso_frames = inputs.get("torso_frames")  # [B] long, or None: the mean torso code
+        behind = [self.behind_head(bg.reshape(-1, 3), pixels, height, width, c2w,
+                                   None if torso_frames is None else torso_frames[b:b + 1])
+                  for b, (bg, c2w) in enumerate(zip(inputs["bg"], inputs["c2w"]))]
         bg = torch.stack([b for b, _ in behind]).reshape(frames, height, width, 3)
         field = self.execution.field_forward(self.field, training=False)
         out = march_frames(self.marcher, lambda x, d, groups: field(x, d, cond, extras=False, groups=groups),

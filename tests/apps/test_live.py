@@ -32,7 +32,7 @@ class MouthRenderer:
         self.hparams = {"audio_kind": "mel", "feature_dim": FEATURE_DIM}
         self.windows: list[np.ndarray] = []
 
-    def render_image(self, c2w, intrinsics, H, W, audio_window, eye, frame_index, bg):
+    def render_image(self, c2w, intrinsics, H, W, audio_window, eye, frame_index, bg, torso_frame=None):
         window = audio_window.numpy()
         self.windows.append(window)
         level = float(np.clip((window[3:5].mean() + 20.0) / 20.0, 0.0, 1.0))  # log-mel: -20 black .. 0 white

@@ -38,11 +38,11 @@ class BatchMouthRenderer(MouthRenderer):
         self.gate.set()
         self.rendering = threading.Event()
 
-    def render_image(self, c2w, intrinsics, H, W, audio_window, eye, frame_index, bg):
+    def render_image(self, c2w, intrinsics, H, W, audio_window, eye, frame_index, bg, torso_frame=None):
         self.calls.append(1)
         return self._render(c2w, intrinsics, H, W, audio_window, eye, frame_index, bg)
 
-    def render_images(self, c2w, intrinsics, H, W, audio_windows, eyes, bg):
+    def render_images(self, c2w, intrinsics, H, W, audio_windows, eyes, bg, torso_frames=None):
         self.calls.append(len(c2w))
         self.rendering.set()
         self.gate.wait(10.0)
@@ -67,13 +67,21 @@ def test_frames_rendered_together_equal_frames_rendered_one_at_a_time(mini_subje
     assert (system.torso is not None) == (stage == "torso")  # the torso is drawn behind the head, frame by frame
     subject = load_subject(mini_subject.root, "aud_mel.npy", downscale=8)
     rng = np.random.default_rng(0)
+    if system.torso is not None:
+        with torch.no_grad():
+            system.torso.individual_codes.normal_(0.0, 3.0)  # frames' torsos that differ, as trained ones do
     requests = [CropRequest(subject.poses[i], float(subject.eye[i]), rng.normal(-8, 6, (8, 16, FEATURE_DIM)),
-                            rng.random((subject.height, subject.width, 3)).astype(np.float32)) for i in (0, 5, 9)]
+                            rng.random((subject.height, subject.width, 3)).astype(np.float32), frame=i)
+                for i in (0, 5, 9)]
     together = render_crops(system, subject, requests)
-    alone = [render_crop(system, subject, r.pose, r.eye, r.window, r.bg) for r in requests]
+    alone = [render_crop(system, subject, r.pose, r.eye, r.window, r.bg, frame=r.frame) for r in requests]
     for batched, single in zip(together, alone):
         for name in ("rgb", "depth", "opacity"):
             np.testing.assert_allclose(batched[name], single[name], rtol=BATCH_RTOL, atol=BATCH_ATOL)
+    if system.torso is not None:  # each frame drew its own torso, not the mean one
+        r = requests[1]
+        mean = render_crop(system, subject, r.pose, r.eye, r.window, r.bg)
+        assert np.abs(mean["rgb"].astype(int) - together[1]["rgb"]).max() >= 3  # float noise moves a pixel by 1
     assert alone[0]["opacity"].std() > 0.01  # the field has shape: what is compared is rendered, not background
     other_audio = render_crop(system, subject, requests[0].pose, requests[0].eye, requests[1].window, requests[0].bg)
     assert np.abs(other_audio["rgb"] - alone[0]["rgb"]).max() > 100 * BATCH_ATOL  # a mix-up would show

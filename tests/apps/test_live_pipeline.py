@@ -86,6 +86,7 @@ def test_spread_streams_get_their_own_frames_and_decode_each_block_once(long_sub
             for t in range(PULLED):
                 assert np.array_equal(got[k][t], stream.next()[0]), f"stream {k}, frame {t}"
         assert not np.array_equal(got[0][0], got[1][0])  # the streams show different frames
+        assert avatar.renderer.torso_frames == avatar.renderer.calls  # each torso as the frame pasted into has it
     finally:
         render_queue.close(wait_seconds=10)
         for stream in streams:
@@ -163,7 +164,7 @@ def test_a_batch_of_streams_is_pasted_as_frames_rendered_alone(long_subject) -> 
 class BatchedMouth(MouthRenderer):
     """The fake mouth renderer rendering several frames per call, each as it renders one (so frames compare exactly)."""
 
-    def render_images(self, c2w, intrinsics, H, W, audio_windows, eyes, bg):
+    def render_images(self, c2w, intrinsics, H, W, audio_windows, eyes, bg, torso_frames=None):
         import torch
 
         frames = [self.render_image(c2w[b], intrinsics, H, W, audio_windows[b], None, None, bg[b])

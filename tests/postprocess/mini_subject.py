@@ -114,11 +114,14 @@ class CropRenderer:
         self.device = torch.device("cpu")
         self.hparams = {"audio_kind": "mel", "feature_dim": FEATURE_DIM}
         self.calls: list[int] = []  # training frame identified on each call
+        self.torso_frames: list[int | None] = []  # the torso's frame each call was given
 
-    def render_image(self, c2w, intrinsics, H, W, audio_window, eye, frame_index, bg) -> dict[str, torch.Tensor]:
+    def render_image(self, c2w, intrinsics, H, W, audio_window, eye, frame_index, bg,
+                     torso_frame=None) -> dict[str, torch.Tensor]:
         assert audio_window.shape == (8, 16, FEATURE_DIM) and bg.shape == (H, W, 3)
         k = int(np.argmin(np.abs(self.poses - c2w.numpy()).sum(axis=(1, 2))))
         self.calls.append(k)
+        self.torso_frames.append(torso_frame)
         bgr = cv2.imread(str(self.layout.ori_img(int(self.img_ids[k]))))
         rgb = np.clip(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.int16) + self.shift, 0, 255)
         rgb = cv2.resize(rgb.astype(np.uint8), (W, H), interpolation=cv2.INTER_AREA)

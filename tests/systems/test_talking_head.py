@@ -65,6 +65,30 @@ def test_a_training_frame_renders_with_its_own_codes_and_others_are_refused() ->
         system.render_image(*args, 10, torch.zeros(8, 8, 3))
 
 
+def test_a_torso_frame_gives_the_torso_alone_that_frames_code() -> None:
+    import copy
+
+    system = build("stage=torso").eval()
+    c2w = torch.eye(4)
+    c2w[2, 3] = -2.4
+    args = (c2w, (9.0, 9.0, 4.0, 4.0), 8, 8, torch.randn(8, 16, 80), torch.zeros(1), None, torch.zeros(8, 8, 3))
+    with torch.no_grad():
+        system.torso.individual_codes.normal_(0.0, 3.0)  # codes that tell frames apart, as trained ones do
+        system.field.individual_codes.normal_(0.0, 3.0)
+    own = system.render_image(*args, torso_frame=3)
+    # the same system whose every torso code is frame 3's: its mean code is frame 3's, its head's codes unchanged
+    only_three = copy.deepcopy(system)
+    with torch.no_grad():
+        only_three.torso.individual_codes.copy_(system.torso.individual_codes[3].expand_as(only_three.torso.individual_codes))
+    for name in ("rgb", "torso_alpha"):
+        assert torch.allclose(own[name], only_three.render_image(*args)[name], atol=1e-6)
+        assert not torch.allclose(own[name], system.render_image(*args)[name], atol=1e-4)  # not the mean code's
+    with pytest.raises(ErnerfError, match="frame_index=None"):
+        system.render_image(*args, torso_frame=10)
+    head_only = build().eval()  # no torso field: the frame is nothing to it
+    assert torch.equal(head_only.render_image(*args, torso_frame=3)["rgb"], head_only.render_image(*args)["rgb"])
+
+
 def test_loss_terms_are_the_active_ones_and_unknown_terms_are_rejected() -> None:
     system = build()
     n = 32

@@ -1,0 +1,128 @@
+"""Which torso code a torso-stage render pasted back into a training frame should take: the mean or that frame's own.
+
+    python bench/torso_codes.py --subject trump --run runs/trump/torso [--data-root data] [--downscale 4] [--every 10]
+
+`infer.py` and `serve.py` paste the rendered head into original video frames, walking the training frames, so every
+output frame belongs to a training frame whose torso the torso field was trained to draw with that frame's code.
+New audio changes the mouth, not where the body sat in that frame. This script renders every `--every`-th training
+frame of a torso-stage run with the frame's own audio window and blink, over the plate as the stage renders, once
+with the mean torso code (what held-out frames get) and once with the frame's own, and scores both against the
+frame's ground truth: whole crop, the regions of `evaluate.py` (neck, torso, ...), and the pixels the paste-back
+takes from the render (weighted by its alpha: what a viewer sees of the render in the output video), and its feathered
+edge (weighted by 4 alpha (1 - alpha): where the render meets the original frame, a seam if they disagree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+from ernerf.cli import keep_torchmetrics_import_lean  # noqa: E402
+
+keep_torchmetrics_import_lean()  # before the first Lightning import, as the entry scripts
+
+from ernerf.metrics.image import PSNR_CAP  # noqa: E402
+
+
+def weighted_psnr(renders: np.ndarray, truths: np.ndarray, weights: np.ndarray) -> float:
+    """PSNR (dB) of uint8 renders against truths [T, H, W, 3], the squared error of each pixel weighted by [T, H, W]."""
+    error = (((renders.astype(np.float64) - truths) / 255.0) ** 2).mean(-1)
+    mse = float((error * weights).sum() / max(float(weights.sum()), 1e-12))
+    return -10 * math.log10(max(mse, 10 ** (-PSNR_CAP / 10)))
+
+
+def paste_weights(data, frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The paste-back's alpha (conf/postprocess's defaults) of each frame's crop, at the render size [T, H, W]."""
+    import cv2
+
+    from ernerf.postprocess.pasteback import PasteBack, read_parsing_map
+
+    paste = PasteBack("face_neck", "feather", 16, 8)
+    mesh = np.load(data.layout.mesh, mmap_mode="r") if data.layout.mesh.is_file() else None
+    out = []
+    for f in frames.tolist():
+        img_id = int(data.img_ids[f])
+        points = None if mesh is None else np.asarray(mesh[img_id, :, :2], np.float32)
+        alpha = paste.alpha(read_parsing_map(data.layout.parsing(img_id)), points)
+        out.append(cv2.resize(alpha.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA))
+    return np.stack(out)
+
+
+def render(system, data, store, frames: np.ndarray, own: bool) -> np.ndarray:
+    """uint8 renders [T, H, W, 3] of training frames with their own audio window and blink, over the stage's
+    background; the torso code the frame's own (`own`) or the mean. The head's codes are the mean in both, as for new
+    audio."""
+    from datamodules.subject import to_unit
+    from ernerf.apps.evaluation.frames import to_uint8
+
+    intrinsics = torch.tensor(data.intrinsics, dtype=torch.float32)
+    renders = []
+    for f in frames.tolist():
+        out = system.render_image(data.poses[f], intrinsics, data.height, data.width, data.audio_window(f),
+                                  data.eye[f: f + 1], None, to_unit(store.background(f)),
+                                  torso_frame=f if own else None)
+        renders.append(to_uint8(out["rgb"]))
+    return np.stack(renders)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--subject", required=True)
+    parser.add_argument("--run", type=Path, required=True, help="a torso-stage run folder")
+    parser.add_argument("--data-root", type=Path, default=Path("data"))
+    parser.add_argument("--downscale", type=int, default=4)
+    parser.add_argument("--every", type=int, default=10, help="score every n-th training frame")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    from datamodules.subject import parse_subject
+    from ernerf.apps.checkpoints import read_trained
+    from ernerf.apps.evaluation.frames import Rendered
+    from ernerf.apps.evaluation.regions import region_findings
+    from ernerf.apps.inference import audio_kind, frame_store
+    from ernerf.apps.runs import offered_checkpoint
+    from ernerf.systems.loading import load_system
+
+    trained = read_trained(offered_checkpoint(args.run), args.run.name)
+    system = load_system(trained.checkpoint, args.device)
+    if system.torso is None:
+        raise SystemExit(f"{trained.checkpoint} has no torso field: give a torso-stage run")
+    data = parse_subject(args.data_root / args.subject, trained.feature_file(audio_kind(system.hparams)[0]),
+                         downscale=args.downscale)
+    store = frame_store(data, trained.stage.background)
+    frames = np.arange(0, data.num_train, args.every)
+    truths = np.stack([store.image(f).cpu().numpy() for f in frames.tolist()])
+    if truths.dtype != np.uint8:
+        truths = (np.clip(truths, 0, 1) * 255 + 0.5).astype(np.uint8)
+    weights = paste_weights(data, frames, data.height, data.width)
+    print(f"{args.subject}: {len(frames)} training frames at {data.height} px, {trained.checkpoint}")
+    print(f"{'torso code':<12}{'whole':>8}{'pasted':>8}{'seam':>8}{'face':>8}{'hair':>8}{'neck':>8}{'torso':>8}{'bg':>8}")
+    figures = {}
+    for name, own in (("mean", False), ("own frame", True)):
+        renders = render(system, data, store, frames, own)
+        found = region_findings(Rendered(frames, renders, truths, data.rects["face"][frames].numpy(), 0.0), data)
+        row = {"psnr": weighted_psnr(renders, truths, np.ones(weights.shape)),
+               "pasted_psnr": weighted_psnr(renders, truths, weights),
+               "seam_psnr": weighted_psnr(renders, truths, 4 * weights * (1 - weights)),
+               **{k: float(v) for k, v in found.found.values.items() if k.startswith("region_psnr_")}}
+        figures[name] = row
+        print(f"{name:<12}{row['psnr']:>8.2f}{row['pasted_psnr']:>8.2f}{row['seam_psnr']:>8.2f}"
+              + "".join(f"{row.get(f'region_psnr_{r}', float('nan')):>8.2f}"
+                        for r in ("face", "hair", "neck", "torso", "background")), flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"subject": args.subject, "frames": frames.tolist(), **figures}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
