@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -320,3 +321,20 @@ def test_head_layers_by_default_only_when_the_steps_would_march_more_rays(subjec
     HeadLayerCache(rays_per_step=128, progress=False).on_train_start(
         SimpleNamespace(datamodule=datamodule, max_steps=steps), system)
     assert (system.head_layers is not None) == rendered
+
+
+def test_the_torso_code_benchmark_scores_a_torso_stage(chained, subject: Path, capsys, monkeypatch) -> None:
+    from tests.bench.scripts import bench_module
+
+    torso_codes = bench_module("torso_codes")
+    out = subject / "torso_codes.json"
+    monkeypatch.setattr("sys.argv", ["torso_codes.py", "--subject", "sphere", "--run", str(subject / "runs" / "sphere" / "torso"),
+                                     "--data-root", str(subject / "data"), "--downscale", "1", "--every", "4",
+                                     "--device", "cpu", "--json", str(out)])
+    torso_codes.main()
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [row[0] for row in rows] == ["mean", "own"]
+    figures = json.loads(out.read_text())
+    assert figures["frames"] == [0, 4, 8] and set(figures) >= {"mean", "own frame"}
+    for row in (figures["mean"], figures["own frame"]):
+        assert 5 < row["psnr"] < 100 and 5 < row["pasted_psnr"] < 100 and "region_psnr_torso" in row
