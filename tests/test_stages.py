@@ -338,3 +338,20 @@ def test_the_torso_code_benchmark_scores_a_torso_stage(chained, subject: Path, c
     assert figures["frames"] == [0, 4, 8] and set(figures) >= {"mean", "own frame"}
     for row in (figures["mean"], figures["own frame"]):
         assert 5 < row["psnr"] < 100 and 5 < row["pasted_psnr"] < 100 and "region_psnr_torso" in row
+
+
+def test_a_torso_stage_renders_a_walk_that_passes_held_out_frames(chained, subject: Path) -> None:
+    """infer.py's walk goes through every frame of the subject; those trained on give the torso their own code, the
+    held-out ones (no code of their own) the mean code, instead of failing."""
+    from ernerf.apps.inference import load_subject, render_planned_frame
+    from ernerf.postprocess.motion import plan_motion
+    from ernerf.systems.loading import load_system
+
+    system = load_system(subject / "runs" / "sphere" / "torso" / "checkpoints" / "last.ckpt", "cpu")
+    view = load_subject(subject / "data" / "sphere", "aud_mel.npy", background="plate")
+    assert view.num_train == system.hparams.num_frames < len(view.poses)
+    plan = plan_motion(view.poses, view.eye, len(view.poses))  # forward through all frames, the held-out ones last
+    feats = np.zeros((len(view.poses), 16, int(system.hparams.feature_dim)), np.float32)
+    frames = [render_planned_frame(system, view, plan, feats, t)["rgb"] for t in range(len(view.poses))]
+    assert all(f.shape == (SIZE, SIZE, 3) for f in frames)
+    assert [view.trained_frame(int(i)) for i in plan.indices] == [*range(view.num_train), *[None] * (len(view.poses) - view.num_train)]

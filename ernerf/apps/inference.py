@@ -211,6 +211,12 @@ class SubjectView:
     eye: np.ndarray | None  # [N] blink in [0, 1]
     img_ids: np.ndarray  # [N] file index of each training frame (= frame of input_temp.mp4)
     background: Callable[[int], np.ndarray]  # training frame -> bg uint8 [H, W, 3]
+    num_train: int | None = None  # frames 0 .. num_train-1 were trained on (None: all), the rest held out
+
+    def trained_frame(self, index: int) -> int | None:
+        """`index` where the model was trained on that frame (it has the frame's own codes), else None: a walk through
+        the frames also passes the held-out ones, which have none."""
+        return index if self.num_train is None or index < self.num_train else None
 
     def face_points(self, img_id: int) -> np.ndarray | None:
         """Face-mesh points [478, 2] (68 landmarks if no mesh) of a frame in crop pixels, or None."""
@@ -245,6 +251,7 @@ def load_subject(root: Path | str, audio_file: str, background: str = "torso", s
     return SubjectView(
         layout=data.layout, poses=data.poses.numpy(), intrinsics=data.intrinsics, height=data.height,
         width=data.width, eye=data.eye.numpy(), img_ids=data.img_ids.numpy(), background=frame_background,
+        num_train=data.num_train,
     )
 
 
@@ -344,7 +351,7 @@ def _render(renderer: Renderer, subject: SubjectView, plan: MotionPlan, feats: n
     them in `outputs`)."""
     eye = None if plan.eye is None else float(plan.eye[t])
     return render_crop(renderer, subject, plan.poses[t], eye, audio_window(feats, t), bg, outputs,
-                       frame=int(plan.indices[t]))
+                       frame=subject.trained_frame(int(plan.indices[t])))
 
 
 def render_crop(renderer: Renderer, subject: SubjectView, pose: np.ndarray, eye: float | None, window: np.ndarray,
@@ -352,10 +359,11 @@ def render_crop(renderer: Renderer, subject: SubjectView, pose: np.ndarray, eye:
     """One head crop from a pose [4, 4], a blink value, an audio window [8, 16, C] and a background [H, W, 3] (uint8,
     or float32 in [0, 1]): rgb uint8 [H, W, 3], depth and opacity float32 [H, W], those named in `outputs`.
 
-    `frame`: the training frame the crop is pasted into (its pose, its blink). A torso field then draws that frame's
-    torso (its per-frame code): new audio moves the mouth, not where the body sat, and a torso drawn where the frame
-    has it meets the frame's own at the paste's edge (docs/evaluation.md, "The torso code of the frame pasted into").
-    The head's codes stay the mean ones, as for any new audio."""
+    `frame`: the training frame the crop is pasted into (its pose, its blink), None for a frame not trained on
+    (`SubjectView.trained_frame`). A torso field then draws that frame's torso (its per-frame code): new audio moves
+    the mouth, not where the body sat, and a torso drawn where the frame has it meets the frame's own at the paste's
+    edge (docs/evaluation.md, "The torso code of the frame pasted into"). The head's codes stay the mean ones, as for
+    any new audio."""
     dev = renderer.device
     eye_t = None if eye is None else torch.tensor([eye], device=dev)
     # intrinsics as numbers (a device tensor costs the renderer 4 reads back), rounded to float32 as a tensor was

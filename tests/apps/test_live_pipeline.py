@@ -86,7 +86,9 @@ def test_spread_streams_get_their_own_frames_and_decode_each_block_once(long_sub
             for t in range(PULLED):
                 assert np.array_equal(got[k][t], stream.next()[0]), f"stream {k}, frame {t}"
         assert not np.array_equal(got[0][0], got[1][0])  # the streams show different frames
-        assert avatar.renderer.torso_frames == avatar.renderer.calls  # each torso as the frame pasted into has it
+        # each torso as the frame pasted into has it (held-out frames, which have no code of their own: the mean)
+        num_train = avatar.subject.num_train
+        assert avatar.renderer.torso_frames == [k if k < num_train else None for k in avatar.renderer.calls]
     finally:
         render_queue.close(wait_seconds=10)
         for stream in streams:
