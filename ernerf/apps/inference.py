@@ -403,6 +403,7 @@ def render_crops(renderer: Renderer | BatchRenderer, subject: SubjectView, reque
             _stacked([r.pose for r in requests], dev), intrinsics, subject.height, subject.width,
             _stacked([r.window for r in requests], dev), None if None in eyes else _stacked(eyes, dev),
             _device_background(np.stack([r.bg for r in requests]), dev),
+            # a batch takes each frame's own torso code or, where one of its frames has none, the mean code for all
             torso_frames=None if any(r.frame is None for r in requests) else [r.frame for r in requests])
     arrays = _to_host(out, outputs)
     return [{name: value[b] for name, value in arrays.items()} for b in range(len(requests))]
