@@ -2,8 +2,9 @@
 
     python bench/torso_codes.py --subject trump --run runs/trump/torso [--data-root data] [--downscale 4] [--every 10]
 
-`infer.py` and `serve.py` paste the rendered head into original video frames, walking the training frames, so every
-output frame belongs to a training frame whose torso the torso field was trained to draw with that frame's code.
+`infer.py` and `serve.py` paste the rendered head into original video frames, walking the subject's frames, so nearly
+every output frame belongs to a training frame whose torso the torso field was trained to draw with that frame's code
+(the held-out frames of the walk keep the mean code).
 New audio changes the mouth, not where the body sat in that frame. This script renders every `--every`-th training
 frame of a torso-stage run with the frame's own audio window and blink, over the plate as the stage renders, once
 with the mean torso code (what held-out frames get) and once with the frame's own, and scores both against the
