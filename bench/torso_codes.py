@@ -42,12 +42,15 @@ def weighted_psnr(renders: np.ndarray, truths: np.ndarray, weights: np.ndarray) 
 
 
 def paste_weights(data, frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The paste-back's alpha (conf/postprocess's defaults) of each frame's crop, at the render size [T, H, W]."""
+    """The paste-back's alpha (conf/postprocess/default.yaml, as infer.py pastes) of each frame's crop, at the render
+    size [T, H, W]."""
     import cv2
+    from omegaconf import OmegaConf
 
     from ernerf.postprocess.pasteback import PasteBack, read_parsing_map
 
-    paste = PasteBack("face_neck", "feather", 16, 8)
+    pp = OmegaConf.load(REPO / "conf" / "postprocess" / "default.yaml")
+    paste = PasteBack(pp.scheme, pp.blend, pp.feather_px, pp.dilate_px)
     mesh = np.load(data.layout.mesh, mmap_mode="r") if data.layout.mesh.is_file() else None
     out = []
     for f in frames.tolist():
@@ -56,23 +59,6 @@ def paste_weights(data, frames: np.ndarray, height: int, width: int) -> np.ndarr
         alpha = paste.alpha(read_parsing_map(data.layout.parsing(img_id)), points)
         out.append(cv2.resize(alpha.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA))
     return np.stack(out)
-
-
-def render(system, data, store, frames: np.ndarray, own: bool) -> np.ndarray:
-    """uint8 renders [T, H, W, 3] of training frames with their own audio window and blink, over the stage's
-    background; the torso code the frame's own (`own`) or the mean. The head's codes are the mean in both, as for new
-    audio."""
-    from datamodules.subject import to_unit
-    from ernerf.apps.evaluation.frames import to_uint8
-
-    intrinsics = torch.tensor(data.intrinsics, dtype=torch.float32)
-    renders = []
-    for f in frames.tolist():
-        out = system.render_image(data.poses[f], intrinsics, data.height, data.width, data.audio_window(f),
-                                  data.eye[f: f + 1], None, to_unit(store.background(f)),
-                                  torso_frame=f if own else None)
-        renders.append(to_uint8(out["rgb"]))
-    return np.stack(renders)
 
 
 def main() -> None:
@@ -88,7 +74,7 @@ def main() -> None:
 
     from datamodules.subject import parse_subject
     from ernerf.apps.checkpoints import read_trained
-    from ernerf.apps.evaluation.frames import Rendered
+    from ernerf.apps.evaluation.frames import render_validation
     from ernerf.apps.evaluation.regions import region_findings
     from ernerf.apps.inference import audio_kind, frame_store
     from ernerf.apps.runs import offered_checkpoint
@@ -102,16 +88,14 @@ def main() -> None:
                          downscale=args.downscale)
     store = frame_store(data, trained.stage.background)
     frames = np.arange(0, data.num_train, args.every)
-    truths = np.stack([store.image(f).cpu().numpy() for f in frames.tolist()])
-    if truths.dtype != np.uint8:
-        truths = (np.clip(truths, 0, 1) * 255 + 0.5).astype(np.uint8)
     weights = paste_weights(data, frames, data.height, data.width)
     print(f"{args.subject}: {len(frames)} training frames at {data.height} px, {trained.checkpoint}")
     print(f"{'torso code':<12}{'whole':>8}{'pasted':>8}{'seam':>8}{'face':>8}{'hair':>8}{'neck':>8}{'torso':>8}{'bg':>8}")
     figures = {}
     for name, own in (("mean", False), ("own frame", True)):
-        renders = render(system, data, store, frames, own)
-        found = region_findings(Rendered(frames, renders, truths, data.rects["face"][frames].numpy(), 0.0), data)
+        rendered = render_validation(system, data, store, frames, progress=False, own_torso=own)
+        found = region_findings(rendered, data)
+        renders, truths = rendered.renders, rendered.truths
         row = {"psnr": weighted_psnr(renders, truths, np.ones(weights.shape)),
                "pasted_psnr": weighted_psnr(renders, truths, weights),
                "seam_psnr": weighted_psnr(renders, truths, 4 * weights * (1 - weights)),

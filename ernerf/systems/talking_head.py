@@ -180,9 +180,9 @@ class TalkingHeadSystem(L.LightningModule):
         Frame b is `render_image(c2w[b], ..., audio_windows[b], eyes[b], None, bg[b], torso_frames[b])`, up to the
         order in which floats are summed: its rays march with the others', each sample conditioned by its own frame's
         codes."""
-        frames = None if torso_frames is None else torch.cat([self.frame_index(int(f)) for f in torso_frames])
-        return self._render(c2w, intrinsics, height, width, audio_windows, eyes, None, bg,
-                            torso_frames=None if self.torso is None else frames)
+        frames = (None if torso_frames is None or self.torso is None
+                  else torch.cat([self.frame_index(int(f)) for f in torso_frames]))
+        return self._render(c2w, intrinsics, height, width, audio_windows, eyes, None, bg, torso_frames=frames)
 
     def _torso_frames(self, frame: int | None) -> Tensor | None:
         """`frame_index` of a torso frame, or None where the model has no torso field (nothing to give it to)."""
