@@ -11,6 +11,13 @@ with the mean torso code (what held-out frames get) and once with the frame's ow
 frame's ground truth: whole crop, the regions of `evaluate.py` (neck, torso, ...), and the pixels the paste-back
 takes from the render (weighted by its alpha: what a viewer sees of the render in the output video), and its feathered
 edge (weighted by 4 alpha (1 - alpha): where the render meets the original frame, a seam if they disagree).
+
+    python bench/torso_codes.py --subject trump --run runs/trump/torso --held-out
+
+`--held-out` scores the validation frames instead, which have no code of their own: the mean code against codes
+fitted to each frame (`ernerf/apps/torso_fit.py`) on its left half and scored on its right half (NeRF-W's evaluation
+of per-image codes: does a fitted code say where the body is, or only fit the pixels it saw?), and fitted on the
+whole frame and scored there (what a crop pasted into that frame would get).
 """
 
 from __future__ import annotations
@@ -61,6 +68,37 @@ def paste_weights(data, frames: np.ndarray, height: int, width: int) -> np.ndarr
     return np.stack(out)
 
 
+def score(rendered, data, weights: np.ndarray, right_half: bool = False) -> dict[str, float]:
+    """Whole, pasted and seam PSNR of rendered frames, and evaluate.py's regions; `right_half`: the first three over
+    the right half of each frame alone (no regions: they are whole-frame figures)."""
+    from ernerf.apps.evaluation.regions import region_findings
+
+    renders, truths = rendered.renders, rendered.truths
+    half = np.ones(weights.shape)
+    if right_half:
+        half[..., : weights.shape[-1] // 2] = 0
+    row = {"psnr": weighted_psnr(renders, truths, half), "pasted_psnr": weighted_psnr(renders, truths, weights * half),
+           "seam_psnr": weighted_psnr(renders, truths, 4 * weights * (1 - weights) * half)}
+    if not right_half:
+        found = region_findings(rendered, data)
+        row.update({k: float(v) for k, v in found.found.values.items() if k.startswith("region_psnr_")})
+    return row
+
+
+def held_out_arms(system, data, store, frames: np.ndarray, steps: int):
+    """(name, own_torso, install) of each way to code the validation frames: the mean code on the whole frame and
+    on its right half, codes fitted on the left half scored on the right, and fitted on the whole frame."""
+    from ernerf.apps.torso_fit import CodeFit, fit_torso_codes
+
+    def fitted(part: str):
+        def install() -> None:
+            system.torso.use_fitted_codes(fit_torso_codes(system, store, frames, part, CodeFit(steps=steps)))
+        return install
+
+    return (("mean", False, None), ("mean, right half", False, None),
+            ("fitted left, right half", True, fitted("left")), ("fitted whole frame", True, fitted("all")))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subject", required=True)
@@ -68,6 +106,8 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, default=Path("data"))
     parser.add_argument("--downscale", type=int, default=4)
     parser.add_argument("--every", type=int, default=10, help="score every n-th training frame")
+    parser.add_argument("--held-out", action="store_true", help="score the validation frames with fitted codes")
+    parser.add_argument("--fit-steps", type=int, default=100)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -75,7 +115,6 @@ def main() -> None:
     from datamodules.subject import parse_subject
     from ernerf.apps.checkpoints import read_trained
     from ernerf.apps.evaluation.frames import render_validation
-    from ernerf.apps.evaluation.regions import region_findings
     from ernerf.apps.inference import audio_kind, frame_store
     from ernerf.apps.runs import offered_checkpoint
     from ernerf.systems.loading import load_system
@@ -87,21 +126,22 @@ def main() -> None:
     data = parse_subject(args.data_root / args.subject, trained.feature_file(audio_kind(system.hparams)[0]),
                          downscale=args.downscale)
     store = frame_store(data, trained.stage.background)
-    frames = np.arange(0, data.num_train, args.every)
+    frames = (np.arange(data.num_train, data.num_frames) if args.held_out else np.arange(0, data.num_train, args.every))
     weights = paste_weights(data, frames, data.height, data.width)
-    print(f"{args.subject}: {len(frames)} training frames at {data.height} px, {trained.checkpoint}")
-    print(f"{'torso code':<12}{'whole':>8}{'pasted':>8}{'seam':>8}{'face':>8}{'hair':>8}{'neck':>8}{'torso':>8}{'bg':>8}")
+    kind = "validation" if args.held_out else "training"
+    print(f"{args.subject}: {len(frames)} {kind} frames at {data.height} px, {trained.checkpoint}")
+    print(f"{'torso code':<26}" + "".join(f"{c:>8}" for c in ("whole", "pasted", "seam", "face", "hair", "neck", "torso",
+                                                              "bg")))
     figures = {}
-    for name, own in (("mean", False), ("own frame", True)):
+    arms = (held_out_arms(system, data, store, frames, args.fit_steps) if args.held_out
+            else (("mean", False, None), ("own frame", True, None)))
+    for name, own, install in arms:
+        if install is not None:
+            install()
         rendered = render_validation(system, data, store, frames, progress=False, own_torso=own)
-        found = region_findings(rendered, data)
-        renders, truths = rendered.renders, rendered.truths
-        row = {"psnr": weighted_psnr(renders, truths, np.ones(weights.shape)),
-               "pasted_psnr": weighted_psnr(renders, truths, weights),
-               "seam_psnr": weighted_psnr(renders, truths, 4 * weights * (1 - weights)),
-               **{k: float(v) for k, v in found.found.values.items() if k.startswith("region_psnr_")}}
+        row = score(rendered, data, weights, right_half=name.endswith("right half"))
         figures[name] = row
-        print(f"{name:<12}{row['psnr']:>8.2f}{row['pasted_psnr']:>8.2f}{row['seam_psnr']:>8.2f}"
+        print(f"{name:<26}{row['psnr']:>8.2f}{row['pasted_psnr']:>8.2f}{row['seam_psnr']:>8.2f}"
               + "".join(f"{row.get(f'region_psnr_{r}', float('nan')):>8.2f}"
                         for r in ("face", "hair", "neck", "torso", "background")), flush=True)
     if args.json:

@@ -354,4 +354,97 @@ def test_a_torso_stage_renders_a_walk_that_passes_held_out_frames(chained, subje
     feats = np.zeros((len(view.poses), 16, int(system.hparams.feature_dim)), np.float32)
     frames = [render_planned_frame(system, view, plan, feats, t)["rgb"] for t in range(len(view.poses))]
     assert all(f.shape == (SIZE, SIZE, 3) for f in frames)
-    assert [view.trained_frame(int(i)) for i in plan.indices] == [*range(view.num_train), *[None] * (len(view.poses) - view.num_train)]
+    assert [view.coded_frame(int(i)) for i in plan.indices] == [*range(view.num_train), *[None] * (len(view.poses) - view.num_train)]
+
+
+def _torso_system(subject: Path):
+    from ernerf.systems.loading import load_system
+
+    return load_system(subject / "runs" / "sphere" / "torso" / "checkpoints" / "last.ckpt", "cpu")
+
+
+def test_a_fitted_torso_code_draws_the_frame_its_own_code_draws(chained, subject: Path) -> None:
+    """Fitting starts from the mean code and composites the head over the torso over the plate as the renderer does:
+    fitted to a training frame's own render, the code's render comes close to it, far closer than the mean code's
+    (a composite unlike the renderer's, or a step the wrong way, would not)."""
+    from datamodules.subject import parse_subject
+    from ernerf.apps.inference import frame_store
+    from ernerf.apps.torso_fit import CodeFit, fit_torso_code, frame_pixels
+
+    system = _torso_system(subject)
+    data = parse_subject(subject / "data" / "sphere", "aud_mel.npy")
+    store = frame_store(data, "plate")
+    intrinsics = torch.tensor(data.intrinsics, dtype=torch.float32)
+    frame = 3
+    args = (data.poses[frame], intrinsics, data.height, data.width, store.audio_window(frame),
+            data.eye[frame:frame + 1])
+    bg = store.background(frame).float() / 255
+
+    def render(torso_frame):
+        return system.render_image(*args, None, bg, torso_frame=torso_frame)["rgb"]
+
+    own, mean = render(frame), render(None)
+    code = fit_torso_code(system, *args, bg, own, frame_pixels(data.height, data.width), CodeFit(steps=150))
+    system.torso.use_fitted_codes(code[None])
+    fitted = render(system.torso.num_coded - 1)
+    assert (fitted - own).square().mean() < 0.1 * (mean - own).square().mean()
+
+
+def test_a_walk_through_held_out_frames_gives_them_fitted_torso_codes_kept_beside_the_run(chained, subject: Path,
+                                                                                          monkeypatch) -> None:
+    """infer.py's walk reaches the held-out frames: each gets a code fitted to its image, kept in the run folder and
+    read back by the next call while the checkpoint is the same; a frame beyond the coded ones is refused."""
+    import ernerf.apps.torso_fit as torso_fit
+    from ernerf.apps.inference import load_subject, render_planned_frame, with_held_out_codes
+    from ernerf.postprocess.motion import plan_motion
+
+    ckpt = subject / "runs" / "sphere" / "torso" / "checkpoints" / "last.ckpt"
+    cache = ckpt.parents[1] / "fitted_torso_codes.pt"
+    cache.unlink(missing_ok=True)
+    system, view = _torso_system(subject), load_subject(subject / "data" / "sphere", "aud_mel.npy", background="plate")
+    frames = len(view.poses)
+    assert with_held_out_codes(view, system, ckpt, view.num_train - 1) is view  # the walk stays on trained frames
+    coded = with_held_out_codes(view, system, ckpt, frames - 1, progress=False)
+    assert coded.num_coded == system.torso.num_coded == frames and cache.is_file()
+    plan = plan_motion(coded.poses, coded.eye, frames)
+    assert [coded.coded_frame(int(i)) for i in plan.indices] == list(range(frames))
+    feats = np.zeros((frames, 16, int(system.hparams.feature_dim)), np.float32)
+    held_out = render_planned_frame(system, coded, plan, feats, frames - 1)["rgb"]
+    assert held_out.shape == (SIZE, SIZE, 3)
+    fitted = system.torso.fitted_codes.clone()
+    assert not torch.allclose(fitted, system.torso.code(None).expand_as(fitted))
+
+    def no_fitting(*args, **kwargs):
+        raise AssertionError("the codes kept beside the run were fitted again")
+
+    again = _torso_system(subject)
+    monkeypatch.setattr(torso_fit, "fit_torso_codes", no_fitting)
+    assert with_held_out_codes(view, again, ckpt, frames - 1).num_coded == frames
+    assert torch.equal(again.torso.fitted_codes, fitted)
+    with pytest.raises(ErnerfError, match="outside the"):
+        again.render_image(*(torch.from_numpy(view.poses[0]), view.intrinsics, SIZE, SIZE,
+                             torch.zeros(8, 16, int(system.hparams.feature_dim)), None, None,
+                             torch.zeros(SIZE, SIZE, 3)), torso_frame=frames)
+    ckpt.touch()  # a checkpoint written again: its codes no longer hold
+    with pytest.raises(AssertionError, match="fitted again"):
+        with_held_out_codes(view, _torso_system(subject), ckpt, frames - 1)
+
+
+def test_the_torso_code_benchmark_fits_held_out_frames(chained, subject: Path, capsys, monkeypatch) -> None:
+    from tests.bench.scripts import bench_module
+
+    torso_codes = bench_module("torso_codes")
+    out = subject / "torso_codes_held_out.json"
+    run = str(subject / "runs" / "sphere" / "torso")
+    monkeypatch.setattr("sys.argv", ["torso_codes.py", "--subject", "sphere", "--run", run,
+                                     "--data-root", str(subject / "data"), "--downscale", "1", "--held-out",
+                                     "--fit-steps", "20", "--device", "cpu", "--json", str(out)])
+    torso_codes.main()
+    figures = json.loads(out.read_text())
+    assert figures["frames"] == [10, 11]
+    assert set(figures) >= {"mean", "mean, right half", "fitted left, right half", "fitted whole frame"}
+    assert "region_psnr_torso" in figures["fitted whole frame"]
+    assert "region_psnr_torso" not in figures["mean, right half"]  # a half frame has no region figures
+    for row in figures.values():
+        if isinstance(row, dict):
+            assert 5 < row["psnr"] <= 100

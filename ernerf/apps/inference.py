@@ -5,6 +5,7 @@ The renderer is anything with `render_image(...)` (docs/design/model_api.md); te
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import threading
 import time
@@ -212,11 +213,14 @@ class SubjectView:
     img_ids: np.ndarray  # [N] file index of each training frame (= frame of input_temp.mp4)
     background: Callable[[int], np.ndarray]  # training frame -> bg uint8 [H, W, 3]
     num_train: int | None = None  # frames 0 .. num_train-1 were trained on (None: all), the rest held out
+    num_coded: int | None = None  # frames 0 .. num_coded-1 have a torso code: trained on, or fitted (None: num_train)
+    store: FrameStore | None = None  # the frames as training reads them (ground truth, backgrounds)
 
-    def trained_frame(self, index: int) -> int | None:
-        """`index` where the model was trained on that frame (it has the frame's own codes), else None: a walk through
-        the frames also passes the held-out ones, which have none."""
-        return index if self.num_train is None or index < self.num_train else None
+    def coded_frame(self, index: int) -> int | None:
+        """`index` where the model has that frame's own torso code (trained on it, or fitted to it:
+        `with_held_out_codes`), else None: a walk through the frames also passes the held-out ones."""
+        coded = self.num_train if self.num_coded is None else self.num_coded
+        return index if coded is None or index < coded else None
 
     def face_points(self, img_id: int) -> np.ndarray | None:
         """Face-mesh points [478, 2] (68 landmarks if no mesh) of a frame in crop pixels, or None."""
@@ -251,8 +255,22 @@ def load_subject(root: Path | str, audio_file: str, background: str = "torso", s
     return SubjectView(
         layout=data.layout, poses=data.poses.numpy(), intrinsics=data.intrinsics, height=data.height,
         width=data.width, eye=data.eye.numpy(), img_ids=data.img_ids.numpy(), background=frame_background,
-        num_train=data.num_train,
+        num_train=data.num_train, store=store,
     )
+
+
+def with_held_out_codes(subject: SubjectView, system: Any, checkpoint: Path, last_frame: int,
+                        progress: bool = True) -> SubjectView:
+    """The subject with torso codes of its own for the held-out frames up to `last_frame` that a walk pastes into,
+    fitted to their images with a torso-stage `system` (ernerf/apps/torso_fit.py) and kept in the run folder for the
+    next call; unchanged for a model without a torso field or a walk that stays on the training frames."""
+    if getattr(system, "torso", None) is None or subject.store is None or last_frame < (subject.num_train or 0):
+        return subject
+    from ernerf.apps.torso_fit import held_out_codes
+
+    cache = Path(checkpoint).parents[1] / "fitted_torso_codes.pt"
+    coded = held_out_codes(system, subject.store, last_frame, checkpoint, cache, progress=progress)
+    return dataclasses.replace(subject, num_coded=coded)
 
 
 # ---------------------------------------------------------------- render loop
@@ -351,7 +369,7 @@ def _render(renderer: Renderer, subject: SubjectView, plan: MotionPlan, feats: n
     them in `outputs`)."""
     eye = None if plan.eye is None else float(plan.eye[t])
     return render_crop(renderer, subject, plan.poses[t], eye, audio_window(feats, t), bg, outputs,
-                       frame=subject.trained_frame(int(plan.indices[t])))
+                       frame=subject.coded_frame(int(plan.indices[t])))
 
 
 def render_crop(renderer: Renderer, subject: SubjectView, pose: np.ndarray, eye: float | None, window: np.ndarray,
@@ -359,8 +377,8 @@ def render_crop(renderer: Renderer, subject: SubjectView, pose: np.ndarray, eye:
     """One head crop from a pose [4, 4], a blink value, an audio window [8, 16, C] and a background [H, W, 3] (uint8,
     or float32 in [0, 1]): rgb uint8 [H, W, 3], depth and opacity float32 [H, W], those named in `outputs`.
 
-    `frame`: the training frame the crop is pasted into (its pose, its blink), None for a frame not trained on
-    (`SubjectView.trained_frame`). A torso field then draws that frame's torso (its per-frame code): new audio moves
+    `frame`: the frame the crop is pasted into (its pose, its blink) where it has a torso code of its own, else None
+    (`SubjectView.coded_frame`). A torso field then draws that frame's torso (its per-frame code): new audio moves
     the mouth, not where the body sat, and a torso drawn where the frame has it meets the frame's own at the paste's
     edge (docs/evaluation.md, "The torso code of the frame pasted into"). The head's codes stay the mean ones, as for
     any new audio."""
@@ -524,6 +542,9 @@ def infer_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer] |
     feats, warnings = driving_features(audio, kind, dim, extractor, cfg.features)
     subject = load_subject(Path(cfg.paths.data_root) / cfg.subject, trained.feature_file(kind),
                            trained.stage.background, cfg.pose.scale, tuple(cfg.pose.offset), cfg.downscale)
+    walk = plan_motion(subject.poses, subject.eye, len(feats), start=cfg.motion.start,
+                       smooth_window=cfg.motion.smooth_window)
+    subject = with_held_out_codes(subject, system, ckpt, int(walk.indices.max()), cfg.progress)
     pp = cfg.postprocess
     options = OutputOptions(PasteBack(pp.scheme, pp.blend, pp.feather_px, pp.dilate_px),
                             alpha=pp.alpha, depth=pp.depth, crf=pp.crf, workers=pp.workers)

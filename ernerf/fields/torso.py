@@ -74,12 +74,19 @@ class TorsoField(nn.Module):
                                     bound=1.0, backend=backend)
         self.color_net = MLP(self.grid.output_dim + cond_dim, 4, hidden_dim, num_layers)
         self.individual_codes = nn.Parameter(torch.randn(num_frames, individual_dim) * 0.1)
+        # Codes of frames after the training frames (row i: frame num_frames + i), fitted to those frames' images
+        # once the field is trained (ernerf/apps/torso_fit.py). Not saved: they belong to a subject's held-out frames.
+        self.register_buffer("fitted_codes", torch.zeros(0, individual_dim), persistent=False)
 
     def forward(self, coords: Tensor, c2w: Tensor, frame_index: Tensor | None) -> TorsoOutputs:  # [N, 2] in [-1, 1]
         """Colour, alpha and deformation of image points `coords` for a frame seen by camera `c2w` [4, 4]."""
+        return self.draw(coords, c2w, self.code(frame_index))
+
+    def draw(self, coords: Tensor, c2w: Tensor, code: Tensor) -> TorsoOutputs:  # [N, 2], [4, 4], [1, individual_dim]
+        """`forward` with the frame's torso code given rather than looked up (a code being fitted)."""
         x = coords.float() * self.shrink
         keypoints = pose_keypoints(self.anchors, c2w.to(x)).reshape(1, -1)  # [1, 2K]
-        frame_cond = torch.cat([self.pose_encoder(keypoints), self.code(frame_index)], -1)  # [1, P + I]
+        frame_cond = torch.cat([self.pose_encoder(keypoints), code.to(x)], -1)  # [1, P + I]
         coord = self.coord_encoder(x)  # [N, C]; the MLPs see [coord, frame_cond] without it being copied N times
         deform = self.deform_net.forward_parts([coord, frame_cond])  # [N, 2]
         h = self.color_net.forward_parts([self.grid((x + deform).clamp(-1, 1)), coord, frame_cond])
@@ -87,7 +94,18 @@ class TorsoField(nn.Module):
         return TorsoOutputs(rgb=squash[:, 1:].clamp(0, 1), alpha=squash[:, :1].clamp(0, 1), deform=deform)
 
     def code(self, frame_index: Tensor | None) -> Tensor:  # [1] long -> [1, individual_dim]
-        """A training frame's torso code; the mean code for new frames."""
+        """A frame's torso code (a training frame's, or a fitted one after them); the mean code for new frames."""
         if frame_index is None:
             return self.individual_codes.mean(0, keepdim=True)
+        if len(self.fitted_codes):
+            return frame_code(torch.cat([self.individual_codes, self.fitted_codes]), frame_index)
         return frame_code(self.individual_codes, frame_index)
+
+    @property
+    def num_coded(self) -> int:
+        """Frames with a code of their own: the training frames and those after them whose codes were fitted."""
+        return len(self.individual_codes) + len(self.fitted_codes)
+
+    def use_fitted_codes(self, codes: Tensor) -> None:
+        """Give frames num_frames .. num_frames + len(codes) - 1 these codes [F, individual_dim]."""
+        self.fitted_codes = codes.detach().to(self.individual_codes)

@@ -154,8 +154,9 @@ class TalkingHeadSystem(L.LightningModule):
 
         `frame_index`: the number of a training frame (its per-frame codes), or None (new audio: the mean codes).
         With a torso field, `bg` is the plate and the torso is composited between it and the head (+ torso_alpha [H, W]);
-        `torso_frame` gives the torso alone a training frame's code (new audio pasted into that frame: its torso
-        where the frame has it), else it follows `frame_index`.
+        `torso_frame` gives the torso alone a frame's code (new audio pasted into that frame: its torso where the frame
+        has it): a training frame's, or one fitted after them (`TorsoField.use_fitted_codes`); else it follows
+        `frame_index`.
         The execution may replay whole frames as a CUDA graph (engine.render_cuda_graph), with the same results."""
         return self._render(c2w, intrinsics, height, width, audio_window, eye, self.frame_index(frame_index), bg,
                             torso_frames=self._torso_frames(torso_frame))
@@ -181,12 +182,19 @@ class TalkingHeadSystem(L.LightningModule):
         order in which floats are summed: its rays march with the others', each sample conditioned by its own frame's
         codes."""
         frames = (None if torso_frames is None or self.torso is None
-                  else torch.cat([self.frame_index(int(f)) for f in torso_frames]))
+                  else torch.cat([self._torso_frames(int(f)) for f in torso_frames]))
         return self._render(c2w, intrinsics, height, width, audio_windows, eyes, None, bg, torso_frames=frames)
 
     def _torso_frames(self, frame: int | None) -> Tensor | None:
-        """`frame_index` of a torso frame, or None where the model has no torso field (nothing to give it to)."""
-        return None if self.torso is None else self.frame_index(frame)
+        """A torso frame's number as `frame_index` gives it, checked against the frames with a torso code (the
+        training frames and any fitted after them: `TorsoField.use_fitted_codes`); None where the model has no torso
+        field (nothing to give it to)."""
+        if self.torso is None or frame is None:
+            return None
+        if not 0 <= frame < self.torso.num_coded:
+            raise ErnerfError(f"torso frame {frame} is outside the {self.torso.num_coded} frames with a torso code of "
+                              "the model; pass torso_frame=None for the mean code")
+        return torch.tensor([frame], device=self.device)
 
     def _render(self, c2w: Tensor, intrinsics: Sequence[float] | Tensor, height: int, width: int, audio: Tensor,
                 eye: Tensor | None, frame_index: Tensor | None, bg: Tensor, head_only: bool = False,

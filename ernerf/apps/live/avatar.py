@@ -171,7 +171,7 @@ class LiveAvatar:
         for index, window, bg in heads:
             eye = None if self.subject.eye is None else float(self.subject.eye[index])
             requests.append(CropRequest(self.subject.poses[index], eye, window, bg,
-                                        frame=self.subject.trained_frame(index)))
+                                        frame=self.subject.coded_frame(index)))
         return render_crops(self.renderer, self.subject, requests, self.compositor.options.rendered)
 
     def paste(self, raw: dict[str, np.ndarray], index: int, sources: FrameSource) -> np.ndarray:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ernerf.apps.checkpoints import audio_extractor, find_trained
-from ernerf.apps.inference import OutputOptions, Renderer, audio_kind, load_subject
+from ernerf.apps.inference import OutputOptions, Renderer, audio_kind, load_subject, with_held_out_codes
 from ernerf.apps.live.avatar import LiveAvatar, pool_threads, quietest_window
 from ernerf.apps.live.render_queue import RenderBatching
 from ernerf.apps.preflight import check_port
@@ -46,6 +46,8 @@ def build_avatar(cfg: Any, renderer: Renderer | None = None) -> LiveAvatar:
     root = Path(cfg.paths.data_root) / cfg.subject
     subject = load_subject(root, trained.feature_file(kind), trained.stage.background, cfg.pose.scale,
                            tuple(cfg.pose.offset), cfg.downscale)
+    # the idle walk passes every frame, the held-out ones too: each gets a torso code of its own once
+    subject = with_held_out_codes(subject, renderer, trained.checkpoint, len(subject.poses) - 1)
     training_windows = np.load(root / trained.feature_file(kind), mmap_mode="r")
     pp = cfg.postprocess
     options = OutputOptions(PasteBack(pp.scheme, pp.blend, pp.feather_px, pp.dilate_px))
