@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# The local CPU wheel first, so that the range in pyproject.toml pulls no multi-GB CUDA build.
 	$(BIN)/pip install -q "$(TORCH_SPEC)" || $(BIN)/pip install -q "torch>=2.4,<2.15"
-	$(BIN)/pip install -q -e ".[test,cluster,demo,live,search]"
+	$(BIN)/pip install -q -e ".[test,cluster,demo,live,search,phones]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ernerf.errors import ErnerfError
 from ernerf.fields.torso import pixel_coords
 from ernerf.progress import Enabled, progress_bar
 
@@ -106,8 +107,8 @@ def held_out_codes(system: Any, store: Any, last_frame: int, checkpoint: Path, c
     if torso is None or last_frame < first:
         return 0 if torso is None else torso.num_coded
     if len(torso.individual_codes) != first:
-        raise ValueError(f"the torso field has {len(torso.individual_codes)} training codes, the subject {first} "
-                         "training frames")
+        raise ErnerfError(f"{checkpoint} was trained on {len(torso.individual_codes)} frames, the subject now has "
+                          f"{first} training frames: train its torso stage again (train.py stage=torso)")
     key = cache_key(checkpoint, data, fit)
     known: dict[int, Tensor] = {}
     if cache is not None and cache.is_file():

@@ -1,0 +1,61 @@
+"""audio_features=phones: PocketSphinx's phone decoding as 50 Hz rows of phone shares."""
+
+from __future__ import annotations
+
+import builtins
+
+import numpy as np
+import pytest
+
+from ernerf.audio.phones import PHONES, PhoneExtractor, phone_rows
+from ernerf.errors import ErnerfError
+
+
+def test_rows_are_each_phones_share_of_the_three_frames_around_the_rows_time() -> None:
+    aa, m = PHONES.index("AA"), PHONES.index("M")
+    labels = np.array([aa] * 4 + [m] * 6)  # 10 frames of 10 ms: AA for 40 ms, then M
+    rows = phone_rows(labels, 5)  # rows at 0, 20, 40, 60, 80 ms: frames (-1..1 clipped), 0..2, 2..4, 4..6, 6..8
+    assert rows.shape == (5, len(PHONES)) and np.allclose(rows.sum(1), 1)
+    assert np.allclose(rows[:, aa], [1, 1, 2 / 3, 0, 0]) and np.allclose(rows[:, m], [0, 0, 1 / 3, 1, 1])
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    pytest.importorskip("pocketsphinx")
+    import librosa
+
+    from ernerf.apps.tts import synthesize
+
+    wav, rate = synthesize("Papa made a big map of the moon.", voice="en", rate=150, pitch=45)
+    return librosa.resample(wav, orig_sr=rate, target_sr=16000).astype(np.float32)
+
+
+def test_speech_decodes_to_phones_and_silence_to_silence(speech: np.ndarray) -> None:
+    extractor = PhoneExtractor()
+    rows = extractor(speech)
+    assert rows.shape == (1 + len(speech) // 320, len(PHONES)) and np.allclose(rows.sum(1), 1)
+    spoken = rows[:, 1:].sum(1) > 0.5
+    assert 0.3 < spoken.mean() < 1.0  # a sentence: mostly phones, silence at its ends
+    assert len({int(i) for i in rows[spoken].argmax(1)}) >= 5  # several phones, not one label everywhere
+    quiet = extractor(np.zeros(16000, np.float32))
+    assert np.array_equal(quiet[:, 0], np.ones(len(quiet)))
+
+
+def test_a_quieter_voice_gives_the_same_rows(speech: np.ndarray) -> None:
+    """The recogniser normalises its cepstra: a gain (a quieter speaker, another microphone level) changes nothing,
+    where it shifts every log-mel band."""
+    extractor = PhoneExtractor()
+    assert np.array_equal(extractor(speech), extractor(speech * 0.1))
+
+
+def test_without_pocketsphinx_the_error_names_the_install(monkeypatch) -> None:
+    real_import = builtins.__import__
+
+    def no_pocketsphinx(name, *args, **kwargs):
+        if name == "pocketsphinx":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pocketsphinx)
+    with pytest.raises(ErnerfError, match=r"pip install -e '\.\[phones\]'"):
+        PhoneExtractor()(np.zeros(3200, np.float32))
