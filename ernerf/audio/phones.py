@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ernerf.audio.features import HOP, _check_wav, num_rows
+from ernerf.audio.features import FEATURE_RATE, HOP, _check_wav, num_rows, power_spectrogram, sliding_max
 from ernerf.constants import SAMPLE_RATE
 from ernerf.errors import ErnerfError
 
@@ -42,12 +42,15 @@ class PhoneExtractor:
     """50 Hz rows [T50, 40] of phone shares (`PHONES`) from PocketSphinx's all-phone decoding of 16 kHz audio.
 
     `language_weight` weighs the phone bigram model against the acoustics (PocketSphinx's advice for phone decoding:
-    2 to 10). Rows with no decoded frame near them (the audio's very end) are silence."""
+    2 to 10). Rows with no decoded frame near them (the audio's very end) are silence. `loudness` adds a 41st column:
+    the row's level relative to the loudest row within `window_seconds` around it, 0 at `floor_db` below it and 1 at
+    it (the speaker's and the microphone's level taken away, how loud this moment is against its neighbours kept)."""
 
-    feature_dim = len(PHONES)
-
-    def __init__(self, language_weight: float = 2.0, beam: float = 1e-20) -> None:
+    def __init__(self, language_weight: float = 2.0, beam: float = 1e-20, loudness: bool = False,
+                 window_seconds: float = 10.0, floor_db: float = 50.0) -> None:
         self.language_weight, self.beam = language_weight, beam
+        self.loudness, self.window_rows, self.floor_db = loudness, int(round(window_seconds * FEATURE_RATE)), floor_db
+        self.feature_dim = len(PHONES) + int(loudness)
         self._decoder = None
         self._lock = threading.Lock()  # one decoder, one utterance at a time (live streams share the extractor)
 
@@ -77,7 +80,16 @@ class PhoneExtractor:
         labels = np.zeros(frames, np.int64)  # silence where nothing was decoded
         for phone, first, last in self.segments(wav):
             labels[max(first, 0): min(last, frames - 1) + 1] = PHONE_INDEX.get(phone.upper(), 0)
-        return phone_rows(labels, num_rows(len(wav)))
+        rows = phone_rows(labels, num_rows(len(wav)))
+        if not self.loudness:
+            return rows
+        return np.concatenate([rows, self.relative_level(wav)[:, None]], 1)
+
+    def relative_level(self, wav: np.ndarray) -> np.ndarray:
+        """Each 50 Hz row's level against the loudest within the window around it, in [0, 1]. # [T] -> [T50]"""
+        level = 10 * np.log10(power_spectrogram(wav, 512, HOP, 400).sum(1).astype(np.float64) + 1e-10)
+        relative = level - sliding_max(level, self.window_rows)
+        return np.clip(1 + relative / self.floor_db, 0, 1).astype(np.float32)
 
 
 def phone_rows(labels: np.ndarray, rows: int) -> np.ndarray:

@@ -41,11 +41,16 @@ def test_speech_decodes_to_phones_and_silence_to_silence(speech: np.ndarray) -> 
     assert np.array_equal(quiet[:, 0], np.ones(len(quiet)))
 
 
-def test_a_quieter_voice_gives_the_same_rows(speech: np.ndarray) -> None:
-    """The recogniser normalises its cepstra: a gain (a quieter speaker, another microphone level) changes nothing,
-    where it shifts every log-mel band."""
-    extractor = PhoneExtractor()
-    assert np.array_equal(extractor(speech), extractor(speech * 0.1))
+@pytest.mark.parametrize("loudness", [False, True])
+def test_a_quieter_voice_gives_the_same_rows(speech: np.ndarray, loudness: bool) -> None:
+    """The recogniser normalises its cepstra, and the level column is relative to the loudest row near it: a gain (a
+    quieter speaker, another microphone level) changes neither, where it shifts every log-mel band."""
+    extractor = PhoneExtractor(loudness=loudness)
+    loud, quiet = extractor(speech), extractor(speech * 0.1)
+    assert loud.shape[1] == extractor.feature_dim == 40 + loudness
+    assert np.array_equal(loud[:, :40], quiet[:, :40]) and np.allclose(loud, quiet, atol=1e-4)
+    if loudness:  # the level follows the speech: loudest rows at 1, the silence before it at 0
+        assert loud[:, 40].max() == 1 and loud[0, 40] < 0.2 and np.ptp(loud[:, 40]) > 0.5
 
 
 def test_without_pocketsphinx_the_error_names_the_install(monkeypatch) -> None:
