@@ -83,7 +83,7 @@ def test_a_torso_frame_gives_the_torso_alone_that_frames_code() -> None:
     for name in ("rgb", "torso_alpha"):
         assert torch.allclose(own[name], only_three.render_image(*args)[name], atol=1e-6)
         assert not torch.allclose(own[name], system.render_image(*args)[name], atol=1e-4)  # not the mean code's
-    with pytest.raises(ErnerfError, match="frame_index=None"):
+    with pytest.raises(ErnerfError, match="torso_frame=None"):  # a frame with no torso code names the fix
         system.render_image(*args, torso_frame=10)
     head_only = build().eval()  # no torso field: the frame is nothing to it
     assert torch.equal(head_only.render_image(*args, torso_frame=3)["rgb"], head_only.render_image(*args)["rgb"])
