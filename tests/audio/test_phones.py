@@ -72,3 +72,21 @@ def test_without_pocketsphinx_the_error_names_the_install(monkeypatch) -> None:
     monkeypatch.setattr(builtins, "__import__", no_pocketsphinx)
     with pytest.raises(ErnerfError, match=r"pip install -e '\.\[phones\]'"):
         PhoneExtractor()(np.zeros(3200, np.float32))
+
+
+@pytest.mark.parametrize("kind, width", [("phones", 40), ("phonesl", 41)])
+def test_phone_kinds_compose_and_checkpoints_rebuild_their_extractor(kind: str, width: int) -> None:
+    """A checkpoint trained on phone features records their extractor, and infer.py rebuilds it for new audio."""
+    from hydra.utils import instantiate
+
+    from ernerf.apps.checkpoints import TrainedStage, audio_extractor
+    from tests.conftest import compose
+
+    cfg = compose("train", ["subject=someone", f"audio_features={kind}"])
+    assert cfg.datamodule.audio_file == f"aud_{kind}.npy" and cfg.model.audio_kind == kind
+    extractor = instantiate(cfg.audio_features.extractor)
+    assert isinstance(extractor, PhoneExtractor) and extractor.feature_dim == cfg.model.feature_dim == width
+    recorded = TrainedStage(None, None, {"kind": kind, "file": f"aud_{kind}.npy",  # type: ignore[arg-type]
+                                         "extractor": dict(cfg.audio_features.extractor)})
+    rebuilt = audio_extractor(recorded, kind, width)
+    assert isinstance(rebuilt, PhoneExtractor) and rebuilt.feature_dim == width and rebuilt.loudness == (width == 41)
