@@ -39,7 +39,8 @@ def _require_pocketsphinx() -> Any:
 
 
 class PhoneExtractor:
-    """50 Hz rows [T50, 40] of phone shares (`PHONES`) from PocketSphinx's all-phone decoding of 16 kHz audio.
+    """50 Hz rows [T50, feature_dim] of phone shares (`PHONES`, 40) from PocketSphinx's all-phone decoding of 16 kHz
+    audio, and with `loudness` the level beside them.
 
     `language_weight` weighs the phone bigram model against the acoustics (PocketSphinx's advice for phone decoding:
     2 to 10). Rows with no decoded frame near them (the audio's very end) are silence. `loudness` adds a 41st column:
@@ -74,7 +75,7 @@ class PhoneExtractor:
             return [(s.word, int(s.start_frame), int(s.end_frame)) for s in decoder.seg()]
 
     def __call__(self, wav: np.ndarray) -> np.ndarray:
-        """Phone shares of `wav`. # [T] -> [1 + T // 320, 40]"""
+        """Phone shares (and level) of `wav`. # [T] -> [1 + T // 320, feature_dim]"""
         wav = _check_wav(wav)
         frames = max(1, int(np.ceil(len(wav) / SAMPLE_RATE * FRAME_RATE)))
         labels = np.zeros(frames, np.int64)  # silence where nothing was decoded
