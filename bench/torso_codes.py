@@ -132,13 +132,15 @@ def main() -> None:
     print(f"{args.subject}: {len(frames)} {kind} frames at {data.height} px, {trained.checkpoint}")
     print(f"{'torso code':<26}" + "".join(f"{c:>8}" for c in ("whole", "pasted", "seam", "face", "hair", "neck", "torso",
                                                               "bg")))
-    figures = {}
+    figures, renders = {}, {}
     arms = (held_out_arms(system, data, store, frames, args.fit_steps) if args.held_out
             else (("mean", False, None), ("own frame", True, None)))
     for name, own, install in arms:
-        if install is not None:
-            install()
-        rendered = render_validation(system, data, store, frames, progress=False, own_torso=own)
+        if (own, install) not in renders:  # the mean code's frames, scored whole and on their right half, once
+            if install is not None:
+                install()
+            renders[own, install] = render_validation(system, data, store, frames, progress=False, own_torso=own)
+        rendered = renders[own, install]
         row = score(rendered, data, weights, right_half=name.endswith("right half"))
         figures[name] = row
         print(f"{name:<26}{row['psnr']:>8.2f}{row['pasted_psnr']:>8.2f}{row['seam_psnr']:>8.2f}"

@@ -64,11 +64,12 @@ def fit_torso_code(system: Any, c2w: Tensor, intrinsics: Tensor, height: int, wi
 
 def frame_pixels(height: int, width: int, part: str = "all") -> Tensor:
     """Flat pixel ids of a frame to fit on: "all", or its "left" or "right" half (NeRF-W's evaluation)."""
-    cols = torch.arange(height * width) % width
+    pixels = torch.arange(height * width)
     if part == "all":
-        return torch.arange(height * width)
+        return pixels
     if part in ("left", "right"):
-        return torch.nonzero(cols < width // 2 if part == "left" else cols >= width // 2)[:, 0]
+        left = pixels % width < width // 2
+        return pixels[left if part == "left" else ~left]
     raise ValueError(f"part must be all, left or right, not {part!r}")
 
 
@@ -104,8 +105,8 @@ def held_out_codes(system: Any, store: Any, last_frame: int, checkpoint: Path, c
     of their own (`TorsoField.num_coded`)."""
     data = store.data
     torso, first = system.torso, int(data.num_train)
-    if torso is None or last_frame < first:
-        return 0 if torso is None else torso.num_coded
+    if last_frame < first:
+        return torso.num_coded
     if len(torso.individual_codes) != first:
         raise ErnerfError(f"{checkpoint} was trained on {len(torso.individual_codes)} frames, the subject now has "
                           f"{first} training frames: train its torso stage again (train.py stage=torso)")
