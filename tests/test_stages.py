@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import cv2
@@ -391,7 +392,7 @@ def test_a_fitted_torso_code_draws_the_frame_its_own_code_draws(chained, subject
 
 
 def test_a_walk_through_held_out_frames_gives_them_fitted_torso_codes_kept_beside_the_run(chained, subject: Path,
-                                                                                          monkeypatch) -> None:
+                                                                                          monkeypatch, caplog) -> None:
     """infer.py's walk reaches the held-out frames: each gets a code fitted to its image, kept in the run folder and
     read back by the next call while the checkpoint is the same; a frame beyond the coded ones is refused."""
     import ernerf.apps.torso_fit as torso_fit
@@ -404,8 +405,12 @@ def test_a_walk_through_held_out_frames_gives_them_fitted_torso_codes_kept_besid
     system, view = _torso_system(subject), load_subject(subject / "data" / "sphere", "aud_mel.npy", background="plate")
     frames = len(view.poses)
     assert with_held_out_codes(view, system, ckpt, view.num_train - 1) is view  # the walk stays on trained frames
-    coded = with_held_out_codes(view, system, ckpt, frames - 1, progress=False)
+    with caplog.at_level(logging.INFO, logger=torso_fit.__name__):
+        coded = with_held_out_codes(view, system, ckpt, frames - 1, progress=False)
     assert coded.num_coded == system.torso.num_coded == frames and cache.is_file()
+    fitting = [r.getMessage() for r in caplog.records if "fitting torso codes" in r.getMessage()]
+    assert fitting == [f"fitting torso codes to {frames - view.num_train} held-out frames the walk reaches (once; "
+                       f"kept in {cache})"]  # said without a progress bar: a log or a pipe shows no bar
     plan = plan_motion(coded.poses, coded.eye, frames)
     assert [coded.coded_frame(int(i)) for i in plan.indices] == list(range(frames))
     feats = np.zeros((frames, 16, int(system.hparams.feature_dim)), np.float32)
@@ -419,8 +424,11 @@ def test_a_walk_through_held_out_frames_gives_them_fitted_torso_codes_kept_besid
 
     again = _torso_system(subject)
     monkeypatch.setattr(torso_fit, "fit_torso_codes", no_fitting)
-    assert with_held_out_codes(view, again, ckpt, frames - 1).num_coded == frames
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=torso_fit.__name__):
+        assert with_held_out_codes(view, again, ckpt, frames - 1).num_coded == frames
     assert torch.equal(again.torso.fitted_codes, fitted)
+    assert not any("fitting torso codes" in r.getMessage() for r in caplog.records)  # read back, nothing to say
     with pytest.raises(ErnerfError, match="outside the"):
         again.render_image(*(torch.from_numpy(view.poses[0]), view.intrinsics, SIZE, SIZE,
                              torch.zeros(8, 16, int(system.hparams.feature_dim)), None, None,

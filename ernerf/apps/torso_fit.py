@@ -11,6 +11,7 @@ that paper's evaluation, used by `bench/torso_codes.py --held-out`.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from ernerf.fields.torso import pixel_coords
 from ernerf.progress import Enabled, progress_bar
 
 CACHE_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,9 @@ def held_out_codes(system: Any, store: Any, last_frame: int, checkpoint: Path, c
             known = {int(f): c for f, c in zip(saved["frames"], saved["codes"])}
     wanted = list(range(first, last_frame + 1))
     missing = [f for f in wanted if f not in known]
-    if missing:
+    if missing:  # a line also where no progress bar shows (not a terminal): the fit can take a minute on a CPU
+        log.info("fitting torso codes to %d held-out frames the walk reaches (once%s)", len(missing),
+                 f"; kept in {cache}" if cache is not None else "")
         known.update(zip(missing, fit_torso_codes(system, store, missing, "all", fit, progress)))
         if cache is not None:
             frames = sorted(known)
