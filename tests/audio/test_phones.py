@@ -40,6 +40,8 @@ def test_speech_decodes_to_phones_and_silence_to_silence(speech: np.ndarray) -> 
     assert len({int(i) for i in rows[spoken].argmax(1)}) >= 5  # several phones, not one label everywhere
     quiet = extractor(np.zeros(16000, np.float32))
     assert np.array_equal(quiet[:, 0], np.ones(len(quiet)))
+    fresh = PhoneExtractor()(np.zeros(16000, np.float32))  # digital silence, no speech heard before it
+    assert np.array_equal(fresh[:, 0], np.ones(len(fresh)))
 
 
 @pytest.mark.parametrize("loudness", [False, True])
