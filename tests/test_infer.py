@@ -3,6 +3,7 @@ reports."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -257,8 +258,12 @@ def test_text_from_a_file_names_the_outputs(tmp_path):
     script.write_text("Welcome, everyone.\nIt's a pleasure.", encoding="utf-8")
     assert speech_text(f"@{script}", None) == "Welcome, everyone.\nIt's a pleasure."
     assert text_stem("Welcome, everyone.", f"@{script}") == "welcome"
-    assert text_stem("Hello there. This is a test.", "Hello there. This is a test.") == "Hello_there_This_is"
-    assert text_stem("Zoë spricht.", "Zoë spricht.") == "Zoë_spricht" and text_stem("?!", "?!") == "speech"
+    stem = text_stem("Hello there. This is a test.", "Hello there. This is a test.")
+    assert re.fullmatch(r"Hello_there_This_is_[0-9a-f]{6}", stem)
+    assert text_stem("Hello there.  This is\na test.", "Hello there.  This is\na test.") == stem  # the same words
+    assert text_stem("Hello there. This is another test.", "Hello there. This is another test.") != stem
+    assert re.fullmatch(r"Zoë_spricht_[0-9a-f]{6}", text_stem("Zoë spricht.", "Zoë spricht."))
+    assert re.fullmatch(r"speech_[0-9a-f]{6}", text_stem("?!", "?!"))
     assert speech_text(None, "a.wav") is None
 
 

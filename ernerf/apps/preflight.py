@@ -14,6 +14,7 @@ stage are read from its pickle alone (ernerf.apps.runs.peek_checkpoint).
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import socket
@@ -108,11 +109,13 @@ def speech_text(text: str | None, audio: str | None) -> str | None:
 
 
 def text_stem(text: str, source: str) -> str:
-    """A file-name stem for spoken text: the text file's stem, or its first words."""
+    """A file-name stem for spoken text: the text file's stem, or its first words and a digest of all of it (texts
+    that begin alike get their own output folders; the same text again goes to the same one, as an audio file does)."""
     if source.startswith("@"):
         return Path(source[1:]).stem
     words = re.sub(r"[^\w]+", "_", " ".join(text.split()[:4])).strip("_")
-    return words[:40] or "speech"
+    digest = hashlib.sha1(" ".join(text.split()).encode("utf-8")).hexdigest()[:6]
+    return f"{words[:40] or 'speech'}_{digest}"
 
 
 def output_paths(output: str | None, subject: str, audio: Path, stage: str) -> tuple[Path, str]:
