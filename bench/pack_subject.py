@@ -7,9 +7,9 @@ What goes: what training, `evaluate.py`, `infer.py` and the benches read. Left o
 video (`input.mp4`, `alpha.mp4`, `face_data.mp4`: nothing after preprocessing reads them), the crop frames' JPEGs
 (`ori_imgs/*.jpg`; their landmarks go), the previews, and the hidden entries: the preprocessing markers (`.steps/`,
 which name the files left out: a folder without markers is not checked, as one made by ER-NeRF's own scripts), its
-logs and lock. The RGBA torso images go as
-lossless WebP and come back as PNG with the same pixels (WebP keeps no colour under alpha 0, where the dataset's is
-black). An unpacked subject trains, evaluates and renders; preprocessing cannot go on in it (its markers stayed).
+logs and lock. The RGBA torso images go as lossless WebP and come back as PNG with the same pixels (WebP keeps no
+colour under alpha 0, where the dataset's is black). An unpacked subject trains, evaluates and renders;
+preprocessing cannot go on in it (its markers stayed).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def webp_of(path: Path) -> bytes:
 
 
 def decoded_torso(data: bytes) -> np.ndarray:
+    """A WebP torso image's pixels, black under alpha 0 as the dataset's PNGs are."""
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image.ndim == 3 and image.shape[2] == 4:
         image[image[..., 3] == 0] = 0
