@@ -38,7 +38,7 @@ from ernerf.postprocess.mux import ResultWriter
 from ernerf.postprocess.pasteback import HeadBox, PaletteMap, PasteBack, read_parsing_map
 from ernerf.postprocess.pipeline import Lookahead, OrderedSink, paste_workers, thread_pool
 from ernerf.preprocess.check import redo_hint
-from ernerf.progress import progress_bar
+from ernerf.progress import Enabled, progress_bar
 from ernerf.systems.loading import loader_for
 
 MIN_AUDIO_SECONDS = 0.5  # below this the audio net sees less than its 8-frame (0.32 s) window of real sound
@@ -260,7 +260,7 @@ def load_subject(root: Path | str, audio_file: str, background: str = "torso", s
 
 
 def with_held_out_codes(subject: SubjectView, system: Any, checkpoint: Path, last_frame: int,
-                        progress: bool = True) -> SubjectView:
+                        progress: Enabled = "auto") -> SubjectView:
     """The subject with torso codes of its own for the held-out frames up to `last_frame` that a walk pastes into,
     fitted to their images with a torso-stage `system` (ernerf/apps/torso_fit.py) and kept in the run folder for the
     next call; unchanged for a model without a torso field or a walk that stays on the training frames."""
@@ -475,7 +475,7 @@ class Compositor:
 
 def run_inference(renderer: Renderer, subject: SubjectView, feats: np.ndarray, audio: Path | str, out_dir: Path,
                   options: OutputOptions, name: str = "result", start: int = 0, smooth_window: int = 1,
-                  progress: bool = True) -> InferenceResult:
+                  progress: Enabled = "auto") -> InferenceResult:
     """Render one frame per 40 ms of audio, paste back, and encode result.mp4 with the audio.
 
     Rendering stays on this thread; backgrounds are made and source frames decoded ahead, frames are pasted
