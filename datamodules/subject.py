@@ -63,6 +63,11 @@ class SubjectData:
         (`smoothing_rows`), as `infer.py` pads an utterance."""
         return self.audio[torch.from_numpy(smoothing_rows(int(self.aud_ids[frame]), self.audio.shape[0]))]
 
+    def training_audio(self) -> Tensor:
+        """The feature windows of the training frames [num_train, 16, C]: what the audio net's input statistics are
+        taken from (held-out frames stay unseen)."""
+        return self.audio[self.aud_ids[: self.num_train]]
+
     def rects_of(self, frame: int) -> dict[str, Rect]:
         """The named regions of one frame."""
         return {name: Rect(*(int(v) for v in r[frame])) for name, r in self.rects.items()}

@@ -66,7 +66,8 @@ def test_main_prints_user_errors_and_exits_2(tmp_path: Path, monkeypatch: pytest
 #   - the sample video itself (its mouth animated from the loudness, what a perfect avatar gives): r = 0.83
 #   - the same mouth track with its frames shuffled (no sync at all), 500 shuffles: mean 0.06, p99 0.17, max 0.28
 # (the lag search and the autocorrelated loudness lift the no-sync figures above 0). 0.4 sits well above
-# every shuffle and leaves room below the ground truth for a few minutes of CPU training (the demo gives 0.52).
+# every shuffle and leaves room below the ground truth for a few minutes of CPU training (what the demo reaches:
+# docs/performance.md, "The demo preset").
 SYNC_THRESHOLD = 0.4
 
 

@@ -184,6 +184,17 @@ def test_lips_starts_from_the_head_and_logs_lip_crops(subject: Path, chained: di
     assert list((subject / "runs" / "sphere" / "lips" / "lip_crops").glob("*.png"))
 
 
+def test_a_stage_refuses_a_checkpoint_whose_audio_net_standardised_otherwise(subject: Path, chained: dict) -> None:
+    """Its statistics would be dropped without an error (or new ones put under weights that never saw them)."""
+    from hydra.utils import instantiate
+
+    head = str(subject / "runs" / "sphere" / "head" / "checkpoints" / "last.ckpt")
+    lips = instantiate(stage_config(subject, "lips", "model.audio_encoder.input_norm=true").model, num_frames=10)
+    with pytest.raises(ErnerfError, match="input_norm=false and this stage has true: add model.audio_encoder.input_norm=false"):
+        lips.load_initial_weights(head)
+    instantiate(stage_config(subject, "lips").model, num_frames=10).load_initial_weights(head)  # matching: loads
+
+
 def test_torso_freezes_the_head_and_learns_the_parsing_torso(subject: Path, chained: dict) -> None:
     from hydra.utils import instantiate
 

@@ -165,6 +165,27 @@ def test_ckpt_path_last_resumes_and_continues_the_step_count(trained: Path) -> N
     assert int(ckpt["state_dict"]["grid.num_updates"]) == 4  # one more refresh, before step 48
 
 
+def test_input_norm_takes_the_training_frames_statistics_into_the_checkpoint(trained: Path) -> None:
+    import shutil
+
+    import torch
+
+    from datamodules.subject import parse_subject
+    from ernerf.apps.train import train
+    from ernerf.systems.loading import load_system
+
+    tmp = trained.parents[2] / "input_norm"
+    shutil.copytree(trained.parents[2] / "data", tmp / "data")
+    train(tiny_config(tmp, 2, "model.audio_encoder.input_norm=true"))
+    ckpt = tmp / "runs" / "sphere" / "head" / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    rows = parse_subject(tmp / "data" / "sphere", "aud_mel.npy").training_audio().reshape(-1, 80).double()
+    torch.testing.assert_close(state["audio_encoder.net.input_shift"], rows.mean(0).float())
+    torch.testing.assert_close(state["audio_encoder.net.input_scale"], 1 / rows.std(0).clamp_min(1e-2).float())
+    loaded = load_system(ckpt, "cpu").audio_encoder.net
+    torch.testing.assert_close(loaded.input_shift, state["audio_encoder.net.input_shift"])
+
+
 @pytest.mark.slow
 def test_debug_fast_preset_learns_a_real_clip(prepare_subject, tmp_path: Path) -> None:
     from ernerf.apps.train import train

@@ -409,8 +409,19 @@ class TalkingHeadSystem(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.hparams.init_from:
+        if stage != "fit":
+            return
+        self.fit_audio_input_norm()
+        if self.hparams.init_from:  # a previous stage's statistics replace these (the same subject's)
             self.load_initial_weights(self.hparams.init_from)
+
+    def fit_audio_input_norm(self) -> None:
+        """An audio encoder that standardises its input takes the statistics of the training frames' features; a
+        resumed run's checkpoint restores its own after this."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if not getattr(self.audio_encoder, "input_norm", False) or datamodule is None:
+            return
+        self.audio_encoder.fit_input_norm(datamodule.data.training_audio())
 
     def load_initial_weights(self, path: str) -> None:
         """Start from a previous stage's checkpoint (weights only; new modules keep their init)."""
@@ -418,6 +429,18 @@ class TalkingHeadSystem(L.LightningModule):
             state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
         except FileNotFoundError as err:
             raise ErnerfError(f"init_from checkpoint {path} does not exist: train the previous stage first.") from err
+        self.check_audio_input_norm(state, path)
         missing, unexpected = self.load_state_dict(state, strict=False)
         log.info("initialised from %s (%d new, %d unused tensors)", path, len(missing), len(unexpected))
+
+    def check_audio_input_norm(self, state: Mapping[str, Tensor], path: str) -> None:
+        """A stage goes on from the audio net it starts from: one that standardised its input, or one that did not.
+        A mismatch would load without an error (the statistics dropped, or new ones under weights that never saw
+        them) and move the mouth wrongly, so it is refused."""
+        saved = "audio_encoder.net.input_shift" in state
+        ours = bool(getattr(self.audio_encoder, "input_norm", False))
+        if saved != ours:
+            raise ErnerfError(f"{path} was trained with model.audio_encoder.input_norm={str(saved).lower()} and this "
+                              f"stage has {str(ours).lower()}: add model.audio_encoder.input_norm={str(saved).lower()} "
+                              "(or the experiment= the previous stage ran with).")
 

@@ -47,3 +47,28 @@ def test_encoder_shapes_gradients_and_unsmoothed_mode() -> None:
 def test_wrong_feature_width_names_the_fix() -> None:
     with pytest.raises(ErnerfError, match="audio_features"):
         AudioEncoder(feature_dim=80)(torch.zeros(1, 8, 16, 1024))
+
+
+def test_input_norm_standardises_each_channel_with_the_training_statistics() -> None:
+    torch.manual_seed(0)
+    rows = torch.randn(50, 16, 80) * torch.linspace(0.5, 6.0, 80) - 10.0  # log-mel-like: far from zero, wide
+    plain, normed = AudioNet(80), AudioNet(80, input_norm=True)
+    normed.load_state_dict(plain.state_dict(), strict=False)
+    normed.fit_input_norm(rows)
+    standardised = (rows - rows.mean((0, 1))) / rows.std((0, 1))
+    torch.testing.assert_close(normed(rows), plain(standardised), rtol=1e-4, atol=1e-4)
+    assert normed(rows).std(0).mean() < plain(rows).std(0).mean()  # the raw offset no longer dominates the code
+
+
+def test_input_norm_statistics_travel_in_the_state_dict_and_a_flat_channel_is_not_blown_up() -> None:
+    rows = torch.randn(40, 16, 29)
+    rows[..., 3] = -18.4  # a band at the silence floor in every row
+    enc = AudioEncoder(29, input_norm=True)
+    enc.fit_input_norm(rows)
+    assert enc.net.input_scale[3] == pytest.approx(100.0)  # 1 / MIN_FEATURE_STD, not 1 / 0
+    copy = AudioEncoder(29, input_norm=True)
+    copy.load_state_dict(enc.state_dict())
+    torch.testing.assert_close(copy.net.input_shift, enc.net.input_shift)
+    assert "net.input_shift" not in AudioEncoder(29).state_dict()  # old checkpoints: no such buffers, none expected
+    with pytest.raises(ErnerfError, match="input_norm=True"):
+        AudioEncoder(29).fit_input_norm(rows)
