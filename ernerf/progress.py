@@ -36,26 +36,34 @@ def progress_bar(total: int | None, desc: str, unit: str = "frame", enabled: Ena
 
 class LoggedProgress:
     """Progress as log lines: `desc: n/total units, rate, time left` once every `every` seconds (none for work that
-    ends sooner), and one line with the total time at the end of work that wrote any."""
+    ends sooner), and one line with the total time at the end of work that wrote any. `initial`: units done before
+    (a resumed run), counted in `n` but not in the rate."""
 
     def __init__(self, total: int | None, desc: str, unit: str = "frame", every: float = LOG_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, initial: int = 0) -> None:
         self.total, self.desc, self.unit, self.every, self.clock = total, desc, unit, every, clock
-        self.n, self.lines = 0, 0
+        self.n = self.initial = initial
+        self.lines = 0
         self.start = self.last = clock()
 
     def update(self, n: int = 1) -> None:
         self.n += n
-        now = self.clock()
-        if now - self.last >= self.every:
-            self.last = now
-            self.lines += 1
-            log.info("%s", self.status(now))
+        if self.due():
+            self.write()
+
+    def due(self) -> bool:
+        """Whether a line is due (the caller may then gather more to say in it)."""
+        return self.clock() - self.last >= self.every
+
+    def write(self, detail: str = "") -> None:
+        """Log the status now, with `detail` after it."""
+        self.last = self.clock()
+        self.lines += 1
+        log.info("%s%s", self.status(self.last), f", {detail}" if detail else "")
 
     def status(self, now: float) -> str:
         """`desc: 52/132 frames, 5.4 frames/s, 15 s left` (no total and no time left where the total is not known)."""
-        elapsed = max(now - self.start, 1e-9)
-        rate = self.n / elapsed
+        rate = (self.n - self.initial) / max(now - self.start, 1e-9)
         if self.total is None:
             return f"{self.desc}: {self.n} {self.unit}s, {rate:.1f} {self.unit}s/s"
         left = f", {(self.total - self.n) / rate:.0f} s left" if rate > 0 else ""
@@ -63,7 +71,9 @@ class LoggedProgress:
 
     def close(self) -> None:
         if self.lines:
-            log.info("%s: %d %ss in %.0f s", self.desc, self.n, self.unit, self.clock() - self.start)
+            done, seconds = self.n - self.initial, self.clock() - self.start
+            log.info("%s: %d %ss in %.0f s (%.1f %ss/s)", self.desc, done, self.unit, seconds, done / max(seconds, 1e-9),
+                     self.unit)
 
     def __enter__(self) -> LoggedProgress:
         return self

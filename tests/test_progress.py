@@ -29,7 +29,7 @@ def test_captured_output_gets_a_line_every_interval_with_rate_and_time_left(capl
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0] == "rendering: 60/132 frames, 2.0 frames/s, 36 s left"
     assert lines[1] == "rendering: 120/132 frames, 2.0 frames/s, 6 s left"
-    assert lines[-1] == "rendering: 132 frames in 66 s" and len(lines) == 3
+    assert lines[-1] == "rendering: 132 frames in 66 s (2.0 frames/s)" and len(lines) == 3
 
 
 def test_quick_work_writes_no_line_and_an_unknown_total_has_no_time_left(caplog: pytest.LogCaptureFixture) -> None:
