@@ -57,8 +57,13 @@ class RunProgressBar(TQDMProgressBar):
             self.logged.n = step
             if self.logged.due():  # the metrics only then: reading them waits for the GPU
                 metrics = self.get_metrics(trainer, pl_module)
-                self.logged.write(", ".join(f"{k}={v}" for k, v in metrics.items() if k != "v_num"))
+                self.logged.write(", ".join(f"{k}={_short(v)}" for k, v in metrics.items() if k != "v_num"))
         if self._should_update(step, self.train_progress_bar.total):
             self.train_progress_bar.n = step
             self.train_progress_bar.refresh()
             self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+
+def _short(value: Any) -> str:
+    """A metric as the bar shows it: four significant digits."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -41,7 +41,7 @@ def test_where_output_is_not_a_terminal_the_run_logs_a_line_now_and_then(caplog,
     now = [0.0]
     bar = RunProgressBar(refresh_rate=1, log_lines=True, every=10.0, clock=lambda: now[0])
     assert bar.is_disabled  # no bar redraws in a log file
-    monkeypatch.setattr(bar, "get_metrics", lambda trainer, module: {"train/psnr": 20.0, "v_num": 3})
+    monkeypatch.setattr(bar, "get_metrics", lambda trainer, module: {"train/psnr": 20.012345, "v_num": 3})
     caplog.set_level(logging.INFO, logger="ernerf.progress")
     trainer = SimpleNamespace(max_steps=100, global_step=40, current_epoch=4)  # resumed at step 40
     bar.on_train_start(trainer, None)
@@ -52,5 +52,5 @@ def test_where_output_is_not_a_terminal_the_run_logs_a_line_now_and_then(caplog,
         bar.on_train_batch_end(trainer, None, None, None, batch)
     bar.on_train_end(trainer, None)
     lines = [r.getMessage() for r in caplog.records]
-    assert lines[0] == "training: 80/100 steps, 4.0 steps/s, 5 s left, train/psnr=20.0"
+    assert lines[0] == "training: 80/100 steps, 4.0 steps/s, 5 s left, train/psnr=20.01"
     assert lines[-1] == "training: 60 steps in 15 s (4.0 steps/s)" and len(lines) == 2
