@@ -33,7 +33,7 @@ class RunProgressBar(TQDMProgressBar):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
-        if self.log_lines:
+        if self.log_lines and getattr(trainer, "is_global_zero", True):  # one rank's lines under DDP
             total = trainer.max_steps if trainer.max_steps > 0 else None
             self.logged = LoggedProgress(total, "training", "step", self.every, self.clock, initial=trainer.global_step)
 

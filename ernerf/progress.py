@@ -30,8 +30,7 @@ def progress_bar(total: int | None, desc: str, unit: str = "frame", enabled: Ena
     if enabled in ("auto", None) and not sys.stderr.isatty():
         return LoggedProgress(total, desc, unit)
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True, leave=False,
-                mininterval=REDRAW_SECONDS, smoothing=0.1,
-                bar_format=BAR_FORMAT)
+                mininterval=REDRAW_SECONDS, smoothing=0.1, bar_format=BAR_FORMAT)
 
 
 class LoggedProgress:

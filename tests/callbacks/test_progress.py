@@ -54,3 +54,7 @@ def test_where_output_is_not_a_terminal_the_run_logs_a_line_now_and_then(caplog,
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0] == "training: 80/100 steps, 4.0 steps/s, 5 s left, train/psnr=20.01"
     assert lines[-1] == "training: 60 steps in 15 s (4.0 steps/s)" and len(lines) == 2
+
+    other_rank = RunProgressBar(log_lines=True)
+    other_rank.on_train_start(SimpleNamespace(max_steps=100, global_step=0, current_epoch=0, is_global_zero=False), None)
+    assert other_rank.logged is None  # under DDP one rank writes the lines
