@@ -22,7 +22,7 @@ from datamodules.samplers import RandomRaySampler, RaySampler, Rect
 from ernerf.audio.features import smoothing_rows
 from ernerf.constants import SMOOTH_WINDOW
 from ernerf.errors import ErnerfError
-from ernerf.io.layout import SubjectLayout
+from ernerf.io.layout import SubjectLayout, check_downscale
 # check_subject: train.py makes it before it imports this module (ernerf/apps/preflight.py)
 from ernerf.preprocess.check import check_subject, redo_hint
 from ernerf.rendering.rays import get_rays, nerf_matrix_to_ngp
@@ -77,8 +77,7 @@ def parse_subject(root: Path, audio_file: str, downscale: int = 1, scale: float 
                   offset: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> SubjectData:
     """Read transforms, intrinsics, audio features, AU45 and landmark rectangles of a subject folder."""
     layout = SubjectLayout(Path(root))
-    if isinstance(downscale, bool) or not isinstance(downscale, int) or downscale < 1:
-        raise ErnerfError(f"downscale={downscale} must be a whole number >= 1 (1: full size, 2: half, ...).")
+    check_downscale(downscale)
     check_subject(layout, audio_file)
     train, val = (json.loads(layout.transforms(s).read_text()) for s in ("train", "val"))
     frames = train["frames"] + val["frames"]

@@ -198,13 +198,17 @@ def infer_config(root: Path, *extra: str, audio: Path | None = None):
     (["downscale=-2"], ["downscale=-2", ">= 1"]),
     (["output=/proc/ernerf_out"], ["cannot write to /proc/ernerf_out", "output=<path>"]),
 ])
-def test_bad_inference_options_are_one_line_errors(workspace: Path, extra: list[str], words: list[str]) -> None:
+def test_bad_inference_options_are_one_line_errors(workspace: Path, extra: list[str], words: list[str],
+                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ernerf.apps.inference import infer_from_config
+
+    monkeypatch.chdir(tmp_path)  # where outputs/ would go
 
     with pytest.raises(ErnerfError) as info:
         infer_from_config(infer_config(workspace, *extra))
     assert all(w in str(info.value) for w in words), str(info.value)
     assert "bc.jpg" not in str(info.value)
+    assert not (tmp_path / "outputs").exists()  # a refused run makes no output folder
 
 
 def test_an_output_below_a_file_is_refused_by_evaluate(workspace: Path) -> None:

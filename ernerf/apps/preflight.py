@@ -27,7 +27,7 @@ from ernerf.apps.runs import check_run_folder, subject_eval_folder, validate_max
 from ernerf.apps.sweeps import is_multirun
 from ernerf.errors import ErnerfError
 from ernerf.io.atomic import writable_folder
-from ernerf.io.layout import SubjectLayout, check_subject_name
+from ernerf.io.layout import SubjectLayout, check_downscale, check_subject_name
 from ernerf.io.lock import exclusive_lock
 from ernerf.preprocess.check import check_subject
 
@@ -149,6 +149,7 @@ def plan_inference(cfg: Any) -> InferencePlan:
     audio = None if text is not None else Path(cfg.audio)
     if audio is not None and not audio.is_file():
         raise ErnerfError(f"audio file not found: {audio}. Give audio=<path to a wav/mp3/m4a file>.")
+    check_downscale(cfg.downscale)  # before the output folder is made: a refused run leaves nothing behind
     trained = find_trained(cfg.paths.runs_root, cfg.subject, cfg.stage_name)
     folder, name = output_paths(cfg.output, cfg.subject, audio or Path(text_stem(text, cfg.text)), trained.stage.name)
     writable_folder(folder, "output")

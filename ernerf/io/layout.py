@@ -161,3 +161,10 @@ def check_subject_name(name: object) -> str:
                           "name the subject, e.g. subject=anna, and set paths.data_root / paths.runs_root to keep "
                           "its files elsewhere.")
     return text
+
+
+def check_downscale(downscale: object) -> int:
+    """Frames are read at 1/downscale of the dataset's size: a whole number >= 1."""
+    if isinstance(downscale, bool) or not isinstance(downscale, int) or downscale < 1:
+        raise ErnerfError(f"downscale={downscale} must be a whole number >= 1 (1: full size, 2: half, ...).")
+    return downscale
