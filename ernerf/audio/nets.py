@@ -87,9 +87,13 @@ class AudioEncoder(nn.Module):
         super().__init__()
         self.feature_dim = feature_dim
         self.output_dim = out_dim
-        self.input_norm = input_norm
         self.net = AudioNet(feature_dim, out_dim, input_norm=input_norm)
         self.att = AudioAttNet(out_dim, smooth_window)
+
+    @property
+    def input_norm(self) -> bool:
+        """Whether the per-frame net standardises its input (its own setting)."""
+        return self.net.input_norm
 
     def fit_input_norm(self, rows: Tensor) -> None:
         """Standardise the feature channels with the statistics of the training features `rows` [..., C]."""
