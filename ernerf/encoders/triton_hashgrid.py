@@ -3,14 +3,14 @@
 One launch encodes every level and, for the tri-plane, every plane: each program owns a tile of
 BLOCK points x all L*F output columns x 2^D corners of one plane, so x is read and the output
 written as whole rows and the level tables are loaded once per tile. The backward scatters into
-fp32 buffers (exact accumulation even for half embeddings) with PTX `red` adds. There is no
-gradient w.r.t. the points: ER-NeRF never back-propagates into sample positions.
+fp32 buffers (exact accumulation even for half embeddings) with PTX `red` adds. The gradient w.r.t.
+the points, which the torso's deformation and the pose corrections need, is a third kernel, launched only when the
+points require it.
 Without CUDA the kernels run only under Triton's interpreter (`TRITON_INTERPRET=1`), for tests.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -92,7 +92,24 @@ def _tile(
     D: tl.constexpr, F: tl.constexpr, L: tl.constexpr, LOG2_T: tl.constexpr, BLOCK: tl.constexpr,
     COLS: tl.constexpr,
 ):
-    """Rows [B], column mask [B, C], and element offsets + weights [B, C, K] of all 2^D corners.
+    """Rows [B], columns [C], mask [B, C], and element offsets + weights [B, C, K] of all 2^D corners."""
+    rows, cols, ok, element, w0, w1, w2, scale = _tile_axes(
+        x_ptr, dims_ptr, offsets_ptr, res_ptr, plane, tile, n_points, stride_x, bound, D, F, L, LOG2_T, BLOCK, COLS
+    )
+    w = w0 * w1
+    if D == 3:
+        w = w * w2
+    return rows, cols, ok, element, w
+
+
+@triton.jit
+def _tile_axes(
+    x_ptr, dims_ptr, offsets_ptr, res_ptr, plane, tile, n_points, stride_x, bound,
+    D: tl.constexpr, F: tl.constexpr, L: tl.constexpr, LOG2_T: tl.constexpr, BLOCK: tl.constexpr,
+    COLS: tl.constexpr,
+):
+    """`_tile` with the corners' 1-D weights [B, C, K] along each axis apart (w2 = w1 when D == 2, unused) and
+    each level's grid scale [C] (R - 1).
 
     The corner axis is innermost, so one gather/scatter instruction covers all corners and the two
     corners along x (rows r, r + 1 when dense; rows differing in low bits when hashed), which
@@ -113,19 +130,17 @@ def _tile(
     scale = (res - 1).to(tl.float32)
     corner = tl.arange(0, 2**D)
     c, f = _grid_coord(x_ptr, dims_ptr, plane, 0, D, rows, row_ok, stride_x, bound, scale)
-    a0, w = _axis(c, f, 0, corner, res)
+    a0, w0 = _axis(c, f, 0, corner, res)
     c, f = _grid_coord(x_ptr, dims_ptr, plane, 1, D, rows, row_ok, stride_x, bound, scale)
     a1, w1 = _axis(c, f, 1, corner, res)
-    w = w * w1
-    a2 = a0  # unused for D == 2
+    a2, w2 = a0, w1  # unused for D == 2
     if D == 3:
         c, f = _grid_coord(x_ptr, dims_ptr, plane, 2, D, rows, row_ok, stride_x, bound, scale)
         a2, w2 = _axis(c, f, 2, corner, res)
-        w = w * w2
     row = _corner_row(a0, a1, a2, res, hashed, LOG2_T, D)
     element = (offset * F + cols % F)[None, :, None] + row * F
     ok = row_ok[:, None] & col_ok[None, :]
-    return rows, cols, ok, element, w
+    return rows, cols, ok, element, w0, w1, w2, scale
 
 
 @triton.jit
@@ -178,6 +193,53 @@ def _hashgrid_bwd_kernel(
     # Zero gradients add nothing: skipping them matters when a CUDA graph pads its fixed sample capacity with
     # copies of one point, whose (zero) gradients would otherwise all hit the same rows, serialising the atomics.
     _scatter_add(grad_ptr + element, value, ok[:, :, None] & (value != 0.0), USE_RED)
+
+
+@triton.jit
+def _axis_slope(x_ptr, dims_ptr, plane, d: tl.constexpr, D: tl.constexpr, rows, row_ok, stride_x, bound, g_value,
+                w_others, scale):
+    """d out / d x_d summed over a point's columns [B]: each corner's weight changes along d with slope
+    +-(R - 1) / (2 bound) times its weights along the other axes; zero where the point was clamped to the box."""
+    corner = tl.arange(0, 2**D)
+    sign = tl.where(((corner >> d) & 1) != 0, 1.0, -1.0)  # [K]
+    per_column = tl.sum(g_value * w_others * sign[None, None, :], axis=2)  # [B, C]
+    slope = tl.sum(per_column * (scale / (2.0 * bound))[None, :], axis=1)  # [B]
+    column = tl.load(dims_ptr + plane * D + d)
+    xd = tl.load(x_ptr + rows * stride_x + column, mask=row_ok, other=0.0).to(tl.float32)
+    return tl.where((xd >= -bound) & (xd <= bound), slope, 0.0)
+
+
+@triton.jit
+def _hashgrid_bwd_x_kernel(
+    x_ptr, dims_ptr, offsets_ptr, res_ptr, grad_out_ptr, stride_g, emb0_ptr, emb1_ptr, emb2_ptr, gx_ptr,
+    n_points, stride_x, bound,
+    D: tl.constexpr, F: tl.constexpr, L: tl.constexpr, P: tl.constexpr, LOG2_T: tl.constexpr,
+    BLOCK: tl.constexpr, COLS: tl.constexpr,
+):
+    """gx[p, n, d] = sum_{l, f, k} grad_out[n, p*L*F + l*F + f] * emb_p[offset_l + row_k, f] * d w_k / d x_d: each
+    plane's share of the points' gradient, summed over planes (and mapped to x's columns) by the caller."""
+    plane, tile = _program_plane_and_tile(P)
+    emb_ptr = _plane_pointer(plane, emb0_ptr, emb1_ptr, emb2_ptr)
+    rows, cols, ok, element, w0, w1, w2, scale = _tile_axes(
+        x_ptr, dims_ptr, offsets_ptr, res_ptr, plane, tile, n_points, stride_x, bound, D, F, L, LOG2_T, BLOCK, COLS
+    )
+    row_ok = rows < n_points
+    g = tl.load(grad_out_ptr + rows[:, None] * stride_g + plane * (L * F) + cols[None, :], mask=ok, other=0.0)
+    value = tl.load(emb_ptr + element, mask=ok[:, :, None], other=0.0).to(tl.float32)
+    g_value = value * g.to(tl.float32)[:, :, None]  # [B, C, K]
+    out = gx_ptr + (plane * n_points + rows) * D
+    if D == 3:
+        tl.store(out, _axis_slope(x_ptr, dims_ptr, plane, 0, D, rows, row_ok, stride_x, bound, g_value, w1 * w2,
+                                  scale), mask=row_ok)
+        tl.store(out + 1, _axis_slope(x_ptr, dims_ptr, plane, 1, D, rows, row_ok, stride_x, bound, g_value, w0 * w2,
+                                      scale), mask=row_ok)
+        tl.store(out + 2, _axis_slope(x_ptr, dims_ptr, plane, 2, D, rows, row_ok, stride_x, bound, g_value, w0 * w1,
+                                      scale), mask=row_ok)
+    else:
+        tl.store(out, _axis_slope(x_ptr, dims_ptr, plane, 0, D, rows, row_ok, stride_x, bound, g_value, w1, scale),
+                 mask=row_ok)
+        tl.store(out + 1, _axis_slope(x_ptr, dims_ptr, plane, 1, D, rows, row_ok, stride_x, bound, g_value, w0,
+                                      scale), mask=row_ok)
 
 
 _TABLES: dict[tuple, tuple[Tensor, Tensor]] = {}
@@ -285,6 +347,31 @@ def _(grad_out, x, dims, offsets_t, res_t, log2_hashmap_size, bound, embeddings)
     return [torch.empty_like(e) for e in embeddings]
 
 
+@torch.library.custom_op("ernerf::hashgrid_encode_backward_points", mutates_args=())
+def _encode_backward_points_op(grad_out: Tensor, x: Tensor, dims: Tensor, offsets_t: Tensor, res_t: Tensor,
+                               log2_hashmap_size: int, bound: float, embeddings: list[Tensor]) -> Tensor:
+    """The points' gradient [N, X] (x's shape): each plane's share per grid axis, added into the column of x that
+    feeds that axis."""
+    num_planes, input_dim = dims.shape
+    grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
+    xc = x if x.stride(-1) == 1 else x.contiguous()
+    shares = x.new_zeros(num_planes, x.shape[0], input_dim, dtype=torch.float32)  # [P, N, D]
+    grid, meta = _launch_args(x.shape[0], dims, res_t.shape[0], embeddings[0].shape[1])
+    if x.shape[0] > 0:
+        _hashgrid_bwd_x_kernel[grid](
+            xc, dims, offsets_t, res_t, grad_out, grad_out.stride(0), *_pad_planes([e.contiguous() for e in embeddings]),
+            shares, x.shape[0], xc.stride(0), bound, LOG2_T=log2_hashmap_size, **meta,
+        )
+    grad_x = x.new_zeros(x.shape, dtype=torch.float32)
+    grad_x.index_add_(1, dims.reshape(-1).long(), shares.permute(1, 0, 2).reshape(x.shape[0], -1))
+    return grad_x.to(x.dtype)
+
+
+@_encode_backward_points_op.register_fake
+def _(grad_out, x, dims, offsets_t, res_t, log2_hashmap_size, bound, embeddings):
+    return torch.empty_like(x)
+
+
 def _setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:
     x, dims, offsets_t, res_t, log2_hashmap_size, bound, embeddings = inputs
     ctx.save_for_backward(x, dims, offsets_t, res_t, *embeddings)  # embeddings: shapes and dtypes of the grads
@@ -292,10 +379,12 @@ def _setup_context(ctx: FunctionCtx, inputs: tuple, output: Tensor) -> None:
 
 
 def _backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple:
-    """Gradients w.r.t. the embeddings only: ER-NeRF never back-propagates into sample positions."""
+    """Gradients w.r.t. the embeddings, and w.r.t. the points where they require one."""
     x, dims, offsets_t, res_t, *embeddings = ctx.saved_tensors
     grads = _encode_backward_op(grad_out, x, dims, offsets_t, res_t, *ctx.config, embeddings)
-    return None, None, None, None, None, None, grads
+    grad_x = (_encode_backward_points_op(grad_out, x, dims, offsets_t, res_t, *ctx.config, embeddings)
+              if ctx.needs_input_grad[0] else None)
+    return grad_x, None, None, None, None, None, grads
 
 
 _encode_op.register_autograd(_backward, setup_context=_setup_context)
@@ -312,8 +401,6 @@ def encode_planes(
 ) -> Tensor:  # [N, P * L * F] float32
     """Encode P hash grids (each reading its own columns of x) in one forward and one backward launch."""
     _check_inputs(x, embeddings, offsets, resolutions, planes)
-    if x.requires_grad:
-        warnings.warn("triton hash grid: no gradient flows back to the points x (embeddings only)", stacklevel=2)
     offsets_t, res_t = _level_tables(offsets, resolutions, x.device)
     dims = _plane_dims(planes, x.device)
     return _encode_op(x, dims, offsets_t, res_t, int(log2_hashmap_size), float(bound), list(embeddings))
@@ -327,7 +414,7 @@ def hashgrid_triton(
     log2_hashmap_size: int,
     bound: float = 1.0,
 ) -> Tensor:  # [N, L * F] float32
-    """Triton twin of `hashgrid_torch` (same signature); gradients flow to `embeddings`, not to x."""
+    """Triton twin of `hashgrid_torch` (same signature and gradients)."""
     return encode_planes(x, [embeddings], offsets, resolutions, log2_hashmap_size, bound, [range(x.shape[-1])])
 
 

@@ -111,13 +111,37 @@ def test_interpreter_strided_points_and_empty_batch() -> None:
 
 
 @cpu_interpreter
-def test_interpreter_warns_that_points_get_no_gradient() -> None:
-    emb, offsets, resolutions = _grid(2, 2, 4, 8, 6, 1)
-    x = (torch.rand(8, 2) * 2 - 1).requires_grad_()
-    with pytest.warns(UserWarning, match="no gradient"):
-        out = hashgrid_triton(x, emb, offsets, resolutions, 6, 1.0)
-    grad_x, grad_emb = torch.autograd.grad(out.sum(), [x, emb], allow_unused=True)
-    assert grad_x is None and grad_emb.abs().sum() > 0
+@pytest.mark.parametrize(("dim", "level_dim"), [(2, 1), (2, 2), (3, 2)])
+def test_interpreter_points_gradient_matches_the_reference(dim: int, level_dim: int) -> None:
+    """What the torso's deformation and the pose corrections learn through: d out / d x, dense and hashed levels;
+    points outside the box (clamped) get none."""
+    torch.manual_seed(10 + dim)
+    emb, offsets, resolutions = _grid(dim, 4, 4, 40 if dim == 2 else 24, 8, level_dim)
+    x = ((torch.rand(150, dim) * 2.4 - 1.2) * 0.5).requires_grad_()  # bound 0.5: some clamped
+    g = torch.randn(150, 4 * level_dim)
+    (fast,) = torch.autograd.grad(hashgrid_triton(x, emb, offsets, resolutions, 8, 0.5), x, g)
+    (ref,) = torch.autograd.grad(hashgrid_torch(x, emb, offsets, resolutions, 8, 0.5), x, g)
+    assert fast.shape == x.shape and fast.abs().sum() > 0
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
+    outside = (x.detach().abs() > 0.5)
+    assert outside.any() and (fast[outside] == 0).all()
+
+
+@cpu_interpreter
+def test_interpreter_triplane_points_gradient_sums_the_planes_per_column() -> None:
+    torch.manual_seed(3)
+    grids = [_grid(2, 3, 4, 20, 7, 2) for _ in range(3)]
+    embs, offsets, resolutions = [g[0] for g in grids], grids[0][1], grids[0][2]
+    x = (torch.rand(80, 3) * 2 - 1).requires_grad_()
+    fast = triplane_triton(x, embs, offsets, resolutions, 7, 1.0)
+    ref = torch.cat([hashgrid_torch(x[:, list(d)], e, offsets, resolutions, 7, 1.0) for d, e in zip(TRIPLANE_DIMS, embs)], -1)
+    g = torch.randn_like(ref)
+    (fast_x,) = torch.autograd.grad(fast, x, g)
+    (ref_x,) = torch.autograd.grad(ref, x, g)
+    torch.testing.assert_close(fast_x, ref_x, rtol=1e-4, atol=1e-4)
+    frozen = [e.detach() for e in embs]  # frozen grids (the torso stage's head): the points still get theirs
+    (only_x,) = torch.autograd.grad(triplane_triton(x, frozen, offsets, resolutions, 7, 1.0), x, g)
+    torch.testing.assert_close(only_x, fast_x)
 
 
 def test_rejects_bad_inputs() -> None:
@@ -161,3 +185,25 @@ def test_cuda_triplane_and_half_parity() -> None:
     for a, b in zip(fast_grads, ref_grads):
         assert a.dtype == torch.float16
         torch.testing.assert_close(a.float(), b.half().float(), rtol=2e-3, atol=1e-3 * b.abs().max().item())
+
+
+@pytest.mark.gpu
+def test_cuda_points_gradient_parity_at_model_sizes() -> None:
+    """The points' gradient of ER-NeRF's tri-plane (the pose corrections') and of a 2D torso-sized grid (the
+    deformation's), against the reference at model sizes."""
+    torch.manual_seed(5)
+    grids = [_grid(2, 12, 64, 512, 14, 1) for _ in range(3)]
+    embs, offsets, resolutions = [g[0] for g in grids], grids[0][1], grids[0][2]
+    x = (torch.rand(2**16, 3, device="cuda") * 2 - 1).requires_grad_()
+    fast = triplane_triton(x, embs, offsets, resolutions, 14, 1.0)
+    ref = torch.cat([hashgrid_torch(x[:, list(d)], e, offsets, resolutions, 14, 1.0) for d, e in zip(TRIPLANE_DIMS, embs)], -1)
+    g = torch.randn_like(ref)
+    (fast_x,) = torch.autograd.grad(fast, x, g)
+    (ref_x,) = torch.autograd.grad(ref, x, g)
+    torch.testing.assert_close(fast_x, ref_x, rtol=1e-3, atol=1e-4 * ref_x.abs().max().item())
+    emb, offsets, resolutions = _grid(2, 16, 16, 2048, 16, 2)
+    pts = (torch.rand(2**16, 2, device="cuda") * 2 - 1).requires_grad_()
+    g = torch.randn(2**16, 32, device="cuda")
+    (fast_p,) = torch.autograd.grad(hashgrid_triton(pts, emb, offsets, resolutions, 16, 1.0), pts, g)
+    (ref_p,) = torch.autograd.grad(hashgrid_torch(pts, emb, offsets, resolutions, 16, 1.0), pts, g)
+    torch.testing.assert_close(fast_p, ref_p, rtol=1e-3, atol=1e-4 * ref_p.abs().max().item())
