@@ -9,7 +9,8 @@ evaluation and the benches load through `load_system`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import inspect
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ def load_system(path: Path | str, device: str = "auto", engine: Any = None, enco
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     checkpoint = read_checkpoint(path)
     hparams = model_hparams(checkpoint["hyper_parameters"], kernel_backend(encoder_backend, dev), dev)
-    system = TalkingHeadSystem(**hparams)
+    system = TalkingHeadSystem(**known_options(hparams, constructor_options(TalkingHeadSystem), path))
     try:
         system.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as exc:
@@ -94,6 +95,24 @@ def model_hparams(saved: Mapping[str, Any], backend: str, device: torch.device) 
     if isinstance(hparams.get("marcher"), Mapping):
         hparams["marcher"] = {k: v for k, v in hparams["marcher"].items() if k not in RETIRED_MARCHER_HPARAMS}
     return on_backend(hparams, backend, device)
+
+
+def constructor_options(cls: type) -> set[str]:
+    """The keyword arguments `cls(...)` takes."""
+    return {name for name in inspect.signature(cls.__init__).parameters if name != "self"}
+
+
+def known_options(hparams: Mapping[str, Any], known: Collection[str], path: Path | str) -> dict[str, Any]:
+    """`hparams` without the options of another version (a newer one, a branch) that this one's model lacks: one
+    left off (None) made no module and no weights, so it is dropped; one in use is refused, naming it, since its
+    weights need code that is not here."""
+    unknown = sorted(set(hparams) - set(known))
+    in_use = [name for name in unknown if hparams[name] is not None]
+    if in_use:
+        raise ErnerfError(f"{path} was trained with model options this version of ernerf does not have "
+                          f"({', '.join(in_use)}): load it with the version that trained it, or update this one "
+                          "(git pull && pip install -e .).")
+    return {name: value for name, value in hparams.items() if name not in unknown}
 
 
 def on_backend(node: Any, backend: str, device: torch.device) -> Any:

@@ -116,6 +116,19 @@ def test_what_cannot_load_says_why(tmp_path: Path) -> None:
         load_system(save(system, tmp_path / "wider.ckpt", num_frames=11), "cpu")
 
 
+def test_a_checkpoint_of_another_version_loads_when_its_unknown_options_are_off(tmp_path: Path) -> None:
+    """A checkpoint trained by a newer version or a branch records model options this version lacks: off (None),
+    they changed nothing and it loads as it is; in use, the error names them instead of a TypeError."""
+    system = head()
+    loaded = load_system(save(system, tmp_path / "off.ckpt", pose_refinement=None), "cpu")
+    assert "pose_refinement" not in loaded.hparams
+    got, ref = frame(loaded), frame(system)
+    for key in ref:
+        assert torch.equal(got[key], ref[key]), key
+    with pytest.raises(ErnerfError, match=r"does not have \(pose_refinement\).*git pull"):
+        load_system(save(system, tmp_path / "on.ckpt", pose_refinement={"zero_mean": True}), "cpu")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_a_model_trained_on_a_cpu_renders_with_the_triton_kernels_on_a_gpu(tmp_path: Path) -> None:
