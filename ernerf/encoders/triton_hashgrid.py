@@ -4,8 +4,8 @@ One launch encodes every level and, for the tri-plane, every plane: each program
 BLOCK points x all L*F output columns x 2^D corners of one plane, so x is read and the output
 written as whole rows and the level tables are loaded once per tile. The backward scatters into
 fp32 buffers (exact accumulation even for half embeddings) with PTX `red` adds. The gradient w.r.t.
-the points, which the torso's deformation and the pose corrections need, is a third kernel, launched only when the
-points require it.
+the points, which the torso's deformation learns through, is a third kernel, launched only when the points require
+it.
 Without CUDA the kernels run only under Triton's interpreter (`TRITON_INTERPRET=1`), for tests.
 """
 
@@ -399,7 +399,8 @@ def encode_planes(
     bound: float,
     planes: Sequence[Sequence[int]],  # P x D columns of x feeding each grid
 ) -> Tensor:  # [N, P * L * F] float32
-    """Encode P hash grids (each reading its own columns of x) in one forward and one backward launch."""
+    """Encode P hash grids (each reading its own columns of x) in one forward launch; the backward is one launch for
+    the tables and, where x requires a gradient, one for the points."""
     _check_inputs(x, embeddings, offsets, resolutions, planes)
     offsets_t, res_t = _level_tables(offsets, resolutions, x.device)
     dims = _plane_dims(planes, x.device)

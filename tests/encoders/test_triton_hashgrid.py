@@ -113,8 +113,8 @@ def test_interpreter_strided_points_and_empty_batch() -> None:
 @cpu_interpreter
 @pytest.mark.parametrize(("dim", "level_dim"), [(2, 1), (2, 2), (3, 2)])
 def test_interpreter_points_gradient_matches_the_reference(dim: int, level_dim: int) -> None:
-    """What the torso's deformation and the pose corrections learn through: d out / d x, dense and hashed levels;
-    points outside the box (clamped) get none."""
+    """What the torso's deformation learns through: d out / d x, dense and hashed levels; points outside the box
+    (clamped) get none."""
     torch.manual_seed(10 + dim)
     emb, offsets, resolutions = _grid(dim, 4, 4, 40 if dim == 2 else 24, 8, level_dim)
     x = ((torch.rand(150, dim) * 2.4 - 1.2) * 0.5).requires_grad_()  # bound 0.5: some clamped
@@ -189,8 +189,8 @@ def test_cuda_triplane_and_half_parity() -> None:
 
 @pytest.mark.gpu
 def test_cuda_points_gradient_parity_at_model_sizes() -> None:
-    """The points' gradient of ER-NeRF's tri-plane (the pose corrections') and of a 2D torso-sized grid (the
-    deformation's), against the reference at model sizes."""
+    """The points' gradient of ER-NeRF's tri-plane and of a 2D torso-sized grid (the deformation's), against the
+    reference at model sizes."""
     torch.manual_seed(5)
     grids = [_grid(2, 12, 64, 512, 14, 1) for _ in range(3)]
     embs, offsets, resolutions = [g[0] for g in grids], grids[0][1], grids[0][2]
