@@ -467,3 +467,34 @@ def test_the_torso_code_benchmark_fits_held_out_frames(chained, subject: Path, c
     for row in figures.values():
         if isinstance(row, dict):
             assert 5 < row["psnr"] <= 100
+
+
+def test_stage_all_resolves_an_overrides_interpolation_in_each_stages_config(tmp_path: Path, monkeypatch) -> None:
+    """`stage=all '+callbacks.clock.path=${run_dir}/clock.csv'`: each stage's file in its own run folder, not all
+    three in the chain's (`.../all`)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    import ernerf.apps.train as train_app
+    from tests.conftest import CONF_DIR
+
+    task = ["stage=all", "subject=anna", f"paths.runs_root={tmp_path}", "+clock_path=${run_dir}/clock.csv"]
+    paths = {}
+
+    def chain(cfg, compose_stage, train_fn, compose_preprocess):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            for name in cfg.stage.chain:
+                paths[name] = compose_stage(name).clock_path
+        return {name: None for name in cfg.stage.chain}
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose("train", task, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        monkeypatch.setattr(train_app, "run_chain", chain)
+        monkeypatch.setattr(train_app, "print_summary", lambda *args: None)
+        train_app.train_command(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+    finally:
+        HydraConfig.instance().cfg = None
+    assert paths == {name: str(tmp_path / "anna" / name / "clock.csv") for name in ("head", "lips", "torso")}

@@ -100,7 +100,9 @@ def train_command(cfg: DictConfig) -> float | None:
         metrics = train(cfg)
         print_summary(cfg.subject, cfg.stage.name, Path(cfg.run_dir), cfg.stage.get("next") or ())
         return metrics.get(metric)
-    task = list(HydraConfig.get().overrides.task)
+    # as typed: read through the config, an interpolation in an override (`${run_dir}`) would resolve in the chain's
+    # config (run_dir .../all) instead of each stage's
+    task = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
     composed: dict[str, DictConfig] = {}
 
     def compose_stage(name: str) -> DictConfig:
