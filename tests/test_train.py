@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import pytest
 from omegaconf import OmegaConf
 
@@ -243,3 +244,27 @@ def test_the_best_checkpoint_is_the_validated_state_ranked_by_its_own_validation
     assert kept["global_step"] == best_step + 1
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == sorted(
         ["last.ckpt", Path(best["path"]).name])
+
+
+class LevelWeightsSpy(L.Callback):
+    """Records the face encoder's level weights after each training step."""
+
+    seen: list[list[float]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        LevelWeightsSpy.seen.append(pl_module.field.encoder.level_weights.tolist())
+
+
+def test_a_level_window_trains_coarse_levels_first_and_ends_with_all_open(tmp_path: Path) -> None:
+    from tests.synthetic import write_synthetic_subject
+    from ernerf.apps.train import train
+
+    write_synthetic_subject(tmp_path / "data" / "sphere", num_frames=6, size=16)
+    LevelWeightsSpy.seen = []
+    train(tiny_config(tmp_path, 20, "model.level_window={first:1,until:0.5}", "callbacks.val_images=null",
+                      "+callbacks.level_spy._target_=tests.test_train.LevelWeightsSpy"))
+    seen = LevelWeightsSpy.seen
+    assert len(seen) == 20
+    assert seen[0] == [1.0, 0.0, 0.0, 0.0]  # step 0: the coarsest level alone
+    assert 0 < seen[5][2] < 1  # a level opening part-way (step 5: 2.5 of the 4 levels)
+    assert all(w == [1.0] * 4 for w in seen[10:])  # all open from half-way

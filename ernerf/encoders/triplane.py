@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -24,13 +26,35 @@ class TriPlaneEncoder(nn.Module):
         self.yz = HashGridEncoder(input_dim=2, **grid_kwargs)
         self.xz = HashGridEncoder(input_dim=2, **grid_kwargs)
         self.output_dim = 3 * self.xy.output_dim
+        # Per-level weights of a coarse-to-fine schedule (`open_levels`); unused until one is set, and never saved:
+        # a trained encoder has every level open.
+        self.register_buffer("level_weights", torch.ones(self.xy.num_levels), persistent=False)
+        self.windowed = False
+
+    @property
+    def num_levels(self) -> int:
+        return self.xy.num_levels
+
+    def open_levels(self, levels: float) -> None:
+        """Weight the levels coarse to fine: the first `floor(levels)` whole, the next by a cosine ease of the
+        fraction, the rest zero (no output, no gradient). The weights are written in place, so a captured CUDA graph
+        reads the new ones; once called, every forward applies them."""
+        ramp = (levels - torch.arange(self.num_levels, dtype=torch.float64)).clamp(0.0, 1.0)
+        eased = 0.5 * (1.0 - torch.cos(math.pi * ramp))
+        self.level_weights.copy_(eased.to(self.level_weights.dtype), non_blocking=True)
+        self.windowed = True
 
     def forward(self, x: Tensor) -> Tensor:  # [N, 3] -> [N, 3 * L * F]
         """Encode points by projecting them onto the three axis-aligned planes."""
         _check_points(x)
         if self.xy.uses_triton(x):
-            return self._triton_fused(x)
-        return torch.cat([self.xy(x[:, :2]), self.yz(x[:, 1:]), self.xz(x[:, 0::2])], dim=-1)
+            features = self._triton_fused(x)
+        else:
+            features = torch.cat([self.xy(x[:, :2]), self.yz(x[:, 1:]), self.xz(x[:, 0::2])], dim=-1)
+        if not self.windowed:
+            return features
+        per_level = features.reshape(x.shape[0], 3, self.num_levels, -1) * self.level_weights[:, None].to(features.dtype)
+        return per_level.reshape(x.shape[0], -1)
 
     def _triton_fused(self, x: Tensor) -> Tensor:  # [N, 3] -> [N, 3 * L * F]
         """All three planes in one Triton launch (same layout as three separate grids)."""

@@ -84,6 +84,7 @@ class TalkingHeadSystem(L.LightningModule):
         frozen: Sequence[str] = (),
         init_from: str | None = None,
         torso: Mapping | None = None,
+        level_window: Mapping | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # what the model is: ernerf.systems.loading.load_system rebuilds it from them
@@ -105,6 +106,7 @@ class TalkingHeadSystem(L.LightningModule):
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
         self.freeze_matching(frozen)
+        self.check_level_window(level_window)
 
     # ---------------------------------------------------------------- how it runs
     def use_execution(self, execution: Execution) -> None:
@@ -284,6 +286,28 @@ class TalkingHeadSystem(L.LightningModule):
         total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
         return min(self.global_step / max(total, 1), 1.0)
 
+    def check_level_window(self, window: Mapping | None) -> None:
+        """Refuse a coarse-to-fine schedule that the encoder or its own numbers cannot follow."""
+        if not window:
+            return
+        if not hasattr(self.field.encoder, "open_levels"):
+            raise ErnerfError(f"model.level_window needs an encoder with levels to open (encoder=triplane or "
+                              f"triplane_triton), not {type(self.field.encoder).__name__}: set model.level_window=null.")
+        first, until = window.get("first"), window.get("until")
+        if first is None or until is None or not 0 < until <= 1 or not 0 < first <= self.field.encoder.num_levels:
+            raise ErnerfError(f"model.level_window needs first in (0, {self.field.encoder.num_levels}] levels and "
+                              f"until in (0, 1] of the run, got {dict(window)}.")
+
+    def levels_open(self) -> float | None:
+        """How many of the face encoder's levels this step trains under `level_window` (coarse to fine: `first` at
+        the start, all by the `until` fraction of the run); None: all, no schedule. A stage that starts from a
+        previous stage's weights (`init_from`) has its fine levels trained already and keeps them all open."""
+        window = self.hparams.get("level_window")
+        if not window or self.hparams.init_from:
+            return None
+        levels = self.field.encoder.num_levels
+        return window["first"] + (levels - window["first"]) * min(self.step_fraction() / window["until"], 1.0)
+
     def loss_terms(self, out: RenderOutputs, batch: dict, torso: TorsoOutputs | None = None,
                    progress: Tensor | None = None) -> dict[str, Tensor]:
         """The active loss terms of one ray batch (names as in conf/loss/); patch and torso terms where they apply.
@@ -336,6 +360,9 @@ class TalkingHeadSystem(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> dict[str, Tensor]:
         log_now = self.logs_this_step()
         batch = {**batch, "step": step_scalar(self.global_step), "progress": step_scalar(self.step_fraction())}
+        levels = self.levels_open()
+        if levels is not None:
+            self.field.encoder.open_levels(levels)
         outputs = self.execution.train_step(self.step_outputs, batch)
         if log_now:
             self.log_step_values(outputs)

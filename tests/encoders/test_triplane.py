@@ -46,3 +46,40 @@ def test_triplane_fits_an_image_in_a_few_hundred_steps() -> None:
         losses.append(loss.item())
     assert losses[-1] < 0.02 * losses[0]
     assert -10 * math.log10(losses[-1]) > 30  # PSNR in dB for a [0, 1] image
+
+
+def windowed_pair(levels: int = 4) -> tuple[TriPlaneEncoder, TriPlaneEncoder, torch.Tensor]:
+    """An encoder with random tables, a twin of it, and points."""
+    torch.manual_seed(0)
+    enc = TriPlaneEncoder(num_levels=levels, level_dim=2, base_resolution=8, desired_resolution=64, log2_hashmap_size=10)
+    with torch.no_grad():
+        for plane in (enc.xy, enc.yz, enc.xz):
+            plane.embeddings.normal_()
+    twin = TriPlaneEncoder(num_levels=levels, level_dim=2, base_resolution=8, desired_resolution=64, log2_hashmap_size=10)
+    twin.load_state_dict(enc.state_dict())
+    return enc, twin, torch.rand(50, 3) * 2 - 1
+
+
+def test_open_levels_zero_the_closed_levels_and_weigh_the_opening_one() -> None:
+    enc, twin, x = windowed_pair()
+    full = twin(x).view(50, 3, 4, 2)  # planes, levels, features
+    enc.open_levels(2.5)  # levels 0-1 whole, level 2 half-way on the cosine ease, level 3 closed
+    out = enc(x).view(50, 3, 4, 2)
+    torch.testing.assert_close(out[:, :, :2], full[:, :, :2])
+    torch.testing.assert_close(out[:, :, 2], 0.5 * full[:, :, 2])
+    assert out[:, :, 3].abs().max() == 0 and full[:, :, 3].abs().max() > 0
+    enc(x).square().sum().backward()
+    rows = enc.xy.offsets  # a level's rows: a closed level's get no gradient, the open ones do
+    assert enc.xy.embeddings.grad[rows[3]:rows[4]].abs().max() == 0
+    assert enc.xy.embeddings.grad[rows[0]:rows[1]].abs().max() > 0
+
+
+def test_all_levels_open_is_the_plain_encoder_and_the_weights_are_written_in_place() -> None:
+    enc, twin, x = windowed_pair()
+    storage = enc.level_weights.data_ptr()
+    enc.open_levels(1.0)
+    assert enc.level_weights.tolist() == [1.0, 0.0, 0.0, 0.0]
+    enc.open_levels(4.0)  # a captured CUDA graph reads the buffer it captured: it must stay that buffer
+    assert enc.level_weights.data_ptr() == storage and enc.level_weights.tolist() == [1.0] * 4
+    torch.testing.assert_close(enc(x), twin(x))
+    assert "level_weights" not in enc.state_dict()  # a trained encoder loads with every level open

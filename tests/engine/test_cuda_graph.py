@@ -86,6 +86,20 @@ def assert_replays_match_eager(system, twin, graphed: GraphedStep, grad_atol) ->
 
 @gpu
 @needs_cuda
+def test_level_weights_written_between_replays_reach_the_graph() -> None:
+    system, twin = open_system_and_twin()
+    for model in (system, twin):  # the coarse-to-fine schedule part-way: a level closed, one opening
+        model.field.encoder.open_levels(2.5)
+    graphed = graphed_step(system)
+    graphed(ray_batch(0))
+    for model in (system, twin):  # later steps open more, in place: the captured graph must read the new weights
+        model.field.encoder.open_levels(3.25)
+    assert_replays_match_eager(system, twin, graphed, grad_atol=lambda r: 1e-6)
+    assert graphed.captures == 1
+
+
+@gpu
+@needs_cuda
 def test_graph_recaptures_when_the_occupied_samples_outgrow_the_capacity() -> None:
     torch.manual_seed(0)
     system = build().cuda()

@@ -127,3 +127,25 @@ def test_a_frozen_pattern_that_matches_nothing_is_an_error() -> None:
     system = instantiate(cfg.model, num_frames=4)
     assert not any(p.requires_grad for p in system.field.parameters())
     assert all(p.requires_grad for p in system.torso.parameters())
+
+
+def test_a_level_window_opens_the_face_levels_over_its_part_of_a_run_from_scratch(monkeypatch) -> None:
+    system = build("model.level_window={first:1,until:0.5}")  # SMALL's encoder has 4 levels
+    opened = {}
+    for fraction in (0.0, 0.25, 0.5, 0.9):
+        monkeypatch.setattr(system, "step_fraction", lambda f=fraction: f)
+        opened[fraction] = system.levels_open()
+    assert opened == {0.0: 1.0, 0.25: 2.5, 0.5: 4.0, 0.9: 4.0}
+    assert build().levels_open() is None  # the default: no schedule
+    # a stage that starts from trained weights (lips) keeps every level open
+    assert build("model.level_window={first:1,until:0.5}", "model.init_from=head.ckpt").levels_open() is None
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.level_window={first:1,until:0.5}", "encoder=grid3d"], "encoder with levels to open"),
+    (["model.level_window={first:1,until:0}"], "until in"),
+    (["model.level_window={first:9,until:0.5}"], "first in"),
+])
+def test_a_level_window_the_encoder_cannot_follow_is_refused(overrides: list[str], message: str) -> None:
+    with pytest.raises((ErnerfError, InstantiationException), match=message):
+        build(*overrides)
