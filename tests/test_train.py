@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import CONF_DIR, compose
@@ -268,3 +269,30 @@ def test_a_level_window_trains_coarse_levels_first_and_ends_with_all_open(tmp_pa
     assert seen[0] == [1.0, 0.0, 0.0, 0.0]  # step 0: the coarsest level alone
     assert 0 < seen[5][2] < 1  # a level opening part-way (step 5: 2.5 of the 4 levels)
     assert all(w == [1.0] * 4 for w in seen[10:])  # all open from half-way
+
+
+class ThreadsSpy(L.Callback):
+    """Records torch's thread count at each training step."""
+
+    seen: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        ThreadsSpy.seen.append(torch.get_num_threads())
+
+
+def test_cpu_threads_hold_while_a_cpu_run_trains_and_are_given_back(tmp_path: Path) -> None:
+    from tests.synthetic import write_synthetic_subject
+    from ernerf.apps.train import train
+
+    write_synthetic_subject(tmp_path / "data" / "sphere", num_frames=6, size=16)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ThreadsSpy.seen = []
+        train(tiny_config(tmp_path, 4, "cpu_threads=1", "callbacks.val_images=null",
+                          "+callbacks.threads_spy._target_=tests.test_train.ThreadsSpy"))
+        assert ThreadsSpy.seen == [1] * 4 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert compose("train", ["subject=x", "experiment=demo"]).cpu_threads == 1  # the demo's steps on one thread
+    assert compose("train", ["subject=x"]).cpu_threads is None

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
@@ -39,7 +38,6 @@ from ernerf.preprocess.pipeline import build_steps, preprocess_subject
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the demo composes the real entry-point configs
 SUBJECT = "demo"
 TRAIN_EXPERIMENT = "demo"  # conf/experiment/demo.yaml
-TRAIN_THREADS = 1
 SYNC_MAX_LAG = 2  # frames: mouth shapes lead or trail the sound by a frame or two
 
 
@@ -119,14 +117,7 @@ def _train_done(ctx: DemoContext) -> bool:
 
 
 def _train(ctx: DemoContext) -> None:
-    threads = torch.get_num_threads()
-    # Demo-sized steps are too small to split over threads: a second thread only spin-waits, and on a loaded machine
-    # the spinning slows the steps (docs/performance.md, "Figures behind code choices").
-    torch.set_num_threads(TRAIN_THREADS)
-    try:
-        train(train_config(ctx))
-    finally:
-        torch.set_num_threads(threads)
+    train(train_config(ctx))  # on one thread: the demo experiment's `cpu_threads`
 
 
 def infer_config(ctx: DemoContext, overrides: Sequence[str] = ()) -> DictConfig:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.accelerators import CPUAccelerator
 from omegaconf import DictConfig, OmegaConf
 
 from ernerf.apps.chain import (initial_checkpoint, planned_world_size, preprocess_overrides, run_budget, run_chain,
@@ -41,6 +44,18 @@ def quiet_library_noise() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_ADVERTS)  # once, however often called
     # Lightning's pytree helper calls an API that this torch deprecates; nothing here uses it
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `threads` meanwhile (None: left as they are), then as they were."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -75,7 +90,8 @@ def fit_stage(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(OmegaConf.to_container(cfg))
     log.info("training %s/%s for %d steps (per rank, %d rank(s)) in %s", cfg.subject, cfg.run_name, max_steps,
              world_size, cfg.run_dir)
-    trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
+    with cpu_threads(cfg.get("cpu_threads") if isinstance(trainer.accelerator, CPUAccelerator) else None):
+        trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
     trainer.save_checkpoint(Path(cfg.run_dir) / "checkpoints" / "last.ckpt")  # the final state, whatever the interval
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     mark_finished(cfg.run_dir, trainer.global_step, metrics, cfg.model.init_from, best_saved(trainer))
