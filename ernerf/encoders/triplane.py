@@ -53,8 +53,8 @@ class TriPlaneEncoder(nn.Module):
             features = torch.cat([self.xy(x[:, :2]), self.yz(x[:, 1:]), self.xz(x[:, 0::2])], dim=-1)
         if not self.windowed:
             return features
-        per_level = features.reshape(x.shape[0], 3, self.num_levels, -1) * self.level_weights[:, None].to(features.dtype)
-        return per_level.reshape(x.shape[0], -1)
+        weights = self.level_weights[:, None].to(features.dtype)  # [L, 1] over [N, planes, L, F]
+        return (features.reshape(x.shape[0], 3, self.num_levels, -1) * weights).reshape(x.shape[0], -1)
 
     def _triton_fused(self, x: Tensor) -> Tensor:  # [N, 3] -> [N, 3 * L * F]
         """All three planes in one Triton launch (same layout as three separate grids)."""
