@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.accelerators import CPUAccelerator
@@ -25,6 +23,7 @@ from ernerf.apps.runs import (launched_rank, mark_finished, peek_checkpoint, pre
 from ernerf.apps.sweeps import label_run, rerun_arguments
 from ernerf.errors import ErnerfError
 from ernerf.io.layout import check_subject_name
+from ernerf.threads import torch_threads
 
 log = logging.getLogger("train")
 
@@ -44,18 +43,6 @@ def quiet_library_noise() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_ADVERTS)  # once, however often called
     # Lightning's pytree helper calls an API that this torch deprecates; nothing here uses it
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-
-
-@contextlib.contextmanager
-def cpu_threads(threads: int | None) -> Iterator[None]:
-    """torch's intra-op threads set to `threads` meanwhile (None: left as they are), then as they were."""
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -90,7 +77,7 @@ def fit_stage(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(OmegaConf.to_container(cfg))
     log.info("training %s/%s for %d steps (per rank, %d rank(s)) in %s", cfg.subject, cfg.run_name, max_steps,
              world_size, cfg.run_dir)
-    with cpu_threads(cfg.get("cpu_threads") if isinstance(trainer.accelerator, CPUAccelerator) else None):
+    with torch_threads(cfg.get("cpu_threads") if isinstance(trainer.accelerator, CPUAccelerator) else None):
         trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
     trainer.save_checkpoint(Path(cfg.run_dir) / "checkpoints" / "last.ckpt")  # the final state, whatever the interval
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

@@ -19,9 +19,7 @@ of the head rotation seen from an OpenGL camera (`diag(1,-1,-1) @ R`): zeros mea
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +31,7 @@ from ernerf.io.atomic import atomic_path, write_text
 from ernerf.io.layout import SubjectLayout
 from ernerf.preprocess.base import PreprocessStep, StepContext
 from ernerf.preprocess.check import redo_hint
+from ernerf.threads import torch_threads
 
 # torch is imported inside the functions that use it: building the preprocessing steps must not import it (the
 # runner imports it in a background thread while the first steps run: TrackingStep.preload)
@@ -285,23 +284,11 @@ def track(mesh: np.ndarray, valid: np.ndarray, size: int, focal_prior: float = 1
     weights = np.where(valid, 1.0, 0.05)  # interpolated frames mostly follow the smoothness prior
     probe = np.flatnonzero(valid)[np.unique(np.linspace(0, valid.sum() - 1, probe_frames).astype(int))]
     scale = size / 512.0
-    with _torch_threads(1):  # a tiny problem: thread hand-offs cost more than they bring
+    with torch_threads(1):  # a tiny problem: thread hand-offs cost more than they bring
         template = canonical_template(mean_shape(mesh, frames=np.flatnonzero(valid)))[list(STABLE_IDS)]
         focal, _ = search_focal(template, uv[probe], size, focal_prior * scale, focal_sigma,
                                 (focal_range[0] * scale, focal_range[1] * scale), template_weight=template_weight)
         return fit_poses(template, uv, weights, focal, size, smooth_weight, template_weight)
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------- outputs
