@@ -85,7 +85,7 @@ def score(rendered, data, weights: np.ndarray, right_half: bool = False) -> dict
     return row
 
 
-def held_out_arms(system, data, store, frames: np.ndarray, steps: int):
+def held_out_arms(system, data, store, frames: np.ndarray, steps: int, neighbours: tuple[int, ...] = ()):
     """(name, own_torso, install) of each way to code the validation frames: the mean code on the whole frame and
     on its right half, codes fitted on the left half scored on the right, and fitted on the whole frame."""
     from ernerf.apps.torso_fit import CodeFit, fit_torso_codes
@@ -95,8 +95,28 @@ def held_out_arms(system, data, store, frames: np.ndarray, steps: int):
             system.torso.use_fitted_codes(fit_torso_codes(system, store, frames, part, CodeFit(steps=steps)))
         return install
 
+    def nearest(k: int):
+        def install() -> None:
+            system.torso.use_fitted_codes(pose_neighbour_codes(system, data, frames, k))
+        return install
+
     return (("mean", False, None), ("mean, right half", False, None),
+            *((f"{k} nearest in pose", True, nearest(k)) for k in neighbours),
             ("fitted left, right half", True, fitted("left")), ("fitted whole frame", True, fitted("all")))
+
+
+def pose_neighbour_codes(system, data, frames: np.ndarray, k: int) -> torch.Tensor:
+    """Each frame's code as the mean of the codes of the k training frames whose torso anchors the camera sees
+    nearest to where it sees this frame's (the pose the torso field is driven by) [len(frames), individual_dim]."""
+    from ernerf.fields.torso import pose_keypoints
+
+    torso = system.torso
+    with torch.no_grad():
+        anchors = torso.anchors.detach().cpu()
+        keys = torch.stack([pose_keypoints(anchors, c2w).reshape(-1) for c2w in data.poses])  # [F, 2K]
+        distance = torch.cdist(keys[torch.as_tensor(frames)], keys[: data.num_train])  # [V, T]
+        nearest = distance.topk(k, largest=False).indices  # [V, k]
+        return torso.individual_codes.detach()[nearest.to(torso.individual_codes.device)].mean(1)
 
 
 def main() -> None:
@@ -108,6 +128,8 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=10, help="score every n-th training frame")
     parser.add_argument("--held-out", action="store_true", help="score the validation frames with fitted codes")
     parser.add_argument("--fit-steps", type=int, default=100)
+    parser.add_argument("--pose-neighbours", type=int, nargs="*", default=[],
+                        help="--held-out: also code each frame by the mean code of its k nearest training frames in pose")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -133,7 +155,7 @@ def main() -> None:
     print(f"{'torso code':<26}" + "".join(f"{c:>8}" for c in ("whole", "pasted", "seam", "face", "hair", "neck", "torso",
                                                               "bg")))
     figures, renders = {}, {}
-    arms = (held_out_arms(system, data, store, frames, args.fit_steps) if args.held_out
+    arms = (held_out_arms(system, data, store, frames, args.fit_steps, tuple(args.pose_neighbours)) if args.held_out
             else (("mean", False, None), ("own frame", True, None)))
     for name, own, install in arms:
         if (own, install) not in renders:  # the mean code's frames, scored whole and on their right half, once
