@@ -157,11 +157,13 @@ def test_lips_sampler_alternates_the_lips_square_and_random_rays(subject: Path) 
 def test_all_makes_three_checkpoints_and_a_rerun_skips_them(subject: Path, chained: dict) -> None:
     from ernerf.apps.chain import run_chain
     from ernerf.apps.checkpoints import trained_stages
+    from ernerf.apps.runs import read_record
 
     assert set(chained) == {"head", "lips", "torso"} and all(chained.values())
     for stage in ("head", "lips", "torso"):
         assert checkpoint(subject, stage)["global_step"] == STEPS[stage]
-        assert (subject / "runs" / "sphere" / stage / "finished.json").is_file()
+        record = read_record(subject / "runs" / "sphere" / stage)
+        assert record is not None and record.offers_best == (stage != "torso")  # conf/stage/<stage>.yaml
     torso, lips = checkpoint(subject, "torso")["stage"], checkpoint(subject, "lips")["stage"]
     assert torso == {"name": "torso", "background": "plate", "previous": ["lips", "head"]}
     assert lips == {"name": "lips", "background": "torso", "previous": ["head"]}

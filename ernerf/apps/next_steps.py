@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ernerf.apps.runs import RunRecord, command, last_checkpoint
+from ernerf.apps.runs import FALL_DB, RunRecord, command, last_checkpoint
 
 # Figures shown first, in this order, with their unit; any other val/ figure follows as logged.
 SHOWN = {"val/psnr": "dB", "val/ssim": "", "val/lpips": "", "val/lmd": "px"}
@@ -20,12 +20,15 @@ def figures_line(metrics: Mapping[str, float]) -> str:
 
 
 def finished_summary(subject: str, stage: str, run_dir: Path | str, step: int, metrics: Mapping[str, float],
-                     next_stages: Sequence[str] = (), best: Mapping[str, Any] | None = None) -> str:
+                     next_stages: Sequence[str] = (), best: Mapping[str, Any] | None = None,
+                     offers_best: bool = True) -> str:
     """The lines printed when a stage finishes; `next_stages` are the stages that may follow it (none: the last);
-    `best`, the checkpoint kept as the best validated one (`RunRecord.best`)."""
+    `best`, the checkpoint kept as the best validated one (`RunRecord.best`), offered if the run fell when
+    `offers_best` (`RunRecord.offers_best`)."""
     run_dir = Path(run_dir)
     lines = [f"finished {stage} of {subject} at step {step}: {figures_line(metrics)}",
-             f"  checkpoint  {last_checkpoint(run_dir)}", *fall_warning(subject, run_dir, metrics, best, next_stages)]
+             f"  checkpoint  {last_checkpoint(run_dir)}",
+             *fall_warning(subject, run_dir, metrics, best, next_stages, offers_best)]
     if (run_dir / "csv" / "metrics.csv").is_file():
         lines.append(f"  metrics     {run_dir / 'csv' / 'metrics.csv'}")
     if (run_dir / "val_images").is_dir():
@@ -38,10 +41,11 @@ def finished_summary(subject: str, stage: str, run_dir: Path | str, step: int, m
     return "\n".join(lines)
 
 
-def fall_headline(metrics: Mapping[str, float], best: Mapping[str, Any] | None) -> str | None:
-    """`val/psnr fell to ...` when a run ended FALL_DB or more under the best checkpoint it kept (`RunRecord.fall`);
-    None otherwise."""
-    drop = RunRecord(None, dict(metrics), None, dict(best) if best else None).fall()
+def fall_headline(metrics: Mapping[str, float], best: Mapping[str, Any] | None,
+                  offers_best: bool = True) -> str | None:
+    """`val/psnr fell to ...` when a run ended FALL_DB or more under the best checkpoint it kept and its stage offers
+    that one then (`RunRecord.fall`); None otherwise."""
+    drop = RunRecord(None, dict(metrics), None, dict(best) if best else None, offers_best).fall()
     if drop is None:
         return None
     return (f"val/psnr fell to {float(metrics['val/psnr']):.2f} dB by the end, {drop:.1f} dB under the "
@@ -49,9 +53,12 @@ def fall_headline(metrics: Mapping[str, float], best: Mapping[str, Any] | None) 
 
 
 def fall_warning(subject: str, run_dir: Path, metrics: Mapping[str, float], best: Mapping[str, Any] | None,
-                 next_stages: Sequence[str]) -> list[str]:
+                 next_stages: Sequence[str], offers_best: bool = True) -> list[str]:
     """Lines telling that the run fell (`fall_headline`) and that what follows it starts from its best checkpoint,
-    with the commands that take the last one instead; none otherwise."""
+    with the commands that take the last one instead; for a stage that offers its last checkpoint all the same, a
+    note saying so; none otherwise."""
+    if not offers_best:
+        return kept_last_note(metrics, best)
     headline = fall_headline(metrics, best)
     if headline is None:
         return []
@@ -62,3 +69,15 @@ def fall_warning(subject: str, run_dir: Path, metrics: Mapping[str, float], best
     lines += [f"  {command(subject, name, f'init_from={last}')}   # the {name} stage from the last one"
               for name in next_stages]
     return lines
+
+
+def kept_last_note(metrics: Mapping[str, float], best: Mapping[str, Any] | None) -> list[str]:
+    """For a stage whose validation does not pick what follows it (`stage.offer_best_if_fell: false`): a note when its
+    val/psnr ended FALL_DB or more under its best kept checkpoint's, naming that checkpoint; none otherwise."""
+    drop = RunRecord(None, dict(metrics), None, dict(best) if best else None).drop()
+    if drop is None or drop < FALL_DB:
+        return []
+    return [f"note: val/psnr ended {drop:.1f} dB under the {float(best['value']):.2f} dB of step {best.get('step')}; "
+            "this stage offers its last checkpoint all the same (stage.offer_best_if_fell=false: its validation "
+            "does not score what infer.py renders)",
+            f"  best        {best['path']}"]

@@ -83,6 +83,7 @@ class RunRecord:
     metrics: dict[str, float]
     init_from: dict[str, str] | None  # {"path", "sha1"} of the previous stage's checkpoint, when it started from one
     best: dict[str, Any] | None = None  # the checkpoint kept as the best validated: {"path", "step", "monitor", "value"}
+    offers_best: bool = True  # whether a fall offers `best` instead of the last (the stage's `offer_best_if_fell`)
 
     def summary(self) -> str:
         """`step N, val/psnr X dB` (what is known of it)."""
@@ -98,14 +99,19 @@ class RunRecord:
             return None
         return float(best["value"])
 
-    def fall(self) -> float | None:
-        """How many dB the final val/psnr lies under the best kept checkpoint's (`best_psnr`), when FALL_DB or more;
-        None otherwise."""
+    def drop(self) -> float | None:
+        """How many dB the final val/psnr lies under the best kept checkpoint's (`best_psnr`); None if either is
+        unknown."""
         kept = self.best_psnr()
         if kept is None or "val/psnr" not in self.metrics:
             return None
-        drop = kept - float(self.metrics["val/psnr"])
-        return drop if drop >= FALL_DB else None
+        return kept - float(self.metrics["val/psnr"])
+
+    def fall(self) -> float | None:
+        """`drop` when it is FALL_DB or more and the stage offers its best checkpoint then (what follows the run
+        starts from that one); None otherwise."""
+        drop = self.drop()
+        return drop if self.offers_best and drop is not None and drop >= FALL_DB else None
 
     def stale_init(self) -> str | None:
         """Why the checkpoint this stage started from is not the one there now (None: unchanged, or none)."""
@@ -127,17 +133,19 @@ def read_record(run_dir: Path | str) -> RunRecord | None:
     data = json.loads(path.read_text())
     if "metrics" not in data:  # the first layout held the metrics alone
         return RunRecord(None, data, None)
-    return RunRecord(data.get("step"), data["metrics"], data.get("init_from"), data.get("best"))
+    return RunRecord(data.get("step"), data["metrics"], data.get("init_from"), data.get("best"),
+                     data.get("offers_best", True))
 
 
 def mark_finished(run_dir: Path | str, step: int, metrics: dict[str, float], init_from: str | None,
-                  best: dict[str, Any] | None = None) -> None:
+                  best: dict[str, Any] | None = None, offers_best: bool = True) -> None:
     """Record that a stage ran to its end (what `stage=all` and later reruns check); rank 0 writes it. `best`: the
-    checkpoint the run kept as its best validated one (`RunRecord.best`)."""
+    checkpoint the run kept as its best validated one (`RunRecord.best`); `offers_best`: whether what follows the run
+    takes that one if the run fell (`RunRecord.fall`)."""
     if launched_rank():
         return
     start = {"path": str(init_from), "sha1": file_digest(init_from)} if init_from else None
-    record = {"step": step, "metrics": metrics, "init_from": start, "best": best,
+    record = {"step": step, "metrics": metrics, "init_from": start, "best": best, "offers_best": offers_best,
               "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
     write_text(Path(run_dir) / FINISHED, json.dumps(record, indent=1))
 

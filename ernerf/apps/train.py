@@ -81,7 +81,8 @@ def fit_stage(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
     trainer.save_checkpoint(Path(cfg.run_dir) / "checkpoints" / "last.ckpt")  # the final state, whatever the interval
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    mark_finished(cfg.run_dir, trainer.global_step, metrics, cfg.model.init_from, best_saved(trainer))
+    mark_finished(cfg.run_dir, trainer.global_step, metrics, cfg.model.init_from, best_saved(trainer),
+                  bool(cfg.stage.get("offer_best_if_fell", True)))
     return metrics
 
 
@@ -130,7 +131,7 @@ def warn_if_fell(subject: str, run_dir: Path, metrics: dict[str, float]) -> None
     """One log line when a stage of a chain ended FALL_DB or more under its best kept checkpoint (`fall_headline`),
     which what follows the stage takes instead of its last."""
     record = read_record(run_dir)
-    headline = fall_headline(metrics, record.best if record else None)
+    headline = fall_headline(metrics, record.best if record else None, record.offers_best if record else True)
     if headline:
         log.warning("%s: later stages, infer.py and evaluate.py take that one, %s", headline, record.best["path"])
 
@@ -140,4 +141,5 @@ def print_summary(subject: str, stage: str, run_dir: Path, next_stages: Sequence
     record = read_record(run_dir)
     if record is None or launched_rank():
         return
-    print(finished_summary(subject, stage, run_dir, record.step, record.metrics, next_stages, record.best), flush=True)
+    print(finished_summary(subject, stage, run_dir, record.step, record.metrics, next_stages, record.best,
+                           record.offers_best), flush=True)

@@ -115,14 +115,14 @@ def test_a_checkpoints_plain_entries_are_read_without_building_its_tensors(tmp_p
     assert plain_entries(cut) is None and peek_checkpoint(cut) is None and checkpoint_step(cut) is None
 
 
-def finish_run(run_dir: Path, final_psnr: float, best_psnr: float) -> Path:
+def finish_run(run_dir: Path, final_psnr: float, best_psnr: float, offers_best: bool = True) -> Path:
     """finished.json of a run whose last validation scored `final_psnr` and whose kept checkpoint `best_psnr`."""
     from ernerf.apps.runs import mark_finished
 
     best = run_dir / "checkpoints" / "step0004000.ckpt"
     torch.save({"global_step": 4000, "stage": stage_record("head", "torso")}, best)
     mark_finished(run_dir, 10000, {"val/psnr": final_psnr}, None,
-                  {"path": str(best), "step": 4000, "monitor": "val/psnr", "value": best_psnr})
+                  {"path": str(best), "step": 4000, "monitor": "val/psnr", "value": best_psnr}, offers_best)
     return best
 
 
@@ -152,3 +152,19 @@ def test_a_run_that_fell_offers_its_best_checkpoint_to_inference_evaluation_and_
     assert initial_checkpoint(compose("train", ["subject=anna", "stage=lips", f"init_from={last}"])) == str(last)
     best.unlink()  # gone (a user tidied up): the last one, rather than nothing
     assert offered_checkpoint(run_dir) == last and find_trained(tmp_path, "anna", "head").checkpoint == last
+
+
+def test_a_stage_that_does_not_offer_its_best_offers_its_last_however_far_its_validation_fell(tmp_path: Path) -> None:
+    from ernerf.apps.runs import offered_checkpoint, read_record
+
+    last = save_checkpoint(tmp_path, "anna", "torso", stage=stage_record("torso", "plate", "lips", "head"))
+    run_dir = last.parents[1]
+    finish_run(run_dir, final_psnr=28.4, best_psnr=29.9, offers_best=False)
+    record = read_record(run_dir)
+    assert record.drop() == pytest.approx(1.5) and record.fall() is None and not record.offers_best
+    assert offered_checkpoint(run_dir) == last and find_trained(tmp_path, "anna", "torso").checkpoint == last
+    finish_run(run_dir, final_psnr=28.4, best_psnr=29.9)  # the same figures from a stage that offers it
+    assert offered_checkpoint(run_dir) != last and read_record(run_dir).fall() == pytest.approx(1.5)
+    finished = run_dir / "finished.json"
+    finished.write_text(finished.read_text().replace('"offers_best": true, ', ''))  # a record from before the key
+    assert read_record(run_dir).offers_best and offered_checkpoint(run_dir) != last

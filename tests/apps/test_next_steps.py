@@ -91,3 +91,15 @@ def test_a_chain_tells_of_a_stage_that_fell_as_it_ends(tmp_path: Path, caplog: p
     assert [r.getMessage() for r in caplog.records] == [
         "val/psnr fell to 23.10 dB by the end, 1.6 dB under the 24.71 dB of the checkpoint kept at step 5000: later "
         f"stages, infer.py and evaluate.py take that one, {BEST['path']}"]
+
+
+def test_a_stage_that_offers_its_last_notes_a_fall_without_the_warning(tmp_path: Path) -> None:
+    text = finished_summary("anna", "torso", tmp_path, 10000, {"val/psnr": 23.10}, [], BEST, offers_best=False)
+    lines = text.splitlines()
+    assert lines[2] == ("note: val/psnr ended 1.6 dB under the 24.71 dB of step 5000; this stage offers its last "
+                        "checkpoint all the same (stage.offer_best_if_fell=false: its validation does not score what "
+                        "infer.py renders)")
+    assert lines[1] == f"  checkpoint  {tmp_path / 'checkpoints' / 'last.ckpt'}" and "warning" not in text
+    assert f"  best        {BEST['path']}" in lines
+    within = finished_summary("anna", "torso", tmp_path, 10000, {"val/psnr": 23.8}, [], BEST, offers_best=False)
+    assert "note:" not in within and len(within.splitlines()) == len(lines) - 2
