@@ -90,6 +90,28 @@ def test_the_budget_per_rank_is_planned_once_before_the_run_is_built() -> None:
     assert planned_world_size(compose("train", ["subject=x", "trainer=cpu"]).trainer) == 1
 
 
+def test_a_long_stage_validates_at_most_max_validations_times() -> None:
+    from omegaconf import OmegaConf
+
+    torso = compose("train", ["subject=x", "stage=torso", "trainer=cpu"])  # 30 steps a frame, at most 200,000
+    assert run_budget(torso, num_train_frames=6818, world_size=1) == 200_000
+    OmegaConf.resolve(torso)
+    assert torso.trainer.val_check_interval == 10_000  # 200,000 / 20, not every 2,000 steps
+    assert torso.callbacks.last_checkpoint.every_n_train_steps == 10_000  # last.ckpt follows
+    short = compose("train", ["subject=x", "stage=head", "trainer=cpu"])
+    assert run_budget(short, num_train_frames=227, world_size=1) == 10_000
+    assert short.trainer.val_check_interval == 2000  # 5 validations: as given
+    every = compose("train", ["subject=x", "stage=head", "trainer=cpu", "max_validations=null"])
+    run_budget(every, num_train_frames=6818, world_size=1)
+    assert every.trainer.max_steps == 100_000 and every.trainer.val_check_interval == 2000
+    ddp = compose("train", ["subject=x", "stage=torso", "trainer=ddp_cpu"])
+    assert run_budget(ddp, num_train_frames=6818, world_size=2) == 100_000
+    assert ddp.trainer.val_check_interval == 5000  # widened for the whole budget, then divided as the steps are
+    wrong = compose("train", ["subject=x", "trainer=cpu", "max_validations=0"])
+    with pytest.raises(ErnerfError, match="max_validations=0"):
+        run_budget(wrong, num_train_frames=6818, world_size=1)
+
+
 def test_lr_scaling_survives_the_scheduler() -> None:
     from ernerf.systems.talking_head import exponential_decay
 

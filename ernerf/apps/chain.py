@@ -25,6 +25,18 @@ def stage_steps(cfg: DictConfig, num_train_frames: int) -> int:
     return int(min(max(steps, cfg.stage.min_steps), cfg.stage.max_steps))
 
 
+def validation_interval(interval: int | float, steps: int, most: int | None) -> int | float:
+    """Steps between validations for a run of `steps`: `interval`, widened so that the run validates at most `most`
+    times (each validation renders the validation frames and rewrites last.ckpt); a fraction of an epoch, or `most`
+    None, stays as given."""
+    if most is None or isinstance(interval, float) or steps <= 0:
+        return interval
+    if most <= 0:
+        raise ErnerfError(f"max_validations={most}: give a positive number, or null to validate every "
+                          "trainer.val_check_interval steps.")
+    return max(int(interval), math.ceil(steps / most))
+
+
 def per_rank_steps(single_device_steps: int, world_size: int) -> int:
     """Optimizer steps that see as many rays on `world_size` ranks as `single_device_steps` on one device."""
     return single_device_steps if single_device_steps <= 0 else math.ceil(single_device_steps / world_size)
@@ -33,11 +45,15 @@ def per_rank_steps(single_device_steps: int, world_size: int) -> int:
 def run_budget(cfg: DictConfig, num_train_frames: int, world_size: int) -> int:
     """Plan the run's steps per rank in `cfg`, once, before anything is built from it; returns them.
 
-    trainer.max_steps becomes the stage's budget for the subject (`stage_steps`). On W > 1 ranks with `divide_steps`,
+    trainer.max_steps becomes the stage's budget for the subject (`stage_steps`), and a literal validation interval
+    widens to validate at most `max_validations` times (`validation_interval`). On W > 1 ranks with `divide_steps`,
     that budget, the validation interval and the loss ramps given in steps are each divided by W (rounded up): the
     ranks together see the rays one device would, validate at the same fractions of the run and end the ramps there.
     Values given as interpolations (the head stage's ramps, `${trainer.max_steps}`) follow what they name."""
     cfg.trainer.max_steps = stage_steps(cfg, num_train_frames)
+    if not OmegaConf.is_interpolation(cfg.trainer, "val_check_interval"):
+        cfg.trainer.val_check_interval = validation_interval(cfg.trainer.val_check_interval, cfg.trainer.max_steps,
+                                                             cfg.get("max_validations"))
     if world_size > 1 and cfg.divide_steps:
         for node, key in [(cfg.trainer, "max_steps"), (cfg.trainer, "val_check_interval"),
                           *((cfg.loss.ramps, name) for name in (cfg.loss.get("ramps") or {}))]:

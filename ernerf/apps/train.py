@@ -75,8 +75,8 @@ def fit_stage(cfg: DictConfig) -> dict[str, float]:
                           "give trainer.devices and trainer.num_nodes explicitly.")
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg))
-    log.info("training %s/%s for %d steps (per rank, %d rank(s)) in %s", cfg.subject, cfg.run_name, max_steps,
-             world_size, cfg.run_dir)
+    log.info("training %s/%s for %d steps (per rank, %d rank(s)), validating every %s, in %s", cfg.subject,
+             cfg.run_name, max_steps, world_size, cfg.trainer.val_check_interval, cfg.run_dir)
     with torch_threads(cfg.get("cpu_threads") if isinstance(trainer.accelerator, CPUAccelerator) else None):
         trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
     trainer.save_checkpoint(Path(cfg.run_dir) / "checkpoints" / "last.ckpt")  # the final state, whatever the interval
