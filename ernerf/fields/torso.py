@@ -61,14 +61,8 @@ class TorsoField(nn.Module):
         log2_hashmap_size: int = 16,
         shrink: float = 0.8,
         backend: str = "torch",
-        code_dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if not 0.0 <= code_dropout < 1.0:
-            raise ValueError(f"code_dropout={code_dropout}: give a probability in [0, 1)")
-        # The share of training steps that draw the frame with the mean code, as frames without a code are drawn
-        # (validation, new frames): without it the mean code's body is one no training frame had.
-        self.code_dropout = code_dropout
         # Learnable, as in ER-NeRF: the anchors settle where the pose best explains the torso.
         self.anchors = nn.Parameter(torch.tensor([list(a) for a in anchors], dtype=torch.float32))  # [K, 3]
         self.shrink = shrink  # ER-NeRF shrinks image coordinates so the grid has margin for the deformation
@@ -86,12 +80,7 @@ class TorsoField(nn.Module):
 
     def forward(self, coords: Tensor, c2w: Tensor, frame_index: Tensor | None) -> TorsoOutputs:  # [N, 2] in [-1, 1]
         """Colour, alpha and deformation of image points `coords` for a frame seen by camera `c2w` [4, 4]."""
-        code = self.code(frame_index)
-        if self.training and self.code_dropout > 0 and frame_index is not None:
-            # drawn on the device, not in Python: a CUDA graph of the step replays the draw, not one outcome of it
-            dropped = (torch.rand((), device=code.device) < self.code_dropout).to(code.dtype)
-            code = code + dropped * (self.individual_codes.mean(0, keepdim=True) - code)
-        return self.draw(coords, c2w, code)
+        return self.draw(coords, c2w, self.code(frame_index))
 
     def draw(self, coords: Tensor, c2w: Tensor, code: Tensor) -> TorsoOutputs:  # [N, 2], [4, 4], [1, individual_dim]
         """`forward` with the frame's torso code given rather than looked up (a code being fitted)."""

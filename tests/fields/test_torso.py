@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from ernerf.fields import TorsoField, pixel_coords, pose_keypoints
@@ -53,38 +52,3 @@ def test_fits_a_torso_mask_of_one_frame() -> None:
         loss.backward()
         opt.step()
     assert loss.item() < 0.02
-
-
-def test_code_dropout_draws_a_share_of_training_steps_with_the_mean_code() -> None:
-    torch.manual_seed(0)
-    field = TorsoField(num_frames=4, code_dropout=0.5, **SMALL)
-    coords, one = torch.rand(32, 2) * 2 - 1, torch.tensor([1])
-    own = field.draw(coords, camera(), field.individual_codes[1:2]).rgb.detach()
-    mean = field.draw(coords, camera(), field.individual_codes.mean(0, keepdim=True)).rgb.detach()
-    assert not torch.allclose(own, mean)
-    field.eval()  # validation and rendering: always the frame's own code
-    assert all(torch.equal(field(coords, camera(), one).rgb, own) for _ in range(20))
-    field.train()
-    drawn = [field(coords, camera(), one).rgb.detach() for _ in range(200)]
-    dropped = sum(torch.allclose(d, mean, atol=1e-6) for d in drawn)
-    assert all(torch.allclose(d, own, atol=1e-6) or torch.allclose(d, mean, atol=1e-6) for d in drawn)
-    assert 70 <= dropped <= 130  # half of 200, well inside the binomial's spread
-    still = TorsoField(num_frames=4, **SMALL)  # code_dropout 0: training draws its own code every step
-    still.train()
-    assert all(torch.equal(still(coords, camera(), one).rgb, still(coords, camera(), one).rgb) for _ in range(5))
-
-
-def test_a_dropped_step_moves_every_code_alike() -> None:
-    torch.manual_seed(1)
-    field = TorsoField(num_frames=3, code_dropout=0.9, **SMALL)
-    coords, frame = torch.rand(32, 2) * 2 - 1, torch.tensor([2])
-    grads = []
-    for _ in range(20):  # p = 0.9: most steps draw the mean code, whose gradient reaches every code, a third each
-        field.individual_codes.grad = None
-        field(coords, camera(), frame).rgb.sum().backward()
-        grads.append(field.individual_codes.grad.clone())
-    alike = [g for g in grads if torch.allclose(g[0], g[1]) and torch.allclose(g[1], g[2])]
-    own = [g for g in grads if g[:2].abs().sum() == 0]  # the frame's own code alone
-    assert len(alike) >= 10 and len(alike) + len(own) == len(grads) and all(g.abs().sum() > 0 for g in alike)
-    with pytest.raises(ValueError, match="code_dropout=1.0"):
-        TorsoField(num_frames=3, code_dropout=1.0, **SMALL)
