@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -38,34 +37,7 @@ from ernerf.cli import keep_torchmetrics_import_lean  # noqa: E402
 
 keep_torchmetrics_import_lean()  # before the first Lightning import, as the entry scripts
 
-from ernerf.metrics.image import PSNR_CAP  # noqa: E402
-
-
-def weighted_psnr(renders: np.ndarray, truths: np.ndarray, weights: np.ndarray) -> float:
-    """PSNR (dB) of uint8 renders against truths [T, H, W, 3], the squared error of each pixel weighted by [T, H, W]."""
-    error = (((renders.astype(np.float64) - truths) / 255.0) ** 2).mean(-1)
-    mse = float((error * weights).sum() / max(float(weights.sum()), 1e-12))
-    return -10 * math.log10(max(mse, 10 ** (-PSNR_CAP / 10)))
-
-
-def paste_weights(data, frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The paste-back's alpha (conf/postprocess/default.yaml, as infer.py pastes) of each frame's crop, at the render
-    size [T, H, W]."""
-    import cv2
-    from omegaconf import OmegaConf
-
-    from ernerf.postprocess.pasteback import PasteBack, read_parsing_map
-
-    pp = OmegaConf.load(REPO / "conf" / "postprocess" / "default.yaml")
-    paste = PasteBack(pp.scheme, pp.blend, pp.feather_px, pp.dilate_px)
-    mesh = np.load(data.layout.mesh, mmap_mode="r") if data.layout.mesh.is_file() else None
-    out = []
-    for f in frames.tolist():
-        img_id = int(data.img_ids[f])
-        points = None if mesh is None else np.asarray(mesh[img_id, :, :2], np.float32)
-        alpha = paste.alpha(read_parsing_map(data.layout.parsing(img_id)), points)
-        out.append(cv2.resize(alpha.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA))
-    return np.stack(out)
+from ernerf.apps.evaluation.pasted import paste_weights, weighted_psnr  # noqa: E402
 
 
 def score(rendered, data, weights: np.ndarray, right_half: bool = False) -> dict[str, float]:

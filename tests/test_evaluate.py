@@ -363,7 +363,8 @@ def test_evaluate_py_cross_driving_says_how_long_and_shows_its_progress(tmp_path
     assert report["frames"]["height"] == 32 and report["frames"]["cross_downscale"] == 32
     assert len(report["per_frame"]["cross_energy_obama_5s"]) == 5
     seconds = report["seconds"]
-    assert list(seconds) == ["load", "validation renders", "validation figures", "cross-driving", "report", "total"]
+    assert list(seconds) == ["load", "validation renders", "validation figures", "own torso codes", "cross-driving",
+                             "report", "total"]
     assert seconds["total"] == pytest.approx(sum(v for k, v in seconds.items() if k != "total"), abs=0.3)
     assert re.search(r"took \d+ s: load \d+ s, validation renders \d+ s, .*cross-driving \d+ s", stdout), stdout
 
@@ -509,3 +510,48 @@ def test_renders_needs_an_existing_folder_and_an_output_of_its_own(tmp_path: Pat
     with pytest.raises(ErnerfError, match="is the renders= folder"):
         check(f"renders={frames}", f"output={frames}/.")
     assert check(f"renders={frames}", f"output={tmp_path / 'out'}") == frames and (tmp_path / "out").is_dir()
+
+
+def test_pasted_figures_weigh_the_paste_and_its_seam() -> None:
+    from ernerf.apps.evaluation.pasted import pasted_figures
+
+    truths = np.zeros((1, 1, 3, 3), np.uint8)
+    renders = truths.copy()
+    renders[0, 0, 0] = 51  # 0.2 off where the paste takes the render whole
+    renders[0, 0, 1] = 102  # 0.4 off on its feathered edge
+    weights = np.array([[[1.0, 0.5, 0.0]]])
+    figures = pasted_figures(renders, truths, weights)
+    assert figures["psnr"] == pytest.approx(-10 * np.log10((0.2**2 + 0.4**2) / 3))
+    assert figures["pasted_psnr"] == pytest.approx(-10 * np.log10((0.2**2 + 0.5 * 0.4**2) / 1.5))
+    assert figures["seam_psnr"] == pytest.approx(-10 * np.log10(0.4**2))  # 4 a (1 - a): only the half-alpha pixel
+
+
+def test_a_torso_stage_is_also_scored_on_training_frames_with_their_own_codes(tmp_path: Path, subject34) -> None:
+    import lightning as L
+    import torch
+    from hydra.utils import instantiate
+
+    from ernerf.apps.evaluation import evaluate_from_config
+
+    runs = tmp_path / "runs"
+    system = instantiate(compose("train", ["subject=mini", "debug=fast", "stage=torso"]).model, num_frames=30)
+    ckpt = touch_checkpoint(runs, "mini", "torso")
+    torch.save({"state_dict": system.state_dict(), "hyper_parameters": dict(system.hparams), "global_step": 7,
+                "stage": {"name": "torso", "background": "plate", "previous": ["head"]},
+                "pytorch-lightning_version": L.__version__}, ckpt)
+    args = ["subject=mini", f"paths.data_root={subject34.root.parent}", f"paths.runs_root={runs}", "stage_name=torso",
+            "downscale=16", "device=cpu", "own_code_every=10"]
+    metrics = evaluate_from_config(compose("evaluate", args)).report["metrics"]
+    own = [metrics[k] for k in ("torso_own_psnr", "torso_own_pasted_psnr", "torso_own_seam_psnr")]
+    assert all(isinstance(v, float) and 0 < v < 100 for v in own) and len(set(own)) == 3
+    skipped = evaluate_from_config(compose("evaluate", [*args[:-1], "own_code_every=null", f"output={tmp_path / 'o'}"]))
+    assert skipped.report["metrics"]["torso_own_psnr"] == "unavailable"
+    assert skipped.report["unavailable"]["torso_own_psnr"] == "own_code_every=null"
+
+
+def test_a_head_stage_says_why_it_has_no_own_code_figures() -> None:
+    from ernerf.apps.evaluation.pasted import own_code_findings
+
+    found = own_code_findings(object(), None, "torso", 10)  # a renderer without a torso field
+    assert set(found.unavailable) == {"torso_own_psnr", "torso_own_pasted_psnr", "torso_own_seam_psnr"}
+    assert "not a torso-stage checkpoint" in found.unavailable["torso_own_psnr"] and not found.values

@@ -23,6 +23,7 @@ from ernerf.apps.evaluation.figures import (Findings, audio_sync_findings, face_
                                             mesh_sequence, mesher_missing, syncnet_reason)
 from ernerf.apps.evaluation.frames import (FirstFrame, Rendered, pose_options, read_renders, render_subject,
                                            resolve_target, write_renders)
+from ernerf.apps.evaluation.pasted import OWN_CODE, own_code_findings
 from ernerf.apps.evaluation.regions import region_findings
 from ernerf.apps.evaluation.report import (EvalResult, Source, build_report, log_metrics, print_summary,
                                            run_loggers, write_outputs)
@@ -57,6 +58,8 @@ def evaluate_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer
         found = held_out_findings(cfg, frames.rendered, frames.data)
         regions = region_findings(frames.rendered, frames.data)
         found.merge(regions.found)
+    with clock("own torso codes"):
+        found.merge(frames.own_codes())
     with clock("cross-driving"):
         found.merge(frames.cross_driving())
     report = build_report(cfg.subject, frames.source, frames.rendered, found, frames.cross_audio)
@@ -86,6 +89,7 @@ class Frames:
     warnings: list[str]
     cross_audio: dict[str, Path]
     cross_driving: Callable[[], Findings]
+    own_codes: Callable[[], Findings]  # a torso stage's training frames as the video draws them
 
 
 def checkpoint_frames(cfg: Any, clock: PhaseClock, system_loader: Callable[[Path, str], Renderer]) -> Frames:
@@ -102,7 +106,9 @@ def checkpoint_frames(cfg: Any, clock: PhaseClock, system_loader: Callable[[Path
                                         duration_note(cfg, renderer, cross_audio))
     warnings = [w for w in [stale_warning(target.checkpoint.parents[1], cfg.subject)] if w]
     return Frames(rendered, data, Source.of(target, step), out_dir, target.run_dir, warnings, cross_audio,
-                  lambda: cross_findings(cfg, renderer, target.trained, audio_file, cross_audio, cross_reason))
+                  lambda: cross_findings(cfg, renderer, target.trained, audio_file, cross_audio, cross_reason),
+                  lambda: own_code_findings(renderer, data, target.trained.stage.background, cfg.own_code_every,
+                                            cfg.get("progress", "auto")))
 
 
 def folder_frames(cfg: Any, clock: PhaseClock) -> Frames:
@@ -110,9 +116,11 @@ def folder_frames(cfg: Any, clock: PhaseClock) -> Frames:
     folder = check_renders(cfg)
     with clock("load"):
         rendered, data = read_renders(cfg, folder)
-    no_model = Findings()
+    no_model, no_codes = Findings(), Findings()
     no_model.skip([CROSS], f"renders={folder}: frames read from files cannot be driven by other speech")
-    return Frames(rendered, data, Source.folder(folder), Path(cfg.output), None, [], {}, lambda: no_model)
+    no_codes.skip(OWN_CODE, f"renders={folder}: no model to draw training frames with")
+    return Frames(rendered, data, Source.folder(folder), Path(cfg.output), None, [], {}, lambda: no_model,
+                  lambda: no_codes)
 
 
 LONG_RUN_SECONDS = 120.0  # an evaluation expected to take longer on a CPU says so when its first frame is rendered

@@ -94,14 +94,14 @@ FirstFrame = Callable[[float, int, int], None]  # (seconds the first frame took,
 
 def render_validation(renderer: Renderer, data: Any, store: Any, frames: np.ndarray,
                       progress: Enabled = "auto", on_first: FirstFrame | None = None,
-                      own_torso: bool = False) -> Rendered:
+                      own_torso: bool = False, what: str = "validation frames") -> Rendered:
     """Render each frame with its tracked pose, audio window and blink, over its own background (as validation).
     `on_first` hears how long the first frame took, so that a caller can say early how long the rest will take.
     `own_torso`: frames trained on, their torso drawn with each frame's own code (as a crop pasted into that frame
     is), not the mean code a held-out frame gets."""
     t0, renders, truths = time.perf_counter(), [], []
     intrinsics = torch.tensor(data.intrinsics, dtype=torch.float32)
-    with progress_bar(len(frames), "rendering validation frames", enabled=progress) as bar:
+    with progress_bar(len(frames), f"rendering {what}", enabled=progress) as bar:
         for f in frames.tolist():
             t = time.perf_counter()
             out = renderer.render_image(data.poses[f], intrinsics, data.height, data.width, data.audio_window(f),
