@@ -37,7 +37,7 @@ from ernerf.cli import keep_torchmetrics_import_lean  # noqa: E402
 
 keep_torchmetrics_import_lean()  # before the first Lightning import, as the entry scripts
 
-from ernerf.apps.evaluation.pasted import paste_weights, weighted_psnr  # noqa: E402
+from ernerf.apps.evaluation.pasted import paste_weights, pasted_figures  # noqa: E402
 
 
 def score(rendered, data, weights: np.ndarray, right_half: bool = False) -> dict[str, float]:
@@ -45,12 +45,10 @@ def score(rendered, data, weights: np.ndarray, right_half: bool = False) -> dict
     the right half of each frame alone (no regions: they are whole-frame figures)."""
     from ernerf.apps.evaluation.regions import region_findings
 
-    renders, truths = rendered.renders, rendered.truths
     half = np.ones(weights.shape)
     if right_half:
         half[..., : weights.shape[-1] // 2] = 0
-    row = {"psnr": weighted_psnr(renders, truths, half), "pasted_psnr": weighted_psnr(renders, truths, weights * half),
-           "seam_psnr": weighted_psnr(renders, truths, 4 * weights * (1 - weights) * half)}
+    row = pasted_figures(rendered.renders, rendered.truths, weights, half)
     if not right_half:
         found = region_findings(rendered, data)
         row.update({k: float(v) for k, v in found.found.values.items() if k.startswith("region_psnr_")})

@@ -47,12 +47,15 @@ def paste_weights(data: Any, frames: np.ndarray, height: int, width: int) -> np.
     return np.stack(out)
 
 
-def pasted_figures(renders: np.ndarray, truths: np.ndarray, weights: np.ndarray) -> dict[str, float]:
-    """Whole-frame PSNR, PSNR over the pixels the paste takes from the render (weighted by its alpha) and over its
-    feathered edge (weighted by 4 alpha (1 - alpha): where the render meets the frame, a seam if they disagree)."""
-    return {"psnr": weighted_psnr(renders, truths, np.ones(weights.shape)),
-            "pasted_psnr": weighted_psnr(renders, truths, weights),
-            "seam_psnr": weighted_psnr(renders, truths, 4 * weights * (1 - weights))}
+def pasted_figures(renders: np.ndarray, truths: np.ndarray, weights: np.ndarray,
+                   within: np.ndarray | None = None) -> dict[str, float]:
+    """Whole-frame PSNR, PSNR over the pixels the paste takes from the render (weighted by its alpha `weights`
+    [T, H, W]) and over its feathered edge (weighted by 4 alpha (1 - alpha): where the render meets the frame, a seam if
+    they disagree); `within` [T, H, W] (0 or 1): over those pixels alone."""
+    within = np.ones(weights.shape) if within is None else within
+    return {"psnr": weighted_psnr(renders, truths, within),
+            "pasted_psnr": weighted_psnr(renders, truths, weights * within),
+            "seam_psnr": weighted_psnr(renders, truths, 4 * weights * (1 - weights) * within)}
 
 
 def own_code_findings(renderer: Any, data: Any, background: str, every: int | None,
