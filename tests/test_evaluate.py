@@ -512,19 +512,6 @@ def test_renders_needs_an_existing_folder_and_an_output_of_its_own(tmp_path: Pat
     assert check(f"renders={frames}", f"output={tmp_path / 'out'}") == frames and (tmp_path / "out").is_dir()
 
 
-def test_weighted_psnr_weighs_each_pixels_squared_error() -> None:
-    from ernerf.apps.evaluation.pasted import weighted_psnr
-
-    truths = np.zeros((1, 2, 2, 3), np.uint8)
-    renders = truths.copy()
-    renders[0, 0, 0] = 51  # 0.2 off
-    renders[0, 1, 1] = 102  # 0.4 off
-    weights = np.array([[[1.0, 0.0], [0.0, 0.5]]])
-    expected = -10 * np.log10((1.0 * 0.2**2 + 0.5 * 0.4**2) / 1.5)
-    assert np.isclose(weighted_psnr(renders, truths, weights), expected, rtol=1e-9)
-    assert weighted_psnr(renders, truths, np.array([[[0.0, 1.0], [1.0, 0.0]]])) >= 99  # the capped PSNR
-
-
 def test_pasted_figures_weigh_the_paste_and_its_seam() -> None:
     from ernerf.apps.evaluation.pasted import pasted_figures
 

@@ -29,6 +29,13 @@ def psnr(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor,
     return float(peak_signal_noise_ratio(p, t, data_range=1.0))
 
 
+def weighted_psnr(renders: np.ndarray, truths: np.ndarray, weights: np.ndarray) -> float:
+    """PSNR (dB) of uint8 renders against truths [T, H, W, 3], the squared error of each pixel weighted by [T, H, W]."""
+    error = (((renders.astype(np.float64) - truths) / 255.0) ** 2).mean(-1)
+    mse = float((error * weights).sum() / max(float(weights.sum()), 1e-12))
+    return float(-10 * np.log10(max(mse, 10 ** (-PSNR_CAP / 10))))
+
+
 def ssim(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> float:
     """SSIM (Gaussian window 11, sigma 1.5) of two images."""
     return float(structural_similarity_index_measure(_to_tensor(pred), _to_tensor(target), data_range=1.0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ernerf.metrics.image import PSNR_CAP, psnr, ssim
+from ernerf.metrics.image import PSNR_CAP, psnr, ssim, weighted_psnr
 from ernerf.metrics.lipsync import audio_energy, correlation, jitter, landmark_distance, mouth_opening
 
 
@@ -63,3 +63,14 @@ def test_audio_energy_and_jitter() -> None:
     assert e.argmax() == 10 and e[10] == pytest.approx(0.5)
     assert jitter(np.linspace(0, 1, 50)) == pytest.approx(0.0, abs=1e-12)
     assert jitter(np.tile([0.0, 1.0], 25)) == pytest.approx(2.0)
+
+
+def test_weighted_psnr_weighs_each_pixels_squared_error() -> None:
+    truths = np.zeros((1, 2, 2, 3), np.uint8)
+    renders = truths.copy()
+    renders[0, 0, 0] = 51  # 0.2 off
+    renders[0, 1, 1] = 102  # 0.4 off
+    weights = np.array([[[1.0, 0.0], [0.0, 0.5]]])
+    expected = -10 * np.log10((1.0 * 0.2**2 + 0.5 * 0.4**2) / 1.5)
+    assert np.isclose(weighted_psnr(renders, truths, weights), expected, rtol=1e-9)
+    assert weighted_psnr(renders, truths, np.array([[[0.0, 1.0], [1.0, 0.0]]])) >= 99  # the capped PSNR

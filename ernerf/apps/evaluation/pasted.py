@@ -6,25 +6,17 @@ drawn as the video draws them."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ernerf.apps.evaluation.figures import Findings
-from ernerf.metrics.image import PSNR_CAP
+from ernerf.metrics.image import weighted_psnr
 from ernerf.progress import Enabled
 
 POSTPROCESS = Path(__file__).resolve().parents[3] / "conf" / "postprocess" / "default.yaml"  # infer.py's paste
 OWN_CODE = ("torso_own_psnr", "torso_own_pasted_psnr", "torso_own_seam_psnr")
-
-
-def weighted_psnr(renders: np.ndarray, truths: np.ndarray, weights: np.ndarray) -> float:
-    """PSNR (dB) of uint8 renders against truths [T, H, W, 3], the squared error of each pixel weighted by [T, H, W]."""
-    error = (((renders.astype(np.float64) - truths) / 255.0) ** 2).mean(-1)
-    mse = float((error * weights).sum() / max(float(weights.sum()), 1e-12))
-    return -10 * math.log10(max(mse, 10 ** (-PSNR_CAP / 10)))
 
 
 def paste_weights(data: Any, frames: np.ndarray, height: int, width: int) -> np.ndarray:
