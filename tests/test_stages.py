@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import cv2
@@ -164,6 +165,9 @@ def test_all_makes_three_checkpoints_and_a_rerun_skips_them(subject: Path, chain
         assert checkpoint(subject, stage)["global_step"] == STEPS[stage]
         record = read_record(subject / "runs" / "sphere" / stage)
         assert record is not None and record.offers_best == (stage != "torso")  # conf/stage/<stage>.yaml
+        own = {k: v for k, v in record.metrics.items() if k.startswith("val/torso_own_")}  # callbacks/torso_own_code.py
+        assert (set(own) == {f"val/torso_own_{n}" for n in ("psnr", "pasted_psnr", "seam_psnr")}) == (stage == "torso")
+        assert all(math.isfinite(v) and v > 5 for v in own.values())
     torso, lips = checkpoint(subject, "torso")["stage"], checkpoint(subject, "lips")["stage"]
     assert torso == {"name": "torso", "background": "plate", "previous": ["lips", "head"]}
     assert lips == {"name": "lips", "background": "torso", "previous": ["head"]}

@@ -27,6 +27,9 @@ from ernerf.errors import user_error_in
 log = logging.getLogger("sweep")
 
 METRIC = "val/psnr"  # what train.py returns to a sweeper and what the summary ranks by (higher is better)
+# A torso run's frames as the video draws them (callbacks/torso_own_code.py): a sweep of torso runs ranks by it, as
+# the mean-code val/psnr falls while what infer.py pastes gets better (docs/sweeps.md)
+OWN_CODE_METRIC = "val/torso_own_pasted_psnr"
 JOB_RECORD = "job.json"  # written by each job in its Hydra output folder; the summary gathers them
 PRESET_GROUPS = ("experiment", "debug", "ray_guide")  # config groups whose choice tags a run
 TABLE_KEY = "encoder.log2_hashmap_size"
@@ -182,21 +185,23 @@ def sweep_job(task: Callable[[DictConfig], float | None]) -> Callable[[DictConfi
 
 def failed_job_record(num: int, swept: dict[str, str], error: str) -> dict[str, Any]:
     """A job's record (`JOB_RECORD`) as it stands until the job finishes: failed, with `error`."""
-    return {"job": num, "status": "failed", METRIC: None, "best": None, "swept": swept, "notes": [], "run_dir": "",
-            "error": error, "step": None}
+    return {"job": num, "status": "failed", METRIC: None, OWN_CODE_METRIC: None, "best": None, "swept": swept,
+            "notes": [], "run_dir": "", "error": error, "step": None}
 
 
 def finished_outcome(finished: RunRecord | None) -> dict[str, Any]:
-    """What a job's record takes from its run's finished.json: the last step, val/psnr at the end, the checkpoint kept
-    for the best val/psnr ({"step", "value"}) and, when the run fell from it, a note saying so."""
+    """What a job's record takes from its run's finished.json: the last step, val/psnr (and a torso run's own-code
+    figure) at the end, the checkpoint kept for the best val/psnr ({"step", "value"}) and, when the run fell from it, a
+    note saying so."""
     if finished is None:
-        return {"step": None, METRIC: None, "best": None, "notes": []}
+        return {"step": None, METRIC: None, OWN_CODE_METRIC: None, "best": None, "notes": []}
     value = finished.best_psnr()
     kept = None if value is None else {"step": finished.best.get("step"), "value": value}
     drop = finished.fall()
     notes = [] if drop is None else [f"fell {drop:.1f} dB under its best validation: what follows the run starts from "
                                      "that checkpoint (docs/runs.md)"]
-    return {"step": finished.step, METRIC: finished.metrics.get(METRIC), "best": kept, "notes": notes}
+    return {"step": finished.step, METRIC: finished.metrics.get(METRIC),
+            OWN_CODE_METRIC: finished.metrics.get(OWN_CODE_METRIC), "best": kept, "notes": notes}
 
 
 def write_job_record(job_dir: Path, record: dict[str, Any]) -> None:
@@ -217,12 +222,27 @@ def read_jobs(sweep_dir: Path, since: float = 0.0) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in paths]
 
 
+def scored(job: dict[str, Any], metric: str) -> bool:
+    """Whether a job finished with a finite `metric`."""
+    value = job.get(metric)
+    return job["status"] == "finished" and value is not None and math.isfinite(value)
+
+
+def ranking_metric(jobs: list[dict[str, Any]]) -> str:
+    """What the summary ranks by: the own-code figure when every job with a val/psnr has one (a sweep of torso runs),
+    else val/psnr."""
+    with_psnr = [job for job in jobs if scored(job, METRIC)]
+    return OWN_CODE_METRIC if with_psnr and all(scored(job, OWN_CODE_METRIC) for job in with_psnr) else METRIC
+
+
 def ranked(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Jobs best first: finished ones by val/psnr (highest first), then finished without it, then the others."""
+    """Jobs best first: finished ones by `ranking_metric` (highest first), then finished without it, then the
+    others."""
+    metric = ranking_metric(jobs)
+
     def order(job: dict[str, Any]) -> tuple:
-        value = job.get(METRIC)
-        scored = job["status"] == "finished" and value is not None and math.isfinite(value)
-        return (job["status"] != "finished", not scored, -value if scored else 0.0, job["job"])
+        ranks = scored(job, metric)
+        return (job["status"] != "finished", not ranks, -job[metric] if ranks else 0.0, job["job"])
 
     return [{"rank": i + 1, **job} for i, job in enumerate(sorted(jobs, key=order))]
 
@@ -231,7 +251,8 @@ def summary_rows(jobs: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, 
     """(columns, rows) of the summary: rank, job, status, val/psnr at the end, the best validation kept (its value and
     step), step, each swept key, notes, run folder, error."""
     keys = list(dict.fromkeys(k for job in jobs for k in job["swept"]))
-    columns = ["rank", "job", "status", METRIC, "best", "step", *keys, "notes", "run_dir", "error"]
+    own = [OWN_CODE_METRIC] if any(job.get(OWN_CODE_METRIC) is not None for job in jobs) else []
+    columns = ["rank", "job", "status", METRIC, *own, "best", "step", *keys, "notes", "run_dir", "error"]
     rows = []
     for job in jobs:
         value, best = job.get(METRIC), job.get("best")  # records of sweeps before "best" existed lack it
@@ -240,6 +261,9 @@ def summary_rows(jobs: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, 
                "best": "" if not best else f"{best['value']:.2f} (step {best['step']})",
                "step": "" if job["step"] is None else str(job["step"]),
                "notes": "; ".join(job["notes"]), "run_dir": job["run_dir"], "error": job["error"] or ""}
+        if own:
+            value = job.get(OWN_CODE_METRIC)
+            row[OWN_CODE_METRIC] = "" if value is None else f"{value:.2f}"
         rows.append(row | {k: job["swept"].get(k, "") for k in keys})
     return columns, rows
 
@@ -268,7 +292,7 @@ def print_summary(jobs: list[dict[str, Any]], csv_path: Path) -> None:
 
     columns, rows = summary_rows(jobs)
     shown = [c for c in columns if c not in ("run_dir", "error", "notes")]
-    table = Table(title=f"sweep {csv_path.parent} (by {METRIC}, best first)")
+    table = Table(title=f"sweep {csv_path.parent} (by {ranking_metric(jobs)}, best first)")
     for column in [*shown, "run folder", "notes"]:
         table.add_column(column, overflow="fold")
     styles = {"finished": None, "failed": "red", "refused": "yellow"}

@@ -193,13 +193,34 @@ def test_a_finished_job_records_its_best_validation_and_says_when_it_fell() -> N
 
     best = {"path": "runs/x/head/checkpoints/step0002000.ckpt", "step": 2000, "monitor": "val/psnr", "value": 36.0}
     held = finished_outcome(RunRecord(8000, {"val/psnr": 36.0 - FALL_DB / 2}, None, best))
-    assert held == {"step": 8000, "val/psnr": 36.0 - FALL_DB / 2, "best": {"step": 2000, "value": 36.0}, "notes": []}
+    assert held == {"step": 8000, "val/psnr": 36.0 - FALL_DB / 2, "val/torso_own_pasted_psnr": None,
+                    "best": {"step": 2000, "value": 36.0}, "notes": []}
     fell = finished_outcome(RunRecord(8000, {"val/psnr": 36.0 - 2 * FALL_DB}, None, best))
     assert fell["best"] == {"step": 2000, "value": 36.0}
     assert fell["notes"] == [f"fell {2 * FALL_DB:.1f} dB under its best validation: what follows the run starts from "
                              "that checkpoint (docs/runs.md)"]
     assert finished_outcome(RunRecord(10, {"val/psnr": 20.0}, None, None))["best"] is None  # no checkpoint kept
-    assert finished_outcome(None) == {"step": None, "val/psnr": None, "best": None, "notes": []}
+    assert finished_outcome(None) == {"step": None, "val/psnr": None, "val/torso_own_pasted_psnr": None, "best": None,
+                                      "notes": []}
+    torso = finished_outcome(RunRecord(10, {"val/psnr": 28.0, "val/torso_own_pasted_psnr": 33.5}, None, None))
+    assert torso["val/torso_own_pasted_psnr"] == 33.5
+
+
+def test_a_sweep_of_torso_runs_ranks_by_the_frames_as_the_video_draws_them(tmp_path: Path, capsys) -> None:
+    """Mean-code val/psnr falls as the torso codes learn each frame's body: torso jobs rank by the own-code figure."""
+    from ernerf.apps.sweeps import print_summary
+
+    own = "val/torso_own_pasted_psnr"
+    torso = [job(0, "finished", 30.0, "10") | {own: 33.0}, job(1, "finished", 29.0, "11") | {own: 34.0},
+             job(2, "failed", None, "12") | {own: None}]
+    jobs = ranked(torso)
+    assert [j["job"] for j in jobs] == [1, 0, 2]
+    columns, rows = summary_rows(jobs)
+    assert columns.index(own) == columns.index("val/psnr") + 1 and rows[0][own] == "34.00" and rows[2][own] == ""
+    print_summary(jobs, tmp_path / "summary.csv")
+    assert f"by {own}" in capsys.readouterr().out.replace("\n", "")
+    mixed = ranked([job(0, "finished", 30.0, "10") | {own: 33.0}, job(1, "finished", 31.0, "11")])  # a head job too
+    assert [j["job"] for j in mixed] == [1, 0]
 
 
 def test_the_printed_table_names_folders_and_shortens_notes(tmp_path: Path, capsys) -> None:

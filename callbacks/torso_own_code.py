@@ -1,0 +1,59 @@
+"""At each validation of a torso stage, score a few training frames drawn as the video draws them (`val/torso_own_*`).
+
+The stage's validation renders held-out frames with the mean torso code: a figure that falls as each frame's code
+learns where that frame's body is, while what `infer.py` pastes (new speech in the training frames, each with its
+own code) gets better (docs/evaluation.md, "The torso's budget and the checkpoint it offers"). These figures follow
+what the video shows along the run, so curves, finished.json and a sweep's summary can rank torso runs by it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from callbacks.image_logger import to_uint8
+from datamodules.subject import to_unit
+from ernerf.apps.evaluation.pasted import paste_weights, pasted_figures
+
+
+def own_code_frames(num_train: int, count: int) -> np.ndarray:
+    """`count` training frames evenly spaced over the training split (all of them when it has fewer)."""
+    if count >= num_train:
+        return np.arange(num_train)
+    return np.linspace(0, num_train - 1, count).round().astype(int)
+
+
+class TorsoOwnCodeScore(L.Callback):
+    """Logs `val/torso_own_psnr`, `val/torso_own_pasted_psnr` and `val/torso_own_seam_psnr` as each validation ends:
+    `frames` training frames rendered with their own audio window, blink and torso code over the stage's background,
+    scored whole, where infer.py's paste takes the render (weighted by its alpha) and at the paste's feathered edge
+    (evaluate.py's `torso_own_*`, over fewer frames). A no-op for a system without a torso field."""
+
+    def __init__(self, frames: int = 8) -> None:
+        if frames < 1:
+            raise ValueError(f"callbacks.torso_own_code.frames is at least 1 (or the callback null), not {frames}")
+        self.frames = frames
+        self.weights: np.ndarray | None = None  # the paste's alpha of the scored frames, read once
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or getattr(pl_module, "torso", None) is None:
+            return
+        data, store = trainer.datamodule.data, trainer.datamodule.store
+        frames = own_code_frames(data.num_train, self.frames)
+        if self.weights is None:
+            self.weights = paste_weights(data, frames, data.height, data.width)
+        renders, truths = [], []
+        intrinsics = torch.tensor(data.intrinsics, dtype=torch.float32)
+        with torch.no_grad():
+            for f in frames.tolist():
+                out = pl_module.render_image(store.poses[f], intrinsics, data.height, data.width,
+                                             store.audio_window(f), store.eye[f: f + 1], None,
+                                             to_unit(store.background(f)), torso_frame=f)
+                renders.append(to_uint8(out["rgb"]))
+                truths.append(store.image(f).cpu().numpy())
+        figures = pasted_figures(np.stack(renders), np.stack(truths), self.weights)
+        for name, value in figures.items():  # every rank renders the same frames with the same weights
+            pl_module.log(f"val/torso_own_{name}", value)
