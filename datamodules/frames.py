@@ -4,11 +4,13 @@ device buffers a step's frame is staged into from host memory."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,6 +188,61 @@ def preload_frames(kinds: dict[str, FrameLoader], count: int, frame_shapes: dict
     log.info("preloaded %d frames (%s, %.2f GiB) %s in %.1f s", count, ", ".join(kinds), total / GiB,
              "into host memory" if host else f"on {device}", time.perf_counter() - started)
     return stored
+
+
+class KeptFrames:
+    """Preloaded frames kept for the next stage of this process (`train.py stage=all`): the head and lips stages read
+    the same images and torso backgrounds, the torso stage the same images, so each kind is decoded once. `key` says
+    what they were decoded from and where they live; a kind the next store does not read is let go before it loads
+    its own."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.frames: dict[str, Tensor | HostFrames] = {}
+
+    def take(self, key: tuple, kinds: Collection[str]) -> dict[str, Tensor | HostFrames]:
+        """The kept frames of `kinds` decoded under `key`; every other kind is dropped."""
+        keep = key == self.key
+        self.key = key
+        self.frames = {kind: frames for kind, frames in self.frames.items() if keep and kind in kinds}
+        return dict(self.frames)
+
+    def keep(self, frames: dict[str, Tensor | HostFrames]) -> None:
+        self.frames = dict(frames)
+
+    def counted_free(self, free: FreeMemory) -> FreeMemory:
+        """`free` with what the kept frames hold added back: the next store reuses them or lets them go before it
+        loads anything, so they are room for its frames."""
+        gpu = sum(f.nbytes for f in self.frames.values() if isinstance(f, Tensor) and f.is_cuda)
+        host = sum(f.nbytes for f in self.frames.values()) - gpu
+        return FreeMemory(None if free.device is None else free.device + gpu, free.host + host)
+
+
+def let_go_of_unused_memory(device: torch.device) -> None:
+    """Collect what a finished stage left (its model, graphs, frames not kept: cycles keep them until a collection)
+    and hand the GPU's cached blocks back, so that free memory is measured as the next stage will find it."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+_kept: KeptFrames | None = None
+
+
+@contextlib.contextmanager
+def frames_kept_between_stages() -> Iterator[KeptFrames]:
+    """Within it, a FrameStore takes the frames the previous one preloaded where it reads the same (`KeptFrames`)."""
+    global _kept
+    outer, _kept = _kept, KeptFrames()
+    try:
+        yield _kept
+    finally:
+        _kept = outer
+
+
+def kept_frames() -> KeptFrames | None:
+    """The frames kept between stages, when a `frames_kept_between_stages` is open."""
+    return _kept
 
 
 def usable_cpus() -> int:

@@ -16,8 +16,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.frames import (FreeMemory, HostFrames, StagedFrame, choose_preload, free_memory, preload_frames,
-                                preload_mode)
+from datamodules.frames import (FreeMemory, HostFrames, StagedFrame, choose_preload, free_memory, kept_frames,
+                                let_go_of_unused_memory, preload_frames, preload_mode)
 from datamodules.samplers import RandomRaySampler, RaySampler, Rect
 from ernerf.audio.features import smoothing_rows
 from ernerf.constants import SMOOTH_WINDOW
@@ -172,10 +172,26 @@ class FrameStore:
         self.frames: dict[str, Tensor | HostFrames] = {}
         self.staged: StagedFrame | None = None
         if self.mode != "disk":
-            shapes = {kind: (data.height, data.width, FRAME_CHANNELS[kind]) for kind in self.loaders}
-            self.frames = preload_frames(self.loaders, data.num_frames, shapes, self.device, self.mode == "host", threads)
+            self.frames = self._preload(threads)
         if self.mode == "host":
             self.staged = StagedFrame(self.frames, self.device)
+
+    def _preload(self, threads: int | None) -> dict[str, Tensor | HostFrames]:
+        """Every frame of each kind where the mode puts them; kinds the previous stage of this process preloaded
+        from the same subject, at the same size and place, are taken as they are (`kept_frames`)."""
+        data, keeper = self.data, kept_frames()
+        key = (str(data.layout.root.resolve()), data.num_frames, data.height, data.width, self.mode, str(self.device))
+        reused = keeper.take(key, self.loaders) if keeper is not None else {}
+        if reused:
+            log.info("took the %s of %d frames from the previous stage", ", ".join(reused), data.num_frames)
+        missing = {kind: load for kind, load in self.loaders.items() if kind not in reused}
+        shapes = {kind: (data.height, data.width, FRAME_CHANNELS[kind]) for kind in missing}
+        loaded = preload_frames(missing, data.num_frames, shapes, self.device, self.mode == "host", threads) \
+            if missing else {}
+        frames = {kind: reused[kind] if kind in reused else loaded[kind] for kind in self.loaders}
+        if keeper is not None:
+            keeper.keep(frames)
+        return frames
 
     def _frame_loaders(self, parsing_masks: bool) -> dict[str, Callable[[int], Tensor]]:
         return {kind: self._loader(kind) for kind in frame_kinds(self.background_kind, parsing_masks)}
@@ -503,7 +519,12 @@ class SubjectDataModule(L.LightningDataModule):
         data = self.data
         channels = sum(FRAME_CHANNELS[kind] for kind in frame_kinds(self.background, self.parsing_masks))
         frame_bytes = data.height * data.width * channels
-        mode, why = choose_preload(self.preload, data.num_frames, frame_bytes, device, self.free_memory(device))
+        keeper = kept_frames()
+        if keeper is not None:  # a stage of a chain: the previous stage is over
+            let_go_of_unused_memory(device)
+        free = self.free_memory(device)
+        mode, why = choose_preload(self.preload, data.num_frames, frame_bytes, device,
+                                   free if keeper is None else keeper.counted_free(free))
         log.info(why)
         return mode
 

@@ -123,9 +123,19 @@ def ensure_dataset(cfg: DictConfig, compose_preprocess: Callable[[], DictConfig]
 
 def run_chain(cfg: DictConfig, compose_stage: Callable[[str], DictConfig], train_fn: Callable[[DictConfig], dict],
               compose_preprocess: Callable[[], DictConfig] | None = None) -> dict[str, dict | None]:
-    """Train every stage of `cfg.stage.chain` in order; stages already finished are skipped (None in the result)."""
+    """Train every stage of `cfg.stage.chain` in order; stages already finished are skipped (None in the result).
+    A stage takes the frames the one before it preloaded where it reads the same (`frames_kept_between_stages`)."""
+    from datamodules.frames import frames_kept_between_stages
+
     if compose_preprocess is not None:
         ensure_dataset(cfg, compose_preprocess)
+    with frames_kept_between_stages():
+        return train_stages(cfg, compose_stage, train_fn)
+
+
+def train_stages(cfg: DictConfig, compose_stage: Callable[[str], DictConfig],
+                 train_fn: Callable[[DictConfig], dict]) -> dict[str, dict | None]:
+    """`run_chain`'s loop over the stages."""
     results: dict[str, dict | None] = {}
     for name in cfg.stage.chain:
         stage_cfg = compose_stage(name)

@@ -177,6 +177,51 @@ def test_threaded_preloading_into_chunks_decodes_what_one_thread_decodes(subject
         assert torch.equal(device[kind], one_by_one), kind
 
 
+def counting_preloads(monkeypatch) -> list[list[str]]:
+    """The kinds each preload decodes, recorded as the data module's preloads run."""
+    import datamodules.subject as subject_module
+
+    decoded: list[list[str]] = []
+
+    def preload(kinds, *args, **kwargs):
+        decoded.append(list(kinds))
+        return preload_frames(kinds, *args, **kwargs)
+
+    monkeypatch.setattr(subject_module, "preload_frames", preload)
+    return decoded
+
+
+def test_the_stages_of_a_chain_take_the_frames_the_previous_stage_preloaded(subject: Path, monkeypatch,
+                                                                              caplog) -> None:
+    """Head and lips read the same images and torso backgrounds (decoded once), the torso the same images and its
+    own masks (the backgrounds let go); another size or preload mode decodes anew."""
+    decoded = counting_preloads(monkeypatch)
+    with frames.frames_kept_between_stages() as kept:
+        head = make_datamodule(subject, "device").store
+        with caplog.at_level(logging.INFO, logger="datamodules.subject"):
+            lips = make_datamodule(subject, "device").store
+        assert lips.frames["image"] is head.frames["image"] and lips.frames["background"] is head.frames["background"]
+        assert "took the image, background of 12 frames from the previous stage" in caplog.text
+        torso = make_datamodule(subject, "device", background="plate", parsing_masks=True).store
+        assert torso.frames["image"] is head.frames["image"] and set(kept.frames) == {"image", "masks"}
+        host = make_datamodule(subject, "host", background="plate", parsing_masks=True).store
+        small = make_datamodule(subject, "device", downscale=2).store
+    assert decoded == [["image", "background"], ["masks"], ["image", "masks"], ["image", "background"]]
+    assert isinstance(host.frames["image"], HostFrames) and small.frames["image"].shape[1:] == (16, 16, 3)
+    disk = make_datamodule(subject, "disk").store
+    for kind in ("image", "background"):  # the kept frames are the frames
+        assert torch.equal(head.frames[kind], torch.stack([disk.loaders[kind](f) for f in range(12)])), kind
+    make_datamodule(subject, "device")
+    assert len(decoded) == 5 and frames.kept_frames() is None  # outside a chain nothing is kept
+
+
+def test_frames_kept_for_the_next_stage_count_as_room_for_its_frames() -> None:
+    kept = frames.KeptFrames()
+    kept.keep({"image": torch.zeros(10, 4, 4, 3, dtype=torch.uint8), "masks": HostFrames(10, (4, 4, 2), False)})
+    assert kept.counted_free(FreeMemory(None, 100)) == FreeMemory(None, 100 + 480 + 320)
+    assert kept.take(("another subject",), ["image"]) == {} and kept.frames == {}
+
+
 def test_a_frame_that_cannot_be_read_fails_the_threaded_preload_with_its_path(subject: Path, tmp_path: Path) -> None:
     broken = tmp_path / "sphere"
     write_synthetic_subject(broken, num_frames=12, size=32)
