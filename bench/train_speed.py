@@ -11,6 +11,8 @@ The stage as train.py runs it (its step budget from the subject's length, divide
 over it), scored every 5 s and at the end; then 2 GPUs' time to the 1-GPU run's final PSNR:
     python bench/train_speed.py ... --steps 0 --full-stage --val-every 5 --json one.json
     python bench/train_speed.py ... --steps 0 --full-stage --val-every 5 --devices 2 --target-psnr <one's val_psnr>
+A lips or torso stage starts from the subject's trained previous stage, as train.py's does (`--override
+init_from=<checkpoint>` names another, e.g. the short subject's head for one tiled with bench/preload_speed.py).
 CPU smoke run:
     python bench/train_speed.py --data-root data --subject trump --rays 1024 --steps 10 --budget 0 \
         --override datamodule.downscale=8 --override trainer=cpu
@@ -45,8 +47,9 @@ import lightning as L  # noqa: E402
 
 from callbacks.data_parallel import DataParallelCallback  # noqa: E402
 from callbacks.ema import EMAWeights  # noqa: E402
-from ernerf.apps.chain import run_budget  # noqa: E402
+from ernerf.apps.chain import initial_checkpoint, run_budget  # noqa: E402
 from ernerf.engine import ExecutionEngine  # noqa: E402
+from ernerf.errors import ErnerfError  # noqa: E402
 
 
 class StepTimer(L.Callback):
@@ -148,6 +151,33 @@ def replay_times(graphed: object, replays: int = 50) -> dict[str, float]:
     return times
 
 
+def starting_checkpoint(cfg, num_frames: int) -> str | None:
+    """What the stage starts from, as train.py finds it (`initial_checkpoint`: init_from=, else the subject's previous
+    stage), its per-frame codes dropped when the subject has another number of frames (a tiled subject timed from its
+    short original's head). A lips or torso stage with none is timed from an untrained head, which marches more
+    samples than a trained one (its occupancy grid is full): said on the terminal, as its rates are not a stage's."""
+    try:
+        path = initial_checkpoint(cfg)
+    except ErnerfError as err:
+        print(f"note: {err} Timing {cfg.stage.name} from an untrained head: its steps march more samples than a "
+              "real stage's.", flush=True)
+        return None
+    if path is None:
+        return None
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    state = checkpoint["state_dict"]
+    other = [k for k, v in state.items() if k.endswith("individual_codes") and v.shape[0] != num_frames]
+    if not other:
+        return path
+    for key in other:  # the stage's own codes keep their init
+        del state[key]
+    fitted = Path(tempfile.mkdtemp()) / Path(path).name
+    torch.save(checkpoint, fitted)
+    print(f"{cfg.stage.name} starts from {path} ({', '.join(other)} left at their init: {num_frames} frames here)",
+          flush=True)
+    return str(fitted)
+
+
 def build(overrides: list[str], budget_ranks: int | None = None) -> tuple:
     """Compose conf/train.yaml with overrides; instantiate datamodule, system, the execution engine (conf/engine/) and
     the callbacks that take part in the step (the engine, the occupancy grid's refresh, the EMA of the weights when
@@ -160,6 +190,7 @@ def build(overrides: list[str], budget_ranks: int | None = None) -> tuple:
     datamodule = instantiate(cfg.datamodule)
     if budget_ranks:
         run_budget(cfg, datamodule.num_train_frames, budget_ranks)
+    cfg.model.init_from = starting_checkpoint(cfg, datamodule.num_train_frames)
     OmegaConf.resolve(cfg)
     system = instantiate(cfg.model, num_frames=datamodule.num_train_frames)
     engine = instantiate(cfg.engine)

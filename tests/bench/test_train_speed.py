@@ -49,3 +49,26 @@ def test_train_speed_full_stage_trains_the_stage_budget_and_scores_its_end(prepa
     assert "7 steps per device" in printed
     weights_psnr = figures["curve"][-1]["val_psnr_weights"]
     assert 5 < weights_psnr < 60 and weights_psnr != figures["val_psnr"]
+
+
+def test_a_lips_or_torso_stage_is_timed_from_the_trained_stage_before_it(tmp_path, capsys) -> None:
+    """As train.py: init_from=, else the subject's previous stage; per-frame codes of another length (a tiled
+    subject timed from its short original's head) are left out; none at all is said, as its rates are not a
+    stage's."""
+    import torch
+
+    from tests.conftest import compose
+
+    bench = bench_module("train_speed")
+    saved = tmp_path / "head.ckpt"
+    torch.save({"state_dict": {"field.individual_codes": torch.zeros(227, 0), "field.sigma.weight": torch.ones(2)}},
+               saved)
+    lips = compose("train", ["subject=someone", "stage=lips", f"init_from={saved}"])
+    assert bench.starting_checkpoint(lips, 227) == str(saved)
+    fitted = bench.starting_checkpoint(lips, 7500)
+    assert fitted != str(saved) and list(torch.load(fitted, weights_only=False)["state_dict"]) == ["field.sigma.weight"]
+    assert "field.individual_codes left at their init: 7500 frames here" in capsys.readouterr().out
+    alone = compose("train", ["subject=someone", "stage=lips", f"paths.runs_root={tmp_path / 'runs'}"])
+    assert bench.starting_checkpoint(alone, 227) is None
+    assert "Timing lips from an untrained head" in capsys.readouterr().out
+    assert bench.starting_checkpoint(compose("train", ["subject=someone", "stage=head"]), 227) is None
