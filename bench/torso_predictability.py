@@ -13,6 +13,11 @@ predictors of a frame's torso+neck pixels, built from the *training* frames' gro
   training frames too, with each frame's own neighbourhood in time (+-`--exclude` frames) left out, so that being
   next to the frame in time does not pass for being predicted by the pose.
 
+- `k nearest in body`: the mean of the k training frames whose torso+neck silhouette (its parsing: centroid, spread
+  and top edge, `body_signal`) is nearest to the frame's own. The parsing of every frame, held-out ones included, is
+  an observation preprocessing makes, as the tracked head pose is: a torso conditioned on it would know where an
+  unseen frame's body sits, which the head pose and a mean code do not.
+
 A predictor that beats the train mean on the left-out training frames shows that the head pose carries the torso's
 motion; one that does not shows that it does not, whatever the validation frames happen to give.
 """
@@ -66,6 +71,21 @@ def nearest_mean(train: np.ndarray, train_poses: np.ndarray, pose: np.ndarray, k
     return train[np.argsort(distance)[:k]].mean(0)
 
 
+def body_signal(masks: np.ndarray) -> np.ndarray:
+    """Where each frame's torso+neck sits, from its silhouette [F, S, S]: centroid, spread and the top edge of the
+    middle third's columns, in image fractions -> [F, 5] standardised over the frames."""
+    size = masks.shape[-1]
+    rows, cols = np.mgrid[0:size, 0:size] / size
+    area = masks.sum((1, 2)).clip(min=1)
+    cy, cx = (masks * rows).sum((1, 2)) / area, (masks * cols).sum((1, 2)) / area
+    sy = np.sqrt((masks * (rows - cy[:, None, None]) ** 2).sum((1, 2)) / area)
+    sx = np.sqrt((masks * (cols - cx[:, None, None]) ** 2).sum((1, 2)) / area)
+    middle = masks[:, :, size // 3: 2 * size // 3]
+    top = np.where(middle.any(1), middle.argmax(1), size).mean(1) / size
+    signal = np.stack([cx, cy, sx, sy, top], 1)
+    return (signal - signal.mean(0)) / signal.std(0).clip(min=1e-6)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--subject", type=Path, required=True, help="a preprocessed subject folder")
@@ -91,6 +111,14 @@ def main() -> None:
         on_train = [nearest_mean(train, train_poses, train_poses[f], k, slice(max(0, f - args.exclude), f + args.exclude + 1))
                     for f in held]
         print(f"  {k} nearest in head pose: validation {psnr(on_val, val, val_masks):.2f}, "
+              f"training {psnr(on_train, train[held], train_masks[held]):.2f}")
+    signal = body_signal(np.concatenate([train_masks, val_masks]))
+    train_body, val_body = signal[: len(train)], signal[len(train):]
+    for k in args.k:
+        on_val = [nearest_mean(train, train_body, b, k) for b in val_body]
+        on_train = [nearest_mean(train, train_body, train_body[f], k, slice(max(0, f - args.exclude), f + args.exclude + 1))
+                    for f in held]
+        print(f"  {k} nearest in body: validation {psnr(on_val, val, val_masks):.2f}, "
               f"training {psnr(on_train, train[held], train_masks[held]):.2f}")
 
 
