@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from bench.torso_predictability import nearest_mean, psnr
+from bench.torso_predictability import body_signal, nearest_mean, psnr
 
 
 def test_psnr_pools_the_squared_error_over_the_masked_pixels_of_all_frames() -> None:
@@ -42,6 +42,19 @@ def test_a_still_torso_is_predicted_by_every_predictor(tmp_path, monkeypatch, ca
     torso_predictability.main()
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0].strip() for line in lines[1:]] == ["train mean", "1 nearest in head pose",
-                                                                 "3 nearest in head pose"]
+                                                                 "3 nearest in head pose", "1 nearest in body",
+                                                                 "3 nearest in body"]
     figures = [float(word.rstrip(",")) for line in lines[1:] for word in line.split()[-3::2]]
-    assert len(figures) == 6 and min(figures) > 35
+    assert len(figures) == 10 and min(figures) > 35
+
+
+def test_the_body_signal_follows_where_the_silhouette_sits() -> None:
+    """A block moving down and widening: its centroid row, spread across and top edge grow with it; standardised."""
+    masks = np.zeros((3, 16, 16), bool)
+    for f in range(3):
+        masks[f, 8 + f:, 4 - f:12 + f] = True  # over the middle third of the columns in every frame
+    signal = body_signal(masks)
+    assert signal.shape == (3, 5) and np.allclose(signal.mean(0), 0, atol=1e-9)
+    cx, cy, sx, _, top = signal.T
+    assert np.allclose(cx, 0, atol=1e-6)  # centred whatever its width
+    assert (np.diff(cy) > 0).all() and (np.diff(sx) > 0).all() and (np.diff(top) > 0).all()
