@@ -37,7 +37,8 @@ from ernerf.cli import keep_torchmetrics_import_lean  # noqa: E402
 
 keep_torchmetrics_import_lean()  # before the first Lightning import, as the entry scripts
 
-from ernerf.apps.evaluation.pasted import paste_weights, pasted_figures  # noqa: E402
+from ernerf.metrics.image import pasted_figures  # noqa: E402
+from ernerf.postprocess.pasteback import paste_weights  # noqa: E402
 
 
 def score(rendered, data, weights: np.ndarray, right_half: bool = False) -> dict[str, float]:

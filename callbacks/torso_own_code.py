@@ -8,7 +8,6 @@ what the video shows along the run, so curves, finished.json and a sweep's summa
 
 from __future__ import annotations
 
-from typing import Any
 
 import lightning as L
 import numpy as np
@@ -16,7 +15,8 @@ import torch
 
 from callbacks.image_logger import to_uint8
 from datamodules.subject import to_unit
-from ernerf.apps.evaluation.pasted import paste_weights, pasted_figures
+from ernerf.metrics.image import pasted_figures
+from ernerf.postprocess.pasteback import paste_weights
 
 
 def own_code_frames(num_train: int, count: int) -> np.ndarray:

@@ -513,7 +513,7 @@ def test_renders_needs_an_existing_folder_and_an_output_of_its_own(tmp_path: Pat
 
 
 def test_pasted_figures_weigh_the_paste_and_its_seam() -> None:
-    from ernerf.apps.evaluation.pasted import pasted_figures
+    from ernerf.metrics.image import pasted_figures
 
     truths = np.zeros((1, 1, 3, 3), np.uint8)
     renders = truths.copy()

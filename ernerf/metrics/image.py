@@ -36,6 +36,17 @@ def weighted_psnr(renders: np.ndarray, truths: np.ndarray, weights: np.ndarray) 
     return float(-10 * np.log10(max(mse, 10 ** (-PSNR_CAP / 10))))
 
 
+def pasted_figures(renders: np.ndarray, truths: np.ndarray, weights: np.ndarray,
+                   within: np.ndarray | None = None) -> dict[str, float]:
+    """Whole-frame PSNR, PSNR over the pixels a paste-back takes from the render (weighted by its alpha `weights`
+    [T, H, W]) and over its feathered edge (weighted by 4 alpha (1 - alpha): where the render meets the frame, a seam if
+    they disagree); `within` [T, H, W] (0 or 1): over those pixels alone."""
+    within = np.ones(weights.shape) if within is None else within
+    return {"psnr": weighted_psnr(renders, truths, within),
+            "pasted_psnr": weighted_psnr(renders, truths, weights * within),
+            "seam_psnr": weighted_psnr(renders, truths, 4 * weights * (1 - weights) * within)}
+
+
 def ssim(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> float:
     """SSIM (Gaussian window 11, sigma 1.5) of two images."""
     return float(structural_similarity_index_measure(_to_tensor(pred), _to_tensor(target), data_range=1.0))

@@ -19,6 +19,7 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -27,6 +28,8 @@ from PIL import Image
 from ernerf.errors import ErnerfError
 from ernerf.preprocess.check import redo_hint
 
+# infer.py's paste-back settings (its postprocess group's default): what a viewer sees of a render
+INFER_PASTE = Path(__file__).resolve().parents[2] / "conf" / "postprocess" / "default.yaml"
 SCHEMES = ("box", "face", "face_neck")
 BLENDS = ("feather", "seamless")
 HEAD_BGR = (255, 0, 0)  # parsing colours as cv2.imread returns them (docs/dataset.md)
@@ -290,3 +293,20 @@ class PasteBack:
         out = np.zeros(frame_hw, dtype=np.float32)
         out[place.frame] = np.where(a > 0.5, d, 0.0)
         return out
+
+
+def paste_weights(data: Any, frames: np.ndarray, height: int, width: int, settings: Path = INFER_PASTE) -> np.ndarray:
+    """The paste-back's alpha (`settings`: infer.py's by default) of each of a subject's `frames` (SubjectData: its
+    parsing maps and face mesh), at the render size [T, H, W]."""
+    from omegaconf import OmegaConf
+
+    pp = OmegaConf.load(settings)
+    paste = PasteBack(pp.scheme, pp.blend, pp.feather_px, pp.dilate_px)
+    mesh = np.load(data.layout.mesh, mmap_mode="r") if data.layout.mesh.is_file() else None
+    out = []
+    for f in frames.tolist():
+        img_id = int(data.img_ids[f])
+        points = None if mesh is None else np.asarray(mesh[img_id, :, :2], np.float32)
+        alpha = paste.alpha(read_parsing_map(data.layout.parsing(img_id)), points)
+        out.append(cv2.resize(alpha.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA))
+    return np.stack(out)
