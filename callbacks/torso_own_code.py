@@ -8,7 +8,6 @@ what the video shows along the run, so curves, finished.json and a sweep's summa
 
 from __future__ import annotations
 
-
 import lightning as L
 import numpy as np
 import torch
