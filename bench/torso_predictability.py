@@ -106,20 +106,15 @@ def main() -> None:
           f"{len(held)} training frames left out in turn (+-{args.exclude} frames)")
     print(f"  train mean: validation {psnr([mean] * len(val), val, val_masks):.2f}, "
           f"training {psnr([mean] * len(held), train[held], train_masks[held]):.2f}")
-    for k in args.k:
-        on_val = [nearest_mean(train, train_poses, p, k) for p in val_poses]
-        on_train = [nearest_mean(train, train_poses, train_poses[f], k, slice(max(0, f - args.exclude), f + args.exclude + 1))
-                    for f in held]
-        print(f"  {k} nearest in head pose: validation {psnr(on_val, val, val_masks):.2f}, "
-              f"training {psnr(on_train, train[held], train_masks[held]):.2f}")
     signal = body_signal(np.concatenate([train_masks, val_masks]))
-    train_body, val_body = signal[: len(train)], signal[len(train):]
-    for k in args.k:
-        on_val = [nearest_mean(train, train_body, b, k) for b in val_body]
-        on_train = [nearest_mean(train, train_body, train_body[f], k, slice(max(0, f - args.exclude), f + args.exclude + 1))
-                    for f in held]
-        print(f"  {k} nearest in body: validation {psnr(on_val, val, val_masks):.2f}, "
-              f"training {psnr(on_train, train[held], train_masks[held]):.2f}")
+    for name, train_keys, val_keys in [("head pose", train_poses, val_poses),
+                                       ("body", signal[: len(train)], signal[len(train):])]:
+        for k in args.k:
+            on_val = [nearest_mean(train, train_keys, key, k) for key in val_keys]
+            on_train = [nearest_mean(train, train_keys, train_keys[f], k,
+                                     slice(max(0, f - args.exclude), f + args.exclude + 1)) for f in held]
+            print(f"  {k} nearest in {name}: validation {psnr(on_val, val, val_masks):.2f}, "
+                  f"training {psnr(on_train, train[held], train_masks[held]):.2f}")
 
 
 if __name__ == "__main__":
