@@ -16,6 +16,10 @@ init_from=<checkpoint>` names another, e.g. the short subject's head for one til
 CPU smoke run:
     python bench/train_speed.py --data-root data --subject trump --rays 1024 --steps 10 --budget 0 \
         --override datamodule.downscale=8 --override trainer=cpu
+A minutes-long subject's stage from a short one (its frames listed 7,500 times: cost, not quality), each stage
+starting from the short subject's trained stage before it, as train.py's would, and the torso rendering the frozen
+head's layers where its real budget would:
+    python bench/train_speed.py --subject trump --tile-to 7500 --stage lips --steps 1500 --warmup 300 --budget 0
 Each --override is a Hydra override of conf/train.yaml, so any stage, encoder or precision can be timed.
 """
 
@@ -47,7 +51,8 @@ import lightning as L  # noqa: E402
 
 from callbacks.data_parallel import DataParallelCallback  # noqa: E402
 from callbacks.ema import EMAWeights  # noqa: E402
-from ernerf.apps.chain import initial_checkpoint, run_budget  # noqa: E402
+from callbacks.head_layers import layers_pay  # noqa: E402
+from ernerf.apps.chain import initial_checkpoint, run_budget, stage_steps  # noqa: E402
 from ernerf.engine import ExecutionEngine  # noqa: E402
 from ernerf.errors import ErnerfError  # noqa: E402
 
@@ -178,6 +183,20 @@ def starting_checkpoint(cfg, num_frames: int) -> str | None:
     return str(fitted)
 
 
+def decide_head_layers(cfg, datamodule) -> None:
+    """A torso stage's `head_layers: auto` decided by the stage's own step budget for the subject, as train.py's run
+    decides it, not by the bench's few steps (which would march the head where the stage renders its layers)."""
+    layers = cfg.callbacks.get("head_layers")
+    if not layers or layers.enabled != "auto":
+        return
+    height, width = datamodule.frame_size
+    steps = stage_steps(cfg, datamodule.num_train_frames)
+    layers.enabled = layers_pay(steps, cfg.datamodule.num_rays, datamodule.num_train_frames, height, width)
+    print(f"torso: the stage's {steps} steps on {datamodule.num_train_frames} frames "
+          f"{'render' if layers.enabled else 'march'} the frozen head ({'its layers' if layers.enabled else 'per step'})",
+          flush=True)
+
+
 def build(overrides: list[str], budget_ranks: int | None = None) -> tuple:
     """Compose conf/train.yaml with overrides; instantiate datamodule, system, the execution engine (conf/engine/) and
     the callbacks that take part in the step (the engine, the occupancy grid's refresh, the EMA of the weights when
@@ -191,6 +210,7 @@ def build(overrides: list[str], budget_ranks: int | None = None) -> tuple:
     if budget_ranks:
         run_budget(cfg, datamodule.num_train_frames, budget_ranks)
     cfg.model.init_from = starting_checkpoint(cfg, datamodule.num_train_frames)
+    decide_head_layers(cfg, datamodule)
     OmegaConf.resolve(cfg)
     system = instantiate(cfg.model, num_frames=datamodule.num_train_frames)
     engine = instantiate(cfg.engine)
@@ -230,7 +250,11 @@ def measure_speed(overrides: list[str], steps: int, warmup: int, devices: int = 
     timer.times, timer.captures = timer.times[:steps], timer.captures[:steps]
     its = timer.rate(warmup)
     graph = engine.graphed
-    return {"profile": window.summary if window else {}, "ranks_identical": timer.ranks_identical, "it_per_s": its, "rays_per_s": its * cfg.datamodule.num_rays * devices, "num_rays": cfg.datamodule.num_rays,
+    budget = stage_steps(cfg, datamodule.num_train_frames)
+    return {"profile": window.summary if window else {}, "ranks_identical": timer.ranks_identical, "it_per_s": its,
+            "train_frames": datamodule.num_train_frames, "stage_steps": budget,
+            "stage_steps_s": round(budget / its, 1) if budget and its else None,
+            "rays_per_s": its * cfg.datamodule.num_rays * devices, "num_rays": cfg.datamodule.num_rays,
             "devices": devices, "cuda_graph_captures": graph.captures if graph else 0,
             "it_per_s_between_captures": timer.rate_between_captures(warmup),
             "captures_timed": timer.captures[-1] - timer.captures[warmup] if len(timer.captures) > warmup else 0,
@@ -373,8 +397,16 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=1, help="GPUs (more than one: Lightning's DDP)")
     parser.add_argument("--profile", type=int, default=0, help="then profile this many steps (GPU)")
     parser.add_argument("--trace", type=Path, help="with --profile: write the profiled steps' timeline here (.json)")
+    parser.add_argument("--tile-to", type=int, help="time the subject with its training frames listed up to this "
+                        "many (a minutes-long subject's cost from a short one: bench/preload_speed.py's tiling)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    if args.tile_to:
+        from preload_speed import tiled
+
+        tiles = Path(tempfile.mkdtemp(prefix="tiled_"))  # the subject's name kept: its runs are found as before
+        tiled(Path(args.data_root) / args.subject, args.tile_to, tiles / args.subject)
+        args.data_root = str(tiles)
     overrides = [f"subject={args.subject}", f"paths.data_root={args.data_root}", f"stage={args.stage}",
                  f"datamodule.num_rays={args.rays}", *args.override]
     if torch.cuda.is_available() and not any(o.startswith("trainer=") for o in args.override):
@@ -396,6 +428,10 @@ def main() -> None:
               f"{result['gpu_peak_mib']} MiB, host {result['host_peak_rss_mib']} MiB"
               + (f"; ranks hold identical weights and grid: {result['ranks_identical']}" if args.devices > 1 else ""),
               flush=True)
+        if result["stage_steps"]:
+            print(f"{args.stage}: its budget for {result['train_frames']} training frames, {result['stage_steps']} "
+                  f"steps, takes {result['stage_steps_s'] / 60:.1f} min at that rate (steps alone: no preload, "
+                  "compilation or validation)", flush=True)
     if rank == 0 and result.get("profile"):
         print("profile per step:", json.dumps(result["profile"], indent=1), flush=True)
     seconds = args.budget if args.budget is not None else math.inf if args.full_stage else 300.0

@@ -42,7 +42,7 @@ class HeadLayerCache(L.Callback):
         datamodule = trainer.datamodule
         frames, (height, width) = datamodule.num_train_frames, datamodule.frame_size
         steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else 0
-        if self.enabled == "auto" and steps * self.rays_per_step < frames * height * width:
+        if self.enabled == "auto" and not layers_pay(steps, self.rays_per_step, frames, height, width):
             log.info("the torso stage marches the frozen head's rays: its %d steps of %d rays cost less than "
                      "rendering its %d frames once", steps, self.rays_per_step, frames)
             return
@@ -67,6 +67,12 @@ class HeadLayerCache(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if getattr(pl_module, "head_layers", None) is not None:
             pl_module.use_head_layers(None)
+
+
+def layers_pay(steps: int, rays_per_step: int, frames: int, height: int, width: int) -> bool:
+    """`enabled: auto`'s rule: whether a run's steps would march more of the head's rays than rendering each of its
+    frames once does."""
+    return steps * rays_per_step >= frames * height * width
 
 
 def head_frozen(system: L.LightningModule) -> bool:

@@ -72,3 +72,25 @@ def test_a_lips_or_torso_stage_is_timed_from_the_trained_stage_before_it(tmp_pat
     assert bench.starting_checkpoint(alone, 227) is None
     assert "Timing lips from an untrained head" in capsys.readouterr().out
     assert bench.starting_checkpoint(compose("train", ["subject=someone", "stage=head"]), 227) is None
+
+
+def test_a_tiled_torso_is_timed_as_its_stage_would_run_it(prepare_subject, tmp_path, monkeypatch, capsys) -> None:
+    """--tile-to: the subject's training frames listed up to that many, the runs found under the subject's own name;
+    the torso's head layers follow the stage's real budget for that many frames (rendered: its 10,000-step minimum
+    of 256 rays outnumbers the 16 frames' 64 x 64 pixels), not the bench's 3 steps (which would march the head)."""
+    root = first_training_frames(prepare_subject("train/trump_10s.mp4"), tmp_path / "data", count=8)
+    out = tmp_path / "tiled.json"
+    monkeypatch.setattr(sys, "argv", ["train_speed.py", "--data-root", str(root.parent), "--subject", root.name,
+                                      "--tile-to", "16", "--stage", "torso", "--steps", "3", "--warmup", "1",
+                                      "--budget", "0", "--override", "trainer=cpu", "--override",
+                                      "datamodule.num_workers=0", "--override", f"paths.runs_root={tmp_path / 'runs'}",
+                                      "--override", "+callbacks.head_layers.progress=false", "--json", str(out),
+                                      *TINY, *TINY_FIELD])
+    bench_module("train_speed").main()
+    printed = capsys.readouterr().out
+    figures = json.loads(out.read_text())
+    assert figures["train_frames"] == 16 and figures["stage_steps"] == 10000  # the torso's minimum (30 x 16 < 10k)
+    assert figures["stage_steps_s"] == round(10000 / figures["it_per_s"], 1)
+    assert "the stage's 10000 steps on 16 frames render the frozen head" in printed
+    assert "Timing torso from an untrained head" in printed  # no trained stage under this subject's runs
+    assert "its budget for 16 training frames, 10000 steps" in printed
