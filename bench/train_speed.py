@@ -192,7 +192,7 @@ def decide_head_layers(cfg, datamodule) -> None:
     height, width = datamodule.frame_size
     steps = stage_steps(cfg, datamodule.num_train_frames)
     layers.enabled = layers_pay(steps, cfg.datamodule.num_rays, datamodule.num_train_frames, height, width)
-    print(f"torso: the stage's {steps} steps on {datamodule.num_train_frames} frames "
+    print(f"{cfg.stage.name}: the stage's {steps} steps on {datamodule.num_train_frames} frames "
           f"{'render' if layers.enabled else 'march'} the frozen head ({'its layers' if layers.enabled else 'per step'})",
           flush=True)
 
