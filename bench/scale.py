@@ -11,7 +11,8 @@ is preprocessed by the README's command, `python preprocess.py video=... subject
 length: wall time, frames/s per step (from each step's `.steps/<step>.json` marker) and overall, peak RSS (the
 largest single process, from the kernel's accounting of the finished process tree, and the sum over the live tree,
 sampled), dataset size on disk and file count per folder, and the load average before and after. GPU parts
-(`--train`, `--infer`) say "skipped: no GPU" without CUDA.
+(`--train`, `--infer`) say "skipped: no GPU" without CUDA. `--train` trains each stage whole; a long video's stage
+rates on a GPU machine (which has no face models to preprocess with) come from `bench/stage_rates.py`.
 """
 
 from __future__ import annotations
