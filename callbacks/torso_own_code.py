@@ -26,19 +26,26 @@ def own_code_frames(num_train: int, count: int) -> np.ndarray:
 
 
 class TorsoOwnCodeScore(L.Callback):
-    """Logs `val/torso_own_psnr`, `val/torso_own_pasted_psnr` and `val/torso_own_seam_psnr` as each validation ends:
+    """Logs `val/torso_own_psnr`, `val/torso_own_pasted_psnr` and `val/torso_own_seam_psnr` at each validation:
     `frames` training frames rendered with their own audio window, blink and torso code over the stage's background,
     scored whole, where infer.py's paste takes the render (weighted by its alpha) and at the paste's feathered edge
     (evaluate.py's `torso_own_*`, over fewer frames). A no-op for a system without a torso field."""
 
-    def __init__(self, frames: int = 8) -> None:
+    def __init__(self, frames: int = 16) -> None:
         if frames < 1:
             raise ValueError(f"callbacks.torso_own_code.frames is at least 1 (or the callback null), not {frames}")
         self.frames = frames
         self.weights: np.ndarray | None = None  # the paste's alpha of the scored frames, read once
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or getattr(pl_module, "torso", None) is None:
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # At the start: callbacks.ema (before this one among the callbacks) has swapped in the averaged weights that
+        # val/psnr scores; at the end it has swapped them out again.
+        if not trainer.sanity_checking:
+            self.score(trainer, pl_module)
+
+    def score(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Render, score and log the frames with the model's weights as they are."""
+        if getattr(pl_module, "torso", None) is None:
             return
         data, store = trainer.datamodule.data, trainer.datamodule.store
         frames = own_code_frames(data.num_train, self.frames)

@@ -504,3 +504,29 @@ def test_stage_all_resolves_an_overrides_interpolation_in_each_stages_config(tmp
     finally:
         HydraConfig.instance().cfg = None
     assert paths == {name: str(tmp_path / "anna" / name / "clock.csv") for name in ("head", "lips", "torso")}
+
+
+def test_the_torso_runs_own_code_figures_score_the_weights_its_validation_scores(subject: Path, chained: dict) -> None:
+    """val/torso_own_* at a validation are the figures of the weights that validation scores (the EMA of the weights,
+    swapped in for it), not of the raw weights of that step: a run ending on an EMA update keeps that model in its
+    checkpoint, which scores the same figures again."""
+    from types import SimpleNamespace
+
+    from hydra.utils import instantiate
+
+    from callbacks.torso_own_code import TorsoOwnCodeScore
+    from ernerf.apps.train import train
+    from ernerf.systems.loading import load_system
+
+    cfg = stage_config(subject, "torso", "trainer.max_steps=10", "trainer.val_check_interval=10", "run_name=torso_own",
+                       "callbacks.ema.every_n_steps=5")
+    metrics = train(cfg)
+    system = load_system(subject / "runs" / "sphere" / "torso_own" / "checkpoints" / "last.ckpt", device="cpu")
+    datamodule = instantiate(stage_config(subject, "torso").datamodule)
+    datamodule.setup("fit")
+    logged: dict[str, float] = {}
+    system.log = lambda name, value: logged.__setitem__(name, value)
+    with torch.no_grad():
+        TorsoOwnCodeScore(frames=16).score(SimpleNamespace(datamodule=datamodule), system)
+    for name in ("val/torso_own_psnr", "val/torso_own_pasted_psnr", "val/torso_own_seam_psnr"):
+        assert abs(logged[name] - metrics[name]) < 0.01, (name, logged[name], metrics[name])

@@ -52,7 +52,7 @@ def test_the_frames_are_spread_over_the_training_split() -> None:
 
 def test_each_frame_is_drawn_with_its_own_code_and_scored_against_its_truth(datamodule) -> None:
     system = FrameSystem(datamodule.store)
-    TorsoOwnCodeScore(frames=4).on_validation_epoch_end(SimpleNamespace(sanity_checking=False, datamodule=datamodule),
+    TorsoOwnCodeScore(frames=4).on_validation_epoch_start(SimpleNamespace(sanity_checking=False, datamodule=datamodule),
                                                         system)
     assert system.asked == own_code_frames(datamodule.data.num_train, 4).tolist()
     assert set(system.logged) == {"val/torso_own_psnr", "val/torso_own_pasted_psnr", "val/torso_own_seam_psnr"}
@@ -62,11 +62,11 @@ def test_each_frame_is_drawn_with_its_own_code_and_scored_against_its_truth(data
 def test_a_render_that_is_not_the_frame_scores_low_and_a_head_only_system_is_left_alone(datamodule) -> None:
     grey = FrameSystem(datamodule.store)
     grey.render_image = lambda *a, torso_frame=None, **k: {"rgb": torch.full((32, 32, 3), 0.5)}
-    TorsoOwnCodeScore(frames=4).on_validation_epoch_end(SimpleNamespace(sanity_checking=False, datamodule=datamodule),
+    TorsoOwnCodeScore(frames=4).on_validation_epoch_start(SimpleNamespace(sanity_checking=False, datamodule=datamodule),
                                                         grey)
     assert np.isfinite(grey.logged["val/torso_own_pasted_psnr"]) and grey.logged["val/torso_own_psnr"] < 20
     head = FrameSystem(datamodule.store, with_torso=False)
-    TorsoOwnCodeScore().on_validation_epoch_end(SimpleNamespace(sanity_checking=False, datamodule=datamodule), head)
+    TorsoOwnCodeScore().on_validation_epoch_start(SimpleNamespace(sanity_checking=False, datamodule=datamodule), head)
     assert head.asked == [] and head.logged == {}
 
 
