@@ -61,5 +61,5 @@ class TorsoOwnCodeScore(L.Callback):
                 renders.append(to_uint8(out["rgb"]))
                 truths.append(store.image(f).cpu().numpy())
         figures = pasted_figures(np.stack(renders), np.stack(truths), self.weights)
-        for name, value in figures.items():  # every rank renders the same frames with the same weights
-            pl_module.log(f"val/torso_own_{name}", value)
+        for name, value in figures.items():  # every rank renders the same frames with the same weights: the mean
+            pl_module.log(f"val/torso_own_{name}", value, sync_dist=True)  # over ranks is each rank's figure

@@ -525,7 +525,7 @@ def test_the_torso_runs_own_code_figures_score_the_weights_its_validation_scores
     datamodule = instantiate(stage_config(subject, "torso").datamodule)
     datamodule.setup("fit")
     logged: dict[str, float] = {}
-    system.log = lambda name, value: logged.__setitem__(name, value)
+    system.log = lambda name, value, **options: logged.__setitem__(name, value)
     with torch.no_grad():
         TorsoOwnCodeScore(frames=16).score(SimpleNamespace(datamodule=datamodule), system)
     for name in ("val/torso_own_psnr", "val/torso_own_pasted_psnr", "val/torso_own_seam_psnr"):

@@ -28,7 +28,7 @@ class FrameSystem(torch.nn.Module):
             return {"rgb": torch.full((height, width, 3), 0.5)}
         return {"rgb": self.store.image(torso_frame).float() / 255}
 
-    def log(self, name: str, value: float) -> None:
+    def log(self, name: str, value: float, **options) -> None:
         self.logged[name] = value
 
 
