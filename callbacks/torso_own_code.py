@@ -12,10 +12,9 @@ import lightning as L
 import numpy as np
 import torch
 
-from callbacks.image_logger import to_uint8
-from datamodules.subject import to_unit
 from ernerf.metrics.image import pasted_figures
 from ernerf.postprocess.pasteback import paste_weights
+from ernerf.rendering.frames import render_validation
 
 
 def own_code_frames(num_train: int, count: int) -> np.ndarray:
@@ -51,15 +50,8 @@ class TorsoOwnCodeScore(L.Callback):
         frames = own_code_frames(data.num_train, self.frames)
         if self.weights is None:
             self.weights = paste_weights(data, frames, data.height, data.width)
-        renders, truths = [], []
-        intrinsics = torch.tensor(data.intrinsics, dtype=torch.float32)
         with torch.no_grad():
-            for f in frames.tolist():
-                out = pl_module.render_image(store.poses[f], intrinsics, data.height, data.width,
-                                             store.audio_window(f), store.eye[f: f + 1], None,
-                                             to_unit(store.background(f)), torso_frame=f)
-                renders.append(to_uint8(out["rgb"]))
-                truths.append(store.image(f).cpu().numpy())
-        figures = pasted_figures(np.stack(renders), np.stack(truths), self.weights)
+            rendered = render_validation(pl_module, data, store, frames, progress=False, own_torso=True)
+        figures = pasted_figures(rendered.renders, rendered.truths, self.weights)
         for name, value in figures.items():  # every rank renders the same frames with the same weights: the mean
             pl_module.log(f"val/torso_own_{name}", value, sync_dist=True)  # over ranks is each rank's figure

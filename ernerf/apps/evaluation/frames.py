@@ -5,22 +5,19 @@ from __future__ import annotations
 
 import logging
 import re
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
-from datamodules.subject import FrameStore, parse_subject, to_unit
+from datamodules.subject import FrameStore, parse_subject
 from ernerf.apps.checkpoints import TrainedStage, find_trained, read_trained
 from ernerf.apps.inference import Renderer, frame_store
 from ernerf.apps.runs import last_checkpoint, offered_checkpoint, subject_eval_folder
 from ernerf.errors import ErnerfError
-from ernerf.progress import Enabled, progress_bar
+from ernerf.rendering.frames import FirstFrame, Rendered, render_validation
 
 log = logging.getLogger(__name__)
 
@@ -70,50 +67,6 @@ def validation_frames(num_train: int, num_frames: int, max_frames: int | None) -
         raise ErnerfError("the subject has no validation frames (transforms_val.json is empty): "
                           "re-run the tracking step, which holds back the last 1/11 of the frames.")
     return frames if max_frames is None else frames[:max_frames]
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """Renders and ground truth of the evaluated frames, uint8 [T, H, W, 3]; face boxes (top, bottom, left, right)."""
-
-    frames: np.ndarray  # [T] subject frame index
-    renders: np.ndarray
-    truths: np.ndarray
-    face_rects: np.ndarray  # [T, 4]
-    seconds: float
-
-
-def to_uint8(rgb: Any) -> np.ndarray:
-    """A [H, W, 3] render in [0, 1] (tensor or array) -> uint8."""
-    arr = rgb.detach().float().cpu().numpy() if hasattr(rgb, "detach") else np.asarray(rgb, np.float32)
-    return (np.clip(arr, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
-
-
-FirstFrame = Callable[[float, int, int], None]  # (seconds the first frame took, its height, frames in all) -> None
-
-
-def render_validation(renderer: Renderer, data: Any, store: Any, frames: np.ndarray,
-                      progress: Enabled = "auto", on_first: FirstFrame | None = None,
-                      own_torso: bool = False, what: str = "validation frames") -> Rendered:
-    """Render each frame with its tracked pose, audio window and blink, over its own background (as validation).
-    `on_first` hears how long the first frame took, so that a caller can say early how long the rest will take.
-    `own_torso`: frames trained on, their torso drawn with each frame's own code (as a crop pasted into that frame
-    is), not the mean code a held-out frame gets."""
-    t0, renders, truths = time.perf_counter(), [], []
-    intrinsics = torch.tensor(data.intrinsics, dtype=torch.float32)
-    with progress_bar(len(frames), f"rendering {what}", enabled=progress) as bar:
-        for f in frames.tolist():
-            t = time.perf_counter()
-            out = renderer.render_image(data.poses[f], intrinsics, data.height, data.width, data.audio_window(f),
-                                        data.eye[f: f + 1], None, to_unit(store.background(f)),
-                                        torso_frame=f if own_torso else None)
-            renders.append(to_uint8(out["rgb"]))
-            if on_first is not None and len(renders) == 1:
-                on_first(time.perf_counter() - t, data.height, len(frames))
-            truths.append(store.image(f).cpu().numpy())
-            bar.update(1)
-    return Rendered(frames, np.stack(renders), np.stack(truths), data.rects["face"][frames].numpy(),
-                    time.perf_counter() - t0)
 
 
 def pose_options(cfg: Any) -> dict[str, Any]:
