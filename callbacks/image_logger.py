@@ -14,13 +14,9 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torch import Tensor
 
 from ernerf.postprocess.depth import depth_range, depth_with_scale
+from ernerf.rendering.frames import to_uint8
 
 PANELS = ("render", "truth", "depth")  # keys `val_images/<i>_<panel>`: a frame's three panels sort together
-
-
-def to_uint8(image: Tensor) -> np.ndarray:
-    """Colours in [0, 1] [H, W, 3] -> uint8."""
-    return (image.detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
 
 
 def covered_depth(depth: Tensor, opacity: Tensor | None) -> np.ndarray:

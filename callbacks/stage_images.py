@@ -8,7 +8,8 @@ import lightning as L
 import numpy as np
 import torch
 
-from callbacks.image_logger import ValImageLogger, to_uint8
+from callbacks.image_logger import ValImageLogger
+from ernerf.rendering.frames import to_uint8
 
 
 def upscaled(image: np.ndarray, min_size: int = 128) -> np.ndarray:
