@@ -293,7 +293,7 @@ class GraphedRender:
     host sync per frame, which inference pays anyway to read the frame back.
     """
 
-    def __init__(self, render_fn: RenderFn, headroom: float = 1.25, granularity: int = 65536) -> None:
+    def __init__(self, render_fn: RenderFn, headroom: float = 1.05, granularity: int = 65536) -> None:
         self.render_fn, self.headroom, self.granularity = render_fn, headroom, granularity
         self.entries: dict[tuple, _Captured] = {}
         self.captures = 0
