@@ -13,15 +13,9 @@ import numpy as np
 import torch
 
 from ernerf.metrics.image import pasted_figures
+from ernerf.picks import evenly_spaced
 from ernerf.postprocess.pasteback import paste_weights
 from ernerf.rendering.frames import render_validation
-
-
-def own_code_frames(num_train: int, count: int) -> np.ndarray:
-    """`count` training frames evenly spaced over the training split (all of them when it has fewer)."""
-    if count >= num_train:
-        return np.arange(num_train)
-    return np.linspace(0, num_train - 1, count).round().astype(int)
 
 
 class TorsoOwnCodeScore(L.Callback):
@@ -47,7 +41,7 @@ class TorsoOwnCodeScore(L.Callback):
         if getattr(pl_module, "torso", None) is None:
             return
         data, store = trainer.datamodule.data, trainer.datamodule.store
-        frames = own_code_frames(data.num_train, self.frames)
+        frames = evenly_spaced(data.num_train, self.frames)
         if self.weights is None:
             self.weights = paste_weights(data, frames, data.height, data.width)
         with torch.no_grad():

@@ -23,6 +23,7 @@ from ernerf.audio.features import smoothing_rows
 from ernerf.constants import SMOOTH_WINDOW
 from ernerf.errors import ErnerfError
 from ernerf.io.layout import SubjectLayout, check_downscale
+from ernerf.picks import evenly_spaced
 # check_subject: train.py makes it before it imports this module (ernerf/apps/preflight.py)
 from ernerf.preprocess.check import check_subject, redo_hint
 from ernerf.rendering.rays import get_rays, nerf_matrix_to_ngp
@@ -541,7 +542,7 @@ class SubjectDataModule(L.LightningDataModule):
         frames = list(range(self.data.num_train, self.data.num_frames)) or [self.data.num_train - 1]
         if self.num_val_frames is None or self.num_val_frames >= len(frames):
             return frames
-        return [frames[int(k)] for k in np.linspace(0, len(frames) - 1, self.num_val_frames).round()]
+        return [frames[k] for k in evenly_spaced(len(frames), self.num_val_frames)]
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         # device tensors stay in this process; items of staged frames are only numbers

@@ -17,6 +17,7 @@ import numpy as np
 from ernerf.errors import ErnerfError
 from ernerf.io.atomic import atomic_path
 from ernerf.io.layout import SubjectLayout
+from ernerf.picks import evenly_spaced
 from ernerf.preprocess import segmentation as seg
 from ernerf.preprocess.base import PreprocessStep, StepContext
 from ernerf.preprocess.check import redo_hint
@@ -27,7 +28,7 @@ def sample_frames(num_frames: int, max_samples: int) -> list[int]:
     """Up to `max_samples` frame indices spread evenly over the clip."""
     if num_frames <= 0:
         raise ErnerfError("the subject has no frames: re-run the ingest step (preprocess.force=[ingest]).")
-    return sorted(set(np.linspace(0, num_frames - 1, min(num_frames, max_samples)).round().astype(int).tolist()))
+    return evenly_spaced(num_frames, max_samples).tolist()
 
 
 class PlateAccumulator:

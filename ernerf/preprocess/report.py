@@ -12,6 +12,7 @@ import numpy as np
 from ernerf.errors import ErnerfError
 from ernerf.io.atomic import atomic_path, write_text
 from ernerf.io.layout import SubjectLayout
+from ernerf.picks import evenly_spaced
 from ernerf.preprocess.base import PreprocessStep, StepContext
 from ernerf.preprocess.check import redo_hint
 
@@ -112,7 +113,7 @@ def contact_sheet(layout: SubjectLayout, num_frames: int, count: int = 6, cols: 
                   tile: int = 320) -> np.ndarray:
     """Grid of `count` evenly spaced annotated frames. # -> [rows*tile, cols*tile, 3] BGR"""
     track = load_track(layout)
-    ids = np.unique(np.linspace(0, num_frames - 1, count).round().astype(int))
+    ids = evenly_spaced(num_frames, count)
     tiles = [cv2.resize(frame_tile(layout, int(i), track), (tile, tile), interpolation=cv2.INTER_AREA) for i in ids]
     tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % cols)
     rows = [np.hstack(tiles[r: r + cols]) for r in range(0, len(tiles), cols)]

@@ -29,6 +29,7 @@ import numpy as np
 from ernerf.errors import ErnerfError
 from ernerf.io.atomic import atomic_path, write_text
 from ernerf.io.layout import SubjectLayout
+from ernerf.picks import evenly_spaced
 from ernerf.preprocess.base import PreprocessStep, StepContext
 from ernerf.preprocess.check import redo_hint
 from ernerf.threads import torch_threads
@@ -282,7 +283,7 @@ def track(mesh: np.ndarray, valid: np.ndarray, size: int, focal_prior: float = 1
         raise ErnerfError("no frame has a detected face mesh: tracking needs a visible face (check the video).")
     uv = mesh[:, list(STABLE_IDS), :2].astype(np.float64)
     weights = np.where(valid, 1.0, 0.05)  # interpolated frames mostly follow the smoothness prior
-    probe = np.flatnonzero(valid)[np.unique(np.linspace(0, valid.sum() - 1, probe_frames).astype(int))]
+    probe = np.flatnonzero(valid)[evenly_spaced(int(valid.sum()), probe_frames)]
     scale = size / 512.0
     with torch_threads(1):  # a tiny problem: thread hand-offs cost more than they bring
         template = canonical_template(mean_shape(mesh, frames=np.flatnonzero(valid)))[list(STABLE_IDS)]

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from callbacks.torso_own_code import TorsoOwnCodeScore, own_code_frames
+from callbacks.torso_own_code import TorsoOwnCodeScore
+from ernerf.picks import evenly_spaced
 
 
 class FrameSystem(torch.nn.Module):
@@ -44,17 +45,11 @@ def datamodule(tmp_path_factory: pytest.TempPathFactory):
     return dm
 
 
-def test_the_frames_are_spread_over_the_training_split() -> None:
-    frames = own_code_frames(227, 8)
-    assert frames[0] == 0 and frames[-1] == 226 and len(frames) == 8 and (np.diff(frames) >= 32).all()
-    assert own_code_frames(5, 8).tolist() == [0, 1, 2, 3, 4]
-
-
 def test_each_frame_is_drawn_with_its_own_code_and_scored_against_its_truth(datamodule) -> None:
     system = FrameSystem(datamodule.store)
     TorsoOwnCodeScore(frames=4).on_validation_epoch_start(SimpleNamespace(sanity_checking=False, datamodule=datamodule),
                                                         system)
-    assert system.asked == own_code_frames(datamodule.data.num_train, 4).tolist()
+    assert system.asked == evenly_spaced(datamodule.data.num_train, 4).tolist()
     assert set(system.logged) == {"val/torso_own_psnr", "val/torso_own_pasted_psnr", "val/torso_own_seam_psnr"}
     assert system.logged["val/torso_own_psnr"] > 50  # the truth itself, up to the uint8 rounding
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from rich.console import Console
 
@@ -19,6 +18,7 @@ from ernerf.apps.evaluation.figures import Findings
 from ernerf.apps.evaluation.frames import EvalTarget, Rendered
 from ernerf.loggers import AppendingCSVLogger
 from ernerf.apps.evaluation.regions import RegionErrors
+from ernerf.picks import evenly_spaced
 from ernerf.metrics.regions import REGIONS
 from ernerf.metrics.report import frame_grid, mouth_curves, psnr_curve, region_figure, write_index
 
@@ -92,7 +92,7 @@ def write_outputs(out_dir: Path, report: dict[str, Any], rendered: Rendered, fou
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"metrics": out_dir / "metrics.json"}
     files["metrics"].write_text(json.dumps(report, indent=2))
-    picks = np.linspace(0, len(rendered.frames) - 1, min(report_frames, len(rendered.frames))).round().astype(int)
+    picks = evenly_spaced(len(rendered.frames), report_frames)
     files["grid"] = frame_grid(out_dir / "frames.png", rendered.truths[picks], rendered.renders[picks],
                                        rendered.frames[picks])
     files["psnr"] = psnr_curve(out_dir / "psnr.png", rendered.frames, found.curves["psnr"])
