@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from ernerf.fields import FieldOutputs
@@ -196,3 +197,34 @@ def test_frames_marched_together_each_see_their_own_group() -> None:
         for name in ("rgb", "depth", "opacity"):
             torch.testing.assert_close(together[name][b], alone[name], rtol=0, atol=1e-6)
     assert not torch.allclose(together["opacity"][0], together["opacity"][2])  # the frames differ
+
+
+def test_render_max_samples_keeps_each_rays_first_occupied_samples_in_renders_only() -> None:
+    grid = OccupancyGrid(BOX, resolution=32)
+    for _ in range(4):
+        grid.update(sphere_density)
+    rays_o = torch.tensor([[0.0, 0.0, -3.0]]).expand(64, 3)
+    rays_d = torch.nn.functional.normalize(torch.randn(64, 3, generator=torch.Generator().manual_seed(3)) * 0.1
+                                           + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
+    args = (rays_o, rays_d, sphere_field(), BOX, grid, (0.0, 0.0, 1.0))
+    full = RayMarcher(num_samples=32).eval()(*args)
+    capped = RayMarcher(num_samples=32, render_max_samples=4).eval()(*args)
+    many = RayMarcher(num_samples=32, render_max_samples=32).eval()(*args)
+    hits = full.opacity > 0.5
+    assert hits.sum() > 32
+    assert many.samples_evaluated == full.samples_evaluated and torch.equal(many.rgb, full.rgb)
+    assert capped.samples_evaluated <= 4 * len(rays_o) < full.samples_evaluated  # the cut did cut
+    # what the cut leaves out lies behind its samples, seen through what they leave: at most 1 - opacity of a colour
+    left = (1 - capped.opacity)[:, None]
+    assert ((capped.rgb - full.rgb).abs() <= left + 1e-6).all()
+    assert (capped.opacity[hits] > 0.99).all()  # the dense sphere is nearly opaque within a ray's first 4 samples
+    torch.testing.assert_close(capped.rgb[hits], full.rgb[hits], atol=0.01, rtol=0)
+    one = RayMarcher(num_samples=32, render_max_samples=1).eval()(*args)
+    assert int(hits.sum()) <= one.samples_evaluated <= len(rays_o)  # a sample for each ray that meets an occupied cell
+    trained = RayMarcher(num_samples=32, perturb=False, render_max_samples=4).train()(*args)
+    assert trained.samples_evaluated == full.samples_evaluated  # training marches every occupied sample
+
+
+def test_render_max_samples_under_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="render_max_samples must be at least 1"):
+        RayMarcher(render_max_samples=0)
