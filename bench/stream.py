@@ -304,6 +304,24 @@ def queue_only(avatar, streams: int, batching, seconds: float) -> tuple[list[flo
             shares)
 
 
+def graph_captures(avatar) -> tuple[int, list[int]]:
+    """(captures so far, capacities in samples) of the renderer's whole-frame render graph; (0, []) without one (a
+    CPU): a capture inside a timed run is a frame that outgrew the graph's capacity, a stall a live stream shows."""
+    graphed = getattr(getattr(avatar.renderer, "execution", None), "graphed_render", None)
+    if graphed is None:
+        return 0, []
+    return graphed.captures, sorted(entry.capacity for entry in graphed.entries.values())
+
+
+def captures_line(avatar, before: int) -> str:
+    """The render graph's captures since `before` and its capacities, as a line under a table row."""
+    captures, capacities = graph_captures(avatar)
+    if not capacities:
+        return f"{'':>14}render graph: none (renders run eagerly)"
+    return (f"{'':>14}render graph: {captures - before} captures in the run, capacity "
+            f"{', '.join(f'{c:,}' for c in capacities)} samples")
+
+
 def thread_shares(seconds, frames: int) -> dict[str, float]:
     """The render thread's milliseconds per rendered frame in each part of its work (`RenderQueue.seconds`)."""
     return {part: 1e3 * value / max(1, frames) for part, value in sorted(seconds.items())}
@@ -387,12 +405,15 @@ def main() -> None:
         for batch in [int(b) for b in args.batch_frames.split(",")]:
             batching = RenderBatching(frames=batch, wait_seconds=args.batch_wait_ms / 1000.0)
             for n in [int(s) for s in args.streams.split(",")]:
+                captures = graph_captures(avatar)[0]
                 fps, per_call, shares = queue_only(avatar, n, batching, args.talk)
                 figures[f"batch{batch}_streams{n}"] = {"fps": fps, "frames_per_call": per_call,
-                                                       "render_thread_ms": shares}
+                                                       "render_thread_ms": shares,
+                                                       "render_graph_captures": graph_captures(avatar)[0] - captures}
                 print(f"{batch:>6}{n:>8}{per_call:>12.2f}{min(fps):>14.2f}{statistics.median(fps):>9.2f}"
                       f"{sum(fps):>13.2f}", flush=True)
                 print(thread_line(shares), flush=True)
+                print(captures_line(avatar, captures), flush=True)
         avatar.close()
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -415,6 +436,7 @@ def main() -> None:
                 # the event loop runs on this thread: its CPU against the whole process's (the render thread, the
                 # frame pool, the encoders; and the clients when they run here), per frame the clients received
                 cpu, loop = time.process_time(), time.thread_time()
+                captures = graph_captures(avatar)[0]
                 results, per_call, live = asyncio.run(run(avatar, n, args.idle, args.talk, microphone, batching,
                                                                       clients, ahead_frames(cfg.render)))
                 frames = max(1, sum(r["frames"] for r in results))
@@ -425,6 +447,7 @@ def main() -> None:
                 print(f"{batch:>6}{n:>8}{per_call:>12.2f}{summary(results)}{cpu_ms[0]:>28.1f}{cpu_ms[1]:>8.1f}",
                       flush=True)
                 print(thread_line(live.pop("render_thread")), flush=True)
+                print(captures_line(avatar, captures), flush=True)
                 if live:  # stalls: audio came later than the spare allowed for (the viewer sees the picture stop)
                     print(f"{'':>14}live speech, all streams: {live.get('shown', 0)} frames shown, "
                           f"{live.get('stalls', 0)} stalls holding {live.get('held', 0)} frames for late audio, "

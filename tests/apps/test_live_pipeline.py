@@ -198,6 +198,21 @@ def test_the_queue_benchmark_counts_each_stream_frames(long_subject) -> None:
     assert len(fps) == 3 and min(fps) > 0 and per_call == 1.0
     assert shares["model"] > 0 and "waiting" in shares  # the render thread's time a frame, per part
     assert "busy" in stream_bench.thread_line(shares)
+    assert stream_bench.graph_captures(avatar) == (0, []) and "none" in stream_bench.captures_line(avatar, 0)  # CPU
+
+
+def test_the_queue_benchmark_says_how_often_the_render_graph_was_captured_in_a_run() -> None:
+    from types import SimpleNamespace
+
+    from tests.bench.scripts import bench_module
+
+    stream_bench = bench_module("stream")
+    graphed = SimpleNamespace(captures=3, entries={"a": SimpleNamespace(capacity=983040),
+                                                   "b": SimpleNamespace(capacity=65536)})
+    avatar = SimpleNamespace(renderer=SimpleNamespace(execution=SimpleNamespace(graphed_render=graphed)))
+    assert stream_bench.graph_captures(avatar) == (3, [65536, 983040])
+    line = stream_bench.captures_line(avatar, before=1)
+    assert "2 captures in the run" in line and "65,536, 983,040 samples" in line
 
 
 def test_serve_refuses_a_bad_cpu_workers_before_the_model_loads(monkeypatch) -> None:
