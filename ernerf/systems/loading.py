@@ -29,12 +29,16 @@ SHARED_LAYOUT = ("auto", "torch", "triton")  # hash-grid backends with the refer
 ENCODER_BACKENDS = ("auto", "torch", "triton")  # what a caller may ask for
 
 
-def load_system(path: Path | str, device: str = "auto", engine: Any = None, encoder_backend: str = "auto") -> Any:
+def load_system(path: Path | str, device: str = "auto", engine: Any = None, encoder_backend: str = "auto",
+                render_max_samples: int | None = None) -> Any:
     """The trained system of checkpoint `path`, in eval mode on `device` (auto: CUDA when there is one).
 
     engine: the ExecutionEngine that runs it (None: conf/engine/default.yaml's settings).
     encoder_backend: its hash grids' kernels; auto = Triton on CUDA when it imports, the PyTorch reference elsewhere.
+    render_max_samples: its renders evaluate at most each ray's first n occupied samples (RayMarcher); None: as the
+    checkpoint says (every occupied sample, unless it was trained with model.marcher.render_max_samples).
     """
+    check_render_max_samples(render_max_samples)
     try:
         from ernerf.engine import ExecutionEngine
         from ernerf.systems.talking_head import TalkingHeadSystem
@@ -50,17 +54,29 @@ def load_system(path: Path | str, device: str = "auto", engine: Any = None, enco
         raise ErnerfError(f"the weights in {path} do not fit the model its hyper-parameters describe "
                           f"({str(exc).splitlines()[0]}): was it written by another version of train.py?") from exc
     system = system.to(dev).eval()
+    if render_max_samples is not None:
+        system.marcher.render_max_samples = render_max_samples
     (engine if engine is not None else ExecutionEngine()).attach(system)
     return system
 
 
+def check_render_max_samples(value: Any) -> None:
+    """A whole number >= 1, or None; else a one-line error naming the setting."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ErnerfError(f"render_max_samples must be a whole number of samples >= 1 (e.g. 8), or null for every "
+                          f"occupied sample; got {value!r}.")
+
+
 def loader_for(cfg: Any) -> Callable[[Path, str], Any]:
-    """`(path, device) -> system` with the engine and encoder backend an application's config names (`engine`:
-    a conf/engine/ node, `encoder_backend`), as infer.py and evaluate.py load."""
+    """`(path, device) -> system` with the engine, encoder backend and render samples an application's config names
+    (`engine`: a conf/engine/ node, `encoder_backend`, `render_max_samples`), as infer.py, evaluate.py and serve.py
+    load. A bad render_max_samples fails here, before any checkpoint is read."""
     from hydra.utils import instantiate
 
+    max_samples = cfg.get("render_max_samples")
+    check_render_max_samples(max_samples)
     engine, backend = instantiate(cfg.engine), str(cfg.encoder_backend)
-    return lambda path, device: load_system(path, device, engine, backend)
+    return lambda path, device: load_system(path, device, engine, backend, max_samples)
 
 
 def read_checkpoint(path: Path | str) -> dict[str, Any]:

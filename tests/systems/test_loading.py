@@ -142,3 +142,27 @@ def test_a_model_trained_on_a_cpu_renders_with_the_triton_kernels_on_a_gpu(tmp_p
     got, ref = frame(loaded), frame(reference)
     for key in ref:  # Triton's kernels and TF32 against the PyTorch reference in fp32
         torch.testing.assert_close(got[key], ref[key], rtol=1e-2, atol=1e-2)
+
+
+def test_renders_may_be_loaded_with_fewer_samples_a_ray_than_the_checkpoint_trained_with(tmp_path: Path) -> None:
+    system = head()
+    path = save(system, tmp_path / "head.ckpt")
+    assert load_system(path, "cpu").marcher.render_max_samples is None  # the checkpoint's own: every sample
+    capped = load_system(path, "cpu", render_max_samples=1)
+    assert capped.marcher.render_max_samples == 1
+    full, one = frame(system), frame(capped)
+    assert not torch.equal(one["opacity"], full["opacity"]) and (one["opacity"] <= full["opacity"] + 1e-6).all()
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "8", True])
+def test_a_bad_render_max_samples_says_what_it_takes_before_a_checkpoint_is_read(bad, tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from ernerf.systems.loading import loader_for
+
+    with pytest.raises(ErnerfError, match="render_max_samples must be a whole number"):
+        load_system(tmp_path / "missing.ckpt", "cpu", render_max_samples=bad)
+    cfg = OmegaConf.create({"engine": {"_target_": "ernerf.engine.ExecutionEngine"}, "encoder_backend": "auto",
+                            "render_max_samples": bad})
+    with pytest.raises(ErnerfError, match="render_max_samples must be a whole number"):
+        loader_for(cfg)
