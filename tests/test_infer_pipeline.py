@@ -165,3 +165,39 @@ def test_only_the_outputs_the_options_use_come_back_from_the_renderer(mini_subje
     everything = render_crop(renderer, subject, subject.poses[0], None, window, bg)
     assert set(only_rgb) == {"rgb"} and set(everything) == {"rgb", "depth", "opacity"}
     assert only_rgb["rgb"].dtype == np.uint8 and np.array_equal(only_rgb["rgb"], everything["rgb"])
+
+
+class CountingPaste(PasteBack):
+    """Paste-back that counts the masks it makes."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.masks = 0
+
+    def alpha(self, parsing, face_points=None):
+        self.masks += 1
+        return super().alpha(parsing, face_points)
+
+
+# none kept: a mask for every frame, and one more for the first frame's check before the walk starts
+@pytest.mark.parametrize("cache_frames, masks", [(64, 12), (4, None), (0, NUM_FRAMES + 1)])
+def test_the_walk_makes_each_paste_mask_and_background_once_when_the_cache_holds_its_frames(
+        tmp_path, mini_subject, cache_frames, masks) -> None:
+    view = load_subject(mini_subject.root, "aud_mel.npy", cache_frames=cache_frames)
+    paste = CountingPaste("face_neck")
+    result = run_inference(CropRenderer(view.layout, view.poses, view.img_ids), view, features(), AUDIO,
+                           tmp_path / "out", OutputOptions(paste, workers=2, cache_frames=cache_frames), progress=False)
+    assert result.num_frames == NUM_FRAMES
+    backgrounds = view.background.cache_info()
+    if masks is None:  # fewer kept than the 12 frames: the walk's turns come back through the last ones only
+        assert 12 < paste.masks < NUM_FRAMES and 12 <= backgrounds.misses < NUM_FRAMES
+    else:
+        assert paste.masks == masks and backgrounds.misses == min(masks, NUM_FRAMES)
+    expected = sequential_reference(view, features(), tmp_path / "ref", PasteBack("face_neck"))
+    assert result.outputs["video"].read_bytes() == expected["video"].read_bytes()
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "many", True])
+def test_a_bad_cache_size_says_what_it_takes(mini_subject, bad) -> None:
+    with pytest.raises(ErnerfError, match="postprocess.cache_frames must be a whole number"):
+        load_subject(mini_subject.root, "aud_mel.npy", cache_frames=bad)

@@ -242,13 +242,16 @@ def frame_store(data: SubjectData, background: str) -> FrameStore:
 
 
 def load_subject(root: Path | str, audio_file: str, background: str = "torso", scale: float = 4.0,
-                 offset: tuple[float, float, float] = (0.0, 0.0, 0.0), downscale: int = 1) -> SubjectView:
+                 offset: tuple[float, float, float] = (0.0, 0.0, 0.0), downscale: int = 1,
+                 cache_frames: int = 64) -> SubjectView:
     """Parse a subject folder with the training datamodule's parser, its frames over the trained stage's
-    `background`; `downscale` renders smaller crops."""
+    `background`; `downscale` renders smaller crops. The backgrounds of the last `cache_frames` frames asked for stay
+    in memory: a ping-pong walk comes back through the frames it passed last (`postprocess.cache_frames`)."""
+    check_cache_frames(cache_frames)
     data = parse_subject(Path(root), audio_file, downscale=downscale, scale=scale, offset=tuple(offset))
     store = frame_store(data, background)
 
-    @functools.lru_cache(maxsize=64)  # ping-pong revisits frames; compositing torso over the plate is not free
+    @functools.lru_cache(maxsize=cache_frames)  # compositing torso over the plate is not free
     def frame_background(i: int) -> np.ndarray:
         return store.background(i).cpu().numpy()
 
@@ -257,6 +260,12 @@ def load_subject(root: Path | str, audio_file: str, background: str = "torso", s
         width=data.width, eye=data.eye.numpy(), img_ids=data.img_ids.numpy(), background=frame_background,
         num_train=data.num_train, store=store,
     )
+
+
+def check_cache_frames(value: Any) -> None:
+    """A whole number of frames >= 0; else a one-line error naming the setting."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ErnerfError(f"postprocess.cache_frames must be a whole number of frames >= 0 (0: keep none), got {value!r}.")
 
 
 def with_held_out_codes(subject: SubjectView, system: Any, checkpoint: Path, last_frame: int,
@@ -285,6 +294,7 @@ class OutputOptions:
     depth: bool = False
     crf: int = 18
     workers: int | str = "auto"  # paste-back threads (ernerf.postprocess.pipeline.paste_workers)
+    cache_frames: int = 64  # paste masks kept in memory, the last frames' (a ping-pong walk comes back through them)
 
     @property
     def rendered(self) -> tuple[str, ...]:
@@ -436,21 +446,24 @@ class Compositor:
     """Pastes rendered crops into original frames (alpha masks cached per frame); called from several threads."""
 
     def __init__(self, subject: SubjectView, box: HeadBox, options: OutputOptions) -> None:
+        check_cache_frames(options.cache_frames)
         self.subject, self.box, self.options = subject, box, options
         self._alpha: OrderedDict[int, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
         self._depth_range: tuple[float, float] | None = None
 
     def alpha(self, img_id: int) -> np.ndarray:
+        """The paste mask of a source frame, kept for the last `options.cache_frames` frames asked for."""
         with self._lock:
             if img_id in self._alpha:
+                self._alpha.move_to_end(img_id)
                 return self._alpha[img_id]
         paste = self.options.paste
         face_points = self.subject.face_points(img_id) if paste.needs_face_points else None
         alpha = paste.alpha(self.subject.parsing(img_id), face_points)
         with self._lock:  # two threads may compute the same mask: both give the same array
             self._alpha[img_id] = alpha
-            if len(self._alpha) > 64:
+            while len(self._alpha) > self.options.cache_frames:
                 self._alpha.popitem(last=False)
         return alpha
 
@@ -541,13 +554,15 @@ def infer_from_config(cfg: Any, system_loader: Callable[[Path, str], Renderer] |
     extractor = None if cfg.features else audio_extractor(trained, kind, dim, cfg.audio_extractor)
     feats, warnings = driving_features(audio, kind, dim, extractor, cfg.features)
     subject = load_subject(Path(cfg.paths.data_root) / cfg.subject, trained.feature_file(kind),
-                           trained.stage.background, cfg.pose.scale, tuple(cfg.pose.offset), cfg.downscale)
+                           trained.stage.background, cfg.pose.scale, tuple(cfg.pose.offset), cfg.downscale,
+                           cfg.postprocess.cache_frames)
     walk = plan_motion(subject.poses, subject.eye, len(feats), start=cfg.motion.start,
                        smooth_window=cfg.motion.smooth_window)
     subject = with_held_out_codes(subject, system, ckpt, int(walk.indices.max()), cfg.progress)
     pp = cfg.postprocess
     options = OutputOptions(PasteBack(pp.scheme, pp.blend, pp.feather_px, pp.dilate_px),
-                            alpha=pp.alpha, depth=pp.depth, crf=pp.crf, workers=pp.workers)
+                            alpha=pp.alpha, depth=pp.depth, crf=pp.crf, workers=pp.workers,
+                            cache_frames=pp.cache_frames)
     result = run_inference(system, subject, feats, audio, folder, options, name=name,
                            start=cfg.motion.start, smooth_window=cfg.motion.smooth_window, progress=cfg.progress)
     if spoken is not None:

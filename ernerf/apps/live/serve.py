@@ -45,12 +45,12 @@ def build_avatar(cfg: Any, renderer: Renderer | None = None) -> LiveAvatar:
     extractor = audio_extractor(trained, kind, dim, cfg.audio_extractor)
     root = Path(cfg.paths.data_root) / cfg.subject
     subject = load_subject(root, trained.feature_file(kind), trained.stage.background, cfg.pose.scale,
-                           tuple(cfg.pose.offset), cfg.downscale)
+                           tuple(cfg.pose.offset), cfg.downscale, cfg.postprocess.cache_frames)
     # the idle walk passes every frame, the held-out ones too: each gets a torso code of its own once
     subject = with_held_out_codes(subject, renderer, trained.checkpoint, len(subject.poses) - 1)
     training_windows = np.load(root / trained.feature_file(kind), mmap_mode="r")
     pp = cfg.postprocess
-    options = OutputOptions(PasteBack(pp.scheme, pp.blend, pp.feather_px, pp.dilate_px))
+    options = OutputOptions(PasteBack(pp.scheme, pp.blend, pp.feather_px, pp.dilate_px), cache_frames=pp.cache_frames)
     return LiveAvatar(renderer, subject, options, extractor, quietest_window(training_windows, subject.layout.audio),
                       cfg.render.cpu_workers)
 
