@@ -10,14 +10,19 @@ On a GPU a frame renders in a few milliseconds and this is what bounds infer.py.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+# as conf/infer.yaml sets it before torch loads: OpenMP threads sleep between ops instead of spinning on the cores the
+# paste threads and the encoder need
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
