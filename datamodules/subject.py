@@ -540,9 +540,9 @@ class SubjectDataModule(L.LightningDataModule):
     def val_frames(self) -> list[int]:
         """Held-out frames to render, evenly spaced over the validation split."""
         frames = list(range(self.data.num_train, self.data.num_frames)) or [self.data.num_train - 1]
-        if self.num_val_frames is None or self.num_val_frames >= len(frames):
+        if self.num_val_frames is None:
             return frames
-        return [frames[k] for k in evenly_spaced(len(frames), self.num_val_frames)]
+        return [frames[k] for k in evenly_spaced(len(frames), self.num_val_frames)]  # all of them when fewer
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         # device tensors stay in this process; items of staged frames are only numbers
