@@ -19,6 +19,19 @@ SMALL_FIELD = ["encoder.num_levels=4", "encoder.log2_hashmap_size=10", "encoder.
 TINY_FIELD = [f"--override={o}" for o in SMALL_FIELD]
 
 
+def train_mini_head(data_root: Path, runs_root: Path, steps: int, *overrides: str) -> None:
+    """The head stage of subject `mini` under `data_root`, trained `steps` steps at the smallest size (SMALL_FIELD,
+    256 rays, a 16^3 grid) and validated, checkpointed and imaged at its last step, into `runs_root`."""
+    from ernerf.apps.train import train
+    from tests.conftest import compose
+
+    train(compose("train", ["subject=mini", f"paths.data_root={data_root}", f"paths.runs_root={runs_root}",
+                            *overrides, "debug=fast", "datamodule.num_rays=256", "model.grid.resolution=16",
+                            *SMALL_FIELD, f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}",
+                            f"callbacks.checkpoint.every_n_train_steps={steps}",
+                            f"callbacks.val_images.every_n_steps={steps}"]))
+
+
 def bench_module(name: str) -> ModuleType:
     """bench/<name>.py imported as a module (the scripts are not a package)."""
     sys.path.insert(0, str(REPO / "bench"))

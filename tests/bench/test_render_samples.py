@@ -8,24 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench.scripts import SMALL_FIELD, run_bench
+from tests.bench.scripts import run_bench, train_mini_head
 
 
 @pytest.fixture(scope="module")
 def trained_mini(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """24 real frames of trump_10s.mp4 and a head stage trained on them for a few steps."""
-    from ernerf.apps.train import train
-    from tests.conftest import compose, shared_clip
+    from tests.conftest import shared_clip
     from tests.postprocess.mini_subject import write_mini_subject
 
     tmp = tmp_path_factory.mktemp("samples")
     write_mini_subject(tmp / "data" / "mini", shared_clip("train/trump_10s.mp4"), num_frames=24)
-    steps = 6
-    train(compose("train", ["subject=mini", f"paths.data_root={tmp / 'data'}", f"paths.runs_root={tmp / 'runs'}",
-                            "debug=fast", "datamodule.num_rays=256", "model.grid.resolution=16", *SMALL_FIELD,
-                            f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}",
-                            f"callbacks.checkpoint.every_n_train_steps={steps}",
-                            f"callbacks.val_images.every_n_steps={steps}"]))
+    train_mini_head(tmp / "data", tmp / "runs", 6)
     return tmp / "data", tmp / "runs"
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.bench.scripts import REPO, SMALL_FIELD, run_bench
+from tests.bench.scripts import REPO, run_bench, train_mini_head
 
 
 def voices_module():
@@ -85,23 +85,16 @@ def test_correlation_intervals_narrow_with_frames_and_cover_the_truth() -> None:
 @pytest.fixture(scope="module")
 def voiced_mini(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """34 real frames of trump_10s.mp4 with their sound, and a head stage trained on them for a few steps."""
-    from ernerf.apps.train import train
     from ernerf.constants import SAMPLE_RATE
     from ernerf.io.audio import load_audio, write_wav
-    from tests.conftest import compose, shared_clip
+    from tests.conftest import shared_clip
     from tests.postprocess.mini_subject import write_mini_subject
 
     tmp = tmp_path_factory.mktemp("voices")
     clip = shared_clip("train/trump_10s.mp4")
     layout = write_mini_subject(tmp / "data" / "mini", clip, num_frames=34)
     write_wav(layout.audio, load_audio(clip, sr=SAMPLE_RATE)[: 34 * SAMPLE_RATE // 25], SAMPLE_RATE)
-    steps = 6
-    train(compose("train", ["subject=mini", f"paths.data_root={tmp / 'data'}", f"paths.runs_root={tmp / 'runs'}",
-                            "audio_features=mel", "debug=fast", "datamodule.num_rays=256", "model.grid.resolution=16",
-                            *SMALL_FIELD,
-                            f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}",
-                            f"callbacks.checkpoint.every_n_train_steps={steps}",
-                            f"callbacks.val_images.every_n_steps={steps}"]))
+    train_mini_head(tmp / "data", tmp / "runs", 6, "audio_features=mel")
     return tmp / "data", tmp / "runs"
 
 
