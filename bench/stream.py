@@ -79,6 +79,10 @@ def speaking(track):
                 self.first_speech = time.monotonic()
             return frame
 
+        def stop(self) -> None:  # the player's decoding thread runs until its track stops, past the event loop's end
+            super().stop()
+            track.stop()
+
     return Speaking()
 
 
