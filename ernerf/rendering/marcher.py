@@ -101,8 +101,9 @@ class RayMarcher(nn.Module):
     render_max_samples: outside training, each ray evaluates at most its first this many samples in occupied cells
     (None: all of them). Behind an opaque surface the rest add nothing; where a ray's first occupied cells are
     nearly empty (thin hair, the grid's margin) it cuts what lies behind them. A speed setting for eager renders, whose
-    time follows the samples they evaluate (a CUDA graph's frame does not: it evaluates its whole capacity), measured
-    against the full render by bench/render_samples.py; training always marches every occupied sample.
+    time follows the samples they evaluate (graphed GPU frames were measured no faster, their smaller capacity
+    notwithstanding: docs/performance.md), measured against the full render by bench/render_samples.py; training
+    always marches every occupied sample.
     """
 
     def __init__(self, num_samples: int = 16, perturb: bool = True, min_near: float = 0.05,
