@@ -86,6 +86,61 @@ def test_pipelined_output_equals_the_sequential_loop(tmp_path, mini_subject, sch
     assert pipeline_threads() == []
 
 
+class LaunchingRenderer(CropRenderer):
+    """A renderer that launches frames (engine.render_async's path): every third launched frame comes back flagged
+    short, its launched outputs blank, so only rendering it again (`redo`) gives the right crop."""
+
+    def __init__(self, view) -> None:
+        super().__init__(view.layout, view.poses, view.img_ids)
+        self.launches = 0
+        self.redone: list[int] = []
+
+    def launch_image(self, c2w, intrinsics, H, W, audio_window, eye, frame_index, bg, torso_frame=None):
+        import torch
+
+        from ernerf.systems.execution import LaunchedRender
+
+        number, self.launches = self.launches, self.launches + 1
+        out = self.render_image(c2w, intrinsics, H, W, audio_window, eye, frame_index, bg, torso_frame)
+        if number % 3:
+            return LaunchedRender(out, torch.tensor(False), lambda: out)
+
+        def redo():
+            self.redone.append(number)
+            return out
+
+        return LaunchedRender({k: torch.zeros_like(v) for k, v in out.items()}, torch.tensor(True), redo)
+
+
+def test_frames_are_read_one_launch_behind_and_short_ones_rendered_again(tmp_path, mini_subject):
+    """The device renders frame t + 1 while frame t is read back and pasted: each frame is read after the next one
+    was launched; the output equals the sequential loop's, frames that fell short of the graph's samples included."""
+    from ernerf.apps.inference import RenderedAhead
+    from ernerf.postprocess.pipeline import Lookahead, thread_pool
+
+    view = load_subject(mini_subject.root, "aud_mel.npy")
+    feats = features()
+    renderer = LaunchingRenderer(view)
+    plan = plan_motion(view.poses, view.eye, len(feats))
+    ahead = RenderedAhead(renderer, view, plan, feats)
+    launched_when_read = []
+    with thread_pool(1, "ernerf-paste") as pool:
+        backgrounds = Lookahead(pool, view.background, map(int, plan.indices), 2)
+        for t, raw in ahead.frames(backgrounds):
+            launched_when_read.append(renderer.launches)
+            want = render_planned_frame(CropRenderer(view.layout, view.poses, view.img_ids), view, plan, feats, t)
+            assert raw.keys() == want.keys() and all(np.array_equal(raw[k], want[k]) for k in want), f"frame {t}"
+    assert launched_when_read == [min(t + 2, NUM_FRAMES) for t in range(NUM_FRAMES)]
+    assert renderer.redone == list(range(0, NUM_FRAMES, 3)) and ahead.seconds > 0
+
+    expected = sequential_reference(view, feats, tmp_path / "sequential", PasteBack("face"))
+    result = run_inference(LaunchingRenderer(view), view, feats, AUDIO, tmp_path / "launched",
+                           OutputOptions(JitteryPaste("face"), alpha="png", depth=True, workers=3), progress=False)
+    assert result.outputs["video"].read_bytes() == expected["video"].read_bytes()
+    assert result.outputs["depth"].read_bytes() == expected["depth"].read_bytes()
+    assert pipeline_threads() == []
+
+
 def subject_missing_parsing(src: SubjectLayout, dst: Path, img_id: int) -> SubjectLayout:
     shutil.copytree(src.root, dst)
     layout = SubjectLayout(dst)

@@ -10,7 +10,7 @@ import functools
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +39,7 @@ from ernerf.postprocess.pasteback import HeadBox, PaletteMap, PasteBack, read_pa
 from ernerf.postprocess.pipeline import Lookahead, OrderedSink, paste_workers, thread_pool
 from ernerf.preprocess.check import redo_hint
 from ernerf.progress import Enabled, progress_bar
+from ernerf.systems.execution import LaunchedRender, to_device
 from ernerf.systems.loading import loader_for
 
 MIN_AUDIO_SECONDS = 0.5  # below this the audio net sees less than its 8-frame (0.32 s) window of real sound
@@ -53,6 +54,14 @@ class Renderer(Protocol):
 
     def render_image(self, c2w: Any, intrinsics: Any, H: int, W: int, audio_window: Any, eye: Any,
                      frame_index: int | None, bg: Any, torso_frame: int | None = None) -> Mapping[str, Any]:
+        ...
+
+
+class LaunchingRenderer(Renderer, Protocol):
+    """A renderer that can also queue a frame on its device without waiting for it (TalkingHeadSystem does)."""
+
+    def launch_image(self, c2w: Any, intrinsics: Any, H: int, W: int, audio_window: Any, eye: Any,
+                     frame_index: int | None, bg: Any, torso_frame: int | None = None) -> LaunchedRender:
         ...
 
 
@@ -340,7 +349,11 @@ def _to_pixels(rgb: Any) -> np.ndarray:
     the bytes come back (the same float32 operations as numpy's `(clip(x, 0, 1) * 255 + 0.5).astype(uint8)`)."""
     if not hasattr(rgb, "detach"):
         return (np.clip(np.asarray(rgb, np.float32), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
-    return rgb.detach().float().clamp(0.0, 1.0).mul(255).add(0.5).to(torch.uint8).cpu().numpy()
+    return _device_pixels(rgb).cpu().numpy()
+
+
+def _device_pixels(rgb: torch.Tensor) -> torch.Tensor:
+    return rgb.detach().float().clamp(0.0, 1.0).mul(255).add(0.5).to(torch.uint8)
 
 
 # uint8 -> float32 in [0, 1] as numpy computes it (`x.astype(float32) / 255`): a device division by a scalar may
@@ -353,12 +366,12 @@ def _device_background(bg: np.ndarray, device: Any) -> torch.Tensor:
     """A background [..., H, W, 3] (uint8, or float32 in [0, 1]) as the renderer takes it: float32 on `device`, sent
     as uint8 (a quarter of the bytes) and turned into levels there."""
     if bg.dtype != np.uint8:
-        return torch.from_numpy(np.asarray(bg, np.float32)).to(device)
+        return to_device(torch.from_numpy(np.asarray(bg, np.float32)), device)
     device = torch.device(device)
     levels = _unit_levels_on.get(device)
     if levels is None:
         levels = _unit_levels_on[device] = torch.from_numpy(_UNIT_LEVELS).to(device)
-    return levels[torch.from_numpy(bg).to(device).long()]
+    return levels[to_device(torch.from_numpy(bg), device).long()]
 
 
 def render_background(subject: SubjectView, i: int) -> np.ndarray:
@@ -370,16 +383,49 @@ def render_planned_frame(renderer: Renderer, subject: SubjectView, plan: MotionP
                  t: int) -> dict[str, np.ndarray]:
     """Render output frame t: rgb uint8 [H,W,3], depth and opacity float [H,W]."""
     bg = render_background(subject, int(plan.indices[t]))
-    return _render(renderer, subject, plan, feats, t, bg)
+    return render_crops(renderer, subject, [planned_request(subject, plan, feats, t, bg)])[0]
 
 
-def _render(renderer: Renderer, subject: SubjectView, plan: MotionPlan, feats: np.ndarray, t: int,
-            bg: np.ndarray, outputs: tuple[str, ...] = RENDERED) -> dict[str, np.ndarray]:
-    """The renderer's part of frame t (on the calling thread): rgb uint8, depth and opacity float arrays (those of
-    them in `outputs`)."""
+def planned_request(subject: SubjectView, plan: MotionPlan, feats: np.ndarray, t: int, bg: np.ndarray) -> CropRequest:
+    """Output frame t's crop: the plan's pose and blink, the audio window of frame t, pasted into the plan's frame."""
     eye = None if plan.eye is None else float(plan.eye[t])
-    return render_crop(renderer, subject, plan.poses[t], eye, audio_window(feats, t), bg, outputs,
-                       frame=subject.coded_frame(int(plan.indices[t])))
+    return CropRequest(plan.poses[t], eye, audio_window(feats, t), bg, frame=subject.coded_frame(int(plan.indices[t])))
+
+
+class RenderedAhead:
+    """The frames of a motion plan rendered on the calling thread, each handed out once the next one is launched:
+    the device renders frame t + 1 while the caller pastes frame t (`launch_crops`). `seconds`: the time spent
+    launching and waiting for them."""
+
+    def __init__(self, renderer: Renderer, subject: SubjectView, plan: MotionPlan, feats: np.ndarray,
+                 outputs: tuple[str, ...] = RENDERED) -> None:
+        self.renderer, self.subject, self.plan, self.feats, self.outputs = renderer, subject, plan, feats, outputs
+        self.seconds = 0.0
+
+    def frames(self, backgrounds: Lookahead) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """(t, rgb uint8 and depth / opacity float arrays, those in `outputs`) for t = 0 .. n - 1, in order; frame
+        t's background is the next of `backgrounds`."""
+        pending: tuple[int, LaunchedCrop | RenderedCrops] | None = None
+        for t in range(len(self.feats)):
+            bg = backgrounds.next().result()
+            start = time.perf_counter()
+            launched = self._launch(t, bg)
+            self.seconds += time.perf_counter() - start
+            if pending is not None:
+                yield pending[0], self._result(pending[1])
+            pending = (t, launched)
+        if pending is not None:
+            yield pending[0], self._result(pending[1])
+
+    def _launch(self, t: int, bg: np.ndarray) -> LaunchedCrop | RenderedCrops:
+        request = planned_request(self.subject, self.plan, self.feats, t, bg)
+        return launch_crops(self.renderer, self.subject, [request], self.outputs)
+
+    def _result(self, launched: LaunchedCrop | RenderedCrops) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        raw = launched.result()[0]
+        self.seconds += time.perf_counter() - start
+        return raw
 
 
 def render_crop(renderer: Renderer, subject: SubjectView, pose: np.ndarray, eye: float | None, window: np.ndarray,
@@ -392,16 +438,20 @@ def render_crop(renderer: Renderer, subject: SubjectView, pose: np.ndarray, eye:
     the mouth, not where the body sat, and a torso drawn where the frame has it meets the frame's own at the paste's
     edge (docs/evaluation.md, "The torso code of the frame pasted into"). The head's codes stay the mean ones, as for
     any new audio."""
+    with torch.no_grad():
+        out = renderer.render_image(*_crop_inputs(renderer, subject, pose, eye, window, bg), torso_frame=frame)
+    return _to_host(out, outputs)
+
+
+def _crop_inputs(renderer: Renderer, subject: SubjectView, pose: np.ndarray, eye: float | None, window: np.ndarray,
+                 bg: np.ndarray) -> tuple:
+    """`render_image`'s positional arguments (the order of docs/design/model_api.md) for one crop, on the device."""
     dev = renderer.device
-    eye_t = None if eye is None else torch.tensor([eye], device=dev)
+    eye_t = None if eye is None else to_device(torch.tensor([eye]), dev)
     # intrinsics as numbers (a device tensor costs the renderer 4 reads back), rounded to float32 as a tensor was
     intrinsics = tuple(float(v) for v in np.asarray(subject.intrinsics, dtype=np.float32))
-    with torch.no_grad():
-        out = renderer.render_image(  # positional: the order of docs/design/model_api.md
-            torch.from_numpy(np.asarray(pose, np.float32)).to(dev), intrinsics, subject.height, subject.width,
-            torch.from_numpy(np.asarray(window, np.float32)).to(dev), eye_t, None, _device_background(bg, dev),
-            torso_frame=frame)
-    return _to_host(out, outputs)
+    return (to_device(torch.from_numpy(np.asarray(pose, np.float32)), dev), intrinsics, subject.height, subject.width,
+            to_device(torch.from_numpy(np.asarray(window, np.float32)), dev), eye_t, None, _device_background(bg, dev))
 
 
 @dataclass(frozen=True)
@@ -439,7 +489,55 @@ def render_crops(renderer: Renderer | BatchRenderer, subject: SubjectView, reque
 
 def _stacked(values: list[Any], device: Any) -> torch.Tensor:
     """Arrays of one shape as one float32 tensor [B, ...] on `device`."""
-    return torch.from_numpy(np.stack([np.asarray(v, np.float32) for v in values])).to(device)
+    return to_device(torch.from_numpy(np.stack([np.asarray(v, np.float32) for v in values])), device)
+
+
+class RenderedCrops:
+    """Head crops already on the host, as `LaunchedCrop` gives one once it is ready."""
+
+    def __init__(self, crops: list[dict[str, np.ndarray]]) -> None:
+        self.crops = crops
+
+    def result(self) -> list[dict[str, np.ndarray]]:
+        return self.crops
+
+
+class LaunchedCrop:
+    """One head crop launched on the renderer's device with its copy back to the host queued behind it, so the caller
+    can prepare the next frame while it renders; `result()` waits for the copy, and renders the frame again where
+    its graph fell short of samples (`LaunchedRender`)."""
+
+    def __init__(self, launched: LaunchedRender, outputs: tuple[str, ...]) -> None:
+        self.launched, self.outputs = launched, outputs
+        out = launched.outputs
+        self.host = {name: (_device_pixels(out[name]) if name == "rgb" else out[name].detach().float()).to(
+            "cpu", non_blocking=True) for name in outputs}  # page-locked host tensors, filled by the device
+        self.short = None if launched.short is None else launched.short.to("cpu", non_blocking=True)
+        device = out[outputs[0]].device
+        self.copied = torch.cuda.Event() if device.type == "cuda" else None
+        if self.copied is not None:
+            self.copied.record(torch.cuda.current_stream(device))
+
+    def result(self) -> list[dict[str, np.ndarray]]:
+        if self.copied is not None:
+            self.copied.synchronize()
+        if self.short is not None and bool(self.short):
+            return [_to_host(self.launched.redo(), self.outputs)]
+        return [{name: value.numpy() for name, value in self.host.items()}]
+
+
+def launch_crops(renderer: Renderer, subject: SubjectView, requests: list[CropRequest],
+                 outputs: tuple[str, ...] = RENDERED) -> LaunchedCrop | RenderedCrops:
+    """`render_crops`, but one crop of a renderer that can launch frames (`LaunchingRenderer`) is only launched: its
+    `result()` is read after the caller has launched or prepared the next, so the device is not left idle between
+    frames (engine.render_async). Several crops render together and come back at once, as `render_crops`."""
+    if len(requests) != 1 or not hasattr(renderer, "launch_image"):
+        return RenderedCrops(render_crops(renderer, subject, requests, outputs))
+    r = requests[0]
+    with torch.no_grad():
+        launched = renderer.launch_image(*_crop_inputs(renderer, subject, r.pose, r.eye, r.window, r.bg),
+                                         torso_frame=r.frame)
+    return LaunchedCrop(launched, outputs)
 
 
 class Compositor:
@@ -502,7 +600,6 @@ def run_inference(renderer: Renderer, subject: SubjectView, feats: np.ndarray, a
     box = HeadBox.load(subject.layout.head_bbox)
     frames = FrameSource(subject.layout.video)
     ahead = 2 * workers + 2  # frames decoded, backgrounds made and pastes queued ahead (memory stays flat)
-    render_s = 0.0
     try:
         with ResultWriter(out_dir, audio, n, FPS, options.crf, options.alpha, options.depth, name) as writer, \
                 OrderedSink(writer.write, ahead) as sink, thread_pool(workers, "ernerf-paste") as pool, \
@@ -512,16 +609,14 @@ def run_inference(renderer: Renderer, subject: SubjectView, feats: np.ndarray, a
             sources = Lookahead(decoder, frames.get, img_ids, ahead)
             backgrounds = Lookahead(pool, functools.partial(render_background, subject), map(int, plan.indices), ahead)
             with progress_bar(n, "rendering", enabled=progress) as bar:
-                for t in range(n):
-                    bg = backgrounds.next().result()
-                    t1 = time.perf_counter()
-                    raw = _render(renderer, subject, plan, feats, t, bg, options.rendered)
-                    render_s += time.perf_counter() - t1
+                rendered = RenderedAhead(renderer, subject, plan, feats, options.rendered)
+                for t, raw in rendered.frames(backgrounds):
                     bar.update(1)
                     source = sources.next()
                     if t == 0 and options.depth:
                         comp.fix_depth_range(raw["depth"], source.result().shape[:2], img_ids[0])
                     sink.put(pool.submit(comp.compose, raw, source, img_ids[t]))
+                render_s = rendered.seconds
             sink.finish()
             outputs = writer.close()
     finally:

@@ -17,6 +17,7 @@ scheduler fills), installed as the optimizer's `step`: Lightning still calls it,
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -25,6 +26,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from ernerf.systems.execution import LaunchedRender
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +304,26 @@ class GraphedRender:
     def __call__(self, inputs: dict[str, Any]) -> dict[str, Tensor]:
         """Render `inputs`: tensors on the GPU, copied into the graph's inputs; any other value (frame size,
         intrinsics, an absent frame index) is baked into the graph, so a new value captures a new graph."""
+        key, entry = self._replayed(inputs)
+        occupied = int(entry.outputs["occupied"])
+        if occupied > entry.capacity:  # samples were dropped: re-capture larger and render this frame again
+            entry = self.entries[key] = self._capture(inputs, occupied)
+            entry.load(inputs)
+            entry.graph.replay()
+        return {k: v.clone() for k, v in entry.outputs.items()}
+
+    def launch(self, inputs: dict[str, Any]) -> LaunchedRender:
+        """`self(inputs)` without its host sync: the frame is replayed and its outputs copied out of the graph's
+        buffers, all queued on the device. Whether the capacity dropped samples is read later (`short`); `redo`
+        then renders the frame as `self` does. The launched render keeps its graph alive until it is dropped, so
+        a re-capture meanwhile cannot free a graph the device has yet to run."""
+        _, entry = self._replayed(inputs)
+        outputs = {k: v.clone() for k, v in entry.outputs.items()}
+        short = outputs["occupied"] > entry.capacity
+        return LaunchedRender(outputs, short, functools.partial(_redo, self, inputs, entry))
+
+    def _replayed(self, inputs: dict[str, Any]) -> tuple[tuple, _Captured]:
+        """Replay the graph of the inputs' layout on them (capturing it first if new): (layout key, its capture)."""
         key = tuple(self._layout(k, v) for k, v in sorted(inputs.items()))
         entry = self.entries.get(key)
         if entry is None:
@@ -309,12 +332,7 @@ class GraphedRender:
             entry = self.entries[key] = self._capture(inputs, occupied)
         entry.load(inputs)
         entry.graph.replay()
-        occupied = int(entry.outputs["occupied"])
-        if occupied > entry.capacity:  # samples were dropped: re-capture larger and render this frame again
-            entry = self.entries[key] = self._capture(inputs, occupied)
-            entry.load(inputs)
-            entry.graph.replay()
-        return {k: v.clone() for k, v in entry.outputs.items()}
+        return key, entry
 
     def _capture(self, inputs: dict[str, Any], occupied: int) -> _Captured:
         capacity = round_up(occupied * self.headroom, self.granularity)
@@ -332,6 +350,12 @@ class GraphedRender:
     def _static(inputs: dict[str, Any]) -> dict[str, Any]:
         """Graph-owned copies of the tensors, other values as they are."""
         return {k: v.clone() if isinstance(v, Tensor) else v for k, v in inputs.items()}
+
+
+def _redo(graphed: GraphedRender, inputs: dict[str, Any], launched_on: _Captured) -> dict[str, Tensor]:
+    """A launched frame rendered again, waiting (`launched_on`: the capture it was launched on, held until now)."""
+    del launched_on
+    return graphed(inputs)
 
 
 class _Captured:

@@ -25,7 +25,7 @@ from torch import Tensor
 from ernerf.engine.compile import CompiledOrEager
 from ernerf.engine.cuda_graph import BuildFn, GraphedRender, GraphedStep
 from ernerf.errors import ErnerfError
-from ernerf.systems.execution import EagerExecution, FieldFn, RenderFn, StepFn
+from ernerf.systems.execution import EagerExecution, FieldFn, LaunchedRender, RenderFn, StepFn
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +100,16 @@ class ExecutionEngine(EagerExecution, L.Callback):
         fixed_capacity).
     tf32: TF32 matrix products in training steps and renders. render_cuda_graph: replay whole-frame renders on a GPU,
         at the occupied samples of the frame that captured the graph times render_cuda_graph_headroom.
+    render_async: graphed frames that a caller launches (`launch`: infer.py, serve.py) are not waited for, so the host
+        prepares the next frame while the device renders this one.
     eval_chunk, eval_chunk_gpu: rays rendered at once on a CPU, on a GPU.
     sigterm_every_n_steps: under DDP, Lightning's per-step SIGTERM check only every n steps (1: every step).
     """
 
     def __init__(self, compile_field: bool | str = "auto", cuda_graph: bool | str = "auto",
                  cuda_graph_headroom: float = 1.2, cuda_graph_capacity: int | None = None, tf32: bool = True,
-                 render_cuda_graph: bool = True, render_cuda_graph_headroom: float = 1.05, eval_chunk: int = 4096,
-                 eval_chunk_gpu: int = 262144, sigterm_every_n_steps: int = 50) -> None:
+                 render_cuda_graph: bool = True, render_cuda_graph_headroom: float = 1.05, render_async: bool = True,
+                 eval_chunk: int = 4096, eval_chunk_gpu: int = 262144, sigterm_every_n_steps: int = 50) -> None:
         super().__init__(eval_chunk, eval_chunk_gpu)
         for name, mode in (("compile_field", compile_field), ("cuda_graph", cuda_graph)):
             if mode not in MODES:
@@ -118,7 +120,7 @@ class ExecutionEngine(EagerExecution, L.Callback):
         if render_cuda_graph_headroom < 1.0:
             raise ErnerfError("engine.render_cuda_graph_headroom must be at least 1.0, "
                               f"got {render_cuda_graph_headroom}.")
-        self.render_cuda_graph_headroom = float(render_cuda_graph_headroom)
+        self.render_cuda_graph_headroom, self.render_async = float(render_cuda_graph_headroom), bool(render_async)
         self.system: Any = None  # the TalkingHeadSystem attached
         self.train_field: FieldFn | None = None  # the field's forward in training steps
         self.render_field: FieldFn | None = None  # and in whole-frame renders
@@ -166,10 +168,21 @@ class ExecutionEngine(EagerExecution, L.Callback):
         with tf32_matmuls(self.tf32):
             if not self.renders_as_graph(device, chunk >= rays):
                 return render_fn(inputs, None, chunk)
-            if self.graphed_render is None:
-                self.graphed_render = GraphedRender(functools.partial(render_fn, chunk=chunk),
-                                                    headroom=self.render_cuda_graph_headroom)
-            return self.graphed_render(inputs)
+            return self._graphed_render(render_fn, chunk)(inputs)
+
+    def launch(self, render_fn: RenderFn, inputs: dict[str, Any], rays: int, device: torch.device) -> LaunchedRender:
+        """`render`, and with `render_async` a graphed frame is not waited for (`GraphedRender.launch`)."""
+        chunk = self.render_chunk(device)
+        if not self.render_async or not self.renders_as_graph(device, chunk >= rays):
+            return LaunchedRender(self.render(render_fn, inputs, rays, device))
+        with tf32_matmuls(self.tf32):
+            return self._graphed_render(render_fn, chunk).launch(inputs)
+
+    def _graphed_render(self, render_fn: RenderFn, chunk: int) -> GraphedRender:
+        if self.graphed_render is None:
+            self.graphed_render = GraphedRender(functools.partial(render_fn, chunk=chunk),
+                                                headroom=self.render_cuda_graph_headroom)
+        return self.graphed_render
 
     def renders_as_graph(self, device: torch.device, one_chunk: bool) -> bool:
         """Whether a whole frame renders as a CUDA graph: render_cuda_graph, on a GPU, in one chunk, and not while a

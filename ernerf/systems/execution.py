@@ -9,6 +9,7 @@ Nothing here is part of the model: a checkpoint never records how it ran.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -19,6 +20,36 @@ FieldFn = Callable[..., Any]  # field.forward: (x [M, 3], d [M, 3], cond, extras
 StepFn = Callable[[dict[str, Any], int | None], dict[str, Tensor]]
 # (inputs on the device, sample capacity or None, rays per chunk) -> per-pixel outputs + "occupied" []
 RenderFn = Callable[[dict[str, Any], int | None, int], dict[str, Tensor]]
+
+
+def to_device(tensor: Tensor, device: torch.device | str) -> Tensor:
+    """A host tensor on `device` without waiting for the work queued there: a plain copy from pageable memory
+    synchronises with the device's stream, which would make a frame's inputs wait for the frame rendering before it.
+    So the tensor goes through page-locked memory and the copy is queued. On a CPU: the tensor as `.to` gives it."""
+    device = torch.device(device)
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+@dataclass
+class LaunchedRender:
+    """A whole-frame render queued on its device and not waited for: the host may prepare the next frame meanwhile.
+
+    `outputs` are device tensors that hold the frame once the device has reached them (read them after a copy
+    queued behind them, or a synchronisation). A render replayed at a fixed sample capacity may have dropped samples:
+    then `short` ([] bool on the device) is True and `redo()` renders the frame again, exactly, waiting for it.
+    Renders that cannot fall short (eager ones, or any that was waited for) have `short` None."""
+
+    outputs: dict[str, Tensor]
+    short: Tensor | None = None
+    redo: Callable[[], dict[str, Tensor]] | None = None
+
+    def waited(self) -> dict[str, Tensor]:
+        """The frame's outputs, exact: waits for the device where the render may have fallen short."""
+        if self.short is not None and bool(self.short):
+            return self.redo()
+        return self.outputs
 
 
 class Execution(Protocol):
@@ -36,6 +67,9 @@ class Execution(Protocol):
 
     def render(self, render_fn: RenderFn, inputs: dict[str, Any], rays: int, device: torch.device) -> dict[str, Tensor]:
         """Run one whole-frame render of `rays` pixels on `device`; returns its outputs."""
+
+    def launch(self, render_fn: RenderFn, inputs: dict[str, Any], rays: int, device: torch.device) -> LaunchedRender:
+        """`render`, queued on the device without waiting for it where the execution can."""
 
 
 class EagerExecution:
@@ -55,6 +89,10 @@ class EagerExecution:
 
     def render(self, render_fn: RenderFn, inputs: dict[str, Any], rays: int, device: torch.device) -> dict[str, Tensor]:
         return render_fn(inputs, None, self.render_chunk(device))
+
+    def launch(self, render_fn: RenderFn, inputs: dict[str, Any], rays: int, device: torch.device) -> LaunchedRender:
+        """An eager render is exact: nothing to check later (a GPU still runs its kernels after they are launched)."""
+        return LaunchedRender(self.render(render_fn, inputs, rays, device))
 
     def render_chunk(self, device: torch.device) -> int:
         """Rays rendered at once: on a GPU a whole frame (each chunk costs a host sync), less on a CPU."""

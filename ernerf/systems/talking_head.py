@@ -28,7 +28,7 @@ from ernerf.losses import (
 from ernerf.rendering import RenderOutputs
 from ernerf.rendering import render_image as march_frame
 from ernerf.rendering import render_images as march_frames
-from ernerf.systems.execution import EagerExecution, Execution
+from ernerf.systems.execution import EagerExecution, Execution, LaunchedRender, to_device
 from ernerf.systems.head_layers import HeadLayers
 
 log = logging.getLogger(__name__)
@@ -164,6 +164,16 @@ class TalkingHeadSystem(L.LightningModule):
                             torso_frames=self._torso_frames(torso_frame))
 
     @torch.no_grad()
+    def launch_image(self, c2w: Tensor, intrinsics: Sequence[float] | Tensor, height: int, width: int,
+                     audio_window: Tensor, eye: Tensor | None, frame_index: int | None, bg: Tensor,
+                     torso_frame: int | None = None) -> LaunchedRender:
+        """`render_image` queued on the device and not waited for where the execution can (engine.render_async):
+        the caller reads the frame later (`LaunchedRender`), preparing the next one meanwhile. Inputs already on the
+        device keep the host from waiting for it."""
+        return self._render(c2w, intrinsics, height, width, audio_window, eye, self.frame_index(frame_index), bg,
+                            torso_frames=self._torso_frames(torso_frame), launch=True)
+
+    @torch.no_grad()
     def render_head(self, c2w: Tensor, intrinsics: Sequence[float] | Tensor, height: int, width: int,
                     audio_window: Tensor, eye: Tensor | None, frame_index: int | None) -> Tensor:
         """The head alone, without the torso, as `render_image` renders it: RGBA [H, W, 4], its colour over black
@@ -196,15 +206,16 @@ class TalkingHeadSystem(L.LightningModule):
         if not 0 <= frame < self.torso.num_coded:
             raise ErnerfError(f"torso frame {frame} is outside the {self.torso.num_coded} frames with a torso code of "
                               "the model; pass torso_frame=None for the mean code")
-        return torch.tensor([frame], device=self.device)
+        return to_device(torch.tensor([frame]), self.device)
 
     def _render(self, c2w: Tensor, intrinsics: Sequence[float] | Tensor, height: int, width: int, audio: Tensor,
                 eye: Tensor | None, frame_index: Tensor | None, bg: Tensor, head_only: bool = False,
-                torso_frames: Tensor | None = None) -> dict[str, Tensor]:
+                torso_frames: Tensor | None = None, launch: bool = False) -> dict[str, Tensor] | LaunchedRender:
         """`render_frame` of one frame (c2w [4, 4]) or several (c2w [B, 4, 4]) through the execution, inputs moved to
         the device; the occupied-sample count dropped. `head_only`: one frame, no torso behind the head.
         `torso_frames`: the torso's training frame ([1] long for one frame, [B] for several); None: the torso follows
-        `frame_index`. Given only when there are some: the inputs' layout keys a render graph."""
+        `frame_index`. Given only when there are some: the inputs' layout keys a render graph. `launch`: the
+        execution's `launch` (a LaunchedRender) instead of its `render`."""
         device, frames = self.device, c2w.shape[:-2]  # () for one frame, (B,) for several
         inputs = {"c2w": c2w.to(device).float(), "audio": audio.to(device),
                   "eye": None if eye is None else eye.to(device), "frame_index": frame_index,
@@ -212,9 +223,13 @@ class TalkingHeadSystem(L.LightningModule):
                   "intrinsics": tuple(float(v) for v in intrinsics), **({"head_only": True} if head_only else {})}
         if torso_frames is not None:
             inputs["torso_frames"] = torso_frames
-        out = self.execution.render(self.render_frame, inputs, frames.numel() * height * width, device)
-        out.pop("occupied")
-        return out
+        rays = frames.numel() * height * width
+        if not launch:
+            return _without_occupied(self.execution.render(self.render_frame, inputs, rays, device))
+        launched = self.execution.launch(self.render_frame, inputs, rays, device)
+        redo = launched.redo
+        return LaunchedRender(_without_occupied(launched.outputs), launched.short,
+                              None if redo is None else lambda: _without_occupied(redo()))
 
     def frame_index(self, frame: int | None) -> Tensor | None:
         """A training frame's number as the frame index the model takes ([1] long on its device), checked against the
@@ -224,7 +239,7 @@ class TalkingHeadSystem(L.LightningModule):
         if not 0 <= frame < int(self.hparams.num_frames):
             raise ErnerfError(f"frame_index {frame} is outside the {self.hparams.num_frames} training frames of the "
                               "model; pass frame_index=None for new audio")
-        return torch.tensor([frame], device=self.device)
+        return to_device(torch.tensor([frame]), self.device)
 
     def render_frame(self, inputs: dict[str, Any], capacity: int | None, chunk: int) -> dict[str, Tensor]:
         """`render_image` on prepared inputs (on the device), `chunk` rays at a time; a fixed sample `capacity` for
@@ -471,3 +486,8 @@ class TalkingHeadSystem(L.LightningModule):
                               f"stage has {str(ours).lower()}: add model.audio_encoder.input_norm={str(saved).lower()} "
                               "(or the experiment= the previous stage ran with).")
 
+
+def _without_occupied(outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A render's outputs as callers get them: the occupied-sample count is the execution's business."""
+    outputs.pop("occupied")
+    return outputs

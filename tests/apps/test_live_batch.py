@@ -214,13 +214,13 @@ def test_serve_config_batches_one_frame_by_default_and_refuses_less() -> None:
 
 def test_the_queue_accounts_the_render_threads_time_to_the_model_when_the_model_is_slow(batch_avatar) -> None:
     model_seconds = 0.03
-    render_heads = batch_avatar.render_heads
+    launch_heads = batch_avatar.launch_heads
 
     def slow(heads):
         time.sleep(model_seconds)
-        return render_heads(heads)
+        return launch_heads(heads)
 
-    batch_avatar.render_heads = slow
+    batch_avatar.launch_heads = slow
     queue = RenderQueue(batch_avatar, RenderBatching(frames=1))
     stream = Stream(batch_avatar)
     queue.join()
@@ -236,3 +236,56 @@ def test_the_queue_accounts_the_render_threads_time_to_the_model_when_the_model_
     assert set(queue.seconds) == {"waiting", "requests", "backgrounds", "model", "handing over"}
     # the parts cover the thread's time: all of it is in one of them, none counted twice
     assert sum(queue.seconds.values()) <= wall + 0.5 and sum(queue.seconds.values()) >= 5 * model_seconds
+
+
+def recorded_launches(avatar: LiveAvatar, events: list[tuple[str, int]], start: threading.Event) -> None:
+    """Have `avatar.launch_heads` record ("launch", n) and its result's reading ("read", n) in `events`; the first
+    launch waits for `start`."""
+    launch_heads = avatar.launch_heads
+
+    def recorded(heads):
+        start.wait(10.0)
+        number = sum(kind == "launch" for kind, _ in events)
+        events.append(("launch", number))
+        crops = launch_heads(heads)
+
+        class Read:
+            def result(self):
+                events.append(("read", number))
+                return crops.result()
+
+        return Read()
+
+    avatar.launch_heads = recorded
+
+
+@pytest.mark.parametrize("streams", [3, 1])
+def test_a_launched_frame_is_read_back_once_the_next_is_launched_or_no_stream_waits(batch_avatar, streams) -> None:
+    """engine.render_async in the live queue: while other streams wait, frame n is read back (and pasted) after frame
+    n + 1 was launched, so the device renders meanwhile; a stream alone gets each frame at once. Frames as alone."""
+    events: list[tuple[str, int]] = []
+    start = threading.Event()
+    recorded_launches(batch_avatar, events, start)
+    queue = RenderQueue(batch_avatar, RenderBatching(frames=1))
+    asking = [Stream(batch_avatar, start_tick=7 * k) for k in range(streams)]
+    alone = [Stream(batch_avatar, start_tick=7 * k) for k in range(streams)]
+    for _ in asking:
+        queue.join()
+    try:
+        futures = [queue.submit(s) for s in asking]  # every stream asks before the first frame launches
+        start.set()
+        for (frame, pcm), twin in zip([f.result(10.0) for f in futures], alone):
+            want_frame, want_pcm = twin.next()
+            assert np.array_equal(frame, want_frame) and np.array_equal(pcm, want_pcm)
+        if streams == 1:
+            frame, _ = queue.submit(asking[0]).result(10.0)
+            assert np.array_equal(frame, alone[0].next()[0])
+    finally:
+        queue.close(wait_seconds=10.0)
+        for stream in asking + alone:
+            stream.close()
+    if streams == 3:
+        assert events == [("launch", 0), ("launch", 1), ("read", 0), ("launch", 2), ("read", 1), ("read", 2)]
+    else:
+        assert events == [("launch", 0), ("read", 0), ("launch", 1), ("read", 1)]
+

@@ -99,7 +99,7 @@ def test_spread_streams_get_their_own_frames_and_decode_each_block_once(long_sub
 def test_the_model_thread_only_renders(long_subject, monkeypatch) -> None:
     avatar = crop_avatar(long_subject)
     threads: dict[str, set[str]] = {"background": set(), "paste": set(), "render": set()}
-    for name, method in (("background", "background"), ("paste", "paste"), ("render", "render_heads")):
+    for name, method in (("background", "background"), ("paste", "paste"), ("render", "launch_heads")):
         original = getattr(avatar, method)
 
         def recorded(*args, _original=original, _name=name):

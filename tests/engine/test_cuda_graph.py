@@ -303,6 +303,56 @@ def test_graphed_frames_equal_eager_frames_and_grow_the_capacity_when_needed() -
 
 @gpu
 @needs_cuda
+def test_launched_frames_read_after_the_next_launch_equal_eager_frames_and_redo_those_that_fell_short() -> None:
+    """engine.render_async: a frame is read only after the next one was launched on the same graph (which overwrites
+    the graph's buffers); a frame launched on a graph too small for it is flagged short and rendered again."""
+    from ernerf.engine.cuda_graph import GraphedRender
+
+    torch.manual_seed(0)
+    system = build().cuda().eval()
+    system.grid.occupancy.zero_()
+    system.grid.occupancy[: system.grid.occupancy.numel() // 16] = True
+    bg = torch.rand(48, 48, 3, device="cuda")
+    eager = ExecutionEngine(render_cuda_graph=False).attach(system)
+    graphs = ExecutionEngine().attach(system)
+    graphs.graphed_render = GraphedRender(functools.partial(system.render_frame, chunk=graphs.eval_chunk_gpu),
+                                          granularity=1024)
+
+    def inputs(seed: int) -> tuple:
+        g = torch.Generator().manual_seed(seed)
+        c2w = torch.eye(4)
+        c2w[:3, 3] = torch.tensor([0.0, 0.0, -2.4]) + 0.05 * torch.randn(3, generator=g)
+        return (c2w.cuda(), (50.0, 50.0, 24.0, 24.0), 48, 48, torch.randn(8, 16, 80, generator=g).cuda(),
+                torch.rand(1, generator=g).cuda(), None, bg)
+
+    def eager_frame(seed: int) -> dict:
+        system.use_execution(eager)
+        return system.render_image(*inputs(seed))
+
+    system.use_execution(graphs)
+    launched = [system.launch_image(*inputs(seed)) for seed in (0, 1, 2)]  # all three queued before any is read
+    assert graphs.graphed_render.captures == 1 and all(not bool(f.short) for f in launched)
+    refs = [eager_frame(seed) for seed in (0, 1, 2)]
+    for frame, ref in zip(launched, refs):
+        assert frame.outputs.keys() == ref.keys()
+        for key in ref:
+            torch.testing.assert_close(frame.waited()[key], ref[key], rtol=1e-4, atol=1e-5)
+    system.grid.occupancy.fill_(True)  # many more samples than the graph holds
+    system.use_execution(graphs)
+    short = system.launch_image(*inputs(3))
+    assert bool(short.short) and graphs.graphed_render.captures == 1  # flagged, not yet re-captured
+    ref = eager_frame(3)
+    system.use_execution(graphs)
+    got = short.waited()  # rendered again, on a graph captured larger
+    assert graphs.graphed_render.captures == 2
+    for key in ref:
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-4, atol=1e-5)
+    ExecutionEngine(render_async=False).attach(system)
+    assert system.launch_image(*inputs(4)).short is None  # waited for, as render_image: nothing left to check
+
+
+@gpu
+@needs_cuda
 def test_graph_of_the_compiled_field_matches_the_eager_step() -> None:
     """engine.compile_field=auto's training path: torch.compile (inductor) inside the captured step."""
     from ernerf.engine.compile import CompiledOrEager

@@ -84,6 +84,30 @@ def test_the_eager_engine_trains_and_renders_as_the_default_one_on_a_cpu(tmp_pat
     assert results["eager"] == results["default"] and results["default"][2] > 5  # val/psnr of a learning run
 
 
+def test_a_launched_frame_on_a_cpu_is_the_rendered_frame_with_nothing_left_to_check() -> None:
+    from ernerf.systems.execution import LaunchedRender, to_device
+    from tests.systems.test_talking_head import build
+
+    torch.manual_seed(0)
+    system = build("stage=torso").eval()
+    ExecutionEngine().attach(system)
+    g = torch.Generator().manual_seed(1)
+    c2w = torch.eye(4)
+    c2w[:3, 3] = torch.tensor([0.0, 0.0, -2.4])
+    args = (c2w, (30.0, 30.0, 12.0, 12.0), 24, 24, torch.randn(8, 16, 80, generator=g), None, None,
+            torch.rand(24, 24, 3, generator=g))
+    launched = system.launch_image(*args, torso_frame=3)
+    rendered = system.render_image(*args, torso_frame=3)
+    assert isinstance(launched, LaunchedRender) and launched.short is None and launched.waited() is launched.outputs
+    assert launched.outputs.keys() == rendered.keys() == {"rgb", "depth", "opacity", "torso_alpha"}
+    for key in rendered:
+        assert torch.equal(launched.outputs[key], rendered[key])
+    host = torch.arange(6.0)
+    assert to_device(host, "cpu") is host  # on a CPU nothing is copied
+    redone = LaunchedRender({"rgb": torch.zeros(1)}, torch.tensor(True), lambda: {"rgb": torch.ones(1)})
+    assert torch.equal(redone.waited()["rgb"], torch.ones(1))  # a frame that fell short is rendered again
+
+
 def test_a_render_graph_headroom_under_one_is_refused_in_one_line() -> None:
     from ernerf.errors import ErnerfError
 

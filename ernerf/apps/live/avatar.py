@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ernerf.apps.inference import (Compositor, CropRequest, FrameSource, OutputOptions, Renderer, SubjectView,
-                                   render_crops)
+from ernerf.apps.inference import (Compositor, CropRequest, FrameSource, LaunchedCrop, OutputOptions, RenderedCrops,
+                                   Renderer, SubjectView, launch_crops, render_crops)
 from ernerf.audio.features import frame_windows
 from ernerf.constants import FEATURE_ROWS, FPS, SAMPLE_RATE, SMOOTH_WINDOW
 from ernerf.errors import ErnerfError
@@ -167,12 +167,20 @@ class LiveAvatar:
 
     def render_heads(self, heads: list[tuple[int, np.ndarray, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         """Rendered head crops of several (training frame, audio window, background) in one call of the model."""
+        return render_crops(self.renderer, self.subject, self._requests(heads), self.compositor.options.rendered)
+
+    def launch_heads(self, heads: list[tuple[int, np.ndarray, np.ndarray]]) -> LaunchedCrop | RenderedCrops:
+        """`render_heads`, a single head only launched on the device: its `result()` comes once the caller has
+        launched or prepared the next frame (`launch_crops`)."""
+        return launch_crops(self.renderer, self.subject, self._requests(heads), self.compositor.options.rendered)
+
+    def _requests(self, heads: list[tuple[int, np.ndarray, np.ndarray]]) -> list[CropRequest]:
         requests = []
         for index, window, bg in heads:
             eye = None if self.subject.eye is None else float(self.subject.eye[index])
             requests.append(CropRequest(self.subject.poses[index], eye, window, bg,
                                         frame=self.subject.coded_frame(index)))
-        return render_crops(self.renderer, self.subject, requests, self.compositor.options.rendered)
+        return requests
 
     def paste(self, raw: dict[str, np.ndarray], index: int, sources: FrameSource) -> np.ndarray:
         """A rendered crop pasted into the original video frame of training frame `index`, read from `sources`."""

@@ -4,7 +4,9 @@ A batch is gathered from the requests pending when the thread is free: up to `fr
 `wait_seconds` for the streams that have not asked yet (never when `frames` is 1: each frame then renders alone,
 as before there was a queue). Each stream's window is taken on the render thread (a live microphone's windows are
 computed there, as they were), the heads are rendered in one call of the model, and each frame is pasted into its
-source frame and handed back to the stream that asked.
+source frame and handed back to the stream that asked. A batch is launched on the device and read back only once the
+next one is launched (or no stream waits for another), so the device renders while the thread takes the next
+requests and copies the last frames back (engine.render_async).
 """
 
 from __future__ import annotations
@@ -22,11 +24,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ernerf.apps.inference import LaunchedCrop, RenderedCrops
 from ernerf.apps.live.avatar import FrameRequest, LiveAvatar, Stream
 
 log = logging.getLogger(__name__)
 
 Asked = tuple[Stream, Future]  # a stream's request for its next frame, and where its (frame, pcm) goes
+Head = tuple[Stream, FrameRequest, Future, np.ndarray]  # a frame to render: who asked, what, where to, its background
+
+
+@dataclass(frozen=True)
+class Launched:
+    """A batch's heads launched on the device, not yet read back (`LaunchedCrop`, or `RenderedCrops` for a batch)."""
+
+    heads: list[Head]
+    crops: LaunchedCrop | RenderedCrops
 
 
 @dataclass(frozen=True)
@@ -97,13 +109,19 @@ class RenderQueue:
             self.seconds[part] += time.perf_counter() - start
 
     def _serve(self) -> None:
+        launched: Launched | None = None  # the batch launched last: handed over once the next one is launched
         while True:
+            if launched is not None and self._asked.empty():  # no frame to launch behind it: hand it over now
+                self._hand_over(launched)
+                launched = None
             with self._timed("waiting"):
                 batch = self._gather()
+            following = self._launch(batch) if batch else None
+            if launched is not None:
+                self._hand_over(launched)
+            launched = following
             if batch is None:
                 return
-            if batch:
-                self._render(batch)
 
     def _gather(self) -> list[Asked] | None:
         """The next batch of requests whose streams still wait for them; None once closed."""
@@ -122,9 +140,9 @@ class RenderQueue:
             batch.append(asked)
         return [(stream, future) for stream, future in batch if future.set_running_or_notify_cancel()]
 
-    def _render(self, batch: list[Asked]) -> None:
-        """Take each stream's next frame request, render the heads together, and have each pasted on the avatar's
-        pool, whose result goes to the stream that asked: the next batch renders meanwhile."""
+    def _launch(self, batch: list[Asked]) -> Launched | None:
+        """Take each stream's next frame request and launch their heads together on the device (`launch_heads`);
+        they are read back and pasted by `_hand_over`, after the next batch is launched (engine.render_async)."""
         taken: list[tuple[Stream, FrameRequest, Future]] = []
         with self._timed("requests"):  # the streams' audio windows (a live microphone's features are computed here)
             for stream, future in batch:
@@ -132,7 +150,7 @@ class RenderQueue:
                     taken.append((stream, stream.next_request(), future))
                 except Exception as exc:  # noqa: BLE001 - this stream's input failed; the others' frames go on
                     future.set_exception(exc)
-        heads: list[tuple[Stream, FrameRequest, Future, np.ndarray]] = []
+        heads: list[Head] = []
         with self._timed("backgrounds"):  # made ahead on the pool: time here is a pool that fell behind
             for stream, request, future in taken:
                 try:
@@ -140,24 +158,39 @@ class RenderQueue:
                 except Exception as exc:  # noqa: BLE001 - as above: its frame cannot render
                     future.set_exception(exc)
         if not heads:
-            return
+            return None
         try:
             with self._timed("model"):
-                crops = self.avatar.render_heads([(request.index, request.window, bg)
-                                                  for _, request, _, bg in heads])
-        except Exception as exc:  # noqa: BLE001 - decided frame by frame below
-            if len(heads) == 1:
-                heads[0][2].set_exception(exc)
-                return
-            log.warning("a batch of %d frames failed to render (%s): rendering them one by one", len(heads), exc)
-            self._render_each(heads)
+                crops = self.avatar.launch_heads([(request.index, request.window, bg) for _, request, _, bg in heads])
+        except Exception as exc:  # noqa: BLE001 - decided frame by frame
+            self._failed(heads, exc)
+            return None
+        return Launched(heads, crops)
+
+    def _hand_over(self, launched: Launched) -> None:
+        """Wait for a launched batch's heads and have each pasted on the avatar's pool, whose result goes to the
+        stream that asked."""
+        heads = launched.heads
+        try:
+            with self._timed("model"):
+                crops = launched.crops.result()
+        except Exception as exc:  # noqa: BLE001 - decided frame by frame
+            self._failed(heads, exc)
             return
         self.batch_sizes[len(heads)] += 1
         with self._timed("handing over"):
             for (stream, request, future, _), raw in zip(heads, crops):
                 self._paste(stream, request, raw, future)
 
-    def _render_each(self, heads: list[tuple[Stream, FrameRequest, Future, np.ndarray]]) -> None:
+    def _failed(self, heads: list[Head], exc: Exception) -> None:
+        """A batch that failed to render: a frame alone fails its stream, several are rendered again one by one."""
+        if len(heads) == 1:
+            heads[0][2].set_exception(exc)
+            return
+        log.warning("a batch of %d frames failed to render (%s): rendering them one by one", len(heads), exc)
+        self._render_each(heads)
+
+    def _render_each(self, heads: list[Head]) -> None:
         for stream, request, future, bg in heads:
             try:
                 raw = self.avatar.render_heads([(request.index, request.window, bg)])[0]
