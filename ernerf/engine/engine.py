@@ -108,7 +108,7 @@ class ExecutionEngine(EagerExecution, L.Callback):
 
     def __init__(self, compile_field: bool | str = "auto", cuda_graph: bool | str = "auto",
                  cuda_graph_headroom: float = 1.2, cuda_graph_capacity: int | None = None, tf32: bool = True,
-                 render_cuda_graph: bool = True, render_cuda_graph_headroom: float = 1.05, render_async: bool = True,
+                 render_cuda_graph: bool = True, render_cuda_graph_headroom: float = 1.05, render_async: bool = False,
                  eval_chunk: int = 4096, eval_chunk_gpu: int = 262144, sigterm_every_n_steps: int = 50) -> None:
         super().__init__(eval_chunk, eval_chunk_gpu)
         for name, mode in (("compile_field", compile_field), ("cuda_graph", cuda_graph)):

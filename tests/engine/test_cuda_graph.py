@@ -314,7 +314,7 @@ def test_launched_frames_read_after_the_next_launch_equal_eager_frames_and_redo_
     system.grid.occupancy[: system.grid.occupancy.numel() // 16] = True
     bg = torch.rand(48, 48, 3, device="cuda")
     eager = ExecutionEngine(render_cuda_graph=False).attach(system)
-    graphs = ExecutionEngine().attach(system)
+    graphs = ExecutionEngine(render_async=True).attach(system)
     graphs.graphed_render = GraphedRender(functools.partial(system.render_frame, chunk=graphs.eval_chunk_gpu),
                                           granularity=1024)
 

@@ -4,9 +4,9 @@ A batch is gathered from the requests pending when the thread is free: up to `fr
 `wait_seconds` for the streams that have not asked yet (never when `frames` is 1: each frame then renders alone,
 as before there was a queue). Each stream's window is taken on the render thread (a live microphone's windows are
 computed there, as they were), the heads are rendered in one call of the model, and each frame is pasted into its
-source frame and handed back to the stream that asked. A batch is launched on the device and read back only once the
-next one is launched (or no stream waits for another), so the device renders while the thread takes the next
-requests and copies the last frames back (engine.render_async).
+source frame and handed back to the stream that asked. A batch is launched and read back only once the next one is
+launched (or no stream waits for another): with engine.render_async the device then renders while the thread takes
+the next requests and copies the last frames back.
 """
 
 from __future__ import annotations
@@ -141,8 +141,8 @@ class RenderQueue:
         return [(stream, future) for stream, future in batch if future.set_running_or_notify_cancel()]
 
     def _launch(self, batch: list[Asked]) -> Launched | None:
-        """Take each stream's next frame request and launch their heads together on the device (`launch_heads`);
-        they are read back and pasted by `_hand_over`, after the next batch is launched (engine.render_async)."""
+        """Take each stream's next frame request and launch their heads together (`launch_heads`); they are read
+        back and pasted by `_hand_over`, after the next batch is launched."""
         taken: list[tuple[Stream, FrameRequest, Future]] = []
         with self._timed("requests"):  # the streams' audio windows (a live microphone's features are computed here)
             for stream, future in batch:
