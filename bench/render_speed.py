@@ -4,6 +4,8 @@ Trained subject (GPU):  python bench/render_speed.py --subject <name> [--audio s
 CPU smoke run (untrained model on a 12-frame subject cut from a real clip, tiny crops):
     python bench/render_speed.py --untrained --downscale 16 --frames 3 --seconds 0.6
 End to end = audio features + rendering + paste-back + H.264/AAC encoding, divided by the output duration.
+`render_loop_fps`: infer.py's render loop alone (frames rendered and copied back, one launched ahead of the one read;
+with --render-async the device renders the next frame meanwhile).
 """
 
 from __future__ import annotations
@@ -56,6 +58,39 @@ def time_renders(system: Renderer, subject: SubjectView, frames: int, warmup: in
     return frames / (time.perf_counter() - t0)
 
 
+def time_render_loop(system: Renderer, subject: SubjectView, frames: int, warmup: int = 2) -> float:
+    """Frames/s of infer.py's render loop alone (`RenderedAhead`: crops launched one ahead and copied back to the
+    host as uint8 colours and float depth and opacity), over the subject's first poses; no paste, no encoding. With
+    engine.render_async the device renders frame t + 1 while frame t is copied back."""
+    from ernerf.apps.inference import RenderedAhead
+    from ernerf.postprocess.motion import plan_motion
+
+    total = warmup + frames
+    plan = plan_motion(subject.poses, subject.eye, total)
+    feats = np.zeros((total, 16, int(system.hparams["feature_dim"])), np.float32)
+    backgrounds = _Ready(subject.background(0))
+    loop = iter(RenderedAhead(system, subject, plan, feats).frames(backgrounds))
+    for _ in range(warmup):
+        next(loop)
+    t0 = time.perf_counter()
+    for _ in loop:
+        pass
+    return frames / (time.perf_counter() - t0)
+
+
+class _Ready:
+    """One background for every frame, as `Lookahead.next().result()` gives them."""
+
+    def __init__(self, bg: np.ndarray) -> None:
+        self.bg = bg
+
+    def next(self) -> "_Ready":
+        return self
+
+    def result(self) -> np.ndarray:
+        return self.bg
+
+
 def profile_renders(system: Renderer, subject: SubjectView, frames: int) -> dict:
     """GPU kernel time, launches and host syncs per rendered frame (PyTorch profiler), after one warm-up frame."""
     from torch.profiler import ProfilerActivity, profile
@@ -92,7 +127,7 @@ def untrained_system(num_frames: int, device: str) -> tuple[Renderer, AudioFeatu
 def bench_engine(args: argparse.Namespace) -> ExecutionEngine:
     """The default engine (TF32 on: --tf32 only says so) with the command line's --graph and --chunk."""
     chunks = {"eval_chunk": args.chunk, "eval_chunk_gpu": args.chunk} if args.chunk else {}
-    return ExecutionEngine(render_cuda_graph=args.graph, tf32=True, **chunks)
+    return ExecutionEngine(render_cuda_graph=args.graph, tf32=True, render_async=args.render_async, **chunks)
 
 
 def end_to_end(system: Renderer, subject: SubjectView, audio: Path, seconds: float, out_dir: Path,
@@ -141,8 +176,9 @@ def bench_trained(args: argparse.Namespace) -> dict:
         label = "head+torso" if trained.stage.background == "plate" else "head"
         fps = time_renders(system, subject, args.frames)
         report[label] = {"stage": trained.stage.name, "size": subject.height, "render_fps": round(fps, 3),
+                         "render_loop_fps": round(time_render_loop(system, subject, args.frames), 3),
                          "rays_per_chunk": engine.render_chunk(system.device), "cuda_graph": engine.render_cuda_graph,
-                         "tf32": engine.tf32}
+                         "render_async": engine.render_async, "tf32": engine.tf32}
         if args.profile:
             report[label]["profile"] = profile_renders(system, subject, min(args.frames, 10))
         if args.render_only:
@@ -165,7 +201,8 @@ def bench_untrained(args: argparse.Namespace) -> dict:
         subject = load_subject(layout.root, "aud_mel.npy", downscale=args.downscale)
         system, extractor = untrained_system(len(subject.poses), args.device)
         fps = time_renders(system, subject, args.frames)
-        report = {"head (untrained)": {"size": subject.height, "render_fps": round(fps, 3)}}
+        report = {"head (untrained)": {"size": subject.height, "render_fps": round(fps, 3),
+                                       "render_loop_fps": round(time_render_loop(system, subject, args.frames), 3)}}
         audio = Path(args.audio) if args.audio else SHARED / "audio" / "obama_5s.wav"
         report["head (untrained)"] |= end_to_end(system, subject, audio, args.seconds, Path(tmp), extractor)
     return report
@@ -188,6 +225,8 @@ def main() -> None:
     parser.add_argument("--graph", action=argparse.BooleanOptionalAction, default=True,
                         help="replay frames as CUDA graphs (engine.render_cuda_graph; the default)")
     parser.add_argument("--tf32", action="store_true", help="TF32 matrix products (engine.tf32=true, the default)")
+    parser.add_argument("--render-async", action="store_true",
+                        help="infer.py's render loop launches frames one ahead (engine.render_async=true)")
     parser.add_argument("--profile", action="store_true", help="also profile kernels, launches and syncs per frame")
     args = parser.parse_args()
     if not args.subject and not args.untrained:
