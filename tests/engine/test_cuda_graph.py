@@ -259,16 +259,21 @@ def test_make_capturable_moves_step_counts_and_learning_rates_to_tensors() -> No
         make_capturable(torch.optim.SGD([param], lr=0.1))
 
 
+def sparse_gpu_system() -> tuple:
+    """A small system on the GPU whose grid holds a sixteenth of its cells (few samples a frame), and a background."""
+    torch.manual_seed(0)
+    system = build().cuda().eval()
+    system.grid.occupancy.zero_()
+    system.grid.occupancy[: system.grid.occupancy.numel() // 16] = True
+    return system, torch.rand(48, 48, 3, device="cuda")
+
+
 @gpu
 @needs_cuda
 def test_graphed_frames_equal_eager_frames_and_grow_the_capacity_when_needed() -> None:
     from ernerf.engine.cuda_graph import GraphedRender
 
-    torch.manual_seed(0)
-    system = build().cuda().eval()
-    system.grid.occupancy.zero_()
-    system.grid.occupancy[: system.grid.occupancy.numel() // 16] = True
-    bg = torch.rand(48, 48, 3, device="cuda")
+    system, bg = sparse_gpu_system()
     eager = ExecutionEngine(render_cuda_graph=False).attach(system)
     graphs = ExecutionEngine().attach(system)  # the default: whole frames replayed as graphs
 
@@ -308,11 +313,7 @@ def test_launched_frames_read_after_the_next_launch_equal_eager_frames_and_redo_
     the graph's buffers); a frame launched on a graph too small for it is flagged short and rendered again."""
     from ernerf.engine.cuda_graph import GraphedRender
 
-    torch.manual_seed(0)
-    system = build().cuda().eval()
-    system.grid.occupancy.zero_()
-    system.grid.occupancy[: system.grid.occupancy.numel() // 16] = True
-    bg = torch.rand(48, 48, 3, device="cuda")
+    system, bg = sparse_gpu_system()
     eager = ExecutionEngine(render_cuda_graph=False).attach(system)
     graphs = ExecutionEngine(render_async=True).attach(system)
     graphs.graphed_render = GraphedRender(functools.partial(system.render_frame, chunk=graphs.eval_chunk_gpu),
