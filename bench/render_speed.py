@@ -11,6 +11,7 @@ with --render-async the device renders the next frame meanwhile).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import sys
@@ -68,27 +69,13 @@ def time_render_loop(system: Renderer, subject: SubjectView, frames: int, warmup
     total = warmup + frames
     plan = plan_motion(subject.poses, subject.eye, total)
     feats = np.zeros((total, 16, int(system.hparams["feature_dim"])), np.float32)
-    backgrounds = _Ready(subject.background(0))
-    loop = iter(RenderedAhead(system, subject, plan, feats).frames(backgrounds))
+    loop = RenderedAhead(system, subject, plan, feats).frames(itertools.repeat(subject.background(0)))
     for _ in range(warmup):
         next(loop)
     t0 = time.perf_counter()
     for _ in loop:
         pass
     return frames / (time.perf_counter() - t0)
-
-
-class _Ready:
-    """One background for every frame, as `Lookahead.next().result()` gives them."""
-
-    def __init__(self, bg: np.ndarray) -> None:
-        self.bg = bg
-
-    def next(self) -> "_Ready":
-        return self
-
-    def result(self) -> np.ndarray:
-        return self.bg
 
 
 def profile_renders(system: Renderer, subject: SubjectView, frames: int) -> dict:

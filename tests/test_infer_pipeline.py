@@ -116,7 +116,6 @@ def test_frames_are_read_one_launch_behind_and_short_ones_rendered_again(tmp_pat
     """The device renders frame t + 1 while frame t is read back and pasted: each frame is read after the next one
     was launched; the output equals the sequential loop's, frames that fell short of the graph's samples included."""
     from ernerf.apps.inference import RenderedAhead
-    from ernerf.postprocess.pipeline import Lookahead, thread_pool
 
     view = load_subject(mini_subject.root, "aud_mel.npy")
     feats = features()
@@ -124,12 +123,10 @@ def test_frames_are_read_one_launch_behind_and_short_ones_rendered_again(tmp_pat
     plan = plan_motion(view.poses, view.eye, len(feats))
     ahead = RenderedAhead(renderer, view, plan, feats)
     launched_when_read = []
-    with thread_pool(1, "ernerf-paste") as pool:
-        backgrounds = Lookahead(pool, view.background, map(int, plan.indices), 2)
-        for t, raw in ahead.frames(backgrounds):
-            launched_when_read.append(renderer.launches)
-            want = render_planned_frame(CropRenderer(view.layout, view.poses, view.img_ids), view, plan, feats, t)
-            assert raw.keys() == want.keys() and all(np.array_equal(raw[k], want[k]) for k in want), f"frame {t}"
+    for t, raw in ahead.frames(view.background(int(i)) for i in plan.indices):
+        launched_when_read.append(renderer.launches)
+        want = render_planned_frame(CropRenderer(view.layout, view.poses, view.img_ids), view, plan, feats, t)
+        assert raw.keys() == want.keys() and all(np.array_equal(raw[k], want[k]) for k in want), f"frame {t}"
     assert launched_when_read == [min(t + 2, NUM_FRAMES) for t in range(NUM_FRAMES)]
     assert renderer.redone == list(range(0, NUM_FRAMES, 3)) and ahead.seconds > 0
 

@@ -402,12 +402,12 @@ class RenderedAhead:
         self.renderer, self.subject, self.plan, self.feats, self.outputs = renderer, subject, plan, feats, outputs
         self.seconds = 0.0
 
-    def frames(self, backgrounds: Lookahead) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    def frames(self, backgrounds: Iterator[np.ndarray]) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """(t, rgb uint8 and depth / opacity float arrays, those in `outputs`) for t = 0 .. n - 1, in order; frame
-        t's background is the next of `backgrounds`."""
+        t's background is the next of `backgrounds`, taken when frame t is launched."""
         pending: tuple[int, LaunchedCrop | RenderedCrops] | None = None
         for t in range(len(self.feats)):
-            bg = backgrounds.next().result()
+            bg = next(backgrounds)
             start = time.perf_counter()
             launched = self._launch(t, bg)
             self.seconds += time.perf_counter() - start
@@ -610,7 +610,7 @@ def run_inference(renderer: Renderer, subject: SubjectView, feats: np.ndarray, a
             backgrounds = Lookahead(pool, functools.partial(render_background, subject), map(int, plan.indices), ahead)
             with progress_bar(n, "rendering", enabled=progress) as bar:
                 rendered = RenderedAhead(renderer, subject, plan, feats, options.rendered)
-                for t, raw in rendered.frames(backgrounds):
+                for t, raw in rendered.frames(backgrounds.next().result() for _ in range(n)):
                     bar.update(1)
                     source = sources.next()
                     if t == 0 and options.depth:
